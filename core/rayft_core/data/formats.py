@@ -1,0 +1,78 @@
+"""Align every input format to one standard row that each stage consumes:
+
+    {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}  # ends with the assistant
+    {"text": str}                                                                # pre-training
+
+A malformed row raises ``DataError`` naming its source file and row, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+
+class DataError(ValueError):
+    """A row that cannot be used; the message names its file and row and what is wrong."""
+
+
+def _where(row: dict, index: int) -> str:
+    """The row's file (Ray Data's include_paths column) and the row itself, shortened."""
+    shown = json.dumps({k: v for k, v in row.items() if k != "path"}, ensure_ascii=False, default=str)
+    return f"{row.get('path') or '<rows>'}: row {shown[:160]}"
+
+
+def align_alpaca(row: dict, index: int = 0) -> dict:
+    """instruction (+ input) -> user, output -> assistant; optional system and history [[q, a], ...]."""
+    instruction, output = row.get("instruction"), row.get("output")
+    if not isinstance(instruction, str) or not isinstance(output, str):
+        raise DataError(f"{_where(row, index)}: alpaca rows need string 'instruction' and 'output' columns, "
+                        f"got keys {sorted(k for k in row if k != 'path')}")
+    messages = []
+    if row.get("system"):
+        messages.append({"role": "system", "content": row["system"]})
+    for turn in row.get("history") or []:
+        if not (isinstance(turn, (list, tuple)) and len(turn) == 2):
+            raise DataError(f"{_where(row, index)}: 'history' must be a list of [query, response] pairs")
+        messages += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
+    prompt = instruction + ("\n" + row["input"] if row.get("input") else "")
+    messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
+    return {"messages": messages}
+
+
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+def align_sharegpt(row: dict, index: int = 0) -> dict:
+    """conversations: [{"from": human|gpt|system, "value": str}, ...] (also role/content keys)."""
+    turns = row.get("conversations", row.get("messages"))
+    if not isinstance(turns, list) or not turns:
+        raise DataError(f"{_where(row, index)}: sharegpt rows need a non-empty 'conversations' list")
+    messages = []
+    if row.get("system"):
+        messages.append({"role": "system", "content": row["system"]})
+    for t in turns:
+        speaker = t.get("from", t.get("role"))
+        content = t.get("value", t.get("content"))
+        role = _SHAREGPT_ROLES.get(speaker)
+        if role is None or not isinstance(content, str):
+            raise DataError(f"{_where(row, index)}: turn {t!r} needs from in {sorted(_SHAREGPT_ROLES)} and a string value")
+        messages.append({"role": role, "content": content})
+    if messages[-1]["role"] != "assistant":
+        raise DataError(f"{_where(row, index)}: the conversation must end with an assistant (gpt) turn")
+    return {"messages": messages}
+
+
+def align_text(row: dict, index: int = 0, text_column: str = "text") -> dict:
+    text = row.get(text_column)
+    if not isinstance(text, str):
+        raise DataError(f"{_where(row, index)}: text rows need a string {text_column!r} column")
+    return {"text": text}
+
+
+ALIGNERS: dict[str, Callable[..., dict]] = {"alpaca": align_alpaca, "sharegpt": align_sharegpt, "text": align_text}
+
+
+def align_rows(rows: list[dict[str, Any]], fmt: str, **kwargs: Any) -> list[dict]:
+    align = ALIGNERS[fmt]
+    return [align(row, i, **kwargs) for i, row in enumerate(rows)]

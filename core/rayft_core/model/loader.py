@@ -1,0 +1,132 @@
+"""Load a causal LM and its tokenizer the way a run asks: dtype, attention, RoPE scaling, new tokens."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rayft_core.config import ModelConfig, RunConfig
+
+logger = logging.getLogger(__name__)
+
+
+class ModelLoadError(ValueError):
+    """The model (or tokenizer) named by the run cannot be loaded; the message says what to change."""
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """auto: bf16 on CUDA with compute capability >= 8 (Ampere+), fp16 on older CUDA, fp32 on CPU."""
+    if name != "auto":
+        return getattr(torch, name)
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.get_device_capability()[0] >= 8 else torch.float16
+    return torch.float32
+
+
+def resolve_attn_implementation(name: str) -> str:
+    if name != "auto":
+        return name
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def check_model_path(cfg: ModelConfig) -> None:
+    """Fail early with the fix when a local model directory is missing or incomplete."""
+    path = Path(cfg.name_or_path).expanduser()
+    looks_local = path.is_absolute() or cfg.name_or_path.startswith(".") or path.exists()
+    if looks_local and not (path / "config.json").is_file():
+        raise ModelLoadError(f"model.name_or_path: {cfg.name_or_path!r} has no config.json; point it at a "
+                             "directory written by save_pretrained (or a hub id when online)")
+
+
+def load_tokenizer(cfg: ModelConfig) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.name_or_path, trust_remote_code=cfg.trust_remote_code)
+    if cfg.chat_template:
+        tokenizer.chat_template = cfg.chat_template
+    if cfg.add_special_tokens:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(cfg.add_special_tokens)},
+                                     replace_extra_special_tokens=False)
+    if tokenizer.pad_token_id is None:  # many base models ship without one; padding is masked anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def build_model_config(run: RunConfig) -> Any:
+    from transformers import AutoConfig
+
+    m = run.model
+    config = AutoConfig.from_pretrained(m.name_or_path, trust_remote_code=m.trust_remote_code)
+    limit = getattr(config, "max_position_embeddings", None)
+    if m.rope_scaling and limit and run.data.max_seq_len > limit:
+        factor = run.data.max_seq_len / limit
+        params = dict(getattr(config, "rope_parameters", None) or {})
+        params.update(rope_type=m.rope_scaling, factor=factor)
+        if m.rope_scaling == "yarn":
+            params["original_max_position_embeddings"] = limit
+        config.rope_parameters = params
+        config.max_position_embeddings = run.data.max_seq_len
+        logger.info("RoPE scaling %s with factor %.2f for max_seq_len %d", m.rope_scaling, factor, run.data.max_seq_len)
+    config.use_cache = False  # training never reuses past key/values
+    return config
+
+
+def quantization_config(run: RunConfig, dtype: torch.dtype) -> Any:
+    bits = getattr(run.tuning, "quantization_bit", None)
+    if not bits:
+        return None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelLoadError("tuning.quantization_bit needs bitsandbytes: pip install 'rayft[qlora]'")
+    from transformers import BitsAndBytesConfig
+
+    if bits == 4:
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=dtype)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def load_model(run: RunConfig, tokenizer: Any) -> torch.nn.Module:
+    """The base model, ready for a tuning method: right dtype, attention, RoPE and vocabulary."""
+    from transformers import AutoModelForCausalLM
+
+    dtype = resolve_dtype(run.model.dtype)
+    model = AutoModelForCausalLM.from_pretrained(
+        run.model.name_or_path,
+        config=build_model_config(run),
+        dtype=dtype,
+        attn_implementation=resolve_attn_implementation(run.model.attn_implementation),
+        quantization_config=quantization_config(run, dtype),
+        trust_remote_code=run.model.trust_remote_code,
+    )
+    resize_embeddings(model, len(tokenizer), seed=run.train.seed)
+    if run.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()  # so checkpointed blocks see a grad-requiring input under PEFT
+    return model
+
+
+@torch.no_grad()
+def resize_embeddings(model: torch.nn.Module, vocab_size: int, seed: int = 0) -> None:
+    """Grow the embeddings to the tokenizer; new rows = mean of old rows + noise of their covariance scale.
+
+    A mean initialisation keeps the new tokens' logits close to the average token's instead of
+    random (Hewitt, "Initializing new word embeddings", 2021); the noise keeps them distinct.
+    """
+    old = model.get_input_embeddings().weight.shape[0]
+    if vocab_size <= old:
+        return
+    model.resize_token_embeddings(vocab_size, mean_resizing=False)
+    gen = torch.Generator().manual_seed(seed)
+    for emb in {model.get_input_embeddings(), model.get_output_embeddings()} - {None}:
+        weight = emb.weight
+        mean = weight[:old].float().mean(0)
+        std = weight[:old].float().std(0)
+        noise = torch.randn((vocab_size - old, weight.shape[1]), generator=gen) * std * 0.1
+        weight[old:] = (mean + noise).to(weight.dtype)
+    logger.info("resized embeddings from %d to %d tokens (noisy mean init)", old, vocab_size)

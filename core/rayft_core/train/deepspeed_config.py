@@ -1,0 +1,52 @@
+"""The DeepSpeed config of a run: generated from it, or a user's JSON with its "auto" values filled."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+
+from rayft_core.config import RunConfig
+
+
+def build_deepspeed_config(run: RunConfig, dtype: torch.dtype, world_size: int) -> dict[str, Any]:
+    ds = run.deepspeed
+    t = run.train
+    zero: dict[str, Any] = {"stage": ds.zero_stage}
+    if ds.zero_stage >= 1:
+        zero.update(contiguous_gradients=True, overlap_comm=False, reduce_bucket_size=5e7)
+    if ds.zero_stage == 3:
+        # gather the full weights on rank 0 when saving, so outputs are plain HF checkpoints
+        zero.update(stage3_gather_16bit_weights_on_model_save=True, stage3_param_persistence_threshold=1e4)
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if ds.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    generated: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "train_batch_size": t.micro_batch_size * t.gradient_accumulation_steps * world_size,
+        "gradient_clipping": t.max_grad_norm,
+        "zero_optimization": zero,
+        # Mixed precision in DeepSpeed casts the module; adapters stay fp32 on a 16-bit base instead.
+        "bf16": {"enabled": dtype == torch.bfloat16 and run.tuning.method != "lora"},
+        "fp16": {"enabled": dtype == torch.float16 and run.tuning.method != "lora"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if ds.offload_optimizer:  # offloaded states need DeepSpeed's own CPU Adam, not a client optimizer
+        generated["optimizer"] = {"type": "AdamW", "params": {"lr": t.learning_rate, "weight_decay": t.weight_decay}}
+    if ds.config_file is None:
+        return generated
+    with open(ds.config_file) as f:
+        user = json.load(f)
+    return _fill_auto(user, generated)
+
+
+def _fill_auto(user: Any, generated: Any) -> Any:
+    """Replace every "auto" in the user's JSON with the value the run implies."""
+    if isinstance(user, dict):
+        return {k: (generated.get(k) if v == "auto" else _fill_auto(v, generated.get(k) if isinstance(generated, dict) else None))
+                for k, v in user.items()}
+    return user

@@ -1,0 +1,162 @@
+"""The training loop of one worker: build the model, wrap it in DeepSpeed, step, report, save.
+
+It knows nothing of Ray: the cluster layer hands it an iterator of batches per epoch and a
+``report`` function, so the same loop runs under Ray Train or in a plain process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import resource
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+from rayft_core.config import RunConfig
+from rayft_core.model.adapters import apply_tuning, count_parameters
+from rayft_core.model.loader import load_model, load_tokenizer, resolve_dtype
+from rayft_core.train import outputs
+from rayft_core.train.deepspeed_config import build_deepspeed_config
+from rayft_core.train.optim import build_optimizer, build_scheduler
+from rayft_core.train.stages import STAGES
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """Decided on the driver from the data: how far each worker goes."""
+
+    micro_batches_per_epoch: int  # per worker; equal on every worker so collectives line up
+    num_epochs: int
+    total_steps: int  # optimizer steps
+
+    @classmethod
+    def from_rows(cls, run: RunConfig, num_rows: int) -> "TrainPlan":
+        t = run.train
+        per_worker = num_rows // run.cluster.num_workers
+        micro = per_worker // t.micro_batch_size
+        steps_per_epoch = micro // t.gradient_accumulation_steps
+        if steps_per_epoch == 0:
+            raise ValueError(f"{num_rows} training examples are fewer than one optimizer step needs "
+                             f"({run.global_batch_size} = micro_batch_size x gradient_accumulation_steps x num_workers); "
+                             "lower those or add data")
+        if t.max_steps:
+            total = t.max_steps
+        else:
+            total = max(1, int(steps_per_epoch * t.num_epochs))
+        epochs = -(-total // steps_per_epoch)  # ceil
+        return cls(micro_batches_per_epoch=steps_per_epoch * t.gradient_accumulation_steps,
+                   num_epochs=epochs, total_steps=total)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def peak_memory_gb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+def train_worker(run: RunConfig, plan: TrainPlan, epoch_batches: Callable[[int], Iterable[dict[str, torch.Tensor]]],
+                 report: Callable[[dict[str, Any]], None], rank: int, world_size: int) -> None:
+    """Train on this worker's batches for plan.total_steps optimizer steps and save on rank 0."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed otherwise probes for CUDA and fails
+    try:
+        import deepspeed
+    except ImportError:
+        raise ImportError("training needs DeepSpeed: pip install 'rayft[deepspeed]'") from None
+
+    seed_everything(run.train.seed)
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    tokenizer = load_tokenizer(run.model)
+    model = apply_tuning(load_model(run, tokenizer), run)
+    trainable, total = count_parameters(model)
+    if rank == 0:
+        logger.info("trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    ds_config = build_deepspeed_config(run, resolve_dtype(run.model.dtype), world_size)
+    optimizer = None if "optimizer" in ds_config else build_optimizer(model, run)
+    scheduler = build_scheduler(optimizer, run, plan.total_steps) if optimizer else None
+    engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                                           config=ds_config, dist_init_required=False)
+    stage = STAGES[run.stage.name]
+    engine.train()
+
+    step, window = 0, _Window()
+    for epoch in range(plan.num_epochs):
+        for micro, batch in enumerate(epoch_batches(epoch)):
+            if micro >= plan.micro_batches_per_epoch or step >= plan.total_steps:
+                break
+            batch = {k: v.to(device) for k, v in batch.items()}
+            boundary = engine.is_gradient_accumulation_boundary()
+            loss, n_tokens = stage.compute_loss(engine.module, batch)
+            engine.backward(loss)
+            engine.step()
+            window.add(loss.item() * n_tokens, n_tokens, int(batch["attention_mask"].sum()), batch["input_ids"].shape[0])
+            if not boundary:
+                continue
+            step += 1
+            if step % run.train.logging_steps == 0 or step == plan.total_steps:
+                metrics = window.reduce(device)
+                metrics.update({"step": step, "train/epoch": epoch + (micro + 1) / plan.micro_batches_per_epoch,
+                                "train/lr": scheduler.get_last_lr()[0] if scheduler else run.train.learning_rate,
+                                "train/grad_norm": _grad_norm(engine), "mem/peak_gb": peak_memory_gb()})
+                if rank == 0:
+                    outputs.append_metrics(run.output.dir, metrics)
+                report(metrics)
+                window = _Window()
+        if step >= plan.total_steps:
+            break
+    _save(engine, tokenizer, run, rank)
+
+
+def _grad_norm(engine: Any) -> float:
+    norm = engine.get_global_grad_norm()
+    return float(norm) if norm is not None else float("nan")
+
+
+class _Window:
+    """Sums over the micro-batches since the last report, reduced across workers when reported."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.loss_sum = 0.0  # loss x labelled tokens
+        self.label_tokens = 0
+        self.tokens = 0  # non-padding input tokens
+        self.samples = 0
+
+    def add(self, loss_sum: float, label_tokens: int, tokens: int, samples: int) -> None:
+        self.loss_sum += loss_sum
+        self.label_tokens += label_tokens
+        self.tokens += tokens
+        self.samples += samples
+
+    def reduce(self, device: torch.device) -> dict[str, float]:
+        values = torch.tensor([self.loss_sum, self.label_tokens, self.tokens, self.samples], dtype=torch.float64, device=device)
+        if torch.distributed.is_initialized():
+            torch.distributed.all_reduce(values)
+        loss_sum, label_tokens, tokens, samples = values.tolist()
+        elapsed = time.perf_counter() - self.start
+        return {"train/loss": loss_sum / max(label_tokens, 1), "perf/tokens_per_s": tokens / elapsed,
+                "perf/samples_per_s": samples / elapsed}
+
+
+def _save(engine: Any, tokenizer: Any, run: RunConfig, rank: int) -> None:
+    # Under ZeRO-3 every rank holds a shard: gathering is a collective all ranks must join.
+    state_dict = engine._zero3_consolidated_16bit_state_dict() if run.deepspeed.zero_stage == 3 else None
+    if rank != 0:
+        return
+    outputs.save_model(engine.module, tokenizer, run, run.output.dir, state_dict=state_dict)
+    outputs.plot_loss(run.output.dir)
+    if run.output.merge_adapter and run.tuning.method == "lora":
+        outputs.merge_adapter(run, run.output.dir)

@@ -1,0 +1,22 @@
+"""Stage sft: supervised fine-tuning on conversations; the loss covers assistant tokens only
+(unless stage.train_on_prompt), rendered with the model's own chat template."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rayft_core.config import RunConfig
+from rayft_core.data.tokenize import encode_chat_batch
+from rayft_core.train.losses import compute_causal_lm_loss
+
+
+def encode_rows(rows: list[dict], tokenizer: Any, run: RunConfig) -> dict[str, list[list[int]]]:
+    """Aligned conversations -> input_ids and labels with the prompt masked."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("stage sft renders conversations with the tokenizer's chat template, and this tokenizer has "
+                         "none; set model.chat_template")
+    return encode_chat_batch(tokenizer, [r["messages"] for r in rows], run.data.max_seq_len,
+                             train_on_prompt=run.stage.train_on_prompt)
+
+
+compute_loss = compute_causal_lm_loss

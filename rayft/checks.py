@@ -1,0 +1,92 @@
+"""Checks on the driver before anything is submitted: model, tuning method, optional packages, resources.
+
+Each raises ``RunCheckError`` with the key to change. They run before the output directory is
+created, so a run that fails them leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from rayft_core.config import LoraTuning, RunConfig
+from rayft_core.model.loader import ModelLoadError, check_model_path
+
+
+class RunCheckError(ValueError):
+    """The run cannot start as configured; the message says what to change."""
+
+
+def check_run(run: RunConfig, cluster_resources: dict[str, float], use_gpu: bool) -> None:
+    problems: list[str] = []
+    try:
+        check_model_path(run.model)
+    except ModelLoadError as e:
+        raise RunCheckError(str(e)) from None
+    problems += _check_packages(run, use_gpu)
+    problems += _check_targets(run)
+    problems += _check_resources(run, cluster_resources, use_gpu)
+    problems += _check_output(run)
+    if problems:
+        raise RunCheckError("the run cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _check_packages(run: RunConfig, use_gpu: bool) -> list[str]:
+    problems = []
+    if importlib.util.find_spec("deepspeed") is None:
+        problems.append("training needs DeepSpeed: pip install 'rayft[deepspeed]'")
+    if isinstance(run.tuning, LoraTuning) and run.tuning.quantization_bit and importlib.util.find_spec("bitsandbytes") is None:
+        problems.append("tuning.quantization_bit needs bitsandbytes: pip install 'rayft[qlora]'")
+    if run.tuning.method == "galore" and importlib.util.find_spec("galore_torch") is None:
+        problems.append("tuning.method galore needs galore-torch: pip install 'rayft[galore]'")
+    if (run.deepspeed.offload_optimizer or run.deepspeed.offload_params) and not use_gpu:
+        problems.append("deepspeed.offload_*: offloading moves state from GPU to CPU memory; this run has no GPU, "
+                        "so set them to false")
+    if run.deepspeed.config_file and not Path(run.deepspeed.config_file).is_file():
+        problems.append(f"deepspeed.config_file: no file at {run.deepspeed.config_file!r}")
+    return problems
+
+
+def _check_targets(run: RunConfig) -> list[str]:
+    """Resolve LoRA/GaLore targets and freeze layers on a weightless (meta) copy of the model."""
+    target = getattr(run.tuning, "target", None)
+    if target is None and run.tuning.method != "freeze":
+        return []
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rayft_core.model.adapters import TuningError, decoder_layers, resolve_targets
+    from rayft_core.model.loader import build_model_config
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(build_model_config(run), trust_remote_code=run.model.trust_remote_code)
+    try:
+        if target is not None:
+            resolve_targets(model, target, "tuning.target")
+        else:
+            n = len(decoder_layers(model))
+            if run.tuning.trainable_layers > n:
+                return [f"tuning.trainable_layers: the model has {n} layers, got {run.tuning.trainable_layers}"]
+    except TuningError as e:
+        return [str(e)]
+    return []
+
+
+def _check_resources(run: RunConfig, resources: dict[str, float], use_gpu: bool) -> list[str]:
+    c = run.cluster
+    problems = []
+    cpus_needed = c.num_workers * c.cpus_per_worker
+    if cpus_needed > resources.get("CPU", 0):
+        problems.append(f"cluster.num_workers: {c.num_workers} workers x {c.cpus_per_worker} CPUs need {cpus_needed:g} CPUs; "
+                        f"the cluster has {resources.get('CPU', 0):g}. Lower num_workers or cpus_per_worker, or add nodes")
+    if use_gpu and c.num_workers > resources.get("GPU", 0):
+        problems.append(f"cluster.num_workers: {c.num_workers} GPU workers need {c.num_workers} GPUs; the cluster has "
+                        f"{resources.get('GPU', 0):g}")
+    return problems
+
+
+def _check_output(run: RunConfig) -> list[str]:
+    out = Path(run.output.dir)
+    if out.exists() and any(out.iterdir()) and not run.output.overwrite:
+        return [f"output.name: {out} already holds a run; choose another name or set output.overwrite=true"]
+    return []

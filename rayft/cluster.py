@@ -1,0 +1,30 @@
+"""Joining a Ray cluster: the one named by RAY_ADDRESS, or a local one started on demand."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import ray
+import ray.data
+
+logger = logging.getLogger(__name__)
+
+
+def connect(num_cpus: int | None = None) -> None:
+    """ray.init() once per process. Without RAY_ADDRESS an embedded local cluster starts.
+
+    A local cluster declares at least 4 logical CPUs: Ray Data's read and map tasks must find CPUs
+    beside the training workers, or the pipeline feeding them starves (seen on 2-core machines).
+    """
+    if ray.is_initialized():
+        return
+    # Ray Data's progress bars need a terminal; in logs (CI, `ray job`) they print a status block per second.
+    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+        return
+    cpus = num_cpus or max(os.cpu_count() or 1, 4)
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+    logger.info("started a local Ray cluster with %d logical CPUs", cpus)

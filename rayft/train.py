@@ -1,0 +1,101 @@
+"""Launch a run on Ray Train: checks on the driver, the data on Ray Data, DeepSpeed on the workers.
+
+    rayft train examples/sft_lora.yaml train.learning_rate=2e-4
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.train import FailureConfig, RunConfig as RayRunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from ray.train.v2.api.callback import UserCallback
+
+from rayft.checks import check_run
+from rayft.cluster import connect
+from rayft.data import build_train_dataset
+from rayft_core.config import RunConfig
+from rayft_core.train.loop import TrainPlan
+
+logger = logging.getLogger(__name__)
+
+
+def _train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Runs in every Ray Train worker: the engine's loop fed by this worker's shard."""
+    import transformers
+
+    from rayft_core.data.collate import pad_batch
+    from rayft_core.train.loop import train_worker
+
+    transformers.logging.disable_progress_bar()
+    run = RunConfig.model_validate(config["run"])
+    plan = TrainPlan(**config["plan"])
+    ctx = ray.train.get_context()
+    shard = ray.train.get_dataset_shard("train")
+    pad_id = config["pad_token_id"]
+
+    def epoch_batches(epoch: int):
+        for batch in shard.iter_batches(batch_size=run.train.micro_batch_size, batch_format="numpy", drop_last=True,
+                                        local_shuffle_buffer_size=256 if run.data.shuffle else None,
+                                        local_shuffle_seed=run.train.seed + epoch if run.data.shuffle else None):
+            yield pad_batch(batch["input_ids"], batch["labels"], pad_id)
+
+    train_worker(run, plan, epoch_batches, report=ray.train.report,
+                 rank=ctx.get_world_rank(), world_size=ctx.get_world_size())
+
+
+class _Progress(UserCallback):
+    """A progress bar of optimizer steps with the latest loss, drawn on the driver (tqdm_ray)."""
+
+    def __init__(self, total_steps: int, name: str):
+        self.total_steps, self.name = total_steps, name
+        self.bar = None
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        from ray.experimental.tqdm_ray import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=self.total_steps, desc=f"train {self.name}", unit="step")
+        m = metrics[0]
+        self.bar.set_description(f"train {self.name} loss={m['train/loss']:.4f} tok/s={m['perf/tokens_per_s']:.0f}")
+        self.bar.update(m["step"] - self.bar.n)
+        if m["step"] >= self.total_steps:
+            self.bar.close()
+
+
+def train(run: RunConfig) -> Path:
+    """Run one training job to completion; return the output directory."""
+    connect()
+    resources = ray.cluster_resources()
+    use_gpu = resources.get("GPU", 0) > 0 if run.cluster.use_gpu == "auto" else bool(run.cluster.use_gpu)
+    check_run(run, resources, use_gpu)
+
+    out = Path(run.output.dir)
+    if out.exists() and run.output.overwrite:
+        shutil.rmtree(out)
+    dataset, stats = build_train_dataset(run)
+    plan = TrainPlan.from_rows(run, stats.num_rows)
+    logger.info("plan: %d optimizer steps over %d epoch(s), global batch %d", plan.total_steps, plan.num_epochs,
+                run.global_batch_size)
+    out.mkdir(parents=True, exist_ok=True)
+
+    from rayft_core.model.loader import load_tokenizer
+
+    trainer = TorchTrainer(
+        _train_loop_per_worker,
+        train_loop_config={"run": run.model_dump(mode="json"), "plan": plan.__dict__,
+                           "pad_token_id": load_tokenizer(run.model).pad_token_id},
+        scaling_config=ScalingConfig(num_workers=run.cluster.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": run.cluster.cpus_per_worker},
+                                     placement_strategy=run.cluster.placement_strategy),
+        run_config=RayRunConfig(name=run.output.name, storage_path=str(Path(run.output.storage_path).absolute()),
+                                failure_config=FailureConfig(max_failures=0),
+                                callbacks=[_Progress(plan.total_steps, run.output.name)]),
+        datasets={"train": dataset},
+    )
+    trainer.fit()
+    return out

@@ -16,10 +16,18 @@ class DataError(ValueError):
     """A row that cannot be used; the message names its file and row and what is wrong."""
 
 
+_SOURCE_KEYS = ("path", "__row__")  # where a row came from, set by the reader; not data
+
+
 def _where(row: dict, index: int) -> str:
-    """The row's file (Ray Data's include_paths column) and the row itself, shortened."""
-    shown = json.dumps({k: v for k, v in row.items() if k != "path"}, ensure_ascii=False, default=str)
-    return f"{row.get('path') or '<rows>'}: row {shown[:160]}"
+    """'file: row N' when the reader recorded it, else the row itself, shortened."""
+    if "__row__" in row:
+        return f"{row.get('path', '<rows>')}: row {row['__row__']}"
+    return f"row {index} {json.dumps(_data(row), ensure_ascii=False, default=str)[:160]}"
+
+
+def _data(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in _SOURCE_KEYS}
 
 
 def align_alpaca(row: dict, index: int = 0) -> dict:
@@ -27,7 +35,7 @@ def align_alpaca(row: dict, index: int = 0) -> dict:
     instruction, output = row.get("instruction"), row.get("output")
     if not isinstance(instruction, str) or not isinstance(output, str):
         raise DataError(f"{_where(row, index)}: alpaca rows need string 'instruction' and 'output' columns, "
-                        f"got keys {sorted(k for k in row if k != 'path')}")
+                        f"got keys {sorted(_data(row))}")
     messages = []
     if row.get("system"):
         messages.append({"role": "system", "content": row["system"]})

@@ -1,0 +1,292 @@
+"""/work/main/.venv/bin/python benchmarks/sft_lora_vs_llamafactory.py [--max-samples 64] [--rayft-workers 1 2]
+
+LoRA SFT, rayft vs LLaMA-Factory 0.9.5, on this CPU machine, one after the other (never concurrently).
+
+Setup shared by both: a 19.5M-parameter Llama (hidden 64, 2 layers, untied head, random init) with the
+Qwen2.5 tokenizer (vocab 151,665) saved in one directory; alpaca_en_demo (999 rows); LoRA r=8, alpha=16,
+dropout 0 on every linear layer but the head; cutoff 512; batch 8 per worker; grad accumulation 1; 1 epoch;
+lr 1e-4 cosine, no warmup; fp32. Chat template: rayft renders with the tokenizer's own (Qwen2.5)
+template; LLaMA-Factory uses `template: qwen` (same text, same default system prompt).
+
+What is measured, per framework, with the command as a whole process from start to exit:
+- wall time;
+- peak memory of the process tree: every 0.5 s psutil lists the command's process, all its descendants
+  and every process in its session (the command starts a new session, so Ray's raylet, GCS and worker
+  processes are counted even if reparented) and sums RSS and PSS; the peak of each sum is reported.
+  RSS double-counts shared pages (Ray's object store in /dev/shm, shared libraries); PSS does not;
+- CPU seconds of the tree (user + sys, last value seen for each process);
+- training tokens/s = non-padding input tokens trained / training-loop time. rayft: from
+  metrics.jsonl (each window's tokens/s and samples/s give its duration and tokens). LLaMA-Factory:
+  `num_input_tokens_seen` (include_num_input_tokens_seen: non_padding) / `train_runtime`.
+Dataset token totals (all rows, after the template and truncation) are reported for both to expose
+any tokenization difference. rayft drops the last incomplete batch (992 of 999 rows trained at batch 8);
+LLaMA-Factory trains all 999. LLaMA-Factory keeps its default gradient checkpointing (rayft's is off).
+
+LLaMA-Factory runs in its own venv at /tmp/lf-venv, created when absent: torch==2.13.0 first (the CPU
+wheel), then llamafactory==0.9.5 without deps, then its requirements except torch/torchaudio/torchvision
+under the constraint torch==2.13.0 (pip otherwise pulls torchaudio 2.11 and with it a CUDA torch 2.15).
+torchaudio has no CPU build for torch 2.13, and LLaMA-Factory imports it at start-up (mm_plugin.py, for
+audio models only), so an empty stub package `torchaudio` is written into that venv's site-packages.
+LLaMA-Factory runs with a cwd other than /tmp: there Ray's /tmp/ray directory looks like the `ray`
+package to `python -c`-style imports and LLaMA-Factory then imports ray.util and fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RAYFT = ROOT / ".venv" / "bin" / "rayft"
+LF_VENV = Path("/tmp/lf-venv")
+TOKENIZER = Path("/work/shared/fixtures/tokenizers/qwen2.5-instruct")
+DATA_DIR = Path("/work/shared/data")
+WORK = Path("/tmp/sft-bench")
+RESULTS = ROOT / "benchmarks" / "results"
+RANK, ALPHA, MAX_LEN, BATCH, LR, LOG_STEPS = 8, 16, 512, 8, 1e-4, 10
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def ensure_lf_venv() -> None:
+    pip = [str(LF_VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
+    if (LF_VENV / "bin" / "llamafactory-cli").exists():
+        return
+    subprocess.run(["python3", "-m", "venv", "--clear", str(LF_VENV)], check=True)
+    subprocess.run(pip + ["torch==2.13.0"], check=True)
+    subprocess.run(pip + ["--no-deps", "llamafactory==0.9.5"], check=True)
+    reqs = subprocess.run([str(LF_VENV / "bin" / "python"), "-c", "import importlib.metadata as m; "
+                           "print('\\n'.join(r for r in m.requires('llamafactory') if ';' not in r))"],
+                          check=True, capture_output=True, text=True).stdout.split()
+    reqs = [r for r in reqs if not re.match(r"(torch|torchaudio|torchvision)\b(?![-_])", r)]
+    cons = WORK / "lf-constraints.txt"
+    cons.write_text("torch==2.13.0\n")
+    subprocess.run(pip + ["-c", str(cons)] + reqs, check=True)
+    site = next((LF_VENV / "lib").glob("python3*/site-packages"))
+    (site / "torchaudio").mkdir(exist_ok=True)
+    (site / "torchaudio" / "__init__.py").write_text('"""Stub: no CPU torchaudio for torch 2.13 (rayft benchmark)."""\n')
+
+
+def build_model(out: Path) -> int:
+    """Random-init tiny Llama + the Qwen2.5 tokenizer files copied verbatim; returns the parameter count."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from rayft_core.model.tiny import tiny_config
+
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    torch.manual_seed(0)
+    config = tiny_config("llama", len(tok), hidden_size=64, num_layers=2, pad_token_id=tok.pad_token_id,
+                         eos_token_id=tok.eos_token_id, bos_token_id=None)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(TOKENIZER / name, out / name)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _tree(root: psutil.Process, sid: int) -> dict[int, psutil.Process]:
+    procs = {root.pid: root}
+    try:
+        procs.update({p.pid: p for p in root.children(recursive=True)})
+    except psutil.Error:
+        pass
+    for p in psutil.process_iter():
+        try:
+            if p.pid not in procs and os.getsid(p.pid) == sid:
+                procs[p.pid] = p
+        except (OSError, psutil.Error):
+            pass
+    return procs
+
+
+def measure(cmd: list[str], cwd: Path, log: Path, env: dict[str, str]) -> dict:
+    """Run cmd to exit; wall time, peak RSS/PSS of its process tree (0.5 s polls), CPU seconds."""
+    env = {**{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}, **OFFLINE, **env}
+    peak_rss = peak_pss = 0
+    cpu: dict[tuple[int, float], float] = {}
+    load0, busy0 = os.getloadavg()[0], _busy_cpu_s()
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        root, sid = psutil.Process(proc.pid), proc.pid
+        while proc.poll() is None:
+            rss = pss = 0
+            for p in _tree(root, sid).values():
+                try:
+                    with p.oneshot():
+                        m, c = p.memory_full_info(), p.cpu_times()
+                        cpu[(p.pid, p.create_time())] = c.user + c.system
+                    rss, pss = rss + m.rss, pss + m.pss
+                except psutil.Error:
+                    pass
+            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+            time.sleep(0.5)
+    wall = time.perf_counter() - t0
+    busy = _busy_cpu_s() - busy0
+    leftovers = [p for p in psutil.process_iter() if _sid(p.pid) == sid]
+    for p in leftovers:  # processes this command started and left behind
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    return {"rc": proc.returncode, "wall_s": wall, "peak_rss_gb": peak_rss / 1e9, "peak_pss_gb": peak_pss / 1e9,
+            "cpu_s": sum(cpu.values()), "other_cpu_s": busy - sum(cpu.values()), "load1_at_start": load0,
+            "leftover_processes": len(leftovers), "log": str(log)}
+
+
+def _busy_cpu_s() -> float:
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
+def wait_idle(limit_s: float, load: float = 1.5) -> None:
+    """Other sessions share this machine: wait (at most limit_s) for the 1-min load average to drop."""
+    end = time.time() + limit_s
+    while os.getloadavg()[0] > load and time.time() < end:
+        time.sleep(10)
+
+
+def _sid(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
+
+
+def run_llamafactory(model: Path, max_samples: int | None) -> dict:
+    work = WORK / "lf"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    cfg = {
+        "model_name_or_path": str(model), "stage": "sft", "do_train": True, "finetuning_type": "lora",
+        "lora_rank": RANK, "lora_alpha": ALPHA, "lora_dropout": 0.0, "lora_target": "all",
+        "dataset": "alpaca_en_demo", "dataset_dir": str(DATA_DIR), "template": "qwen", "cutoff_len": MAX_LEN,
+        "overwrite_cache": True, "preprocessing_num_workers": 2, "output_dir": str(work / "out"),
+        "logging_steps": LOG_STEPS, "plot_loss": False, "overwrite_output_dir": True, "report_to": "none",
+        "per_device_train_batch_size": BATCH, "gradient_accumulation_steps": 1, "learning_rate": LR,
+        "num_train_epochs": 1.0, "lr_scheduler_type": "cosine", "warmup_ratio": 0.0, "bf16": False,
+        "fp16": False, "include_num_input_tokens_seen": "non_padding", "seed": 42,
+    }
+    if max_samples:
+        cfg["max_samples"] = max_samples
+    (work / "train.yaml").write_text(yaml.safe_dump(cfg))
+    env = {"HF_DATASETS_CACHE": str(work / "hf-datasets-cache")}  # fresh: no cached json/arrow from earlier runs
+    res = measure([str(LF_VENV / "bin" / "llamafactory-cli"), "train", "train.yaml"], work, work / "log.txt", env)
+    if res["rc"] != 0:
+        return res
+    out = work / "out"
+    results = json.loads((out / "all_results.json").read_text())
+    state = json.loads((out / "trainer_state.json").read_text())
+    logs = [h for h in state["log_history"] if "loss" in h]
+    tokens = state.get("num_input_tokens_seen") or max(h.get("num_input_tokens_seen", 0) for h in state["log_history"])
+    return {**res, "train_s": results["train_runtime"], "train_tokens": tokens,
+            "tokens_per_s": tokens / results["train_runtime"], "dataset_tokens": tokens,  # every row trained once
+            "rows_trained": round(results["train_samples_per_second"] * results["train_runtime"]),
+            "steps": state["global_step"], "final_loss": logs[-1]["loss"] if logs else None}
+
+
+def run_rayft(model: Path, max_samples: int | None, workers: int) -> dict:
+    work = WORK / f"rayft-w{workers}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    dataset = {"path": str(DATA_DIR / "alpaca_en_demo.json"), "format": "alpaca"}
+    if max_samples:
+        dataset["num_samples"] = max_samples
+    cfg = {
+        "model": {"name_or_path": str(model), "dtype": "float32"},
+        "tuning": {"method": "lora", "rank": RANK, "alpha": ALPHA, "dropout": 0.0, "target": "all"},
+        "stage": {"name": "sft"},
+        "data": {"train": [dataset], "max_seq_len": MAX_LEN},
+        "train": {"num_epochs": 1, "micro_batch_size": BATCH, "gradient_accumulation_steps": 1, "learning_rate": LR,
+                  "lr_scheduler": "cosine", "warmup_ratio": 0.0, "logging_steps": LOG_STEPS, "seed": 42},
+        "deepspeed": {"zero_stage": 0},
+        "cluster": {"num_workers": workers},
+        "output": {"storage_path": str(work / "out"), "name": "run", "overwrite": True},
+    }
+    (work / "run.yaml").write_text(yaml.safe_dump(cfg))
+    res = measure([str(RAYFT), "train", "run.yaml"], work, work / "log.txt", {})
+    if res["rc"] != 0:
+        return res
+    rows = sorted((json.loads(line) for line in (work / "out" / "run" / "metrics.jsonl").read_text().splitlines()),
+                  key=lambda r: r["step"])
+    train_s = tokens = samples = 0.0
+    prev = 0
+    for r in rows:  # window duration = its samples / its samples/s
+        n = (r["step"] - prev) * BATCH * workers
+        dt = n / r["perf/samples_per_s"]
+        train_s, tokens, samples, prev = train_s + dt, tokens + r["perf/tokens_per_s"] * dt, samples + n, r["step"]
+    m = re.search(r"training data: ([\d,]+) examples, ([\d,]+) tokens", Path(res["log"]).read_text())
+    return {**res, "train_s": train_s, "train_tokens": round(tokens), "tokens_per_s": tokens / train_s,
+            "dataset_tokens": int(m.group(2).replace(",", "")) if m else None, "rows_trained": int(samples),
+            "steps": prev, "final_loss": rows[-1]["train/loss"]}
+
+
+def print_table(results: dict[str, dict]) -> None:
+    lf = results["llamafactory"]
+    fields = [("wall_s", "wall time (s)", "{:.1f}"), ("train_s", "training loop (s)", "{:.1f}"),
+              ("tokens_per_s", "train tokens/s", "{:.0f}"), ("train_tokens", "tokens trained", "{:,}"),
+              ("dataset_tokens", "dataset tokens (all rows)", "{:,}"), ("rows_trained", "rows trained", "{:,}"),
+              ("steps", "optimizer steps", "{}"), ("peak_rss_gb", "peak RSS, tree sum (GB)", "{:.2f}"),
+              ("peak_pss_gb", "peak PSS, tree sum (GB)", "{:.2f}"), ("cpu_s", "CPU time of tree (s)", "{:.0f}"),
+              ("other_cpu_s", "CPU-s of other processes", "{:.0f}"), ("load1_at_start", "load avg at start", "{:.1f}"),
+              ("final_loss", "last logged loss", "{:.4f}")]
+    names = list(results)
+    ratio_names = [n for n in names if n != "llamafactory"]
+    header = f"{'':27}" + "".join(f"{n:>16}" for n in names) + "".join(f"{n + '/LF':>18}" for n in ratio_names)
+    print(header)
+    for key, label, fmt in fields:
+        cells = []
+        for n in names:
+            v = results[n].get(key)
+            cells.append(f"{fmt.format(v) if v is not None else '-':>16}")
+        for n in ratio_names:
+            a, b = results[n].get(key), lf.get(key)
+            ok = key in ("wall_s", "train_s", "tokens_per_s", "peak_rss_gb", "peak_pss_gb", "cpu_s") and a and b
+            cells.append(f"{(f'{a / b:.2f}x' if ok else ''):>18}")
+        print(f"{label:27}" + "".join(cells))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[2])
+    ap.add_argument("--max-samples", type=int, default=None, help="use only the first N rows (smoke runs)")
+    ap.add_argument("--rayft-workers", type=int, nargs="+", default=[1, 2], help="rayft runs, one per worker count")
+    ap.add_argument("--skip-llamafactory", action="store_true", help="only the rayft runs (no ratios)")
+    ap.add_argument("--wait-idle", type=float, default=300, help="before each run, wait up to this many seconds "
+                    "for the 1-min load average to fall below 1.5 (the machine is shared)")
+    args = ap.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+    model = WORK / "model"
+    shutil.rmtree(model, ignore_errors=True)
+    params = build_model(model)
+    print(f"model: {params:,} parameters at {model}", flush=True)
+    results: dict[str, dict] = {}
+    if not args.skip_llamafactory:
+        ensure_lf_venv()
+        wait_idle(args.wait_idle)
+        print(f"running LLaMA-Factory (load {os.getloadavg()[0]:.1f}) ...", flush=True)
+        results["llamafactory"] = run_llamafactory(model, args.max_samples)
+        print(json.dumps(results["llamafactory"]), flush=True)
+    for w in args.rayft_workers:
+        wait_idle(args.wait_idle)
+        print(f"running rayft, {w} worker(s) (load {os.getloadavg()[0]:.1f}) ...", flush=True)
+        results[f"rayft-w{w}"] = run_rayft(model, args.max_samples, w)
+        print(json.dumps(results[f"rayft-w{w}"]), flush=True)
+    if "llamafactory" in results and all(r["rc"] == 0 for r in results.values()):
+        print_table(results)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"sft_lora_vs_llamafactory{'-n%d' % args.max_samples if args.max_samples else ''}.json"
+    out.write_text(json.dumps({"model_params": params, "max_samples": args.max_samples, "machine_cpus": os.cpu_count(),
+                               "results": results}, indent=2))
+    print(f"results: {out}")
+
+
+if __name__ == "__main__":
+    main()

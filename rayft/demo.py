@@ -1,0 +1,103 @@
+"""`rayft demo`: fine-tuning you can watch work, on an embedded local Ray cluster, in minutes on CPU.
+
+    rayft demo --output outputs/demo
+
+1. Generates its data: counting text ("41 42 43 44 ...") and a chat task ("What number comes
+   after 41?" -> "42"), with 40 numbers held out of the task's training set.
+2. Trains a byte-level BPE tokenizer on that text and builds a tiny random Llama.
+3. Pre-trains it on the counting text (full-parameter, DeepSpeed ZeRO-2, 2 Ray Train workers).
+4. Teaches the chat task with LoRA SFT (ZeRO-2, 2 workers) and merges the adapter.
+5. Scores exact-match accuracy on the held-out questions before and after SFT.
+
+Counting was in the pre-training text for every number; the question-and-answer format and the
+held-out questions were not: a rise on them shows the adapter learned the task, not the answers.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+from rayft_core.config import RunConfig, load_config
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "demo"
+MAX_NUMBER = 200
+HELD_OUT = 40
+
+
+def _question(n: int) -> str:
+    return f"What number comes after {n}?"
+
+
+def write_data(data_dir: Path, seed: int = 0) -> tuple[list[str], list[int]]:
+    """Counting text for pre-training, the successor task for SFT; returns (pre-training lines, held-out numbers)."""
+    rng = random.Random(seed)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for _ in range(3000):
+        start = rng.randrange(MAX_NUMBER - 12)
+        lines.append(" ".join(str(i) for i in range(start, start + rng.randint(5, 12))))
+    (data_dir / "counting.txt").write_text("\n".join(lines) + "\n")
+    numbers = list(range(MAX_NUMBER - 1))
+    rng.shuffle(numbers)
+    held_out, train = sorted(numbers[:HELD_OUT]), numbers[HELD_OUT:]
+    with open(data_dir / "successor_train.jsonl", "w") as f:
+        for n in train:
+            f.write(json.dumps({"instruction": _question(n), "input": "", "output": str(n + 1)}) + "\n")
+    with open(data_dir / "successor_heldout.jsonl", "w") as f:
+        for n in held_out:
+            f.write(json.dumps({"instruction": _question(n), "input": "", "output": str(n + 1)}) + "\n")
+    return lines, held_out
+
+
+def score(model_dir: str | Path, numbers: list[int]) -> float:
+    """Exact-match accuracy of greedy answers to the held-out questions (chat template applied)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": _question(n)}], tokenize=False,
+                                             add_generation_prompt=True) for n in numbers]
+    tokenizer.padding_side = "left"
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id)
+    answers = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return sum(a.strip() == str(n + 1) for a, n in zip(answers, numbers)) / len(numbers)
+
+
+def _config(name: str, output: Path, workers: int, model_path: Path, data_path: Path) -> RunConfig:
+    return load_config(EXAMPLES / name, [f"model.name_or_path={model_path}", f"data.train=[{{path: {data_path}, "
+                       f"format: {'text' if name.startswith('pre') else 'alpaca'}}}]",
+                       f"output.storage_path={output}", f"cluster.num_workers={workers}"])
+
+
+def run_demo(output: str, workers: int = 2) -> None:
+    from rayft.train import train
+    from rayft_core.model.tiny import build_tiny_model, build_tokenizer
+
+    start = time.perf_counter()
+    out = Path(output).absolute()
+    data_dir = out / "data"
+    lines, held_out = write_data(data_dir)
+    task_text = [_question(n) + f" {n + 1}" for n in range(MAX_NUMBER)]
+    tokenizer = build_tokenizer(lines + task_text, vocab_size=400)
+    base = build_tiny_model("llama", tokenizer, out / "base", hidden_size=128, num_layers=4)
+    print(f"[demo] tiny Llama (hidden 128, 4 layers) and tokenizer written to {base}")
+
+    pretrained = train(_config("pretrain.yaml", out, workers, base, data_dir / "counting.txt"))
+    sft = train(_config("sft_lora.yaml", out, workers, pretrained, data_dir / "successor_train.jsonl"))
+
+    before, after = score(pretrained, held_out), score(sft / "merged", held_out)
+    print("\n[demo] held-out questions (never in the SFT data), exact-match accuracy:")
+    print(f"         after pre-training only : {before:6.1%}")
+    print(f"         after LoRA SFT          : {after:6.1%}")
+    print(f"[demo] outputs ({time.perf_counter() - start:.0f} s):")
+    print(f"         adapter        {sft}  (adapter_model.safetensors, loadable with peft)")
+    print(f"         merged model   {sft / 'merged'}  (plain transformers)")
+    print(f"         metrics        {sft / 'metrics.jsonl'}, {pretrained / 'metrics.jsonl'}")
+    print(f"         loss curves    {sft / 'loss.png'}, {pretrained / 'loss.png'}")

@@ -1,0 +1,95 @@
+"""Session fixtures: a tokenizer trained here, tiny models of real architectures, small data, one Ray cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+ARCHS = ["llama", "qwen2", "mistral", "gemma2", "phi3"]
+
+QA = [("What is the capital of France?", "Paris is the capital of France."),
+      ("Name a primary colour.", "Red is a primary colour."),
+      ("What is two plus two?", "Two plus two is four."),
+      ("Say hello.", "Hello there!"),
+      ("What do bees make?", "Bees make honey.")]
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("rayft")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(workdir: Path):
+    from rayft_core.model.tiny import build_tokenizer
+
+    texts = [q + " " + a for q, a in QA] * 20 + ["the quick brown fox jumps over the lazy dog"] * 20
+    return build_tokenizer(texts, vocab_size=300, save_dir=workdir / "tokenizer")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(workdir: Path, tokenizer):
+    """tiny_model(arch) -> directory of a saved 2-layer model of that architecture (built once)."""
+    from rayft_core.model.tiny import build_tiny_model
+
+    built: dict[str, Path] = {}
+
+    def get(arch: str = "llama") -> Path:
+        if arch not in built:
+            built[arch] = build_tiny_model(arch, tokenizer, workdir / f"model-{arch}")
+        return built[arch]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def alpaca_file(workdir: Path) -> Path:
+    path = workdir / "alpaca.json"
+    rows = [{"instruction": q, "input": "", "output": a} for q, a in QA] * 16
+    path.write_text(json.dumps(rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def sharegpt_file(workdir: Path) -> Path:
+    path = workdir / "sharegpt.jsonl"
+    with open(path, "w") as f:
+        for q, a in QA * 16:
+            f.write(json.dumps({"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def text_file(workdir: Path) -> Path:
+    path = workdir / "corpus.txt"
+    path.write_text("\n".join(f"{q} {a}" for q, a in QA * 40) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the whole session (4 logical CPUs: 2 workers + Ray Data tasks)."""
+    import ray
+
+    from rayft.cluster import connect
+
+    os.environ.pop("RAY_ADDRESS", None)
+    connect(num_cpus=4)
+    yield
+    ray.shutdown()
+
+
+def run_config(model_dir: Path, data: list[dict], out: Path, name: str, **sections) -> "RunConfig":  # noqa: F821
+    """A small valid run config; sections override whole keys (e.g. tuning={"method": "full"})."""
+    from rayft_core.config import validate_config
+
+    raw = {"model": {"name_or_path": str(model_dir)}, "data": {"train": data, "max_seq_len": 64},
+           "train": {"max_steps": 4, "micro_batch_size": 4, "learning_rate": 5e-3, "logging_steps": 1},
+           "output": {"storage_path": str(out), "name": name}}
+    for key, value in sections.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) and key in raw else value
+    return validate_config(raw)

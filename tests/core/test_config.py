@@ -1,0 +1,77 @@
+from pathlib import Path
+
+import pytest
+
+from rayft_core.config import ConfigError, RunConfig, load_config, validate_config
+
+REPO = Path(__file__).resolve().parents[2]
+MINIMAL = {"model": {"name_or_path": "m"}, "data": {"train": [{"path": "d.json", "format": "alpaca"}]}}
+
+
+def problems(raw: dict, overrides: list[str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        load_config(data=raw, overrides=overrides)
+    return e.value.problems
+
+
+def test_defaults_live_in_the_schema():
+    run = validate_config(MINIMAL)
+    assert run.stage.name == "sft" and run.tuning.method == "lora"
+    assert run.tuning.lora_alpha == 16  # derived: 2 x rank
+    assert run.global_batch_size == 4
+
+
+def test_unknown_keys_name_the_closest_valid_key_and_all_errors_come_at_once():
+    raw = {"model": {"name_or_path": "m", "dtyp": "auto"},
+           "tuning": {"method": "lora", "rnak": 4},
+           "data": {"train": [{"path": "a", "format": "alpaca", "num_sample": 3}]},
+           "train": {"learning_rate": -0.1}}
+    found = problems(raw)
+    assert "model.dtyp: unknown key (did you mean 'dtype'?)" in found
+    assert "tuning.rnak: unknown key (did you mean 'rank'?)" in found
+    assert "data.train[0].num_sample: unknown key (did you mean 'num_samples'?)" in found
+    assert "train.learning_rate: Input should be greater than 0, got -0.1" in found
+    assert len(found) == 4
+
+
+def test_union_sections_reject_keys_of_other_members():
+    found = problems({**MINIMAL, "stage": {"name": "pt", "train_on_prompt": True}})
+    assert any(p.startswith("stage.train_on_prompt: unknown key") for p in found)
+    found = problems({**MINIMAL, "tuning": "loar"})
+    assert found == ["tuning: unknown method 'loar' (did you mean 'lora'?); choose one of 'full', 'freeze', 'lora', 'galore'"]
+
+
+def test_overrides_are_parsed_as_yaml_and_create_sections():
+    run = load_config(data=MINIMAL, overrides=["train.learning_rate=3e-4", "tuning.rank=32", "stage.train_on_prompt=true",
+                                               "cluster.use_gpu=false"])
+    assert run.train.learning_rate == 3e-4 and run.tuning.rank == 32 and run.stage.train_on_prompt
+    assert run.cluster.use_gpu is False
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        load_config(data=MINIMAL, overrides=["train.learning_rate"])
+
+
+def test_shorthands():
+    assert validate_config({**MINIMAL, "tuning": "qlora"}).tuning.quantization_bit == 4
+    assert validate_config({**MINIMAL, "stage": "sft"}).stage.name == "sft"
+
+
+@pytest.mark.parametrize("sections, expected", [
+    ({"tuning": "galore", "deepspeed": {"zero_stage": 3}}, "deepspeed.zero_stage: GaLore needs whole 2-D weights"),
+    ({"tuning": "qlora", "deepspeed": {"zero_stage": 3}}, "deepspeed.zero_stage: a bitsandbytes-quantized base"),
+    ({"deepspeed": {"zero_stage": 2, "offload_params": True}}, "deepspeed.offload_params: parameter offload needs"),
+    ({"stage": "pt"}, "data.train[0].format: stage 'pt' trains on raw text"),
+])
+def test_combinations_that_cannot_work_are_rejected(sections, expected):
+    assert any(p.startswith(expected) for p in problems({**MINIMAL, **sections}))
+
+
+def test_json_schema_documents_every_field():
+    schema = RunConfig.model_json_schema()
+    lora = schema["$defs"]["LoraTuning"]["properties"]
+    assert "description" in lora["rank"] and lora["rank"]["default"] == 8
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(REPO) for d in ("examples", "jobs") for p in (REPO / d).rglob("*.yaml")),
+                         ids=str)
+def test_every_shipped_yaml_validates(path):
+    load_config(REPO / path)

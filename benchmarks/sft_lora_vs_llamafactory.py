@@ -2,33 +2,25 @@
 
 LoRA SFT, rayft vs LLaMA-Factory 0.9.5, on this CPU machine, one after the other (never concurrently).
 
-Setup shared by both: a 19.5M-parameter Llama (hidden 64, 2 layers, untied head, random init) with the
-Qwen2.5 tokenizer (vocab 151,665) saved in one directory; alpaca_en_demo (999 rows); LoRA r=8, alpha=16,
-dropout 0 on every linear layer but the head; cutoff 512; batch 8 per worker; grad accumulation 1; 1 epoch;
-lr 1e-4 cosine, no warmup; fp32. Chat template: rayft renders with the tokenizer's own (Qwen2.5)
-template; LLaMA-Factory uses `template: qwen` (same text, same default system prompt).
+Both: a 19.5M-parameter Llama (hidden 64, 2 layers, untied head, random init) saved with the Qwen2.5
+tokenizer files (vocab 151,665); alpaca_en_demo (999 rows); LoRA r=8 alpha=16 dropout 0 on all linear
+layers but the head; cutoff 512; batch 8 per worker; 1 epoch; lr 1e-4 cosine; fp32. rayft renders with the
+tokenizer's Qwen2.5 chat template, LLaMA-Factory with `template: qwen` (same text and default system).
+LLaMA-Factory keeps its default gradient checkpointing (rayft's is off); rayft drops the last partial batch.
 
-What is measured, per framework, with the command as a whole process from start to exit:
-- wall time;
-- peak memory of the process tree: every 0.5 s psutil lists the command's process, all its descendants
-  and every process in its session (the command starts a new session, so Ray's raylet, GCS and worker
-  processes are counted even if reparented) and sums RSS and PSS; the peak of each sum is reported.
-  RSS double-counts shared pages (Ray's object store in /dev/shm, shared libraries); PSS does not;
-- CPU seconds of the tree (user + sys, last value seen for each process);
-- training tokens/s = non-padding input tokens trained / training-loop time. rayft: from
-  metrics.jsonl (each window's tokens/s and samples/s give its duration and tokens). LLaMA-Factory:
-  `num_input_tokens_seen` (include_num_input_tokens_seen: non_padding) / `train_runtime`.
-Dataset token totals (all rows, after the template and truncation) are reported for both to expose
-any tokenization difference. rayft drops the last incomplete batch (992 of 999 rows trained at batch 8);
-LLaMA-Factory trains all 999. LLaMA-Factory keeps its default gradient checkpointing (rayft's is off).
+Each command is measured as a whole process, start to exit: wall time; peak RSS and PSS of its process
+tree (every 0.5 s psutil sums over the process, its descendants and every process of its session, which the
+command starts anew, so Ray's GCS/raylet/workers count even if reparented; RSS double-counts shared pages
+such as Ray's /dev/shm object store, PSS does not); CPU seconds of the tree. Training tokens/s = non-padding
+input tokens trained / training-loop time: rayft from metrics.jsonl (each window's tokens/s and samples/s
+give its duration and tokens), LLaMA-Factory num_input_tokens_seen (non_padding) / train_runtime.
 
-LLaMA-Factory runs in its own venv at /tmp/lf-venv, created when absent: torch==2.13.0 first (the CPU
-wheel), then llamafactory==0.9.5 without deps, then its requirements except torch/torchaudio/torchvision
-under the constraint torch==2.13.0 (pip otherwise pulls torchaudio 2.11 and with it a CUDA torch 2.15).
-torchaudio has no CPU build for torch 2.13, and LLaMA-Factory imports it at start-up (mm_plugin.py, for
-audio models only), so an empty stub package `torchaudio` is written into that venv's site-packages.
-LLaMA-Factory runs with a cwd other than /tmp: there Ray's /tmp/ray directory looks like the `ray`
-package to `python -c`-style imports and LLaMA-Factory then imports ray.util and fails.
+LLaMA-Factory's own venv, /tmp/lf-venv, is made when absent: torch==2.13.0 (CPU wheel), llamafactory==0.9.5
+--no-deps, then its requirements but torch/torchaudio/torchvision, constrained to torch==2.13.0 (else pip
+takes torchaudio 2.11 and with it a CUDA torch 2.15). No CPU torchaudio exists for torch 2.13 and LLaMA-
+Factory imports it at start-up (for audio models only), so an empty stub `torchaudio` package goes into
+that venv's site-packages. LLaMA-Factory must not run with cwd /tmp: Ray's /tmp/ray directory would pass
+for the `ray` package there and LLaMA-Factory would then import ray.util and fail.
 """
 
 from __future__ import annotations
@@ -92,54 +84,21 @@ def build_model(out: Path) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _tree(root: psutil.Process, sid: int) -> dict[int, psutil.Process]:
-    procs = {root.pid: root}
+def _sid(pid: int) -> int | None:
     try:
-        procs.update({p.pid: p for p in root.children(recursive=True)})
+        return os.getsid(pid)
+    except OSError:
+        return None
+
+
+def _tree(root: psutil.Process, sid: int) -> list[psutil.Process]:
+    """The command's process, its descendants, and every process of its session (reparented ones too)."""
+    procs = {p.pid: p for p in psutil.process_iter() if _sid(p.pid) == sid}
+    try:
+        procs.update({p.pid: p for p in [root] + root.children(recursive=True)})
     except psutil.Error:
         pass
-    for p in psutil.process_iter():
-        try:
-            if p.pid not in procs and os.getsid(p.pid) == sid:
-                procs[p.pid] = p
-        except (OSError, psutil.Error):
-            pass
-    return procs
-
-
-def measure(cmd: list[str], cwd: Path, log: Path, env: dict[str, str]) -> dict:
-    """Run cmd to exit; wall time, peak RSS/PSS of its process tree (0.5 s polls), CPU seconds."""
-    env = {**{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}, **OFFLINE, **env}
-    peak_rss = peak_pss = 0
-    cpu: dict[tuple[int, float], float] = {}
-    load0, busy0 = os.getloadavg()[0], _busy_cpu_s()
-    t0 = time.perf_counter()
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-        root, sid = psutil.Process(proc.pid), proc.pid
-        while proc.poll() is None:
-            rss = pss = 0
-            for p in _tree(root, sid).values():
-                try:
-                    with p.oneshot():
-                        m, c = p.memory_full_info(), p.cpu_times()
-                        cpu[(p.pid, p.create_time())] = c.user + c.system
-                    rss, pss = rss + m.rss, pss + m.pss
-                except psutil.Error:
-                    pass
-            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
-            time.sleep(0.5)
-    wall = time.perf_counter() - t0
-    busy = _busy_cpu_s() - busy0
-    leftovers = [p for p in psutil.process_iter() if _sid(p.pid) == sid]
-    for p in leftovers:  # processes this command started and left behind
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    return {"rc": proc.returncode, "wall_s": wall, "peak_rss_gb": peak_rss / 1e9, "peak_pss_gb": peak_pss / 1e9,
-            "cpu_s": sum(cpu.values()), "other_cpu_s": busy - sum(cpu.values()), "load1_at_start": load0,
-            "leftover_processes": len(leftovers), "log": str(log)}
+    return list(procs.values())
 
 
 def _busy_cpu_s() -> float:
@@ -154,11 +113,37 @@ def wait_idle(limit_s: float, load: float = 1.5) -> None:
         time.sleep(10)
 
 
-def _sid(pid: int) -> int | None:
-    try:
-        return os.getsid(pid)
-    except OSError:
-        return None
+def measure(cmd: list[str], cwd: Path, log: Path, env: dict[str, str]) -> dict:
+    """Run cmd to exit: wall time, peak RSS/PSS of its process tree (0.5 s polls), CPU seconds."""
+    env = {**{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}, **OFFLINE, **env}
+    peak_rss = peak_pss = 0
+    cpu: dict[tuple[int, float], float] = {}  # (pid, start time) -> last seen user + sys seconds
+    load0, busy0, t0 = os.getloadavg()[0], _busy_cpu_s(), time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        root = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            rss = pss = 0
+            for p in _tree(root, proc.pid):
+                try:
+                    with p.oneshot():
+                        m, c = p.memory_full_info(), p.cpu_times()
+                        cpu[(p.pid, p.create_time())] = c.user + c.system
+                    rss, pss = rss + m.rss, pss + m.pss
+                except psutil.Error:
+                    pass
+            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+            time.sleep(0.5)
+    wall, busy = time.perf_counter() - t0, _busy_cpu_s() - busy0
+    leftovers = [p for p in psutil.process_iter() if _sid(p.pid) == proc.pid]
+    for p in leftovers:  # processes this command started and left behind
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    return {"rc": proc.returncode, "wall_s": wall, "peak_rss_gb": peak_rss / 1e9, "peak_pss_gb": peak_pss / 1e9,
+            "cpu_s": sum(cpu.values()), "other_cpu_s": busy - sum(cpu.values()), "load1_at_start": load0,
+            "leftover_processes": len(leftovers), "log": str(log)}
 
 
 def run_llamafactory(model: Path, max_samples: int | None) -> dict:
@@ -230,7 +215,7 @@ def run_rayft(model: Path, max_samples: int | None, workers: int) -> dict:
 
 
 def print_table(results: dict[str, dict]) -> None:
-    lf = results["llamafactory"]
+    lf = results.get("llamafactory") if results.get("llamafactory", {}).get("rc") == 0 else None
     fields = [("wall_s", "wall time (s)", "{:.1f}"), ("train_s", "training loop (s)", "{:.1f}"),
               ("tokens_per_s", "train tokens/s", "{:.0f}"), ("train_tokens", "tokens trained", "{:,}"),
               ("dataset_tokens", "dataset tokens (all rows)", "{:,}"), ("rows_trained", "rows trained", "{:,}"),
@@ -238,19 +223,15 @@ def print_table(results: dict[str, dict]) -> None:
               ("peak_pss_gb", "peak PSS, tree sum (GB)", "{:.2f}"), ("cpu_s", "CPU time of tree (s)", "{:.0f}"),
               ("other_cpu_s", "CPU-s of other processes", "{:.0f}"), ("load1_at_start", "load avg at start", "{:.1f}"),
               ("final_loss", "last logged loss", "{:.4f}")]
-    names = list(results)
-    ratio_names = [n for n in names if n != "llamafactory"]
-    header = f"{'':27}" + "".join(f"{n:>16}" for n in names) + "".join(f"{n + '/LF':>18}" for n in ratio_names)
-    print(header)
+    names = [n for n in results if results[n]["rc"] == 0]
+    others = [n for n in names if n != "llamafactory"]
+    print(f"{'':27}" + "".join(f"{n:>14}" for n in names) + "".join(f"{n + '/LF':>16}" for n in others))
     for key, label, fmt in fields:
-        cells = []
-        for n in names:
-            v = results[n].get(key)
-            cells.append(f"{fmt.format(v) if v is not None else '-':>16}")
-        for n in ratio_names:
-            a, b = results[n].get(key), lf.get(key)
+        cells = [f"{fmt.format(results[n][key]) if results[n].get(key) is not None else '-':>14}" for n in names]
+        for n in others:
+            a, b = results[n].get(key), lf.get(key) if lf else None
             ok = key in ("wall_s", "train_s", "tokens_per_s", "peak_rss_gb", "peak_pss_gb", "cpu_s") and a and b
-            cells.append(f"{(f'{a / b:.2f}x' if ok else ''):>18}")
+            cells.append(f"{(f'{a / b:.2f}x' if ok else ''):>16}")
         print(f"{label:27}" + "".join(cells))
 
 
@@ -279,8 +260,7 @@ def main() -> None:
         print(f"running rayft, {w} worker(s) (load {os.getloadavg()[0]:.1f}) ...", flush=True)
         results[f"rayft-w{w}"] = run_rayft(model, args.max_samples, w)
         print(json.dumps(results[f"rayft-w{w}"]), flush=True)
-    if "llamafactory" in results and all(r["rc"] == 0 for r in results.values()):
-        print_table(results)
+    print_table(results)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"sft_lora_vs_llamafactory{'-n%d' % args.max_samples if args.max_samples else ''}.json"
     out.write_text(json.dumps({"model_params": params, "max_samples": args.max_samples, "machine_cpus": os.cpu_count(),

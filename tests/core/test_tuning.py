@@ -1,0 +1,163 @@
+"""Each tuning method trains exactly the parameters it should: they change, the rest do not."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rayft_core.data.collate import pad_batch
+from rayft_core.data.tokenize import encode_chat_batch
+from rayft_core.model.adapters import TuningError, apply_tuning
+from rayft_core.model.loader import load_model, load_tokenizer
+from rayft_core.train.optim import build_optimizer
+from rayft_core.train.sft import compute_loss
+from tests.conftest import QA, run_config
+
+
+def _batch(tokenizer):
+    convs = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in QA]
+    enc = encode_chat_batch(tokenizer, convs, 64)
+    return pad_batch(enc["input_ids"], enc["labels"], tokenizer.pad_token_id)
+
+
+def _train(run, steps: int = 3):
+    """Build the model as a worker does, take a few optimizer steps; return (model, before, after, optimizer)."""
+    tokenizer = load_tokenizer(run.model)
+    model = apply_tuning(load_model(run, tokenizer), run)
+    before = {n: p.detach().float().clone() for n, p in model.named_parameters()}
+    optimizer = build_optimizer(model, run)
+    batch = _batch(tokenizer)
+    losses = []
+    for _ in range(steps):
+        loss, _ = compute_loss(model, batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0], losses
+    after = {n: p.detach().float() for n, p in model.named_parameters()}
+    return model, before, after, optimizer
+
+
+def _changed(before, after) -> set[str]:
+    return {n for n in before if not torch.equal(before[n], after[n])}
+
+
+def _trainable(model) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _cfg(tiny_model, workdir, tuning, arch="llama", **sections):
+    return run_config(tiny_model(arch), [{"path": "unused.json", "format": "alpaca"}], workdir, "unit",
+                      tuning=tuning, **sections)
+
+
+def test_full_trains_everything(tiny_model, workdir):
+    model, before, after, _ = _train(_cfg(tiny_model, workdir, {"method": "full"}))
+    assert _trainable(model) == set(before) == _changed(before, after)
+
+
+def test_freeze_trains_the_last_layers_and_named_modules_only(tiny_model, workdir):
+    model, before, after, _ = _train(_cfg(tiny_model, workdir, {"method": "freeze", "trainable_layers": 1,
+                                                                "trainable_modules": ["lm_head"]}))
+    expected = {n for n in before if n.startswith("model.layers.1.") or n.startswith("lm_head")}
+    assert _trainable(model) == expected
+    assert _changed(before, after) == expected
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gemma2", "phi3"])
+def test_lora_trains_adapters_only_on_every_architecture(tiny_model, workdir, arch):
+    model, before, after, _ = _train(_cfg(tiny_model, workdir, {"method": "lora", "rank": 4}, arch=arch))
+    trainable = _trainable(model)
+    assert trainable and all("lora_" in n for n in trainable)
+    # B starts at zero, so A's gradient is zero at step 1; after 3 steps every adapter matrix moved
+    assert _changed(before, after) == trainable
+    targeted = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainable}
+    assert "lm_head" not in targeted and len(targeted) >= 4  # 'all' = every linear but the head
+
+
+def test_lora_variants(tiny_model, workdir):
+    rs = _cfg(tiny_model, workdir, {"method": "lora", "rank": 4, "alpha": 8, "use_rslora": True})
+    model = apply_tuning(load_model(rs, load_tokenizer(rs.model)), rs)
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    assert layer.scaling["default"] == pytest.approx(8 / 4 ** 0.5)  # rsLoRA: alpha / sqrt(r)
+
+    model, before, after, _ = _train(_cfg(tiny_model, workdir, {"method": "lora", "rank": 4, "use_dora": True}))
+    assert any("lora_magnitude_vector" in n for n in _trainable(model))
+    assert _changed(before, after) == _trainable(model)
+
+
+def test_pissa_moves_principal_components_into_the_adapter(tiny_model, workdir):
+    run = _cfg(tiny_model, workdir, {"method": "lora", "rank": 4, "init": "pissa"})
+    tokenizer = load_tokenizer(run.model)
+    base = load_model(run, tokenizer)
+    batch = _batch(tokenizer)
+    with torch.no_grad():
+        ref = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        w0 = base.model.layers[0].self_attn.q_proj.weight.clone()
+    model = apply_tuning(base, run)
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    assert not torch.allclose(layer.base_layer.weight, w0)  # residual weight = W - principal part
+    assert layer.lora_B["default"].weight.abs().sum() > 0  # B is not zero-initialised
+    with torch.no_grad():
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert torch.allclose(out, ref, atol=1e-4)  # the model's function is unchanged at init
+
+
+def test_loraplus_gives_b_matrices_a_higher_learning_rate(tiny_model, workdir):
+    run = _cfg(tiny_model, workdir, {"method": "lora", "rank": 4, "loraplus_lr_ratio": 16})
+    model = apply_tuning(load_model(run, load_tokenizer(run.model)), run)
+    optimizer = build_optimizer(model, run)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in optimizer.param_groups:
+        kinds = {"B" if "lora_B" in names[id(p)] else "A" for p in group["params"]}
+        assert len(kinds) == 1
+        assert group["lr"] == pytest.approx(run.train.learning_rate * (16 if kinds == {"B"} else 1))
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_qlora_trains_adapters_on_a_quantized_base(tiny_model, workdir, bits):
+    pytest.importorskip("bitsandbytes")
+    import bitsandbytes as bnb
+
+    run = _cfg(tiny_model, workdir, {"method": "lora", "rank": 4, "quantization_bit": bits}, deepspeed={"zero_stage": 0})
+    tokenizer = load_tokenizer(run.model)
+    model = apply_tuning(load_model(run, tokenizer), run)
+    quantized = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit if bits == 4 else bnb.nn.Linear8bitLt)]
+    assert quantized
+    # bitsandbytes repacks quantized storage on CPU at the first forward, so the frozen base is
+    # compared by what it computes, not by its bytes.
+    probes = [torch.randn(3, m.in_features) for m in quantized]
+    with torch.no_grad():
+        base_out = [m(x).clone() for m, x in zip(quantized, probes)]
+    lora = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = build_optimizer(model, run)
+    batch = _batch(tokenizer)
+    losses = []
+    for _ in range(3):
+        loss, _ = compute_loss(model, batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert lora and all("lora_" in n for n in lora)
+    assert all(not torch.equal(p, dict(model.named_parameters())[n]) for n, p in lora.items())
+    with torch.no_grad():
+        assert all(torch.allclose(m(x), out) for m, x, out in zip(quantized, probes, base_out))
+
+
+def test_galore_projects_linear_weights_and_trains_everything(tiny_model, workdir):
+    pytest.importorskip("galore_torch")
+    run = _cfg(tiny_model, workdir, {"method": "galore", "rank": 4, "update_proj_gap": 2}, deepspeed={"zero_stage": 0})
+    model, before, after, optimizer = _train(run)
+    assert type(optimizer).__module__.startswith("galore_torch")
+    projected = [g for g in optimizer.param_groups if "rank" in g]
+    assert projected and all(p.ndim == 2 for p in projected[0]["params"])
+    assert _changed(before, after) == set(before)
+
+
+def test_lora_target_that_matches_nothing_names_the_available_modules(tiny_model, workdir):
+    run = _cfg(tiny_model, workdir, {"method": "lora", "target": ["query_key_value"]})
+    with pytest.raises(TuningError, match=r"tuning.target: \['query_key_value'\] match no linear module.*q_proj"):
+        apply_tuning(load_model(run, load_tokenizer(run.model)), run)

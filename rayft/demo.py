@@ -23,12 +23,17 @@ from pathlib import Path
 from rayft_core.config import RunConfig, load_config
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "demo"
-MAX_NUMBER = 200
-HELD_OUT = 40
+MAX_NUMBER = 100  # two-digit numbers: one token each, as they are in the counting text
+HELD_OUT = 20
 
 
 def _question(n: int) -> str:
     return f"What number comes after {n}?"
+
+
+def _answer(n: int) -> str:
+    # " 42" (with its space) is the token the counting text taught; a bare "42" would be new to the model
+    return f"The next number is {n + 1}."
 
 
 def write_data(data_dir: Path, seed: int = 0) -> tuple[list[str], list[int]]:
@@ -45,10 +50,10 @@ def write_data(data_dir: Path, seed: int = 0) -> tuple[list[str], list[int]]:
     held_out, train = sorted(numbers[:HELD_OUT]), numbers[HELD_OUT:]
     with open(data_dir / "successor_train.jsonl", "w") as f:
         for n in train:
-            f.write(json.dumps({"instruction": _question(n), "input": "", "output": str(n + 1)}) + "\n")
+            f.write(json.dumps({"instruction": _question(n), "input": "", "output": _answer(n)}) + "\n")
     with open(data_dir / "successor_heldout.jsonl", "w") as f:
         for n in held_out:
-            f.write(json.dumps({"instruction": _question(n), "input": "", "output": str(n + 1)}) + "\n")
+            f.write(json.dumps({"instruction": _question(n), "input": "", "output": _answer(n)}) + "\n")
     return lines, held_out
 
 
@@ -64,10 +69,10 @@ def score(model_dir: str | Path, numbers: list[int]) -> float:
     tokenizer.padding_side = "left"
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+        out = model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id,
                              eos_token_id=tokenizer.eos_token_id)
     answers = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    return sum(a.strip() == str(n + 1) for a, n in zip(answers, numbers)) / len(numbers)
+    return sum(a.strip() == _answer(n) for a, n in zip(answers, numbers)) / len(numbers)
 
 
 def _config(name: str, output: Path, workers: int, model_path: Path, data_path: Path) -> RunConfig:
@@ -84,7 +89,7 @@ def run_demo(output: str, workers: int = 2) -> None:
     out = Path(output).absolute()
     data_dir = out / "data"
     lines, held_out = write_data(data_dir)
-    task_text = [_question(n) + f" {n + 1}" for n in range(MAX_NUMBER)]
+    task_text = [_question(n) + " " + _answer(n) for n in range(MAX_NUMBER)]
     tokenizer = build_tokenizer(lines + task_text, vocab_size=400)
     base = build_tiny_model("llama", tokenizer, out / "base", hidden_size=128, num_layers=4)
     print(f"[demo] tiny Llama (hidden 128, 4 layers) and tokenizer written to {base}")

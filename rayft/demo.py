@@ -2,15 +2,17 @@
 
     rayft demo --output outputs/demo
 
-1. Generates its data: counting text ("41 42 43 44 ...") and a chat task ("What number comes
-   after 41?" -> "42"), with 40 numbers held out of the task's training set.
+1. Generates its data: pre-training text of counting ("41 42 43 44 ...") and plain question-answer
+   lines ("Q: What number comes after 41? A: After 41 comes 42.") for every number below 99, and
+   a chat SFT set of the same questions with 20 numbers held out.
 2. Trains a byte-level BPE tokenizer on that text and builds a tiny random Llama.
 3. Pre-trains it on the counting text (full-parameter, DeepSpeed ZeRO-2, 2 Ray Train workers).
 4. Teaches the chat task with LoRA SFT (ZeRO-2, 2 workers) and merges the adapter.
 5. Scores exact-match accuracy on the held-out questions before and after SFT.
 
-Counting was in the pre-training text for every number; the question-and-answer format and the
-held-out questions were not: a rise on them shows the adapter learned the task, not the answers.
+As in real fine-tuning, the facts come from pre-training and SFT teaches the behaviour: the
+pre-trained model has never seen the chat template and cannot answer a chat turn; after LoRA SFT
+on 79 of the questions it answers the 20 held-out ones, which it only knows from pre-training text.
 """
 
 from __future__ import annotations
@@ -32,18 +34,23 @@ def _question(n: int) -> str:
 
 
 def _answer(n: int) -> str:
-    # " 42" (with its space) is the token the counting text taught; a bare "42" would be new to the model
-    return f"The next number is {n + 1}."
+    return f"After {n} comes {n + 1}."
+
+
+def _plain_qa(n: int) -> str:
+    """How pre-training text states a fact: no chat template, no special tokens."""
+    return f"Q: {_question(n)} A: {_answer(n)}"
 
 
 def write_data(data_dir: Path, seed: int = 0) -> tuple[list[str], list[int]]:
     """Counting text for pre-training, the successor task for SFT; returns (pre-training lines, held-out numbers)."""
     rng = random.Random(seed)
     data_dir.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for _ in range(3000):
+    lines = [_plain_qa(n) for n in range(MAX_NUMBER - 1) for _ in range(8)]
+    for _ in range(2000):
         start = rng.randrange(MAX_NUMBER - 12)
         lines.append(" ".join(str(i) for i in range(start, start + rng.randint(5, 12))))
+    rng.shuffle(lines)
     (data_dir / "counting.txt").write_text("\n".join(lines) + "\n")
     numbers = list(range(MAX_NUMBER - 1))
     rng.shuffle(numbers)
@@ -89,8 +96,7 @@ def run_demo(output: str, workers: int = 2) -> None:
     out = Path(output).absolute()
     data_dir = out / "data"
     lines, held_out = write_data(data_dir)
-    task_text = [_question(n) + " " + _answer(n) for n in range(MAX_NUMBER)]
-    tokenizer = build_tokenizer(lines + task_text, vocab_size=400)
+    tokenizer = build_tokenizer(lines, vocab_size=400)
     base = build_tiny_model("llama", tokenizer, out / "base", hidden_size=128, num_layers=4)
     print(f"[demo] tiny Llama (hidden 128, 4 layers) and tokenizer written to {base}")
 
@@ -98,7 +104,7 @@ def run_demo(output: str, workers: int = 2) -> None:
     sft = train(_config("sft_lora.yaml", out, workers, pretrained, data_dir / "successor_train.jsonl"))
 
     before, after = score(pretrained, held_out), score(sft / "merged", held_out)
-    print("\n[demo] held-out questions (never in the SFT data), exact-match accuracy:")
+    print(f"\n[demo] {len(held_out)} held-out chat questions (not in the SFT data), exact-match accuracy:")
     print(f"         after pre-training only : {before:6.1%}")
     print(f"         after LoRA SFT          : {after:6.1%}")
     print(f"[demo] outputs ({time.perf_counter() - start:.0f} s):")

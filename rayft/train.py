@@ -69,6 +69,7 @@ class _Progress(UserCallback):
 
 def train(run: RunConfig) -> Path:
     """Run one training job to completion; return the output directory."""
+    run = run.with_absolute_paths()
     connect()
     resources = ray.cluster_resources()
     use_gpu = resources.get("GPU", 0) > 0 if run.cluster.use_gpu == "auto" else bool(run.cluster.use_gpu)

@@ -223,6 +223,21 @@ class RunConfig(_Section):
                                 f"(alpaca or sharegpt), got 'text'")
         return problems
 
+    def with_absolute_paths(self) -> "RunConfig":
+        """Local relative paths made absolute on the driver: workers on other nodes or in other
+        working directories must find the same files."""
+        def absolute(p: str | None) -> str | None:
+            return str(Path(p).expanduser().absolute()) if p and Path(p).expanduser().exists() else p
+
+        run = self.model_copy(deep=True)
+        run.model.name_or_path = absolute(run.model.name_or_path)
+        run.deepspeed.config_file = absolute(run.deepspeed.config_file)
+        run.output.storage_path = str(Path(run.output.storage_path).expanduser().absolute())
+        for spec in run.data.train:
+            if "://" not in spec.path:
+                spec.path = str(Path(spec.path).expanduser().absolute())
+        return run
+
     @property
     def global_batch_size(self) -> int:
         return self.train.micro_batch_size * self.train.gradient_accumulation_steps * self.cluster.num_workers

@@ -161,3 +161,32 @@ def test_lora_target_that_matches_nothing_names_the_available_modules(tiny_model
     run = _cfg(tiny_model, workdir, {"method": "lora", "target": ["query_key_value"]})
     with pytest.raises(TuningError, match=r"tuning.target: \['query_key_value'\] match no linear module.*q_proj"):
         apply_tuning(load_model(run, load_tokenizer(run.model)), run)
+
+
+def test_qlora_gradients_equal_those_of_the_dequantized_base(tiny_model, workdir):
+    """bitsandbytes warns that its CPU 4-bit kernel has no autograd kernel; check the gradients
+    that reach the first layer's adapter through every quantized layer against a float twin."""
+    bnb = pytest.importorskip("bitsandbytes")
+    lora = {"method": "lora", "rank": 4, "init": "gaussian"}
+    q_run = _cfg(tiny_model, workdir, {**lora, "quantization_bit": 4}, deepspeed={"zero_stage": 0})
+    f_run = _cfg(tiny_model, workdir, lora, deepspeed={"zero_stage": 0})
+    tokenizer = load_tokenizer(q_run.model)
+    quantized = apply_tuning(load_model(q_run, tokenizer), q_run)
+    twin = apply_tuning(load_model(f_run, tokenizer), f_run)
+    twin_params = dict(twin.named_parameters())
+    with torch.no_grad():
+        for name, module in quantized.named_modules():
+            if isinstance(module, bnb.nn.Linear4bit):
+                twin_params[name + ".weight"].copy_(bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state))
+        for name, p in quantized.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)  # B = 0 at init would make every A gradient zero
+            if p.requires_grad:
+                twin_params[name].copy_(p)
+    batch = _batch(tokenizer)
+    for model in (quantized, twin):
+        compute_loss(model, batch)[0].backward()
+    name = next(n for n, p in quantized.named_parameters() if p.requires_grad and "layers.0." in n and "lora_A" in n)
+    grad, ref = dict(quantized.named_parameters())[name].grad, twin_params[name].grad
+    assert ref.abs().sum() > 0
+    assert torch.allclose(grad, ref, atol=1e-5, rtol=1e-3)

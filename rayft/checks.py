@@ -10,10 +10,11 @@ import importlib.util
 from pathlib import Path
 
 from rayft_core.config import LoraTuning, RunConfig
+from rayft_core.errors import UserInputError
 from rayft_core.model.loader import ModelLoadError, check_model_path
 
 
-class RunCheckError(ValueError):
+class RunCheckError(UserInputError):
     """The run cannot start as configured; the message says what to change."""
 
 
@@ -24,6 +25,7 @@ def check_run(run: RunConfig, cluster_resources: dict[str, float], use_gpu: bool
     except ModelLoadError as e:
         raise RunCheckError(str(e)) from None
     problems += _check_packages(run, use_gpu)
+    problems += _check_chat_template(run)
     problems += _check_targets(run)
     problems += _check_resources(run, cluster_resources, use_gpu)
     problems += _check_output(run)
@@ -45,6 +47,17 @@ def _check_packages(run: RunConfig, use_gpu: bool) -> list[str]:
     if run.deepspeed.config_file and not Path(run.deepspeed.config_file).is_file():
         problems.append(f"deepspeed.config_file: no file at {run.deepspeed.config_file!r}")
     return problems
+
+
+def _check_chat_template(run: RunConfig) -> list[str]:
+    if run.stage.name == "pt" or run.model.chat_template:
+        return []
+    from rayft_core.model.loader import load_tokenizer
+
+    if not getattr(load_tokenizer(run.model), "chat_template", None):
+        return [f"model.chat_template: stage {run.stage.name!r} renders conversations with the tokenizer's chat "
+                "template and this tokenizer has none; give one (a Jinja string) in model.chat_template"]
+    return []
 
 
 def _check_targets(run: RunConfig) -> list[str]:

@@ -46,15 +46,13 @@ def train(config_path: str, overrides: tuple[str, ...]) -> None:
 
     Example: rayft train examples/sft_lora.yaml tuning.rank=16 cluster.num_workers=2
     """
-    from rayft.checks import RunCheckError
-    from rayft.data import DatasetError
     from rayft.train import train as run_training
-    from rayft_core.data.formats import DataError
+    from rayft_core.errors import UserInputError
 
     run = _load(config_path, overrides)
     try:
         out = run_training(run)
-    except (RunCheckError, DatasetError, DataError) as e:
+    except UserInputError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     click.echo(f"done: outputs in {out}")

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 
 from rayft_core.config import DatasetSpec, ModelConfig, RunConfig
 from rayft_core.data.formats import ALIGNERS, DataError
+from rayft_core.errors import UserInputError
 from rayft_core.model.loader import load_tokenizer
 from rayft_core.train.stages import STAGES
 
@@ -31,7 +32,7 @@ JSON_EXTENSIONS = (".json", ".jsonl")
 MAX_ERRORS_SHOWN = 5
 
 
-class DatasetError(ValueError):
+class DatasetError(UserInputError):
     """A dataset of the run cannot be read; the message names its config path."""
 
 

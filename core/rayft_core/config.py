@@ -16,8 +16,10 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from rayft_core.errors import UserInputError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserInputError):
     """A run config that cannot run: one line per problem, each naming its YAML path."""
 
     def __init__(self, problems: list[str]):

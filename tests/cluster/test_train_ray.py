@@ -55,7 +55,8 @@ def test_lora_sft_zero2_two_workers(tiny_model, workdir, alpaca_file, sharegpt_f
     run = run_config(tiny_model("llama"), [{"path": str(alpaca_file), "format": "alpaca"},
                                            {"path": str(sharegpt_file), "format": "sharegpt"}],
                      workdir / "runs", "lora-z2", tuning={"method": "lora", "rank": 8},
-                     train={"max_steps": 6}, deepspeed={"zero_stage": 2}, cluster={"num_workers": 2},
+                     train={"max_steps": 6, "gradient_accumulation_steps": 2, "warmup_ratio": 0.2},
+                     deepspeed={"zero_stage": 2}, cluster={"num_workers": 2},
                      output={"merge_adapter": True})
     out = train(run)
     _check_metrics(out, 6)

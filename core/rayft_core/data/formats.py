@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
+from rayft_core.errors import UserInputError
 
-class DataError(ValueError):
+
+class DataError(UserInputError):
     """A row that cannot be used; the message names its file and row and what is wrong."""
 
 

@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from rayft_core.config import FreezeTuning, GaloreTuning, LoraTuning, RunConfig
+from rayft_core.errors import UserInputError
 
 
-class TuningError(ValueError):
+class TuningError(UserInputError):
     """The tuning method does not fit this model; the message names the key to change."""
 
 

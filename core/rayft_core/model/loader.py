@@ -10,11 +10,12 @@ from typing import Any
 import torch
 
 from rayft_core.config import ModelConfig, RunConfig
+from rayft_core.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(UserInputError):
     """The model (or tokenizer) named by the run cannot be loaded; the message says what to change."""
 
 

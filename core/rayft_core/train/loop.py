@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from rayft_core.config import RunConfig
+from rayft_core.errors import UserInputError
 from rayft_core.model.adapters import apply_tuning, count_parameters
 from rayft_core.model.loader import load_model, load_tokenizer, resolve_dtype
 from rayft_core.train import outputs
@@ -43,7 +44,7 @@ class TrainPlan:
         micro = per_worker // t.micro_batch_size
         steps_per_epoch = micro // t.gradient_accumulation_steps
         if steps_per_epoch == 0:
-            raise ValueError(f"{num_rows} training examples are fewer than one optimizer step needs "
+            raise UserInputError(f"{num_rows} training examples are fewer than one optimizer step needs "
                              f"({run.global_batch_size} = micro_batch_size x gradient_accumulation_steps x num_workers); "
                              "lower those or add data")
         if t.max_steps:

@@ -1,0 +1,73 @@
+import json
+
+import pytest
+import torch
+
+from rayft_core.model.adapters import apply_tuning
+from rayft_core.model.loader import build_model_config, load_model, load_tokenizer, resolve_attn_implementation, resolve_dtype
+from rayft_core.train.deepspeed_config import build_deepspeed_config
+from tests.conftest import run_config
+
+
+def _run(tiny_model, workdir, **sections):
+    return run_config(tiny_model("llama"), [{"path": "x.json", "format": "alpaca"}], workdir, "unit", **sections)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU choices")
+def test_hardware_defaults_on_cpu():
+    assert resolve_dtype("auto") == torch.float32
+    assert resolve_dtype("bfloat16") == torch.bfloat16
+    assert resolve_attn_implementation("auto") == "sdpa"
+    assert resolve_attn_implementation("eager") == "eager"
+
+
+def test_rope_scaling_factor_follows_max_seq_len(tiny_model, workdir):
+    run = _run(tiny_model, workdir, model={"name_or_path": str(tiny_model("llama")), "rope_scaling": "linear"})
+    run.data.max_seq_len = 2048
+    config = build_model_config(run)  # the tiny model has max_position_embeddings 512
+    assert config.rope_parameters["rope_type"] == "linear" and config.rope_parameters["factor"] == 4.0
+    assert config.max_position_embeddings == 2048
+    unscaled = build_model_config(_run(tiny_model, workdir, model={"name_or_path": str(tiny_model("llama")),
+                                                                     "rope_scaling": "linear"}))
+    assert unscaled.rope_parameters.get("rope_type") == "default"  # 64 <= 512: nothing to scale
+
+
+def test_added_special_tokens_get_noisy_mean_embeddings(tiny_model, workdir):
+    run = _run(tiny_model, workdir, model={"name_or_path": str(tiny_model("llama")),
+                                           "add_special_tokens": ["<tool_call>", "</tool_call>"]})
+    tokenizer = load_tokenizer(run.model)
+    model = load_model(run, tokenizer)
+    weight = model.get_input_embeddings().weight
+    old = weight.shape[0] - 2
+    assert weight.shape[0] == len(tokenizer)
+    new = weight[old:]
+    mean = weight[:old].mean(0)
+    assert not torch.equal(new[0], new[1])  # noise keeps them apart
+    assert (new - mean).norm(dim=1).max() < (weight[:old] - mean).norm(dim=1).mean()  # near the mean
+    assert model.get_output_embeddings().weight.shape[0] == len(tokenizer)
+
+
+def test_adapters_stay_fp32_on_a_16_bit_base(tiny_model, workdir):
+    run = _run(tiny_model, workdir, model={"name_or_path": str(tiny_model("llama")), "dtype": "bfloat16",
+                                           "gradient_checkpointing": True})
+    model = apply_tuning(load_model(run, load_tokenizer(run.model)), run)
+    dtypes = {(p.requires_grad, p.dtype) for p in model.parameters()}
+    assert dtypes == {(True, torch.float32), (False, torch.bfloat16)}
+    assert model.base_model.model.is_gradient_checkpointing
+    ds = build_deepspeed_config(run, torch.bfloat16, world_size=2)
+    assert ds["bf16"]["enabled"] is False  # DeepSpeed must not cast the fp32 adapters down
+
+
+def test_user_deepspeed_json_gets_its_auto_values_filled(tiny_model, workdir, tmp_path):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+                                "zero_optimization": {"stage": 3, "overlap_comm": True, "reduce_bucket_size": "auto"}}))
+    run = _run(tiny_model, workdir, deepspeed={"zero_stage": 3, "config_file": str(path)},
+               train={"micro_batch_size": 3, "gradient_accumulation_steps": 5, "max_steps": 1})
+    ds = build_deepspeed_config(run, torch.float32, world_size=2)
+    assert ds["train_micro_batch_size_per_gpu"] == 3 and ds["gradient_accumulation_steps"] == 5
+    assert ds["zero_optimization"] == {"stage": 3, "overlap_comm": True, "reduce_bucket_size": 5e7}
+
+
+def test_remote_code_is_off_unless_asked(tiny_model, workdir):
+    assert _run(tiny_model, workdir).model.trust_remote_code is False

@@ -28,7 +28,6 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs in every Ray Train worker: the engine's loop fed by this worker's shard."""
     import transformers
 
-    from rayft_core.data.collate import pad_batch
     from rayft_core.train.loop import train_worker
 
     transformers.logging.disable_progress_bar()
@@ -36,13 +35,11 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     plan = TrainPlan(**config["plan"])
     ctx = ray.train.get_context()
     shard = ray.train.get_dataset_shard("train")
-    pad_id = config["pad_token_id"]
 
     def epoch_batches(epoch: int):
-        for batch in shard.iter_batches(batch_size=run.train.micro_batch_size, batch_format="numpy", drop_last=True,
-                                        local_shuffle_buffer_size=256 if run.data.shuffle else None,
-                                        local_shuffle_seed=run.train.seed + epoch if run.data.shuffle else None):
-            yield pad_batch(batch["input_ids"], batch["labels"], pad_id)
+        return shard.iter_batches(batch_size=run.train.micro_batch_size, batch_format="numpy", drop_last=True,
+                                  local_shuffle_buffer_size=256 if run.data.shuffle else None,
+                                  local_shuffle_seed=run.train.seed + epoch if run.data.shuffle else None)
 
     train_worker(run, plan, epoch_batches, report=ray.train.report,
                  rank=ctx.get_world_rank(), world_size=ctx.get_world_size())
@@ -84,12 +81,9 @@ def train(run: RunConfig) -> Path:
                 run.global_batch_size)
     out.mkdir(parents=True, exist_ok=True)
 
-    from rayft_core.model.loader import load_tokenizer
-
     trainer = TorchTrainer(
         _train_loop_per_worker,
-        train_loop_config={"run": run.model_dump(mode="json"), "plan": plan.__dict__,
-                           "pad_token_id": load_tokenizer(run.model).pad_token_id},
+        train_loop_config={"run": run.model_dump(mode="json"), "plan": plan.__dict__},
         scaling_config=ScalingConfig(num_workers=run.cluster.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": run.cluster.cpus_per_worker},
                                      placement_strategy=run.cluster.placement_strategy),

@@ -18,7 +18,7 @@ def pad_batch(input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]
     mask = torch.zeros((batch, longest), dtype=torch.long)
     for i, (x, y) in enumerate(zip(input_ids, labels)):
         n = len(x)
-        ids[i, :n] = torch.as_tensor(x, dtype=torch.long)
-        lab[i, :n] = torch.as_tensor(y, dtype=torch.long)
+        ids[i, :n] = torch.tensor(x, dtype=torch.long)  # copies: Ray hands out read-only arrays
+        lab[i, :n] = torch.tensor(y, dtype=torch.long)
         mask[i, :n] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": lab}

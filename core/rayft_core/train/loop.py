@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from rayft_core.config import RunConfig
+from rayft_core.data.collate import pad_batch
 from rayft_core.errors import UserInputError
 from rayft_core.model.adapters import apply_tuning, count_parameters
 from rayft_core.model.loader import load_model, load_tokenizer, resolve_dtype
@@ -68,9 +69,13 @@ def peak_memory_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
-def train_worker(run: RunConfig, plan: TrainPlan, epoch_batches: Callable[[int], Iterable[dict[str, torch.Tensor]]],
+def train_worker(run: RunConfig, plan: TrainPlan, epoch_batches: Callable[[int], Iterable[dict[str, Any]]],
                  report: Callable[[dict[str, Any]], None], rank: int, world_size: int) -> None:
-    """Train on this worker's batches for plan.total_steps optimizer steps and save on rank 0."""
+    """Train for plan.total_steps optimizer steps and save on rank 0.
+
+    ``epoch_batches(epoch)`` yields this worker's micro-batches of tokenized examples
+    ({"input_ids": [...], "labels": [...]}, one list per example); they are padded here.
+    """
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed otherwise probes for CUDA and fails
     try:
@@ -95,9 +100,10 @@ def train_worker(run: RunConfig, plan: TrainPlan, epoch_batches: Callable[[int],
 
     step, window = 0, _Window()
     for epoch in range(plan.num_epochs):
-        for micro, batch in enumerate(epoch_batches(epoch)):
+        for micro, examples in enumerate(epoch_batches(epoch)):
             if micro >= plan.micro_batches_per_epoch or step >= plan.total_steps:
                 break
+            batch = pad_batch(examples["input_ids"], examples["labels"], tokenizer.pad_token_id)
             batch = {k: v.to(device) for k, v in batch.items()}
             boundary = engine.is_gradient_accumulation_boundary()
             loss, n_tokens = stage.compute_loss(engine.module, batch)

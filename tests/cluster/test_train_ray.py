@@ -44,6 +44,7 @@ def _check_metrics(out: Path, steps: int) -> list[dict]:
     assert all(math.isfinite(x) for x in losses)
     assert losses[-1] < losses[0], losses
     assert all(r["perf/tokens_per_s"] > 0 and r["mem/peak_gb"] > 0 for r in rows)
+    assert all(math.isfinite(r["train/grad_norm"]) and r["train/grad_norm"] > 0 for r in rows)
     return rows
 
 
@@ -94,3 +95,17 @@ def test_full_pretraining_zero3_two_workers(tiny_model, workdir, text_file):
     tuned_loss = _loss(model, batch)
     assert tuned_loss < _loss(base, batch) - 0.1
     assert tuned_loss == pytest.approx(rows[-1]["train/loss"], rel=0.25)  # the saved weights are the trained ones
+
+
+def test_galore_zero0_one_worker(tiny_model, workdir, alpaca_file):
+    """GaLore's own optimizer as DeepSpeed's client optimizer (ZeRO-0 keeps 2-D weights whole)."""
+    from rayft.train import train
+
+    run = run_config(tiny_model("llama"), [{"path": str(alpaca_file), "format": "alpaca"}], workdir / "runs", "galore",
+                     tuning={"method": "galore", "rank": 8, "update_proj_gap": 2}, train={"max_steps": 4},
+                     deepspeed={"zero_stage": 0}, cluster={"num_workers": 1})
+    out = train(run)
+    _check_metrics(out, 4)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    batch = _chat_batch(tokenizer)
+    assert _loss(AutoModelForCausalLM.from_pretrained(out), batch) < _loss(AutoModelForCausalLM.from_pretrained(tiny_model("llama")), batch)

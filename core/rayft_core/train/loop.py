@@ -106,18 +106,20 @@ def train_worker(run: RunConfig, plan: TrainPlan, epoch_batches: Callable[[int],
             batch = pad_batch(examples["input_ids"], examples["labels"], tokenizer.pad_token_id)
             batch = {k: v.to(device) for k, v in batch.items()}
             boundary = engine.is_gradient_accumulation_boundary()
+            logging_step = boundary and ((step + 1) % run.train.logging_steps == 0 or step + 1 == plan.total_steps)
             loss, n_tokens = stage.compute_loss(engine.module, batch)
             engine.backward(loss)
+            grad_norm = _grad_norm(engine, model) if logging_step else None  # reduced, not yet clipped
             engine.step()
             window.add(loss.item() * n_tokens, n_tokens, int(batch["attention_mask"].sum()), batch["input_ids"].shape[0])
             if not boundary:
                 continue
             step += 1
-            if step % run.train.logging_steps == 0 or step == plan.total_steps:
+            if logging_step:
                 metrics = window.reduce(device)
                 metrics.update({"step": step, "train/epoch": epoch + (micro + 1) / plan.micro_batches_per_epoch,
                                 "train/lr": scheduler.get_last_lr()[0] if scheduler else run.train.learning_rate,
-                                "train/grad_norm": _grad_norm(engine), "mem/peak_gb": peak_memory_gb()})
+                                "train/grad_norm": _reported_grad_norm(engine, grad_norm), "mem/peak_gb": peak_memory_gb()})
                 if rank == 0:
                     outputs.append_metrics(run.output.dir, metrics)
                 report(metrics)
@@ -127,8 +129,16 @@ def train_worker(run: RunConfig, plan: TrainPlan, epoch_batches: Callable[[int],
     _save(engine, tokenizer, run, rank)
 
 
-def _grad_norm(engine: Any) -> float:
-    norm = engine.get_global_grad_norm()
+def _grad_norm(engine: Any, model: torch.nn.Module) -> float | None:
+    """The global gradient norm before clipping, where DeepSpeed does not track it (ZeRO-0)."""
+    if engine.zero_optimization_stage() > 0:
+        return None  # the ZeRO optimizer computes it during step(); read it afterwards
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+
+
+def _reported_grad_norm(engine: Any, computed: float | None) -> float:
+    norm = computed if computed is not None else engine.get_global_grad_norm()
     return float(norm) if norm is not None else float("nan")
 
 

@@ -2,9 +2,14 @@
 
 With a 150k-token vocabulary the full fp32 logits of one 8 x 512 batch take 2.5 GB and their
 gradient as much again. Here the decoder's hidden states are gathered at the positions that
-carry a label (padding and masked prompt tokens are skipped outright), and each chunk of
-positions goes through the output head and cross-entropy under activation checkpointing, so
-only one chunk of logits exists at a time, in forward and in backward.
+carry a label (padding and masked prompt tokens are skipped outright) and go through the output
+head and cross-entropy a chunk at a time:
+
+- fused (the usual case): each chunk's gradient with respect to the hidden states (and to the head's
+  weight, only when the head trains) is computed in the forward pass, so backward is a multiply and
+  no logits are recomputed; a frozen head (LoRA) costs one matmul forward and one backward;
+- checkpointed (ZeRO-3 sharded heads, logit soft-capping, heads with a bias): the head module is
+  called per chunk under activation checkpointing, and recomputed in backward.
 """
 
 from __future__ import annotations
@@ -16,7 +21,42 @@ from torch.utils.checkpoint import checkpoint
 
 from rayft_core.data import IGNORE_INDEX
 
-CHUNK_TOKENS = 2048
+CHUNK_ELEMENTS = 2**25  # logits per chunk: 128 MiB in fp32, whatever the vocabulary
+
+
+def _chunk_rows(vocab_size: int) -> int:
+    return max(16, CHUNK_ELEMENTS // vocab_size)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """sum_i CE(hidden_i @ weight.T, target_i), with its gradients computed chunk by chunk in forward."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        rows = _chunk_rows(weight.shape[0])
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if weight.requires_grad else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for i in range(0, hidden.shape[0], rows):
+            h, t = hidden[i : i + rows], targets[i : i + rows]
+            logits = (h @ weight.T).float()  # [chunk, vocab]
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+            probs[torch.arange(t.shape[0], device=t.device), t] -= 1.0  # d CE / d logits = softmax - one_hot
+            g = probs.to(h.dtype)
+            grad_hidden[i : i + rows] = g @ weight
+            if grad_weight is not None:
+                grad_weight.addmm_(g.T.float(), h.float())
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total: torch.Tensor):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        grad_w = (grad_weight * grad_total).to(ctx.weight_dtype) if grad_weight is not None else None
+        return grad_hidden * grad_total.to(grad_hidden.dtype), grad_w, None
 
 
 def _chunk_ce_sum(hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, softcap: float | None) -> torch.Tensor:
@@ -24,6 +64,12 @@ def _chunk_ce_sum(hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, 
     if softcap:  # Gemma-2 caps final logits: cap * tanh(logits / cap)
         logits = torch.tanh(logits / softcap) * softcap
     return F.cross_entropy(logits, targets, reduction="sum")
+
+
+def _can_fuse(head: nn.Module, softcap: float | None) -> bool:
+    weight = getattr(head, "weight", None)
+    return (type(head) is nn.Linear and head.bias is None and not softcap and weight is not None
+            and not hasattr(weight, "ds_id"))  # ZeRO-3 parameters are shards: call the module instead
 
 
 def compute_causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -39,9 +85,12 @@ def compute_causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> 
     if n == 0:  # nothing to learn in this micro-batch; keep the graph so every rank runs backward
         return hidden.sum() * 0.0 + sum(p.sum() * 0.0 for p in head.parameters()), 0
     softcap = getattr(base.config, "final_logit_softcapping", None)
+    if _can_fuse(head, softcap) and torch.is_grad_enabled():
+        return _LinearCrossEntropy.apply(hidden, head.weight, targets) / n, n
+    rows = _chunk_rows(base.config.vocab_size if hasattr(base.config, "vocab_size") else 32000)
     total = hidden.new_zeros((), dtype=torch.float32)
-    for i in range(0, n, CHUNK_TOKENS):
-        h, t = hidden[i : i + CHUNK_TOKENS], targets[i : i + CHUNK_TOKENS]
+    for i in range(0, n, rows):
+        h, t = hidden[i : i + rows], targets[i : i + rows]
         if torch.is_grad_enabled():
             total = total + checkpoint(_chunk_ce_sum, h, t, head, softcap, use_reentrant=False)
         else:

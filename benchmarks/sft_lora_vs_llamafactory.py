@@ -9,11 +9,13 @@ tokenizer's Qwen2.5 chat template, LLaMA-Factory with `template: qwen` (same tex
 LLaMA-Factory keeps its default gradient checkpointing (rayft's is off); rayft drops the last partial batch.
 
 Each command is measured as a whole process, start to exit: wall time; peak RSS and PSS of its process
-tree (every 0.5 s psutil sums over the process, its descendants and every process of its session, which the
-command starts anew, so Ray's GCS/raylet/workers count even if reparented; RSS double-counts shared pages
-such as Ray's /dev/shm object store, PSS does not); CPU seconds of the tree. Training tokens/s = non-padding
-input tokens trained / training-loop time: rayft from metrics.jsonl (each window's tokens/s and samples/s
-give its duration and tokens), LLaMA-Factory num_input_tokens_seen (non_padding) / train_runtime.
+tree (psutil sums RSS every 0.5 s and PSS every 2 s over the process, its descendants and every process of
+its session, which the command starts anew, so Ray's GCS/raylet/workers count even if reparented; RSS
+double-counts shared pages such as Ray's /dev/shm object store, PSS does not); CPU seconds of the tree;
+CPU seconds of all other processes meanwhile (the machine is shared: contention shows there).
+Training tokens/s = non-padding input tokens trained / training-loop time: rayft from metrics.jsonl (each
+window's tokens/s and samples/s give its duration and tokens), LLaMA-Factory num_input_tokens_seen
+(include_num_input_tokens_seen: non_padding) / train_runtime.
 
 LLaMA-Factory's own venv, /tmp/lf-venv, is made when absent: torch==2.13.0 (CPU wheel), llamafactory==0.9.5
 --no-deps, then its requirements but torch/torchaudio/torchvision, constrained to torch==2.13.0 (else pip
@@ -122,17 +124,19 @@ def measure(cmd: list[str], cwd: Path, log: Path, env: dict[str, str]) -> dict:
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
         root = psutil.Process(proc.pid)
+        polls = 0
         while proc.poll() is None:
             rss = pss = 0
+            full = polls % 4 == 0  # PSS (smaps_rollup) costs CPU on this 2-core machine: every 2 s only
             for p in _tree(root, proc.pid):
                 try:
                     with p.oneshot():
-                        m, c = p.memory_full_info(), p.cpu_times()
+                        m, c = p.memory_full_info() if full else p.memory_info(), p.cpu_times()
                         cpu[(p.pid, p.create_time())] = c.user + c.system
-                    rss, pss = rss + m.rss, pss + m.pss
+                    rss, pss = rss + m.rss, pss + (m.pss if full else 0)
                 except psutil.Error:
                     pass
-            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+            peak_rss, peak_pss, polls = max(peak_rss, rss), max(peak_pss, pss), polls + 1
             time.sleep(0.5)
     wall, busy = time.perf_counter() - t0, _busy_cpu_s() - busy0
     leftovers = [p for p in psutil.process_iter() if _sid(p.pid) == proc.pid]

@@ -26,5 +26,5 @@ def connect(num_cpus: int | None = None) -> None:
         ray.init(log_to_driver=True)
         return
     cpus = num_cpus or max(os.cpu_count() or 1, 4)
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+    ray.init(num_cpus=cpus, log_to_driver=True)
     logger.info("started a local Ray cluster with %d logical CPUs", cpus)

@@ -72,13 +72,13 @@ def train(run: RunConfig) -> Path:
     use_gpu = resources.get("GPU", 0) > 0 if run.cluster.use_gpu == "auto" else bool(run.cluster.use_gpu)
     check_run(run, resources, use_gpu)
 
-    out = Path(run.output.dir)
-    if out.exists() and run.output.overwrite:
-        shutil.rmtree(out)
     dataset, stats = build_train_dataset(run)
     plan = TrainPlan.from_rows(run, stats.num_rows)
     logger.info("plan: %d optimizer steps over %d epoch(s), global batch %d", plan.total_steps, plan.num_epochs,
                 run.global_batch_size)
+    out = Path(run.output.dir)
+    if out.exists() and run.output.overwrite:  # only now: a run that fails its checks replaces nothing
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
     trainer = TorchTrainer(
@@ -87,7 +87,7 @@ def train(run: RunConfig) -> Path:
         scaling_config=ScalingConfig(num_workers=run.cluster.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": run.cluster.cpus_per_worker},
                                      placement_strategy=run.cluster.placement_strategy),
-        run_config=RayRunConfig(name=run.output.name, storage_path=str(Path(run.output.storage_path).absolute()),
+        run_config=RayRunConfig(name=run.output.name, storage_path=run.output.storage_path,
                                 failure_config=FailureConfig(max_failures=0),
                                 callbacks=[_Progress(plan.total_steps, run.output.name)]),
         datasets={"train": dataset},

@@ -1,13 +1,12 @@
-from pathlib import Path
-
 import pytest
 
 from rayft_core.data import IGNORE_INDEX
 from rayft_core.data.collate import pad_batch
 from rayft_core.data.formats import DataError, align_alpaca, align_sharegpt, align_text
 from rayft_core.data.tokenize import _budget, encode_chat_batch, encode_text_batch
+from tests.conftest import SHARED
 
-TOKENIZERS = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "tokenizers"
+TOKENIZERS = SHARED / "fixtures" / "tokenizers"
 
 
 def test_alpaca_with_system_history_and_input():

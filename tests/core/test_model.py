@@ -45,6 +45,10 @@ def test_added_special_tokens_get_noisy_mean_embeddings(tiny_model, workdir):
     assert not torch.equal(new[0], new[1])  # noise keeps them apart
     assert (new - mean).norm(dim=1).max() < (weight[:old] - mean).norm(dim=1).mean()  # near the mean
     assert model.get_output_embeddings().weight.shape[0] == len(tokenizer)
+    lora = apply_tuning(model, run)  # with LoRA, the resized embeddings and head train and are saved in full
+    trainable = {n for n, p in lora.named_parameters() if p.requires_grad}
+    assert any("embed_tokens.modules_to_save" in n for n in trainable)
+    assert any("lm_head.modules_to_save" in n for n in trainable)
 
 
 def test_adapters_stay_fp32_on_a_16_bit_base(tiny_model, workdir):

@@ -52,7 +52,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 def apply_tuning(model: nn.Module, run: RunConfig) -> nn.Module:
     tuning = run.tuning
     if isinstance(tuning, LoraTuning):
-        return _apply_lora(model, tuning, run.model.gradient_checkpointing)
+        return _apply_lora(model, tuning, run.model.gradient_checkpointing, new_tokens=bool(run.model.add_special_tokens))
     if isinstance(tuning, FreezeTuning):
         _apply_freeze(model, tuning)
     else:  # full and galore train every parameter
@@ -75,7 +75,12 @@ def _apply_freeze(model: nn.Module, tuning: FreezeTuning) -> None:
             p.requires_grad_(True)
 
 
-def _apply_lora(model: nn.Module, tuning: LoraTuning, gradient_checkpointing: bool) -> nn.Module:
+def _embedding_module_names(model: nn.Module) -> list[str]:
+    wanted = {id(model.get_input_embeddings()), id(model.get_output_embeddings())}
+    return [name.rsplit(".", 1)[-1] for name, m in model.named_modules() if id(m) in wanted]
+
+
+def _apply_lora(model: nn.Module, tuning: LoraTuning, gradient_checkpointing: bool, new_tokens: bool) -> nn.Module:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     targets = resolve_targets(model, tuning.target, "tuning.target")
@@ -91,6 +96,9 @@ def _apply_lora(model: nn.Module, tuning: LoraTuning, gradient_checkpointing: bo
         use_rslora=tuning.use_rslora,
         use_dora=tuning.use_dora,
         init_lora_weights=init,
+        # Added special tokens have fresh embedding rows: train the embeddings and head in full
+        # and save them with the adapter, or the adapter would point at rows no one trained.
+        modules_to_save=_embedding_module_names(model) if new_tokens else None,
     )
     model = get_peft_model(model, config)
     # Adapters train in fp32 even when the frozen base runs in 16-bit: small updates to

@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rayft_core.config import DatasetSpec, ModelConfig, RunConfig
+from rayft_core.config import DatasetSpec, RunConfig
 from rayft_core.data.formats import ALIGNERS, DataError
 from rayft_core.errors import UserInputError
 from rayft_core.model.loader import load_tokenizer
@@ -58,8 +58,10 @@ def resolve_files(spec: DatasetSpec, key: str) -> list[str]:
 
 
 @functools.lru_cache(maxsize=4)
-def _tokenizer(model_json: str) -> Any:
-    return load_tokenizer(ModelConfig.model_validate_json(model_json))  # once per worker process
+def _run_and_tokenizer(run_json: str) -> tuple[RunConfig, Any]:
+    """Validated once per Ray worker process, not once per batch."""
+    run = RunConfig.model_validate_json(run_json)
+    return run, load_tokenizer(run.model)
 
 
 def _json_rows(file: dict[str, Any]) -> list[dict[str, Any]]:
@@ -94,8 +96,7 @@ def _parse(row: dict[str, Any]) -> dict[str, Any]:
 def _encode(batch: pa.Table, run_json: str, fmt: str, text_column: str) -> pa.Table:
     """Align and tokenize a batch. A bad row becomes an `error` entry (never dropped, never a crash
     of the task): the driver collects them all and stops the run naming each file and row."""
-    run = RunConfig.model_validate_json(run_json)
-    tokenizer = _tokenizer(run.model.model_dump_json())
+    run, tokenizer = _run_and_tokenizer(run_json)
     align = ALIGNERS[fmt]
     kwargs = {"text_column": text_column} if fmt == "text" else {}
     aligned, errors = [], []

@@ -27,6 +27,11 @@ class ConfigError(UserInputError):
         super().__init__("invalid run config:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
+# Sections that are tagged unions: section -> (tag key, default tag). Read shorthand (`stage: pt`),
+# fill a missing tag, and hide the tag from error paths.
+UNION_TAGS = {"stage": ("name", "sft"), "tuning": ("method", "lora")}
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
@@ -194,7 +199,7 @@ class RunConfig(_Section):
     def _shorthand(cls, v: Any, info: Any) -> Any:
         """`stage: sft` means `stage: {name: sft}`; a section without its tag takes the default one;
         `tuning: qlora` means LoRA on a 4-bit base."""
-        tag, default = {"stage": ("name", "sft"), "tuning": ("method", "lora")}[info.field_name]
+        tag, default = UNION_TAGS[info.field_name]
         if isinstance(v, str):
             v = {tag: v}
         if isinstance(v, dict):
@@ -274,7 +279,7 @@ def apply_override(raw: dict, item: str) -> None:
     for part in parts[:-1]:
         child = node.get(part)
         if child is None or isinstance(child, str):  # a shorthand such as `stage: sft` grows into a mapping
-            child = {_TAG_KEYS.get(part, "name"): child} if isinstance(child, str) else {}
+            child = {UNION_TAGS[part][0]: child} if isinstance(child, str) and part in UNION_TAGS else {}
             node[part] = child
         if not isinstance(child, dict):
             raise ConfigError([f"override {item!r}: {part} is not a section"])
@@ -293,8 +298,6 @@ def validate_config(raw: dict) -> RunConfig:
     return cfg
 
 
-# Sections that are tagged unions: the tag key, used to read shorthand and to hide the tag from paths.
-_TAG_KEYS = {"tuning": "method", "stage": "name"}
 
 
 def _describe(err: dict) -> str:
@@ -363,7 +366,7 @@ def _models_in(annotation: Any) -> Any:
 
 
 def _tag_value(model: type[BaseModel]) -> str | None:
-    for key in ("method", "name"):
+    for key, _ in UNION_TAGS.values():
         f = model.model_fields.get(key)
         if f is not None and typing.get_origin(f.annotation) is Literal:
             return typing.get_args(f.annotation)[0]

@@ -82,7 +82,3 @@ def align_text(row: dict, index: int = 0, text_column: str = "text") -> dict:
 
 ALIGNERS: dict[str, Callable[..., dict]] = {"alpaca": align_alpaca, "sharegpt": align_sharegpt, "text": align_text}
 
-
-def align_rows(rows: list[dict[str, Any]], fmt: str, **kwargs: Any) -> list[dict]:
-    align = ALIGNERS[fmt]
-    return [align(row, i, **kwargs) for i, row in enumerate(rows)]

@@ -87,7 +87,7 @@ def compute_causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> 
     softcap = getattr(base.config, "final_logit_softcapping", None)
     if _can_fuse(head, softcap) and torch.is_grad_enabled():
         return _LinearCrossEntropy.apply(hidden, head.weight, targets) / n, n
-    rows = _chunk_rows(base.config.vocab_size if hasattr(base.config, "vocab_size") else 32000)
+    rows = _chunk_rows(base.config.vocab_size)
     total = hidden.new_zeros((), dtype=torch.float32)
     for i in range(0, n, rows):
         h, t = hidden[i : i + rows], targets[i : i + rows]

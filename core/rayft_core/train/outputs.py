@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from rayft_core.config import RunConfig, dump_config
+from rayft_core.model.loader import resize_embeddings
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT_FILE = "loss.png"
@@ -70,8 +71,7 @@ def merge_adapter(run: RunConfig, output_dir: str | Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(out)
     base = AutoModelForCausalLM.from_pretrained(run.model.name_or_path, dtype=torch.float32,
                                                 trust_remote_code=run.model.trust_remote_code)
-    if base.get_input_embeddings().weight.shape[0] < len(tokenizer):
-        base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    resize_embeddings(base, len(tokenizer), seed=run.train.seed)  # the adapter's saved embeddings then replace them
     merged = PeftModel.from_pretrained(base, out).merge_and_unload()
     target = out / MERGED_DIR
     merged.save_pretrained(target, safe_serialization=True)

@@ -48,16 +48,17 @@ def _check_metrics(out: Path, steps: int) -> list[dict]:
     return rows
 
 
-def test_lora_sft_zero2_two_workers(tiny_model, workdir, alpaca_file, sharegpt_file):
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_lora_sft_two_workers(tiny_model, workdir, alpaca_file, sharegpt_file, zero_stage):
     from peft import PeftModel
 
     from rayft.train import train
 
     run = run_config(tiny_model("llama"), [{"path": str(alpaca_file), "format": "alpaca"},
                                            {"path": str(sharegpt_file), "format": "sharegpt"}],
-                     workdir / "runs", "lora-z2", tuning={"method": "lora", "rank": 8},
+                     workdir / "runs", f"lora-z{zero_stage}", tuning={"method": "lora", "rank": 8},
                      train={"max_steps": 6, "gradient_accumulation_steps": 2, "warmup_ratio": 0.2},
-                     deepspeed={"zero_stage": 2}, cluster={"num_workers": 2},
+                     deepspeed={"zero_stage": zero_stage}, cluster={"num_workers": 2},
                      output={"merge_adapter": True})
     out = train(run)
     _check_metrics(out, 6)
@@ -79,15 +80,17 @@ def test_lora_sft_zero2_two_workers(tiny_model, workdir, alpaca_file, sharegpt_f
     assert torch.allclose(a, b, atol=1e-4)
 
 
-def test_full_pretraining_zero3_two_workers(tiny_model, workdir, text_file):
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_full_pretraining_two_workers(tiny_model, workdir, text_file, zero_stage):
     from rayft.train import train
 
-    run = run_config(tiny_model("qwen2"), [{"path": str(text_file), "format": "text"}], workdir / "runs", "pt-z3",
-                     stage="pt", tuning={"method": "full"}, train={"max_steps": 5, "learning_rate": 3e-3},
-                     deepspeed={"zero_stage": 3}, cluster={"num_workers": 2})
+    run = run_config(tiny_model("qwen2"), [{"path": str(text_file), "format": "text"}], workdir / "runs",
+                     f"pt-z{zero_stage}", stage="pt", tuning={"method": "full"},
+                     train={"max_steps": 5, "learning_rate": 3e-3}, deepspeed={"zero_stage": zero_stage},
+                     cluster={"num_workers": 2})
     out = train(run)
     rows = _check_metrics(out, 5)
-    # ZeRO-3 shards were gathered into one plain checkpoint
+    # under ZeRO-3 the shards were gathered into one plain checkpoint
     model = AutoModelForCausalLM.from_pretrained(out)
     base = AutoModelForCausalLM.from_pretrained(tiny_model("qwen2"))
     assert all(p.numel() > 0 for p in model.parameters())

@@ -54,5 +54,6 @@ def test_fused_path_is_taken_for_plain_heads_only(tiny_model):
 
     llama = AutoModelForCausalLM.from_pretrained(tiny_model("llama"))
     gemma = AutoModelForCausalLM.from_pretrained(tiny_model("gemma2"))
-    assert losses._can_fuse(llama.get_output_embeddings(), None)
-    assert not losses._can_fuse(gemma.get_output_embeddings(), gemma.config.final_logit_softcapping)
+    assert gemma.config.final_logit_softcapping  # so the gemma2 case above checks the soft-capped gradient
+    assert losses._can_fuse(llama.get_output_embeddings()) and losses._can_fuse(gemma.get_output_embeddings())
+    assert not losses._can_fuse(torch.nn.Linear(4, 8, bias=True))

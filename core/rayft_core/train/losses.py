@@ -7,12 +7,16 @@ head and cross-entropy a chunk at a time:
 
 - fused (the usual case): each chunk's gradient with respect to the hidden states (and to the head's
   weight, only when the head trains) is computed in the forward pass, so backward is a multiply and
-  no logits are recomputed; a frozen head (LoRA) costs one matmul forward and one backward;
-- checkpointed (ZeRO-3 sharded heads, logit soft-capping, heads with a bias): the head module is
-  called per chunk under activation checkpointing, and recomputed in backward.
+  no logits are recomputed; a frozen head (LoRA) costs one matmul forward and one backward. A frozen
+  head sharded by ZeRO-3 is gathered for the call (its weight needs no gradient);
+- checkpointed (trainable heads sharded by ZeRO-3, heads with a bias or wrapped by PEFT): the head
+  module is called per chunk under activation checkpointing, and recomputed in backward, where
+  ZeRO-3 fetches a trainable weight again.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +36,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """sum_i CE(hidden_i @ weight.T, target_i), with its gradients computed chunk by chunk in forward."""
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float | None) -> torch.Tensor:
         rows = _chunk_rows(weight.shape[0])
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if weight.requires_grad else None
@@ -40,10 +44,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for i in range(0, hidden.shape[0], rows):
             h, t = hidden[i : i + rows], targets[i : i + rows]
             logits = (h @ weight.T).float()  # [chunk, vocab]
+            if softcap:  # Gemma-2: cap * tanh(logits / cap), whose derivative is 1 - tanh^2
+                tanh = logits.div_(softcap).tanh_()
+                logits = tanh * softcap
             lse = torch.logsumexp(logits, dim=-1)
             total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
             probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place
             probs[torch.arange(t.shape[0], device=t.device), t] -= 1.0  # d CE / d logits = softmax - one_hot
+            if softcap:
+                probs.mul_(1.0 - tanh.square_())
             g = probs.to(h.dtype)
             grad_hidden[i : i + rows] = g @ weight
             if grad_weight is not None:
@@ -56,7 +65,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_total: torch.Tensor):
         grad_hidden, grad_weight = ctx.saved_tensors
         grad_w = (grad_weight * grad_total).to(ctx.weight_dtype) if grad_weight is not None else None
-        return grad_hidden * grad_total.to(grad_hidden.dtype), grad_w, None
+        return grad_hidden * grad_total.to(grad_hidden.dtype), grad_w, None, None
 
 
 def _chunk_ce_sum(hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, softcap: float | None) -> torch.Tensor:
@@ -66,10 +75,20 @@ def _chunk_ce_sum(hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, 
     return F.cross_entropy(logits, targets, reduction="sum")
 
 
-def _can_fuse(head: nn.Module, softcap: float | None) -> bool:
-    weight = getattr(head, "weight", None)
-    return (type(head) is nn.Linear and head.bias is None and not softcap and weight is not None
-            and not hasattr(weight, "ds_id"))  # ZeRO-3 parameters are shards: call the module instead
+def _can_fuse(head: nn.Module) -> bool:
+    """A plain bias-free Linear whose weight is whole, or frozen (a frozen ZeRO-3 shard is gathered)."""
+    if type(head) is not nn.Linear or head.bias is not None:
+        return False
+    return not hasattr(head.weight, "ds_id") or not head.weight.requires_grad
+
+
+def _gathered(weight: nn.Parameter):
+    """The full weight for the duration of the call: a no-op unless ZeRO-3 sharded it."""
+    if not hasattr(weight, "ds_id"):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters([weight])
 
 
 def compute_causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -85,8 +104,9 @@ def compute_causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> 
     if n == 0:  # nothing to learn in this micro-batch; keep the graph so every rank runs backward
         return hidden.sum() * 0.0 + sum(p.sum() * 0.0 for p in head.parameters()), 0
     softcap = getattr(base.config, "final_logit_softcapping", None)
-    if _can_fuse(head, softcap) and torch.is_grad_enabled():
-        return _LinearCrossEntropy.apply(hidden, head.weight, targets) / n, n
+    if _can_fuse(head) and torch.is_grad_enabled():
+        with _gathered(head.weight):
+            return _LinearCrossEntropy.apply(hidden, head.weight, targets, softcap) / n, n
     rows = _chunk_rows(base.config.vocab_size)
     total = hidden.new_zeros((), dtype=torch.float32)
     for i in range(0, n, rows):

@@ -1,42 +1,78 @@
 """Tokenize aligned rows: chat conversations with the loss on assistant tokens, or text in blocks.
 
-Chat rows are rendered with the tokenizer's own chat template, turn by turn: the text a template
-produces for messages[:k] + generation prompt is a prefix of the text for messages[:k+1], so the
-difference is exactly the assistant's turn. Each piece is tokenized separately (one batched call)
-and the prompt pieces get IGNORE_INDEX labels.
+Chat rows are rendered with the tokenizer's chat template, turn by turn: the text a template produces
+for messages[:k] + generation prompt is a prefix of the text for messages[:k+1], so the difference is
+exactly the assistant's turn. The loss covers every assistant turn, tool-call turns included (the model
+learns to call tools); user turns and tool results are prompt. Tools (OpenAI's {"type": "function",
+"function": {...}} shape) go to every render; a template that cannot show them is an error, never a
+silent drop, since the model would learn to call tools it was never shown.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from typing import Any
+
+from jinja2 import TemplateError
 
 from rayft_core.data import IGNORE_INDEX
 from rayft_core.data.formats import DataError
+from rayft_core.data.templates import TEMPLATES, TOOL_TEMPLATES
+
+_TOOLS_HINT = f"set model.template to one that does ({' or '.join(TOOL_TEMPLATES)}, e.g. `model.template: qwen`)"
 
 
-def _render(tokenizer: Any, messages: list[dict], generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+def _render(tokenizer: Any, messages: list[dict], tools: list[dict] | None, generation_prompt: bool,
+            template_kwargs: dict) -> str:
+    try:
+        return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+                                             add_generation_prompt=generation_prompt, **template_kwargs)
+    except (TemplateError, TypeError) as e:  # raise_exception in the template, or a type it cannot join
+        raise DataError(f"the chat template cannot render this conversation ({e}); set model.template to one "
+                        f"that can (one of {', '.join(TEMPLATES)}; gemma folds a system prompt into the first "
+                        f"user turn, {' and '.join(TOOL_TEMPLATES)} render tool calls)") from e
 
 
-def split_turns(tokenizer: Any, messages: list[dict]) -> list[tuple[str, str]]:
+def _check_tools_shown(tokenizer: Any, tools: list[dict] | None) -> None:
+    """Fail before rendering when tools are given and the template never reads them."""
+    if tools and not re.search(r"\btools\b", tokenizer.get_chat_template(None, tools)):
+        raise DataError(f"this row has tools but the chat template has no tool support (it never uses "
+                        f"`tools`); {_TOOLS_HINT}")
+
+
+def split_turns(tokenizer: Any, messages: list[dict], tools: list[dict] | None = None,
+                template_kwargs: dict | None = None) -> list[tuple[str, str]]:
     """[(prompt_text, response_text), ...], one pair per assistant turn; the pieces join to the full render.
 
     Turn k's prompt ends where the render of messages[:k] with a generation prompt ends; its
     response runs to where the render of messages[:k+1] stops agreeing with the full render
     (some templates, Phi-3's among them, append an end token only after the final message).
     """
-    full = _render(tokenizer, messages, generation_prompt=False)
+    # Arrow rows carry null for absent keys; templates test `'tool_calls' in message`, so drop them
+    messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
+    tools = (json.loads(tools) if isinstance(tools, str) else tools) or None
+    kwargs = template_kwargs or {}
+    _check_tools_shown(tokenizer, tools)
+    full = _render(tokenizer, messages, tools, False, kwargs)
+    if tools and full == _render(tokenizer, messages, None, False, kwargs):
+        raise DataError(f"this row has tools but the chat template dropped them from the text; {_TOOLS_HINT}")
     pairs, pos = [], 0
     for k, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prompt = _render(tokenizer, messages[:k], generation_prompt=True)
-        answer = _render(tokenizer, messages[: k + 1], generation_prompt=False)
+        prompt = _render(tokenizer, messages[:k], tools, True, kwargs)
+        answer = _render(tokenizer, messages[: k + 1], tools, False, kwargs)
         prompt_end, end = len(prompt), len(os.path.commonprefix([answer, full]))
         if prompt_end < pos or not full.startswith(prompt) or end <= prompt_end:
             raise DataError("the chat template does not render conversations incrementally (a later turn "
                             "changes earlier text); set model.chat_template to one that does")
+        missing = [c.get("function", c)["name"] for c in message.get("tool_calls") or []
+                   if c.get("function", c)["name"] not in full[prompt_end:end]]
+        if missing:
+            raise DataError(f"the chat template dropped the tool call(s) {', '.join(missing)} from the assistant "
+                            f"turn; {_TOOLS_HINT}")
         pairs.append((full[pos:prompt_end], full[prompt_end:end]))
         pos = end
     if pairs and pos < len(full):  # text after the last turn's own render (an end token): learn it too
@@ -58,31 +94,42 @@ def _budget(prompt_len: int, response_len: int, max_len: int) -> tuple[int, int]
 
 
 def encode_chat_batch(tokenizer: Any, batch_messages: list[list[dict]], max_seq_len: int,
-                      train_on_prompt: bool = False) -> dict[str, list[list[int]]]:
+                      train_on_prompt: bool = False, mask_history: bool = False,
+                      batch_tools: list[list[dict] | None] | None = None,
+                      template_kwargs: dict | None = None) -> dict[str, list[list[int]]]:
     """Conversations -> input_ids and labels (prompt tokens masked), truncated to max_seq_len.
 
     Each conversation is tokenized whole, exactly as at inference (tokenizing pieces apart would
     add spurious prefix spaces with SentencePiece vocabularies); the character offsets of each
-    token then say which turn it belongs to and whether it is the assistant's.
+    token then say which turn it belongs to and whether it is the assistant's. mask_history keeps
+    the loss on the last assistant turn only; that turn then also gets the first claim on
+    max_seq_len, and earlier turns are kept newest first (LLaMA-Factory's order).
+    template_kwargs go to the template (e.g. date_string for Llama 3's own).
     """
-    turns = [split_turns(tokenizer, messages) for messages in batch_messages]
+    batch_tools = batch_tools or [None] * len(batch_messages)
+    turns = [split_turns(tokenizer, messages, tools, template_kwargs)
+             for messages, tools in zip(batch_messages, batch_tools)]
     texts = ["".join(p + r for p, r in pairs) for pairs in turns]
     enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True) if texts else {"input_ids": []}
     out: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
     for pairs, ids, offsets in zip(turns, enc["input_ids"], enc.get("offset_mapping", [])):
         segments = _segments(pairs, ids, offsets)  # per turn: (prompt ids, response ids)
-        input_ids: list[int] = []
-        labels: list[int] = []
-        for prompt, response in segments:
-            room = max_seq_len - len(input_ids)
-            if room <= 0:
+        if mask_history:
+            segments = segments[::-1]
+        pieces: list[tuple[list[int], list[int]]] = []  # per kept turn: (ids, labels)
+        used = 0
+        for i, (prompt, response) in enumerate(segments):
+            if used >= max_seq_len:
                 break
-            keep_p, keep_r = _budget(len(prompt), len(response), room)
+            keep_p, keep_r = _budget(len(prompt), len(response), max_seq_len - used)
             prompt, response = prompt[:keep_p], response[:keep_r]
-            input_ids += prompt + response
-            labels += (prompt if train_on_prompt else [IGNORE_INDEX] * len(prompt)) + response
-        out["input_ids"].append(input_ids)
-        out["labels"].append(labels)
+            learned = response if not mask_history or i == 0 else [IGNORE_INDEX] * len(response)
+            pieces.append((prompt + response, (prompt if train_on_prompt else [IGNORE_INDEX] * len(prompt)) + learned))
+            used += len(prompt) + len(response)
+        if mask_history:
+            pieces.reverse()
+        out["input_ids"].append([t for piece_ids, _ in pieces for t in piece_ids])
+        out["labels"].append([y for _, piece_labels in pieces for y in piece_labels])
     return out
 
 

@@ -48,12 +48,13 @@ def check_model_path(cfg: ModelConfig) -> None:
 def load_tokenizer(cfg: ModelConfig) -> Any:
     from transformers import AutoTokenizer
 
+    from rayft_core.data.templates import apply_template
+
     tokenizer = AutoTokenizer.from_pretrained(cfg.name_or_path, trust_remote_code=cfg.trust_remote_code)
-    if cfg.chat_template:
-        tokenizer.chat_template = cfg.chat_template
     if cfg.add_special_tokens:
         tokenizer.add_special_tokens({"additional_special_tokens": list(cfg.add_special_tokens)},
                                      replace_extra_special_tokens=False)
+    apply_template(tokenizer, cfg)  # after the added tokens: it warns about turn markers the vocabulary lacks
     if tokenizer.pad_token_id is None:  # many base models ship without one; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

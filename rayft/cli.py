@@ -20,11 +20,39 @@ EXIT_BAD_INPUT = 2
 
 
 def _load(config_path: str, overrides: tuple[str, ...]) -> RunConfig:
+    """A rayft run config, or a LLaMA-Factory YAML read through its translation; overrides are rayft keys."""
     try:
-        return load_config(config_path, list(overrides))
+        translated = _read_llamafactory(config_path)
+        if translated is None:
+            return load_config(config_path, list(overrides))
+        return load_config(data=translated, overrides=list(overrides))
     except ConfigError as e:
         click.echo(f"error: {config_path}: {e}", err=True)
         sys.exit(EXIT_BAD_INPUT)
+
+
+def _read_llamafactory(config_path: str) -> dict | None:
+    """The translated config when CONFIG_PATH is a LLaMA-Factory YAML (its notes go to stderr), else None.
+    Exits when a note is an error: the run would not be the one the YAML asks for."""
+    from pathlib import Path
+
+    import yaml
+
+    from rayft_core.llamafactory import is_error, looks_like_llamafactory, translate
+
+    try:
+        raw = yaml.safe_load(Path(config_path).read_text())
+    except yaml.YAMLError:
+        return None  # load_config reports it
+    if not looks_like_llamafactory(raw):
+        return None
+    translated, notes = translate(raw)
+    for note in notes:
+        click.echo(f"{config_path}: {note}", err=True)
+    if any(is_error(n) for n in notes):
+        click.echo(f"error: {config_path}: this LLaMA-Factory config cannot run in rayft as written (see above)", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    return translated
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -77,6 +105,48 @@ def config_validate(config_path: str, overrides: tuple[str, ...]) -> None:
 def config_schema() -> None:
     """Print the JSON schema of run configs (every key, its type, default and description)."""
     click.echo(json.dumps(RunConfig.model_json_schema(), indent=2))
+
+
+@config.command("import-llamafactory")
+@click.argument("lf_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the rayft YAML here instead of printing it.")
+def config_import_llamafactory(lf_path: str, output: str | None) -> None:
+    """Translate the LLaMA-Factory 0.9.5 training YAML LF_PATH into a rayft run config.
+
+    The keys rayft cannot honour are listed, with the reason, as comments at its top.
+    Example: rayft config import-llamafactory llama3_lora_sft.yaml -o run.yaml
+    """
+    from pathlib import Path
+
+    import yaml
+
+    from rayft_core.config import validate_config
+    from rayft_core.llamafactory import dump_translation, is_error, looks_like_llamafactory, translate
+
+    def fail(message: str) -> None:
+        click.echo(f"error: {lf_path}: {message}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+    try:
+        raw = yaml.safe_load(Path(lf_path).read_text())
+    except yaml.YAMLError as e:
+        fail(f"not valid YAML: {e}")
+    if not looks_like_llamafactory(raw):
+        fail("not a LLaMA-Factory training YAML (no model_name_or_path, dataset, finetuning_type... at the top level)")
+    translated, notes = translate(raw)
+    errors = [n for n in notes if is_error(n)]
+    if errors:
+        fail("cannot run in rayft as written:\n" + "\n".join(f"  - {n}" for n in errors))
+    try:
+        validate_config(translated)
+    except ConfigError as e:
+        fail(f"translated, but {e}")
+    text = dump_translation(translated, notes, Path(lf_path).name)
+    if output:
+        Path(output).write_text(text)
+        click.echo(f"wrote {output}: {len(notes)} key(s) not honoured, listed at its top", err=True)
+    else:
+        click.echo(text, nl=False)
 
 
 @main.command()

@@ -1,8 +1,10 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from rayft_core.config import ConfigError, RunConfig, load_config, validate_config
+from rayft_core.llamafactory import is_error, translate
 
 REPO = Path(__file__).resolve().parents[2]
 MINIMAL = {"model": {"name_or_path": "m"}, "data": {"train": [{"path": "d.json", "format": "alpaca"}]}}
@@ -74,4 +76,9 @@ def test_json_schema_documents_every_field():
 @pytest.mark.parametrize("path", sorted(p.relative_to(REPO) for d in ("examples", "jobs") for p in (REPO / d).rglob("*.yaml")),
                          ids=str)
 def test_every_shipped_yaml_validates(path):
+    if "llamafactory" in path.parts:  # LLaMA-Factory YAMLs, read through the translator as `rayft train` does
+        raw, notes = translate(yaml.safe_load((REPO / path).read_text()))
+        assert not [n for n in notes if is_error(n)]
+        validate_config(raw)
+        return
     load_config(REPO / path)

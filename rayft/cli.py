@@ -149,6 +149,76 @@ def config_import_llamafactory(lf_path: str, output: str | None) -> None:
         click.echo(text, nl=False)
 
 
+@main.group()
+def data() -> None:
+    """Look at, and prepare, the training data of a run (no training)."""
+
+
+@data.command("preview")
+@click.argument("config_path", type=click.Path(exists=True, dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("-n", "--examples", default=3, show_default=True, help="Rows to show rendered.")
+def data_preview(config_path: str, overrides: tuple[str, ...], examples: int) -> None:
+    """Rendered rows with the trained-on tokens marked, counts per dataset, a token-length
+    histogram, packing efficiency and the bad-row report of CONFIG_PATH's training data."""
+    from rayft.cluster import connect
+    from rayft.data import preview
+    from rayft_core.data.inspect import histogram, mark_trained
+    from rayft_core.model.loader import load_tokenizer
+
+    run = _load(config_path, overrides).with_absolute_paths()
+    connect()
+    rows, report = _or_exit(lambda: preview(run, examples))
+    tokenizer = load_tokenizer(run.model)
+    color = sys.stdout.isatty()
+    for i, row in enumerate(rows, 1):
+        click.echo(f"─── row {i} ({len(row['input_ids'])} tokens; trained-on tokens {'in green' if color else 'in «»'}) ───")
+        click.echo(mark_trained(tokenizer, row["input_ids"], row["labels"], color, row.get("position_ids")))
+    click.echo("\n" + report.table())
+    click.echo("\ntokens per row:\n" + histogram(report.lengths, run.data.max_seq_len))
+    click.echo("\n" + (report.bad_rows() if report.num_bad else "no unusable rows"))
+
+
+@data.command("prepare")
+@click.argument("config_path", type=click.Path(exists=True, dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("-o", "--output", required=True, help="Directory (local, shared or s3://...) for the Parquet files.")
+def data_prepare(config_path: str, overrides: tuple[str, ...], output: str) -> None:
+    """Tokenize CONFIG_PATH's training data once and write it as Parquet (input_ids, labels with
+    -100 where no loss, position_ids when packed) plus a manifest. Train from it with
+    `data.train: [{path: OUTPUT}]` on any cluster that reads OUTPUT."""
+    from rayft.cluster import connect
+    from rayft.data import tokenize_section, write_prepared
+
+    run = _load(config_path, overrides).with_absolute_paths()
+    connect()
+    ds, report = _or_exit(lambda: tokenize_section(run, "data.train"))
+    write_prepared(ds, output, run, report)
+    click.echo(report.table())
+    click.echo(f"prepared {report.rows:,} rows ({report.tokens:,} tokens) in {output}")
+
+
+@data.command("templates")
+def data_templates() -> None:
+    """List the named chat templates (model.template)."""
+    from rayft_core.data.templates import TEMPLATES
+
+    for name, source in TEMPLATES.items():
+        first = next((line.strip() for line in source.splitlines() if line.strip()), "")
+        click.echo(f"{name:<10} {first[:90]}")
+
+
+def _or_exit(fn):
+    """Run fn; bad input (data, config, files) prints its message and exits 2."""
+    from rayft_core.errors import UserInputError
+
+    try:
+        return fn()
+    except UserInputError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+
 @main.command()
 @click.option("--output", default="outputs/demo", show_default=True, help="Directory for the demo's models and data.")
 @click.option("--workers", default=2, show_default=True, help="Ray Train workers for each run.")

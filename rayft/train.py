@@ -17,7 +17,7 @@ from ray.train.v2.api.callback import UserCallback
 
 from rayft.checks import check_run
 from rayft.cluster import connect
-from rayft.data import build_train_dataset
+from rayft.data import build_run_data, packing_on
 from rayft_core.config import RunConfig
 from rayft_core.train.loop import TrainPlan
 
@@ -25,9 +25,11 @@ logger = logging.getLogger(__name__)
 
 
 def _train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Runs in every Ray Train worker: the engine's loop fed by this worker's shard."""
+    """Runs in every Ray Train worker: the engine's loop fed by this worker's shards."""
     import transformers
 
+    from rayft.data import StreamChecker
+    from rayft_core.model.loader import load_tokenizer
     from rayft_core.train.loop import train_worker
 
     transformers.logging.disable_progress_bar()
@@ -35,14 +37,25 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     plan = TrainPlan(**config["plan"])
     ctx = ray.train.get_context()
     shard = ray.train.get_dataset_shard("train")
+    eval_shard = ray.train.get_dataset_shard("eval") if config["has_eval"] else None
+    check = StreamChecker(run.data.max_bad_fraction, load_tokenizer(run.model).pad_token_id) if run.data.streaming else None
+    columns = ["input_ids", "labels"] + (["position_ids"] if packing_on(run) else []) + (["error"] if check else [])
 
     def epoch_batches(epoch: int):
-        return shard.iter_batches(batch_size=run.train.micro_batch_size, batch_format="numpy", drop_last=True,
-                                  local_shuffle_buffer_size=256 if run.data.shuffle else None,
-                                  local_shuffle_seed=run.train.seed + epoch if run.data.shuffle else None)
+        batches = shard.iter_batches(batch_size=run.train.micro_batch_size, batch_format="numpy", drop_last=True,
+                                     local_shuffle_buffer_size=256 if run.data.shuffle else None,
+                                     local_shuffle_seed=run.train.seed + epoch if run.data.shuffle else None)
+        for batch in batches:
+            batch = {k: batch[k] for k in columns}
+            yield check(batch) if check else batch
 
-    train_worker(run, plan, epoch_batches, report=ray.train.report,
-                 rank=ctx.get_world_rank(), world_size=ctx.get_world_size())
+    def eval_batches():
+        for batch in eval_shard.iter_batches(batch_size=run.train.micro_batch_size, batch_format="numpy"):
+            batch = {k: batch[k] for k in columns}
+            yield check(batch) if check else batch
+
+    train_worker(run, plan, epoch_batches, report=ray.train.report, rank=ctx.get_world_rank(),
+                 world_size=ctx.get_world_size(), eval_batches=eval_batches if eval_shard is not None else None)
 
 
 class _Progress(UserCallback):
@@ -58,7 +71,8 @@ class _Progress(UserCallback):
         if self.bar is None:
             self.bar = tqdm(total=self.total_steps, desc=f"train {self.name}", unit="step")
         m = metrics[0]
-        self.bar.set_description(f"train {self.name} loss={m['train/loss']:.4f} tok/s={m['perf/tokens_per_s']:.0f}")
+        if "train/loss" in m:
+            self.bar.set_description(f"train {self.name} loss={m['train/loss']:.4f} tok/s={m['perf/tokens_per_s']:.0f}")
         self.bar.update(m["step"] - self.bar.n)
         if m["step"] >= self.total_steps:
             self.bar.close()
@@ -72,8 +86,8 @@ def train(run: RunConfig) -> Path:
     use_gpu = resources.get("GPU", 0) > 0 if run.cluster.use_gpu == "auto" else bool(run.cluster.use_gpu)
     check_run(run, resources, use_gpu)
 
-    dataset, stats = build_train_dataset(run)
-    plan = TrainPlan.from_rows(run, stats.num_rows)
+    data = build_run_data(run)
+    plan = TrainPlan.from_rows(run, data.train_rows)
     logger.info("plan: %d optimizer steps over %d epoch(s), global batch %d", plan.total_steps, plan.num_epochs,
                 run.global_batch_size)
     out = Path(run.output.dir)
@@ -83,14 +97,14 @@ def train(run: RunConfig) -> Path:
 
     trainer = TorchTrainer(
         _train_loop_per_worker,
-        train_loop_config={"run": run.model_dump(mode="json"), "plan": plan.__dict__},
+        train_loop_config={"run": run.model_dump(mode="json"), "plan": plan.__dict__, "has_eval": data.eval is not None},
         scaling_config=ScalingConfig(num_workers=run.cluster.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": run.cluster.cpus_per_worker},
                                      placement_strategy=run.cluster.placement_strategy),
         run_config=RayRunConfig(name=run.output.name, storage_path=run.output.storage_path,
                                 failure_config=FailureConfig(max_failures=0),
                                 callbacks=[_Progress(plan.total_steps, run.output.name)]),
-        datasets={"train": dataset},
+        datasets={"train": data.train, **({"eval": data.eval} if data.eval is not None else {})},
     )
     trainer.fit()
     return out

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rayft_core.errors import UserInputError
 
@@ -52,6 +52,9 @@ class ModelConfig(_Section):
     trust_remote_code: bool = Field(False, description="Run modelling code shipped with the checkpoint. Off unless you trust it.")
     add_special_tokens: list[str] = Field(
         default_factory=list, description="Extra special tokens; the embeddings are resized and new rows set to the noisy mean of the old ones.")
+    template: str | None = Field(
+        None, description="A named chat template (llama3, qwen, chatml, mistral, gemma, phi, deepseek3, alpaca, default, "
+        "empty) instead of the tokenizer's own; see `rayft data templates`.")
     chat_template: str | None = Field(None, description="A Jinja chat template that replaces the tokenizer's own.")
 
 
@@ -106,19 +109,98 @@ TuningConfig = Annotated[Union[FullTuning, FreezeTuning, LoraTuning, GaloreTunin
 # ----------------------------------------------------------------------------- data
 
 
+class DatasetColumns(_Section):
+    """Which column of a dataset holds what (LLaMA-Factory's `columns`); absent columns are simply empty."""
+
+    prompt: str = Field("instruction", description="alpaca: the instruction; text: the text column (default 'text').")
+    query: str = Field("input", description="alpaca: extra input appended to the instruction.")
+    response: str = Field("output", description="alpaca: the answer (a list of two answers for ranking rows).")
+    history: str = Field("history", description="alpaca: earlier [query, response] pairs.")
+    messages: str = Field("conversations", description="sharegpt/openai: the list of turns.")
+    system: str = Field("system", description="The system prompt.")
+    tools: str = Field("tools", description="Tool (function) descriptions, a JSON list or its string.")
+    chosen: str = Field("chosen", description="Preference rows: the preferred answer.")
+    rejected: str = Field("rejected", description="Preference rows: the dispreferred answer.")
+    kto_tag: str | None = Field(None, description="KTO rows: the boolean column saying whether the answer is desirable.")
+
+
+class DatasetTags(_Section):
+    """How sharegpt turns name their speaker (LLaMA-Factory's `tags`). openai format defaults to role/content."""
+
+    role_tag: str | None = Field(None, description="Key of a turn's speaker: 'from' (sharegpt) or 'role' (openai).")
+    content_tag: str | None = Field(None, description="Key of a turn's text: 'value' (sharegpt) or 'content' (openai).")
+    user_tag: str | None = Field(None, description="Speaker value of user turns: 'human' or 'user'.")
+    assistant_tag: str | None = Field(None, description="Speaker value of assistant turns: 'gpt' or 'assistant'.")
+    observation_tag: str | None = Field(None, description="Speaker value of tool results: 'observation' or 'tool'.")
+    function_tag: str | None = Field(None, description="Speaker value of tool calls: 'function_call'.")
+    system_tag: str | None = Field(None, description="Speaker value of a system turn: 'system'.")
+
+
 class DatasetSpec(_Section):
-    path: str = Field(description="A file, directory or glob of json/jsonl (chat formats) or txt/json/jsonl (text).")
-    format: Literal["alpaca", "sharegpt", "text"] = Field(
-        description="alpaca: instruction/input/output(/system/history); sharegpt: conversations of from/value turns; "
-        "text: raw text for pre-training.")
-    text_column: str = Field("text", description="Column holding the text for format 'text' in json/jsonl files.")
+    """One dataset: a name from dataset_info.json, or files named directly, or a hub dataset."""
+
+    dataset: str | None = Field(None, description="A dataset name from data.dataset_dir/dataset_info.json (LLaMA-Factory's spec).")
+    path: str | None = Field(
+        None, description="A file, directory or glob of json/jsonl/parquet/csv/txt, local or a URL that pyarrow/fsspec "
+        "reads (s3://, gs://, ...); or a directory written by `rayft data prepare`.")
+    hf_hub_url: str | None = Field(None, description="A Hugging Face hub dataset id (needs network).")
+    format: Literal["alpaca", "sharegpt", "openai", "text", "tokenized"] | None = Field(
+        None, description="alpaca: instruction/input/output(/system/history); sharegpt: turns of from/value; openai: "
+        "messages of role/content; text: raw text; tokenized: input_ids/labels from `rayft data prepare`. "
+        "Default: text for .txt files, tokenized for prepared directories, else alpaca.")
+    ranking: bool = Field(False, description="Preference rows (chosen and rejected answers), for rm/dpo/orpo/simpo.")
+    columns: DatasetColumns = Field(default_factory=DatasetColumns)
+    tags: DatasetTags = Field(default_factory=DatasetTags)
+    subset: str | None = Field(None, description="Hub datasets: the configuration (subset) name.")
+    split: str = Field("train", description="Hub datasets: the split.")
     num_samples: int | None = Field(None, ge=1, description="Use at most this many rows of this dataset.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DatasetSpec":
+        given = [k for k in ("dataset", "path", "hf_hub_url") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of dataset (a dataset_info.json name), path or hf_hub_url, got {given or 'none'}")
+        return self
+
+    @property
+    def label(self) -> str:
+        """How messages name this dataset."""
+        return self.dataset or self.path or f"hf://{self.hf_hub_url}"
 
 
 class DataConfig(_Section):
-    train: list[DatasetSpec] = Field(min_length=1, description="Training datasets, read and concatenated in order.")
-    max_seq_len: int = Field(1024, ge=8, description="Tokens per example after the chat template; longer ones are truncated.")
+    train: list[DatasetSpec] = Field(min_length=1, description="Training datasets, concatenated or interleaved (see mix).")
+    eval: list[DatasetSpec] = Field(default_factory=list, description="Evaluation datasets (instead of val_size).")
+    dataset_dir: str = Field("data", description="Folder of dataset_info.json; `dataset:` names and their files resolve here.")
+    val_size: float = Field(0, ge=0, description="Hold out this share (< 1) or number (>= 1) of training examples for evaluation.")
+    max_seq_len: int = Field(1024, ge=8, description="Tokens per example after the chat template; longer ones are cut "
+                             "(the response keeps a proportional share).")
+    packing: bool | None = Field(None, description="Pack several examples into each max_seq_len row, attention kept apart "
+                                 "per example. Default: on for stage pt, off otherwise.")
+    mix: Literal["concat", "interleave"] = Field("concat", description="How several training datasets combine.")
+    mix_probabilities: list[float] | None = Field(
+        None, description="interleave: the probability of drawing from each dataset (default: equal).")
+    mix_stopping: Literal["first_exhausted", "all_exhausted"] = Field(
+        "first_exhausted", description="interleave: stop when the first dataset runs out, or when all have (smaller "
+        "ones are repeated).")
+    streaming: bool = Field(False, description="Stream rows to the workers instead of materializing the tokenized set; "
+                            "needs train.max_steps.")
+    max_bad_fraction: float = Field(0.0, ge=0, lt=1, description="Share of unusable rows tolerated (reported and "
+                                    "skipped); above it the run stops. 0: any bad row stops the run.")
+    cache_dir: str | None = Field(None, description="Keep tokenized data here, keyed by data, tokenizer and template, "
+                                  "so later runs skip tokenizing. Use shared storage on multi-node clusters.")
     shuffle: bool = Field(True, description="Shuffle rows each epoch (seeded).")
+
+    @model_validator(mode="after")
+    def _mix(self) -> "DataConfig":
+        p = self.mix_probabilities
+        if p is not None:
+            if self.mix != "interleave":
+                raise ValueError("mix_probabilities needs mix: interleave")
+            if len(p) != len(self.train) or any(x < 0 for x in p) or abs(sum(p) - 1) > 1e-6:
+                raise ValueError(f"mix_probabilities needs one non-negative number per train dataset ({len(self.train)}) "
+                                 f"summing to 1, got {p}")
+        return self
 
 
 # ----------------------------------------------------------------------------- stages
@@ -131,6 +213,7 @@ class PretrainStage(_Section):
 class SftStage(_Section):
     name: Literal["sft"] = "sft"
     train_on_prompt: bool = Field(False, description="Also compute the loss on prompt tokens (default: assistant tokens only).")
+    mask_history: bool = Field(False, description="Loss on the last assistant turn only (default: every assistant turn).")
 
 
 StageConfig = Annotated[Union[PretrainStage, SftStage], Field(discriminator="name")]
@@ -151,6 +234,8 @@ class TrainConfig(_Section):
     max_grad_norm: float = Field(1.0, ge=0, description="Clip the global gradient norm (0 = off).")
     seed: int = Field(42, description="Seeds model init of new parameters, dropout and data order.")
     logging_steps: int = Field(10, ge=1, description="Report metrics every N optimizer steps.")
+    eval_steps: int | None = Field(None, ge=1, description="Evaluate every N optimizer steps when there is evaluation "
+                                   "data (data.eval or data.val_size); it is always evaluated at the end.")
 
 
 class DeepSpeedConfig(_Section):
@@ -222,12 +307,17 @@ class RunConfig(_Section):
             problems.append("deepspeed.offload_optimizer: optimizer offload needs zero_stage >= 1, got 0")
         if self.tuning.method == "lora" and self.tuning.quantization_bit and zero == 3:
             problems.append("deepspeed.zero_stage: a bitsandbytes-quantized base cannot be sharded by ZeRO-3; use 0-2")
-        for i, d in enumerate(self.data.train):
-            if self.stage.name == "pt" and d.format != "text":
-                problems.append(f"data.train[{i}].format: stage 'pt' trains on raw text; use format: text, got {d.format!r}")
-            if self.stage.name != "pt" and d.format == "text":
-                problems.append(f"data.train[{i}].format: stage {self.stage.name!r} needs conversations "
-                                f"(alpaca or sharegpt), got 'text'")
+        if self.data.streaming and not self.train.max_steps:
+            problems.append("train.max_steps: a streamed dataset has no length known in advance; set max_steps")
+        if self.data.streaming and self.data.val_size:
+            problems.append("data.val_size: a streamed dataset cannot be split; name evaluation data in data.eval")
+        if self.model.template is not None:
+            from rayft_core.data.templates import TEMPLATES
+
+            if self.model.template not in TEMPLATES:
+                close = difflib.get_close_matches(self.model.template, list(TEMPLATES), n=1)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                problems.append(f"model.template: unknown template {self.model.template!r}; {hint}choose one of {', '.join(TEMPLATES)}")
         return problems
 
     def with_absolute_paths(self) -> "RunConfig":
@@ -240,8 +330,11 @@ class RunConfig(_Section):
         run.model.name_or_path = absolute(run.model.name_or_path)
         run.deepspeed.config_file = absolute(run.deepspeed.config_file)
         run.output.storage_path = str(Path(run.output.storage_path).expanduser().absolute())
-        for spec in run.data.train:
-            if "://" not in spec.path:
+        run.data.dataset_dir = absolute(run.data.dataset_dir) or run.data.dataset_dir
+        run.data.cache_dir = run.data.cache_dir if not run.data.cache_dir or "://" in run.data.cache_dir \
+            else str(Path(run.data.cache_dir).expanduser().absolute())
+        for spec in run.data.train + run.data.eval:
+            if spec.path and "://" not in spec.path:
                 spec.path = str(Path(spec.path).expanduser().absolute())
         return run
 

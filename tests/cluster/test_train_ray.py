@@ -14,7 +14,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rayft_core.data.collate import pad_batch
-from rayft_core.data.tokenize import encode_chat_batch, encode_text_batch
+from rayft_core.data.tokenize import encode_chat_batch
+from rayft_core.train import pt
 from rayft_core.train.outputs import read_metrics
 from tests.conftest import QA, run_config
 
@@ -24,12 +25,12 @@ pytestmark = pytest.mark.usefixtures("ray_cluster")
 def _chat_batch(tokenizer):
     convs = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in QA]
     enc = encode_chat_batch(tokenizer, convs, 64)
-    return pad_batch(enc["input_ids"], enc["labels"], tokenizer.pad_token_id)
+    return pad_batch(enc, tokenizer.pad_token_id)
 
 
 def _text_batch(tokenizer):
-    enc = encode_text_batch(tokenizer, [f"{q} {a}" for q, a in QA], 64)
-    return pad_batch(enc["input_ids"], enc["labels"], tokenizer.pad_token_id)
+    enc = pt.encode_rows([{"text": f"{q} {a}"} for q, a in QA], tokenizer, run_config("m", [{"path": "x.txt"}], "out", "x", stage="pt"))
+    return pad_batch(enc, tokenizer.pad_token_id)
 
 
 def _loss(model, batch) -> float:

@@ -61,7 +61,10 @@ def test_shorthands():
     ({"tuning": "galore", "deepspeed": {"zero_stage": 3}}, "deepspeed.zero_stage: GaLore needs whole 2-D weights"),
     ({"tuning": "qlora", "deepspeed": {"zero_stage": 3}}, "deepspeed.zero_stage: a bitsandbytes-quantized base"),
     ({"deepspeed": {"zero_stage": 2, "offload_params": True}}, "deepspeed.offload_params: parameter offload needs"),
-    ({"stage": "pt"}, "data.train[0].format: stage 'pt' trains on raw text"),
+    ({"data": {**MINIMAL["data"], "streaming": True}}, "train.max_steps: a streamed dataset has no length"),
+    ({"model": {"name_or_path": "m", "template": "qwen2"}}, "model.template: unknown template 'qwen2'; did you mean 'qwen'?"),
+    ({"data": {**MINIMAL["data"], "mix_probabilities": [1.0]}}, "data: mix_probabilities needs mix: interleave"),
+    ({"data": {"train": [{"path": "a", "dataset": "b"}]}}, "data.train[0]: give exactly one of dataset"),
 ])
 def test_combinations_that_cannot_work_are_rejected(sections, expected):
     assert any(p.startswith(expected) for p in problems({**MINIMAL, **sections}))

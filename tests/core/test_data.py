@@ -1,29 +1,7 @@
 import pytest
 
 from rayft_core.data import IGNORE_INDEX
-from rayft_core.data.collate import pad_batch
-from rayft_core.data.formats import DataError, align_alpaca, align_sharegpt, align_text
-from rayft_core.data.tokenize import _budget, encode_chat_batch, encode_text_batch
-
-
-def test_alpaca_with_system_history_and_input():
-    row = {"instruction": "Translate", "input": "bonjour", "output": "hello", "system": "Be brief.",
-           "history": [["hi", "hey"]]}
-    assert align_alpaca(row)["messages"] == [
-        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
-        {"role": "assistant", "content": "hey"}, {"role": "user", "content": "Translate\nbonjour"},
-        {"role": "assistant", "content": "hello"}]
-
-
-def test_sharegpt_roles_and_errors_name_file_and_row():
-    row = {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}
-    assert [m["role"] for m in align_sharegpt(row)["messages"]] == ["user", "assistant"]
-    with pytest.raises(DataError, match=r"data\.jsonl: row 7: the conversation must end with an assistant"):
-        align_sharegpt({"conversations": [{"from": "human", "value": "q"}], "path": "data.jsonl", "__row__": 7})
-    with pytest.raises(DataError, match=r"a\.json: row 3: alpaca rows need string 'instruction' and 'output'"):
-        align_alpaca({"instruction": "x", "path": "a.json", "__row__": 3})
-    with pytest.raises(DataError, match="'body' column"):
-        align_text({"text": "x"}, text_column="body")
+from rayft_core.data.tokenize import _budget, encode_chat_batch
 
 
 def test_only_assistant_tokens_carry_labels(tokenizer):
@@ -67,18 +45,3 @@ def test_long_examples_are_truncated_to_max_seq_len(tokenizer):
     enc = encode_chat_batch(tokenizer, [messages], max_seq_len=50)
     assert len(enc["input_ids"][0]) == 50
     assert any(y != IGNORE_INDEX for y in enc["labels"][0])
-
-
-def test_text_is_cut_into_blocks_with_eos(tokenizer):
-    enc = encode_text_batch(tokenizer, ["the quick brown fox", "jumps over the lazy dog"], max_seq_len=4)
-    flat = [t for block in enc["input_ids"] for t in block]
-    assert all(len(b) <= 4 for b in enc["input_ids"]) and flat.count(tokenizer.eos_token_id) == 2
-    assert enc["labels"] == enc["input_ids"]
-
-
-def test_pad_batch():
-    b = pad_batch([[1, 2, 3], [4]], [[-100, 2, 3], [4]], pad_token_id=0)
-    assert b["input_ids"].tolist() == [[1, 2, 3], [4, 0, 0]]
-    assert b["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
-    assert b["labels"].tolist() == [[-100, 2, 3], [4, -100, -100]]
-

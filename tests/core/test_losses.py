@@ -13,7 +13,7 @@ from tests.conftest import QA
 def _batch(tokenizer):
     convs = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in QA]
     enc = encode_chat_batch(tokenizer, convs, 64)
-    return pad_batch(enc["input_ids"], enc["labels"], tokenizer.pad_token_id)
+    return pad_batch(enc, tokenizer.pad_token_id)
 
 
 def _grads(model):

@@ -1,84 +1,249 @@
-"""Align every input format to one standard row that each stage consumes:
+"""Align every input format to one standard row that every stage consumes:
 
-    {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}  # ends with the assistant
-    {"text": str}                                                                # pre-training
+    {"text": str}                                                    # pre-training
+    {"messages": [...], "tools": [...] | None}                       # SFT: the last message is the assistant's
+    {"messages": [...], "tools": ..., "chosen": msg, "rejected": msg}  # preference (rm, dpo, orpo, simpo)
+    {"messages": [...], "tools": ..., "kto_tag": bool}               # KTO: the last message is judged
 
-A malformed row raises ``DataError`` naming its source file and row, never dropped silently.
+Messages are Hugging Face chat messages: {"role": "system"|"user"|"assistant"|"tool", "content": str},
+an assistant tool call carrying "tool_calls" [{"type": "function", "function": {"name", "arguments"}}].
+Tools are OpenAI-style function descriptions, as chat templates take them.
+
+Formats and their column/tag names follow LLaMA-Factory's data spec (alpaca, sharegpt, openai), so a
+dataset_info.json written for it reads unchanged. A row that cannot be used raises ``RowError`` with
+a reason (counted per reason in the run's report) and a message naming its file and row.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Any
 
+from rayft_core.config import DatasetSpec
 from rayft_core.errors import UserInputError
 
 
 class DataError(UserInputError):
-    """A row that cannot be used; the message names its file and row and what is wrong."""
+    """Data that cannot be used; the message names the file (and row) and what is wrong."""
 
 
-_SOURCE_KEYS = ("path", "__row__")  # where a row came from, set by the reader; not data
+class RowError(DataError):
+    """One unusable row. ``reason`` is a short category for the bad-row report."""
+
+    def __init__(self, where: str, reason: str, detail: str):
+        self.reason = reason
+        super().__init__(f"{where}: {reason}: {detail}")
 
 
-def _where(row: dict, index: int) -> str:
+SOURCE_KEYS = ("path", "__row__")  # where a row came from, set by the reader; not data
+
+_TAG_DEFAULTS = {  # format -> LLaMA-Factory's default tags
+    "sharegpt": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
+                 "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"},
+    "openai": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
+               "observation_tag": "tool", "function_tag": "function_call", "system_tag": "system"},
+}
+
+
+def where(row: dict) -> str:
     """'file: row N' when the reader recorded it, else the row itself, shortened."""
     if "__row__" in row:
         return f"{row.get('path', '<rows>')}: row {row['__row__']}"
-    return f"row {index} {json.dumps(_data(row), ensure_ascii=False, default=str)[:160]}"
+    data = {k: v for k, v in row.items() if k not in SOURCE_KEYS}
+    return f"row {json.dumps(data, ensure_ascii=False, default=str)[:160]}"
 
 
-def _data(row: dict) -> dict:
-    return {k: v for k, v in row.items() if k not in _SOURCE_KEYS}
+def align_row(row: dict, spec: DatasetSpec, stage: str) -> dict:
+    """One raw row of ``spec``'s dataset -> the standard row that ``stage`` consumes."""
+    fmt = spec.format or "alpaca"
+    if fmt == "text":
+        return {"text": _text(row, spec.columns.prompt if "prompt" in spec.columns.model_fields_set else "text")}
+    if fmt == "alpaca":
+        if stage == "pt":  # LLaMA-Factory pre-trains on the prompt column of alpaca-shaped rows
+            return {"text": _text(row, spec.columns.prompt, row.get(spec.columns.query))}
+        return _align_alpaca(row, spec)
+    if stage == "pt":
+        raise RowError(where(row), "wrong format", f"stage pt trains on text; {fmt} conversations need a chat stage")
+    return _align_sharegpt(row, spec, fmt)
 
 
-def align_alpaca(row: dict, index: int = 0) -> dict:
-    """instruction (+ input) -> user, output -> assistant; optional system and history [[q, a], ...]."""
-    instruction, output = row.get("instruction"), row.get("output")
-    if not isinstance(instruction, str) or not isinstance(output, str):
-        raise DataError(f"{_where(row, index)}: alpaca rows need string 'instruction' and 'output' columns, "
-                        f"got keys {sorted(_data(row))}")
-    messages = []
-    if row.get("system"):
-        messages.append({"role": "system", "content": row["system"]})
-    for turn in row.get("history") or []:
-        if not (isinstance(turn, (list, tuple)) and len(turn) == 2):
-            raise DataError(f"{_where(row, index)}: 'history' must be a list of [query, response] pairs")
-        messages += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
-    prompt = instruction + ("\n" + row["input"] if row.get("input") else "")
-    messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
-    return {"messages": messages}
-
-
-_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-
-
-def align_sharegpt(row: dict, index: int = 0) -> dict:
-    """conversations: [{"from": human|gpt|system, "value": str}, ...] (also role/content keys)."""
-    turns = row.get("conversations", row.get("messages"))
-    if not isinstance(turns, list) or not turns:
-        raise DataError(f"{_where(row, index)}: sharegpt rows need a non-empty 'conversations' list")
-    messages = []
-    if row.get("system"):
-        messages.append({"role": "system", "content": row["system"]})
-    for t in turns:
-        speaker = t.get("from", t.get("role"))
-        content = t.get("value", t.get("content"))
-        role = _SHAREGPT_ROLES.get(speaker)
-        if role is None or not isinstance(content, str):
-            raise DataError(f"{_where(row, index)}: turn {t!r} needs from in {sorted(_SHAREGPT_ROLES)} and a string value")
-        messages.append({"role": role, "content": content})
-    if messages[-1]["role"] != "assistant":
-        raise DataError(f"{_where(row, index)}: the conversation must end with an assistant (gpt) turn")
-    return {"messages": messages}
-
-
-def align_text(row: dict, index: int = 0, text_column: str = "text") -> dict:
-    text = row.get(text_column)
+def _text(row: dict, column: str, extra: Any = None) -> str:
+    text = row.get(column)
+    if column not in row:
+        raise RowError(where(row), "missing column", f"no {column!r} column (columns: {_columns(row)})")
     if not isinstance(text, str):
-        raise DataError(f"{_where(row, index)}: text rows need a string {text_column!r} column")
-    return {"text": text}
+        raise RowError(where(row), "wrong type", f"{column!r} must be a string, got {type(text).__name__}")
+    if isinstance(extra, str) and extra:
+        text += "\n" + extra
+    if not text.strip():
+        raise RowError(where(row), "empty turn", f"{column!r} is empty")
+    return text
 
 
-ALIGNERS: dict[str, Callable[..., dict]] = {"alpaca": align_alpaca, "sharegpt": align_sharegpt, "text": align_text}
+def _columns(row: dict) -> str:
+    return ", ".join(sorted(k for k in row if k not in SOURCE_KEYS)) or "none"
+
+
+def _string(row: dict, column: str, what: str, required: bool = True) -> str | None:
+    value = row.get(column)
+    if value is None:
+        if required:
+            raise RowError(where(row), "missing column", f"no {what} column {column!r} (columns: {_columns(row)})")
+        return None
+    if not isinstance(value, str):
+        raise RowError(where(row), "wrong type", f"{what} column {column!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _nonempty(row: dict, text: str, what: str) -> str:
+    if not text.strip():
+        raise RowError(where(row), "empty turn", f"the {what} is empty")
+    return text
+
+
+def _common(row: dict, spec: DatasetSpec) -> tuple[list[dict], list[dict] | None]:
+    """The system message (as a list of 0 or 1 messages) and the tools of a row."""
+    system = _string(row, spec.columns.system, "system", required=False)
+    return ([{"role": "system", "content": system}] if system else []), _tools(row, spec.columns.tools)
+
+
+def _tools(row: dict, column: str) -> list[dict] | None:
+    value = row.get(column)
+    if value in (None, "", "[]", []):
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise RowError(where(row), "invalid JSON", f"tools column {column!r} is not valid JSON ({e})") from None
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise RowError(where(row), "wrong type", f"tools column {column!r} must be a list of function descriptions")
+    # glaive/LLaMA-Factory rows list bare functions; chat templates take OpenAI's {"type": "function", ...}
+    return [t if t.get("type") == "function" else {"type": "function", "function": t} for t in value]
+
+
+def _feedback(row: dict, spec: DatasetSpec) -> dict:
+    """KTO's boolean tag, when the spec names a column for it."""
+    if spec.columns.kto_tag is None:
+        return {}
+    tag = row.get(spec.columns.kto_tag)
+    if not isinstance(tag, bool):
+        raise RowError(where(row), "wrong type", f"KTO column {spec.columns.kto_tag!r} must be true or false, got {tag!r}")
+    return {"kto_tag": tag}
+
+
+def _align_alpaca(row: dict, spec: DatasetSpec) -> dict:
+    """instruction (+ input) -> user; output -> assistant; history [[q, a], ...] before them."""
+    c = spec.columns
+    messages, tools = _common(row, spec)
+    history = row.get(c.history) or []
+    if not isinstance(history, list):
+        raise RowError(where(row), "wrong type", f"{c.history!r} must be a list of [query, response] pairs")
+    for turn in history:
+        if not (isinstance(turn, (list, tuple)) and len(turn) == 2 and all(isinstance(x, str) for x in turn)):
+            raise RowError(where(row), "wrong type", f"{c.history!r} must be a list of [query, response] string pairs")
+        messages += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
+    prompt = _string(row, c.prompt, "prompt")
+    query = _string(row, c.query, "query", required=False)
+    messages.append({"role": "user", "content": _nonempty(row, prompt + ("\n" + query if query else ""), "prompt")})
+    out = {"messages": messages, "tools": tools}
+    if spec.ranking:
+        chosen, rejected = row.get(c.chosen), row.get(c.rejected)
+        if chosen is None and rejected is None and isinstance(row.get(c.response), list) and len(row[c.response]) == 2:
+            chosen, rejected = row[c.response]  # older LLaMA-Factory files: output = [chosen, rejected]
+        for name, value in (("chosen", chosen), ("rejected", rejected)):
+            if not isinstance(value, str):
+                raise RowError(where(row), "missing column" if value is None else "wrong type",
+                               f"preference rows need string {name!r} answers (column {getattr(c, name)!r})")
+            out[name] = {"role": "assistant", "content": _nonempty(row, value, f"{name} answer")}
+        return out
+    response = _nonempty(row, _string(row, c.response, "response"), "response")
+    messages.append({"role": "assistant", "content": response})
+    return {**out, **_feedback(row, spec)}
+
+
+def _align_sharegpt(row: dict, spec: DatasetSpec, fmt: str) -> dict:
+    """Turns of {role_tag: speaker, content_tag: text}: system?, then user/observation and
+    assistant/function_call alternating (LLaMA-Factory's rule), ending with the assistant (or, for
+    preference rows, with the prompt: the answers are the chosen and rejected columns)."""
+    tags = {**_TAG_DEFAULTS[fmt], **spec.tags.model_dump(exclude_none=True)}
+    turns = row.get(spec.columns.messages)
+    if turns is None:
+        raise RowError(where(row), "missing column", f"no turns column {spec.columns.messages!r} (columns: {_columns(row)}); "
+                       "set columns.messages")
+    if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
+        raise RowError(where(row), "wrong type", f"{spec.columns.messages!r} must be a list of turns (objects)")
+    messages, tools = _common(row, spec)
+    if turns and turns[0].get(tags["role_tag"]) == tags["system_tag"]:
+        messages = [{"role": "system", "content": _turn_text(row, turns[0], tags)}]
+        turns = turns[1:]
+    if not turns:
+        raise RowError(where(row), "empty turn", "the conversation has no turns")
+    prompt_side = (tags["user_tag"], tags["observation_tag"])
+    answer_side = (tags["assistant_tag"], tags["function_tag"])
+    for i, turn in enumerate(turns):
+        speaker = turn.get(tags["role_tag"])
+        expected = prompt_side if i % 2 == 0 else answer_side
+        if speaker not in expected:
+            raise RowError(where(row), "roles out of order",
+                           f"turn {i} has {tags['role_tag']}={speaker!r}, expected one of {list(expected)} "
+                           f"({'user/observation' if i % 2 == 0 else 'assistant/function_call'} turns alternate with "
+                           "the other kind); set tags.* if the dataset names them differently")
+        messages.append(_message(row, turn, speaker, tags))
+    out: dict[str, Any] = {"messages": messages, "tools": tools}
+    if spec.ranking:
+        if len(turns) % 2 == 0:
+            raise RowError(where(row), "roles out of order", "a preference conversation must end with the prompt "
+                           "(user turn); the answers go in the chosen and rejected columns")
+        for name in ("chosen", "rejected"):
+            answer = row.get(getattr(spec.columns, name))
+            if not isinstance(answer, dict) or answer.get(tags["role_tag"]) not in answer_side:
+                raise RowError(where(row), "missing column" if answer is None else "wrong type",
+                               f"preference rows need a {name!r} assistant turn (column {getattr(spec.columns, name)!r})")
+            out[name] = _message(row, answer, answer[tags["role_tag"]], tags)
+        return out
+    if len(turns) % 2 == 1:
+        raise RowError(where(row), "roles out of order", "the conversation must end with an assistant turn")
+    return {**out, **_feedback(row, spec)}
+
+
+def _turn_text(row: dict, turn: dict, tags: dict) -> str:
+    text = turn.get(tags["content_tag"])
+    if not isinstance(text, str):
+        raise RowError(where(row), "wrong type" if text is not None else "missing column",
+                       f"a turn's {tags['content_tag']!r} must be a string, got {text!r:.60}")
+    return text
+
+
+def _message(row: dict, turn: dict, speaker: str, tags: dict) -> dict:
+    text = _turn_text(row, turn, tags)
+    if speaker == tags["function_tag"]:
+        return {"role": "assistant", "content": "", "tool_calls": _tool_calls(row, text)}
+    if speaker == tags["observation_tag"]:
+        return {"role": "tool", "content": text}
+    role = "user" if speaker == tags["user_tag"] else "assistant"
+    return {"role": role, "content": _nonempty(row, text, f"{role} turn")}
+
+
+def _tool_calls(row: dict, text: str) -> list[dict]:
+    """A function_call turn's JSON ({"name", "arguments"} or a list of them) -> chat-template tool calls."""
+    try:
+        calls = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RowError(where(row), "invalid JSON", f"a function_call turn must hold JSON ({e})") from None
+    calls = calls if isinstance(calls, list) else [calls]
+    if not all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in calls):
+        raise RowError(where(row), "wrong type", 'a function_call turn must hold {"name": ..., "arguments": {...}}')
+    out = []
+    for c in calls:
+        args = c.get("arguments", {})
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except json.JSONDecodeError:
+                pass  # keep the string: some tools take free text
+        out.append({"type": "function", "function": {"name": c["name"], "arguments": args}})
+    return out
 

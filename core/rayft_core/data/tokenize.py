@@ -147,12 +147,3 @@ def _segments(pairs: list[tuple[str, str]], ids: list[int], offsets: list[tuple[
         segments[turn][1 if start >= bounds[turn][0] else 0].append(token)
     return segments
 
-
-def encode_text_batch(tokenizer: Any, texts: list[str], max_seq_len: int) -> dict[str, list[list[int]]]:
-    """Pre-training: each text + EOS, concatenated and cut into max_seq_len blocks (the last may be shorter)."""
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    stream: list[int] = []
-    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-        stream += ids + eos
-    blocks = [stream[i : i + max_seq_len] for i in range(0, len(stream), max_seq_len)]
-    return {"input_ids": blocks, "labels": [list(b) for b in blocks]}

@@ -39,15 +39,19 @@ class TrainPlan:
     total_steps: int  # optimizer steps
 
     @classmethod
-    def from_rows(cls, run: RunConfig, num_rows: int) -> "TrainPlan":
+    def from_rows(cls, run: RunConfig, num_rows: int | None) -> "TrainPlan":
+        """num_rows None: a stream of unknown length, trained for train.max_steps (each worker's
+        stream restarts as a new epoch if it ends first)."""
         t = run.train
+        if num_rows is None:
+            return cls(micro_batches_per_epoch=STREAM, num_epochs=STREAM, total_steps=t.max_steps)
         per_worker = num_rows // run.cluster.num_workers
         micro = per_worker // t.micro_batch_size
         steps_per_epoch = micro // t.gradient_accumulation_steps
         if steps_per_epoch == 0:
-            raise UserInputError(f"{num_rows} training examples are fewer than one optimizer step needs "
-                             f"({run.global_batch_size} = micro_batch_size x gradient_accumulation_steps x num_workers); "
-                             "lower those or add data")
+            raise UserInputError(f"{num_rows} training rows are fewer than one optimizer step needs "
+                                 f"({run.global_batch_size} = micro_batch_size x gradient_accumulation_steps x num_workers); "
+                                 "lower those or add data")
         if t.max_steps:
             total = t.max_steps
         else:
@@ -55,6 +59,9 @@ class TrainPlan:
         epochs = -(-total // steps_per_epoch)  # ceil
         return cls(micro_batches_per_epoch=steps_per_epoch * t.gradient_accumulation_steps,
                    num_epochs=epochs, total_steps=total)
+
+
+STREAM = 2**62  # "until max_steps": the plan of a stream whose length is unknown
 
 
 def seed_everything(seed: int) -> None:
@@ -70,11 +77,13 @@ def peak_memory_gb() -> float:
 
 
 def train_worker(run: RunConfig, plan: TrainPlan, epoch_batches: Callable[[int], Iterable[dict[str, Any]]],
-                 report: Callable[[dict[str, Any]], None], rank: int, world_size: int) -> None:
+                 report: Callable[[dict[str, Any]], None], rank: int, world_size: int,
+                 eval_batches: Callable[[], Iterable[dict[str, Any]]] | None = None) -> None:
     """Train for plan.total_steps optimizer steps and save on rank 0.
 
-    ``epoch_batches(epoch)`` yields this worker's micro-batches of tokenized examples
-    ({"input_ids": [...], "labels": [...]}, one list per example); they are padded here.
+    ``epoch_batches(epoch)`` yields this worker's micro-batches of tokenized rows ({"input_ids": [...],
+    "labels": [...]}, plus "position_ids" for packed rows; one list per row); they are padded here.
+    ``eval_batches()`` yields this worker's share of the evaluation rows, when there are any.
     """
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed otherwise probes for CUDA and fails
@@ -100,10 +109,12 @@ def train_worker(run: RunConfig, plan: TrainPlan, epoch_batches: Callable[[int],
 
     step, window = 0, _Window()
     for epoch in range(plan.num_epochs):
+        micro = -1
         for micro, examples in enumerate(epoch_batches(epoch)):
             if micro >= plan.micro_batches_per_epoch or step >= plan.total_steps:
                 break
-            batch = pad_batch(examples["input_ids"], examples["labels"], tokenizer.pad_token_id)
+            batch = pad_batch(examples, tokenizer.pad_token_id)
+            n_input = sum(len(x) for x in examples["input_ids"])
             batch = {k: v.to(device) for k, v in batch.items()}
             boundary = engine.is_gradient_accumulation_boundary()
             logging_step = boundary and ((step + 1) % run.train.logging_steps == 0 or step + 1 == plan.total_steps)
@@ -111,22 +122,51 @@ def train_worker(run: RunConfig, plan: TrainPlan, epoch_batches: Callable[[int],
             engine.backward(loss)
             grad_norm = _grad_norm(engine, model) if logging_step else None  # reduced, not yet clipped
             engine.step()
-            window.add(loss.item() * n_tokens, n_tokens, int(batch["attention_mask"].sum()), batch["input_ids"].shape[0])
+            window.add(loss.item() * n_tokens, n_tokens, n_input, batch["input_ids"].shape[0])
             if not boundary:
                 continue
             step += 1
+            eval_step = eval_batches is not None and (step == plan.total_steps or
+                                                      (run.train.eval_steps and step % run.train.eval_steps == 0))
+            if not (logging_step or eval_step):
+                continue
+            metrics: dict[str, Any] = {"step": step}
             if logging_step:
-                metrics = window.reduce(device)
-                metrics.update({"step": step, "train/epoch": epoch + (micro + 1) / plan.micro_batches_per_epoch,
+                metrics.update(window.reduce(device))
+                metrics.update({"train/epoch": epoch + (micro + 1) / plan.micro_batches_per_epoch,
                                 "train/lr": scheduler.get_last_lr()[0] if scheduler else run.train.learning_rate,
                                 "train/grad_norm": _reported_grad_norm(engine, grad_norm), "mem/peak_gb": peak_memory_gb()})
-                if rank == 0:
-                    outputs.append_metrics(run.output.dir, metrics)
-                report(metrics)
                 window = _Window()
+            if eval_step:
+                metrics["eval/loss"] = evaluate(engine, stage, eval_batches, tokenizer.pad_token_id, device)
+            if rank == 0:
+                outputs.append_metrics(run.output.dir, metrics)
+            report(metrics)
         if step >= plan.total_steps:
             break
+        if micro < 0:
+            raise UserInputError("the training data ran out: an epoch gave this worker no batches")
     _save(engine, tokenizer, run, rank)
+
+
+def evaluate(engine: Any, stage: Any, batches: Callable[[], Iterable[dict[str, Any]]], pad_token_id: int,
+             device: torch.device) -> float:
+    """Token-weighted mean loss over this worker's evaluation rows, reduced across workers.
+
+    Every worker runs as many forward passes as the others (Ray splits the rows equally), which
+    ZeRO-3's parameter gathering needs.
+    """
+    engine.eval()
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss x tokens, tokens
+    with torch.no_grad():
+        for examples in batches():
+            batch = {k: v.to(device) for k, v in pad_batch(examples, pad_token_id).items()}
+            loss, n = stage.compute_loss(engine.module, batch)
+            sums += torch.tensor([loss.item() * n, n], dtype=torch.float64, device=device)
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(sums)
+    engine.train()
+    return (sums[0] / sums[1].clamp(min=1)).item()
 
 
 def _grad_norm(engine: Any, model: torch.nn.Module) -> float | None:

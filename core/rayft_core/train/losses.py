@@ -95,7 +95,10 @@ def compute_causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> 
     """Mean next-token cross-entropy over labelled positions, and their count."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wraps the LM
     decoder, head = base.get_decoder(), base.get_output_embeddings()
-    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    # Packed rows carry position_ids and no attention mask (see rayft_core.data.packing). No KV cache:
+    # with one, transformers skips the packed-sequence mask and examples would attend to each other.
+    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                     position_ids=batch.get("position_ids"), use_cache=False).last_hidden_state
     labels = batch["labels"][:, 1:]  # [batch, seq-1]: token t predicts t+1
     keep = labels != IGNORE_INDEX
     hidden = hidden[:, :-1][keep]  # [n, hidden]

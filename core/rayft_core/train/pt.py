@@ -5,13 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 from rayft_core.config import RunConfig
-from rayft_core.data.tokenize import encode_text_batch
 from rayft_core.train.losses import compute_causal_lm_loss
 
 
 def encode_rows(rows: list[dict], tokenizer: Any, run: RunConfig) -> dict[str, list[list[int]]]:
-    """Aligned text rows -> blocks of max_seq_len tokens (documents joined with EOS)."""
-    return encode_text_batch(tokenizer, [r["text"] for r in rows], run.data.max_seq_len)
+    """Each document + EOS, cut into pieces of max_seq_len tokens: one example per piece.
+
+    Documents are never joined here: packing (on by default for pt) fills rows with them while
+    keeping each one's attention to itself.
+    """
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    n = run.data.max_seq_len
+    pieces = []
+    for ids in tokenizer([r["text"] for r in rows], add_special_tokens=False)["input_ids"]:
+        ids = ids + eos
+        pieces.append([ids[i : i + n] for i in range(0, len(ids), n)])
+    return {"input_ids": [p for doc in pieces for p in doc], "labels": [list(p) for doc in pieces for p in doc],
+            "row_of_example": [r for r, doc in enumerate(pieces) for _ in doc]}
 
 
 compute_loss = compute_causal_lm_loss

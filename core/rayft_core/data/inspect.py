@@ -1,0 +1,57 @@
+"""Human views of tokenized rows: the trained-on tokens marked, and a token-length histogram."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from rayft_core.data import IGNORE_INDEX
+
+_ON, _OFF = "\033[1;32m", "\033[0m"  # bold green on a terminal
+
+
+def mark_trained(tokenizer: Any, input_ids: Sequence[int], labels: Sequence[int], color: bool,
+                 position_ids: Sequence[int] | None = None) -> str:
+    """The decoded row with the tokens that carry a loss marked: green on a terminal, else «...».
+
+    Packed rows show each example on its own line after a '── example N ──' rule.
+    """
+    start, end = (_ON, _OFF) if color else ("«", "»")
+    parts: list[str] = []
+    span: list[int] = []
+    trained = False
+    example = 0
+
+    def flush() -> None:
+        if span:
+            text = tokenizer.decode(span)
+            parts.append(f"{start}{text}{end}" if trained else text)
+            span.clear()
+
+    for i, (token, label) in enumerate(zip(input_ids, labels)):
+        if position_ids is not None and position_ids[i] == 0:
+            flush()
+            example += 1
+            parts.append(f"{'' if example == 1 else chr(10)}── example {example} ──\n")
+        is_trained = label != IGNORE_INDEX
+        if is_trained != trained:
+            flush()
+            trained = is_trained
+        span.append(int(token))
+    flush()
+    return "".join(parts)
+
+
+def histogram(lengths: Sequence[int], max_len: int, bins: int = 8, width: int = 40) -> str:
+    """Rows per token-length bucket, as bars."""
+    if not lengths:
+        return "(no rows)"
+    step = max(1, -(-max_len // bins))
+    counts = [0] * bins
+    for n in lengths:
+        counts[min(n // step, bins - 1)] += 1
+    top = max(counts)
+    lines = []
+    for b, c in enumerate(counts):
+        lo, hi = b * step, max_len if b == bins - 1 else (b + 1) * step - 1
+        lines.append(f"{lo:>6}-{hi:<6} {'█' * round(width * c / top):<{width}} {c:,}")
+    return "\n".join(lines)

@@ -50,7 +50,7 @@ def _check_packages(run: RunConfig, use_gpu: bool) -> list[str]:
 
 
 def _check_chat_template(run: RunConfig) -> list[str]:
-    if run.stage.name == "pt" or run.model.chat_template:
+    if run.stage.name == "pt" or run.model.chat_template or run.model.template:
         return []
     from rayft_core.model.loader import load_tokenizer
 

@@ -44,7 +44,7 @@ from rayft_core.train.stages import STAGES
 logger = logging.getLogger(__name__)
 
 READ_EXTENSIONS = (".json", ".jsonl", ".csv", ".parquet", ".txt")
-MANIFEST = "rayft_data.json"  # written beside prepared (and cached) Parquet files
+MANIFEST = "_rayft_data.json"  # beside prepared Parquet files; the "_" keeps Parquet readers from taking it as data
 MAX_ERRORS_SHOWN = 5
 ENCODE_BATCH = 256  # rows per map task batch: packing fills rows from one batch at a time
 

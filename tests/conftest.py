@@ -83,11 +83,11 @@ def ray_cluster():
     ray.shutdown()
 
 
-def run_config(model_dir: Path, data: list[dict], out: Path, name: str, **sections) -> "RunConfig":  # noqa: F821
-    """A small valid run config; sections override whole keys (e.g. tuning={"method": "full"})."""
+def run_config(model_dir: Path, datasets: list[dict], out: Path, name: str, **sections) -> "RunConfig":  # noqa: F821
+    """A small valid run config; sections update whole keys (e.g. tuning={"method": "full"}, data={"packing": True})."""
     from rayft_core.config import validate_config
 
-    raw = {"model": {"name_or_path": str(model_dir)}, "data": {"train": data, "max_seq_len": 64},
+    raw = {"model": {"name_or_path": str(model_dir)}, "data": {"train": datasets, "max_seq_len": 64},
            "train": {"max_steps": 4, "micro_batch_size": 4, "learning_rate": 5e-3, "logging_steps": 1},
            "output": {"storage_path": str(out), "name": name}}
     for key, value in sections.items():

@@ -54,6 +54,7 @@ DIRECT = {
     "max_grad_norm": "train.max_grad_norm",
     "seed": "train.seed",
     "logging_steps": "train.logging_steps",
+    "eval_steps": "train.eval_steps",  # rayft evaluates whenever there is eval data (val_size or eval_dataset)
     "overwrite_output_dir": "output.overwrite",
     "ray_num_workers": "cluster.num_workers",
     "ray_storage_path": "output.storage_path",
@@ -119,8 +120,9 @@ NO_EFFECT = {  # honoured values are LLaMA-Factory's defaults unless said otherw
                save_steps=ALWAYS, save_strategy="no", save_total_limit=None, load_best_model_at_end=False),
     **_because("rayft always writes safetensors", save_safetensors=True),
     **_because("resuming is not yet available in rayft; the run starts from step 0", resume_from_checkpoint=None),
-    **_because("rayft has no evaluation schedule keys yet", do_eval=False, eval_strategy="no",
-               evaluation_strategy="no", eval_steps=None, per_device_eval_batch_size=ALWAYS,
+    **_because("rayft evaluates every train.eval_steps and at the end whenever there is eval data, with the "
+               "training micro-batch size", do_eval=False, eval_strategy="no",
+               evaluation_strategy="no", per_device_eval_batch_size=ALWAYS,
                eval_accumulation_steps=None, eval_delay=0, eval_on_each_dataset=False, eval_num_beams=None,
                compute_accuracy=False, early_stopping_steps=None, metric_for_best_model=None),
     **_because("no effect: Ray Train sets up the process group", ddp_timeout=ALWAYS, ddp_find_unused_parameters=None,

@@ -112,7 +112,7 @@ def test_every_key_rayft_cannot_honour_is_reported_once_with_its_value_and_why()
           # honoured by what rayft does anyway, so not noted:
           "do_train": True, "plot_loss": True, "overwrite_cache": True, "save_only_model": False}
     raw, notes = translate(lf)
-    noted = ["report_to", "use_unsloth", "save_steps", "eval_steps", "preprocessing_num_workers", "ddp_timeout",
+    noted = ["report_to", "use_unsloth", "save_steps", "preprocessing_num_workers", "ddp_timeout",
              "hf_hub_token", "not_a_key", "pref_beta", "galore_rank", "freeze_trainable_modules", "lr_scheduler_type",
              "template", "flash_attn", "rope_scaling", "mix_strategy", "warmup_steps", "resources_per_worker",
              "default_system"]

@@ -322,6 +322,8 @@ def _encode_rows(stage: Any, rows: list[dict], tokenizer: Any, run: RunConfig, e
     When the batch fails as a whole (a template that cannot render one row), each row is encoded
     alone so the error names the row that caused it.
     """
+    if not rows:  # Ray Data may hand over an empty block; tokenizers reject empty batches
+        return {"input_ids": [], "labels": []}
     try:
         enc = stage.encode_rows(rows, tokenizer, run)
     except DataError:

@@ -71,7 +71,39 @@ def text_file(workdir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def s3_bucket():
+    """An S3-compatible server on loopback (moto's, a real HTTP server) and an empty bucket: the stand-in
+    for a cloud bucket. Its endpoint and dummy credentials go into the environment before the Ray
+    cluster starts, so Ray's workers reach it the way they would reach S3."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import pyarrow.fs as pafs
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = shutil.which("moto_server", path=str(Path(sys.executable).parent))
+    proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"})
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    pafs.S3FileSystem(endpoint_override=endpoint, allow_bucket_creation=True).create_dir("rayft-test")
+    yield "rayft-test"
+    proc.terminate()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_bucket):
     """One local Ray cluster for the whole session (4 logical CPUs: 2 workers + Ray Data tasks)."""
     import ray
 

@@ -112,7 +112,8 @@ TuningConfig = Annotated[Union[FullTuning, FreezeTuning, LoraTuning, GaloreTunin
 class DatasetColumns(_Section):
     """Which column of a dataset holds what (LLaMA-Factory's `columns`); absent columns are simply empty."""
 
-    prompt: str = Field("instruction", description="alpaca: the instruction; text: the text column (default 'text').")
+    prompt: str | None = Field(None, description="alpaca: the instruction (default 'instruction'); text: the text "
+                               "(default 'text').")
     query: str = Field("input", description="alpaca: extra input appended to the instruction.")
     response: str = Field("output", description="alpaca: the answer (a list of two answers for ranking rows).")
     history: str = Field("history", description="alpaca: earlier [query, response] pairs.")

@@ -136,3 +136,33 @@ def test_streamed_packed_sft_with_evaluation_two_workers(tiny_model, workdir, al
     assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3, 4]
     evals = [r["eval/loss"] for r in rows if "eval/loss" in r]
     assert len(evals) == 2 and evals[1] < evals[0]
+
+
+def test_llamafactory_yaml_trains_as_it_is(tiny_model, workdir):
+    """LLaMA-Factory's own llama3_lora_sft.yaml, only the model, data folder and length changed by overrides."""
+    lf_yaml = EXAMPLES.parent / "llamafactory" / "llama3_lora_sft.yaml"
+    out = workdir / "lf-runs"
+    result = CliRunner().invoke(main, [
+        "train", str(lf_yaml), f"model.name_or_path={tiny_model('llama')}", "model.dtype=float32",
+        f"data.dataset_dir={EXAMPLES}", "data.train=[{dataset: assistant_alpaca}, {dataset: weather_tools}]",
+        "train.max_steps=3", f"output.storage_path={out}"])
+    assert result.exit_code == 0, result.output
+    assert "save_steps" in result.output  # keys rayft cannot honour are named, not dropped
+    rows = read_metrics(out / "sft")
+    assert rows[-1]["step"] == 3 and {"train/loss", "eval/loss"} <= set(rows[-1])  # eval: its val_size 0.1
+
+
+def test_datasets_on_s3_by_glob_and_directory(tiny_model, workdir, s3_bucket, alpaca_file):
+    """Files in an S3 bucket (an S3-compatible server on loopback) read by Ray's tasks through pyarrow."""
+    import pyarrow.fs as pafs
+
+    s3, _ = pafs.FileSystem.from_uri(f"s3://{s3_bucket}")
+    rows = json.loads(alpaca_file.read_text())
+    for i in range(2):
+        with s3.open_output_stream(f"{s3_bucket}/chats/part-{i}.jsonl") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in rows[i::2]).encode())
+    for path in (f"s3://{s3_bucket}/chats/*.jsonl", f"s3://{s3_bucket}/chats"):
+        run = run_config(tiny_model("llama"), [{"path": path, "format": "alpaca"}], workdir / "data-runs", "s3")
+        assert build_run_data(run).train_rows == len(rows)
+    with pytest.raises(DatasetError, match="no data files at 's3://rayft-test/nothing-here'"):
+        build_run_data(run_config(tiny_model("llama"), [{"path": f"s3://{s3_bucket}/nothing-here"}], workdir, "s3"))

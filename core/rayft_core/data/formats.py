@@ -57,10 +57,10 @@ def align_row(row: dict, spec: DatasetSpec, stage: str) -> dict:
     """One raw row of ``spec``'s dataset -> the standard row that ``stage`` consumes."""
     fmt = spec.format or "alpaca"
     if fmt == "text":
-        return {"text": _text(row, spec.columns.prompt if "prompt" in spec.columns.model_fields_set else "text")}
+        return {"text": _text(row, spec.columns.prompt or "text")}
     if fmt == "alpaca":
         if stage == "pt":  # LLaMA-Factory pre-trains on the prompt column of alpaca-shaped rows
-            return {"text": _text(row, spec.columns.prompt, row.get(spec.columns.query))}
+            return {"text": _text(row, spec.columns.prompt or "instruction", row.get(spec.columns.query))}
         return _align_alpaca(row, spec)
     if stage == "pt":
         raise RowError(where(row), "wrong format", f"stage pt trains on text; {fmt} conversations need a chat stage")
@@ -145,7 +145,7 @@ def _align_alpaca(row: dict, spec: DatasetSpec) -> dict:
         if not (isinstance(turn, (list, tuple)) and len(turn) == 2 and all(isinstance(x, str) for x in turn)):
             raise RowError(where(row), "wrong type", f"{c.history!r} must be a list of [query, response] string pairs")
         messages += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
-    prompt = _string(row, c.prompt, "prompt")
+    prompt = _string(row, c.prompt or "instruction", "prompt")
     query = _string(row, c.query, "query", required=False)
     messages.append({"role": "user", "content": _nonempty(row, prompt + ("\n" + query if query else ""), "prompt")})
     out = {"messages": messages, "tools": tools}

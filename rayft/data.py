@@ -432,7 +432,7 @@ def _report(ds: Any, labels: list[str], run: RunConfig) -> DataReport:
 
 
 def check_bad_rows(report: DataReport, max_fraction: float, section: str) -> None:
-    total = report.rows + report.num_bad
+    total = sum(d.examples for d in report.datasets) + report.num_bad
     if report.num_bad == 0:
         if total == 0:
             raise DatasetError(f"{section}: the datasets hold no rows")

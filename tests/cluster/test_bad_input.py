@@ -77,9 +77,10 @@ def test_malformed_rows_name_file_and_row(tiny_model, workdir, tmp_path):
     run = run_config(tiny_model("llama"), [{"path": str(bad), "format": "alpaca"}], workdir / "bad", "rows")
     with pytest.raises(DataError) as e:
         train(run)
-    assert "2 of 4 training rows cannot be used" in str(e.value)
-    assert f"{bad}: row 2: alpaca rows need string 'instruction' and 'output'" in str(e.value)
-    assert f"{bad}: row 4: not valid JSON" in str(e.value)
+    assert "2 unusable rows (1 missing column, 1 invalid JSON)" in str(e.value)
+    assert f"{bad}: row 2: missing column: no response column 'output'" in str(e.value)
+    assert f"{bad}: row 4: invalid JSON" in str(e.value)
+    assert "that is 50.00% of the rows; data.max_bad_fraction allows 0.00%" in str(e.value)
 
 
 def test_cli_reports_config_errors_with_paths(tmp_path):

@@ -10,8 +10,8 @@ silent drop, since the model would learn to call tools it was never shown.
 
 from __future__ import annotations
 
+import bisect
 import json
-import os
 import re
 from typing import Any
 
@@ -63,8 +63,8 @@ def split_turns(tokenizer: Any, messages: list[dict], tools: list[dict] | None =
         if message["role"] != "assistant":
             continue
         prompt = _render(tokenizer, messages[:k], tools, True, kwargs)
-        answer = _render(tokenizer, messages[: k + 1], tools, False, kwargs)
-        prompt_end, end = len(prompt), len(os.path.commonprefix([answer, full]))
+        answer = full if k == len(messages) - 1 else _render(tokenizer, messages[: k + 1], tools, False, kwargs)
+        prompt_end, end = len(prompt), _common_prefix_len(answer, full)
         if prompt_end < pos or not full.startswith(prompt) or end <= prompt_end:
             raise DataError("the chat template does not render conversations incrementally (a later turn "
                             "changes earlier text); set model.chat_template to one that does")
@@ -134,16 +134,28 @@ def encode_chat_batch(tokenizer: Any, batch_messages: list[list[dict]], max_seq_
 
 
 def _segments(pairs: list[tuple[str, str]], ids: list[int], offsets: list[tuple[int, int]]) -> list[tuple[list[int], list[int]]]:
-    """Assign each token, by the character where it starts, to its turn's prompt or response."""
-    bounds, pos = [], 0  # per turn: (response start, turn end) in characters
-    for prompt, response in pairs:
-        bounds.append((pos + len(prompt), pos + len(prompt) + len(response)))
+    """Assign each token, by the character where it starts, to its turn's prompt or response
+    (offsets only grow, so each boundary is one binary search)."""
+    starts = [start for start, _ in offsets]
+    segments, pos, i = [], 0, 0
+    for n, (prompt, response) in enumerate(pairs):
+        r = bisect.bisect_left(starts, pos + len(prompt), lo=i)
         pos += len(prompt) + len(response)
-    segments: list[tuple[list[int], list[int]]] = [([], []) for _ in pairs]
-    turn = 0
-    for token, (start, _) in zip(ids, offsets):
-        while turn < len(bounds) - 1 and start >= bounds[turn][1]:
-            turn += 1
-        segments[turn][1 if start >= bounds[turn][0] else 0].append(token)
+        j = len(ids) if n == len(pairs) - 1 else bisect.bisect_left(starts, pos, lo=r)
+        segments.append((ids[i:r], ids[r:j]))
+        i = j
     return segments
 
+
+def _common_prefix_len(a: str, b: str) -> int:
+    """len(os.path.commonprefix([a, b])) at C speed: usually a is a prefix of b outright."""
+    if b.startswith(a):
+        return len(a)
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo

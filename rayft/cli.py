@@ -3,6 +3,10 @@
     rayft train run.yaml [key.path=value ...]   train on the cluster in RAY_ADDRESS, or a local one
     rayft config validate run.yaml              check a run config without running it
     rayft config schema                         print the JSON schema of run configs
+    rayft config import-llamafactory old.yaml   translate a LLaMA-Factory YAML (train/validate also take one)
+    rayft data preview run.yaml                 rendered rows, counts, lengths, packing fill, bad rows
+    rayft data prepare run.yaml -o DIR          tokenize once into Parquet that later runs train from
+    rayft data templates                        the named chat templates
     rayft demo                                  pre-train a tiny model, teach it a task with LoRA, score it
 """
 
@@ -200,12 +204,20 @@ def data_prepare(config_path: str, overrides: tuple[str, ...], output: str) -> N
 
 @data.command("templates")
 def data_templates() -> None:
-    """List the named chat templates (model.template)."""
+    """The named chat templates (model.template), each shown rendering one short conversation."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
     from rayft_core.data.templates import TEMPLATES
 
+    sample = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+              {"role": "assistant", "content": "Hello!"}]
     for name, source in TEMPLATES.items():
-        first = next((line.strip() for line in source.splitlines() if line.strip()), "")
-        click.echo(f"{name:<10} {first[:90]}")
+        try:
+            text = render_jinja_template(conversations=[sample], chat_template=source, bos_token="<bos>",
+                                         eos_token="<eos>")[0][0]
+        except Exception as e:  # a template may refuse a system turn; say so instead of failing the list
+            text = f"(cannot render this sample: {e})"
+        click.echo(f"── {name} ──\n{text}\n")
 
 
 def _or_exit(fn):

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
+import subprocess
 import sys
 import tempfile
 import threading
@@ -134,7 +134,10 @@ def main() -> None:
         data_dir = work / f"data-{label}"
         written_rows = write_dataset(data_dir, int(gb * 2**30))
         size = sum(p.stat().st_size for p in data_dir.iterdir()) / 2**30
-        results[label] = {"dataset_gb": round(size, 2), "rows": written_rows, **stream(data_dir, model_dir, args.object_store_mb)}
+        # each size in a fresh process: a second ray.init in one driver would carry the first one's memory
+        out = subprocess.run([sys.executable, __file__, "--one", str(data_dir), str(model_dir), str(args.object_store_mb)],
+                             capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        results[label] = {"dataset_gb": round(size, 2), "rows": written_rows, **json.loads(out)}
         assert results[label]["examples"] == written_rows, results[label]  # every row arrived, none dropped
     print(f"\nobject store: {args.object_store_mb} MB; dataset files of 64 MB; 4 logical CPUs\n")
     keys = ["dataset_gb", "rows", "seconds", "driver_gb", "largest_worker_gb", "tree_gb", "object_store_gb"]
@@ -148,5 +151,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    main()
+    if len(sys.argv) == 5 and sys.argv[1] == "--one":
+        print(json.dumps(stream(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]))))
+    else:
+        main()

@@ -47,6 +47,7 @@ READ_EXTENSIONS = (".json", ".jsonl", ".csv", ".parquet", ".txt")
 MANIFEST = "_rayft_data.json"  # beside prepared Parquet files; the "_" keeps Parquet readers from taking it as data
 MAX_ERRORS_SHOWN = 5
 ENCODE_BATCH = 256  # rows per map task batch: packing fills rows from one batch at a time
+READ_BLOCK_ROWS = 2048  # raw rows per block after reading: the unit of parallel tokenizing
 
 
 # ----------------------------------------------------------------------------- reports
@@ -192,11 +193,8 @@ def _rows_of_file(file: dict[str, Any]) -> list[dict[str, Any]]:
                 continue
             if path.endswith(".txt"):
                 out.append(ok(i, {"text": line}))
-                continue
-            try:
-                out.append({"path": path, "row": i, "json": json.dumps(json.loads(line), ensure_ascii=False), "error": None})
-            except json.JSONDecodeError as e:
-                out.append(bad(i, "invalid JSON", str(e)))
+            else:  # parsed (and its JSON checked) where it is aligned, in parallel tasks
+                out.append({"path": path, "row": i, "json": line, "error": None})
         return out
     if path.endswith(".parquet"):
         import pyarrow.parquet as pq
@@ -255,11 +253,53 @@ def _read(spec: DatasetSpec, key: str) -> Any:
             lambda b: {"path": [spec.label] * len(b), "row": list(range(len(b))),
                        "json": [json.dumps(r, ensure_ascii=False, default=str) for r in b.to_pylist()],
                        "error": [None] * len(b)}, batch_format="pyarrow")
-    return ray.data.read_binary_files(resolve_files(spec.path, key), include_paths=True).flat_map(_rows_of_file)
+    # A file is read by one task and gives one block; cut into blocks of READ_BLOCK_ROWS rows (streaming,
+    # no shuffle), every CPU of the cluster aligns and tokenizes, even when the dataset is one big file.
+    return ray.data.read_binary_files(resolve_files(spec.path, key), include_paths=True).flat_map(
+        _rows_of_file).repartition(target_num_rows_per_block=READ_BLOCK_ROWS)
 
 
 def is_prepared(spec: DatasetSpec) -> bool:
-    return spec.format == "tokenized" or bool(spec.path and "://" not in spec.path and (Path(spec.path) / MANIFEST).is_file())
+    return spec.format == "tokenized" or bool(spec.path and read_manifest(spec.path) is not None)
+
+
+def read_manifest(folder: str) -> dict | None:
+    """The manifest of a prepared (or cached) folder, local or at a URL; None when there is none:
+    the manifest is written last, so a folder without one was never finished."""
+    if "://" not in folder:
+        path = Path(folder) / MANIFEST
+        return json.loads(path.read_text()) if path.is_file() else None
+    import pyarrow.fs as pafs
+
+    try:
+        fs, root = pafs.FileSystem.from_uri(folder.rstrip("/"))
+        with fs.open_input_stream(f"{root}/{MANIFEST}") as f:
+            return json.loads(f.read())
+    except (OSError, ValueError, pa.ArrowException):  # not found, or not a filesystem pyarrow knows
+        return None
+
+
+def _remove_manifest(folder: str) -> None:
+    if "://" not in folder:
+        (Path(folder) / MANIFEST).unlink(missing_ok=True)
+        return
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(folder.rstrip("/"))
+    if fs.get_file_info(f"{root}/{MANIFEST}").type != pafs.FileType.NotFound:
+        fs.delete_file(f"{root}/{MANIFEST}")
+
+
+def _write_manifest(folder: str, manifest: dict) -> None:
+    data = json.dumps(manifest, indent=1)
+    if "://" not in folder:
+        (Path(folder) / MANIFEST).write_text(data)
+        return
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(folder.rstrip("/"))
+    with fs.open_output_stream(f"{root}/{MANIFEST}") as f:
+        f.write(data.encode())
 
 
 # ----------------------------------------------------------------------------- encoding (in Ray tasks)
@@ -268,6 +308,8 @@ def is_prepared(spec: DatasetSpec) -> bool:
 @functools.lru_cache(maxsize=4)
 def _run_and_tokenizer(run_json: str) -> tuple[RunConfig, Any]:
     """Validated once per Ray worker process, not once per batch."""
+    # Ray Data runs one tokenizing task per CPU already; the tokenizer's own threads would only contend.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     run = RunConfig.model_validate_json(run_json)
     return run, load_tokenizer(run.model)
 
@@ -286,7 +328,11 @@ def _encode(batch: pa.Table, run_json: str, spec_json: str, source: int) -> pa.T
         if raw["error"] is not None:
             errors.append(raw["error"])
             continue
-        value = json.loads(raw["json"])
+        try:
+            value = json.loads(raw["json"])
+        except json.JSONDecodeError as e:
+            errors.append(f"{raw['path']}: row {raw['row']}: invalid JSON: {e}")
+            continue
         if not isinstance(value, dict):
             errors.append(f"{raw['path']}: row {raw['row']}: wrong type: a row must be an object, got {type(value).__name__}")
             continue
@@ -386,7 +432,10 @@ def _read_prepared(spec: DatasetSpec, run: RunConfig, key: str, source: int) -> 
     """A directory written by `rayft data prepare`: tokenized rows, checked against this run."""
     import ray.data
 
-    manifest = json.loads((Path(spec.path) / MANIFEST).read_text()) if "://" not in spec.path else {}
+    manifest = read_manifest(spec.path)
+    if manifest is None:
+        raise DatasetError(f"{key}: {spec.path} holds no {MANIFEST}: it was not written by `rayft data prepare`, "
+                           "or the write did not finish")
     if manifest:
         if manifest["max_seq_len"] > run.data.max_seq_len:
             raise DatasetError(f"{key}: {spec.path} was prepared with max_seq_len {manifest['max_seq_len']}, longer "
@@ -510,27 +559,21 @@ def cache_key(run: RunConfig, specs: list[DatasetSpec]) -> str:
 def write_prepared(ds: Any, out: str, run: RunConfig, report: DataReport) -> None:
     """Parquet (input_ids, labels, position_ids when packed, ...) plus a manifest written last:
     a directory without its manifest is an unfinished write and is never read."""
+    _remove_manifest(out)  # first: an interrupted rewrite must not look finished
     ds.write_parquet(out, mode="overwrite")
     manifest = {"stage": run.stage.name, "max_seq_len": run.data.max_seq_len, "packing": packing_on(run),
                 "tokenizer": run.model.name_or_path, "template": run.model.template, "rows": report.rows,
                 "tokens": report.tokens, "datasets": [asdict(d) for d in report.datasets]}
-    if "://" in out:
-        import pyarrow.fs as pafs
-
-        fs, root = pafs.FileSystem.from_uri(out)
-        with fs.open_output_stream(f"{root}/{MANIFEST}") as f:
-            f.write(json.dumps(manifest, indent=1).encode())
-    else:
-        (Path(out) / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    _write_manifest(out, manifest)
 
 
 def _cached(run: RunConfig, specs: list[DatasetSpec]) -> tuple[Any, DataReport] | None:
     import ray.data
 
     out = f"{run.data.cache_dir.rstrip('/')}/{cache_key(run, specs)}"
-    if "://" in out or not (Path(out) / MANIFEST).is_file():
+    manifest = read_manifest(out)
+    if manifest is None:
         return None
-    manifest = json.loads((Path(out) / MANIFEST).read_text())
     report = DataReport([DatasetReport(**d) for d in manifest["datasets"]], run.data.max_seq_len, packing_on(run))
     logger.info("tokenized data from the cache: %s", out)
     return ray.data.read_parquet(out, file_extensions=["parquet"]), report

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from rayft.cli import main
-from rayft.data import MANIFEST, build_run_data, interleave_counts, tokenize_section
+from rayft.data import MANIFEST, build_run_data, interleave_counts, tokenize_section, write_prepared
 from rayft_core.data.formats import DataError
 from rayft_core.data.registry import DatasetError
 from rayft_core.train.outputs import read_metrics
@@ -164,5 +164,9 @@ def test_datasets_on_s3_by_glob_and_directory(tiny_model, workdir, s3_bucket, al
     for path in (f"s3://{s3_bucket}/chats/*.jsonl", f"s3://{s3_bucket}/chats"):
         run = run_config(tiny_model("llama"), [{"path": path, "format": "alpaca"}], workdir / "data-runs", "s3")
         assert build_run_data(run).train_rows == len(rows)
+    ds, report = tokenize_section(run, "data.train")  # prepared into the bucket, then trained from there
+    write_prepared(ds, f"s3://{s3_bucket}/prepared", run, report)
+    run.data.train = [type(run.data.train[0])(path=f"s3://{s3_bucket}/prepared")]
+    assert build_run_data(run).train_rows == len(rows)
     with pytest.raises(DatasetError, match="no data files at 's3://rayft-test/nothing-here'"):
         build_run_data(run_config(tiny_model("llama"), [{"path": f"s3://{s3_bucket}/nothing-here"}], workdir, "s3"))

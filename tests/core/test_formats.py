@@ -102,8 +102,8 @@ def test_kto_tag_must_be_boolean():
 def test_reader_keeps_strings_and_reports_bad_lines(tmp_path):
     rows = _rows_of_file({"path": "d.jsonl", "bytes": b'{"instruction": "42", "output": "x"}\nnot json\n\n\xff\n'})
     assert json.loads(rows[0]["json"])["instruction"] == "42"  # never type-inferred into an int
-    assert [r["error"] for r in rows[1:]] == ["d.jsonl: row 2: invalid JSON: Expecting value: line 1 column 1 (char 0)",
-                                              "d.jsonl: row 4: undecodable bytes: not UTF-8 at byte 0"]
+    assert rows[1]["json"] == "not json" and rows[1]["row"] == 2  # parsed (and reported) in the tokenizing tasks
+    assert rows[2]["error"] == "d.jsonl: row 4: undecodable bytes: not UTF-8 at byte 0"
     csv_rows = _rows_of_file({"path": "d.csv", "bytes": b"instruction,output\nq,007\n"})
     assert json.loads(csv_rows[0]["json"]) == {"instruction": "q", "output": "007"} and csv_rows[0]["row"] == 2
     import pyarrow as pa

@@ -1,4 +1,4 @@
-"""Tokenize aligned rows: chat conversations with the loss on assistant tokens, or text in blocks.
+"""Tokenize aligned conversations with the loss on the assistant tokens.
 
 Chat rows are rendered with the tokenizer's chat template, turn by turn: the text a template produces
 for messages[:k] + generation prompt is a prefix of the text for messages[:k+1], so the difference is
@@ -13,9 +13,11 @@ from __future__ import annotations
 import bisect
 import json
 import re
+import weakref
 from typing import Any
 
 from jinja2 import TemplateError
+from transformers.utils.chat_template_utils import render_jinja_template
 
 from rayft_core.data import IGNORE_INDEX
 from rayft_core.data.formats import DataError
@@ -27,12 +29,26 @@ _TOOLS_HINT = f"set model.template to one that does ({' or '.join(TOOL_TEMPLATES
 def _render(tokenizer: Any, messages: list[dict], tools: list[dict] | None, generation_prompt: bool,
             template_kwargs: dict) -> str:
     try:
-        return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
-                                             add_generation_prompt=generation_prompt, **template_kwargs)
+        template, special = _template_of(tokenizer, bool(tools))
+        # what apply_chat_template(tokenize=False) does, minus rebuilding its arguments on every call
+        return render_jinja_template(conversations=[messages], tools=tools, chat_template=template,
+                                     add_generation_prompt=generation_prompt, **{**special, **template_kwargs})[0][0]
     except (TemplateError, TypeError) as e:  # raise_exception in the template, or a type it cannot join
         raise DataError(f"the chat template cannot render this conversation ({e}); set model.template to one "
                         f"that can (one of {', '.join(TEMPLATES)}; gemma folds a system prompt into the first "
                         f"user turn, {' and '.join(TOOL_TEMPLATES)} render tool calls)") from e
+
+
+_TEMPLATES_OF: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+
+
+def _template_of(tokenizer: Any, with_tools: bool) -> tuple[str, dict]:
+    """The tokenizer's chat template (its tool-use variant when tools are given) and special tokens, read once."""
+    cache = _TEMPLATES_OF.setdefault(tokenizer, {})
+    key = (with_tools, tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None)
+    if key not in cache:
+        cache[key] = (tokenizer.get_chat_template(None, [{}] if with_tools else None), dict(tokenizer.special_tokens_map))
+    return cache[key]
 
 
 def _check_tools_shown(tokenizer: Any, tools: list[dict] | None) -> None:

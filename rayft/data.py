@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import threading
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rayft.cluster import tokenize_concurrency
 from rayft_core.config import DatasetSpec, RunConfig
 from rayft_core.data.formats import DataError, RowError, align_row, where
 from rayft_core.data.packing import pack_examples
@@ -42,6 +44,8 @@ from rayft_core.model.loader import load_tokenizer
 from rayft_core.train.stages import STAGES
 
 logger = logging.getLogger(__name__)
+# A small dataset is one block, fewer than the tokenizing tasks allowed; Ray warns of that every run.
+warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks for 'MapBatches", category=UserWarning)
 
 READ_EXTENSIONS = (".json", ".jsonl", ".csv", ".parquet", ".txt")
 MANIFEST = "_rayft_data.json"  # beside prepared Parquet files; the "_" keeps Parquet readers from taking it as data
@@ -424,6 +428,7 @@ def _tokenized(run: RunConfig, specs: list[DatasetSpec], section: str) -> tuple[
         if spec.num_samples:
             ds = ds.limit(spec.num_samples)
         parts.append(ds.map_batches(_encode, batch_format="pyarrow", batch_size=ENCODE_BATCH, zero_copy_batch=True,
+                                    compute=ray.data.TaskPoolStrategy(size=tokenize_concurrency()),
                                     fn_kwargs={"run_json": run_json, "spec_json": spec.model_dump_json(), "source": i}))
     return (parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]), resolved
 

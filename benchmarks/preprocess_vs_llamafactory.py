@@ -47,11 +47,12 @@ import time
 from pathlib import Path
 
 import psutil
+
+from _peer import LF_VENV, busy_cpu_s, ensure_lf_venv, process_tree, session_id
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RAYFT = ROOT / ".venv" / "bin" / "rayft"
-LF_VENV = Path("/tmp/lf-venv")
 TOKENIZER = Path("/work/shared/fixtures/tokenizers/qwen2.5-instruct")
 DEMO = Path("/work/shared/data/alpaca_en_demo.json")
 WORK = Path("/tmp/preprocess-bench")
@@ -65,25 +66,6 @@ LF_PHASES = {"dataset_read": r"Loading dataset|Generating train split", "convert
 RAYFT_PHASES = {"ray_started": r"started a local Ray cluster|Started a local Ray instance|Connecting to existing Ray",
                 "data_start": r"Starting execution of Dataset|Executing DAG",
                 "data_end": r"Execution finished|Dataset .* execution finished", "prepared": r"^prepared [\d,]+ rows"}
-
-
-def ensure_lf_venv() -> None:
-    pip = [str(LF_VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
-    if (LF_VENV / "bin" / "llamafactory-cli").exists():
-        return
-    subprocess.run(["python3", "-m", "venv", "--clear", str(LF_VENV)], check=True)
-    subprocess.run(pip + ["torch==2.13.0"], check=True)
-    subprocess.run(pip + ["--no-deps", "llamafactory==0.9.5"], check=True)
-    reqs = subprocess.run([str(LF_VENV / "bin" / "python"), "-c", "import importlib.metadata as m; "
-                           "print('\\n'.join(r for r in m.requires('llamafactory') if ';' not in r))"],
-                          check=True, capture_output=True, text=True).stdout.split()
-    reqs = [r for r in reqs if not re.match(r"(torch|torchaudio|torchvision)\b(?![-_])", r)]
-    cons = WORK / "lf-constraints.txt"
-    cons.write_text("torch==2.13.0\n")
-    subprocess.run(pip + ["-c", str(cons)] + reqs, check=True)
-    site = next((LF_VENV / "lib").glob("python3*/site-packages"))
-    (site / "torchaudio").mkdir(exist_ok=True)
-    (site / "torchaudio" / "__init__.py").write_text('"""Stub: no CPU torchaudio for torch 2.13 (rayft benchmark)."""\n')
 
 
 def build_model(out: Path) -> None:
@@ -115,28 +97,6 @@ def write_data(rows: int, out: Path) -> Path:
     return path
 
 
-def _sid(pid: int) -> int | None:
-    try:
-        return os.getsid(pid)
-    except OSError:
-        return None
-
-
-def _tree(root: psutil.Process, sid: int) -> list[psutil.Process]:
-    """The command's process, its descendants, and every process of its session (reparented ones too)."""
-    procs = {p.pid: p for p in psutil.process_iter() if _sid(p.pid) == sid}
-    try:
-        procs.update({p.pid: p for p in [root] + root.children(recursive=True)})
-    except psutil.Error:
-        pass
-    return list(procs.values())
-
-
-def _busy_cpu_s() -> float:
-    t = psutil.cpu_times()
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
-
-
 def wait_idle(max_s: float | None, load: float) -> dict:
     """Other sessions share this machine: wait (at most max_s) for the 1-min load average to drop below `load`."""
     if max_s is None:
@@ -164,7 +124,7 @@ def measure(cmd: list[str], cwd: Path, log: Path, env: dict[str, str], phases: d
     stopped = threading.Event()
     peak_rss = peak_pss = 0
     cpu: dict[tuple[int, float], float] = {}  # (pid, start time) -> last seen user + sys seconds
-    load0, busy0, t0 = os.getloadavg()[0], _busy_cpu_s(), time.perf_counter()
+    load0, busy0, t0 = os.getloadavg()[0], busy_cpu_s(), time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             errors="replace", start_new_session=True)  # text mode: tqdm's \r ends a line too
 
@@ -192,7 +152,7 @@ def measure(cmd: list[str], cwd: Path, log: Path, env: dict[str, str], phases: d
     while proc.poll() is None and not stopped.is_set():
         rss = pss = 0
         full = polls % 4 == 0  # PSS (smaps_rollup) costs CPU on this 2-core machine: every 2 s only
-        for p in _tree(root, proc.pid):
+        for p in process_tree(root, proc.pid):
             try:
                 with p.oneshot():
                     m, c = p.memory_full_info() if full else p.memory_info(), p.cpu_times()
@@ -204,22 +164,22 @@ def measure(cmd: list[str], cwd: Path, log: Path, env: dict[str, str], phases: d
         stopped.wait(0.5)
     if stopped.is_set():  # the work is done; what follows (model loading, training) is not measured
         wall = marks["stopped_at"]
-        for p in _tree(root, proc.pid):
+        for p in process_tree(root, proc.pid):
             try:
                 c = p.cpu_times()
                 cpu[(p.pid, p.create_time())] = c.user + c.system
             except psutil.Error:
                 pass
-        busy = _busy_cpu_s() - busy0
+        busy = busy_cpu_s() - busy0
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except OSError:
             pass
         proc.wait()
     else:
-        wall, busy = time.perf_counter() - t0, _busy_cpu_s() - busy0
+        wall, busy = time.perf_counter() - t0, busy_cpu_s() - busy0
     reader.join(timeout=10)
-    leftovers = [p for p in psutil.process_iter() if _sid(p.pid) == proc.pid]
+    leftovers = [p for p in psutil.process_iter() if session_id(p.pid) == proc.pid]
     for p in leftovers:  # processes this command started and left behind
         try:
             p.terminate()
@@ -373,7 +333,7 @@ def main() -> None:
           f"written in {time.perf_counter() - t:.1f} s); model dir {model}", flush=True)
     results: dict[str, dict] = {}
     if not args.skip_llamafactory:
-        ensure_lf_venv()
+        ensure_lf_venv(WORK)
         idle = wait_idle(args.wait_idle, args.idle_load)
         print(f"running LLaMA-Factory (load {os.getloadavg()[0]:.2f}) ...", flush=True)
         results["llamafactory"] = {**run_llamafactory(model, data_dir, args.rows), "idle_wait": idle}

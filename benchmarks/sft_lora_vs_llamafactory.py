@@ -37,36 +37,18 @@ import time
 from pathlib import Path
 
 import psutil
+
+from _peer import LF_VENV, busy_cpu_s, ensure_lf_venv, process_tree, session_id
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RAYFT = ROOT / ".venv" / "bin" / "rayft"
-LF_VENV = Path("/tmp/lf-venv")
 TOKENIZER = Path("/work/shared/fixtures/tokenizers/qwen2.5-instruct")
 DATA_DIR = Path("/work/shared/data")
 WORK = Path("/tmp/sft-bench")
 RESULTS = ROOT / "benchmarks" / "results"
 RANK, ALPHA, MAX_LEN, BATCH, LR, LOG_STEPS = 8, 16, 512, 8, 1e-4, 10
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-
-
-def ensure_lf_venv() -> None:
-    pip = [str(LF_VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
-    if (LF_VENV / "bin" / "llamafactory-cli").exists():
-        return
-    subprocess.run(["python3", "-m", "venv", "--clear", str(LF_VENV)], check=True)
-    subprocess.run(pip + ["torch==2.13.0"], check=True)
-    subprocess.run(pip + ["--no-deps", "llamafactory==0.9.5"], check=True)
-    reqs = subprocess.run([str(LF_VENV / "bin" / "python"), "-c", "import importlib.metadata as m; "
-                           "print('\\n'.join(r for r in m.requires('llamafactory') if ';' not in r))"],
-                          check=True, capture_output=True, text=True).stdout.split()
-    reqs = [r for r in reqs if not re.match(r"(torch|torchaudio|torchvision)\b(?![-_])", r)]
-    cons = WORK / "lf-constraints.txt"
-    cons.write_text("torch==2.13.0\n")
-    subprocess.run(pip + ["-c", str(cons)] + reqs, check=True)
-    site = next((LF_VENV / "lib").glob("python3*/site-packages"))
-    (site / "torchaudio").mkdir(exist_ok=True)
-    (site / "torchaudio" / "__init__.py").write_text('"""Stub: no CPU torchaudio for torch 2.13 (rayft benchmark)."""\n')
 
 
 def build_model(out: Path) -> int:
@@ -86,28 +68,6 @@ def build_model(out: Path) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _sid(pid: int) -> int | None:
-    try:
-        return os.getsid(pid)
-    except OSError:
-        return None
-
-
-def _tree(root: psutil.Process, sid: int) -> list[psutil.Process]:
-    """The command's process, its descendants, and every process of its session (reparented ones too)."""
-    procs = {p.pid: p for p in psutil.process_iter() if _sid(p.pid) == sid}
-    try:
-        procs.update({p.pid: p for p in [root] + root.children(recursive=True)})
-    except psutil.Error:
-        pass
-    return list(procs.values())
-
-
-def _busy_cpu_s() -> float:
-    t = psutil.cpu_times()
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
-
-
 def wait_idle(limit_s: float, load: float = 1.5) -> None:
     """Other sessions share this machine: wait (at most limit_s) for the 1-min load average to drop."""
     end = time.time() + limit_s
@@ -120,7 +80,7 @@ def measure(cmd: list[str], cwd: Path, log: Path, env: dict[str, str]) -> dict:
     env = {**{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}, **OFFLINE, **env}
     peak_rss = peak_pss = 0
     cpu: dict[tuple[int, float], float] = {}  # (pid, start time) -> last seen user + sys seconds
-    load0, busy0, t0 = os.getloadavg()[0], _busy_cpu_s(), time.perf_counter()
+    load0, busy0, t0 = os.getloadavg()[0], busy_cpu_s(), time.perf_counter()
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
         root = psutil.Process(proc.pid)
@@ -128,7 +88,7 @@ def measure(cmd: list[str], cwd: Path, log: Path, env: dict[str, str]) -> dict:
         while proc.poll() is None:
             rss = pss = 0
             full = polls % 4 == 0  # PSS (smaps_rollup) costs CPU on this 2-core machine: every 2 s only
-            for p in _tree(root, proc.pid):
+            for p in process_tree(root, proc.pid):
                 try:
                     with p.oneshot():
                         m, c = p.memory_full_info() if full else p.memory_info(), p.cpu_times()
@@ -138,8 +98,8 @@ def measure(cmd: list[str], cwd: Path, log: Path, env: dict[str, str]) -> dict:
                     pass
             peak_rss, peak_pss, polls = max(peak_rss, rss), max(peak_pss, pss), polls + 1
             time.sleep(0.5)
-    wall, busy = time.perf_counter() - t0, _busy_cpu_s() - busy0
-    leftovers = [p for p in psutil.process_iter() if _sid(p.pid) == proc.pid]
+    wall, busy = time.perf_counter() - t0, busy_cpu_s() - busy0
+    leftovers = [p for p in psutil.process_iter() if session_id(p.pid) == proc.pid]
     for p in leftovers:  # processes this command started and left behind
         try:
             p.terminate()
@@ -254,7 +214,7 @@ def main() -> None:
     print(f"model: {params:,} parameters at {model}", flush=True)
     results: dict[str, dict] = {}
     if not args.skip_llamafactory:
-        ensure_lf_venv()
+        ensure_lf_venv(WORK)
         wait_idle(args.wait_idle)
         print(f"running LLaMA-Factory (load {os.getloadavg()[0]:.1f}) ...", flush=True)
         results["llamafactory"] = run_llamafactory(model, args.max_samples)

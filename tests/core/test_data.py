@@ -1,5 +1,3 @@
-import pytest
-
 from rayft_core.data import IGNORE_INDEX
 from rayft_core.data.tokenize import _budget, encode_chat_batch
 

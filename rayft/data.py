@@ -1,10 +1,9 @@
 """The Ray Data pipeline of a run: read -> align -> template + tokenize -> pack -> mix -> split.
 
 Every dataset of ``data.train`` (a dataset_info.json name, files named directly, a prepared
-directory or a hub dataset) is read lazily by Ray Data, file by file: json, jsonl, csv, parquet
-and txt, local or on any filesystem pyarrow reaches (s3://, gs://, ...). Rows stay JSON text until
-they are aligned, so every row of every format reaches the same aligner with its file and row.
-Align + tokenize + pack run in parallel map tasks that keep one tokenizer per process.
+directory or a hub dataset) is resolved once, then read lazily by Ray Data (``rayft.sources``:
+json, jsonl, csv, parquet and txt, local or on any filesystem pyarrow reaches). Align + tokenize +
+pack run in parallel map tasks that keep one tokenizer per process.
 
 A row that cannot be used becomes an ``error`` entry (never dropped, never a crashed task): the
 driver counts them by reason, shows the first few with file and row, and stops the run when they
@@ -15,16 +14,11 @@ streams to the workers instead and they check the rows as they come.
 
 from __future__ import annotations
 
-import csv
-import fnmatch
 import functools
 import hashlib
-import io
 import json
 import logging
 import os
-import socket
-import threading
 import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -36,8 +30,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rayft.cluster import tokenize_concurrency
+from rayft.sources import MANIFEST, read_manifest, read_raw, remove_manifest, resolve_files, write_manifest
 from rayft_core.config import DatasetSpec, RunConfig
 from rayft_core.data.formats import DataError, RowError, align_row, where
+from rayft_core.data.mixing import interleave_counts
 from rayft_core.data.packing import pack_examples
 from rayft_core.data.registry import DatasetError, check_stage_fit, resolve_spec
 from rayft_core.model.loader import load_tokenizer
@@ -47,11 +43,8 @@ logger = logging.getLogger(__name__)
 # A small dataset is one block, fewer than the tokenizing tasks allowed; Ray warns of that every run.
 warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks for 'MapBatches", category=UserWarning)
 
-READ_EXTENSIONS = (".json", ".jsonl", ".csv", ".parquet", ".txt")
-MANIFEST = "_rayft_data.json"  # beside prepared Parquet files; the "_" keeps Parquet readers from taking it as data
 MAX_ERRORS_SHOWN = 5
 ENCODE_BATCH = 256  # rows per map task batch: packing fills rows from one batch at a time
-READ_BLOCK_ROWS = 2048  # raw rows per block after reading: the unit of parallel tokenizing
 
 
 # ----------------------------------------------------------------------------- reports
@@ -127,185 +120,6 @@ class RunData:
     report: DataReport | None
 
 
-# ----------------------------------------------------------------------------- files
-
-
-def resolve_files(path: str, key: str) -> list[str]:
-    """A file, a directory (its data files, recursively) or a glob, local or a URL -> sorted file paths."""
-    if "://" in path and not path.startswith("file://"):
-        files = _remote_files(path, key)
-    else:
-        local = Path(path.removeprefix("file://")).expanduser()
-        if local.is_dir():
-            files = sorted(str(p) for p in local.rglob("*") if p.is_file() and not p.name.startswith((".", "_")))
-        elif any(c in path for c in "*?["):
-            files = sorted(str(p) for p in Path("/").glob(str(local.absolute()).lstrip("/")) if p.is_file())
-        else:
-            files = [str(local)] if local.is_file() else []
-    if not files:
-        raise DatasetError(f"{key}: no data files at {path!r}")
-    files = [f for f in files if not f.endswith(MANIFEST)]
-    bad = [f for f in files if not f.endswith(READ_EXTENSIONS)]
-    if bad:
-        raise DatasetError(f"{key}: cannot read {bad[0]!r}; rayft reads {', '.join(READ_EXTENSIONS)}")
-    return files
-
-
-def _remote_files(url: str, key: str) -> list[str]:
-    import pyarrow.fs as pafs
-
-    pattern = any(c in url for c in "*?[")
-    base = url.rsplit("/", 1)[0] if pattern else url
-    try:
-        fs, root = pafs.FileSystem.from_uri(base)
-        info = fs.get_file_info(root)
-        if info.type == pafs.FileType.File:
-            return [url]
-        if info.type == pafs.FileType.NotFound:
-            return []
-        entries = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-    except (OSError, ValueError, pa.ArrowException) as e:
-        raise DatasetError(f"{key}: cannot list {url!r}: {e}") from None
-    scheme = url.split("://", 1)[0]
-    files = sorted(f"{scheme}://{e.path}" for e in entries if e.type == pafs.FileType.File)
-    return [f for f in files if fnmatch.fnmatch(f, url)] if pattern else files
-
-
-def _rows_of_file(file: dict[str, Any]) -> list[dict[str, Any]]:
-    """One file -> its rows as JSON text with file and row number, or an error entry per bad row.
-
-    Rows stay JSON text until aligned: Arrow's type inference would turn a string "42" into an
-    integer and reject files whose rows differ in shape.
-    """
-    path, data = file["path"], file["bytes"]
-
-    def ok(i: int, value: Any) -> dict:
-        return {"path": path, "row": i, "json": json.dumps(value, ensure_ascii=False, default=str), "error": None}
-
-    def bad(i: int, reason: str, detail: str) -> dict:
-        return {"path": path, "row": i, "json": None, "error": f"{path}: row {i}: {reason}: {detail}"}
-
-    if path.endswith((".jsonl", ".txt")):
-        out = []
-        for i, raw in enumerate(data.split(b"\n"), 1):
-            try:
-                line = raw.decode("utf-8").rstrip("\r")
-            except UnicodeDecodeError as e:
-                out.append(bad(i, "undecodable bytes", f"not UTF-8 at byte {e.start}"))
-                continue
-            if not line.strip():
-                continue
-            if path.endswith(".txt"):
-                out.append(ok(i, {"text": line}))
-            else:  # parsed (and its JSON checked) where it is aligned, in parallel tasks
-                out.append({"path": path, "row": i, "json": line, "error": None})
-        return out
-    if path.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        return [ok(i, r) for i, r in enumerate(pq.read_table(io.BytesIO(data)).to_pylist())]
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        return [bad(0, "undecodable bytes", f"the file is not UTF-8 (byte {e.start})")]
-    if path.endswith(".csv"):  # row numbers are data lines: the header is line 1
-        return [ok(i, r) for i, r in enumerate(csv.DictReader(io.StringIO(text)), 2)]
-    try:
-        rows = json.loads(text)
-    except json.JSONDecodeError as e:
-        return [bad(0, "invalid JSON", f"{e}; a .json file holds one array of rows, a .jsonl file one row per line")]
-    if not isinstance(rows, list):
-        return [bad(0, "wrong type", f"a .json dataset must be an array of rows, got {type(rows).__name__}")]
-    return [ok(i, r) for i, r in enumerate(rows)]
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """False at once when offline is declared, else whether huggingface.co answers within `timeout`
-    (DNS included, which a plain socket timeout would not bound)."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") or os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", ""):
-        return False
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout)
-    return bool(result and result[0])
-
-
-def _read(spec: DatasetSpec, key: str) -> Any:
-    """The raw rows of one dataset as a lazy Ray dataset of {path, row, json, error}."""
-    import ray.data
-
-    if spec.hf_hub_url:
-        if not _hub_reachable():
-            raise DatasetError(f"{key}: {spec.label} is on the Hugging Face hub, which cannot be reached from here "
-                               "(offline, or HF_HUB_OFFLINE set); download its files where there is network and name "
-                               "them with `path:`")
-        try:
-            import datasets
-        except ImportError:
-            raise DatasetError(f"{key}: reading hub datasets needs the datasets package: pip install 'rayft[hub]'") from None
-        hub = datasets.load_dataset(spec.hf_hub_url, spec.subset, split=spec.split)
-        return ray.data.from_huggingface(hub).map_batches(
-            lambda b: {"path": [spec.label] * len(b), "row": list(range(len(b))),
-                       "json": [json.dumps(r, ensure_ascii=False, default=str) for r in b.to_pylist()],
-                       "error": [None] * len(b)}, batch_format="pyarrow")
-    # A file is read by one task and gives one block; cut into blocks of READ_BLOCK_ROWS rows (streaming,
-    # no shuffle), every CPU of the cluster aligns and tokenizes, even when the dataset is one big file.
-    return ray.data.read_binary_files(resolve_files(spec.path, key), include_paths=True).flat_map(
-        _rows_of_file).repartition(target_num_rows_per_block=READ_BLOCK_ROWS)
-
-
-def is_prepared(spec: DatasetSpec) -> bool:
-    return spec.format == "tokenized" or bool(spec.path and read_manifest(spec.path) is not None)
-
-
-def read_manifest(folder: str) -> dict | None:
-    """The manifest of a prepared (or cached) folder, local or at a URL; None when there is none:
-    the manifest is written last, so a folder without one was never finished."""
-    if "://" not in folder:
-        path = Path(folder) / MANIFEST
-        return json.loads(path.read_text()) if path.is_file() else None
-    import pyarrow.fs as pafs
-
-    try:
-        fs, root = pafs.FileSystem.from_uri(folder.rstrip("/"))
-        with fs.open_input_stream(f"{root}/{MANIFEST}") as f:
-            return json.loads(f.read())
-    except (OSError, ValueError, pa.ArrowException):  # not found, or not a filesystem pyarrow knows
-        return None
-
-
-def _remove_manifest(folder: str) -> None:
-    if "://" not in folder:
-        (Path(folder) / MANIFEST).unlink(missing_ok=True)
-        return
-    import pyarrow.fs as pafs
-
-    fs, root = pafs.FileSystem.from_uri(folder.rstrip("/"))
-    if fs.get_file_info(f"{root}/{MANIFEST}").type != pafs.FileType.NotFound:
-        fs.delete_file(f"{root}/{MANIFEST}")
-
-
-def _write_manifest(folder: str, manifest: dict) -> None:
-    data = json.dumps(manifest, indent=1)
-    if "://" not in folder:
-        (Path(folder) / MANIFEST).write_text(data)
-        return
-    import pyarrow.fs as pafs
-
-    fs, root = pafs.FileSystem.from_uri(folder.rstrip("/"))
-    with fs.open_output_stream(f"{root}/{MANIFEST}") as f:
-        f.write(data.encode())
-
-
 # ----------------------------------------------------------------------------- encoding (in Ray tasks)
 
 
@@ -318,14 +132,15 @@ def _run_and_tokenizer(run_json: str) -> tuple[RunConfig, Any]:
     return run, load_tokenizer(run.model)
 
 
-def packing_on(run: RunConfig) -> bool:
-    return run.data.packing if run.data.packing is not None else run.stage.name == "pt"
+@functools.lru_cache(maxsize=16)
+def _spec(spec_json: str) -> DatasetSpec:
+    return DatasetSpec.model_validate_json(spec_json)
 
 
 def _encode(batch: pa.Table, run_json: str, spec_json: str, source: int) -> pa.Table:
     """Align, tokenize and (when on) pack a batch of raw rows; bad rows become error entries."""
     run, tokenizer = _run_and_tokenizer(run_json)
-    spec = DatasetSpec.model_validate_json(spec_json)
+    spec = _spec(spec_json)
     stage = STAGES[run.stage.name]
     aligned, errors = [], []
     for raw in batch.to_pylist():
@@ -347,7 +162,7 @@ def _encode(batch: pa.Table, run_json: str, spec_json: str, source: int) -> pa.T
             errors.append(str(e))
     enc = _encode_rows(stage, aligned, tokenizer, run, errors)
     ids, labels = enc["input_ids"], enc["labels"]
-    if packing_on(run) and ids:
+    if run.packing and ids:
         packed = pack_examples(ids, labels, run.data.max_seq_len)
         ids, labels, positions, counts = packed["input_ids"], packed["labels"], packed["position_ids"], packed["num_examples"]
     else:
@@ -361,7 +176,7 @@ def _encode(batch: pa.Table, run_json: str, spec_json: str, source: int) -> pa.T
         "source": pa.array([source] * (n_good + n_bad), type=pa.int16()),
         "error": pa.array([None] * n_good + errors, type=pa.string()),
     }
-    if packing_on(run):
+    if run.packing:
         columns["position_ids"] = pa.array((positions or []) + [[]] * n_bad, type=pa.list_(pa.int32()))
     return pa.table(columns)
 
@@ -407,69 +222,87 @@ def _drop_errors(batch: pa.Table) -> pa.Table:
 # ----------------------------------------------------------------------------- the pipeline
 
 
-def _tokenized(run: RunConfig, specs: list[DatasetSpec], section: str) -> tuple[Any, list[DatasetSpec]]:
-    """The lazy union of the tokenized datasets of one section (data.train or data.eval), and their resolved specs."""
+@dataclass(frozen=True)
+class _Dataset:
+    """One dataset of a section, resolved once: its spec with dataset_info.json applied, the name it is
+    reported under, and the manifest when it is a folder written by `rayft data prepare`."""
+
+    key: str  # its config path, for messages
+    label: str
+    spec: DatasetSpec
+    manifest: dict | None
+
+
+def _resolve(run: RunConfig, section: str) -> list[_Dataset]:
+    """The datasets of data.train or data.eval, resolved and checked before anything is read."""
+    out = []
+    for i, given in enumerate(run.data.train if section == "data.train" else run.data.eval):
+        key = f"{section}[{i}]"
+        spec = resolve_spec(given, run.data.dataset_dir, key)
+        manifest = read_manifest(spec.path) if spec.path else None
+        if manifest is not None:
+            _check_prepared(spec, manifest, run, key)
+        elif spec.format == "tokenized":
+            raise DatasetError(f"{key}: {spec.path} holds no {MANIFEST}: it was not written by `rayft data prepare`, "
+                               "or the write did not finish")
+        else:
+            check_stage_fit(spec, run.stage.name, key)
+        out.append(_Dataset(key, given.dataset or spec.label, spec, manifest))
+    return out
+
+
+def _tokenized(run: RunConfig, datasets: list[_Dataset]) -> Any:
+    """The lazy union of the tokenized datasets, each row tagged with its dataset's index (source)."""
     import ray.data
 
     run_json = run.model_dump_json()
-    parts, resolved = [], []
-    for i, spec in enumerate(specs):
-        key = f"{section}[{i}]"
-        spec = resolve_spec(spec, run.data.dataset_dir, key)
-        resolved.append(spec)
-        if is_prepared(spec):
-            parts.append(_read_prepared(spec, run, key, source=i))
+    parts = []
+    for i, d in enumerate(datasets):
+        if d.manifest is not None:  # already tokenized: tag the rows and add the (empty) error column
+            parts.append(ray.data.read_parquet(d.spec.path, file_extensions=["parquet"]).map_batches(
+                _as_source, fn_kwargs={"source": i}, batch_format="pyarrow"))
             continue
-        if spec.format is None and spec.path and spec.path.endswith(".txt"):
-            spec = spec.model_copy(update={"format": "text"})
-            resolved[-1] = spec
-        check_stage_fit(spec, run.stage.name, key)
-        ds = _read(spec, key)
-        if spec.num_samples:
-            ds = ds.limit(spec.num_samples)
+        ds = read_raw(d.spec, d.key)
+        if d.spec.num_samples:
+            ds = ds.limit(d.spec.num_samples)
         parts.append(ds.map_batches(_encode, batch_format="pyarrow", batch_size=ENCODE_BATCH, zero_copy_batch=True,
                                     compute=ray.data.TaskPoolStrategy(size=tokenize_concurrency()),
-                                    fn_kwargs={"run_json": run_json, "spec_json": spec.model_dump_json(), "source": i}))
-    return (parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]), resolved
+                                    fn_kwargs={"run_json": run_json, "spec_json": d.spec.model_dump_json(), "source": i}))
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
-def _read_prepared(spec: DatasetSpec, run: RunConfig, key: str, source: int) -> Any:
-    """A directory written by `rayft data prepare`: tokenized rows, checked against this run."""
-    import ray.data
+def _as_source(batch: pa.Table, source: int) -> pa.Table:
+    """Prepared rows, tagged with their dataset's index, with the (empty) error column of tokenized rows."""
+    index = batch.schema.get_field_index("source")
+    return batch.set_column(index, "source", pa.array([source] * len(batch), pa.int16())).append_column(
+        "error", pa.nulls(len(batch), pa.string()))
 
-    manifest = read_manifest(spec.path)
-    if manifest is None:
-        raise DatasetError(f"{key}: {spec.path} holds no {MANIFEST}: it was not written by `rayft data prepare`, "
-                           "or the write did not finish")
-    if manifest:
-        if manifest["max_seq_len"] > run.data.max_seq_len:
-            raise DatasetError(f"{key}: {spec.path} was prepared with max_seq_len {manifest['max_seq_len']}, longer "
-                               f"than this run's {run.data.max_seq_len}; prepare it again")
-        if manifest["stage"] != run.stage.name:
-            raise DatasetError(f"{key}: {spec.path} was prepared for stage {manifest['stage']}, not {run.stage.name}")
-        if manifest["packing"] != packing_on(run):
-            raise DatasetError(f"{key}: {spec.path} was prepared with packing {'on' if manifest['packing'] else 'off'}; "
-                               f"set data.packing: {str(manifest['packing']).lower()} or prepare it again")
-    ds = ray.data.read_parquet(spec.path, file_extensions=["parquet"])
-    return ds.map_batches(lambda b: b.set_column(b.schema.get_field_index("source"), "source",
-                                                 pa.array([source] * len(b), type=pa.int16())),
-                          batch_format="pyarrow").map_batches(
-        lambda b: b.append_column("error", pa.array([None] * len(b), type=pa.string())), batch_format="pyarrow")
+
+def _check_prepared(spec: DatasetSpec, manifest: dict, run: RunConfig, key: str) -> None:
+    """A folder written by `rayft data prepare` must have been prepared the way this run trains."""
+    if manifest["max_seq_len"] > run.data.max_seq_len:
+        raise DatasetError(f"{key}: {spec.path} was prepared with max_seq_len {manifest['max_seq_len']}, longer "
+                           f"than this run's {run.data.max_seq_len}; prepare it again")
+    if manifest["stage"] != run.stage.name:
+        raise DatasetError(f"{key}: {spec.path} was prepared for stage {manifest['stage']}, not {run.stage.name}")
+    if manifest["packing"] != run.packing:
+        raise DatasetError(f"{key}: {spec.path} was prepared with packing {'on' if manifest['packing'] else 'off'}; "
+                           f"set data.packing: {str(manifest['packing']).lower()} or prepare it again")
 
 
 def _report(ds: Any, labels: list[str], run: RunConfig) -> DataReport:
     """One pass over the small columns of a materialized set: counts per dataset and the bad rows."""
-    report = DataReport([DatasetReport(label) for label in labels], run.data.max_seq_len, packing_on(run))
+    report = DataReport([DatasetReport(label) for label in labels], run.data.max_seq_len, run.packing)
     for b in ds.select_columns(["source", "num_tokens", "num_examples", "error"]).iter_batches(batch_format="pyarrow",
                                                                                            batch_size=None):
         sources = b["source"].to_numpy()
         errors = b["error"].to_pylist()
         tokens = b["num_tokens"].to_numpy()
         examples = b["num_examples"].to_numpy()
+        ok = pc.is_null(b["error"]).to_numpy(zero_copy_only=False)
         for s in np.unique(sources):
             d = report.datasets[s]
-            sel = sources == s
-            good = sel & pc.is_null(b["error"]).to_numpy(zero_copy_only=False)
+            good = (sources == s) & ok
             d.rows += int(good.sum())
             d.tokens += int(tokens[good].sum())
             d.examples += int(examples[good].sum())
@@ -481,7 +314,7 @@ def _report(ds: Any, labels: list[str], run: RunConfig) -> DataReport:
                 if len(d.shown) < MAX_ERRORS_SHOWN:
                     d.shown.append(e)
         if len(report.lengths) < 100_000:
-            report.lengths += tokens[pc.is_null(b["error"]).to_numpy(zero_copy_only=False)].tolist()
+            report.lengths += tokens[ok].tolist()
     return report
 
 
@@ -496,33 +329,6 @@ def check_bad_rows(report: DataReport, max_fraction: float, section: str) -> Non
             f"that is {report.num_bad / total:.2%} of the rows; data.max_bad_fraction allows {max_fraction:.2%}"
         raise DataError(f"{section}: {report.bad_rows()}\n{limit}; fix or remove them")
     logger.warning("%s: skipping %s", section, report.bad_rows())
-
-
-def interleave_counts(sizes: list[int], probabilities: list[float] | None, stopping: str, seed: int) -> list[int]:
-    """How many rows each dataset contributes when drawing dataset i with probability p_i (seeded).
-
-    first_exhausted stops at the first draw from a dataset with nothing left; all_exhausted goes
-    on until every dataset has been drawn through once (the smaller ones repeat), as
-    `datasets.interleave_datasets` does.
-    """
-    k = len(sizes)
-    p = np.asarray(probabilities if probabilities else [1 / k] * k, dtype=np.float64)
-    sizes_a = np.asarray(sizes)
-    rng = np.random.default_rng(seed)
-    taken = np.zeros(k, dtype=np.int64)
-    live = p > 0
-    while True:
-        draws = rng.choice(k, size=65_536, p=p)
-        counts = np.cumsum(np.eye(k, dtype=np.int64)[draws], axis=0) + taken
-        if stopping == "first_exhausted":
-            over = np.nonzero((counts > sizes_a).any(axis=1))[0]
-            if len(over):
-                return (counts[over[0] - 1] if over[0] > 0 else taken).tolist()
-        else:
-            done = np.nonzero(((counts >= sizes_a) | ~live).all(axis=1))[0]
-            if len(done):
-                return counts[done[0]].tolist()
-        taken = counts[-1]
 
 
 def _mix(ds: Any, report: DataReport, run: RunConfig) -> Any:
@@ -541,12 +347,14 @@ def _mix(ds: Any, report: DataReport, run: RunConfig) -> Any:
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
-def cache_key(run: RunConfig, specs: list[DatasetSpec]) -> str:
+def cache_key(run: RunConfig, datasets: list[_Dataset]) -> str:
     """Everything the tokenized rows depend on: the data (file sizes and times), the tokenizer, the template, the stage."""
     files = []
-    for i, spec in enumerate(specs):
+    specs = [d.spec for d in datasets]
+    for d in datasets:
+        spec = d.spec
         if spec.path and "://" not in spec.path:
-            for f in resolve_files(spec.path, f"data.train[{i}]"):
+            for f in resolve_files(spec.path, d.key):
                 st = os.stat(f)
                 files.append((f, st.st_size, st.st_mtime_ns))
         else:  # remote files and hub datasets: named, not fingerprinted
@@ -557,59 +365,58 @@ def cache_key(run: RunConfig, specs: list[DatasetSpec]) -> str:
     stage = run.stage.model_dump()
     key = {"v": 1, "specs": [s.model_dump() for s in specs], "files": files, "tokenizer": [run.model.name_or_path, tok_files],
            "template": [run.model.template, run.model.chat_template, run.model.add_special_tokens], "stage": stage,
-           "max_seq_len": run.data.max_seq_len, "packing": packing_on(run)}
+           "max_seq_len": run.data.max_seq_len, "packing": run.packing}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
 def write_prepared(ds: Any, out: str, run: RunConfig, report: DataReport) -> None:
     """Parquet (input_ids, labels, position_ids when packed, ...) plus a manifest written last:
     a directory without its manifest is an unfinished write and is never read."""
-    _remove_manifest(out)  # first: an interrupted rewrite must not look finished
+    remove_manifest(out)  # first: an interrupted rewrite must not look finished
     ds.write_parquet(out, mode="overwrite")
-    manifest = {"stage": run.stage.name, "max_seq_len": run.data.max_seq_len, "packing": packing_on(run),
+    manifest = {"stage": run.stage.name, "max_seq_len": run.data.max_seq_len, "packing": run.packing,
                 "tokenizer": run.model.name_or_path, "template": run.model.template, "rows": report.rows,
                 "tokens": report.tokens, "datasets": [asdict(d) for d in report.datasets]}
-    _write_manifest(out, manifest)
+    write_manifest(out, manifest)
 
 
-def _cached(run: RunConfig, specs: list[DatasetSpec]) -> tuple[Any, DataReport] | None:
+def _cached(run: RunConfig, out: str) -> tuple[Any, DataReport] | None:
     import ray.data
 
-    out = f"{run.data.cache_dir.rstrip('/')}/{cache_key(run, specs)}"
     manifest = read_manifest(out)
     if manifest is None:
         return None
-    report = DataReport([DatasetReport(**d) for d in manifest["datasets"]], run.data.max_seq_len, packing_on(run))
+    report = DataReport([DatasetReport(**d) for d in manifest["datasets"]], run.data.max_seq_len, run.packing)
     logger.info("tokenized data from the cache: %s", out)
     return ray.data.read_parquet(out, file_extensions=["parquet"]), report
 
 
 def tokenize_section(run: RunConfig, section: str) -> tuple[Any, DataReport]:
     """A section's datasets tokenized and materialized (or read from the cache), bad rows counted and removed."""
-    specs = run.data.train if section == "data.train" else run.data.eval
-    resolved = [resolve_spec(s, run.data.dataset_dir, f"{section}[{i}]") for i, s in enumerate(specs)]
-    if run.data.cache_dir and (hit := _cached(run, resolved)) is not None:
+    datasets = _resolve(run, section)
+    # a prepared folder is already tokenized data: caching it again would only copy it
+    cache = f"{run.data.cache_dir.rstrip('/')}/{cache_key(run, datasets)}" \
+        if run.data.cache_dir and all(d.manifest is None for d in datasets) else None
+    if cache and (hit := _cached(run, cache)) is not None:
         return hit
-    ds, resolved = _tokenized(run, specs, section)
-    ds = ds.materialize()
-    report = _report(ds, [s.dataset or r.label for s, r in zip(specs, resolved)], run)
+    ds = _tokenized(run, datasets).materialize()
+    report = _report(ds, [d.label for d in datasets], run)
     check_bad_rows(report, run.data.max_bad_fraction, section)
     if report.num_bad:
         ds = ds.map_batches(_drop_errors, batch_format="pyarrow").materialize()
     else:
         ds = ds.drop_columns(["error"])
-    if run.data.cache_dir and not any(is_prepared(s) for s in resolved):
-        out = f"{run.data.cache_dir.rstrip('/')}/{cache_key(run, resolved)}"
-        write_prepared(ds, out, run, report)
-        logger.info("tokenized data cached in %s", out)
+    if cache:
+        write_prepared(ds, cache, run, report)
+        logger.info("tokenized data cached in %s", cache)
     return ds, report
 
 
 def preview(run: RunConfig, n: int) -> tuple[list[dict], DataReport]:
     """The first n training rows (as trained, before shuffling) and the report, bad rows included."""
-    ds, resolved = _tokenized(run, run.data.train, "data.train")
-    ds = ds.materialize()
-    report = _report(ds, [s.dataset or r.label for s, r in zip(run.data.train, resolved)], run)
+    datasets = _resolve(run, "data.train")
+    ds = _tokenized(run, datasets).materialize()
+    report = _report(ds, [d.label for d in datasets], run)
     rows = ds.map_batches(_drop_errors, batch_format="pyarrow").take(n) if report.rows else []
     return [{k: list(v) if v is not None and k.endswith(("ids", "labels")) else v for k, v in r.items()} for r in rows], report
 
@@ -641,8 +448,8 @@ def _streamed(run: RunConfig) -> RunData:
     if run.data.mix == "interleave" and len(run.data.train) > 1:
         raise DatasetError("data.mix: interleaving needs each dataset's size, which a stream does not know in advance; "
                            "use mix: concat with streaming, or turn streaming off")
-    train, _ = _tokenized(run, run.data.train, "data.train")
-    evaluation = _tokenized(run, run.data.eval, "data.eval")[0] if run.data.eval else None
+    train = _tokenized(run, _resolve(run, "data.train"))
+    evaluation = _tokenized(run, _resolve(run, "data.eval")) if run.data.eval else None
     return RunData(train=train.drop_columns(["source"]), eval=evaluation.drop_columns(["source"]) if evaluation else None,
                    train_rows=None, eval_rows=None, report=None)
 

@@ -17,7 +17,7 @@ from ray.train.v2.api.callback import UserCallback
 
 from rayft.checks import check_run
 from rayft.cluster import connect
-from rayft.data import build_run_data, packing_on
+from rayft.data import build_run_data
 from rayft_core.config import RunConfig
 from rayft_core.train.loop import TrainPlan
 
@@ -39,7 +39,7 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     eval_shard = ray.train.get_dataset_shard("eval") if config["has_eval"] else None
     check = StreamChecker(run.data.max_bad_fraction, load_tokenizer(run.model).pad_token_id) if run.data.streaming else None
-    columns = ["input_ids", "labels"] + (["position_ids"] if packing_on(run) else []) + (["error"] if check else [])
+    columns = ["input_ids", "labels"] + (["position_ids"] if run.packing else []) + (["error"] if check else [])
 
     def epoch_batches(epoch: int):
         batches = shard.iter_batches(batch_size=run.train.micro_batch_size, batch_format="numpy", drop_last=True,

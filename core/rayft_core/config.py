@@ -340,6 +340,11 @@ class RunConfig(_Section):
         return run
 
     @property
+    def packing(self) -> bool:
+        """data.packing, whose default is on for pre-training and off otherwise."""
+        return self.data.packing if self.data.packing is not None else self.stage.name == "pt"
+
+    @property
     def global_batch_size(self) -> int:
         return self.train.micro_batch_size * self.train.gradient_accumulation_steps * self.cluster.num_workers
 

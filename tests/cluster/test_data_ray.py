@@ -13,7 +13,9 @@ import pytest
 from click.testing import CliRunner
 
 from rayft.cli import main
-from rayft.data import MANIFEST, build_run_data, interleave_counts, tokenize_section, write_prepared
+from rayft.data import build_run_data, tokenize_section, write_prepared
+from rayft_core.data.mixing import interleave_counts
+from rayft.sources import MANIFEST
 from rayft_core.data.formats import DataError
 from rayft_core.data.registry import DatasetError
 from rayft_core.train.outputs import read_metrics

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from rayft.data import _rows_of_file, interleave_counts
+from rayft_core.data.mixing import interleave_counts
+from rayft.sources import rows_of_file
 from rayft_core.config import DatasetSpec
 from rayft_core.data.formats import RowError, align_row
 from rayft_core.data.registry import DatasetError, check_stage_fit, load_dataset_info, resolve_spec
@@ -100,17 +101,17 @@ def test_kto_tag_must_be_boolean():
 
 
 def test_reader_keeps_strings_and_reports_bad_lines(tmp_path):
-    rows = _rows_of_file({"path": "d.jsonl", "bytes": b'{"instruction": "42", "output": "x"}\nnot json\n\n\xff\n'})
+    rows = rows_of_file({"path": "d.jsonl", "bytes": b'{"instruction": "42", "output": "x"}\nnot json\n\n\xff\n'})
     assert json.loads(rows[0]["json"])["instruction"] == "42"  # never type-inferred into an int
     assert rows[1]["json"] == "not json" and rows[1]["row"] == 2  # parsed (and reported) in the tokenizing tasks
     assert rows[2]["error"] == "d.jsonl: row 4: undecodable bytes: not UTF-8 at byte 0"
-    csv_rows = _rows_of_file({"path": "d.csv", "bytes": b"instruction,output\nq,007\n"})
+    csv_rows = rows_of_file({"path": "d.csv", "bytes": b"instruction,output\nq,007\n"})
     assert json.loads(csv_rows[0]["json"]) == {"instruction": "q", "output": "007"} and csv_rows[0]["row"] == 2
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"instruction": ["q"], "output": ["a"]}), tmp_path / "d.parquet")
-    parquet = _rows_of_file({"path": "d.parquet", "bytes": (tmp_path / "d.parquet").read_bytes()})
+    parquet = rows_of_file({"path": "d.parquet", "bytes": (tmp_path / "d.parquet").read_bytes()})
     assert json.loads(parquet[0]["json"]) == {"instruction": "q", "output": "a"}
 
 
@@ -143,7 +144,7 @@ def _align_file(info: dict, name: str, dataset_dir: Path) -> tuple[int, list[str
     check_stage_fit(resolved, stage, name)
     path = Path(resolved.path)
     good, errors = 0, []
-    for raw in _rows_of_file({"path": str(path), "bytes": path.read_bytes()}):
+    for raw in rows_of_file({"path": str(path), "bytes": path.read_bytes()}):
         try:
             if raw["error"]:
                 raise RowError(raw["path"], "read", raw["error"])

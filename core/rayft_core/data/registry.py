@@ -45,10 +45,17 @@ def load_dataset_info(dataset_dir: str, key: str) -> dict[str, Any]:
 def resolve_spec(spec: DatasetSpec, dataset_dir: str, key: str) -> DatasetSpec:
     """A `dataset:` entry -> the DatasetSpec its dataset_info.json entry describes; others unchanged.
 
-    The run's own keys on the entry (num_samples) win over dataset_info's.
+    The run's own keys on the entry (num_samples) win over dataset_info's. A .txt file without a
+    format is text, whichever way it was named.
     """
-    if not spec.dataset:
-        return spec
+    if spec.dataset:
+        spec = _from_dataset_info(spec, dataset_dir, key)
+    if spec.format is None and spec.path and spec.path.endswith(".txt"):
+        spec = spec.model_copy(update={"format": "text"})
+    return spec
+
+
+def _from_dataset_info(spec: DatasetSpec, dataset_dir: str, key: str) -> DatasetSpec:
     info = load_dataset_info(dataset_dir, key)
     entry = info.get(spec.dataset)
     if entry is None:
@@ -83,8 +90,6 @@ def resolve_spec(spec: DatasetSpec, dataset_dir: str, key: str) -> DatasetSpec:
         raise DatasetError(f"{where}: unknown keys {unknown}")
     if "images" in fields.get("columns", {}) or {"videos", "audios"} & set(fields.get("columns", {})):
         raise DatasetError(f"{where}: multimodal datasets (images/videos/audios) are not supported by rayft yet")
-    if fields.get("format") == "text" or (fields.get("path", "").endswith(".txt") and "format" not in fields):
-        fields["format"] = "text"
     if spec.num_samples:
         fields["num_samples"] = spec.num_samples
     try:

@@ -1,0 +1,197 @@
+"""Where a run's raw rows come from: files (local or any pyarrow filesystem), the Hugging Face hub, and
+the manifests of prepared folders. Each file becomes rows of {path, row, json, error}: rows stay JSON
+text until aligned, so every format reaches the same aligner with its file and row number.
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import io
+import json
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from rayft_core.config import DatasetSpec
+from rayft_core.data.registry import DatasetError
+
+READ_EXTENSIONS = (".json", ".jsonl", ".csv", ".parquet", ".txt")
+MANIFEST = "_rayft_data.json"  # beside prepared Parquet files; the "_" keeps Parquet readers from taking it as data
+READ_BLOCK_ROWS = 2048  # raw rows per block after reading: the unit of parallel tokenizing
+
+
+def resolve_files(path: str, key: str) -> list[str]:
+    """A file, a directory (its data files, recursively) or a glob, local or a URL -> sorted file paths."""
+    if "://" in path and not path.startswith("file://"):
+        files = _remote_files(path, key)
+    else:
+        local = Path(path.removeprefix("file://")).expanduser()
+        if local.is_dir():
+            files = sorted(str(p) for p in local.rglob("*") if p.is_file() and not p.name.startswith((".", "_")))
+        elif any(c in path for c in "*?["):
+            files = sorted(str(p) for p in Path("/").glob(str(local.absolute()).lstrip("/")) if p.is_file())
+        else:
+            files = [str(local)] if local.is_file() else []
+    if not files:
+        raise DatasetError(f"{key}: no data files at {path!r}")
+    files = [f for f in files if not f.endswith(MANIFEST)]
+    bad = [f for f in files if not f.endswith(READ_EXTENSIONS)]
+    if bad:
+        raise DatasetError(f"{key}: cannot read {bad[0]!r}; rayft reads {', '.join(READ_EXTENSIONS)}")
+    return files
+
+
+def _remote_files(url: str, key: str) -> list[str]:
+    import pyarrow.fs as pafs
+
+    pattern = any(c in url for c in "*?[")
+    base = url.rsplit("/", 1)[0] if pattern else url
+    try:
+        fs, root = pafs.FileSystem.from_uri(base)
+        info = fs.get_file_info(root)
+        if info.type == pafs.FileType.File:
+            return [url]
+        if info.type == pafs.FileType.NotFound:
+            return []
+        entries = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    except (OSError, ValueError, pa.ArrowException) as e:
+        raise DatasetError(f"{key}: cannot list {url!r}: {e}") from None
+    scheme = url.split("://", 1)[0]
+    files = sorted(f"{scheme}://{e.path}" for e in entries if e.type == pafs.FileType.File)
+    return [f for f in files if fnmatch.fnmatch(f, url)] if pattern else files
+
+
+def rows_of_file(file: dict[str, Any]) -> list[dict[str, Any]]:
+    """One file -> its rows as JSON text with file and row number, or an error entry per bad row.
+
+    Rows stay JSON text until aligned: Arrow's type inference would turn a string "42" into an
+    integer and reject files whose rows differ in shape.
+    """
+    path, data = file["path"], file["bytes"]
+
+    def ok(i: int, value: Any) -> dict:
+        return {"path": path, "row": i, "json": json.dumps(value, ensure_ascii=False, default=str), "error": None}
+
+    def bad(i: int, reason: str, detail: str) -> dict:
+        return {"path": path, "row": i, "json": None, "error": f"{path}: row {i}: {reason}: {detail}"}
+
+    if path.endswith((".jsonl", ".txt")):
+        out = []
+        for i, raw in enumerate(data.split(b"\n"), 1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r")
+            except UnicodeDecodeError as e:
+                out.append(bad(i, "undecodable bytes", f"not UTF-8 at byte {e.start}"))
+                continue
+            if not line.strip():
+                continue
+            if path.endswith(".txt"):
+                out.append(ok(i, {"text": line}))
+            else:  # parsed (and its JSON checked) where it is aligned, in parallel tasks
+                out.append({"path": path, "row": i, "json": line, "error": None})
+        return out
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        return [ok(i, r) for i, r in enumerate(pq.read_table(io.BytesIO(data)).to_pylist())]
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        return [bad(0, "undecodable bytes", f"the file is not UTF-8 (byte {e.start})")]
+    if path.endswith(".csv"):  # row numbers are data lines: the header is line 1
+        return [ok(i, r) for i, r in enumerate(csv.DictReader(io.StringIO(text)), 2)]
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as e:
+        return [bad(0, "invalid JSON", f"{e}; a .json file holds one array of rows, a .jsonl file one row per line")]
+    if not isinstance(rows, list):
+        return [bad(0, "wrong type", f"a .json dataset must be an array of rows, got {type(rows).__name__}")]
+    return [ok(i, r) for i, r in enumerate(rows)]
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """False at once when offline is declared, else whether huggingface.co answers within `timeout`
+    (DNS included, which a plain socket timeout would not bound)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") or os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", ""):
+        return False
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout)
+    return bool(result and result[0])
+
+
+def read_raw(spec: DatasetSpec, key: str) -> Any:
+    """The raw rows of one dataset as a lazy Ray dataset of {path, row, json, error}."""
+    import ray.data
+
+    if spec.hf_hub_url:
+        if not _hub_reachable():
+            raise DatasetError(f"{key}: {spec.label} is on the Hugging Face hub, which cannot be reached from here "
+                               "(offline, or HF_HUB_OFFLINE set); download its files where there is network and name "
+                               "them with `path:`")
+        try:
+            import datasets
+        except ImportError:
+            raise DatasetError(f"{key}: reading hub datasets needs the datasets package: pip install 'rayft[hub]'") from None
+        hub = datasets.load_dataset(spec.hf_hub_url, spec.subset, split=spec.split)
+        return ray.data.from_huggingface(hub).map_batches(
+            lambda b: {"path": [spec.label] * len(b), "row": list(range(len(b))),
+                       "json": [json.dumps(r, ensure_ascii=False, default=str) for r in b.to_pylist()],
+                       "error": [None] * len(b)}, batch_format="pyarrow")
+    # A file is read by one task and gives one block; cut into blocks of READ_BLOCK_ROWS rows (streaming,
+    # no shuffle), every CPU of the cluster aligns and tokenizes, even when the dataset is one big file.
+    return ray.data.read_binary_files(resolve_files(spec.path, key), include_paths=True).flat_map(
+        rows_of_file).repartition(target_num_rows_per_block=READ_BLOCK_ROWS)
+
+
+def read_manifest(folder: str) -> dict | None:
+    """The manifest of a prepared (or cached) folder, local or at a URL; None when there is none:
+    the manifest is written last, so a folder without one was never finished."""
+    if "://" not in folder:
+        path = Path(folder) / MANIFEST
+        return json.loads(path.read_text()) if path.is_file() else None
+    import pyarrow.fs as pafs
+
+    try:
+        fs, root = pafs.FileSystem.from_uri(folder.rstrip("/"))
+        with fs.open_input_stream(f"{root}/{MANIFEST}") as f:
+            return json.loads(f.read())
+    except (OSError, ValueError, pa.ArrowException):  # not found, or not a filesystem pyarrow knows
+        return None
+
+
+def remove_manifest(folder: str) -> None:
+    if "://" not in folder:
+        (Path(folder) / MANIFEST).unlink(missing_ok=True)
+        return
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(folder.rstrip("/"))
+    if fs.get_file_info(f"{root}/{MANIFEST}").type != pafs.FileType.NotFound:
+        fs.delete_file(f"{root}/{MANIFEST}")
+
+
+def write_manifest(folder: str, manifest: dict) -> None:
+    data = json.dumps(manifest, indent=1)
+    if "://" not in folder:
+        (Path(folder) / MANIFEST).write_text(data)
+        return
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(folder.rstrip("/"))
+    with fs.open_output_stream(f"{root}/{MANIFEST}") as f:
+        f.write(data.encode())

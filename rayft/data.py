@@ -32,11 +32,13 @@ import pyarrow.compute as pc
 from rayft.cluster import tokenize_concurrency
 from rayft.sources import MANIFEST, read_manifest, read_raw, remove_manifest, resolve_files, write_manifest
 from rayft_core.config import DatasetSpec, RunConfig
+from rayft_core.data import IGNORE_INDEX
 from rayft_core.data.formats import DataError, RowError, align_row, where
 from rayft_core.data.mixing import interleave_counts
 from rayft_core.data.packing import pack_examples
 from rayft_core.data.registry import DatasetError, check_stage_fit, resolve_spec
 from rayft_core.model.loader import load_tokenizer
+from rayft_core.train.stage import Stage, sequence_columns
 from rayft_core.train.stages import STAGES
 
 logger = logging.getLogger(__name__)
@@ -161,52 +163,57 @@ def _encode(batch: pa.Table, run_json: str, spec_json: str, source: int) -> pa.T
         except RowError as e:
             errors.append(str(e))
     enc = _encode_rows(stage, aligned, tokenizer, run, errors)
-    ids, labels = enc["input_ids"], enc["labels"]
-    if run.packing and ids:
-        packed = pack_examples(ids, labels, run.data.max_seq_len)
-        ids, labels, positions, counts = packed["input_ids"], packed["labels"], packed["position_ids"], packed["num_examples"]
+    sequences = sequence_columns(stage.columns)
+    if run.packing and enc["input_ids"]:
+        packed = pack_examples(enc["input_ids"], enc["labels"], run.data.max_seq_len)
+        counts = packed.pop("num_examples")
+        enc = packed
     else:
-        positions, counts = None, [1] * len(ids)
-    n_good, n_bad = len(ids), len(errors)
-    columns = {
-        "input_ids": pa.array(ids + [[]] * n_bad, type=pa.list_(pa.int32())),
-        "labels": pa.array(labels + [[]] * n_bad, type=pa.list_(pa.int32())),
-        "num_tokens": pa.array([len(x) for x in ids] + [0] * n_bad, type=pa.int32()),
+        counts = [1] * len(enc[stage.columns[0]])
+    n_good, n_bad = len(counts), len(errors)
+    columns = {c: pa.array(enc.get(c, []) + [[]] * n_bad, type=pa.list_(pa.int32())) for c in sequences}
+    columns.update({c: pa.array(enc.get(c, []) + [None] * n_bad) for c in stage.columns if c not in sequences})
+    columns.update({
+        "num_tokens": pa.array([sum(len(enc[c][k]) for c in sequences if c.endswith("input_ids")) for k in range(n_good)]
+                               + [0] * n_bad, type=pa.int32()),
         "num_examples": pa.array(counts + [0] * n_bad, type=pa.int32()),
         "source": pa.array([source] * (n_good + n_bad), type=pa.int16()),
         "error": pa.array([None] * n_good + errors, type=pa.string()),
-    }
+    })
     if run.packing:
-        columns["position_ids"] = pa.array((positions or []) + [[]] * n_bad, type=pa.list_(pa.int32()))
+        columns["position_ids"] = pa.array(enc.get("position_ids", []) + [[]] * n_bad, type=pa.list_(pa.int32()))
     return pa.table(columns)
 
 
-def _encode_rows(stage: Any, rows: list[dict], tokenizer: Any, run: RunConfig, errors: list[str]) -> dict[str, list]:
-    """The stage's encoding of a batch; rows whose tokens carry no loss after truncation are errors.
+def _encode_rows(stage: Stage, rows: list[dict], tokenizer: Any, run: RunConfig, errors: list[str]) -> dict[str, list]:
+    """The stage's encoding of a batch; examples with a label list that carries no loss after
+    truncation are errors.
 
     When the batch fails as a whole (a template that cannot render one row), each row is encoded
     alone so the error names the row that caused it.
     """
     if not rows:  # Ray Data may hand over an empty block; tokenizers reject empty batches
-        return {"input_ids": [], "labels": []}
+        return {c: [] for c in stage.columns}
     try:
         enc = stage.encode_rows(rows, tokenizer, run)
     except DataError:
-        enc = {"input_ids": [], "labels": [], "row_of_example": []}
+        enc = {c: [] for c in (*stage.columns, "row_of_example")}
         for i, row in enumerate(rows):
             try:
                 one = stage.encode_rows([row], tokenizer, run)
             except DataError as e:
                 errors.append(f"{where(row)}: template: {e}")
                 continue
-            enc["input_ids"] += one["input_ids"]
-            enc["labels"] += one["labels"]
-            enc["row_of_example"] += [i] * len(one["input_ids"])
-    keep = [k for k, y in enumerate(enc["labels"]) if any(t != -100 for t in y[1:])]
-    for k in sorted(set(range(len(enc["labels"]))) - set(keep)):
+            for c in stage.columns:
+                enc[c] += one[c]
+            enc["row_of_example"] += [i] * len(one[stage.columns[0]])
+    label_columns = [c for c in stage.columns if c.endswith("labels")]
+    n = len(enc[stage.columns[0]])
+    keep = [k for k in range(n) if all(any(t != IGNORE_INDEX for t in enc[c][k][1:]) for c in label_columns)]
+    for k in sorted(set(range(n)) - set(keep)):
         errors.append(f"{where(rows[enc['row_of_example'][k]])}: nothing to learn: no trainable tokens are left after "
                       f"truncation to max_seq_len {run.data.max_seq_len}")
-    return {"input_ids": [enc["input_ids"][k] for k in keep], "labels": [enc["labels"][k] for k in keep]}
+    return {c: [enc[c][k] for k in keep] for c in stage.columns}
 
 
 def _reason(error: str) -> str:
@@ -476,8 +483,10 @@ class StreamChecker:
         if self.bad / self.seen > self.max_fraction:
             raise DataError(f"{self.bad} of {self.seen} streamed rows cannot be used (data.max_bad_fraction "
                             f"{self.max_fraction:.2%}):\n" + "\n".join(f"  - {s}" for s in self.shown))
-        for i in bad:
-            batch["input_ids"][i], batch["labels"][i] = np.array([self.pad]), np.array([-100])
-            if "position_ids" in batch:
-                batch["position_ids"][i] = np.array([0])
+        for i in bad:  # every token list of the row becomes one token without a label
+            for c in batch:
+                if c.endswith(("input_ids", "labels", "position_ids")):
+                    batch[c][i] = np.array([self.pad if c.endswith("input_ids") else IGNORE_INDEX if c.endswith("labels") else 0])
+            if "kto_tag" in batch:
+                batch["kto_tag"][i] = False
         return batch

@@ -31,6 +31,7 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     from rayft.data import StreamChecker
     from rayft_core.model.loader import load_tokenizer
     from rayft_core.train.loop import train_worker
+    from rayft_core.train.stages import STAGES
 
     transformers.logging.disable_progress_bar()
     run = RunConfig.model_validate(config["run"])
@@ -39,7 +40,7 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     eval_shard = ray.train.get_dataset_shard("eval") if config["has_eval"] else None
     check = StreamChecker(run.data.max_bad_fraction, load_tokenizer(run.model).pad_token_id) if run.data.streaming else None
-    columns = ["input_ids", "labels"] + (["position_ids"] if run.packing else []) + (["error"] if check else [])
+    columns = list(STAGES[run.stage.name].columns) + (["position_ids"] if run.packing else []) + (["error"] if check else [])
 
     def epoch_batches(epoch: int):
         batches = shard.iter_batches(batch_size=run.train.micro_batch_size, batch_format="numpy", drop_last=True,

@@ -217,7 +217,61 @@ class SftStage(_Section):
     mask_history: bool = Field(False, description="Loss on the last assistant turn only (default: every assistant turn).")
 
 
-StageConfig = Annotated[Union[PretrainStage, SftStage], Field(discriminator="name")]
+class RewardStage(_Section):
+    """Reward modelling: a value head on the model scores the last token; trained so chosen > rejected."""
+
+    name: Literal["rm"] = "rm"
+
+
+class _ReferenceStage(_Section):
+    reference_model: str | None = Field(
+        None, description="A separate frozen reference model (local directory). Default: the base itself: with an "
+        "adapter, the base with the adapter disabled (no second copy); for full-parameter runs, a frozen copy of it.")
+
+
+class DpoStage(_ReferenceStage):
+    """Direct preference optimisation against a frozen reference."""
+
+    name: Literal["dpo"] = "dpo"
+    beta: float = Field(0.1, gt=0, description="Strength of the pull toward the reference (the KL weight).")
+    loss_type: Literal["sigmoid", "hinge", "ipo"] = Field(
+        "sigmoid", description="sigmoid: DPO's; hinge: SLiC's; ipo: IPO's squared loss on length-averaged log-ratios.")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cDPO: the probability that a pair's label is wrong (sigmoid loss).")
+    ftx: float = Field(0.0, ge=0, description="DPO-ftx: add this weight x the SFT loss on the chosen answer (limits forgetting).")
+
+
+class KtoStage(_ReferenceStage):
+    """KTO: single answers tagged desirable or not, against a frozen reference."""
+
+    name: Literal["kto"] = "kto"
+    beta: float = Field(0.1, gt=0, description="Strength of the pull toward the reference.")
+    desirable_weight: float = Field(1.0, gt=0, description="Weight of the loss on desirable answers.")
+    undesirable_weight: float = Field(1.0, gt=0, description="Weight of the loss on undesirable answers.")
+    ftx: float = Field(0.0, ge=0, description="Add this weight x the SFT loss on desirable answers.")
+
+
+class OrpoStage(_Section):
+    """ORPO: SFT on the chosen answer plus an odds-ratio penalty on the rejected one; no reference model."""
+
+    name: Literal["orpo"] = "orpo"
+    beta: float = Field(0.1, gt=0, description="Weight of the odds-ratio term (the paper's lambda).")
+
+
+class SimpoStage(_Section):
+    """SimPO: length-normalised log-likelihood margins with a target gap; no reference model."""
+
+    name: Literal["simpo"] = "simpo"
+    beta: float = Field(2.0, gt=0, description="Scale of the reward (the paper uses 2.0-2.5).")
+    gamma: float = Field(0.5, ge=0, description="Target reward margin between chosen and rejected.")
+    length_normalization: bool = Field(True, description="Average log-probabilities over answer tokens (SimPO's reward); "
+                                       "false: sum them.")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="The probability that a pair's label is wrong.")
+    ftx: float = Field(0.0, ge=0, description="Add this weight x the SFT loss on the chosen answer.")
+
+
+StageConfig = Annotated[Union[PretrainStage, SftStage, RewardStage, DpoStage, KtoStage, OrpoStage, SimpoStage],
+                        Field(discriminator="name")]
+PREFERENCE_STAGES = ("rm", "dpo", "orpo", "simpo")  # trained on chosen/rejected pairs
 
 
 # ----------------------------------------------------------------------------- optimisation
@@ -308,6 +362,8 @@ class RunConfig(_Section):
             problems.append("deepspeed.offload_optimizer: optimizer offload needs zero_stage >= 1, got 0")
         if self.tuning.method == "lora" and self.tuning.quantization_bit and zero == 3:
             problems.append("deepspeed.zero_stage: a bitsandbytes-quantized base cannot be sharded by ZeRO-3; use 0-2")
+        if self.data.packing and self.stage.name not in ("pt", "sft"):
+            problems.append(f"data.packing: stage {self.stage.name} scores whole answers and does not pack; set it to false")
         if self.data.streaming and not self.train.max_steps:
             problems.append("train.max_steps: a streamed dataset has no length known in advance; set max_steps")
         if self.data.streaming and self.data.val_size:

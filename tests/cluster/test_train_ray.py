@@ -29,7 +29,7 @@ def _chat_batch(tokenizer):
 
 
 def _text_batch(tokenizer):
-    enc = pt.encode_rows([{"text": f"{q} {a}"} for q, a in QA], tokenizer, run_config("m", [{"path": "x.txt"}], "out", "x", stage="pt"))
+    enc = pt.STAGE.encode_rows([{"text": f"{q} {a}"} for q, a in QA], tokenizer, run_config("m", [{"path": "x.txt"}], "out", "x", stage="pt"))
     return pad_batch(enc, tokenizer.pad_token_id)
 
 

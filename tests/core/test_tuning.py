@@ -10,7 +10,7 @@ from rayft_core.data.tokenize import encode_chat_batch
 from rayft_core.model.adapters import TuningError, apply_tuning
 from rayft_core.model.loader import load_model, load_tokenizer
 from rayft_core.train.optim import build_optimizer
-from rayft_core.train.sft import compute_loss
+from rayft_core.train.losses import compute_causal_lm_loss as compute_loss
 from tests.conftest import QA, run_config
 
 

@@ -122,6 +122,9 @@ def encode_chat_batch(tokenizer: Any, batch_messages: list[list[dict]], max_seq_
     max_seq_len, and earlier turns are kept newest first (LLaMA-Factory's order).
     template_kwargs go to the template (e.g. date_string for Llama 3's own).
     """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("conversations are rendered with a chat template, and this tokenizer has none; "
+                         "set model.template (e.g. default) or model.chat_template")
     batch_tools = batch_tools or [None] * len(batch_messages)
     turns = [split_turns(tokenizer, messages, tools, template_kwargs)
              for messages, tools in zip(batch_messages, batch_tools)]

@@ -18,13 +18,13 @@ import numpy as np
 import torch
 
 from rayft_core.config import RunConfig
-from rayft_core.data.collate import pad_batch
 from rayft_core.errors import UserInputError
 from rayft_core.model.adapters import apply_tuning, count_parameters
 from rayft_core.model.loader import load_model, load_tokenizer, resolve_dtype
 from rayft_core.train import outputs
 from rayft_core.train.deepspeed_config import build_deepspeed_config
 from rayft_core.train.optim import build_optimizer, build_scheduler
+from rayft_core.train.stage import Metrics, Objective, Stage, sequence_columns
 from rayft_core.train.stages import STAGES
 
 logger = logging.getLogger(__name__)
@@ -81,8 +81,9 @@ def train_worker(run: RunConfig, plan: TrainPlan, epoch_batches: Callable[[int],
                  eval_batches: Callable[[], Iterable[dict[str, Any]]] | None = None) -> None:
     """Train for plan.total_steps optimizer steps and save on rank 0.
 
-    ``epoch_batches(epoch)`` yields this worker's micro-batches of tokenized rows ({"input_ids": [...],
-    "labels": [...]}, plus "position_ids" for packed rows; one list per row); they are padded here.
+    ``epoch_batches(epoch)`` yields this worker's micro-batches of tokenized rows (the stage's columns,
+    e.g. {"input_ids": [...], "labels": [...]}, plus "position_ids" for packed rows; one list per row);
+    the stage pads them into tensors here.
     ``eval_batches()`` yields this worker's share of the evaluation rows, when there are any.
     """
     if not torch.cuda.is_available():
@@ -95,7 +96,8 @@ def train_worker(run: RunConfig, plan: TrainPlan, epoch_batches: Callable[[int],
     seed_everything(run.train.seed)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     tokenizer = load_tokenizer(run.model)
-    model = apply_tuning(load_model(run, tokenizer), run)
+    stage = STAGES[run.stage.name]
+    model = stage.prepare_model(apply_tuning(load_model(run, tokenizer), run), run)
     trainable, total = count_parameters(model)
     if rank == 0:
         logger.info("trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
@@ -104,7 +106,7 @@ def train_worker(run: RunConfig, plan: TrainPlan, epoch_batches: Callable[[int],
     scheduler = build_scheduler(optimizer, run, plan.total_steps) if optimizer else None
     engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                            config=ds_config, dist_init_required=False)
-    stage = STAGES[run.stage.name]
+    objective = stage.objective(run, tokenizer, device, ds_config)
     engine.train()
 
     step, window = 0, _Window()
@@ -113,16 +115,15 @@ def train_worker(run: RunConfig, plan: TrainPlan, epoch_batches: Callable[[int],
         for micro, examples in enumerate(epoch_batches(epoch)):
             if micro >= plan.micro_batches_per_epoch or step >= plan.total_steps:
                 break
-            batch = pad_batch(examples, tokenizer.pad_token_id)
-            n_input = sum(len(x) for x in examples["input_ids"])
-            batch = {k: v.to(device) for k, v in batch.items()}
+            batch = {k: v.to(device) for k, v in stage.collate(examples, tokenizer.pad_token_id).items()}
+            n_input = sum(len(x) for c in sequence_columns(stage.columns) if c.endswith("input_ids") for x in examples[c])
             boundary = engine.is_gradient_accumulation_boundary()
             logging_step = boundary and ((step + 1) % run.train.logging_steps == 0 or step + 1 == plan.total_steps)
-            loss, n_tokens = stage.compute_loss(engine.module, batch)
+            loss, step_metrics = objective(engine.module, batch)
             engine.backward(loss)
             grad_norm = _grad_norm(engine, model) if logging_step else None  # reduced, not yet clipped
             engine.step()
-            window.add(loss.item() * n_tokens, n_tokens, n_input, batch["input_ids"].shape[0])
+            window.add(step_metrics, n_input, len(examples[stage.columns[0]]))
             if not boundary:
                 continue
             step += 1
@@ -132,13 +133,13 @@ def train_worker(run: RunConfig, plan: TrainPlan, epoch_batches: Callable[[int],
                 continue
             metrics: dict[str, Any] = {"step": step}
             if logging_step:
-                metrics.update(window.reduce(device))
+                metrics.update(window.reduce(device, "train/"))
                 metrics.update({"train/epoch": epoch + (micro + 1) / plan.micro_batches_per_epoch,
                                 "train/lr": scheduler.get_last_lr()[0] if scheduler else run.train.learning_rate,
                                 "train/grad_norm": _reported_grad_norm(engine, grad_norm), "mem/peak_gb": peak_memory_gb()})
                 window = _Window()
             if eval_step:
-                metrics["eval/loss"] = evaluate(engine, stage, eval_batches, tokenizer.pad_token_id, device)
+                metrics.update(evaluate(engine, stage, objective, eval_batches, tokenizer.pad_token_id, device))
             if rank == 0:
                 outputs.append_metrics(run.output.dir, metrics)
             report(metrics)
@@ -149,24 +150,21 @@ def train_worker(run: RunConfig, plan: TrainPlan, epoch_batches: Callable[[int],
     _save(engine, tokenizer, run, rank)
 
 
-def evaluate(engine: Any, stage: Any, batches: Callable[[], Iterable[dict[str, Any]]], pad_token_id: int,
-             device: torch.device) -> float:
-    """Token-weighted mean loss over this worker's evaluation rows, reduced across workers.
+def evaluate(engine: Any, stage: Stage, objective: Objective, batches: Callable[[], Iterable[dict[str, Any]]],
+             pad_token_id: int, device: torch.device) -> dict[str, float]:
+    """The stage's metrics over this worker's evaluation rows, reduced across workers, as eval/*.
 
     Every worker runs as many forward passes as the others (Ray splits the rows equally), which
     ZeRO-3's parameter gathering needs.
     """
     engine.eval()
-    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss x tokens, tokens
+    window = _Window()
     with torch.no_grad():
         for examples in batches():
-            batch = {k: v.to(device) for k, v in pad_batch(examples, pad_token_id).items()}
-            loss, n = stage.compute_loss(engine.module, batch)
-            sums += torch.tensor([loss.item() * n, n], dtype=torch.float64, device=device)
-    if torch.distributed.is_initialized():
-        torch.distributed.all_reduce(sums)
+            batch = {k: v.to(device) for k, v in stage.collate(examples, pad_token_id).items()}
+            window.add(objective(engine.module, batch)[1], 0, 0)
     engine.train()
-    return (sums[0] / sums[1].clamp(min=1)).item()
+    return {k: v for k, v in window.reduce(device, "eval/").items() if k.startswith("eval/")}
 
 
 def _grad_norm(engine: Any, model: torch.nn.Module) -> float | None:
@@ -187,25 +185,28 @@ class _Window:
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
-        self.loss_sum = 0.0  # loss x labelled tokens
-        self.label_tokens = 0
+        self.metrics: dict[str, list[float]] = {}  # name -> [sum, count]
         self.tokens = 0  # non-padding input tokens
         self.samples = 0
 
-    def add(self, loss_sum: float, label_tokens: int, tokens: int, samples: int) -> None:
-        self.loss_sum += loss_sum
-        self.label_tokens += label_tokens
+    def add(self, metrics: Metrics, tokens: int, samples: int) -> None:
+        for name, (total, count) in metrics.items():
+            acc = self.metrics.setdefault(name, [0.0, 0.0])
+            acc[0] += total
+            acc[1] += count
         self.tokens += tokens
         self.samples += samples
 
-    def reduce(self, device: torch.device) -> dict[str, float]:
-        values = torch.tensor([self.loss_sum, self.label_tokens, self.tokens, self.samples], dtype=torch.float64, device=device)
+    def reduce(self, device: torch.device, prefix: str) -> dict[str, float]:
+        names = sorted(self.metrics)  # every rank has the same names: the stage returns all of them every call
+        values = torch.tensor([x for n in names for x in self.metrics[n]] + [self.tokens, self.samples],
+                              dtype=torch.float64, device=device)
         if torch.distributed.is_initialized():
             torch.distributed.all_reduce(values)
-        loss_sum, label_tokens, tokens, samples = values.tolist()
+        *sums, tokens, samples = values.tolist()
         elapsed = time.perf_counter() - self.start
-        return {"train/loss": loss_sum / max(label_tokens, 1), "perf/tokens_per_s": tokens / elapsed,
-                "perf/samples_per_s": samples / elapsed}
+        out = {f"{prefix}{n}": sums[2 * i] / sums[2 * i + 1] for i, n in enumerate(names) if sums[2 * i + 1] > 0}
+        return {**out, "perf/tokens_per_s": tokens / elapsed, "perf/samples_per_s": samples / elapsed}
 
 
 def _save(engine: Any, tokenizer: Any, run: RunConfig, rank: int) -> None:

@@ -91,18 +91,28 @@ def _gathered(weight: nn.Parameter):
     return deepspeed.zero.GatheredParameters([weight])
 
 
-def compute_causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Mean next-token cross-entropy over labelled positions, and their count."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wraps the LM
-    decoder, head = base.get_decoder(), base.get_output_embeddings()
+def decoder_hidden(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[nn.Module, torch.Tensor]:
+    """The causal LM inside ``model`` (PEFT wraps it) and its last hidden states [batch, seq, hidden]."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
     # Packed rows carry position_ids and no attention mask (see rayft_core.data.packing). No KV cache:
     # with one, transformers skips the packed-sequence mask and examples would attend to each other.
-    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                     position_ids=batch.get("position_ids"), use_cache=False).last_hidden_state
-    labels = batch["labels"][:, 1:]  # [batch, seq-1]: token t predicts t+1
+    hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                                position_ids=batch.get("position_ids"), use_cache=False).last_hidden_state
+    return base, hidden
+
+
+def _labelled(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hidden states at positions that predict a label, those labels, and the keep mask [batch, seq-1]."""
+    labels = labels[:, 1:]  # token t predicts t+1
     keep = labels != IGNORE_INDEX
-    hidden = hidden[:, :-1][keep]  # [n, hidden]
-    targets = labels[keep]  # [n]
+    return hidden[:, :-1][keep], labels[keep], keep
+
+
+def compute_causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Mean next-token cross-entropy over labelled positions, and their count."""
+    base, hidden = decoder_hidden(model, batch)
+    head = base.get_output_embeddings()
+    hidden, targets, _ = _labelled(hidden, batch["labels"])
     n = targets.numel()
     if n == 0:  # nothing to learn in this micro-batch; keep the graph so every rank runs backward
         return hidden.sum() * 0.0 + sum(p.sum() * 0.0 for p in head.parameters()), 0
@@ -119,3 +129,77 @@ def compute_causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> 
         else:
             total = total + _chunk_ce_sum(h, t, head, softcap)
     return total / n, n
+
+
+def lm_objective(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, tuple[float, float]]]:
+    """The objective of pt and sft: the causal LM loss, reported token-weighted."""
+    loss, n = compute_causal_lm_loss(model, batch)
+    return loss, {"loss": (loss.item() * n, n)}
+
+
+class _LinearLogProb(torch.autograd.Function):
+    """log p(target_i | hidden_i) under a frozen head, per row; d/d hidden computed chunk by chunk in forward."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float | None) -> torch.Tensor:
+        rows = _chunk_rows(weight.shape[0])
+        grad_hidden = torch.empty_like(hidden)
+        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        for i in range(0, hidden.shape[0], rows):
+            h, t = hidden[i : i + rows], targets[i : i + rows]
+            logits = (h @ weight.T).float()
+            if softcap:
+                tanh = logits.div_(softcap).tanh_()
+                logits = tanh * softcap
+            lse = torch.logsumexp(logits, dim=-1)
+            out[i : i + rows] = logits.gather(1, t[:, None]).squeeze(1) - lse
+            grad = logits.sub_(lse[:, None]).exp_().neg_()  # d logp / d logits = one_hot - softmax
+            grad[torch.arange(t.shape[0], device=t.device), t] += 1.0
+            if softcap:
+                grad.mul_(1.0 - tanh.square_())
+            grad_hidden[i : i + rows] = grad.to(h.dtype) @ weight
+        ctx.save_for_backward(grad_hidden)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        (grad_hidden,) = ctx.saved_tensors
+        return grad_hidden * grad_out[:, None].to(grad_hidden.dtype), None, None, None
+
+
+def _chunk_logp(hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, softcap: float | None) -> torch.Tensor:
+    logits = head(hidden).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+
+
+def sequence_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the summed log-probability of its labelled tokens [batch] (fp32), and their count [batch].
+
+    The preference stages' building block. A frozen head (adapters) takes the fused path; a trainable
+    one is run per chunk under activation checkpointing, so no [tokens, vocab] tensor outlives its chunk.
+    """
+    base, hidden = decoder_hidden(model, batch)
+    head = base.get_output_embeddings()
+    hidden, targets, keep = _labelled(hidden, batch["labels"])
+    counts = keep.sum(-1)
+    row = torch.arange(keep.shape[0], device=keep.device)[:, None].expand_as(keep)[keep]  # row of each labelled token
+    softcap = getattr(base.config, "final_logit_softcapping", None)
+    if torch.is_grad_enabled() and type(head) is nn.Linear and head.bias is None and not head.weight.requires_grad:
+        with _gathered(head.weight):
+            token_logps = _LinearLogProb.apply(hidden, head.weight, targets, softcap)
+    else:
+        rows = _chunk_rows(base.config.vocab_size)
+        pieces = []
+        for i in range(0, targets.numel(), rows):
+            h, t = hidden[i : i + rows], targets[i : i + rows]
+            if torch.is_grad_enabled():
+                pieces.append(checkpoint(_chunk_logp, h, t, head, softcap, use_reentrant=False))
+            else:
+                pieces.append(_chunk_logp(h, t, head, softcap))
+        token_logps = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+    sums = torch.zeros(keep.shape[0], dtype=torch.float32, device=hidden.device).index_add(0, row, token_logps)
+    if targets.numel() == 0:  # keep the graph so every rank runs backward
+        sums = sums + hidden.sum() * 0.0
+    return sums, counts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import torch
 
 from rayft_core.config import RunConfig, dump_config
 from rayft_core.model.loader import resize_embeddings
+from rayft_core.model.value_head import VALUE_HEAD_FILE
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT_FILE = "loss.png"
@@ -76,4 +78,6 @@ def merge_adapter(run: RunConfig, output_dir: str | Path) -> Path:
     target = out / MERGED_DIR
     merged.save_pretrained(target, safe_serialization=True)
     tokenizer.save_pretrained(target)
+    if (out / VALUE_HEAD_FILE).is_file():  # a reward model: its head goes with the merged weights
+        shutil.copy2(out / VALUE_HEAD_FILE, target / VALUE_HEAD_FILE)
     return target

@@ -5,23 +5,30 @@ from __future__ import annotations
 from typing import Any
 
 from rayft_core.config import RunConfig
-from rayft_core.train.losses import compute_causal_lm_loss
+from rayft_core.train.losses import lm_objective
+from rayft_core.train.stage import Stage
 
 
-def encode_rows(rows: list[dict], tokenizer: Any, run: RunConfig) -> dict[str, list[list[int]]]:
-    """Each document + EOS, cut into pieces of max_seq_len tokens: one example per piece.
+class Pretrain(Stage):
+    name = "pt"
 
-    Documents are never joined here: packing (on by default for pt) fills rows with them while
-    keeping each one's attention to itself.
-    """
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    n = run.data.max_seq_len
-    pieces = []
-    for ids in tokenizer([r["text"] for r in rows], add_special_tokens=False)["input_ids"]:
-        ids = ids + eos
-        pieces.append([ids[i : i + n] for i in range(0, len(ids), n)])
-    return {"input_ids": [p for doc in pieces for p in doc], "labels": [list(p) for doc in pieces for p in doc],
-            "row_of_example": [r for r, doc in enumerate(pieces) for _ in doc]}
+    def encode_rows(self, rows: list[dict], tokenizer: Any, run: RunConfig) -> dict[str, list]:
+        """Each document + EOS, cut into pieces of max_seq_len tokens: one example per piece.
+
+        Documents are never joined here: packing (on by default for pt) fills rows with them while
+        keeping each one's attention to itself.
+        """
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        n = run.data.max_seq_len
+        pieces = []
+        for ids in tokenizer([r["text"] for r in rows], add_special_tokens=False)["input_ids"]:
+            ids = ids + eos
+            pieces.append([ids[i : i + n] for i in range(0, len(ids), n)])
+        return {"input_ids": [p for doc in pieces for p in doc], "labels": [list(p) for doc in pieces for p in doc],
+                "row_of_example": [r for r, doc in enumerate(pieces) for _ in doc]}
+
+    def objective(self, run, tokenizer, device, ds_config):
+        return lm_objective
 
 
-compute_loss = compute_causal_lm_loss
+STAGE = Pretrain()

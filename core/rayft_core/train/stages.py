@@ -1,7 +1,6 @@
-"""The registry of stages: name -> module with ``encode_rows`` and ``compute_loss``."""
+"""The registry of stages: name -> Stage (see rayft_core.train.stage). One file per stage."""
 
-from types import ModuleType
+from rayft_core.train import dpo, kto, orpo, pt, rm, sft, simpo
+from rayft_core.train.stage import Stage
 
-from rayft_core.train import pt, sft
-
-STAGES: dict[str, ModuleType] = {"pt": pt, "sft": sft}
+STAGES: dict[str, Stage] = {m.STAGE.name: m.STAGE for m in (pt, sft, rm, dpo, kto, orpo, simpo)}

@@ -1,0 +1,110 @@
+"""What the preference stages share: pairs encoded and batched, the frozen reference, pair metrics.
+
+A pair is the prompt with its chosen answer and the prompt with its rejected answer, each tokenized
+as a whole conversation with the loss on the final answer only (earlier assistant turns are prompt).
+A batch of B pairs is one forward pass over 2B rows: the chosen rows first, the rejected rows last.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from rayft_core.config import RunConfig
+from rayft_core.data.collate import pad_batch
+from rayft_core.data.tokenize import encode_chat_batch
+from rayft_core.train.losses import sequence_logps
+from rayft_core.train.stage import Metrics, Stage
+
+PAIR_COLUMNS = ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels")
+
+
+def encode_conversations(rows: list[dict], answers: list[dict], tokenizer: Any, run: RunConfig) -> dict[str, list]:
+    """Each row's messages followed by its answer -> input_ids and labels on that answer only."""
+    return encode_chat_batch(tokenizer, [r["messages"] + [a] for r, a in zip(rows, answers)], run.data.max_seq_len,
+                             mask_history=True, batch_tools=[r.get("tools") for r in rows])
+
+
+class PairStage(Stage):
+    """rm, dpo, orpo and simpo: rows of (prompt, chosen, rejected)."""
+
+    columns = PAIR_COLUMNS
+
+    def encode_rows(self, rows: list[dict], tokenizer: Any, run: RunConfig) -> dict[str, list]:
+        both = encode_conversations(rows + rows, [r["chosen"] for r in rows] + [r["rejected"] for r in rows], tokenizer, run)
+        n = len(rows)
+        return {"chosen_input_ids": both["input_ids"][:n], "chosen_labels": both["labels"][:n],
+                "rejected_input_ids": both["input_ids"][n:], "rejected_labels": both["labels"][n:],
+                "row_of_example": list(range(n))}
+
+    def collate(self, examples: dict[str, Any], pad_token_id: int) -> dict[str, torch.Tensor]:
+        return pad_batch({"input_ids": list(examples["chosen_input_ids"]) + list(examples["rejected_input_ids"]),
+                          "labels": list(examples["chosen_labels"]) + list(examples["rejected_labels"])}, pad_token_id)
+
+
+def halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chosen rows and the rejected rows of a pair batch."""
+    n = x.shape[0] // 2
+    return x[:n], x[n:]
+
+
+def pair_metrics(loss: torch.Tensor, valid: torch.Tensor, chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
+                 chosen_logps: torch.Tensor | None = None, rejected_logps: torch.Tensor | None = None) -> Metrics:
+    """Per-pair metrics (TRL's names), summed over the valid pairs of the batch."""
+    v = valid.float()
+    n = float(v.sum())
+
+    def total(x: torch.Tensor) -> tuple[float, float]:
+        return float((x.detach().float() * v).sum()), n
+
+    metrics = {"loss": total(loss), "rewards/chosen": total(chosen_rewards), "rewards/rejected": total(rejected_rewards),
+               "rewards/accuracies": total((chosen_rewards > rejected_rewards).float()),
+               "rewards/margins": total(chosen_rewards - rejected_rewards)}
+    if chosen_logps is not None:
+        metrics.update({"logps/chosen": total(chosen_logps), "logps/rejected": total(rejected_logps)})
+    return metrics
+
+
+def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean over valid rows (a streamed bad row is masked to a row without labels and counts for nothing)."""
+    return (x * valid).sum() / valid.sum().clamp(min=1)
+
+
+class Reference:
+    """The frozen reference policy of DPO and KTO.
+
+    - an adapter run without stage.reference_model: the trained model with its adapter disabled
+      (PEFT's disable_adapter), so the base is never held twice;
+    - otherwise a frozen copy (of the base, or of stage.reference_model), sharded like the policy
+      under ZeRO-3 and whole on each worker under ZeRO-0/1/2.
+    """
+
+    def __init__(self, run: RunConfig, tokenizer: Any, device: torch.device, ds_config: dict[str, Any]):
+        self.model = None
+        if run.stage.reference_model is None and run.tuning.method == "lora":
+            return
+        from rayft_core.model.loader import load_model
+
+        ref_run = run.model_copy(deep=True)
+        if run.stage.reference_model:
+            ref_run.model.name_or_path = run.stage.reference_model
+        ref_run.model.gradient_checkpointing = False
+        model = load_model(ref_run, tokenizer).requires_grad_(False).eval()
+        if run.deepspeed.zero_stage == 3:
+            import deepspeed
+
+            config = {k: ds_config[k] for k in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+                                                "train_batch_size", "bf16", "fp16") if k in ds_config}
+            config["zero_optimization"] = {"stage": 3, "stage3_param_persistence_threshold": 1e4}
+            model = deepspeed.initialize(model=model, config=config, dist_init_required=False)[0].module
+        else:
+            model = model.to(device)
+        self.model = model
+
+    @torch.no_grad()
+    def logps(self, policy: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.model is not None:
+            return sequence_logps(self.model, batch)[0]
+        with policy.disable_adapter():
+            return sequence_logps(policy, batch)[0]

@@ -1,0 +1,43 @@
+"""Stage rm: a reward model. A value head on the model (or on its adapter) scores the last token of
+an answer; the pairwise loss -log sigmoid(r_chosen - r_rejected) ranks chosen answers above rejected
+ones (Bradley-Terry). rewards/accuracies is the pairwise accuracy."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rayft_core.config import RunConfig
+from rayft_core.model.value_head import ValueHeadModel, hidden_size_of
+from rayft_core.train.preference import PairStage, halves, masked_mean, pair_metrics
+
+
+def pairwise_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> torch.Tensor:
+    """Per-pair Bradley-Terry loss [pairs]."""
+    return -F.logsigmoid(chosen_scores - rejected_scores)
+
+
+class RewardModelling(PairStage):
+    name = "rm"
+
+    def prepare_model(self, model: nn.Module, run: RunConfig) -> nn.Module:
+        size = hidden_size_of(model.config)
+        if size is None:
+            raise ValueError("stage rm puts a value head on the model's last hidden state, and this model's config "
+                             "has no hidden_size")
+        return ValueHeadModel(model, size)
+
+    def objective(self, run, tokenizer, device, ds_config):
+        def step(model, batch):
+            scores = model.score(batch)
+            (sc, sr) = halves(scores)
+            (nc, nr) = halves((batch["labels"] != -100).sum(-1))
+            valid = ((nc > 0) & (nr > 0)).float()
+            losses = pairwise_loss(sc, sr)
+            return masked_mean(losses, valid), pair_metrics(losses, valid, sc.detach(), sr.detach())
+
+        return step
+
+
+STAGE = RewardModelling()

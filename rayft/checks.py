@@ -26,6 +26,7 @@ def check_run(run: RunConfig, cluster_resources: dict[str, float], use_gpu: bool
         raise RunCheckError(str(e)) from None
     problems += _check_packages(run, use_gpu)
     problems += _check_chat_template(run)
+    problems += _check_stage(run)
     problems += _check_targets(run)
     problems += _check_resources(run, cluster_resources, use_gpu)
     problems += _check_output(run)
@@ -58,6 +59,23 @@ def _check_chat_template(run: RunConfig) -> list[str]:
         return [f"model.chat_template: stage {run.stage.name!r} renders conversations with the tokenizer's chat "
                 "template and this tokenizer has none; give one (a Jinja string) in model.chat_template"]
     return []
+
+
+def _check_stage(run: RunConfig) -> list[str]:
+    """What a preference stage needs of the models: a hidden state for a value head, a loadable reference."""
+    problems = []
+    if run.stage.name == "rm":
+        from rayft_core.model.loader import build_model_config
+        from rayft_core.model.value_head import hidden_size_of
+
+        if hidden_size_of(build_model_config(run)) is None:
+            problems.append(f"stage: rm puts a value head on the last hidden state, and {run.model.name_or_path} "
+                            "declares no hidden_size; train the reward model on a causal LM that has one")
+    reference = getattr(run.stage, "reference_model", None)
+    if reference and not (Path(reference).expanduser() / "config.json").is_file():
+        problems.append(f"stage.reference_model: {reference!r} has no config.json; point it at a model directory "
+                        "written by save_pretrained")
+    return problems
 
 
 def _check_targets(run: RunConfig) -> list[str]:

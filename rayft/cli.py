@@ -176,8 +176,14 @@ def data_preview(config_path: str, overrides: tuple[str, ...], examples: int) ->
     tokenizer = load_tokenizer(run.model)
     color = sys.stdout.isatty()
     for i, row in enumerate(rows, 1):
-        click.echo(f"─── row {i} ({len(row['input_ids'])} tokens; trained-on tokens {'in green' if color else 'in «»'}) ───")
-        click.echo(mark_trained(tokenizer, row["input_ids"], row["labels"], color, row.get("position_ids")))
+        # one part per token list: input_ids, or chosen_/rejected_ for pairs, or kl_ for KTO's mismatched answer
+        for part in (c.removesuffix("input_ids") for c in row if c.endswith("input_ids")):
+            name = f" {part.rstrip('_')}" if part else ""
+            click.echo(f"─── row {i}{name} ({len(row[part + 'input_ids'])} tokens; trained-on tokens "
+                       f"{'in green' if color else 'in «»'}) ───")
+            click.echo(mark_trained(tokenizer, row[part + "input_ids"], row[part + "labels"], color, row.get("position_ids")))
+        if "kto_tag" in row:
+            click.echo(f"    desirable: {row['kto_tag']}")
     click.echo("\n" + report.table())
     click.echo("\ntokens per row:\n" + histogram(report.lengths, run.data.max_seq_len))
     click.echo("\n" + (report.bad_rows() if report.num_bad else "no unusable rows"))

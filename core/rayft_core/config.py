@@ -386,6 +386,8 @@ class RunConfig(_Section):
         run = self.model_copy(deep=True)
         run.model.name_or_path = absolute(run.model.name_or_path)
         run.deepspeed.config_file = absolute(run.deepspeed.config_file)
+        if getattr(run.stage, "reference_model", None):
+            run.stage.reference_model = absolute(run.stage.reference_model)
         run.output.storage_path = str(Path(run.output.storage_path).expanduser().absolute())
         run.data.dataset_dir = absolute(run.data.dataset_dir) or run.data.dataset_dir
         run.data.cache_dir = run.data.cache_dir if not run.data.cache_dir or "://" in run.data.cache_dir \

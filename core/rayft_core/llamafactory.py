@@ -9,13 +9,19 @@ Every input key is accounted for: written to a rayft section, honoured by what r
 (`do_train: true`, `plot_loss: true`), or named in a note with its value and why it has no effect.
 Notes starting with "error: " mean the run would not be the one asked for (a stage rayft does not have
 yet); `rayft train` refuses to start on those. Keys left unset take LLaMA-Factory's defaults where they
-differ from rayft's and change what is trained (LF_DEFAULTS), so a translated run trains like the original.
+differ from rayft's and change what is trained (LF_DEFAULTS, LF_PREF_BETA), so a translated run trains like
+the original.
+
+Stages: pt, sft, rm and kto keep their names; dpo becomes rayft's dpo, or orpo or simpo when pref_loss
+selects those losses, as LLaMA-Factory selects them (the same loss: pref_beta is ORPO's lambda and SimPO's
+beta, simpo_gamma SimPO's margin). ppo is not yet available.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import typing
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -60,7 +66,7 @@ DIRECT = {
     "ray_storage_path": "output.storage_path",
     "ray_run_name": "output.name",
 }
-TEXT_KEYS = {"model_name_or_path", "tokenized_path", "ray_storage_path", "ray_run_name"}  # never read as numbers
+TEXT_KEYS = {"model_name_or_path", "tokenized_path", "ray_storage_path", "ray_run_name", "ref_model"}  # never numbers
 
 # rayft tuning method -> {LF key: tuning key}. LLaMA-Factory ignores another method's keys, and so does
 # rayft, with a note. None: handled in _Translation.method_key.
@@ -74,6 +80,33 @@ METHOD_KEYS: dict[str, dict[str, str | None]] = {
                "galore_target": "target", "galore_proj_type": None, "galore_layerwise": None},
 }
 LIST_KEYS = {"lora_target", "galore_target", "freeze_extra_modules"}  # comma strings; "all" stays for targets
+
+# LLaMA-Factory's stage -> rayft's; its stage dpo trains ORPO or SimPO when pref_loss names them.
+STAGES = {"pt": "pt", "sft": "sft", "rm": "rm", "dpo": "dpo", "kto": "kto"}
+DPO_LOSS_STAGES = {"orpo": "orpo", "simpo": "simpo"}
+DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo")  # pref_loss values that stay stage dpo, as its loss_type
+PREF_STAGES = ("dpo", "kto", "orpo", "simpo")  # the stages that read pref_beta
+LF_PREF_BETA = 0.1  # written out for these: rayft's simpo defaults to 2.0
+NO_DROPOUT_STAGES = PREF_STAGES  # LLaMA-Factory's DPO and KTO trainers call TRL's disable_dropout_in_model
+
+# rayft stage -> {LF key: stage key}. LLaMA-Factory ignores another stage's keys, and so does rayft, with a note
+# unless the value is LLaMA-Factory's default (LF_STAGE_DEFAULTS). None: handled in _Translation.stage_key.
+STAGE_KEYS: dict[str, dict[str, str | None]] = {
+    "sft": {"train_on_prompt": "train_on_prompt", "mask_history": "mask_history"},
+    "dpo": {"pref_beta": "beta", "pref_loss": None, "pref_ftx": "ftx", "dpo_label_smoothing": None,
+            "ref_model": "reference_model", "ref_model_adapters": None, "ref_model_quantization_bit": None,
+            "pref_bco_weight": None, "ld_alpha": None},
+    "kto": {"pref_beta": "beta", "pref_ftx": None, "kto_chosen_weight": "desirable_weight",
+            "kto_rejected_weight": "undesirable_weight", "ref_model": "reference_model", "ref_model_adapters": None,
+            "ref_model_quantization_bit": None},
+    "orpo": {"pref_beta": "beta", "pref_loss": None, "pref_ftx": None, "dpo_label_smoothing": None, "ld_alpha": None},
+    "simpo": {"pref_beta": "beta", "pref_loss": None, "pref_ftx": "ftx", "dpo_label_smoothing": None,
+              "simpo_gamma": "gamma", "ld_alpha": None},
+}
+LF_STAGE_DEFAULTS = {"train_on_prompt": False, "mask_history": False, "pref_beta": LF_PREF_BETA, "pref_loss": "sigmoid",
+                     "pref_ftx": 0.0, "dpo_label_smoothing": 0.0, "simpo_gamma": 0.5, "kto_chosen_weight": 1.0,
+                     "kto_rejected_weight": 1.0, "pref_bco_weight": 0.0, "ref_model": None, "ref_model_adapters": None,
+                     "ref_model_quantization_bit": None, "ld_alpha": None}
 
 LR_SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant", "constant_with_warmup": "constant"}
 NEAREST_SCHEDULER = {"cosine_with_restarts": "cosine", "cosine_with_min_lr": "cosine",
@@ -171,8 +204,7 @@ NO_EFFECT = {  # honoured values are LLaMA-Factory's defaults unless said otherw
 }
 # Families of keys, by prefix -> why they have no effect (always noted).
 PREFIXES = [
-    (("pref_", "dpo_", "kto_", "simpo_", "ppo_", "ref_model", "reward_model", "ld_alpha"),
-     "an option of the rm/dpo/kto/ppo stages, not yet available in rayft"),
+    (("ppo_", "reward_model"), "an option of stage ppo, which is not yet available in rayft"),
     (("oft_", "module_dropout"), "finetuning_type oft is not available in rayft"),
     (("apollo_", "badam_", "asft_", "eaft_"), "an option of an optimizer or loss rayft does not have"),
     (("image_", "video_", "audio_", "crop_to_patches", "use_audio_in_video"), _MULTIMODAL),
@@ -213,6 +245,8 @@ class _Translation:
         ft = raw.get("finetuning_type", "lora")
         # GaLore is an optimizer over full fine-tuning in LLaMA-Factory and a tuning method in rayft.
         self.method = "galore" if ft == "full" and raw.get("use_galore") else ft
+        stage = str(raw.get("stage", "sft"))
+        self.stage = DPO_LOSS_STAGES.get(str(raw.get("pref_loss")), "dpo") if stage == "dpo" else STAGES.get(stage)
 
     def set(self, path: str, value: Any) -> None:
         section, *keys = path.split(".")
@@ -236,6 +270,8 @@ class _Translation:
                 self.set(DIRECT[key], value if key in TEXT_KEYS else _number(value))
             elif any(key in keys for keys in METHOD_KEYS.values()):
                 self.method_key(key, value)
+            elif any(key in keys for keys in STAGE_KEYS.values()):
+                self.stage_key(key, value)
             elif key in NO_EFFECT:
                 ok, why = NO_EFFECT[key]
                 if value not in ok:
@@ -251,11 +287,13 @@ class _Translation:
         for key, what in (("model_name_or_path", "the model to fine-tune"), ("dataset", "the training data")):
             if not self.raw.get(key):
                 self.note(key, f"required: {what}", error=True)
-        stage = self.raw.get("stage", "sft")
-        if stage in ("pt", "sft"):
-            self.set("stage.name", stage)
+        if self.stage:
+            self.set("stage.name", self.stage)
+            if self.stage in PREF_STAGES:
+                self.set("stage.beta", LF_PREF_BETA)  # pref_beta, when given, replaces it
         else:
-            self.note("stage", "not yet available in rayft (stages pt and sft are)", error=True)
+            self.note("stage", "not yet available in rayft (stages pt, sft, rm, dpo and kto are; pref_loss orpo or "
+                               "simpo with stage dpo trains rayft's orpo or simpo)", error=True)
         if self.method in ("lora", "freeze", "full", "galore"):
             self.set("tuning.method", self.method)
         if self.method == "galore":
@@ -278,8 +316,16 @@ class _Translation:
             value = "all" if value == ["all"] and key != "freeze_extra_modules" else value
         n = _number(value)
         if key == "pissa_init":
-            if value:
+            if value and self.stage in ("dpo", "kto"):
+                # PiSSA rewrites the base weights, so the adapter-disabled reference is no longer the base model.
+                self.note(key, f"a PiSSA adapter cannot serve stage {self.stage}'s reference (the base with the "
+                               "adapter disabled); LLaMA-Factory refuses it too", error=True)
+            elif value:
                 self.set("tuning.init", "pissa")
+        elif key == "lora_dropout" and self.stage in NO_DROPOUT_STAGES:
+            if n:
+                self.note(key, f"LLaMA-Factory switches dropout off for its {_stage_words(self.stage)} training, "
+                               "so rayft leaves it at 0 too")
         elif key == "quantization_bit":
             if n in (4, 8):
                 self.set("tuning.quantization_bit", n)
@@ -302,6 +348,63 @@ class _Translation:
         else:
             self.set(f"tuning.{METHOD_KEYS[owner][key]}", n)
 
+    def stage_key(self, key: str, value: Any) -> None:
+        owners = [s for s, keys in STAGE_KEYS.items() if key in keys]
+        n = _number(value)
+        if self.stage not in owners:
+            if value is not None and n != LF_STAGE_DEFAULTS[key]:  # LLaMA-Factory ignores another stage's keys too
+                self.note(key, f"applies to rayft's stage {', '.join(owners)} only; this run is "
+                               f"{_stage_words(self.stage)}")
+            return
+        field = STAGE_KEYS[self.stage][key]
+        if field is not None:
+            self.set(f"stage.{field}", value if key in TEXT_KEYS or isinstance(value, bool) else n)
+        elif key == "pref_loss":  # orpo and simpo: it chose the stage
+            if self.stage == "dpo" and value in DPO_LOSS_TYPES:
+                self.set("stage.loss_type", value)
+            elif self.stage == "dpo":
+                self.note(key, f"rayft's stage dpo has losses {', '.join(DPO_LOSS_TYPES)} (and orpo and simpo "
+                               "as stages of their own)", error=True)
+        elif key == "pref_ftx":  # orpo and kto
+            if n and self.stage == "orpo":  # LLaMA-Factory adds pref_ftx x the chosen answer's NLL to every DPO loss
+                self.note(key, "rayft's stage orpo has its own SFT term and no extra one", error=True)
+            elif n:
+                self.set("stage.ftx", n)
+                if _number(self.raw.get("per_device_train_batch_size")) != 1:
+                    self.note(key, "LLaMA-Factory weighs KTO's SFT term by (micro-batch size / desirable answers in it)"
+                                   "^2 more than rayft does; the two agree at per_device_train_batch_size 1")
+        elif key == "dpo_label_smoothing":
+            if not n:
+                return
+            loss = self.raw.get("pref_loss", "sigmoid")
+            if self.stage == "simpo":
+                self.set("stage.label_smoothing", n)
+                self.note(key, "LLaMA-Factory refuses label smoothing with pref_loss simpo; rayft applies it to "
+                               "SimPO's loss as cDPO does to DPO's")
+            elif loss != "sigmoid":
+                self.note(key, f"label smoothing applies to the sigmoid loss only, not {loss}; LLaMA-Factory "
+                               "refuses it too", error=True)
+            else:
+                self.set("stage.label_smoothing", n)
+        elif key in ("ref_model_adapters", "ref_model_quantization_bit"):
+            if value is None:
+                return
+            if not self.raw.get("ref_model"):
+                self.note(key, "only read with ref_model; the reference is the model being trained, at its start")
+            elif key == "ref_model_adapters":
+                self.note(key, "a reference model with adapters is not available in rayft: merge them into the "
+                               "reference model and name that as ref_model", error=True)
+            else:
+                self.note(key, "rayft loads the reference model unquantized in the run's dtype (more memory, "
+                               "exact log-probabilities)")
+        elif key == "pref_bco_weight":
+            if n:
+                self.note(key, "the BCO term is not available in rayft", error=True)
+        elif key == "ld_alpha":
+            if value is not None and n != 1:
+                self.note(key, "LD-DPO's down-weighting of the longer answer's extra tokens is not available in "
+                               "rayft", error=True)
+
     def finish_data(self) -> None:
         """max_samples caps every dataset, evaluation ones too, as in LLaMA-Factory."""
         n = self.raw.get("max_samples")
@@ -313,9 +416,9 @@ class _Translation:
 
 def _in_schema_order(out: dict) -> dict:
     """Sections and their keys in the schema's order, so the YAML reads like rayft's own examples."""
-    members = {"tuning": {m.model_fields["method"].default: m for m in
-                          (schema.FullTuning, schema.FreezeTuning, schema.LoraTuning, schema.GaloreTuning)},
-               "stage": {m.model_fields["name"].default: m for m in (schema.PretrainStage, schema.SftStage)}}
+    members = {section: {m.model_fields[tag].default: m
+                         for m in typing.get_args(schema.RunConfig.model_fields[section].annotation)}
+               for section, (tag, _) in schema.UNION_TAGS.items()}
     ordered = {}
     for section, field in schema.RunConfig.model_fields.items():
         if section not in out:
@@ -327,6 +430,13 @@ def _in_schema_order(out: dict) -> dict:
         tag = schema.UNION_TAGS.get(section, ("",))[0]
         ordered[section] = values[tag] if list(values) == [tag] else values  # `stage: sft`, as rayft's examples read
     return ordered
+
+
+def _stage_words(stage: str | None) -> str:
+    """A rayft stage as the LLaMA-Factory YAML asked for it."""
+    if stage in DPO_LOSS_STAGES.values():
+        return f"stage dpo with pref_loss {stage} (rayft's stage {stage})"
+    return f"stage {stage}" if stage else "a stage rayft does not have"
 
 
 def _number(value: Any) -> Any:
@@ -349,13 +459,6 @@ def _split(value: Any) -> list[str]:
 
 # ----------------------------------------------------------------------------- keys that need more than a rename
 # Each handler takes (translation, LF key, value).
-
-
-def _stage_options(t: _Translation, key: str, value: Any) -> None:
-    if t.out.get("stage", {}).get("name") == "sft":
-        t.set(f"stage.{key}", value)
-    elif value:
-        t.note(key, "applies to stage sft only")
 
 
 def _template(t: _Translation, key: str, value: Any) -> None:
@@ -536,7 +639,6 @@ SPECIAL = {
     "disable_gradient_checkpointing": _gradient_checkpointing, "gradient_checkpointing": _gradient_checkpointing,
     "add_special_tokens": _add_special_tokens, "adapter_name_or_path": _adapter, "adapter_folder": _adapter,
     "finetuning_type": _finetuning_type, "use_galore": _use_galore,
-    "train_on_prompt": _stage_options, "mask_history": _stage_options,
     "dataset": _datasets, "eval_dataset": _datasets, "dataset_dir": _dataset_dir,
     "mix_strategy": _mix_strategy, "interleave_probs": _interleave_probs,
     "neat_packing": _neat_packing, "disable_shuffling": _disable_shuffling,

@@ -106,7 +106,7 @@ def test_unset_keys_take_llamafactory_defaults_where_they_differ_from_rayfts():
 def test_every_key_rayft_cannot_honour_is_reported_once_with_its_value_and_why():
     lf = {**MINIMAL, "report_to": "wandb", "use_unsloth": True, "save_steps": 500, "eval_steps": 100,
           "preprocessing_num_workers": 16, "ddp_timeout": 180000000, "hf_hub_token": "hf_SECRET", "not_a_key": 1,
-          "pref_beta": 0.1, "galore_rank": 4, "freeze_trainable_modules": "mlp", "lr_scheduler_type": "polynomial",
+          "pref_beta": 0.2, "galore_rank": 4, "freeze_trainable_modules": "mlp", "lr_scheduler_type": "polynomial",
           "template": "qwen3_nothink", "flash_attn": "fa3", "rope_scaling": "llama3", "mix_strategy": "interleave_once",
           "warmup_steps": 50, "resources_per_worker": {"GPU": 2}, "default_system": "You are helpful.",
           # honoured by what rayft does anyway, so not noted:
@@ -126,7 +126,15 @@ def test_every_key_rayft_cannot_honour_is_reported_once_with_its_value_and_why()
 
 
 @pytest.mark.parametrize("lf, key", [
-    ({"stage": "dpo"}, "stage"), ({"stage": "rm"}, "stage"), ({"stage": "kto"}, "stage"), ({"stage": "ppo"}, "stage"),
+    ({"stage": "ppo"}, "stage"), ({"stage": "grpo"}, "stage"),
+    ({"stage": "dpo", "pref_loss": "kto_pair"}, "pref_loss"), ({"stage": "dpo", "pref_loss": "bco"}, "pref_loss"),
+    ({"stage": "dpo", "pref_bco_weight": 0.5}, "pref_bco_weight"),
+    ({"stage": "dpo", "pref_loss": "hinge", "dpo_label_smoothing": 0.1}, "dpo_label_smoothing"),
+    ({"stage": "dpo", "pref_loss": "orpo", "dpo_label_smoothing": 0.1}, "dpo_label_smoothing"),
+    ({"stage": "dpo", "pref_loss": "orpo", "pref_ftx": 0.5}, "pref_ftx"),
+    ({"stage": "dpo", "ld_alpha": 0.5}, "ld_alpha"), ({"stage": "dpo", "pref_loss": "simpo", "ld_alpha": 0.5}, "ld_alpha"),
+    ({"stage": "kto", "ref_model": "/m/ref", "ref_model_adapters": "/m/ref-lora"}, "ref_model_adapters"),
+    ({"stage": "dpo", "pissa_init": True}, "pissa_init"), ({"stage": "kto", "pissa_init": True}, "pissa_init"),
     ({"finetuning_type": "oft"}, "finetuning_type"),
     ({"finetuning_type": "full", "quantization_bit": 4}, "quantization_bit"),
     ({"quantization_bit": 2}, "quantization_bit"),
@@ -142,9 +150,135 @@ def test_what_would_change_the_run_is_an_error_level_note(lf, key):
 
 
 def test_an_unavailable_stage_says_so():
-    _, notes = translate({**MINIMAL, "stage": "dpo", "pref_beta": 0.2})
-    assert notes[0] == 'error: stage: "dpo" -- not yet available in rayft (stages pt and sft are)'
-    assert not is_error(notes[1]) and "pref_beta" in notes[1]
+    _, notes = translate({**MINIMAL, "stage": "ppo", "pref_beta": 0.2, "reward_model": "saves/rm"})
+    assert notes[0] == ('error: stage: "ppo" -- not yet available in rayft (stages pt, sft, rm, dpo and kto are; '
+                        "pref_loss orpo or simpo with stage dpo trains rayft's orpo or simpo)")
+    assert notes[1:] == ["warning: pref_beta: 0.2 -- applies to rayft's stage dpo, kto, orpo, simpo only; this run is a "
+                         "stage rayft does not have",
+                         'warning: reward_model: "saves/rm" -- an option of stage ppo, which is not yet available in rayft']
+
+
+# Parsed from text, as users' files are read.
+FULL_DPO = yaml.safe_load("""
+model_name_or_path: /models/llama3-8b
+stage: dpo
+finetuning_type: full
+pref_beta: 0.25
+pref_loss: sigmoid
+pref_ftx: 0.5
+dpo_label_smoothing: 0.1
+ref_model: /models/llama3-8b-sft
+pref_bco_weight: 0.0
+ld_alpha: null
+dataset: dpo_en_demo
+""")
+
+
+def test_a_dpo_yaml_translates_to_exact_values_with_nothing_to_note():
+    raw, notes = translate(FULL_DPO)
+    assert notes == []
+    assert raw["stage"] == {"reference_model": "/models/llama3-8b-sft", "name": "dpo", "beta": 0.25,
+                            "loss_type": "sigmoid", "label_smoothing": 0.1, "ftx": 0.5}  # the schema's order
+    run = validate_config(raw)
+    assert (run.stage.name, run.tuning.method, run.stage.reference_model) == ("dpo", "full", "/models/llama3-8b-sft")
+
+
+@pytest.mark.parametrize("lf, stage", [
+    ({"stage": "rm"}, "rm"),
+    ({"stage": "dpo"}, {"name": "dpo", "beta": 0.1}),
+    ({"stage": "dpo", "pref_loss": "hinge", "pref_beta": "0.3"}, {"name": "dpo", "beta": 0.3, "loss_type": "hinge"}),
+    ({"stage": "dpo", "pref_loss": "ipo", "pref_ftx": 1.0}, {"name": "dpo", "beta": 0.1, "loss_type": "ipo", "ftx": 1.0}),
+    ({"stage": "dpo", "pref_loss": "orpo", "pref_beta": 0.2}, {"name": "orpo", "beta": 0.2}),
+    ({"stage": "dpo", "pref_loss": "simpo", "pref_beta": 2.5, "simpo_gamma": 1.0, "pref_ftx": 0.1},
+     {"name": "simpo", "beta": 2.5, "gamma": 1.0, "ftx": 0.1}),
+    ({"stage": "kto", "pref_beta": 0.2, "kto_chosen_weight": 1.5, "kto_rejected_weight": 0.5, "ref_model": "/m/ref"},
+     {"reference_model": "/m/ref", "name": "kto", "beta": 0.2, "desirable_weight": 1.5, "undesirable_weight": 0.5}),
+    ({"stage": "kto", "pref_ftx": 0.1, "per_device_train_batch_size": 1}, {"name": "kto", "beta": 0.1, "ftx": 0.1}),
+    # another stage's keys at LLaMA-Factory's defaults: nothing to say
+    ({"stage": "rm", "pref_beta": 0.1, "pref_loss": "sigmoid", "simpo_gamma": 0.5, "ref_model": None}, "rm"),
+    ({"stage": "sft", "kto_chosen_weight": 1.0, "pref_ftx": 0, "ld_alpha": None}, "sft"),
+])
+def test_preference_stages_and_their_keys(lf, stage):
+    raw, notes = translate({**MINIMAL, **lf})
+    assert notes == []
+    assert raw["stage"] == stage
+    validate_config(raw)
+
+
+def test_pref_loss_orpo_or_simpo_selects_the_stage_and_simpo_takes_llamafactorys_beta():
+    orpo = validate_config(translate({**MINIMAL, "stage": "dpo", "pref_loss": "orpo"})[0])
+    simpo = validate_config(translate({**MINIMAL, "stage": "dpo", "pref_loss": "simpo"})[0])
+    assert (orpo.stage.name, orpo.stage.beta) == ("orpo", 0.1)
+    # LLaMA-Factory's pref_beta defaults to 0.1 for SimPO too; rayft's simpo alone would take 2.0
+    assert (simpo.stage.name, simpo.stage.beta, simpo.stage.gamma, simpo.stage.length_normalization) == ("simpo", 0.1, 0.5, True)
+
+
+def test_translated_orpo_and_simpo_compute_llamafactorys_losses():
+    """LLaMA-Factory 0.9.5's CustomDPOTrainer.odds_ratio_loss and simpo_loss (train/dpo/trainer.py), on mean
+    answer log-probabilities, against rayft's losses with the translated values."""
+    import torch
+    import torch.nn.functional as F
+
+    from rayft_core.train.orpo import orpo_loss
+    from rayft_core.train.simpo import simpo_loss
+
+    chosen, rejected = torch.tensor([-0.3, -1.2, -2.0, -0.05]), torch.tensor([-0.9, -0.4, -2.5, -3.0])
+    lf = {**MINIMAL, "stage": "dpo", "pref_beta": 0.3, "simpo_gamma": 0.8}
+    simpo = validate_config(translate({**lf, "pref_loss": "simpo"})[0]).stage
+    orpo = validate_config(translate({**lf, "pref_loss": "orpo"})[0]).stage
+    beta, gamma = 0.3, 0.8
+
+    lf_simpo = -F.logsigmoid(beta * ((chosen - rejected) - gamma / beta))
+    log_odds = (chosen - rejected) - (torch.log1p(-torch.exp(chosen)) - torch.log1p(-torch.exp(rejected)))
+    lf_orpo = -chosen + beta * -F.logsigmoid(log_odds)
+
+    assert torch.allclose(simpo_loss(chosen, rejected, simpo.beta, simpo.gamma, simpo.label_smoothing)[0], lf_simpo)
+    assert torch.allclose(orpo_loss(chosen, rejected, orpo.beta)[0], lf_orpo)
+
+
+@pytest.mark.parametrize("lf, key, why", [
+    ({"stage": "kto", "simpo_gamma": 1.0}, "simpo_gamma", "applies to rayft's stage simpo only; this run is stage kto"),
+    ({"stage": "rm", "pref_beta": 0.2}, "pref_beta", "applies to rayft's stage dpo, kto, orpo, simpo only; this run is stage rm"),
+    ({"stage": "sft", "ref_model": "/m/ref"}, "ref_model", "applies to rayft's stage dpo, kto only; this run is stage sft"),
+    ({"stage": "dpo", "pref_loss": "orpo", "ref_model": "/m/ref"}, "ref_model",
+     "applies to rayft's stage dpo, kto only; this run is stage dpo with pref_loss orpo (rayft's stage orpo)"),
+    ({"stage": "dpo", "pref_loss": "simpo", "pref_bco_weight": 0.5}, "pref_bco_weight", "applies to rayft's stage dpo only"),
+    ({"stage": "kto", "pref_loss": "hinge"}, "pref_loss", "applies to rayft's stage dpo, orpo, simpo only"),
+    ({"stage": "kto", "ld_alpha": 0.5}, "ld_alpha", "applies to rayft's stage dpo, orpo, simpo only"),
+    ({"stage": "dpo", "kto_chosen_weight": 2.0}, "kto_chosen_weight", "applies to rayft's stage kto only"),
+    ({"stage": "dpo", "train_on_prompt": True}, "train_on_prompt", "applies to rayft's stage sft only; this run is stage dpo"),
+    ({"stage": "dpo", "ppo_epochs": 2}, "ppo_epochs", "an option of stage ppo, which is not yet available in rayft"),
+    ({"reward_model_type": "full"}, "reward_model_type", "an option of stage ppo"),
+    ({"stage": "dpo", "lora_dropout": 0.1}, "lora_dropout", "LLaMA-Factory switches dropout off for its stage dpo training"),
+    ({"stage": "dpo", "ref_model_adapters": "/m/lora"}, "ref_model_adapters", "only read with ref_model"),
+    ({"stage": "dpo", "ref_model": "/m/ref", "ref_model_quantization_bit": 4}, "ref_model_quantization_bit",
+     "rayft loads the reference model unquantized"),
+    ({"stage": "kto", "pref_ftx": 0.1}, "pref_ftx", "the two agree at per_device_train_batch_size 1"),
+    ({"stage": "dpo", "pref_loss": "simpo", "dpo_label_smoothing": 0.1}, "dpo_label_smoothing",
+     "LLaMA-Factory refuses label smoothing with pref_loss simpo"),
+])
+def test_keys_rayft_reads_differently_or_another_stage_reads_are_noted(lf, key, why):
+    raw, notes = translate({**MINIMAL, **lf})
+    assert keys_in(notes) == [key] and not is_error(notes[0]) and why in notes[0], notes
+    validate_config(raw)
+
+
+def test_what_the_noted_preference_keys_leave_in_the_config():
+    raw, _ = translate({**MINIMAL, "stage": "dpo", "lora_dropout": 0.1, "lora_rank": 4})
+    assert raw["tuning"] == {"method": "lora", "rank": 4}  # no dropout, as under LLaMA-Factory's DPO trainer
+    raw, _ = translate({**MINIMAL, "stage": "dpo", "pref_loss": "simpo", "dpo_label_smoothing": 0.1})
+    assert raw["stage"]["label_smoothing"] == 0.1
+    raw, _ = translate({**MINIMAL, "stage": "dpo", "ref_model": "/m/ref", "ref_model_quantization_bit": 4})
+    assert raw["stage"] == {"reference_model": "/m/ref", "name": "dpo", "beta": 0.1}
+
+
+@pytest.mark.parametrize("name, stage", [("qwen3_lora_dpo.yaml", {"name": "dpo", "beta": 0.1, "loss_type": "sigmoid"}),
+                                         ("qwen3_lora_kto.yaml", {"name": "kto", "beta": 0.1}),
+                                         ("qwen3_lora_reward.yaml", "rm")])
+def test_llamafactorys_preference_examples_translate(name, stage):
+    raw, notes = translate(yaml.safe_load((REPO / "examples/llamafactory" / name).read_text()))
+    assert raw["stage"] == stage and not any(is_error(n) for n in notes)
+    assert keys_in(notes) == ["template", "preprocessing_num_workers", "dataloader_num_workers", "save_steps", "ddp_timeout"]
 
 
 @pytest.mark.parametrize("lf, storage_path, name", [

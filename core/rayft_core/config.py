@@ -362,6 +362,9 @@ class RunConfig(_Section):
             problems.append("deepspeed.offload_optimizer: optimizer offload needs zero_stage >= 1, got 0")
         if self.tuning.method == "lora" and self.tuning.quantization_bit and zero == 3:
             problems.append("deepspeed.zero_stage: a bitsandbytes-quantized base cannot be sharded by ZeRO-3; use 0-2")
+        if self.stage.name not in ("pt", "sft") and getattr(self.tuning, "dropout", 0):
+            problems.append(f"tuning.dropout: stage {self.stage.name} trains without dropout (it compares the scores of two "
+                            "answers, or the policy with its reference, and dropout would add noise to both); set it to 0")
         if self.data.packing and self.stage.name not in ("pt", "sft"):
             problems.append(f"data.packing: stage {self.stage.name} scores whole answers and does not pack; set it to false")
         if self.data.streaming and not self.train.max_steps:

@@ -65,6 +65,9 @@ def test_shorthands():
     ({"model": {"name_or_path": "m", "template": "qwen2"}}, "model.template: unknown template 'qwen2'; did you mean 'qwen'?"),
     ({"data": {**MINIMAL["data"], "mix_probabilities": [1.0]}}, "data: mix_probabilities needs mix: interleave"),
     ({"data": {"train": [{"path": "a", "dataset": "b"}]}}, "data.train[0]: give exactly one of dataset"),
+    ({"stage": "dpo", "tuning": {"dropout": 0.1}}, "tuning.dropout: stage dpo trains without dropout"),
+    ({"stage": "rm", "data": {**MINIMAL["data"], "packing": True}}, "data.packing: stage rm scores whole answers"),
+    ({"stage": {"name": "simpo", "gama": 1}}, "stage.gama: unknown key (did you mean 'gamma'?)"),
 ])
 def test_combinations_that_cannot_work_are_rejected(sections, expected):
     assert any(p.startswith(expected) for p in problems({**MINIMAL, **sections}))

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rayft_core.train.preference import PairStage, Reference, halves, masked_mean, pair_metrics
 from rayft_core.train.losses import sequence_logps
+from rayft_core.train.preference import PairStage, Reference, halves, masked_mean, pair_metrics
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,

@@ -14,7 +14,7 @@ import torch
 from rayft_core.config import RunConfig
 from rayft_core.data.collate import pad_batch
 from rayft_core.train.losses import sequence_logps
-from rayft_core.train.preference import Reference, encode_conversations, masked_mean
+from rayft_core.train.preference import Reference, encode_conversations, masked_mean, without_dropout
 from rayft_core.train.stage import Stage
 
 
@@ -39,6 +39,9 @@ class Feedback(Stage):
         n = len(rows)
         return {"input_ids": both["input_ids"][:n], "labels": both["labels"][:n], "kl_input_ids": both["input_ids"][n:],
                 "kl_labels": both["labels"][n:], "kto_tag": [r["kto_tag"] for r in rows], "row_of_example": list(range(n))}
+
+    def prepare_model(self, model, run):
+        return without_dropout(model)
 
     def collate(self, examples: dict[str, Any], pad_token_id: int) -> dict[str, torch.Tensor]:
         batch = pad_batch(examples, pad_token_id)

@@ -31,6 +31,9 @@ class PairStage(Stage):
 
     columns = PAIR_COLUMNS
 
+    def prepare_model(self, model: torch.nn.Module, run: RunConfig) -> torch.nn.Module:
+        return without_dropout(model)
+
     def encode_rows(self, rows: list[dict], tokenizer: Any, run: RunConfig) -> dict[str, list]:
         both = encode_conversations(rows + rows, [r["chosen"] for r in rows] + [r["rejected"] for r in rows], tokenizer, run)
         n = len(rows)
@@ -41,6 +44,15 @@ class PairStage(Stage):
     def collate(self, examples: dict[str, Any], pad_token_id: int) -> dict[str, torch.Tensor]:
         return pad_batch({"input_ids": list(examples["chosen_input_ids"]) + list(examples["rejected_input_ids"]),
                           "labels": list(examples["chosen_labels"]) + list(examples["rejected_labels"])}, pad_token_id)
+
+
+def without_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Dropout off everywhere, as TRL's and LLaMA-Factory's preference trainers do: the stages compare
+    scores of two answers (or the policy with its reference), and dropout would add noise to both sides."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
 
 
 def halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

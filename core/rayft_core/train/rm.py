@@ -10,7 +10,7 @@ from torch import nn
 
 from rayft_core.config import RunConfig
 from rayft_core.model.value_head import ValueHeadModel, hidden_size_of
-from rayft_core.train.preference import PairStage, halves, masked_mean, pair_metrics
+from rayft_core.train.preference import PairStage, halves, masked_mean, pair_metrics, without_dropout
 
 
 def pairwise_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> torch.Tensor:
@@ -26,7 +26,7 @@ class RewardModelling(PairStage):
         if size is None:
             raise ValueError("stage rm puts a value head on the model's last hidden state, and this model's config "
                              "has no hidden_size")
-        return ValueHeadModel(model, size)
+        return ValueHeadModel(without_dropout(model), size)
 
     def objective(self, run, tokenizer, device, ds_config):
         def step(model, batch):

@@ -90,6 +90,24 @@ def train(config_path: str, overrides: tuple[str, ...]) -> None:
     click.echo(f"done: outputs in {out}")
 
 
+@main.command("export")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Directory for the exported model.")
+@click.option("--max-shard-size", default="5GB", show_default=True, help="Largest safetensors shard (e.g. 2GB, 500MB).")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), help="Cast the weights (default: as trained; merged adapters are float32).")
+@click.option("--ollama", is_flag=True, help="Also write an Ollama Modelfile.")
+def export(run_dir: str, output: str, max_shard_size: str, dtype: str | None, ollama: bool) -> None:
+    """Write the rayft run RUN_DIR as one standalone model: an adapter merged into its base (a QLoRA
+    base dequantized first), safetensors shards, tokenizer, chat_template.jinja, a reward model's value head.
+
+    Example: rayft export outputs/sft-lora -o exported/sft --dtype bfloat16 --ollama
+    """
+    from rayft_core.export import export_model
+
+    dest = _or_exit(lambda: export_model(run_dir, output, max_shard_size=max_shard_size, dtype=dtype, ollama=ollama))
+    click.echo(f"exported: {dest}")
+
+
 @main.group()
 def config() -> None:
     """Inspect and check run configs."""

@@ -12,6 +12,12 @@ import ray.data
 logger = logging.getLogger(__name__)
 
 
+# Ray Train's controller polls its workers every 2 s by default, and a worker's ray.train.report waits
+# for that poll: with metrics every step, a 20-step DPO run took 74.5 s instead of 43 s (0.5 s here)
+# on 2 cores. On a multi-node cluster set it in the job's runtime_env env_vars likewise.
+TRAIN_POLL = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+
+
 def connect(num_cpus: int | None = None) -> None:
     """ray.init() once per process. Without RAY_ADDRESS an embedded local cluster starts.
 
@@ -26,6 +32,7 @@ def connect(num_cpus: int | None = None) -> None:
         ray.init(log_to_driver=True)
         return
     cpus = num_cpus or max(os.cpu_count() or 1, 4)
+    os.environ.setdefault(*TRAIN_POLL)  # before ray.init: the local cluster's processes inherit it
     ray.init(num_cpus=cpus, log_to_driver=True)
     logger.info("started a local Ray cluster with %d logical CPUs", cpus)
 

@@ -12,6 +12,7 @@ import random
 import resource
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -217,4 +218,6 @@ def _save(engine: Any, tokenizer: Any, run: RunConfig, rank: int) -> None:
     outputs.save_model(engine.module, tokenizer, run, run.output.dir, state_dict=state_dict)
     outputs.plot_loss(run.output.dir)
     if run.output.merge_adapter and run.tuning.method == "lora":
-        outputs.merge_adapter(run, run.output.dir)
+        from rayft_core.export import export_model
+
+        export_model(run.output.dir, Path(run.output.dir) / outputs.MERGED_DIR)

@@ -1,17 +1,15 @@
-"""What a run leaves behind: metrics JSONL, a loss-curve PNG, the model in plain HF format."""
+"""What a run leaves behind: metrics JSONL, a loss-curve PNG, the model in plain HF format
+(merged copies are written by rayft_core.export)."""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from rayft_core.config import RunConfig, dump_config
-from rayft_core.model.loader import resize_embeddings
-from rayft_core.model.value_head import VALUE_HEAD_FILE
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT_FILE = "loss.png"
@@ -62,22 +60,3 @@ def save_model(model: torch.nn.Module, tokenizer: Any, run: RunConfig, output_di
     model.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(out)
     (out / CONFIG_FILE).write_text(dump_config(run))
-
-
-def merge_adapter(run: RunConfig, output_dir: str | Path) -> Path:
-    """Load the base (unquantized), apply the saved adapter, merge it in and save under merged/."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    out = Path(output_dir)
-    tokenizer = AutoTokenizer.from_pretrained(out)
-    base = AutoModelForCausalLM.from_pretrained(run.model.name_or_path, dtype=torch.float32,
-                                                trust_remote_code=run.model.trust_remote_code)
-    resize_embeddings(base, len(tokenizer), seed=run.train.seed)  # the adapter's saved embeddings then replace them
-    merged = PeftModel.from_pretrained(base, out).merge_and_unload()
-    target = out / MERGED_DIR
-    merged.save_pretrained(target, safe_serialization=True)
-    tokenizer.save_pretrained(target)
-    if (out / VALUE_HEAD_FILE).is_file():  # a reward model: its head goes with the merged weights
-        shutil.copy2(out / VALUE_HEAD_FILE, target / VALUE_HEAD_FILE)
-    return target

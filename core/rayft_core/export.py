@@ -1,0 +1,106 @@
+"""`rayft export`: a run's output as one standalone model directory that plain transformers, vLLM or
+llama.cpp/Ollama converters load without PEFT or rayft.
+
+    export_model("outputs/sft-lora", "exported/sft-lora", max_shard_size="2GB", ollama=True)
+
+- an adapter (LoRA, DoRA, PiSSA...) is merged into its base in float32. A QLoRA adapter was trained
+  against the quantized base, so that base is loaded quantized as in training and dequantized before
+  the merge: the merged weights are the ones the adapter saw, not the original higher-precision ones;
+- a full-parameter output is re-saved as it is (resharded, cast when asked);
+- weights as safetensors shards of at most max_shard_size, the tokenizer, its chat template as
+  chat_template.jinja, a reward model's value_head.safetensors, and optionally an Ollama Modelfile.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rayft_core.config import LoraTuning, RunConfig, load_config
+from rayft_core.errors import UserInputError
+from rayft_core.model.loader import quantization_config, resize_embeddings
+from rayft_core.model.value_head import VALUE_HEAD_FILE
+from rayft_core.train.outputs import CONFIG_FILE
+
+ADAPTER_FILE = "adapter_config.json"
+TEMPLATE_FILE = "chat_template.jinja"
+MODELFILE = "Modelfile"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ExportError(UserInputError):
+    """The run directory cannot be exported as asked."""
+
+
+def read_run(run_dir: str | Path) -> RunConfig:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise ExportError(f"{run_dir} holds no {CONFIG_FILE}: it is not a finished rayft run (training writes it "
+                          "with the model at the end)")
+    return load_config(path)
+
+
+def merged_model(run: RunConfig, run_dir: str | Path, tokenizer: Any) -> torch.nn.Module:
+    """The base with the run's adapter merged in, in float32."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    bits = run.tuning.quantization_bit if isinstance(run.tuning, LoraTuning) else None
+    base = AutoModelForCausalLM.from_pretrained(run.model.name_or_path, dtype=torch.float32,
+                                                quantization_config=quantization_config(run, torch.float32),
+                                                trust_remote_code=run.model.trust_remote_code)
+    if bits:
+        base = base.dequantize()  # the weights the adapter was trained against
+    resize_embeddings(base, len(tokenizer), seed=run.train.seed)  # the adapter's saved embeddings then replace them
+    return PeftModel.from_pretrained(base, str(run_dir)).merge_and_unload()
+
+
+def export_model(run_dir: str | Path, dest: str | Path, max_shard_size: str = "5GB", dtype: str | None = None,
+                 ollama: bool = False) -> Path:
+    """Write the run in ``run_dir`` as a standalone model in ``dest``; return ``dest``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir, dest = Path(run_dir), Path(dest)
+    if dest.resolve() == run_dir.resolve():
+        raise ExportError("export writes a new directory; give a destination other than the run directory")
+    if dtype is not None and dtype not in DTYPES:
+        raise ExportError(f"dtype: choose one of {', '.join(DTYPES)}, got {dtype!r}")
+    run = read_run(run_dir)
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    if (run_dir / ADAPTER_FILE).is_file():
+        model = merged_model(run, run_dir, tokenizer)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(run_dir, dtype="auto", trust_remote_code=run.model.trust_remote_code)
+    if dtype is not None:
+        model = model.to(DTYPES[dtype])
+    dest.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(dest, max_shard_size=max_shard_size, safe_serialization=True)
+    tokenizer.save_pretrained(dest)
+    if isinstance(tokenizer.chat_template, str) and not (dest / TEMPLATE_FILE).is_file():
+        (dest / TEMPLATE_FILE).write_text(tokenizer.chat_template)
+    if (run_dir / VALUE_HEAD_FILE).is_file():  # a reward model: its head goes with the weights
+        shutil.copy2(run_dir / VALUE_HEAD_FILE, dest / VALUE_HEAD_FILE)
+    if ollama:
+        (dest / MODELFILE).write_text(modelfile(tokenizer))
+    return dest
+
+
+def modelfile(tokenizer: Any) -> str:
+    """An Ollama Modelfile for the exported directory (`ollama create NAME -f Modelfile` inside it).
+
+    Ollama writes prompt templates in Go's template language, not Jinja; when it imports safetensors
+    it derives the template from the tokenizer's chat template for the families it knows. So no
+    TEMPLATE is written here: a guessed translation would be worse than Ollama's own. The stop
+    tokens are the tokenizer's end-of-turn tokens.
+    """
+    stops = [t for t in dict.fromkeys([tokenizer.eos_token, "<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"])
+             if t and t in tokenizer.get_vocab()]
+    lines = ["# Ollama: `ollama create my-model -f Modelfile` in this directory.",
+             "# The prompt template comes from chat_template.jinja / tokenizer_config.json when Ollama recognises it;",
+             "# otherwise add a TEMPLATE in Go template syntax (https://github.com/ollama/ollama/blob/main/docs/template.md).",
+             "FROM ."]
+    lines += [f'PARAMETER stop "{t}"' for t in stops]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,86 @@
+"""`rayft export`: merged weights give the adapter's logits (QLoRA: against the dequantized base it was
+trained on), shards by size, tokenizer, chat template, value head and Modelfile travel with them."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from rayft_core.export import ExportError, export_model
+from rayft_core.model.adapters import apply_tuning
+from rayft_core.model.loader import load_model
+from rayft_core.train.outputs import save_model
+from tests.conftest import run_config
+from tests.core.test_losses import _batch, load_tokenizer_for
+
+
+def _trained_adapter(tiny_model, tmp_path, name, **tuning):
+    """An adapter saved the way training saves it, with B moved off its zero init so the merge matters."""
+    run = run_config(tiny_model("llama"), [{"path": "x.json"}], tmp_path, name, tuning={"method": "lora", "rank": 4, **tuning},
+                     deepspeed={"zero_stage": 0})
+    tokenizer = load_tokenizer_for(tiny_model("llama"))
+    model = apply_tuning(load_model(run, tokenizer), run)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    out = tmp_path / name
+    save_model(model, tokenizer, run, out)
+    return model.eval(), tokenizer, out
+
+
+def _logits(model, batch):
+    with torch.no_grad():
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+@pytest.mark.parametrize("tuning", [{}, {"use_dora": True}, {"quantization_bit": 4}], ids=["lora", "dora", "qlora"])
+def test_merged_logits_equal_adapter_logits(tiny_model, tmp_path, tuning):
+    from transformers import AutoModelForCausalLM
+
+    adapter, tokenizer, out = _trained_adapter(tiny_model, tmp_path, "run", **tuning)
+    batch = _batch(tokenizer)
+    dest = export_model(out, tmp_path / "exported")
+    merged = AutoModelForCausalLM.from_pretrained(dest, dtype=torch.float32)
+    want = _logits(adapter, batch)
+    got = _logits(merged, batch)
+    assert not (dest / "adapter_config.json").exists()
+    if not tuning.get("quantization_bit"):
+        assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+        return
+    # 4-bit: the adapter was trained on the quantized base, so the merge starts from its dequantized weights.
+    # bitsandbytes' CPU kernel leaves ~3e-3 (logits ~0.13); merging into the original weights is 25x+ further off.
+    from peft import PeftModel
+
+    naive = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model("llama")), out).merge_and_unload()
+    error, naive_error = (got - want).abs().max().item(), (_logits(naive, batch) - want).abs().max().item()
+    assert error < 1e-2 and error * 10 < naive_error, (error, naive_error)
+
+
+def test_shards_template_and_modelfile(tiny_model, tmp_path):
+    _, tokenizer, out = _trained_adapter(tiny_model, tmp_path, "run")
+    dest = export_model(out, tmp_path / "exported", max_shard_size="100KB", dtype="bfloat16", ollama=True)
+    shards = sorted(p.name for p in dest.glob("model-*.safetensors"))
+    index = json.loads((dest / "model.safetensors.index.json").read_text())
+    assert len(shards) > 1 and sorted(set(index["weight_map"].values())) == shards
+    assert json.loads((dest / "config.json").read_text())["dtype"] == "bfloat16"
+    assert (dest / "chat_template.jinja").read_text() == tokenizer.chat_template
+    modelfile = (dest / "Modelfile").read_text()
+    assert "FROM ." in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+
+
+def test_refuses_what_is_not_a_run(tmp_path, tiny_model):
+    with pytest.raises(ExportError, match="holds no rayft_run.yaml: it is not a finished rayft run"):
+        export_model(tiny_model("llama"), tmp_path / "x")
+
+
+def test_cli_export(tiny_model, tmp_path):
+    from rayft.cli import main
+
+    _, _, out = _trained_adapter(tiny_model, tmp_path, "run")
+    result = CliRunner().invoke(main, ["export", str(out), "-o", str(tmp_path / "cli"), "--ollama"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "cli" / "model.safetensors").is_file() and (tmp_path / "cli" / "Modelfile").is_file()
+    assert str(tmp_path / "cli") in result.output

@@ -18,7 +18,7 @@ class RunCheckError(UserInputError):
     """The run cannot start as configured; the message says what to change."""
 
 
-def check_run(run: RunConfig, cluster_resources: dict[str, float], use_gpu: bool) -> None:
+def check_run(run: RunConfig, cluster_resources: dict[str, float], use_gpu: bool, resume: bool = False) -> None:
     problems: list[str] = []
     try:
         check_model_path(run.model)
@@ -29,7 +29,7 @@ def check_run(run: RunConfig, cluster_resources: dict[str, float], use_gpu: bool
     problems += _check_stage(run)
     problems += _check_targets(run)
     problems += _check_resources(run, cluster_resources, use_gpu)
-    problems += _check_output(run)
+    problems += _check_resume(run) if resume else _check_output(run)
     if problems:
         raise RunCheckError("the run cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
 
@@ -119,5 +119,32 @@ def _check_resources(run: RunConfig, resources: dict[str, float], use_gpu: bool)
 def _check_output(run: RunConfig) -> list[str]:
     out = Path(run.output.dir)
     if out.exists() and any(out.iterdir()) and not run.output.overwrite:
-        return [f"output.name: {out} already holds a run; choose another name or set output.overwrite=true"]
+        return [f"output.name: {out} already holds a run; choose another name, set output.overwrite=true, or "
+                "continue it from its latest checkpoint with `rayft train --resume`"]
     return []
+
+
+# What a checkpoint's contents depend on: resuming with any of these changed would load shards of another model,
+# method or layout (ZeRO partitions are per rank).
+RESUME_KEYS = ("model.name_or_path", "model.add_special_tokens", "tuning", "stage.name", "deepspeed.zero_stage",
+               "cluster.num_workers")
+
+
+def _check_resume(run: RunConfig) -> list[str]:
+    from rayft_core.config import load_config
+    from rayft_core.train.outputs import CONFIG_FILE
+
+    saved = Path(run.output.dir) / CONFIG_FILE
+    if not saved.is_file():
+        return [f"--resume: {run.output.dir} holds no run to resume ({CONFIG_FILE} is missing); check output.name "
+                "and output.storage_path"]
+    before, now = load_config(saved).model_dump(mode="json"), run.model_dump(mode="json")
+    changed = [k for k in RESUME_KEYS if _get(before, k) != _get(now, k)]
+    return [f"{k}: the run being resumed has {_get(before, k)!r}, this config {_get(now, k)!r}; its checkpoints "
+            "only load into the same model, tuning method, stage, ZeRO stage and number of workers" for k in changed]
+
+
+def _get(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree

@@ -73,7 +73,9 @@ def main(verbose: bool) -> None:
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("config_path", type=click.Path(exists=True, dir_okay=False))
 @click.argument("overrides", nargs=-1)
-def train(config_path: str, overrides: tuple[str, ...]) -> None:
+@click.option("--resume", is_flag=True, help="Continue the run in output.storage_path/output.name from its latest "
+              "checkpoint (checkpoint.save_steps), with the same model, tuning method, stage and workers.")
+def train(config_path: str, overrides: tuple[str, ...], resume: bool) -> None:
     """Train with the run config CONFIG_PATH; OVERRIDES are key.path=value pairs.
 
     Example: rayft train examples/sft_lora.yaml tuning.rank=16 cluster.num_workers=2
@@ -83,7 +85,7 @@ def train(config_path: str, overrides: tuple[str, ...]) -> None:
 
     run = _load(config_path, overrides)
     try:
-        out = run_training(run)
+        out = run_training(run, resume=resume)
     except UserInputError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(EXIT_BAD_INPUT)

@@ -293,6 +293,17 @@ class TrainConfig(_Section):
                                    "data (data.eval or data.val_size); it is always evaluated at the end.")
 
 
+class CheckpointConfig(_Section):
+    save_steps: int | None = Field(
+        None, ge=1, description="Checkpoint every N optimizer steps into the run's directory in output.storage_path: "
+        "model, optimizer and scheduler (each rank's ZeRO shard) and the data position. A run restarted after a worker "
+        "failure (cluster.max_failures) or with `rayft train --resume` continues from the latest. None: no checkpoints.")
+    keep: int | None = Field(2, ge=1, description="Checkpoints kept: the latest N, or with keep_best the N of lowest "
+                             "eval/loss. None: all.")
+    keep_best: bool = Field(False, description="Keep the checkpoints of lowest eval/loss instead of the latest; needs "
+                            "evaluation data and save_steps a multiple of train.eval_steps.")
+
+
 class DeepSpeedConfig(_Section):
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="ZeRO stage: 0 = data parallel, 1 = optimizer, 2 = + gradients, 3 = + parameters sharded.")
     offload_optimizer: bool = Field(False, description="Keep optimizer states in CPU memory (ZeRO >= 1, GPU runs).")
@@ -306,6 +317,8 @@ class ClusterConfig(_Section):
     cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per worker.")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="How workers are placed on nodes.")
+    max_failures: int = Field(0, ge=-1, description="Restart the workers this many times after a worker or its node "
+                              "dies (-1: without limit); they continue from the latest checkpoint (see checkpoint.save_steps).")
 
 
 class OutputConfig(_Section):
@@ -330,6 +343,7 @@ class RunConfig(_Section):
     stage: StageConfig = Field(default_factory=SftStage, description="The training stage and its options.")
     data: DataConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
@@ -365,6 +379,14 @@ class RunConfig(_Section):
         if self.stage.name not in ("pt", "sft") and getattr(self.tuning, "dropout", 0):
             problems.append(f"tuning.dropout: stage {self.stage.name} trains without dropout (it compares the scores of two "
                             "answers, or the policy with its reference, and dropout would add noise to both); set it to 0")
+        c = self.checkpoint
+        if c.keep_best:
+            if not (self.data.eval or self.data.val_size):
+                problems.append("checkpoint.keep_best: ranking checkpoints by eval/loss needs evaluation data "
+                                "(data.eval or data.val_size)")
+            if not (c.save_steps and self.train.eval_steps and c.save_steps % self.train.eval_steps == 0):
+                problems.append(f"checkpoint.keep_best: save_steps ({c.save_steps}) must be a multiple of "
+                                f"train.eval_steps ({self.train.eval_steps}), so every checkpoint has an eval/loss")
         if self.data.packing and self.stage.name not in ("pt", "sft"):
             problems.append(f"data.packing: stage {self.stage.name} scores whole answers and does not pack; set it to false")
         if self.data.streaming and not self.train.max_steps:

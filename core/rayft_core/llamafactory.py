@@ -60,6 +60,8 @@ DIRECT = {
     "max_grad_norm": "train.max_grad_norm",
     "seed": "train.seed",
     "logging_steps": "train.logging_steps",
+    "save_steps": "checkpoint.save_steps",
+    "save_total_limit": "checkpoint.keep",
     "eval_steps": "train.eval_steps",  # rayft evaluates whenever there is eval data (val_size or eval_dataset)
     "overwrite_output_dir": "output.overwrite",
     "ray_num_workers": "cluster.num_workers",
@@ -149,10 +151,11 @@ NO_EFFECT = {  # honoured values are LLaMA-Factory's defaults unless said otherw
                include_tokens_per_second=(True, False), include_effective_tokens_per_second=(True, False)),
     **_because("rayft writes the model only", save_only_model=(True, False)),
     **_because("rayft picks how activations are recomputed", use_reentrant_gc=(True, False)),
-    **_because("periodic checkpoints are not yet available in rayft; the final model is written",
-               save_steps=ALWAYS, save_strategy="no", save_total_limit=None, load_best_model_at_end=False),
+    **_because("rayft checkpoints every checkpoint.save_steps steps (set from save_steps)", save_strategy="steps"),
+    **_because("rayft writes the final model; checkpoint.keep_best keeps the checkpoints of lowest eval loss",
+               load_best_model_at_end=False),
     **_because("rayft always writes safetensors", save_safetensors=True),
-    **_because("resuming is not yet available in rayft; the run starts from step 0", resume_from_checkpoint=None),
+    **_because("continue a stopped run with `rayft train --resume`", resume_from_checkpoint=None),
     **_because("rayft evaluates every train.eval_steps and at the end whenever there is eval data, with the "
                "training micro-batch size", do_eval=False, eval_strategy="no",
                evaluation_strategy="no", per_device_eval_batch_size=ALWAYS,

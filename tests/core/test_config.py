@@ -66,6 +66,9 @@ def test_shorthands():
     ({"data": {**MINIMAL["data"], "mix_probabilities": [1.0]}}, "data: mix_probabilities needs mix: interleave"),
     ({"data": {"train": [{"path": "a", "dataset": "b"}]}}, "data.train[0]: give exactly one of dataset"),
     ({"stage": "dpo", "tuning": {"dropout": 0.1}}, "tuning.dropout: stage dpo trains without dropout"),
+    ({"checkpoint": {"save_steps": 10, "keep_best": True}}, "checkpoint.keep_best: ranking checkpoints by eval/loss needs"),
+    ({"checkpoint": {"save_steps": 10, "keep_best": True}, "train": {"eval_steps": 4},
+      "data": {**MINIMAL["data"], "val_size": 0.1}}, "checkpoint.keep_best: save_steps (10) must be a multiple of"),
     ({"stage": "rm", "data": {**MINIMAL["data"], "packing": True}}, "data.packing: stage rm scores whole answers"),
     ({"stage": {"name": "simpo", "gama": 1}}, "stage.gama: unknown key (did you mean 'gamma'?)"),
 ])

@@ -104,7 +104,7 @@ def test_unset_keys_take_llamafactory_defaults_where_they_differ_from_rayfts():
 
 
 def test_every_key_rayft_cannot_honour_is_reported_once_with_its_value_and_why():
-    lf = {**MINIMAL, "report_to": "wandb", "use_unsloth": True, "save_steps": 500, "eval_steps": 100,
+    lf = {**MINIMAL, "report_to": "wandb", "use_unsloth": True, "save_steps": 500, "save_strategy": "epoch", "eval_steps": 100,
           "preprocessing_num_workers": 16, "ddp_timeout": 180000000, "hf_hub_token": "hf_SECRET", "not_a_key": 1,
           "pref_beta": 0.2, "galore_rank": 4, "freeze_trainable_modules": "mlp", "lr_scheduler_type": "polynomial",
           "template": "qwen3_nothink", "flash_attn": "fa3", "rope_scaling": "llama3", "mix_strategy": "interleave_once",
@@ -112,7 +112,7 @@ def test_every_key_rayft_cannot_honour_is_reported_once_with_its_value_and_why()
           # honoured by what rayft does anyway, so not noted:
           "do_train": True, "plot_loss": True, "overwrite_cache": True, "save_only_model": False}
     raw, notes = translate(lf)
-    noted = ["report_to", "use_unsloth", "save_steps", "preprocessing_num_workers", "ddp_timeout",
+    noted = ["report_to", "use_unsloth", "save_strategy", "preprocessing_num_workers", "ddp_timeout",
              "hf_hub_token", "not_a_key", "pref_beta", "galore_rank", "freeze_trainable_modules", "lr_scheduler_type",
              "template", "flash_attn", "rope_scaling", "mix_strategy", "warmup_steps", "resources_per_worker",
              "default_system"]
@@ -278,7 +278,7 @@ def test_what_the_noted_preference_keys_leave_in_the_config():
 def test_llamafactorys_preference_examples_translate(name, stage):
     raw, notes = translate(yaml.safe_load((REPO / "examples/llamafactory" / name).read_text()))
     assert raw["stage"] == stage and not any(is_error(n) for n in notes)
-    assert keys_in(notes) == ["template", "preprocessing_num_workers", "dataloader_num_workers", "save_steps", "ddp_timeout"]
+    assert keys_in(notes) == ["template", "preprocessing_num_workers", "dataloader_num_workers", "ddp_timeout"]
 
 
 @pytest.mark.parametrize("lf, storage_path, name", [
@@ -347,7 +347,7 @@ def test_cli_imports_a_llamafactory_yaml_into_a_config_that_validates(tmp_path: 
     assert result.exit_code == 0, result.output
     text = out.read_text()
     assert text.startswith("# rayft run config translated from the LLaMA-Factory config llama3_lora_sft.yaml")
-    assert "#   warning: save_steps: 500 -- periodic checkpoints" in text
+    assert "#   warning: ddp_timeout: 180000000 -- no effect" in text
     run = load_config(out)
     assert (run.model.template, run.tuning.method, run.data.max_seq_len) == ("llama3", "lora", 1024)
     assert [s.dataset for s in run.data.train] == ["identity", "alpaca_en_demo"]
@@ -359,10 +359,10 @@ def test_cli_imports_a_llamafactory_yaml_into_a_config_that_validates(tmp_path: 
 
 def test_cli_reads_llamafactory_yamls_directly_and_refuses_error_notes(tmp_path: Path):
     lf = tmp_path / "lf.yaml"
-    lf.write_text(yaml.safe_dump({**MINIMAL, "save_steps": 100}))
+    lf.write_text(yaml.safe_dump({**MINIMAL, "save_steps": 100, "ddp_timeout": 100}))
     result = CliRunner().invoke(main, ["config", "validate", str(lf), "tuning.rank=32", "cluster.num_workers=2"])
     assert result.exit_code == 0, result.output
-    assert "warning: save_steps: 100" in result.stderr and "valid (sft, lora, 2 worker(s)" in result.stdout
+    assert "warning: ddp_timeout: 100" in result.stderr and "valid (sft, lora, 2 worker(s)" in result.stdout
 
     lf.write_text(yaml.safe_dump({**MINIMAL, "stage": "ppo"}))
     for command in (["config", "validate", str(lf)], ["config", "import-llamafactory", str(lf)]):

@@ -6,10 +6,12 @@ It knows nothing of Ray: the cluster layer hands it an iterator of batches per e
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
 import resource
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,14 +80,18 @@ def peak_memory_gb() -> float:
 
 
 def train_worker(run: RunConfig, plan: TrainPlan, epoch_batches: Callable[[int], Iterable[dict[str, Any]]],
-                 report: Callable[[dict[str, Any]], None], rank: int, world_size: int,
-                 eval_batches: Callable[[], Iterable[dict[str, Any]]] | None = None) -> None:
+                 report: Callable[..., None], rank: int, world_size: int,
+                 eval_batches: Callable[[], Iterable[dict[str, Any]]] | None = None,
+                 resume_from: str | Path | None = None) -> None:
     """Train for plan.total_steps optimizer steps and save on rank 0.
 
     ``epoch_batches(epoch)`` yields this worker's micro-batches of tokenized rows (the stage's columns,
     e.g. {"input_ids": [...], "labels": [...]}, plus "position_ids" for packed rows; one list per row);
     the stage pads them into tensors here.
     ``eval_batches()`` yields this worker's share of the evaluation rows, when there are any.
+    ``report(metrics, checkpoint_dir=None)`` is called by every rank at the same steps; with a
+    checkpoint_dir it hands over this rank's part of a checkpoint (see ``save_checkpoint``).
+    ``resume_from``: a checkpoint directory (every rank's files) to continue from.
     """
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed otherwise probes for CUDA and fails
@@ -110,12 +116,17 @@ def train_worker(run: RunConfig, plan: TrainPlan, epoch_batches: Callable[[int],
     objective = stage.objective(run, tokenizer, device, ds_config)
     engine.train()
 
-    step, window = 0, _Window()
-    for epoch in range(plan.num_epochs):
+    step, start_epoch, skip = 0, 0, 0
+    if resume_from is not None:
+        step, start_epoch, skip = load_checkpoint(engine, resume_from, run, rank)
+    window = _Window()
+    for epoch in range(start_epoch, plan.num_epochs):
         micro = -1
         for micro, examples in enumerate(epoch_batches(epoch)):
             if micro >= plan.micro_batches_per_epoch or step >= plan.total_steps:
                 break
+            if epoch == start_epoch and micro < skip:  # consumed before the checkpoint: not trained twice
+                continue
             batch = {k: v.to(device) for k, v in stage.collate(examples, tokenizer.pad_token_id).items()}
             n_input = sum(len(x) for c in sequence_columns(stage.columns) if c.endswith("input_ids") for x in examples[c])
             boundary = engine.is_gradient_accumulation_boundary()
@@ -130,7 +141,8 @@ def train_worker(run: RunConfig, plan: TrainPlan, epoch_batches: Callable[[int],
             step += 1
             eval_step = eval_batches is not None and (step == plan.total_steps or
                                                       (run.train.eval_steps and step % run.train.eval_steps == 0))
-            if not (logging_step or eval_step):
+            save_step = run.checkpoint.save_steps and step % run.checkpoint.save_steps == 0 and step < plan.total_steps
+            if not (logging_step or eval_step or save_step):
                 continue
             metrics: dict[str, Any] = {"step": step}
             if logging_step:
@@ -143,12 +155,49 @@ def train_worker(run: RunConfig, plan: TrainPlan, epoch_batches: Callable[[int],
                 metrics.update(evaluate(engine, stage, objective, eval_batches, tokenizer.pad_token_id, device))
             if rank == 0:
                 outputs.append_metrics(run.output.dir, metrics)
-            report(metrics)
+            if save_step:
+                report(metrics, checkpoint_dir=save_checkpoint(engine, rank, step, epoch, micro + 1))
+            else:
+                report(metrics)
         if step >= plan.total_steps:
             break
         if micro < 0:
             raise UserInputError("the training data ran out: an epoch gave this worker no batches")
     _save(engine, tokenizer, run, rank)
+
+
+CHECKPOINT_TAG = "state"  # DeepSpeed's folder inside a checkpoint
+TRAINER_STATE = "trainer_state.json"  # where training stood: written by rank 0 beside the DeepSpeed state
+
+
+def save_checkpoint(engine: Any, rank: int, step: int, epoch: int, micro: int) -> str:
+    """This rank's part of a checkpoint in a new local directory: its ZeRO shards (frozen weights left out:
+    they are in the base model), and on rank 0 the trainer state. The caller uploads and deletes it;
+    Ray Train merges the ranks' directories and registers the checkpoint only once all have arrived."""
+    directory = tempfile.mkdtemp(prefix="rayft-checkpoint-")
+    engine.save_checkpoint(directory, tag=CHECKPOINT_TAG, exclude_frozen_parameters=True)
+    if rank == 0:
+        state = {"step": step, "epoch": epoch, "micro_batches_done": micro}
+        (Path(directory) / TRAINER_STATE).write_text(json.dumps(state))
+    return directory
+
+
+def load_checkpoint(engine: Any, directory: str | Path, run: RunConfig, rank: int) -> tuple[int, int, int]:
+    """Restore every rank's state from a checkpoint; return (step, epoch, micro-batches of that epoch done).
+
+    Rank 0 drops metrics logged after the checkpoint (they will be logged again), so no step counts twice.
+    """
+    state = json.loads((Path(directory) / TRAINER_STATE).read_text())
+    path, _ = engine.load_checkpoint(str(directory), tag=CHECKPOINT_TAG, load_module_strict=False,
+                                     load_optimizer_states=True, load_lr_scheduler_states=True)
+    if path is None:
+        raise UserInputError(f"checkpoint {directory} holds no DeepSpeed state for this run ({CHECKPOINT_TAG}/)")
+    seed_everything(run.train.seed + state["step"])  # fresh, reproducible randomness for the rest of the run
+    if rank == 0:
+        outputs.truncate_metrics(run.output.dir, state["step"])
+        outputs.append_event(run.output.dir, {"event": "resumed", "step": state["step"], "checkpoint": str(directory)})
+        logger.info("resumed from the checkpoint of step %d", state["step"])
+    return state["step"], state["epoch"], state["micro_batches_done"]
 
 
 def evaluate(engine: Any, stage: Stage, objective: Objective, batches: Callable[[], Iterable[dict[str, Any]]],

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 from rayft_core.config import RunConfig, dump_config
 
 METRICS_FILE = "metrics.jsonl"
+EVENTS_FILE = "events.jsonl"
 LOSS_PLOT_FILE = "loss.png"
 CONFIG_FILE = "rayft_run.yaml"
 MERGED_DIR = "merged"
@@ -20,6 +22,18 @@ MERGED_DIR = "merged"
 def append_metrics(output_dir: str | Path, metrics: dict[str, Any]) -> None:
     with open(Path(output_dir) / METRICS_FILE, "a") as f:
         f.write(json.dumps(metrics) + "\n")
+
+
+def truncate_metrics(output_dir: str | Path, last_step: int) -> None:
+    """Drop the metrics logged after ``last_step`` (a run resumed from that step logs them again)."""
+    rows = [r for r in read_metrics(output_dir) if r["step"] <= last_step]
+    (Path(output_dir) / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def append_event(output_dir: str | Path, event: dict[str, Any]) -> None:
+    """events.jsonl: what happened to the run besides training (resumed from a checkpoint, ...)."""
+    with open(Path(output_dir) / EVENTS_FILE, "a") as f:
+        f.write(json.dumps({"time": time.time(), **event}) + "\n")
 
 
 def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:

@@ -1,0 +1,120 @@
+"""Checkpoints on a real local Ray cluster: a worker killed mid-run is replaced and the run continues
+from the latest checkpoint to the planned step, no step counted twice; a stopped run continues with
+--resume; a checkpoint only resumes into the run that wrote it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from rayft.checks import RunCheckError
+from rayft_core.train.outputs import read_metrics
+from tests.conftest import run_config
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+STEPS, EVERY = 12, 4
+
+
+def _run(tiny_model, workdir, alpaca_file, name, **sections):
+    sections.setdefault("cluster", {"num_workers": 2, "max_failures": 1})
+    sections.setdefault("checkpoint", {"save_steps": EVERY, "keep": 2})
+    return run_config(tiny_model("llama"), [{"path": str(alpaca_file), "format": "alpaca"}], workdir / "ckpt", name,
+                      train={"max_steps": STEPS, "micro_batch_size": 2, "logging_steps": 1}, **sections)
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    return sorted(p for p in out.glob("checkpoint_*") if p.is_dir())
+
+
+def _kill_a_worker_after_first_checkpoint(out: Path, timeout: float = 240) -> int:
+    """SIGKILL one Ray Train worker process once a checkpoint is in storage; return its pid."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if _checkpoints(out) and (out / "checkpoint_manager_snapshot.json").exists():
+            workers = [p for p in psutil.process_iter(["cmdline"]) if "ray::RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+            if workers:
+                workers[-1].send_signal(signal.SIGKILL)
+                return workers[-1].pid
+        time.sleep(0.2)
+    raise AssertionError("no checkpoint appeared in time")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model, workdir, alpaca_file) -> list[float]:
+    """The losses of the same run without a failure: a resumed run must reproduce them, which it can only
+    if the model, optimizer, scheduler and data position all came back."""
+    from rayft.train import train
+
+    run = _run(tiny_model, workdir, alpaca_file, "uninterrupted", cluster={"num_workers": 2}, checkpoint={})
+    return [r["train/loss"] for r in read_metrics(train(run))]
+
+
+def _each_step_once(out: Path, uninterrupted: list[float]) -> None:
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    assert [r["train/loss"] for r in rows] == pytest.approx(uninterrupted, rel=1e-3)
+
+
+def _resumes(out: Path) -> list[dict]:
+    path = out / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_worker_killed_mid_run_is_replaced_and_the_run_finishes(tiny_model, workdir, alpaca_file, uninterrupted):
+    from rayft.train import train
+
+    run = _run(tiny_model, workdir, alpaca_file, "worker-loss", deepspeed={"zero_stage": 3})
+    out = Path(run.output.dir)
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(out=train(run)))
+    thread.start()
+    _kill_a_worker_after_first_checkpoint(out)
+    thread.join(timeout=600)
+    assert result.get("out") == out, "the run did not finish after the worker was replaced"
+    _each_step_once(out, uninterrupted)
+    resumes = _resumes(out)
+    assert len(resumes) == 1 and resumes[0]["step"] % EVERY == 0 and 0 < resumes[0]["step"] < STEPS, resumes
+    assert resumes[0]["checkpoint"].startswith(str(out))  # restored from storage_path, not from a worker's disk
+    assert len(_checkpoints(out)) <= 2  # checkpoint.keep
+    assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_stopped_run_resumes_and_refuses_another_method(tiny_model, workdir, alpaca_file, uninterrupted):
+    from ray.train import TrainingFailedError
+
+    from rayft.train import train
+
+    run = _run(tiny_model, workdir, alpaca_file, "resume", cluster={"num_workers": 2, "max_failures": 0})
+    out = Path(run.output.dir)
+    errors: list = []
+
+    def first_attempt():
+        try:
+            train(run)
+        except Exception as e:  # noqa: BLE001 - the killed run must fail; anything else is checked below
+            errors.append(e)
+
+    thread = threading.Thread(target=first_attempt)
+    thread.start()
+    _kill_a_worker_after_first_checkpoint(out)
+    thread.join(timeout=600)
+    assert errors and isinstance(errors[0], TrainingFailedError), errors
+    done_before = max(r["step"] for r in read_metrics(out))
+    assert done_before < STEPS
+
+    other = _run(tiny_model, workdir, alpaca_file, "resume", tuning={"method": "full"})
+    with pytest.raises(RunCheckError, match=r"tuning: the run being resumed has .*'lora'.* this config .*'full'"):
+        train(other, resume=True)
+    with pytest.raises(RunCheckError, match="already holds a run; .* --resume"):
+        train(run)
+
+    assert train(run, resume=True) == out
+    _each_step_once(out, uninterrupted)
+    assert len(_resumes(out)) == 1

@@ -45,6 +45,9 @@ def _check_packages(run: RunConfig, use_gpu: bool) -> list[str]:
     if (run.deepspeed.offload_optimizer or run.deepspeed.offload_params) and not use_gpu:
         problems.append("deepspeed.offload_*: offloading moves state from GPU to CPU memory; this run has no GPU, "
                         "so set them to false")
+    from rayft_core.train.tracking import missing_trackers
+
+    problems += missing_trackers(run)
     if run.deepspeed.config_file and not Path(run.deepspeed.config_file).is_file():
         problems.append(f"deepspeed.config_file: no file at {run.deepspeed.config_file!r}")
     return problems

@@ -21,7 +21,7 @@ from rayft.cluster import connect
 from rayft.data import build_run_data
 from rayft_core.config import RunConfig, dump_config
 from rayft_core.train.loop import TrainPlan
-from rayft_core.train.outputs import CONFIG_FILE
+from rayft_core.train.outputs import CONFIG_FILE, format_summary, read_summary
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +126,9 @@ def train(run: RunConfig, resume: bool = False) -> Path:
         datasets={"train": data.train, **({"eval": data.eval} if data.eval is not None else {})},
     )
     trainer.fit()
+    summary = read_summary(out)
+    if summary:
+        logger.info("run %s finished:\n%s", run.output.name, format_summary(summary))
     return out
 
 

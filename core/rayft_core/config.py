@@ -326,6 +326,9 @@ class OutputConfig(_Section):
     name: str = Field("rayft-run", pattern=r"^[A-Za-z0-9._-]+$", description="Run name: the output is storage_path/name.")
     merge_adapter: bool = Field(False, description="Also write the base with the LoRA adapter merged into merged/.")
     overwrite: bool = Field(False, description="Replace an existing output directory instead of refusing to start.")
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list, description="Trackers fed with every report besides metrics.jsonl: TensorBoard (tensorboard/), "
+        "MLflow (a file store in mlruns/), Weights & Biases (offline, in wandb/; `wandb sync` uploads it).")
 
     @property
     def dir(self) -> str:

@@ -142,8 +142,7 @@ NO_EFFECT = {  # honoured values are LLaMA-Factory's defaults unless said otherw
                dataloader_persistent_workers=False, dataloader_prefetch_factor=None),
     **_because("no effect: Ray Data reads once for the whole cluster", data_shared_file_system=False),
     **_because("rayft always ignores padding in the loss", ignore_pad_token_for_loss=True),
-    **_because("no tracker integration yet; metrics go to Ray and metrics.jsonl",
-               report_to=("none", None, ["none"], []), use_swanlab=False),
+    **_because("rayft's trackers are tensorboard, mlflow and wandb (output.report_to)", use_swanlab=False),
     **_because("names a tracker run; rayft names runs with output.name", run_name=None),
     **_because("rayft writes metrics.jsonl into the run's output and logs every train.logging_steps",
                logging_dir=None, logging_strategy="steps", logging_first_step=False),
@@ -636,7 +635,22 @@ def _output_dir(t: _Translation, key: str, value: Any) -> None:
         t.note(key, "superseded by ray_storage_path/ray_run_name, where rayft writes the run")
 
 
+def _report_to(t: _Translation, key: str, value: Any) -> None:
+    """"none", "all", one name, a comma string or a list -> output.report_to (TensorBoard, MLflow, W&B)."""
+    names = value if isinstance(value, list) else [n.strip() for n in str(value).split(",")] if value else []
+    names = [n for n in names if n not in ("none", "")]
+    if names == ["all"]:
+        names = ["tensorboard", "mlflow", "wandb"]
+    kept = [n for n in names if n in ("tensorboard", "mlflow", "wandb")]
+    if kept:
+        t.set("output.report_to", kept)
+    if set(names) - set(kept):
+        t.note(key, f"rayft reports to tensorboard, mlflow and wandb; {', '.join(sorted(set(names) - set(kept)))} "
+                    "not available (metrics.jsonl has every value)")
+
+
 SPECIAL = {
+    "report_to": _report_to,
     "template": _template, "flash_attn": _flash_attn, "rope_scaling": _rope_scaling,
     "bf16": _dtype, "pure_bf16": _dtype, "fp16": _dtype,
     "disable_gradient_checkpointing": _gradient_checkpointing, "gradient_checkpointing": _gradient_checkpointing,

@@ -5,6 +5,7 @@ from the latest checkpoint to the planned step, no step counted twice; a stopped
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -52,8 +53,46 @@ def uninterrupted(tiny_model, workdir, alpaca_file) -> list[float]:
     if the model, optimizer, scheduler and data position all came back."""
     from rayft.train import train
 
-    run = _run(tiny_model, workdir, alpaca_file, "uninterrupted", cluster={"num_workers": 2}, checkpoint={})
-    return [r["train/loss"] for r in read_metrics(train(run))]
+    run = _run(tiny_model, workdir, alpaca_file, "uninterrupted", cluster={"num_workers": 2}, checkpoint={},
+               output={"report_to": ["tensorboard", "mlflow", "wandb"]})
+    out = train(run)
+    _check_summary_and_trackers(out)
+    return [r["train/loss"] for r in read_metrics(out)]
+
+
+def _check_summary_and_trackers(out: Path) -> None:
+    """summary.json, and every train/loss in each tracker's own files."""
+    from mlflow import MlflowClient
+
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == STEPS and summary["tokens"] > 0 and summary["tokens_per_s"] > 0
+    assert len(summary["peak_memory_gb_per_worker"]) == 2 and all(p > 0 for p in summary["peak_memory_gb_per_worker"])
+    losses = [r["train/loss"] for r in read_metrics(out)]
+    assert _tensorboard_scalars(out / "tensorboard", "train/loss") == pytest.approx(losses)
+    client = MlflowClient(tracking_uri=(out / "mlruns").as_uri())
+    (mlflow_run,) = client.search_runs([client.get_experiment_by_name("uninterrupted").experiment_id])
+    history = sorted(client.get_metric_history(mlflow_run.info.run_id, "train.loss"), key=lambda m: m.step)
+    assert [m.value for m in history] == pytest.approx(losses) and mlflow_run.data.params["tuning.method"] == "lora"
+    assert [p.stat().st_size > 0 for p in (out / "wandb").glob("offline-run-*/run-*.wandb")] == [True]
+
+
+def _tensorboard_scalars(directory: Path, tag: str) -> list[float]:
+    """The values of one tag, read straight from TensorBoard's TFRecord event files."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    values = []
+    for path in sorted(directory.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = Event.FromString(data[pos + 12 : pos + 12 + length])  # after the length and its CRC
+            pos += 12 + length + 4
+            values += [v.simple_value for v in event.summary.value if v.tag == tag]
+    return values
 
 
 def _each_step_once(out: Path, uninterrupted: list[float]) -> None:

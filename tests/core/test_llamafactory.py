@@ -104,7 +104,7 @@ def test_unset_keys_take_llamafactory_defaults_where_they_differ_from_rayfts():
 
 
 def test_every_key_rayft_cannot_honour_is_reported_once_with_its_value_and_why():
-    lf = {**MINIMAL, "report_to": "wandb", "use_unsloth": True, "save_steps": 500, "save_strategy": "epoch", "eval_steps": 100,
+    lf = {**MINIMAL, "report_to": "wandb,swanlab", "use_unsloth": True, "save_steps": 500, "save_strategy": "epoch", "eval_steps": 100,
           "preprocessing_num_workers": 16, "ddp_timeout": 180000000, "hf_hub_token": "hf_SECRET", "not_a_key": 1,
           "pref_beta": 0.2, "galore_rank": 4, "freeze_trainable_modules": "mlp", "lr_scheduler_type": "polynomial",
           "template": "qwen3_nothink", "flash_attn": "fa3", "rope_scaling": "llama3", "mix_strategy": "interleave_once",
@@ -118,7 +118,8 @@ def test_every_key_rayft_cannot_honour_is_reported_once_with_its_value_and_why()
              "default_system"]
     assert sorted(keys_in(notes)) == sorted(noted)
     assert not any(is_error(n) for n in notes)
-    assert 'warning: report_to: "wandb" -- no tracker integration yet' in "\n".join(notes)
+    assert 'warning: report_to: "wandb,swanlab" -- rayft reports to tensorboard, mlflow and wandb; swanlab' in "\n".join(notes)
+    assert raw["output"]["report_to"] == ["wandb"]
     assert "hf_SECRET" not in "\n".join(notes)  # tokens are never echoed
     assert any(n.startswith('warning: not_a_key: 1 -- not a LLaMA-Factory 0.9.5 training key') for n in notes)
     assert raw["train"]["lr_scheduler"] == "linear" and raw["data"]["mix_stopping"] == "all_exhausted"

@@ -29,6 +29,7 @@ from rayft_core.train.deepspeed_config import build_deepspeed_config
 from rayft_core.train.optim import build_optimizer, build_scheduler
 from rayft_core.train.stage import Metrics, Objective, Stage, sequence_columns
 from rayft_core.train.stages import STAGES
+from rayft_core.train.tracking import Trackers
 
 logger = logging.getLogger(__name__)
 
@@ -119,51 +120,83 @@ def train_worker(run: RunConfig, plan: TrainPlan, epoch_batches: Callable[[int],
     step, start_epoch, skip = 0, 0, 0
     if resume_from is not None:
         step, start_epoch, skip = load_checkpoint(engine, resume_from, run, rank)
-    window = _Window()
-    for epoch in range(start_epoch, plan.num_epochs):
-        micro = -1
-        for micro, examples in enumerate(epoch_batches(epoch)):
-            if micro >= plan.micro_batches_per_epoch or step >= plan.total_steps:
+    trackers = Trackers(run, resumed=resume_from is not None) if rank == 0 else None
+    try:
+        started, first_step, tokens, best_eval = time.perf_counter(), step, 0, None
+        window = _Window()
+        for epoch in range(start_epoch, plan.num_epochs):
+            micro = -1
+            for micro, examples in enumerate(epoch_batches(epoch)):
+                if micro >= plan.micro_batches_per_epoch or step >= plan.total_steps:
+                    break
+                if epoch == start_epoch and micro < skip:  # consumed before the checkpoint: not trained twice
+                    continue
+                batch = {k: v.to(device) for k, v in stage.collate(examples, tokenizer.pad_token_id).items()}
+                n_input = sum(len(x) for c in sequence_columns(stage.columns) if c.endswith("input_ids") for x in examples[c])
+                boundary = engine.is_gradient_accumulation_boundary()
+                logging_step = boundary and ((step + 1) % run.train.logging_steps == 0 or step + 1 == plan.total_steps)
+                loss, step_metrics = objective(engine.module, batch)
+                engine.backward(loss)
+                grad_norm = _grad_norm(engine, model) if logging_step else None  # reduced, not yet clipped
+                engine.step()
+                window.add(step_metrics, n_input, len(examples[stage.columns[0]]))
+                tokens += n_input
+                if not boundary:
+                    continue
+                step += 1
+                eval_step = eval_batches is not None and (step == plan.total_steps or
+                                                          (run.train.eval_steps and step % run.train.eval_steps == 0))
+                save_step = run.checkpoint.save_steps and step % run.checkpoint.save_steps == 0 and step < plan.total_steps
+                if not (logging_step or eval_step or save_step):
+                    continue
+                metrics: dict[str, Any] = {"step": step}
+                if logging_step:
+                    metrics.update(window.reduce(device, "train/"))
+                    metrics.update({"train/epoch": epoch + (micro + 1) / plan.micro_batches_per_epoch,
+                                    "train/lr": scheduler.get_last_lr()[0] if scheduler else run.train.learning_rate,
+                                    "train/grad_norm": _reported_grad_norm(engine, grad_norm), "mem/peak_gb": peak_memory_gb()})
+                    window = _Window()
+                if eval_step:
+                    metrics.update(evaluate(engine, stage, objective, eval_batches, tokenizer.pad_token_id, device))
+                    if "eval/loss" in metrics:
+                        best_eval = metrics["eval/loss"] if best_eval is None else min(best_eval, metrics["eval/loss"])
+                if rank == 0:
+                    outputs.append_metrics(run.output.dir, metrics)
+                    trackers.log(metrics, step)
+                if save_step:
+                    report(metrics, checkpoint_dir=save_checkpoint(engine, rank, step, epoch, micro + 1))
+                else:
+                    report(metrics)
+            if step >= plan.total_steps:
                 break
-            if epoch == start_epoch and micro < skip:  # consumed before the checkpoint: not trained twice
-                continue
-            batch = {k: v.to(device) for k, v in stage.collate(examples, tokenizer.pad_token_id).items()}
-            n_input = sum(len(x) for c in sequence_columns(stage.columns) if c.endswith("input_ids") for x in examples[c])
-            boundary = engine.is_gradient_accumulation_boundary()
-            logging_step = boundary and ((step + 1) % run.train.logging_steps == 0 or step + 1 == plan.total_steps)
-            loss, step_metrics = objective(engine.module, batch)
-            engine.backward(loss)
-            grad_norm = _grad_norm(engine, model) if logging_step else None  # reduced, not yet clipped
-            engine.step()
-            window.add(step_metrics, n_input, len(examples[stage.columns[0]]))
-            if not boundary:
-                continue
-            step += 1
-            eval_step = eval_batches is not None and (step == plan.total_steps or
-                                                      (run.train.eval_steps and step % run.train.eval_steps == 0))
-            save_step = run.checkpoint.save_steps and step % run.checkpoint.save_steps == 0 and step < plan.total_steps
-            if not (logging_step or eval_step or save_step):
-                continue
-            metrics: dict[str, Any] = {"step": step}
-            if logging_step:
-                metrics.update(window.reduce(device, "train/"))
-                metrics.update({"train/epoch": epoch + (micro + 1) / plan.micro_batches_per_epoch,
-                                "train/lr": scheduler.get_last_lr()[0] if scheduler else run.train.learning_rate,
-                                "train/grad_norm": _reported_grad_norm(engine, grad_norm), "mem/peak_gb": peak_memory_gb()})
-                window = _Window()
-            if eval_step:
-                metrics.update(evaluate(engine, stage, objective, eval_batches, tokenizer.pad_token_id, device))
-            if rank == 0:
-                outputs.append_metrics(run.output.dir, metrics)
-            if save_step:
-                report(metrics, checkpoint_dir=save_checkpoint(engine, rank, step, epoch, micro + 1))
-            else:
-                report(metrics)
-        if step >= plan.total_steps:
-            break
-        if micro < 0:
-            raise UserInputError("the training data ran out: an epoch gave this worker no batches")
+            if micro < 0:
+                raise UserInputError("the training data ran out: an epoch gave this worker no batches")
+        _summarize(run, device, rank, steps=step - first_step, first_step=first_step, tokens=tokens,
+                   seconds=time.perf_counter() - started, best_eval=best_eval)
+    finally:
+        if trackers is not None:
+            trackers.close()
     _save(engine, tokenizer, run, rank)
+
+
+def _summarize(run: RunConfig, device: torch.device, rank: int, steps: int, first_step: int, tokens: int,
+               seconds: float, best_eval: float | None) -> None:
+    """summary.json on rank 0: what this attempt trained, how fast, the peak memory of every worker."""
+    per_worker = torch.tensor([peak_memory_gb(), float(tokens)], dtype=torch.float64, device=device)
+    if torch.distributed.is_initialized():
+        gathered = [torch.zeros_like(per_worker) for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather(gathered, per_worker)
+    else:
+        gathered = [per_worker]
+    if rank != 0:
+        return
+    total_tokens = int(sum(g[1].item() for g in gathered))
+    outputs.write_summary(run.output.dir, {
+        "steps": steps, "resumed_from_step": first_step or None, "tokens": total_tokens,
+        "train_seconds": round(seconds, 2), "tokens_per_s": round(total_tokens / seconds, 1) if seconds else None,
+        "peak_memory_gb_per_worker": [round(g[0].item(), 3) for g in gathered],
+        "best_eval_loss": best_eval,
+        "output_dir": run.output.dir})
 
 
 CHECKPOINT_TAG = "state"  # DeepSpeed's folder inside a checkpoint

@@ -14,6 +14,7 @@ from rayft_core.config import RunConfig, dump_config
 
 METRICS_FILE = "metrics.jsonl"
 EVENTS_FILE = "events.jsonl"
+SUMMARY_FILE = "summary.json"
 LOSS_PLOT_FILE = "loss.png"
 CONFIG_FILE = "rayft_run.yaml"
 MERGED_DIR = "merged"
@@ -34,6 +35,28 @@ def append_event(output_dir: str | Path, event: dict[str, Any]) -> None:
     """events.jsonl: what happened to the run besides training (resumed from a checkpoint, ...)."""
     with open(Path(output_dir) / EVENTS_FILE, "a") as f:
         f.write(json.dumps({"time": time.time(), **event}) + "\n")
+
+
+def write_summary(output_dir: str | Path, summary: dict[str, Any]) -> None:
+    (Path(output_dir) / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def read_summary(output_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(output_dir) / SUMMARY_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The end-of-run summary as a few readable lines."""
+    peaks = summary["peak_memory_gb_per_worker"]
+    lines = [f"steps          {summary['steps']}" + (f" (resumed from step {summary['resumed_from_step']})"
+                                                     if summary.get("resumed_from_step") else ""),
+             f"tokens         {summary['tokens']:,} in {summary['train_seconds']:.1f} s: {summary['tokens_per_s']:,.0f} tokens/s",
+             f"peak memory    {', '.join(f'{p:.2f}' for p in peaks)} GB (per worker)"]
+    if summary.get("best_eval_loss") is not None:
+        lines.append(f"best eval loss {summary['best_eval_loss']:.4f}")
+    lines.append(f"artifacts      {summary['output_dir']}")
+    return "\n".join(lines)
 
 
 def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:

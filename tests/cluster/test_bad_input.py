@@ -63,7 +63,7 @@ def test_existing_output_is_not_overwritten(tiny_model, workdir, alpaca_file):
     (out / "keep.txt").write_text("precious")
     from rayft.train import train
 
-    with pytest.raises(RunCheckError, match="already holds a run; choose another name or set output.overwrite=true"):
+    with pytest.raises(RunCheckError, match="already holds a run; choose another name, set output.overwrite=true, or continue"):
         train(run)
     assert (out / "keep.txt").read_text() == "precious"
 

@@ -1,15 +1,21 @@
-"""What the side-by-side benchmarks share: LLaMA-Factory's own venv, and the process tree of a command."""
+"""What the side-by-side benchmarks share: LLaMA-Factory's and TRL's own venvs, the process tree of a command,
+and (measure, wait_idle) running a command to exit with its wall time, memory and CPU while the machine is quiet."""
 
 from __future__ import annotations
 
 import os
 import re
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import psutil
 
 LF_VENV = Path("/tmp/lf-venv")
+TRL_VENV = Path("/tmp/trl-venv")
+TRL_VERSION = "1.16.*"
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
 def ensure_lf_venv(work: Path) -> None:
@@ -32,6 +38,21 @@ def ensure_lf_venv(work: Path) -> None:
     (site / "torchaudio" / "__init__.py").write_text('"""Stub: no CPU torchaudio for torch 2.13 (rayft benchmark)."""\n')
 
 
+def ensure_trl_venv(work: Path) -> None:
+    """TRL (and PEFT) in a venv of their own, never in rayft's: the CPU torch 2.13.0 wheel first (that exact pin
+    takes the local CPU build; a looser one downloads a CUDA torch), then trl and peft constrained to it."""
+    python = TRL_VENV / "bin" / "python"
+    if python.exists() and subprocess.run([str(python), "-c", "import trl, peft"], capture_output=True).returncode == 0:
+        return
+    pip = [str(python), "-m", "pip", "install", "-q"]
+    subprocess.run(["python3", "-m", "venv", "--clear", str(TRL_VENV)], check=True)
+    subprocess.run(pip + ["torch==2.13.0"], check=True)
+    work.mkdir(parents=True, exist_ok=True)
+    cons = work / "trl-constraints.txt"
+    cons.write_text("torch==2.13.0\n")
+    subprocess.run(pip + ["-c", str(cons), f"trl=={TRL_VERSION}", "peft"], check=True)
+
+
 def session_id(pid: int) -> int | None:
     try:
         return os.getsid(pid)
@@ -52,3 +73,70 @@ def process_tree(root: psutil.Process, sid: int) -> list[psutil.Process]:
 def busy_cpu_s() -> float:
     t = psutil.cpu_times()
     return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
+def wait_idle(max_s: float | None, load: float) -> dict:
+    """Other sessions share this machine: wait (at most max_s; None: not at all) for the 1-min load average to
+    fall below `load`."""
+    if max_s is None:
+        return {"waited_s": 0.0, "load1": os.getloadavg()[0]}
+    t0 = time.time()
+    if os.getloadavg()[0] >= load:
+        print(f"waiting for the 1-min load average ({os.getloadavg()[0]:.2f}) to fall below {load} "
+              f"(at most {max_s:.0f} s) ...", flush=True)
+    while os.getloadavg()[0] >= load and time.time() - t0 < max_s:
+        time.sleep(5)
+    waited, now = time.time() - t0, os.getloadavg()[0]
+    if waited > 1:
+        print(f"waited {waited:.0f} s; load average now {now:.2f}"
+              + ("" if now < load else f" (still >= {load}: gave up waiting, figures may be contended)"), flush=True)
+    return {"waited_s": waited, "load1": now}
+
+
+def measure(cmd: list[str], cwd: Path, log: Path, env: dict[str, str]) -> dict:
+    """Run cmd to exit, offline, in a session of its own: wall time; peak of the summed RSS (every 0.5 s) and PSS
+    (every 2 s) over its process, its descendants and every process of its session (Ray's GCS/raylet/workers
+    count even if reparented); CPU seconds of that tree and of all other processes meanwhile. Every output line
+    goes to `log` with its time since start ("[  12.34s] ...")."""
+    env = {**{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "RAY_ADDRESS")},
+           **OFFLINE, "PYTHONUNBUFFERED": "1", **env}
+    peak_rss = peak_pss = 0
+    cpu: dict[tuple[int, float], float] = {}  # (pid, start time) -> last seen user + sys seconds
+    load0, busy0, t0 = os.getloadavg()[0], busy_cpu_s(), time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            errors="replace", start_new_session=True)  # text mode: tqdm's \r ends a line too
+
+    def read() -> None:
+        with open(log, "w", buffering=1) as f:  # line-buffered: the log shows progress while it runs
+            for line in proc.stdout:
+                if line.strip():
+                    f.write(f"[{time.perf_counter() - t0:8.2f}s] {line.rstrip()}\n")
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    root = psutil.Process(proc.pid)
+    polls = 0
+    while proc.poll() is None:
+        rss = pss = 0
+        full = polls % 4 == 0  # PSS (smaps_rollup) costs CPU on a 2-core machine: every 2 s only
+        for p in process_tree(root, proc.pid):
+            try:
+                with p.oneshot():
+                    m, c = p.memory_full_info() if full else p.memory_info(), p.cpu_times()
+                    cpu[(p.pid, p.create_time())] = c.user + c.system
+                rss, pss = rss + m.rss, pss + (m.pss if full else 0)
+            except psutil.Error:
+                pass
+        peak_rss, peak_pss, polls = max(peak_rss, rss), max(peak_pss, pss), polls + 1
+        time.sleep(0.5)
+    wall, busy = time.perf_counter() - t0, busy_cpu_s() - busy0
+    reader.join(timeout=10)
+    leftovers = [p for p in psutil.process_iter() if session_id(p.pid) == proc.pid]
+    for p in leftovers:  # processes this command started and left behind
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    return {"rc": proc.returncode, "wall_s": wall, "peak_rss_gb": peak_rss / 1e9, "peak_pss_gb": peak_pss / 1e9,
+            "cpu_s": sum(cpu.values()), "other_cpu_s": busy - sum(cpu.values()), "load1_at_start": load0,
+            "leftover_processes": len(leftovers), "log": str(log)}

@@ -48,7 +48,7 @@ from pathlib import Path
 
 import psutil
 
-from _peer import LF_VENV, busy_cpu_s, ensure_lf_venv, process_tree, session_id
+from _peer import LF_VENV, busy_cpu_s, ensure_lf_venv, process_tree, session_id, wait_idle
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,23 +95,6 @@ def write_data(rows: int, out: Path) -> Path:
                                 "output": f"{r['output']} (answer {i})"}, ensure_ascii=False) + "\n")
     (out / "dataset_info.json").write_text(json.dumps({"bench": {"file_name": path.name}}, indent=1))
     return path
-
-
-def wait_idle(max_s: float | None, load: float) -> dict:
-    """Other sessions share this machine: wait (at most max_s) for the 1-min load average to drop below `load`."""
-    if max_s is None:
-        return {"waited_s": 0.0, "load1": os.getloadavg()[0]}
-    t0 = time.time()
-    if os.getloadavg()[0] >= load:
-        print(f"waiting for the 1-min load average ({os.getloadavg()[0]:.2f}) to fall below {load} "
-              f"(at most {max_s:.0f} s) ...", flush=True)
-    while os.getloadavg()[0] >= load and time.time() - t0 < max_s:
-        time.sleep(5)
-    waited, now = time.time() - t0, os.getloadavg()[0]
-    if waited > 1:
-        print(f"waited {waited:.0f} s; load average now {now:.2f}"
-              + ("" if now < load else f" (still >= {load}: gave up waiting, figures may be contended)"), flush=True)
-    return {"waited_s": waited, "load1": now}
 
 
 def measure(cmd: list[str], cwd: Path, log: Path, env: dict[str, str], phases: dict[str, str],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -14,6 +15,7 @@ import psutil
 
 LF_VENV = Path("/tmp/lf-venv")
 TRL_VENV = Path("/tmp/trl-venv")
+TOKENIZER = Path("/work/shared/fixtures/tokenizers/qwen2.5-instruct")  # the model benchmarks' tokenizer
 TRL_VERSION = "1.16.*"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
@@ -140,3 +142,20 @@ def measure(cmd: list[str], cwd: Path, log: Path, env: dict[str, str]) -> dict:
     return {"rc": proc.returncode, "wall_s": wall, "peak_rss_gb": peak_rss / 1e9, "peak_pss_gb": peak_pss / 1e9,
             "cpu_s": sum(cpu.values()), "other_cpu_s": busy - sum(cpu.values()), "load1_at_start": load0,
             "leftover_processes": len(leftovers), "log": str(log)}
+
+
+def build_model(out: Path) -> int:
+    """Random-init tiny Llama + the Qwen2.5 tokenizer files copied verbatim; returns the parameter count."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from rayft_core.model.tiny import tiny_config
+
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    torch.manual_seed(0)
+    config = tiny_config("llama", len(tok), hidden_size=64, num_layers=2, pad_token_id=tok.pad_token_id,
+                         eos_token_id=tok.eos_token_id, bos_token_id=None)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(TOKENIZER / name, out / name)
+    return sum(p.numel() for p in model.parameters())

@@ -62,11 +62,10 @@ from typing import Callable
 
 import yaml
 
-from _peer import LF_VENV, TRL_VENV, ensure_lf_venv, ensure_trl_venv, measure, wait_idle
+from _peer import LF_VENV, TOKENIZER, TRL_VENV, build_model, ensure_lf_venv, ensure_trl_venv, measure, wait_idle
 
 ROOT = Path(__file__).resolve().parents[1]
 RAYFT = ROOT / ".venv" / "bin" / "rayft"
-TOKENIZER = Path("/work/shared/fixtures/tokenizers/qwen2.5-instruct")
 DATA_DIR = Path("/work/shared/data")
 WORK = Path("/tmp/dpo-bench")
 RESULTS = ROOT / "benchmarks" / "results"
@@ -74,23 +73,6 @@ RANK, ALPHA, BATCH, LR, BETA, SEED = 8, 16, 2, 5e-4, 0.1, 42
 DATASET = "dpo_bench"  # the filtered dpo_en_demo, in WORK/data/dataset_info.json
 CONTENDED = 0.25  # other processes using more cores than this on average: a contended measurement
 MARGIN = 8  # tokens under max_len that a kept pair leaves, in case a template renders a token or two more
-
-
-def build_model(out: Path) -> int:
-    """Random-init tiny Llama + the Qwen2.5 tokenizer files copied verbatim; returns the parameter count."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from rayft_core.model.tiny import tiny_config
-
-    tok = AutoTokenizer.from_pretrained(TOKENIZER)
-    torch.manual_seed(0)
-    config = tiny_config("llama", len(tok), hidden_size=64, num_layers=2, pad_token_id=tok.pad_token_id,
-                         eos_token_id=tok.eos_token_id, bos_token_id=None)
-    model = AutoModelForCausalLM.from_config(config)
-    model.save_pretrained(out)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(TOKENIZER / name, out / name)
-    return sum(p.numel() for p in model.parameters())
 
 
 def _messages(turns: list[dict]) -> list[dict]:

@@ -48,12 +48,11 @@ from pathlib import Path
 
 import psutil
 
-from _peer import LF_VENV, busy_cpu_s, ensure_lf_venv, process_tree, session_id, wait_idle
+from _peer import LF_VENV, TOKENIZER, busy_cpu_s, ensure_lf_venv, process_tree, session_id, wait_idle
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RAYFT = ROOT / ".venv" / "bin" / "rayft"
-TOKENIZER = Path("/work/shared/fixtures/tokenizers/qwen2.5-instruct")
 DEMO = Path("/work/shared/data/alpaca_en_demo.json")
 WORK = Path("/tmp/preprocess-bench")
 RESULTS = ROOT / "benchmarks" / "results"

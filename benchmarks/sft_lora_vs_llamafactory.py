@@ -38,34 +38,16 @@ from pathlib import Path
 
 import psutil
 
-from _peer import LF_VENV, busy_cpu_s, ensure_lf_venv, process_tree, session_id
+from _peer import LF_VENV, build_model, busy_cpu_s, ensure_lf_venv, process_tree, session_id
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RAYFT = ROOT / ".venv" / "bin" / "rayft"
-TOKENIZER = Path("/work/shared/fixtures/tokenizers/qwen2.5-instruct")
 DATA_DIR = Path("/work/shared/data")
 WORK = Path("/tmp/sft-bench")
 RESULTS = ROOT / "benchmarks" / "results"
 RANK, ALPHA, MAX_LEN, BATCH, LR, LOG_STEPS = 8, 16, 512, 8, 1e-4, 10
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-
-
-def build_model(out: Path) -> int:
-    """Random-init tiny Llama + the Qwen2.5 tokenizer files copied verbatim; returns the parameter count."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from rayft_core.model.tiny import tiny_config
-
-    tok = AutoTokenizer.from_pretrained(TOKENIZER)
-    torch.manual_seed(0)
-    config = tiny_config("llama", len(tok), hidden_size=64, num_layers=2, pad_token_id=tok.pad_token_id,
-                         eos_token_id=tok.eos_token_id, bos_token_id=None)
-    model = AutoModelForCausalLM.from_config(config)
-    model.save_pretrained(out)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(TOKENIZER / name, out / name)
-    return sum(p.numel() for p in model.parameters())
 
 
 def wait_idle(limit_s: float, load: float = 1.5) -> None:

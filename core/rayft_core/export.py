@@ -21,14 +21,14 @@ import torch
 
 from rayft_core.config import LoraTuning, RunConfig, load_config
 from rayft_core.errors import UserInputError
-from rayft_core.model.loader import quantization_config, resize_embeddings
+from rayft_core.model.loader import quantization_config, resize_embeddings, resolve_dtype
 from rayft_core.model.value_head import VALUE_HEAD_FILE
 from rayft_core.train.outputs import CONFIG_FILE
 
 ADAPTER_FILE = "adapter_config.json"
 TEMPLATE_FILE = "chat_template.jinja"
 MODELFILE = "Modelfile"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 class ExportError(UserInputError):
@@ -75,7 +75,7 @@ def export_model(run_dir: str | Path, dest: str | Path, max_shard_size: str = "5
     else:
         model = AutoModelForCausalLM.from_pretrained(run_dir, dtype="auto", trust_remote_code=run.model.trust_remote_code)
     if dtype is not None:
-        model = model.to(DTYPES[dtype])
+        model = model.to(resolve_dtype(dtype))
     dest.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dest, max_shard_size=max_shard_size, safe_serialization=True)
     tokenizer.save_pretrained(dest)

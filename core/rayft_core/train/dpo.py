@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from rayft_core.train.losses import sequence_logps
-from rayft_core.train.preference import PairStage, Reference, halves, masked_mean, pair_metrics
+from rayft_core.train.preference import PairStage, Reference, halves, masked_mean, pair_metrics, valid_pairs
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
@@ -44,8 +44,8 @@ class DirectPreference(PairStage):
             ref_sums = reference.logps(model, batch)
             mean = sums / counts.clamp(min=1)
             policy, ref = (mean, ref_sums / counts.clamp(min=1)) if cfg.loss_type == "ipo" else (sums, ref_sums)
-            (pc, pr), (rc, rr), (nc, nr) = halves(policy), halves(ref), halves(counts)
-            valid = ((nc > 0) & (nr > 0)).float()
+            (pc, pr), (rc, rr) = halves(policy), halves(ref)
+            valid = valid_pairs(counts)
             losses, chosen_rewards, rejected_rewards = dpo_loss(pc, pr, rc, rr, cfg.beta, cfg.loss_type, cfg.label_smoothing)
             if cfg.ftx:  # DPO-ftx: SFT on the chosen answer (its mean token negative log-likelihood)
                 losses = losses - cfg.ftx * halves(mean)[0]

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from rayft_core.train.losses import sequence_logps
-from rayft_core.train.preference import PairStage, halves, masked_mean, pair_metrics
+from rayft_core.train.preference import PairStage, halves, masked_mean, pair_metrics, valid_pairs
 
 
 def log_odds(mean_logps: torch.Tensor) -> torch.Tensor:
@@ -30,8 +30,8 @@ class OddsRatioPreference(PairStage):
 
         def step(model, batch):
             sums, counts = sequence_logps(model, batch)
-            (pc, pr), (nc, nr) = halves(sums / counts.clamp(min=1)), halves(counts)
-            valid = ((nc > 0) & (nr > 0)).float()
+            pc, pr = halves(sums / counts.clamp(min=1))
+            valid = valid_pairs(counts)
             losses, chosen_rewards, rejected_rewards = orpo_loss(pc, pr, beta)
             return masked_mean(losses, valid), pair_metrics(losses, valid, chosen_rewards, rejected_rewards, pc, pr)
 

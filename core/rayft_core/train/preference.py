@@ -61,6 +61,13 @@ def halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x[:n], x[n:]
 
 
+def valid_pairs(counts: torch.Tensor) -> torch.Tensor:
+    """1.0 for each pair whose chosen and rejected rows both carry labels (a streamed bad row is masked
+    to one without), else 0.0; ``counts`` is labelled tokens per row of a pair batch."""
+    chosen, rejected = halves(counts)
+    return ((chosen > 0) & (rejected > 0)).float()
+
+
 def pair_metrics(loss: torch.Tensor, valid: torch.Tensor, chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
                  chosen_logps: torch.Tensor | None = None, rejected_logps: torch.Tensor | None = None) -> Metrics:
     """Per-pair metrics (TRL's names), summed over the valid pairs of the batch."""

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from rayft_core.config import RunConfig
+from rayft_core.data import IGNORE_INDEX
 from rayft_core.model.value_head import ValueHeadModel, hidden_size_of
-from rayft_core.train.preference import PairStage, halves, masked_mean, pair_metrics, without_dropout
+from rayft_core.train.preference import PairStage, halves, masked_mean, pair_metrics, valid_pairs, without_dropout
 
 
 def pairwise_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> torch.Tensor:
@@ -32,8 +33,7 @@ class RewardModelling(PairStage):
         def step(model, batch):
             scores = model.score(batch)
             (sc, sr) = halves(scores)
-            (nc, nr) = halves((batch["labels"] != -100).sum(-1))
-            valid = ((nc > 0) & (nr > 0)).float()
+            valid = valid_pairs((batch["labels"] != IGNORE_INDEX).sum(-1))
             losses = pairwise_loss(sc, sr)
             return masked_mean(losses, valid), pair_metrics(losses, valid, sc.detach(), sr.detach())
 

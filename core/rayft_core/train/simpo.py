@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from rayft_core.train.losses import sequence_logps
-from rayft_core.train.preference import PairStage, halves, masked_mean, pair_metrics
+from rayft_core.train.preference import PairStage, halves, masked_mean, pair_metrics, valid_pairs
 
 
 def simpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, beta: float, gamma: float,
@@ -28,8 +28,8 @@ class SimplePreference(PairStage):
         def step(model, batch):
             sums, counts = sequence_logps(model, batch)
             mean = sums / counts.clamp(min=1)
-            (pc, pr), (nc, nr) = halves(mean if cfg.length_normalization else sums), halves(counts)
-            valid = ((nc > 0) & (nr > 0)).float()
+            pc, pr = halves(mean if cfg.length_normalization else sums)
+            valid = valid_pairs(counts)
             losses, chosen_rewards, rejected_rewards = simpo_loss(pc, pr, cfg.beta, cfg.gamma, cfg.label_smoothing)
             if cfg.ftx:
                 losses = losses - cfg.ftx * halves(mean)[0]

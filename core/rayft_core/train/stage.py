@@ -9,6 +9,7 @@ Every call returns every name (count 0 where a batch has none), so workers reduc
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, Callable
 
 import torch
@@ -21,14 +22,14 @@ Metrics = dict[str, tuple[float, float]]  # name -> (sum, count)
 Objective = Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, Metrics]]
 
 
-class Stage:
+class Stage(ABC):
     name: str
     columns: tuple[str, ...] = ("input_ids", "labels")  # read by the workers; *input_ids and *labels are token lists
 
+    @abstractmethod
     def encode_rows(self, rows: list[dict], tokenizer: Any, run: RunConfig) -> dict[str, list]:
         """Standard rows (rayft_core.data.formats) -> one list per column, plus "row_of_example"
         (which row each example came from, for error messages)."""
-        raise NotImplementedError
 
     def collate(self, examples: dict[str, Any], pad_token_id: int) -> dict[str, torch.Tensor]:
         return pad_batch(examples, pad_token_id)
@@ -37,8 +38,9 @@ class Stage:
         """The module DeepSpeed wraps (a reward model adds its value head here)."""
         return model
 
+    @abstractmethod
     def objective(self, run: RunConfig, tokenizer: Any, device: torch.device, ds_config: dict[str, Any]) -> Objective:
-        raise NotImplementedError
+        """The loss and metrics of one batch, built once per worker (a reference model is loaded here)."""
 
 
 def sequence_columns(columns: tuple[str, ...]) -> list[str]:

@@ -67,7 +67,8 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()  # the latest, after a worker failure or with --resume
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as resume_from:
         train_worker(run, plan, epoch_batches, report=report, rank=ctx.get_world_rank(), world_size=ctx.get_world_size(),
-                     eval_batches=eval_batches if eval_shard is not None else None, resume_from=resume_from)
+                     eval_batches=eval_batches if eval_shard is not None else None, resume_from=resume_from,
+                     node=ray.get_runtime_context().get_node_id())
 
 
 class _Progress(UserCallback):

@@ -11,6 +11,7 @@ import logging
 import os
 import random
 import resource
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -83,7 +84,7 @@ def peak_memory_gb() -> float:
 def train_worker(run: RunConfig, plan: TrainPlan, epoch_batches: Callable[[int], Iterable[dict[str, Any]]],
                  report: Callable[..., None], rank: int, world_size: int,
                  eval_batches: Callable[[], Iterable[dict[str, Any]]] | None = None,
-                 resume_from: str | Path | None = None) -> None:
+                 resume_from: str | Path | None = None, node: str | None = None) -> None:
     """Train for plan.total_steps optimizer steps and save on rank 0.
 
     ``epoch_batches(epoch)`` yields this worker's micro-batches of tokenized rows (the stage's columns,
@@ -93,6 +94,7 @@ def train_worker(run: RunConfig, plan: TrainPlan, epoch_batches: Callable[[int],
     ``report(metrics, checkpoint_dir=None)`` is called by every rank at the same steps; with a
     checkpoint_dir it hands over this rank's part of a checkpoint (see ``save_checkpoint``).
     ``resume_from``: a checkpoint directory (every rank's files) to continue from.
+    ``node``: which machine this worker runs on, for the summary (default: the host name).
     """
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed otherwise probes for CUDA and fails
@@ -172,7 +174,7 @@ def train_worker(run: RunConfig, plan: TrainPlan, epoch_batches: Callable[[int],
             if micro < 0:
                 raise UserInputError("the training data ran out: an epoch gave this worker no batches")
         _summarize(run, device, rank, steps=step - first_step, first_step=first_step, tokens=tokens,
-                   seconds=time.perf_counter() - started, best_eval=best_eval)
+                   seconds=time.perf_counter() - started, best_eval=best_eval, node=node or socket.gethostname())
     finally:
         if trackers is not None:
             trackers.close()
@@ -180,21 +182,22 @@ def train_worker(run: RunConfig, plan: TrainPlan, epoch_batches: Callable[[int],
 
 
 def _summarize(run: RunConfig, device: torch.device, rank: int, steps: int, first_step: int, tokens: int,
-               seconds: float, best_eval: float | None) -> None:
-    """summary.json on rank 0: what this attempt trained, how fast, the peak memory of every worker."""
-    per_worker = torch.tensor([peak_memory_gb(), float(tokens)], dtype=torch.float64, device=device)
+               seconds: float, best_eval: float | None, node: str) -> None:
+    """summary.json on rank 0: what this attempt trained, how fast; the node and peak memory of every worker."""
+    mine = {"node": node, "peak_memory_gb": round(peak_memory_gb(), 3), "tokens": tokens}
     if torch.distributed.is_initialized():
-        gathered = [torch.zeros_like(per_worker) for _ in range(torch.distributed.get_world_size())]
-        torch.distributed.all_gather(gathered, per_worker)
+        workers: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(workers, mine)
     else:
-        gathered = [per_worker]
+        workers = [mine]
     if rank != 0:
         return
-    total_tokens = int(sum(g[1].item() for g in gathered))
+    total_tokens = sum(w["tokens"] for w in workers)
     outputs.write_summary(run.output.dir, {
         "steps": steps, "resumed_from_step": first_step or None, "tokens": total_tokens,
         "train_seconds": round(seconds, 2), "tokens_per_s": round(total_tokens / seconds, 1) if seconds else None,
-        "peak_memory_gb_per_worker": [round(g[0].item(), 3) for g in gathered],
+        "peak_memory_gb_per_worker": [w["peak_memory_gb"] for w in workers],
+        "worker_nodes": [w["node"] for w in workers],
         "best_eval_loss": best_eval,
         "output_dir": run.output.dir})
 

@@ -29,7 +29,7 @@ def check_run(run: RunConfig, cluster_resources: dict[str, float], use_gpu: bool
     problems += _check_stage(run)
     problems += _check_targets(run)
     problems += _check_resources(run, cluster_resources, use_gpu)
-    problems += _check_resume(run) if resume else _check_output(run)
+    problems += _check_storage(run) or (_check_resume(run) if resume else _check_output(run))
     if problems:
         raise RunCheckError("the run cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
 
@@ -119,10 +119,22 @@ def _check_resources(run: RunConfig, resources: dict[str, float], use_gpu: bool)
     return problems
 
 
+def _check_storage(run: RunConfig) -> list[str]:
+    """Write (and remove) a probe file: a storage path nobody can write fails now, not after training."""
+    from rayft_core.storage import check_writable
+
+    why = check_writable(run.output.storage_path)
+    if why:
+        return [f"output.storage_path: cannot write to {run.output.storage_path} ({why}); choose a writable directory "
+                "or bucket (on a multi-node cluster, storage every node reaches)"]
+    return []
+
+
 def _check_output(run: RunConfig) -> list[str]:
-    out = Path(run.output.dir)
-    if out.exists() and any(out.iterdir()) and not run.output.overwrite:
-        return [f"output.name: {out} already holds a run; choose another name, set output.overwrite=true, or "
+    from rayft_core.storage import holds_files
+
+    if holds_files(run.output.dir) and not run.output.overwrite:
+        return [f"output.name: {run.output.dir} already holds a run; choose another name, set output.overwrite=true, or "
                 "continue it from its latest checkpoint with `rayft train --resume`"]
     return []
 
@@ -134,14 +146,17 @@ RESUME_KEYS = ("model.name_or_path", "model.add_special_tokens", "tuning", "stag
 
 
 def _check_resume(run: RunConfig) -> list[str]:
-    from rayft_core.config import load_config
+    import yaml
+
+    from rayft_core.config import validate_config
+    from rayft_core.storage import join, read_text
     from rayft_core.train.outputs import CONFIG_FILE
 
-    saved = Path(run.output.dir) / CONFIG_FILE
-    if not saved.is_file():
+    saved = read_text(join(run.output.dir, CONFIG_FILE))
+    if saved is None:
         return [f"--resume: {run.output.dir} holds no run to resume ({CONFIG_FILE} is missing); check output.name "
                 "and output.storage_path"]
-    before, now = load_config(saved).model_dump(mode="json"), run.model_dump(mode="json")
+    before, now = validate_config(yaml.safe_load(saved)).model_dump(mode="json"), run.model_dump(mode="json")
     changed = [k for k in RESUME_KEYS if _get(before, k) != _get(now, k)]
     return [f"{k}: the run being resumed has {_get(before, k)!r}, this config {_get(now, k)!r}; its checkpoints "
             "only load into the same model, tuning method, stage, ZeRO stage and number of workers" for k in changed]

@@ -6,22 +6,25 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
+from ray.train import WorkerGroupError
 from ray.train.torch import TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 
 from rayft.checks import check_run
 from rayft.cluster import connect
 from rayft.data import build_run_data
+from rayft_core import storage
 from rayft_core.config import RunConfig, dump_config
+from rayft_core.errors import UserInputError
 from rayft_core.train.loop import TrainPlan
-from rayft_core.train.outputs import CONFIG_FILE, format_summary, read_summary
+from rayft_core.train.outputs import CONFIG_FILE, SUMMARY_FILE, format_summary
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +94,8 @@ class _Progress(UserCallback):
             self.bar.close()
 
 
-def train(run: RunConfig, resume: bool = False) -> Path:
-    """Run one training job to completion; return the output directory.
+def train(run: RunConfig, resume: bool = False) -> Path | str:
+    """Run one training job to completion; return the run's directory (a Path, or its URI).
 
     resume: continue the run in storage_path/name from its latest checkpoint (the same config).
     """
@@ -106,11 +109,10 @@ def train(run: RunConfig, resume: bool = False) -> Path:
     plan = TrainPlan.from_rows(run, data.train_rows)
     logger.info("plan: %d optimizer steps over %d epoch(s), global batch %d", plan.total_steps, plan.num_epochs,
                 run.global_batch_size)
-    out = Path(run.output.dir)
-    if out.exists() and run.output.overwrite and not resume:  # only now: a run that fails its checks replaces nothing
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG_FILE).write_text(dump_config(run))  # first: `--resume` compares against it
+    out = run.output.dir
+    if run.output.overwrite and not resume:  # only now: a run that fails its checks replaces nothing
+        storage.delete_dir(out)
+    storage.write_text(storage.join(out, CONFIG_FILE), dump_config(run))  # first: `--resume` compares against it
 
     trainer = TorchTrainer(
         _train_loop_per_worker,
@@ -126,11 +128,43 @@ def train(run: RunConfig, resume: bool = False) -> Path:
                                 callbacks=[_Progress(plan.total_steps, run.output.name)]),
         datasets={"train": data.train, **({"eval": data.eval} if data.eval is not None else {})},
     )
-    trainer.fit()
-    summary = read_summary(out)
+    try:
+        result = trainer.fit()
+    except WorkerGroupError as e:
+        raise _user_error(e) or e
+    summary = _finish_summary(run, result)
     if summary:
         logger.info("run %s finished:\n%s", run.output.name, format_summary(summary))
-    return out
+    return out if storage.is_uri(out) else Path(out)
+
+
+def _user_error(e: WorkerGroupError) -> UserInputError | None:
+    """A worker's bad-input error (data ran out, disk full, ...) as the driver's, so the CLI prints it plainly."""
+    for rank, failure in sorted(e.worker_failures.items()):
+        if isinstance(failure, UserInputError):
+            return UserInputError(f"worker {rank}: {failure}")
+    return None
+
+
+def _finish_summary(run: RunConfig, result: Any) -> dict[str, Any] | None:
+    """summary.json as rank 0 wrote it, plus what only Ray Train knows: the best checkpoint (keep_best)."""
+    location = storage.join(run.output.dir, SUMMARY_FILE)
+    text = storage.read_text(location)
+    if text is None:
+        return None
+    summary = json.loads(text)
+    scored = [(m["eval/loss"], c) for c, m in (result.best_checkpoints or []) if "eval/loss" in m]
+    if run.checkpoint.keep_best and scored:
+        loss, checkpoint = min(scored, key=lambda x: x[0])
+        summary["best_checkpoint"] = {"path": _uri(checkpoint), "eval_loss": loss}
+        storage.write_text(location, json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _uri(checkpoint: Any) -> str:
+    """A persisted checkpoint's location as the user named its storage (Ray keeps the scheme in the filesystem)."""
+    scheme = getattr(checkpoint.filesystem, "type_name", "local")
+    return checkpoint.path if scheme == "local" else f"{scheme}://{checkpoint.path}"
 
 
 def _checkpoint_config(run: RunConfig) -> CheckpointConfig:

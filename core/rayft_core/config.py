@@ -291,6 +291,12 @@ class TrainConfig(_Section):
     logging_steps: int = Field(10, ge=1, description="Report metrics every N optimizer steps.")
     eval_steps: int | None = Field(None, ge=1, description="Evaluate every N optimizer steps when there is evaluation "
                                    "data (data.eval or data.val_size); it is always evaluated at the end.")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop once eval/loss has not improved on its best by more than early_stopping_threshold "
+        "for this many evaluations in a row; the model saved is the last one, and with checkpoint.keep_best the best "
+        "checkpoint is named in summary.json. Needs evaluation data and eval_steps. None: train to the end.")
+    early_stopping_threshold: float = Field(0.0, ge=0, description="The least decrease of eval/loss that counts as "
+                                            "an improvement for early_stopping_patience.")
 
 
 class CheckpointConfig(_Section):
@@ -322,7 +328,9 @@ class ClusterConfig(_Section):
 
 
 class OutputConfig(_Section):
-    storage_path: str = Field("outputs", description="Where runs are written (a local or shared directory).")
+    storage_path: str = Field("outputs", description="Where runs are written: a local or shared directory, or a URI "
+                              "that pyarrow reaches (s3://bucket/runs, gs://..., abfs://...). A multi-node cluster "
+                              "needs shared storage: every node writes checkpoints there.")
     name: str = Field("rayft-run", pattern=r"^[A-Za-z0-9._-]+$", description="Run name: the output is storage_path/name.")
     merge_adapter: bool = Field(False, description="Also write the base with the LoRA adapter merged into merged/.")
     overwrite: bool = Field(False, description="Replace an existing output directory instead of refusing to start.")
@@ -332,6 +340,9 @@ class OutputConfig(_Section):
 
     @property
     def dir(self) -> str:
+        """The run's directory: storage_path/name (a path, or a URI when storage_path is one)."""
+        if "://" in self.storage_path:
+            return f"{self.storage_path.rstrip('/')}/{self.name}"
         return str(Path(self.storage_path).expanduser().absolute() / self.name)
 
 
@@ -390,6 +401,9 @@ class RunConfig(_Section):
             if not (c.save_steps and self.train.eval_steps and c.save_steps % self.train.eval_steps == 0):
                 problems.append(f"checkpoint.keep_best: save_steps ({c.save_steps}) must be a multiple of "
                                 f"train.eval_steps ({self.train.eval_steps}), so every checkpoint has an eval/loss")
+        if self.train.early_stopping_patience and not (self.train.eval_steps and (self.data.eval or self.data.val_size)):
+            problems.append("train.early_stopping_patience: stopping on eval/loss needs evaluation data (data.eval or "
+                            "data.val_size) and train.eval_steps")
         if self.data.packing and self.stage.name not in ("pt", "sft"):
             problems.append(f"data.packing: stage {self.stage.name} scores whole answers and does not pack; set it to false")
         if self.data.streaming and not self.train.max_steps:
@@ -416,7 +430,8 @@ class RunConfig(_Section):
         run.deepspeed.config_file = absolute(run.deepspeed.config_file)
         if getattr(run.stage, "reference_model", None):
             run.stage.reference_model = absolute(run.stage.reference_model)
-        run.output.storage_path = str(Path(run.output.storage_path).expanduser().absolute())
+        if "://" not in run.output.storage_path:
+            run.output.storage_path = str(Path(run.output.storage_path).expanduser().absolute())
         run.data.dataset_dir = absolute(run.data.dataset_dir) or run.data.dataset_dir
         run.data.cache_dir = run.data.cache_dir if not run.data.cache_dir or "://" in run.data.cache_dir \
             else str(Path(run.data.cache_dir).expanduser().absolute())

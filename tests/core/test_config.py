@@ -71,6 +71,9 @@ def test_shorthands():
       "data": {**MINIMAL["data"], "val_size": 0.1}}, "checkpoint.keep_best: save_steps (10) must be a multiple of"),
     ({"stage": "rm", "data": {**MINIMAL["data"], "packing": True}}, "data.packing: stage rm scores whole answers"),
     ({"stage": {"name": "simpo", "gama": 1}}, "stage.gama: unknown key (did you mean 'gamma'?)"),
+    ({"train": {"early_stopping_patience": 3, "eval_steps": 5}}, "train.early_stopping_patience: stopping on eval/loss needs"),
+    ({"train": {"early_stopping_patience": 3}, "data": {**MINIMAL["data"], "val_size": 0.1}},
+     "train.early_stopping_patience: stopping on eval/loss needs"),
 ])
 def test_combinations_that_cannot_work_are_rejected(sections, expected):
     assert any(p.startswith(expected) for p in problems({**MINIMAL, **sections}))
@@ -91,3 +94,27 @@ def test_every_shipped_yaml_validates(path):
         validate_config(raw)
         return
     load_config(REPO / path)
+
+
+def test_storage_path_may_be_a_uri():
+    run = validate_config({**MINIMAL, "output": {"storage_path": "s3://bucket/runs/", "name": "a"}})
+    assert run.output.dir == "s3://bucket/runs/a"
+    assert run.with_absolute_paths().output.storage_path == "s3://bucket/runs/"
+    local = validate_config({**MINIMAL, "output": {"storage_path": "runs", "name": "a"}})
+    assert local.output.dir == str(Path("runs").absolute() / "a")
+
+
+def test_early_stopping_counts_evaluations_without_improvement():
+    from rayft_core.train.loop import TrainerState
+
+    run = validate_config({**MINIMAL, "train": {"early_stopping_patience": 2, "early_stopping_threshold": 0.01,
+                                                "eval_steps": 1}, "data": {**MINIMAL["data"], "val_size": 0.1}})
+    state = TrainerState()
+    assert state.record_eval(1.0, run) is None and state.best_eval == 1.0
+    assert state.record_eval(0.995, run) is None  # lower, but by less than the threshold: not an improvement
+    assert state.best_eval == 0.995 and state.evals_without_improvement == 1
+    assert state.record_eval(0.9, run) is None and state.evals_without_improvement == 0  # improved: counting restarts
+    assert state.record_eval(0.95, run) is None
+    stop = state.record_eval(0.91, run)
+    assert stop is not None and stop["best_eval_loss"] == 0.9 and "for 2 evaluations" in stop["reason"]
+    assert TrainerState().record_eval(None, run) is None  # a stage without eval/loss never stops early

@@ -6,11 +6,13 @@ It knows nothing of Ray: the cluster layer hands it an iterator of batches per e
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import random
 import resource
+import shutil
 import socket
 import tempfile
 import time
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 
 from rayft_core.config import RunConfig
+from rayft_core import storage
 from rayft_core.errors import UserInputError
 from rayft_core.model.adapters import apply_tuning, count_parameters
 from rayft_core.model.loader import load_model, load_tokenizer, resolve_dtype
@@ -119,19 +122,21 @@ def train_worker(run: RunConfig, plan: TrainPlan, epoch_batches: Callable[[int],
     objective = stage.objective(run, tokenizer, device, ds_config)
     engine.train()
 
-    step, start_epoch, skip = 0, 0, 0
+    out = _open_run_dir(run, resumed=resume_from is not None) if rank == 0 else None
+    state = TrainerState()
     if resume_from is not None:
-        step, start_epoch, skip = load_checkpoint(engine, resume_from, run, rank)
-    trackers = Trackers(run, resumed=resume_from is not None) if rank == 0 else None
+        state = load_checkpoint(engine, resume_from, run, out)
+    trackers = Trackers(run, out, resumed=resume_from is not None) if rank == 0 else None
+    step, first_step, stop = state.step, state.step, None
     try:
-        started, first_step, tokens, best_eval = time.perf_counter(), step, 0, None
+        started, tokens = time.perf_counter(), 0
         window = _Window()
-        for epoch in range(start_epoch, plan.num_epochs):
+        for epoch in range(state.epoch, plan.num_epochs):
             micro = -1
             for micro, examples in enumerate(epoch_batches(epoch)):
                 if micro >= plan.micro_batches_per_epoch or step >= plan.total_steps:
                     break
-                if epoch == start_epoch and micro < skip:  # consumed before the checkpoint: not trained twice
+                if epoch == state.epoch and micro < state.micro_batches_done:  # trained before the checkpoint: skipped
                     continue
                 batch = {k: v.to(device) for k, v in stage.collate(examples, tokenizer.pad_token_id).items()}
                 n_input = sum(len(x) for c in sequence_columns(stage.columns) if c.endswith("input_ids") for x in examples[c])
@@ -160,29 +165,88 @@ def train_worker(run: RunConfig, plan: TrainPlan, epoch_batches: Callable[[int],
                     window = _Window()
                 if eval_step:
                     metrics.update(evaluate(engine, stage, objective, eval_batches, tokenizer.pad_token_id, device))
-                    if "eval/loss" in metrics:
-                        best_eval = metrics["eval/loss"] if best_eval is None else min(best_eval, metrics["eval/loss"])
+                    stop = state.record_eval(metrics.get("eval/loss"), run)  # the same on every rank: eval/loss is reduced
                 if rank == 0:
-                    outputs.append_metrics(run.output.dir, metrics)
+                    outputs.append_metrics(out, metrics)
                     trackers.log(metrics, step)
-                if save_step:
-                    report(metrics, checkpoint_dir=save_checkpoint(engine, rank, step, epoch, micro + 1))
+                if save_step and stop is None:
+                    state = dataclasses.replace(state, step=step, epoch=epoch, micro_batches_done=micro + 1)
+                    checkpoint_dir = save_checkpoint(engine, rank, state)
+                    try:
+                        report(metrics, checkpoint_dir=checkpoint_dir)
+                    except OSError as e:  # the upload to storage_path; the checkpoints before this one stay whole
+                        raise UserInputError(storage.explain_os_error(
+                            e, f"the checkpoint of step {step} to {run.output.dir}")) from e
+                    if rank == 0:  # the record up to this checkpoint, where a restarted rank 0 on any node finds it
+                        _publish(out, run, f"the metrics of step {step}")
                 else:
                     report(metrics)
-            if step >= plan.total_steps:
+                if stop is not None:
+                    break
+            if step >= plan.total_steps or stop is not None:
                 break
             if micro < 0:
                 raise UserInputError("the training data ran out: an epoch gave this worker no batches")
-        _summarize(run, device, rank, steps=step - first_step, first_step=first_step, tokens=tokens,
-                   seconds=time.perf_counter() - started, best_eval=best_eval, node=node or socket.gethostname())
+        if stop is not None and rank == 0:
+            outputs.append_event(out, {"event": "early_stopped", "step": step, **stop})
+            logger.info("early stopping at step %d: %s", step, stop)
+        _summarize(run, out, device, rank, steps=step - first_step, first_step=first_step, tokens=tokens,
+                   seconds=time.perf_counter() - started, best_eval=state.best_eval, node=node or socket.gethostname(),
+                   stopped_early=stop is not None)
     finally:
         if trackers is not None:
             trackers.close()
-    _save(engine, tokenizer, run, rank)
+    _save(engine, tokenizer, run, rank, out)
 
 
-def _summarize(run: RunConfig, device: torch.device, rank: int, steps: int, first_step: int, tokens: int,
-               seconds: float, best_eval: float | None, node: str) -> None:
+@dataclass
+class TrainerState:
+    """Where training stands, saved with every checkpoint (trainer_state.json) beside the DeepSpeed state."""
+
+    step: int = 0
+    epoch: int = 0
+    micro_batches_done: int = 0  # of that epoch: skipped on resume, so no batch is trained twice
+    best_eval: float | None = None  # lowest eval/loss so far
+    evals_without_improvement: int = 0  # for train.early_stopping_patience
+
+    def record_eval(self, loss: float | None, run: RunConfig) -> dict[str, Any] | None:
+        """Count one evaluation; return why training stops early, or None."""
+        if loss is None:
+            return None
+        t = run.train
+        improved = self.best_eval is None or loss < self.best_eval - t.early_stopping_threshold
+        self.best_eval = loss if self.best_eval is None else min(loss, self.best_eval)
+        self.evals_without_improvement = 0 if improved else self.evals_without_improvement + 1
+        if t.early_stopping_patience and self.evals_without_improvement >= t.early_stopping_patience:
+            return {"reason": f"eval/loss has not improved on {self.best_eval:.6g} by more than "
+                              f"{t.early_stopping_threshold:g} for {self.evals_without_improvement} evaluations",
+                    "best_eval_loss": self.best_eval}
+        return None
+
+
+def _open_run_dir(run: RunConfig, resumed: bool) -> Path:
+    """Rank 0's local directory for the run's files (see rayft_core.storage), ready for this attempt."""
+    out = storage.local_run_dir(run.output.dir)
+    if storage.is_uri(run.output.dir):
+        shutil.rmtree(out, ignore_errors=True)  # a stale copy from another run or attempt on this node
+        out.mkdir(parents=True)
+        if resumed:
+            storage.fetch(run.output.dir, out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not resumed:  # an attempt restarted before the first checkpoint starts the record over
+        outputs.truncate_metrics(out, 0)
+    return out
+
+
+def _publish(out: Path, run: RunConfig, what: str) -> None:
+    try:
+        storage.publish(out, run.output.dir)
+    except OSError as e:
+        raise UserInputError(storage.explain_os_error(e, f"{what} to {run.output.dir}")) from e
+
+
+def _summarize(run: RunConfig, out: Path | None, device: torch.device, rank: int, steps: int, first_step: int,
+               tokens: int, seconds: float, best_eval: float | None, node: str, stopped_early: bool) -> None:
     """summary.json on rank 0: what this attempt trained, how fast; the node and peak memory of every worker."""
     mine = {"node": node, "peak_memory_gb": round(peak_memory_gb(), 3), "tokens": tokens}
     if torch.distributed.is_initialized():
@@ -193,12 +257,12 @@ def _summarize(run: RunConfig, device: torch.device, rank: int, steps: int, firs
     if rank != 0:
         return
     total_tokens = sum(w["tokens"] for w in workers)
-    outputs.write_summary(run.output.dir, {
+    outputs.write_summary(out, {
         "steps": steps, "resumed_from_step": first_step or None, "tokens": total_tokens,
         "train_seconds": round(seconds, 2), "tokens_per_s": round(total_tokens / seconds, 1) if seconds else None,
         "peak_memory_gb_per_worker": [w["peak_memory_gb"] for w in workers],
         "worker_nodes": [w["node"] for w in workers],
-        "best_eval_loss": best_eval,
+        "best_eval_loss": best_eval, "stopped_early": stopped_early,
         "output_dir": run.output.dir})
 
 
@@ -206,34 +270,43 @@ CHECKPOINT_TAG = "state"  # DeepSpeed's folder inside a checkpoint
 TRAINER_STATE = "trainer_state.json"  # where training stood: written by rank 0 beside the DeepSpeed state
 
 
-def save_checkpoint(engine: Any, rank: int, step: int, epoch: int, micro: int) -> str:
+def save_checkpoint(engine: Any, rank: int, state: TrainerState) -> str:
     """This rank's part of a checkpoint in a new local directory: its ZeRO shards (frozen weights left out:
     they are in the base model), and on rank 0 the trainer state. The caller uploads and deletes it;
-    Ray Train merges the ranks' directories and registers the checkpoint only once all have arrived."""
+    Ray Train merges the ranks' directories and registers the checkpoint only once all have arrived, so a
+    checkpoint cut short (a full disk, a lost node) is never the one a run resumes from."""
     directory = tempfile.mkdtemp(prefix="rayft-checkpoint-")
-    engine.save_checkpoint(directory, tag=CHECKPOINT_TAG, exclude_frozen_parameters=True)
-    if rank == 0:
-        state = {"step": step, "epoch": epoch, "micro_batches_done": micro}
-        (Path(directory) / TRAINER_STATE).write_text(json.dumps(state))
+    try:
+        engine.save_checkpoint(directory, tag=CHECKPOINT_TAG, exclude_frozen_parameters=True)
+        if rank == 0:
+            (Path(directory) / TRAINER_STATE).write_text(json.dumps(dataclasses.asdict(state)))
+    except OSError as e:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise UserInputError(storage.explain_os_error(e, f"the checkpoint of step {state.step} to {directory}")) from e
     return directory
 
 
-def load_checkpoint(engine: Any, directory: str | Path, run: RunConfig, rank: int) -> tuple[int, int, int]:
-    """Restore every rank's state from a checkpoint; return (step, epoch, micro-batches of that epoch done).
+def load_checkpoint(engine: Any, directory: str | Path, run: RunConfig, out: Path | None) -> TrainerState:
+    """Restore every rank's state from a checkpoint and return where training stood.
 
-    Rank 0 drops metrics logged after the checkpoint (they will be logged again), so no step counts twice.
+    Rank 0 (``out``: its run directory) drops metrics logged after the checkpoint (they will be logged
+    again), so no step counts twice.
     """
-    state = json.loads((Path(directory) / TRAINER_STATE).read_text())
+    state_file = Path(directory) / TRAINER_STATE
+    if not state_file.is_file():
+        raise UserInputError(f"checkpoint {directory} has no {TRAINER_STATE}: it was not written by rayft, or "
+                             "not completely")
+    state = TrainerState(**json.loads(state_file.read_text()))
     path, _ = engine.load_checkpoint(str(directory), tag=CHECKPOINT_TAG, load_module_strict=False,
                                      load_optimizer_states=True, load_lr_scheduler_states=True)
     if path is None:
         raise UserInputError(f"checkpoint {directory} holds no DeepSpeed state for this run ({CHECKPOINT_TAG}/)")
-    seed_everything(run.train.seed + state["step"])  # fresh, reproducible randomness for the rest of the run
-    if rank == 0:
-        outputs.truncate_metrics(run.output.dir, state["step"])
-        outputs.append_event(run.output.dir, {"event": "resumed", "step": state["step"], "checkpoint": str(directory)})
-        logger.info("resumed from the checkpoint of step %d", state["step"])
-    return state["step"], state["epoch"], state["micro_batches_done"]
+    seed_everything(run.train.seed + state.step)  # fresh, reproducible randomness for the rest of the run
+    if out is not None:
+        outputs.truncate_metrics(out, state.step)
+        outputs.append_event(out, {"event": "resumed", "step": state.step, "checkpoint": str(directory)})
+        logger.info("resumed from the checkpoint of step %d", state.step)
+    return state
 
 
 def evaluate(engine: Any, stage: Stage, objective: Objective, batches: Callable[[], Iterable[dict[str, Any]]],
@@ -295,14 +368,18 @@ class _Window:
         return {**out, "perf/tokens_per_s": tokens / elapsed, "perf/samples_per_s": samples / elapsed}
 
 
-def _save(engine: Any, tokenizer: Any, run: RunConfig, rank: int) -> None:
+def _save(engine: Any, tokenizer: Any, run: RunConfig, rank: int, out: Path | None) -> None:
     # Under ZeRO-3 every rank holds a shard: gathering is a collective all ranks must join.
     state_dict = engine._zero3_consolidated_16bit_state_dict() if run.deepspeed.zero_stage == 3 else None
     if rank != 0:
         return
-    outputs.save_model(engine.module, tokenizer, run, run.output.dir, state_dict=state_dict)
-    outputs.plot_loss(run.output.dir)
-    if run.output.merge_adapter and run.tuning.method == "lora":
-        from rayft_core.export import export_model
+    try:
+        outputs.save_model(engine.module, tokenizer, run, out, state_dict=state_dict)
+        outputs.plot_loss(out)
+        if run.output.merge_adapter and run.tuning.method == "lora":
+            from rayft_core.export import export_model
 
-        export_model(run.output.dir, Path(run.output.dir) / outputs.MERGED_DIR)
+            export_model(out, out / outputs.MERGED_DIR)
+    except OSError as e:
+        raise UserInputError(storage.explain_os_error(e, f"the trained model to {out}")) from e
+    _publish(out, run, "the trained model")

@@ -41,11 +41,6 @@ def write_summary(output_dir: str | Path, summary: dict[str, Any]) -> None:
     (Path(output_dir) / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
 
 
-def read_summary(output_dir: str | Path) -> dict[str, Any] | None:
-    path = Path(output_dir) / SUMMARY_FILE
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def format_summary(summary: dict[str, Any]) -> str:
     """The end-of-run summary as a few readable lines."""
     peaks = summary["peak_memory_gb_per_worker"]
@@ -53,8 +48,12 @@ def format_summary(summary: dict[str, Any]) -> str:
                                                      if summary.get("resumed_from_step") else ""),
              f"tokens         {summary['tokens']:,} in {summary['train_seconds']:.1f} s: {summary['tokens_per_s']:,.0f} tokens/s",
              f"peak memory    {', '.join(f'{p:.2f}' for p in peaks)} GB (per worker)"]
+    if summary.get("stopped_early"):
+        lines[0] += " (stopped early: see events.jsonl)"
     if summary.get("best_eval_loss") is not None:
         lines.append(f"best eval loss {summary['best_eval_loss']:.4f}")
+    if summary.get("best_checkpoint"):
+        lines.append(f"best checkpoint {summary['best_checkpoint']['path']}")
     lines.append(f"artifacts      {summary['output_dir']}")
     return "\n".join(lines)
 

@@ -24,13 +24,13 @@ def missing_trackers(run: RunConfig) -> list[str]:
 
 
 class Trackers:
-    """Open on rank 0 only; ``log`` takes the numeric metrics of one report."""
+    """Open on rank 0 only, writing into ``out`` (rank 0's run directory); ``log`` takes the numeric metrics
+    of one report."""
 
-    def __init__(self, run: RunConfig, resumed: bool = False):
+    def __init__(self, run: RunConfig, out: Path, resumed: bool = False):
         problems = missing_trackers(run)
         if problems:
             raise UserInputError("; ".join(problems))
-        out = Path(run.output.dir)
         self._writers: list[Any] = []
         self._closers: list[Any] = []
         name = run.output.name

@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/rayft demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 clean:
 	rm -rf $(VENV) outputs

@@ -7,6 +7,7 @@
     rayft data preview run.yaml                 rendered rows, counts, lengths, packing fill, bad rows
     rayft data prepare run.yaml -o DIR          tokenize once into Parquet that later runs train from
     rayft data templates                        the named chat templates
+    rayft tune run.yaml [--space space.yaml]    a hyperparameter sweep on Ray Tune, each trial a training run
     rayft demo                                  pre-train a tiny model, teach it a task with LoRA, score it
 """
 
@@ -84,12 +85,56 @@ def train(config_path: str, overrides: tuple[str, ...], resume: bool) -> None:
     from rayft_core.errors import UserInputError
 
     run = _load(config_path, overrides)
+    if run.tune is not None:
+        click.echo(f"error: {config_path}: this run has a tune: section (a sweep); run it with `rayft tune "
+                   f"{config_path}`, or remove the section to train once", err=True)
+        sys.exit(EXIT_BAD_INPUT)
     try:
         out = run_training(run, resume=resume)
     except UserInputError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     click.echo(f"done: outputs in {out}")
+
+
+@main.command("tune", context_settings={"ignore_unknown_options": True})
+@click.argument("config_path", type=click.Path(exists=True, dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--space", "space_path", type=click.Path(exists=True, dir_okay=False),
+              help="A YAML with the sweep (the keys of a run's tune: section, or a tune: mapping); replaces the run's own.")
+@click.option("--resume", is_flag=True, help="Continue the sweep in output.storage_path/output.name after its driver "
+              "stopped: finished trials are kept, unfinished ones continue from their latest checkpoint.")
+def tune_command(config_path: str, overrides: tuple[str, ...], space_path: str | None, resume: bool) -> None:
+    """Sweep hyperparameters of the run CONFIG_PATH on Ray Tune; every trial is a rayft training run.
+
+    \b
+    The sweep (the run's tune: section or --space):
+      space: {tuning.rank: {choice: [8, 16]}, train.learning_rate: {loguniform: [1e-5, 1e-3]}}
+      num_samples: 4, search: random|grid|optuna, scheduler: asha|fifo, metric: eval/loss, mode: min
+    Writes to output.storage_path/output.name: trials/<id>/ (each trial's run), results.csv,
+    best_run.yaml (rerun it with `rayft train`), metric_vs_params.png. See `rayft config schema`.
+    """
+    from pathlib import Path
+
+    import yaml
+
+    from rayft.tune import sweep
+
+    run = _load(config_path, overrides)
+    raw = run.model_dump(mode="json", exclude={"tune"})
+    if space_path:
+        space = yaml.safe_load(Path(space_path).read_text()) or {}
+        space = space.get("tune", space) if isinstance(space, dict) else space
+        try:
+            run = load_config(data={**raw, "tune": space})
+        except ConfigError as e:
+            click.echo(f"error: {space_path}: {e}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+    if run.tune is None:
+        click.echo(f"error: {config_path}: no sweep to run; add a tune: section or give --space space.yaml", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    result = _or_exit(lambda: sweep(raw, run.tune, resume=resume))
+    click.echo(f"done: sweep in {result.directory}")
 
 
 @main.command("export")

@@ -94,10 +94,12 @@ class _Progress(UserCallback):
             self.bar.close()
 
 
-def train(run: RunConfig, resume: bool = False) -> Path | str:
+def train(run: RunConfig, resume: bool = False, callbacks: list[UserCallback] | None = None,
+          progress: bool = True) -> Path | str:
     """Run one training job to completion; return the run's directory (a Path, or its URI).
 
     resume: continue the run in storage_path/name from its latest checkpoint (the same config).
+    callbacks: more Ray Train callbacks (a sweep's trial forwards reports to Tune); progress: the step bar.
     """
     run = run.with_absolute_paths()
     connect()
@@ -125,7 +127,7 @@ def train(run: RunConfig, resume: bool = False) -> Path | str:
         run_config=RayRunConfig(name=run.output.name, storage_path=run.output.storage_path,
                                 failure_config=FailureConfig(max_failures=run.cluster.max_failures),
                                 checkpoint_config=_checkpoint_config(run),
-                                callbacks=[_Progress(plan.total_steps, run.output.name)]),
+                                callbacks=[*(callbacks or []), *([_Progress(plan.total_steps, run.output.name)] if progress else [])]),
         datasets={"train": data.train, **({"eval": data.eval} if data.eval is not None else {})},
     )
     try:

@@ -1,0 +1,142 @@
+"""What a sweep (`rayft tune`) decides without Ray: each trial's run config, checks of the space against
+the run schema, the results table, the plots, and which trials keep their model files."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rayft_core.config import ConfigError, RunConfig, SweepConfig, set_key, validate_config
+
+# A trial's run directory keeps these whatever the retention rule: what it did and how well.
+RECORD_FILES = ("rayft_run.yaml", "metrics.jsonl", "summary.json", "events.jsonl", "loss.png")
+
+
+def trial_raw(base: dict, params: dict[str, Any]) -> dict:
+    """The base run with the trial's values set; the sweep section is not part of a trial."""
+    raw = copy.deepcopy(base)
+    raw.pop("tune", None)
+    for key, value in params.items():
+        set_key(raw, key, value, f"space.{key}")
+    return raw
+
+
+def representative_values(dist: dict[str, Any]) -> list[Any]:
+    """The values a check tries: every listed value, or both bounds of a range."""
+    (kind, values), = dist.items()
+    return list(values)
+
+
+def check_space(base: dict, sweep: SweepConfig) -> list[str]:
+    """Every value a trial can get, set alone into the base run, must give a valid run; and the metric must be
+    one the runs report. Problems name the space key (an unknown one with its closest valid key)."""
+    problems = []
+    for key, dist in sweep.space.items():
+        for value in representative_values(dist):
+            try:
+                validate_config(trial_raw(base, {key: value}))
+            except ConfigError as e:
+                problems += [f"space.{key}={value!r}: {p}" for p in e.problems]
+                break
+    metric = sweep.metric
+    if not metric.startswith(("train/", "eval/")):
+        problems.append(f"tune.metric: runs report train/* (at logging steps) and eval/* (at evaluation steps), "
+                        f"got {metric!r}")
+    elif metric.startswith("eval/"):
+        data = base.get("data", {})
+        if not (data.get("eval") or data.get("val_size")):
+            problems.append(f"tune.metric: {metric} needs evaluation data (data.eval or data.val_size); or sweep "
+                            "on a train/* metric")
+    return problems
+
+
+def grace_period(run: RunConfig, sweep: SweepConfig) -> int:
+    """ASHA's first rung: the first step at which a trial reports the metric."""
+    if sweep.grace_period:
+        return sweep.grace_period
+    if sweep.metric.startswith("eval/"):
+        return run.train.eval_steps or run.train.max_steps or 1
+    return run.train.logging_steps
+
+
+@dataclass
+class TrialRow:
+    trial: str
+    params: dict[str, Any]
+    metric: float | None
+    steps: int | None
+    seconds: float | None
+    state: str  # finished | stopped early | error: ...
+    run_dir: str
+    reported: list[str] = field(default_factory=list)  # every metric name it reported
+
+
+def ranked(rows: list[TrialRow], mode: str) -> list[TrialRow]:
+    """Trials with the metric, best first; then those without it."""
+    scored = [r for r in rows if r.metric is not None and not math.isnan(r.metric)]
+    scored.sort(key=lambda r: r.metric if mode == "min" else -r.metric)
+    return scored + [r for r in rows if r not in scored]
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "-" if v is None else str(v)
+
+
+def table(rows: list[TrialRow], keys: list[str], metric: str) -> str:
+    header = ["trial", *keys, metric, "steps", "time_s", "state"]
+    body = [[r.trial, *(_fmt(r.params.get(k)) for k in keys), _fmt(r.metric), _fmt(r.steps),
+             _fmt(round(r.seconds, 1) if r.seconds is not None else None), r.state] for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, *body])
+
+
+def csv_text(rows: list[TrialRow], keys: list[str], metric: str) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["trial", *keys, metric, "steps", "time_s", "state", "run_dir"])
+    for r in rows:
+        writer.writerow([r.trial, *(r.params.get(k) for k in keys), r.metric, r.steps, r.seconds, r.state, r.run_dir])
+    return buf.getvalue()
+
+
+def plot(rows: list[TrialRow], sweep: SweepConfig, path: Path) -> Path | None:
+    """One panel per hyperparameter: the metric of every trial that reported it against the trial's value."""
+    scored = [r for r in rows if r.metric is not None]
+    if not scored:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(sweep.space)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), dpi=110, squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        values = [r.params.get(key) for r in scored]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        xs = values if numeric else [str(v) for v in values]
+        ax.scatter(xs, [r.metric for r in scored], c=["tab:green" if r.state == "finished" else "tab:orange" for r in scored])
+        if "loguniform" in sweep.space[key]:
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel(sweep.metric)
+        ax.grid(alpha=0.3)
+    fig.suptitle("green: finished, orange: stopped early")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def best_run_raw(base: dict, best: TrialRow, sweep_name: str) -> dict:
+    """The best trial's run, to rerun with `rayft train` as is: written beside the sweep, not into it."""
+    raw = trial_raw(base, best.params)
+    raw.setdefault("output", {})["name"] = f"{sweep_name}-best"
+    return raw

@@ -1,0 +1,228 @@
+"""Hyperparameter sweeps on Ray Tune: each trial is a whole rayft training run on Ray Train workers.
+
+    rayft tune examples/tune_lora.yaml             # the run's tune: section
+    rayft tune run.yaml --space space.yaml         # or the space from its own file
+    rayft tune run.yaml --resume                   # after the driver died: finished trials are kept
+
+Ray Train V2's way: each Tune trial runs a small driver function that builds the run's TorchTrainer
+(rayft.train.train) and forwards its reports to Tune through a Ray Train callback; stopping a trial
+(ASHA) ends that driver, and with it the trial's Ray Train controller and workers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import yaml
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from rayft.checks import check_run
+from rayft.cluster import connect
+from rayft_core import storage
+from rayft_core.config import RunConfig, SweepConfig, validate_config
+from rayft_core.errors import UserInputError
+from rayft_core.sweep import (RECORD_FILES, TrialRow, best_run_raw, check_space, csv_text, grace_period, plot, ranked,
+                              table, trial_raw)
+from rayft_core.train.outputs import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
+
+logger = logging.getLogger(__name__)
+
+TRIALS_DIR = "trials"  # storage_path/name/trials/<trial id>: each trial's rayft run directory
+RESULTS_CSV, BEST_YAML, PLOT_PNG = "results.csv", "best_run.yaml", "metric_vs_params.png"
+
+
+@dataclass
+class SweepResult:
+    directory: str  # storage_path/name: Tune's state, the trials, results.csv, best_run.yaml, the plot
+    rows: list[TrialRow]  # best first
+    best: TrialRow
+
+
+class _ToTune(TuneReportCallback):
+    """Forwards the reports that carry the sweep's metric: Tune (and ASHA) see one result per evaluation,
+    each with the trial's step, so every trial is compared at the same steps."""
+
+    def __init__(self, metric: str):
+        super().__init__()
+        self.metric = metric
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        if self.metric in metrics[0]:
+            super().after_report(run_context, metrics, None)  # checkpoints stay the trial run's own
+
+
+def _run_trial(config: dict[str, Any]) -> None:
+    """One trial (in a Tune actor): the base run with this trial's values, trained by rayft.train.train.
+    A trial restarted after the sweep's driver died continues its run from the latest checkpoint."""
+    from rayft.train import train
+
+    raw = trial_raw(config["base"], config["params"])
+    raw["output"] = {**raw.get("output", {}), "storage_path": config["trials_dir"], "name": tune.get_context().get_trial_id(),
+                     "overwrite": False}
+    run = validate_config(raw)
+    resume = storage.read_text(storage.join(run.output.dir, CONFIG_FILE)) is not None
+    train(run, resume=resume, callbacks=[_ToTune(config["metric"])], progress=False)
+
+
+def _distribution(kind: str, values: list[Any], as_grid: bool) -> Any:
+    if kind == "grid" or (kind == "choice" and as_grid):
+        return tune.grid_search(values)
+    if kind == "choice":
+        return tune.choice(values)
+    return tune.uniform(*values) if kind == "uniform" else tune.loguniform(*values)
+
+
+def _concurrency(run: RunConfig, sweep: SweepConfig, resources: dict[str, float], use_gpu: bool) -> int:
+    """Trials at once: as many whole worker groups as the cluster holds, one CPU each left for Ray Data."""
+    if sweep.max_concurrent_trials:
+        return sweep.max_concurrent_trials
+    c = run.cluster
+    if use_gpu:
+        return max(1, int(resources.get("GPU", 0) // c.num_workers))
+    return max(1, int(resources.get("CPU", 0) // (c.num_workers * c.cpus_per_worker + 1)))
+
+
+def sweep(raw: dict, sweep_config: SweepConfig, resume: bool = False) -> SweepResult:
+    """Run (or resume) a sweep of the run ``raw`` (its YAML mapping) over ``sweep_config``'s space."""
+    base = {k: v for k, v in raw.items() if k != "tune"}
+    problems = check_space(base, sweep_config)
+    if problems:
+        raise UserInputError("the sweep cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
+    run = validate_config(base).with_absolute_paths()
+    base = run.model_dump(mode="json", exclude={"tune"})  # absolute paths, for trials in other working directories
+    directory = run.output.dir
+    trials_dir = storage.join(directory, TRIALS_DIR)
+
+    connect()
+    resources = ray.cluster_resources()
+    use_gpu = resources.get("GPU", 0) > 0 if run.cluster.use_gpu == "auto" else bool(run.cluster.use_gpu)
+    restorable = tune.Tuner.can_restore(directory)
+    if resume and not restorable:
+        raise UserInputError(f"--resume: {directory} holds no sweep to resume; check output.name and output.storage_path")
+    if not resume:
+        check_run(run, resources, use_gpu)  # model, targets, packages, resources; and that the sweep's directory is free
+        if run.output.overwrite:
+            storage.delete_dir(directory)
+
+    if not run.data.cache_dir:  # tokenize once on the driver; every trial reads the cache (unless its data keys differ)
+        run.data.cache_dir = base["data"]["cache_dir"] = storage.join(directory, "data-cache")
+    if not resume:
+        from rayft.data import build_run_data
+
+        build_run_data(run)
+
+    as_grid = sweep_config.search == "grid"
+    param_space = {"base": base, "trials_dir": trials_dir, "metric": sweep_config.metric,
+                   "params": {k: _distribution(*next(iter(d.items())), as_grid) for k, d in sweep_config.space.items()}}
+    scheduler = None
+    if sweep_config.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(time_attr="step", max_t=run.train.max_steps or 10**9,
+                                  grace_period=grace_period(run, sweep_config), reduction_factor=sweep_config.reduction_factor)
+    search_alg = None
+    if sweep_config.search == "optuna":
+        try:
+            from ray.tune.search.optuna import OptunaSearch
+        except ImportError:
+            raise UserInputError("tune.search optuna needs optuna: pip install 'rayft[tune]'") from None
+        search_alg = OptunaSearch(seed=run.train.seed)
+
+    # The trial's driver needs next to nothing (Tune refuses an empty request); its Train workers hold the CPUs.
+    trainable = tune.with_resources(_run_trial, {"CPU": 0.01})
+    # A trial that never reports the metric (a typo, a stage without it) is named after the sweep with what it did
+    # report (_finish); Tune's own check would instead abort every other trial on the first such result.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    if resume:
+        tuner = tune.Tuner.restore(directory, trainable, resume_unfinished=True, resume_errored=False,
+                                   param_space=param_space)
+    else:
+        storage.write_text(storage.join(directory, "sweep.yaml"),
+                           yaml.safe_dump({**base, "tune": sweep_config.model_dump(mode="json")}, sort_keys=False))
+        tuner = tune.Tuner(
+            trainable, param_space=param_space,
+            tune_config=tune.TuneConfig(metric=sweep_config.metric, mode=sweep_config.mode, scheduler=scheduler,
+                                        search_alg=search_alg, num_samples=sweep_config.num_samples,
+                                        max_concurrent_trials=_concurrency(run, sweep_config, resources, use_gpu),
+                                        # A stopped trial's actor must exit: the trial's Train controller and workers
+                                        # are owned by it and go with it. A reused actor would keep them training.
+                                        reuse_actors=False),
+            run_config=tune.RunConfig(name=run.output.name, storage_path=run.output.storage_path,
+                                      failure_config=tune.FailureConfig(max_failures=0), verbose=1))
+    grid = tuner.fit()
+    return _finish(grid, run, sweep_config, base, directory, trials_dir)
+
+
+def _finish(grid: Any, run: RunConfig, sweep_config: SweepConfig, base: dict, directory: str,
+            trials_dir: str) -> SweepResult:
+    metric = sweep_config.metric
+    rows = []
+    for result in grid:
+        trial_id = _trial_id(result)
+        run_dir = storage.join(trials_dir, trial_id)
+        frame = result.metrics_dataframe
+        values = frame[metric].dropna().tolist() if frame is not None and metric in frame else []
+        record = storage.read_text(storage.join(run_dir, METRICS_FILE)) or ""
+        reported = sorted({k for line in record.splitlines() if line.strip() for k in json.loads(line)} - {"step"})
+        finished = storage.read_text(storage.join(run_dir, SUMMARY_FILE)) is not None
+        state = f"error: {type(result.error).__name__}" if result.error else ("finished" if finished else "stopped early")
+        metrics = result.metrics or {}
+        rows.append(TrialRow(trial=trial_id, params=result.config["params"], metric=values[-1] if values else None,
+                             steps=metrics.get("step"), seconds=metrics.get("time_total_s"), state=state,
+                             run_dir=run_dir, reported=reported))
+    rows = ranked(rows, sweep_config.mode)
+    if not rows or rows[0].metric is None:
+        seen = sorted({m for r in rows for m in r.reported})
+        errors = [f"{r.trial}: {r.state}" for r in rows if r.state.startswith("error")]
+        raise UserInputError(f"tune.metric: no trial reported {metric!r}; they reported {seen or 'nothing'}"
+                             + (f" ({'; '.join(errors)})" if errors else ""))
+    best = rows[0]
+    keys = list(sweep_config.space)
+    storage.write_text(storage.join(directory, RESULTS_CSV), csv_text(rows, keys, metric))
+    best_raw = best_run_raw(base, best, run.output.name)
+    storage.write_text(storage.join(directory, BEST_YAML), yaml.safe_dump(best_raw, sort_keys=False))
+    local = storage.local_run_dir(directory)
+    local.mkdir(parents=True, exist_ok=True)
+    if plot(rows, sweep_config, local / PLOT_PNG):
+        storage.publish(local, directory)
+    _prune(rows[sweep_config.keep_top:])
+    print(table(rows, keys, metric))
+    print(f"best: {best.trial} {metric}={best.metric:.6g} {best.params}\n"
+          f"rerun it: rayft train {storage.join(directory, BEST_YAML)}\n"
+          f"results: {storage.join(directory, RESULTS_CSV)}, plot: {storage.join(directory, PLOT_PNG)}")
+    return SweepResult(directory=directory, rows=rows, best=best)
+
+
+def _trial_id(result: Any) -> str:
+    """Tune's id of the trial (what _run_trial named its run directory): reported with every result, and part
+    of the trial's directory name for a trial that reported nothing."""
+    if result.metrics and "trial_id" in result.metrics:
+        return result.metrics["trial_id"]
+    found = re.search(r"[0-9a-f]{5}_\d{5}", Path(result.path).name)
+    return found.group(0) if found else Path(result.path).name
+
+
+def _prune(rows: list[TrialRow]) -> None:
+    """Below keep_top: delete the model files and checkpoints, keep the record (RECORD_FILES)."""
+    import pyarrow.fs as pafs
+
+    for row in rows:
+        fs, path = pafs.FileSystem.from_uri(row.run_dir)
+        if fs.get_file_info(path).type != pafs.FileType.Directory:
+            continue
+        for info in fs.get_file_info(pafs.FileSelector(path, recursive=False)):
+            name = info.path.rsplit("/", 1)[-1]
+            if name in RECORD_FILES:
+                continue
+            if info.type == pafs.FileType.Directory:
+                fs.delete_dir(info.path)
+            else:
+                fs.delete_file(info.path)

@@ -70,7 +70,7 @@ start_node() {
 wait_node() {
   local i=$1
   for _ in $(seq 360); do  # `ray start` prints this once the node has joined the cluster
-    grep -q "Ray runtime started" "$dir/node$i.log" && return 0
+    grep -qs "Ray runtime started" "$dir/node$i.log" && return 0
     if ! kill -0 "$(cat "$dir/node$i.pid")" 2>/dev/null; then
       echo "error: node $i did not start; the end of $dir/node$i.log:" >&2
       tail -n 20 "$dir/node$i.log" >&2

@@ -65,9 +65,10 @@ def build_runtime_env(path: str | None, working_dir: str | None, env_vars: dict[
     if not directory.is_dir():
         raise SubmitError(f"working dir {directory} is not a directory")
     env["working_dir"] = str(directory)
-    env["py_modules"] = [m if "://" in m else str(Path(m).expanduser().absolute()) for m in env.get("py_modules", [])]
+    if env.get("py_modules"):
+        env["py_modules"] = [m if "://" in m else str(Path(m).expanduser().absolute()) for m in env["py_modules"]]
     env["excludes"] = list(dict.fromkeys([*env.get("excludes", []), *ALWAYS_EXCLUDED]))
-    env["env_vars"] = {**env.get("env_vars", {}), **env_vars}
+    env["env_vars"] = {k: str(v) for k, v in {**env.get("env_vars", {}), **env_vars}.items()}  # Ray takes strings only
     return env
 
 
@@ -113,11 +114,11 @@ def connect(address: str):
 
     try:
         return JobSubmissionClient(address)
-    except AuthenticationError as e:
-        problem = "needs" if "required" in str(e) else "rejected"
-        raise SubmitError(f"the Ray cluster at {address} {problem} its authentication token: put the token "
-                          f"(`ray get-auth-token` on the head prints it) in ~/.ray/auth_token, or point "
-                          f"RAY_AUTH_TOKEN_PATH at a file holding it") from None
+    except AuthenticationError as e:  # Ray's message says "required" when no token came (401), else it was wrong (403)
+        problem = "needs a token and none was found" if "required" in str(e) else "rejected the token sent"
+        raise SubmitError(f"the Ray cluster at {address} {problem}: put the cluster's token (`ray get-auth-token` on "
+                          f"its head prints it) in ~/.ray/auth_token, or point RAY_AUTH_TOKEN_PATH at a file holding it "
+                          f"(RAY_AUTH_TOKEN, when set, comes first)") from None
     except ConnectionError as e:
         raise SubmitError(f"cannot reach the Ray job server at {address}: {e}") from None
     except RuntimeError as e:  # something answers there, but not Ray's job server
@@ -150,9 +151,17 @@ def submit_run(run: RunConfig, config_path: str, overrides: tuple[str, ...], add
     except KeyboardInterrupt:
         click.echo(f"\nstopped following; the job runs on (stop it: ray job stop {job_id} --address {address})", err=True)
         raise
-    detail = f": {info.message}" if info.status != "SUCCEEDED" and info.message else ""
-    click.echo(f"job {job_id} {info.status}{detail}", err=info.status != "SUCCEEDED")
+    click.echo(outcome(job_id, info), err=info.status != "SUCCEEDED")
     return info.status == "SUCCEEDED"
+
+
+def outcome(job_id: str, info: Any) -> str:
+    """One line on how the job ended. Not info.message for a failed driver: it repeats the end of the logs."""
+    if info.status == "SUCCEEDED":
+        return f"job {job_id} SUCCEEDED"
+    if info.driver_exit_code is not None:
+        return f"job {job_id} {info.status}: `rayft train` exited with {info.driver_exit_code} (its error is above)"
+    return f"job {job_id} {info.status}: {(info.message or 'no message').splitlines()[0]}"
 
 
 def follow(client: Any, job_id: str) -> Any:

@@ -7,8 +7,9 @@
 #   cluster/local.sh print --head-ip 10.0.0.5 [--port 6379] [--dashboard-port 8265]
 #
 # start  every node on this machine: a raylet each, with its own temp dir and its own ports, so the nodes
-#        collide neither with each other nor with another Ray on the machine (Ray binds them to the
-#        machine's own address, never to 127.0.0.1; the dashboard listens on 127.0.0.1 only).
+#        collide neither with each other nor with another Ray on the machine (Ray gives every node the
+#        machine's own address, even when told 127.0.0.1; the dashboard listens on 127.0.0.1 only).
+#        Linux only: each node gets its own session with setsid.
 #        Submit jobs to http://127.0.0.1:DASHBOARD_PORT (`rayft submit run.yaml --address ...`).
 # stop   ends the nodes that `start` started with this --dir, and nothing else (not `ray stop`: that
 #        ends every Ray process on the machine).
@@ -16,7 +17,8 @@
 #
 # Token authentication (Ray >= 2.52): every node runs with RAY_AUTH_MODE=token and the same token, which
 # Ray takes from $RAY_AUTH_TOKEN, else the file $RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token (created
-# here with `ray get-auth-token --generate` when there is none). A client needs the same two settings.
+# here with `ray get-auth-token --generate` when there is none). A client needs the same token, and
+# RAY_AUTH_MODE=token too, except `rayft submit`, which sets it.
 set -euo pipefail
 
 command=${1:-}
@@ -126,7 +128,7 @@ case $command in
     done
     trap - EXIT
     echo "started a head and $workers worker node(s), $cpus CPUs each, in $dir"
-    echo "submit jobs with: RAY_AUTH_MODE=token rayft submit RUN.yaml --address http://127.0.0.1:$dashboard_port"
+    echo "submit jobs with: rayft submit RUN.yaml --address http://127.0.0.1:$dashboard_port"
     ;;
   stop)
     stop_all
@@ -144,8 +146,8 @@ RAY_AUTH_MODE=token ray start --head --node-ip-address=$head_ip --port=$port --d
 # on each worker machine:
 RAY_AUTH_MODE=token ray start --address=$head_ip:$port
 
-# from your machine, in the rayft checkout:
-RAY_AUTH_MODE=token rayft submit jobs/sft_lora.yaml --address http://$head_ip:$dashboard_port
+# from your machine, in the rayft checkout (with the same token):
+rayft submit jobs/sft_lora.yaml --address http://$head_ip:$dashboard_port
 
 # to stop, on each machine: ray stop
 EOF

@@ -120,23 +120,14 @@ def submit(config_path: str, overrides: tuple[str, ...], address: str, runtime_e
 
     Example: rayft submit jobs/sft_lora.yaml tuning.rank=32 --address http://head:8265
     """
-    from rayft.submit import Entrypoint, SubmitError, submit_run
+    from rayft.submit import Entrypoint, parse_env_vars, submit_run
 
     run = _load(config_path, overrides)  # a bad config stops here, before anything is contacted
-
-    def go() -> bool:
-        bad = [e for e in env_vars if "=" not in e]
-        if bad:
-            raise SubmitError(f"--env {bad[0]}: expected KEY=VALUE")
-        try:
-            resources = json.loads(entrypoint_resources) if entrypoint_resources else {}
-        except json.JSONDecodeError as e:
-            raise SubmitError(f"--entrypoint-resources: not JSON: {e}") from None
-        return submit_run(run, config_path, overrides, address, runtime_env_path=runtime_env_path, working_dir=working_dir,
-                          env_vars=dict(e.split("=", 1) for e in env_vars), submission_id=submission_id, wait=not no_wait,
-                          where=Entrypoint(entrypoint_num_cpus, entrypoint_num_gpus, resources))
-
-    sys.exit(0 if _or_exit(go) else 1)
+    succeeded = _or_exit(lambda: submit_run(
+        run, config_path, overrides, address, runtime_env_path=runtime_env_path, working_dir=working_dir,
+        env_vars=parse_env_vars(env_vars), where=Entrypoint.parse(entrypoint_num_cpus, entrypoint_num_gpus, entrypoint_resources),
+        submission_id=submission_id, wait=not no_wait))
+    sys.exit(0 if succeeded else 1)
 
 
 @main.command("export")

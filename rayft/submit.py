@@ -14,6 +14,7 @@ environment sets a mode itself.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shlex
 import socket
@@ -45,6 +46,24 @@ class Entrypoint:
     num_cpus: float | None = None
     num_gpus: float | None = None
     resources: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, num_cpus: float | None, num_gpus: float | None, resources_json: str | None) -> "Entrypoint":
+        try:
+            resources = json.loads(resources_json) if resources_json else {}
+        except json.JSONDecodeError:
+            resources = None
+        if not isinstance(resources, dict):
+            raise SubmitError(f"--entrypoint-resources {resources_json}: expected a JSON object, e.g. '{{\"driver\": 1}}'")
+        return cls(num_cpus, num_gpus, resources)
+
+
+def parse_env_vars(items: tuple[str, ...]) -> dict[str, str]:
+    """--env KEY=VALUE options as a dict."""
+    bad = [item for item in items if "=" not in item]
+    if bad:
+        raise SubmitError(f"--env {bad[0]}: expected KEY=VALUE")
+    return dict(item.split("=", 1) for item in items)
 
 
 def build_runtime_env(path: str | None, working_dir: str | None, env_vars: dict[str, str]) -> dict[str, Any]:

@@ -63,7 +63,9 @@ def _free_port_block(size: int) -> int:
             except OSError:
                 return False
 
-    for first in range(20000 + secrets.randbelow(40) * 300, 32000 - size, 300):
+    blocks = list(range(20000, 32000 - size, size))
+    start = secrets.randbelow(len(blocks))  # a random block first: two sessions at once rarely try the same
+    for first in blocks[start:] + blocks[:start]:
         if all(free(p) for p in range(first, first + size)):
             return first
     raise RuntimeError("no block of free ports for the test cluster")
@@ -93,6 +95,8 @@ def two_nodes():
             if len(cluster.alive_nodes()) == 2:
                 break
             time.sleep(0.5)
+        else:
+            raise RuntimeError(f"the head counts {len(cluster.alive_nodes())} alive nodes, not 2")
         yield cluster
     finally:
         subprocess.run([LOCAL_SH, "stop", *where], env=env, timeout=120)

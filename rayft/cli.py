@@ -1,6 +1,7 @@
 """The `rayft` command line.
 
     rayft train run.yaml [key.path=value ...]   train on the cluster in RAY_ADDRESS, or a local one
+    rayft submit run.yaml --address URL         the same run as a Ray job on a running cluster (`ray job submit`)
     rayft config validate run.yaml              check a run config without running it
     rayft config schema                         print the JSON schema of run configs
     rayft config import-llamafactory old.yaml   translate a LLaMA-Factory YAML (train/validate also take one)
@@ -135,6 +136,43 @@ def tune_command(config_path: str, overrides: tuple[str, ...], space_path: str |
         sys.exit(EXIT_BAD_INPUT)
     result = _or_exit(lambda: sweep(raw, run.tune, resume=resume))
     click.echo(f"done: sweep in {result.directory}")
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("config_path", type=click.Path(exists=True, dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--address", envvar="RAY_API_SERVER_ADDRESS", required=True,
+              help="The cluster's job server (its dashboard), e.g. http://HEAD:8265; or set RAY_API_SERVER_ADDRESS.")
+@click.option("--runtime-env", "runtime_env_path", type=click.Path(exists=True, dir_okay=False),
+              help="runtime_env YAML: working_dir, excludes, py_modules, env_vars, pip [default: jobs/runtime_env.yaml when present].")
+@click.option("--working-dir", type=click.Path(exists=True, file_okay=False),
+              help="The directory to upload; CONFIG_PATH must lie inside [default: the runtime_env's working_dir].")
+@click.option("--env", "env_vars", multiple=True, metavar="KEY=VALUE", help="An environment variable of the job (repeatable).")
+@click.option("--entrypoint-num-cpus", type=float, help="CPUs reserved for the driver (`rayft train`) [default: 0, on the head].")
+@click.option("--entrypoint-num-gpus", type=float, help="GPUs reserved for the driver.")
+@click.option("--entrypoint-resources", metavar="JSON", help='Custom resources the driver needs, e.g. \'{"driver": 1}\'.')
+@click.option("--submission-id", help="The job's id [default: one Ray chooses, raysubmit_...].")
+@click.option("--no-wait", is_flag=True, help="Return once the job is submitted instead of following its logs.")
+def submit(config_path: str, overrides: tuple[str, ...], address: str, runtime_env_path: str | None, working_dir: str | None,
+           env_vars: tuple[str, ...], entrypoint_num_cpus: float | None, entrypoint_num_gpus: float | None,
+           entrypoint_resources: str | None, submission_id: str | None, no_wait: bool) -> None:
+    """Run CONFIG_PATH (with OVERRIDES) as a Ray job on the cluster at --address, as `ray job submit` does:
+    the working dir is uploaded (without .git, outputs, virtualenvs) and the job runs `rayft train CONFIG_PATH
+    OVERRIDES` in it. Prints the job id and follows its logs. The cluster's token is sent (RAY_AUTH_TOKEN,
+    RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token).
+
+    Exit status: 0 the job succeeded, 1 it failed or was stopped, 2 nothing was submitted (config, paths, address, token).
+
+    Example: rayft submit jobs/sft_lora.yaml tuning.rank=32 --address http://head:8265
+    """
+    from rayft.submit import Entrypoint, parse_env_vars, submit_run
+
+    run = _load(config_path, overrides)  # a bad config stops here, before anything is contacted
+    succeeded = _or_exit(lambda: submit_run(
+        run, config_path, overrides, address, runtime_env_path=runtime_env_path, working_dir=working_dir,
+        env_vars=parse_env_vars(env_vars), where=Entrypoint.parse(entrypoint_num_cpus, entrypoint_num_gpus, entrypoint_resources),
+        submission_id=submission_id, wait=not no_wait))
+    sys.exit(0 if succeeded else 1)
 
 
 @main.command("export")

@@ -1,0 +1,105 @@
+"""`rayft submit` before it contacts anything, and the files it ships with: jobs/*.yaml, jobs/runtime_env.yaml,
+the cluster-launcher YAMLs. The submission itself runs on a real 2-node cluster in test_multinode.py."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from rayft.cli import main
+from rayft.cluster import TRAIN_POLL
+from rayft.submit import ALWAYS_EXCLUDED, build_runtime_env
+
+REPO = Path(__file__).resolve().parents[2]
+JOBS = sorted(p for p in (REPO / "jobs").glob("*.yaml") if p.name != "runtime_env.yaml")
+
+
+def _submit(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """`rayft submit ...` as a user runs it: its own process, with no Ray imported before it decides."""
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'core'}"}
+    return subprocess.run([sys.executable, "-m", "rayft.cli", "submit", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+def test_unreachable_address_fails_fast_with_one_line():
+    address = f"http://127.0.0.1:{_closed_port()}"
+    started = time.monotonic()
+    proc = _submit("jobs/sft_lora.yaml", "--address", address)
+    assert time.monotonic() - started < 20  # the interpreter's start; the connection attempt is refused at once
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: cannot reach the Ray job server at {address}: Connection refused "
+                                                "(is the cluster up, and is this its dashboard address, port 8265 by default?)"]
+
+
+def test_what_cannot_run_on_a_cluster_is_refused_before_contacting_it(tmp_path):
+    address = f"http://127.0.0.1:{_closed_port()}"  # never reached: each case stops before
+    outside = tmp_path / "run.yaml"
+    shutil.copy(REPO / "jobs" / "sft_lora.yaml", outside)
+    cases = {
+        (str(outside),): f"error: {outside} lies outside the working dir {REPO}, the only files the job gets",
+        ("examples/sft_lora.yaml",): "error: output.storage_path: 'outputs' is relative; in a job it would land",
+        ("jobs/sft_lora.yaml", "tuning.rnak=8"): "tuning.rnak: unknown key (did you mean 'rank'?)",
+        ("jobs/sft_lora.yaml", "--env", "NOVALUE"): "error: --env NOVALUE: expected KEY=VALUE",
+    }
+    for args, message in cases.items():
+        proc = _submit(*args, "--address", address)
+        assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
+        assert "cannot reach" not in proc.stderr and "Traceback" not in proc.stderr
+    # with --working-dir holding it, the same file is fine (and only then is the address tried)
+    proc = _submit(str(outside), "--working-dir", str(tmp_path), "--runtime-env", str(REPO / "jobs" / "runtime_env.yaml"),
+                   "--address", address)
+    assert proc.returncode == 2 and "cannot reach the Ray job server" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("path", JOBS, ids=lambda p: p.name)
+def test_every_job_config_validates(path):
+    result = CliRunner().invoke(main, ["config", "validate", str(path)])
+    assert result.exit_code == 0, result.output
+    storage = yaml.safe_load(path.read_text())["output"]["storage_path"]
+    assert Path(storage).is_absolute() or "://" in storage  # shared storage, as `rayft submit` requires
+
+
+def test_runtime_env_ships_the_checkout_and_pins_what_the_tests_ran_with(tmp_path, monkeypatch):
+    from ray.runtime_env import RuntimeEnv
+
+    raw = yaml.safe_load((REPO / "jobs" / "runtime_env.yaml").read_text())
+    RuntimeEnv(**raw)  # Ray's own validation of every field
+    assert raw["env_vars"][TRAIN_POLL[0]] == TRAIN_POLL[1]
+    pins = dict(p.split("==") for p in raw["pip"]["packages"])
+    assert pins == {name: importlib.metadata.version(name) for name in pins}
+
+    monkeypatch.chdir(REPO)  # relative paths are taken from where the job is submitted, as `ray job submit` does
+    env = build_runtime_env("jobs/runtime_env.yaml", None, {"HF_HOME": "/mnt/shared/hf"})
+    assert env["working_dir"] == str(REPO) and env["py_modules"] == [str(REPO / "core" / "rayft_core")]
+    assert set(ALWAYS_EXCLUDED) <= set(env["excludes"])
+    assert env["env_vars"] == {TRAIN_POLL[0]: TRAIN_POLL[1], "HF_HOME": "/mnt/shared/hf"}
+
+
+@pytest.mark.parametrize("name", ["aws", "gcp"])
+def test_cluster_launcher_yaml_passes_rays_validation(name):
+    """What `ray up` checks before it contacts the cloud: defaults merged in, then Ray's JSON schema."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = prepare_config(yaml.safe_load((REPO / "cluster" / f"{name}.yaml").read_text()))
+    validate_config(config)
+    gpu = config["available_node_types"]["gpu"]
+    assert gpu["resources"]["GPU"] > 0 and 0 <= gpu["min_workers"] < gpu["max_workers"] <= config["max_workers"]
+    assert "GPU" not in config["available_node_types"][config["head_node_type"]]["resources"]
+    assert any("rayft" in c for c in config["worker_setup_commands"])
+    assert all("RAY_AUTH_MODE=token" in " ".join(config[k]) for k in ("head_start_ray_commands", "worker_start_ray_commands"))

@@ -68,6 +68,13 @@ def _run_trial(config: dict[str, Any]) -> None:
     raw["output"] = {**raw.get("output", {}), "storage_path": config["trials_dir"], "name": tune.get_context().get_trial_id(),
                      "overwrite": False}
     run = validate_config(raw)
+    if storage.read_text(storage.join(run.output.dir, SUMMARY_FILE)) is not None:
+        # It finished before the sweep's driver died, and Tune had not yet recorded that: its results, not a rerun.
+        record = storage.read_text(storage.join(run.output.dir, METRICS_FILE)) or ""
+        for row in (json.loads(line) for line in record.splitlines() if line.strip()):
+            if config["metric"] in row:
+                tune.report(row)
+        return
     resume = storage.read_text(storage.join(run.output.dir, CONFIG_FILE)) is not None
     train(run, resume=resume, callbacks=[_ToTune(config["metric"])], progress=False)
 

@@ -78,7 +78,7 @@ def test_a_sweep_resumes_after_its_driver_is_killed(tiny_model, workdir, alpaca_
     base = _base(tiny_model, alpaca_file, workdir / "tune", "resume", max_steps=4)
     config = tmp_path / "sweep.yaml"
     config.write_text(yaml.safe_dump({**base, "tune": {
-        "space": {"tuning.rank": {"grid": [4, 8, 16]}}, "search": "grid", "num_samples": 1, "scheduler": "fifo",
+        "space": {"tuning.rank": {"grid": [4, 8]}}, "search": "grid", "num_samples": 1, "scheduler": "fifo",
         "max_concurrent_trials": 1}}))
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     command = [sys.executable, "-m", "rayft.cli", "tune", str(config)]
@@ -98,10 +98,10 @@ def test_a_sweep_resumes_after_its_driver_is_killed(tiny_model, workdir, alpaca_
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     with open(workdir / "tune" / "resume" / "results.csv") as f:
         table = list(csv.DictReader(f))
-    assert sorted(int(t["tuning.rank"]) for t in table) == [4, 8, 16]
+    assert sorted(int(t["tuning.rank"]) for t in table) == [4, 8]
     assert all(t["state"] == "finished" for t in table), table
     assert (first.parent / "metrics.jsonl").read_text() == first_metrics  # the finished trial was not trained again
-    assert len(list(trials.glob("*/summary.json"))) == 3
+    assert len(list(trials.glob("*/summary.json"))) == 2
 
 
 def test_a_bad_sweep_stops_before_any_trial(tiny_model, workdir, alpaca_file):

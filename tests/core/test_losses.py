@@ -1,5 +1,7 @@
 """The chunked causal LM loss equals the plain one, in value and in every gradient."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -57,3 +59,55 @@ def test_fused_path_is_taken_for_plain_heads_only(tiny_model):
     assert gemma.config.final_logit_softcapping  # so the gemma2 case above checks the soft-capped gradient
     assert losses._can_fuse(llama.get_output_embeddings()) and losses._can_fuse(gemma.get_output_embeddings())
     assert not losses._can_fuse(torch.nn.Linear(4, 8, bias=True))
+
+
+def _sharded_head_rank(rank: int, model_dir: str, store_path: str, out_dir: str) -> None:
+    """One of two gloo ranks: the head marked as ZeRO-3-sharded (a `ds_id`, as DeepSpeed sets), rank 1 with far
+    fewer labelled tokens; records how often the head ran and the loss."""
+    import json
+
+    import torch.distributed as dist
+    from transformers import AutoModelForCausalLM
+
+    losses.CHUNK_ELEMENTS = 7 * 300  # the tokenizer's vocabulary is small: chunks of a few tokens
+    dist.init_process_group("gloo", store=dist.FileStore(store_path, 2), rank=rank, world_size=2)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        head = model.get_output_embeddings()
+        head.weight.ds_id = 0
+        calls = []
+        head.register_forward_hook(lambda *_: calls.append(1))
+        batch = _batch(load_tokenizer_for(model_dir))
+        if rank == 1:  # nothing to learn on this rank
+            batch["labels"][:] = -100
+        loss, n = losses.compute_causal_lm_loss(model, batch)
+        loss.backward()
+        forward_calls = len(calls)
+        with torch.no_grad():
+            losses.compute_causal_lm_loss(model, batch)  # evaluation: the same number of calls
+        Path(out_dir, f"{rank}.json").write_text(json.dumps({"forward": forward_calls, "eval": len(calls) - forward_calls,
+                                                              "loss": loss.item(), "n": n}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_zero3_sharded_head_runs_as_often_on_every_rank(tiny_model, tmp_path):
+    """ZeRO-3 all-gathers a sharded head's weight at every call: ranks with different numbers of labelled tokens
+    must still call it equally often (else their collectives mismatch: a crash or a hang), and the loss is unchanged."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    model_dir = str(tiny_model("llama"))
+    mp.start_processes(_sharded_head_rank, args=(model_dir, str(tmp_path / "store"), str(tmp_path)), nprocs=2,
+                       start_method="spawn")
+    r0, r1 = (json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1))
+    assert r1["n"] == 0 and r0["n"] > 1  # rank 1 has nothing to learn
+    assert r0["forward"] > 1 and r0["forward"] == r1["forward"]  # backward recomputes under checkpoint: >= 2 per chunk
+    assert r0["eval"] == r1["eval"] > 1
+    assert r1["loss"] == 0.0
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    batch = _batch(load_tokenizer_for(model_dir))
+    assert r0["loss"] == pytest.approx(model(**batch).loss.item(), rel=1e-5)

@@ -11,7 +11,10 @@ head and cross-entropy a chunk at a time:
   head sharded by ZeRO-3 is gathered for the call (its weight needs no gradient);
 - checkpointed (trainable heads sharded by ZeRO-3, heads with a bias or wrapped by PEFT): the head
   module is called per chunk under activation checkpointing, and recomputed in backward, where
-  ZeRO-3 fetches a trainable weight again.
+  ZeRO-3 fetches a trainable weight again. ZeRO-3 gathers the weight at every call of the head, a
+  collective, so every rank calls it as many times: as often as the rank with the most labelled
+  tokens needs (the others pass empty chunks), else the ranks' collectives mismatch and training
+  crashes or hangs (with a 150k vocabulary a chunk is ~220 tokens, so ranks differ in most steps).
 """
 
 from __future__ import annotations
@@ -82,6 +85,17 @@ def _can_fuse(head: nn.Module) -> bool:
     return not hasattr(head.weight, "ds_id") or not head.weight.requires_grad
 
 
+def _chunk_count(n: int, rows: int, head: nn.Module, device: torch.device) -> int:
+    """Chunks of `rows` for n labelled tokens; under ZeRO-3 the most any rank needs (see the module docstring)."""
+    chunks = -(-n // rows)
+    sharded = any(hasattr(p, "ds_id") for p in head.parameters())
+    if sharded and torch.distributed.is_available() and torch.distributed.is_initialized():
+        count = torch.tensor([chunks], dtype=torch.long, device=device)
+        torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
+        chunks = int(count.item())
+    return chunks
+
+
 def _gathered(weight: nn.Parameter):
     """The full weight for the duration of the call: a no-op unless ZeRO-3 sharded it."""
     if not hasattr(weight, "ds_id"):
@@ -114,21 +128,24 @@ def compute_causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> 
     head = base.get_output_embeddings()
     hidden, targets, _ = _labelled(hidden, batch["labels"])
     n = targets.numel()
-    if n == 0:  # nothing to learn in this micro-batch; keep the graph so every rank runs backward
-        return hidden.sum() * 0.0 + sum(p.sum() * 0.0 for p in head.parameters()), 0
     softcap = getattr(base.config, "final_logit_softcapping", None)
-    if _can_fuse(head) and torch.is_grad_enabled():
-        with _gathered(head.weight):
-            return _LinearCrossEntropy.apply(hidden, head.weight, targets, softcap) / n, n
+    fused = _can_fuse(head) and torch.is_grad_enabled()
     rows = _chunk_rows(base.config.vocab_size)
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for i in range(0, n, rows):
+    chunks = 0 if fused else _chunk_count(n, rows, head, hidden.device)  # a collective under ZeRO-3: every rank
+    if fused:
+        with _gathered(head.weight):  # a collective under ZeRO-3 too: every rank, even one with nothing to learn
+            if n:
+                return _LinearCrossEntropy.apply(hidden, head.weight, targets, softcap) / n, n
+    if n == 0 and chunks == 0:  # nothing to learn in this micro-batch; keep the graph so every rank runs backward
+        return hidden.sum() * 0.0 + sum(p.sum() * 0.0 for p in head.parameters()), 0
+    total = hidden.sum() * 0.0  # in the graph even when this rank's chunks are all empty
+    for i in range(0, chunks * rows, rows):  # past n: empty chunks, so every rank calls the head as often
         h, t = hidden[i : i + rows], targets[i : i + rows]
         if torch.is_grad_enabled():
             total = total + checkpoint(_chunk_ce_sum, h, t, head, softcap, use_reentrant=False)
         else:
             total = total + _chunk_ce_sum(h, t, head, softcap)
-    return total / n, n
+    return (total / n if n else total), n
 
 
 def lm_objective(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, tuple[float, float]]]:
@@ -192,7 +209,8 @@ def sequence_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[to
     else:
         rows = _chunk_rows(base.config.vocab_size)
         pieces = []
-        for i in range(0, targets.numel(), rows):
+        chunks = _chunk_count(targets.numel(), rows, head, hidden.device)  # a collective under ZeRO-3: every rank
+        for i in range(0, chunks * rows, rows):  # past the tokens: empty chunks, so every rank calls the head as often
             h, t = hidden[i : i + rows], targets[i : i + rows]
             if torch.is_grad_enabled():
                 pieces.append(checkpoint(_chunk_logp, h, t, head, softcap, use_reentrant=False))

@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q torch==2.13.0
 	DS_BUILD_OPS=0 $(BIN)/pip install -q --no-build-isolation "deepspeed>=0.19,<0.20"
 	$(BIN)/pip install -q -e ".[dev]"
+	# DeepSpeed JIT-compiles its CPU shared-memory collective op at a machine's first distributed run (about a
+	# minute on 2 cores): compile it here, once, instead of inside the first demo or test (skipped without a compiler).
+	DS_ACCELERATOR=cpu $(BIN)/python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder as B; B().load(verbose=False)" \
+		|| echo "note: DeepSpeed's shm op was not prebuilt; DeepSpeed builds or skips it at the first run"
 	touch $(STAMP)
 
 demo: $(STAMP)

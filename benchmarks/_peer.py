@@ -144,7 +144,7 @@ def measure(cmd: list[str], cwd: Path, log: Path, env: dict[str, str]) -> dict:
             "leftover_processes": len(leftovers), "log": str(log)}
 
 
-def build_model(out: Path) -> int:
+def build_model(out: Path, hidden_size: int = 64, num_layers: int = 2) -> int:
     """Random-init tiny Llama + the Qwen2.5 tokenizer files copied verbatim; returns the parameter count."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -152,7 +152,7 @@ def build_model(out: Path) -> int:
 
     tok = AutoTokenizer.from_pretrained(TOKENIZER)
     torch.manual_seed(0)
-    config = tiny_config("llama", len(tok), hidden_size=64, num_layers=2, pad_token_id=tok.pad_token_id,
+    config = tiny_config("llama", len(tok), hidden_size=hidden_size, num_layers=num_layers, pad_token_id=tok.pad_token_id,
                          eos_token_id=tok.eos_token_id, bos_token_id=None)
     model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(out)

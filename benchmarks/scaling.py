@@ -1,5 +1,5 @@
-"""PYTHONPATH=core:. .venv/bin/python benchmarks/scaling.py [--steps 14] [--warmup 4] [--wait-idle [MAX_S]]
-                                                           [--retries N] [--skip RUN ...] [--markdown FILE]
+""".venv/bin/python benchmarks/scaling.py [--steps 14] [--warmup 4] [--wait-idle [MAX_S]] [--idle-load L]
+                                        [--retries N] [--skip RUN ...] [--markdown FILE]
 
 How rayft scales on this machine, each configuration a real `rayft train` run (a subprocess with a fresh Ray
 cluster), one after the other (never concurrently), measured side by side in one invocation:
@@ -22,16 +22,18 @@ cluster), one after the other (never concurrently), measured side by side in one
    submit command's start to the first line of metrics.jsonl appearing (polled every 0.1 s), and to the job's
    end (the command returns when the job has ended). The same configuration as the local 2-worker ZeRO-2 run,
    whose `rayft train` (embedded local cluster) gives the comparison: command start to first step and to exit.
-   The cluster's own start (to its job API answering) is reported apart; it is stopped at the end, always (its
-   process group only: never `ray stop`, which ends every Ray on the machine).
+   The cluster's own start (to its job API answering) is reported apart. A fresh cluster per attempt, stopped
+   after it and at any exit (its process group only: never `ray stop`, which ends every Ray on the machine).
+   The runs get this checkout's rayft (PYTHONPATH; the job: its uploaded copy), whatever the venv installed.
 
 Model and data: a random-init Llama (hidden --hidden, --layers layers, untied head) with the Qwen2.5 tokenizer
 (vocab 151,665; ../shared/fixtures/tokenizers), 80M parameters at hidden 256 of which 78M are the embedding and
 the head (as in small real models, where the vocabulary is a large share); alpaca_en_demo (../shared/data) packed
-into 256-token rows (so every step trains ~2,048 tokens), SFT, fp32, AdamW, constant lr, no shuffling. Full-parameter
-training throughout: ZeRO-3 partitions the parameters only when they are trained, and for the worker comparison
-full training is where data parallelism pays its real cost, a reduce-scatter of the 80M gradients over gloo every
-step (LoRA would all-reduce ~1M and hide it).
+into 256-token rows (~98% filled, so every step trains ~2,000 tokens), SFT, fp32, AdamW, constant lr, no shuffling.
+Full-parameter training throughout: with all 80M parameters trained, ZeRO-2 partitions their gradients and optimizer
+states and ZeRO-3 the weights too (with LoRA, ~1M trained parameters, the two would differ little); and for the
+worker comparison full training is where data parallelism pays its real cost, a reduce-scatter of the 80M
+gradients over gloo every step (LoRA would exchange ~1M and hide it).
 
 Steady state: the first --warmup steps are left out (the first steps are slower: allocator growth, Ray Data's
 pipeline filling, lazy initialisation). metrics.jsonl has one line per step (logging_steps 1); a step's duration is
@@ -383,38 +385,36 @@ def run_job(name: str, cluster: Cluster, config: Path, warmup: int, steps: int) 
 # --- table --------------------------------------------------------------------------------------------------------
 
 
-def _f(v, fmt: str) -> str:
-    return "-" if v is None else fmt.format(v)
+def _cell(value: float | None, fmt: str, ref: float | None = None) -> str:
+    """A figure, with its ratio to `ref` in brackets when there is one."""
+    if value is None:
+        return "-"
+    return fmt.format(value) + (f" ({value / ref:.2f}x)" if ref else "")
 
 
-def _ratio(a, b) -> str:
-    return f" ({a / b:.2f}x)" if a is not None and b else ""
-
-
-def _mem(r: dict) -> str:
-    return "/".join(f"{x:.2f}" for x in r.get("peak_memory_gb_per_worker") or []) or "-"
-
-
-def _steady_mem(r: dict) -> str:
-    return "/".join(f"{x:.2f}" for x in r.get("steady_worker_rss_gib") or []) or "-"
+def _per_worker(values: list[float] | None, ref: list[float] | None = None) -> str:
+    """Per-worker GiB, the ratio of the largest to ref's largest in brackets."""
+    if not values:
+        return "-"
+    return "/".join(f"{x:.2f}" for x in values) + " GiB" + (f" ({max(values) / max(ref):.2f}x)" if ref else "")
 
 
 def tables(results: dict[str, dict]) -> list[str]:
     ok = {n: r for n, r in results.items() if r["rc"] == 0}
     out: list[str] = []
-    base = ok.get("w1-c2-z2")
-    if any(n in ok for n in ("w1-c2-z2", "w1-c1-z2", "w2-z2")):
-        out += ["**Workers** (ZeRO-2, global batch 8 rows x 256 tokens; ratio: to 1 worker with 2 CPUs)", "",
-                "| | micro x accum x workers | tokens/s (steady) | step time | peak RSS per worker (rayft) | "
+    base, z2, z3, job = (ok.get(n) for n in ("w1-c2-z2", "w2-z2", "w2-z3", "job-w2-z2"))
+    workers = [n for n in ("w1-c2-z2", "w1-c1-z2", "w2-z2") if n in ok]
+    if workers:
+        out += [f"**Workers** (ZeRO-2, global batch {GLOBAL_ROWS} rows x {SEQ} tokens; ratio: to 1 worker with 2 CPUs)",
+                "", "| | micro x accum x workers | tokens/s (steady) | step time | peak RSS per worker (rayft) | "
                 "others' cores | load at start |", "|---|---|---|---|---|---|---|"]
-        for n in ("w1-c2-z2", "w1-c1-z2", "w2-z2"):
-            if n in ok:
-                r, (label, w, *_rest) = ok[n], RUNS[n]
-                out.append(f"| {label} | {MICRO} x {GLOBAL_ROWS // (MICRO * w)} x {w} | "
-                           f"{_f(r['tokens_per_s'], '{:.0f}')}{_ratio(r['tokens_per_s'], base and base['tokens_per_s'])} | "
-                           f"{_f(r['step_s'], '{:.2f} s')} | {_mem(r)} GiB | {r['contention']:.2f} | {r['load1_at_start']:.1f} |")
+        for n in workers:
+            r, w = ok[n], RUNS[n][1]
+            out.append(f"| {RUNS[n][0]} | {MICRO} x {GLOBAL_ROWS // (MICRO * w)} x {w} | "
+                       f"{_cell(r['tokens_per_s'], '{:.0f}', base and base['tokens_per_s'])} | "
+                       f"{_cell(r['step_s'], '{:.2f} s')} | {_per_worker(r['peak_memory_gb_per_worker'])} | "
+                       f"{r['contention']:.2f} | {r['load1_at_start']:.1f} |")
         out.append("")
-    z2, z3 = ok.get("w2-z2"), ok.get("w2-z3")
     if z2 or z3:
         out += ["**ZeRO-2 vs ZeRO-3** (2 workers; ratio: to ZeRO-2)", "",
                 "| | step time | tokens/s (steady) | peak RSS per worker (rayft, max RSS) | "
@@ -422,30 +422,29 @@ def tables(results: dict[str, dict]) -> list[str]:
                 "|---|---|---|---|---|---|---|"]
         for n, r in (("w2-z2", z2), ("w2-z3", z3)):
             if r:
-                ref = z2 if n == "w2-z3" else None
-                out.append(f"| {RUNS[n][0]} | {_f(r['step_s'], '{:.2f} s')}{_ratio(r['step_s'], ref and ref['step_s'])} | "
-                           f"{_f(r['tokens_per_s'], '{:.0f}')}{_ratio(r['tokens_per_s'], ref and ref['tokens_per_s'])} | "
-                           f"{_mem(r)} GiB{_ratio(max(r['peak_memory_gb_per_worker']), ref and max(ref['peak_memory_gb_per_worker']))} | "
-                           f"{_steady_mem(r)} GiB{_ratio(max(r['steady_worker_rss_gib'] or [0]) or None, ref and max(ref['steady_worker_rss_gib'] or [0]))} | "
+                ref = z2 if n == "w2-z3" else {}
+                out.append(f"| {RUNS[n][0]} | {_cell(r['step_s'], '{:.2f} s', ref.get('step_s'))} | "
+                           f"{_cell(r['tokens_per_s'], '{:.0f}', ref.get('tokens_per_s'))} | "
+                           f"{_per_worker(r['peak_memory_gb_per_worker'], ref.get('peak_memory_gb_per_worker'))} | "
+                           f"{_per_worker(r['steady_worker_rss_gib'], ref.get('steady_worker_rss_gib'))} | "
                            f"{r['contention']:.2f} | {r['load1_at_start']:.1f} |")
         out += ["", "Peak RSS (rayft): each worker's max RSS over the whole run, from summary.json (rayft labels it GB; "
                 "it is getrusage's KiB / 2^20, GiB). Steady RSS: each Ray Train worker process's RSS sampled here every "
                 "0.5 s during the steady steps, the largest sample.", ""]
-    job = ok.get("job-w2-z2")
     if z2 or job:
         out += ["**Start-up** (2 workers, ZeRO-2; ratio: to the local run)", "",
                 "| | job accepted | to first step | to the end | tokens/s (steady) | cluster start (not included) | "
                 "others' cores | load at start |", "|---|---|---|---|---|---|---|---|"]
         if z2:
             out.append(f"| `rayft train` (embedded local cluster), from its start | - | {z2['first_step_s']:.1f} s | "
-                       f"{z2['wall_s']:.1f} s | {_f(z2['tokens_per_s'], '{:.0f}')} | - | "
+                       f"{z2['wall_s']:.1f} s | {_cell(z2['tokens_per_s'], '{:.0f}')} | - | "
                        f"{z2['contention']:.2f} | {z2['load1_at_start']:.1f} |")
         if job:
-            out.append(f"| `ray job submit` to a running cluster, from the submit | {_f(job.get('accepted_s'), '{:.1f} s')} | "
-                       f"{job['first_step_s']:.1f} s{_ratio(job['first_step_s'], z2 and z2['first_step_s'])} | "
-                       f"{job['wall_s']:.1f} s{_ratio(job['wall_s'], z2 and z2['wall_s'])} | "
-                       f"{_f(job['tokens_per_s'], '{:.0f}')} | {job['cluster_start_s']:.1f} s | {job['contention']:.2f} | "
-                       f"{job['load1_at_start']:.1f} |")
+            local = z2 or {}
+            out.append(f"| `ray job submit` to a running cluster, from the submit | {_cell(job.get('accepted_s'), '{:.1f} s')} | "
+                       f"{_cell(job['first_step_s'], '{:.1f} s', local.get('first_step_s'))} | "
+                       f"{_cell(job['wall_s'], '{:.1f} s', local.get('wall_s'))} | {_cell(job['tokens_per_s'], '{:.0f}')} | "
+                       f"{job['cluster_start_s']:.1f} s | {job['contention']:.2f} | {job['load1_at_start']:.1f} |")
         out.append("")
     for n, r in results.items():
         if r["rc"] != 0:

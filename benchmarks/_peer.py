@@ -3,6 +3,7 @@ and (measure, wait_idle) running a command to exit with its wall time, memory an
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -95,19 +96,14 @@ def wait_idle(max_s: float | None, load: float) -> dict:
     return {"waited_s": waited, "load1": now}
 
 
-def measure(cmd: list[str], cwd: Path, log: Path, env: dict[str, str]) -> dict:
-    """Run cmd to exit, offline, in a session of its own: wall time; peak of the summed RSS (every 0.5 s) and PSS
-    (every 2 s) over its process, its descendants and every process of its session (Ray's GCS/raylet/workers
-    count even if reparented); CPU seconds of that tree and of all other processes meanwhile. Every output line
-    goes to `log` with its time since start ("[  12.34s] ...")."""
-    env = {**{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "RAY_ADDRESS")},
-           **OFFLINE, "PYTHONUNBUFFERED": "1", **env}
-    peak_rss = peak_pss = 0
-    cpu: dict[tuple[int, float], float] = {}  # (pid, start time) -> last seen user + sys seconds
-    load0, busy0, t0 = os.getloadavg()[0], busy_cpu_s(), time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            errors="replace", start_new_session=True)  # text mode: tqdm's \r ends a line too
+def offline_env(env: dict[str, str]) -> dict[str, str]:
+    """This process's environment for a measured command: offline, unbuffered, no venv or cluster of ours leaking in."""
+    return {**{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "RAY_ADDRESS")},
+            **OFFLINE, "PYTHONUNBUFFERED": "1", **env}
 
+
+def log_output(proc: subprocess.Popen, log: Path, t0: float) -> threading.Thread:
+    """A thread writing every non-empty output line of proc to `log` with its time since t0 ("[  12.34s] ...")."""
     def read() -> None:
         with open(log, "w", buffering=1) as f:  # line-buffered: the log shows progress while it runs
             for line in proc.stdout:
@@ -116,32 +112,68 @@ def measure(cmd: list[str], cwd: Path, log: Path, env: dict[str, str]) -> dict:
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    root = psutil.Process(proc.pid)
-    polls = 0
-    while proc.poll() is None:
-        rss = pss = 0
-        full = polls % 4 == 0  # PSS (smaps_rollup) costs CPU on a 2-core machine: every 2 s only
-        for p in process_tree(root, proc.pid):
-            try:
-                with p.oneshot():
-                    m, c = p.memory_full_info() if full else p.memory_info(), p.cpu_times()
-                    cpu[(p.pid, p.create_time())] = c.user + c.system
-                rss, pss = rss + m.rss, pss + (m.pss if full else 0)
-            except psutil.Error:
-                pass
-        peak_rss, peak_pss, polls = max(peak_rss, rss), max(peak_pss, pss), polls + 1
-        time.sleep(0.5)
-    wall, busy = time.perf_counter() - t0, busy_cpu_s() - busy0
-    reader.join(timeout=10)
-    leftovers = [p for p in psutil.process_iter() if session_id(p.pid) == proc.pid]
-    for p in leftovers:  # processes this command started and left behind
+    return reader
+
+
+def sample_tree(procs: list[psutil.Process], cpu: dict[tuple[int, float], float], full: bool) -> tuple[int, int]:
+    """Summed RSS and (when `full`: smaps_rollup costs CPU) PSS of procs; their CPU seconds recorded into cpu."""
+    rss = pss = 0
+    for p in procs:
+        try:
+            with p.oneshot():
+                m, c = p.memory_full_info() if full else p.memory_info(), p.cpu_times()
+                cpu[(p.pid, p.create_time())] = c.user + c.system
+            rss, pss = rss + m.rss, pss + (m.pss if full else 0)
+        except psutil.Error:
+            pass
+    return rss, pss
+
+
+def terminate_leftovers(session: int) -> int:
+    """Terminate the processes a measured command started in its session and left behind; return how many."""
+    leftovers = [p for p in psutil.process_iter() if session_id(p.pid) == session]
+    for p in leftovers:
         try:
             p.terminate()
         except psutil.Error:
             pass
+    return len(leftovers)
+
+
+def lf_trainer_results(out: Path) -> tuple[dict, dict, list[dict], int]:
+    """A finished LLaMA-Factory (HF Trainer) run's all_results.json, trainer_state.json, its loss logs and the
+    non-padding input tokens it saw."""
+    results = json.loads((out / "all_results.json").read_text())
+    state = json.loads((out / "trainer_state.json").read_text())
+    logs = [h for h in state["log_history"] if "loss" in h]
+    tokens = state.get("num_input_tokens_seen") or max(h.get("num_input_tokens_seen", 0) for h in state["log_history"])
+    return results, state, logs, tokens
+
+
+def measure(cmd: list[str], cwd: Path, log: Path, env: dict[str, str]) -> dict:
+    """Run cmd to exit, offline, in a session of its own: wall time; peak of the summed RSS (every 0.5 s) and PSS
+    (every 2 s) over its process, its descendants and every process of its session (Ray's GCS/raylet/workers
+    count even if reparented); CPU seconds of that tree and of all other processes meanwhile. Every output line
+    goes to `log` with its time since start ("[  12.34s] ...")."""
+    env = offline_env(env)
+    peak_rss = peak_pss = 0
+    cpu: dict[tuple[int, float], float] = {}  # (pid, start time) -> last seen user + sys seconds
+    load0, busy0, t0 = os.getloadavg()[0], busy_cpu_s(), time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            errors="replace", start_new_session=True)  # text mode: tqdm's \r ends a line too
+    reader = log_output(proc, log, t0)
+    root = psutil.Process(proc.pid)
+    polls = 0
+    while proc.poll() is None:
+        rss, pss = sample_tree(process_tree(root, proc.pid), cpu, full=polls % 4 == 0)  # PSS every 2 s only
+        peak_rss, peak_pss, polls = max(peak_rss, rss), max(peak_pss, pss), polls + 1
+        time.sleep(0.5)
+    wall, busy = time.perf_counter() - t0, busy_cpu_s() - busy0
+    reader.join(timeout=10)
+    leftovers = terminate_leftovers(proc.pid)
     return {"rc": proc.returncode, "wall_s": wall, "peak_rss_gb": peak_rss / 1e9, "peak_pss_gb": peak_pss / 1e9,
             "cpu_s": sum(cpu.values()), "other_cpu_s": busy - sum(cpu.values()), "load1_at_start": load0,
-            "leftover_processes": len(leftovers), "log": str(log)}
+            "leftover_processes": leftovers, "log": str(log)}
 
 
 def build_model(out: Path, hidden_size: int = 64, num_layers: int = 2) -> int:

@@ -62,7 +62,8 @@ from typing import Callable
 
 import yaml
 
-from _peer import LF_VENV, TOKENIZER, TRL_VENV, build_model, ensure_lf_venv, ensure_trl_venv, measure, wait_idle
+from _peer import (LF_VENV, TOKENIZER, TRL_VENV, build_model, ensure_lf_venv, ensure_trl_venv, lf_trainer_results,
+                   measure, wait_idle)
 
 ROOT = Path(__file__).resolve().parents[1]
 RAYFT = ROOT / ".venv" / "bin" / "rayft"
@@ -181,11 +182,7 @@ def run_llamafactory(model: Path, data: Path, steps: int, max_len: int, log_step
     res = measure([str(LF_VENV / "bin" / "llamafactory-cli"), "train", "train.yaml"], work, work / "log.txt", env)
     if res["rc"] != 0:
         return res
-    out = work / "out"
-    results = json.loads((out / "all_results.json").read_text())
-    state = json.loads((out / "trainer_state.json").read_text())
-    logs = [h for h in state["log_history"] if "loss" in h]
-    tokens = state.get("num_input_tokens_seen") or max(h.get("num_input_tokens_seen", 0) for h in state["log_history"])
+    results, state, logs, tokens = lf_trainer_results(work / "out")
     pairs = state["global_step"] * BATCH
     train_s = results["train_runtime"]
     return {**res, "train_s": train_s, "steps": state["global_step"], "pairs_trained": pairs,

@@ -48,7 +48,8 @@ from pathlib import Path
 
 import psutil
 
-from _peer import LF_VENV, TOKENIZER, busy_cpu_s, ensure_lf_venv, process_tree, session_id, wait_idle
+from _peer import (LF_VENV, TOKENIZER, busy_cpu_s, ensure_lf_venv, offline_env, process_tree, sample_tree,
+                   terminate_leftovers, wait_idle)
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +58,6 @@ DEMO = Path("/work/shared/data/alpaca_en_demo.json")
 WORK = Path("/tmp/preprocess-bench")
 RESULTS = ROOT / "benchmarks" / "results"
 MAX_LEN = 1024
-OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 LF_SAVED = "Tokenized dataset is saved at"
 # Phase markers, by the first time (since start) a log line matching them appears.
 LF_PHASES = {"dataset_read": r"Loading dataset|Generating train split", "convert": r"Converting format of dataset",
@@ -100,8 +100,7 @@ def measure(cmd: list[str], cwd: Path, log: Path, env: dict[str, str], phases: d
             stop_at: str | None = None) -> dict:
     """Run cmd to exit (or until a log line contains `stop_at`, then kill its session): wall time, peak
     RSS/PSS of its process tree, CPU seconds, and the time of the first line matching each phase pattern."""
-    env = {**{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "RAY_ADDRESS")},
-           **OFFLINE, "PYTHONUNBUFFERED": "1", **env}
+    env = offline_env(env)
     marks: dict[str, float] = {}
     stopped = threading.Event()
     peak_rss = peak_pss = 0
@@ -132,16 +131,7 @@ def measure(cmd: list[str], cwd: Path, log: Path, env: dict[str, str], phases: d
     root = psutil.Process(proc.pid)
     polls = 0
     while proc.poll() is None and not stopped.is_set():
-        rss = pss = 0
-        full = polls % 4 == 0  # PSS (smaps_rollup) costs CPU on this 2-core machine: every 2 s only
-        for p in process_tree(root, proc.pid):
-            try:
-                with p.oneshot():
-                    m, c = p.memory_full_info() if full else p.memory_info(), p.cpu_times()
-                    cpu[(p.pid, p.create_time())] = c.user + c.system
-                rss, pss = rss + m.rss, pss + (m.pss if full else 0)
-            except psutil.Error:
-                pass
+        rss, pss = sample_tree(process_tree(root, proc.pid), cpu, full=polls % 4 == 0)  # PSS every 2 s only
         peak_rss, peak_pss, polls = max(peak_rss, rss), max(peak_pss, pss), polls + 1
         stopped.wait(0.5)
     if stopped.is_set():  # the work is done; what follows (model loading, training) is not measured
@@ -161,16 +151,11 @@ def measure(cmd: list[str], cwd: Path, log: Path, env: dict[str, str], phases: d
     else:
         wall, busy = time.perf_counter() - t0, busy_cpu_s() - busy0
     reader.join(timeout=10)
-    leftovers = [p for p in psutil.process_iter() if session_id(p.pid) == proc.pid]
-    for p in leftovers:  # processes this command started and left behind
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
+    leftovers = terminate_leftovers(proc.pid)
     return {"rc": 0 if stopped.is_set() else proc.returncode, "stopped_at_log_line": stopped.is_set(), "wall_s": wall,
             "peak_rss_gb": peak_rss / 1e9, "peak_pss_gb": peak_pss / 1e9, "cpu_s": sum(cpu.values()),
             "other_cpu_s": busy - sum(cpu.values()), "load1_at_start": load0, "phases_s": marks,
-            "leftover_processes": len(leftovers), "log": str(log)}
+            "leftover_processes": leftovers, "log": str(log)}
 
 
 def run_llamafactory(model: Path, data_dir: Path, rows: int) -> dict:

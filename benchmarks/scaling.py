@@ -60,7 +60,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -69,7 +68,8 @@ from pathlib import Path
 import psutil
 import yaml
 
-from _peer import OFFLINE, TOKENIZER, build_model, busy_cpu_s, process_tree, session_id, wait_idle
+from _peer import (OFFLINE, TOKENIZER, build_model, busy_cpu_s, log_output, offline_env, process_tree, session_id,
+                   terminate_leftovers, wait_idle)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's rayft and ray commands
@@ -151,8 +151,7 @@ def measure_run(cmd: list[str], cwd: Path, log: Path, env: dict[str, str], metri
     meanwhile; output lines with their time into `log`), and besides: when metrics.jsonl gets its first line (polled
     every 0.1 s), and the RSS of every Ray Train worker process sampled every 0.5 s from when `warmup` steps are logged
     until the last step is (not while the model is saved)."""
-    env = {**{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "RAY_ADDRESS")},
-           **OFFLINE, "PYTHONUNBUFFERED": "1", **env}
+    env = offline_env(env)
     sids = set(extra_sids)
     before: dict[tuple[int, float], float] = {}  # CPU seconds the extra sessions' processes had used before the run
     for p in psutil.process_iter():
@@ -171,14 +170,7 @@ def measure_run(cmd: list[str], cwd: Path, log: Path, env: dict[str, str], metri
                             errors="replace", start_new_session=True)
     RUNNING.append(proc)
 
-    def read() -> None:
-        with open(log, "w", buffering=1) as f:
-            for line in proc.stdout:
-                if line.strip():
-                    f.write(f"[{time.perf_counter() - t0:8.2f}s] {line.rstrip()}\n")
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    reader = log_output(proc, log, t0)
     root = psutil.Process(proc.pid)
     while proc.poll() is None:
         lines = _lines(metrics) if first_step_s is None or polls % 5 == 0 else 0
@@ -206,17 +198,12 @@ def measure_run(cmd: list[str], cwd: Path, log: Path, env: dict[str, str], metri
     wall, busy = time.perf_counter() - t0, busy_cpu_s() - busy0
     RUNNING.remove(proc)
     reader.join(timeout=10)
-    leftovers = [p for p in psutil.process_iter() if session_id(p.pid) == proc.pid]
-    for p in leftovers:  # processes this command started and left behind
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
+    leftovers = terminate_leftovers(proc.pid)
     tree_cpu = sum(v - before.get(k, 0.0) for k, v in cpu.items())
     return {"rc": proc.returncode, "wall_s": wall, "first_step_s": first_step_s, "peak_rss_gib": peak_rss / 2**30,
             "cpu_s": tree_cpu, "other_cpu_s": busy - tree_cpu, "contention": (busy - tree_cpu) / wall,
             "load1_at_start": load0, "steady_worker_rss_gib": sorted(round(v / 2**30, 3) for v in worker_rss.values()),
-            "leftover_processes": len(leftovers), "log": str(log)}
+            "leftover_processes": leftovers, "log": str(log)}
 
 
 def steady_state(metrics: Path, warmup: int) -> dict:

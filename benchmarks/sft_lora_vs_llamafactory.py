@@ -32,13 +32,9 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import time
 from pathlib import Path
 
-import psutil
-
-from _peer import LF_VENV, build_model, busy_cpu_s, ensure_lf_venv, process_tree, session_id
+from _peer import LF_VENV, build_model, ensure_lf_venv, lf_trainer_results, measure, wait_idle
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,51 +43,6 @@ DATA_DIR = Path("/work/shared/data")
 WORK = Path("/tmp/sft-bench")
 RESULTS = ROOT / "benchmarks" / "results"
 RANK, ALPHA, MAX_LEN, BATCH, LR, LOG_STEPS = 8, 16, 512, 8, 1e-4, 10
-OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-
-
-def wait_idle(limit_s: float, load: float = 1.5) -> None:
-    """Other sessions share this machine: wait (at most limit_s) for the 1-min load average to drop."""
-    end = time.time() + limit_s
-    while os.getloadavg()[0] > load and time.time() < end:
-        time.sleep(10)
-
-
-def measure(cmd: list[str], cwd: Path, log: Path, env: dict[str, str]) -> dict:
-    """Run cmd to exit: wall time, peak RSS/PSS of its process tree (0.5 s polls), CPU seconds."""
-    env = {**{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}, **OFFLINE, **env}
-    peak_rss = peak_pss = 0
-    cpu: dict[tuple[int, float], float] = {}  # (pid, start time) -> last seen user + sys seconds
-    load0, busy0, t0 = os.getloadavg()[0], busy_cpu_s(), time.perf_counter()
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-        root = psutil.Process(proc.pid)
-        polls = 0
-        while proc.poll() is None:
-            rss = pss = 0
-            full = polls % 4 == 0  # PSS (smaps_rollup) costs CPU on this 2-core machine: every 2 s only
-            for p in process_tree(root, proc.pid):
-                try:
-                    with p.oneshot():
-                        m, c = p.memory_full_info() if full else p.memory_info(), p.cpu_times()
-                        cpu[(p.pid, p.create_time())] = c.user + c.system
-                    rss, pss = rss + m.rss, pss + (m.pss if full else 0)
-                except psutil.Error:
-                    pass
-            peak_rss, peak_pss, polls = max(peak_rss, rss), max(peak_pss, pss), polls + 1
-            time.sleep(0.5)
-    wall, busy = time.perf_counter() - t0, busy_cpu_s() - busy0
-    leftovers = [p for p in psutil.process_iter() if session_id(p.pid) == proc.pid]
-    for p in leftovers:  # processes this command started and left behind
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    return {"rc": proc.returncode, "wall_s": wall, "peak_rss_gb": peak_rss / 1e9, "peak_pss_gb": peak_pss / 1e9,
-            "cpu_s": sum(cpu.values()), "other_cpu_s": busy - sum(cpu.values()), "load1_at_start": load0,
-            "leftover_processes": len(leftovers), "log": str(log)}
-
-
 def run_llamafactory(model: Path, max_samples: int | None) -> dict:
     work = WORK / "lf"
     shutil.rmtree(work, ignore_errors=True)
@@ -113,11 +64,7 @@ def run_llamafactory(model: Path, max_samples: int | None) -> dict:
     res = measure([str(LF_VENV / "bin" / "llamafactory-cli"), "train", "train.yaml"], work, work / "log.txt", env)
     if res["rc"] != 0:
         return res
-    out = work / "out"
-    results = json.loads((out / "all_results.json").read_text())
-    state = json.loads((out / "trainer_state.json").read_text())
-    logs = [h for h in state["log_history"] if "loss" in h]
-    tokens = state.get("num_input_tokens_seen") or max(h.get("num_input_tokens_seen", 0) for h in state["log_history"])
+    results, state, logs, tokens = lf_trainer_results(work / "out")
     return {**res, "train_s": results["train_runtime"], "train_tokens": tokens,
             "tokens_per_s": tokens / results["train_runtime"], "dataset_tokens": tokens,  # every row trained once
             "rows_trained": round(results["train_samples_per_second"] * results["train_runtime"]),
@@ -197,12 +144,12 @@ def main() -> None:
     results: dict[str, dict] = {}
     if not args.skip_llamafactory:
         ensure_lf_venv(WORK)
-        wait_idle(args.wait_idle)
+        wait_idle(args.wait_idle, load=1.5)
         print(f"running LLaMA-Factory (load {os.getloadavg()[0]:.1f}) ...", flush=True)
         results["llamafactory"] = run_llamafactory(model, args.max_samples)
         print(json.dumps(results["llamafactory"]), flush=True)
     for w in args.rayft_workers:
-        wait_idle(args.wait_idle)
+        wait_idle(args.wait_idle, load=1.5)
         print(f"running rayft, {w} worker(s) (load {os.getloadavg()[0]:.1f}) ...", flush=True)
         results[f"rayft-w{w}"] = run_rayft(model, args.max_samples, w)
         print(json.dumps(results[f"rayft-w{w}"]), flush=True)

@@ -177,17 +177,15 @@ def _finish(grid: Any, run: RunConfig, sweep_config: SweepConfig, base: dict, di
         run_dir = storage.join(trials_dir, trial_id)
         frame = result.metrics_dataframe
         values = frame[metric].dropna().tolist() if frame is not None and metric in frame else []
-        record = storage.read_text(storage.join(run_dir, METRICS_FILE)) or ""
-        reported = sorted({k for line in record.splitlines() if line.strip() for k in json.loads(line)} - {"step"})
         finished = storage.read_text(storage.join(run_dir, SUMMARY_FILE)) is not None
         state = f"error: {type(result.error).__name__}" if result.error else ("finished" if finished else "stopped early")
         metrics = result.metrics or {}
         rows.append(TrialRow(trial=trial_id, params=result.config["params"], metric=values[-1] if values else None,
                              steps=metrics.get("step"), seconds=metrics.get("time_total_s"), state=state,
-                             run_dir=run_dir, reported=reported))
+                             run_dir=run_dir))
     rows = ranked(rows, sweep_config.mode)
     if not rows or rows[0].metric is None:
-        seen = sorted({m for r in rows for m in r.reported})
+        seen = sorted(set().union(*(_reported(r.run_dir) for r in rows)))
         errors = [f"{r.trial}: {r.state}" for r in rows if r.state.startswith("error")]
         raise UserInputError(f"tune.metric: no trial reported {metric!r}; they reported {seen or 'nothing'}"
                              + (f" ({'; '.join(errors)})" if errors else ""))
@@ -200,12 +198,19 @@ def _finish(grid: Any, run: RunConfig, sweep_config: SweepConfig, base: dict, di
     local.mkdir(parents=True, exist_ok=True)
     if plot(rows, sweep_config, local / PLOT_PNG):
         storage.publish(local, directory)
-    _prune(rows[sweep_config.keep_top:])
+    for row in rows[sweep_config.keep_top:]:  # below keep_top: the record stays, the model files and checkpoints go
+        storage.delete_all_but(row.run_dir, RECORD_FILES)
     print(table(rows, keys, metric))
     print(f"best: {best.trial} {metric}={best.metric:.6g} {best.params}\n"
           f"rerun it: rayft train {storage.join(directory, BEST_YAML)}\n"
           f"results: {storage.join(directory, RESULTS_CSV)}, plot: {storage.join(directory, PLOT_PNG)}")
     return SweepResult(directory=directory, rows=rows, best=best)
+
+
+def _reported(run_dir: str) -> set[str]:
+    """Every metric name a trial's run wrote to its metrics.jsonl."""
+    record = storage.read_text(storage.join(run_dir, METRICS_FILE)) or ""
+    return {k for line in record.splitlines() if line.strip() for k in json.loads(line)} - {"step"}
 
 
 def _trial_id(result: Any) -> str:
@@ -215,21 +220,3 @@ def _trial_id(result: Any) -> str:
         return result.metrics["trial_id"]
     found = re.search(r"[0-9a-f]{5}_\d{5}", Path(result.path).name)
     return found.group(0) if found else Path(result.path).name
-
-
-def _prune(rows: list[TrialRow]) -> None:
-    """Below keep_top: delete the model files and checkpoints, keep the record (RECORD_FILES)."""
-    import pyarrow.fs as pafs
-
-    for row in rows:
-        fs, path = pafs.FileSystem.from_uri(row.run_dir)
-        if fs.get_file_info(path).type != pafs.FileType.Directory:
-            continue
-        for info in fs.get_file_info(pafs.FileSelector(path, recursive=False)):
-            name = info.path.rsplit("/", 1)[-1]
-            if name in RECORD_FILES:
-                continue
-            if info.type == pafs.FileType.Directory:
-                fs.delete_dir(info.path)
-            else:
-                fs.delete_file(info.path)

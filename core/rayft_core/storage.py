@@ -78,6 +78,20 @@ def delete_dir(location: str) -> None:
         fs.delete_dir(path)
 
 
+def delete_all_but(location: str, keep: tuple[str, ...]) -> None:
+    """Delete the entries of the directory ``location`` whose names are not in ``keep`` (nothing when it is absent)."""
+    fs, path = _fs(location)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return
+    for info in fs.get_file_info(pafs.FileSelector(path, recursive=False)):
+        if info.path.rsplit("/", 1)[-1] in keep:
+            continue
+        if info.type == pafs.FileType.Directory:
+            fs.delete_dir(info.path)
+        else:
+            fs.delete_file(info.path)
+
+
 def check_writable(location: str) -> str | None:
     """Why nothing can be written at ``location`` (a probe file is created and removed), or None."""
     probe = join(location, f".rayft-write-test-{uuid.uuid4().hex[:8]}")

@@ -7,7 +7,7 @@ import copy
 import csv
 import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +26,12 @@ def trial_raw(base: dict, params: dict[str, Any]) -> dict:
     return raw
 
 
-def representative_values(dist: dict[str, Any]) -> list[Any]:
-    """The values a check tries: every listed value, or both bounds of a range."""
-    (kind, values), = dist.items()
-    return list(values)
-
-
 def check_space(base: dict, sweep: SweepConfig) -> list[str]:
     """Every value a trial can get, set alone into the base run, must give a valid run; and the metric must be
     one the runs report. Problems name the space key (an unknown one with its closest valid key)."""
     problems = []
     for key, dist in sweep.space.items():
-        for value in representative_values(dist):
+        for value in next(iter(dist.values())):  # every listed value, or both bounds of a range
             try:
                 validate_config(trial_raw(base, {key: value}))
             except ConfigError as e:
@@ -73,7 +67,6 @@ class TrialRow:
     seconds: float | None
     state: str  # finished | stopped early | error: ...
     run_dir: str
-    reported: list[str] = field(default_factory=list)  # every metric name it reported
 
 
 def ranked(rows: list[TrialRow], mode: str) -> list[TrialRow]:

@@ -34,3 +34,14 @@ def test_os_errors_are_explained():
         OSError(errno.ENOSPC, "No space left on device"), "the checkpoint")
     assert "no space left" in storage.explain_os_error(OSError("IOError: [errno 28] No space left on device"), "x")
     assert "no permission to write x" in storage.explain_os_error(OSError(errno.EROFS, "Read-only file system"), "x")
+
+
+def test_delete_all_but_keeps_the_named_entries(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoint_1").mkdir(parents=True)
+    (run / "checkpoint_1" / "state.pt").write_text("x")
+    for name in ("metrics.jsonl", "adapter_model.safetensors"):
+        (run / name).write_text("x")
+    storage.delete_all_but(str(run), ("metrics.jsonl",))
+    assert [p.name for p in run.iterdir()] == ["metrics.jsonl"]
+    storage.delete_all_but(str(tmp_path / "absent"), ())  # a trial that never wrote its directory

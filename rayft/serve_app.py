@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fastapi import HTTPException
 from ray import serve
 from ray.llm._internal.serve.core.configs.openai_api_models import OpenAIHTTPException, to_model_metadata
 from ray.serve.llm import LLMConfig
@@ -130,7 +131,11 @@ class RayftIngress(OpenAiIngress):
         self._adapters = adapters
 
     async def _get_model_id(self, model: str | None) -> str:
-        model = await super()._get_model_id(model)
+        try:
+            model = await super()._get_model_id(model)
+        except HTTPException as e:  # answer in OpenAI's error shape, as every other error is
+            raise OpenAIHTTPException(e.status_code, str(e.detail), type="NotFoundError" if e.status_code == 404
+                                      else "BadRequestError") from None
         base, _, adapter = model.partition(":")
         if adapter and adapter not in self._adapters.get(base, []):
             served = [f"{base}:{a}" for a in self._adapters.get(base, [])] or ["none"]

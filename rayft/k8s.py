@@ -152,12 +152,12 @@ def _run_paths(run) -> dict[str, str | None]:
 
 
 def _pod_path_problems(paths: dict[str, str | None]) -> list[str]:
-    """Paths a pod cannot read: relative ones (a hub id such as org/model is fine: nothing local has its name)."""
+    """Paths a pod cannot read: relative ones. A model may be a hub id (org/name): only one that exists here is a path."""
     problems = []
     for key, p in paths.items():
         if not p or "://" in p or Path(p).is_absolute():
             continue
-        if key.startswith(("data.", "deepspeed.")) or Path(p).expanduser().exists():
+        if key.startswith(("data.", "deepspeed.")) or ".adapters." in key or Path(p).expanduser().exists():
             problems.append(f"{key}: {p!r} is a path on this machine, which the pods cannot read; upload it "
                             f"(s3://..., gs://...) or mount a volume (extraVolumes) and give its absolute path")
     return problems

@@ -21,7 +21,7 @@ from typing import Any
 import click
 import yaml
 
-from rayft_core.config import ConfigError, validate_config, validate_section
+from rayft_core.config import ConfigError, RunConfig, validate_config, validate_section
 from rayft_core.errors import UserInputError
 from rayft_core.serve_config import ServeConfig
 
@@ -90,17 +90,17 @@ def values_for(config_path: str, kind: str | None = None) -> dict[str, Any]:
     try:
         if kind == "service":
             return _serve_values(validate_section(ServeConfig, raw, "serving config"), text)
-        return _run_values(validate_config(raw), raw, text, kind)
+        return _run_values(validate_config(raw), text, kind)
     except ConfigError as e:
         raise K8sError(f"{config_path}: {e}") from None
 
 
-def _run_values(run, raw: dict, text: str, kind: str) -> dict[str, Any]:
+def _run_values(run: RunConfig, text: str, kind: str) -> dict[str, Any]:
     if kind == "job" and run.tune is not None:
         raise K8sError("this run has a tune: section (a sweep); render it with --kind tune, or remove the section")
     if kind == "tune" and run.tune is None:
         raise K8sError("--kind tune needs a tune: section in the run config (the sweep)")
-    _check_pod_paths(_run_paths(run))
+    _raise_problems(_pod_path_problems(_run_paths(run)))
     c = run.cluster
     # One Ray Train worker per pod, plus a CPU for Ray Data's reading and tokenizing, which the workers' own
     # CPUs would starve (DESIGN.md). rayft checks the cluster holds num_workers workers before it starts, so
@@ -129,10 +129,9 @@ def _serve_values(cfg: ServeConfig, text: str) -> dict[str, Any]:
         models = [m for m in cfg.models if (m.resources.gpu_count > 0) == (kind == "gpu")]
         if not models:
             continue
-        lows = sum(m.replicas.min for m in models)
         group = {"name": kind, "type": kind,
                  "replicas": sum(m.replicas.initial if m.replicas.initial is not None else m.replicas.min for m in models),
-                 "minReplicas": lows, "maxReplicas": sum(m.replicas.max for m in models),
+                 "minReplicas": sum(m.replicas.min for m in models), "maxReplicas": sum(m.replicas.max for m in models),
                  "cpu": math.ceil(max(m.resources.cpus for m in models)) + 1}
         if kind == "gpu":
             group["gpu"] = max(m.resources.gpu_count for m in models)
@@ -140,7 +139,7 @@ def _serve_values(cfg: ServeConfig, text: str) -> dict[str, Any]:
     return {"kind": "service", "serve": {"config": text}, "workers": groups}
 
 
-def _run_paths(run) -> dict[str, str | None]:
+def _run_paths(run: RunConfig) -> dict[str, str | None]:
     paths = {"model.name_or_path": run.model.name_or_path, "deepspeed.config_file": run.deepspeed.config_file,
              "data.cache_dir": run.data.cache_dir}
     for section in ("train", "eval"):
@@ -161,10 +160,6 @@ def _pod_path_problems(paths: dict[str, str | None]) -> list[str]:
             problems.append(f"{key}: {p!r} is a path on this machine, which the pods cannot read; upload it "
                             f"(s3://..., gs://...) or mount a volume (extraVolumes) and give its absolute path")
     return problems
-
-
-def _check_pod_paths(paths: dict[str, str | None]) -> None:
-    _raise_problems(_pod_path_problems(paths))
 
 
 def _raise_problems(problems: list[str]) -> None:
@@ -225,7 +220,8 @@ def render(values: dict[str, Any], name: str, namespace: str = "default", chart_
         try:
             rendered = chart.render(values, name=name, namespace=namespace)
         except helm.HelmValuesError as e:
-            raise K8sError("invalid chart values:\n" + "\n".join(f"  - {p}" for p in describe_schema_errors(str(e), chart.schema))) from None
+            problems = describe_schema_errors(str(e), chart.schema)
+            raise K8sError("invalid chart values:\n" + "\n".join(f"  - {p}" for p in problems)) from None
         except helm.HelmRenderError as e:
             message = str(e).split("): ", 1)[-1] if "execution error at" in str(e) else str(e)
             raise K8sError(f"invalid chart values: {message}") from None

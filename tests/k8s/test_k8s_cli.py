@@ -154,8 +154,9 @@ def test_the_chart_ships_in_the_wheel_and_is_found_there(tmp_path):
         shutil.copy(REPO / name, src / name)
     for name in ("rayft", "core", "helm"):
         shutil.copytree(REPO / name, src / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(src)],
-                   check=True, capture_output=True)
+    # setuptools' own PEP 517 backend, as `pip wheel` calls it (without pip's start-up)
+    build = "import sys; from setuptools import build_meta; build_meta.build_wheel(sys.argv[1])"
+    subprocess.run([sys.executable, "-c", build, str(tmp_path)], cwd=src, check=True, capture_output=True)
     (wheel,) = tmp_path.glob("rayft-*.whl")
     installed = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(installed)
@@ -163,18 +164,27 @@ def test_the_chart_ships_in_the_wheel_and_is_found_there(tmp_path):
     for rel in chart_files:
         assert (installed / "rayft/chart" / rel).read_bytes() == (REPO / "helm/rayft" / rel).read_bytes(), rel
 
-    script = ("import sys, yaml; from rayft.k8s import find_chart, render; print(find_chart()); "
-              "print(list(render(yaml.safe_load(open(sys.argv[1])), 'sft')))")
+    # rayft imported from the unpacked wheel finds its chart there and renders; without it, says where it looked
+    script = """
+import shutil, sys, yaml
+from rayft.k8s import K8sError, find_chart, render
+print(find_chart())
+print(list(render(yaml.safe_load(open(sys.argv[1])), "sft")))
+shutil.rmtree(find_chart())
+try:
+    find_chart()
+except K8sError as e:
+    print(e)
+"""
     env = {**os.environ, "PYTHONPATH": str(installed)}
     env.pop("RAYFT_CHART_DIR", None)
-    found = subprocess.run([sys.executable, "-c", script, str(REPO / "helm/rayft/examples/job-cpu.yaml")],
-                           capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert found.returncode == 0, found.stderr
-    assert found.stdout.splitlines() == [str(installed / "rayft/chart"),
-                                         "['rayft/templates/configmap.yaml', 'rayft/templates/rayjob.yaml']"]
-    shutil.rmtree(installed / "rayft/chart")
-    lost = subprocess.run([sys.executable, "-c", script, "x"], capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert "the Helm chart is not where rayft looks" in lost.stderr and "RAYFT_CHART_DIR" in lost.stderr
+    result = subprocess.run([sys.executable, "-c", script, str(REPO / "helm/rayft/examples/job-cpu.yaml")],
+                            capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    found, rendered, lost = result.stdout.splitlines()
+    assert found == str(installed / "rayft/chart")
+    assert rendered == "['rayft/templates/configmap.yaml', 'rayft/templates/rayjob.yaml']"
+    assert lost.startswith(f"the Helm chart is not where rayft looks ({installed / 'rayft/chart'})") and "RAYFT_CHART_DIR" in lost
 
 
 def test_image_chart_and_project_pins_agree():

@@ -228,8 +228,8 @@ def test_service_serves_the_serving_config_through_build_app():
     assert app["args"] == yaml.safe_load(values["serve"]["config"])  # the serving config as a mapping
     assert validate_section(ServeConfig, app["args"]).models[0].adapters["sql"] == "s3://rayft/runs/sft-lora-sql"
     assert serve["http_options"] == {"host": "0.0.0.0", "port": 8000}
-    head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
-    assert {"name": "serve", "containerPort": 8000} in head["ports"]
+    for c in ray_containers(service):  # the proxy on every pod, where KubeRay checks its health
+        assert {"name": "serve", "containerPort": 8000} in c["ports"]
     for c in ray_containers(service):  # the key where the app is built (the head), and on workers
         assert env(c)["RAYFT_API_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "rayft-api-key", "key": "api_key"}}
 

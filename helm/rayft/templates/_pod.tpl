@@ -111,6 +111,10 @@ spec:
         - {name: dashboard, containerPort: 8265}
         - {name: client, containerPort: 10001}
         - {name: serve, containerPort: {{ ($v.serve).port | default 8000 }}}
+      {{- else if eq $v.kind "service" }}
+      # Serve's proxy runs on every pod; KubeRay checks each one's health at its port named serve.
+      ports:
+        - {name: serve, containerPort: {{ $v.serve.port }}}
       {{- end }}
       # KubeRay tells Ray the CPUs and GPUs from the limits; requests equal them so the pod is not squeezed.
       resources:

@@ -22,6 +22,7 @@ import sys
 import click
 
 from rayft.eval import eval_group
+from rayft.k8s import k8s_group
 from rayft_core.config import ConfigError, RunConfig, load_config
 
 EXIT_BAD_INPUT = 2
@@ -376,6 +377,8 @@ def demo(output: str, workers: int) -> None:
 
     run_demo(output, workers)
 
+
+main.add_command(k8s_group)
 
 if __name__ == "__main__":
     main()

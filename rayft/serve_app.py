@@ -95,6 +95,9 @@ def llm_config_for(m: ServedModel) -> LLMConfig:
                 "upscale_delay_s": r.upscale_delay_s, "downscale_delay_s": r.downscale_delay_s,
             },
             "max_ongoing_requests": r.max_ongoing_requests,
+            # The replica actor is an asyncio front for its engine, whose placement bundle holds the CPUs or GPUs
+            # that do the work; Ray's default (1 CPU more, per replica) kept a second replica from fitting.
+            "ray_actor_options": {"num_cpus": 0},
         },
     )
 

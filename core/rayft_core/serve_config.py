@@ -119,17 +119,18 @@ class ServeConfig(_Section):
             raise ValueError(f"model ids must be unique, repeated: {dup}")
         return self
 
-    def with_absolute_paths(self, base: str | Path) -> "ServeConfig":
-        """Relative local paths are taken from ``base`` (the config file's folder); URIs are left alone."""
+    def with_absolute_paths(self) -> "ServeConfig":
+        """Relative local paths made absolute from the working directory, as a run config's are: replicas
+        run in other directories and on other nodes. URIs are left alone."""
         from rayft_core.storage import is_uri
 
-        def resolve(p: str) -> str:
-            return p if is_uri(p) or Path(p).is_absolute() else str((Path(base) / p).resolve())
+        def absolute(p: str) -> str:
+            return p if is_uri(p) else str(Path(p).expanduser().absolute())
 
         out = self.model_copy(deep=True)
         for m in out.models:
-            m.path = resolve(m.path)
-            m.adapters = {k: resolve(v) for k, v in m.adapters.items()}
+            m.path = absolute(m.path)
+            m.adapters = {k: absolute(v) for k, v in m.adapters.items()}
         return out
 
 
@@ -138,8 +139,7 @@ def load_serve_config(path: str | Path | None = None, overrides: list[str] | Non
     raw = read_yaml(path) if path is not None else dict(data or {})
     for item in overrides or []:
         apply_override(raw, item)
-    cfg = validate_section(ServeConfig, raw, "serving config")
-    return cfg.with_absolute_paths(Path(path).parent) if path is not None else cfg
+    return validate_section(ServeConfig, raw, "serving config").with_absolute_paths()
 
 
 __all__ = ["ConfigError", "ServeConfig", "ServedModel", "load_serve_config"]

@@ -1,0 +1,141 @@
+"""Serving overhead: `rayft serve` (Ray Serve + vLLM) against bare vLLM's OpenAI server, same model, same machine.
+
+    .venv/bin/python benchmarks/serve_vs_vllm.py [--model DIR] [--requests 64] [--max-tokens 32]
+
+Both run vLLM with the same engine arguments (float32, the CPU settings of DESIGN.md) and one engine
+replica; bare vLLM as `vllm serve` in a subprocess, rayft on an embedded local Ray cluster. The same
+client (openai's AsyncOpenAI, greedy, `ignore_eos` so every request generates exactly --max-tokens)
+sends REQUESTS chat requests at concurrency 1, 8 and 32 to each, one server at a time. Printed: output
+tokens/s, p50/p99 latency per request, and rayft/bare ratios. Without --model a random Llama of
+~20M parameters (hidden 256, head_dim 64, 4 layers) with the session's tokenizer is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+KEY = "bench-key"
+CONCURRENCY = (1, 8, 32)
+
+
+def build_model(work: Path) -> Path:
+    from rayft_core.model.tiny import build_tiny_model, build_tokenizer
+
+    texts = [f"question {i}: what is {i} plus {i}? answer: {2 * i}." for i in range(3000)]
+    tok = build_tokenizer(texts, vocab_size=2000)
+    return build_tiny_model("llama", tok, work / "model", hidden_size=256, num_layers=4, num_attention_heads=4,
+                            num_key_value_heads=2, max_position_embeddings=1024)
+
+
+async def load(url: str, model: str, n: int, concurrency: int, max_tokens: int) -> dict:
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=600)
+    gate = asyncio.Semaphore(concurrency)
+    latencies, tokens = [], 0
+
+    async def one(i: int) -> None:
+        nonlocal tokens
+        async with gate:
+            t0 = time.perf_counter()
+            r = await client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": f"Count from {i}."}], max_tokens=max_tokens,
+                temperature=0, extra_body={"ignore_eos": True})
+            latencies.append(time.perf_counter() - t0)
+            tokens += r.usage.completion_tokens
+
+    await one(-1)  # warm-up, not counted
+    latencies.clear()
+    tokens = 0
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    wall = time.perf_counter() - t0
+    latencies.sort()
+    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
+    return {"tok_s": tokens / wall, "p50": pick(0.50), "p99": pick(0.99), "tokens": tokens}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, timeout: float = 600) -> None:
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(url + "/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(2)
+    raise TimeoutError(f"{url} did not answer in {timeout} s")
+
+
+def bench(url: str, model: str, args: argparse.Namespace) -> dict:
+    return {c: asyncio.run(load(url, model, args.requests, c, args.max_tokens)) for c in CONCURRENCY}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path)
+    ap.add_argument("--requests", type=int, default=64)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--max-model-len", type=int, default=512)
+    args = ap.parse_args()
+    env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_CPU_KVCACHE_SPACE": "1", "RAYFT_API_KEY": KEY}
+    os.environ.update(env)
+    work = Path(tempfile.mkdtemp(prefix="rayft-serve-bench-"))
+    model = args.model or build_model(work)
+
+    # bare vLLM: its own OpenAI server, the same engine arguments
+    port = free_port()
+    bare = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model),
+                             "--served-model-name", "m", "--dtype", "float32", "--max-model-len", str(args.max_model_len),
+                             "--port", str(port), "--api-key", KEY], env=env,
+                            stdout=open(work / "vllm.log", "w"), stderr=subprocess.STDOUT)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/v1")
+        bare_results = bench(f"http://127.0.0.1:{port}/v1", "m", args)
+    finally:
+        bare.terminate()
+        bare.wait(60)
+
+    from ray import serve
+
+    from rayft.cluster import connect
+    from rayft.serve import deploy
+    from rayft_core.serve_config import load_serve_config
+
+    connect()
+    cfg = load_serve_config(data={"models": [{"id": "m", "path": str(model), "max_model_len": args.max_model_len,
+                                              "replicas": {"max_ongoing_requests": 256}}],
+                                  "http": {"port": free_port()}})
+    url = deploy(cfg)
+    try:
+        rayft_results = bench(url, "m", args)
+    finally:
+        serve.shutdown()
+
+    print(f"\n{args.requests} chat requests x {args.max_tokens} output tokens, model {model}")
+    print(f"{'concurrency':>11} | {'bare vLLM tok/s':>15} {'p50 s':>7} {'p99 s':>7} | {'rayft tok/s':>11} {'p50 s':>7} "
+          f"{'p99 s':>7} | {'tok/s ratio':>11} {'p50 ratio':>9}")
+    for c in CONCURRENCY:
+        b, r = bare_results[c], rayft_results[c]
+        print(f"{c:>11} | {b['tok_s']:>15.1f} {b['p50']:>7.2f} {b['p99']:>7.2f} | {r['tok_s']:>11.1f} {r['p50']:>7.2f} "
+              f"{r['p99']:>7.2f} | {r['tok_s'] / b['tok_s']:>11.2f} {r['p50'] / b['p50']:>9.2f}")
+
+
+if __name__ == "__main__":
+    main()

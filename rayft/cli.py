@@ -25,11 +25,12 @@ import sys
 
 import click
 
+from rayft.cliutil import EXIT_BAD_INPUT, or_exit
+
 from rayft.eval import eval_group
 from rayft.k8s import k8s_group
 from rayft_core.config import ConfigError, RunConfig, load_config
 
-EXIT_BAD_INPUT = 2
 
 
 def _load(config_path: str, overrides: tuple[str, ...]) -> RunConfig:
@@ -141,7 +142,7 @@ def tune_command(config_path: str, overrides: tuple[str, ...], space_path: str |
     if run.tune is None:
         click.echo(f"error: {config_path}: no sweep to run; add a tune: section or give --space space.yaml", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    result = _or_exit(lambda: sweep(raw, run.tune, resume=resume))
+    result = or_exit(lambda: sweep(raw, run.tune, resume=resume))
     click.echo(f"done: sweep in {result.directory}")
 
 
@@ -175,7 +176,7 @@ def submit(config_path: str, overrides: tuple[str, ...], address: str, runtime_e
     from rayft.submit import Entrypoint, parse_env_vars, submit_run
 
     run = _load(config_path, overrides)  # a bad config stops here, before anything is contacted
-    succeeded = _or_exit(lambda: submit_run(
+    succeeded = or_exit(lambda: submit_run(
         run, config_path, overrides, address, runtime_env_path=runtime_env_path, working_dir=working_dir,
         env_vars=parse_env_vars(env_vars), where=Entrypoint.parse(entrypoint_num_cpus, entrypoint_num_gpus, entrypoint_resources),
         submission_id=submission_id, wait=not no_wait))
@@ -196,7 +197,7 @@ def export(run_dir: str, output: str, max_shard_size: str, dtype: str | None, ol
     """
     from rayft_core.export import export_model
 
-    dest = _or_exit(lambda: export_model(run_dir, output, max_shard_size=max_shard_size, dtype=dtype, ollama=ollama))
+    dest = or_exit(lambda: export_model(run_dir, output, max_shard_size=max_shard_size, dtype=dtype, ollama=ollama))
     click.echo(f"exported: {dest}")
 
 
@@ -285,7 +286,7 @@ def data_preview(config_path: str, overrides: tuple[str, ...], examples: int) ->
 
     run = _load(config_path, overrides).with_absolute_paths()
     connect()
-    rows, report = _or_exit(lambda: preview(run, examples))
+    rows, report = or_exit(lambda: preview(run, examples))
     tokenizer = load_tokenizer(run.model)
     color = sys.stdout.isatty()
     for i, row in enumerate(rows, 1):
@@ -315,7 +316,7 @@ def data_prepare(config_path: str, overrides: tuple[str, ...], output: str) -> N
 
     run = _load(config_path, overrides).with_absolute_paths()
     connect()
-    ds, report = _or_exit(lambda: tokenize_section(run, "data.train"))
+    ds, report = or_exit(lambda: tokenize_section(run, "data.train"))
     write_prepared(ds, output, run, report)
     click.echo(report.table())
     click.echo(f"prepared {report.rows:,} rows ({report.tokens:,} tokens) in {output}")
@@ -339,15 +340,6 @@ def data_templates() -> None:
         click.echo(f"── {name} ──\n{text}\n")
 
 
-def _or_exit(fn):
-    """Run fn; bad input (data, config, files) prints its message and exits 2."""
-    from rayft_core.errors import UserInputError
-
-    try:
-        return fn()
-    except UserInputError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
 
 
 @main.command("serve", context_settings={"ignore_unknown_options": True})
@@ -369,7 +361,7 @@ def serve_command(config_path: str | None, model_dir: str | None, overrides: tup
     if bool(config_path) == bool(model_dir):
         click.echo("error: give a serving config or --model OUTPUT_DIR (one of them)", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    _or_exit(lambda: serve_until_interrupted(config_path, model_dir, list(overrides), echo=click.echo))
+    or_exit(lambda: serve_until_interrupted(config_path, model_dir, list(overrides), echo=click.echo))
 
 
 @main.command("infer", context_settings={"ignore_unknown_options": True})
@@ -403,7 +395,7 @@ def infer_command(config_path: str, overrides: tuple[str, ...], output: str, mod
     run = _load(config_path, overrides)
     connect()
     with tqdm(desc="generated", unit="row") as bar:
-        summary = _or_exit(lambda: infer(run, model_dir, f"data.{split}", output,
+        summary = or_exit(lambda: infer(run, model_dir, f"data.{split}", output,
                                          GenerationParams(max_new_tokens, temperature, top_p), batch_size, engines,
                                          progress=lambda n: bar.update(n - bar.n)))
     click.echo(f"wrote {summary['rows']} rows to {summary['output']}")
@@ -428,7 +420,7 @@ def chat_command(model_dir: str, engine: str, system: str | None, max_new_tokens
     """
     from rayft_core.infer import GenerationParams, chat_loop, load_engine
 
-    loaded = _or_exit(lambda: load_engine(model_dir, engine))
+    loaded = or_exit(lambda: load_engine(model_dir, engine))
     chat_loop(loaded, GenerationParams(max_new_tokens, temperature, top_p), system, write=_echo)
 
 

@@ -11,26 +11,17 @@ when there is one; the metrics are CPU work. The engine is rayft_core.eval.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
+from rayft.cliutil import or_exit
+
 from rayft_core.data.templates import TEMPLATES
 
-EXIT_BAD_INPUT = 2
 
 
-def _or_exit(fn: Callable[[], Any]) -> Any:
-    """Run fn; bad input (files, model, missing package) prints its message and exits 2."""
-    from rayft_core.errors import UserInputError
-
-    try:
-        return fn()
-    except UserInputError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
 
 
 def _write(output: str | None, result: dict[str, Any]) -> None:
@@ -95,10 +86,10 @@ def mc(model_dir: str, task_dir: str, n_shot: int, subjects: str | None, lang: s
     from rayft_core.eval.tasks import load_task
 
     names = [s.strip() for s in subjects.split(",") if s.strip()] if subjects else None
-    tasks = _or_exit(lambda: load_task(task_dir, split, names))  # bad files stop here, before the model loads
-    model, tokenizer = _or_exit(lambda: load_eval_model(model_dir, base_model, template, dtype, device))
+    tasks = or_exit(lambda: load_task(task_dir, split, names))  # bad files stop here, before the model loads
+    model, tokenizer = or_exit(lambda: load_eval_model(model_dir, base_model, template, dtype, device))
     max_len = getattr(model.config, "max_position_embeddings", None)
-    results = _or_exit(lambda: evaluate(model, tokenizer, tasks, n_shot, STYLES[lang], batch_size, max_len))
+    results = or_exit(lambda: evaluate(model, tokenizer, tasks, n_shot, STYLES[lang], batch_size, max_len))
     summary = summarize(results)
     click.echo(mc_table(summary))
     _write(output, {"model": model_dir, "task_dir": task_dir, "split": split, "n_shot": n_shot, "lang": lang, **summary})
@@ -115,7 +106,7 @@ def similarity(predictions: str, output: str | None) -> None:
     """
     from rayft_core.eval.similarity import METRICS, compute_similarity, read_predictions
 
-    result = _or_exit(lambda: compute_similarity(read_predictions(predictions)))
+    result = or_exit(lambda: compute_similarity(read_predictions(predictions)))
     click.echo(_table(["metric", "score"], [[m, f"{result[m]:.2f}"] for m in METRICS]))
     click.echo(f"({result['rows']} rows)")
     _write(output, {"predictions": predictions, **result})

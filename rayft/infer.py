@@ -25,7 +25,6 @@ from rayft_core.infer.vllm_engine import CPU_ENGINE_ENV
 
 def infer(run: RunConfig, model_dir: str | None, section: str, output: str, params: GenerationParams,
           batch_size: int = 16, engines: int = 1, progress: Any = None) -> dict:
-    import ray.data
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
     from rayft.data import resolve_datasets

@@ -14,11 +14,12 @@ from __future__ import annotations
 import math
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
+
+from rayft.cliutil import or_exit
 import yaml
 
 from rayft_core.config import ConfigError, RunConfig, validate_config, validate_section
@@ -28,7 +29,6 @@ from rayft_core.serve_config import ServeConfig
 KINDS = ("job", "tune", "service", "cluster")
 CHART_ENV = "RAYFT_CHART_DIR"
 INSTALL_HINT = "pip install 'rayft[k8s]'"
-EXIT_BAD_INPUT = 2
 
 
 class K8sError(UserInputError):
@@ -281,12 +281,6 @@ def _with_options(fn):
     return _config_arg(fn)
 
 
-def _or_exit(fn):
-    try:
-        return fn()
-    except UserInputError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
 
 
 @click.group("k8s")
@@ -307,8 +301,8 @@ def render_command(config_path: str, kind: str | None, values_files: tuple[str, 
 
     Example: rayft k8s render run.yaml --set storage.uri=s3://bucket/rayft --set storage.credentialsSecret=s3 | kubectl apply -f -
     """
-    values = _or_exit(lambda: build_values(config_path, kind, values_files, sets))
-    text = to_yaml_stream(_or_exit(lambda: render(values, name or release_name(config_path, values), namespace)))
+    values = or_exit(lambda: build_values(config_path, kind, values_files, sets))
+    text = to_yaml_stream(or_exit(lambda: render(values, name or release_name(config_path, values), namespace)))
     if output:
         Path(output).write_text(text)
         click.echo(f"wrote {output}", err=True)
@@ -320,8 +314,8 @@ def render_command(config_path: str, kind: str | None, values_files: tuple[str, 
 @_with_options
 def values_command(config_path: str, kind: str | None, values_files: tuple[str, ...], sets: tuple[str, ...]) -> None:
     """Print the chart values for CONFIG_PATH, checked by rendering them, for `helm install NAME helm/rayft -f`."""
-    values = _or_exit(lambda: build_values(config_path, kind, values_files, sets))
-    _or_exit(lambda: render(values, release_name(config_path, values)))
+    values = or_exit(lambda: build_values(config_path, kind, values_files, sets))
+    or_exit(lambda: render(values, release_name(config_path, values)))
     click.echo(yaml.dump(values, Dumper=_BlockDumper, sort_keys=False), nl=False)
 
 

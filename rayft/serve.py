@@ -39,7 +39,6 @@ def deploy(cfg: ServeConfig) -> str:
     return f"http://{host}:{cfg.http.port}{cfg.http.route_prefix.rstrip('/')}/v1"
 
 
-
 # ----------------------------------------------------------------------------- API key
 
 
@@ -68,7 +67,6 @@ def api_key_sha256(auth: AuthConfig) -> str | None:
 
 def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
 
 
 # ----------------------------------------------------------------------------- `rayft serve`

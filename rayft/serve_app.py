@@ -42,9 +42,10 @@ def build_app(args: dict[str, Any]) -> Any:
     """The Serve application for a serving config (a mapping in ServeConfig's schema)."""
     cfg = validate_section(ServeConfig, args, "serving config")
     key_sha256 = api_key_sha256(cfg.auth)
-    servers, cards = {}, {}
+    servers, cards, llm_configs = {}, {}, []
     for m in cfg.models:
         llm_config = llm_config_for(m)
+        llm_configs.append(llm_config)
         options = RayftLLMServer.get_deployment_options(llm_config)
         options["name"] = f"LLMServer:{m.id}".replace("/", "--")
         servers[m.id] = serve.deployment(RayftLLMServer).options(**options).bind(llm_config, adapters=m.adapters)
@@ -53,7 +54,7 @@ def build_app(args: dict[str, Any]) -> Any:
     if key_sha256:
         app.add_middleware(ApiKeyMiddleware, key_sha256=key_sha256)
     ingress = make_fastapi_ingress(RayftIngress, app=app)
-    options = OpenAiIngress.get_deployment_options([llm_config_for(m) for m in cfg.models])
+    options = OpenAiIngress.get_deployment_options(llm_configs)
     return serve.deployment(ingress).options(**options).bind(
         llm_deployments=servers, model_cards=cards, adapters={m.id: sorted(m.adapters) for m in cfg.models})
 
@@ -100,7 +101,6 @@ def llm_config_for(m: ServedModel) -> LLMConfig:
             "ray_actor_options": {"num_cpus": 0},
         },
     )
-
 
 
 class ApiKeyMiddleware:

@@ -69,3 +69,21 @@ def test_sources_checked_before_serving(tiny_model, tmp_path: Path) -> None:
     assert "models[1].path:" in text and "is a LoRA adapter; serve it on its base" in text
     assert "models[2].path: no model at" in text
     assert "good" not in text.replace("/good", "")  # the matching adapter passes; URIs are checked where they are read
+
+
+def test_rayft_serve_refuses_bad_input_before_starting_anything(tiny_model, tmp_path: Path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from rayft.cli import main
+
+    base = tiny_model("llama")
+    monkeypatch.delenv("RAYFT_API_KEY", raising=False)
+    runner = CliRunner()
+    result = runner.invoke(main, ["serve", "--model", str(base)])
+    assert result.exit_code == 2 and "no API key: set the environment variable RAYFT_API_KEY" in result.output
+    config = tmp_path / "serve.yaml"
+    config.write_text(f"models: [{{id: tiny, path: {base}, adapters: {{x: {tmp_path / 'missing'}}}}}]\n")
+    result = runner.invoke(main, ["serve", str(config), "auth.required=false"])
+    assert result.exit_code == 2 and "models[0].adapters.x: no LoRA adapter at" in result.output
+    result = runner.invoke(main, ["serve", str(config), "--model", str(base)])
+    assert result.exit_code == 2 and "one of them" in result.output

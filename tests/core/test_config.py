@@ -5,6 +5,7 @@ import yaml
 
 from rayft_core.config import ConfigError, RunConfig, load_config, validate_config
 from rayft_core.llamafactory import is_error, translate
+from rayft_core.serve_config import load_serve_config
 
 REPO = Path(__file__).resolve().parents[2]
 MINIMAL = {"model": {"name_or_path": "m"}, "data": {"train": [{"path": "d.json", "format": "alpaca"}]}}
@@ -89,6 +90,9 @@ def test_json_schema_documents_every_field():
                                         if p.name != "runtime_env.yaml"),  # a Ray runtime_env, not a run config
                          ids=str)
 def test_every_shipped_yaml_validates(path):
+    if path.name == "serve.yaml":  # a serving config
+        load_serve_config(REPO / path)
+        return
     if "llamafactory" in path.parts:  # LLaMA-Factory YAMLs, read through the translator as `rayft train` does
         raw, notes = translate(yaml.safe_load((REPO / path).read_text()))
         assert not [n for n in notes if is_error(n)]

@@ -183,15 +183,18 @@ def test_choice_tokens_follow_the_template():
         choice_token_ids(tok)
 
 
-
 @pytest.mark.parametrize("family", ["qwen2.5-instruct", "phi-3-mini-4k-instruct"])  # byte-level BPE, SentencePiece
 def test_choice_tokens_of_real_tokenizers(family):
     from transformers import AutoTokenizer
 
     from tests.conftest import SHARED
 
-    tok = AutoTokenizer.from_pretrained(SHARED / "fixtures" / "tokenizers" / family)
+    folder = SHARED / "fixtures" / "tokenizers" / family
+    if not folder.is_dir():
+        pytest.skip(f"needs {folder} (../shared/fixtures, absent from a fresh clone)")
+    tok = AutoTokenizer.from_pretrained(folder)
     assert [tok.decode([i]) for i in choice_token_ids(tok)] == ["A", "B", "C", "D"]  # the letter alone, no space
+
 
 # ----------------------------------------------------------------------------- scoring
 

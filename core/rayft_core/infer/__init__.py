@@ -63,7 +63,7 @@ def load_engine(model_dir: str | Path, engine: str = "auto") -> Engine:
     on CPU a tiny or small model answers sooner than vLLM's engine starts)."""
     source = ModelSource.of(model_dir)
     if engine == "auto":
-        engine = "vllm" if _cuda() and importlib.util.find_spec("vllm") else "hf"
+        engine = "vllm" if cuda_available() and importlib.util.find_spec("vllm") else "hf"
     if engine == "vllm":
         if importlib.util.find_spec("vllm") is None:
             raise UserInputError("--engine vllm: vLLM is not installed; pip install 'rayft[vllm]' (CUDA) or "
@@ -78,7 +78,7 @@ def load_engine(model_dir: str | Path, engine: str = "auto") -> Engine:
     raise UserInputError(f"unknown engine {engine!r}; choose hf, vllm or auto")
 
 
-def _cuda() -> bool:
+def cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()

@@ -6,8 +6,10 @@ vLLM as token ids; an adapter is applied per request, never merged.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
+from pathlib import Path
 from typing import Iterator
 
 from rayft_core.infer import GenerationParams, Messages, ModelSource
@@ -16,27 +18,39 @@ from rayft_core.infer import GenerationParams, Messages, ModelSource
 CPU_ENGINE_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_CPU_KVCACHE_SPACE": "1"}
 
 
+def cpu_engine_env() -> dict[str, str]:
+    """CPU_ENGINE_ENV, each value overridable from this process's environment."""
+    return {k: os.environ.get(k, v) for k, v in CPU_ENGINE_ENV.items()}
+
+
+def engine_dtype(on_gpu: bool, dtype: str = "auto") -> str:
+    """auto: the model's dtype on GPU, float32 on CPU: vllm-cpu applies LoRA only in float32 (bfloat16 +
+    LoRA killed the worker with SIGILL here)."""
+    return dtype if dtype != "auto" else ("auto" if on_gpu else "float32")
+
+
+def adapter_engine_kwargs(source: ModelSource) -> dict:
+    """What an engine needs to apply the one adapter of ``source`` per request (nothing without one)."""
+    if not source.adapter:
+        return {}
+    rank = json.loads((Path(source.adapter) / "adapter_config.json").read_text()).get("r", 16)
+    return dict(enable_lora=True, max_lora_rank=max(8, rank), max_loras=1)
+
+
 class VLLMEngine:
     def __init__(self, source: ModelSource, max_model_len: int | None = None):
         import torch
 
         on_gpu = torch.cuda.is_available()
         if not on_gpu:
-            for k, v in CPU_ENGINE_ENV.items():
-                os.environ.setdefault(k, v)
+            os.environ.update(cpu_engine_env())
         from transformers import AutoTokenizer
         from vllm import LLM
 
         self.tokenizer = AutoTokenizer.from_pretrained(source.tokenizer)
-        kwargs = dict(dtype="auto" if on_gpu else "float32", enforce_eager=not on_gpu)
+        kwargs = dict(dtype=engine_dtype(on_gpu), enforce_eager=not on_gpu, **adapter_engine_kwargs(source))
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
-        if source.adapter:
-            import json
-            from pathlib import Path
-
-            rank = json.loads((Path(source.adapter) / "adapter_config.json").read_text()).get("r", 16)
-            kwargs.update(enable_lora=True, max_lora_rank=max(8, rank), max_loras=1)
         self.llm = LLM(source.weights, **kwargs)
         self.lora = None
         if source.adapter:

@@ -172,7 +172,11 @@ def _encode(batch: pa.Table, run_json: str, spec_json: str, source: int) -> pa.T
         counts = [1] * len(enc[stage.columns[0]])
     n_good, n_bad = len(counts), len(errors)
     columns = {c: pa.array(enc.get(c, []) + [[]] * n_bad, type=pa.list_(pa.int32())) for c in sequences}
-    columns.update({c: pa.array(enc.get(c, []) + [None] * n_bad) for c in stage.columns if c not in sequences})
+    for c in stage.columns:
+        if c not in sequences:  # a column of text, some of it null (an RL prompt without a reference answer), is text
+            values = enc.get(c, []) + [None] * n_bad
+            text = all(v is None or isinstance(v, str) for v in values)
+            columns[c] = pa.array(values, type=pa.string() if text else None)
     columns.update({
         "num_tokens": pa.array([sum(len(enc[c][k]) for c in sequences if c.endswith("input_ids")) for k in range(n_good)]
                                + [0] * n_bad, type=pa.int32()),

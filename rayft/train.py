@@ -17,13 +17,15 @@ from ray.train import WorkerGroupError
 from ray.train.torch import TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 
+from rayft import rlhf
 from rayft.checks import check_run
 from rayft.cluster import connect
 from rayft.data import build_run_data
 from rayft_core import storage
-from rayft_core.config import RunConfig, dump_config
+from rayft_core.config import RL_STAGES, RunConfig, dump_config
 from rayft_core.errors import UserInputError
 from rayft_core.train.loop import TrainPlan
+from rayft_core.train.rlhf import rl_plan
 from rayft_core.train.outputs import CONFIG_FILE, SUMMARY_FILE, format_summary
 
 logger = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     from rayft.data import StreamChecker
     from rayft_core.model.loader import load_tokenizer
     from rayft_core.train.loop import train_worker
+    from rayft_core.train.rlhf import prompts_per_worker, rl_worker
     from rayft_core.train.stages import STAGES
 
     transformers.logging.disable_progress_bar()
@@ -46,9 +49,11 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     eval_shard = ray.train.get_dataset_shard("eval") if config["has_eval"] else None
     check = StreamChecker(run.data.max_bad_fraction, load_tokenizer(run.model).pad_token_id) if run.data.streaming else None
     columns = list(STAGES[run.stage.name].columns) + (["position_ids"] if run.packing else []) + (["error"] if check else [])
+    rl = run.stage.name in RL_STAGES  # RL workers take each iteration's prompts at once
 
     def epoch_batches(epoch: int):
-        batches = shard.iter_batches(batch_size=run.train.micro_batch_size, batch_format="numpy", drop_last=True,
+        batch_size = prompts_per_worker(run) if rl else run.train.micro_batch_size
+        batches = shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True,
                                      local_shuffle_buffer_size=256 if run.data.shuffle else None,
                                      local_shuffle_seed=run.train.seed + epoch if run.data.shuffle else None)
         for batch in batches:
@@ -67,11 +72,16 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir),
                              delete_local_checkpoint_after_upload=True)
 
+    rank, node = ctx.get_world_rank(), ray.get_runtime_context().get_node_id()
     checkpoint = ray.train.get_checkpoint()  # the latest, after a worker failure or with --resume
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as resume_from:
-        train_worker(run, plan, epoch_batches, report=report, rank=ctx.get_world_rank(), world_size=ctx.get_world_size(),
-                     eval_batches=eval_batches if eval_shard is not None else None, resume_from=resume_from,
-                     node=ray.get_runtime_context().get_node_id())
+        if rl:  # rank 0 drives the rollout engines
+            rl_worker(run, plan, epoch_batches, config["rollouts"] if rank == 0 else None, report, rank=rank,
+                      world_size=ctx.get_world_size(), resume_from=resume_from, node=node)
+        else:
+            train_worker(run, plan, epoch_batches, report=report, rank=rank, world_size=ctx.get_world_size(),
+                         eval_batches=eval_batches if eval_shard is not None else None, resume_from=resume_from,
+                         node=node)
 
 
 class _Progress(UserCallback):
@@ -87,7 +97,10 @@ class _Progress(UserCallback):
         if self.bar is None:
             self.bar = tqdm(total=self.total_steps, desc=f"train {self.name}", unit="step")
         m = metrics[0]
-        if "train/loss" in m:
+        if "rl/reward" in m:
+            kl = f" kl={m['rl/kl']:.4f}" if "rl/kl" in m else ""
+            self.bar.set_description(f"train {self.name} reward={m['rl/reward']:.4f}{kl}")
+        elif "train/loss" in m:
             self.bar.set_description(f"train {self.name} loss={m['train/loss']:.4f} tok/s={m['perf/tokens_per_s']:.0f}")
         self.bar.update(m["step"] - self.bar.n)
         if m["step"] >= self.total_steps:
@@ -106,19 +119,37 @@ def train(run: RunConfig, resume: bool = False, callbacks: list[UserCallback] | 
     resources = ray.cluster_resources()
     use_gpu = resources.get("GPU", 0) > 0 if run.cluster.use_gpu == "auto" else bool(run.cluster.use_gpu)
     check_run(run, resources, use_gpu, resume=resume)
+    rl = run.stage.name in RL_STAGES
+    if rl:
+        rlhf.check_rl_run(run, resources, use_gpu)
 
     data = build_run_data(run)
-    plan = TrainPlan.from_rows(run, data.train_rows)
-    logger.info("plan: %d optimizer steps over %d epoch(s), global batch %d", plan.total_steps, plan.num_epochs,
-                run.global_batch_size)
+    if rl:
+        rlhf.check_references(run, data.train)
+    plan = (rl_plan if rl else TrainPlan.from_rows)(run, data.train_rows)
+    logger.info("plan: %d %s over %d epoch(s), global batch %d", plan.total_steps,
+                "iterations" if rl else "optimizer steps", plan.num_epochs, run.global_batch_size)
     out = run.output.dir
     if run.output.overwrite and not resume:  # only now: a run that fails its checks replaces nothing
         storage.delete_dir(out)
     storage.write_text(storage.join(out, CONFIG_FILE), dump_config(run))  # first: `--resume` compares against it
 
+    rollouts = rlhf.rollout_group(run, use_gpu) if rl else contextlib.nullcontext()
+    with rollouts as rollouts:
+        result = _fit(run, data, plan, use_gpu, callbacks, progress, rollouts)
+        extra = {"rollouts": {"engine": rollouts.kind, "num_engines": len(rollouts.engines)}} if rl else {}
+    summary = _finish_summary(run, result, extra)
+    if summary:
+        logger.info("run %s finished:\n%s", run.output.name, format_summary(summary))
+    return out if storage.is_uri(out) else Path(out)
+
+
+def _fit(run: RunConfig, data: Any, plan: TrainPlan, use_gpu: bool, callbacks: list[UserCallback] | None,
+         progress: bool, rollouts: rlhf.RolloutGroup | None) -> Any:
     trainer = TorchTrainer(
         _train_loop_per_worker,
-        train_loop_config={"run": run.model_dump(mode="json"), "plan": plan.__dict__, "has_eval": data.eval is not None},
+        train_loop_config={"run": run.model_dump(mode="json"), "plan": plan.__dict__, "has_eval": data.eval is not None,
+                           "rollouts": rollouts},
         scaling_config=ScalingConfig(num_workers=run.cluster.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": run.cluster.cpus_per_worker},
                                      placement_strategy=run.cluster.placement_strategy),
@@ -131,13 +162,9 @@ def train(run: RunConfig, resume: bool = False, callbacks: list[UserCallback] | 
         datasets={"train": data.train, **({"eval": data.eval} if data.eval is not None else {})},
     )
     try:
-        result = trainer.fit()
+        return trainer.fit()
     except WorkerGroupError as e:
         raise _user_error(e) or e
-    summary = _finish_summary(run, result)
-    if summary:
-        logger.info("run %s finished:\n%s", run.output.name, format_summary(summary))
-    return out if storage.is_uri(out) else Path(out)
 
 
 def _user_error(e: WorkerGroupError) -> UserInputError | None:
@@ -148,13 +175,16 @@ def _user_error(e: WorkerGroupError) -> UserInputError | None:
     return None
 
 
-def _finish_summary(run: RunConfig, result: Any) -> dict[str, Any] | None:
-    """summary.json as rank 0 wrote it, plus what only Ray Train knows: the best checkpoint (keep_best)."""
+def _finish_summary(run: RunConfig, result: Any, extra: dict[str, Any]) -> dict[str, Any] | None:
+    """summary.json as rank 0 wrote it, plus what only the driver knows: the best checkpoint (keep_best),
+    the rollout engines (``extra``)."""
     location = storage.join(run.output.dir, SUMMARY_FILE)
     text = storage.read_text(location)
     if text is None:
         return None
-    summary = json.loads(text)
+    summary = {**json.loads(text), **extra}
+    if extra:
+        storage.write_text(location, json.dumps(summary, indent=2) + "\n")
     scored = [(m["eval/loss"], c) for c, m in (result.best_checkpoints or []) if "eval/loss" in m]
     if run.checkpoint.keep_best and scored:
         loss, checkpoint = min(scored, key=lambda x: x[0])

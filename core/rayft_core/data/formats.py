@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from rayft_core.config import DatasetSpec
+from rayft_core.config import RL_STAGES, DatasetSpec
 from rayft_core.errors import UserInputError
 
 
@@ -61,10 +61,10 @@ def align_row(row: dict, spec: DatasetSpec, stage: str) -> dict:
     if fmt == "alpaca":
         if stage == "pt":  # LLaMA-Factory pre-trains on the prompt column of alpaca-shaped rows
             return {"text": _text(row, spec.columns.prompt or "instruction", row.get(spec.columns.query))}
-        return _align_alpaca(row, spec)
+        return _align_alpaca(row, spec, prompt_only_ok=stage in RL_STAGES)
     if stage == "pt":
         raise RowError(where(row), "wrong format", f"stage pt trains on text; {fmt} conversations need a chat stage")
-    return _align_sharegpt(row, spec, fmt)
+    return _align_sharegpt(row, spec, fmt, prompt_only_ok=stage in RL_STAGES)
 
 
 def _text(row: dict, column: str, extra: Any = None) -> str:
@@ -134,8 +134,9 @@ def _feedback(row: dict, spec: DatasetSpec) -> dict:
     return {"kto_tag": tag}
 
 
-def _align_alpaca(row: dict, spec: DatasetSpec) -> dict:
-    """instruction (+ input) -> user; output -> assistant; history [[q, a], ...] before them."""
+def _align_alpaca(row: dict, spec: DatasetSpec, prompt_only_ok: bool = False) -> dict:
+    """instruction (+ input) -> user; output -> assistant; history [[q, a], ...] before them.
+    prompt_only_ok: the output may be absent (RL stages generate their own answers)."""
     c = spec.columns
     messages, tools = _common(row, spec)
     history = row.get(c.history) or []
@@ -159,12 +160,14 @@ def _align_alpaca(row: dict, spec: DatasetSpec) -> dict:
                                f"preference rows need string {name!r} answers (column {getattr(c, name)!r})")
             out[name] = {"role": "assistant", "content": _nonempty(row, value, f"{name} answer")}
         return out
+    if prompt_only_ok and row.get(c.response) is None:
+        return out
     response = _nonempty(row, _string(row, c.response, "response"), "response")
     messages.append({"role": "assistant", "content": response})
     return {**out, **_feedback(row, spec)}
 
 
-def _align_sharegpt(row: dict, spec: DatasetSpec, fmt: str) -> dict:
+def _align_sharegpt(row: dict, spec: DatasetSpec, fmt: str, prompt_only_ok: bool = False) -> dict:
     """Turns of {role_tag: speaker, content_tag: text}: system?, then user/observation and
     assistant/function_call alternating (LLaMA-Factory's rule), ending with the assistant (or, for
     preference rows, with the prompt: the answers are the chosen and rejected columns)."""
@@ -204,7 +207,7 @@ def _align_sharegpt(row: dict, spec: DatasetSpec, fmt: str) -> dict:
                                f"preference rows need a {name!r} assistant turn (column {getattr(spec.columns, name)!r})")
             out[name] = _message(row, answer, answer[tags["role_tag"]], tags)
         return out
-    if len(turns) % 2 == 1:
+    if len(turns) % 2 == 1 and not prompt_only_ok:
         raise RowError(where(row), "roles out of order", "the conversation must end with an assistant turn")
     return {**out, **_feedback(row, spec)}
 

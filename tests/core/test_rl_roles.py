@@ -1,0 +1,164 @@
+"""The RL stages without Ray: roles on one base, reward functions, prompts, the config's refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from rayft_core.config import ConfigError, validate_config
+from rayft_core.errors import UserInputError
+from tests.conftest import make_reward_adapter
+
+
+def _rl_run(base: Path, data: Path, out: Path, stage: dict, **sections):
+    raw = {"model": {"name_or_path": str(base)}, "tuning": {"method": "lora", "rank": 4, "dropout": 0.0},
+           "stage": {"max_new_tokens": 16, **stage}, "data": {"train": [{"path": str(data), "format": "alpaca"}], "max_seq_len": 128},
+           "train": {"micro_batch_size": 2, "gradient_accumulation_steps": 2},
+           "output": {"storage_path": str(out), "name": "rl"}, **sections}
+    return validate_config(raw)
+
+
+@pytest.fixture(scope="module")
+def reward_adapter(tiny_model, tokenizer, workdir: Path) -> Path:
+    return make_reward_adapter(tiny_model("llama"), tokenizer, workdir / "reward-adapter")
+
+
+def _batch(tokenizer) -> dict[str, torch.Tensor]:
+    from rayft_core.data.collate import pad_batch
+
+    a = tokenizer("What do bees make? Bees make honey.")["input_ids"]
+    b = tokenizer("Say hello. Hello there!")["input_ids"]
+    return pad_batch({"input_ids": [a, b], "labels": [[-100] * 4 + a[4:], [-100] * 3 + b[3:]]}, tokenizer.pad_token_id)
+
+
+def test_roles_share_one_base_and_each_matches_its_own_model(tiny_model, tokenizer, alpaca_file, workdir,
+                                                             reward_adapter) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from rayft_core.model.loader import load_model
+    from rayft_core.model.value_head import load_reward_model
+    from rayft_core.train.losses import sequence_logps
+    from rayft_core.train.rl_model import POLICY, REWARD, RlModel
+
+    run = _rl_run(tiny_model("llama"), alpaca_file, workdir, {"name": "ppo", "reward_model": str(reward_adapter)})
+    model = RlModel.build(load_model(run, tokenizer), run)
+    batch = _batch(tokenizer)
+    base_params = [n for n, _ in model.named_parameters() if "lora_" not in n and not n.startswith(("value_head.", "reward_head."))]
+    assert len(base_params) == len([n for n, _ in AutoModelForCausalLM.from_pretrained(tiny_model("llama")).named_parameters()])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(f".{POLICY}." in n or n.startswith("value_head.") for n in trainable)
+    assert any(n.startswith("value_head.") for n in trainable)
+
+    # reward: the adapter + head on the shared base scores as the reward model loaded on its own copy
+    alone, _ = load_reward_model(reward_adapter)
+    with torch.no_grad():
+        torch.testing.assert_close(model.reward_scores(batch), alone.score(batch), rtol=1e-5, atol=1e-5)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable  # switching adapters changed nothing
+    assert model.lm.active_adapter == POLICY and REWARD in model.lm.peft_config
+
+    # reference: the plain base
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model("llama"))
+    with torch.no_grad():
+        torch.testing.assert_close(model.reference_logps(batch).sum(-1), sequence_logps(plain, batch)[0], rtol=1e-5, atol=1e-5)
+        logps, values, entropy = model.forward_policy(batch, entropy=True)
+    mask = batch["labels"][:, 1:] != -100
+    assert values.shape == logps.shape == entropy.shape == mask.shape
+    assert (logps[~mask] == 0).all() and (logps[mask] < 0).all() and (entropy[mask] > 0).all()
+
+    # the output is the policy adapter alone, an ordinary PEFT adapter; the engines get the same files
+    with torch.no_grad():
+        for n, p in model.lm.named_parameters():
+            if f"lora_B.{POLICY}" in n:
+                p.normal_(std=0.1)
+    out = workdir / "rl-policy"
+    model.save_pretrained(out)
+    files = model.policy_adapter_files(zero3=False, rank=0)
+    assert set(files) == {"adapter_model.safetensors", "adapter_config.json"}
+    assert files["adapter_model.safetensors"] == (out / "adapter_model.safetensors").read_bytes()
+    assert not (out / REWARD).exists()
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model("llama")), out)
+    with torch.no_grad():
+        torch.testing.assert_close(sequence_logps(reloaded, batch)[0], model.forward_policy(batch)[0].sum(-1))
+
+
+def test_reward_model_from_another_base_is_refused(tiny_model, reward_adapter, tokenizer) -> None:
+    from rayft_core.train.rl_model import check_reward_model
+
+    check_reward_model(reward_adapter, tiny_model("llama"), len(tokenizer))  # its own base: fine
+    with pytest.raises(UserInputError, match=r"trained on another base .*model_type llama vs qwen2"):
+        check_reward_model(reward_adapter, tiny_model("qwen2"), len(tokenizer))
+    with pytest.raises(UserInputError, match="holds no value_head.safetensors"):
+        check_reward_model(tiny_model("llama"), tiny_model("llama"), len(tokenizer))
+
+
+def test_reward_functions(tmp_path: Path) -> None:
+    from rayft_core.config import RewardFunction
+    from rayft_core.train.rewards import Rewards
+
+    code = tmp_path / "my_rewards.py"
+    code.write_text("def short(completions, limit=5):\n    return [float(len(c) <= limit) for c in completions]\n"
+                    "def wrong(completions):\n    return [1.0]\n"
+                    "def needs(completions, scale):\n    return [scale] * len(completions)\n")
+    rewards = Rewards([RewardFunction(function="number_match"), RewardFunction(function=f"{code}:short", kwargs={"limit": 3}),
+                       RewardFunction(function="regex", kwargs={"pattern": r"^\d"})])
+    assert rewards.read_references()
+    scores = rewards(["2+2?", "3+3?"], ["4 it is", "seven"], ["The answer is 4", "6"])
+    assert scores == [[1.0, 0.0], [0.0, 0.0], [1.0, 0.0]]
+    assert not Rewards([RewardFunction(function=f"{code}:short")]).read_references()
+
+    with pytest.raises(UserInputError, match="must return one finite number per completion"):
+        Rewards([RewardFunction(function=f"{code}:wrong")])(["a", "b"], ["x", "y"], [None, None])
+    with pytest.raises(UserInputError, match="its argument 'scale' has no value"):
+        Rewards([RewardFunction(function=f"{code}:needs")])
+    with pytest.raises(UserInputError, match="takes no argument 'limt'"):
+        Rewards([RewardFunction(function=f"{code}:short", kwargs={"limt": 2})])
+    with pytest.raises(UserInputError, match="has no function 'nope'"):
+        Rewards([RewardFunction(function=f"{code}:nope")])
+    with pytest.raises(UserInputError, match="importing no_such_module failed"):
+        Rewards([RewardFunction(function="no_such_module:f")])
+    with pytest.raises(UserInputError, match="name a built-in"):
+        Rewards([RewardFunction(function="exact")])
+
+
+def test_prompts_render_as_the_chat_template_does(tokenizer, tiny_model, workdir) -> None:
+    from rayft_core.data.formats import align_row
+    from rayft_core.model.loader import load_tokenizer
+    from rayft_core.train.rl_stage import GRPO
+
+    data = workdir / "rl-prompts.jsonl"
+    rows = [{"instruction": "What is 2 plus 2?", "output": "4"}, {"instruction": "Say hello."}]
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    run = _rl_run(tiny_model("llama"), data, workdir, {"name": "grpo", "group_size": 2,
+                                                       "reward_functions": [{"function": "number_match"}]})
+    spec = run.data.train[0]
+    aligned = [align_row({**r, "path": str(data), "__row__": i}, spec, "grpo") for i, r in enumerate(rows)]
+    enc = GRPO.encode_rows(aligned, load_tokenizer(run.model), run)
+    for row, ids in zip(rows, enc["prompt_input_ids"]):
+        want = tokenizer.apply_chat_template([{"role": "user", "content": row["instruction"]}], add_generation_prompt=True,
+                                             tokenize=True, return_dict=True)["input_ids"]
+        assert ids == list(want)
+    assert enc["prompt"] == ["What is 2 plus 2?", "Say hello."] and enc["reference"] == ["4", None]
+
+    long = run.model_copy(update={"stage": run.stage.model_copy(update={"max_new_tokens": 124})})
+    with pytest.raises(Exception, match=r"the prompt has \d+ tokens, more than the 4"):
+        GRPO.encode_rows(aligned, load_tokenizer(run.model), long)
+
+
+def test_config_refuses_what_cannot_run(tiny_model, alpaca_file, workdir) -> None:
+    base = tiny_model("llama")
+    with pytest.raises(ConfigError, match="stage.group_size: .*needs at least 2 per prompt; got 1"):
+        _rl_run(base, alpaca_file, workdir, {"name": "grpo", "group_size": 1, "reward_functions": [{"function": "exact_match"}]})
+    with pytest.raises(ConfigError, match="stage.reward_model: stage ppo needs a reward"):
+        _rl_run(base, alpaca_file, workdir, {"name": "ppo"})
+    with pytest.raises(ConfigError, match=r"must hold whole groups of 3"):
+        _rl_run(base, alpaca_file, workdir, {"name": "grpo", "group_size": 3, "reward_functions": [{"function": "exact_match"}]})
+    with pytest.raises(ConfigError, match="tuning.method: stage ppo trains a LoRA policy"):
+        _rl_run(base, alpaca_file, workdir, {"name": "ppo", "reward_functions": [{"function": "exact_match"}]},
+                tuning={"method": "full"})
+    with pytest.raises(ConfigError, match=r"stage.rollout.engine: .*'vllm'"):
+        _rl_run(base, alpaca_file, workdir, {"name": "ppo", "reward_functions": [{"function": "exact_match"}],
+                                             "rollout": {"engine": "sglang"}})

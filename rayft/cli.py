@@ -293,6 +293,11 @@ def data_preview(config_path: str, overrides: tuple[str, ...], examples: int) ->
         # one part per token list: input_ids, or chosen_/rejected_ for pairs, or kl_ for KTO's mismatched answer
         for part in (c.removesuffix("input_ids") for c in row if c.endswith("input_ids")):
             name = f" {part.rstrip('_')}" if part else ""
+            if part + "labels" not in row:  # an RL prompt: the model answers it, nothing in it is trained on
+                click.echo(f"─── row {i}{name} ({len(row[part + 'input_ids'])} tokens; generated from) ───")
+                click.echo(tokenizer.decode(row[part + "input_ids"]))
+                click.echo(f"    reference answer (for reward functions): {row.get('reference')!r}")
+                continue
             click.echo(f"─── row {i}{name} ({len(row[part + 'input_ids'])} tokens; trained-on tokens "
                        f"{'in green' if color else 'in «»'}) ───")
             click.echo(mark_trained(tokenizer, row[part + "input_ids"], row[part + "labels"], color, row.get("position_ids")))

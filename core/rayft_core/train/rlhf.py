@@ -50,11 +50,9 @@ def prompts_per_worker(run: RunConfig) -> int:
     return run.train.micro_batch_size * run.train.gradient_accumulation_steps // responses_per_prompt(run)
 
 
-def rl_plan(run: RunConfig, num_prompts: int | None) -> TrainPlan:
-    """Iterations (the plan's steps) and prompt batches per epoch; a stream runs train.max_steps iterations."""
+def rl_plan(run: RunConfig, num_prompts: int) -> TrainPlan:
+    """Iterations (the plan's steps) and prompt batches per epoch (RL prompts are never streamed)."""
     per_iteration = prompts_per_worker(run) * run.cluster.num_workers
-    if num_prompts is None:
-        return TrainPlan(micro_batches_per_epoch=2**62, num_epochs=2**62, total_steps=run.train.max_steps)
     batches = num_prompts // per_iteration
     if batches == 0:
         raise UserInputError(f"{num_prompts} prompts are fewer than one iteration takes ({per_iteration} = "

@@ -200,3 +200,37 @@ def test_hf_rollout_engine_answers_from_the_adapter_it_was_sent_last(tokenizer, 
     assert engine.generate([prompt], 1, near_greedy, seed=0)[0][0] == greedy_first
     engine.load_adapter(0, second)
     assert engine.generate([prompt], 1, near_greedy, seed=0)[0][0] == greedy_second
+
+
+def test_a_full_reward_model_and_an_initial_adapter(tiny_model, tokenizer, alpaca_file, workdir) -> None:
+    """A full-parameter `stage: rm` output is held as its own frozen model; stage.init_adapter starts the policy
+    from an adapter (e.g. an SFT run's), trainable."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from rayft_core.model.loader import load_model
+    from rayft_core.model.value_head import ValueHeadModel, load_reward_model
+    from rayft_core.train.losses import sequence_logps
+    from rayft_core.train.rl_model import POLICY, RlModel, check_reward_model
+
+    base = tiny_model("llama")
+    torch.manual_seed(3)
+    full = ValueHeadModel(AutoModelForCausalLM.from_pretrained(base), 64)
+    torch.nn.init.normal_(full.v_head.weight, std=0.5)
+    full.save_pretrained(workdir / "full-reward")
+    tokenizer.save_pretrained(workdir / "full-reward")
+    check_reward_model(workdir / "full-reward", base, len(tokenizer))
+    sft = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, init_lora_weights=False))
+    sft.save_pretrained(workdir / "sft-adapter")
+
+    run = _rl_run(base, alpaca_file, workdir, {"name": "grpo", "group_size": 2, "reward_model": str(workdir / "full-reward"),
+                                               "init_adapter": str(workdir / "sft-adapter")})
+    model = RlModel.build(load_model(run, tokenizer), run)
+    batch = _batch(tokenizer)
+    alone, _ = load_reward_model(workdir / "full-reward")
+    with torch.no_grad():
+        torch.testing.assert_close(model.reward_scores(batch), alone.score(batch), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model.forward_policy(batch)[0].sum(-1), sequence_logps(sft, batch)[0], rtol=1e-5, atol=1e-5)
+    assert model.value_head is None  # GRPO has no critic
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(f".{POLICY}." in n for n in trainable)

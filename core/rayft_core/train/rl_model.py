@@ -40,17 +40,16 @@ def check_reward_model(path: str | Path, base_path: str | Path, vocab_size: int)
     if not (path / VALUE_HEAD_FILE).is_file():
         raise UserInputError(f"stage.reward_model: {path} holds no {VALUE_HEAD_FILE}; give the output of a "
                              "`stage: rm` run")
-    if not is_adapter(path):
-        return  # a full reward model: its own weights and tokenizer, checked below by vocabulary only
-    base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    ours, theirs = _shape(base_path), _shape(base) if base and (Path(base) / "config.json").is_file() else None
-    if theirs is None:
-        raise UserInputError(f"stage.reward_model: the reward adapter's base {base!r} is not a model directory here; "
-                             "it must be this run's base, on which it is loaded")
-    if ours != theirs:
-        diff = ", ".join(f"{k} {theirs[k]} vs {ours[k]}" for k in ours if ours[k] != theirs[k])
-        raise UserInputError(f"stage.reward_model: the reward adapter was trained on another base ({base}: {diff} in "
-                             f"this run's {base_path}); the roles share one base, so train the reward model on it")
+    if is_adapter(path):  # loaded on this run's base: it must have been trained on it
+        base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        ours, theirs = _shape(base_path), _shape(base) if base and (Path(base) / "config.json").is_file() else None
+        if theirs is None:
+            raise UserInputError(f"stage.reward_model: the reward adapter's base {base!r} is not a model directory "
+                                 "here; it must be this run's base, on which it is loaded")
+        if ours != theirs:
+            diff = ", ".join(f"{k} {theirs[k]} vs {ours[k]}" for k in ours if ours[k] != theirs[k])
+            raise UserInputError(f"stage.reward_model: the reward adapter was trained on another base ({base}: {diff} "
+                                 f"in this run's {base_path}); the roles share one base, so train the reward model on it")
     reward_vocab = _vocab_size(path)
     if reward_vocab is not None and reward_vocab != vocab_size:
         raise UserInputError(f"stage.reward_model: its tokenizer has {reward_vocab} tokens and the policy's has "

@@ -7,14 +7,23 @@
 
 Every input key is accounted for: written to a rayft section, honoured by what rayft does anyway
 (`do_train: true`, `plot_loss: true`), or named in a note with its value and why it has no effect.
-Notes starting with "error: " mean the run would not be the one asked for (a stage rayft does not have
-yet); `rayft train` refuses to start on those. Keys left unset take LLaMA-Factory's defaults where they
+Notes starting with "error: " mean the run would not be the one asked for (a stage or an option rayft does
+not have); `rayft train` refuses to start on those. Keys left unset take LLaMA-Factory's defaults where they
 differ from rayft's and change what is trained (LF_DEFAULTS, LF_PREF_BETA), so a translated run trains like
 the original.
 
-Stages: pt, sft, rm and kto keep their names; dpo becomes rayft's dpo, or orpo or simpo when pref_loss
+Stages: pt, sft, rm, ppo and kto keep their names; dpo becomes rayft's dpo, or orpo or simpo when pref_loss
 selects those losses, as LLaMA-Factory selects them (the same loss: pref_beta is ORPO's lambda and SimPO's
-beta, simpo_gamma SimPO's margin). ppo is not yet available.
+beta, simpo_gamma SimPO's margin).
+
+ppo scores with reward_model (a `stage: rm` output, adapter or full model: rayft tells which from the
+directory) and takes the values LLaMA-Factory's PPO trains with when unset (LF_PPO_DEFAULTS): its ppo_epochs,
+TRL's adaptive KL controller (init_kl_coef 0.2, ppo_target 6.0) and its sampling (max_new_tokens, temperature,
+top_p), which map to stage keys for ppo only (other stages note them as before). Its rollout batch is the same:
+per_device_train_batch_size x gradient_accumulation_steps responses per worker, one optimizer step per ppo
+epoch (ppo_buffer_size 1). LLaMA-Factory cuts prompts to cutoff_len and generates max_new_tokens after them;
+rayft's data.max_seq_len holds both, so it becomes cutoff_len + max_new_tokens (rayft drops a longer prompt
+where LLaMA-Factory would cut it). LLaMA-Factory's PPO never evaluates, nor does rayft's: eval data is noted.
 """
 
 from __future__ import annotations
@@ -48,7 +57,6 @@ DIRECT = {
     "model_name_or_path": "model.name_or_path",
     "trust_remote_code": "model.trust_remote_code",
     "cutoff_len": "data.max_seq_len",
-    "val_size": "data.val_size",
     "packing": "data.packing",
     "streaming": "data.streaming",
     "tokenized_path": "data.cache_dir",  # both keep the tokenized data for later runs
@@ -84,12 +92,27 @@ METHOD_KEYS: dict[str, dict[str, str | None]] = {
 LIST_KEYS = {"lora_target", "galore_target", "freeze_extra_modules"}  # comma strings; "all" stays for targets
 
 # LLaMA-Factory's stage -> rayft's; its stage dpo trains ORPO or SimPO when pref_loss names them.
-STAGES = {"pt": "pt", "sft": "sft", "rm": "rm", "dpo": "dpo", "kto": "kto"}
+STAGES = {"pt": "pt", "sft": "sft", "rm": "rm", "ppo": "ppo", "dpo": "dpo", "kto": "kto"}
 DPO_LOSS_STAGES = {"orpo": "orpo", "simpo": "simpo"}
 DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo")  # pref_loss values that stay stage dpo, as its loss_type
 PREF_STAGES = ("dpo", "kto", "orpo", "simpo")  # the stages that read pref_beta
 LF_PREF_BETA = 0.1  # written out for these: rayft's simpo defaults to 2.0
-NO_DROPOUT_STAGES = PREF_STAGES  # LLaMA-Factory's DPO and KTO trainers call TRL's disable_dropout_in_model
+# Stages rayft trains without dropout (RunConfig.check_combinations): LLaMA-Factory's DPO and KTO trainers do too
+# (TRL's disable_dropout_in_model); for rm and ppo it is rayft's own rule, said so in the note (WHY_NO_DROPOUT).
+NO_DROPOUT_STAGES = (*PREF_STAGES, "rm", "ppo")
+WHY_NO_DROPOUT = {"rm": "it compares the scores of two answers",
+                  "ppo": "it compares the policy with the one that generated the rollouts and with its reference"}
+
+# rayft stage.* values LLaMA-Factory's PPO trains with when the YAML leaves them unset: its ppo_epochs, ppo_target
+# and sampling defaults, and TRL's init_kl_coef (its adaptive KL controller is on, over a horizon of 10000 samples,
+# as rayft's adaptive_kl_horizon).
+LF_PPO_DEFAULTS = {"ppo_epochs": 4, "kl_coef": 0.2, "adaptive_kl_target": 6.0, "max_new_tokens": 1024,
+                   "temperature": 0.95, "top_p": 0.7}
+# LLaMA-Factory's generation keys (GeneratingArguments) and their defaults: PPO's rollouts sample with them
+# (_Translation.generation_key); for other stages they are inference options, noted as unknown keys.
+LF_GENERATION = {"max_new_tokens": 1024, "temperature": 0.95, "top_p": 0.7, "top_k": 50, "do_sample": True,
+                 "repetition_penalty": 1.0, "num_beams": 1, "length_penalty": 1.0, "max_length": 1024}
+REWARD_MODEL_TYPES = ("lora", "full", "api")
 
 # rayft stage -> {LF key: stage key}. LLaMA-Factory ignores another stage's keys, and so does rayft, with a note
 # unless the value is LLaMA-Factory's default (LF_STAGE_DEFAULTS). None: handled in _Translation.stage_key.
@@ -101,6 +124,10 @@ STAGE_KEYS: dict[str, dict[str, str | None]] = {
     "kto": {"pref_beta": "beta", "pref_ftx": None, "kto_chosen_weight": "desirable_weight",
             "kto_rejected_weight": "undesirable_weight", "ref_model": "reference_model", "ref_model_adapters": None,
             "ref_model_quantization_bit": None},
+    "ppo": {"reward_model": None, "reward_model_type": None, "reward_model_adapters": None,
+            "reward_model_quantization_bit": None, "ppo_epochs": "ppo_epochs", "ppo_buffer_size": None,
+            "ppo_score_norm": "normalize_reward", "ppo_target": "adaptive_kl_target", "ppo_whiten_rewards": None,
+            "ppo_logger": None},
     "orpo": {"pref_beta": "beta", "pref_loss": None, "pref_ftx": None, "dpo_label_smoothing": None, "ld_alpha": None},
     "simpo": {"pref_beta": "beta", "pref_loss": None, "pref_ftx": "ftx", "dpo_label_smoothing": None,
               "simpo_gamma": "gamma", "ld_alpha": None},
@@ -108,7 +135,10 @@ STAGE_KEYS: dict[str, dict[str, str | None]] = {
 LF_STAGE_DEFAULTS = {"train_on_prompt": False, "mask_history": False, "pref_beta": LF_PREF_BETA, "pref_loss": "sigmoid",
                      "pref_ftx": 0.0, "dpo_label_smoothing": 0.0, "simpo_gamma": 0.5, "kto_chosen_weight": 1.0,
                      "kto_rejected_weight": 1.0, "pref_bco_weight": 0.0, "ref_model": None, "ref_model_adapters": None,
-                     "ref_model_quantization_bit": None, "ld_alpha": None}
+                     "ref_model_quantization_bit": None, "ld_alpha": None, "reward_model": None,
+                     "reward_model_type": "lora", "reward_model_adapters": None, "reward_model_quantization_bit": None,
+                     "ppo_epochs": 4, "ppo_buffer_size": 1, "ppo_score_norm": False, "ppo_target": 6.0,
+                     "ppo_whiten_rewards": False, "ppo_logger": None}
 
 LR_SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant", "constant_with_warmup": "constant"}
 NEAREST_SCHEDULER = {"cosine_with_restarts": "cosine", "cosine_with_min_lr": "cosine",
@@ -206,7 +236,7 @@ NO_EFFECT = {  # honoured values are LLaMA-Factory's defaults unless said otherw
 }
 # Families of keys, by prefix -> why they have no effect (always noted).
 PREFIXES = [
-    (("ppo_", "reward_model"), "an option of stage ppo, which is not yet available in rayft"),
+    (("ppo_", "reward_model"), "not an option of LLaMA-Factory 0.9.5's stage ppo that rayft knows; no effect"),
     (("oft_", "module_dropout"), "finetuning_type oft is not available in rayft"),
     (("apollo_", "badam_", "asft_", "eaft_"), "an option of an optimizer or loss rayft does not have"),
     (("image_", "video_", "audio_", "crop_to_patches", "use_audio_in_video"), _MULTIMODAL),
@@ -274,6 +304,8 @@ class _Translation:
                 self.method_key(key, value)
             elif any(key in keys for keys in STAGE_KEYS.values()):
                 self.stage_key(key, value)
+            elif key in LF_GENERATION and self.stage == "ppo":
+                self.generation_key(key, value)
             elif key in NO_EFFECT:
                 ok, why = NO_EFFECT[key]
                 if value not in ok:
@@ -294,8 +326,18 @@ class _Translation:
             if self.stage in PREF_STAGES:
                 self.set("stage.beta", LF_PREF_BETA)  # pref_beta, when given, replaces it
         else:
-            self.note("stage", "not yet available in rayft (stages pt, sft, rm, dpo and kto are; pref_loss orpo or "
-                               "simpo with stage dpo trains rayft's orpo or simpo)", error=True)
+            self.note("stage", "not a LLaMA-Factory 0.9.5 stage rayft translates (pt, sft, rm, ppo, dpo and kto are; "
+                               "pref_loss orpo or simpo with stage dpo trains rayft's orpo or simpo; rayft's grpo "
+                               "is written as a rayft config)", error=True)
+        if self.stage == "ppo":
+            for field, value in LF_PPO_DEFAULTS.items():  # the keys that set them, when given, replace them
+                self.set(f"stage.{field}", value)
+            if not self.raw.get("reward_model"):  # LLaMA-Factory refuses PPO without one too
+                self.note("reward_model", "required by stage ppo: a reward model (a `stage: rm` output); rayft can "
+                                          "also score with stage.reward_functions (verifiable rewards, written in a "
+                                          "rayft config) instead of or beside it", error=True)
+            if "top_k" not in self.raw:
+                self.generation_key("top_k", LF_GENERATION["top_k"])
         if self.method in ("lora", "freeze", "full", "galore"):
             self.set("tuning.method", self.method)
         if self.method == "galore":
@@ -325,7 +367,10 @@ class _Translation:
             elif value:
                 self.set("tuning.init", "pissa")
         elif key == "lora_dropout" and self.stage in NO_DROPOUT_STAGES:
-            if n:
+            if n and self.stage in WHY_NO_DROPOUT:
+                self.note(key, f"rayft's stage {self.stage} trains without dropout ({WHY_NO_DROPOUT[self.stage]}), "
+                               "so it leaves it at 0")
+            elif n:
                 self.note(key, f"LLaMA-Factory switches dropout off for its {_stage_words(self.stage)} training, "
                                "so rayft leaves it at 0 too")
         elif key == "quantization_bit":
@@ -353,6 +398,9 @@ class _Translation:
     def stage_key(self, key: str, value: Any) -> None:
         owners = [s for s, keys in STAGE_KEYS.items() if key in keys]
         n = _number(value)
+        if self.stage == "ppo" and key.startswith("ref_model"):  # LLaMA-Factory's PPO reads them; rayft's does not
+            self.ppo_reference_key(key, value)
+            return
         if self.stage not in owners:
             if value is not None and n != LF_STAGE_DEFAULTS[key]:  # LLaMA-Factory ignores another stage's keys too
                 self.note(key, f"applies to rayft's stage {', '.join(owners)} only; this run is "
@@ -406,14 +454,101 @@ class _Translation:
             if value is not None and n != 1:
                 self.note(key, "LD-DPO's down-weighting of the longer answer's extra tokens is not available in "
                                "rayft", error=True)
+        else:
+            self.ppo_key(key, value)
+
+    def ppo_reference_key(self, key: str, value: Any) -> None:
+        if key == "ref_model" and value:
+            self.note(key, "rayft's stage ppo takes its reference from the base with the policy adapter off "
+                           "(LLaMA-Factory's reference for LoRA without ref_model); a separate reference model is "
+                           "not available", error=True)
+        elif key != "ref_model" and value is not None:
+            self.note(key, "only read with ref_model, which rayft's stage ppo does not take")
+
+    def ppo_key(self, key: str, value: Any) -> None:
+        """stage ppo's keys that need more than a rename (STAGE_KEYS["ppo"] with None)."""
+        n = _number(value)
+        kind = self.raw.get("reward_model_type", "lora")
+        if key == "reward_model":
+            if value and kind != "api":  # api: an address, said so at reward_model_type
+                self.set("stage.reward_model", value)
+        elif key == "reward_model_type":
+            if value == "api":
+                self.note(key, "rayft has no reward API: score with a reward model (a `stage: rm` output) or with "
+                               "stage.reward_functions (a Python function, which may call the API)", error=True)
+            elif value not in REWARD_MODEL_TYPES:
+                self.note(key, f"LLaMA-Factory's reward_model_type is {', '.join(REWARD_MODEL_TYPES)}", error=True)
+            # lora or full: rayft tells an adapter from a full model by the directory's files
+        elif key in ("reward_model_adapters", "reward_model_quantization_bit"):
+            if value is None:
+                return
+            if kind != "full":  # LLaMA-Factory loads a LoRA reward model on the policy's own base
+                self.note(key, "only read with reward_model_type full")
+            elif key == "reward_model_adapters":
+                self.note(key, "a reward model with adapters is not available in rayft: merge them into the reward "
+                               "model and name that as reward_model", error=True)
+            else:
+                self.note(key, "rayft loads a full reward model unquantized in the run's dtype (more memory, the "
+                               "same scores as it was trained to give)")
+        elif key == "ppo_buffer_size":
+            if value is not None and n != 1:
+                self.note(key, "rayft's rollout batch is each worker's per_device_train_batch_size x "
+                               "gradient_accumulation_steps responses, with one optimizer step per ppo epoch over it "
+                               "(LLaMA-Factory's ppo_buffer_size 1); a buffer of several such batches is not available")
+        elif key == "ppo_whiten_rewards":
+            if value:
+                self.note(key, "rayft whitens the advantages (stage.whiten_advantages, as TRL does too), not the "
+                               "rewards before them")
+        elif key == "ppo_logger":
+            if value is not None:
+                self.note(key, "rayft logs PPO's metrics to metrics.jsonl and the trackers named by report_to "
+                               "(output.report_to)")
+
+    def generation_key(self, key: str, value: Any) -> None:
+        """LLaMA-Factory's generation keys, which sample stage ppo's rollouts (LF_GENERATION)."""
+        n = _number(value)
+        if key in ("temperature", "top_p"):
+            self.set(f"stage.{key}", n)
+        elif key == "max_new_tokens":
+            if isinstance(n, (int, float)) and n <= 0:
+                self.note(key, "rayft caps responses at stage.max_new_tokens (at least 1); LLaMA-Factory's "
+                               "fallback to max_length (prompt and response together) is not available", error=True)
+            else:
+                self.set("stage.max_new_tokens", n)
+        elif key == "top_k":
+            if n not in (0, None):  # 0: off, as in rayft
+                self.note(key, "rayft's rollouts sample by temperature and top_p alone; top_k is not available "
+                               f"(LLaMA-Factory's default is {LF_GENERATION['top_k']}, 0 turns it off)")
+        elif key == "do_sample":
+            if value is False:
+                self.note(key, "greedy decoding is not available for rayft's PPO rollouts: they sample with "
+                               "stage.temperature and stage.top_p", error=True)
+        elif key == "num_beams":
+            if value is not None and n != 1:
+                self.note(key, "beam search is not available for rayft's PPO rollouts: they sample one response "
+                               "per prompt", error=True)
+        elif key == "repetition_penalty":
+            if value is not None and n != 1:
+                self.note(key, "a repetition penalty is not available for rayft's PPO rollouts")
+        elif key == "length_penalty":
+            if value is not None and n != 1:
+                self.note(key, "applies to beam search only, which rayft's PPO rollouts do not use")
+        elif key == "max_length":
+            if value is not None and n != LF_GENERATION["max_length"]:
+                self.note(key, "LLaMA-Factory reads it only when max_new_tokens is 0 or less; rayft caps responses "
+                               "at stage.max_new_tokens")
 
     def finish_data(self) -> None:
-        """max_samples caps every dataset, evaluation ones too, as in LLaMA-Factory."""
+        """max_samples caps every dataset, evaluation ones too, as in LLaMA-Factory. Stage ppo: LLaMA-Factory cuts
+        prompts to cutoff_len and generates up to max_new_tokens after them; rayft's max_seq_len holds both."""
         n = self.raw.get("max_samples")
         data = self.out.get("data", {})
         for spec in data.get("train", []) + data.get("eval", []):
             if n is not None:
                 spec["num_samples"] = _number(n)
+        new_tokens, cutoff = self.out.get("stage", {}).get("max_new_tokens"), data.get("max_seq_len")
+        if self.stage == "ppo" and all(isinstance(v, int) and not isinstance(v, bool) for v in (new_tokens, cutoff)):
+            data["max_seq_len"] = cutoff + new_tokens
 
 
 def _in_schema_order(out: dict) -> dict:
@@ -438,7 +573,7 @@ def _stage_words(stage: str | None) -> str:
     """A rayft stage as the LLaMA-Factory YAML asked for it."""
     if stage in DPO_LOSS_STAGES.values():
         return f"stage dpo with pref_loss {stage} (rayft's stage {stage})"
-    return f"stage {stage}" if stage else "a stage rayft does not have"
+    return f"stage {stage}" if stage else "a stage rayft does not translate"
 
 
 def _number(value: Any) -> Any:
@@ -521,8 +656,18 @@ def _use_galore(t: _Translation, key: str, value: Any) -> None:
 
 def _datasets(t: _Translation, key: str, value: Any) -> None:
     names = _split(value)
-    if names:
+    if names and key == "eval_dataset" and t.stage == "ppo":
+        t.note(key, "LLaMA-Factory's PPO never evaluates, and rayft's stage ppo has no evaluation loss")
+    elif names:
         t.set("data.train" if key == "dataset" else "data.eval", [{"dataset": n} for n in names])
+
+
+def _val_size(t: _Translation, key: str, value: Any) -> None:
+    if t.stage != "ppo":
+        t.set("data.val_size", _number(value))
+    elif value:
+        t.note(key, "LLaMA-Factory's PPO holds these examples out and never evaluates on them; rayft's stage ppo has "
+                    "no evaluation loss and trains on all of them")
 
 
 def _dataset_dir(t: _Translation, key: str, value: Any) -> None:
@@ -656,7 +801,7 @@ SPECIAL = {
     "disable_gradient_checkpointing": _gradient_checkpointing, "gradient_checkpointing": _gradient_checkpointing,
     "add_special_tokens": _add_special_tokens, "adapter_name_or_path": _adapter, "adapter_folder": _adapter,
     "finetuning_type": _finetuning_type, "use_galore": _use_galore,
-    "dataset": _datasets, "eval_dataset": _datasets, "dataset_dir": _dataset_dir,
+    "dataset": _datasets, "eval_dataset": _datasets, "val_size": _val_size, "dataset_dir": _dataset_dir,
     "mix_strategy": _mix_strategy, "interleave_probs": _interleave_probs,
     "neat_packing": _neat_packing, "disable_shuffling": _disable_shuffling,
     "max_steps": _max_steps, "lr_scheduler_type": _lr_scheduler, "warmup_ratio": _warmup, "warmup_steps": _warmup,

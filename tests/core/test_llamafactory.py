@@ -127,7 +127,14 @@ def test_every_key_rayft_cannot_honour_is_reported_once_with_its_value_and_why()
 
 
 @pytest.mark.parametrize("lf, key", [
-    ({"stage": "ppo"}, "stage"), ({"stage": "grpo"}, "stage"),
+    ({"stage": "grpo"}, "stage"), ({"stage": "ppo"}, "reward_model"),
+    ({"stage": "ppo", "reward_model": "http://rm:8000", "reward_model_type": "api"}, "reward_model_type"),
+    ({"stage": "ppo", "reward_model": "saves/rm", "do_sample": False}, "do_sample"),
+    ({"stage": "ppo", "reward_model": "saves/rm", "num_beams": 4}, "num_beams"),
+    ({"stage": "ppo", "reward_model": "saves/rm", "max_new_tokens": 0}, "max_new_tokens"),
+    ({"stage": "ppo", "reward_model": "saves/rm", "ref_model": "/m/ref"}, "ref_model"),
+    ({"stage": "ppo", "reward_model": "/m/rm", "reward_model_type": "full", "reward_model_adapters": "/m/rm-lora"},
+     "reward_model_adapters"),
     ({"stage": "dpo", "pref_loss": "kto_pair"}, "pref_loss"), ({"stage": "dpo", "pref_loss": "bco"}, "pref_loss"),
     ({"stage": "dpo", "pref_bco_weight": 0.5}, "pref_bco_weight"),
     ({"stage": "dpo", "pref_loss": "hinge", "dpo_label_smoothing": 0.1}, "dpo_label_smoothing"),
@@ -151,12 +158,14 @@ def test_what_would_change_the_run_is_an_error_level_note(lf, key):
 
 
 def test_an_unavailable_stage_says_so():
-    _, notes = translate({**MINIMAL, "stage": "ppo", "pref_beta": 0.2, "reward_model": "saves/rm"})
-    assert notes[0] == ('error: stage: "ppo" -- not yet available in rayft (stages pt, sft, rm, dpo and kto are; '
-                        "pref_loss orpo or simpo with stage dpo trains rayft's orpo or simpo)")
+    _, notes = translate({**MINIMAL, "stage": "grpo", "pref_beta": 0.2, "reward_model": "saves/rm"})
+    assert notes[0] == ('error: stage: "grpo" -- not a LLaMA-Factory 0.9.5 stage rayft translates (pt, sft, rm, ppo, '
+                        "dpo and kto are; pref_loss orpo or simpo with stage dpo trains rayft's orpo or simpo; "
+                        "rayft's grpo is written as a rayft config)")
     assert notes[1:] == ["warning: pref_beta: 0.2 -- applies to rayft's stage dpo, kto, orpo, simpo only; this run is a "
-                         "stage rayft does not have",
-                         'warning: reward_model: "saves/rm" -- an option of stage ppo, which is not yet available in rayft']
+                         "stage rayft does not translate",
+                         'warning: reward_model: "saves/rm" -- applies to rayft\'s stage ppo only; this run is a stage '
+                         "rayft does not translate"]
 
 
 # Parsed from text, as users' files are read.
@@ -248,9 +257,12 @@ def test_translated_orpo_and_simpo_compute_llamafactorys_losses():
     ({"stage": "kto", "ld_alpha": 0.5}, "ld_alpha", "applies to rayft's stage dpo, orpo, simpo only"),
     ({"stage": "dpo", "kto_chosen_weight": 2.0}, "kto_chosen_weight", "applies to rayft's stage kto only"),
     ({"stage": "dpo", "train_on_prompt": True}, "train_on_prompt", "applies to rayft's stage sft only; this run is stage dpo"),
-    ({"stage": "dpo", "ppo_epochs": 2}, "ppo_epochs", "an option of stage ppo, which is not yet available in rayft"),
-    ({"reward_model_type": "full"}, "reward_model_type", "an option of stage ppo"),
+    ({"stage": "dpo", "ppo_epochs": 2}, "ppo_epochs", "applies to rayft's stage ppo only; this run is stage dpo"),
+    ({"reward_model_type": "full"}, "reward_model_type", "applies to rayft's stage ppo only; this run is stage sft"),
+    ({"stage": "rm", "reward_model": "saves/rm"}, "reward_model", "applies to rayft's stage ppo only; this run is stage rm"),
+    ({"stage": "dpo", "ppo_unknown": 1}, "ppo_unknown", "not an option of LLaMA-Factory 0.9.5's stage ppo that rayft knows"),
     ({"stage": "dpo", "lora_dropout": 0.1}, "lora_dropout", "LLaMA-Factory switches dropout off for its stage dpo training"),
+    ({"stage": "rm", "lora_dropout": 0.1}, "lora_dropout", "rayft's stage rm trains without dropout (it compares the scores"),
     ({"stage": "dpo", "ref_model_adapters": "/m/lora"}, "ref_model_adapters", "only read with ref_model"),
     ({"stage": "dpo", "ref_model": "/m/ref", "ref_model_quantization_bit": 4}, "ref_model_quantization_bit",
      "rayft loads the reference model unquantized"),
@@ -280,6 +292,131 @@ def test_llamafactorys_preference_examples_translate(name, stage):
     raw, notes = translate(yaml.safe_load((REPO / "examples/llamafactory" / name).read_text()))
     assert raw["stage"] == stage and not any(is_error(n) for n in notes)
     assert keys_in(notes) == ["template", "preprocessing_num_workers", "dataloader_num_workers", "ddp_timeout"]
+
+
+# LLaMA-Factory's examples/train_lora/llama3_lora_ppo.yaml, the model and reward model as local paths.
+LF_PPO = yaml.safe_load("""
+model_name_or_path: /models/llama3-8b
+reward_model: saves/llama3-8b/lora/reward
+stage: ppo
+do_train: true
+finetuning_type: lora
+lora_target: all
+dataset: identity,alpaca_en_demo
+template: llama3
+cutoff_len: 2048
+max_samples: 1000
+overwrite_cache: true
+preprocessing_num_workers: 16
+output_dir: saves/llama3-8b/lora/ppo
+logging_steps: 10
+save_steps: 500
+plot_loss: true
+overwrite_output_dir: true
+report_to: none
+per_device_train_batch_size: 1
+gradient_accumulation_steps: 8
+learning_rate: 1.0e-5
+num_train_epochs: 3.0
+lr_scheduler_type: cosine
+warmup_ratio: 0.1
+bf16: true
+ddp_timeout: 180000000
+max_new_tokens: 512
+top_k: 0
+top_p: 0.9
+""")
+PPO = {**MINIMAL, "stage": "ppo", "reward_model": "saves/rm", "top_k": 0}
+
+
+def test_llamafactorys_ppo_example_translates_to_exact_values():
+    raw, notes = translate(LF_PPO)
+    assert keys_in(notes) == ["preprocessing_num_workers", "ddp_timeout"]
+    # the schema's order; LLaMA-Factory's ppo_epochs, TRL's adaptive KL (init 0.2, target 6.0), its temperature
+    assert raw["stage"] == {"reward_model": "saves/llama3-8b/lora/reward", "max_new_tokens": 512, "temperature": 0.95,
+                            "top_p": 0.9, "ppo_epochs": 4, "name": "ppo", "kl_coef": 0.2, "adaptive_kl_target": 6.0}
+    assert raw["tuning"] == {"method": "lora", "target": "all"}
+    # prompts cut to cutoff_len, then up to max_new_tokens generated: rayft's max_seq_len holds both
+    assert raw["data"] == {"train": [{"dataset": "identity", "num_samples": 1000},
+                                     {"dataset": "alpaca_en_demo", "num_samples": 1000}], "max_seq_len": 2048 + 512}
+    assert raw["train"] == {"num_epochs": 3.0, "micro_batch_size": 1, "gradient_accumulation_steps": 8,
+                            "learning_rate": 1e-5, "lr_scheduler": "cosine", "warmup_ratio": 0.1, "logging_steps": 10}
+    assert (raw["output"], raw["checkpoint"]) == ({"storage_path": "saves/llama3-8b/lora", "name": "ppo", "overwrite": True},
+                                                  {"save_steps": 500})
+    run = validate_config(raw)
+    st = run.stage
+    assert (st.name, st.reward_model, st.ppo_epochs, st.kl_coef, st.adaptive_kl_target, st.adaptive_kl_horizon) == \
+        ("ppo", "saves/llama3-8b/lora/reward", 4, 0.2, 6.0, 10000)
+    assert (st.max_new_tokens, st.temperature, st.top_p, st.normalize_reward, st.whiten_advantages) == \
+        (512, 0.95, 0.9, False, True)
+    assert (run.tuning.method, run.tuning.dropout) == ("lora", 0.0)
+    # LLaMA-Factory's rollout batch: per_device_train_batch_size x gradient_accumulation_steps, one step per epoch
+    assert run.train.micro_batch_size * run.train.gradient_accumulation_steps == 8
+
+
+def test_ppo_keys_land_in_the_stage_and_unset_ones_take_llamafactorys_defaults():
+    raw, notes = translate({**PPO, "reward_model_type": "full", "ppo_epochs": 2, "ppo_target": 3.0, "ppo_score_norm": True,
+                            "ppo_whiten_rewards": False, "ppo_buffer_size": 1, "ppo_logger": None, "temperature": "0.7",
+                            "do_sample": True, "repetition_penalty": 1.0, "num_beams": 1, "cutoff_len": 1024,
+                            "lora_rank": 16})
+    assert notes == []
+    assert raw["stage"] == {"reward_model": "saves/rm", "max_new_tokens": 1024, "temperature": 0.7, "top_p": 0.7,
+                            "ppo_epochs": 2, "name": "ppo", "kl_coef": 0.2, "adaptive_kl_target": 3.0,
+                            "normalize_reward": True}
+    assert raw["data"]["max_seq_len"] == 1024 + 1024 and raw["tuning"] == {"method": "lora", "rank": 16}
+    validate_config(raw)
+
+
+@pytest.mark.parametrize("lf, key, why", [
+    ({"lora_dropout": 0.05}, "lora_dropout", "rayft's stage ppo trains without dropout"),
+    ({"ppo_buffer_size": 4}, "ppo_buffer_size", "one optimizer step per ppo epoch"),
+    ({"ppo_whiten_rewards": True}, "ppo_whiten_rewards", "rayft whitens the advantages"),
+    ({"ppo_logger": "wandb"}, "ppo_logger", "output.report_to"),
+    ({"top_k": 50}, "top_k", "top_k is not available"),
+    ({"top_k": None}, None, None), ({"top_k": 0}, None, None),
+    ({"repetition_penalty": 1.2}, "repetition_penalty", "not available for rayft's PPO rollouts"),
+    ({"length_penalty": 2.0}, "length_penalty", "applies to beam search only"),
+    ({"max_length": 4096}, "max_length", "only when max_new_tokens is 0 or less"),
+    ({"val_size": 0.1}, "val_size", "rayft's stage ppo has no evaluation loss and trains on all of them"),
+    ({"eval_dataset": "alpaca_eval"}, "eval_dataset", "LLaMA-Factory's PPO never evaluates"),
+    ({"reward_model_quantization_bit": 4}, "reward_model_quantization_bit", "only read with reward_model_type full"),
+    ({"reward_model": "/m/rm", "reward_model_type": "full", "reward_model_quantization_bit": 4},
+     "reward_model_quantization_bit", "rayft loads a full reward model unquantized"),
+    ({"ref_model_adapters": "/m/lora"}, "ref_model_adapters", "only read with ref_model"),
+    ({"pref_beta": 0.2}, "pref_beta", "applies to rayft's stage dpo, kto, orpo, simpo only; this run is stage ppo"),
+])
+def test_ppo_keys_rayft_reads_differently_are_noted(lf, key, why):
+    raw, notes = translate({**PPO, **lf})
+    assert keys_in(notes) == ([key] if key else []) and not any(is_error(n) for n in notes), notes
+    assert why is None or why in notes[0]
+    run = validate_config(raw)  # no dropout, no evaluation data
+    assert run.tuning.dropout == 0 and not run.data.eval and not run.data.val_size
+
+
+def test_top_k_left_unset_is_llamafactorys_50_which_rayft_cannot_sample_with():
+    _, notes = translate({**MINIMAL, "stage": "ppo", "reward_model": "saves/rm"})
+    assert notes == ['warning: top_k: "(missing)" -- rayft\'s rollouts sample by temperature and top_p alone; top_k is '
+                     "not available (LLaMA-Factory's default is 50, 0 turns it off)"]
+
+
+def test_ppo_error_notes_name_rayfts_alternatives():
+    _, notes = translate({**MINIMAL, "stage": "ppo", "top_k": 0})
+    assert notes == ['error: reward_model: "(missing)" -- required by stage ppo: a reward model (a `stage: rm` output); '
+                     "rayft can also score with stage.reward_functions (verifiable rewards, written in a rayft config) "
+                     "instead of or beside it"]
+    raw, notes = translate({**PPO, "reward_model": "http://rm:8000/v1/score", "reward_model_type": "api"})
+    assert keys_in(notes) == ["reward_model_type"] and is_error(notes[0]) and "stage.reward_functions" in notes[0]
+    assert "reward_model" not in raw["stage"]  # an address, not a model
+    for kind in ("lora", "full"):  # rayft tells an adapter from a full model by the directory
+        raw, notes = translate({**PPO, "reward_model_type": kind})
+        assert notes == [] and raw["stage"]["reward_model"] == "saves/rm"
+
+
+def test_generation_keys_outside_stage_ppo_are_noted_as_before():
+    raw, notes = translate({**MINIMAL, "max_new_tokens": 512, "top_p": 0.9, "ppo_epochs": 4, "reward_model_type": "lora"})
+    assert keys_in(notes) == ["max_new_tokens", "top_p"] and not any(is_error(n) for n in notes)
+    assert all("not a LLaMA-Factory 0.9.5 training key that rayft knows" in n for n in notes)
+    assert raw["stage"] == "sft" and raw["data"]["max_seq_len"] == 2048
 
 
 @pytest.mark.parametrize("lf, storage_path, name", [
@@ -368,7 +505,7 @@ def test_cli_reads_llamafactory_yamls_directly_and_refuses_error_notes(tmp_path:
     lf.write_text(yaml.safe_dump({**MINIMAL, "stage": "ppo"}))
     for command in (["config", "validate", str(lf)], ["config", "import-llamafactory", str(lf)]):
         result = CliRunner().invoke(main, command)
-        assert result.exit_code == 2 and 'error: stage: "ppo" -- not yet available in rayft' in result.stderr
+        assert result.exit_code == 2 and 'error: reward_model: "(missing)" -- required by stage ppo' in result.stderr
 
     rayft_yaml = str(REPO / "examples/sft_lora.yaml")
     result = CliRunner().invoke(main, ["config", "import-llamafactory", rayft_yaml])

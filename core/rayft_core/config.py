@@ -370,7 +370,8 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, ge=0, description="Clip the global gradient norm (0 = off).")
     seed: int = Field(42, description="Seeds model init of new parameters, dropout and data order.")
-    logging_steps: int = Field(10, ge=1, description="Report metrics every N optimizer steps.")
+    logging_steps: int = Field(10, ge=1, description="Report metrics every N optimizer steps (RL stages: every N "
+                               "iterations, averaged over them).")
     eval_steps: int | None = Field(None, ge=1, description="Evaluate every N optimizer steps when there is evaluation "
                                    "data (data.eval or data.val_size); it is always evaluated at the end.")
     early_stopping_patience: int | None = Field(

@@ -119,6 +119,7 @@ def rl_worker(run: RunConfig, plan: TrainPlan, epoch_batches: Callable[[int], It
     sampling = Sampling(run.stage.max_new_tokens, run.stage.temperature, run.stage.top_p,
                         stop_token_ids(tokenizer, run.model.name_or_path))
     step, first_step, tokens = state.step, state.step, 0
+    since_logged: list[dict[str, float]] = []  # the iterations' metrics since the last report, averaged in it
     started = time.perf_counter()
     try:
         learner.sync(rollouts, version=step, rank=rank)
@@ -136,13 +137,20 @@ def rl_worker(run: RunConfig, plan: TrainPlan, epoch_batches: Callable[[int], It
                 metrics["time/sync_s"] = learner.sync(rollouts, version=step, rank=rank)
                 metrics["time/iteration_s"] = sum(metrics[f"time/{p}_s"] for p in ("generate", "score", "learn", "sync"))
                 tokens += metrics.pop("_tokens")
-                metrics = {"step": step, **metrics, "train/epoch": epoch + (batch_index + 1) / plan.micro_batches_per_epoch,
+                since_logged.append(metrics)
+                logging_step = step % run.train.logging_steps == 0 or step == plan.total_steps
+                save_step = run.checkpoint.save_steps and step % run.checkpoint.save_steps == 0 and step < plan.total_steps
+                if not (logging_step or save_step):
+                    continue
+                metrics = {"step": step, **{k: sum(m[k] for m in since_logged) / len(since_logged) for k in metrics},
+                           "train/epoch": epoch + (batch_index + 1) / plan.micro_batches_per_epoch,
                            "train/lr": scheduler.get_last_lr()[0] if scheduler else run.train.learning_rate,
                            "mem/peak_gb": peak_memory_gb()}
+                since_logged = []
                 if rank == 0:
                     outputs.append_metrics(out, metrics)
                     trackers.log(metrics, step)
-                if run.checkpoint.save_steps and step % run.checkpoint.save_steps == 0 and step < plan.total_steps:
+                if save_step:
                     state.step, state.epoch, state.micro_batches_done = step, epoch, batch_index + 1
                     state.stage_state = learner.state()
                     report(metrics, checkpoint_dir=save_checkpoint(engine, rank, state))

@@ -29,7 +29,8 @@ from rayft.cliutil import EXIT_BAD_INPUT, or_exit
 
 from rayft.eval import eval_group
 from rayft.k8s import k8s_group
-from rayft_core.config import ConfigError, RunConfig, load_config
+from rayft_core.config import RunConfig, load_config
+from rayft_core.schema import ConfigError
 
 
 

@@ -22,7 +22,8 @@ import click
 from rayft.cliutil import or_exit
 import yaml
 
-from rayft_core.config import ConfigError, RunConfig, validate_config, validate_section
+from rayft_core.config import RunConfig, validate_config
+from rayft_core.schema import ConfigError, validate_section
 from rayft_core.errors import UserInputError
 from rayft_core.serve_config import ServeConfig
 

@@ -75,7 +75,7 @@ def sha256(text: str) -> str:
 
 def load(config_path: str | None, model_dir: str | None, overrides: list[str]) -> ServeConfig:
     """The serving config of `rayft serve`, with what can be checked here checked before anything starts."""
-    from rayft_core.config import ConfigError
+    from rayft_core.schema import ConfigError
     from rayft_core.serve_config import check_sources, config_for_output, load_serve_config
 
     cfg = (load_serve_config(config_path, overrides) if config_path

@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse
 
 from rayft.serve import api_key_sha256, sha256
 from rayft_core import storage
-from rayft_core.config import validate_section
+from rayft_core.schema import validate_section
 from rayft_core.infer.vllm_engine import cpu_engine_env, engine_dtype
 from rayft_core.serve_config import ServeConfig, ServedModel
 

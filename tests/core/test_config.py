@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rayft_core.config import ConfigError, RunConfig, load_config, validate_config
+from rayft_core.config import RunConfig, load_config, validate_config
+from rayft_core.schema import ConfigError
 from rayft_core.llamafactory import is_error, translate
 from rayft_core.serve_config import load_serve_config
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rayft_core.config import ConfigError, validate_config
+from rayft_core.config import validate_config
+from rayft_core.schema import ConfigError
 from rayft_core.errors import UserInputError
 from tests.conftest import make_reward_adapter
 

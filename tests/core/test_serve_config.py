@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rayft_core.config import ConfigError
+from rayft_core.schema import ConfigError
 from rayft_core.serve_config import check_sources, config_for_output, load_serve_config
 
 

@@ -19,7 +19,8 @@ import yaml
 from kubernetes_validate.utils import latest_version
 
 from rayft.k8s import K8sError, render
-from rayft_core.config import validate_config, validate_section
+from rayft_core.config import validate_config
+from rayft_core.schema import validate_section
 from rayft_core.serve_config import ServeConfig
 
 REPO = Path(__file__).resolve().parents[2]

@@ -51,15 +51,16 @@ def choose_engine(run: RunConfig, use_gpu: bool) -> str:
     return "hf"
 
 
-def check_rl_run(run: RunConfig, resources: dict[str, float], use_gpu: bool) -> None:
-    """The RL-only checks, on the driver, before the data is read and any actor starts."""
+def check_rl_run(run: RunConfig, resources: dict[str, float], use_gpu: bool) -> str:
+    """The RL-only checks, on the driver, before the data is read and any actor starts; returns the kind of
+    rollout engine to start (vllm or hf)."""
     from rayft_core.model.loader import load_tokenizer
     from rayft_core.train.rewards import Rewards
     from rayft_core.train.rl_model import check_reward_model, is_adapter
 
     st = run.stage
     Rewards(st.reward_functions)  # each function found, importable, and taking what it will be given
-    choose_engine(run, use_gpu)
+    kind = choose_engine(run, use_gpu)
     if st.reward_model:
         if not Path(st.reward_model).is_dir():
             raise UserInputError(f"stage.reward_model: no directory {st.reward_model}")
@@ -76,6 +77,7 @@ def check_rl_run(run: RunConfig, resources: dict[str, float], use_gpu: bool) -> 
     if gpus > resources.get("GPU", 0):
         raise UserInputError(f"stage.rollout.gpus_per_engine: the learners and engines need {gpus} GPUs; the cluster has "
                              f"{resources.get('GPU', 0):g}")
+    return kind
 
 
 def engine_gpus(run: RunConfig, use_gpu: bool) -> int:
@@ -101,10 +103,10 @@ class RolloutGroup:
 
 
 @contextlib.contextmanager
-def rollout_group(run: RunConfig, use_gpu: bool) -> Iterator[RolloutGroup]:
-    """Start the engines (all at once), yield them, and end them whatever happens to the run."""
+def rollout_group(run: RunConfig, use_gpu: bool, kind: str) -> Iterator[RolloutGroup]:
+    """Start ``kind`` engines (all at once), yield them, and end them whatever happens to the run."""
     from rayft_core.infer.rollout import HFRollout, VLLMRollout
-    kind = choose_engine(run, use_gpu)
+
     st = run.stage
     options = dict(num_cpus=st.rollout.cpus_per_engine, num_gpus=engine_gpus(run, use_gpu))
     if kind == "vllm":

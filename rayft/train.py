@@ -120,8 +120,7 @@ def train(run: RunConfig, resume: bool = False, callbacks: list[UserCallback] | 
     use_gpu = resources.get("GPU", 0) > 0 if run.cluster.use_gpu == "auto" else bool(run.cluster.use_gpu)
     check_run(run, resources, use_gpu, resume=resume)
     rl = run.stage.name in RL_STAGES
-    if rl:
-        rlhf.check_rl_run(run, resources, use_gpu)
+    engine_kind = rlhf.check_rl_run(run, resources, use_gpu) if rl else None
 
     data = build_run_data(run)
     if rl:
@@ -134,7 +133,7 @@ def train(run: RunConfig, resume: bool = False, callbacks: list[UserCallback] | 
         storage.delete_dir(out)
     storage.write_text(storage.join(out, CONFIG_FILE), dump_config(run))  # first: `--resume` compares against it
 
-    rollouts = rlhf.rollout_group(run, use_gpu) if rl else contextlib.nullcontext()
+    rollouts = rlhf.rollout_group(run, use_gpu, engine_kind) if rl else contextlib.nullcontext()
     with rollouts as rollouts:
         result = _fit(run, data, plan, use_gpu, callbacks, progress, rollouts)
         extra = {"rollouts": {"engine": rollouts.kind, "num_engines": len(rollouts.engines)}} if rl else {}

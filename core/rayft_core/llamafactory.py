@@ -437,16 +437,10 @@ class _Translation:
             else:
                 self.set("stage.label_smoothing", n)
         elif key in ("ref_model_adapters", "ref_model_quantization_bit"):
-            if value is None:
-                return
-            if not self.raw.get("ref_model"):
-                self.note(key, "only read with ref_model; the reference is the model being trained, at its start")
-            elif key == "ref_model_adapters":
-                self.note(key, "a reference model with adapters is not available in rayft: merge them into the "
-                               "reference model and name that as ref_model", error=True)
-            else:
-                self.note(key, "rayft loads the reference model unquantized in the run's dtype (more memory, "
-                               "exact log-probabilities)")
+            self.side_model_key(key, value, bool(self.raw.get("ref_model")), "reference model", "ref_model",
+                                "only read with ref_model; the reference is the model being trained, at its start",
+                                "rayft loads the reference model unquantized in the run's dtype (more memory, exact "
+                                "log-probabilities)")
         elif key == "pref_bco_weight":
             if n:
                 self.note(key, "the BCO term is not available in rayft", error=True)
@@ -456,6 +450,19 @@ class _Translation:
                                "rayft", error=True)
         else:
             self.ppo_key(key, value)
+
+    def side_model_key(self, key: str, value: Any, loaded: bool, model: str, model_key: str, unread: str,
+                       quantization: str) -> None:
+        """The *_adapters and *_quantization_bit keys of a second model (the reference, the reward model)."""
+        if value is None:
+            return
+        if not loaded:
+            self.note(key, unread)
+        elif key.endswith("_adapters"):
+            self.note(key, f"a {model} with adapters is not available in rayft: merge them into the {model} and "
+                           f"name that as {model_key}", error=True)
+        else:
+            self.note(key, quantization)
 
     def ppo_reference_key(self, key: str, value: Any) -> None:
         if key == "ref_model" and value:
@@ -480,16 +487,11 @@ class _Translation:
                 self.note(key, f"LLaMA-Factory's reward_model_type is {', '.join(REWARD_MODEL_TYPES)}", error=True)
             # lora or full: rayft tells an adapter from a full model by the directory's files
         elif key in ("reward_model_adapters", "reward_model_quantization_bit"):
-            if value is None:
-                return
-            if kind != "full":  # LLaMA-Factory loads a LoRA reward model on the policy's own base
-                self.note(key, "only read with reward_model_type full")
-            elif key == "reward_model_adapters":
-                self.note(key, "a reward model with adapters is not available in rayft: merge them into the reward "
-                               "model and name that as reward_model", error=True)
-            else:
-                self.note(key, "rayft loads a full reward model unquantized in the run's dtype (more memory, the "
-                               "same scores as it was trained to give)")
+            # LLaMA-Factory reads them for a full reward model only (a LoRA one sits on the policy's own base)
+            self.side_model_key(key, value, kind == "full", "reward model", "reward_model",
+                                "only read with reward_model_type full",
+                                "rayft loads a full reward model unquantized in the run's dtype (more memory, the same "
+                                "scores as it was trained to give)")
         elif key == "ppo_buffer_size":
             if value is not None and n != 1:
                 self.note(key, "rayft's rollout batch is each worker's per_device_train_batch_size x "

@@ -220,6 +220,21 @@ def labelled_logps(base: nn.Module, hidden: torch.Tensor, labels: torch.Tensor) 
     return out, keep
 
 
+@torch.no_grad()
+def labelled_entropy(base: nn.Module, hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The model's entropy at every labelled position [batch, seq-1] (0 elsewhere, fp32), chunk by chunk over
+    the vocabulary; ``keep`` is labelled_logps's mask."""
+    head = base.get_output_embeddings()
+    h = hidden[:, :-1][keep]
+    rows = _chunk_rows(base.config.vocab_size)
+    pieces = []
+    for i in range(0, _chunk_count(h.shape[0], rows, head, h.device) * rows, rows):  # equal head calls on every rank
+        logp = torch.log_softmax(head(h[i : i + rows]).float(), dim=-1)
+        pieces.append(-(logp.exp() * logp).sum(-1))
+    values = torch.cat(pieces) if pieces else h.new_zeros(0, dtype=torch.float32)
+    return torch.zeros(keep.shape, dtype=torch.float32, device=h.device).masked_scatter(keep, values)
+
+
 def sequence_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: the summed log-probability of its labelled tokens [batch] (fp32), and their count [batch].
     The preference stages' building block."""

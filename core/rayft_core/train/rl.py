@@ -182,13 +182,18 @@ class RunningMoments:
     so neither a long run nor the order of batches loses precision.
     """
 
-    def __init__(self) -> None:
-        self.count, self.mean, self._m2 = 0, 0.0, 0.0
+    def __init__(self, count: int = 0, mean: float = 0.0, m2: float = 0.0) -> None:
+        """A fresh start, or the state (count, mean, m2) of earlier moments (from a checkpoint)."""
+        self.count, self.mean, self.m2 = count, mean, m2
+
+    @property
+    def state(self) -> tuple[int, float, float]:
+        return self.count, self.mean, self.m2
 
     @property
     def std(self) -> float:
         """Unbiased (n - 1) std; 1.0 before there are two values, so scaling by it is a no-op."""
-        return math.sqrt(self._m2 / (self.count - 1)) if self.count > 1 else 1.0
+        return math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else 1.0
 
     def update(self, xs: torch.Tensor) -> None:
         xs = xs.detach().double().flatten()
@@ -200,7 +205,7 @@ class RunningMoments:
         total = self.count + n
         delta = batch_mean - self.mean
         self.mean += delta * n / total
-        self._m2 += batch_m2 + delta**2 * self.count * n / total
+        self.m2 += batch_m2 + delta**2 * self.count * n / total
         self.count = total
 
 

@@ -24,7 +24,7 @@ from torch import nn
 from rayft_core.config import RunConfig
 from rayft_core.errors import UserInputError
 from rayft_core.model.value_head import VALUE_HEAD_FILE, ValueHeadModel, hidden_size_of, load_value_head
-from rayft_core.train.losses import _chunk_count, _chunk_rows, decoder_hidden, labelled_logps
+from rayft_core.train.losses import decoder_hidden, labelled_entropy, labelled_logps
 
 POLICY, REWARD = "default", "reward"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")  # what PEFT needs to load an adapter
@@ -111,13 +111,13 @@ class RlModel(nn.Module):
     def forward_policy(self, batch: dict[str, torch.Tensor], entropy: bool = False
                        ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """log p(token) of every response token [B, T-1] (0 elsewhere), the value of each position
-        [B, T-1] (PPO) and, when asked (no grad), each position's entropy [B, T-1]."""
+        [B, T-1] (PPO) and, when asked, each position's entropy [B, T-1] (never part of the graph)."""
         base, hidden = decoder_hidden(self.lm, batch)
         logps, keep = labelled_logps(base, hidden, batch["labels"])
         values = None
         if self.value_head is not None:
             values = self.value_head(hidden[:, :-1].to(self.value_head.weight.dtype)).squeeze(-1).float()
-        return logps, values, _entropy(base, hidden, keep) if entropy else None
+        return logps, values, labelled_entropy(base, hidden, keep) if entropy else None
 
     @torch.no_grad()
     def reference_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -173,17 +173,3 @@ class RlModel(nn.Module):
         training aid), loadable with PeftModel.from_pretrained like any SFT adapter."""
         lm_state = {k.removeprefix("lm."): v for k, v in state_dict.items() if k.startswith("lm.")} if state_dict else None
         self.lm.save_pretrained(out, state_dict=lm_state, selected_adapters=[POLICY], **kwargs)
-
-
-@torch.no_grad()
-def _entropy(base: nn.Module, hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """The policy's entropy at each labelled position [B, T-1] (0 elsewhere), chunk by chunk over the vocabulary."""
-    head = base.get_output_embeddings()
-    h = hidden[:, :-1][keep]
-    rows = _chunk_rows(base.config.vocab_size)
-    pieces = []
-    for i in range(0, _chunk_count(h.shape[0], rows, head, h.device) * rows, rows):  # equal head calls on every rank
-        logp = torch.log_softmax(head(h[i : i + rows]).float(), dim=-1)
-        pieces.append(-(logp.exp() * logp).sum(-1))
-    values = torch.cat(pieces) if pieces else h.new_zeros(0, dtype=torch.float32)
-    return torch.zeros(keep.shape, dtype=torch.float32, device=h.device).masked_scatter(keep, values)

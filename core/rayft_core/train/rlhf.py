@@ -38,8 +38,6 @@ from rayft_core.train.tracking import Trackers
 logger = logging.getLogger(__name__)
 
 
-
-
 def responses_per_prompt(run: RunConfig) -> int:
     return run.stage.group_size if run.stage.name == "grpo" else 1
 
@@ -183,12 +181,10 @@ class _Learner:
         self.kl_ctl = (rl.AdaptiveKLController(st.kl_coef, st.adaptive_kl_target, st.adaptive_kl_horizon) if adaptive
                        else rl.FixedKLController(st.kl_coef))
         self.kl_ctl.value = saved.get("kl_coef", self.kl_ctl.value)
-        self.moments = rl.RunningMoments()
-        self.moments.count, self.moments.mean, self.moments._m2 = saved.get("reward_moments", (0, 0.0, 0.0))
+        self.moments = rl.RunningMoments(*saved.get("reward_moments", ()))
 
     def state(self) -> dict[str, Any]:
-        return {"kl_coef": self.kl_ctl.value,
-                "reward_moments": (self.moments.count, self.moments.mean, self.moments._m2)}
+        return {"kl_coef": self.kl_ctl.value, "reward_moments": self.moments.state}
 
     def sync(self, rollouts: Rollouts | None, version: int, rank: int) -> float:
         """The policy adapter to every engine (rank 0 sends; every rank gathers under ZeRO-3), then all wait."""
@@ -216,33 +212,33 @@ class _Learner:
         mask = batch["labels"][:, 1:] != IGNORE_INDEX
         scores = self._score(batch, responses_flat, [q for q in questions for _ in range(n)],
                              [r for r in references for _ in range(n)], window)
-        old_logps, old_values, entropy, ref_logps = self._rollout_pass(batch)
-        kl = rl.kl_penalty(old_logps, ref_logps, st.kl_estimator) if ref_logps is not None else None
+        if st.name == "ppo" and st.normalize_reward:
+            scores = rl.normalize_rewards(scores, self.moments, st.reward_clip)
+        elif st.reward_clip:
+            scores = scores.clamp(-st.reward_clip, st.reward_clip)
+        rollout, kl = self._rollout_pass(batch), None
         if st.name == "ppo":
-            if st.normalize_reward:
-                scores = rl.normalize_rewards(scores, self.moments, st.reward_clip)
-            elif st.reward_clip:
-                scores = scores.clamp(-st.reward_clip, st.reward_clip)
+            kl = rl.kl_penalty(rollout["logps"], rollout["ref"], st.kl_estimator)
             token_rewards = rl.token_rewards(scores, kl, mask, self.kl_ctl.value)
-            advantages, returns = rl.gae(token_rewards, old_values, mask, st.gamma, st.lam)
+            advantages, returns = rl.gae(token_rewards, rollout["values"], mask, st.gamma, st.lam)
             if st.whiten_advantages:
                 advantages = rl.masked_whiten(advantages, mask)
         else:
-            if st.reward_clip:
-                scores = scores.clamp(-st.reward_clip, st.reward_clip)
             advantage = rl.group_advantages(scores, n, st.normalize_std) if st.advantage == "grpo" \
                 else rl.rloo_advantages(scores, n)
             advantages, returns = torch.where(mask, advantage[:, None], 0.0), None
-        tokens = int(mask.sum())
-        if kl is not None:  # measured only where there is a reference pass (not GRPO with kl_coef 0)
-            window.add({"kl": (float(rl.masked_mean(kl, mask)) * tokens, tokens)}, 0, 0)
-        window.add({"entropy": (float(rl.masked_mean(entropy, mask)) * tokens, tokens),
-                    "response_length": (float(mask.sum()), mask.shape[0])}, 0, 0)
         t2 = time.perf_counter()
 
-        self._learn(batch, mask, old_logps, old_values, ref_logps, advantages, returns, window)
+        self._learn(batch, mask, rollout, advantages, returns, window)
         t3 = time.perf_counter()
 
+        tokens = int(mask.sum())
+        if "ref" in rollout:  # measured only where there is a reference pass (not GRPO with kl_coef 0)
+            if kl is None:  # GRPO: its rollout log-probs came from the first learning pass
+                kl = rl.kl_penalty(rollout["logps"], rollout["ref"], st.kl_estimator)
+            window.add({"kl": (float(rl.masked_mean(kl, mask)) * tokens, tokens)}, 0, 0)
+        window.add({"entropy": (float(rl.masked_mean(rollout["entropy"], mask)) * tokens, tokens),
+                    "response_length": (float(mask.sum()), mask.shape[0])}, 0, 0)
         metrics = window.reduce(self.device, "rl/")
         metrics.pop("perf/tokens_per_s"), metrics.pop("perf/samples_per_s")
         metrics["rl/reward_std"] = math.sqrt(max(metrics.pop("rl/reward_sq") - metrics["rl/reward"] ** 2, 0.0))
@@ -278,37 +274,44 @@ class _Learner:
         return total
 
     @torch.no_grad()
-    def _rollout_pass(self, batch: dict[str, torch.Tensor]):
-        """Log-probs, values and entropy of the policy that generated the responses, and the reference's log-probs."""
-        need_reference = self.st.kl_coef > 0 or self.st.name == "ppo"
-        logps, values, entropy, ref = [], [], [], []
+    def _rollout_pass(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Without gradients, what the advantages and the KL need before learning: the reference's log-probs
+        ("ref"), and for PPO the rollout policy's log-probs, values and entropy. GRPO's come from its first
+        learning pass instead: the policy has not stepped yet there, so it is the rollout policy."""
+        passes: dict[str, list[torch.Tensor]] = {}
         for b in self._micro_batches(batch):
-            lp, v, e = self.model.forward_policy(b, entropy=True)
-            logps.append(lp), entropy.append(e)
-            if v is not None:
-                values.append(v)
-            if need_reference:
-                ref.append(self.model.reference_logps(b))
-        return (torch.cat(logps), torch.cat(values) if values else None, torch.cat(entropy),
-                torch.cat(ref) if ref else None)
+            if self.st.name == "ppo":
+                for key, value in zip(("logps", "values", "entropy"), self.model.forward_policy(b, entropy=True)):
+                    passes.setdefault(key, []).append(value)
+            if self.st.name == "ppo" or self.st.kl_coef > 0:
+                passes.setdefault("ref", []).append(self.model.reference_logps(b))
+        return {key: torch.cat(parts) for key, parts in passes.items()}
 
-    def _learn(self, batch, mask, old_logps, old_values, ref_logps, advantages, returns, window: _Window) -> None:
+    def _learn(self, batch: dict[str, torch.Tensor], mask: torch.Tensor, rollout: dict[str, torch.Tensor],
+               advantages: torch.Tensor, returns: torch.Tensor | None, window: _Window) -> None:
+        """stage.ppo_epochs passes of the clipped objective; fills rollout's logps and entropy on GRPO's first."""
         st, engine = self.st, self.engine
         size = self.run.train.micro_batch_size
         self.grad_norm = float("nan")
-        for _ in range(st.ppo_epochs):
+        first_pass: dict[str, list[torch.Tensor]] = {"logps": [], "entropy": []}
+        for epoch in range(st.ppo_epochs):
             for i, b in enumerate(self._micro_batches(batch)):
                 rows = slice(i * size, (i + 1) * size)
                 m = mask[rows]
-                logps, values, _ = self.model.forward_policy(b)
-                loss, stats = rl.policy_loss(logps, old_logps[rows], advantages[rows], m, st.clip_eps)
+                record = epoch == 0 and "logps" not in rollout
+                logps, values, entropy = self.model.forward_policy(b, entropy=record)
+                if record:
+                    first_pass["logps"].append(logps.detach())
+                    first_pass["entropy"].append(entropy)
+                old_logps = first_pass["logps"][i] if "logps" not in rollout else rollout["logps"][rows]
+                loss, stats = rl.policy_loss(logps, old_logps, advantages[rows], m, st.clip_eps)
                 parts = {"policy_loss": loss.item()}
                 if values is not None:
-                    vloss, vclip = rl.value_loss(values, old_values[rows], returns[rows], m, st.value_clip)
+                    vloss, vclip = rl.value_loss(values, rollout["values"][rows], returns[rows], m, st.value_clip)
                     loss = loss + st.vf_coef * vloss
                     parts.update(value_loss=float(vloss), value_clip_fraction=float(vclip))
                 if st.name == "grpo" and st.kl_coef > 0:
-                    loss = loss + st.kl_coef * rl.masked_mean(rl.kl_penalty(logps, ref_logps[rows], st.kl_estimator), m)
+                    loss = loss + st.kl_coef * rl.masked_mean(rl.kl_penalty(logps, rollout["ref"][rows], st.kl_estimator), m)
                 boundary = engine.is_gradient_accumulation_boundary()
                 engine.backward(loss)
                 computed = _grad_norm(engine, self.model) if boundary else None
@@ -318,6 +321,8 @@ class _Learner:
                 n = int(m.sum())
                 parts.update(loss=loss.item(), **{k: float(v) for k, v in stats.items()})
                 window.add({k: (v * n, n) for k, v in parts.items()}, 0, 0)
+            if epoch == 0 and "logps" not in rollout:
+                rollout.update({key: torch.cat(parts) for key, parts in first_pass.items()})
 
     def _micro_batches(self, batch: dict[str, torch.Tensor]) -> Iterable[dict[str, torch.Tensor]]:
         size = self.run.train.micro_batch_size

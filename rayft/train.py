@@ -22,8 +22,9 @@ from rayft.checks import check_run
 from rayft.cluster import connect
 from rayft.data import build_run_data
 from rayft_core import storage
-from rayft_core.config import RL_STAGES, RunConfig, dump_config
+from rayft_core.config import RunConfig, dump_config
 from rayft_core.errors import UserInputError
+from rayft_core.stage_config import RL_STAGES
 from rayft_core.train.loop import TrainPlan
 from rayft_core.train.rlhf import rl_plan
 from rayft_core.train.outputs import CONFIG_FILE, SUMMARY_FILE, format_summary

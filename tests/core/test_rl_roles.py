@@ -97,7 +97,7 @@ def test_reward_model_from_another_base_is_refused(tiny_model, reward_adapter, t
 
 
 def test_reward_functions(tmp_path: Path) -> None:
-    from rayft_core.config import RewardFunction
+    from rayft_core.stage_config import RewardFunction
     from rayft_core.train.rewards import Rewards
 
     code = tmp_path / "my_rewards.py"

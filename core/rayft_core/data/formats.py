@@ -19,7 +19,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from rayft_core.config import RL_STAGES, DatasetSpec
+from rayft_core.config import DatasetSpec
+from rayft_core.stage_config import RL_STAGES
 from rayft_core.errors import UserInputError
 
 

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from rayft_core.config import RewardFunction
+from rayft_core.stage_config import RewardFunction
 from rayft_core.errors import UserInputError
 
 ARGUMENTS = ("prompts", "completions", "references")

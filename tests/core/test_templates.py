@@ -174,3 +174,25 @@ def test_load_tokenizer_applies_the_named_template(tokenizer, workdir, caplog):
     with caplog.at_level(logging.WARNING, logger="rayft_core.data.templates"):
         load_tokenizer(ModelConfig(name_or_path=path, template="llama3"))  # no <|eot_id|> in this vocabulary
     assert "<|eot_id|>" in caplog.text and "model.add_special_tokens" in caplog.text
+
+
+@needs_tokenizers
+@pytest.mark.parametrize("family", FAMILIES)
+def test_turn_boundaries_from_the_encoding_match_the_offsets(family):
+    """The fast path asks the Rust encoding where a character's token starts; at every character of
+    awkward texts (byte-split characters, runs of spaces, special tokens) it must agree with a search of
+    the token offsets the slow path uses."""
+    import bisect
+    import random
+
+    from rayft_core.data.tokenize import _tokens
+
+    rng = random.Random(0)
+    pieces = list("ab Z\n\t.,!-") + ["é", "𓀀", "中文", "  ", "\n\n", "<|im_end|>", "<start_of_turn>", "▁", "'s", "123"]
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 30))) for _ in range(300)]
+    tok = _tokenizer(family)
+    offsets = tok(texts, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    for text, tokens, offs in zip(texts, _tokens(tok, texts), offsets):
+        starts = [s for s, _ in offs]
+        assert [tokens.first_at(p) for p in range(len(text) + 1)] == \
+            [bisect.bisect_left(starts, p) for p in range(len(text) + 1)], text

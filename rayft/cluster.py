@@ -20,6 +20,11 @@ logger = logging.getLogger(__name__)
 # on 2 cores. On a multi-node cluster set it in the job's runtime_env env_vars likewise.
 TRAIN_POLL = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
+# Ray Train starts a PreemptionWatcher actor per run to follow node drains (spot reclaims on an autoscaled
+# cluster). Nothing drains an embedded local cluster, and the watcher was one more process per run
+# (1.5 CPU-seconds of start-up here) that logged an error line at every run: off there, on elsewhere.
+LOCAL_ONLY_ENV = (TRAIN_POLL, ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"))
+
 
 def connect(num_cpus: int | None = None) -> None:
     """ray.init() once per process. Without RAY_ADDRESS an embedded local cluster starts.
@@ -36,7 +41,8 @@ def connect(num_cpus: int | None = None) -> None:
         ray.init(log_to_driver=True)
         return
     cpus = num_cpus or max(os.cpu_count() or 1, 4)
-    os.environ.setdefault(*TRAIN_POLL)  # before ray.init: the local cluster's processes inherit it
+    for name, value in LOCAL_ONLY_ENV:  # before ray.init: the local cluster's processes inherit them
+        os.environ.setdefault(name, value)
     ray.init(num_cpus=cpus, log_to_driver=True)
     logger.info("started a local Ray cluster with %d logical CPUs", cpus)
 

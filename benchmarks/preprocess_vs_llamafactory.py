@@ -25,6 +25,8 @@ such as Ray's /dev/shm object store, PSS does not); CPU seconds of the tree; CPU
 processes meanwhile (the machine is shared: contention shows there). Every output line is logged with its
 time since start, which gives the phases (Ray start-up, tokenizing, writing). Both outputs are checked to
 hold --rows rows, and their token totals are compared (same template -> nearly the same count).
+Last, the tokenizer floor: the CPU seconds of rendering and of the bare Rust tokenizer over the same rows in
+this one process (see tokenizer_floor), the cost neither tool can go below.
 
 LLaMA-Factory's own venv, /tmp/lf-venv, is made when absent, as benchmarks/sft_lora_vs_llamafactory.py
 does: torch==2.13.0 (CPU wheel), llamafactory==0.9.5 --no-deps, then its requirements but
@@ -246,6 +248,48 @@ def _ray_data_exec_s(log: Path) -> list[float]:
     return [float(x) for x in re.findall(r"[Ee]xecution finished in ([\d.]+) seconds", log.read_text())]
 
 
+def tokenizer_floor(model: Path, data: Path) -> dict:
+    """The CPU seconds that no preprocessing of this data can avoid: rayft's rendering of every row with the
+    template, then the bare Rust tokenizer over the rendered texts (`encode_batch` in this one process, 256
+    rows a call, with and without the character offsets a label mask needs). LLaMA-Factory runs the same
+    Rust tokenizer over the same text, so this bounds both tools: on N cores neither can preprocess in less
+    wall time than encode_no_offsets_cpu_s / N."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread: CPU seconds, not a parallel speed-up
+    from rayft_core.config import ModelConfig
+    from rayft_core.data.tokenize import split_turns
+    from rayft_core.model.loader import load_tokenizer
+
+    tok = load_tokenizer(ModelConfig(name_or_path=str(model), template="qwen"))
+    rows = [json.loads(line) for line in data.open()]
+    messages = [[{"role": "user", "content": r["instruction"] + ("\n" + r["input"] if r["input"] else "")},
+                 {"role": "assistant", "content": r["output"]}] for r in rows]
+    t = time.process_time()
+    texts = ["".join(p + r for p, r in split_turns(tok, m)) for m in messages]
+    render = time.process_time() - t
+    rust, tokens = tok._tokenizer, 0
+    t = time.process_time()
+    for i in range(0, len(texts), 256):
+        tokens += sum(len(e.ids) for e in rust.encode_batch_fast(texts[i:i + 256], add_special_tokens=False))
+    plain = time.process_time() - t
+    t = time.process_time()
+    for i in range(0, len(texts), 256):
+        rust.encode_batch(texts[i:i + 256], add_special_tokens=False)
+    with_offsets = time.process_time() - t
+    return {"rows": len(texts), "tokens": tokens, "render_cpu_s": round(render, 1),
+            "encode_no_offsets_cpu_s": round(plain, 1), "encode_with_offsets_cpu_s": round(with_offsets, 1)}
+
+
+def print_floor(floor: dict, results: dict[str, dict]) -> None:
+    cores = os.cpu_count() or 1
+    print(f"\ntokenizer floor ({floor['rows']:,} rows, {floor['tokens']:,} tokens, CPU-s in one process): render "
+          f"{floor['render_cpu_s']}, encode {floor['encode_no_offsets_cpu_s']} ({floor['encode_with_offsets_cpu_s']} "
+          f"with offsets): at least {floor['encode_no_offsets_cpu_s'] / cores:.1f} s of wall time on {cores} cores")
+    lf = results.get("llamafactory", {})
+    if lf.get("rc") == 0:
+        print(f"2x LLaMA-Factory's throughput = {lf['wall_s'] / 2:.1f} s for everything, start-up and shut-down "
+              f"included; the encode alone leaves {lf['wall_s'] / 2 - floor['encode_no_offsets_cpu_s'] / cores:.1f} s")
+
+
 def print_table(rows: int, results: dict[str, dict]) -> None:
     lf = results.get("llamafactory") if results.get("llamafactory", {}).get("rc") == 0 else None
     rf = results.get("rayft") if results.get("rayft", {}).get("rc") == 0 else None
@@ -315,10 +359,12 @@ def main() -> None:
         elif r.get("rows_out") != args.rows:
             print(f"{name}: wrote {r.get('rows_out')} rows, not {args.rows}")
     print_table(args.rows, results)
+    floor = tokenizer_floor(model, data)  # last: in this process, after both runs have ended
+    print_floor(floor, results)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"preprocess_vs_llamafactory-{args.rows}.json"
     out.write_text(json.dumps({"rows": args.rows, "max_seq_len": MAX_LEN, "template": "qwen (both)",
-                               "machine_cpus": os.cpu_count(), "results": results}, indent=2))
+                               "machine_cpus": os.cpu_count(), "results": results, "tokenizer_floor": floor}, indent=2))
     print(f"results: {out}")
 
 

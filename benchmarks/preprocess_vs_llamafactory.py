@@ -255,14 +255,14 @@ def tokenizer_floor(model: Path, data: Path) -> dict:
     Rust tokenizer over the same text, so this bounds both tools: on N cores neither can preprocess in less
     wall time than encode_no_offsets_cpu_s / N."""
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread: CPU seconds, not a parallel speed-up
-    from rayft_core.config import ModelConfig
+    from rayft_core.config import DatasetSpec, ModelConfig
+    from rayft_core.data.formats import align_row
     from rayft_core.data.tokenize import split_turns
     from rayft_core.model.loader import load_tokenizer
 
     tok = load_tokenizer(ModelConfig(name_or_path=str(model), template="qwen"))
-    rows = [json.loads(line) for line in data.open()]
-    messages = [[{"role": "user", "content": r["instruction"] + ("\n" + r["input"] if r["input"] else "")},
-                 {"role": "assistant", "content": r["output"]}] for r in rows]
+    spec = DatasetSpec(path=str(data), format="alpaca")
+    messages = [align_row(json.loads(line), spec, "sft")["messages"] for line in data.open()]
     t = time.process_time()
     texts = ["".join(p + r for p, r in split_turns(tok, m)) for m in messages]
     render = time.process_time() - t

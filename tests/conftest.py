@@ -127,6 +127,15 @@ def run_config(model_dir: Path, datasets: list[dict], out: Path, name: str, **se
     return validate_config(raw)
 
 
+# The least a LLaMA-Factory YAML holds: tests of the translation add the keys they try to it.
+LF_MINIMAL = {"model_name_or_path": "m", "dataset": "alpaca_en_demo"}
+
+
+def noted_keys(notes: list[str]) -> list[str]:
+    """The key each translation note names ("level: key: value -- why")."""
+    return [n.split(": ", 2)[1] for n in notes]
+
+
 def make_reward_adapter(base: Path, tokenizer, out: Path) -> Path:
     """A reward model in the format `stage: rm` writes (a LoRA adapter + value_head.safetensors + the
     tokenizer), with random weights: for tests of how reward models are loaded, not of what they learned."""

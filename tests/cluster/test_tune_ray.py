@@ -5,7 +5,6 @@ and a bad sweep stops before any trial with the key named."""
 from __future__ import annotations
 
 import csv
-import json
 import os
 import signal
 import subprocess

@@ -1,7 +1,9 @@
-"""Checks on the driver before anything is submitted: model, tuning method, optional packages, resources.
+"""Checks on the driver before anything starts: model, tuning method, data, optional packages, output, resources.
 
-Each raises ``RunCheckError`` with the key to change. They run before the output directory is
-created, so a run that fails them leaves nothing behind.
+``check_config`` needs no cluster: `rayft config validate` runs it, and `rayft train` / `rayft tune` run it before
+Ray starts. ``check_cluster`` compares the run with the cluster it joined. Each raises ``RunCheckError`` with
+every problem and the key to change. They run before the output directory is created, so a run that fails
+them leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -9,32 +11,61 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from rayft_core import ownership
 from rayft_core.config import LoraTuning, RunConfig
 from rayft_core.errors import UserInputError
 from rayft_core.model.loader import ModelLoadError, check_model_path
+from rayft_core.ownership import OutputKind
+
+# More workers than any cluster holds: a typo (an extra zero or three), not a plan.
+MAX_WORKERS = 100_000
 
 
 class RunCheckError(UserInputError):
     """The run cannot start as configured; the message says what to change."""
 
 
-def check_run(run: RunConfig, cluster_resources: dict[str, float], use_gpu: bool, resume: bool = False) -> None:
-    problems: list[str] = []
+def check_config(run: RunConfig, resume: bool = False, output: OutputKind = ownership.RUN) -> None:
+    """Everything that needs no cluster. ``output``: what the run's directory will hold (a sweep's, a sweep)."""
     try:
         check_model_path(run.model)
     except ModelLoadError as e:
         raise RunCheckError(str(e)) from None
-    problems += _check_packages(run, use_gpu)
+    problems = _check_packages(run)
     problems += _check_chat_template(run)
     problems += _check_stage(run)
     problems += _check_targets(run)
-    problems += _check_resources(run, cluster_resources, use_gpu)
-    problems += _check_storage(run) or (_check_resume(run) if resume else _check_output(run))
+    problems += _check_sizes(run)
+    problems += _check_data(run)
+    problems += _check_storage(run) or (_check_resume(run) if resume else _check_output(run, output))
+    _raise(problems)
+
+
+def check_data_inputs(run: RunConfig) -> None:
+    """What reading and tokenizing the data needs (`rayft data preview/prepare`): the tokenizer's model, its chat
+    template, the datasets."""
+    try:
+        check_model_path(run.model)
+    except ModelLoadError as e:
+        raise RunCheckError(str(e)) from None
+    _raise(_check_chat_template(run) + _check_data(run))
+
+
+def check_cluster(run: RunConfig, resources: dict[str, float], use_gpu: bool) -> None:
+    """What the run asks of the cluster it joined: CPUs and GPUs for its workers."""
+    problems = _check_resources(run, resources, use_gpu)
+    if (run.deepspeed.offload_optimizer or run.deepspeed.offload_params) and not use_gpu:
+        problems.append("deepspeed.offload_*: offloading moves state from GPU to CPU memory; this run has no GPU, "
+                        "so set them to false")
+    _raise(problems)
+
+
+def _raise(problems: list[str]) -> None:
     if problems:
         raise RunCheckError("the run cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-def _check_packages(run: RunConfig, use_gpu: bool) -> list[str]:
+def _check_packages(run: RunConfig) -> list[str]:
     problems = []
     if importlib.util.find_spec("deepspeed") is None:
         problems.append("training needs DeepSpeed: pip install 'rayft[deepspeed]'")
@@ -42,9 +73,6 @@ def _check_packages(run: RunConfig, use_gpu: bool) -> list[str]:
         problems.append("tuning.quantization_bit needs bitsandbytes: pip install 'rayft[qlora]'")
     if run.tuning.method == "galore" and importlib.util.find_spec("galore_torch") is None:
         problems.append("tuning.method galore needs galore-torch: pip install 'rayft[galore]'")
-    if (run.deepspeed.offload_optimizer or run.deepspeed.offload_params) and not use_gpu:
-        problems.append("deepspeed.offload_*: offloading moves state from GPU to CPU memory; this run has no GPU, "
-                        "so set them to false")
     from rayft_core.train.tracking import missing_trackers
 
     problems += missing_trackers(run)
@@ -106,6 +134,38 @@ def _check_targets(run: RunConfig) -> list[str]:
     return []
 
 
+def _check_sizes(run: RunConfig) -> list[str]:
+    """Sizes no run can have: a context beyond the model's positions without RoPE scaling, absurd worker counts."""
+    from rayft_core.model.loader import build_model_config
+
+    problems = []
+    limit = getattr(build_model_config(run), "max_position_embeddings", None)
+    if limit and run.data.max_seq_len > limit and not run.model.rope_scaling:
+        problems.append(f"data.max_seq_len: {run.data.max_seq_len} is beyond the {limit} positions "
+                        f"{run.model.name_or_path} was trained on; lower it, or set model.rope_scaling (linear, dynamic "
+                        "or yarn) to stretch the positions")
+    if run.cluster.num_workers > MAX_WORKERS:
+        problems.append(f"cluster.num_workers: {run.cluster.num_workers:,} workers is more than any cluster holds "
+                        f"(over {MAX_WORKERS:,}); one worker takes one GPU, or cpus_per_worker CPUs")
+    return problems
+
+
+def _check_data(run: RunConfig) -> list[str]:
+    """The datasets resolve before anything is read: dataset_info.json names, files, the columns the stage needs."""
+    from rayft.data import resolve_datasets
+    from rayft.sources import resolve_files
+
+    problems = []
+    for section in ("data.train", "data.eval"):
+        try:
+            for d in resolve_datasets(run, section):
+                if d.spec.path and "://" not in d.spec.path and d.manifest is None:
+                    resolve_files(d.spec.path, d.key)
+        except UserInputError as e:
+            problems.append(str(e))
+    return problems
+
+
 def _check_resources(run: RunConfig, resources: dict[str, float], use_gpu: bool) -> list[str]:
     c = run.cluster
     problems = []
@@ -130,13 +190,15 @@ def _check_storage(run: RunConfig) -> list[str]:
     return []
 
 
-def _check_output(run: RunConfig) -> list[str]:
-    from rayft_core.storage import holds_files
+OVERWRITE_FLAG = "output.overwrite=true"
 
-    if holds_files(run.output.dir) and not run.output.overwrite:
-        return [f"output.name: {run.output.dir} already holds a run; choose another name, set output.overwrite=true, or "
-                "continue it from its latest checkpoint with `rayft train --resume`"]
-    return []
+
+def _check_output(run: RunConfig, kind: OutputKind) -> list[str]:
+    """The run's directory is new, empty, or (with output.overwrite) an earlier rayft output of the same kind."""
+    why = ownership.problem(run.output.dir, kind, run.output.overwrite, OVERWRITE_FLAG)
+    if why and ownership.is_owned(run.output.dir, kind) and kind is ownership.RUN:
+        why += ", or continue it from its latest checkpoint with `rayft train --resume`"
+    return [f"output.name: {why}"] if why else []
 
 
 # What a checkpoint's contents depend on: resuming with any of these changed would load shards of another model,

@@ -49,16 +49,10 @@ def _load(config_path: str, overrides: tuple[str, ...]) -> RunConfig:
 def _read_llamafactory(config_path: str) -> dict | None:
     """The translated config when CONFIG_PATH is a LLaMA-Factory YAML (its notes go to stderr), else None.
     Exits when a note is an error: the run would not be the one the YAML asks for."""
-    from pathlib import Path
-
-    import yaml
-
     from rayft_core.llamafactory import is_error, looks_like_llamafactory, translate
+    from rayft_core.schema import read_yaml
 
-    try:
-        raw = yaml.safe_load(Path(config_path).read_text())
-    except yaml.YAMLError:
-        return None  # load_config reports it
+    raw = read_yaml(config_path)  # a file that cannot be read is a ConfigError, which _load reports
     if not looks_like_llamafactory(raw):
         return None
     translated, notes = translate(raw)
@@ -68,6 +62,13 @@ def _read_llamafactory(config_path: str) -> dict | None:
         click.echo(f"error: {config_path}: this LLaMA-Factory config cannot run in rayft as written (see above)", err=True)
         sys.exit(EXIT_BAD_INPUT)
     return translated
+
+
+def _refuse(problem: str | None) -> None:
+    """Exit 2 with ``problem`` when there is one (an output rayft will not write)."""
+    if problem:
+        click.echo(f"error: {problem}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -124,19 +125,15 @@ def tune_command(config_path: str, overrides: tuple[str, ...], space_path: str |
     Writes to output.storage_path/output.name: trials/<id>/ (each trial's run), results.csv,
     best_run.yaml (rerun it with `rayft train`), metric_vs_params.png. See `rayft config schema`.
     """
-    from pathlib import Path
-
-    import yaml
-
     from rayft.tune import sweep
+    from rayft_core.schema import read_yaml
 
     run = _load(config_path, overrides)
     raw = run.model_dump(mode="json", exclude={"tune"})
     if space_path:
-        space = yaml.safe_load(Path(space_path).read_text()) or {}
-        space = space.get("tune", space) if isinstance(space, dict) else space
         try:
-            run = load_config(data={**raw, "tune": space})
+            space = read_yaml(space_path, "sweep space")
+            run = load_config(data={**raw, "tune": space.get("tune", space)})
         except ConfigError as e:
             click.echo(f"error: {space_path}: {e}", err=True)
             sys.exit(EXIT_BAD_INPUT)
@@ -156,7 +153,9 @@ def tune_command(config_path: str, overrides: tuple[str, ...], space_path: str |
               help="runtime_env YAML: working_dir, excludes, py_modules, env_vars, pip [default: jobs/runtime_env.yaml when present].")
 @click.option("--working-dir", type=click.Path(exists=True, file_okay=False),
               help="The directory to upload; CONFIG_PATH must lie inside [default: the runtime_env's working_dir].")
-@click.option("--env", "env_vars", multiple=True, metavar="KEY=VALUE", help="An environment variable of the job (repeatable).")
+@click.option("--env", "env_vars", multiple=True, metavar="KEY=VALUE",
+              help="An environment variable of the job (repeatable). The Ray dashboard shows it: give secrets to the "
+                   "cluster instead (a Kubernetes Secret, the nodes' environment); one that looks like a secret is warned about.")
 @click.option("--entrypoint-num-cpus", type=float, help="CPUs reserved for the driver (`rayft train`) [default: 0, on the head].")
 @click.option("--entrypoint-num-gpus", type=float, help="GPUs reserved for the driver.")
 @click.option("--entrypoint-resources", metavar="JSON", help='Custom resources the driver needs, e.g. \'{"driver": 1}\'.')
@@ -167,7 +166,8 @@ def submit(config_path: str, overrides: tuple[str, ...], address: str, runtime_e
            entrypoint_resources: str | None, submission_id: str | None, no_wait: bool) -> None:
     """Run CONFIG_PATH (with OVERRIDES) as a Ray job on the cluster at --address, as `ray job submit` does:
     the working dir is uploaded (without .git, outputs, virtualenvs) and the job runs `rayft train CONFIG_PATH
-    OVERRIDES` in it. Prints the job id and follows its logs. The cluster's token is sent (RAY_AUTH_TOKEN,
+    OVERRIDES` in it. Never uploaded, whatever the runtime_env says: .env*, *.pem, *.key, .aws/, .netrc,
+    .git-credentials. Prints the job id and follows its logs. The cluster's token is sent (RAY_AUTH_TOKEN,
     RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token).
 
     Exit status: 0 the job succeeded, 1 it failed or was stopped, 2 nothing was submitted (config, paths, address, token).
@@ -190,15 +190,22 @@ def submit(config_path: str, overrides: tuple[str, ...], address: str, runtime_e
 @click.option("--max-shard-size", default="5GB", show_default=True, help="Largest safetensors shard (e.g. 2GB, 500MB).")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), help="Cast the weights (default: as trained; merged adapters are float32).")
 @click.option("--ollama", is_flag=True, help="Also write an Ollama Modelfile.")
-def export(run_dir: str, output: str, max_shard_size: str, dtype: str | None, ollama: bool) -> None:
+@click.option("--trust-remote-code", is_flag=True, help="Run the base model's own Python code from its directory "
+              "(models that need it); off unless given here, whatever the run directory says.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier export in OUTPUT (a directory holding files "
+              "rayft did not write is refused either way).")
+def export(run_dir: str, output: str, max_shard_size: str, dtype: str | None, ollama: bool, trust_remote_code: bool,
+           overwrite: bool) -> None:
     """Write the rayft run RUN_DIR as one standalone model: an adapter merged into its base (a QLoRA
     base dequantized first), safetensors shards, tokenizer, chat_template.jinja, a reward model's value head.
+    OUTPUT must be new or empty (or an earlier export, with --overwrite); it appears whole or not at all.
 
     Example: rayft export outputs/sft-lora -o exported/sft --dtype bfloat16 --ollama
     """
     from rayft_core.export import export_model
 
-    dest = or_exit(lambda: export_model(run_dir, output, max_shard_size=max_shard_size, dtype=dtype, ollama=ollama))
+    dest = or_exit(lambda: export_model(run_dir, output, max_shard_size=max_shard_size, dtype=dtype, ollama=ollama,
+                                        trust_remote_code=trust_remote_code, overwrite=overwrite))
     click.echo(f"exported: {dest}")
 
 
@@ -213,9 +220,18 @@ def config() -> None:
 @config.command("validate")
 @click.argument("config_path", type=click.Path(exists=True, dir_okay=False))
 @click.argument("overrides", nargs=-1)
-def config_validate(config_path: str, overrides: tuple[str, ...]) -> None:
-    """Check CONFIG_PATH (with OVERRIDES) against the schema without running anything."""
+@click.option("--schema-only", is_flag=True, help="Check the config's keys and values only: for a config meant for "
+              "another machine (a cluster), whose model, data and storage paths exist only there.")
+def config_validate(config_path: str, overrides: tuple[str, ...], schema_only: bool) -> None:
+    """Check CONFIG_PATH (with OVERRIDES) without running anything: the schema, and all that `rayft train`
+    checks before it starts a cluster: the model and tokenizer, LoRA targets, the datasets (names, files, the
+    columns the stage needs), sizes, optional packages, and that the output directory is free."""
+    from rayft.checks import check_config
+    from rayft_core import ownership
+
     run = _load(config_path, overrides)
+    if not schema_only:
+        or_exit(lambda: check_config(run.with_absolute_paths(), output=ownership.SWEEP if run.tune else ownership.RUN))
     click.echo(f"{config_path}: valid ({run.stage.name}, {run.tuning.method}, {run.cluster.num_workers} worker(s), "
                f"ZeRO-{run.deepspeed.zero_stage})")
 
@@ -228,8 +244,10 @@ def config_schema() -> None:
 
 @config.command("import-llamafactory")
 @click.argument("lf_path", type=click.Path(exists=True, dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the rayft YAML here instead of printing it.")
-def config_import_llamafactory(lf_path: str, output: str | None) -> None:
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the rayft YAML here instead of printing it "
+              "(a new file, or an existing one with --overwrite; never LF_PATH itself).")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT when it exists.")
+def config_import_llamafactory(lf_path: str, output: str | None, overwrite: bool) -> None:
     """Translate the LLaMA-Factory 0.9.5 training YAML LF_PATH into a rayft run config.
 
     The keys rayft cannot honour are listed, with the reason, as comments at its top.
@@ -237,19 +255,19 @@ def config_import_llamafactory(lf_path: str, output: str | None) -> None:
     """
     from pathlib import Path
 
-    import yaml
-
     from rayft_core.config import validate_config
     from rayft_core.llamafactory import dump_translation, is_error, looks_like_llamafactory, translate
+    from rayft_core.schema import read_yaml
+    from rayft_core.ownership import check_new_file, write_file_atomically
 
     def fail(message: str) -> None:
         click.echo(f"error: {lf_path}: {message}", err=True)
         sys.exit(EXIT_BAD_INPUT)
 
-    try:
-        raw = yaml.safe_load(Path(lf_path).read_text())
-    except yaml.YAMLError as e:
-        fail(f"not valid YAML: {e}")
+    if output:
+        or_exit(lambda: check_new_file(output, overwrite, inputs=(lf_path,)))
+
+    raw = or_exit(lambda: read_yaml(lf_path, "LLaMA-Factory YAML"))
     if not looks_like_llamafactory(raw):
         fail("not a LLaMA-Factory training YAML (no model_name_or_path, dataset, finetuning_type... at the top level)")
     translated, notes = translate(raw)
@@ -262,7 +280,7 @@ def config_import_llamafactory(lf_path: str, output: str | None) -> None:
         fail(f"translated, but {e}")
     text = dump_translation(translated, notes, Path(lf_path).name)
     if output:
-        Path(output).write_text(text)
+        write_file_atomically(output, text)
         click.echo(f"wrote {output}: {len(notes)} key(s) not honoured, listed at its top", err=True)
     else:
         click.echo(text, nl=False)
@@ -280,12 +298,14 @@ def data() -> None:
 def data_preview(config_path: str, overrides: tuple[str, ...], examples: int) -> None:
     """Rendered rows with the trained-on tokens marked, counts per dataset, a token-length
     histogram, packing efficiency and the bad-row report of CONFIG_PATH's training data."""
+    from rayft.checks import check_data_inputs
     from rayft.cluster import connect
     from rayft.data import preview
     from rayft_core.data.inspect import histogram, mark_trained
     from rayft_core.model.loader import load_tokenizer
 
     run = _load(config_path, overrides).with_absolute_paths()
+    or_exit(lambda: check_data_inputs(run))  # before Ray starts
     connect()
     rows, report = or_exit(lambda: preview(run, examples))
     tokenizer = load_tokenizer(run.model)
@@ -312,18 +332,25 @@ def data_preview(config_path: str, overrides: tuple[str, ...], examples: int) ->
 @data.command("prepare")
 @click.argument("config_path", type=click.Path(exists=True, dir_okay=False))
 @click.argument("overrides", nargs=-1)
-@click.option("-o", "--output", required=True, help="Directory (local, shared or s3://...) for the Parquet files.")
-def data_prepare(config_path: str, overrides: tuple[str, ...], output: str) -> None:
+@click.option("-o", "--output", required=True, help="Directory (local, shared or s3://...) for the Parquet files: "
+              "new or empty, or earlier prepared data with --overwrite.")
+@click.option("--overwrite", is_flag=True, help="Replace prepared data that rayft wrote in OUTPUT before (nothing else "
+              "is ever deleted: a directory holding other files is refused).")
+def data_prepare(config_path: str, overrides: tuple[str, ...], output: str, overwrite: bool) -> None:
     """Tokenize CONFIG_PATH's training data once and write it as Parquet (input_ids, labels with
     -100 where no loss, position_ids when packed) plus a manifest. Train from it with
     `data.train: [{path: OUTPUT}]` on any cluster that reads OUTPUT."""
+    from rayft.checks import check_data_inputs
     from rayft.cluster import connect
     from rayft.data import tokenize_section, write_prepared
+    from rayft_core import ownership
 
     run = _load(config_path, overrides).with_absolute_paths()
+    _refuse(ownership.problem(output, ownership.PREPARED, overwrite, "--overwrite"))  # before any work
+    or_exit(lambda: check_data_inputs(run))
     connect()
     ds, report = or_exit(lambda: tokenize_section(run, "data.train"))
-    write_prepared(ds, output, run, report)
+    or_exit(lambda: write_prepared(ds, output, run, report, overwrite=overwrite))
     click.echo(report.table())
     click.echo(f"prepared {report.rows:,} rows ({report.tokens:,} tokens) in {output}")
 
@@ -380,17 +407,20 @@ def serve_command(config_path: str | None, model_dir: str | None, overrides: tup
 @main.command("infer", context_settings={"ignore_unknown_options": True})
 @click.argument("config_path", type=click.Path(exists=True, dir_okay=False))
 @click.argument("overrides", nargs=-1)
-@click.option("-o", "--output", required=True, help="The JSONL file to write, one line per row.")
+@click.option("-o", "--output", required=True, help="The JSONL file to write, one line per row (a new file, or an "
+              "existing one with --overwrite).")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT when it exists.")
 @click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False),
               help="The model to generate with (default: the run's output, output.storage_path/output.name).")
 @click.option("--split", type=click.Choice(["eval", "train"]), default="eval", show_default=True,
               help="Which datasets of the run: data.eval or data.train.")
-@click.option("--max-new-tokens", default=256, show_default=True)
-@click.option("--temperature", default=0.0, show_default=True, help="0: greedy.")
-@click.option("--top-p", default=1.0, show_default=True)
-@click.option("--batch-size", default=16, show_default=True, help="Rows per vLLM batch.")
-@click.option("--engines", default=1, show_default=True, help="vLLM engines (Ray Data actors) generating at once.")
-def infer_command(config_path: str, overrides: tuple[str, ...], output: str, model_dir: str | None, split: str,
+@click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(min=1))
+@click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0), help="0: greedy.")
+@click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True))
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1), help="Rows per vLLM batch.")
+@click.option("--engines", default=1, show_default=True, type=click.IntRange(min=1),
+              help="vLLM engines (Ray Data actors) generating at once.")
+def infer_command(config_path: str, overrides: tuple[str, ...], output: str, overwrite: bool, model_dir: str | None, split: str,
                   max_new_tokens: int, temperature: float, top_p: float, batch_size: int, engines: int) -> None:
     """Generate for every row of a run's datasets with Ray Data + vLLM; write JSONL.
 
@@ -404,8 +434,10 @@ def infer_command(config_path: str, overrides: tuple[str, ...], output: str, mod
     from rayft.cluster import connect
     from rayft.infer import infer
     from rayft_core.infer import GenerationParams
+    from rayft_core.ownership import check_new_file
 
     run = _load(config_path, overrides)
+    or_exit(lambda: check_new_file(output, overwrite, inputs=(config_path,)))  # before any work
     connect()
     with tqdm(desc="generated", unit="row") as bar:
         summary = or_exit(lambda: infer(run, model_dir, f"data.{split}", output,
@@ -422,9 +454,9 @@ def infer_command(config_path: str, overrides: tuple[str, ...], output: str, mod
 @click.option("--engine", type=click.Choice(["auto", "hf", "vllm"]), default="auto", show_default=True,
               help="auto: vLLM on CUDA when installed, else transformers (on CPU it answers before vLLM has started).")
 @click.option("--system", help="A system prompt for the whole conversation.")
-@click.option("--max-new-tokens", default=256, show_default=True)
-@click.option("--temperature", default=0.7, show_default=True, help="0: greedy.")
-@click.option("--top-p", default=0.9, show_default=True)
+@click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(min=1))
+@click.option("--temperature", default=0.7, show_default=True, type=click.FloatRange(min=0), help="0: greedy.")
+@click.option("--top-p", default=0.9, show_default=True, type=click.FloatRange(0, 1, min_open=True))
 def chat_command(model_dir: str, engine: str, system: str | None, max_new_tokens: int, temperature: float, top_p: float) -> None:
     """Chat with MODEL_DIR (a `rayft train` output, its merged/ folder or a model) in the terminal.
 
@@ -443,12 +475,12 @@ def _echo(text: str = "", end: str = "\n", flush: bool = False) -> None:
 
 @main.command()
 @click.option("--output", default="outputs/demo", show_default=True, help="Directory for the demo's models and data.")
-@click.option("--workers", default=2, show_default=True, help="Ray Train workers for each run.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Ray Train workers for each run.")
 def demo(output: str, workers: int) -> None:
     """Pre-train a tiny Llama on generated text, teach it arithmetic with LoRA SFT, score it before and after."""
     from rayft.demo import run_demo
 
-    run_demo(output, workers)
+    or_exit(lambda: run_demo(output, workers))
 
 
 main.add_command(k8s_group)

@@ -30,7 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rayft.cluster import tokenize_concurrency
-from rayft.sources import MANIFEST, read_manifest, read_raw, remove_manifest, resolve_files, write_manifest
+from rayft.sources import MANIFEST, read_manifest, read_raw, resolve_files, write_manifest
+from rayft_core import ownership, storage
 from rayft_core.config import DatasetSpec, RunConfig
 from rayft_core.data import IGNORE_INDEX
 from rayft_core.data.formats import DataError, RowError, align_row, where
@@ -42,6 +43,7 @@ from rayft_core.train.stage import Stage, sequence_columns
 from rayft_core.train.stages import STAGES
 
 logger = logging.getLogger(__name__)
+PREPARED_MARKER = ownership.PREPARED.markers[0]  # written first into a folder of prepared data
 # A small dataset is one block, fewer than the tokenizing tasks allowed; Ray warns of that every run.
 warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks for 'MapBatches", category=UserWarning)
 
@@ -151,8 +153,8 @@ def _encode(batch: pa.Table, run_json: str, spec_json: str, source: int) -> pa.T
             continue
         try:
             value = json.loads(raw["json"])
-        except json.JSONDecodeError as e:
-            errors.append(f"{raw['path']}: row {raw['row']}: invalid JSON: {e}")
+        except (json.JSONDecodeError, RecursionError) as e:  # RecursionError: nested deeper than Python parses
+            errors.append(f"{raw['path']}: row {raw['row']}: invalid JSON: {e or 'nested too deeply'}")
             continue
         if not isinstance(value, dict):
             errors.append(f"{raw['path']}: row {raw['row']}: wrong type: a row must be an object, got {type(value).__name__}")
@@ -380,15 +382,25 @@ def cache_key(run: RunConfig, datasets: list[_Dataset]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def write_prepared(ds: Any, out: str, run: RunConfig, report: DataReport) -> None:
-    """Parquet (input_ids, labels, position_ids when packed, ...) plus a manifest written last:
-    a directory without its manifest is an unfinished write and is never read."""
-    remove_manifest(out)  # first: an interrupted rewrite must not look finished
-    ds.write_parquet(out, mode="overwrite")
+def write_prepared(ds: Any, out: str, run: RunConfig, report: DataReport, overwrite: bool = False,
+                   flag: str = "--overwrite") -> None:
+    """Parquet (input_ids, labels, position_ids when packed, ...) plus a manifest written last: a directory
+    without its manifest is an unfinished write and is never read. ``out`` must be new, empty, or (with
+    ``overwrite``) earlier prepared data (rayft_core.ownership). A local directory is written beside it and
+    renamed into place; in a bucket the ownership marker goes first and the manifest last."""
+    ownership.claim(out, ownership.PREPARED, overwrite, flag)
     manifest = {"stage": run.stage.name, "max_seq_len": run.data.max_seq_len, "packing": run.packing,
                 "tokenizer": run.model.name_or_path, "template": run.model.template, "rows": report.rows,
                 "tokens": report.tokens, "datasets": [asdict(d) for d in report.datasets]}
-    write_manifest(out, manifest)
+    if storage.is_uri(out):
+        storage.write_text(storage.join(out, PREPARED_MARKER), "rayft data prepare\n")
+        ds.write_parquet(out)
+        write_manifest(out, manifest)
+        return
+    with ownership.staged_dir(Path(out)) as staged:
+        (staged / PREPARED_MARKER).write_text("rayft data prepare\n")
+        ds.write_parquet(str(staged))
+        write_manifest(str(staged), manifest)
 
 
 def _cached(run: RunConfig, out: str) -> tuple[Any, DataReport] | None:
@@ -417,8 +429,8 @@ def tokenize_section(run: RunConfig, section: str) -> tuple[Any, DataReport]:
         ds = ds.map_batches(_drop_errors, batch_format="pyarrow").materialize()
     else:
         ds = ds.drop_columns(["error"])
-    if cache:
-        write_prepared(ds, cache, run, report)
+    if cache:  # a folder named by its key: an unfinished write of the same key is rayft's to replace
+        write_prepared(ds, cache, run, report, overwrite=True)
         logger.info("tokenized data cached in %s", cache)
     return ds, report
 

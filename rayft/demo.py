@@ -22,6 +22,7 @@ import random
 import time
 from pathlib import Path
 
+from rayft_core import ownership
 from rayft_core.config import RunConfig, load_config
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "demo"
@@ -94,6 +95,9 @@ def run_demo(output: str, workers: int = 2) -> None:
 
     start = time.perf_counter()
     out = Path(output).absolute()
+    # a new or empty directory, or an earlier demo's (replaced): never one holding anything else
+    ownership.claim(str(out), ownership.DEMO, True, "another `rayft demo` run")
+    (out / ownership.DEMO.markers[0]).write_text("written by `rayft demo`; running it again replaces this folder\n")
     data_dir = out / "data"
     lines, held_out = write_data(data_dir)
     tokenizer = build_tokenizer(lines, vocab_size=400)

@@ -11,7 +11,6 @@ when there is one; the metrics are CPU work. The engine is rayft_core.eval.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import click
@@ -19,16 +18,25 @@ import click
 from rayft.cliutil import or_exit
 
 from rayft_core.data.templates import TEMPLATES
+from rayft_core.ownership import check_new_file, write_file_atomically
 
 
 
+
+
+def _check_output(output: str | None, overwrite: bool, *inputs: str) -> None:
+    """Before any work: OUTPUT is a new file (or an existing one with --overwrite), never an input."""
+    if output:
+        or_exit(lambda: check_new_file(output, overwrite, inputs=inputs))
 
 
 def _write(output: str | None, result: dict[str, Any]) -> None:
     if output:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_file_atomically(output, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
         click.echo(f"wrote {output}")
+
+
+_OVERWRITE = click.option("--overwrite", is_flag=True, help="Replace --output when it exists.")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -75,8 +83,9 @@ def eval_group() -> None:
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True,
               help="auto: bfloat16 on Ampere+ GPUs, float16 on older ones, float32 on CPU.")
 @click.option("--output", type=click.Path(dir_okay=False), help="Write the results (and every prediction) as JSON here.")
+@_OVERWRITE
 def mc(model_dir: str, task_dir: str, n_shot: int, subjects: str | None, lang: str, split: str, batch_size: int,
-       template: str | None, base_model: str | None, device: str, dtype: str, output: str | None) -> None:
+       template: str | None, base_model: str | None, device: str, dtype: str, output: str | None, overwrite: bool) -> None:
     """Accuracy on a multiple-choice benchmark: the answer is the letter A-D with the highest next-token
     logit after the question, rendered with the model's chat template after N_SHOT solved examples.
 
@@ -85,6 +94,7 @@ def mc(model_dir: str, task_dir: str, n_shot: int, subjects: str | None, lang: s
     from rayft_core.eval.mc import STYLES, evaluate, load_eval_model, summarize
     from rayft_core.eval.tasks import load_task
 
+    _check_output(output, overwrite)
     names = [s.strip() for s in subjects.split(",") if s.strip()] if subjects else None
     tasks = or_exit(lambda: load_task(task_dir, split, names))  # bad files stop here, before the model loads
     model, tokenizer = or_exit(lambda: load_eval_model(model_dir, base_model, template, dtype, device))
@@ -98,7 +108,8 @@ def mc(model_dir: str, task_dir: str, n_shot: int, subjects: str | None, lang: s
 @eval_group.command("similarity")
 @click.argument("predictions", type=click.Path(exists=True, dir_okay=False))
 @click.option("--output", type=click.Path(dir_okay=False), help="Write the mean scores as JSON here.")
-def similarity(predictions: str, output: str | None) -> None:
+@_OVERWRITE
+def similarity(predictions: str, output: str | None, overwrite: bool) -> None:
     """ROUGE-1/2/L and BLEU-4 (x100, LLaMA-Factory's definitions, jieba segmentation for Chinese) of the
     `prediction` of every line of the JSONL file PREDICTIONS against its `reference`; prints the means.
 
@@ -106,6 +117,7 @@ def similarity(predictions: str, output: str | None) -> None:
     """
     from rayft_core.eval.similarity import METRICS, compute_similarity, read_predictions
 
+    _check_output(output, overwrite, predictions)
     result = or_exit(lambda: compute_similarity(read_predictions(predictions)))
     click.echo(_table(["metric", "score"], [[m, f"{result[m]:.2f}"] for m in METRICS]))
     click.echo(f"({result['rows']} rows)")

@@ -12,12 +12,12 @@ as token ids; a LoRA output is applied per request on its base, never merged. Ea
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from rayft_core.config import RunConfig
 from rayft_core.data.formats import DataError, align_row
 from rayft_core.errors import UserInputError
+from rayft_core.ownership import staged_file
 from rayft_core.infer import GenerationParams, ModelSource, cuda_available
 from rayft_core.infer.vllm_engine import adapter_engine_kwargs, cpu_engine_env, engine_dtype, require_vllm
 
@@ -57,8 +57,7 @@ def infer(run: RunConfig, model_dir: str | None, section: str, output: str, para
         "prediction": r["generated_text"], "reference": r["reference"]})
 
     written = 0
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "w") as f:
+    with staged_file(output) as staged, open(staged, "w", encoding="utf-8") as f:  # renamed into place at the end
         for row in processor(good).iter_rows():
             if row["reference"] is None:
                 row.pop("reference")
@@ -94,7 +93,10 @@ class _Prompts:
             messages, reference, ids, error = None, None, [], read_error
             if error is None:
                 try:
-                    raw = {**json.loads(text), "path": path, "__row__": index}
+                    value = json.loads(text)
+                    if not isinstance(value, dict):
+                        raise ValueError(f"a row must be an object, got {type(value).__name__}")
+                    raw = {**value, "path": path, "__row__": index}
                     messages = align_row(raw, self.spec, "sft")["messages"]
                     if messages[-1]["role"] == "assistant":  # the dataset's answer is the reference, not the prompt
                         reference = messages.pop()["content"]
@@ -102,8 +104,8 @@ class _Prompts:
                                                              return_dict=True)["input_ids"]
                 except DataError as e:  # names the file and row itself
                     error = str(e)
-                except ValueError as e:  # not JSON, or a template that refuses the conversation
-                    error = f"{path}: row {index}: {e}"
+                except (ValueError, RecursionError) as e:  # not JSON, or a template that refuses the conversation
+                    error = f"{path}: row {index}: {e or 'nested too deeply'}"
             out["dataset"].append(self.label)
             out["row"].append(index)
             out["messages"].append(json.dumps(messages, ensure_ascii=False))

@@ -23,7 +23,7 @@ from rayft.cliutil import or_exit
 import yaml
 
 from rayft_core.config import RunConfig, validate_config
-from rayft_core.schema import ConfigError, validate_section
+from rayft_core.schema import ConfigError, read_yaml, validate_section
 from rayft_core.errors import UserInputError
 from rayft_core.serve_config import ServeConfig
 
@@ -75,13 +75,8 @@ def detect_kind(raw: dict, path: str) -> str:
 
 def values_for(config_path: str, kind: str | None = None) -> dict[str, Any]:
     """The chart values a config implies: kind, the config's text, storage.uri and worker groups."""
-    text = Path(config_path).read_text()
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise K8sError(f"{config_path}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise K8sError(f"{config_path}: the top level must be a mapping, got {type(raw).__name__}")
+    raw = read_yaml(config_path, "config")  # a missing, binary, non-YAML or non-mapping file is a ConfigError
+    text = Path(config_path).read_text(encoding="utf-8")
     detected = detect_kind(raw, config_path)
     kind = kind or detected
     if (kind == "service") != (detected == "service"):
@@ -189,12 +184,7 @@ def build_values(config_path: str, kind: str | None = None, values_files: tuple[
                  sets: tuple[str, ...] = ()) -> dict[str, Any]:
     values = values_for(config_path, kind)
     for path in values_files:
-        try:
-            extra = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise K8sError(f"--values {path}: cannot read it: {e}") from None
-        if not isinstance(extra, dict):
-            raise K8sError(f"--values {path}: expected a mapping of chart values, got {type(extra).__name__}")
+        extra = read_yaml(path, "chart values file")
         values = merge_values(values, extra)
     helm = _helm() if sets else None
     for item in sets:
@@ -294,18 +284,24 @@ def k8s_group() -> None:
 @click.option("--name", help="Release name: the RayJob/RayService/RayCluster's name [default: output.name or the "
               "serving config's name].")
 @click.option("-n", "--namespace", default="default", show_default=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the manifests here instead of printing them.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the manifests here instead of printing them "
+              "(a new file, or an existing one with --overwrite).")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT when it exists.")
 def render_command(config_path: str, kind: str | None, values_files: tuple[str, ...], sets: tuple[str, ...],
-                   name: str | None, namespace: str, output: str | None) -> None:
+                   name: str | None, namespace: str, output: str | None, overwrite: bool) -> None:
     """Render CONFIG_PATH (a run or serving config) into KubeRay manifests: a RayJob for a run (`rayft train`),
     a RayJob for a sweep (`rayft tune`), a RayService for a serving config, or --kind cluster.
 
     Example: rayft k8s render run.yaml --set storage.uri=s3://bucket/rayft --set storage.credentialsSecret=s3 | kubectl apply -f -
     """
+    from rayft_core.ownership import check_new_file, write_file_atomically
+
+    if output:
+        or_exit(lambda: check_new_file(output, overwrite, inputs=(config_path, *values_files)))
     values = or_exit(lambda: build_values(config_path, kind, values_files, sets))
     text = to_yaml_stream(or_exit(lambda: render(values, name or release_name(config_path, values), namespace)))
     if output:
-        Path(output).write_text(text)
+        write_file_atomically(output, text)
         click.echo(f"wrote {output}", err=True)
     else:
         click.echo(text, nl=False)

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,8 @@ from rayft_core.schema import validate_section
 from rayft_core.infer.vllm_engine import cpu_engine_env, engine_dtype
 from rayft_core.serve_config import ServeConfig, ServedModel
 
-ADAPTER_CACHE = Path("/tmp/rayft-serve/adapters")
+# Per user: another user's files in a shared /tmp are never served (nor can theirs be replaced by ours).
+ADAPTER_CACHE = Path(tempfile.gettempdir()) / f"rayft-serve-{os.getuid()}" / "adapters"
 
 
 def build_app(args: dict[str, Any]) -> Any:
@@ -189,11 +193,24 @@ class RayftLLMServer(LLMServer):
 
 
 def _local_adapter_dir(source: str) -> str:
+    """A URI's adapter downloaded once into this node's cache: into a temporary directory renamed into place
+    when complete, so an interrupted download is never served."""
     if not storage.is_uri(source):
         return source
     target = ADAPTER_CACHE / sha256(source)[:16]
-    if not (target / "adapter_config.json").exists():
-        storage.fetch(source, target)
+    if not target.is_dir():
+        ADAPTER_CACHE.mkdir(parents=True, exist_ok=True, mode=0o700)
+        download = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=ADAPTER_CACHE))
+        try:
+            storage.fetch(source, download)
+            if not (download / "adapter_config.json").is_file():
+                raise FileNotFoundError(f"{source} holds no adapter_config.json: not a LoRA adapter")
+            download.rename(target)
+        except OSError:
+            if not target.is_dir():  # another replica renamed the same adapter into place first: use that one
+                raise
+        finally:
+            shutil.rmtree(download, ignore_errors=True)  # our own temporary directory (gone once renamed)
     return str(target)
 
 

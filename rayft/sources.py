@@ -5,15 +5,13 @@ text until aligned, so every format reaches the same aligner with its file and r
 
 from __future__ import annotations
 
+import codecs
 import csv
 import fnmatch
 import io
 import json
-import os
-import socket
-import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 
@@ -33,10 +31,12 @@ def resolve_files(path: str, key: str) -> list[str]:
         local = Path(path.removeprefix("file://")).expanduser()
         if local.is_dir():
             files = sorted(str(p) for p in local.rglob("*") if p.is_file() and not p.name.startswith((".", "_")))
+        elif local.is_file():  # before globbing: a file named data[1].jsonl is that file, not a pattern
+            files = [str(local)]
         elif any(c in path for c in "*?["):
             files = sorted(str(p) for p in Path("/").glob(str(local.absolute()).lstrip("/")) if p.is_file())
         else:
-            files = [str(local)] if local.is_file() else []
+            files = []
     if not files:
         raise DatasetError(f"{key}: no data files at {path!r}")
     files = [f for f in files if not f.endswith(MANIFEST)]
@@ -63,6 +63,8 @@ def _remote_files(url: str, key: str) -> list[str]:
         raise DatasetError(f"{key}: cannot list {url!r}: {e}") from None
     scheme = url.split("://", 1)[0]
     files = sorted(f"{scheme}://{e.path}" for e in entries if e.type == pafs.FileType.File)
+    if url in files:  # a file whose name holds * ? or [ is that file, not a pattern
+        return [url]
     return [f for f in files if fnmatch.fnmatch(f, url)] if pattern else files
 
 
@@ -75,14 +77,19 @@ def rows_of_file(file: dict[str, Any]) -> list[dict[str, Any]]:
     path, data = file["path"], file["bytes"]
 
     def ok(i: int, value: Any) -> dict:
-        return {"path": path, "row": i, "json": json.dumps(value, ensure_ascii=False, default=str), "error": None}
+        text = json.dumps(value, ensure_ascii=False, default=str)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800" in a .json file), which Arrow cannot hold:
+            text = json.dumps(value, default=str)  # kept escaped, the aligner reports the row naming the field
+        return {"path": path, "row": i, "json": text, "error": None}
 
     def bad(i: int, reason: str, detail: str) -> dict:
         return {"path": path, "row": i, "json": None, "error": f"{path}: row {i}: {reason}: {detail}"}
 
     if path.endswith((".jsonl", ".txt")):
         out = []
-        for i, raw in enumerate(data.split(b"\n"), 1):
+        for i, raw in enumerate(data.removeprefix(codecs.BOM_UTF8).split(b"\n"), 1):  # a BOM is not part of row 1
             try:
                 line = raw.decode("utf-8").rstrip("\r")
             except UnicodeDecodeError as e:
@@ -98,48 +105,57 @@ def rows_of_file(file: dict[str, Any]) -> list[dict[str, Any]]:
     if path.endswith(".parquet"):
         import pyarrow.parquet as pq
 
-        return [ok(i, r) for i, r in enumerate(pq.read_table(io.BytesIO(data)).to_pylist())]
+        try:  # a valid file with no rows is no rows; a corrupt, truncated or empty (0-byte) one is a bad row
+            rows = pq.read_table(io.BytesIO(data)).to_pylist()
+        except (pa.ArrowException, OSError, ValueError) as e:  # ValueError: also invalid UTF-8 in a string column
+            detail = str(e).removeprefix("Could not open Parquet input source '<Buffer>': ")
+            return [bad(0, "unreadable file", f"not a readable Parquet file, none of its rows are read ({detail})")]
+        return [ok(i, r) for i, r in enumerate(rows)]
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         return [bad(0, "undecodable bytes", f"the file is not UTF-8 (byte {e.start})")]
     if path.endswith(".csv"):  # row numbers are data lines: the header is line 1
-        return [ok(i, r) for i, r in enumerate(csv.DictReader(io.StringIO(text)), 2)]
+        return _csv_rows(text, ok, bad)
     try:
         rows = json.loads(text)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:
         return [bad(0, "invalid JSON", f"{e}; a .json file holds one array of rows, a .jsonl file one row per line")]
     if not isinstance(rows, list):
         return [bad(0, "wrong type", f"a .json dataset must be an array of rows, got {type(rows).__name__}")]
     return [ok(i, r) for i, r in enumerate(rows)]
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """False at once when offline is declared, else whether huggingface.co answers within `timeout`
-    (DNS included, which a plain socket timeout would not bound)."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") or os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", ""):
-        return False
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout)
-    return bool(result and result[0])
+def _csv_rows(text: str, ok: Callable, bad: Callable) -> list[dict]:
+    """A CSV file's rows, numbered from 2 (the header is row 1); a row the parser rejects is a bad row."""
+    # The csv module refuses fields over csv.field_size_limit() (128 KiB by default; long documents
+    # pass it). The whole file is in memory already, so no field can be longer than it: raising the
+    # limit to its length costs nothing more. The limit is a C long (32 bits on Windows); it is only
+    # ever raised, so readers in other threads are never cut short.
+    csv.field_size_limit(max(csv.field_size_limit(), min(len(text), 2**31 - 1)))
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # newline="": csv's own rule for \r and \r\n
+    out: list[dict] = []
+    i = 1  # the row being read
+    try:
+        if reader.fieldnames is None:  # reads the header; None: an empty file
+            return out
+        i = 2
+        for row in reader:
+            out.append(ok(i, row))
+            i += 1
+    except csv.Error as e:  # the parser cannot resync reliably: later "rows" could be pieces of this one
+        out.append(bad(i, "invalid CSV", f"{e}; the rows after it are not read"))
+    return out
 
 
 def read_raw(spec: DatasetSpec, key: str) -> Any:
     """The raw rows of one dataset as a lazy Ray dataset of {path, row, json, error}."""
     import ray.data
 
+    from rayft_core.model.loader import hub_reachable
+
     if spec.hf_hub_url:
-        if not _hub_reachable():
+        if not hub_reachable("HF_DATASETS_OFFLINE"):
             raise DatasetError(f"{key}: {spec.label} is on the Hugging Face hub, which cannot be reached from here "
                                "(offline, or HF_HUB_OFFLINE set); download its files where there is network and name "
                                "them with `path:`")
@@ -172,17 +188,6 @@ def read_manifest(folder: str) -> dict | None:
             return json.loads(f.read())
     except (OSError, ValueError, pa.ArrowException):  # not found, or not a filesystem pyarrow knows
         return None
-
-
-def remove_manifest(folder: str) -> None:
-    if "://" not in folder:
-        (Path(folder) / MANIFEST).unlink(missing_ok=True)
-        return
-    import pyarrow.fs as pafs
-
-    fs, root = pafs.FileSystem.from_uri(folder.rstrip("/"))
-    if fs.get_file_info(f"{root}/{MANIFEST}").type != pafs.FileType.NotFound:
-        fs.delete_file(f"{root}/{MANIFEST}")
 
 
 def write_manifest(folder: str, manifest: dict) -> None:

@@ -2,9 +2,11 @@
 
     rayft submit jobs/sft_lora.yaml model.name_or_path=/mnt/shared/models/qwen --address http://HEAD:8265
 
-The working directory (this checkout, without .git, outputs and virtualenvs) is uploaded and becomes the
-job's working directory on every node; the job runs `rayft train RUN.yaml OVERRIDES` there and its logs
-are followed here. Nothing is contacted before the run config, its paths and the address have passed.
+The working directory (this checkout, without .git, outputs, virtualenvs and files that usually hold
+credentials) is uploaded and becomes the job's working directory on every node; the job runs `rayft train
+RUN.yaml OVERRIDES` there and its logs are followed here. Nothing is contacted before the run config, its
+paths and the address have passed. An --env that looks like a secret is warned about: it would be shown on the
+Ray dashboard.
 
 Token authentication stays on: Ray's clients send the cluster's token (RAY_AUTH_TOKEN, else the file
 RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token) when RAY_AUTH_MODE=token, which is set here unless the
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shlex
 import socket
 from dataclasses import dataclass, field
@@ -24,14 +27,22 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import click
-import yaml  # not ray: it is imported only once the run and the address have passed (see connect)
 
 from rayft_core.config import RunConfig
 from rayft_core.errors import UserInputError
+from rayft_core.schema import read_yaml
 
 # Left out of every upload, whatever the runtime_env file says: each is large or machine-specific
 # (gitignore patterns, matched at any depth; Ray also honours the checkout's .gitignore).
 ALWAYS_EXCLUDED = [".git", ".venv", "venv", "outputs", "__pycache__", "*.egg-info"]
+# ... and files that usually hold credentials: the upload is kept on the cluster, readable by every job
+# and by everyone who can submit one.
+SECRET_FILES = [".env*", "*.pem", "*.key", ".aws/", ".netrc", ".git-credentials"]
+# --env variables that look like credentials: by name (TOKEN at a word's end: HF_TOKEN, not TOKENIZERS_PARALLELISM
+# or MAX_TOKENS), or by a known token format anywhere in the value (Bearer hf_..., https://x:ghp_...@github.com).
+SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|CREDENTIAL|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|TOKEN(?:_|$)", re.IGNORECASE)
+SECRET_VALUE = re.compile(r"(?<![A-Za-z0-9])(?:hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|(?:AKIA|ASIA)[A-Z0-9]{16}"
+                          r"|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})")
 DEFAULT_RUNTIME_ENV = "jobs/runtime_env.yaml"
 CONNECT_TIMEOUT_S = 10.0
 
@@ -66,27 +77,37 @@ def parse_env_vars(items: tuple[str, ...]) -> dict[str, str]:
     return dict(item.split("=", 1) for item in items)
 
 
+def secret_looking(env_vars: dict[str, str]) -> list[str]:
+    """The names of env_vars whose name or value looks like a credential."""
+    return [k for k, v in env_vars.items() if SECRET_NAME.search(k) or SECRET_VALUE.search(v)]
+
+
+def warn_about_secrets(env_vars: dict[str, str]) -> None:
+    """One line on stderr per --env that looks like a credential, naming it, never printing its value."""
+    for name in secret_looking(env_vars):
+        click.echo(f"warning: --env {name} looks like a secret; it goes into the job's runtime_env, which the Ray "
+                   f"dashboard shows to anyone who can reach it. Give it to the cluster instead (a Kubernetes Secret, "
+                   f"or the nodes' own environment).", err=True)
+
+
 def build_runtime_env(path: str | None, working_dir: str | None, env_vars: dict[str, str]) -> dict[str, Any]:
     """The job's runtime_env: the file's (default jobs/runtime_env.yaml when present), with its working_dir
     (or the given one) and relative py_modules made absolute from the current directory, as `ray job
-    submit` reads them, ALWAYS_EXCLUDED added to the excludes and env_vars merged in."""
+    submit` reads them, ALWAYS_EXCLUDED and SECRET_FILES added to the excludes and env_vars merged in."""
     if path is None and Path(DEFAULT_RUNTIME_ENV).is_file():
         path = DEFAULT_RUNTIME_ENV
     env: dict[str, Any] = {}
     if path is not None:
-        try:
-            env = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise SubmitError(f"--runtime-env {path}: cannot read it: {e}") from None
-        if not isinstance(env, dict):
-            raise SubmitError(f"--runtime-env {path}: expected a mapping of runtime_env fields, got {type(env).__name__}")
+        env = read_yaml(path, "runtime_env")  # a missing, binary, non-YAML or non-mapping file is a ConfigError
     directory = Path(working_dir or env.get("working_dir") or ".").expanduser().absolute()
     if not directory.is_dir():
         raise SubmitError(f"working dir {directory} is not a directory")
     env["working_dir"] = str(directory)
     if env.get("py_modules"):
         env["py_modules"] = [m if "://" in m else str(Path(m).expanduser().absolute()) for m in env["py_modules"]]
-    env["excludes"] = list(dict.fromkeys([*env.get("excludes", []), *ALWAYS_EXCLUDED]))
+    # SECRET_FILES last: in gitignore patterns the last match wins, so a user's "!.env" cannot bring one back.
+    user_excludes = [e for e in env.get("excludes", []) if e not in SECRET_FILES]
+    env["excludes"] = list(dict.fromkeys([*user_excludes, *ALWAYS_EXCLUDED])) + SECRET_FILES
     env["env_vars"] = {k: str(v) for k, v in {**env.get("env_vars", {}), **env_vars}.items()}  # Ray takes strings only
     return env
 
@@ -151,6 +172,7 @@ def submit_run(run: RunConfig, config_path: str, overrides: tuple[str, ...], add
     True when the job succeeded (with wait=False: once it is submitted). SubmitError: nothing was submitted."""
     check_run_for_cluster(run)
     runtime_env = build_runtime_env(runtime_env_path, working_dir, env_vars or {})
+    warn_about_secrets(env_vars or {})
     entrypoint = build_entrypoint(config_path, overrides, runtime_env["working_dir"])
     check_reachable(address)
     client = connect(address)

@@ -18,10 +18,10 @@ from ray.train.torch import TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 
 from rayft import rlhf
-from rayft.checks import check_run
+from rayft.checks import OVERWRITE_FLAG, check_cluster, check_config
 from rayft.cluster import connect
 from rayft.data import build_run_data
-from rayft_core import storage
+from rayft_core import ownership, storage
 from rayft_core.config import RunConfig, dump_config
 from rayft_core.errors import UserInputError
 from rayft_core.stage_config import RL_STAGES
@@ -116,10 +116,11 @@ def train(run: RunConfig, resume: bool = False, callbacks: list[UserCallback] | 
     callbacks: more Ray Train callbacks (a sweep's trial forwards reports to Tune); progress: the step bar.
     """
     run = run.with_absolute_paths()
+    check_config(run, resume=resume)  # before Ray starts: a bad run costs no cluster
     connect()
     resources = ray.cluster_resources()
     use_gpu = resources.get("GPU", 0) > 0 if run.cluster.use_gpu == "auto" else bool(run.cluster.use_gpu)
-    check_run(run, resources, use_gpu, resume=resume)
+    check_cluster(run, resources, use_gpu)
     rl = run.stage.name in RL_STAGES
     engine_kind = rlhf.check_rl_run(run, resources, use_gpu) if rl else None
 
@@ -130,8 +131,8 @@ def train(run: RunConfig, resume: bool = False, callbacks: list[UserCallback] | 
     logger.info("plan: %d %s over %d epoch(s), global batch %d", plan.total_steps,
                 "iterations" if rl else "optimizer steps", plan.num_epochs, run.global_batch_size)
     out = run.output.dir
-    if run.output.overwrite and not resume:  # only now: a run that fails its checks replaces nothing
-        storage.delete_dir(out)
+    if not resume:  # only now: a run that fails its checks replaces nothing (an earlier run of rayft's, at most)
+        ownership.claim(out, ownership.RUN, run.output.overwrite, OVERWRITE_FLAG)
     storage.write_text(storage.join(out, CONFIG_FILE), dump_config(run))  # first: `--resume` compares against it
 
     rollouts = rlhf.rollout_group(run, use_gpu, engine_kind) if rl else contextlib.nullcontext()

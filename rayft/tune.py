@@ -24,9 +24,9 @@ import yaml
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from rayft.checks import check_run
+from rayft.checks import OVERWRITE_FLAG, check_cluster, check_config
 from rayft.cluster import connect
-from rayft_core import storage
+from rayft_core import ownership, storage
 from rayft_core.config import RunConfig, SweepConfig, validate_config
 from rayft_core.errors import UserInputError
 from rayft_core.sweep import (RECORD_FILES, TrialRow, best_run_raw, check_space, csv_text, grace_period, plot, ranked,
@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 TRIALS_DIR = "trials"  # storage_path/name/trials/<trial id>: each trial's rayft run directory
 RESULTS_CSV, BEST_YAML, PLOT_PNG = "results.csv", "best_run.yaml", "metric_vs_params.png"
+SWEEP_FILE = ownership.SWEEP.markers[0]  # the sweep's run and space, written first
 
 
 @dataclass
@@ -107,17 +108,20 @@ def sweep(raw: dict, sweep_config: SweepConfig, resume: bool = False) -> SweepRe
     base = run.model_dump(mode="json", exclude={"tune"})  # absolute paths, for trials in other working directories
     directory = run.output.dir
     trials_dir = storage.join(directory, TRIALS_DIR)
+    if resume and not tune.Tuner.can_restore(directory):
+        raise UserInputError(f"--resume: {directory} holds no sweep to resume; check output.name and output.storage_path")
+    if not resume:  # model, targets, data, packages; and that the sweep's directory is free (or an earlier sweep's)
+        check_config(run, output=ownership.SWEEP)
 
     connect()
     resources = ray.cluster_resources()
     use_gpu = resources.get("GPU", 0) > 0 if run.cluster.use_gpu == "auto" else bool(run.cluster.use_gpu)
-    restorable = tune.Tuner.can_restore(directory)
-    if resume and not restorable:
-        raise UserInputError(f"--resume: {directory} holds no sweep to resume; check output.name and output.storage_path")
+    check_cluster(run, resources, use_gpu)
     if not resume:
-        check_run(run, resources, use_gpu)  # model, targets, packages, resources; and that the sweep's directory is free
-        if run.output.overwrite:
-            storage.delete_dir(directory)
+        ownership.claim(directory, ownership.SWEEP, run.output.overwrite, OVERWRITE_FLAG)
+        # first: whatever happens next, the directory is known to be the sweep's
+        storage.write_text(storage.join(directory, SWEEP_FILE),
+                           yaml.safe_dump({**base, "tune": sweep_config.model_dump(mode="json")}, sort_keys=False))
 
     if not run.data.cache_dir:  # tokenize once on the driver; every trial reads the cache (unless its data keys differ)
         run.data.cache_dir = base["data"]["cache_dir"] = storage.join(directory, "data-cache")
@@ -152,8 +156,6 @@ def sweep(raw: dict, sweep_config: SweepConfig, resume: bool = False) -> SweepRe
         tuner = tune.Tuner.restore(directory, trainable, resume_unfinished=True, resume_errored=False,
                                    param_space=param_space)
     else:
-        storage.write_text(storage.join(directory, "sweep.yaml"),
-                           yaml.safe_dump({**base, "tune": sweep_config.model_dump(mode="json")}, sort_keys=False))
         tuner = tune.Tuner(
             trainable, param_space=param_space,
             tune_config=tune.TuneConfig(metric=sweep_config.metric, mode=sweep_config.mode, scheduler=scheduler,
@@ -199,7 +201,7 @@ def _finish(grid: Any, run: RunConfig, sweep_config: SweepConfig, base: dict, di
     if plot(rows, sweep_config, local / PLOT_PNG):
         storage.publish(local, directory)
     for row in rows[sweep_config.keep_top:]:  # below keep_top: the record stays, the model files and checkpoints go
-        storage.delete_all_but(row.run_dir, RECORD_FILES)
+        ownership.clear(row.run_dir, ownership.RUN, keep=RECORD_FILES)
     print(table(rows, keys, metric))
     print(f"best: {best.trial} {metric}={best.metric:.6g} {best.params}\n"
           f"rerun it: rayft train {storage.join(directory, BEST_YAML)}\n"

@@ -9,6 +9,18 @@ from pathlib import Path
 import pytest
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A test skipped for want of ../shared (real tokenizers, LLaMA-Factory's data) fails where ../shared is
+    present, as it is in CI: the claims that rest on those files are checked on every submission, and only a
+    user's fresh clone without them skips."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and SHARED.is_dir() and "../shared" in str(report.longrepr):
+        report.outcome = "failed"
+        report.longrepr = f"skipped although ../shared is present ({SHARED}): {report.longrepr}"
 ARCHS = ["llama", "qwen2", "mistral", "gemma2", "phi3"]
 
 QA = [("What is the capital of France?", "Paris is the capital of France."),

@@ -78,6 +78,11 @@ class LoraTuning(Section):
         None, description="QLoRA: load the base in 4-bit NF4 (double quantisation) or 8-bit with bitsandbytes. "
         "`tuning: qlora` is shorthand for method lora with quantization_bit 4.")
 
+    @field_validator("target")
+    @classmethod
+    def _some_target(cls, target: Any) -> Any:
+        return _nonempty_target(target)
+
     @property
     def lora_alpha(self) -> float:
         return self.alpha if self.alpha is not None else 2.0 * self.rank
@@ -90,6 +95,17 @@ class GaloreTuning(Section):
     scale: float = Field(0.25, gt=0, description="GaLore scale applied to the projected update.")
     target: Union[Literal["all"], list[str]] = Field(
         "all", description="2-D weights to project: 'all' linear layers except the head, or module names.")
+
+    @field_validator("target")
+    @classmethod
+    def _some_target(cls, target: Any) -> Any:
+        return _nonempty_target(target)
+
+
+def _nonempty_target(target: Any) -> Any:
+    if isinstance(target, list) and not [t for t in target if str(t).strip()]:
+        raise ValueError("an empty list of modules would train nothing; name modules (q_proj, v_proj, ...) or use 'all'")
+    return target
 
 
 TuningConfig = Annotated[Union[FullTuning, FreezeTuning, LoraTuning, GaloreTuning], Field(discriminator="method")]
@@ -251,12 +267,22 @@ class OutputConfig(Section):
     storage_path: str = Field("outputs", description="Where runs are written: a local or shared directory, or a URI "
                               "that pyarrow reaches (s3://bucket/runs, gs://..., abfs://...). A multi-node cluster "
                               "needs shared storage: every node writes checkpoints there.")
-    name: str = Field("rayft-run", pattern=r"^[A-Za-z0-9._-]+$", description="Run name: the output is storage_path/name.")
+    name: str = Field("rayft-run", pattern=r"^[A-Za-z0-9._-]+$", description="Run name: the output is storage_path/name. "
+                      "A plain name (letters, digits, '.', '_', '-'), never '.' or '..'.")
     merge_adapter: bool = Field(False, description="Also write the base with the LoRA adapter merged into merged/.")
-    overwrite: bool = Field(False, description="Replace an existing output directory instead of refusing to start.")
+    overwrite: bool = Field(False, description="Replace an earlier rayft run in storage_path/name: the files rayft wrote "
+                            "there are deleted first. A directory holding any file rayft did not write is refused "
+                            "either way: rayft never deletes a user's files.")
     report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
         default_factory=list, description="Trackers fed with every report besides metrics.jsonl: TensorBoard (tensorboard/), "
         "MLflow (a file store in mlruns/), Weights & Biases (offline, in wandb/; `wandb sync` uploads it).")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        if set(name) == {"."}:  # '.' or '..' would make the run's directory storage_path itself or its parent
+            raise ValueError("a run name is a plain directory name inside storage_path, not '.' or '..'")
+        return name
 
     @property
     def dir(self) -> str:
@@ -387,6 +413,9 @@ class RunConfig(Section):
         if self.train.early_stopping_patience and not (self.train.eval_steps and (self.data.eval or self.data.val_size)):
             problems.append("train.early_stopping_patience: stopping on eval/loss needs evaluation data (data.eval or "
                             "data.val_size) and train.eval_steps")
+        if self.train.eval_steps and not (self.data.eval or self.data.val_size) and self.stage.name not in RL_STAGES:
+            problems.append(f"train.eval_steps: evaluating every {self.train.eval_steps} steps needs evaluation data; "
+                            "name it in data.eval or hold some out with data.val_size, or remove eval_steps")
         if self.data.packing and self.stage.name not in ("pt", "sft"):
             problems.append(f"data.packing: stage {self.stage.name} scores whole answers and does not pack; set it to false")
         problems += self._rl_problems()

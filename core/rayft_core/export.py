@@ -13,12 +13,14 @@ llama.cpp/Ollama converters load without PEFT or rayft.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from rayft_core import ownership
 from rayft_core.config import LoraTuning, RunConfig, load_config
 from rayft_core.errors import UserInputError
 from rayft_core.model.loader import quantization_config, resize_embeddings, resolve_dtype
@@ -28,6 +30,7 @@ from rayft_core.train.outputs import CONFIG_FILE
 ADAPTER_FILE = "adapter_config.json"
 TEMPLATE_FILE = "chat_template.jinja"
 MODELFILE = "Modelfile"
+EXPORT_MARKER = ownership.EXPORT.markers[0]  # what the export was made from; proves the directory is rayft's
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -36,14 +39,22 @@ class ExportError(UserInputError):
 
 
 def read_run(run_dir: str | Path) -> RunConfig:
-    path = Path(run_dir) / CONFIG_FILE
+    """The run config of a finished run; a directory that is not a run, or a run without its model
+    (stopped or failed before the end), is an ExportError."""
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG_FILE
     if not path.is_file():
-        raise ExportError(f"{run_dir} holds no {CONFIG_FILE}: it is not a finished rayft run (training writes it "
-                          "with the model at the end)")
+        raise ExportError(f"{run_dir} holds no {CONFIG_FILE}: it is not a finished rayft run (give a run's output "
+                          "directory, output.storage_path/output.name)")
+    weights = [p for p in run_dir.glob("*.safetensors") if p.name != VALUE_HEAD_FILE]
+    if not weights or not ((run_dir / ADAPTER_FILE).is_file() or (run_dir / "config.json").is_file()):
+        raise ExportError(f"{run_dir} holds no trained model (an adapter or model config with its .safetensors "
+                          "weights): the run did not finish. Continue it with `rayft train CONFIG --resume`, or "
+                          "export a finished run")
     return load_config(path)
 
 
-def merged_model(run: RunConfig, run_dir: str | Path, tokenizer: Any) -> torch.nn.Module:
+def merged_model(run: RunConfig, run_dir: str | Path, tokenizer: Any, trust_remote_code: bool = False) -> torch.nn.Module:
     """The base with the run's adapter merged in, in float32."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -51,7 +62,7 @@ def merged_model(run: RunConfig, run_dir: str | Path, tokenizer: Any) -> torch.n
     bits = run.tuning.quantization_bit if isinstance(run.tuning, LoraTuning) else None
     base = AutoModelForCausalLM.from_pretrained(run.model.name_or_path, dtype=torch.float32,
                                                 quantization_config=quantization_config(run, torch.float32),
-                                                trust_remote_code=run.model.trust_remote_code)
+                                                trust_remote_code=trust_remote_code)
     if bits:
         base = base.dequantize()  # the weights the adapter was trained against
     resize_embeddings(base, len(tokenizer), seed=run.train.seed)  # the adapter's saved embeddings then replace them
@@ -59,8 +70,13 @@ def merged_model(run: RunConfig, run_dir: str | Path, tokenizer: Any) -> torch.n
 
 
 def export_model(run_dir: str | Path, dest: str | Path, max_shard_size: str = "5GB", dtype: str | None = None,
-                 ollama: bool = False) -> Path:
-    """Write the run in ``run_dir`` as a standalone model in ``dest``; return ``dest``."""
+                 ollama: bool = False, trust_remote_code: bool = False, overwrite: bool = False) -> Path:
+    """Write the run in ``run_dir`` as a standalone model in ``dest``; return ``dest``.
+
+    ``dest`` is new, empty, or (with ``overwrite``) an earlier export (rayft_core.ownership); the model is
+    written beside it and renamed into place, so it appears whole or not at all. ``trust_remote_code`` is
+    the caller's decision: a run directory (perhaps someone else's) never turns it on.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     run_dir, dest = Path(run_dir), Path(dest)
@@ -69,22 +85,25 @@ def export_model(run_dir: str | Path, dest: str | Path, max_shard_size: str = "5
     if dtype is not None and dtype not in DTYPES:
         raise ExportError(f"dtype: choose one of {', '.join(DTYPES)}, got {dtype!r}")
     run = read_run(run_dir)
+    ownership.claim(str(dest), ownership.EXPORT, overwrite, "--overwrite")  # before the model is loaded
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
     if (run_dir / ADAPTER_FILE).is_file():
-        model = merged_model(run, run_dir, tokenizer)
+        model = merged_model(run, run_dir, tokenizer, trust_remote_code)
     else:
-        model = AutoModelForCausalLM.from_pretrained(run_dir, dtype="auto", trust_remote_code=run.model.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(run_dir, dtype="auto", trust_remote_code=trust_remote_code)
     if dtype is not None:
         model = model.to(resolve_dtype(dtype))
-    dest.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(dest, max_shard_size=max_shard_size, safe_serialization=True)
-    tokenizer.save_pretrained(dest)
-    if isinstance(tokenizer.chat_template, str) and not (dest / TEMPLATE_FILE).is_file():
-        (dest / TEMPLATE_FILE).write_text(tokenizer.chat_template)
-    if (run_dir / VALUE_HEAD_FILE).is_file():  # a reward model: its head goes with the weights
-        shutil.copy2(run_dir / VALUE_HEAD_FILE, dest / VALUE_HEAD_FILE)
-    if ollama:
-        (dest / MODELFILE).write_text(modelfile(tokenizer))
+    with ownership.staged_dir(dest) as staged:
+        model.save_pretrained(staged, max_shard_size=max_shard_size, safe_serialization=True)
+        tokenizer.save_pretrained(staged)
+        if isinstance(tokenizer.chat_template, str) and not (staged / TEMPLATE_FILE).is_file():
+            (staged / TEMPLATE_FILE).write_text(tokenizer.chat_template)
+        if (run_dir / VALUE_HEAD_FILE).is_file():  # a reward model: its head goes with the weights
+            shutil.copy2(run_dir / VALUE_HEAD_FILE, staged / VALUE_HEAD_FILE)
+        if ollama:
+            (staged / MODELFILE).write_text(modelfile(tokenizer))
+        (staged / EXPORT_MARKER).write_text(json.dumps(
+            {"exported_from": str(run_dir.absolute()), "dtype": dtype, "max_shard_size": max_shard_size}, indent=2) + "\n")
     return dest
 
 

@@ -6,11 +6,13 @@
     run = validate_config(raw)
 
 Every input key is accounted for: written to a rayft section, honoured by what rayft does anyway
-(`do_train: true`, `plot_loss: true`), or named in a note with its value and why it has no effect.
-Notes starting with "error: " mean the run would not be the one asked for (a stage or an option rayft does
-not have); `rayft train` refuses to start on those. Keys left unset take LLaMA-Factory's defaults where they
-differ from rayft's and change what is trained (LF_DEFAULTS, LF_PREF_BETA), so a translated run trains like
-the original.
+(`do_train: true`, `plot_loss: true`), or named in a note that starts with the LLaMA-Factory key as the YAML
+writes it, then its value and the reason. Notes starting with "error: " mean the run would not be the one
+asked for: a value that would change what is trained (the model, data, loss, optimizer, schedule,
+precision...) and that rayft cannot reproduce, or one LLaMA-Factory refuses too (`bf16` with `fp16`);
+`rayft train` refuses to start on those. Warnings name what leaves the trained model as it would be (logging,
+speed, uploads, another stage's keys). Keys left unset take LLaMA-Factory's defaults where they differ from
+rayft's and change what is trained (LF_DEFAULTS, LF_PREF_BETA), so a translated run trains like the original.
 
 Stages: pt, sft, rm, ppo and kto keep their names; dpo becomes rayft's dpo, or orpo or simpo when pref_loss
 selects those losses, as LLaMA-Factory selects them (the same loss: pref_beta is ORPO's lambda and SimPO's
@@ -39,11 +41,12 @@ import yaml
 
 from rayft_core import config as schema
 from rayft_core.llamafactory_keys import (
-    DIRECT, DPO_LOSS_STAGES, DPO_LOSS_TYPES, ERROR, LF_DEFAULTS, LF_GALORE_SCALE, LF_GENERATION, LF_PPO_DEFAULTS,
-    LF_PREF_BETA, LF_STAGE_DEFAULTS, LIST_KEYS, MARKERS, METHOD_KEYS, NO_DROPOUT_STAGES, NO_EFFECT, PREF_STAGES,
-    PREFIXES, REWARD_MODEL_TYPES, SECRET, SPECIAL, STAGE_KEYS, STAGES, TEXT_KEYS, WARNING, WHY_NO_DROPOUT, as_list,
-    as_number, stage_words,
+    DIRECT, DPO_LOSS_STAGES, DPO_LOSS_TYPES, ERROR, LF_DEFAULTS, LF_GALORE_SCALE, LF_GENERATION, LF_METHOD_DEFAULTS,
+    LF_PPO_DEFAULTS, LF_PREF_BETA, LF_STAGE_DEFAULTS, LIST_KEYS, MARKERS, METHOD_KEYS, NO_DROPOUT_STAGES, PREF_STAGES,
+    REWARD_MODEL_TYPES, SECRET, SPECIAL, STAGE_KEYS, STAGES, TEXT_KEYS, WARNING, WHY_NO_DROPOUT, as_list, as_number,
+    stage_words,
 )
+from rayft_core.llamafactory_values import NO_EFFECT, PREFIXES, REFUSED
 
 
 
@@ -109,8 +112,13 @@ class _Translation:
                 self.generation_key(key, value)
             elif key in NO_EFFECT:
                 ok, why = NO_EFFECT[key]
-                if value not in ok:
-                    self.note(key, why, error=key == "do_train")  # do_train: false asks for no training at all
+                if as_number(value) not in ok:
+                    self.note(key, why)
+            elif key in REFUSED:
+                ok, why, needs = REFUSED[key]
+                if as_number(value) not in ok:
+                    read = needs is None or bool(self.raw.get(needs))  # else LLaMA-Factory ignores it too
+                    self.note(key, why if read else f"only read with {needs}; no effect", error=read)
             elif (why := next((w for p, w in PREFIXES if str(key).startswith(p)), None)) is not None:
                 self.note(key, why)
             else:
@@ -151,7 +159,7 @@ class _Translation:
     def method_key(self, key: str, value: Any) -> None:
         owner = next(m for m, keys in METHOD_KEYS.items() if key in keys)
         if owner != self.method:
-            if value not in (None, False, "all"):  # LLaMA-Factory ignores another method's keys too
+            if value is not None and as_number(value) != LF_METHOD_DEFAULTS[key]:  # LLaMA-Factory ignores them too
                 needs = "finetuning_type full with use_galore" if owner == "galore" else f"finetuning_type {owner}"
                 # ...but refuses a quantized base outside LoRA
                 self.note(key, f"applies to {needs} only", error=key == "quantization_bit")
@@ -161,16 +169,16 @@ class _Translation:
             value = "all" if value == ["all"] and key != "freeze_extra_modules" else value
         n = as_number(value)
         if key == "pissa_init":
-            if value and self.stage in ("dpo", "kto"):
+            if value and self.stage in ("dpo", "kto", "ppo"):
                 # PiSSA rewrites the base weights, so the adapter-disabled reference is no longer the base model.
                 self.note(key, f"a PiSSA adapter cannot serve stage {self.stage}'s reference (the base with the "
                                "adapter disabled); LLaMA-Factory refuses it too", error=True)
             elif value:
                 self.set("tuning.init", "pissa")
         elif key == "lora_dropout" and self.stage in NO_DROPOUT_STAGES:
-            if n and self.stage in WHY_NO_DROPOUT:
-                self.note(key, f"rayft's stage {self.stage} trains without dropout ({WHY_NO_DROPOUT[self.stage]}), "
-                               "so it leaves it at 0")
+            if n and self.stage in WHY_NO_DROPOUT:  # LLaMA-Factory would train with it: another model
+                self.note(key, f"rayft's stage {self.stage} trains without dropout ({WHY_NO_DROPOUT[self.stage]}): "
+                               "set lora_dropout 0", error=True)
             elif n:
                 self.note(key, f"LLaMA-Factory switches dropout off for its {stage_words(self.stage)} training, "
                                "so rayft leaves it at 0 too")
@@ -186,13 +194,13 @@ class _Translation:
                 self.set("tuning.trainable_layers", n)
         elif key == "freeze_trainable_modules":
             if as_list(value) != ["all"]:
-                self.note(key, "rayft trains whole layers; name extra parameters in freeze_extra_modules")
+                self.note(key, "rayft trains whole layers; name extra parameters in freeze_extra_modules", error=True)
         elif key == "galore_proj_type":
             if value != "std":
-                self.note(key, "rayft projects with the standard (std) GaLore projection")
+                self.note(key, "rayft projects with the standard (std) GaLore projection", error=True)
         elif key == "galore_layerwise":
             if value:
-                self.note(key, "layer-wise GaLore updates are not available in rayft")
+                self.note(key, "layer-wise GaLore updates are not available in rayft", error=True)
         else:
             self.set(f"tuning.{METHOD_KEYS[owner][key]}", n)
 
@@ -223,7 +231,8 @@ class _Translation:
                 self.set("stage.ftx", n)
                 if as_number(self.raw.get("per_device_train_batch_size")) != 1:
                     self.note(key, "LLaMA-Factory weighs KTO's SFT term by (micro-batch size / desirable answers in it)"
-                                   "^2 more than rayft does; the two agree at per_device_train_batch_size 1")
+                                   "^2 more than rayft does; the two agree at per_device_train_batch_size 1",
+                              error=True)
         elif key == "dpo_label_smoothing":
             if not n:
                 return
@@ -297,11 +306,12 @@ class _Translation:
             if value is not None and n != 1:
                 self.note(key, "rayft's rollout batch is each worker's per_device_train_batch_size x "
                                "gradient_accumulation_steps responses, with one optimizer step per ppo epoch over it "
-                               "(LLaMA-Factory's ppo_buffer_size 1); a buffer of several such batches is not available")
+                               "(LLaMA-Factory's ppo_buffer_size 1); a buffer of several such batches is not available",
+                          error=True)
         elif key == "ppo_whiten_rewards":
             if value:
                 self.note(key, "rayft whitens the advantages (stage.whiten_advantages, as TRL does too), not the "
-                               "rewards before them")
+                               "rewards before them", error=True)
         elif key == "ppo_logger":
             if value is not None:
                 self.note(key, "rayft logs PPO's metrics to metrics.jsonl and the trackers named by report_to "
@@ -319,9 +329,10 @@ class _Translation:
             else:
                 self.set("stage.max_new_tokens", n)
         elif key == "top_k":
-            if n not in (0, None):  # 0: off, as in rayft
+            if n not in (0, None):  # 0: off, as in rayft. LLaMA-Factory's default (also when unset) is only noted.
                 self.note(key, "rayft's rollouts sample by temperature and top_p alone; top_k is not available "
-                               f"(LLaMA-Factory's default is {LF_GENERATION['top_k']}, 0 turns it off)")
+                               f"(LLaMA-Factory's default is {LF_GENERATION['top_k']}, 0 turns it off)",
+                          error=n != LF_GENERATION["top_k"])
         elif key == "do_sample":
             if value is False:
                 self.note(key, "greedy decoding is not available for rayft's PPO rollouts: they sample with "
@@ -332,7 +343,7 @@ class _Translation:
                                "per prompt", error=True)
         elif key == "repetition_penalty":
             if value is not None and n != 1:
-                self.note(key, "a repetition penalty is not available for rayft's PPO rollouts")
+                self.note(key, "a repetition penalty is not available for rayft's PPO rollouts", error=True)
         elif key == "length_penalty":
             if value is not None and n != 1:
                 self.note(key, "applies to beam search only, which rayft's PPO rollouts do not use")

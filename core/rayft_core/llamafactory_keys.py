@@ -1,8 +1,9 @@
 """What each LLaMA-Factory 0.9.5 key means to rayft: the tables rayft_core.llamafactory translates with.
 
-A key is written to a rayft path (DIRECT, METHOD_KEYS, STAGE_KEYS), handled by a function of the
-translation (its SPECIAL table), honoured by what rayft does anyway for the values listed in NO_EFFECT
-(other values are noted with the reason), or noted by its prefix (PREFIXES).
+A key is written to a rayft path (DIRECT, METHOD_KEYS, STAGE_KEYS) or handled by a function of the
+translation (its SPECIAL table); the keys rayft writes nowhere are in rayft_core.llamafactory_values. A value
+rayft cannot honour is noted with the reason: an error note (the run stops) where it would change what is
+trained, a warning where it would not (logging, speed, uploads).
 """
 
 from __future__ import annotations
@@ -47,8 +48,6 @@ DIRECT = {
     "logging_steps": "train.logging_steps",
     "save_steps": "checkpoint.save_steps",
     "save_total_limit": "checkpoint.keep",
-    "eval_steps": "train.eval_steps",  # rayft evaluates whenever there is eval data (val_size or eval_dataset)
-    "overwrite_output_dir": "output.overwrite",
     "ray_num_workers": "cluster.num_workers",
     "ray_storage_path": "output.storage_path",
     "ray_run_name": "output.name",
@@ -66,6 +65,12 @@ METHOD_KEYS: dict[str, dict[str, str | None]] = {
     "galore": {"galore_rank": "rank", "galore_update_interval": "update_proj_gap", "galore_scale": "scale",
                "galore_target": "target", "galore_proj_type": None, "galore_layerwise": None},
 }
+LF_METHOD_DEFAULTS = {"lora_rank": 8, "lora_alpha": None, "lora_dropout": 0.0, "lora_target": "all",
+                      "use_rslora": False, "use_dora": False, "loraplus_lr_ratio": None, "pissa_init": False,
+                      "quantization_bit": None,
+                      "freeze_trainable_layers": 2, "freeze_extra_modules": None, "freeze_trainable_modules": "all",
+                      "galore_rank": 16, "galore_update_interval": 200, "galore_scale": 2.0, "galore_target": "all",
+                      "galore_proj_type": "std", "galore_layerwise": False}
 LIST_KEYS = {"lora_target", "galore_target", "freeze_extra_modules"}  # comma strings; "all" stays for targets
 
 # LLaMA-Factory's stage -> rayft's; its stage dpo trains ORPO or SimPO when pref_loss names them.
@@ -125,101 +130,6 @@ MIX = {"concat": ("concat", None), "interleave_under": ("interleave", "first_exh
        "interleave_over": ("interleave", "all_exhausted")}
 DEEPSPEED_NAME = re.compile(r"ds_z([0-3])(_offload)?_config\.json$")  # LLaMA-Factory's examples/deepspeed/*.json
 
-ALWAYS = object()  # no value of the key is honoured
-
-
-def _because(why: str, **honoured: Any) -> dict[str, tuple[tuple, str]]:
-    """{key: (the values rayft reproduces anyway, why other values have no effect)}; one value, a tuple, or ALWAYS."""
-    return {k: ((), why) if v is ALWAYS else (v if isinstance(v, tuple) else (v,), why) for k, v in honoured.items()}
-
-
-_OPTIM = "rayft trains with AdamW (or its tuning method's optimizer); no other optimizer yet"
-_LOSS = "rayft trains with cross-entropy"
-_NA = "not available in rayft"
-_MULTIMODAL = "multimodal models are not available in rayft"
-_INFER = "an inference/export option; no effect on training"
-NO_EFFECT = {  # honoured values are LLaMA-Factory's defaults unless said otherwise
-    **_because("rayft train always trains", do_train=True),
-    **_because("rayft train does not predict", do_predict=False, predict_with_generate=False),
-    **_because("rayft always writes loss.png", plot_loss=True),
-    **_because("rayft tokenizes afresh unless data.cache_dir is set", overwrite_cache=True),
-    **_because("no effect: Ray Data sizes its own read/tokenize parallelism and batches",
-               preprocessing_num_workers=None, preprocessing_batch_size=1000),
-    **_because("no effect: Ray Data feeds the workers", dataloader_num_workers=0, dataloader_pin_memory=True,
-               dataloader_persistent_workers=False, dataloader_prefetch_factor=None),
-    **_because("no effect: Ray Data reads once for the whole cluster", data_shared_file_system=False),
-    **_because("rayft always ignores padding in the loss", ignore_pad_token_for_loss=True),
-    **_because("rayft's trackers are tensorboard, mlflow and wandb (output.report_to)", use_swanlab=False),
-    **_because("names a tracker run; rayft names runs with output.name", run_name=None),
-    **_because("rayft writes metrics.jsonl into the run's output and logs every train.logging_steps",
-               logging_dir=None, logging_strategy="steps", logging_first_step=False),
-    **_because("rayft always reports perf/tokens_per_s", include_num_input_tokens_seen=(True, False),
-               include_tokens_per_second=(True, False), include_effective_tokens_per_second=(True, False)),
-    **_because("rayft writes the model only", save_only_model=(True, False)),
-    **_because("rayft picks how activations are recomputed", use_reentrant_gc=(True, False)),
-    **_because("rayft checkpoints every checkpoint.save_steps steps (set from save_steps)", save_strategy="steps"),
-    **_because("rayft writes the final model; checkpoint.keep_best keeps the checkpoints of lowest eval loss",
-               load_best_model_at_end=False),
-    **_because("rayft always writes safetensors", save_safetensors=True),
-    **_because("continue a stopped run with `rayft train --resume`", resume_from_checkpoint=None),
-    **_because("rayft evaluates every train.eval_steps and at the end whenever there is eval data, with the "
-               "training micro-batch size", do_eval=False, eval_strategy="no",
-               evaluation_strategy="no", per_device_eval_batch_size=ALWAYS,
-               eval_accumulation_steps=None, eval_delay=0, eval_on_each_dataset=False, eval_num_beams=None,
-               compute_accuracy=False, early_stopping_steps=None, metric_for_best_model=None),
-    **_because("no effect: Ray Train sets up the process group", ddp_timeout=ALWAYS, ddp_find_unused_parameters=None,
-               ddp_backend=None, master_addr=None, master_port=None),
-    **_because("rayft joins the cluster in RAY_ADDRESS; pass a runtime_env with `ray job submit`", ray_init_kwargs=None),
-    **_because("give output.storage_path as a URL or a mounted path", ray_storage_filesystem=None),
-    **_because(_OPTIM, optim=("adamw_torch", "adamw_torch_fused", "adamw_hf"), adam_beta1=0.9, adam_beta2=0.999,
-               adam_epsilon=1e-8, use_adam_mini=False, use_muon=False, use_apollo=False, use_badam=False),
-    **_because("rayft's schedulers take no extra arguments", lr_scheduler_kwargs=(None, {})),
-    **_because("rayft leaves matmul precision to PyTorch's default", tf32=None),
-    **_because("rayft does not compile the model", torch_compile=False),
-    **_because(_LOSS, label_smoothing_factor=0.0, use_dft_loss=False, use_asft_loss=False, use_eaft_loss=False),
-    **_because("train.seed also seeds the data order", data_seed=None),
-    **_because("rayft writes to output.storage_path only", push_to_hub=False, hub_model_id=None),
-    **_because("rayft loads the fast tokenizer with low CPU memory, from a local directory or the hub's default "
-               "revision; set HF_HOME and HF_TOKEN for the hub", use_fast_tokenizer=True, low_cpu_mem_usage=True,
-               model_revision="main", cache_dir=None, hf_hub_token=None),
-    **_because("only local directories and the Hugging Face hub are available in rayft", ms_hub_token=None,
-               om_hub_token=None),
-    **_because("rayft logs the trainable parameter count", print_param_status=False),
-    **_because("rayft adds special tokens only (model.add_special_tokens), their rows set to the noisy mean",
-               resize_vocab=False, add_tokens=None, new_special_tokens_config=None, init_special_tokens="noise_init"),
-    **_because("rayft computes the loss in float32 anyway", upcast_lmhead_output=False),
-    **_because("rayft starts from the weights in model.name_or_path", train_from_scratch=False),
-    **_because(_NA, split_special_tokens=False, upcast_layernorm=False, shift_attn=False, mixture_of_depths=None,
-               moe_aux_loss_coef=None, full_determinism=False, use_llama_pro=False, use_hyper_parallel=False,
-               hyper_parallel_args=None, fp8=False, use_mca=False, enable_torch_profiler=False),
-    **_because("a GPU kernel or patch rayft does not use", use_unsloth=False, use_unsloth_gc=False,
-               enable_liger_kernel=False, use_v1_kernels=False, use_kt=False),
-    **_because("rayft quantizes with bitsandbytes: NF4 with double quantization for 4 bits, placed by Ray Train",
-               quantization_method=("bnb", "bitsandbytes"), quantization_type="nf4", double_quantization=True,
-               quantization_device_map=None),
-    **_because("no key for extra fully-trained modules under LoRA yet", additional_target=None),
-    **_because("rayft picks PiSSA's fast-SVD iterations and saves the adapter as trained", pissa_iter=16,
-               pissa_convert=False),
-    **_because("rayft has no separate LoRA+ embedding learning rate", loraplus_lr_embedding=1e-6),
-    **_because("only meaningful with adapter_name_or_path", create_new_adapter=False),
-    **_because("rayft shuffles streamed rows with Ray Data's own buffer", buffer_size=16384),
-    **_because("rayft renders tools with the chat template", tool_format=None),
-    **_because("no default system prompt key yet; put it in the data's system column", default_system=None),
-    **_because("no key for reasoning-template switches yet", enable_thinking=True, preserve_thinking=False),
-    **_because(_MULTIMODAL, media_dir=None, freeze_vision_tower=True,
-               freeze_multi_modal_projector=True, freeze_language_model=False),
-    **_because(_INFER, infer_backend="huggingface", infer_dtype="auto",
-               use_kv_cache=True, offload_folder="offload"),
-}
-# Families of keys, by prefix -> why they have no effect (always noted).
-PREFIXES = [
-    (("ppo_", "reward_model"), "not an option of LLaMA-Factory 0.9.5's stage ppo that rayft knows; no effect"),
-    (("oft_", "module_dropout"), "finetuning_type oft is not available in rayft"),
-    (("apollo_", "badam_", "asft_", "eaft_"), "an option of an optimizer or loss rayft does not have"),
-    (("image_", "video_", "audio_", "crop_to_patches", "use_audio_in_video"), _MULTIMODAL),
-    (("vllm_", "sglang_", "export_"), _INFER),
-    (("swanlab_", "profiler_", "profile_modules", "fp8_", "kt_"), "an option of an integration rayft does not have"),
-]
 SECRET = re.compile(r"(token|api_key|secret|webhook_url)$")
 
 
@@ -275,13 +185,16 @@ def _flash_attn(t: _Translation, key: str, value: Any) -> None:
 def _rope_scaling(t: _Translation, key: str, value: Any) -> None:
     if value in ("linear", "dynamic", "yarn"):
         t.set("model.rope_scaling", value)
-    elif value is not None:
-        t.note(key, "rayft scales RoPE as linear, dynamic or yarn")
+    elif value is not None:  # unscaled, positions past the model's length would train another model
+        t.note(key, "rayft scales RoPE as linear, dynamic or yarn", error=True)
 
 
 def _dtype(t: _Translation, key: str, value: Any) -> None:
     # Without bf16/fp16 LLaMA-Factory picks bf16 > fp16 > fp32 by hardware, as rayft's dtype auto does.
-    if value:
+    if t.raw.get("bf16") and t.raw.get("fp16"):  # transformers' TrainingArguments refuses both
+        if key == "fp16":  # said once
+            t.note(key, "bf16 and fp16 cannot both be true (LLaMA-Factory refuses it too): keep one", error=True)
+    elif value:
         t.set("model.dtype", "float16" if key == "fp16" else "bfloat16")
 
 
@@ -307,8 +220,8 @@ def _finetuning_type(t: _Translation, key: str, value: Any) -> None:
 
 
 def _use_galore(t: _Translation, key: str, value: Any) -> None:
-    if value and t.method != "galore":
-        t.note(key, "rayft's GaLore trains every parameter: set finetuning_type full")
+    if value and t.method != "galore":  # LLaMA-Factory refuses it with LoRA; rayft's GaLore is a method of its own
+        t.note(key, "rayft's GaLore trains every parameter: set finetuning_type full", error=True)
 
 
 def _datasets(t: _Translation, key: str, value: Any) -> None:
@@ -319,12 +232,20 @@ def _datasets(t: _Translation, key: str, value: Any) -> None:
         t.set("data.train" if key == "dataset" else "data.eval", [{"dataset": n} for n in names])
 
 
+def _eval_steps(t: _Translation, key: str, value: Any) -> None:
+    # rayft evaluates whenever there is eval data; without it LLaMA-Factory evaluates nothing either.
+    if t.raw.get("eval_dataset") or as_number(t.raw.get("val_size") or 0):
+        t.set("train.eval_steps", as_number(value))
+    elif value is not None:
+        t.note(key, "there is no evaluation data (val_size or eval_dataset) to evaluate")
+
+
 def _val_size(t: _Translation, key: str, value: Any) -> None:
     if t.stage != "ppo":
         t.set("data.val_size", as_number(value))
-    elif value:
+    elif as_number(value):
         t.note(key, "LLaMA-Factory's PPO holds these examples out and never evaluates on them; rayft's stage ppo has "
-                    "no evaluation loss and trains on all of them")
+                    "no evaluation loss and would train on all of them: remove val_size", error=True)
 
 
 def _dataset_dir(t: _Translation, key: str, value: Any) -> None:
@@ -337,8 +258,8 @@ def _dataset_dir(t: _Translation, key: str, value: Any) -> None:
 
 def _mix_strategy(t: _Translation, key: str, value: Any) -> None:
     if value not in MIX:
-        t.note(key, "rayft interleaves until the first or the last dataset runs out, not once without replacement; "
-                    "interleave_over (all_exhausted) is used")
+        t.note(key, "rayft concatenates, or interleaves until the first (interleave_under) or the last "
+                    "(interleave_over) dataset runs out", error=True)
     mix, stopping = MIX.get(value, ("interleave", "all_exhausted"))
     t.set("data.mix", mix)
     if stopping:
@@ -371,7 +292,8 @@ def _lr_scheduler(t: _Translation, key: str, value: Any) -> None:
         t.set("train.lr_scheduler", LR_SCHEDULERS[value])
     else:
         nearest = NEAREST_SCHEDULER.get(value, "linear")
-        t.note(key, f"rayft schedules cosine, linear or constant; {nearest} is used")
+        t.note(key, f"rayft schedules cosine, linear, constant and constant_with_warmup (the nearest: {nearest})",
+               error=True)
         t.set("train.lr_scheduler", nearest)
 
 
@@ -385,7 +307,8 @@ def _warmup(t: _Translation, key: str, value: Any) -> None:
     if isinstance(max_steps, (int, float)) and max_steps > 0:
         t.set("train.warmup_ratio", value / max_steps)
     else:
-        t.note(key, "rayft takes train.warmup_ratio; steps convert only when max_steps is set")
+        t.note(key, "rayft takes train.warmup_ratio; steps convert only when max_steps is set: give warmup_ratio",
+               error=True)
 
 
 def _deepspeed(t: _Translation, key: str, value: Any) -> None:
@@ -420,6 +343,13 @@ def _resources_per_worker(t: _Translation, key: str, value: Any) -> None:
         t.set("cluster.cpus_per_worker", as_number(value["CPU"]))
     if set(value) - {"CPU", "GPU"} or as_number(value.get("GPU", 1)) not in (0, 1):
         t.note(key, "rayft gives each worker one GPU (when it uses GPUs) and cluster.cpus_per_worker CPUs")
+
+
+def _overwrite_output_dir(t: _Translation, key: str, value: Any) -> None:
+    t.set("output.overwrite", value)
+    if value:  # the same switch, with rayft's guard: say what it does here
+        t.note(key, "in LLaMA-Factory it allows writing into a non-empty output_dir; rayft replaces an earlier rayft "
+                    "run there and refuses a directory holding files rayft did not write (nothing of yours is deleted)")
 
 
 def _placement_strategy(t: _Translation, key: str, value: Any) -> None:
@@ -458,10 +388,12 @@ SPECIAL = {
     "disable_gradient_checkpointing": _gradient_checkpointing, "gradient_checkpointing": _gradient_checkpointing,
     "add_special_tokens": _add_special_tokens, "adapter_name_or_path": _adapter, "adapter_folder": _adapter,
     "finetuning_type": _finetuning_type, "use_galore": _use_galore,
-    "dataset": _datasets, "eval_dataset": _datasets, "val_size": _val_size, "dataset_dir": _dataset_dir,
+    "dataset": _datasets, "eval_dataset": _datasets, "val_size": _val_size, "eval_steps": _eval_steps,
+    "dataset_dir": _dataset_dir,
     "mix_strategy": _mix_strategy, "interleave_probs": _interleave_probs,
     "neat_packing": _neat_packing, "disable_shuffling": _disable_shuffling,
     "max_steps": _max_steps, "lr_scheduler_type": _lr_scheduler, "warmup_ratio": _warmup, "warmup_steps": _warmup,
     "deepspeed": _deepspeed, "resources_per_worker": _resources_per_worker,
     "placement_strategy": _placement_strategy, "output_dir": _output_dir,
+    "overwrite_output_dir": _overwrite_output_dir,
 }

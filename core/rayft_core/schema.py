@@ -2,13 +2,17 @@
 rayft_core.serve_config): strict pydantic sections, YAML files, dotted ``key=value`` overrides, and
 validation errors described by their YAML path, the value received and the closest valid key.
 
-    cfg = validate_section(ServeConfig, read_yaml("serve.yaml"))
+    cfg = validate_section(ServeConfig, read_yaml("serve.yaml", "serving config"))
+
+Every config-like file (run, serving, sweep space, LLaMA-Factory YAML) is read by ``read_yaml``: a file
+that is missing, not UTF-8, not YAML, not a mapping or has a key twice is a ConfigError naming it.
 """
 
 from __future__ import annotations
 
 import difflib
 import typing
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -36,16 +40,71 @@ _S = typing.TypeVar("_S", bound=BaseModel)
 
 
 
-def read_yaml(path: str | Path) -> dict:
-    """A config file's top-level mapping; a missing file, bad YAML or a non-mapping is a ConfigError."""
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping with the same key twice: plain PyYAML keeps the last one and silently drops the first."""
+
+    def __init__(self, key: Any, first: int, again: int, mark: Any):
+        super().__init__(None, None, f"duplicate key {key!r} on lines {first} and {again} (the second would "
+                         "replace the first; merge them into one)", mark)
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader, except that a key given twice in one mapping raises DuplicateKeyError."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: the keys after it may override its keys
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                continue  # SafeLoader reports an unhashable key itself
+            line = key_node.start_mark.line + 1
+            if key in lines:
+                raise DuplicateKeyError(key, lines[key], line, key_node.start_mark)
+            lines[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """yaml.safe_load that refuses duplicate keys; raises yaml.YAMLError (see ``yaml_problem``)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)
+
+
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """A PyYAML error in one line: what is wrong and where (PyYAML's own message spans several lines)."""
+    if isinstance(e, DuplicateKeyError):
+        return e.problem
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem_mark is not None:
+        what = f"{e.context}, {e.problem}" if e.context else e.problem
+        return f"not valid YAML ({what}; line {e.problem_mark.line + 1}, column {e.problem_mark.column + 1})"
+    if isinstance(e, yaml.reader.ReaderError):  # a control character such as NUL: binary data, not text
+        return f"not valid YAML ({str(e).splitlines()[0]} at character {e.position}; is it a text file?)"
+    return f"not valid YAML ({' '.join(str(e).split())})"
+
+
+def read_yaml(path: str | Path, what: str = "run config") -> dict:
+    """A config file's top-level mapping. A missing file, bytes that are not UTF-8, bad YAML, a key given
+    twice or a top level that is not a mapping is a ConfigError naming the file (``what`` names the kind)."""
     try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        data = Path(path).read_bytes()
     except FileNotFoundError:
-        raise ConfigError([f"{path}: no such file"]) from None
+        raise ConfigError([f"{path}: no such file"], what) from None
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read it ({e.strerror})"], what) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {e.start} is 0x{data[e.start]:02x}); is it a YAML "
+                           "file? Save it as UTF-8"], what) from None
+    try:
+        raw = parse_yaml(text)
     except yaml.YAMLError as e:
-        raise ConfigError([f"{path}: not valid YAML: {e}"]) from None
+        raise ConfigError([f"{path}: {yaml_problem(e)}"], what) from None
+    if raw is None:
+        return {}
     if not isinstance(raw, dict):
-        raise ConfigError([f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}"])
+        raise ConfigError([f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}"], what)
     return raw
 
 
@@ -54,7 +113,12 @@ def apply_override(raw: dict, item: str, union_tags: dict[str, tuple[str, str]] 
     if "=" not in item:
         raise ConfigError([f"override {item!r}: expected key.path=value"])
     key, value = item.split("=", 1)
-    set_key(raw, key.strip(), yaml.safe_load(value) if value != "" else None, f"override {item!r}", union_tags)
+    try:
+        parsed = parse_yaml(value) if value != "" else None
+    except yaml.YAMLError as e:
+        raise ConfigError([f"override {item!r}: its value: {yaml_problem(e)}; to pass it as a string, "
+                           "put it in quotes (key='\"text\"')"]) from None
+    set_key(raw, key.strip(), parsed, f"override {item!r}", union_tags)
 
 
 def set_key(raw: dict, key: str, value: Any, where: str, union_tags: dict[str, tuple[str, str]] | None = None) -> None:

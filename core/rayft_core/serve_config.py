@@ -137,7 +137,7 @@ class ServeConfig(Section):
 
 def load_serve_config(path: str | Path | None = None, overrides: list[str] | None = None,
                       data: dict | None = None) -> ServeConfig:
-    raw = read_yaml(path) if path is not None else dict(data or {})
+    raw = read_yaml(path, "serving config") if path is not None else dict(data or {})
     for item in overrides or []:
         apply_override(raw, item)
     return validate_section(ServeConfig, raw, "serving config").with_absolute_paths()
@@ -243,5 +243,9 @@ def _chat_template(path: Path) -> str | None:
     """The chat template saved with a tokenizer: chat_template.jinja (transformers 5) or tokenizer_config.json."""
     jinja = path / "chat_template.jinja"
     if jinja.exists():
-        return jinja.read_text()
+        try:
+            return jinja.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError([f"{jinja}: not UTF-8 text (byte {e.start}); a chat template is a Jinja text file"],
+                              "model directory") from None
     return (_json(path / "tokenizer_config.json") or {}).get("chat_template")

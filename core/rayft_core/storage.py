@@ -29,11 +29,14 @@ def join(location: str, *names: str) -> str:
     return "/".join([str(location).rstrip("/"), *names])
 
 
-def _fs(location: str) -> tuple[pafs.FileSystem, str]:
+def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem of ``location`` and the path on it (a relative local path made absolute)."""
+    if not is_uri(location):
+        return pafs.LocalFileSystem(), str(Path(location).expanduser().absolute())
     try:
         return pafs.FileSystem.from_uri(str(location))
     except (ValueError, OSError) as e:
-        raise UserInputError(f"output.storage_path: cannot open {location!r}: {e}") from None
+        raise UserInputError(f"cannot open {location!r}: {e}") from None
 
 
 def local_run_dir(location: str) -> Path:
@@ -46,19 +49,12 @@ def local_run_dir(location: str) -> Path:
 
 
 def exists(location: str) -> bool:
-    fs, path = _fs(location)
+    fs, path = filesystem(location)
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
-def holds_files(location: str) -> bool:
-    fs, path = _fs(location)
-    if fs.get_file_info(path).type != pafs.FileType.Directory:
-        return False
-    return bool(fs.get_file_info(pafs.FileSelector(path, recursive=False)))
-
-
 def read_text(location: str) -> str | None:
-    fs, path = _fs(location)
+    fs, path = filesystem(location)
     if fs.get_file_info(path).type != pafs.FileType.File:
         return None
     with fs.open_input_stream(path) as f:
@@ -66,30 +62,10 @@ def read_text(location: str) -> str | None:
 
 
 def write_text(location: str, text: str) -> None:
-    fs, path = _fs(location)
+    fs, path = filesystem(location)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(path) as f:
         f.write(text.encode())
-
-
-def delete_dir(location: str) -> None:
-    fs, path = _fs(location)
-    if fs.get_file_info(path).type == pafs.FileType.Directory:
-        fs.delete_dir(path)
-
-
-def delete_all_but(location: str, keep: tuple[str, ...]) -> None:
-    """Delete the entries of the directory ``location`` whose names are not in ``keep`` (nothing when it is absent)."""
-    fs, path = _fs(location)
-    if fs.get_file_info(path).type != pafs.FileType.Directory:
-        return
-    for info in fs.get_file_info(pafs.FileSelector(path, recursive=False)):
-        if info.path.rsplit("/", 1)[-1] in keep:
-            continue
-        if info.type == pafs.FileType.Directory:
-            fs.delete_dir(info.path)
-        else:
-            fs.delete_file(info.path)
 
 
 def check_writable(location: str) -> str | None:
@@ -97,7 +73,7 @@ def check_writable(location: str) -> str | None:
     probe = join(location, f".rayft-write-test-{uuid.uuid4().hex[:8]}")
     try:
         write_text(probe, "ok")
-        fs, path = _fs(probe)
+        fs, path = filesystem(probe)
         fs.delete_file(path)
     except (OSError, UserInputError) as e:
         return str(e)
@@ -108,7 +84,7 @@ def publish(local: Path, location: str) -> None:
     """Upload the staged files of a run to its URI (nothing to do when the run directory is a path)."""
     if not is_uri(location):
         return
-    fs, path = _fs(location)
+    fs, path = filesystem(location)
     for file in sorted(p for p in local.rglob("*") if p.is_file()):
         target = f"{path}/{file.relative_to(local).as_posix()}"
         fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
@@ -120,7 +96,7 @@ def fetch(location: str, local: Path) -> None:
     the metrics and trackers of the attempts before it, whichever node they ran on."""
     if not is_uri(location):
         return
-    fs, path = _fs(location)
+    fs, path = filesystem(location)
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return
     for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):

@@ -63,9 +63,11 @@ def test_existing_output_is_not_overwritten(tiny_model, workdir, alpaca_file):
     (out / "keep.txt").write_text("precious")
     from rayft.train import train
 
-    with pytest.raises(RunCheckError, match="already holds a run; choose another name, set output.overwrite=true, or continue"):
-        train(run)
-    assert (out / "keep.txt").read_text() == "precious"
+    for overwrite in (False, True):  # a directory holding a user's file is refused, overwrite or not
+        run.output.overwrite = overwrite
+        with pytest.raises(RunCheckError, match=r"holds files rayft did not write there \(keep.txt\)"):
+            train(run)
+        assert (out / "keep.txt").read_text() == "precious"
 
 
 def test_malformed_rows_name_file_and_row(tiny_model, workdir, tmp_path):

@@ -151,7 +151,7 @@ def test_stopped_run_resumes_and_refuses_another_method(tiny_model, workdir, alp
     other = _run(tiny_model, workdir, alpaca_file, "resume", tuning={"method": "full"})
     with pytest.raises(RunCheckError, match=r"tuning: the run being resumed has .*'lora'.* this config .*'full'"):
         train(other, resume=True)
-    with pytest.raises(RunCheckError, match="already holds a run; .* --resume"):
+    with pytest.raises(RunCheckError, match="already holds a run written by rayft; .* --resume"):
         train(run)
 
     assert train(run, resume=True) == out

@@ -83,6 +83,19 @@ def test_prepare_cache_and_training_from_prepared_parquet(tiny_model, workdir, t
     table = pq.read_table(out)
     assert {"input_ids", "labels", "position_ids"} <= set(table.column_names) and table.num_rows == manifest["rows"]
     assert any(x == -100 for x in table["labels"][0].as_py())
+    # again: refused, then replaced with --overwrite; a user's file inside blocks both, and one beside is never touched
+    (tmp_path / "notes.txt").write_text("mine")
+    again = CliRunner().invoke(main, ["data", "prepare", str(cfg), "-o", str(out)])
+    assert again.exit_code == 2 and "already holds prepared data written by rayft" in again.output
+    assert CliRunner().invoke(main, ["data", "prepare", str(cfg), "-o", str(out), "--overwrite"]).exit_code == 0
+    assert pq.read_table(out).num_rows == manifest["rows"]  # replaced, not appended to
+    (out / "mine.parquet.bak").write_text("mine")
+    for target, flags in ((out, []), (out, ["--overwrite"]), (tmp_path, ["--overwrite"])):
+        refused = CliRunner().invoke(main, ["data", "prepare", str(cfg), "-o", str(target), *flags])
+        assert refused.exit_code == 2 and "holds files rayft did not write" in refused.output, refused.output
+    assert (out / "mine.parquet.bak").read_text() == "mine" and (tmp_path / "notes.txt").read_text() == "mine"
+    assert cfg.is_file() and not [p for p in tmp_path.iterdir() if "rayft-tmp" in p.name]
+    (out / "mine.parquet.bak").unlink()
 
     from_parquet = run.model_copy(deep=True)
     from_parquet.data.train = [type(run.data.train[0])(path=str(out))]

@@ -24,7 +24,7 @@ STEPS = 3
 
 def _train(name: str, model_dir: Path, out: Path) -> list[dict]:
     if not (DATA / "dataset_info.json").is_file():
-        pytest.skip(f"LLaMA-Factory's demo data is not in {DATA}")
+        pytest.skip(f"LLaMA-Factory's demo data is not in {DATA} (../shared/data, absent from a fresh clone)")
     result = CliRunner().invoke(main, [
         "train", str(EXAMPLES / name), f"model.name_or_path={model_dir}", "model.dtype=float32",
         f"data.dataset_dir={DATA}", "data.max_seq_len=64", f"train.max_steps={STEPS}", "train.logging_steps=1",

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from rayft.cli import main
 from rayft.cluster import TRAIN_POLL
-from rayft.submit import ALWAYS_EXCLUDED, build_runtime_env
+from rayft.submit import ALWAYS_EXCLUDED, SECRET_FILES, build_runtime_env, secret_looking
 
 REPO = Path(__file__).resolve().parents[2]
 JOBS = sorted(p for p in (REPO / "jobs").glob("*.yaml") if p.name != "runtime_env.yaml")
@@ -67,9 +67,54 @@ def test_what_cannot_run_on_a_cluster_is_refused_before_contacting_it(tmp_path):
     assert proc.returncode == 2 and "cannot reach the Ray job server" in proc.stderr, proc.stderr
 
 
+def test_files_holding_credentials_are_never_uploaded(tmp_path):
+    """What Ray itself would zip from a working dir holding the usual credential files, whatever the runtime_env says."""
+    import zipfile
+
+    from ray._private.runtime_env.packaging import create_package
+
+    work = tmp_path / "work"
+    secrets = [".env", ".env.production", "certs/server.pem", "deploy/id_rsa.key", "home/.aws/credentials",
+               ".netrc", "sub/.git-credentials"]
+    kept = ["train.py", "jobs/run.yaml", "environment.md", "keys.txt"]
+    for name in [*secrets, *kept, "debug.log"]:
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_text("x")
+    # the user's own excludes stay; a negation of ours does not bring a secret back
+    runtime_env = tmp_path / "runtime_env.yaml"
+    runtime_env.write_text(yaml.safe_dump({"excludes": ["*.log", "!.env", "!*.pem"], "env_vars": {"A": "1"}}))
+    env = build_runtime_env(str(runtime_env), str(work), {})
+    assert env["excludes"][:2] == ["*.log", "!.env"] and env["excludes"][-len(SECRET_FILES):] == SECRET_FILES
+    create_package(env["working_dir"], tmp_path / "pkg.zip", include_gitignore=True, excludes=env["excludes"])
+    files = {n for n in zipfile.ZipFile(tmp_path / "pkg.zip").namelist() if not n.endswith("/")}
+    assert files == set(kept)
+
+    result = CliRunner().invoke(main, ["submit", "--help"], terminal_width=200, max_content_width=200)
+    assert all(pattern in result.output for pattern in SECRET_FILES), result.output
+
+
+def test_env_vars_that_look_like_secrets_are_warned_about_by_name_only():
+    hf, aws, gh = "hf_" + "a1B2" * 8, "AKIA" + "ABCDEFGH23456789", "ghp_" + "x9" * 18
+    env = {"HF_TOKEN": "x", "WANDB_API_KEY": "x", "AWS_SECRET_ACCESS_KEY": "x", "db_password": "x", "PGPASSWD": "x",
+           "GOOGLE_APPLICATION_CREDENTIALS": "x", "SSH_PRIVATE_KEY": "x", "MY_ACCESS_KEY": "x",
+           "HUB": hf, "AUTH": f"Bearer sk-{'q' * 40}", "AWS_ID": aws, "REPO": f"https://me:{gh}@github.com/me/x",
+           "TOKENIZERS_PARALLELISM": "false", "MAX_TOKENS": "512", "HF_HOME": "/mnt/shared/hf",
+           "DATA": "/data/task-abcdefghijklmnopqrstuvwxyz", "NAME": "hf_small"}
+    assert secret_looking(env) == list(env)[:12]
+
+    address = f"http://127.0.0.1:{_closed_port()}"
+    proc = _submit("jobs/sft_lora.yaml", "--env", f"HF_TOKEN={hf}", "--env", "TOKENIZERS_PARALLELISM=false",
+                   "--env", f"REPO_URL=https://me:{gh}@github.com/me/x", "--address", address)
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert [w.split()[2] for w in warnings] == ["HF_TOKEN", "REPO_URL"], proc.stderr
+    assert all("runtime_env" in w and "Ray dashboard" in w and "Kubernetes Secret" in w for w in warnings)
+    assert hf not in proc.stderr + proc.stdout and gh not in proc.stderr + proc.stdout
+    assert proc.returncode == 2 and "cannot reach the Ray job server" in proc.stderr  # a warning, not a refusal
+
+
 @pytest.mark.parametrize("path", JOBS, ids=lambda p: p.name)
 def test_every_job_config_validates(path):
-    result = CliRunner().invoke(main, ["config", "validate", str(path)])
+    result = CliRunner().invoke(main, ["config", "validate", str(path), "--schema-only"])  # its paths are the cluster's
     assert result.exit_code == 0, result.output
     storage = yaml.safe_load(path.read_text())["output"]["storage_path"]
     assert Path(storage).is_absolute() or "://" in storage  # shared storage, as `rayft submit` requires

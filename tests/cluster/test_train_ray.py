@@ -88,8 +88,19 @@ def test_full_pretraining_two_workers_zero3(tiny_model, workdir, text_file):
     run = run_config(tiny_model("qwen2"), [{"path": str(text_file), "format": "text"}], workdir / "runs",
                      "pt-z3", stage="pt", tuning={"method": "full"},
                      train={"max_steps": 5, "learning_rate": 3e-3}, deepspeed={"zero_stage": 3},
-                     cluster={"num_workers": 2})
+                     cluster={"num_workers": 2}, output={"overwrite": True})
+    # output.overwrite replaces an earlier rayft run there (its stale metrics, checkpoints and Ray Train's
+    # snapshot, which would otherwise resume it) and nothing beside it
+    earlier = Path(run.output.dir)
+    (earlier / "checkpoint_000009").mkdir(parents=True)
+    (earlier / "checkpoint_000009" / "trainer_state.json").write_text("{}")
+    for name, text in (("rayft_run.yaml", "{}"), ("metrics.jsonl", '{"step": 99, "train/loss": 1.0}\n'),
+                       ("checkpoint_manager_snapshot.json", "{}")):
+        (earlier / name).write_text(text)
+    beside = earlier.parent / "pt-z3-notes.txt"
+    beside.write_text("mine")
     out = train(run)
+    assert not (out / "checkpoint_000009").exists() and beside.read_text() == "mine"
     rows = _check_metrics(out, 5)
     # the ZeRO-3 shards were gathered into one plain checkpoint
     model = AutoModelForCausalLM.from_pretrained(out)

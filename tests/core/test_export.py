@@ -8,6 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from rayft_core.export import ExportError, export_model
+from rayft_core.ownership import OutputError
 from rayft_core.model.adapters import apply_tuning
 from rayft_core.model.loader import load_model
 from rayft_core.train.outputs import save_model
@@ -84,3 +85,47 @@ def test_cli_export(tiny_model, tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "cli" / "model.safetensors").is_file() and (tmp_path / "cli" / "Modelfile").is_file()
     assert str(tmp_path / "cli") in result.output
+
+    # again: refused without --overwrite, replaced with it; a user's file beside the export blocks both
+    again = CliRunner().invoke(main, ["export", str(out), "-o", str(tmp_path / "cli")])
+    assert again.exit_code == 2 and "already holds an export written by rayft" in again.output
+    assert CliRunner().invoke(main, ["export", str(out), "-o", str(tmp_path / "cli"), "--overwrite"]).exit_code == 0
+    assert not (tmp_path / "cli" / "Modelfile").exists()  # the earlier export's files did not linger
+    (tmp_path / "cli" / "notes.txt").write_text("mine")
+    for flags in ([], ["--overwrite"]):
+        refused = CliRunner().invoke(main, ["export", str(out), "-o", str(tmp_path / "cli"), *flags])
+        assert refused.exit_code == 2 and "notes.txt" in refused.output and "Traceback" not in refused.output
+    assert (tmp_path / "cli" / "notes.txt").read_text() == "mine"
+
+
+def test_export_never_writes_into_a_base_model_folder(tiny_model, tmp_path):
+    import shutil
+
+    _, _, out = _trained_adapter(tiny_model, tmp_path, "run")
+    base = shutil.copytree(tiny_model("llama"), tmp_path / "base")
+    before = {p.name: p.stat().st_mtime_ns for p in base.iterdir()}
+    for overwrite in (False, True):
+        with pytest.raises(OutputError, match="holds files rayft did not write"):
+            export_model(out, base, overwrite=overwrite)
+    assert {p.name: p.stat().st_mtime_ns for p in base.iterdir()} == before
+
+
+def test_trust_remote_code_comes_from_the_caller_not_the_run_directory(tiny_model, tmp_path, monkeypatch):
+    import yaml
+    from transformers import AutoModelForCausalLM
+
+    _, _, out = _trained_adapter(tiny_model, tmp_path, "run")
+    config = yaml.safe_load((out / "rayft_run.yaml").read_text())
+    config["model"]["trust_remote_code"] = True  # a run directory from someone else asks for it
+    (out / "rayft_run.yaml").write_text(yaml.safe_dump(config))
+    seen, load = [], AutoModelForCausalLM.from_pretrained
+
+    def recording(*args, **kwargs):  # the real loader, with the flag it was given written down
+        seen.append(kwargs.get("trust_remote_code"))
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", recording)
+    export_model(out, tmp_path / "exported")
+    assert seen == [False]
+    export_model(out, tmp_path / "trusted", trust_remote_code=True)
+    assert seen == [False, True]

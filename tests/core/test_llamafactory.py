@@ -7,6 +7,7 @@ from click.testing import CliRunner
 from rayft.cli import main
 from rayft_core.config import load_config, validate_config
 from rayft_core.llamafactory import is_error, looks_like_llamafactory, translate
+from rayft_core.llamafactory_values import NO_EFFECT, REFUSED
 from tests.conftest import LF_MINIMAL, noted_keys
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,9 +81,16 @@ FULL_SFT_RAYFT = {
 }
 
 
-def test_a_full_sft_yaml_translates_to_exact_values_with_nothing_to_note():
+def errors(notes: list[str]) -> list[str]:
+    """The keys the error notes name: what stops the run."""
+    return noted_keys([n for n in notes if is_error(n)])
+
+
+def test_a_full_sft_yaml_translates_to_exact_values_with_nothing_to_note_but_overwrite():
     raw, notes = translate(FULL_SFT)
-    assert notes == []
+    assert notes == ["warning: overwrite_output_dir: true -- in LLaMA-Factory it allows writing into a non-empty "
+                     "output_dir; rayft replaces an earlier rayft run there and refuses a directory holding files "
+                     "rayft did not write (nothing of yours is deleted)"]
     assert raw == FULL_SFT_RAYFT
     assert list(raw) == list(FULL_SFT_RAYFT)  # sections in the schema's order
     run = validate_config(raw)
@@ -100,26 +108,80 @@ def test_unset_keys_take_llamafactory_defaults_where_they_differ_from_rayfts():
 
 
 def test_every_key_rayft_cannot_honour_is_reported_once_with_its_value_and_why():
+    """Keys that leave the trained model as LLaMA-Factory would train it (logging, speed, uploads, another method's
+    or stage's keys, which LLaMA-Factory ignores too) are warnings; the run goes on."""
     lf = {**LF_MINIMAL, "report_to": "wandb,swanlab", "use_unsloth": True, "save_steps": 500, "save_strategy": "epoch", "eval_steps": 100,
           "preprocessing_num_workers": 16, "ddp_timeout": 180000000, "hf_hub_token": "hf_SECRET", "not_a_key": 1,
-          "pref_beta": 0.2, "galore_rank": 4, "freeze_trainable_modules": "mlp", "lr_scheduler_type": "polynomial",
-          "template": "qwen3_nothink", "flash_attn": "fa3", "rope_scaling": "llama3", "mix_strategy": "interleave_once",
-          "warmup_steps": 50, "resources_per_worker": {"GPU": 2}, "default_system": "You are helpful.",
+          "pref_beta": 0.2, "galore_rank": 4, "freeze_trainable_modules": "mlp", "template": "qwen3_nothink",
+          "flash_attn": "fa3", "resources_per_worker": {"GPU": 2}, "tf32": True, "torch_compile": True,
+          "eval_strategy": "steps", "push_to_hub": True, "data_seed": 3, "overwrite_output_dir": True,
+          "quantization_type": "fp4", "pissa_iter": -1,  # read only with quantization_bit and pissa_init
           # honoured by what rayft does anyway, so not noted:
-          "do_train": True, "plot_loss": True, "overwrite_cache": True, "save_only_model": False}
+          "do_train": True, "plot_loss": True, "overwrite_cache": True, "save_only_model": False, "adam_epsilon": "1e-8"}
     raw, notes = translate(lf)
     noted = ["report_to", "use_unsloth", "save_strategy", "preprocessing_num_workers", "ddp_timeout",
-             "hf_hub_token", "not_a_key", "pref_beta", "galore_rank", "freeze_trainable_modules", "lr_scheduler_type",
-             "template", "flash_attn", "rope_scaling", "mix_strategy", "warmup_steps", "resources_per_worker",
-             "default_system"]
+             "hf_hub_token", "not_a_key", "pref_beta", "galore_rank", "freeze_trainable_modules", "template",
+             "flash_attn", "resources_per_worker", "tf32", "torch_compile", "eval_strategy", "push_to_hub", "data_seed",
+             "overwrite_output_dir", "quantization_type", "pissa_iter", "eval_steps"]
     assert sorted(noted_keys(notes)) == sorted(noted)
     assert not any(is_error(n) for n in notes)
     assert 'warning: report_to: "wandb,swanlab" -- rayft reports to tensorboard, mlflow and wandb; swanlab' in "\n".join(notes)
+    assert 'warning: quantization_type: "fp4" -- only read with quantization_bit; no effect' in notes
     assert raw["output"]["report_to"] == ["wandb"]
     assert "hf_SECRET" not in "\n".join(notes)  # tokens are never echoed
     assert any(n.startswith('warning: not_a_key: 1 -- not a LLaMA-Factory 0.9.5 training key') for n in notes)
-    assert raw["train"]["lr_scheduler"] == "linear" and raw["data"]["mix_stopping"] == "all_exhausted"
     validate_config(raw)
+
+
+def test_notes_start_with_the_llamafactory_key_as_the_yaml_writes_it():
+    """Even where a key maps to a rayft key (overwrite_output_dir -> output.overwrite), the note names the YAML's."""
+    lf = {**LF_MINIMAL, "overwrite_output_dir": True, "optim": "sgd", "lr_scheduler_type": "polynomial",
+          "galore_rank": 4, "ppo_epochs": 2, "not_a_key": 1, "bf16": True, "fp16": True}
+    _, notes = translate(lf)
+    assert notes and set(noted_keys(notes)) <= set(lf)
+    assert all(n.startswith(f"{'error' if is_error(n) else 'warning'}: {k}: ") for n, k in zip(notes, noted_keys(notes)))
+
+
+@pytest.mark.parametrize("lf, dtype, noted", [
+    ({"bf16": True}, "bfloat16", []), ({"fp16": True}, "float16", []), ({"pure_bf16": True}, "bfloat16", []),
+    ({"bf16": True, "fp16": False}, "bfloat16", []), ({"bf16": False, "fp16": False}, None, []),
+    ({"bf16": True, "fp16": True}, None, ["error: fp16: true -- bf16 and fp16 cannot both be true (LLaMA-Factory "
+                                          "refuses it too): keep one"]),
+])
+def test_bf16_and_fp16(lf, dtype, noted):
+    raw, notes = translate({**LF_MINIMAL, **lf})
+    assert raw["model"].get("dtype") == dtype and notes == noted
+
+
+@pytest.mark.parametrize("overwrite", [True, False])
+def test_overwrite_output_dir_is_rayfts_overwrite_with_a_note_on_what_it_replaces(overwrite):
+    raw, notes = translate({**LF_MINIMAL, "output_dir": "saves/x", "overwrite_output_dir": overwrite})
+    assert raw["output"] == {"storage_path": "saves", "name": "x", "overwrite": overwrite}
+    assert [is_error(n) for n in notes] == ([False] if overwrite else [])
+    assert not overwrite or "refuses a directory holding files rayft did not write" in notes[0]
+
+
+@pytest.mark.parametrize("lf, eval_steps", [({"val_size": 0.1}, 50), ({"eval_dataset": "alpaca_eval"}, 50), ({}, None)])
+def test_eval_steps_are_rayfts_where_there_is_evaluation_data(lf, eval_steps):
+    raw, notes = translate({**LF_MINIMAL, **lf, "eval_steps": 50})
+    assert raw["train"].get("eval_steps") == eval_steps
+    assert noted_keys(notes) == ([] if eval_steps else ["eval_steps"]) and not any(is_error(n) for n in notes)
+    validate_config(raw)  # without evaluation data, rayft's own eval_steps would be refused
+
+
+def test_llamafactorys_default_values_are_never_noted():
+    """A YAML that writes out LLaMA-Factory's defaults (use_dora: false, optim: adamw_torch...) trains as it is."""
+    for table in (NO_EFFECT, REFUSED):
+        for key, (honoured, *_) in table.items():
+            for value in honoured:
+                _, notes = translate({**LF_MINIMAL, key: value})
+                assert notes == [], (key, value)
+    _, notes = translate({**LF_MINIMAL, "use_dora": False, "use_rslora": False, "pissa_init": False, "lora_dropout": 0.0,
+                          "lora_target": "all", "loraplus_lr_ratio": None, "quantization_bit": None, "use_galore": False,
+                          "galore_layerwise": False, "galore_proj_type": "std", "freeze_trainable_modules": "all",
+                          "mix_strategy": "concat", "lr_scheduler_type": "cosine", "rope_scaling": None, "bf16": False,
+                          "fp16": False, "warmup_steps": 0, "overwrite_output_dir": False, "val_size": 0.0})
+    assert notes == []
 
 
 @pytest.mark.parametrize("lf, key", [
@@ -146,11 +208,40 @@ def test_every_key_rayft_cannot_honour_is_reported_once_with_its_value_and_why()
     ({"adapter_name_or_path": "saves/lora"}, "adapter_name_or_path"),
     ({"dataset_dir": "REMOTE:llamafactory/demo_data"}, "dataset_dir"),
     ({"model_name_or_path": None}, "model_name_or_path"),
+    # another optimizer, schedule, loss, precision, model, data or result than rayft's
+    ({"bf16": True, "fp16": True}, "fp16"),
+    ({"optim": "sgd"}, "optim"), ({"adam_beta2": 0.95}, "adam_beta2"), ({"use_muon": True}, "use_muon"),
+    ({"finetuning_type": "full", "use_apollo": True}, "use_apollo"), ({"optim_args": "foo=1"}, "optim_args"),
+    ({"lr_scheduler_type": "polynomial"}, "lr_scheduler_type"),
+    ({"lr_scheduler_kwargs": {"power": 2}}, "lr_scheduler_kwargs"),
+    ({"warmup_steps": 50}, "warmup_steps"),
+    ({"label_smoothing_factor": 0.1}, "label_smoothing_factor"), ({"use_dft_loss": True}, "use_dft_loss"),
+    ({"neftune_noise_alpha": 5}, "neftune_noise_alpha"),
+    ({"ignore_pad_token_for_loss": False}, "ignore_pad_token_for_loss"),
+    ({"group_by_length": True}, "group_by_length"), ({"auto_find_batch_size": True}, "auto_find_batch_size"),
+    ({"rope_scaling": "llama3"}, "rope_scaling"), ({"upcast_layernorm": True}, "upcast_layernorm"),
+    ({"fp8": True}, "fp8"), ({"model_revision": "v2"}, "model_revision"),
+    ({"train_from_scratch": True}, "train_from_scratch"),
+    ({"resize_vocab": True}, "resize_vocab"), ({"add_tokens": "<a>,<b>"}, "add_tokens"),
+    ({"mix_strategy": "interleave_once"}, "mix_strategy"), ({"default_system": "You are helpful."}, "default_system"),
+    ({"tool_format": "qwen"}, "tool_format"), ({"enable_thinking": False}, "enable_thinking"),
+    ({"split_special_tokens": True}, "split_special_tokens"),
+    ({"load_best_model_at_end": True}, "load_best_model_at_end"), ({"early_stopping_steps": 3}, "early_stopping_steps"),
+    ({"resume_from_checkpoint": "saves/x/checkpoint-100"}, "resume_from_checkpoint"),
+    ({"additional_target": "embed_tokens"}, "additional_target"),
+    ({"quantization_bit": 4, "quantization_type": "fp4"}, "quantization_type"),
+    ({"quantization_bit": 4, "double_quantization": False}, "double_quantization"),
+    ({"quantization_bit": 4, "quantization_method": "hqq"}, "quantization_method"),
+    ({"pissa_init": True, "pissa_iter": -1}, "pissa_iter"),
+    ({"loraplus_lr_ratio": 16, "loraplus_lr_embedding": 1e-5}, "loraplus_lr_embedding"),
+    ({"use_galore": True}, "use_galore"),
+    ({"finetuning_type": "full", "use_galore": True, "galore_proj_type": "left"}, "galore_proj_type"),
+    ({"finetuning_type": "full", "use_galore": True, "galore_layerwise": True}, "galore_layerwise"),
+    ({"finetuning_type": "freeze", "freeze_trainable_modules": "mlp"}, "freeze_trainable_modules"),
 ])
 def test_what_would_change_the_run_is_an_error_level_note(lf, key):
     _, notes = translate({**LF_MINIMAL, **lf})
-    errors = [n for n in notes if is_error(n)]
-    assert noted_keys(errors) == [key]
+    assert errors(notes) == [key]
 
 
 @pytest.mark.parametrize("lf, storage_path, name", [
@@ -232,14 +323,18 @@ def test_cli_imports_a_llamafactory_yaml_into_a_config_that_validates(tmp_path: 
 def test_cli_reads_llamafactory_yamls_directly_and_refuses_error_notes(tmp_path: Path):
     lf = tmp_path / "lf.yaml"
     lf.write_text(yaml.safe_dump({**LF_MINIMAL, "save_steps": 100, "ddp_timeout": 100}))
-    result = CliRunner().invoke(main, ["config", "validate", str(lf), "tuning.rank=32", "cluster.num_workers=2"])
+    result = CliRunner().invoke(main, ["config", "validate", str(lf), "tuning.rank=32", "cluster.num_workers=2",
+                                       "--schema-only"])  # its model and dataset are on another machine
     assert result.exit_code == 0, result.output
     assert "warning: ddp_timeout: 100" in result.stderr and "valid (sft, lora, 2 worker(s)" in result.stdout
 
-    lf.write_text(yaml.safe_dump({**LF_MINIMAL, "stage": "ppo"}))
-    for command in (["config", "validate", str(lf)], ["config", "import-llamafactory", str(lf)]):
-        result = CliRunner().invoke(main, command)
-        assert result.exit_code == 2 and 'error: reward_model: "(missing)" -- required by stage ppo' in result.stderr
+    for lf_keys, error in (({"stage": "ppo"}, 'error: reward_model: "(missing)" -- required by stage ppo'),
+                           ({"bf16": True, "fp16": True}, "error: fp16: true -- bf16 and fp16 cannot both be true"),
+                           ({"optim": "sgd"}, 'error: optim: "sgd" -- rayft trains with AdamW')):
+        lf.write_text(yaml.safe_dump({**LF_MINIMAL, **lf_keys}))
+        for command in (["config", "validate", str(lf)], ["config", "import-llamafactory", str(lf)]):
+            result = CliRunner().invoke(main, command)
+            assert result.exit_code == 2 and error in result.stderr, result.output
 
     rayft_yaml = str(REPO / "examples/sft_lora.yaml")
     result = CliRunner().invoke(main, ["config", "import-llamafactory", rayft_yaml])

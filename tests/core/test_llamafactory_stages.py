@@ -119,11 +119,9 @@ def test_translated_orpo_and_simpo_compute_llamafactorys_losses():
     ({"stage": "rm", "reward_model": "saves/rm"}, "reward_model", "applies to rayft's stage ppo only; this run is stage rm"),
     ({"stage": "dpo", "ppo_unknown": 1}, "ppo_unknown", "not an option of LLaMA-Factory 0.9.5's stage ppo that rayft knows"),
     ({"stage": "dpo", "lora_dropout": 0.1}, "lora_dropout", "LLaMA-Factory switches dropout off for its stage dpo training"),
-    ({"stage": "rm", "lora_dropout": 0.1}, "lora_dropout", "rayft's stage rm trains without dropout (it compares the scores"),
     ({"stage": "dpo", "ref_model_adapters": "/m/lora"}, "ref_model_adapters", "only read with ref_model"),
     ({"stage": "dpo", "ref_model": "/m/ref", "ref_model_quantization_bit": 4}, "ref_model_quantization_bit",
      "rayft loads the reference model unquantized"),
-    ({"stage": "kto", "pref_ftx": 0.1}, "pref_ftx", "the two agree at per_device_train_batch_size 1"),
     ({"stage": "dpo", "pref_loss": "simpo", "dpo_label_smoothing": 0.1}, "dpo_label_smoothing",
      "LLaMA-Factory refuses label smoothing with pref_loss simpo"),
 ])
@@ -131,6 +129,17 @@ def test_keys_rayft_reads_differently_or_another_stage_reads_are_noted(lf, key, 
     raw, notes = translate({**LF_MINIMAL, **lf})
     assert noted_keys(notes) == [key] and not is_error(notes[0]) and why in notes[0], notes
     validate_config(raw)
+
+
+@pytest.mark.parametrize("lf, key, why", [
+    ({"stage": "rm", "lora_dropout": 0.1}, "lora_dropout",
+     "rayft's stage rm trains without dropout (it compares the scores of two answers): set lora_dropout 0"),
+    ({"stage": "kto", "pref_ftx": 0.1}, "pref_ftx", "the two agree at per_device_train_batch_size 1"),
+    ({"stage": "rm", "train_on_prompt": False, "pref_ftx": 0.0, "lora_dropout": 0.1}, "lora_dropout", "without dropout"),
+])
+def test_preference_keys_rayft_would_train_otherwise_stop_the_run(lf, key, why):
+    _, notes = translate({**LF_MINIMAL, **lf})
+    assert noted_keys(notes) == [key] and is_error(notes[0]) and why in notes[0], notes
 
 
 def test_what_the_noted_preference_keys_leave_in_the_config():
@@ -148,7 +157,8 @@ def test_what_the_noted_preference_keys_leave_in_the_config():
 def test_llamafactorys_preference_examples_translate(name, stage):
     raw, notes = translate(yaml.safe_load((REPO / "examples/llamafactory" / name).read_text()))
     assert raw["stage"] == stage and not any(is_error(n) for n in notes)
-    assert noted_keys(notes) == ["template", "preprocessing_num_workers", "dataloader_num_workers", "ddp_timeout"]
+    assert noted_keys(notes) == ["template", "preprocessing_num_workers", "dataloader_num_workers",
+                                 "overwrite_output_dir", "ddp_timeout"]
 
 
 # LLaMA-Factory's examples/train_lora/llama3_lora_ppo.yaml, the model and reward model as local paths.
@@ -188,7 +198,7 @@ PPO = {**LF_MINIMAL, "stage": "ppo", "reward_model": "saves/rm", "top_k": 0}
 
 def test_llamafactorys_ppo_example_translates_to_exact_values():
     raw, notes = translate(LF_PPO)
-    assert noted_keys(notes) == ["preprocessing_num_workers", "ddp_timeout"]
+    assert noted_keys(notes) == ["preprocessing_num_workers", "overwrite_output_dir", "ddp_timeout"]
     # the schema's order; LLaMA-Factory's ppo_epochs, TRL's adaptive KL (init 0.2, target 6.0), its temperature
     assert raw["stage"] == {"reward_model": "saves/llama3-8b/lora/reward", "max_new_tokens": 512, "temperature": 0.95,
                             "top_p": 0.9, "ppo_epochs": 4, "name": "ppo", "kl_coef": 0.2, "adaptive_kl_target": 6.0}
@@ -225,16 +235,11 @@ def test_ppo_keys_land_in_the_stage_and_unset_ones_take_llamafactorys_defaults()
 
 
 @pytest.mark.parametrize("lf, key, why", [
-    ({"lora_dropout": 0.05}, "lora_dropout", "rayft's stage ppo trains without dropout"),
-    ({"ppo_buffer_size": 4}, "ppo_buffer_size", "one optimizer step per ppo epoch"),
-    ({"ppo_whiten_rewards": True}, "ppo_whiten_rewards", "rayft whitens the advantages"),
     ({"ppo_logger": "wandb"}, "ppo_logger", "output.report_to"),
-    ({"top_k": 50}, "top_k", "top_k is not available"),
-    ({"top_k": None}, None, None), ({"top_k": 0}, None, None),
-    ({"repetition_penalty": 1.2}, "repetition_penalty", "not available for rayft's PPO rollouts"),
+    ({"top_k": 50}, "top_k", "top_k is not available"),  # LLaMA-Factory's default, written out: noted only
+    ({"top_k": None}, None, None), ({"top_k": 0}, None, None), ({"val_size": 0}, None, None),
     ({"length_penalty": 2.0}, "length_penalty", "applies to beam search only"),
     ({"max_length": 4096}, "max_length", "only when max_new_tokens is 0 or less"),
-    ({"val_size": 0.1}, "val_size", "rayft's stage ppo has no evaluation loss and trains on all of them"),
     ({"eval_dataset": "alpaca_eval"}, "eval_dataset", "LLaMA-Factory's PPO never evaluates"),
     ({"reward_model_quantization_bit": 4}, "reward_model_quantization_bit", "only read with reward_model_type full"),
     ({"reward_model": "/m/rm", "reward_model_type": "full", "reward_model_quantization_bit": 4},
@@ -248,6 +253,20 @@ def test_ppo_keys_rayft_reads_differently_are_noted(lf, key, why):
     assert why is None or why in notes[0]
     run = validate_config(raw)  # no dropout, no evaluation data
     assert run.tuning.dropout == 0 and not run.data.eval and not run.data.val_size
+
+
+@pytest.mark.parametrize("lf, key, why", [
+    ({"lora_dropout": 0.05}, "lora_dropout", "rayft's stage ppo trains without dropout"),
+    ({"ppo_buffer_size": 4}, "ppo_buffer_size", "one optimizer step per ppo epoch"),
+    ({"ppo_whiten_rewards": True}, "ppo_whiten_rewards", "rayft whitens the advantages"),
+    ({"top_k": 20}, "top_k", "top_k is not available"),
+    ({"repetition_penalty": 1.2}, "repetition_penalty", "not available for rayft's PPO rollouts"),
+    ({"val_size": 0.1}, "val_size", "rayft's stage ppo has no evaluation loss and would train on all of them"),
+    ({"pissa_init": True}, "pissa_init", "a PiSSA adapter cannot serve stage ppo's reference"),
+])
+def test_ppo_keys_rayft_would_train_otherwise_stop_the_run(lf, key, why):
+    _, notes = translate({**PPO, **lf})
+    assert noted_keys(notes) == [key] and is_error(notes[0]) and why in notes[0], notes
 
 
 def test_top_k_left_unset_is_llamafactorys_50_which_rayft_cannot_sample_with():

@@ -58,6 +58,25 @@ def env(container: dict) -> dict[str, dict]:
     return {e["name"]: e for e in container.get("env", [])}
 
 
+def pod_specs(node, path: str = "") -> dict[str, dict]:
+    """Every pod spec anywhere in a manifest (a mapping with containers), by its path: found, not listed, so
+    that a pod template added later is checked too."""
+    if isinstance(node, dict):
+        found = {path: node} if "containers" in node else {}
+        for key, value in node.items():
+            found.update(pod_specs(value, f"{path}/{key}"))
+        return found
+    if isinstance(node, list):
+        return {p: s for i, item in enumerate(node) for p, s in pod_specs(item, f"{path}/{i}").items()}
+    return {}
+
+
+def notes(values: dict) -> str:
+    """NOTES.txt as `helm install` prints it (rayft.k8s.render leaves it out)."""
+    with helm.Chart.load(CHART) as chart:
+        return chart.render(values, name="demo", namespace="ml")["rayft/templates/NOTES.txt"]
+
+
 # ----------------------------------------------------------------------------- validators
 
 
@@ -146,6 +165,64 @@ def test_every_example_holds_a_valid_rayft_config():
             validate_section(ServeConfig, yaml.safe_load(values["serve"]["config"]))
         else:
             validate_config(yaml.safe_load(values["run"]["config"]))
+
+
+# ----------------------------------------------------------------------------- security
+
+
+NON_ROOT = {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+NO_PRIVILEGES = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+@pytest.mark.parametrize("name", [None, *EXAMPLES])
+def test_every_pod_runs_as_non_root_without_privileges(name):
+    docs = manifests(example(name) if name else None)
+    found = {}
+    for doc in docs:
+        for path, pod in pod_specs(doc).items():
+            found[f"{doc['kind']}{path}"] = pod
+            assert pod.get("securityContext") == NON_ROOT, (doc["kind"], path)
+            for c in pod["containers"] + pod.get("initContainers", []):
+                assert c.get("securityContext") == NO_PRIVILEGES, (doc["kind"], path, c["name"])
+        options = cluster_spec(doc).get("autoscalerOptions") if doc["apiVersion"] == "ray.io/v1" else None
+        if options:  # the autoscaler: a container KubeRay adds to the head pod
+            assert options.get("securityContext") == NO_PRIVILEGES
+    # the search found what each kind has: the head, every worker group, a RayJob's submitter
+    (doc,) = [d for d in docs if d["apiVersion"] == "ray.io/v1"]
+    spec = cluster_spec(doc)
+    root = {"RayJob": "/spec/rayClusterSpec", "RayService": "/spec/rayClusterConfig", "RayCluster": "/spec"}[doc["kind"]]
+    expected = {f"{root}/headGroupSpec/template/spec"} | {f"{root}/workerGroupSpecs/{i}/template/spec"
+                                                           for i in range(len(spec["workerGroupSpecs"]))}
+    if doc["kind"] == "RayJob":
+        expected.add("/spec/submitterPodTemplate/spec")
+    assert set(found) == {doc["kind"] + p for p in expected}
+
+
+def test_the_pods_user_is_configurable_and_is_the_images_user():
+    values = example("job-cpu")
+    values["securityContext"] = {"runAsUser": 2000, "runAsGroup": None}  # null: left to the platform
+    expected = {**NON_ROOT, "runAsUser": 2000}
+    del expected["runAsGroup"]
+    assert all(pod["securityContext"] == expected for pod in pod_specs(one(manifests(values), "RayJob")).values())
+    with pytest.raises(K8sError, match="securityContext.runAsUser: minimum: got 0, want 1"):
+        render({**example("job-cpu"), "securityContext": {"runAsUser": 0}}, "demo", "ml", CHART)
+    # the image's user is the default one, and every target runs as it
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    assert "groupadd --gid 1000 ray && useradd --create-home --uid 1000 --gid 1000" in dockerfile
+    targets = dockerfile.split("\nFROM ")[2:]  # cpu and cuda, after base
+    assert len(targets) == 2 and all("\nUSER ray\n" in t for t in targets)
+
+
+def test_notes_warn_about_a_service_without_auth():
+    values = example("service-cpu")
+    assert "WARNING" not in notes(values)
+    values["serve"]["config"] += "auth: {required: false}\n"
+    assert "WARNING" not in notes(values)  # not required, but the key is given: requests are still checked
+    values["secrets"]["apiKey"]["name"] = ""
+    assert "WARNING: the API has no authentication (serve.config's auth.required: false" in notes(values)
+    for name in EXAMPLES:
+        assert "WARNING" not in notes(example(name)), name
 
 
 # ----------------------------------------------------------------------------- RayJob

@@ -10,8 +10,10 @@ an assistant tool call carrying "tool_calls" [{"type": "function", "function": {
 Tools are OpenAI-style function descriptions, as chat templates take them.
 
 Formats and their column/tag names follow LLaMA-Factory's data spec (alpaca, sharegpt, openai), so a
-dataset_info.json written for it reads unchanged. A row that cannot be used raises ``RowError`` with
-a reason (counted per reason in the run's report) and a message naming its file and row.
+dataset_info.json written for it reads unchanged. The openai format also reads OpenAI's own shapes: the
+"developer" role (the system role's successor), assistant messages carrying "tool_calls" (content null),
+and one tool message per call of a parallel tool call. A row that cannot be used raises ``RowError``
+with a reason (counted per reason in the run's report) and a message naming its file and row.
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ class RowError(DataError):
 
     def __init__(self, where: str, reason: str, detail: str):
         self.reason = reason
-        super().__init__(f"{where}: {reason}: {detail}")
+        # The message goes into an Arrow column of errors, which takes only valid UTF-8: a lone
+        # surrogate quoted from the row (a column name, say) is written as its escape instead.
+        message = f"{where}: {reason}: {detail}".encode("utf-8", "backslashreplace").decode("utf-8")
+        super().__init__(message)
 
 
 SOURCE_KEYS = ("path", "__row__")  # where a row came from, set by the reader; not data
@@ -56,6 +61,12 @@ def where(row: dict) -> str:
 
 def align_row(row: dict, spec: DatasetSpec, stage: str) -> dict:
     """One raw row of ``spec``'s dataset -> the standard row that ``stage`` consumes."""
+    aligned = _align(row, spec, stage)
+    _check_text(row, aligned)
+    return aligned
+
+
+def _align(row: dict, spec: DatasetSpec, stage: str) -> dict:
     fmt = spec.format or "alpaca"
     if fmt == "text":
         return {"text": _text(row, spec.columns.prompt or "text")}
@@ -66,6 +77,46 @@ def align_row(row: dict, spec: DatasetSpec, stage: str) -> dict:
     if stage == "pt":
         raise RowError(where(row), "wrong format", f"stage pt trains on text; {fmt} conversations need a chat stage")
     return _align_sharegpt(row, spec, fmt, prompt_only_ok=stage in RL_STAGES)
+
+
+def _check_text(row: dict, aligned: dict) -> None:
+    """Every string of the aligned row must encode as UTF-8. JSON can spell a lone surrogate (half of a
+    UTF-16 pair, "\\ud800"), which Python decodes into a str that is not text: the tokenizer raises
+    TypeError on it and Arrow refuses it, either of which would end the Ray task and the run."""
+    found = _surrogate_at(aligned)
+    if found is None:
+        return
+    # Name the raw field; a surrogate spelled inside JSON text (a tools column, a function_call turn)
+    # appears only once parsed, so then its place in the aligned row is named.
+    keys = _surrogate_at({k: v for k, v in row.items() if k not in SOURCE_KEYS}) or found
+    field = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in keys).removeprefix(".")
+    raise RowError(where(row), "invalid text", f"{field} holds a lone surrogate (such as JSON \"\\ud800\"), "
+                   "which is not a character and cannot be encoded as UTF-8")
+
+
+def _surrogate_at(value: Any) -> list | None:
+    """The keys and indices leading to the first string (or key) in ``value`` that does not encode as
+    UTF-8, None when all do."""
+    if isinstance(value, str):
+        return None if _is_text(value) else []
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(key, str) and not _is_text(key):
+            return [key]
+        inner = _surrogate_at(item)
+        if inner is not None:
+            return [key, *inner]
+    return None
+
+
+def _is_text(text: str) -> bool:
+    if text.isascii():  # most strings: no encoding needed to tell
+        return True
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _text(row: dict, column: str, extra: Any = None) -> str:
@@ -115,7 +166,7 @@ def _tools(row: dict, column: str) -> list[dict] | None:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, RecursionError) as e:
             raise RowError(where(row), "invalid JSON", f"tools column {column!r} is not valid JSON ({e})") from None
     if isinstance(value, dict):
         value = [value]
@@ -180,25 +231,34 @@ def _align_sharegpt(row: dict, spec: DatasetSpec, fmt: str, prompt_only_ok: bool
     if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
         raise RowError(where(row), "wrong type", f"{spec.columns.messages!r} must be a list of turns (objects)")
     messages, tools = _common(row, spec)
-    if turns and turns[0].get(tags["role_tag"]) == tags["system_tag"]:
+    # OpenAI's "developer" role is the system role's successor (it replaces it for o1 and later models)
+    system_roles = (tags["system_tag"], "developer") if fmt == "openai" else (tags["system_tag"],)
+    if turns and turns[0].get(tags["role_tag"]) in system_roles:
         messages = [{"role": "system", "content": _turn_text(row, turns[0], tags)}]
         turns = turns[1:]
     if not turns:
         raise RowError(where(row), "empty turn", "the conversation has no turns")
     prompt_side = (tags["user_tag"], tags["observation_tag"])
     answer_side = (tags["assistant_tag"], tags["function_tag"])
+    sides = 0  # turns alternate prompt side / answer side; the number of sides seen so far
     for i, turn in enumerate(turns):
         speaker = turn.get(tags["role_tag"])
-        expected = prompt_side if i % 2 == 0 else answer_side
-        if speaker not in expected:
-            raise RowError(where(row), "roles out of order",
-                           f"turn {i} has {tags['role_tag']}={speaker!r}, expected one of {list(expected)} "
-                           f"({'user/observation' if i % 2 == 0 else 'assistant/function_call'} turns alternate with "
-                           "the other kind); set tags.* if the dataset names them differently")
+        # OpenAI answers a parallel tool call with one tool message per call: consecutive tool messages
+        # are one observation side (templates group them into one turn)
+        parallel_result = (fmt == "openai" and speaker == tags["observation_tag"] and i > 0
+                           and turns[i - 1].get(tags["role_tag"]) == speaker)
+        if not parallel_result:
+            expected = prompt_side if sides % 2 == 0 else answer_side
+            if speaker not in expected:
+                raise RowError(where(row), "roles out of order",
+                               f"turn {i} has {tags['role_tag']}={speaker!r}, expected one of {list(expected)} "
+                               f"({'user/observation' if sides % 2 == 0 else 'assistant/function_call'} turns "
+                               "alternate with the other kind); set tags.* if the dataset names them differently")
+            sides += 1
         messages.append(_message(row, turn, speaker, tags))
     out: dict[str, Any] = {"messages": messages, "tools": tools}
     if spec.ranking:
-        if len(turns) % 2 == 0:
+        if sides % 2 == 0:
             raise RowError(where(row), "roles out of order", "a preference conversation must end with the prompt "
                            "(user turn); the answers go in the chosen and rejected columns")
         for name in ("chosen", "rejected"):
@@ -208,7 +268,7 @@ def _align_sharegpt(row: dict, spec: DatasetSpec, fmt: str, prompt_only_ok: bool
                                f"preference rows need a {name!r} assistant turn (column {getattr(spec.columns, name)!r})")
             out[name] = _message(row, answer, answer[tags["role_tag"]], tags)
         return out
-    if len(turns) % 2 == 1 and not prompt_only_ok:
+    if sides % 2 == 1 and not prompt_only_ok:
         raise RowError(where(row), "roles out of order", "the conversation must end with an assistant turn")
     return {**out, **_feedback(row, spec)}
 
@@ -222,6 +282,8 @@ def _turn_text(row: dict, turn: dict, tags: dict) -> str:
 
 
 def _message(row: dict, turn: dict, speaker: str, tags: dict) -> dict:
+    if speaker == tags["assistant_tag"] and turn.get("tool_calls"):
+        return _tool_call_message(row, turn, tags)
     text = _turn_text(row, turn, tags)
     if speaker == tags["function_tag"]:
         return {"role": "assistant", "content": "", "tool_calls": _tool_calls(row, text)}
@@ -231,22 +293,42 @@ def _message(row: dict, turn: dict, speaker: str, tags: dict) -> dict:
     return {"role": role, "content": _nonempty(row, text, f"{role} turn")}
 
 
+def _tool_call_message(row: dict, turn: dict, tags: dict) -> dict:
+    """An OpenAI assistant message that calls tools -> the tool-call turn a sharegpt function_call turn
+    becomes. OpenAI's shape: {"role": "assistant", "content": null (or text said before the calls),
+    "tool_calls": [{"id": ..., "type": "function", "function": {"name": ..., "arguments": JSON text}}]};
+    the ids are dropped, as in the standard row (chat templates match results to calls by order)."""
+    content = turn.get(tags["content_tag"])
+    if content is not None and not isinstance(content, str):
+        raise RowError(where(row), "wrong type", f"a tool-calling turn's {tags['content_tag']!r} must be a string or "
+                       f"null, got {content!r:.60}")
+    calls = turn["tool_calls"]
+    if not (isinstance(calls, list) and all(isinstance(c, dict) and isinstance(c.get("function"), dict) for c in calls)):
+        raise RowError(where(row), "wrong type", 'tool_calls must be a list of {"type": "function", "function": '
+                       '{"name": ..., "arguments": ...}}')
+    return {"role": "assistant", "content": content or "", "tool_calls": _calls(row, [c["function"] for c in calls])}
+
+
 def _tool_calls(row: dict, text: str) -> list[dict]:
     """A function_call turn's JSON ({"name", "arguments"} or a list of them) -> chat-template tool calls."""
     try:
         calls = json.loads(text)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:
         raise RowError(where(row), "invalid JSON", f"a function_call turn must hold JSON ({e})") from None
-    calls = calls if isinstance(calls, list) else [calls]
+    return _calls(row, calls if isinstance(calls, list) else [calls])
+
+
+def _calls(row: dict, calls: list) -> list[dict]:
+    """[{"name", "arguments"}, ...] -> chat-template tool calls, arguments given as JSON text parsed."""
     if not all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in calls):
-        raise RowError(where(row), "wrong type", 'a function_call turn must hold {"name": ..., "arguments": {...}}')
+        raise RowError(where(row), "wrong type", 'a tool call must be {"name": ..., "arguments": {...}}')
     out = []
     for c in calls:
         args = c.get("arguments", {})
         if isinstance(args, str):
             try:
                 args = json.loads(args)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 pass  # keep the string: some tools take free text
         out.append({"type": "function", "function": {"name": c["name"], "arguments": args}})
     return out

@@ -34,9 +34,11 @@ def load_dataset_info(dataset_dir: str, key: str) -> dict[str, Any]:
         raise DatasetError(f"{key}: datasets named by `dataset:` are looked up in {path}, which does not exist; "
                            "set data.dataset_dir to the folder holding dataset_info.json, or name files with `path:`")
     try:
-        info = json.loads(path.read_text())
+        info = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a file saved with a BOM reads too
     except json.JSONDecodeError as e:
         raise DatasetError(f"{path}: not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {e.start})") from None
     if not isinstance(info, dict):
         raise DatasetError(f"{path}: must be an object mapping dataset names to their descriptions")
     return info
@@ -57,12 +59,21 @@ def resolve_spec(spec: DatasetSpec, dataset_dir: str, key: str) -> DatasetSpec:
 
 def _from_dataset_info(spec: DatasetSpec, dataset_dir: str, key: str) -> DatasetSpec:
     info = load_dataset_info(dataset_dir, key)
-    entry = info.get(spec.dataset)
-    if entry is None:
+    if spec.dataset not in info:
         close = difflib.get_close_matches(spec.dataset, list(info), n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"{len(info)} datasets are described there"
         raise DatasetError(f"{key}.dataset: {spec.dataset!r} is not in {Path(dataset_dir) / INFO_FILE} ({hint})")
+    entry = info[spec.dataset]
     where = f"{Path(dataset_dir) / INFO_FILE} entry {spec.dataset!r}"
+    if not isinstance(entry, dict):  # e.g. "alpaca": "alpaca.json", a list, or null
+        raise DatasetError(f"{where}: must be an object describing the dataset, such as "
+                           f'{{"file_name": "data.json", "formatting": "alpaca"}}; got {json.dumps(entry)[:60]}')
+    for name in ("file_name", "cloud_file_name", "hf_hub_url", "formatting", "folder"):
+        if name in entry and not isinstance(entry[name], str):  # used as text below, before the schema sees it
+            raise DatasetError(f"{where}: {name} must be a string, got {json.dumps(entry[name])[:60]}")
+    for name in ("columns", "tags"):
+        if name in entry and not isinstance(entry[name], dict):
+            raise DatasetError(f"{where}: {name} must be an object, got {json.dumps(entry[name])[:60]}")
     fields: dict[str, Any] = {}
     if entry.get("hf_hub_url"):
         fields["hf_hub_url"] = entry["hf_hub_url"]

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from rayft_core.eval import EvalError
+from rayft_core.eval import EvalError, read_text
 from rayft_core.eval.tasks import CHOICES, Question, Subject
 
 logger = logging.getLogger(__name__)
@@ -192,7 +192,13 @@ def load_eval_model(path: str | Path, base_model: str | None = None, template: s
     adapter = path / "adapter_config.json"
     base = path
     if adapter.is_file():
-        base = Path(base_model or json.loads(adapter.read_text()).get("base_model_name_or_path") or "")
+        if not base_model:
+            try:
+                base_model = json.loads(read_text(adapter)).get("base_model_name_or_path")
+            except (json.JSONDecodeError, AttributeError):
+                raise EvalError(f"{adapter}: not a JSON object as PEFT writes; give the base with "
+                                "--base-model") from None
+        base = Path(base_model or "")
         if not (base / "config.json").is_file():
             raise EvalError(f"{path} is an adapter whose base model {str(base)!r} has no config.json here; "
                             "give the base directory with --base-model")

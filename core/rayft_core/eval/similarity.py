@@ -21,7 +21,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
-from rayft_core.eval import EvalError
+from rayft_core.eval import EvalError, read_text
 
 METRICS = ("rouge-1", "rouge-2", "rouge-l", "bleu-4")
 FIELDS = ("prediction", "reference")
@@ -68,23 +68,23 @@ def read_predictions(path: str | Path) -> list[tuple[str, str]]:
     """(prediction, reference) of every line of a JSONL file such as `rayft infer` writes; blank lines are skipped."""
     path = Path(path)
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise EvalError(f"{path} line {number}: not valid JSON ({e.msg})") from e
-            if not isinstance(row, dict):
-                raise EvalError(f"{path} line {number}: expected a JSON object with prediction and reference, got {row!r:.60}")
-            for name in FIELDS:
-                if name not in row:
-                    hint = (" (rayft infer writes one only when the dataset has answers)" if name == "reference" else "")
-                    raise EvalError(f"{path} line {number}: no {name!r} field{hint}")
-                if not isinstance(row[name], str):
-                    raise EvalError(f"{path} line {number}: {name!r} must be a string, got {row[name]!r:.60}")
-            rows.append((row["prediction"], row["reference"]))
+    # split on newlines only: splitlines() would also cut at a U+2028 inside a JSON string
+    for number, line in enumerate(read_text(path, "utf-8-sig").split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise EvalError(f"{path} line {number}: not valid JSON ({e.msg})") from e
+        if not isinstance(row, dict):
+            raise EvalError(f"{path} line {number}: expected a JSON object with prediction and reference, got {row!r:.60}")
+        for name in FIELDS:
+            if name not in row:
+                hint = (" (rayft infer writes one only when the dataset has answers)" if name == "reference" else "")
+                raise EvalError(f"{path} line {number}: no {name!r} field{hint}")
+            if not isinstance(row[name], str):
+                raise EvalError(f"{path} line {number}: {name!r} must be a string, got {row[name]!r:.60}")
+        rows.append((row["prediction"], row["reference"]))
     if not rows:
         raise EvalError(f"{path}: no rows; expected one JSON object per line with 'prediction' and 'reference'")
     return rows

@@ -12,11 +12,12 @@ examples. An optional mapping.json at the top (LLaMA-Factory's: {"anatomy": {"na
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rayft_core.eval import EvalError
+from rayft_core.eval import EvalError, read_text
 
 CHOICES = ("A", "B", "C", "D")
 FIELDS = ("question", *CHOICES, "answer")
@@ -83,7 +84,7 @@ def read_mapping(task_dir: Path) -> dict[str, dict]:
     if not path.is_file():
         return {}
     try:
-        mapping = json.loads(path.read_text(encoding="utf-8"))
+        mapping = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise EvalError(f"{path}: not valid JSON ({e})") from e
     bad = [k for k, v in mapping.items() if not isinstance(v, dict)] if isinstance(mapping, dict) else ["(top level)"]
@@ -94,16 +95,18 @@ def read_mapping(task_dir: Path) -> dict[str, dict]:
 
 def read_questions(path: Path) -> list[Question]:
     """The rows of one benchmark CSV, checked: every column present, every answer one of A-D."""
-    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: files saved by Excel start with a BOM
-        reader = csv.reader(f)
-        rows = []
-        while True:
-            line = reader.line_num + 1  # where the next record starts (a quoted cell may span lines)
+    reader = csv.reader(io.StringIO(read_text(path, "utf-8-sig"), newline=""))  # -sig: Excel starts files with a BOM
+    rows = []
+    while True:
+        line = reader.line_num + 1  # where the next record starts (a quoted cell may span lines)
+        try:
             row = next(reader, None)
-            if row is None:
-                break
-            if any(cell.strip() for cell in row):
-                rows.append((line, row))
+        except csv.Error as e:
+            raise EvalError(f"{path} line {line}: not valid CSV ({e})") from None
+        if row is None:
+            break
+        if any(cell.strip() for cell in row):
+            rows.append((line, row))
     if not rows:
         raise EvalError(f"{path}: no questions")
     columns = _header(path, rows[0][1])

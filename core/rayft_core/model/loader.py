@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import socket
+import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 
@@ -36,13 +40,66 @@ def resolve_attn_implementation(name: str) -> str:
     return "sdpa"
 
 
+def hub_offline(*more: str) -> str | None:
+    """The variable that declares the Hugging Face hub offline (HF_HUB_OFFLINE, or one of ``more`` such as
+    TRANSFORMERS_OFFLINE or HF_DATASETS_OFFLINE) when one is set to a true value, else None."""
+    declared = [v for v in ("HF_HUB_OFFLINE", *more) if os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")]
+    return declared[0] if declared else None
+
+
+def hub_reachable(*offline_vars: str, timeout: float = 3.0) -> bool:
+    """False at once when offline is declared (``hub_offline(*offline_vars)``), else whether the hub
+    (HF_ENDPOINT, huggingface.co by default) answers within ``timeout``, DNS included, which a plain socket
+    timeout would not bound."""
+    if hub_offline(*offline_vars):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    address = (url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443))
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection(address, timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout)
+    return bool(result and result[0])
+
+
 def check_model_path(cfg: ModelConfig) -> None:
-    """Fail early with the fix when a local model directory is missing or incomplete."""
-    path = Path(cfg.name_or_path).expanduser()
-    looks_local = path.is_absolute() or cfg.name_or_path.startswith(".") or path.exists()
-    if looks_local and not (path / "config.json").is_file():
-        raise ModelLoadError(f"model.name_or_path: {cfg.name_or_path!r} has no config.json; point it at a "
-                             "directory written by save_pretrained (or a hub id when online)")
+    """Fail early, in seconds, with the fix: a local model directory that is missing or incomplete, or a
+    hub id that is neither in the local cache nor fetchable (the hub declared offline or not answering)."""
+    name = cfg.name_or_path
+    path = Path(name).expanduser()
+    looks_local = path.is_absolute() or name.startswith(".") or path.exists()
+    if looks_local:
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"model.name_or_path: {name!r} has no config.json; point it at a "
+                                 "directory written by save_pretrained (or a hub id when online)")
+        return
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except HFValidationError:
+        raise ModelLoadError(f"model.name_or_path: {name!r} is not a local directory (no such path) nor a hub id "
+                             "(namespace/name); point it at a directory written by save_pretrained") from None
+    if isinstance(cached, str):  # downloaded before: transformers loads it from the cache, offline or not
+        return
+    offline = hub_offline("TRANSFORMERS_OFFLINE")
+    if offline:
+        raise ModelLoadError(f"model.name_or_path: {name!r} is not a local directory and the hub is offline "
+                             f"({offline} is set), nor is it in the local hub cache; point it at a directory written "
+                             "by save_pretrained")
+    if not hub_reachable():
+        raise ModelLoadError(f"model.name_or_path: {name!r} is not a local directory, and the Hugging Face hub "
+                             "cannot be reached from here to download it; download the model where there is network "
+                             "and point model.name_or_path at its directory")
 
 
 def load_tokenizer(cfg: ModelConfig) -> Any:

@@ -379,7 +379,8 @@ def _save(engine: Any, tokenizer: Any, run: RunConfig, rank: int, out: Path | No
         if run.output.merge_adapter and run.tuning.method == "lora":
             from rayft_core.export import export_model
 
-            export_model(out, out / outputs.MERGED_DIR)
+            export_model(out, out / outputs.MERGED_DIR, trust_remote_code=run.model.trust_remote_code,
+                         overwrite=True)  # an earlier attempt's merged copy, if one finished before a restart
     except OSError as e:
         raise UserInputError(storage.explain_os_error(e, f"the trained model to {out}")) from e
     _publish(out, run, "the trained model")

@@ -35,6 +35,26 @@ Called with (dict "root" $ "role" "head"|"worker"|"submitter" "group" <head valu
 {{- end }}
 {{- end -}}
 
+{{/* Every pod runs as a non-root user (securityContext in the values; the image's user is "ray", uid 1000) under the
+runtime's default seccomp profile, and every container without privilege escalation or Linux capabilities: what
+Kubernetes' "restricted" Pod Security Standard asks. fsGroup makes mounted volumes readable by that user (the API
+key's file is mode 0400, owned by root). An id set to null is left out, for platforms that assign their own (OpenShift). */}}
+{{- define "rayft.podSecurityContext" -}}
+runAsNonRoot: true
+{{- range $key := list "runAsUser" "runAsGroup" "fsGroup" }}
+{{- $id := index ($.Values.securityContext | default dict) $key }}
+{{- if not (kindIs "invalid" $id) }}
+{{ $key }}: {{ int64 $id }}
+{{- end }}
+{{- end }}
+seccompProfile: {type: RuntimeDefault}
+{{- end -}}
+
+{{- define "rayft.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+capabilities: {drop: [ALL]}
+{{- end -}}
+
 {{- define "rayft.volumeMounts" -}}
 - {name: shm, mountPath: /dev/shm}
 {{- if eq (include "rayft.hasRunConfig" .) "true" }}
@@ -87,6 +107,8 @@ spec:
   {{- with $v.serviceAccountName }}
   serviceAccountName: {{ . }}
   {{- end }}
+  securityContext:
+    {{- include "rayft.podSecurityContext" $root | nindent 4 }}
   {{- with $v.imagePullSecrets }}
   imagePullSecrets:
     {{- range . }}
@@ -105,6 +127,8 @@ spec:
     - name: ray-{{ .role }}
       image: {{ include "rayft.image" $root }}
       imagePullPolicy: {{ $v.image.pullPolicy }}
+      securityContext:
+        {{- include "rayft.containerSecurityContext" $root | nindent 8 }}
       {{- if eq .role "head" }}
       ports:
         - {name: gcs-server, containerPort: 6379}
@@ -151,6 +175,9 @@ enableInTreeAutoscaling: {{ $v.autoscaling.enabled }}
 autoscalerOptions:
   idleTimeoutSeconds: {{ $v.autoscaling.idleTimeoutSeconds }}
   upscalingMode: {{ $v.autoscaling.upscalingMode }}
+  # The autoscaler is a container KubeRay adds to the head pod: the pod's securityContext applies, this is its own.
+  securityContext:
+    {{- include "rayft.containerSecurityContext" . | nindent 4 }}
   env:
     - {name: RAY_AUTH_MODE, value: token}
     - name: RAY_AUTH_TOKEN

@@ -65,7 +65,7 @@ RUN = OutputKind("a run", ("rayft_run.yaml",), (
 SWEEP = OutputKind("a sweep", ("sweep.yaml",), (
     "trials", "data-cache", "results.csv", "best_run.yaml", "metric_vs_params.png", "tuner.pkl", "trainable.pkl",
     "experiment_state-*.json", "basic-variant-state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl",
-    "_run_trial_*", ".validate_storage_marker", ".rayft-write-test-*"))
+    "callback-states-*.pkl", "_run_trial_*", ".validate_storage_marker", ".rayft-write-test-*"))
 # Tokenized data (`rayft data prepare`, the data cache): the marker first, the manifest last (a folder without
 # the manifest is unfinished and never read).
 PREPARED = OutputKind("prepared data", (".rayft-prepared", "_rayft_data.json"), ("*.parquet",))

@@ -160,7 +160,7 @@ def test_llamafactory_yaml_trains_as_it_is(tiny_model, workdir):
     result = CliRunner().invoke(main, [
         "train", str(lf_yaml), f"model.name_or_path={tiny_model('llama')}", "model.dtype=float32",
         f"data.dataset_dir={EXAMPLES}", "data.train=[{dataset: assistant_alpaca}, {dataset: weather_tools}]",
-        "train.max_steps=3", f"output.storage_path={out}"])
+        "data.max_seq_len=256", "train.max_steps=3", f"output.storage_path={out}"])  # the tiny model has 512 positions
     assert result.exit_code == 0, result.output
     assert "ddp_timeout" in result.output  # keys rayft cannot honour are named, not dropped
     rows = read_metrics(out / "sft")

@@ -144,14 +144,14 @@ def test_kto_row_without_boolean_tag_names_file_and_row(tiny_model, workdir, tmp
 
 def test_kto_dataset_without_tag_column_and_pairs_for_sft(tiny_model, workdir, pairs_file, feedback_file):
     from rayft.train import train
-    from rayft_core.data.registry import DatasetError
+    from rayft_core.errors import UserInputError  # found by the checks before Ray starts
 
     run = run_config(tiny_model("llama"), [{"path": str(feedback_file), "format": "openai",
                                             "columns": {"messages": "messages"}}], workdir / "bad", "kto-none", stage="kto")
-    with pytest.raises(DatasetError, match=r"data.train\[0\]: stage kto needs a boolean tag per row; set columns.kto_tag"):
+    with pytest.raises(UserInputError, match=r"data.train\[0\]: stage kto needs a boolean tag per row; set columns.kto_tag"):
         train(run)
     run = run_config(tiny_model("llama"), [_dataset("dpo", pairs_file, feedback_file)], workdir / "bad", "pairs-sft")
-    with pytest.raises(DatasetError, match="is a ranking \\(preference\\) dataset; stage sft cannot use it"):
+    with pytest.raises(UserInputError, match="is a ranking \\(preference\\) dataset; stage sft cannot use it"):
         train(run)
 
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from rayft_core import ownership
 from rayft_core.data.collate import pad_batch
 from rayft_core.data.tokenize import encode_chat_batch
 from rayft_core.train import pt
@@ -66,6 +67,8 @@ def test_lora_sft_two_workers_zero3(tiny_model, workdir, alpaca_file, sharegpt_f
     _check_metrics(out, 6)
     assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "rayft_run.yaml", "loss.png",
             "metrics.jsonl"} <= {p.name for p in out.iterdir()}
+    # everything the run wrote (Ray Train's files and merged/ included) is known to the deletion rule
+    assert ownership.foreign_entries(str(out), ownership.RUN) == []
 
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert tokenizer.chat_template  # saved with the adapter, so serving renders prompts the same way

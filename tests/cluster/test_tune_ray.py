@@ -57,6 +57,11 @@ def test_asha_stops_weak_trials_and_the_best_config_reruns_to_its_metric(tiny_mo
         table = list(csv.DictReader(f))
     assert [t["trial"] for t in table] == [r.trial for r in result.rows] and table[0]["eval/loss"]
     assert (directory / "metric_vs_params.png").stat().st_size > 0
+    # every entry Ray Tune and the trials wrote is one the deletion rule knows: --overwrite can replace the sweep
+    from rayft_core import ownership
+
+    assert ownership.foreign_entries(str(directory), ownership.SWEEP) == []
+    assert all(ownership.foreign_entries(r.run_dir, ownership.RUN) == [] for r in result.rows)
     # retention: the best trial keeps its adapter, the others only their record
     assert (Path(result.best.run_dir) / "adapter_model.safetensors").is_file()
     for r in result.rows[1:]:
@@ -112,7 +117,7 @@ def test_a_bad_sweep_stops_before_any_trial(tiny_model, workdir, alpaca_file):
         sweep(base, bad)
     with pytest.raises(Exception, match=r"tune.space: tuning.rank: choice needs a non-empty list of values, got \[\]"):
         validate_config({**base, "tune": {"space": {"tuning.rank": {"choice": []}}}})
-    no_eval = {**base, "data": {**base["data"], "val_size": 0}}
+    no_eval = {**base, "data": {**base["data"], "val_size": 0}, "train": {**base["train"], "eval_steps": None}}
     metric = validate_config({**no_eval, "tune": {"space": {"tuning.rank": {"choice": [4]}}}}).tune
     with pytest.raises(UserInputError, match=r"tune.metric: eval/loss needs evaluation data"):
         sweep(no_eval, metric)

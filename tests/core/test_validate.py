@@ -85,3 +85,23 @@ def test_train_refuses_before_starting_ray(tmp_path, tiny_model):
                                        "data.train=[{path: /nowhere/x.json, format: alpaca}]"])
     assert result.exit_code == 2 and "no data files at '/nowhere/x.json'" in result.output, result.output
     assert ray.is_initialized() == was_up  # no cluster was started for a run that cannot start
+
+
+def test_every_directory_writer_refuses_a_folder_of_user_files_before_any_work(tmp_path, tiny_model):
+    """train, tune, data prepare and demo, with and without their overwrite flags: a directory holding a
+    user's file is refused with the file named, and stays as it was."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("mine")
+    path = _config(tmp_path, tiny_model("llama"), output={"storage_path": str(tmp_path), "name": "mine"})
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(path.read_text() + "tune: {space: {tuning.rank: {choice: [4, 8]}}, num_samples: 2, metric: train/loss}\n")
+    commands = [["train", str(path)], ["train", str(path), "output.overwrite=true"],
+                ["tune", str(sweep)], ["tune", str(sweep), "output.overwrite=true"],
+                ["data", "prepare", str(path), "-o", str(mine)], ["data", "prepare", str(path), "-o", str(mine), "--overwrite"],
+                ["demo", "--output", str(mine)]]  # export: tests/core/test_export.py (it needs a trained run)
+    for command in commands:
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 2 and "thesis.tex" in result.output, (command, result.output)
+        assert "Traceback" not in result.output
+    assert [p.name for p in mine.iterdir()] == ["thesis.tex"] and (mine / "thesis.tex").read_text() == "mine"

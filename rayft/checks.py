@@ -41,14 +41,15 @@ def check_config(run: RunConfig, resume: bool = False, output: OutputKind = owne
     _raise(problems)
 
 
-def check_data_inputs(run: RunConfig) -> None:
-    """What reading and tokenizing the data needs (`rayft data preview/prepare`): the tokenizer's model, its chat
-    template, the datasets."""
-    try:
-        check_model_path(run.model)
-    except ModelLoadError as e:
-        raise RunCheckError(str(e)) from None
-    _raise(_check_chat_template(run) + _check_data(run))
+def check_data_inputs(run: RunConfig, sections: tuple[str, ...] = ("data.train",), model: bool = True) -> None:
+    """What reading the data of ``sections`` needs (`rayft data preview/prepare`, `rayft infer`): the datasets,
+    and with ``model`` the tokenizer's model and its chat template."""
+    if model:
+        try:
+            check_model_path(run.model)
+        except ModelLoadError as e:
+            raise RunCheckError(str(e)) from None
+    _raise((_check_chat_template(run) if model else []) + _check_data(run, sections))
 
 
 def check_cluster(run: RunConfig, resources: dict[str, float], use_gpu: bool) -> None:
@@ -150,13 +151,13 @@ def _check_sizes(run: RunConfig) -> list[str]:
     return problems
 
 
-def _check_data(run: RunConfig) -> list[str]:
+def _check_data(run: RunConfig, sections: tuple[str, ...] = ("data.train", "data.eval")) -> list[str]:
     """The datasets resolve before anything is read: dataset_info.json names, files, the columns the stage needs."""
     from rayft.data import resolve_datasets
     from rayft.sources import resolve_files
 
     problems = []
-    for section in ("data.train", "data.eval"):
+    for section in sections:
         try:
             for d in resolve_datasets(run, section):
                 if d.spec.path and "://" not in d.spec.path and d.manifest is None:

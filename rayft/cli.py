@@ -431,13 +431,15 @@ def infer_command(config_path: str, overrides: tuple[str, ...], output: str, ove
     """
     from tqdm import tqdm
 
+    from rayft.checks import check_data_inputs
     from rayft.cluster import connect
     from rayft.infer import infer
     from rayft_core.infer import GenerationParams
     from rayft_core.ownership import check_new_file
 
-    run = _load(config_path, overrides)
+    run = _load(config_path, overrides).with_absolute_paths()
     or_exit(lambda: check_new_file(output, overwrite, inputs=(config_path,)))  # before any work
+    or_exit(lambda: check_data_inputs(run, (f"data.{split}",), model=False))  # the model is the run's output
     connect()
     with tqdm(desc="generated", unit="row") as bar:
         summary = or_exit(lambda: infer(run, model_dir, f"data.{split}", output,

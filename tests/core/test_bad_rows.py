@@ -181,6 +181,20 @@ def test_openai_tool_calls_null_content_and_developer_role():
                       spec(format="openai", columns={"messages": "messages"}), "sft")
 
 
+def test_openai_content_parts_are_text_and_other_parts_are_named_bad_rows():
+    openai = spec(format="openai", columns={"messages": "messages"})
+    parts = [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]
+    row = {"messages": [{"role": "user", "content": parts}, {"role": "assistant", "content": [{"type": "text", "text": "Hello"}]}]}
+    assert align_row(row, openai, "sft")["messages"] == [{"role": "user", "content": "Hi there"},
+                                                         {"role": "assistant", "content": "Hello"}]
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    for content, reason in (([*parts, image], "unsupported content: rayft trains on text; this turn has image_url parts"),
+                            ([{"type": "text", "text": 5}], "wrong type"), (["plain"], "wrong type")):
+        bad = {"messages": [{"role": "user", "content": content}, row["messages"][1]], "path": "d.jsonl", "__row__": 7}
+        with pytest.raises(RowError, match=rf"^d\.jsonl: row 7: {reason}"):
+            align_row(bad, openai, "sft")
+
+
 def test_openai_tool_turns_render_with_a_tool_template(tokenizer, workdir):
     from rayft_core.data.templates import TEMPLATES
     from rayft_core.data.tokenize import split_turns

@@ -285,7 +285,10 @@ def _option_cases() -> list[tuple[list[str], str]]:
               (["eval", "similarity", predictions, "--output", "keep.txt"], "keep.txt already exists"),
               (["config", "import-llamafactory", "lf.yaml", "-o", "lf.yaml", "--overwrite"], "is this command's input"),
               (["config", "import-llamafactory", "lf.yaml", "-o", "keep.txt"], "keep.txt already exists"),
-              (["k8s", "render", run, "-o", run, "--overwrite"], "is this command's input")]
+              (["k8s", "render", run, "-o", run, "--overwrite"], "is this command's input"),
+              (["infer", run, "data.eval=[{path: /nowhere/e.json}]", "-o", "out.jsonl"], "no data files at '/nowhere/e.json'"),
+              (["data", "preview", run, "data.train=[{path: /nowhere/t.json}]"], "no data files at '/nowhere/t.json'"),
+              (["data", "prepare", run, "-o", "new", "model.name_or_path=/nowhere/m"], "model.name_or_path")]
     return cases
 
 

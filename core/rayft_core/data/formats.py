@@ -275,10 +275,26 @@ def _align_sharegpt(row: dict, spec: DatasetSpec, fmt: str, prompt_only_ok: bool
 
 def _turn_text(row: dict, turn: dict, tags: dict) -> str:
     text = turn.get(tags["content_tag"])
+    if isinstance(text, list):  # OpenAI's content parts: [{"type": "text", "text": ...}, ...]
+        text = _text_parts(row, text)
     if not isinstance(text, str):
         raise RowError(where(row), "wrong type" if text is not None else "missing column",
                        f"a turn's {tags['content_tag']!r} must be a string, got {text!r:.60}")
     return text
+
+
+def _text_parts(row: dict, parts: list) -> str:
+    """OpenAI's list of content parts -> their text, joined. rayft trains on text: an image or audio part is a
+    bad row, not a silently shortened turn."""
+    if not all(isinstance(p, dict) for p in parts):
+        raise RowError(where(row), "wrong type", "content parts must be objects such as {\"type\": \"text\", \"text\": ...}")
+    other = sorted({str(p.get("type")) for p in parts if p.get("type") != "text"})
+    if other:
+        raise RowError(where(row), "unsupported content", f"rayft trains on text; this turn has {', '.join(other)} parts")
+    texts = [p.get("text") for p in parts]
+    if not all(isinstance(t, str) for t in texts):
+        raise RowError(where(row), "wrong type", "a text part's 'text' must be a string")
+    return "".join(texts)
 
 
 def _message(row: dict, turn: dict, speaker: str, tags: dict) -> dict:

@@ -27,7 +27,8 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from rayft.checks import OVERWRITE_FLAG, check_cluster, check_config
 from rayft.cluster import connect
 from rayft_core import ownership, storage
-from rayft_core.config import RunConfig, SweepConfig, validate_config
+from rayft_core.config import RunConfig, validate_config
+from rayft_core.sweep_config import SweepConfig
 from rayft_core.errors import UserInputError
 from rayft_core.sweep import (RECORD_FILES, TrialRow, best_run_raw, check_space, csv_text, grace_period, plot, ranked,
                               table, trial_raw)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rayft_core.config import UNION_TAGS, RunConfig, SweepConfig, validate_config
+from rayft_core.config import UNION_TAGS, RunConfig, validate_config
+from rayft_core.sweep_config import SweepConfig
 from rayft_core.schema import ConfigError, set_key
 
 # A trial's run directory keeps these whatever the retention rule: what it did and how well.

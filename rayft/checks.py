@@ -27,10 +27,7 @@ class RunCheckError(UserInputError):
 
 def check_config(run: RunConfig, resume: bool = False, output: OutputKind = ownership.RUN) -> None:
     """Everything that needs no cluster. ``output``: what the run's directory will hold (a sweep's, a sweep)."""
-    try:
-        check_model_path(run.model)
-    except ModelLoadError as e:
-        raise RunCheckError(str(e)) from None
+    _check_model(run)
     problems = _check_packages(run)
     problems += _check_chat_template(run)
     problems += _check_stage(run)
@@ -45,10 +42,7 @@ def check_data_inputs(run: RunConfig, sections: tuple[str, ...] = ("data.train",
     """What reading the data of ``sections`` needs (`rayft data preview/prepare`, `rayft infer`): the datasets,
     and with ``model`` the tokenizer's model and its chat template."""
     if model:
-        try:
-            check_model_path(run.model)
-        except ModelLoadError as e:
-            raise RunCheckError(str(e)) from None
+        _check_model(run)
     _raise((_check_chat_template(run) if model else []) + _check_data(run, sections))
 
 
@@ -59,6 +53,14 @@ def check_cluster(run: RunConfig, resources: dict[str, float], use_gpu: bool) ->
         problems.append("deepspeed.offload_*: offloading moves state from GPU to CPU memory; this run has no GPU, "
                         "so set them to false")
     _raise(problems)
+
+
+def _check_model(run: RunConfig) -> None:
+    """First, alone: without a loadable model the checks after it (template, targets, sizes) cannot run."""
+    try:
+        check_model_path(run.model)
+    except ModelLoadError as e:
+        raise RunCheckError(str(e)) from None
 
 
 def _raise(problems: list[str]) -> None:

@@ -25,50 +25,12 @@ import sys
 
 import click
 
-from rayft.cliutil import EXIT_BAD_INPUT, or_exit
-
+from rayft.cliutil import EXIT_BAD_INPUT, load_run, or_exit
+from rayft.data_cli import data_group
 from rayft.eval import eval_group
 from rayft.k8s import k8s_group
 from rayft_core.config import RunConfig, load_config
 from rayft_core.schema import ConfigError
-
-
-
-def _load(config_path: str, overrides: tuple[str, ...]) -> RunConfig:
-    """A rayft run config, or a LLaMA-Factory YAML read through its translation; overrides are rayft keys."""
-    try:
-        translated = _read_llamafactory(config_path)
-        if translated is None:
-            return load_config(config_path, list(overrides))
-        return load_config(data=translated, overrides=list(overrides))
-    except ConfigError as e:
-        click.echo(f"error: {config_path}: {e}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
-
-
-def _read_llamafactory(config_path: str) -> dict | None:
-    """The translated config when CONFIG_PATH is a LLaMA-Factory YAML (its notes go to stderr), else None.
-    Exits when a note is an error: the run would not be the one the YAML asks for."""
-    from rayft_core.llamafactory import is_error, looks_like_llamafactory, translate
-    from rayft_core.schema import read_yaml
-
-    raw = read_yaml(config_path)  # a file that cannot be read is a ConfigError, which _load reports
-    if not looks_like_llamafactory(raw):
-        return None
-    translated, notes = translate(raw)
-    for note in notes:
-        click.echo(f"{config_path}: {note}", err=True)
-    if any(is_error(n) for n in notes):
-        click.echo(f"error: {config_path}: this LLaMA-Factory config cannot run in rayft as written (see above)", err=True)
-        sys.exit(EXIT_BAD_INPUT)
-    return translated
-
-
-def _refuse(problem: str | None) -> None:
-    """Exit 2 with ``problem`` when there is one (an output rayft will not write)."""
-    if problem:
-        click.echo(f"error: {problem}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -95,7 +57,7 @@ def train(config_path: str, overrides: tuple[str, ...], resume: bool) -> None:
     from rayft.train import train as run_training
     from rayft_core.errors import UserInputError
 
-    run = _load(config_path, overrides)
+    run = load_run(config_path, overrides)
     if run.tune is not None:
         click.echo(f"error: {config_path}: this run has a tune: section (a sweep); run it with `rayft tune "
                    f"{config_path}`, or remove the section to train once", err=True)
@@ -128,7 +90,7 @@ def tune_command(config_path: str, overrides: tuple[str, ...], space_path: str |
     from rayft.tune import sweep
     from rayft_core.schema import read_yaml
 
-    run = _load(config_path, overrides)
+    run = load_run(config_path, overrides)
     raw = run.model_dump(mode="json", exclude={"tune"})
     if space_path:
         try:
@@ -176,7 +138,7 @@ def submit(config_path: str, overrides: tuple[str, ...], address: str, runtime_e
     """
     from rayft.submit import Entrypoint, parse_env_vars, submit_run
 
-    run = _load(config_path, overrides)  # a bad config stops here, before anything is contacted
+    run = load_run(config_path, overrides)  # a bad config stops here, before anything is contacted
     succeeded = or_exit(lambda: submit_run(
         run, config_path, overrides, address, runtime_env_path=runtime_env_path, working_dir=working_dir,
         env_vars=parse_env_vars(env_vars), where=Entrypoint.parse(entrypoint_num_cpus, entrypoint_num_gpus, entrypoint_resources),
@@ -210,6 +172,7 @@ def export(run_dir: str, output: str, max_shard_size: str, dtype: str | None, ol
 
 
 main.add_command(eval_group)
+main.add_command(data_group)
 
 
 @main.group()
@@ -229,7 +192,7 @@ def config_validate(config_path: str, overrides: tuple[str, ...], schema_only: b
     from rayft.checks import check_config
     from rayft_core import ownership
 
-    run = _load(config_path, overrides)
+    run = load_run(config_path, overrides)
     if not schema_only:
         or_exit(lambda: check_config(run.with_absolute_paths(), output=ownership.SWEEP if run.tune else ownership.RUN))
     click.echo(f"{config_path}: valid ({run.stage.name}, {run.tuning.method}, {run.cluster.num_workers} worker(s), "
@@ -284,95 +247,6 @@ def config_import_llamafactory(lf_path: str, output: str | None, overwrite: bool
         click.echo(f"wrote {output}: {len(notes)} key(s) not honoured, listed at its top", err=True)
     else:
         click.echo(text, nl=False)
-
-
-@main.group()
-def data() -> None:
-    """Look at, and prepare, the training data of a run (no training)."""
-
-
-@data.command("preview")
-@click.argument("config_path", type=click.Path(exists=True, dir_okay=False))
-@click.argument("overrides", nargs=-1)
-@click.option("-n", "--examples", default=3, show_default=True, help="Rows to show rendered.")
-def data_preview(config_path: str, overrides: tuple[str, ...], examples: int) -> None:
-    """Rendered rows with the trained-on tokens marked, counts per dataset, a token-length
-    histogram, packing efficiency and the bad-row report of CONFIG_PATH's training data."""
-    from rayft.checks import check_data_inputs
-    from rayft.cluster import connect
-    from rayft.data import preview
-    from rayft_core.data.inspect import histogram, mark_trained
-    from rayft_core.model.loader import load_tokenizer
-
-    run = _load(config_path, overrides).with_absolute_paths()
-    or_exit(lambda: check_data_inputs(run))  # before Ray starts
-    connect()
-    rows, report = or_exit(lambda: preview(run, examples))
-    tokenizer = load_tokenizer(run.model)
-    color = sys.stdout.isatty()
-    for i, row in enumerate(rows, 1):
-        # one part per token list: input_ids, or chosen_/rejected_ for pairs, or kl_ for KTO's mismatched answer
-        for part in (c.removesuffix("input_ids") for c in row if c.endswith("input_ids")):
-            name = f" {part.rstrip('_')}" if part else ""
-            if part + "labels" not in row:  # an RL prompt: the model answers it, nothing in it is trained on
-                click.echo(f"─── row {i}{name} ({len(row[part + 'input_ids'])} tokens; generated from) ───")
-                click.echo(tokenizer.decode(row[part + "input_ids"]))
-                click.echo(f"    reference answer (for reward functions): {row.get('reference')!r}")
-                continue
-            click.echo(f"─── row {i}{name} ({len(row[part + 'input_ids'])} tokens; trained-on tokens "
-                       f"{'in green' if color else 'in «»'}) ───")
-            click.echo(mark_trained(tokenizer, row[part + "input_ids"], row[part + "labels"], color, row.get("position_ids")))
-        if "kto_tag" in row:
-            click.echo(f"    desirable: {row['kto_tag']}")
-    click.echo("\n" + report.table())
-    click.echo("\ntokens per row:\n" + histogram(report.lengths, run.data.max_seq_len))
-    click.echo("\n" + (report.bad_rows() if report.num_bad else "no unusable rows"))
-
-
-@data.command("prepare")
-@click.argument("config_path", type=click.Path(exists=True, dir_okay=False))
-@click.argument("overrides", nargs=-1)
-@click.option("-o", "--output", required=True, help="Directory (local, shared or s3://...) for the Parquet files: "
-              "new or empty, or earlier prepared data with --overwrite.")
-@click.option("--overwrite", is_flag=True, help="Replace prepared data that rayft wrote in OUTPUT before (nothing else "
-              "is ever deleted: a directory holding other files is refused).")
-def data_prepare(config_path: str, overrides: tuple[str, ...], output: str, overwrite: bool) -> None:
-    """Tokenize CONFIG_PATH's training data once and write it as Parquet (input_ids, labels with
-    -100 where no loss, position_ids when packed) plus a manifest. Train from it with
-    `data.train: [{path: OUTPUT}]` on any cluster that reads OUTPUT."""
-    from rayft.checks import check_data_inputs
-    from rayft.cluster import connect
-    from rayft.data import tokenize_section, write_prepared
-    from rayft_core import ownership
-
-    run = _load(config_path, overrides).with_absolute_paths()
-    _refuse(ownership.problem(output, ownership.PREPARED, overwrite, "--overwrite"))  # before any work
-    or_exit(lambda: check_data_inputs(run))
-    connect()
-    ds, report = or_exit(lambda: tokenize_section(run, "data.train"))
-    or_exit(lambda: write_prepared(ds, output, run, report, overwrite=overwrite))
-    click.echo(report.table())
-    click.echo(f"prepared {report.rows:,} rows ({report.tokens:,} tokens) in {output}")
-
-
-@data.command("templates")
-def data_templates() -> None:
-    """The named chat templates (model.template), each shown rendering one short conversation."""
-    from transformers.utils.chat_template_utils import render_jinja_template
-
-    from rayft_core.data.templates import TEMPLATES
-
-    sample = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-              {"role": "assistant", "content": "Hello!"}]
-    for name, source in TEMPLATES.items():
-        try:
-            text = render_jinja_template(conversations=[sample], chat_template=source, bos_token="<bos>",
-                                         eos_token="<eos>")[0][0]
-        except Exception as e:  # a template may refuse a system turn; say so instead of failing the list
-            text = f"(cannot render this sample: {e})"
-        click.echo(f"── {name} ──\n{text}\n")
-
-
 
 
 @main.command("serve", context_settings={"ignore_unknown_options": True})
@@ -437,7 +311,7 @@ def infer_command(config_path: str, overrides: tuple[str, ...], output: str, ove
     from rayft_core.infer import GenerationParams
     from rayft_core.ownership import check_new_file
 
-    run = _load(config_path, overrides).with_absolute_paths()
+    run = load_run(config_path, overrides).with_absolute_paths()
     or_exit(lambda: check_new_file(output, overwrite, inputs=(config_path,)))  # before any work
     or_exit(lambda: check_data_inputs(run, (f"data.{split}",), model=False))  # the model is the run's output
     connect()

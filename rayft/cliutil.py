@@ -1,4 +1,5 @@
-"""What every `rayft` command shares: bad input is a message and exit code 2, never a traceback."""
+"""What every `rayft` command shares: bad input is a message and exit code 2, never a traceback; a run config
+read as the user gave it (rayft's YAML or LLaMA-Factory's) with key=value overrides."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from typing import Any, Callable
 
 import click
 
+from rayft_core.config import RunConfig, load_config
 from rayft_core.errors import UserInputError
+from rayft_core.schema import ConfigError
 
 EXIT_BAD_INPUT = 2
 
@@ -19,3 +22,33 @@ def or_exit(fn: Callable[[], Any]) -> Any:
     except UserInputError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(EXIT_BAD_INPUT)
+
+
+def load_run(config_path: str, overrides: tuple[str, ...]) -> RunConfig:
+    """A rayft run config, or a LLaMA-Factory YAML read through its translation; overrides are rayft keys."""
+    try:
+        translated = read_llamafactory(config_path)
+        if translated is None:
+            return load_config(config_path, list(overrides))
+        return load_config(data=translated, overrides=list(overrides))
+    except ConfigError as e:
+        click.echo(f"error: {config_path}: {e}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def read_llamafactory(config_path: str) -> dict | None:
+    """The translated config when CONFIG_PATH is a LLaMA-Factory YAML (its notes go to stderr), else None.
+    Exits when a note is an error: the run would not be the one the YAML asks for."""
+    from rayft_core.llamafactory import is_error, looks_like_llamafactory, translate
+    from rayft_core.schema import read_yaml
+
+    raw = read_yaml(config_path)  # a file that cannot be read is a ConfigError, which load_run reports
+    if not looks_like_llamafactory(raw):
+        return None
+    translated, notes = translate(raw)
+    for note in notes:
+        click.echo(f"{config_path}: {note}", err=True)
+    if any(is_error(n) for n in notes):
+        click.echo(f"error: {config_path}: this LLaMA-Factory config cannot run in rayft as written (see above)", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    return translated

@@ -128,12 +128,17 @@ def problem(location: str, kind: OutputKind, overwrite: bool, flag: str) -> str 
     return None
 
 
-def claim(location: str, kind: OutputKind, overwrite: bool, flag: str) -> None:
-    """Make ``location`` ready for a new ``kind``: refused as ``problem`` says, else an earlier rayft output
-    of that kind there is cleared (with overwrite) and the directory exists."""
+def check(location: str, kind: OutputKind, overwrite: bool, flag: str) -> None:
+    """``problem`` as an OutputError: for a command that checks its destination before any work."""
     why = problem(location, kind, overwrite, flag)
     if why:
         raise OutputError(why)
+
+
+def claim(location: str, kind: OutputKind, overwrite: bool, flag: str) -> None:
+    """Make ``location`` ready for a new ``kind``: refused as ``problem`` says, else an earlier rayft output
+    of that kind there is cleared (with overwrite) and the directory exists."""
+    check(location, kind, overwrite, flag)
     clear(location, kind)
     fs, path = storage.filesystem(location)
     fs.create_dir(path, recursive=True)

@@ -257,12 +257,13 @@ def tokenizer_floor(model: Path, data: Path) -> dict:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread: CPU seconds, not a parallel speed-up
     from rayft_core.config import DatasetSpec, ModelConfig
     from rayft_core.data.formats import align_row
+    from rayft_core.stage_config import section
     from rayft_core.data.tokenize import split_turns
     from rayft_core.model.loader import load_tokenizer
 
     tok = load_tokenizer(ModelConfig(name_or_path=str(model), template="qwen"))
     spec = DatasetSpec(path=str(data), format="alpaca")
-    messages = [align_row(json.loads(line), spec, "sft")["messages"] for line in data.open()]
+    messages = [align_row(json.loads(line), spec, section("sft"))["messages"] for line in data.open()]
     t = time.process_time()
     texts = ["".join(p + r for p, r in split_turns(tok, m)) for m in messages]
     render = time.process_time() - t

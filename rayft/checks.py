@@ -14,8 +14,9 @@ from pathlib import Path
 from rayft_core import ownership
 from rayft_core.config import LoraTuning, RunConfig
 from rayft_core.errors import UserInputError
-from rayft_core.model.loader import ModelLoadError, check_model_path
+from rayft_core.model.loader import ModelFacts, ModelLoadError, check_model_path
 from rayft_core.ownership import OutputKind
+from rayft_core.stage_config import TEXT
 
 # More workers than any cluster holds: a typo (an extra zero or three), not a plan.
 MAX_WORKERS = 100_000
@@ -25,14 +26,19 @@ class RunCheckError(UserInputError):
     """The run cannot start as configured; the message says what to change."""
 
 
-def check_config(run: RunConfig, resume: bool = False, output: OutputKind = ownership.RUN) -> None:
-    """Everything that needs no cluster. ``output``: what the run's directory will hold (a sweep's, a sweep)."""
+def check_config(run: RunConfig, resume: bool = False, output: OutputKind = ownership.RUN,
+                 model: ModelFacts | None = None) -> None:
+    """Everything that needs no cluster. ``output``: what the run's directory will hold (a sweep's, a sweep).
+    ``model``: the model as the checks read it (each part loaded once); the caller's, to reuse it after."""
+    from rayft_core.train.stages import STAGES
+
     _check_model(run)
+    model = model or ModelFacts(run)
     problems = _check_packages(run)
-    problems += _check_chat_template(run)
-    problems += _check_stage(run)
-    problems += _check_targets(run)
-    problems += _check_sizes(run)
+    problems += _check_chat_template(run, model)
+    problems += STAGES[run.stage.name].check(run, model)
+    problems += _check_targets(run, model)
+    problems += _check_sizes(run, model)
     problems += _check_data(run)
     problems += _check_storage(run) or (_check_resume(run) if resume else _check_output(run, output))
     _raise(problems)
@@ -43,7 +49,7 @@ def check_data_inputs(run: RunConfig, sections: tuple[str, ...] = ("data.train",
     and with ``model`` the tokenizer's model and its chat template."""
     if model:
         _check_model(run)
-    _raise((_check_chat_template(run) if model else []) + _check_data(run, sections))
+    _raise((_check_chat_template(run, ModelFacts(run)) if model else []) + _check_data(run, sections))
 
 
 def check_cluster(run: RunConfig, resources: dict[str, float], use_gpu: bool) -> None:
@@ -84,47 +90,23 @@ def _check_packages(run: RunConfig) -> list[str]:
     return problems
 
 
-def _check_chat_template(run: RunConfig) -> list[str]:
-    if run.stage.name == "pt" or run.model.chat_template or run.model.template:
+def _check_chat_template(run: RunConfig, model: ModelFacts) -> list[str]:
+    if run.stage.data == TEXT or run.model.chat_template or run.model.template:
         return []
-    from rayft_core.model.loader import load_tokenizer
-
-    if not getattr(load_tokenizer(run.model), "chat_template", None):
+    if not getattr(model.tokenizer, "chat_template", None):
         return [f"model.chat_template: stage {run.stage.name!r} renders conversations with the tokenizer's chat "
                 "template and this tokenizer has none; give one (a Jinja string) in model.chat_template"]
     return []
 
 
-def _check_stage(run: RunConfig) -> list[str]:
-    """What a preference stage needs of the models: a hidden state for a value head, a loadable reference."""
-    problems = []
-    if run.stage.name == "rm":
-        from rayft_core.model.loader import build_model_config
-        from rayft_core.model.value_head import hidden_size_of
-
-        if hidden_size_of(build_model_config(run)) is None:
-            problems.append(f"stage: rm puts a value head on the last hidden state, and {run.model.name_or_path} "
-                            "declares no hidden_size; train the reward model on a causal LM that has one")
-    reference = getattr(run.stage, "reference_model", None)
-    if reference and not (Path(reference).expanduser() / "config.json").is_file():
-        problems.append(f"stage.reference_model: {reference!r} has no config.json; point it at a model directory "
-                        "written by save_pretrained")
-    return problems
-
-
-def _check_targets(run: RunConfig) -> list[str]:
+def _check_targets(run: RunConfig, facts: ModelFacts) -> list[str]:
     """Resolve LoRA/GaLore targets and freeze layers on a weightless (meta) copy of the model."""
     target = getattr(run.tuning, "target", None)
     if target is None and run.tuning.method != "freeze":
         return []
-    import torch
-    from transformers import AutoModelForCausalLM
-
     from rayft_core.model.adapters import TuningError, decoder_layers, resolve_targets
-    from rayft_core.model.loader import build_model_config
 
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(build_model_config(run), trust_remote_code=run.model.trust_remote_code)
+    model = facts.meta_model
     try:
         if target is not None:
             resolve_targets(model, target, "tuning.target")
@@ -137,12 +119,10 @@ def _check_targets(run: RunConfig) -> list[str]:
     return []
 
 
-def _check_sizes(run: RunConfig) -> list[str]:
+def _check_sizes(run: RunConfig, model: ModelFacts) -> list[str]:
     """Sizes no run can have: a context beyond the model's positions without RoPE scaling, absurd worker counts."""
-    from rayft_core.model.loader import build_model_config
-
     problems = []
-    limit = getattr(build_model_config(run), "max_position_embeddings", None)
+    limit = getattr(model.config, "max_position_embeddings", None)
     if limit and run.data.max_seq_len > limit and not run.model.rope_scaling:
         problems.append(f"data.max_seq_len: {run.data.max_seq_len} is beyond the {limit} positions "
                         f"{run.model.name_or_path} was trained on; lower it, or set model.rope_scaling (linear, dynamic "

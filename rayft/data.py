@@ -34,13 +34,11 @@ from rayft_core import ownership, storage
 from rayft_core.config import DatasetSpec, RunConfig
 from rayft_core.data import IGNORE_INDEX
 from rayft_core.data.report import MAX_ERRORS_SHOWN, DataReport, DatasetReport, check_bad_rows
-from rayft_core.data.formats import DataError, RowError, align_row, where
+from rayft_core.data.formats import DataError
 from rayft_core.data.mixing import interleave_counts
-from rayft_core.data.packing import pack_examples
 from rayft_core.data.registry import DatasetError, check_stage_fit, resolve_spec
 from rayft_core.model.loader import load_tokenizer
-from rayft_core.train.stage import Stage, sequence_columns
-from rayft_core.train.stages import STAGES
+from rayft_core.data.encode import encode_batch, error_reason
 
 logger = logging.getLogger(__name__)
 PREPARED_MARKER = ownership.PREPARED.markers[0]  # written first into a folder of prepared data
@@ -79,90 +77,9 @@ def _spec(spec_json: str) -> DatasetSpec:
 
 
 def _encode(batch: pa.Table, run_json: str, spec_json: str, source: int) -> pa.Table:
-    """Align, tokenize and (when on) pack a batch of raw rows; bad rows become error entries."""
+    """A Ray Data map task: rayft_core.data.encode.encode_batch with this process's run and tokenizer."""
     run, tokenizer = _run_and_tokenizer(run_json)
-    spec = _spec(spec_json)
-    stage = STAGES[run.stage.name]
-    aligned, errors = [], []
-    for raw in batch.to_pylist():
-        if raw["error"] is not None:
-            errors.append(raw["error"])
-            continue
-        try:
-            value = json.loads(raw["json"])
-        except (json.JSONDecodeError, RecursionError) as e:  # RecursionError: nested deeper than Python parses
-            errors.append(f"{raw['path']}: row {raw['row']}: invalid JSON: {e or 'nested too deeply'}")
-            continue
-        if not isinstance(value, dict):
-            errors.append(f"{raw['path']}: row {raw['row']}: wrong type: a row must be an object, got {type(value).__name__}")
-            continue
-        row = {**value, "path": raw["path"], "__row__": raw["row"]}
-        try:
-            aligned.append({"path": raw["path"], "__row__": raw["row"], **align_row(row, spec, run.stage.name)})
-        except RowError as e:
-            errors.append(str(e))
-    enc = _encode_rows(stage, aligned, tokenizer, run, errors)
-    sequences = sequence_columns(stage.columns)
-    if run.packing and enc["input_ids"]:
-        packed = pack_examples(enc["input_ids"], enc["labels"], run.data.max_seq_len)
-        counts = packed.pop("num_examples")
-        enc = packed
-    else:
-        counts = [1] * len(enc[stage.columns[0]])
-    n_good, n_bad = len(counts), len(errors)
-    columns = {c: pa.array(enc.get(c, []) + [[]] * n_bad, type=pa.list_(pa.int32())) for c in sequences}
-    for c in stage.columns:
-        if c not in sequences:  # a column of text, some of it null (an RL prompt without a reference answer), is text
-            values = enc.get(c, []) + [None] * n_bad
-            text = all(v is None or isinstance(v, str) for v in values)
-            columns[c] = pa.array(values, type=pa.string() if text else None)
-    columns.update({
-        "num_tokens": pa.array([sum(len(enc[c][k]) for c in sequences if c.endswith("input_ids")) for k in range(n_good)]
-                               + [0] * n_bad, type=pa.int32()),
-        "num_examples": pa.array(counts + [0] * n_bad, type=pa.int32()),
-        "source": pa.array([source] * (n_good + n_bad), type=pa.int16()),
-        "error": pa.array([None] * n_good + errors, type=pa.string()),
-    })
-    if run.packing:
-        columns["position_ids"] = pa.array(enc.get("position_ids", []) + [[]] * n_bad, type=pa.list_(pa.int32()))
-    return pa.table(columns)
-
-
-def _encode_rows(stage: Stage, rows: list[dict], tokenizer: Any, run: RunConfig, errors: list[str]) -> dict[str, list]:
-    """The stage's encoding of a batch; examples with a label list that carries no loss after
-    truncation are errors.
-
-    When the batch fails as a whole (a template that cannot render one row), each row is encoded
-    alone so the error names the row that caused it.
-    """
-    if not rows:  # Ray Data may hand over an empty block; tokenizers reject empty batches
-        return {c: [] for c in stage.columns}
-    try:
-        enc = stage.encode_rows(rows, tokenizer, run)
-    except DataError:
-        enc = {c: [] for c in (*stage.columns, "row_of_example")}
-        for i, row in enumerate(rows):
-            try:
-                one = stage.encode_rows([row], tokenizer, run)
-            except DataError as e:
-                errors.append(f"{where(row)}: template: {e}")
-                continue
-            for c in stage.columns:
-                enc[c] += one[c]
-            enc["row_of_example"] += [i] * len(one[stage.columns[0]])
-    label_columns = [c for c in stage.columns if c.endswith("labels")]
-    n = len(enc[stage.columns[0]])
-    keep = [k for k in range(n) if all(any(t != IGNORE_INDEX for t in enc[c][k][1:]) for c in label_columns)]
-    for k in sorted(set(range(n)) - set(keep)):
-        errors.append(f"{where(rows[enc['row_of_example'][k]])}: nothing to learn: no trainable tokens are left after "
-                      f"truncation to max_seq_len {run.data.max_seq_len}")
-    return {c: [enc[c][k] for k in keep] for c in stage.columns}
-
-
-def _reason(error: str) -> str:
-    """'file: row N: reason: detail' -> reason."""
-    parts = error.split(": ")
-    return parts[2] if len(parts) > 3 and parts[1].startswith("row ") else parts[1] if len(parts) > 2 else "unreadable"
+    return encode_batch(batch, run, tokenizer, _spec(spec_json), source)
 
 
 def _drop_errors(batch: pa.Table) -> pa.Table:
@@ -196,7 +113,7 @@ def resolve_datasets(run: RunConfig, section: str) -> list[_Dataset]:
             raise DatasetError(f"{key}: {spec.path} holds no {MANIFEST}: it was not written by `rayft data prepare`, "
                                "or the write did not finish")
         else:
-            check_stage_fit(spec, run.stage.name, key)
+            check_stage_fit(spec, run.stage, key)
         out.append(_Dataset(key, given.dataset or spec.label, spec, manifest))
     return out
 
@@ -259,7 +176,7 @@ def _report(ds: Any, labels: list[str], run: RunConfig) -> DataReport:
         for s, e in zip(sources, errors):
             if e is not None:
                 d = report.datasets[s]
-                reason = _reason(e)
+                reason = error_reason(e)
                 d.bad[reason] = d.bad.get(reason, 0) + 1
                 if len(d.shown) < MAX_ERRORS_SHOWN:
                     d.shown.append(e)

@@ -19,6 +19,7 @@ from rayft_core.data.formats import DataError, align_row
 from rayft_core.errors import UserInputError
 from rayft_core.ownership import staged_file
 from rayft_core.infer import GenerationParams, ModelSource, cuda_available
+from rayft_core.stage_config import SftStage
 from rayft_core.infer.vllm_engine import adapter_engine_kwargs, cpu_engine_env, engine_dtype, require_vllm
 
 
@@ -97,7 +98,7 @@ class _Prompts:
                     if not isinstance(value, dict):
                         raise ValueError(f"a row must be an object, got {type(value).__name__}")
                     raw = {**value, "path": path, "__row__": index}
-                    messages = align_row(raw, self.spec, "sft")["messages"]
+                    messages = align_row(raw, self.spec, SftStage())["messages"]
                     if messages[-1]["role"] == "assistant":  # the dataset's answer is the reference, not the prompt
                         reference = messages.pop()["content"]
                     ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,

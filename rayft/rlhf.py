@@ -6,7 +6,8 @@
   on the base, with cluster resources of their own (split placement). Rank 0 of the learners sends
   each iteration's prompts to them, split evenly, and the policy adapter after every update.
 
-Everything that can be wrong with the run is checked here before any actor starts.
+What the stage itself can check (rewards, reward model, initial adapter) it checks before Ray starts
+(rayft_core.train.rl_stage); what needs the cluster is checked here, before any actor starts.
 """
 
 from __future__ import annotations
@@ -51,33 +52,41 @@ def choose_engine(run: RunConfig, use_gpu: bool) -> str:
     return "hf"
 
 
-def check_rl_run(run: RunConfig, resources: dict[str, float], use_gpu: bool) -> str:
-    """The RL-only checks, on the driver, before the data is read and any actor starts; returns the kind of
-    rollout engine to start (vllm or hf)."""
-    from rayft_core.model.loader import load_tokenizer
-    from rayft_core.train.rewards import Rewards
-    from rayft_core.train.rl_model import check_reward_model, is_adapter
+class RlDriver:
+    """What an RL run needs on the driver beside its learners: the checks that need the cluster, the prompts'
+    answers checked against the rewards, and the rollout group while the learners train."""
 
+    def __init__(self, run: RunConfig, resources: dict[str, float], use_gpu: bool, pad_token_id: int):
+        self.run, self.use_gpu, self.pad_token_id = run, use_gpu, pad_token_id
+        self.kind = choose_engine(run, use_gpu)
+        _check_resources(run, resources, use_gpu)
+        self.group: RolloutGroup | None = None
+
+    def check_data(self, dataset: Any) -> None:
+        check_references(self.run, dataset)
+
+    @contextlib.contextmanager
+    def start(self) -> Iterator[RolloutGroup]:
+        with rollout_group(self.run, self.use_gpu, self.kind, self.pad_token_id) as self.group:
+            yield self.group
+
+    def summary(self) -> dict[str, Any]:
+        return {"rollouts": {"engine": self.kind, "num_engines": len(self.group.engines) if self.group else 0}}
+
+
+def _check_resources(run: RunConfig, resources: dict[str, float], use_gpu: bool) -> None:
+    """Learners and engines together fit the cluster."""
     st = run.stage
-    Rewards(st.reward_functions)  # each function found, importable, and taking what it will be given
-    kind = choose_engine(run, use_gpu)
-    if st.reward_model:
-        if not Path(st.reward_model).is_dir():
-            raise UserInputError(f"stage.reward_model: no directory {st.reward_model}")
-        check_reward_model(st.reward_model, run.model.name_or_path, len(load_tokenizer(run.model)))
-    if st.init_adapter and not is_adapter(st.init_adapter):
-        raise UserInputError(f"stage.init_adapter: {st.init_adapter} is not a LoRA adapter (adapter_config.json missing)")
     engines = st.rollout.num_engines
     cpus = run.cluster.num_workers * run.cluster.cpus_per_worker + engines * st.rollout.cpus_per_engine
     if cpus > resources.get("CPU", 0):
-        raise UserInputError(f"stage.rollout.num_engines: {run.cluster.num_workers} learners x {run.cluster.cpus_per_worker} "
-                             f"CPUs and {engines} engines x {st.rollout.cpus_per_engine} CPUs need {cpus:g} CPUs; the "
-                             f"cluster has {resources.get('CPU', 0):g}")
+        raise UserInputError(f"stage.rollout.num_engines: {run.cluster.num_workers} learners x "
+                             f"{run.cluster.cpus_per_worker} CPUs and {engines} engines x {st.rollout.cpus_per_engine} "
+                             f"CPUs need {cpus:g} CPUs; the cluster has {resources.get('CPU', 0):g}")
     gpus = run.cluster.num_workers * int(use_gpu) + engines * engine_gpus(run, use_gpu)
     if gpus > resources.get("GPU", 0):
-        raise UserInputError(f"stage.rollout.gpus_per_engine: the learners and engines need {gpus} GPUs; the cluster has "
-                             f"{resources.get('GPU', 0):g}")
-    return kind
+        raise UserInputError(f"stage.rollout.gpus_per_engine: the learners and engines need {gpus} GPUs; the cluster "
+                             f"has {resources.get('GPU', 0):g}")
 
 
 def engine_gpus(run: RunConfig, use_gpu: bool) -> int:
@@ -103,7 +112,7 @@ class RolloutGroup:
 
 
 @contextlib.contextmanager
-def rollout_group(run: RunConfig, use_gpu: bool, kind: str) -> Iterator[RolloutGroup]:
+def rollout_group(run: RunConfig, use_gpu: bool, kind: str, pad_token_id: int) -> Iterator[RolloutGroup]:
     """Start ``kind`` engines (all at once), yield them, and end them whatever happens to the run."""
     from rayft_core.infer.rollout import HFRollout, VLLMRollout
 
@@ -115,10 +124,8 @@ def rollout_group(run: RunConfig, use_gpu: bool, kind: str) -> Iterator[RolloutG
         engines = [actor.remote(run.model.name_or_path, rank or run.tuning.rank, run.data.max_seq_len, run.train.seed + i)
                    for i in range(st.rollout.num_engines)]
     else:
-        from rayft_core.model.loader import load_tokenizer
-
         actor = ray.remote(**options)(HFRollout)
-        engines = [actor.remote(run.model.name_or_path, load_tokenizer(run.model).pad_token_id, run.train.seed + i)
+        engines = [actor.remote(run.model.name_or_path, pad_token_id, run.train.seed + i)
                    for i in range(st.rollout.num_engines)]
     logger.info("rollouts: %d %s engine(s)", len(engines), kind)
     try:

@@ -24,10 +24,9 @@ from rayft.data import build_run_data
 from rayft_core import ownership, storage
 from rayft_core.config import RunConfig, dump_config
 from rayft_core.errors import UserInputError
-from rayft_core.stage_config import RL_STAGES
-from rayft_core.train.loop import TrainPlan
-from rayft_core.train.rlhf import rl_plan
+from rayft_core.model.loader import ModelFacts
 from rayft_core.train.outputs import CONFIG_FILE, SUMMARY_FILE, format_summary
+from rayft_core.train.plan import TrainPlan
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +37,7 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from rayft.data import StreamChecker
     from rayft_core.model.loader import load_tokenizer
-    from rayft_core.train.loop import train_worker
-    from rayft_core.train.rlhf import prompts_per_worker, rl_worker
+    from rayft_core.train.plan import batch_size_per_worker
     from rayft_core.train.stages import STAGES
 
     transformers.logging.disable_progress_bar()
@@ -50,11 +48,9 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     eval_shard = ray.train.get_dataset_shard("eval") if config["has_eval"] else None
     check = StreamChecker(run.data.max_bad_fraction, load_tokenizer(run.model).pad_token_id) if run.data.streaming else None
     columns = list(STAGES[run.stage.name].columns) + (["position_ids"] if run.packing else []) + (["error"] if check else [])
-    rl = run.stage.name in RL_STAGES  # RL workers take each iteration's prompts at once
 
     def epoch_batches(epoch: int):
-        batch_size = prompts_per_worker(run) if rl else run.train.micro_batch_size
-        batches = shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True,
+        batches = shard.iter_batches(batch_size=batch_size_per_worker(run), batch_format="numpy", drop_last=True,
                                      local_shuffle_buffer_size=256 if run.data.shuffle else None,
                                      local_shuffle_seed=run.train.seed + epoch if run.data.shuffle else None)
         for batch in batches:
@@ -76,10 +72,14 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, node = ctx.get_world_rank(), ray.get_runtime_context().get_node_id()
     checkpoint = ray.train.get_checkpoint()  # the latest, after a worker failure or with --resume
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as resume_from:
-        if rl:  # rank 0 drives the rollout engines
+        if run.stage.loop == "rl":  # rank 0 drives the rollout engines
+            from rayft_core.train.rlhf import rl_worker
+
             rl_worker(run, plan, epoch_batches, config["rollouts"] if rank == 0 else None, report, rank=rank,
                       world_size=ctx.get_world_size(), resume_from=resume_from, node=node)
         else:
+            from rayft_core.train.loop import train_worker
+
             train_worker(run, plan, epoch_batches, report=report, rank=rank, world_size=ctx.get_world_size(),
                          eval_batches=eval_batches if eval_shard is not None else None, resume_from=resume_from,
                          node=node)
@@ -116,33 +116,44 @@ def train(run: RunConfig, resume: bool = False, callbacks: list[UserCallback] | 
     callbacks: more Ray Train callbacks (a sweep's trial forwards reports to Tune); progress: the step bar.
     """
     run = run.with_absolute_paths()
-    check_config(run, resume=resume)  # before Ray starts: a bad run costs no cluster
+    model = ModelFacts(run)
+    check_config(run, resume=resume, model=model)  # before Ray starts: a bad run costs no cluster
     connect()
     resources = ray.cluster_resources()
     use_gpu = resources.get("GPU", 0) > 0 if run.cluster.use_gpu == "auto" else bool(run.cluster.use_gpu)
     check_cluster(run, resources, use_gpu)
-    rl = run.stage.name in RL_STAGES
-    engine_kind = rlhf.check_rl_run(run, resources, use_gpu) if rl else None
+    driver = rlhf.RlDriver(run, resources, use_gpu, model.tokenizer.pad_token_id) if run.stage.loop == "rl" \
+        else _SupervisedDriver()
 
     data = build_run_data(run)
-    if rl:
-        rlhf.check_references(run, data.train)
-    plan = (rl_plan if rl else TrainPlan.from_rows)(run, data.train_rows)
-    logger.info("plan: %d %s over %d epoch(s), global batch %d", plan.total_steps,
-                "iterations" if rl else "optimizer steps", plan.num_epochs, run.global_batch_size)
+    driver.check_data(data.train)
+    plan = TrainPlan.for_data(run, data.train_rows)
+    logger.info("plan: %d steps over %d epoch(s), global batch %d", plan.total_steps, plan.num_epochs,
+                run.global_batch_size)
     out = run.output.dir
     if not resume:  # only now: a run that fails its checks replaces nothing (an earlier run of rayft's, at most)
         ownership.claim(out, ownership.RUN, run.output.overwrite, OVERWRITE_FLAG)
     storage.write_text(storage.join(out, CONFIG_FILE), dump_config(run))  # first: `--resume` compares against it
 
-    rollouts = rlhf.rollout_group(run, use_gpu, engine_kind) if rl else contextlib.nullcontext()
-    with rollouts as rollouts:
+    with driver.start() as rollouts:
         result = _fit(run, data, plan, use_gpu, callbacks, progress, rollouts)
-        extra = {"rollouts": {"engine": rollouts.kind, "num_engines": len(rollouts.engines)}} if rl else {}
-    summary = _finish_summary(run, result, extra)
+    summary = _finish_summary(run, result, driver.summary())
     if summary:
         logger.info("run %s finished:\n%s", run.output.name, format_summary(summary))
     return out if storage.is_uri(out) else Path(out)
+
+
+class _SupervisedDriver:
+    """The supervised loop needs nothing on the driver beside its workers (see rlhf.RlDriver for what RL needs)."""
+
+    def check_data(self, dataset: Any) -> None:
+        pass
+
+    def start(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def summary(self) -> dict[str, Any]:
+        return {}
 
 
 def _fit(run: RunConfig, data: Any, plan: TrainPlan, use_gpu: bool, callbacks: list[UserCallback] | None,

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from tests.helpers import QA, SHARED
+
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -23,11 +24,7 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped although ../shared is present ({SHARED}): {report.longrepr}"
 ARCHS = ["llama", "qwen2", "mistral", "gemma2", "phi3"]
 
-QA = [("What is the capital of France?", "Paris is the capital of France."),
-      ("Name a primary colour.", "Red is a primary colour."),
-      ("What is two plus two?", "Two plus two is four."),
-      ("Say hello.", "Hello there!"),
-      ("What do bees make?", "Bees make honey.")]
+
 
 
 @pytest.fixture(scope="session")
@@ -125,43 +122,3 @@ def ray_cluster(s3_bucket):
     connect(num_cpus=4)
     yield
     ray.shutdown()
-
-
-def run_config(model_dir: Path, datasets: list[dict], out: Path, name: str, **sections) -> "RunConfig":  # noqa: F821
-    """A small valid run config; sections update whole keys (e.g. tuning={"method": "full"}, data={"packing": True})."""
-    from rayft_core.config import validate_config
-
-    raw = {"model": {"name_or_path": str(model_dir)}, "data": {"train": datasets, "max_seq_len": 64},
-           "train": {"max_steps": 4, "micro_batch_size": 4, "learning_rate": 5e-3, "logging_steps": 1},
-           "output": {"storage_path": str(out), "name": name}}
-    for key, value in sections.items():
-        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) and key in raw else value
-    return validate_config(raw)
-
-
-# The least a LLaMA-Factory YAML holds: tests of the translation add the keys they try to it.
-LF_MINIMAL = {"model_name_or_path": "m", "dataset": "alpaca_en_demo"}
-
-
-def noted_keys(notes: list[str]) -> list[str]:
-    """The key each translation note names ("level: key: value -- why")."""
-    return [n.split(": ", 2)[1] for n in notes]
-
-
-def make_reward_adapter(base: Path, tokenizer, out: Path) -> Path:
-    """A reward model in the format `stage: rm` writes (a LoRA adapter + value_head.safetensors + the
-    tokenizer), with random weights: for tests of how reward models are loaded, not of what they learned."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from rayft_core.model.value_head import ValueHeadModel
-
-    torch.manual_seed(1)
-    model = AutoModelForCausalLM.from_pretrained(base)
-    lm = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-    reward = ValueHeadModel(lm, model.config.hidden_size)
-    torch.nn.init.normal_(reward.v_head.weight, std=0.5)
-    reward.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out

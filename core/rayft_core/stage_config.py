@@ -1,32 +1,67 @@
-"""The stage section of a run config: one class per stage (`stage: {name: dpo, beta: 0.1}`), the tagged
-union of them, and which stages train on pairs or on prompts. Part of the run schema (rayft_core.config)."""
+"""The stage section of a run config: one class per stage (`stage: {name: dpo, beta: 0.1}`) and the tagged
+union of them. Part of the run schema (rayft_core.config).
+
+Each class also declares the stage's traits (class variables, not config keys): the shape of the data it
+trains on, whether it packs, which loop trains it. The data pipeline, the checks and the launcher read these;
+none of them branches on a stage's name.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Field, field_validator
 
 from rayft_core.schema import Section
 
+if TYPE_CHECKING:
+    from rayft_core.config import RunConfig
 
-class PretrainStage(Section):
+# The shapes of training data, as the stages read them (rayft_core.data.formats aligns every format to one).
+TEXT = "text"  # documents
+CONVERSATION = "conversation"  # conversations whose assistant turns are trained on
+PAIR = "pair"  # a conversation with a chosen and a rejected answer (a ranking dataset)
+TAGGED = "tagged"  # a conversation whose answer is tagged desirable or not (KTO)
+PROMPT = "prompt"  # conversations up to the assistant's turn; the answer, if any, is a reference for rewards
+DataShape = Literal["text", "conversation", "pair", "tagged", "prompt"]
+
+
+class StageSection(Section):
+    """What every stage declares besides its keys."""
+
+    data: ClassVar[DataShape] = CONVERSATION
+    packs: ClassVar[bool] = False  # rows may be packed (data.packing): the loss is per token, not per answer
+    packs_by_default: ClassVar[bool] = False
+    trains_with_dropout: ClassVar[bool] = False  # off where two scores are compared (pairs, policy vs reference)
+    loop: ClassVar[Literal["supervised", "rl"]] = "supervised"  # rayft_core.train.loop or rayft_core.train.rlhf
+
+    def problems(self, run: "RunConfig") -> list[str]:
+        """This stage's own rules on the rest of the run, each as 'path: what to change'."""
+        return []
+
+
+class PretrainStage(StageSection):
+    data: ClassVar[DataShape] = TEXT
+    packs, packs_by_default, trains_with_dropout = True, True, True
     name: Literal["pt"] = "pt"
 
 
-class SftStage(Section):
+class SftStage(StageSection):
+    packs, trains_with_dropout = True, True
     name: Literal["sft"] = "sft"
     train_on_prompt: bool = Field(False, description="Also compute the loss on prompt tokens (default: assistant tokens only).")
     mask_history: bool = Field(False, description="Loss on the last assistant turn only (default: every assistant turn).")
 
 
-class RewardStage(Section):
+class RewardStage(StageSection):
     """Reward modelling: a value head on the model scores the last token; trained so chosen > rejected."""
+
+    data: ClassVar[DataShape] = PAIR
 
     name: Literal["rm"] = "rm"
 
 
-class _ReferenceStage(Section):
+class _ReferenceStage(StageSection):
     reference_model: str | None = Field(
         None, description="A separate frozen reference model (local directory). Default: the base itself: with an "
         "adapter, the base with the adapter disabled (no second copy); for full-parameter runs, a frozen copy of it.")
@@ -35,6 +70,7 @@ class _ReferenceStage(Section):
 class DpoStage(_ReferenceStage):
     """Direct preference optimisation against a frozen reference."""
 
+    data: ClassVar[DataShape] = PAIR
     name: Literal["dpo"] = "dpo"
     beta: float = Field(0.1, gt=0, description="Strength of the pull toward the reference (the KL weight).")
     loss_type: Literal["sigmoid", "hinge", "ipo"] = Field(
@@ -46,6 +82,7 @@ class DpoStage(_ReferenceStage):
 class KtoStage(_ReferenceStage):
     """KTO: single answers tagged desirable or not, against a frozen reference."""
 
+    data: ClassVar[DataShape] = TAGGED
     name: Literal["kto"] = "kto"
     beta: float = Field(0.1, gt=0, description="Strength of the pull toward the reference.")
     desirable_weight: float = Field(1.0, gt=0, description="Weight of the loss on desirable answers.")
@@ -53,15 +90,19 @@ class KtoStage(_ReferenceStage):
     ftx: float = Field(0.0, ge=0, description="Add this weight x the SFT loss on desirable answers.")
 
 
-class OrpoStage(Section):
+class OrpoStage(StageSection):
     """ORPO: SFT on the chosen answer plus an odds-ratio penalty on the rejected one; no reference model."""
+
+    data: ClassVar[DataShape] = PAIR
 
     name: Literal["orpo"] = "orpo"
     beta: float = Field(0.1, gt=0, description="Weight of the odds-ratio term (the paper's lambda).")
 
 
-class SimpoStage(Section):
+class SimpoStage(StageSection):
     """SimPO: length-normalised log-likelihood margins with a target gap; no reference model."""
+
+    data: ClassVar[DataShape] = PAIR
 
     name: Literal["simpo"] = "simpo"
     beta: float = Field(2.0, gt=0, description="Scale of the reward (the paper uses 2.0-2.5).")
@@ -93,7 +134,13 @@ class RolloutConfig(Section):
                                                    "learners use GPUs, else 0).")
 
 
-class _RlStage(Section):
+class _RlStage(StageSection):
+    data: ClassVar[DataShape] = PROMPT
+    loop: ClassVar[Literal["supervised", "rl"]] = "rl"
+    # PPO's shape: a value head, GAE advantages and the KL in the reward. Without: advantages within each
+    # prompt's group of responses and the KL in the loss (GRPO).
+    value_head: ClassVar[bool] = False
+
     reward_model: str | None = Field(
         None, description="A `stage: rm` output. Its adapter and value head are loaded beside the policy on the same "
         "base (it must be an adapter of this run's base); a full reward model is loaded as a separate frozen model.")
@@ -111,10 +158,39 @@ class _RlStage(Section):
     reward_clip: float | None = Field(None, gt=0, description="Clip each (normalised) score to +-this.")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
 
+    @property
+    def responses_per_prompt(self) -> int:
+        return 1
+
+    def problems(self, run: "RunConfig") -> list[str]:
+        problems = []
+        if run.tuning.method != "lora":
+            problems.append(f"tuning.method: stage {self.name} trains a LoRA policy whose roles (value head, reward "
+                            f"adapter, reference) share one base; full-parameter RLHF is not built yet, got "
+                            f"{run.tuning.method}")
+        if self.reward_model is None and not self.reward_functions:
+            problems.append(f"stage.reward_model: stage {self.name} needs a reward: a reward model (a `stage: rm` "
+                            "output), stage.reward_functions, or both")
+        if self.max_new_tokens >= run.data.max_seq_len:
+            problems.append(f"stage.max_new_tokens: responses of up to {self.max_new_tokens} tokens leave no room for "
+                            f"the prompt within data.max_seq_len {run.data.max_seq_len}")
+        per_worker = run.train.micro_batch_size * run.train.gradient_accumulation_steps
+        if per_worker % self.responses_per_prompt:
+            problems.append(f"stage.group_size: each worker's rollout batch (micro_batch_size x "
+                            f"gradient_accumulation_steps = {per_worker} responses) must hold whole groups of "
+                            f"{self.responses_per_prompt}")
+        if run.data.eval or run.data.val_size:
+            problems.append(f"data.eval: stage {self.name} has no evaluation loss; remove data.eval and data.val_size")
+        if run.data.streaming:  # a bad streamed row would have to stay in its batch, as a prompt of padding
+            problems.append(f"data.streaming: stage {self.name} reads its prompts whole (bad rows are dropped and "
+                            "reported before training); set it to false")
+        return problems
+
 
 class PpoStage(_RlStage):
     """PPO (RLHF): a LoRA policy and a value head on it, the reference = the base with the adapter disabled."""
 
+    value_head: ClassVar[bool] = True
     name: Literal["ppo"] = "ppo"
     kl_coef: float = Field(0.05, ge=0, description="Weight of the per-token KL penalty in the reward (initial value "
                            "with adaptive_kl_target).")
@@ -141,6 +217,10 @@ class GrpoStage(_RlStage):
     kl_coef: float = Field(0.04, ge=0, description="Weight of the KL to the reference in the loss (0: no reference pass).")
     kl_estimator: Literal["k1", "k2", "k3", "abs"] = Field("k3", description="Per-token estimator of KL(policy || reference).")
 
+    @property
+    def responses_per_prompt(self) -> int:
+        return self.group_size
+
     @field_validator("group_size")
     @classmethod
     def _group(cls, v: int) -> int:
@@ -152,4 +232,10 @@ class GrpoStage(_RlStage):
 
 StageConfig = Annotated[Union[PretrainStage, SftStage, RewardStage, DpoStage, KtoStage, OrpoStage, SimpoStage,
                               PpoStage, GrpoStage], Field(discriminator="name")]
-RL_STAGES = ("ppo", "grpo")  # trained on prompts, with responses generated as they train
+
+
+def section(name: str) -> StageSection:
+    """Stage ``name``'s section with its defaults (its traits, for code that has a name and no run)."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(StageConfig).validate_python({"name": name})

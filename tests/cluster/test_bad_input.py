@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from rayft.checks import RunCheckError
 from rayft.cli import main
-from tests.conftest import run_config
+from tests.helpers import run_config
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

@@ -16,7 +16,7 @@ import pytest
 
 from rayft.checks import RunCheckError
 from rayft_core.train.outputs import read_metrics
-from tests.conftest import run_config
+from tests.helpers import run_config
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

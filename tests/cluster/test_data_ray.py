@@ -19,7 +19,7 @@ from rayft.sources import MANIFEST
 from rayft_core.data.formats import DataError
 from rayft_core.data.registry import DatasetError
 from rayft_core.train.outputs import read_metrics
-from tests.conftest import run_config
+from tests.helpers import run_config
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from rayft.cli import main
 from rayft_core.model.value_head import VALUE_HEAD_FILE
 from rayft_core.train.outputs import read_metrics
-from tests.conftest import SHARED
+from tests.helpers import SHARED
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

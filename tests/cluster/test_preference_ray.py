@@ -14,7 +14,7 @@ import torch
 from rayft.checks import RunCheckError
 from rayft_core.data.formats import DataError
 from rayft_core.train.outputs import read_metrics
-from tests.conftest import QA, run_config
+from tests.helpers import QA, run_config
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

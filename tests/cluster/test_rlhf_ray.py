@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rayft_core.train.outputs import read_metrics
-from tests.conftest import make_reward_adapter, run_config
+from tests.helpers import make_reward_adapter, run_config
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

@@ -20,7 +20,7 @@ from rayft_core.data.collate import pad_batch
 from rayft_core.data.tokenize import encode_chat_batch
 from rayft_core.train import pt
 from rayft_core.train.outputs import read_metrics
-from tests.conftest import QA, run_config
+from tests.helpers import QA, run_config
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

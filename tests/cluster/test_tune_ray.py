@@ -19,7 +19,7 @@ import yaml
 from rayft_core.config import load_config, validate_config
 from rayft_core.errors import UserInputError
 from rayft_core.train.outputs import read_metrics
-from tests.conftest import run_config
+from tests.helpers import run_config
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

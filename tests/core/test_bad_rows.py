@@ -13,8 +13,9 @@ import pytest
 from rayft.sources import resolve_files, rows_of_file
 from rayft_core.config import DatasetSpec
 from rayft_core.data.formats import RowError, align_row
+from rayft_core.stage_config import section
 from rayft_core.data.registry import DatasetError, resolve_spec
-from tests.conftest import run_config
+from tests.helpers import run_config
 
 
 def spec(**kw) -> DatasetSpec:
@@ -28,7 +29,7 @@ def read(path: str, data: bytes) -> list[dict]:
 
 def align(raw: dict, fmt: str = "alpaca", stage: str = "sft") -> dict:
     assert raw["error"] is None, raw["error"]
-    return align_row({**json.loads(raw["json"]), "path": raw["path"], "__row__": raw["row"]}, spec(format=fmt), stage)
+    return align_row({**json.loads(raw["json"]), "path": raw["path"], "__row__": raw["row"]}, spec(format=fmt), section(stage))
 
 
 def test_lone_surrogates_are_bad_rows_naming_the_field():
@@ -55,7 +56,7 @@ def test_lone_surrogates_are_bad_rows_naming_the_field():
 def test_row_errors_quoting_a_surrogate_are_still_text():
     """An error message goes into an Arrow column: a surrogate quoted from the row is written escaped."""
     with pytest.raises(RowError) as e:
-        align_row({"\ud800": "x", "output": "a", "path": "d.jsonl", "__row__": 1}, spec(), "sft")
+        align_row({"\ud800": "x", "output": "a", "path": "d.jsonl", "__row__": 1}, spec(), section("sft"))
     assert e.value.reason == "missing column" and "\\ud800" in str(e.value)
     pa.array([str(e.value)])
 
@@ -153,7 +154,7 @@ def test_openai_tool_calls_null_content_and_developer_role():
         {"role": "tool", "tool_call_id": "c1", "content": "20C"},  # one tool message per call (parallel calls)
         {"role": "tool", "tool_call_id": "c2", "content": "25C"},
         {"role": "assistant", "content": "Paris 20C, Rome 25C."}], "tools": json.dumps(OPENAI_TOOLS)}
-    out = align_row(openai_row, spec(format="openai", columns={"messages": "messages"}), "sft")
+    out = align_row(openai_row, spec(format="openai", columns={"messages": "messages"}), section("sft"))
     calls = [{"name": "weather", "arguments": {"city": c}} for c in ("Paris", "Rome")]
     sharegpt_row = {"system": "Be brief.", "tools": json.dumps(OPENAI_TOOLS), "conversations": [
         {"from": "human", "value": "Weather in Paris and Rome?"},
@@ -161,9 +162,9 @@ def test_openai_tool_calls_null_content_and_developer_role():
         {"from": "observation", "value": "20C"}, {"from": "observation", "value": "25C"},  # not alternating: refused
         {"from": "gpt", "value": "Paris 20C, Rome 25C."}]}
     with pytest.raises(RowError, match="roles out of order"):
-        align_row(sharegpt_row, spec(format="sharegpt"), "sft")
+        align_row(sharegpt_row, spec(format="sharegpt"), section("sft"))
     sharegpt_row["conversations"][2:4] = [{"from": "observation", "value": "20C"}]
-    expected = align_row(sharegpt_row, spec(format="sharegpt"), "sft")
+    expected = align_row(sharegpt_row, spec(format="sharegpt"), section("sft"))
     assert out["messages"][:3] == expected["messages"][:3] and out["tools"] == expected["tools"]
     assert out["messages"][3:] == [{"role": "tool", "content": "20C"}, {"role": "tool", "content": "25C"},
                                    {"role": "assistant", "content": "Paris 20C, Rome 25C."}]
@@ -171,28 +172,28 @@ def test_openai_tool_calls_null_content_and_developer_role():
 
     said = {"role": "assistant", "content": "Let me look.", "tool_calls": openai_row["messages"][2]["tool_calls"][:1]}
     row = {"messages": [{"role": "user", "content": "q"}, said]}
-    assert align_row(row, spec(format="openai", columns={"messages": "messages"}), "sft")["messages"][-1] == {
+    assert align_row(row, spec(format="openai", columns={"messages": "messages"}), section("sft"))["messages"][-1] == {
         "role": "assistant", "content": "Let me look.",
         "tool_calls": [{"type": "function", "function": {"name": "weather", "arguments": {"city": "Paris"}}}]}
     for bad, reason in (({"role": "assistant", "content": None}, "missing column"),
                         ({"role": "assistant", "content": None, "tool_calls": [{"name": "f"}]}, "wrong type")):
         with pytest.raises(RowError, match=rf"^d\.jsonl: row 4: {reason}: "):
             align_row({"messages": [{"role": "user", "content": "q"}, bad], "path": "d.jsonl", "__row__": 4},
-                      spec(format="openai", columns={"messages": "messages"}), "sft")
+                      spec(format="openai", columns={"messages": "messages"}), section("sft"))
 
 
 def test_openai_content_parts_are_text_and_other_parts_are_named_bad_rows():
     openai = spec(format="openai", columns={"messages": "messages"})
     parts = [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]
     row = {"messages": [{"role": "user", "content": parts}, {"role": "assistant", "content": [{"type": "text", "text": "Hello"}]}]}
-    assert align_row(row, openai, "sft")["messages"] == [{"role": "user", "content": "Hi there"},
+    assert align_row(row, openai, section("sft"))["messages"] == [{"role": "user", "content": "Hi there"},
                                                          {"role": "assistant", "content": "Hello"}]
     image = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
     for content, reason in (([*parts, image], "unsupported content: rayft trains on text; this turn has image_url parts"),
                             ([{"type": "text", "text": 5}], "wrong type"), (["plain"], "wrong type")):
         bad = {"messages": [{"role": "user", "content": content}, row["messages"][1]], "path": "d.jsonl", "__row__": 7}
         with pytest.raises(RowError, match=rf"^d\.jsonl: row 7: {reason}"):
-            align_row(bad, openai, "sft")
+            align_row(bad, openai, section("sft"))
 
 
 def test_openai_tool_turns_render_with_a_tool_template(tokenizer, workdir):
@@ -204,7 +205,7 @@ def test_openai_tool_turns_render_with_a_tool_template(tokenizer, workdir):
     row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": None, "tool_calls": [
         {"id": str(i), "type": "function", "function": {"name": "weather", "arguments": "{}"}} for i in range(2)]},
         {"role": "tool", "content": "20C"}, {"role": "tool", "content": "25C"}, {"role": "assistant", "content": "ok"}]}
-    out = align_row(row, spec(format="openai", columns={"messages": "messages"}), "sft")
+    out = align_row(row, spec(format="openai", columns={"messages": "messages"}), section("sft"))
     (_, call), (results, answer) = split_turns(tok, out["messages"], OPENAI_TOOLS)
     assert call.count("<tool_call>") == 2 and results.count("<tool_response>") == 2 and answer.startswith("ok")
 

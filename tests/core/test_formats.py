@@ -12,7 +12,8 @@ from rayft.sources import rows_of_file
 from rayft_core.config import DatasetSpec
 from rayft_core.data.formats import RowError, align_row
 from rayft_core.data.registry import DatasetError, check_stage_fit, load_dataset_info, resolve_spec
-from tests.conftest import SHARED
+from rayft_core.stage_config import section
+from tests.helpers import SHARED
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "data"
 
@@ -24,7 +25,7 @@ def spec(**kw) -> DatasetSpec:
 def test_alpaca_with_system_history_and_input():
     row = {"instruction": "Translate", "input": "bonjour", "output": "hello", "system": "Be brief.",
            "history": [["hi", "hey"]]}
-    assert align_row(row, spec(), "sft") == {"messages": [
+    assert align_row(row, spec(), section("sft")) == {"messages": [
         {"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
         {"role": "assistant", "content": "hey"}, {"role": "user", "content": "Translate\nbonjour"},
         {"role": "assistant", "content": "hello"}], "tools": None}
@@ -33,19 +34,19 @@ def test_alpaca_with_system_history_and_input():
 def test_alpaca_custom_columns_preference_and_kto():
     orca = spec(columns={"prompt": "question", "response": "response", "system": "system_prompt"})
     row = {"question": "q?", "response": "a.", "system_prompt": "sys"}
-    assert [m["role"] for m in align_row(row, orca, "sft")["messages"]] == ["system", "user", "assistant"]
-    ranked = align_row({"instruction": "q", "chosen": "good", "rejected": "bad"}, spec(ranking=True), "dpo")
+    assert [m["role"] for m in align_row(row, orca, section("sft"))["messages"]] == ["system", "user", "assistant"]
+    ranked = align_row({"instruction": "q", "chosen": "good", "rejected": "bad"}, spec(ranking=True), section("dpo"))
     assert ranked["chosen"] == {"role": "assistant", "content": "good"} and ranked["messages"][-1]["role"] == "user"
-    old_style = align_row({"instruction": "q", "output": ["good", "bad"]}, spec(ranking=True), "dpo")
+    old_style = align_row({"instruction": "q", "output": ["good", "bad"]}, spec(ranking=True), section("dpo"))
     assert old_style["rejected"]["content"] == "bad"
-    kto = align_row({"instruction": "q", "output": "a", "label": False}, spec(columns={"kto_tag": "label"}), "kto")
+    kto = align_row({"instruction": "q", "output": "a", "label": False}, spec(columns={"kto_tag": "label"}), section("kto"))
     assert kto["kto_tag"] is False
 
 
 def test_pretraining_reads_the_prompt_column_or_text():
     c4 = spec(columns={"prompt": "text"})
-    assert align_row({"text": "a document"}, c4, "pt") == {"text": "a document"}
-    assert align_row({"text": "doc"}, spec(format="text"), "pt") == {"text": "doc"}
+    assert align_row({"text": "a document"}, c4, section("pt")) == {"text": "a document"}
+    assert align_row({"text": "doc"}, spec(format="text"), section("pt")) == {"text": "doc"}
 
 
 def test_sharegpt_tool_calls_observations_and_tools():
@@ -55,7 +56,7 @@ def test_sharegpt_tool_calls_observations_and_tools():
         {"from": "function_call", "value": json.dumps({"name": "f", "arguments": {"x": 1}})},
         {"from": "observation", "value": "{\"ok\": true}"},
         {"from": "gpt", "value": "done"}], "tools": tools}
-    out = align_row(row, spec(format="sharegpt"), "sft")
+    out = align_row(row, spec(format="sharegpt"), section("sft"))
     assert out["messages"][1] == {"role": "assistant", "content": "",
                                   "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {"x": 1}}}]}
     assert out["messages"][2] == {"role": "tool", "content": "{\"ok\": true}"}
@@ -66,15 +67,15 @@ def test_sharegpt_custom_tags_openai_and_preference():
     tagged = spec(format="sharegpt", columns={"messages": "messages"},
                   tags={"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"})
     row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
-    assert align_row(row, tagged, "sft")["messages"][-1] == {"role": "assistant", "content": "a"}
+    assert align_row(row, tagged, section("sft"))["messages"][-1] == {"role": "assistant", "content": "a"}
     openai = spec(format="openai", columns={"messages": "messages"})
     row = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"},
                         {"role": "assistant", "content": "a"}]}
-    assert [m["role"] for m in align_row(row, openai, "sft")["messages"]] == ["system", "user", "assistant"]
+    assert [m["role"] for m in align_row(row, openai, section("sft"))["messages"]] == ["system", "user", "assistant"]
     dpo = spec(format="sharegpt", ranking=True)
     row = {"conversations": [{"from": "human", "value": "q"}], "chosen": {"from": "gpt", "value": "good"},
            "rejected": {"from": "gpt", "value": "bad"}}
-    out = align_row(row, dpo, "dpo")
+    out = align_row(row, dpo, section("dpo"))
     assert out["chosen"]["content"] == "good" and out["rejected"]["content"] == "bad"
 
 
@@ -91,13 +92,13 @@ def test_sharegpt_custom_tags_openai_and_preference():
 ])
 def test_bad_rows_name_file_row_and_reason(row, fmt, reason):
     with pytest.raises(RowError, match=rf"^data\.jsonl: row 7: {reason}: ") as e:
-        align_row({**row, "path": "data.jsonl", "__row__": 7}, spec(format=fmt), "sft")
+        align_row({**row, "path": "data.jsonl", "__row__": 7}, spec(format=fmt), section("sft"))
     assert e.value.reason == reason
 
 
 def test_kto_tag_must_be_boolean():
     with pytest.raises(RowError, match="KTO column 'label' must be true or false, got 'yes'"):
-        align_row({"instruction": "q", "output": "a", "label": "yes"}, spec(columns={"kto_tag": "label"}), "kto")
+        align_row({"instruction": "q", "output": "a", "label": "yes"}, spec(columns={"kto_tag": "label"}), section("kto"))
 
 
 def test_reader_keeps_strings_and_reports_bad_lines(tmp_path):
@@ -128,19 +129,20 @@ def test_dataset_info_names_resolve_with_closest_name():
 
 def test_stage_fit_is_checked_before_reading():
     with pytest.raises(DatasetError, match="stage sft needs conversations"):
-        check_stage_fit(spec(format="text"), "sft", "k")
+        check_stage_fit(spec(format="text"), section("sft"), "k")
     with pytest.raises(DatasetError, match="is a ranking .* stage sft cannot use it"):
-        check_stage_fit(spec(ranking=True), "sft", "k")
+        check_stage_fit(spec(ranking=True), section("sft"), "k")
     with pytest.raises(DatasetError, match="stage dpo trains on preference pairs"):
-        check_stage_fit(spec(), "dpo", "k")
+        check_stage_fit(spec(), section("dpo"), "k")
     with pytest.raises(DatasetError, match="stage kto needs a boolean tag"):
-        check_stage_fit(spec(), "kto", "k")
+        check_stage_fit(spec(), section("kto"), "k")
 
 
 def _align_file(info: dict, name: str, dataset_dir: Path) -> tuple[int, list[str]]:
     resolved = resolve_spec(DatasetSpec(dataset=name), str(dataset_dir), name)
     stage = "dpo" if resolved.ranking else "kto" if resolved.columns.kto_tag else "pt" if resolved.format == "text" \
         or "prompt" in info[name].get("columns", {}) and "response" not in info[name].get("columns", {}) else "sft"
+    stage = section(stage)
     check_stage_fit(resolved, stage, name)
     path = Path(resolved.path)
     good, errors = 0, []

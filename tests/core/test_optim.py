@@ -1,6 +1,6 @@
 import pytest
 
-from rayft_core.train.loop import TrainPlan
+from rayft_core.train.plan import TrainPlan
 from rayft_core.train.optim import lr_lambda
 from rayft_core.config import validate_config
 
@@ -22,3 +22,37 @@ def test_plan_gives_every_worker_the_same_number_of_micro_batches():
     assert (plan.micro_batches_per_epoch, plan.total_steps, plan.num_epochs) == (8, 10, 3)
     with pytest.raises(ValueError, match="fewer than one optimizer step needs"):
         TrainPlan.from_rows(run, 20)
+
+
+MINIMAL = {"model": {"name_or_path": "m"}, "data": {"train": [{"path": "d", "format": "alpaca"}]}}
+
+
+def test_biases_and_norm_scales_are_not_decayed_and_loraplus_speeds_up_b_only():
+    import torch
+
+    from rayft_core.train.optim import build_param_groups
+
+    model = torch.nn.ModuleDict({"lora_A": torch.nn.Linear(4, 4), "lora_B": torch.nn.Linear(4, 4),
+                                 "norm": torch.nn.LayerNorm(4)})
+    train = {"weight_decay": 0.1, "learning_rate": 1e-3}
+    full = build_param_groups(model, validate_config({**MINIMAL, "tuning": "full", "train": train}))
+    assert {(g["lr"], g["weight_decay"], len(g["params"])) for g in full} == {(1e-3, 0.1, 2), (1e-3, 0.0, 4)}
+    lora = build_param_groups(model, validate_config({**MINIMAL, "train": train,
+                                                      "tuning": {"method": "lora", "loraplus_lr_ratio": 16}}))
+    assert {(g["lr"], g["weight_decay"], len(g["params"])) for g in lora} == {
+        (1e-3, 0.1, 1), (1e-3, 0.0, 3), (1e-3 * 16, 0.1, 1), (1e-3 * 16, 0.0, 1)}
+
+
+def test_every_method_names_a_registered_optimizer_and_galore_names_its_extra(monkeypatch):
+    import importlib.util
+
+    from rayft_core.train.optim import OPTIMIZERS
+    from rayft_core.methods import METHODS
+
+    assert {m.optimizer for m in METHODS.values()} <= set(OPTIMIZERS)
+    run = validate_config({**MINIMAL, "tuning": "galore", "deepspeed": {"zero_stage": 0}})
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "galore_torch" else real(name, *a))
+    with pytest.raises(ImportError, match=r"^tuning.method galore needs galore-torch: pip install 'rayft\[galore\]'$"):
+        OPTIMIZERS[run.tuning.optimizer]([], run)

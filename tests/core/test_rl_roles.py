@@ -11,7 +11,7 @@ import torch
 from rayft_core.config import validate_config
 from rayft_core.schema import ConfigError
 from rayft_core.errors import UserInputError
-from tests.conftest import make_reward_adapter
+from tests.helpers import make_reward_adapter
 
 
 def _rl_run(base: Path, data: Path, out: Path, stage: dict, **sections):
@@ -127,6 +127,7 @@ def test_reward_functions(tmp_path: Path) -> None:
 
 def test_prompts_render_as_the_chat_template_does(tokenizer, tiny_model, workdir) -> None:
     from rayft_core.data.formats import align_row
+    from rayft_core.stage_config import section
     from rayft_core.model.loader import load_tokenizer
     from rayft_core.train.rl_stage import GRPO
 
@@ -136,7 +137,7 @@ def test_prompts_render_as_the_chat_template_does(tokenizer, tiny_model, workdir
     run = _rl_run(tiny_model("llama"), data, workdir, {"name": "grpo", "group_size": 2,
                                                        "reward_functions": [{"function": "number_match"}]})
     spec = run.data.train[0]
-    aligned = [align_row({**r, "path": str(data), "__row__": i}, spec, "grpo") for i, r in enumerate(rows)]
+    aligned = [align_row({**r, "path": str(data), "__row__": i}, spec, section("grpo")) for i, r in enumerate(rows)]
     enc = GRPO.encode_rows(aligned, load_tokenizer(run.model), run)
     for row, ids in zip(rows, enc["prompt_input_ids"]):
         want = tokenizer.apply_chat_template([{"role": "user", "content": row["instruction"]}], add_generation_prompt=True,

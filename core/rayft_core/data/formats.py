@@ -1,9 +1,12 @@
 """Align every input format to one standard row that every stage consumes:
 
-    {"text": str}                                                    # pre-training
-    {"messages": [...], "tools": [...] | None}                       # SFT: the last message is the assistant's
-    {"messages": [...], "tools": ..., "chosen": msg, "rejected": msg}  # preference (rm, dpo, orpo, simpo)
-    {"messages": [...], "tools": ..., "kto_tag": bool}               # KTO: the last message is judged
+    {"text": str}                                                    # text (pre-training)
+    {"messages": [...], "tools": [...] | None}                       # conversation: the last message is the assistant's
+    {"messages": [...], "tools": ..., "chosen": msg, "rejected": msg}  # pair (preference stages)
+    {"messages": [...], "tools": ..., "kto_tag": bool}               # tagged (KTO): the last message is judged
+    {"messages": [...], "tools": ...}                                # prompt (RL): may end with the user's turn
+
+Which one a run gets is its stage's data shape (rayft_core.stage_config).
 
 Messages are Hugging Face chat messages: {"role": "system"|"user"|"assistant"|"tool", "content": str},
 an assistant tool call carrying "tool_calls" [{"type": "function", "function": {"name", "arguments"}}].
@@ -22,8 +25,8 @@ import json
 from typing import Any
 
 from rayft_core.config import DatasetSpec
-from rayft_core.stage_config import RL_STAGES
 from rayft_core.errors import UserInputError
+from rayft_core.stage_config import PROMPT, TEXT, StageSection
 
 
 class DataError(UserInputError):
@@ -59,24 +62,25 @@ def where(row: dict) -> str:
     return f"row {json.dumps(data, ensure_ascii=False, default=str)[:160]}"
 
 
-def align_row(row: dict, spec: DatasetSpec, stage: str) -> dict:
-    """One raw row of ``spec``'s dataset -> the standard row that ``stage`` consumes."""
+def align_row(row: dict, spec: DatasetSpec, stage: StageSection) -> dict:
+    """One raw row of ``spec``'s dataset -> the standard row of ``stage``'s data shape."""
     aligned = _align(row, spec, stage)
     _check_text(row, aligned)
     return aligned
 
 
-def _align(row: dict, spec: DatasetSpec, stage: str) -> dict:
+def _align(row: dict, spec: DatasetSpec, stage: StageSection) -> dict:
     fmt = spec.format or "alpaca"
     if fmt == "text":
         return {"text": _text(row, spec.columns.prompt or "text")}
     if fmt == "alpaca":
-        if stage == "pt":  # LLaMA-Factory pre-trains on the prompt column of alpaca-shaped rows
+        if stage.data == TEXT:  # LLaMA-Factory pre-trains on the prompt column of alpaca-shaped rows
             return {"text": _text(row, spec.columns.prompt or "instruction", row.get(spec.columns.query))}
-        return _align_alpaca(row, spec, prompt_only_ok=stage in RL_STAGES)
-    if stage == "pt":
-        raise RowError(where(row), "wrong format", f"stage pt trains on text; {fmt} conversations need a chat stage")
-    return _align_sharegpt(row, spec, fmt, prompt_only_ok=stage in RL_STAGES)
+        return _align_alpaca(row, spec, prompt_only_ok=stage.data == PROMPT)
+    if stage.data == TEXT:
+        raise RowError(where(row), "wrong format",
+                       f"stage {stage.name} trains on text; {fmt} conversations need a chat stage")
+    return _align_sharegpt(row, spec, fmt, prompt_only_ok=stage.data == PROMPT)
 
 
 def _check_text(row: dict, aligned: dict) -> None:

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from rayft_core.config import DatasetSpec
 from rayft_core.errors import UserInputError
+from rayft_core.stage_config import CONVERSATION, PAIR, PROMPT, TAGGED, TEXT, StageSection
 
 INFO_FILE = "dataset_info.json"
 _IGNORED_ENTRY_KEYS = {"ms_hub_url", "om_hub_url"}  # used only when hf_hub_url or a file is absent (below)
@@ -110,19 +111,24 @@ def _from_dataset_info(spec: DatasetSpec, dataset_dir: str, key: str) -> Dataset
         raise DatasetError(f"{where}: {problems}") from None
 
 
-def check_stage_fit(spec: DatasetSpec, stage: str, key: str) -> None:
-    """A dataset's shape must match what the stage trains on (LLaMA-Factory's rule, checked before reading)."""
-    preference = stage in ("rm", "dpo", "orpo", "simpo")
-    if stage == "pt" and spec.format in ("sharegpt", "openai"):
-        raise DatasetError(f"{key}: stage pt trains on text; {spec.label} is {spec.format} conversations")
-    if stage != "pt" and spec.format == "text":
-        raise DatasetError(f"{key}: stage {stage} needs conversations (alpaca, sharegpt or openai); {spec.label} is text")
+def check_stage_fit(spec: DatasetSpec, stage: StageSection, key: str) -> None:
+    """A dataset's shape must match the stage's data shape (LLaMA-Factory's rule, checked before reading)."""
+    name = stage.name
+    if stage.data == TEXT and spec.format in ("sharegpt", "openai"):
+        raise DatasetError(f"{key}: stage {name} trains on text; {spec.label} is {spec.format} conversations")
+    if stage.data != TEXT and spec.format == "text":
+        raise DatasetError(f"{key}: stage {name} needs conversations (alpaca, sharegpt or openai); {spec.label} is text")
     if spec.format in ("text", "tokenized"):
         return
-    if preference and not spec.ranking:
-        raise DatasetError(f"{key}: stage {stage} trains on preference pairs; {spec.label} is not a ranking dataset "
+    if stage.data == PAIR and not spec.ranking:
+        raise DatasetError(f"{key}: stage {name} trains on preference pairs; {spec.label} is not a ranking dataset "
                            "(ranking: true with chosen and rejected columns)")
-    if not preference and spec.ranking:
-        raise DatasetError(f"{key}: {spec.label} is a ranking (preference) dataset; stage {stage} cannot use it")
-    if stage == "kto" and spec.columns.kto_tag is None:
-        raise DatasetError(f"{key}: stage kto needs a boolean tag per row; set columns.kto_tag for {spec.label}")
+    if stage.data != PAIR and spec.ranking:
+        raise DatasetError(f"{key}: {spec.label} is a ranking (preference) dataset; stage {name} cannot use it: "
+                           "it trains on " + _SHAPE_NAMES[stage.data])
+    if stage.data == TAGGED and spec.columns.kto_tag is None:
+        raise DatasetError(f"{key}: stage {name} needs a boolean tag per row; set columns.kto_tag for {spec.label}")
+
+
+_SHAPE_NAMES = {TEXT: "text", CONVERSATION: "conversations", TAGGED: "answers tagged desirable or not (kto_tag)",
+                PROMPT: "prompts"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -134,6 +135,29 @@ def build_model_config(run: RunConfig) -> Any:
         logger.info("RoPE scaling %s with factor %.2f for max_seq_len %d", m.rope_scaling, factor, run.data.max_seq_len)
     config.use_cache = False  # training never reuses past key/values
     return config
+
+
+class ModelFacts:
+    """The model as the driver's checks read it, each part loaded once however many checks ask: the tokenizer,
+    the config (with the run's RoPE scaling), and a weightless copy on the meta device (module names, layers)."""
+
+    def __init__(self, run: RunConfig):
+        self.run = run
+
+    @functools.cached_property
+    def tokenizer(self) -> Any:
+        return load_tokenizer(self.run.model)
+
+    @functools.cached_property
+    def config(self) -> Any:
+        return build_model_config(self.run)
+
+    @functools.cached_property
+    def meta_model(self) -> torch.nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(self.config, trust_remote_code=self.run.model.trust_remote_code)
 
 
 def quantization_config(run: RunConfig, dtype: torch.dtype) -> Any:

@@ -14,8 +14,8 @@ import torch
 from rayft_core.config import RunConfig
 from rayft_core.data.collate import pad_batch
 from rayft_core.train.losses import sequence_logps
-from rayft_core.train.preference import Reference, encode_conversations, masked_mean, without_dropout
-from rayft_core.train.stage import Stage
+from rayft_core.train.preference import Reference, encode_conversations, masked_mean, reference_problems, without_dropout
+from rayft_core.train.stage import SupervisedStage
 
 
 def kto_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, desirable: torch.Tensor, kl: torch.Tensor,
@@ -27,9 +27,12 @@ def kto_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, desirable: tor
     return torch.where(desirable, desirable_losses, undesirable_losses), beta * ratio.detach()
 
 
-class Feedback(Stage):
+class Feedback(SupervisedStage):
     name = "kto"
     columns = ("input_ids", "labels", "kl_input_ids", "kl_labels", "kto_tag")
+
+    def check(self, run, model):
+        return reference_problems(run)
 
     def encode_rows(self, rows: list[dict], tokenizer: Any, run: RunConfig) -> dict[str, list]:
         prompts = [{**r, "messages": r["messages"][:-1]} for r in rows]

@@ -7,6 +7,7 @@ A batch of B pairs is one forward pass over 2B rows: the chosen rows first, the 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,7 +16,7 @@ from rayft_core.config import RunConfig
 from rayft_core.data.collate import pad_batch
 from rayft_core.data.tokenize import encode_chat_batch
 from rayft_core.train.losses import sequence_logps
-from rayft_core.train.stage import Metrics, Stage
+from rayft_core.train.stage import Metrics, SupervisedStage
 
 PAIR_COLUMNS = ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels")
 
@@ -26,7 +27,7 @@ def encode_conversations(rows: list[dict], answers: list[dict], tokenizer: Any, 
                              mask_history=True, batch_tools=[r.get("tools") for r in rows])
 
 
-class PairStage(Stage):
+class PairStage(SupervisedStage):
     """rm, dpo, orpo and simpo: rows of (prompt, chosen, rejected)."""
 
     columns = PAIR_COLUMNS
@@ -88,6 +89,15 @@ def pair_metrics(loss: torch.Tensor, valid: torch.Tensor, chosen_rewards: torch.
 def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Mean over valid rows (a streamed bad row is masked to a row without labels and counts for nothing)."""
     return (x * valid).sum() / valid.sum().clamp(min=1)
+
+
+def reference_problems(run: RunConfig) -> list[str]:
+    """The driver's check of stage.reference_model (DPO and KTO)."""
+    reference = run.stage.reference_model
+    if reference and not (Path(reference).expanduser() / "config.json").is_file():
+        return [f"stage.reference_model: {reference!r} has no config.json; point it at a model directory "
+                "written by save_pretrained"]
+    return []
 
 
 class Reference:

@@ -6,10 +6,10 @@ from typing import Any
 
 from rayft_core.config import RunConfig
 from rayft_core.train.losses import lm_objective
-from rayft_core.train.stage import Stage
+from rayft_core.train.stage import SupervisedStage
 
 
-class Pretrain(Stage):
+class Pretrain(SupervisedStage):
     name = "pt"
 
     def encode_rows(self, rows: list[dict], tokenizer: Any, run: RunConfig) -> dict[str, list]:

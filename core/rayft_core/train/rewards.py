@@ -25,13 +25,22 @@ from rayft_core.errors import UserInputError
 
 ARGUMENTS = ("prompts", "completions", "references")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+BUILTINS: dict[str, Callable[..., list[float]]] = {}  # the built-in reward functions, by name
 
 
+def builtin(fn: Callable[..., list[float]]) -> Callable[..., list[float]]:
+    """Register ``fn`` as a built-in reward function under its name (a new one is one decorated function here)."""
+    BUILTINS[fn.__name__] = fn
+    return fn
+
+
+@builtin
 def exact_match(completions: list[str], references: list[str | None], **_: Any) -> list[float]:
     """1 where the completion, stripped, is the reference, stripped."""
     return [float(r is not None and c.strip() == r.strip()) for c, r in zip(completions, references)]
 
 
+@builtin
 def number_match(completions: list[str], references: list[str | None], **_: Any) -> list[float]:
     """1 where the first number in the completion equals the last number in the reference (GSM8K's answer)."""
     out = []
@@ -41,13 +50,11 @@ def number_match(completions: list[str], references: list[str | None], **_: Any)
     return out
 
 
+@builtin
 def regex(completions: list[str], pattern: str, **_: Any) -> list[float]:
     """1 where ``pattern`` matches somewhere in the completion (a format reward)."""
     compiled = re.compile(pattern)
     return [float(compiled.search(c) is not None) for c in completions]
-
-
-BUILTINS: dict[str, Callable[..., list[float]]] = {f.__name__: f for f in (exact_match, number_match, regex)}
 
 
 def load_function(name: str) -> Callable[..., list[float]]:

@@ -102,7 +102,7 @@ class RlModel(nn.Module):
 
             reward_model = load_reward_model(st.reward_model, dtype=next(base.parameters()).dtype)[0].requires_grad_(False)
         value_head = None
-        if st.name == "ppo":
+        if st.value_head:
             value_head = nn.Linear(size, 1)
             nn.init.normal_(value_head.weight, std=1 / (size + 1))
             nn.init.zeros_(value_head.bias)

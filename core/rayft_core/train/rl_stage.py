@@ -1,13 +1,21 @@
-"""Stages ppo and grpo as the data pipeline sees them: rows become prompts. (They train in
-rayft_core.train.rlhf, not in the supervised loop.)"""
+"""Stages ppo and grpo as the rest of rayft sees them: rows become prompts, the model is the shared base with
+its roles (rayft_core.train.rl_model), and the driver checks the rewards first. They train in
+rayft_core.train.rlhf."""
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
 
 from rayft_core.config import RunConfig
 from rayft_core.data.tokenize import encode_prompts
+from rayft_core.errors import UserInputError
 from rayft_core.train.stage import Stage
+
+if TYPE_CHECKING:
+    from rayft_core.model.loader import ModelFacts
 
 
 class RlStage(Stage):
@@ -29,11 +37,39 @@ class RlStage(Stage):
         ids = encode_prompts(tokenizer, conversations, run.data.max_seq_len - run.stage.max_new_tokens,
                              [r.get("tools") for r in rows])
         prompts = [next((m["content"] for m in reversed(c) if m["role"] == "user"), "") for c in conversations]
-        return {"prompt_input_ids": ids, "prompt": prompts, "reference": references, "row_of_example": list(range(len(rows)))}
+        return {"prompt_input_ids": ids, "prompt": prompts, "reference": references,
+                "row_of_example": list(range(len(rows)))}
 
-    def objective(self, run, tokenizer, device, ds_config):
-        raise TypeError(f"stage {self.name} trains in rayft_core.train.rlhf.rl_worker, not the supervised loop")
+    def build_model(self, run: RunConfig, tokenizer: Any) -> nn.Module:
+        from rayft_core.model.loader import load_model
+        from rayft_core.train.preference import without_dropout
+        from rayft_core.train.rl_model import RlModel
 
+        return RlModel.build(without_dropout(load_model(run, tokenizer)), run)
+
+    def scheduler_steps(self, run: RunConfig, plan_steps: int) -> int:
+        return plan_steps * run.stage.ppo_epochs  # one optimizer step per pass over each rollout batch
+
+    def check(self, run: RunConfig, model: "ModelFacts") -> list[str]:
+        """The rewards load and fit this base; the initial adapter is one."""
+        from rayft_core.train.rewards import Rewards
+        from rayft_core.train.rl_model import check_reward_model, is_adapter
+
+        st, problems = run.stage, []
+        try:
+            Rewards(st.reward_functions)  # each function found, importable, and taking what it will be given
+        except UserInputError as e:
+            problems.append(str(e))
+        if st.reward_model and not Path(st.reward_model).is_dir():
+            problems.append(f"stage.reward_model: no directory {st.reward_model}")
+        elif st.reward_model:
+            try:
+                check_reward_model(st.reward_model, run.model.name_or_path, len(model.tokenizer))
+            except UserInputError as e:
+                problems.append(str(e))
+        if st.init_adapter and not is_adapter(st.init_adapter):
+            problems.append(f"stage.init_adapter: {st.init_adapter} is not a LoRA adapter (adapter_config.json missing)")
+        return problems
 
 
 PPO, GRPO = RlStage("ppo"), RlStage("grpo")

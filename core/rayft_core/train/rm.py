@@ -22,6 +22,12 @@ def pairwise_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) ->
 class RewardModelling(PairStage):
     name = "rm"
 
+    def check(self, run, model):
+        if hidden_size_of(model.config) is None:
+            return [f"stage: rm puts a value head on the last hidden state, and {run.model.name_or_path} "
+                    "declares no hidden_size; train the reward model on a causal LM that has one"]
+        return []
+
     def prepare_model(self, model: nn.Module, run: RunConfig) -> nn.Module:
         size = hidden_size_of(model.config)
         if size is None:

@@ -8,10 +8,10 @@ from typing import Any
 from rayft_core.config import RunConfig
 from rayft_core.data.tokenize import encode_chat_batch
 from rayft_core.train.losses import lm_objective
-from rayft_core.train.stage import Stage
+from rayft_core.train.stage import SupervisedStage
 
 
-class SupervisedFineTuning(Stage):
+class SupervisedFineTuning(SupervisedStage):
     name = "sft"
 
     def encode_rows(self, rows: list[dict], tokenizer: Any, run: RunConfig) -> dict[str, list]:

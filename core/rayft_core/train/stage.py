@@ -1,6 +1,7 @@
-"""What a training stage adds to the shared trainer: how rows become columns, how columns become a
-batch, and the loss with its metrics. Everything else (model, tuning method, DeepSpeed, data,
-reporting, saving) is the trainer's.
+"""What a training stage adds to the shared worker session (rayft_core.train.session): how rows become
+columns, the model it trains, what the driver checks first, and (supervised stages) how columns become a
+batch and the loss with its metrics. Its traits (data shape, packing, which loop) are on its config section
+(rayft_core.stage_config); the table of stages is rayft_core.train.stages.
 
 Metrics are (sum, count) pairs per name, summed over micro-batches and workers before they are
 reported as sum / count: a token-weighted loss, a pair-weighted reward, a count of desirable answers.
@@ -10,13 +11,16 @@ Every call returns every name (count 0 where a batch has none), so workers reduc
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
 
 from rayft_core.config import RunConfig
 from rayft_core.data.collate import pad_batch
+
+if TYPE_CHECKING:
+    from rayft_core.model.loader import ModelFacts
 
 Metrics = dict[str, tuple[float, float]]  # name -> (sum, count)
 Objective = Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, Metrics]]
@@ -31,12 +35,35 @@ class Stage(ABC):
         """Standard rows (rayft_core.data.formats) -> one list per column, plus "row_of_example"
         (which row each example came from, for error messages)."""
 
-    def collate(self, examples: dict[str, Any], pad_token_id: int) -> dict[str, torch.Tensor]:
-        return pad_batch(examples, pad_token_id)
+    @abstractmethod
+    def build_model(self, run: RunConfig, tokenizer: Any) -> nn.Module:
+        """The module DeepSpeed wraps: the base with the tuning method applied, and whatever the stage adds."""
+
+    def scheduler_steps(self, run: RunConfig, plan_steps: int) -> int:
+        """Optimizer steps in a plan of ``plan_steps`` steps (the learning-rate schedule's length)."""
+        return plan_steps
+
+    def check(self, run: RunConfig, model: "ModelFacts") -> list[str]:
+        """On the driver, before anything starts: what the stage needs of the models and files, each problem
+        as 'path: what to change'. ``model`` loads the tokenizer and the model's config once for every check."""
+        return []
+
+
+class SupervisedStage(Stage):
+    """A stage trained by rayft_core.train.loop: each batch gives a loss."""
+
+    def build_model(self, run: RunConfig, tokenizer: Any) -> nn.Module:
+        from rayft_core.model.adapters import apply_tuning
+        from rayft_core.model.loader import load_model
+
+        return self.prepare_model(apply_tuning(load_model(run, tokenizer), run), run)
 
     def prepare_model(self, model: nn.Module, run: RunConfig) -> nn.Module:
-        """The module DeepSpeed wraps (a reward model adds its value head here)."""
+        """The tuned model as the stage trains it (a reward model adds its value head here)."""
         return model
+
+    def collate(self, examples: dict[str, Any], pad_token_id: int) -> dict[str, torch.Tensor]:
+        return pad_batch(examples, pad_token_id)
 
     @abstractmethod
     def objective(self, run: RunConfig, tokenizer: Any, device: torch.device, ds_config: dict[str, Any]) -> Objective:

@@ -1,0 +1,278 @@
+"""The worker session: what every training loop shares on a worker, in the setup / train / cleanup shape.
+
+    session = WorkerSession(run, plan, report, rank, world_size, resume_from, node)
+    session.setup(stage)        # seed, device, tokenizer, model, DeepSpeed engine, run directory, resume, trackers
+    with session:               # cleanup: the trackers close whatever happens
+        for rows in session.batches(epoch_batches):
+            ...                 # the loop's own work: a batch becomes a loss (train.loop), an RL iteration (train.rlhf)
+            session.end_step(metrics)   # the log / save cadence: metrics.jsonl, trackers, report, checkpoints
+    session.finish()            # summary.json and the trained model
+
+It knows nothing of Ray: the cluster layer hands it ``report`` (and the loops their batches), so the same
+session runs under Ray Train or in a plain process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import resource
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+
+from rayft_core import storage
+from rayft_core.config import RunConfig
+from rayft_core.errors import UserInputError
+from rayft_core.model.adapters import count_parameters
+from rayft_core.model.loader import load_tokenizer, resolve_dtype
+from rayft_core.train import outputs
+from rayft_core.train.checkpoint import TrainerState, load_checkpoint, save_checkpoint, seed_everything
+from rayft_core.train.deepspeed_config import build_deepspeed_config
+from rayft_core.train.optim import build_optimizer, build_scheduler
+from rayft_core.train.plan import TrainPlan
+from rayft_core.train.stage import Metrics, Stage
+from rayft_core.train.tracking import Trackers
+
+logger = logging.getLogger(__name__)
+
+Report = Callable[..., None]  # report(metrics, checkpoint_dir=None), called by every rank at the same steps
+
+
+class WorkerSession:
+    """One worker's training run. ``report(metrics, checkpoint_dir=None)`` hands each record (and, with a
+    checkpoint_dir, this rank's part of a checkpoint) to the cluster layer. ``resume_from``: a checkpoint
+    directory (every rank's files) to continue from. ``node``: which machine this worker runs on, for the
+    summary (default: the host name)."""
+
+    def __init__(self, run: RunConfig, plan: TrainPlan, report: Report, rank: int, world_size: int,
+                 resume_from: str | Path | None = None, node: str | None = None):
+        self.run, self.plan, self.report, self.rank, self.world_size = run, plan, report, rank, world_size
+        self.resume_from, self.node = resume_from, node or socket.gethostname()
+        self.step = 0  # steps done: optimizer steps, or RL iterations
+        self.epoch = self.index = 0  # where the batch in progress is: its epoch and its index in the epoch
+        self.tokens = 0  # tokens this worker trained on, for the summary
+        self.stop: dict[str, Any] | None = None  # why training stopped early
+        self.stage_state: Callable[[], dict[str, Any]] = dict  # what the stage carries over in a checkpoint
+
+    # ----------------------------------------------------------------------------------------- setup
+
+    def setup(self, stage: Stage) -> None:
+        run = self.run
+        if not torch.cuda.is_available():
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed otherwise probes for CUDA and fails
+        try:
+            import deepspeed
+        except ImportError:
+            raise ImportError("training needs DeepSpeed: pip install 'rayft[deepspeed]'") from None
+
+        seed_everything(run.train.seed)
+        cuda = torch.cuda.is_available()
+        self.device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+        self.tokenizer = load_tokenizer(run.model)
+        self.model = stage.build_model(run, self.tokenizer)
+        trainable, total = count_parameters(self.model)
+        if self.rank == 0:
+            logger.info("trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}",
+                        100 * trainable / total)
+        self.ds_config = build_deepspeed_config(run, resolve_dtype(run.model.dtype), self.world_size)
+        optimizer = None if "optimizer" in self.ds_config else build_optimizer(self.model, run)
+        scheduler = build_scheduler(optimizer, run, stage.scheduler_steps(run, self.plan.total_steps)) \
+            if optimizer else None
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=self.model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config,
+            dist_init_required=False)
+        self.engine.train()
+
+        resumed = self.resume_from is not None
+        self.out = self._open_run_dir(resumed) if self.rank == 0 else None
+        self.state = load_checkpoint(self.engine, self.resume_from, run, self.out) if resumed else TrainerState()
+        self.step = self.first_step = self.state.step
+        self.trackers = Trackers(run, self.out, resumed=resumed) if self.rank == 0 else None
+        self.started = time.perf_counter()
+
+    def _open_run_dir(self, resumed: bool) -> Path:
+        """Rank 0's local directory for the run's files (see rayft_core.storage), ready for this attempt."""
+        out = storage.local_run_dir(self.run.output.dir)
+        if storage.is_uri(self.run.output.dir):
+            shutil.rmtree(out, ignore_errors=True)  # a stale copy from another run or attempt on this node
+        out.mkdir(parents=True, exist_ok=True)
+        if resumed:
+            storage.fetch(self.run.output.dir, out)  # nothing to do when the run directory is a path
+        else:  # an attempt restarted before the first checkpoint starts the record over
+            outputs.truncate_metrics(out, 0)
+        return out
+
+    # ----------------------------------------------------------------------------------------- train
+
+    def __enter__(self) -> "WorkerSession":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.trackers is not None:
+            self.trackers.close()
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.plan.total_steps or self.stop is not None
+
+    def batches(self, epoch_batches: Callable[[int], Iterable[Any]], what: str = "training data") -> Iterator[Any]:
+        """This worker's batches for the rest of the plan. ``epoch_batches(epoch)`` yields one epoch's; those
+        trained before the checkpoint resumed from are skipped, so no batch is trained twice."""
+        plan, resumed_epoch, resumed_done = self.plan, self.state.epoch, self.state.micro_batches_done
+        for epoch in range(resumed_epoch, plan.num_epochs):
+            index = -1
+            for index, batch in enumerate(epoch_batches(epoch)):
+                if index >= plan.micro_batches_per_epoch or self.done:
+                    break
+                if epoch == resumed_epoch and index < resumed_done:
+                    continue
+                self.epoch, self.index = epoch, index
+                yield batch
+            if self.done:
+                return
+            if index < 0:
+                raise UserInputError(f"the {what} ran out: an epoch gave this worker no batches")
+
+    def logs_at(self, step: int) -> bool:
+        return step % self.run.train.logging_steps == 0 or step == self.plan.total_steps
+
+    def saves_at(self, step: int) -> bool:
+        every = self.run.checkpoint.save_steps
+        return bool(every) and step % every == 0 and step < self.plan.total_steps
+
+    def end_step(self, metrics: dict[str, Any]) -> None:
+        """One step done. ``metrics``: what the loop measured (empty where the step logs nothing). A record is
+        written and reported where there are metrics or a checkpoint is due; eval/loss counts toward early stopping."""
+        self.step += 1
+        step, save = self.step, self.saves_at(self.step)
+        if not (metrics or save):
+            return
+        record = {"step": step, **metrics, "train/epoch": self.epoch + (self.index + 1) / self.plan.micro_batches_per_epoch,
+                  "train/lr": self.scheduler.get_last_lr()[0] if self.scheduler else self.run.train.learning_rate,
+                  "mem/peak_gb": peak_memory_gb()}
+        if "eval/loss" in metrics:  # the same on every rank: eval/loss is reduced
+            self.stop = self.state.record_eval(metrics["eval/loss"], self.run)
+        if self.rank == 0:
+            outputs.append_metrics(self.out, record)
+            self.trackers.log(record, step)
+        if not (save and self.stop is None):
+            self.report(record)
+            return
+        self.state = dataclasses.replace(self.state, step=step, epoch=self.epoch, micro_batches_done=self.index + 1,
+                                         stage_state=self.stage_state())
+        checkpoint_dir = save_checkpoint(self.engine, self.rank, self.state)
+        try:
+            self.report(record, checkpoint_dir=checkpoint_dir)
+        except OSError as e:  # the upload to storage_path; the checkpoints before this one stay whole
+            raise UserInputError(storage.explain_os_error(e, f"the checkpoint of step {step} to {self.run.output.dir}")) from e
+        if self.rank == 0:  # the record up to this checkpoint, where a restarted rank 0 on any node finds it
+            self._publish(f"the metrics of step {step}")
+
+    # ----------------------------------------------------------------------------------------- finish
+
+    def finish(self) -> None:
+        """summary.json on rank 0 and the trained model (a collective under ZeRO-3: every rank calls it)."""
+        if self.stop is not None and self.rank == 0:
+            outputs.append_event(self.out, {"event": "early_stopped", "step": self.step, **self.stop})
+            logger.info("early stopping at step %d: %s", self.step, self.stop)
+        self._summarize(time.perf_counter() - self.started)
+        self._save_model()
+
+    def _summarize(self, seconds: float) -> None:
+        """What this attempt trained, how fast; the node and peak memory of every worker."""
+        mine = {"node": self.node, "peak_memory_gb": round(peak_memory_gb(), 3), "tokens": self.tokens}
+        workers: list[Any] = [mine]
+        if torch.distributed.is_initialized():
+            workers = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(workers, mine)
+        if self.rank != 0:
+            return
+        tokens = sum(w["tokens"] for w in workers)
+        outputs.write_summary(self.out, {
+            "steps": self.step - self.first_step, "resumed_from_step": self.first_step or None, "tokens": tokens,
+            "train_seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
+            "peak_memory_gb_per_worker": [w["peak_memory_gb"] for w in workers],
+            "worker_nodes": [w["node"] for w in workers],
+            "best_eval_loss": self.state.best_eval, "stopped_early": self.stop is not None,
+            "output_dir": self.run.output.dir})
+
+    def _save_model(self) -> None:
+        run = self.run
+        # Under ZeRO-3 every rank holds a shard: gathering is a collective all ranks must join.
+        state_dict = self.engine._zero3_consolidated_16bit_state_dict() if run.deepspeed.zero_stage == 3 else None
+        if self.rank != 0:
+            return
+        out = self.out
+        try:
+            outputs.save_model(self.engine.module, self.tokenizer, run, out, state_dict=state_dict)
+            outputs.plot_loss(out)
+            if run.output.merge_adapter and run.tuning.method == "lora":
+                from rayft_core.export import export_model
+
+                export_model(out, out / outputs.MERGED_DIR, trust_remote_code=run.model.trust_remote_code,
+                             overwrite=True)  # an earlier attempt's merged copy, if one finished before a restart
+        except OSError as e:
+            raise UserInputError(storage.explain_os_error(e, f"the trained model to {out}")) from e
+        self._publish("the trained model")
+
+    def _publish(self, what: str) -> None:
+        try:
+            storage.publish(self.out, self.run.output.dir)
+        except OSError as e:
+            raise UserInputError(storage.explain_os_error(e, f"{what} to {self.run.output.dir}")) from e
+
+
+def peak_memory_gb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+def grad_norm_before_step(engine: Any, model: torch.nn.Module) -> float | None:
+    """The global gradient norm before clipping, where DeepSpeed does not track it (ZeRO-0); call it between
+    backward and step, and pass it to ``reported_grad_norm`` after the step."""
+    if engine.zero_optimization_stage() > 0:
+        return None  # the ZeRO optimizer computes it during step(); read it afterwards
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+
+
+def reported_grad_norm(engine: Any, computed: float | None) -> float:
+    norm = computed if computed is not None else engine.get_global_grad_norm()
+    return float(norm) if norm is not None else float("nan")
+
+
+class MetricWindow:
+    """Sums over the micro-batches since the last report, reduced across workers when reported."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.metrics: dict[str, list[float]] = {}  # name -> [sum, count]
+        self.tokens = 0  # non-padding input tokens
+        self.samples = 0
+
+    def add(self, metrics: Metrics, tokens: int = 0, samples: int = 0) -> None:
+        for name, (total, count) in metrics.items():
+            acc = self.metrics.setdefault(name, [0.0, 0.0])
+            acc[0] += total
+            acc[1] += count
+        self.tokens += tokens
+        self.samples += samples
+
+    def reduce(self, device: torch.device, prefix: str) -> dict[str, float]:
+        """sum / count of each metric as ``prefix``name, and perf/tokens_per_s, perf/samples_per_s."""
+        names = sorted(self.metrics)  # every rank has the same names: the stage returns all of them every call
+        values = torch.tensor([x for n in names for x in self.metrics[n]] + [self.tokens, self.samples],
+                              dtype=torch.float64, device=device)
+        if torch.distributed.is_initialized():
+            torch.distributed.all_reduce(values)
+        *sums, tokens, samples = values.tolist()
+        elapsed = time.perf_counter() - self.start
+        out = {f"{prefix}{n}": sums[2 * i] / sums[2 * i + 1] for i, n in enumerate(names) if sums[2 * i + 1] > 0}
+        return {**out, "perf/tokens_per_s": tokens / elapsed, "perf/samples_per_s": samples / elapsed}

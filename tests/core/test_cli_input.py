@@ -14,7 +14,7 @@ import yaml
 from click.testing import CliRunner
 
 from rayft.cli import main
-from rayft.cliutil import EXIT_BAD_INPUT
+from rayft.cli._common import EXIT_BAD_INPUT
 from rayft_core.config import ModelConfig
 from rayft_core.model.loader import ModelLoadError, check_model_path, hub_offline
 from rayft_core.schema import ConfigError, apply_override, read_yaml

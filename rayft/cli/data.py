@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from rayft.cliutil import load_run, or_exit
+from rayft.cli._common import load_run
 
 
 @click.group("data")
@@ -29,32 +29,15 @@ def data_preview(config_path: str, overrides: tuple[str, ...], examples: int) ->
     from rayft.checks import check_data_inputs
     from rayft.cluster import connect
     from rayft.data import preview
-    from rayft_core.data.inspect import histogram, mark_trained
+    from rayft_core.data.preview import render_preview
     from rayft_core.model.loader import load_tokenizer
 
     run = load_run(config_path, overrides).with_absolute_paths()
-    or_exit(lambda: check_data_inputs(run))  # before Ray starts
+    check_data_inputs(run)  # before Ray starts
     connect()
-    rows, report = or_exit(lambda: preview(run, examples))
+    rows, report = preview(run, examples)
     tokenizer = load_tokenizer(run.model)
-    color = sys.stdout.isatty()
-    for i, row in enumerate(rows, 1):
-        # one part per token list: input_ids, or chosen_/rejected_ for pairs, or kl_ for KTO's mismatched answer
-        for part in (c.removesuffix("input_ids") for c in row if c.endswith("input_ids")):
-            name = f" {part.rstrip('_')}" if part else ""
-            if part + "labels" not in row:  # an RL prompt: the model answers it, nothing in it is trained on
-                click.echo(f"─── row {i}{name} ({len(row[part + 'input_ids'])} tokens; generated from) ───")
-                click.echo(tokenizer.decode(row[part + "input_ids"]))
-                click.echo(f"    reference answer (for reward functions): {row.get('reference')!r}")
-                continue
-            click.echo(f"─── row {i}{name} ({len(row[part + 'input_ids'])} tokens; trained-on tokens "
-                       f"{'in green' if color else 'in «»'}) ───")
-            click.echo(mark_trained(tokenizer, row[part + "input_ids"], row[part + "labels"], color, row.get("position_ids")))
-        if "kto_tag" in row:
-            click.echo(f"    desirable: {row['kto_tag']}")
-    click.echo("\n" + report.table())
-    click.echo("\ntokens per row:\n" + histogram(report.lengths, run.data.max_seq_len))
-    click.echo("\n" + (report.bad_rows() if report.num_bad else "no unusable rows"))
+    click.echo(render_preview(tokenizer, rows, report, run.data.max_seq_len, color=sys.stdout.isatty()))
 
 
 @data_group.command("prepare")
@@ -74,11 +57,11 @@ def data_prepare(config_path: str, overrides: tuple[str, ...], output: str, over
     from rayft_core import ownership
 
     run = load_run(config_path, overrides).with_absolute_paths()
-    or_exit(lambda: ownership.check(output, ownership.PREPARED, overwrite, "--overwrite"))  # before any work
-    or_exit(lambda: check_data_inputs(run))
+    ownership.check(output, ownership.PREPARED, overwrite, "--overwrite")  # before any work
+    check_data_inputs(run)
     connect()
-    ds, report = or_exit(lambda: tokenize_section(run, "data.train"))
-    or_exit(lambda: write_prepared(ds, output, run, report, overwrite=overwrite))
+    ds, report = tokenize_section(run, "data.train")
+    write_prepared(ds, output, run, report, overwrite=overwrite)
     click.echo(report.table())
     click.echo(f"prepared {report.rows:,} rows ({report.tokens:,} tokens) in {output}")
 

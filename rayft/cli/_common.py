@@ -1,10 +1,14 @@
 """What every `rayft` command shares: bad input is a message and exit code 2, never a traceback; a run config
-read as the user gave it (rayft's YAML or LLaMA-Factory's) with key=value overrides."""
+read as the user gave it (rayft's YAML or LLaMA-Factory's) with key=value overrides.
+
+Bad input has one path: commands (and the code they call) raise UserInputError, and RayftGroup, the class of
+the top-level `rayft` group, prints it as one "error: ..." line on stderr and exits 2.
+"""
 
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from typing import Any
 
 import click
 
@@ -15,30 +19,32 @@ from rayft_core.schema import ConfigError
 EXIT_BAD_INPUT = 2
 
 
-def or_exit(fn: Callable[[], Any]) -> Any:
-    """Run fn; bad input (data, config, files) prints its message and exits 2."""
-    try:
-        return fn()
-    except UserInputError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
+class RayftGroup(click.Group):
+    """A click group whose commands' bad input (UserInputError) ends as "error: <message>" and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserInputError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
 
 
 def load_run(config_path: str, overrides: tuple[str, ...]) -> RunConfig:
-    """A rayft run config, or a LLaMA-Factory YAML read through its translation; overrides are rayft keys."""
+    """A rayft run config, or a LLaMA-Factory YAML read through its translation; overrides are rayft keys.
+    A config that cannot be used is a UserInputError naming CONFIG_PATH."""
     try:
         translated = read_llamafactory(config_path)
         if translated is None:
             return load_config(config_path, list(overrides))
         return load_config(data=translated, overrides=list(overrides))
     except ConfigError as e:
-        click.echo(f"error: {config_path}: {e}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
+        raise UserInputError(f"{config_path}: {e}") from e
 
 
 def read_llamafactory(config_path: str) -> dict | None:
     """The translated config when CONFIG_PATH is a LLaMA-Factory YAML (its notes go to stderr), else None.
-    Exits when a note is an error: the run would not be the one the YAML asks for."""
+    A UserInputError when a note is an error: the run would not be the one the YAML asks for."""
     from rayft_core.llamafactory import is_error, looks_like_llamafactory, translate
     from rayft_core.schema import read_yaml
 
@@ -49,6 +55,5 @@ def read_llamafactory(config_path: str) -> dict | None:
     for note in notes:
         click.echo(f"{config_path}: {note}", err=True)
     if any(is_error(n) for n in notes):
-        click.echo(f"error: {config_path}: this LLaMA-Factory config cannot run in rayft as written (see above)", err=True)
-        sys.exit(EXIT_BAD_INPUT)
+        raise UserInputError(f"{config_path}: this LLaMA-Factory config cannot run in rayft as written (see above)")
     return translated

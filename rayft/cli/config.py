@@ -1,0 +1,92 @@
+"""`rayft config`: check a run config, print the schema, translate a LLaMA-Factory YAML."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from rayft.cli._common import load_run
+from rayft_core.errors import UserInputError
+from rayft_core.schema import ConfigError
+
+
+@click.group("config")
+def config() -> None:
+    """Inspect and check run configs."""
+
+
+@config.command("validate")
+@click.argument("config_path", type=click.Path(exists=True, dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--schema-only", is_flag=True, help="Check the config's keys and values only: for a config meant for "
+              "another machine (a cluster), whose model, data and storage paths exist only there.")
+def config_validate(config_path: str, overrides: tuple[str, ...], schema_only: bool) -> None:
+    """Check CONFIG_PATH (with OVERRIDES) without running anything: the schema, and all that `rayft train`
+    checks before it starts a cluster: the model and tokenizer, LoRA targets, the datasets (names, files, the
+    columns the stage needs), sizes, optional packages, and that the output directory is free."""
+    from rayft.checks import check_config
+    from rayft_core import ownership
+
+    run = load_run(config_path, overrides)
+    if not schema_only:
+        check_config(run.with_absolute_paths(), output=ownership.SWEEP if run.tune else ownership.RUN)
+    click.echo(f"{config_path}: valid ({run.stage.name}, {run.tuning.method}, {run.cluster.num_workers} worker(s), "
+               f"ZeRO-{run.deepspeed.zero_stage})")
+
+
+@config.command("schema")
+def config_schema() -> None:
+    """Print the JSON schema of run configs (every key, its type, default and description)."""
+    from rayft_core.config import RunConfig
+
+    click.echo(json.dumps(RunConfig.model_json_schema(), indent=2))
+
+
+@config.command("import-llamafactory")
+@click.argument("lf_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Write the rayft YAML here instead of printing it (a new file, or an existing one with "
+                   "--overwrite; never LF_PATH itself).")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT when it exists.")
+def config_import_llamafactory(lf_path: str, output: str | None, overwrite: bool) -> None:
+    """Translate the LLaMA-Factory 0.9.5 training YAML LF_PATH into a rayft run config.
+
+    The keys rayft cannot honour are listed, with the reason, as comments at its top.
+    Example: rayft config import-llamafactory llama3_lora_sft.yaml -o run.yaml
+    """
+    from pathlib import Path
+
+    from rayft_core.llamafactory import dump_translation
+    from rayft_core.ownership import check_new_file, write_file_atomically
+    from rayft_core.schema import read_yaml
+
+    if output:
+        check_new_file(output, overwrite, inputs=(lf_path,))
+    translated, notes = _translate_llamafactory(lf_path, read_yaml(lf_path, "LLaMA-Factory YAML"))
+    text = dump_translation(translated, notes, Path(lf_path).name)
+    if output:
+        write_file_atomically(output, text)
+        click.echo(f"wrote {output}: {len(notes)} key(s) not honoured, listed at its top", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+def _translate_llamafactory(lf_path: str, raw: dict) -> tuple[dict, list[str]]:
+    """The rayft config of the LLaMA-Factory YAML LF_PATH (read as RAW) and its notes; a UserInputError
+    naming LF_PATH when it is no such YAML, cannot run as written, or translates into an invalid config."""
+    from rayft_core.config import validate_config
+    from rayft_core.llamafactory import is_error, looks_like_llamafactory, translate
+
+    if not looks_like_llamafactory(raw):
+        raise UserInputError(f"{lf_path}: not a LLaMA-Factory training YAML (no model_name_or_path, dataset, "
+                             f"finetuning_type... at the top level)")
+    translated, notes = translate(raw)
+    errors = [n for n in notes if is_error(n)]
+    if errors:
+        raise UserInputError(f"{lf_path}: cannot run in rayft as written:\n" + "\n".join(f"  - {n}" for n in errors))
+    try:
+        validate_config(translated)
+    except ConfigError as e:
+        raise UserInputError(f"{lf_path}: translated, but {e}") from e
+    return translated, notes

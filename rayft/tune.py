@@ -134,20 +134,6 @@ def sweep(raw: dict, sweep_config: SweepConfig, resume: bool = False) -> SweepRe
     as_grid = sweep_config.search == "grid"
     param_space = {"base": base, "trials_dir": trials_dir, "metric": sweep_config.metric,
                    "params": {k: _distribution(*next(iter(d.items())), as_grid) for k, d in sweep_config.space.items()}}
-    scheduler = None
-    if sweep_config.scheduler == "asha":
-        from ray.tune.schedulers import ASHAScheduler
-
-        scheduler = ASHAScheduler(time_attr="step", max_t=run.train.max_steps or 10**9,
-                                  grace_period=grace_period(run, sweep_config), reduction_factor=sweep_config.reduction_factor)
-    search_alg = None
-    if sweep_config.search == "optuna":
-        try:
-            from ray.tune.search.optuna import OptunaSearch
-        except ImportError:
-            raise UserInputError("tune.search optuna needs optuna: pip install 'rayft[tune]'") from None
-        search_alg = OptunaSearch(seed=run.train.seed)
-
     # The trial's driver needs next to nothing (Tune refuses an empty request); its Train workers hold the CPUs.
     trainable = tune.with_resources(_run_trial, {"CPU": 0.01})
     # A trial that never reports the metric (a typo, a stage without it) is named after the sweep with what it did
@@ -159,16 +145,35 @@ def sweep(raw: dict, sweep_config: SweepConfig, resume: bool = False) -> SweepRe
     else:
         tuner = tune.Tuner(
             trainable, param_space=param_space,
-            tune_config=tune.TuneConfig(metric=sweep_config.metric, mode=sweep_config.mode, scheduler=scheduler,
-                                        search_alg=search_alg, num_samples=sweep_config.num_samples,
-                                        max_concurrent_trials=_concurrency(run, sweep_config, resources, use_gpu),
-                                        # A stopped trial's actor must exit: the trial's Train controller and workers
-                                        # are owned by it and go with it. A reused actor would keep them training.
-                                        reuse_actors=False),
+            tune_config=_tune_config(run, sweep_config, _concurrency(run, sweep_config, resources, use_gpu)),
             run_config=tune.RunConfig(name=run.output.name, storage_path=run.output.storage_path,
                                       failure_config=tune.FailureConfig(max_failures=0), verbose=1))
     grid = tuner.fit()
     return _finish(grid, run, sweep_config, base, directory, trials_dir)
+
+
+def _tune_config(run: RunConfig, sweep_config: SweepConfig, concurrency: int) -> tune.TuneConfig:
+    """The metric, the scheduler (ASHA stops weak trials early) and the search algorithm of a new sweep."""
+    scheduler = None
+    if sweep_config.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(time_attr="step", max_t=run.train.max_steps or 10**9,
+                                  grace_period=grace_period(run, sweep_config),
+                                  reduction_factor=sweep_config.reduction_factor)
+    search_alg = None
+    if sweep_config.search == "optuna":
+        try:
+            from ray.tune.search.optuna import OptunaSearch
+        except ImportError:
+            raise UserInputError("tune.search optuna needs optuna: pip install 'rayft[tune]'") from None
+        search_alg = OptunaSearch(seed=run.train.seed)
+    return tune.TuneConfig(metric=sweep_config.metric, mode=sweep_config.mode, scheduler=scheduler,
+                           search_alg=search_alg, num_samples=sweep_config.num_samples,
+                           max_concurrent_trials=concurrency,
+                           # A stopped trial's actor must exit: the trial's Train controller and workers are owned
+                           # by it and go with it. A reused actor would keep them training.
+                           reuse_actors=False)
 
 
 def _finish(grid: Any, run: RunConfig, sweep_config: SweepConfig, base: dict, directory: str,

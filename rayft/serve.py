@@ -4,23 +4,18 @@
     build_app(serve_config_dict)                    # the RayService import path: rayft.serve:build_app
 
 The application itself is in rayft.serve_app (it imports vLLM); this module checks the input first.
-The API key is read where the app is built and only its SHA-256 goes into the app, so neither
+The API key is read where the app is built and only its SHA-256 goes into the app (rayft.auth), so neither
 Serve's config nor its logs hold the key.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import os
-from pathlib import Path
 from typing import Any
 
-from rayft_core.errors import UserInputError
+from rayft.auth import api_key_sha256
 from rayft_core.infer.vllm_engine import require_vllm
-from rayft_core.serve_config import AuthConfig, ServeConfig
-
-logger = logging.getLogger(__name__)
+from rayft_core.serve_config import ServeConfig
 
 
 def build_app(args: dict[str, Any]) -> Any:
@@ -38,36 +33,6 @@ def deploy(cfg: ServeConfig) -> str:
     serve.run(build_app(cfg.model_dump(mode="json")), name=cfg.name, route_prefix=cfg.http.route_prefix)
     host = "127.0.0.1" if cfg.http.host in ("0.0.0.0", "::") else cfg.http.host
     return f"http://{host}:{cfg.http.port}{cfg.http.route_prefix.rstrip('/')}/v1"
-
-
-# ----------------------------------------------------------------------------- API key
-
-
-def api_key_sha256(auth: AuthConfig) -> str | None:
-    """The SHA-256 of the API key (None when auth is off). Read where the app is built: the driver of
-    `rayft serve`, or the head of a RayService (its Secret mounted as a file or an env var)."""
-    key = ""
-    if auth.api_key_file:
-        try:
-            key = Path(auth.api_key_file).read_text().strip()
-        except OSError as e:
-            raise UserInputError(f"auth.api_key_file: cannot read {auth.api_key_file} ({e.strerror})") from None
-        if not key:
-            raise UserInputError(f"auth.api_key_file: {auth.api_key_file} is empty")
-    else:
-        key = os.environ.get(auth.api_key_env, "").strip()
-    if not key:
-        if auth.required:
-            raise UserInputError(
-                f"no API key: set the environment variable {auth.api_key_env} (or auth.api_key_file) to the key clients "
-                "will send as 'Authorization: Bearer <key>'; auth.required: false serves without one")
-        logger.warning("serving without an API key (auth.required: false): anyone who reaches the port can use it")
-        return None
-    return sha256(key)
-
-
-def sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 # ----------------------------------------------------------------------------- `rayft serve`

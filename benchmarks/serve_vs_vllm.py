@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/serve_vs_vllm.py [--model DIR] [--requests 64] [--max-tokens 32]
 
-Both run vLLM with the same engine arguments (float32, the CPU settings of DESIGN.md) and one engine
+Both run vLLM with the same engine arguments (float32, the CPU settings in docs/environment.md) and one engine
 replica; bare vLLM as `vllm serve` in a subprocess, rayft on an embedded local Ray cluster. The same
 client (openai's AsyncOpenAI, greedy, `ignore_eos` so every request generates exactly --max-tokens)
 sends REQUESTS chat requests at concurrency 1, 8 and 32 to each, one server at a time. Printed: output

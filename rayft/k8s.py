@@ -96,7 +96,7 @@ def _run_values(run: RunConfig, text: str, kind: str) -> dict[str, Any]:
     _raise_problems(_pod_path_problems(_run_paths(run)))
     c = run.cluster
     # One Ray Train worker per pod, plus a CPU for Ray Data's reading and tokenizing, which the workers' own
-    # CPUs would starve (DESIGN.md). rayft checks the cluster holds num_workers workers before it starts, so
+    # CPUs would starve (docs/environment.md). rayft checks the cluster holds num_workers workers before it starts, so
     # they are all there from the start; a sweep may grow to max_concurrent_trials groups of them.
     trials = (run.tune.max_concurrent_trials or 1) if run.tune else 1
     group: dict[str, Any] = {"name": "gpu" if c.use_gpu is True else "cpu", "type": "gpu" if c.use_gpu is True else "cpu",

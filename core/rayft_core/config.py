@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, field_validator, model_validator
 
+# The tuning sections: one module a method in rayft_core.methods, the union built from its registry. Their names
+# stay importable from here (`X as X`: re-exported).
+from rayft_core.methods import FreezeTuning as FreezeTuning
+from rayft_core.methods import FullTuning as FullTuning
+from rayft_core.methods import GaloreTuning as GaloreTuning
+from rayft_core.methods import LoraTuning, TuningConfig, expand_alias
 from rayft_core.schema import ConfigError, Section, apply_override, read_yaml, validate_section
-from rayft_core.stage_config import RL_STAGES, StageConfig, SftStage
+from rayft_core.stage_config import StageConfig, SftStage
 from rayft_core.sweep_config import SweepConfig
 
 
@@ -46,70 +52,6 @@ class ModelConfig(Section):
         None, description="A named chat template (llama3, qwen, chatml, mistral, gemma, phi, deepseek3, alpaca, default, "
         "empty) instead of the tokenizer's own; see `rayft data templates`.")
     chat_template: str | None = Field(None, description="A Jinja chat template that replaces the tokenizer's own.")
-
-
-# ----------------------------------------------------------------------------- tuning methods
-
-
-class FullTuning(Section):
-    method: Literal["full"] = "full"
-
-
-class FreezeTuning(Section):
-    method: Literal["freeze"] = "freeze"
-    trainable_layers: int = Field(2, ge=1, description="Train the last N decoder layers (the rest is frozen).")
-    trainable_modules: list[str] = Field(
-        default_factory=list, description="Also train parameters whose name contains one of these strings (e.g. embed_tokens, lm_head).")
-
-
-class LoraTuning(Section):
-    method: Literal["lora"] = "lora"
-    rank: int = Field(8, ge=1, description="LoRA rank r: higher = more capacity and memory.")
-    alpha: float | None = Field(None, gt=0, description="LoRA alpha; default 2 * rank.")
-    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
-    target: Union[Literal["all"], list[str]] = Field(
-        "all", description="'all' = every nn.Linear except the output head, or a list of module names (q_proj, v_proj, ...).")
-    use_rslora: bool = Field(False, description="rsLoRA: scale by alpha / sqrt(rank) instead of alpha / rank.")
-    use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (magnitude + direction).")
-    init: Literal["default", "pissa", "gaussian"] = Field(
-        "default", description="pissa: initialise A and B from the principal singular vectors of the weight (fast SVD).")
-    loraplus_lr_ratio: float | None = Field(
-        None, gt=0, description="LoRA+: the B matrices learn at learning_rate * ratio (the paper suggests 16).")
-    quantization_bit: Literal[4, 8] | None = Field(
-        None, description="QLoRA: load the base in 4-bit NF4 (double quantisation) or 8-bit with bitsandbytes. "
-        "`tuning: qlora` is shorthand for method lora with quantization_bit 4.")
-
-    @field_validator("target")
-    @classmethod
-    def _some_target(cls, target: Any) -> Any:
-        return _nonempty_target(target)
-
-    @property
-    def lora_alpha(self) -> float:
-        return self.alpha if self.alpha is not None else 2.0 * self.rank
-
-
-class GaloreTuning(Section):
-    method: Literal["galore"] = "galore"
-    rank: int = Field(16, ge=1, description="Rank of the gradient projection.")
-    update_proj_gap: int = Field(200, ge=1, description="Recompute the projection every N optimizer steps.")
-    scale: float = Field(0.25, gt=0, description="GaLore scale applied to the projected update.")
-    target: Union[Literal["all"], list[str]] = Field(
-        "all", description="2-D weights to project: 'all' linear layers except the head, or module names.")
-
-    @field_validator("target")
-    @classmethod
-    def _some_target(cls, target: Any) -> Any:
-        return _nonempty_target(target)
-
-
-def _nonempty_target(target: Any) -> Any:
-    if isinstance(target, list) and not [t for t in target if str(t).strip()]:
-        raise ValueError("an empty list of modules would train nothing; name modules (q_proj, v_proj, ...) or use 'all'")
-    return target
-
-
-TuningConfig = Annotated[Union[FullTuning, FreezeTuning, LoraTuning, GaloreTuning], Field(discriminator="method")]
 
 
 # ----------------------------------------------------------------------------- data
@@ -315,31 +257,26 @@ class RunConfig(Section):
     @classmethod
     def _shorthand(cls, v: Any, info: Any) -> Any:
         """`stage: sft` means `stage: {name: sft}`; a section without its tag takes the default one;
-        `tuning: qlora` means LoRA on a 4-bit base."""
+        a tuning method's alias stands for it with some keys set (`tuning: qlora`: LoRA on a 4-bit base)."""
         tag, default = UNION_TAGS[info.field_name]
         if isinstance(v, str):
             v = {tag: v}
         if isinstance(v, dict):
             v = {tag: default, **v}
-            if info.field_name == "tuning" and v[tag] == "qlora":
-                v = {**v, tag: "lora", "quantization_bit": v.get("quantization_bit", 4)}
+            if info.field_name == "tuning":
+                v = expand_alias(v)
         return v
 
     def check_combinations(self) -> list[str]:
         """Problems between sections, each as 'path: what to change'."""
         problems = []
         zero = self.deepspeed.zero_stage
-        if self.tuning.method == "galore" and zero != 0:
-            # ZeRO-1/2 flatten parameters into 1-D partitions and ZeRO-3 shards them: GaLore's
-            # low-rank projection needs each 2-D weight whole, so it would silently do nothing.
-            problems.append(f"deepspeed.zero_stage: GaLore needs whole 2-D weights; set it to 0, got {zero}")
+        problems += self.tuning.problems(self)  # the method's own rules (GaLore: ZeRO 0; QLoRA: not ZeRO-3)
         if self.deepspeed.offload_params and zero != 3:
             problems.append(f"deepspeed.offload_params: parameter offload needs zero_stage 3, got {zero}")
         if self.deepspeed.offload_optimizer and zero == 0:
             problems.append("deepspeed.offload_optimizer: optimizer offload needs zero_stage >= 1, got 0")
-        if self.tuning.method == "lora" and self.tuning.quantization_bit and zero == 3:
-            problems.append("deepspeed.zero_stage: a bitsandbytes-quantized base cannot be sharded by ZeRO-3; use 0-2")
-        if self.stage.name not in ("pt", "sft") and getattr(self.tuning, "dropout", 0):
+        if not self.stage.trains_with_dropout and getattr(self.tuning, "dropout", 0):
             problems.append(f"tuning.dropout: stage {self.stage.name} trains without dropout (it compares the scores of two "
                             "answers, or the policy with its reference, and dropout would add noise to both); set it to 0")
         c = self.checkpoint
@@ -353,12 +290,12 @@ class RunConfig(Section):
         if self.train.early_stopping_patience and not (self.train.eval_steps and (self.data.eval or self.data.val_size)):
             problems.append("train.early_stopping_patience: stopping on eval/loss needs evaluation data (data.eval or "
                             "data.val_size) and train.eval_steps")
-        if self.train.eval_steps and not (self.data.eval or self.data.val_size) and self.stage.name not in RL_STAGES:
+        if self.train.eval_steps and not (self.data.eval or self.data.val_size) and self.stage.loop == "supervised":
             problems.append(f"train.eval_steps: evaluating every {self.train.eval_steps} steps needs evaluation data; "
                             "name it in data.eval or hold some out with data.val_size, or remove eval_steps")
-        if self.data.packing and self.stage.name not in ("pt", "sft"):
+        if self.data.packing and not self.stage.packs:
             problems.append(f"data.packing: stage {self.stage.name} scores whole answers and does not pack; set it to false")
-        problems += self._rl_problems()
+        problems += self.stage.problems(self)
         if self.data.streaming and not self.train.max_steps:
             problems.append("train.max_steps: a streamed dataset has no length known in advance; set max_steps")
         if self.data.streaming and self.data.val_size:
@@ -370,31 +307,6 @@ class RunConfig(Section):
                 close = difflib.get_close_matches(self.model.template, list(TEMPLATES), n=1)
                 hint = f"did you mean '{close[0]}'? " if close else ""
                 problems.append(f"model.template: unknown template {self.model.template!r}; {hint}choose one of {', '.join(TEMPLATES)}")
-        return problems
-
-    def _rl_problems(self) -> list[str]:
-        st = self.stage
-        if st.name not in RL_STAGES:
-            return []
-        problems = []
-        if self.tuning.method != "lora":
-            problems.append(f"tuning.method: stage {st.name} trains a LoRA policy whose roles (value head, reward "
-                            f"adapter, reference) share one base; full-parameter RLHF is not built yet, got {self.tuning.method}")
-        if st.reward_model is None and not st.reward_functions:
-            problems.append(f"stage.reward_model: stage {st.name} needs a reward: a reward model (a `stage: rm` output), "
-                            "stage.reward_functions, or both")
-        if st.max_new_tokens >= self.data.max_seq_len:
-            problems.append(f"stage.max_new_tokens: responses of up to {st.max_new_tokens} tokens leave no room for the "
-                            f"prompt within data.max_seq_len {self.data.max_seq_len}")
-        per_worker = self.train.micro_batch_size * self.train.gradient_accumulation_steps
-        if st.name == "grpo" and per_worker % st.group_size:
-            problems.append(f"stage.group_size: each worker's rollout batch (micro_batch_size x gradient_accumulation_steps "
-                            f"= {per_worker} responses) must hold whole groups of {st.group_size}")
-        if self.data.eval or self.data.val_size:
-            problems.append(f"data.eval: stage {st.name} has no evaluation loss; remove data.eval and data.val_size")
-        if self.data.streaming:  # a bad streamed row would have to stay in its batch, as a prompt of padding
-            problems.append(f"data.streaming: stage {st.name} reads its prompts whole (bad rows are dropped and "
-                            "reported before training); set it to false")
         return problems
 
     def with_absolute_paths(self) -> "RunConfig":
@@ -426,7 +338,7 @@ class RunConfig(Section):
     @property
     def packing(self) -> bool:
         """data.packing, whose default is on for pre-training and off otherwise."""
-        return self.data.packing if self.data.packing is not None else self.stage.name == "pt"
+        return self.data.packing if self.data.packing is not None else self.stage.packs_by_default
 
     @property
     def global_batch_size(self) -> int:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from rayft_core import ownership
-from rayft_core.config import LoraTuning, RunConfig, load_config
+from rayft_core.config import RunConfig, load_config
 from rayft_core.errors import UserInputError
 from rayft_core.model.loader import quantization_config, resize_embeddings, resolve_dtype
 from rayft_core.model.value_head import VALUE_HEAD_FILE
@@ -59,7 +59,7 @@ def merged_model(run: RunConfig, run_dir: str | Path, tokenizer: Any, trust_remo
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    bits = run.tuning.quantization_bit if isinstance(run.tuning, LoraTuning) else None
+    bits = getattr(run.tuning, "quantization_bit", None)  # a method that trains on a quantized base
     base = AutoModelForCausalLM.from_pretrained(run.model.name_or_path, dtype=torch.float32,
                                                 quantization_config=quantization_config(run, torch.float32),
                                                 trust_remote_code=trust_remote_code)

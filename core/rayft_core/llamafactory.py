@@ -41,12 +41,12 @@ import yaml
 
 from rayft_core import config as schema
 from rayft_core.llamafactory_keys import (
-    DIRECT, DPO_LOSS_STAGES, DPO_LOSS_TYPES, ERROR, LF_DEFAULTS, LF_GALORE_SCALE, LF_GENERATION, LF_METHOD_DEFAULTS,
-    LF_PPO_DEFAULTS, LF_PREF_BETA, LF_STAGE_DEFAULTS, LIST_KEYS, MARKERS, METHOD_KEYS, NO_DROPOUT_STAGES, PREF_STAGES,
-    REWARD_MODEL_TYPES, SECRET, SPECIAL, STAGE_KEYS, STAGES, TEXT_KEYS, WARNING, WHY_NO_DROPOUT, as_list, as_number,
-    stage_words,
+    DIRECT, DPO_LOSS_STAGES, DPO_LOSS_TYPES, ERROR, FINETUNING_TYPES, LF_DEFAULTS, LF_GALORE_SCALE, LF_GENERATION,
+    LF_METHOD_DEFAULTS, LF_PPO_DEFAULTS, LF_PREF_BETA, LF_STAGE_DEFAULTS, LIST_KEYS, MARKERS, METHOD_KEYS,
+    NO_DROPOUT_STAGES, PREF_STAGES, REWARD_MODEL_TYPES, SECRET, SPECIAL, STAGE_KEYS, STAGES, TEXT_KEYS, WARNING,
+    WHY_NO_DROPOUT, stage_words,
 )
-from rayft_core.llamafactory_values import NO_EFFECT, PREFIXES, REFUSED
+from rayft_core.llamafactory_values import NO_EFFECT, PREFIXES, REFUSED, as_list, as_number
 
 
 
@@ -147,7 +147,7 @@ class _Translation:
                                           "rayft config) instead of or beside it", error=True)
             if "top_k" not in self.raw:
                 self.generation_key("top_k", LF_GENERATION["top_k"])
-        if self.method in ("lora", "freeze", "full", "galore"):
+        if self.method in (*FINETUNING_TYPES, "galore"):
             self.set("tuning.method", self.method)
         if self.method == "galore":
             self.set("tuning.scale", LF_GALORE_SCALE)

@@ -11,10 +11,23 @@ from __future__ import annotations
 import json
 import re
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from rayft_core.llamafactory import _Translation
+from rayft_core.llamafactory_values import as_list, as_number
+
+
+class Translation(Protocol):
+    """What a key handler reads and writes of the translation in progress: rayft_core.llamafactory's, which
+    imports this module (so this one never imports it back)."""
+
+    raw: dict
+    method: str
+    stage: str | None
+
+    def set(self, path: str, value: Any) -> None: ...
+
+    def note(self, key: str, why: str, error: bool = False) -> None: ...
+
 
 ERROR = "error: "
 WARNING = "warning: "
@@ -54,6 +67,9 @@ DIRECT = {
 }
 TEXT_KEYS = {"model_name_or_path", "tokenized_path", "ray_storage_path", "ray_run_name", "ref_model"}  # never numbers
 
+# LLaMA-Factory's finetuning types rayft trains, as the tuning methods of the same names (rayft_core.methods);
+# GaLore is finetuning_type full with use_galore in LLaMA-Factory, and rayft's method galore.
+FINETUNING_TYPES = ("lora", "freeze", "full")
 # rayft tuning method -> {LF key: tuning key}. LLaMA-Factory ignores another method's keys, and so does
 # rayft, with a note. None: handled in _Translation.method_key.
 METHOD_KEYS: dict[str, dict[str, str | None]] = {
@@ -143,29 +159,11 @@ def stage_words(stage: str | None) -> str:
     return f"stage {stage}" if stage else "a stage rayft does not translate"
 
 
-def as_number(value: Any) -> Any:
-    """PyYAML reads `1e-4` as a string; numbers come back as numbers, anything else unchanged."""
-    if isinstance(value, str):
-        for parse in (int, float):
-            try:
-                return parse(value)
-            except ValueError:
-                pass
-    return value
-
-
-def as_list(value: Any) -> list[str]:
-    """LLaMA-Factory's comma lists ("q_proj, v_proj"); YAML lists pass through."""
-    if isinstance(value, str):
-        return [s.strip() for s in value.split(",") if s.strip()]
-    return list(value) if isinstance(value, (list, tuple)) else [] if value is None else [value]
-
-
 # ----------------------------------------------------------------------------- keys that need more than a rename
 # Each handler takes (translation, LF key, value).
 
 
-def _template(t: _Translation, key: str, value: Any) -> None:
+def _template(t: Translation, key: str, value: Any) -> None:
     from rayft_core.data.templates import TEMPLATES
 
     if value in TEMPLATES:
@@ -175,21 +173,21 @@ def _template(t: _Translation, key: str, value: Any) -> None:
                     f"{', '.join(TEMPLATES)}")
 
 
-def _flash_attn(t: _Translation, key: str, value: Any) -> None:
+def _flash_attn(t: Translation, key: str, value: Any) -> None:
     if value in FLASH_ATTN:
         t.set("model.attn_implementation", FLASH_ATTN[value])
     else:
         t.note(key, "rayft offers auto, sdpa, eager (disabled) and flash_attention_2 (fa2); auto is used")
 
 
-def _rope_scaling(t: _Translation, key: str, value: Any) -> None:
+def _rope_scaling(t: Translation, key: str, value: Any) -> None:
     if value in ("linear", "dynamic", "yarn"):
         t.set("model.rope_scaling", value)
     elif value is not None:  # unscaled, positions past the model's length would train another model
         t.note(key, "rayft scales RoPE as linear, dynamic or yarn", error=True)
 
 
-def _dtype(t: _Translation, key: str, value: Any) -> None:
+def _dtype(t: Translation, key: str, value: Any) -> None:
     # Without bf16/fp16 LLaMA-Factory picks bf16 > fp16 > fp32 by hardware, as rayft's dtype auto does.
     if t.raw.get("bf16") and t.raw.get("fp16"):  # transformers' TrainingArguments refuses both
         if key == "fp16":  # said once
@@ -198,33 +196,33 @@ def _dtype(t: _Translation, key: str, value: Any) -> None:
         t.set("model.dtype", "float16" if key == "fp16" else "bfloat16")
 
 
-def _gradient_checkpointing(t: _Translation, key: str, value: Any) -> None:
+def _gradient_checkpointing(t: Translation, key: str, value: Any) -> None:
     # disable_gradient_checkpointing is read in header; transformers' own switch also turns it on in LLaMA-Factory.
     if key == "gradient_checkpointing" and value:
         t.set("model.gradient_checkpointing", True)
 
 
-def _add_special_tokens(t: _Translation, key: str, value: Any) -> None:
+def _add_special_tokens(t: Translation, key: str, value: Any) -> None:
     if value:
         t.set("model.add_special_tokens", as_list(value))
 
 
-def _adapter(t: _Translation, key: str, value: Any) -> None:
+def _adapter(t: Translation, key: str, value: Any) -> None:
     if value:
         t.note(key, "continuing from an existing adapter is not yet available in rayft", error=True)
 
 
-def _finetuning_type(t: _Translation, key: str, value: Any) -> None:
-    if value not in ("lora", "freeze", "full"):
+def _finetuning_type(t: Translation, key: str, value: Any) -> None:
+    if value not in FINETUNING_TYPES:
         t.note(key, "rayft tunes with lora, freeze, full, or GaLore (full with use_galore)", error=True)
 
 
-def _use_galore(t: _Translation, key: str, value: Any) -> None:
+def _use_galore(t: Translation, key: str, value: Any) -> None:
     if value and t.method != "galore":  # LLaMA-Factory refuses it with LoRA; rayft's GaLore is a method of its own
         t.note(key, "rayft's GaLore trains every parameter: set finetuning_type full", error=True)
 
 
-def _datasets(t: _Translation, key: str, value: Any) -> None:
+def _datasets(t: Translation, key: str, value: Any) -> None:
     names = as_list(value)
     if names and key == "eval_dataset" and t.stage == "ppo":
         t.note(key, "LLaMA-Factory's PPO never evaluates, and rayft's stage ppo has no evaluation loss")
@@ -232,7 +230,7 @@ def _datasets(t: _Translation, key: str, value: Any) -> None:
         t.set("data.train" if key == "dataset" else "data.eval", [{"dataset": n} for n in names])
 
 
-def _eval_steps(t: _Translation, key: str, value: Any) -> None:
+def _eval_steps(t: Translation, key: str, value: Any) -> None:
     # rayft evaluates whenever there is eval data; without it LLaMA-Factory evaluates nothing either.
     if t.raw.get("eval_dataset") or as_number(t.raw.get("val_size") or 0):
         t.set("train.eval_steps", as_number(value))
@@ -240,7 +238,7 @@ def _eval_steps(t: _Translation, key: str, value: Any) -> None:
         t.note(key, "there is no evaluation data (val_size or eval_dataset) to evaluate")
 
 
-def _val_size(t: _Translation, key: str, value: Any) -> None:
+def _val_size(t: Translation, key: str, value: Any) -> None:
     if t.stage != "ppo":
         t.set("data.val_size", as_number(value))
     elif as_number(value):
@@ -248,7 +246,7 @@ def _val_size(t: _Translation, key: str, value: Any) -> None:
                     "no evaluation loss and would train on all of them: remove val_size", error=True)
 
 
-def _dataset_dir(t: _Translation, key: str, value: Any) -> None:
+def _dataset_dir(t: Translation, key: str, value: Any) -> None:
     if str(value).startswith("REMOTE:"):  # LLaMA-Factory downloads these from the ModelScope/HF hub
         t.note(key, "rayft reads dataset_info.json from a local or mounted folder: download it and name that folder",
                error=True)
@@ -256,7 +254,7 @@ def _dataset_dir(t: _Translation, key: str, value: Any) -> None:
         t.set("data.dataset_dir", value)
 
 
-def _mix_strategy(t: _Translation, key: str, value: Any) -> None:
+def _mix_strategy(t: Translation, key: str, value: Any) -> None:
     if value not in MIX:
         t.note(key, "rayft concatenates, or interleaves until the first (interleave_under) or the last "
                     "(interleave_over) dataset runs out", error=True)
@@ -266,28 +264,28 @@ def _mix_strategy(t: _Translation, key: str, value: Any) -> None:
         t.set("data.mix_stopping", stopping)
 
 
-def _interleave_probs(t: _Translation, key: str, value: Any) -> None:
+def _interleave_probs(t: Translation, key: str, value: Any) -> None:
     if value is not None:
         t.set("data.mix_probabilities", [as_number(p) for p in as_list(value if isinstance(value, str) else map(str, value))])
 
 
-def _neat_packing(t: _Translation, key: str, value: Any) -> None:
+def _neat_packing(t: Translation, key: str, value: Any) -> None:
     if value:  # rayft's packing always keeps attention apart per example, which is what neat_packing adds
         t.set("data.packing", True)
 
 
-def _disable_shuffling(t: _Translation, key: str, value: Any) -> None:
+def _disable_shuffling(t: Translation, key: str, value: Any) -> None:
     if value:
         t.set("data.shuffle", False)
 
 
-def _max_steps(t: _Translation, key: str, value: Any) -> None:
+def _max_steps(t: Translation, key: str, value: Any) -> None:
     n = as_number(value)
     if not isinstance(n, (int, float)) or n > 0:  # transformers' -1: train by epochs; a bad value: validation says so
         t.set("train.max_steps", n)
 
 
-def _lr_scheduler(t: _Translation, key: str, value: Any) -> None:
+def _lr_scheduler(t: Translation, key: str, value: Any) -> None:
     if value in LR_SCHEDULERS:
         t.set("train.lr_scheduler", LR_SCHEDULERS[value])
     else:
@@ -297,7 +295,7 @@ def _lr_scheduler(t: _Translation, key: str, value: Any) -> None:
         t.set("train.lr_scheduler", nearest)
 
 
-def _warmup(t: _Translation, key: str, value: Any) -> None:
+def _warmup(t: Translation, key: str, value: Any) -> None:
     value = as_number(value)
     if not isinstance(value, (int, float)) or key == "warmup_ratio" or value < 1:  # transformers 5: steps < 1 = ratio
         if value:
@@ -311,7 +309,7 @@ def _warmup(t: _Translation, key: str, value: Any) -> None:
                error=True)
 
 
-def _deepspeed(t: _Translation, key: str, value: Any) -> None:
+def _deepspeed(t: Translation, key: str, value: Any) -> None:
     if t.method == "galore":
         t.note(key, "GaLore needs whole 2-D weights, so rayft runs it without ZeRO (zero_stage 0)")
     elif not isinstance(value, str):
@@ -328,7 +326,7 @@ def _deepspeed(t: _Translation, key: str, value: Any) -> None:
         t.set("deepspeed.config_file", value)
 
 
-def _resources_per_worker(t: _Translation, key: str, value: Any) -> None:
+def _resources_per_worker(t: Translation, key: str, value: Any) -> None:
     if isinstance(value, str):  # LLaMA-Factory also takes it as a JSON string
         try:
             value = json.loads(value)
@@ -345,18 +343,18 @@ def _resources_per_worker(t: _Translation, key: str, value: Any) -> None:
         t.note(key, "rayft gives each worker one GPU (when it uses GPUs) and cluster.cpus_per_worker CPUs")
 
 
-def _overwrite_output_dir(t: _Translation, key: str, value: Any) -> None:
+def _overwrite_output_dir(t: Translation, key: str, value: Any) -> None:
     t.set("output.overwrite", value)
     if value:  # the same switch, with rayft's guard: say what it does here
         t.note(key, "in LLaMA-Factory it allows writing into a non-empty output_dir; rayft replaces an earlier rayft "
                     "run there and refuses a directory holding files rayft did not write (nothing of yours is deleted)")
 
 
-def _placement_strategy(t: _Translation, key: str, value: Any) -> None:
+def _placement_strategy(t: Translation, key: str, value: Any) -> None:
     t.set("cluster.placement_strategy", str(value).upper())
 
 
-def _output_dir(t: _Translation, key: str, value: Any) -> None:
+def _output_dir(t: Translation, key: str, value: Any) -> None:
     """saves/llama3-8b/lora/sft -> storage_path saves/llama3-8b/lora, name sft; ray_* keys win, as in LLaMA-Factory."""
     path = PurePosixPath(str(value))
     if "ray_storage_path" not in t.raw:
@@ -367,7 +365,7 @@ def _output_dir(t: _Translation, key: str, value: Any) -> None:
         t.note(key, "superseded by ray_storage_path/ray_run_name, where rayft writes the run")
 
 
-def _report_to(t: _Translation, key: str, value: Any) -> None:
+def _report_to(t: Translation, key: str, value: Any) -> None:
     """"none", "all", one name, a comma string or a list -> output.report_to (TensorBoard, MLflow, W&B)."""
     names = value if isinstance(value, list) else [n.strip() for n in str(value).split(",")] if value else []
     names = [n for n in names if n not in ("none", "")]

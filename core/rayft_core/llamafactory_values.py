@@ -1,4 +1,5 @@
-"""The LLaMA-Factory 0.9.5 keys rayft writes nowhere, and what their values mean to rayft_core.llamafactory.
+"""The LLaMA-Factory 0.9.5 keys rayft writes nowhere, and what their values mean to rayft_core.llamafactory;
+how its YAMLs write values (as_number, as_list).
 
 NO_EFFECT: keys of logging, speed, uploads and the like. rayft reproduces the values listed; another value is noted
 with the reason, and the run trains as LLaMA-Factory would have trained it.
@@ -10,6 +11,27 @@ PREFIXES: families of keys that are always noted.
 from __future__ import annotations
 
 from typing import Any
+
+
+def as_number(value: Any) -> Any:
+    """PyYAML reads `1e-4` as a string; numbers come back as numbers, anything else unchanged."""
+    if isinstance(value, str):
+        for parse in (int, float):
+            try:
+                return parse(value)
+            except ValueError:
+                pass
+    return value
+
+
+def as_list(value: Any) -> list[str]:
+    """LLaMA-Factory's comma lists ("q_proj, v_proj"); YAML lists pass through."""
+    if isinstance(value, str):
+        return [s.strip() for s in value.split(",") if s.strip()]
+    return list(value) if isinstance(value, (list, tuple)) else [] if value is None else [value]
+
+
+# ----------------------------------------------------------------------------- the keys rayft writes nowhere
 
 ALWAYS = object()  # no value of the key is honoured
 

@@ -8,14 +8,11 @@ none of them branches on a stage's name.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Field, field_validator
 
 from rayft_core.schema import Section
-
-if TYPE_CHECKING:
-    from rayft_core.config import RunConfig
 
 # The shapes of training data, as the stages read them (rayft_core.data.formats aligns every format to one).
 TEXT = "text"  # documents
@@ -35,8 +32,9 @@ class StageSection(Section):
     trains_with_dropout: ClassVar[bool] = False  # off where two scores are compared (pairs, policy vs reference)
     loop: ClassVar[Literal["supervised", "rl"]] = "supervised"  # rayft_core.train.loop or rayft_core.train.rlhf
 
-    def problems(self, run: "RunConfig") -> list[str]:
-        """This stage's own rules on the rest of the run, each as 'path: what to change'."""
+    def problems(self, run: Any) -> list[str]:
+        """This stage's own rules on the rest of the run (``run``: the RunConfig that holds this section, which
+        imports this module), each as 'path: what to change'."""
         return []
 
 
@@ -162,7 +160,7 @@ class _RlStage(StageSection):
     def responses_per_prompt(self) -> int:
         return 1
 
-    def problems(self, run: "RunConfig") -> list[str]:
+    def problems(self, run: Any) -> list[str]:
         problems = []
         if run.tuning.method != "lora":
             problems.append(f"tuning.method: stage {self.name} trains a LoRA policy whose roles (value head, reward "

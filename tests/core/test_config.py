@@ -111,7 +111,7 @@ def test_storage_path_may_be_a_uri():
 
 
 def test_early_stopping_counts_evaluations_without_improvement():
-    from rayft_core.train.loop import TrainerState
+    from rayft_core.train.checkpoint import TrainerState
 
     run = validate_config({**MINIMAL, "train": {"early_stopping_patience": 2, "early_stopping_threshold": 0.01,
                                                 "eval_steps": 1}, "data": {**MINIMAL["data"], "val_size": 0.1}})
@@ -124,3 +124,14 @@ def test_early_stopping_counts_evaluations_without_improvement():
     stop = state.record_eval(0.91, run)
     assert stop is not None and stop["best_eval_loss"] == 0.9 and "for 2 evaluations" in stop["reason"]
     assert TrainerState().record_eval(None, run) is None  # a stage without eval/loss never stops early
+
+
+@pytest.mark.parametrize("low, high", [("rayft_core.data.templates", "rayft_core.config"),
+                                       ("rayft_core.methods", "rayft_core.config")])
+def test_the_run_schema_is_imported_by_its_parts_never_back(low, high):
+    """The schema checks template names and builds its tuning union from these; they never import it back, not
+    even inside a function or for type checking, so there is no import circle."""
+    grimp = pytest.importorskip("grimp")
+    graph = grimp.build_graph("rayft_core", cache_dir=None)
+    assert graph.direct_import_exists(importer=high, imported=low, as_packages=True)
+    assert graph.find_shortest_chain(importer=low, imported=high, as_packages=True) is None

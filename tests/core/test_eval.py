@@ -187,7 +187,7 @@ def test_choice_tokens_follow_the_template():
 def test_choice_tokens_of_real_tokenizers(family):
     from transformers import AutoTokenizer
 
-    from tests.conftest import SHARED
+    from tests.helpers import SHARED
 
     folder = SHARED / "fixtures" / "tokenizers" / family
     if not folder.is_dir():

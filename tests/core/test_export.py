@@ -12,7 +12,7 @@ from rayft_core.ownership import OutputError
 from rayft_core.model.adapters import apply_tuning
 from rayft_core.model.loader import load_model
 from rayft_core.train.outputs import save_model
-from tests.conftest import run_config
+from tests.helpers import run_config
 from tests.core.test_losses import _batch, load_tokenizer_for
 
 

@@ -214,7 +214,7 @@ def encode(tiny_model, tmp_path_factory):
     """encode(format, file bytes, file name) -> the block a Ray Data task returns for that file."""
     from rayft.data import _encode
     from rayft.sources import rows_of_file
-    from tests.conftest import run_config
+    from tests.helpers import run_config
 
     out = tmp_path_factory.mktemp("fuzz-runs")
 

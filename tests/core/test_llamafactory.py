@@ -8,7 +8,7 @@ from rayft.cli import main
 from rayft_core.config import load_config, validate_config
 from rayft_core.llamafactory import is_error, looks_like_llamafactory, translate
 from rayft_core.llamafactory_values import NO_EFFECT, REFUSED
-from tests.conftest import LF_MINIMAL, noted_keys
+from tests.helpers import LF_MINIMAL, noted_keys
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -339,3 +339,23 @@ def test_cli_reads_llamafactory_yamls_directly_and_refuses_error_notes(tmp_path:
     rayft_yaml = str(REPO / "examples/sft_lora.yaml")
     result = CliRunner().invoke(main, ["config", "import-llamafactory", rayft_yaml])
     assert result.exit_code == 2 and "not a LLaMA-Factory training YAML" in result.stderr
+
+
+def test_the_key_tables_never_import_the_translation_back():
+    """rayft_core.llamafactory walks a YAML through rayft_core.llamafactory_keys; the handlers there see the
+    translation as a Protocol, so the two modules are no import circle (not even for type checking)."""
+    grimp = pytest.importorskip("grimp")
+    graph = grimp.build_graph("rayft_core", cache_dir=None)
+    assert graph.direct_import_exists(importer="rayft_core.llamafactory", imported="rayft_core.llamafactory_keys")
+    for low in ("rayft_core.llamafactory_keys", "rayft_core.llamafactory_values"):
+        assert graph.find_shortest_chain(importer=low, imported="rayft_core.llamafactory") is None
+
+
+def test_the_method_tables_name_registered_methods_and_their_keys():
+    """The LLaMA-Factory finetuning types and method keys rayft translates write methods and keys that exist."""
+    from rayft_core.llamafactory_keys import FINETUNING_TYPES, METHOD_KEYS
+    from rayft_core.methods import METHODS
+
+    assert {*FINETUNING_TYPES, *METHOD_KEYS} <= set(METHODS)
+    for method, keys in METHOD_KEYS.items():
+        assert {k for k in keys.values() if k} <= set(METHODS[method].model_fields), method

@@ -9,7 +9,7 @@ import yaml
 
 from rayft_core.config import validate_config
 from rayft_core.llamafactory import is_error, translate
-from tests.conftest import LF_MINIMAL, noted_keys
+from tests.helpers import LF_MINIMAL, noted_keys
 
 REPO = Path(__file__).resolve().parents[2]
 

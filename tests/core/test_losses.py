@@ -9,7 +9,7 @@ import rayft_core.train.losses as losses
 from rayft_core.data.collate import pad_batch
 from rayft_core.data.tokenize import encode_chat_batch
 from rayft_core.model.loader import load_tokenizer
-from tests.conftest import QA
+from tests.helpers import QA
 
 
 def _batch(tokenizer):

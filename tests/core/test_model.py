@@ -6,7 +6,7 @@ import torch
 from rayft_core.model.adapters import apply_tuning
 from rayft_core.model.loader import build_model_config, load_model, load_tokenizer, resolve_attn_implementation, resolve_dtype
 from rayft_core.train.deepspeed_config import build_deepspeed_config
-from tests.conftest import run_config
+from tests.helpers import run_config
 
 
 def _run(tiny_model, workdir, **sections):

@@ -46,8 +46,8 @@ def test_biases_and_norm_scales_are_not_decayed_and_loraplus_speeds_up_b_only():
 def test_every_method_names_a_registered_optimizer_and_galore_names_its_extra(monkeypatch):
     import importlib.util
 
-    from rayft_core.train.optim import OPTIMIZERS
     from rayft_core.methods import METHODS
+    from rayft_core.train.optim import OPTIMIZERS
 
     assert {m.optimizer for m in METHODS.values()} <= set(OPTIMIZERS)
     run = validate_config({**MINIMAL, "tuning": "galore", "deepspeed": {"zero_stage": 0}})

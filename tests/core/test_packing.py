@@ -11,7 +11,7 @@ from rayft_core.data.collate import pad_batch
 from rayft_core.data.packing import pack_examples
 from rayft_core.data.tokenize import encode_chat_batch
 from rayft_core.train.losses import compute_causal_lm_loss
-from tests.conftest import QA
+from tests.helpers import QA
 
 
 def test_first_fit_packs_and_restarts_positions():

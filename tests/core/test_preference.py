@@ -15,7 +15,7 @@ from rayft_core.train.orpo import orpo_loss
 from rayft_core.train.rm import pairwise_loss
 from rayft_core.train.simpo import simpo_loss
 from rayft_core.train.stages import STAGES
-from tests.conftest import QA, run_config
+from tests.helpers import QA, run_config
 from tests.core.test_losses import load_tokenizer_for
 
 T = torch.tensor

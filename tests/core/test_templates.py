@@ -14,7 +14,7 @@ from rayft_core.data.formats import DataError
 from rayft_core.data.templates import TEMPLATES, TOOL_TEMPLATES
 from rayft_core.data.tokenize import encode_chat_batch
 from rayft_core.model.loader import load_tokenizer
-from tests.conftest import SHARED
+from tests.helpers import SHARED
 
 TOKENIZERS = SHARED / "fixtures" / "tokenizers"
 FAMILIES = sorted(p.name for p in TOKENIZERS.iterdir() if p.is_dir()) if TOKENIZERS.is_dir() else []

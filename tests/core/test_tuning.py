@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rayft_core.config import validate_config
 from rayft_core.data.collate import pad_batch
 from rayft_core.data.tokenize import encode_chat_batch
 from rayft_core.model.adapters import TuningError, apply_tuning
 from rayft_core.model.loader import load_model, load_tokenizer
 from rayft_core.train.optim import build_optimizer
 from rayft_core.train.losses import compute_causal_lm_loss as compute_loss
-from tests.conftest import QA, run_config
+from tests.helpers import QA, run_config
 
 
 def _batch(tokenizer):
@@ -190,3 +191,68 @@ def test_qlora_gradients_equal_those_of_the_dequantized_base(tiny_model, workdir
     grad, ref = dict(quantized.named_parameters())[name].grad, twin_params[name].grad
     assert ref.abs().sum() > 0
     assert torch.allclose(grad, ref, atol=1e-5, rtol=1e-3)
+
+
+# ----------------------------------------------------------------------------- the registry of methods
+
+MINIMAL = {"model": {"name_or_path": "m"}, "data": {"train": [{"path": "d.json", "format": "alpaca"}]},
+           "deepspeed": {"zero_stage": 0}}
+
+
+def test_the_registry_is_complete_and_consistent():
+    """Every registered method is a section whose `method` literal is its registry name, valid with its defaults,
+    importable from rayft_core.config, a member of the run schema's union, with an optimizer that exists."""
+    import typing
+
+    from rayft_core import config
+    from rayft_core.methods import METHODS, TuningSection
+    from rayft_core.train.optim import OPTIMIZERS
+
+    assert set(METHODS) == {"full", "freeze", "lora", "galore"}
+    assert typing.get_args(typing.get_args(config.TuningConfig)[0]) == tuple(METHODS.values())
+    for name, section in METHODS.items():
+        assert issubclass(section, TuningSection) and getattr(config, section.__name__) is section
+        assert typing.get_args(section.model_fields["method"].annotation) == (name,), name
+        assert section().method == name
+        run = validate_config({**MINIMAL, "tuning": name})
+        assert type(run.tuning) is section and run.tuning == section()
+        assert section.optimizer in OPTIMIZERS, name
+        for alias in section.aliases:
+            assert alias not in METHODS and validate_config({**MINIMAL, "tuning": alias}).tuning.method == name
+
+
+def test_an_unknown_method_names_the_registered_ones():
+    from rayft_core.methods import METHODS
+    from rayft_core.schema import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        validate_config({**MINIMAL, "tuning": "loar"})
+    assert e.value.problems == [f"tuning: unknown method 'loar' (did you mean 'lora'?); choose one of "
+                                f"{', '.join(repr(m) for m in METHODS)}"]
+    with pytest.raises(ConfigError, match="tuning: unknown method 'foo'; choose one of 'full', 'freeze', 'lora'"):
+        validate_config({**MINIMAL, "tuning": {"method": "foo"}})
+
+
+def test_a_missing_optional_package_names_its_extra(monkeypatch):
+    """What rayft.checks reports before the cluster starts, from each method's missing_dependency."""
+    import importlib.util
+
+    from rayft_core.methods import missing_dependencies
+
+    runs = [validate_config({**MINIMAL, "tuning": t}) for t in ("full", "freeze", "lora", "qlora", "galore")]
+    real, optional = importlib.util.find_spec, ("bitsandbytes", "galore_torch")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in optional else real(name, *a))
+    assert [missing_dependencies(run) for run in runs] == [
+        [], [], [], ["tuning.quantization_bit needs bitsandbytes: pip install 'rayft[qlora]'"],
+        ["tuning.method galore needs galore-torch: pip install 'rayft[galore]'"]]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name in optional else real(name, *a))
+    assert all(missing_dependencies(run) == [] for run in runs)
+
+
+def test_the_run_schema_imports_neither_torch_nor_peft():
+    """The methods import them inside the functions that apply them, so validating a config stays light."""
+    import subprocess
+    import sys
+
+    code = "import sys, rayft_core.config; print(sorted({'torch', 'peft', 'transformers'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"

@@ -16,10 +16,7 @@ assistant tool-call turns tool_calls=[{"type": "function", "function": {"name", 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from rayft_core.config import ModelConfig
+from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +196,15 @@ _MARKERS = {
 }
 
 
-def apply_template(tokenizer: Any, cfg: "ModelConfig") -> None:
+class TemplateChoice(Protocol):
+    """What apply_template reads of a run's model section (rayft_core.config.ModelConfig, not imported: the run
+    schema checks template names against TEMPLATES, and an import back would close a circle)."""
+
+    chat_template: str | None
+    template: str | None
+
+
+def apply_template(tokenizer: Any, cfg: TemplateChoice) -> None:
     """Give the tokenizer the chat template the config asks for: model.chat_template (raw Jinja) wins
     over model.template (a name); with neither the tokenizer keeps its own."""
     if cfg.chat_template:

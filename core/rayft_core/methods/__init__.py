@@ -1,0 +1,56 @@
+"""The tuning methods: the registry of them, and the run schema's `tuning:` union built from it.
+
+One module a method (full, freeze, lora, galore), each holding one class: its config section and what the run
+does with it (rayft_core.methods.base says what a method declares). The run schema (rayft_core.config), the model
+wrapping (rayft_core.model.adapters), the optimizer (rayft_core.train.optim) and the checks before a run starts
+ask ``run.tuning`` instead of testing its name.
+
+Adding a method: write ``rayft_core/methods/NAME.py`` with a ``TuningSection`` subclass whose ``method`` is
+``Literal["NAME"]`` and whose fields are its keys, overriding what differs from full fine-tuning (apply,
+param_groups, optimizer, problems, missing_dependency, aliases), without `from __future__ import annotations`
+(see base); add it to METHODS below; test it in tests/core/test_tuning.py. A new optimizer goes in
+rayft_core.train.optim.OPTIMIZERS, a new optional package in pyproject.toml's extras.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Union
+
+from pydantic import Field
+
+from rayft_core.methods.base import Run, TuningSection
+from rayft_core.methods.freeze import FreezeTuning
+from rayft_core.methods.full import FullTuning
+from rayft_core.methods.galore import GaloreTuning
+from rayft_core.methods.lora import LoraTuning
+
+# name -> its section; the name is the section's `method` literal (tests/core/test_tuning.py checks it).
+METHODS: dict[str, type[TuningSection]] = {
+    "full": FullTuning,
+    "freeze": FreezeTuning,
+    "lora": LoraTuning,
+    "galore": GaloreTuning,
+}
+
+# typing.Union takes the registry's sections as a tuple; `X | Y` cannot be written for a list known at run time.
+TuningConfig = Annotated[Union[tuple(METHODS.values())], Field(discriminator="method")]  # type: ignore  # noqa: UP007
+
+
+def expand_alias(section: dict[str, Any]) -> dict[str, Any]:
+    """`{method: qlora, ...}` -> `{method: lora, quantization_bit: 4, ...}`: a method's shorthand names (its
+    ``aliases``) stand for it with some keys set; keys given explicitly win."""
+    tag = section.get("method")
+    for name, method in METHODS.items():
+        if isinstance(tag, str) and tag in method.aliases:
+            return {**method.aliases[tag], **section, "method": name}
+    return section
+
+
+def missing_dependencies(run: Run) -> list[str]:
+    """The optional packages the run's tuning method needs and this environment lacks, each with its pip extra."""
+    missing = run.tuning.missing_dependency()
+    return [missing] if missing else []
+
+
+__all__ = ["METHODS", "FreezeTuning", "FullTuning", "GaloreTuning", "LoraTuning", "TuningConfig", "TuningSection",
+           "expand_alias", "missing_dependencies"]

@@ -1,0 +1,94 @@
+"""LoRA: PEFT adapters train, the base is frozen; rsLoRA, DoRA, PiSSA init, LoRA+ learning rates, and QLoRA
+on a bitsandbytes-quantized base (`tuning: qlora`)."""
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, field_validator
+
+from rayft_core.methods.base import Dependency, Run, TuningSection, decay_groups, nonempty_target
+
+if TYPE_CHECKING:
+    from torch import nn
+
+BITSANDBYTES = Dependency("bitsandbytes", "bitsandbytes", "qlora")
+
+
+class LoraTuning(TuningSection):
+    aliases = {"qlora": {"quantization_bit": 4}}  # TuningSection's class variables
+
+    method: Literal["lora"] = "lora"
+    rank: int = Field(8, ge=1, description="LoRA rank r: higher = more capacity and memory.")
+    alpha: float | None = Field(None, gt=0, description="LoRA alpha; default 2 * rank.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target: Literal["all"] | list[str] = Field(
+        "all", description="'all' = every nn.Linear except the output head, or a list of module names (q_proj, "
+        "v_proj, ...).")
+    use_rslora: bool = Field(False, description="rsLoRA: scale by alpha / sqrt(rank) instead of alpha / rank.")
+    use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (magnitude + direction).")
+    init: Literal["default", "pissa", "gaussian"] = Field(
+        "default", description="pissa: initialise A and B from the principal singular vectors of the weight "
+        "(fast SVD).")
+    loraplus_lr_ratio: float | None = Field(
+        None, gt=0, description="LoRA+: the B matrices learn at learning_rate * ratio (the paper suggests 16).")
+    quantization_bit: Literal[4, 8] | None = Field(
+        None, description="QLoRA: load the base in 4-bit NF4 (double quantisation) or 8-bit with bitsandbytes. "
+        "`tuning: qlora` is shorthand for method lora with quantization_bit 4.")
+
+    @field_validator("target")
+    @classmethod
+    def _some_target(cls, target: Any) -> Any:
+        return nonempty_target(target)
+
+    @property
+    def lora_alpha(self) -> float:
+        return self.alpha if self.alpha is not None else 2.0 * self.rank
+
+    def apply(self, model: "nn.Module", run: Run) -> "nn.Module":
+        import torch
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+        from rayft_core.methods.layers import resolve_targets
+
+        targets = resolve_targets(model, self.target, "tuning.target")
+        if self.quantization_bit:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=run.model.gradient_checkpointing)
+        init: Any = {"default": True, "gaussian": "gaussian", "pissa": "pissa_niter_16"}[self.init]
+        config = LoraConfig(
+            task_type="CAUSAL_LM",
+            r=self.rank,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.dropout,
+            target_modules=targets,
+            use_rslora=self.use_rslora,
+            use_dora=self.use_dora,
+            init_lora_weights=init,
+            # Added special tokens have fresh embedding rows: train the embeddings and head in full
+            # and save them with the adapter, or the adapter would point at rows no one trained.
+            modules_to_save=_embedding_module_names(model) if run.model.add_special_tokens else None,
+        )
+        model = get_peft_model(model, config)
+        # Adapters train in fp32 even when the frozen base runs in 16-bit: small updates to
+        # low-rank matrices underflow in bf16.
+        for p in model.parameters():
+            if p.requires_grad and p.dtype != torch.float32:
+                p.data = p.data.float()
+        return model
+
+    def param_groups(self, model: "nn.Module", run: Run) -> list[dict]:
+        lr, ratio = run.train.learning_rate, self.loraplus_lr_ratio
+        # LoRA+ (Hayou et al. 2024): B learns ratio x faster than A; with B initialised at zero
+        # this gives the adapter's update a larger effective step without destabilising A.
+        return decay_groups(model, run, lambda name: lr * ratio if ratio and "lora_B" in name else lr)
+
+    def problems(self, run: Run) -> list[str]:
+        if self.quantization_bit and run.deepspeed.zero_stage == 3:
+            return ["deepspeed.zero_stage: a bitsandbytes-quantized base cannot be sharded by ZeRO-3; use 0-2"]
+        return []
+
+    def missing_dependency(self) -> str | None:
+        return BITSANDBYTES.missing("tuning.quantization_bit") if self.quantization_bit else None
+
+
+def _embedding_module_names(model: "nn.Module") -> list[str]:
+    wanted = {id(model.get_input_embeddings()), id(model.get_output_embeddings())}
+    return [name.rsplit(".", 1)[-1] for name, m in model.named_modules() if id(m) in wanted]

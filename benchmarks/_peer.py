@@ -28,9 +28,16 @@ def ensure_lf_venv(work: Path) -> None:
     subprocess.run(["python3", "-m", "venv", "--clear", str(LF_VENV)], check=True)
     subprocess.run(pip + ["torch==2.13.0"], check=True)
     subprocess.run(pip + ["--no-deps", "llamafactory==0.9.5"], check=True)
-    reqs = subprocess.run([str(LF_VENV / "bin" / "python"), "-c", "import importlib.metadata as m; "
-                           "print('\\n'.join(r for r in m.requires('llamafactory') if ';' not in r))"],
-                          check=True, capture_output=True, text=True).stdout.split()
+    reqs = subprocess.run(
+        [
+            str(LF_VENV / "bin" / "python"),
+            "-c",
+            "import importlib.metadata as m; print('\\n'.join(r for r in m.requires('llamafactory') if ';' not in r))",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     reqs = [r for r in reqs if not re.match(r"(torch|torchaudio|torchvision)\b(?![-_])", r)]
     work.mkdir(parents=True, exist_ok=True)
     cons = work / "lf-constraints.txt"
@@ -38,7 +45,9 @@ def ensure_lf_venv(work: Path) -> None:
     subprocess.run(pip + ["-c", str(cons)] + reqs, check=True)
     site = next((LF_VENV / "lib").glob("python3*/site-packages"))
     (site / "torchaudio").mkdir(exist_ok=True)
-    (site / "torchaudio" / "__init__.py").write_text('"""Stub: no CPU torchaudio for torch 2.13 (rayft benchmark)."""\n')
+    (site / "torchaudio" / "__init__.py").write_text(
+        '"""Stub: no CPU torchaudio for torch 2.13 (rayft benchmark)."""\n'
+    )
 
 
 def ensure_trl_venv(work: Path) -> None:
@@ -85,25 +94,36 @@ def wait_idle(max_s: float | None, load: float) -> dict:
         return {"waited_s": 0.0, "load1": os.getloadavg()[0]}
     t0 = time.time()
     if os.getloadavg()[0] >= load:
-        print(f"waiting for the 1-min load average ({os.getloadavg()[0]:.2f}) to fall below {load} "
-              f"(at most {max_s:.0f} s) ...", flush=True)
+        print(
+            f"waiting for the 1-min load average ({os.getloadavg()[0]:.2f}) to fall below {load} "
+            f"(at most {max_s:.0f} s) ...",
+            flush=True,
+        )
     while os.getloadavg()[0] >= load and time.time() - t0 < max_s:
         time.sleep(5)
     waited, now = time.time() - t0, os.getloadavg()[0]
     if waited > 1:
-        print(f"waited {waited:.0f} s; load average now {now:.2f}"
-              + ("" if now < load else f" (still >= {load}: gave up waiting, figures may be contended)"), flush=True)
+        print(
+            f"waited {waited:.0f} s; load average now {now:.2f}"
+            + ("" if now < load else f" (still >= {load}: gave up waiting, figures may be contended)"),
+            flush=True,
+        )
     return {"waited_s": waited, "load1": now}
 
 
 def offline_env(env: dict[str, str]) -> dict[str, str]:
     """This process's environment for a measured command: offline, unbuffered, no venv or cluster of ours leaking in."""
-    return {**{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "RAY_ADDRESS")},
-            **OFFLINE, "PYTHONUNBUFFERED": "1", **env}
+    return {
+        **{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "RAY_ADDRESS")},
+        **OFFLINE,
+        "PYTHONUNBUFFERED": "1",
+        **env,
+    }
 
 
 def log_output(proc: subprocess.Popen, log: Path, t0: float) -> threading.Thread:
     """A thread writing every non-empty output line of proc to `log` with its time since t0 ("[  12.34s] ...")."""
+
     def read() -> None:
         with open(log, "w", buffering=1) as f:  # line-buffered: the log shows progress while it runs
             for line in proc.stdout:
@@ -159,8 +179,16 @@ def measure(cmd: list[str], cwd: Path, log: Path, env: dict[str, str]) -> dict:
     peak_rss = peak_pss = 0
     cpu: dict[tuple[int, float], float] = {}  # (pid, start time) -> last seen user + sys seconds
     load0, busy0, t0 = os.getloadavg()[0], busy_cpu_s(), time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            errors="replace", start_new_session=True)  # text mode: tqdm's \r ends a line too
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )  # text mode: tqdm's \r ends a line too
     reader = log_output(proc, log, t0)
     root = psutil.Process(proc.pid)
     polls = 0
@@ -171,21 +199,37 @@ def measure(cmd: list[str], cwd: Path, log: Path, env: dict[str, str]) -> dict:
     wall, busy = time.perf_counter() - t0, busy_cpu_s() - busy0
     reader.join(timeout=10)
     leftovers = terminate_leftovers(proc.pid)
-    return {"rc": proc.returncode, "wall_s": wall, "peak_rss_gb": peak_rss / 1e9, "peak_pss_gb": peak_pss / 1e9,
-            "cpu_s": sum(cpu.values()), "other_cpu_s": busy - sum(cpu.values()), "load1_at_start": load0,
-            "leftover_processes": leftovers, "log": str(log)}
+    return {
+        "rc": proc.returncode,
+        "wall_s": wall,
+        "peak_rss_gb": peak_rss / 1e9,
+        "peak_pss_gb": peak_pss / 1e9,
+        "cpu_s": sum(cpu.values()),
+        "other_cpu_s": busy - sum(cpu.values()),
+        "load1_at_start": load0,
+        "leftover_processes": leftovers,
+        "log": str(log),
+    }
 
 
 def build_model(out: Path, hidden_size: int = 64, num_layers: int = 2) -> int:
     """Random-init tiny Llama + the Qwen2.5 tokenizer files copied verbatim; returns the parameter count."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from rayft_core.model.tiny import tiny_config
 
     tok = AutoTokenizer.from_pretrained(TOKENIZER)
     torch.manual_seed(0)
-    config = tiny_config("llama", len(tok), hidden_size=hidden_size, num_layers=num_layers, pad_token_id=tok.pad_token_id,
-                         eos_token_id=tok.eos_token_id, bos_token_id=None)
+    config = tiny_config(
+        "llama",
+        len(tok),
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=None,
+    )
     model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(out)
     for name in ("tokenizer.json", "tokenizer_config.json"):

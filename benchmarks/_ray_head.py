@@ -58,18 +58,42 @@ class Cluster:
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir(parents=True)
         gcs, client, dash = _free_port(), _free_port(), _free_port()
-        ports = {f"--{k}": _free_port() for k in ("node-manager-port", "object-manager-port", "metrics-export-port",
-                                                   "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                                   "runtime-env-agent-port")}
+        ports = {
+            f"--{k}": _free_port()
+            for k in (
+                "node-manager-port",
+                "object-manager-port",
+                "metrics-export-port",
+                "dashboard-agent-listen-port",
+                "dashboard-agent-grpc-port",
+                "runtime-env-agent-port",
+            )
+        }
         first_worker = _free_range()
         self.dashboard = f"http://127.0.0.1:{dash}"
-        env = {**{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "RAY_ADDRESS")},
-               **self.extra_env, **self.auth_env(), "PATH": f"{BIN}:{os.environ['PATH']}"}
-        cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--temp-dir={self.dir / 'ray'}", f"--port={gcs}",
-               f"--ray-client-server-port={client}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-               f"--dashboard-port={dash}", f"--num-cpus={self.cpus}", f"--min-worker-port={first_worker}",
-               f"--max-worker-port={first_worker + 99}", "--disable-usage-stats",
-               *[f"{k}={v}" for k, v in ports.items()]]
+        env = {
+            **{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "RAY_ADDRESS")},
+            **self.extra_env,
+            **self.auth_env(),
+            "PATH": f"{BIN}:{os.environ['PATH']}",
+        }
+        cmd = [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--temp-dir={self.dir / 'ray'}",
+            f"--port={gcs}",
+            f"--ray-client-server-port={client}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            f"--num-cpus={self.cpus}",
+            f"--min-worker-port={first_worker}",
+            f"--max-worker-port={first_worker + 99}",
+            "--disable-usage-stats",
+            *[f"{k}={v}" for k, v in ports.items()],
+        ]
         t0 = time.perf_counter()
         self.log = open(self.dir / "head.log", "w")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -83,8 +107,9 @@ class Cluster:
         raise RuntimeError(f"the cluster's job API did not answer within 180 s; see {self.dir / 'head.log'}")
 
     def _get(self, path: str, auth: bool) -> int | None:
-        req = urllib.request.Request(self.dashboard + path,
-                                     headers={"Authorization": f"Bearer {self.token}"} if auth else {})
+        req = urllib.request.Request(
+            self.dashboard + path, headers={"Authorization": f"Bearer {self.token}"} if auth else {}
+        )
         try:
             with urllib.request.urlopen(req, timeout=2) as r:
                 return r.status

@@ -57,13 +57,21 @@ import os
 import re
 import shutil
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import yaml
-
-from _peer import (LF_VENV, TOKENIZER, TRL_VENV, build_model, ensure_lf_venv, ensure_trl_venv, lf_trainer_results,
-                   measure, wait_idle)
+from _peer import (
+    LF_VENV,
+    TOKENIZER,
+    TRL_VENV,
+    build_model,
+    ensure_lf_venv,
+    ensure_trl_venv,
+    lf_trainer_results,
+    measure,
+    wait_idle,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RAYFT = ROOT / ".venv" / "bin" / "rayft"
@@ -91,8 +99,10 @@ def write_data(max_len: int, out: Path) -> dict:
     kept, lengths = [], []
     for row in rows:
         prompt = _messages(row["conversations"])
-        n = [len(tok.apply_chat_template(prompt + _messages([row[k]]), tokenize=True, return_dict=True)["input_ids"])
-             for k in ("chosen", "rejected")]
+        n = [
+            len(tok.apply_chat_template(prompt + _messages([row[k]]), tokenize=True, return_dict=True)["input_ids"])
+            for k in ("chosen", "rejected")
+        ]
         if max(n) <= max_len - MARGIN:
             kept.append(row)
             lengths.append(sum(n))
@@ -102,13 +112,22 @@ def write_data(max_len: int, out: Path) -> dict:
     (out / "dataset_info.json").write_text(json.dumps({DATASET: entry}, indent=2))
     with open(out / "dpo_bench_trl.jsonl", "w") as f:
         for row in kept:
-            f.write(json.dumps({"prompt": _messages(row["conversations"]), "chosen": _messages([row["chosen"]]),
-                                "rejected": _messages([row["rejected"]])}, ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "prompt": _messages(row["conversations"]),
+                        "chosen": _messages([row["chosen"]]),
+                        "rejected": _messages([row["rejected"]]),
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
     return {"rows_in": len(rows), "rows_kept": len(kept), "pair_tokens": lengths}
 
 
 # TRL's side: a script run by the TRL venv's python, writing the trainer's metrics and log history as JSON.
-TRL_SCRIPT = textwrap.dedent('''\
+TRL_SCRIPT = textwrap.dedent("""\
     import json, sys, time
     t0 = time.time()
     from datasets import load_dataset
@@ -137,7 +156,7 @@ TRL_SCRIPT = textwrap.dedent('''\
     json.dump({"metrics": result.metrics, "log_history": trainer.state.log_history,
                "global_step": trainer.state.global_step}, open(out + "/trl_results.json", "w"), indent=1)
     print(f"done at {time.time() - t0:.1f} s", flush=True)
-''')
+""")
 
 
 def run_trl(model: Path, data: Path, steps: int, max_len: int, log_steps: int) -> dict:
@@ -145,8 +164,20 @@ def run_trl(model: Path, data: Path, steps: int, max_len: int, log_steps: int) -
     shutil.rmtree(work, ignore_errors=True)
     (work / "out").mkdir(parents=True)
     (work / "train_dpo.py").write_text(TRL_SCRIPT)
-    args = [model, data / "dpo_bench_trl.jsonl", work / "out", steps, BATCH, max_len, RANK, ALPHA, LR, BETA, SEED,
-            log_steps]
+    args = [
+        model,
+        data / "dpo_bench_trl.jsonl",
+        work / "out",
+        steps,
+        BATCH,
+        max_len,
+        RANK,
+        ALPHA,
+        LR,
+        BETA,
+        SEED,
+        log_steps,
+    ]
     env = {"HF_DATASETS_CACHE": str(work / "hf-datasets-cache")}
     res = measure([str(TRL_VENV / "bin" / "python"), "train_dpo.py", *map(str, args)], work, work / "log.txt", env)
     if res["rc"] != 0:
@@ -156,9 +187,16 @@ def run_trl(model: Path, data: Path, steps: int, max_len: int, log_steps: int) -
     train_s = out["metrics"]["train_runtime"]
     tokens = max(h.get("num_tokens", 0) for h in out["log_history"])
     pairs = out["global_step"] * BATCH
-    return {**res, "train_s": train_s, "steps": out["global_step"], "pairs_trained": pairs,
-            "pairs_per_s": pairs / train_s, "train_tokens": int(tokens), "tokens_per_s": tokens / train_s,
-            **_sanity(logs[-1], "")}
+    return {
+        **res,
+        "train_s": train_s,
+        "steps": out["global_step"],
+        "pairs_trained": pairs,
+        "pairs_per_s": pairs / train_s,
+        "train_tokens": int(tokens),
+        "tokens_per_s": tokens / train_s,
+        **_sanity(logs[-1], ""),
+    }
 
 
 def run_llamafactory(model: Path, data: Path, steps: int, max_len: int, log_steps: int) -> dict:
@@ -166,15 +204,40 @@ def run_llamafactory(model: Path, data: Path, steps: int, max_len: int, log_step
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     cfg = {
-        "model_name_or_path": str(model), "stage": "dpo", "do_train": True, "finetuning_type": "lora",
-        "lora_rank": RANK, "lora_alpha": ALPHA, "lora_dropout": 0.0, "lora_target": "all",
-        "pref_beta": BETA, "pref_loss": "sigmoid", "pref_ftx": 0.0, "dpo_label_smoothing": 0.0,
-        "dataset": DATASET, "dataset_dir": str(data), "template": "qwen", "cutoff_len": max_len,
-        "overwrite_cache": True, "disable_shuffling": True, "output_dir": str(work / "out"),
-        "logging_steps": log_steps, "plot_loss": False, "overwrite_output_dir": True, "report_to": "none",
-        "per_device_train_batch_size": BATCH, "gradient_accumulation_steps": 1, "learning_rate": LR,
-        "max_steps": steps, "lr_scheduler_type": "cosine", "warmup_ratio": 0.0, "weight_decay": 0.0,
-        "max_grad_norm": 1.0, "bf16": False, "fp16": False, "include_num_input_tokens_seen": "non_padding",
+        "model_name_or_path": str(model),
+        "stage": "dpo",
+        "do_train": True,
+        "finetuning_type": "lora",
+        "lora_rank": RANK,
+        "lora_alpha": ALPHA,
+        "lora_dropout": 0.0,
+        "lora_target": "all",
+        "pref_beta": BETA,
+        "pref_loss": "sigmoid",
+        "pref_ftx": 0.0,
+        "dpo_label_smoothing": 0.0,
+        "dataset": DATASET,
+        "dataset_dir": str(data),
+        "template": "qwen",
+        "cutoff_len": max_len,
+        "overwrite_cache": True,
+        "disable_shuffling": True,
+        "output_dir": str(work / "out"),
+        "logging_steps": log_steps,
+        "plot_loss": False,
+        "overwrite_output_dir": True,
+        "report_to": "none",
+        "per_device_train_batch_size": BATCH,
+        "gradient_accumulation_steps": 1,
+        "learning_rate": LR,
+        "max_steps": steps,
+        "lr_scheduler_type": "cosine",
+        "warmup_ratio": 0.0,
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "bf16": False,
+        "fp16": False,
+        "include_num_input_tokens_seen": "non_padding",
         "seed": SEED,
     }
     (work / "train.yaml").write_text(yaml.safe_dump(cfg))
@@ -185,9 +248,16 @@ def run_llamafactory(model: Path, data: Path, steps: int, max_len: int, log_step
     results, state, logs, tokens = lf_trainer_results(work / "out")
     pairs = state["global_step"] * BATCH
     train_s = results["train_runtime"]
-    return {**res, "train_s": train_s, "steps": state["global_step"], "pairs_trained": pairs,
-            "pairs_per_s": pairs / train_s, "train_tokens": int(tokens), "tokens_per_s": tokens / train_s,
-            **_sanity(logs[-1], "")}
+    return {
+        **res,
+        "train_s": train_s,
+        "steps": state["global_step"],
+        "pairs_trained": pairs,
+        "pairs_per_s": pairs / train_s,
+        "train_tokens": int(tokens),
+        "tokens_per_s": tokens / train_s,
+        **_sanity(logs[-1], ""),
+    }
 
 
 def run_rayft(model: Path, data: Path, steps: int, max_len: int, log_steps: int, workers: int) -> dict:
@@ -200,9 +270,18 @@ def run_rayft(model: Path, data: Path, steps: int, max_len: int, log_steps: int,
         "tuning": {"method": "lora", "rank": RANK, "alpha": ALPHA, "dropout": 0.0, "target": "all"},
         "stage": {"name": "dpo", "beta": BETA, "loss_type": "sigmoid", "label_smoothing": 0.0, "ftx": 0.0},
         "data": {"train": [{"dataset": DATASET}], "dataset_dir": str(data), "max_seq_len": max_len, "shuffle": False},
-        "train": {"max_steps": steps, "micro_batch_size": BATCH, "gradient_accumulation_steps": 1, "learning_rate": LR,
-                  "lr_scheduler": "cosine", "warmup_ratio": 0.0, "weight_decay": 0.0, "max_grad_norm": 1.0,
-                  "logging_steps": log_steps, "seed": SEED},
+        "train": {
+            "max_steps": steps,
+            "micro_batch_size": BATCH,
+            "gradient_accumulation_steps": 1,
+            "learning_rate": LR,
+            "lr_scheduler": "cosine",
+            "warmup_ratio": 0.0,
+            "weight_decay": 0.0,
+            "max_grad_norm": 1.0,
+            "logging_steps": log_steps,
+            "seed": SEED,
+        },
         "deepspeed": {"zero_stage": 0},
         "cluster": {"num_workers": workers},
         "output": {"storage_path": str(work / "out"), "name": "run", "overwrite": True},
@@ -220,34 +299,53 @@ def run_rayft(model: Path, data: Path, steps: int, max_len: int, log_steps: int,
         n = (r["step"] - prev) * BATCH * workers
         dt = n / r["perf/samples_per_s"]
         train_s, tokens, pairs, prev = train_s + dt, tokens + r["perf/tokens_per_s"] * dt, pairs + n, r["step"]
-    return {**res, "train_s": train_s, "steps": prev, "pairs_trained": int(pairs), "pairs_per_s": pairs / train_s,
-            "train_tokens": round(tokens), "tokens_per_s": tokens / train_s, **_sanity(rows[-1], "train/")}
+    return {
+        **res,
+        "train_s": train_s,
+        "steps": prev,
+        "pairs_trained": int(pairs),
+        "pairs_per_s": pairs / train_s,
+        "train_tokens": round(tokens),
+        "tokens_per_s": tokens / train_s,
+        **_sanity(rows[-1], "train/"),
+    }
 
 
 def _sanity(log: dict, prefix: str) -> dict:
     """The last logged window's loss, reward accuracy and margin."""
-    return {"final_loss": log.get(prefix + "loss"), "final_reward_acc": log.get(prefix + "rewards/accuracies"),
-            "final_reward_margin": log.get(prefix + "rewards/margins")}
+    return {
+        "final_loss": log.get(prefix + "loss"),
+        "final_reward_acc": log.get(prefix + "rewards/accuracies"),
+        "final_reward_margin": log.get(prefix + "rewards/margins"),
+    }
 
 
 def _error_tail(log: Path, lines: int = 40) -> str:
     """The end of a failed run's log, from its last traceback where there is one."""
     text = log.read_text(errors="replace").splitlines() if log.is_file() else []
     starts = [i for i, line in enumerate(text) if "Traceback" in line or re.search(r"\bError\b", line)]
-    return "\n".join(text[starts[0] if starts else -lines:][-lines:])
+    return "\n".join(text[starts[0] if starts else -lines :][-lines:])
 
 
 def print_table(results: dict[str, dict]) -> None:
-    fields = [("wall_s", "wall time (s)", "{:.1f}"), ("train_s", "training loop (s)", "{:.1f}"),
-              ("pairs_per_s", "train pairs/s", "{:.2f}"), ("tokens_per_s", "train tokens/s", "{:.0f}"),
-              ("pairs_trained", "pairs trained", "{:,}"), ("train_tokens", "tokens trained", "{:,}"),
-              ("steps", "optimizer steps", "{}"), ("peak_rss_gb", "peak RSS, tree sum (GB)", "{:.2f}"),
-              ("peak_pss_gb", "peak PSS, tree sum (GB)", "{:.2f}"), ("cpu_s", "CPU time of tree (s)", "{:.0f}"),
-              ("other_cpu_s", "CPU-s of other processes", "{:.0f}"),
-              ("contention", "others' cores in use (avg)", "{:.2f}"),
-              ("load1_at_start", "load avg at start", "{:.1f}"),
-              ("final_loss", "last logged loss", "{:.4f}"), ("final_reward_acc", "last reward accuracy", "{:.3f}"),
-              ("final_reward_margin", "last reward margin", "{:.4f}")]
+    fields = [
+        ("wall_s", "wall time (s)", "{:.1f}"),
+        ("train_s", "training loop (s)", "{:.1f}"),
+        ("pairs_per_s", "train pairs/s", "{:.2f}"),
+        ("tokens_per_s", "train tokens/s", "{:.0f}"),
+        ("pairs_trained", "pairs trained", "{:,}"),
+        ("train_tokens", "tokens trained", "{:,}"),
+        ("steps", "optimizer steps", "{}"),
+        ("peak_rss_gb", "peak RSS, tree sum (GB)", "{:.2f}"),
+        ("peak_pss_gb", "peak PSS, tree sum (GB)", "{:.2f}"),
+        ("cpu_s", "CPU time of tree (s)", "{:.0f}"),
+        ("other_cpu_s", "CPU-s of other processes", "{:.0f}"),
+        ("contention", "others' cores in use (avg)", "{:.2f}"),
+        ("load1_at_start", "load avg at start", "{:.1f}"),
+        ("final_loss", "last logged loss", "{:.4f}"),
+        ("final_reward_acc", "last reward accuracy", "{:.3f}"),
+        ("final_reward_margin", "last reward margin", "{:.4f}"),
+    ]
     ratio_keys = ("wall_s", "train_s", "pairs_per_s", "tokens_per_s", "peak_rss_gb", "peak_pss_gb", "cpu_s")
     names = [n for n in results if results[n]["rc"] == 0]
     peers = [p for p in ("trl", "llamafactory") if p in names]
@@ -269,34 +367,53 @@ def print_table(results: dict[str, dict]) -> None:
 def write_markdown(path: Path, meta: dict, results: dict[str, dict]) -> None:
     ok = {n: r for n, r in results.items() if r["rc"] == 0}
     peers = [p for p in ("trl", "llamafactory") if p in ok]
-    head = ("| | wall time | training loop | pairs/s | tokens/s | tokens trained | peak RSS (PSS) | CPU-s (others') "
-            "| last loss | reward acc |")
-    lines = [f"DPO with LoRA: {meta['steps']} steps x {BATCH} pairs, max length {meta['max_len']}, "
-             f"{meta['data']['rows_kept']} of {meta['data']['rows_in']} dpo_en_demo pairs kept (fit in max length); "
-             f"{meta['model_params']:,}-parameter Llama, {meta['machine_cpus']} CPUs.", "", head,
-             "|" + "---|" * 10]
+    head = (
+        "| | wall time | training loop | pairs/s | tokens/s | tokens trained | peak RSS (PSS) | CPU-s (others') "
+        "| last loss | reward acc |"
+    )
+    lines = [
+        f"DPO with LoRA: {meta['steps']} steps x {BATCH} pairs, max length {meta['max_len']}, "
+        f"{meta['data']['rows_kept']} of {meta['data']['rows_in']} dpo_en_demo pairs kept (fit in max length); "
+        f"{meta['model_params']:,}-parameter Llama, {meta['machine_cpus']} CPUs.",
+        "",
+        head,
+        "|" + "---|" * 10,
+    ]
     labels = {"trl": "TRL 1.16 DPOTrainer", "llamafactory": "LLaMA-Factory 0.9.5"}
     for n, r in ok.items():
+
         def cell(key: str, fmt: str) -> str:
             ratios = [f"{r[key] / ok[p][key]:.2f}x" for p in peers if ok[p].get(key)] if n.startswith("rayft") else []
             ratio = "/".join(ratios)
             return fmt.format(r[key]) + (f" ({ratio})" if ratio else "")
+
         label = labels.get(n) or f"rayft, {n.split('-w')[1]} worker(s), ZeRO-0"
-        lines.append(f"| {label} | {cell('wall_s', '{:.0f} s')} | {cell('train_s', '{:.1f} s')} | "
-                     f"{cell('pairs_per_s', '{:.2f}')} | {cell('tokens_per_s', '{:.0f}')} | {r['train_tokens']:,} | "
-                     f"{r['peak_rss_gb']:.1f} GB ({r['peak_pss_gb']:.1f} GB) | "
-                     f"{r['cpu_s']:.0f} ({r['other_cpu_s']:.0f}) | "
-                     f"{r['final_loss']:.4f} | "
-                     f"{r['final_reward_acc']:.2f} |")
+        lines.append(
+            f"| {label} | {cell('wall_s', '{:.0f} s')} | {cell('train_s', '{:.1f} s')} | "
+            f"{cell('pairs_per_s', '{:.2f}')} | {cell('tokens_per_s', '{:.0f}')} | {r['train_tokens']:,} | "
+            f"{r['peak_rss_gb']:.1f} GB ({r['peak_pss_gb']:.1f} GB) | "
+            f"{r['cpu_s']:.0f} ({r['other_cpu_s']:.0f}) | "
+            f"{r['final_loss']:.4f} | "
+            f"{r['final_reward_acc']:.2f} |"
+        )
     if peers:
-        lines += ["", "Ratios in brackets: rayft / " + " and ".join(labels[p] for p in peers) + ". CPU-s: of the "
-                  "command's process tree (others': every other process meanwhile; the machine is shared)."]
+        lines += [
+            "",
+            "Ratios in brackets: rayft / " + " and ".join(labels[p] for p in peers) + ". CPU-s: of the "
+            "command's process tree (others': every other process meanwhile; the machine is shared).",
+        ]
     for n, r in ok.items():
         if n.startswith("rayft") and int(n.split("-w")[1]) > 1:
-            lines += ["", f"{n}: {r['steps']} optimizer steps of {n.split('-w')[1]} x {BATCH} pairs (as many pairs), "
-                         "split between the workers by Ray Data, so not the same pairs as the 1-process runs."]
-    lines += ["", "Wall time: the whole command, start to exit; training loop: the optimizer steps only (rayft: from "
-                 "its metrics windows; TRL and LLaMA-Factory: the HF Trainer's train_runtime)."]
+            lines += [
+                "",
+                f"{n}: {r['steps']} optimizer steps of {n.split('-w')[1]} x {BATCH} pairs (as many pairs), "
+                "split between the workers by Ray Data, so not the same pairs as the 1-process runs.",
+            ]
+    lines += [
+        "",
+        "Wall time: the whole command, start to exit; training loop: the optimizer steps only (rayft: from "
+        "its metrics windows; TRL and LLaMA-Factory: the HF Trainer's train_runtime).",
+    ]
     for n, r in results.items():
         if r["rc"] != 0:
             lines += ["", f"{n} FAILED (rc {r['rc']}):", "```", r.get("error") or _error_tail(Path(r["log"])), "```"]
@@ -306,18 +423,34 @@ def write_markdown(path: Path, meta: dict, results: dict[str, dict]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[2])
     ap.add_argument("--steps", type=int, default=20, help="optimizer steps of 2 pairs each (per process)")
-    ap.add_argument("--max-len", type=int, default=512, help="max tokens of prompt+answer (pairs that do not fit "
-                    "are left out of the data)")
+    ap.add_argument(
+        "--max-len",
+        type=int,
+        default=512,
+        help="max tokens of prompt+answer (pairs that do not fit are left out of the data)",
+    )
     ap.add_argument("--logging-steps", type=int, default=5)
     ap.add_argument("--rayft-workers", type=int, nargs="*", default=[1, 2], help="rayft runs, one per worker count")
     ap.add_argument("--skip", nargs="*", default=[], choices=["trl", "llamafactory"], help="peers not to run")
-    ap.add_argument("--wait-idle", type=float, nargs="?", const=1800.0, default=None, metavar="MAX_S",
-                    help="before each run, wait (at most MAX_S, default 1800) for the 1-min load average to fall "
-                    "below --idle-load (the machine is shared)")
+    ap.add_argument(
+        "--wait-idle",
+        type=float,
+        nargs="?",
+        const=1800.0,
+        default=None,
+        metavar="MAX_S",
+        help="before each run, wait (at most MAX_S, default 1800) for the 1-min load average to fall "
+        "below --idle-load (the machine is shared)",
+    )
     ap.add_argument("--idle-load", type=float, default=0.5)
-    ap.add_argument("--retries", type=int, default=0, help=f"run a measurement again (after --wait-idle) up to this "
-                    f"many times while other processes used > {CONTENDED} cores on average during it; the least "
-                    "contended attempt is kept")
+    ap.add_argument(
+        "--retries",
+        type=int,
+        default=0,
+        help=f"run a measurement again (after --wait-idle) up to this "
+        f"many times while other processes used > {CONTENDED} cores on average during it; the least "
+        "contended attempt is kept",
+    )
     args = ap.parse_args()
     if not (TOKENIZER / "tokenizer.json").is_file() or not (DATA_DIR / "dpo_en_demo.json").is_file():
         print(f"skipped: needs the Qwen2.5 tokenizer at {TOKENIZER} and {DATA_DIR / 'dpo_en_demo.json'}")
@@ -328,10 +461,16 @@ def main() -> None:
     params = build_model(model)
     info = write_data(args.max_len, data)
     if info["rows_kept"] < args.steps * BATCH:
-        print(f"note: {args.steps} steps x {BATCH} pairs > {info['rows_kept']} pairs kept: the tools go round the data "
-              "more than once", flush=True)
-    print(f"model: {params:,} parameters at {model}; data: {info['rows_kept']} of {info['rows_in']} pairs fit in "
-          f"{args.max_len} - {MARGIN} tokens ({data})", flush=True)
+        print(
+            f"note: {args.steps} steps x {BATCH} pairs > {info['rows_kept']} pairs kept: the tools go round the data "
+            "more than once",
+            flush=True,
+        )
+    print(
+        f"model: {params:,} parameters at {model}; data: {info['rows_kept']} of {info['rows_in']} pairs fit in "
+        f"{args.max_len} - {MARGIN} tokens ({data})",
+        flush=True,
+    )
     results: dict[str, dict] = {}
     runs: list[tuple[str, Callable[[], dict]]] = []
     for name, ensure, run in [("trl", ensure_trl_venv, run_trl), ("llamafactory", ensure_lf_venv, run_llamafactory)]:
@@ -339,8 +478,9 @@ def main() -> None:
             ensure(WORK)
             runs.append((name, lambda run=run: run(model, data, args.steps, args.max_len, args.logging_steps)))
     for w in args.rayft_workers:
-        runs.append((f"rayft-w{w}",
-                     lambda w=w: run_rayft(model, data, args.steps, args.max_len, args.logging_steps, w)))
+        runs.append(
+            (f"rayft-w{w}", lambda w=w: run_rayft(model, data, args.steps, args.max_len, args.logging_steps, w))
+        )
     for name, run in runs:
         attempts = []
         for attempt in range(1 + args.retries):
@@ -352,16 +492,29 @@ def main() -> None:
             attempts.append(res)
             if res["rc"] != 0 or res["contention"] <= CONTENDED:
                 break
-            print(f"{name}: other processes used {res['contention']:.2f} cores on average during the run "
-                  f"(> {CONTENDED}): contended" + (", running it again" if attempt < args.retries else ""), flush=True)
+            print(
+                f"{name}: other processes used {res['contention']:.2f} cores on average during the run "
+                f"(> {CONTENDED}): contended" + (", running it again" if attempt < args.retries else ""),
+                flush=True,
+            )
         best = min(attempts, key=lambda r: (r["rc"] != 0, r["contention"]))
-        results[name] = {**best, "attempts": [{k: a[k] for k in ("rc", "wall_s", "contention", "load1_at_start")}
-                                              for a in attempts]}
+        results[name] = {
+            **best,
+            "attempts": [{k: a[k] for k in ("rc", "wall_s", "contention", "load1_at_start")} for a in attempts],
+        }
     print_table(results)
-    meta = {"model_params": params, "steps": args.steps, "max_len": args.max_len, "micro_batch_pairs": BATCH,
-            "lora": {"rank": RANK, "alpha": ALPHA, "target": "all linear but the head"}, "lr": LR, "beta": BETA,
-            "loss": "sigmoid", "machine_cpus": os.cpu_count(),
-            "data": {k: v for k, v in info.items() if k != "pair_tokens"} | {"file": str(data / "dpo_bench.json")}}
+    meta = {
+        "model_params": params,
+        "steps": args.steps,
+        "max_len": args.max_len,
+        "micro_batch_pairs": BATCH,
+        "lora": {"rank": RANK, "alpha": ALPHA, "target": "all linear but the head"},
+        "lr": LR,
+        "beta": BETA,
+        "loss": "sigmoid",
+        "machine_cpus": os.cpu_count(),
+        "data": {k: v for k, v in info.items() if k != "pair_tokens"} | {"file": str(data / "dpo_bench.json")},
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"dpo_vs_trl_llamafactory-s{args.steps}"
     out.with_suffix(".json").write_text(json.dumps({**meta, "results": results}, indent=2))

@@ -49,10 +49,18 @@ import time
 from pathlib import Path
 
 import psutil
-
-from _peer import (LF_VENV, TOKENIZER, busy_cpu_s, ensure_lf_venv, offline_env, process_tree, sample_tree,
-                   terminate_leftovers, wait_idle)
 import yaml
+from _peer import (
+    LF_VENV,
+    TOKENIZER,
+    busy_cpu_s,
+    ensure_lf_venv,
+    offline_env,
+    process_tree,
+    sample_tree,
+    terminate_leftovers,
+    wait_idle,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RAYFT = ROOT / ".venv" / "bin" / "rayft"
@@ -62,23 +70,39 @@ RESULTS = ROOT / "benchmarks" / "results"
 MAX_LEN = 1024
 LF_SAVED = "Tokenized dataset is saved at"
 # Phase markers, by the first time (since start) a log line matching them appears.
-LF_PHASES = {"dataset_read": r"Loading dataset|Generating train split", "convert": r"Converting format of dataset",
-             "tokenize": r"Running tokenizer on dataset", "save": r"Saving the dataset", "saved": LF_SAVED}
-RAYFT_PHASES = {"ray_started": r"started a local Ray cluster|Started a local Ray instance|Connecting to existing Ray",
-                "data_start": r"Starting execution of Dataset|Executing DAG",
-                "data_end": r"Execution finished|Dataset .* execution finished", "prepared": r"^prepared [\d,]+ rows"}
+LF_PHASES = {
+    "dataset_read": r"Loading dataset|Generating train split",
+    "convert": r"Converting format of dataset",
+    "tokenize": r"Running tokenizer on dataset",
+    "save": r"Saving the dataset",
+    "saved": LF_SAVED,
+}
+RAYFT_PHASES = {
+    "ray_started": r"started a local Ray cluster|Started a local Ray instance|Connecting to existing Ray",
+    "data_start": r"Starting execution of Dataset|Executing DAG",
+    "data_end": r"Execution finished|Dataset .* execution finished",
+    "prepared": r"^prepared [\d,]+ rows",
+}
 
 
 def build_model(out: Path) -> None:
     """A tiny random Qwen2 saved with the Qwen2.5 tokenizer files copied verbatim (only its directory is used)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from rayft_core.model.tiny import tiny_config
 
     tok = AutoTokenizer.from_pretrained(TOKENIZER)
     torch.manual_seed(0)
-    config = tiny_config("qwen2", len(tok), hidden_size=64, num_layers=2, pad_token_id=tok.pad_token_id,
-                         eos_token_id=tok.eos_token_id, bos_token_id=None)
+    config = tiny_config(
+        "qwen2",
+        len(tok),
+        hidden_size=64,
+        num_layers=2,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=None,
+    )
     AutoModelForCausalLM.from_config(config).save_pretrained(out)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(TOKENIZER / name, out / name)
@@ -92,14 +116,24 @@ def write_data(rows: int, out: Path) -> Path:
     with open(path, "w") as f:
         for i in range(rows):
             r = demo[i % len(demo)]
-            f.write(json.dumps({"instruction": f"{r['instruction']} (request {i})", "input": r.get("input", ""),
-                                "output": f"{r['output']} (answer {i})"}, ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "instruction": f"{r['instruction']} (request {i})",
+                        "input": r.get("input", ""),
+                        "output": f"{r['output']} (answer {i})",
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
     (out / "dataset_info.json").write_text(json.dumps({"bench": {"file_name": path.name}}, indent=1))
     return path
 
 
-def measure(cmd: list[str], cwd: Path, log: Path, env: dict[str, str], phases: dict[str, str],
-            stop_at: str | None = None) -> dict:
+def measure(
+    cmd: list[str], cwd: Path, log: Path, env: dict[str, str], phases: dict[str, str], stop_at: str | None = None
+) -> dict:
     """Run cmd to exit (or until a log line contains `stop_at`, then kill its session): wall time, peak
     RSS/PSS of its process tree, CPU seconds, and the time of the first line matching each phase pattern."""
     env = offline_env(env)
@@ -108,8 +142,16 @@ def measure(cmd: list[str], cwd: Path, log: Path, env: dict[str, str], phases: d
     peak_rss = peak_pss = 0
     cpu: dict[tuple[int, float], float] = {}  # (pid, start time) -> last seen user + sys seconds
     load0, busy0, t0 = os.getloadavg()[0], busy_cpu_s(), time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            errors="replace", start_new_session=True)  # text mode: tqdm's \r ends a line too
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )  # text mode: tqdm's \r ends a line too
 
     def read() -> None:
         with open(log, "w") as f:
@@ -154,10 +196,19 @@ def measure(cmd: list[str], cwd: Path, log: Path, env: dict[str, str], phases: d
         wall, busy = time.perf_counter() - t0, busy_cpu_s() - busy0
     reader.join(timeout=10)
     leftovers = terminate_leftovers(proc.pid)
-    return {"rc": 0 if stopped.is_set() else proc.returncode, "stopped_at_log_line": stopped.is_set(), "wall_s": wall,
-            "peak_rss_gb": peak_rss / 1e9, "peak_pss_gb": peak_pss / 1e9, "cpu_s": sum(cpu.values()),
-            "other_cpu_s": busy - sum(cpu.values()), "load1_at_start": load0, "phases_s": marks,
-            "leftover_processes": leftovers, "log": str(log)}
+    return {
+        "rc": 0 if stopped.is_set() else proc.returncode,
+        "stopped_at_log_line": stopped.is_set(),
+        "wall_s": wall,
+        "peak_rss_gb": peak_rss / 1e9,
+        "peak_pss_gb": peak_pss / 1e9,
+        "cpu_s": sum(cpu.values()),
+        "other_cpu_s": busy - sum(cpu.values()),
+        "load1_at_start": load0,
+        "phases_s": marks,
+        "leftover_processes": leftovers,
+        "log": str(log),
+    }
 
 
 def run_llamafactory(model: Path, data_dir: Path, rows: int) -> dict:
@@ -166,16 +217,37 @@ def run_llamafactory(model: Path, data_dir: Path, rows: int) -> dict:
     work.mkdir(parents=True)
     out = work / "tokenized"
     cfg = {
-        "model_name_or_path": str(model), "stage": "sft", "do_train": True, "finetuning_type": "lora",
-        "lora_target": "all", "dataset": "bench", "dataset_dir": str(data_dir), "template": "qwen",
-        "cutoff_len": MAX_LEN, "overwrite_cache": True, "preprocessing_num_workers": 2, "tokenized_path": str(out),
-        "output_dir": str(work / "out"), "overwrite_output_dir": True, "report_to": "none",
-        "per_device_train_batch_size": 1, "num_train_epochs": 1.0, "bf16": False, "fp16": False, "seed": 42,
+        "model_name_or_path": str(model),
+        "stage": "sft",
+        "do_train": True,
+        "finetuning_type": "lora",
+        "lora_target": "all",
+        "dataset": "bench",
+        "dataset_dir": str(data_dir),
+        "template": "qwen",
+        "cutoff_len": MAX_LEN,
+        "overwrite_cache": True,
+        "preprocessing_num_workers": 2,
+        "tokenized_path": str(out),
+        "output_dir": str(work / "out"),
+        "overwrite_output_dir": True,
+        "report_to": "none",
+        "per_device_train_batch_size": 1,
+        "num_train_epochs": 1.0,
+        "bf16": False,
+        "fp16": False,
+        "seed": 42,
     }
     (work / "train.yaml").write_text(yaml.safe_dump(cfg))
     env = {"HF_DATASETS_CACHE": str(work / "hf-datasets-cache")}  # fresh: no cached json/arrow from earlier runs
-    res = measure([str(LF_VENV / "bin" / "llamafactory-cli"), "train", "train.yaml"], work, work / "log.txt", env,
-                  LF_PHASES, stop_at=LF_SAVED)
+    res = measure(
+        [str(LF_VENV / "bin" / "llamafactory-cli"), "train", "train.yaml"],
+        work,
+        work / "log.txt",
+        env,
+        LF_PHASES,
+        stop_at=LF_SAVED,
+    )
     if res["rc"] != 0 or not res["stopped_at_log_line"]:
         return {**res, "rc": res["rc"] or 1, "error": "did not reach the line " + repr(LF_SAVED)}
     import pyarrow as pa
@@ -219,8 +291,14 @@ def run_rayft(model: Path, data: Path, rows: int) -> dict:
     found = sorted(out.glob("*rayft_data.json"))  # the manifest: rayft_data.json, lately _rayft_data.json
     manifest = json.loads(found[0].read_text()) if found else {}
     n = sum(pq.ParquetFile(f).metadata.num_rows for f in out.rglob("*.parquet"))
-    return {**res, "rows_out": n, "manifest_rows": manifest.get("rows"), "tokens_out": manifest.get("tokens"),
-            "data_exec_s": _ray_data_exec_s(Path(res["log"])), "tokenize_op": _tokenize_op(Path(res["log"]))}
+    return {
+        **res,
+        "rows_out": n,
+        "manifest_rows": manifest.get("rows"),
+        "tokens_out": manifest.get("tokens"),
+        "data_exec_s": _ray_data_exec_s(Path(res["log"])),
+        "tokenize_op": _tokenize_op(Path(res["log"])),
+    }
 
 
 def _tokenize_op(log: Path) -> dict | None:
@@ -230,8 +308,11 @@ def _tokenize_op(log: Path) -> dict | None:
     if not m:
         return None
     try:
-        last = [ln for ln in (Path(m.group(2)) / f"ray-data-{m.group(1)}.log").read_text().splitlines()
-                if ln.startswith("{")][-1]  # a repr, not quite a literal: pick the figures out
+        last = [
+            ln
+            for ln in (Path(m.group(2)) / f"ray-data-{m.group(1)}.log").read_text().splitlines()
+            if ln.startswith("{")
+        ][-1]  # a repr, not quite a literal: pick the figures out
     except (OSError, IndexError):
         return None
     out = {}
@@ -257,9 +338,9 @@ def tokenizer_floor(model: Path, data: Path) -> dict:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread: CPU seconds, not a parallel speed-up
     from rayft_core.config import DatasetSpec, ModelConfig
     from rayft_core.data.formats import align_row
-    from rayft_core.stage_config import section
     from rayft_core.data.tokenize import split_turns
     from rayft_core.model.loader import load_tokenizer
+    from rayft_core.stage_config import section
 
     tok = load_tokenizer(ModelConfig(name_or_path=str(model), template="qwen"))
     spec = DatasetSpec(path=str(data), format="alpaca")
@@ -270,25 +351,34 @@ def tokenizer_floor(model: Path, data: Path) -> dict:
     rust, tokens = tok._tokenizer, 0
     t = time.process_time()
     for i in range(0, len(texts), 256):
-        tokens += sum(len(e.ids) for e in rust.encode_batch_fast(texts[i:i + 256], add_special_tokens=False))
+        tokens += sum(len(e.ids) for e in rust.encode_batch_fast(texts[i : i + 256], add_special_tokens=False))
     plain = time.process_time() - t
     t = time.process_time()
     for i in range(0, len(texts), 256):
-        rust.encode_batch(texts[i:i + 256], add_special_tokens=False)
+        rust.encode_batch(texts[i : i + 256], add_special_tokens=False)
     with_offsets = time.process_time() - t
-    return {"rows": len(texts), "tokens": tokens, "render_cpu_s": round(render, 1),
-            "encode_no_offsets_cpu_s": round(plain, 1), "encode_with_offsets_cpu_s": round(with_offsets, 1)}
+    return {
+        "rows": len(texts),
+        "tokens": tokens,
+        "render_cpu_s": round(render, 1),
+        "encode_no_offsets_cpu_s": round(plain, 1),
+        "encode_with_offsets_cpu_s": round(with_offsets, 1),
+    }
 
 
 def print_floor(floor: dict, results: dict[str, dict]) -> None:
     cores = os.cpu_count() or 1
-    print(f"\ntokenizer floor ({floor['rows']:,} rows, {floor['tokens']:,} tokens, CPU-s in one process): render "
-          f"{floor['render_cpu_s']}, encode {floor['encode_no_offsets_cpu_s']} ({floor['encode_with_offsets_cpu_s']} "
-          f"with offsets): at least {floor['encode_no_offsets_cpu_s'] / cores:.1f} s of wall time on {cores} cores")
+    print(
+        f"\ntokenizer floor ({floor['rows']:,} rows, {floor['tokens']:,} tokens, CPU-s in one process): render "
+        f"{floor['render_cpu_s']}, encode {floor['encode_no_offsets_cpu_s']} ({floor['encode_with_offsets_cpu_s']} "
+        f"with offsets): at least {floor['encode_no_offsets_cpu_s'] / cores:.1f} s of wall time on {cores} cores"
+    )
     lf = results.get("llamafactory", {})
     if lf.get("rc") == 0:
-        print(f"2x LLaMA-Factory's throughput = {lf['wall_s'] / 2:.1f} s for everything, start-up and shut-down "
-              f"included; the encode alone leaves {lf['wall_s'] / 2 - floor['encode_no_offsets_cpu_s'] / cores:.1f} s")
+        print(
+            f"2x LLaMA-Factory's throughput = {lf['wall_s'] / 2:.1f} s for everything, start-up and shut-down "
+            f"included; the encode alone leaves {lf['wall_s'] / 2 - floor['encode_no_offsets_cpu_s'] / cores:.1f} s"
+        )
 
 
 def print_table(rows: int, results: dict[str, dict]) -> None:
@@ -297,11 +387,17 @@ def print_table(rows: int, results: dict[str, dict]) -> None:
     for r in (lf, rf):
         if r:
             r["rows_per_s"] = rows / r["wall_s"]
-    fields = [("rows_out", "rows written", "{:,}"), ("tokens_out", "tokens written", "{:,}"),
-              ("wall_s", "wall time (s)", "{:.1f}"), ("rows_per_s", "rows/s (whole process)", "{:,.0f}"),
-              ("peak_rss_gb", "peak RSS, tree sum (GB)", "{:.2f}"), ("peak_pss_gb", "peak PSS, tree sum (GB)", "{:.2f}"),
-              ("cpu_s", "CPU time of tree (s)", "{:.0f}"), ("other_cpu_s", "CPU-s of other processes", "{:.0f}"),
-              ("load1_at_start", "load avg at start", "{:.2f}")]
+    fields = [
+        ("rows_out", "rows written", "{:,}"),
+        ("tokens_out", "tokens written", "{:,}"),
+        ("wall_s", "wall time (s)", "{:.1f}"),
+        ("rows_per_s", "rows/s (whole process)", "{:,.0f}"),
+        ("peak_rss_gb", "peak RSS, tree sum (GB)", "{:.2f}"),
+        ("peak_pss_gb", "peak PSS, tree sum (GB)", "{:.2f}"),
+        ("cpu_s", "CPU time of tree (s)", "{:.0f}"),
+        ("other_cpu_s", "CPU-s of other processes", "{:.0f}"),
+        ("load1_at_start", "load avg at start", "{:.2f}"),
+    ]
     ratio_of = {"rows_per_s", "wall_s", "peak_rss_gb", "peak_pss_gb", "cpu_s"}
     print(f"\n{rows:,} rows{'':14}{'LLaMA-Factory':>16}{'rayft':>16}{'rayft/LF':>12}")
     for key, label, fmt in fields:
@@ -316,10 +412,15 @@ def print_table(rows: int, results: dict[str, dict]) -> None:
             extra = f"; Ray Data executions {r['data_exec_s']} s" if r.get("data_exec_s") else ""
             if r.get("tokenize_op"):
                 op = r["tokenize_op"]
-                extra += (f"; tokenize operator (Ray Data's own figures): {op['num_tasks_finished']:.0f} task(s), "
-                          f"{op['function_body_time_s']:.1f} s in _encode in all, longest task {op['task_s_max']:.1f} s")
-            extra += "; progress bars' own elapsed: " + ", ".join(f"{k} {v} s" for k, v in r["stage_elapsed_s"].items()) \
-                if r.get("stage_elapsed_s") else ""
+                extra += (
+                    f"; tokenize operator (Ray Data's own figures): {op['num_tasks_finished']:.0f} task(s), "
+                    f"{op['function_body_time_s']:.1f} s in _encode in all, longest task {op['task_s_max']:.1f} s"
+                )
+            extra += (
+                "; progress bars' own elapsed: " + ", ".join(f"{k} {v} s" for k, v in r["stage_elapsed_s"].items())
+                if r.get("stage_elapsed_s")
+                else ""
+            )
             print(f"phases of {name} (s since start, first matching log line): {ph}{extra}")
 
 
@@ -327,9 +428,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[2])
     ap.add_argument("--rows", type=int, default=100_000, help="rows of all-different alpaca data")
     ap.add_argument("--skip-llamafactory", action="store_true", help="only the rayft run (no ratios)")
-    ap.add_argument("--wait-idle", type=float, nargs="?", const=1800.0, default=None, metavar="MAX_S",
-                    help="before each side, wait (at most MAX_S, default 1800) for the 1-min load average to fall "
-                    "below --idle-load (the machine is shared)")
+    ap.add_argument(
+        "--wait-idle",
+        type=float,
+        nargs="?",
+        const=1800.0,
+        default=None,
+        metavar="MAX_S",
+        help="before each side, wait (at most MAX_S, default 1800) for the 1-min load average to fall "
+        "below --idle-load (the machine is shared)",
+    )
     ap.add_argument("--idle-load", type=float, default=0.5)
     args = ap.parse_args()
     if not (TOKENIZER / "tokenizer.json").is_file():
@@ -341,8 +449,11 @@ def main() -> None:
         build_model(model)
     t = time.perf_counter()
     data = write_data(args.rows, data_dir)
-    print(f"data: {args.rows:,} all-different alpaca rows in {data} ({data.stat().st_size / 1e6:.0f} MB, "
-          f"written in {time.perf_counter() - t:.1f} s); model dir {model}", flush=True)
+    print(
+        f"data: {args.rows:,} all-different alpaca rows in {data} ({data.stat().st_size / 1e6:.0f} MB, "
+        f"written in {time.perf_counter() - t:.1f} s); model dir {model}",
+        flush=True,
+    )
     results: dict[str, dict] = {}
     if not args.skip_llamafactory:
         ensure_lf_venv(WORK)
@@ -364,8 +475,19 @@ def main() -> None:
     print_floor(floor, results)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"preprocess_vs_llamafactory-{args.rows}.json"
-    out.write_text(json.dumps({"rows": args.rows, "max_seq_len": MAX_LEN, "template": "qwen (both)",
-                               "machine_cpus": os.cpu_count(), "results": results, "tokenizer_floor": floor}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "rows": args.rows,
+                "max_seq_len": MAX_LEN,
+                "template": "qwen (both)",
+                "machine_cpus": os.cpu_count(),
+                "results": results,
+                "tokenizer_floor": floor,
+            },
+            indent=2,
+        )
+    )
     print(f"results: {out}")
 
 

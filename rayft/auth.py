@@ -36,7 +36,8 @@ def api_key_sha256(auth: AuthConfig) -> str | None:
         if auth.required:
             raise UserInputError(
                 f"no API key: set the environment variable {auth.api_key_env} (or auth.api_key_file) to the key "
-                "clients will send as 'Authorization: Bearer <key>'; auth.required: false serves without one")
+                "clients will send as 'Authorization: Bearer <key>'; auth.required: false serves without one"
+            )
         logger.warning("serving without an API key (auth.required: false): anyone who reaches the port can use it")
         return None
     return sha256(key)

@@ -27,8 +27,9 @@ class RunCheckError(UserInputError):
     """The run cannot start as configured; the message says what to change."""
 
 
-def check_config(run: RunConfig, resume: bool = False, output: OutputKind = ownership.RUN,
-                 model: ModelFacts | None = None) -> None:
+def check_config(
+    run: RunConfig, resume: bool = False, output: OutputKind = ownership.RUN, model: ModelFacts | None = None
+) -> None:
     """Everything that needs no cluster. ``output``: what the run's directory will hold (a sweep's, a sweep).
     ``model``: the model as the checks read it (each part loaded once); the caller's, to reuse it after."""
     from rayft_core.train.stages import STAGES
@@ -57,8 +58,10 @@ def check_cluster(run: RunConfig, resources: dict[str, float], use_gpu: bool) ->
     """What the run asks of the cluster it joined: CPUs and GPUs for its workers."""
     problems = _check_resources(run, resources, use_gpu)
     if (run.deepspeed.offload_optimizer or run.deepspeed.offload_params) and not use_gpu:
-        problems.append("deepspeed.offload_*: offloading moves state from GPU to CPU memory; this run has no GPU, "
-                        "so set them to false")
+        problems.append(
+            "deepspeed.offload_*: offloading moves state from GPU to CPU memory; this run has no GPU, "
+            "so set them to false"
+        )
     _raise(problems)
 
 
@@ -92,8 +95,10 @@ def _check_chat_template(run: RunConfig, model: ModelFacts) -> list[str]:
     if run.stage.data == TEXT or run.model.chat_template or run.model.template:
         return []
     if not getattr(model.tokenizer, "chat_template", None):
-        return [f"model.chat_template: stage {run.stage.name!r} renders conversations with the tokenizer's chat "
-                "template and this tokenizer has none; give one (a Jinja string) in model.chat_template"]
+        return [
+            f"model.chat_template: stage {run.stage.name!r} renders conversations with the tokenizer's chat "
+            "template and this tokenizer has none; give one (a Jinja string) in model.chat_template"
+        ]
     return []
 
 
@@ -122,12 +127,16 @@ def _check_sizes(run: RunConfig, model: ModelFacts) -> list[str]:
     problems = []
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit and run.data.max_seq_len > limit and not run.model.rope_scaling:
-        problems.append(f"data.max_seq_len: {run.data.max_seq_len} is beyond the {limit} positions "
-                        f"{run.model.name_or_path} was trained on; lower it, or set model.rope_scaling (linear, dynamic "
-                        "or yarn) to stretch the positions")
+        problems.append(
+            f"data.max_seq_len: {run.data.max_seq_len} is beyond the {limit} positions "
+            f"{run.model.name_or_path} was trained on; lower it, or set model.rope_scaling (linear, dynamic "
+            "or yarn) to stretch the positions"
+        )
     if run.cluster.num_workers > MAX_WORKERS:
-        problems.append(f"cluster.num_workers: {run.cluster.num_workers:,} workers is more than any cluster holds "
-                        f"(over {MAX_WORKERS:,}); one worker takes one GPU, or cpus_per_worker CPUs")
+        problems.append(
+            f"cluster.num_workers: {run.cluster.num_workers:,} workers is more than any cluster holds "
+            f"(over {MAX_WORKERS:,}); one worker takes one GPU, or cpus_per_worker CPUs"
+        )
     return problems
 
 
@@ -152,11 +161,15 @@ def _check_resources(run: RunConfig, resources: dict[str, float], use_gpu: bool)
     problems = []
     cpus_needed = c.num_workers * c.cpus_per_worker
     if cpus_needed > resources.get("CPU", 0):
-        problems.append(f"cluster.num_workers: {c.num_workers} workers x {c.cpus_per_worker} CPUs need {cpus_needed:g} CPUs; "
-                        f"the cluster has {resources.get('CPU', 0):g}. Lower num_workers or cpus_per_worker, or add nodes")
+        problems.append(
+            f"cluster.num_workers: {c.num_workers} workers x {c.cpus_per_worker} CPUs need {cpus_needed:g} CPUs; "
+            f"the cluster has {resources.get('CPU', 0):g}. Lower num_workers or cpus_per_worker, or add nodes"
+        )
     if use_gpu and c.num_workers > resources.get("GPU", 0):
-        problems.append(f"cluster.num_workers: {c.num_workers} GPU workers need {c.num_workers} GPUs; the cluster has "
-                        f"{resources.get('GPU', 0):g}")
+        problems.append(
+            f"cluster.num_workers: {c.num_workers} GPU workers need {c.num_workers} GPUs; the cluster has "
+            f"{resources.get('GPU', 0):g}"
+        )
     return problems
 
 
@@ -166,8 +179,10 @@ def _check_storage(run: RunConfig) -> list[str]:
 
     why = check_writable(run.output.storage_path)
     if why:
-        return [f"output.storage_path: cannot write to {run.output.storage_path} ({why}); choose a writable directory "
-                "or bucket (on a multi-node cluster, storage every node reaches)"]
+        return [
+            f"output.storage_path: cannot write to {run.output.storage_path} ({why}); choose a writable directory "
+            "or bucket (on a multi-node cluster, storage every node reaches)"
+        ]
     return []
 
 
@@ -184,8 +199,14 @@ def _check_output(run: RunConfig, kind: OutputKind) -> list[str]:
 
 # What a checkpoint's contents depend on: resuming with any of these changed would load shards of another model,
 # method or layout (ZeRO partitions are per rank).
-RESUME_KEYS = ("model.name_or_path", "model.add_special_tokens", "tuning", "stage.name", "deepspeed.zero_stage",
-               "cluster.num_workers")
+RESUME_KEYS = (
+    "model.name_or_path",
+    "model.add_special_tokens",
+    "tuning",
+    "stage.name",
+    "deepspeed.zero_stage",
+    "cluster.num_workers",
+)
 
 
 def _check_resume(run: RunConfig) -> list[str]:
@@ -197,12 +218,17 @@ def _check_resume(run: RunConfig) -> list[str]:
 
     saved = read_text(join(run.output.dir, CONFIG_FILE))
     if saved is None:
-        return [f"--resume: {run.output.dir} holds no run to resume ({CONFIG_FILE} is missing); check output.name "
-                "and output.storage_path"]
+        return [
+            f"--resume: {run.output.dir} holds no run to resume ({CONFIG_FILE} is missing); check output.name "
+            "and output.storage_path"
+        ]
     before, now = validate_config(yaml.safe_load(saved)).model_dump(mode="json"), run.model_dump(mode="json")
     changed = [k for k in RESUME_KEYS if _get(before, k) != _get(now, k)]
-    return [f"{k}: the run being resumed has {_get(before, k)!r}, this config {_get(now, k)!r}; its checkpoints "
-            "only load into the same model, tuning method, stage, ZeRO stage and number of workers" for k in changed]
+    return [
+        f"{k}: the run being resumed has {_get(before, k)!r}, this config {_get(now, k)!r}; its checkpoints "
+        "only load into the same model, tuning method, stage, ZeRO stage and number of workers"
+        for k in changed
+    ]
 
 
 def _get(tree: dict, dotted: str):

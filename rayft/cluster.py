@@ -57,8 +57,10 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except (OSError, ValueError) as e:
-        raise UserInputError(f"RAY_ADDRESS={address}: no Ray cluster answers there ({e}); check the address and that "
-                             "the head node is up (`ray status` on it), or unset RAY_ADDRESS to start a local cluster") from None
+        raise UserInputError(
+            f"RAY_ADDRESS={address}: no Ray cluster answers there ({e}); check the address and that "
+            "the head node is up (`ray status` on it), or unset RAY_ADDRESS to start a local cluster"
+        ) from None
 
 
 def tokenize_concurrency() -> int | None:

@@ -32,18 +32,18 @@ from rayft.cluster import tokenize_concurrency
 from rayft.sources import MANIFEST, read_manifest, read_raw, resolve_files, write_manifest
 from rayft_core import ownership, storage
 from rayft_core.config import DatasetSpec, RunConfig
-from rayft_core.data import IGNORE_INDEX
-from rayft_core.data.report import MAX_ERRORS_SHOWN, DataReport, DatasetReport, check_bad_rows
-from rayft_core.data.formats import DataError
+from rayft_core.data.encode import encode_batch, error_reason
 from rayft_core.data.mixing import interleave_counts
 from rayft_core.data.registry import DatasetError, check_stage_fit, resolve_spec
+from rayft_core.data.report import MAX_ERRORS_SHOWN, DataReport, DatasetReport, check_bad_rows
 from rayft_core.model.loader import load_tokenizer
-from rayft_core.data.encode import encode_batch, error_reason
 
 logger = logging.getLogger(__name__)
 PREPARED_MARKER = ownership.PREPARED.markers[0]  # written first into a folder of prepared data
 # A small dataset is one block, fewer than the tokenizing tasks allowed; Ray warns of that every run.
-warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks for 'MapBatches", category=UserWarning)
+warnings.filterwarnings(
+    "ignore", message="The maximum number of concurrent tasks for 'MapBatches", category=UserWarning
+)
 
 ENCODE_BATCH = 256  # rows per map task batch: packing fills rows from one batch at a time
 
@@ -110,8 +110,10 @@ def resolve_datasets(run: RunConfig, section: str) -> list[_Dataset]:
         if manifest is not None:
             _check_prepared(spec, manifest, run, key)
         elif spec.format == "tokenized":
-            raise DatasetError(f"{key}: {spec.path} holds no {MANIFEST}: it was not written by `rayft data prepare`, "
-                               "or the write did not finish")
+            raise DatasetError(
+                f"{key}: {spec.path} holds no {MANIFEST}: it was not written by `rayft data prepare`, "
+                "or the write did not finish"
+            )
         else:
             check_stage_fit(spec, run.stage, key)
         out.append(_Dataset(key, given.dataset or spec.label, spec, manifest))
@@ -126,15 +128,25 @@ def _tokenized(run: RunConfig, datasets: list[_Dataset]) -> Any:
     parts = []
     for i, d in enumerate(datasets):
         if d.manifest is not None:  # already tokenized: tag the rows and add the (empty) error column
-            parts.append(ray.data.read_parquet(d.spec.path, file_extensions=["parquet"]).map_batches(
-                _as_source, fn_kwargs={"source": i}, batch_format="pyarrow"))
+            parts.append(
+                ray.data.read_parquet(d.spec.path, file_extensions=["parquet"]).map_batches(
+                    _as_source, fn_kwargs={"source": i}, batch_format="pyarrow"
+                )
+            )
             continue
         ds = read_raw(d.spec, d.key)
         if d.spec.num_samples:
             ds = ds.limit(d.spec.num_samples)
-        parts.append(ds.map_batches(_encode, batch_format="pyarrow", batch_size=ENCODE_BATCH, zero_copy_batch=True,
-                                    compute=ray.data.TaskPoolStrategy(size=tokenize_concurrency()),
-                                    fn_kwargs={"run_json": run_json, "spec_json": d.spec.model_dump_json(), "source": i}))
+        parts.append(
+            ds.map_batches(
+                _encode,
+                batch_format="pyarrow",
+                batch_size=ENCODE_BATCH,
+                zero_copy_batch=True,
+                compute=ray.data.TaskPoolStrategy(size=tokenize_concurrency()),
+                fn_kwargs={"run_json": run_json, "spec_json": d.spec.model_dump_json(), "source": i},
+            )
+        )
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
@@ -142,26 +154,32 @@ def _as_source(batch: pa.Table, source: int) -> pa.Table:
     """Prepared rows, tagged with their dataset's index, with the (empty) error column of tokenized rows."""
     index = batch.schema.get_field_index("source")
     return batch.set_column(index, "source", pa.array([source] * len(batch), pa.int16())).append_column(
-        "error", pa.nulls(len(batch), pa.string()))
+        "error", pa.nulls(len(batch), pa.string())
+    )
 
 
 def _check_prepared(spec: DatasetSpec, manifest: dict, run: RunConfig, key: str) -> None:
     """A folder written by `rayft data prepare` must have been prepared the way this run trains."""
     if manifest["max_seq_len"] > run.data.max_seq_len:
-        raise DatasetError(f"{key}: {spec.path} was prepared with max_seq_len {manifest['max_seq_len']}, longer "
-                           f"than this run's {run.data.max_seq_len}; prepare it again")
+        raise DatasetError(
+            f"{key}: {spec.path} was prepared with max_seq_len {manifest['max_seq_len']}, longer "
+            f"than this run's {run.data.max_seq_len}; prepare it again"
+        )
     if manifest["stage"] != run.stage.name:
         raise DatasetError(f"{key}: {spec.path} was prepared for stage {manifest['stage']}, not {run.stage.name}")
     if manifest["packing"] != run.packing:
-        raise DatasetError(f"{key}: {spec.path} was prepared with packing {'on' if manifest['packing'] else 'off'}; "
-                           f"set data.packing: {str(manifest['packing']).lower()} or prepare it again")
+        raise DatasetError(
+            f"{key}: {spec.path} was prepared with packing {'on' if manifest['packing'] else 'off'}; "
+            f"set data.packing: {str(manifest['packing']).lower()} or prepare it again"
+        )
 
 
 def _report(ds: Any, labels: list[str], run: RunConfig) -> DataReport:
     """One pass over the small columns of a materialized set: counts per dataset and the bad rows."""
     report = DataReport([DatasetReport(label) for label in labels], run.data.max_seq_len, run.packing)
-    for b in ds.select_columns(["source", "num_tokens", "num_examples", "error"]).iter_batches(batch_format="pyarrow",
-                                                                                           batch_size=None):
+    for b in ds.select_columns(["source", "num_tokens", "num_examples", "error"]).iter_batches(
+        batch_format="pyarrow", batch_size=None
+    ):
         sources = b["source"].to_numpy()
         errors = b["error"].to_pylist()
         tokens = b["num_tokens"].to_numpy()
@@ -196,8 +214,11 @@ def _mix(ds: Any, report: DataReport, run: RunConfig) -> Any:
         part = ds.filter(expr=f"source == {i}")
         copies = [part] * -(-n // size)
         parts.append((copies[0].union(*copies[1:]) if len(copies) > 1 else part).limit(n))
-    logger.info("interleaved %s rows: %s", f"{sum(counts):,}", ", ".join(
-        f"{d.label} {n:,} of {d.rows:,}" for d, n in zip(report.datasets, counts)))
+    logger.info(
+        "interleaved %s rows: %s",
+        f"{sum(counts):,}",
+        ", ".join(f"{d.label} {n:,} of {d.rows:,}" for d, n in zip(report.datasets, counts)),
+    )
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
@@ -214,25 +235,43 @@ def cache_key(run: RunConfig, datasets: list[_Dataset]) -> str:
         else:  # remote files and hub datasets: named, not fingerprinted
             files.append((spec.label,))
     tok_dir = Path(run.model.name_or_path)
-    tok_files = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(tok_dir.glob("*token*"))] \
-        if tok_dir.is_dir() else []
+    tok_files = (
+        [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(tok_dir.glob("*token*"))]
+        if tok_dir.is_dir()
+        else []
+    )
     stage = run.stage.model_dump()
-    key = {"v": 1, "specs": [s.model_dump() for s in specs], "files": files, "tokenizer": [run.model.name_or_path, tok_files],
-           "template": [run.model.template, run.model.chat_template, run.model.add_special_tokens], "stage": stage,
-           "max_seq_len": run.data.max_seq_len, "packing": run.packing}
+    key = {
+        "v": 1,
+        "specs": [s.model_dump() for s in specs],
+        "files": files,
+        "tokenizer": [run.model.name_or_path, tok_files],
+        "template": [run.model.template, run.model.chat_template, run.model.add_special_tokens],
+        "stage": stage,
+        "max_seq_len": run.data.max_seq_len,
+        "packing": run.packing,
+    }
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def write_prepared(ds: Any, out: str, run: RunConfig, report: DataReport, overwrite: bool = False,
-                   flag: str = "--overwrite") -> None:
+def write_prepared(
+    ds: Any, out: str, run: RunConfig, report: DataReport, overwrite: bool = False, flag: str = "--overwrite"
+) -> None:
     """Parquet (input_ids, labels, position_ids when packed, ...) plus a manifest written last: a directory
     without its manifest is an unfinished write and is never read. ``out`` must be new, empty, or (with
     ``overwrite``) earlier prepared data (rayft_core.ownership). A local directory is written beside it and
     renamed into place; in a bucket the ownership marker goes first and the manifest last."""
     ownership.claim(out, ownership.PREPARED, overwrite, flag)
-    manifest = {"stage": run.stage.name, "max_seq_len": run.data.max_seq_len, "packing": run.packing,
-                "tokenizer": run.model.name_or_path, "template": run.model.template, "rows": report.rows,
-                "tokens": report.tokens, "datasets": [asdict(d) for d in report.datasets]}
+    manifest = {
+        "stage": run.stage.name,
+        "max_seq_len": run.data.max_seq_len,
+        "packing": run.packing,
+        "tokenizer": run.model.name_or_path,
+        "template": run.model.template,
+        "rows": report.rows,
+        "tokens": report.tokens,
+        "datasets": [asdict(d) for d in report.datasets],
+    }
     if storage.is_uri(out):
         storage.write_text(storage.join(out, PREPARED_MARKER), "rayft data prepare\n")
         ds.write_parquet(out)
@@ -259,8 +298,11 @@ def tokenize_section(run: RunConfig, section: str) -> tuple[Any, DataReport]:
     """A section's datasets tokenized and materialized (or read from the cache), bad rows counted and removed."""
     datasets = resolve_datasets(run, section)
     # a prepared folder is already tokenized data: caching it again would only copy it
-    cache = f"{run.data.cache_dir.rstrip('/')}/{cache_key(run, datasets)}" \
-        if run.data.cache_dir and all(d.manifest is None for d in datasets) else None
+    cache = (
+        f"{run.data.cache_dir.rstrip('/')}/{cache_key(run, datasets)}"
+        if run.data.cache_dir and all(d.manifest is None for d in datasets)
+        else None
+    )
     if cache and (hit := _cached(run, cache)) is not None:
         return hit
     ds = _tokenized(run, datasets).materialize()
@@ -282,7 +324,9 @@ def preview(run: RunConfig, n: int) -> tuple[list[dict], DataReport]:
     ds = _tokenized(run, datasets).materialize()
     report = _report(ds, [d.label for d in datasets], run)
     rows = ds.map_batches(_drop_errors, batch_format="pyarrow").take(n) if report.rows else []
-    return [{k: list(v) if v is not None and k.endswith(("ids", "labels")) else v for k, v in r.items()} for r in rows], report
+    return [
+        {k: list(v) if v is not None and k.endswith(("ids", "labels")) else v for k, v in r.items()} for r in rows
+    ], report
 
 
 def build_run_data(run: RunConfig) -> RunData:
@@ -303,47 +347,28 @@ def build_run_data(run: RunConfig) -> RunData:
         train = train.random_shuffle(seed=run.train.seed)
     train = train.drop_columns(["source"]).materialize()
     evaluation = evaluation.drop_columns(["source"]).materialize() if evaluation is not None else None
-    return RunData(train=train, eval=evaluation, train_rows=train.count(),
-                   eval_rows=evaluation.count() if evaluation is not None else None, report=report)
+    return RunData(
+        train=train,
+        eval=evaluation,
+        train_rows=train.count(),
+        eval_rows=evaluation.count() if evaluation is not None else None,
+        report=report,
+    )
 
 
 def _streamed(run: RunConfig) -> RunData:
     """Lazy datasets: rows flow from the files through the tokenizer to the workers, never all held at once."""
     if run.data.mix == "interleave" and len(run.data.train) > 1:
-        raise DatasetError("data.mix: interleaving needs each dataset's size, which a stream does not know in advance; "
-                           "use mix: concat with streaming, or turn streaming off")
+        raise DatasetError(
+            "data.mix: interleaving needs each dataset's size, which a stream does not know in advance; "
+            "use mix: concat with streaming, or turn streaming off"
+        )
     train = _tokenized(run, resolve_datasets(run, "data.train"))
     evaluation = _tokenized(run, resolve_datasets(run, "data.eval")) if run.data.eval else None
-    return RunData(train=train.drop_columns(["source"]), eval=evaluation.drop_columns(["source"]) if evaluation else None,
-                   train_rows=None, eval_rows=None, report=None)
-
-
-class StreamChecker:
-    """Bad rows met by a worker while streaming: counted, the run stopped past data.max_bad_fraction.
-
-    A tolerated bad row stays in its batch as one padding token without a label: every worker
-    must run the same number of equally many forward passes, so rows are masked, not removed.
-    """
-
-    def __init__(self, max_fraction: float, pad_token_id: int):
-        self.max_fraction, self.pad = max_fraction, pad_token_id
-        self.seen, self.bad, self.shown = 0, 0, []
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        errors = batch.pop("error")
-        bad = [i for i, e in enumerate(errors) if e is not None]
-        self.seen += len(errors)
-        if not bad:
-            return batch
-        self.bad += len(bad)
-        self.shown += [errors[i] for i in bad][: MAX_ERRORS_SHOWN - len(self.shown)]
-        if self.bad / self.seen > self.max_fraction:
-            raise DataError(f"{self.bad} of {self.seen} streamed rows cannot be used (data.max_bad_fraction "
-                            f"{self.max_fraction:.2%}):\n" + "\n".join(f"  - {s}" for s in self.shown))
-        for i in bad:  # every token list of the row becomes one token without a label
-            for c in batch:
-                if c.endswith(("input_ids", "labels", "position_ids")):
-                    batch[c][i] = np.array([self.pad if c.endswith("input_ids") else IGNORE_INDEX if c.endswith("labels") else 0])
-            if "kto_tag" in batch:
-                batch["kto_tag"][i] = False
-        return batch
+    return RunData(
+        train=train.drop_columns(["source"]),
+        eval=evaluation.drop_columns(["source"]) if evaluation else None,
+        train_rows=None,
+        eval_rows=None,
+        report=None,
+    )

@@ -72,21 +72,36 @@ def score(model_dir: str | Path, numbers: list[int]) -> float:
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": _question(n)}], tokenize=False,
-                                             add_generation_prompt=True) for n in numbers]
+    prompts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": _question(n)}], tokenize=False, add_generation_prompt=True
+        )
+        for n in numbers
+    ]
     tokenizer.padding_side = "left"
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id)
-    answers = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        out = model.generate(
+            **enc,
+            max_new_tokens=12,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    answers = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     return sum(a.strip() == _answer(n) for a, n in zip(answers, numbers)) / len(numbers)
 
 
 def _config(name: str, output: Path, workers: int, model_path: Path, data_path: Path) -> RunConfig:
-    return load_config(EXAMPLES / name, [f"model.name_or_path={model_path}", f"data.train=[{{path: {data_path}, "
-                       f"format: {'text' if name.startswith('pre') else 'alpaca'}}}]",
-                       f"output.storage_path={output}", f"cluster.num_workers={workers}"])
+    return load_config(
+        EXAMPLES / name,
+        [
+            f"model.name_or_path={model_path}",
+            f"data.train=[{{path: {data_path}, format: {'text' if name.startswith('pre') else 'alpaca'}}}]",
+            f"output.storage_path={output}",
+            f"cluster.num_workers={workers}",
+        ],
+    )
 
 
 def run_demo(output: str, workers: int = 2) -> None:

@@ -30,14 +30,17 @@ def write_result(output: str, result: dict[str, Any]) -> None:
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-             for r in [header, *rows]]
+    lines = [
+        "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        for r in [header, *rows]
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
 def mc_table(summary: dict[str, Any]) -> str:
     """Subjects, then categories, then the overall line: questions, correct, accuracy in percent."""
+
     def row(name: str, e: dict[str, Any]) -> list[str]:
         return [name, str(e["questions"]), str(e["correct"]), f"{100 * e['accuracy']:.2f}"]
 

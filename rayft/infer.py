@@ -17,45 +17,32 @@ from typing import Any
 from rayft_core.config import RunConfig
 from rayft_core.data.formats import DataError, align_row
 from rayft_core.errors import UserInputError
-from rayft_core.ownership import staged_file
 from rayft_core.infer import GenerationParams, ModelSource, cuda_available
-from rayft_core.stage_config import SftStage
 from rayft_core.infer.vllm_engine import adapter_engine_kwargs, cpu_engine_env, engine_dtype, require_vllm
+from rayft_core.ownership import staged_file
+from rayft_core.stage_config import SftStage
 
 
-def infer(run: RunConfig, model_dir: str | None, section: str, output: str, params: GenerationParams,
-          batch_size: int = 16, engines: int = 1, progress: Any = None) -> dict:
-    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
-
+def infer(
+    run: RunConfig,
+    model_dir: str | None,
+    section: str,
+    output: str,
+    params: GenerationParams,
+    batch_size: int = 16,
+    engines: int = 1,
+    progress: Any = None,
+) -> dict:
     from rayft.data import resolve_datasets
-    from rayft.sources import read_raw
 
     require_vllm()
     source = ModelSource.of(model_dir or run.output.dir)
     datasets = resolve_datasets(run, section)
     if not datasets:
         raise UserInputError(f"{section} is empty: name the datasets to generate for (or --split train)")
-    rows = None
-    for d in datasets:
-        part = read_raw(d.spec, d.key).map_batches(_Prompts, fn_constructor_kwargs=dict(
-            spec_json=d.spec.model_dump_json(), label=d.label, tokenizer_dir=source.tokenizer, adapter=source.adapter,
-            params=params.__dict__), batch_format="pyarrow", concurrency=1)
-        if d.spec.num_samples:
-            part = part.limit(d.spec.num_samples)
-        rows = part if rows is None else rows.union(part)
-
+    rows = _prompt_rows(datasets, source, params)
     good = rows.filter(lambda r: r["error"] is None)
-    on_gpu = cuda_available()
-    engine_kwargs = {"dtype": engine_dtype(on_gpu), "max_model_len": run.data.max_seq_len + params.max_new_tokens,
-                     **adapter_engine_kwargs(source)}
-    config = vLLMEngineProcessorConfig(
-        model_source=source.weights, engine_kwargs=engine_kwargs, batch_size=batch_size, concurrency=engines,
-        chat_template_stage=False, tokenize_stage=False, detokenize_stage=False,  # prompts arrive as token ids
-        placement_group_config=None if on_gpu else {"bundles": [{"CPU": 1}]},
-        runtime_env=None if on_gpu else {"env_vars": cpu_engine_env()})
-    processor = build_processor(config, postprocess=lambda r: {
-        "dataset": r["dataset"], "row": r["row"], "messages": json.loads(r["messages"]),
-        "prediction": r["generated_text"], "reference": r["reference"]})
+    processor = _processor(run, source, params, batch_size, engines)
 
     written = 0
     with staged_file(output) as staged, open(staged, "w", encoding="utf-8") as f:  # renamed into place at the end
@@ -69,8 +56,69 @@ def infer(run: RunConfig, model_dir: str | None, section: str, output: str, para
     # A second pass over the prompts only (reading and templating are cheap beside generation): rows that
     # could not be used are reported, never dropped silently.
     errors = rows.filter(lambda r: r["error"] is not None).take(1000)
-    return {"output": output, "rows": written, "model": source.weights, "adapter": source.adapter,
-            "bad_rows": len(errors), "first_bad_rows": [e["error"] for e in errors[:5]]}
+    return {
+        "output": output,
+        "rows": written,
+        "model": source.weights,
+        "adapter": source.adapter,
+        "bad_rows": len(errors),
+        "first_bad_rows": [e["error"] for e in errors[:5]],
+    }
+
+
+def _prompt_rows(datasets: list, source: ModelSource, params: GenerationParams) -> Any:
+    """Every dataset's rows as prompts (a Ray dataset; unusable rows carry their error)."""
+    from rayft.sources import read_raw
+
+    rows = None
+    for d in datasets:
+        kwargs = dict(
+            spec_json=d.spec.model_dump_json(),
+            label=d.label,
+            tokenizer_dir=source.tokenizer,
+            adapter=source.adapter,
+            params=params.__dict__,
+        )
+        part = read_raw(d.spec, d.key).map_batches(
+            _Prompts, fn_constructor_kwargs=kwargs, batch_format="pyarrow", concurrency=1
+        )
+        if d.spec.num_samples:
+            part = part.limit(d.spec.num_samples)
+        rows = part if rows is None else rows.union(part)
+    return rows
+
+
+def _processor(run: RunConfig, source: ModelSource, params: GenerationParams, batch_size: int, engines: int) -> Any:
+    """Ray Data's vLLM processor: ``engines`` engines answering tokenized prompts."""
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    on_gpu = cuda_available()
+    engine_kwargs = {
+        "dtype": engine_dtype(on_gpu),
+        "max_model_len": run.data.max_seq_len + params.max_new_tokens,
+        **adapter_engine_kwargs(source),
+    }
+    config = vLLMEngineProcessorConfig(
+        model_source=source.weights,
+        engine_kwargs=engine_kwargs,
+        batch_size=batch_size,
+        concurrency=engines,
+        chat_template_stage=False,
+        tokenize_stage=False,
+        detokenize_stage=False,  # prompts arrive as token ids
+        placement_group_config=None if on_gpu else {"bundles": [{"CPU": 1}]},
+        runtime_env=None if on_gpu else {"env_vars": cpu_engine_env()},
+    )
+    return build_processor(
+        config,
+        postprocess=lambda r: {
+            "dataset": r["dataset"],
+            "row": r["row"],
+            "messages": json.loads(r["messages"]),
+            "prediction": r["generated_text"],
+            "reference": r["reference"],
+        },
+    )
 
 
 class _Prompts:
@@ -85,8 +133,11 @@ class _Prompts:
         self.label = label
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
         self.adapter = adapter
-        self.sampling = {"max_tokens": params["max_new_tokens"], "temperature": params["temperature"],
-                         "top_p": params["top_p"]}
+        self.sampling = {
+            "max_tokens": params["max_new_tokens"],
+            "temperature": params["temperature"],
+            "top_p": params["top_p"],
+        }
 
     def __call__(self, batch: Any) -> dict:
         out: dict[str, list] = {k: [] for k in ("dataset", "row", "messages", "tokenized_prompt", "reference", "error")}
@@ -101,8 +152,9 @@ class _Prompts:
                     messages = align_row(raw, self.spec, SftStage())["messages"]
                     if messages[-1]["role"] == "assistant":  # the dataset's answer is the reference, not the prompt
                         reference = messages.pop()["content"]
-                    ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                             return_dict=True)["input_ids"]
+                    ids = self.tokenizer.apply_chat_template(
+                        messages, add_generation_prompt=True, tokenize=True, return_dict=True
+                    )["input_ids"]
                 except DataError as e:  # names the file and row itself
                     error = str(e)
                 except (ValueError, RecursionError) as e:  # not JSON, or a template that refuses the conversation

@@ -20,8 +20,8 @@ from typing import Any
 import yaml
 
 from rayft_core.config import RunConfig, validate_config
-from rayft_core.schema import ConfigError, read_yaml, validate_section
 from rayft_core.errors import UserInputError
+from rayft_core.schema import ConfigError, read_yaml, validate_section
 from rayft_core.serve_config import ServeConfig
 
 KINDS = ("job", "tune", "service", "cluster")
@@ -45,8 +45,10 @@ def find_chart() -> Path:
         if (path / "Chart.yaml").is_file():
             return path
     looked = ", ".join(str(p) for p in candidates)
-    raise K8sError(f"the Helm chart is not where rayft looks ({looked}); reinstall rayft, or set {CHART_ENV} to a "
-                   f"checkout's helm/rayft")
+    raise K8sError(
+        f"the Helm chart is not where rayft looks ({looked}); reinstall rayft, or set {CHART_ENV} to a "
+        f"checkout's helm/rayft"
+    )
 
 
 def _helm():
@@ -66,8 +68,10 @@ def detect_kind(raw: dict, path: str) -> str:
         return "service"
     if "model" in raw or "data" in raw:
         return "tune" if raw.get("tune") else "job"
-    raise K8sError(f"{path}: neither a run config (model:, data:) nor a serving config (models:) at the top level; "
-                   f"found {', '.join(sorted(raw)) or 'nothing'}")
+    raise K8sError(
+        f"{path}: neither a run config (model:, data:) nor a serving config (models:) at the top level; "
+        f"found {', '.join(sorted(raw)) or 'nothing'}"
+    )
 
 
 def values_for(config_path: str, kind: str | None = None) -> dict[str, Any]:
@@ -78,8 +82,10 @@ def values_for(config_path: str, kind: str | None = None) -> dict[str, Any]:
     kind = kind or detected
     if (kind == "service") != (detected == "service"):
         given = "a serving config" if detected == "service" else "a run config"
-        raise K8sError(f"{config_path}: --kind {kind} needs {'a serving' if kind == 'service' else 'a run'} config; "
-                       f"this is {given}")
+        raise K8sError(
+            f"{config_path}: --kind {kind} needs {'a serving' if kind == 'service' else 'a run'} config; "
+            f"this is {given}"
+        )
     try:
         if kind == "service":
             return _serve_values(validate_section(ServeConfig, raw, "serving config"), text)
@@ -99,9 +105,14 @@ def _run_values(run: RunConfig, text: str, kind: str) -> dict[str, Any]:
     # CPUs would starve (docs/environment.md). rayft checks the cluster holds num_workers workers before it starts, so
     # they are all there from the start; a sweep may grow to max_concurrent_trials groups of them.
     trials = (run.tune.max_concurrent_trials or 1) if run.tune else 1
-    group: dict[str, Any] = {"name": "gpu" if c.use_gpu is True else "cpu", "type": "gpu" if c.use_gpu is True else "cpu",
-                             "replicas": c.num_workers, "minReplicas": c.num_workers,
-                             "maxReplicas": c.num_workers * trials, "cpu": math.ceil(c.cpus_per_worker) + 1}
+    group: dict[str, Any] = {
+        "name": "gpu" if c.use_gpu is True else "cpu",
+        "type": "gpu" if c.use_gpu is True else "cpu",
+        "replicas": c.num_workers,
+        "minReplicas": c.num_workers,
+        "maxReplicas": c.num_workers * trials,
+        "cpu": math.ceil(c.cpus_per_worker) + 1,
+    }
     if c.use_gpu is True:
         group["gpu"] = 1
     values: dict[str, Any] = {"kind": kind, "run": {"config": text}, "workers": [group]}
@@ -113,8 +124,9 @@ def _run_values(run: RunConfig, text: str, kind: str) -> dict[str, Any]:
 def _serve_values(cfg: ServeConfig, text: str) -> dict[str, Any]:
     problems = []
     for i, m in enumerate(cfg.models):
-        problems += _pod_path_problems({f"models[{i}].path": m.path,
-                                        **{f"models[{i}].adapters.{k}": v for k, v in m.adapters.items()}})
+        problems += _pod_path_problems(
+            {f"models[{i}].path": m.path, **{f"models[{i}].adapters.{k}": v for k, v in m.adapters.items()}}
+        )
     _raise_problems(problems)
     # One pod per Serve replica, sized for the largest, up to every model's most replicas at once.
     groups = []
@@ -122,10 +134,14 @@ def _serve_values(cfg: ServeConfig, text: str) -> dict[str, Any]:
         models = [m for m in cfg.models if (m.resources.gpu_count > 0) == (kind == "gpu")]
         if not models:
             continue
-        group = {"name": kind, "type": kind,
-                 "replicas": sum(m.replicas.initial if m.replicas.initial is not None else m.replicas.min for m in models),
-                 "minReplicas": sum(m.replicas.min for m in models), "maxReplicas": sum(m.replicas.max for m in models),
-                 "cpu": math.ceil(max(m.resources.cpus for m in models)) + 1}
+        group = {
+            "name": kind,
+            "type": kind,
+            "replicas": sum(m.replicas.initial if m.replicas.initial is not None else m.replicas.min for m in models),
+            "minReplicas": sum(m.replicas.min for m in models),
+            "maxReplicas": sum(m.replicas.max for m in models),
+            "cpu": math.ceil(max(m.resources.cpus for m in models)) + 1,
+        }
         if kind == "gpu":
             group["gpu"] = max(m.resources.gpu_count for m in models)
         groups.append(group)
@@ -133,8 +149,11 @@ def _serve_values(cfg: ServeConfig, text: str) -> dict[str, Any]:
 
 
 def _run_paths(run: RunConfig) -> dict[str, str | None]:
-    paths = {"model.name_or_path": run.model.name_or_path, "deepspeed.config_file": run.deepspeed.config_file,
-             "data.cache_dir": run.data.cache_dir}
+    paths = {
+        "model.name_or_path": run.model.name_or_path,
+        "deepspeed.config_file": run.deepspeed.config_file,
+        "data.cache_dir": run.data.cache_dir,
+    }
     for section in ("train", "eval"):
         for i, spec in enumerate(getattr(run.data, section)):
             paths[f"data.{section}[{i}].path"] = spec.path
@@ -150,8 +169,10 @@ def _pod_path_problems(paths: dict[str, str | None]) -> list[str]:
         if not p or "://" in p or Path(p).is_absolute():
             continue
         if key.startswith(("data.", "deepspeed.")) or ".adapters." in key or Path(p).expanduser().exists():
-            problems.append(f"{key}: {p!r} is a path on this machine, which the pods cannot read; upload it "
-                            f"(s3://..., gs://...) or mount a volume (extraVolumes) and give its absolute path")
+            problems.append(
+                f"{key}: {p!r} is a path on this machine, which the pods cannot read; upload it "
+                f"(s3://..., gs://...) or mount a volume (extraVolumes) and give its absolute path"
+            )
     return problems
 
 
@@ -173,12 +194,13 @@ def merge_values(base: Any, override: Any, merge_lists: bool = False) -> Any:
         return out
     if merge_lists and isinstance(base, list) and isinstance(override, list):
         merged = [b if o is None else merge_values(b, o, True) for b, o in zip(base, override)]
-        return merged + base[len(override):] + override[len(base):]
+        return merged + base[len(override) :] + override[len(base) :]
     return override
 
 
-def build_values(config_path: str, kind: str | None = None, values_files: tuple[str, ...] = (),
-                 sets: tuple[str, ...] = ()) -> dict[str, Any]:
+def build_values(
+    config_path: str, kind: str | None = None, values_files: tuple[str, ...] = (), sets: tuple[str, ...] = ()
+) -> dict[str, Any]:
     values = values_for(config_path, kind)
     for path in values_files:
         extra = read_yaml(path, "chart values file")
@@ -201,7 +223,9 @@ def release_name(config_path: str, values: dict[str, Any]) -> str:
     return name[:47].rstrip("-")
 
 
-def render(values: dict[str, Any], name: str, namespace: str = "default", chart_dir: Path | None = None) -> dict[str, str]:
+def render(
+    values: dict[str, Any], name: str, namespace: str = "default", chart_dir: Path | None = None
+) -> dict[str, str]:
     """Template path -> manifest text, as `helm template` renders them; NOTES.txt and empty ones left out."""
     helm = _helm()
     with helm.Chart.load(chart_dir or find_chart()) as chart:
@@ -214,8 +238,10 @@ def render(values: dict[str, Any], name: str, namespace: str = "default", chart_
             message = str(e).split("): ", 1)[-1] if "execution error at" in str(e) else str(e)
             raise K8sError(f"invalid chart values: {message}") from None
     # ConfigMap first: `kubectl apply -f` creates objects in file order, and the pods mount it.
-    order = sorted((p for p, text in rendered.items() if text.strip() and not p.endswith("NOTES.txt")),
-                   key=lambda p: (not p.endswith("configmap.yaml"), p))
+    order = sorted(
+        (p for p, text in rendered.items() if text.strip() and not p.endswith("NOTES.txt")),
+        key=lambda p: (not p.endswith("configmap.yaml"), p),
+    )
     return {p: rendered[p] for p in order}
 
 
@@ -259,5 +285,6 @@ class _BlockDumper(yaml.SafeDumper):
     """The config's text as a block (`config: |`), as a person would write it in a values file."""
 
 
-_BlockDumper.add_representer(str, lambda dumper, s: dumper.represent_scalar(
-    "tag:yaml.org,2002:str", s, style="|" if "\n" in s else None))
+_BlockDumper.add_representer(
+    str, lambda dumper, s: dumper.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None)
+)

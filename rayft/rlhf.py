@@ -16,8 +16,9 @@ import contextlib
 import importlib.util
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import ray
 
@@ -39,16 +40,22 @@ def choose_engine(run: RunConfig, use_gpu: bool) -> str:
     if wanted == "vllm":
         require_vllm()
         if cpu_unsupported:
-            raise UserInputError(f"stage.rollout.engine: vLLM's CPU backend takes attention head sizes "
-                                 f"{', '.join(map(str, CPU_HEAD_SIZES))}, and this model's is {head_dim}; use engine hf "
-                                 "or GPUs")
+            raise UserInputError(
+                f"stage.rollout.engine: vLLM's CPU backend takes attention head sizes "
+                f"{', '.join(map(str, CPU_HEAD_SIZES))}, and this model's is {head_dim}; use engine hf "
+                "or GPUs"
+            )
         return "vllm"
     if wanted == "hf":
         return "hf"
     if installed and not cpu_unsupported:
         return "vllm"
-    logger.info("rollouts: transformers generate (%s)", "vLLM is not installed" if not installed else
-                f"vLLM's CPU backend does not take this model's head size {head_dim}")
+    logger.info(
+        "rollouts: transformers generate (%s)",
+        "vLLM is not installed"
+        if not installed
+        else f"vLLM's CPU backend does not take this model's head size {head_dim}",
+    )
     return "hf"
 
 
@@ -80,13 +87,17 @@ def _check_resources(run: RunConfig, resources: dict[str, float], use_gpu: bool)
     engines = st.rollout.num_engines
     cpus = run.cluster.num_workers * run.cluster.cpus_per_worker + engines * st.rollout.cpus_per_engine
     if cpus > resources.get("CPU", 0):
-        raise UserInputError(f"stage.rollout.num_engines: {run.cluster.num_workers} learners x "
-                             f"{run.cluster.cpus_per_worker} CPUs and {engines} engines x {st.rollout.cpus_per_engine} "
-                             f"CPUs need {cpus:g} CPUs; the cluster has {resources.get('CPU', 0):g}")
+        raise UserInputError(
+            f"stage.rollout.num_engines: {run.cluster.num_workers} learners x "
+            f"{run.cluster.cpus_per_worker} CPUs and {engines} engines x {st.rollout.cpus_per_engine} "
+            f"CPUs need {cpus:g} CPUs; the cluster has {resources.get('CPU', 0):g}"
+        )
     gpus = run.cluster.num_workers * int(use_gpu) + engines * engine_gpus(run, use_gpu)
     if gpus > resources.get("GPU", 0):
-        raise UserInputError(f"stage.rollout.gpus_per_engine: the learners and engines need {gpus} GPUs; the cluster "
-                             f"has {resources.get('GPU', 0):g}")
+        raise UserInputError(
+            f"stage.rollout.gpus_per_engine: the learners and engines need {gpus} GPUs; the cluster "
+            f"has {resources.get('GPU', 0):g}"
+        )
 
 
 def engine_gpus(run: RunConfig, use_gpu: bool) -> int:
@@ -121,12 +132,16 @@ def rollout_group(run: RunConfig, use_gpu: bool, kind: str, pad_token_id: int) -
     if kind == "vllm":
         rank = st.init_adapter and json.loads((Path(st.init_adapter) / "adapter_config.json").read_text()).get("r")
         actor = ray.remote(**options)(VLLMRollout)
-        engines = [actor.remote(run.model.name_or_path, rank or run.tuning.rank, run.data.max_seq_len, run.train.seed + i)
-                   for i in range(st.rollout.num_engines)]
+        engines = [
+            actor.remote(run.model.name_or_path, rank or run.tuning.rank, run.data.max_seq_len, run.train.seed + i)
+            for i in range(st.rollout.num_engines)
+        ]
     else:
         actor = ray.remote(**options)(HFRollout)
-        engines = [actor.remote(run.model.name_or_path, pad_token_id, run.train.seed + i)
-                   for i in range(st.rollout.num_engines)]
+        engines = [
+            actor.remote(run.model.name_or_path, pad_token_id, run.train.seed + i)
+            for i in range(st.rollout.num_engines)
+        ]
     logger.info("rollouts: %d %s engine(s)", len(engines), kind)
     try:
         ray.get([e.__ray_ready__.remote() for e in engines])  # an engine that cannot start fails the run here
@@ -142,10 +157,13 @@ def check_references(run: RunConfig, dataset: Any) -> None:
 
     if Rewards(run.stage.reward_functions).read_references():
         return
-    answered = sum(len(b["reference"]) - b["reference"].null_count
-                   for b in dataset.select_columns(["reference"]).iter_batches(batch_format="pyarrow"))
+    answered = sum(
+        len(b["reference"]) - b["reference"].null_count
+        for b in dataset.select_columns(["reference"]).iter_batches(batch_format="pyarrow")
+    )
     if answered:
         raise UserInputError(
             f"data.train: {answered} rows have answers, and stage {run.stage.name} generates its own: no reward reads "
             "them (a reward function taking `references` would, e.g. number_match). Give prompts only (alpaca without "
-            "output, or conversations that end with the user turn), or a reward that uses them")
+            "output, or conversations that end with the user turn), or a reward that uses them"
+        )

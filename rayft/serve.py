@@ -43,15 +43,20 @@ def load(config_path: str | None, model_dir: str | None, overrides: list[str]) -
     from rayft_core.schema import ConfigError
     from rayft_core.serve_config import check_sources, config_for_output, load_serve_config
 
-    cfg = (load_serve_config(config_path, overrides) if config_path
-           else load_serve_config(data=config_for_output(model_dir), overrides=overrides))
+    cfg = (
+        load_serve_config(config_path, overrides)
+        if config_path
+        else load_serve_config(data=config_for_output(model_dir), overrides=overrides)
+    )
     problems = check_sources(cfg)
     if problems:
         raise ConfigError(problems, "serving config")
     return cfg
 
 
-def serve_until_interrupted(config_path: str | None, model_dir: str | None, overrides: list[str], echo: Any = print) -> None:
+def serve_until_interrupted(
+    config_path: str | None, model_dir: str | None, overrides: list[str], echo: Any = print
+) -> None:
     import time
 
     from rayft.cluster import connect
@@ -67,8 +72,10 @@ def serve_until_interrupted(config_path: str | None, model_dir: str | None, over
     for m in cfg.models:
         echo(f"  model: {m.id}" + "".join(f"\n  model: {m.id}:{a}  (adapter)" for a in sorted(m.adapters)))
     key_hint = "$" + cfg.auth.api_key_env if not cfg.auth.api_key_file else f"$(cat {cfg.auth.api_key_file})"
-    echo(f"try:  curl {url}/chat/completions -H 'Authorization: Bearer {key_hint}' -H 'Content-Type: application/json' "
-         f"-d '{{\"model\": \"{cfg.models[0].id}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'")
+    echo(
+        f"try:  curl {url}/chat/completions -H 'Authorization: Bearer {key_hint}' -H 'Content-Type: application/json' "
+        f'-d \'{{"model": "{cfg.models[0].id}", "messages": [{{"role": "user", "content": "Hello"}}]}}\''
+    )
     echo("Ctrl-C stops" + ("" if remote else " (and the local Ray cluster)"))
     try:
         while True:

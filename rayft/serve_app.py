@@ -31,8 +31,8 @@ from starlette.responses import JSONResponse
 from rayft._ray_compat import LLMServerCompat, OpenAiIngressCompat, check_ray_internals, ingress_app, model_card
 from rayft.auth import api_key_sha256, sha256
 from rayft_core import storage
-from rayft_core.schema import validate_section
 from rayft_core.infer.vllm_engine import cpu_engine_env, engine_dtype
+from rayft_core.schema import validate_section
 from rayft_core.serve_config import ServeConfig, ServedModel
 
 logger = logging.getLogger(__name__)
@@ -60,17 +60,17 @@ def build_app(args: dict[str, Any]) -> Any:
         app.add_middleware(ApiKeyMiddleware, key_sha256=key_sha256)
     ingress = make_fastapi_ingress(RayftIngress, app=app)
     options = OpenAiIngress.get_deployment_options(llm_configs)
-    return serve.deployment(ingress).options(**options).bind(
-        llm_deployments=servers, model_cards=cards, adapters={m.id: sorted(m.adapters) for m in cfg.models})
+    return (
+        serve.deployment(ingress)
+        .options(**options)
+        .bind(llm_deployments=servers, model_cards=cards, adapters={m.id: sorted(m.adapters) for m in cfg.models})
+    )
 
 
 def llm_config_for(m: ServedModel) -> LLMConfig:
     on_gpu = m.resources.gpus > 0
     tp = m.resources.tensor_parallel_size
-    engine_kwargs: dict[str, Any] = {
-        "dtype": engine_dtype(on_gpu, m.dtype),
-        "tensor_parallel_size": tp,
-    }
+    engine_kwargs: dict[str, Any] = {"dtype": engine_dtype(on_gpu, m.dtype), "tensor_parallel_size": tp}
     if m.max_model_len:
         engine_kwargs["max_model_len"] = m.max_model_len
     if m.adapters:
@@ -94,10 +94,12 @@ def llm_config_for(m: ServedModel) -> LLMConfig:
         lora_config={"max_num_adapters_per_replica": m.max_adapters_per_replica} if m.adapters else None,
         deployment_config={
             "autoscaling_config": {
-                "min_replicas": r.min, "max_replicas": r.max,
+                "min_replicas": r.min,
+                "max_replicas": r.max,
                 "initial_replicas": r.initial if r.initial is not None else r.min,
                 "target_ongoing_requests": r.target_ongoing_requests,
-                "upscale_delay_s": r.upscale_delay_s, "downscale_delay_s": r.downscale_delay_s,
+                "upscale_delay_s": r.upscale_delay_s,
+                "downscale_delay_s": r.downscale_delay_s,
             },
             "max_ongoing_requests": r.max_ongoing_requests,
             # The replica actor is an asyncio front for its engine, whose placement bundle holds the CPUs or GPUs
@@ -123,7 +125,9 @@ class ApiKeyMiddleware:
                 message = "invalid API key" if token else "missing API key: send 'Authorization: Bearer <key>'"
                 response = JSONResponse(
                     {"error": {"message": message, "type": "AuthenticationError", "code": 401}},
-                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -148,7 +152,9 @@ class RayftIngress(OpenAiIngressCompat):
         base, _, adapter = model_id.partition(":")
         if adapter and adapter in self._adapters.get(base, []):
             card = await super().model(base)  # the base's own card
-            return card.model_copy(update={"id": model_id, "metadata": {**card.metadata, "base_model": base, "adapter": adapter}})
+            return card.model_copy(
+                update={"id": model_id, "metadata": {**card.metadata, "base_model": base, "adapter": adapter}}
+            )
         return await super().model(model_id)
 
     async def models(self) -> Any:

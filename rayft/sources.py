@@ -10,8 +10,9 @@ import csv
 import fnmatch
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow as pa
 
@@ -156,22 +157,34 @@ def read_raw(spec: DatasetSpec, key: str) -> Any:
 
     if spec.hf_hub_url:
         if not hub_reachable("HF_DATASETS_OFFLINE"):
-            raise DatasetError(f"{key}: {spec.label} is on the Hugging Face hub, which cannot be reached from here "
-                               "(offline, or HF_HUB_OFFLINE set); download its files where there is network and name "
-                               "them with `path:`")
+            raise DatasetError(
+                f"{key}: {spec.label} is on the Hugging Face hub, which cannot be reached from here "
+                "(offline, or HF_HUB_OFFLINE set); download its files where there is network and name "
+                "them with `path:`"
+            )
         try:
             import datasets
         except ImportError:
-            raise DatasetError(f"{key}: reading hub datasets needs the datasets package: pip install 'rayft[hub]'") from None
+            raise DatasetError(
+                f"{key}: reading hub datasets needs the datasets package: pip install 'rayft[hub]'"
+            ) from None
         hub = datasets.load_dataset(spec.hf_hub_url, spec.subset, split=spec.split)
         return ray.data.from_huggingface(hub).map_batches(
-            lambda b: {"path": [spec.label] * len(b), "row": list(range(len(b))),
-                       "json": [json.dumps(r, ensure_ascii=False, default=str) for r in b.to_pylist()],
-                       "error": [None] * len(b)}, batch_format="pyarrow")
+            lambda b: {
+                "path": [spec.label] * len(b),
+                "row": list(range(len(b))),
+                "json": [json.dumps(r, ensure_ascii=False, default=str) for r in b.to_pylist()],
+                "error": [None] * len(b),
+            },
+            batch_format="pyarrow",
+        )
     # A file is read by one task and gives one block; cut into blocks of READ_BLOCK_ROWS rows (streaming,
     # no shuffle), every CPU of the cluster aligns and tokenizes, even when the dataset is one big file.
-    return ray.data.read_binary_files(resolve_files(spec.path, key), include_paths=True).flat_map(
-        rows_of_file).repartition(target_num_rows_per_block=READ_BLOCK_ROWS)
+    return (
+        ray.data.read_binary_files(resolve_files(spec.path, key), include_paths=True)
+        .flat_map(rows_of_file)
+        .repartition(target_num_rows_per_block=READ_BLOCK_ROWS)
+    )
 
 
 def read_manifest(folder: str) -> dict | None:

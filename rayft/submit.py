@@ -40,9 +40,13 @@ ALWAYS_EXCLUDED = [".git", ".venv", "venv", "outputs", "__pycache__", "*.egg-inf
 SECRET_FILES = [".env*", "*.pem", "*.key", ".aws/", ".netrc", ".git-credentials"]
 # --env variables that look like credentials: by name (TOKEN at a word's end: HF_TOKEN, not TOKENIZERS_PARALLELISM
 # or MAX_TOKENS), or by a known token format anywhere in the value (Bearer hf_..., https://x:ghp_...@github.com).
-SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|CREDENTIAL|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|TOKEN(?:_|$)", re.IGNORECASE)
-SECRET_VALUE = re.compile(r"(?<![A-Za-z0-9])(?:hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|(?:AKIA|ASIA)[A-Z0-9]{16}"
-                          r"|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})")
+SECRET_NAME = re.compile(
+    r"PASSWORD|PASSWD|SECRET|CREDENTIAL|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|TOKEN(?:_|$)", re.IGNORECASE
+)
+SECRET_VALUE = re.compile(
+    r"(?<![A-Za-z0-9])(?:hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|(?:AKIA|ASIA)[A-Z0-9]{16}"
+    r"|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})"
+)
 DEFAULT_RUNTIME_ENV = "jobs/runtime_env.yaml"
 CONNECT_TIMEOUT_S = 10.0
 
@@ -54,18 +58,21 @@ class SubmitError(UserInputError):
 @dataclass
 class Entrypoint:
     """Where the job's driver (`rayft train`) runs: Ray places it on a node with these free (default: the head, 0 CPUs)."""
+
     num_cpus: float | None = None
     num_gpus: float | None = None
     resources: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, num_cpus: float | None, num_gpus: float | None, resources_json: str | None) -> "Entrypoint":
+    def parse(cls, num_cpus: float | None, num_gpus: float | None, resources_json: str | None) -> Entrypoint:
         try:
             resources = json.loads(resources_json) if resources_json else {}
         except json.JSONDecodeError:
             resources = None
         if not isinstance(resources, dict):
-            raise SubmitError(f"--entrypoint-resources {resources_json}: expected a JSON object, e.g. '{{\"driver\": 1}}'")
+            raise SubmitError(
+                f"--entrypoint-resources {resources_json}: expected a JSON object, e.g. '{{\"driver\": 1}}'"
+            )
         return cls(num_cpus, num_gpus, resources)
 
 
@@ -85,9 +92,12 @@ def secret_looking(env_vars: dict[str, str]) -> list[str]:
 def warn_about_secrets(env_vars: dict[str, str]) -> None:
     """One line on stderr per --env that looks like a credential, naming it, never printing its value."""
     for name in secret_looking(env_vars):
-        click.echo(f"warning: --env {name} looks like a secret; it goes into the job's runtime_env, which the Ray "
-                   f"dashboard shows to anyone who can reach it. Give it to the cluster instead (a Kubernetes Secret, "
-                   f"or the nodes' own environment).", err=True)
+        click.echo(
+            f"warning: --env {name} looks like a secret; it goes into the job's runtime_env, which the Ray "
+            f"dashboard shows to anyone who can reach it. Give it to the cluster instead (a Kubernetes Secret, "
+            f"or the nodes' own environment).",
+            err=True,
+        )
 
 
 def build_runtime_env(path: str | None, working_dir: str | None, env_vars: dict[str, str]) -> dict[str, Any]:
@@ -116,8 +126,10 @@ def build_entrypoint(config_path: str, overrides: tuple[str, ...], working_dir: 
     """`rayft train RUN.yaml OVERRIDES` with RUN.yaml relative to the working dir, where the job starts."""
     config, root = Path(config_path).absolute().resolve(), Path(working_dir).resolve()
     if not config.is_relative_to(root):
-        raise SubmitError(f"{config_path} lies outside the working dir {root}, the only files the job gets: "
-                          f"move it inside, or pass --working-dir with a directory that holds it")
+        raise SubmitError(
+            f"{config_path} lies outside the working dir {root}, the only files the job gets: "
+            f"move it inside, or pass --working-dir with a directory that holds it"
+        )
     return shlex.join(["rayft", "train", config.relative_to(root).as_posix(), *overrides])
 
 
@@ -125,9 +137,11 @@ def check_run_for_cluster(run: RunConfig) -> None:
     """What a run on a cluster needs beyond a valid config."""
     storage = run.output.storage_path
     if "://" not in storage and not Path(storage).expanduser().is_absolute():
-        raise SubmitError(f"output.storage_path: {storage!r} is relative; in a job it would land in the job's temporary "
-                          f"working dir on one node. Give shared storage every node mounts, e.g. "
-                          f"output.storage_path=/mnt/shared/rayft")
+        raise SubmitError(
+            f"output.storage_path: {storage!r} is relative; in a job it would land in the job's temporary "
+            f"working dir on one node. Give shared storage every node mounts, e.g. "
+            f"output.storage_path=/mnt/shared/rayft"
+        )
 
 
 def check_reachable(address: str) -> None:
@@ -140,8 +154,10 @@ def check_reachable(address: str) -> None:
     try:
         socket.create_connection((parts.hostname, port), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as e:
-        raise SubmitError(f"cannot reach the Ray job server at {address}: {e.strerror or e} "
-                          f"(is the cluster up, and is this its dashboard address, port 8265 by default?)") from None
+        raise SubmitError(
+            f"cannot reach the Ray job server at {address}: {e.strerror or e} "
+            f"(is the cluster up, and is this its dashboard address, port 8265 by default?)"
+        ) from None
 
 
 def connect(address: str):
@@ -156,18 +172,30 @@ def connect(address: str):
         return JobSubmissionClient(address)
     except AuthenticationError as e:  # Ray's message says "required" when no token came (401), else it was wrong (403)
         problem = "needs a token and none was found" if "required" in str(e) else "rejected the token sent"
-        raise SubmitError(f"the Ray cluster at {address} {problem}: put the cluster's token (`ray get-auth-token` on "
-                          f"its head prints it) in ~/.ray/auth_token, or point RAY_AUTH_TOKEN_PATH at a file holding it "
-                          f"(RAY_AUTH_TOKEN, when set, comes first)") from None
+        raise SubmitError(
+            f"the Ray cluster at {address} {problem}: put the cluster's token (`ray get-auth-token` on "
+            f"its head prints it) in ~/.ray/auth_token, or point RAY_AUTH_TOKEN_PATH at a file holding it "
+            f"(RAY_AUTH_TOKEN, when set, comes first)"
+        ) from None
     except ConnectionError as e:
         raise SubmitError(f"cannot reach the Ray job server at {address}: {e}") from None
     except RuntimeError as e:  # something answers there, but not Ray's job server
         raise SubmitError(f"{address} is not a Ray job server (the dashboard, port 8265 by default): {e}") from None
 
 
-def submit_run(run: RunConfig, config_path: str, overrides: tuple[str, ...], address: str, *,
-               runtime_env_path: str | None = None, working_dir: str | None = None, env_vars: dict[str, str] | None = None,
-               where: Entrypoint | None = None, submission_id: str | None = None, wait: bool = True) -> bool:
+def submit_run(
+    run: RunConfig,
+    config_path: str,
+    overrides: tuple[str, ...],
+    address: str,
+    *,
+    runtime_env_path: str | None = None,
+    working_dir: str | None = None,
+    env_vars: dict[str, str] | None = None,
+    where: Entrypoint | None = None,
+    submission_id: str | None = None,
+    wait: bool = True,
+) -> bool:
     """Check the run for a cluster, submit it, and with wait follow its logs to the end.
     True when the job succeeded (with wait=False: once it is submitted). SubmitError: nothing was submitted."""
     check_run_for_cluster(run)
@@ -178,9 +206,14 @@ def submit_run(run: RunConfig, config_path: str, overrides: tuple[str, ...], add
     client = connect(address)
     where = where or Entrypoint()
     try:  # uploads the working dir (and py_modules) first, unless the cluster holds the same zip already
-        job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=submission_id,
-                                   entrypoint_num_cpus=where.num_cpus, entrypoint_num_gpus=where.num_gpus,
-                                   entrypoint_resources=where.resources or None)
+        job_id = client.submit_job(
+            entrypoint=entrypoint,
+            runtime_env=runtime_env,
+            submission_id=submission_id,
+            entrypoint_num_cpus=where.num_cpus,
+            entrypoint_num_gpus=where.num_gpus,
+            entrypoint_resources=where.resources or None,
+        )
     except (RuntimeError, ValueError) as e:  # the job server's refusal, or a runtime_env Ray cannot package
         raise SubmitError(f"the job was not submitted to {address}: {e}") from None
     click.echo(f"submitted job {job_id} to {address}: {entrypoint}")
@@ -190,7 +223,9 @@ def submit_run(run: RunConfig, config_path: str, overrides: tuple[str, ...], add
     try:
         info = follow(client, job_id)
     except KeyboardInterrupt:
-        click.echo(f"\nstopped following; the job runs on (stop it: ray job stop {job_id} --address {address})", err=True)
+        click.echo(
+            f"\nstopped following; the job runs on (stop it: ray job stop {job_id} --address {address})", err=True
+        )
         raise
     click.echo(outcome(job_id, info), err=info.status != "SUCCEEDED")
     return info.status == "SUCCEEDED"
@@ -207,6 +242,7 @@ def outcome(job_id: str, info: Any) -> str:
 
 def follow(client: Any, job_id: str) -> Any:
     """Print the job's logs as they come until it ends; its final JobInfo."""
+
     async def tail() -> None:
         async for lines in client.tail_job_logs(job_id):
             click.echo(lines, nl=False)

@@ -1,6 +1,6 @@
 """Launch a run on Ray Train: checks on the driver, the data on Ray Data, DeepSpeed on the workers.
 
-    rayft train examples/sft_lora.yaml train.learning_rate=2e-4
+rayft train examples/sft_lora.yaml train.learning_rate=2e-4
 """
 
 from __future__ import annotations
@@ -8,12 +8,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import ray
-from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
-from ray.train import WorkerGroupError
+from ray.train import CheckpointConfig, FailureConfig, ScalingConfig, WorkerGroupError
+from ray.train import RunConfig as RayRunConfig
 from ray.train.torch import TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 
@@ -35,54 +36,77 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs in every Ray Train worker: the engine's loop fed by this worker's shards."""
     import transformers
 
-    from rayft.data import StreamChecker
-    from rayft_core.model.loader import load_tokenizer
-    from rayft_core.train.plan import batch_size_per_worker
-    from rayft_core.train.stages import STAGES
-
     transformers.logging.disable_progress_bar()
     run = RunConfig.model_validate(config["run"])
-    plan = TrainPlan(**config["plan"])
     ctx = ray.train.get_context()
-    shard = ray.train.get_dataset_shard("train")
-    eval_shard = ray.train.get_dataset_shard("eval") if config["has_eval"] else None
-    check = StreamChecker(run.data.max_bad_fraction, load_tokenizer(run.model).pad_token_id) if run.data.streaming else None
-    columns = list(STAGES[run.stage.name].columns) + (["position_ids"] if run.packing else []) + (["error"] if check else [])
-
-    def epoch_batches(epoch: int):
-        batches = shard.iter_batches(batch_size=batch_size_per_worker(run), batch_format="numpy", drop_last=True,
-                                     local_shuffle_buffer_size=256 if run.data.shuffle else None,
-                                     local_shuffle_seed=run.train.seed + epoch if run.data.shuffle else None)
-        for batch in batches:
-            batch = {k: batch[k] for k in columns}
-            yield check(batch) if check else batch
-
-    def eval_batches():
-        for batch in eval_shard.iter_batches(batch_size=run.train.micro_batch_size, batch_format="numpy"):
-            batch = {k: batch[k] for k in columns}
-            yield check(batch) if check else batch
-
-    def report(metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
-        if checkpoint_dir is None:
-            ray.train.report(metrics)
-        else:  # uploaded into the run's directory in storage_path, then the local copy is deleted
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir),
-                             delete_local_checkpoint_after_upload=True)
-
-    rank, node = ctx.get_world_rank(), ray.get_runtime_context().get_node_id()
+    shards = _Shards(run, config["has_eval"])
+    rank = ctx.get_world_rank()
+    common = dict(rank=rank, world_size=ctx.get_world_size(), node=ray.get_runtime_context().get_node_id())
     checkpoint = ray.train.get_checkpoint()  # the latest, after a worker failure or with --resume
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as resume_from:
+        plan = TrainPlan(**config["plan"])
         if run.stage.loop == "rl":  # rank 0 drives the rollout engines
             from rayft_core.train.rlhf import rl_worker
 
-            rl_worker(run, plan, epoch_batches, config["rollouts"] if rank == 0 else None, report, rank=rank,
-                      world_size=ctx.get_world_size(), resume_from=resume_from, node=node)
+            rollouts = config["rollouts"] if rank == 0 else None
+            rl_worker(run, plan, shards.epoch, rollouts, _report, resume_from=resume_from, **common)
         else:
             from rayft_core.train.loop import train_worker
 
-            train_worker(run, plan, epoch_batches, report=report, rank=rank, world_size=ctx.get_world_size(),
-                         eval_batches=eval_batches if eval_shard is not None else None, resume_from=resume_from,
-                         node=node)
+            eval_batches = shards.eval if shards.eval_shard is not None else None
+            train_worker(run, plan, shards.epoch, _report, eval_batches=eval_batches, resume_from=resume_from, **common)
+
+
+class _Shards:
+    """This worker's shards of the run's datasets, as batches of the stage's columns (streamed rows checked)."""
+
+    def __init__(self, run: RunConfig, has_eval: bool):
+        from rayft_core.data.report import StreamChecker
+        from rayft_core.model.loader import load_tokenizer
+        from rayft_core.train.stages import STAGES
+
+        self.run = run
+        self.shard = ray.train.get_dataset_shard("train")
+        self.eval_shard = ray.train.get_dataset_shard("eval") if has_eval else None
+        streaming = run.data.streaming
+        self.check = (
+            StreamChecker(run.data.max_bad_fraction, load_tokenizer(run.model).pad_token_id) if streaming else None
+        )
+        extra = (["position_ids"] if run.packing else []) + (["error"] if streaming else [])
+        self.columns = [*STAGES[run.stage.name].columns, *extra]
+
+    def epoch(self, epoch: int) -> Iterator[dict[str, Any]]:
+        from rayft_core.train.plan import batch_size_per_worker
+
+        shuffle = self.run.data.shuffle
+        batches = self.shard.iter_batches(
+            batch_size=batch_size_per_worker(self.run),
+            batch_format="numpy",
+            drop_last=True,
+            local_shuffle_buffer_size=256 if shuffle else None,
+            local_shuffle_seed=self.run.train.seed + epoch if shuffle else None,
+        )
+        return self._checked(batches)
+
+    def eval(self) -> Iterator[dict[str, Any]]:
+        return self._checked(
+            self.eval_shard.iter_batches(batch_size=self.run.train.micro_batch_size, batch_format="numpy")
+        )
+
+    def _checked(self, batches: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for batch in batches:
+            batch = {k: batch[k] for k in self.columns}
+            yield self.check(batch) if self.check else batch
+
+
+def _report(metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+    """A worker's record to Ray Train; a checkpoint is uploaded into the run's directory in storage_path, then
+    the local copy is deleted."""
+    if checkpoint_dir is None:
+        ray.train.report(metrics)
+        return
+    checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir)
+    ray.train.report(metrics, checkpoint=checkpoint, delete_local_checkpoint_after_upload=True)
 
 
 class _Progress(UserCallback):
@@ -108,8 +132,9 @@ class _Progress(UserCallback):
             self.bar.close()
 
 
-def train(run: RunConfig, resume: bool = False, callbacks: list[UserCallback] | None = None,
-          progress: bool = True) -> Path | str:
+def train(
+    run: RunConfig, resume: bool = False, callbacks: list[UserCallback] | None = None, progress: bool = True
+) -> Path | str:
     """Run one training job to completion; return the run's directory (a Path, or its URI).
 
     resume: continue the run in storage_path/name from its latest checkpoint (the same config).
@@ -122,14 +147,18 @@ def train(run: RunConfig, resume: bool = False, callbacks: list[UserCallback] | 
     resources = ray.cluster_resources()
     use_gpu = resources.get("GPU", 0) > 0 if run.cluster.use_gpu == "auto" else bool(run.cluster.use_gpu)
     check_cluster(run, resources, use_gpu)
-    driver = rlhf.RlDriver(run, resources, use_gpu, model.tokenizer.pad_token_id) if run.stage.loop == "rl" \
+    driver = (
+        rlhf.RlDriver(run, resources, use_gpu, model.tokenizer.pad_token_id)
+        if run.stage.loop == "rl"
         else _SupervisedDriver()
+    )
 
     data = build_run_data(run)
     driver.check_data(data.train)
     plan = TrainPlan.for_data(run, data.train_rows)
-    logger.info("plan: %d steps over %d epoch(s), global batch %d", plan.total_steps, plan.num_epochs,
-                run.global_batch_size)
+    logger.info(
+        "plan: %d steps over %d epoch(s), global batch %d", plan.total_steps, plan.num_epochs, run.global_batch_size
+    )
     out = run.output.dir
     if not resume:  # only now: a run that fails its checks replaces nothing (an earlier run of rayft's, at most)
         ownership.claim(out, ownership.RUN, run.output.overwrite, OVERWRITE_FLAG)
@@ -156,27 +185,47 @@ class _SupervisedDriver:
         return {}
 
 
-def _fit(run: RunConfig, data: Any, plan: TrainPlan, use_gpu: bool, callbacks: list[UserCallback] | None,
-         progress: bool, rollouts: rlhf.RolloutGroup | None) -> Any:
+def _fit(
+    run: RunConfig,
+    data: Any,
+    plan: TrainPlan,
+    use_gpu: bool,
+    callbacks: list[UserCallback] | None,
+    progress: bool,
+    rollouts: rlhf.RolloutGroup | None,
+) -> Any:
     trainer = TorchTrainer(
         _train_loop_per_worker,
-        train_loop_config={"run": run.model_dump(mode="json"), "plan": plan.__dict__, "has_eval": data.eval is not None,
-                           "rollouts": rollouts},
-        scaling_config=ScalingConfig(num_workers=run.cluster.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": run.cluster.cpus_per_worker},
-                                     placement_strategy=run.cluster.placement_strategy),
+        train_loop_config={
+            "run": run.model_dump(mode="json"),
+            "plan": plan.__dict__,
+            "has_eval": data.eval is not None,
+            "rollouts": rollouts,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=run.cluster.num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": run.cluster.cpus_per_worker},
+            placement_strategy=run.cluster.placement_strategy,
+        ),
         # Ray Train keeps its checkpoint list in the run's directory: a run started again under the same
         # name and storage_path (--resume) hands the workers the latest checkpoint, as after a failure.
-        run_config=RayRunConfig(name=run.output.name, storage_path=run.output.storage_path,
-                                failure_config=FailureConfig(max_failures=run.cluster.max_failures),
-                                checkpoint_config=_checkpoint_config(run),
-                                callbacks=[*(callbacks or []), *([_Progress(plan.total_steps, run.output.name)] if progress else [])]),
+        run_config=RayRunConfig(
+            name=run.output.name,
+            storage_path=run.output.storage_path,
+            failure_config=FailureConfig(max_failures=run.cluster.max_failures),
+            checkpoint_config=_checkpoint_config(run),
+            callbacks=[*(callbacks or []), *([_Progress(plan.total_steps, run.output.name)] if progress else [])],
+        ),
         datasets={"train": data.train, **({"eval": data.eval} if data.eval is not None else {})},
     )
     try:
         return trainer.fit()
     except WorkerGroupError as e:
-        raise _user_error(e) or e
+        user_error = _user_error(e)
+        if user_error is None:
+            raise
+        raise user_error from e
 
 
 def _user_error(e: WorkerGroupError) -> UserInputError | None:
@@ -214,5 +263,7 @@ def _uri(checkpoint: Any) -> str:
 def _checkpoint_config(run: RunConfig) -> CheckpointConfig:
     c = run.checkpoint
     if c.keep_best:
-        return CheckpointConfig(num_to_keep=c.keep, checkpoint_score_attribute="eval/loss", checkpoint_score_order="min")
+        return CheckpointConfig(
+            num_to_keep=c.keep, checkpoint_score_attribute="eval/loss", checkpoint_score_order="min"
+        )
     return CheckpointConfig(num_to_keep=c.keep)

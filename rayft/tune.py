@@ -28,14 +28,25 @@ from rayft.checks import OVERWRITE_FLAG, check_cluster, check_config
 from rayft.cluster import connect
 from rayft_core import ownership, storage
 from rayft_core.config import RunConfig, validate_config
-from rayft_core.sweep_config import SweepConfig
 from rayft_core.errors import UserInputError
-from rayft_core.sweep import (RECORD_FILES, TrialRow, best_run_raw, check_space, csv_text, grace_period, plot, ranked,
-                              table, trial_raw)
+from rayft_core.sweep import (
+    RECORD_FILES,
+    TrialRow,
+    best_run_raw,
+    check_space,
+    csv_text,
+    grace_period,
+    plot,
+    ranked,
+    table,
+    trial_raw,
+)
+from rayft_core.sweep_config import SweepConfig
 from rayft_core.train.outputs import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 
 logger = logging.getLogger(__name__)
 
+DATA_CACHE = "data-cache"  # in the sweep's directory, where no data.cache_dir is set
 TRIALS_DIR = "trials"  # storage_path/name/trials/<trial id>: each trial's rayft run directory
 RESULTS_CSV, BEST_YAML, PLOT_PNG = "results.csv", "best_run.yaml", "metric_vs_params.png"
 SWEEP_FILE = ownership.SWEEP.markers[0]  # the sweep's run and space, written first
@@ -67,8 +78,12 @@ def _run_trial(config: dict[str, Any]) -> None:
     from rayft.train import train
 
     raw = trial_raw(config["base"], config["params"])
-    raw["output"] = {**raw.get("output", {}), "storage_path": config["trials_dir"], "name": tune.get_context().get_trial_id(),
-                     "overwrite": False}
+    raw["output"] = {
+        **raw.get("output", {}),
+        "storage_path": config["trials_dir"],
+        "name": tune.get_context().get_trial_id(),
+        "overwrite": False,
+    }
     run = validate_config(raw)
     if storage.read_text(storage.join(run.output.dir, SUMMARY_FILE)) is not None:
         # It finished before the sweep's driver died, and Tune had not yet recorded that: its results, not a rerun.
@@ -110,7 +125,9 @@ def sweep(raw: dict, sweep_config: SweepConfig, resume: bool = False) -> SweepRe
     directory = run.output.dir
     trials_dir = storage.join(directory, TRIALS_DIR)
     if resume and not tune.Tuner.can_restore(directory):
-        raise UserInputError(f"--resume: {directory} holds no sweep to resume; check output.name and output.storage_path")
+        raise UserInputError(
+            f"--resume: {directory} holds no sweep to resume; check output.name and output.storage_path"
+        )
     if not resume:  # model, targets, data, packages; and that the sweep's directory is free (or an earlier sweep's)
         check_config(run, output=ownership.SWEEP)
 
@@ -119,37 +136,56 @@ def sweep(raw: dict, sweep_config: SweepConfig, resume: bool = False) -> SweepRe
     use_gpu = resources.get("GPU", 0) > 0 if run.cluster.use_gpu == "auto" else bool(run.cluster.use_gpu)
     check_cluster(run, resources, use_gpu)
     if not resume:
-        ownership.claim(directory, ownership.SWEEP, run.output.overwrite, OVERWRITE_FLAG)
-        # first: whatever happens next, the directory is known to be the sweep's
-        storage.write_text(storage.join(directory, SWEEP_FILE),
-                           yaml.safe_dump({**base, "tune": sweep_config.model_dump(mode="json")}, sort_keys=False))
-
-    if not run.data.cache_dir:  # tokenize once on the driver; every trial reads the cache (unless its data keys differ)
-        run.data.cache_dir = base["data"]["cache_dir"] = storage.join(directory, "data-cache")
-    if not resume:
-        from rayft.data import build_run_data
-
-        build_run_data(run)
+        _start(run, sweep_config, base, directory)
+    elif not run.data.cache_dir:  # the cache the sweep's start wrote
+        run.data.cache_dir = base["data"]["cache_dir"] = storage.join(directory, DATA_CACHE)
 
     as_grid = sweep_config.search == "grid"
-    param_space = {"base": base, "trials_dir": trials_dir, "metric": sweep_config.metric,
-                   "params": {k: _distribution(*next(iter(d.items())), as_grid) for k, d in sweep_config.space.items()}}
+    param_space = {
+        "base": base,
+        "trials_dir": trials_dir,
+        "metric": sweep_config.metric,
+        "params": {k: _distribution(*next(iter(d.items())), as_grid) for k, d in sweep_config.space.items()},
+    }
     # The trial's driver needs next to nothing (Tune refuses an empty request); its Train workers hold the CPUs.
     trainable = tune.with_resources(_run_trial, {"CPU": 0.01})
     # A trial that never reports the metric (a typo, a stage without it) is named after the sweep with what it did
     # report (_finish); Tune's own check would instead abort every other trial on the first such result.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     if resume:
-        tuner = tune.Tuner.restore(directory, trainable, resume_unfinished=True, resume_errored=False,
-                                   param_space=param_space)
+        tuner = tune.Tuner.restore(
+            directory, trainable, resume_unfinished=True, resume_errored=False, param_space=param_space
+        )
     else:
         tuner = tune.Tuner(
-            trainable, param_space=param_space,
+            trainable,
+            param_space=param_space,
             tune_config=_tune_config(run, sweep_config, _concurrency(run, sweep_config, resources, use_gpu)),
-            run_config=tune.RunConfig(name=run.output.name, storage_path=run.output.storage_path,
-                                      failure_config=tune.FailureConfig(max_failures=0), verbose=1))
+            run_config=tune.RunConfig(
+                name=run.output.name,
+                storage_path=run.output.storage_path,
+                failure_config=tune.FailureConfig(max_failures=0),
+                verbose=1,
+            ),
+        )
     grid = tuner.fit()
     return _finish(grid, run, sweep_config, base, directory, trials_dir)
+
+
+def _start(run: RunConfig, sweep_config: SweepConfig, base: dict, directory: str) -> None:
+    """A new sweep's directory, claimed and marked, and the data tokenized once on the driver into a cache that
+    every trial reads (unless its data keys differ)."""
+    from rayft.data import build_run_data
+
+    ownership.claim(directory, ownership.SWEEP, run.output.overwrite, OVERWRITE_FLAG)
+    # first: whatever happens next, the directory is known to be the sweep's
+    storage.write_text(
+        storage.join(directory, SWEEP_FILE),
+        yaml.safe_dump({**base, "tune": sweep_config.model_dump(mode="json")}, sort_keys=False),
+    )
+    if not run.data.cache_dir:
+        run.data.cache_dir = base["data"]["cache_dir"] = storage.join(directory, DATA_CACHE)
+    build_run_data(run)
 
 
 def _tune_config(run: RunConfig, sweep_config: SweepConfig, concurrency: int) -> tune.TuneConfig:
@@ -158,9 +194,12 @@ def _tune_config(run: RunConfig, sweep_config: SweepConfig, concurrency: int) ->
     if sweep_config.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
-        scheduler = ASHAScheduler(time_attr="step", max_t=run.train.max_steps or 10**9,
-                                  grace_period=grace_period(run, sweep_config),
-                                  reduction_factor=sweep_config.reduction_factor)
+        scheduler = ASHAScheduler(
+            time_attr="step",
+            max_t=run.train.max_steps or 10**9,
+            grace_period=grace_period(run, sweep_config),
+            reduction_factor=sweep_config.reduction_factor,
+        )
     search_alg = None
     if sweep_config.search == "optuna":
         try:
@@ -168,16 +207,22 @@ def _tune_config(run: RunConfig, sweep_config: SweepConfig, concurrency: int) ->
         except ImportError:
             raise UserInputError("tune.search optuna needs optuna: pip install 'rayft[tune]'") from None
         search_alg = OptunaSearch(seed=run.train.seed)
-    return tune.TuneConfig(metric=sweep_config.metric, mode=sweep_config.mode, scheduler=scheduler,
-                           search_alg=search_alg, num_samples=sweep_config.num_samples,
-                           max_concurrent_trials=concurrency,
-                           # A stopped trial's actor must exit: the trial's Train controller and workers are owned
-                           # by it and go with it. A reused actor would keep them training.
-                           reuse_actors=False)
+    return tune.TuneConfig(
+        metric=sweep_config.metric,
+        mode=sweep_config.mode,
+        scheduler=scheduler,
+        search_alg=search_alg,
+        num_samples=sweep_config.num_samples,
+        max_concurrent_trials=concurrency,
+        # A stopped trial's actor must exit: the trial's Train controller and workers are owned
+        # by it and go with it. A reused actor would keep them training.
+        reuse_actors=False,
+    )
 
 
-def _finish(grid: Any, run: RunConfig, sweep_config: SweepConfig, base: dict, directory: str,
-            trials_dir: str) -> SweepResult:
+def _finish(
+    grid: Any, run: RunConfig, sweep_config: SweepConfig, base: dict, directory: str, trials_dir: str
+) -> SweepResult:
     metric = sweep_config.metric
     rows = []
     for result in grid:
@@ -186,17 +231,29 @@ def _finish(grid: Any, run: RunConfig, sweep_config: SweepConfig, base: dict, di
         frame = result.metrics_dataframe
         values = frame[metric].dropna().tolist() if frame is not None and metric in frame else []
         finished = storage.read_text(storage.join(run_dir, SUMMARY_FILE)) is not None
-        state = f"error: {type(result.error).__name__}" if result.error else ("finished" if finished else "stopped early")
+        state = (
+            f"error: {type(result.error).__name__}" if result.error else ("finished" if finished else "stopped early")
+        )
         metrics = result.metrics or {}
-        rows.append(TrialRow(trial=trial_id, params=result.config["params"], metric=values[-1] if values else None,
-                             steps=metrics.get("step"), seconds=metrics.get("time_total_s"), state=state,
-                             run_dir=run_dir))
+        rows.append(
+            TrialRow(
+                trial=trial_id,
+                params=result.config["params"],
+                metric=values[-1] if values else None,
+                steps=metrics.get("step"),
+                seconds=metrics.get("time_total_s"),
+                state=state,
+                run_dir=run_dir,
+            )
+        )
     rows = ranked(rows, sweep_config.mode)
     if not rows or rows[0].metric is None:
         seen = sorted(set().union(*(_reported(r.run_dir) for r in rows)))
         errors = [f"{r.trial}: {r.state}" for r in rows if r.state.startswith("error")]
-        raise UserInputError(f"tune.metric: no trial reported {metric!r}; they reported {seen or 'nothing'}"
-                             + (f" ({'; '.join(errors)})" if errors else ""))
+        raise UserInputError(
+            f"tune.metric: no trial reported {metric!r}; they reported {seen or 'nothing'}"
+            + (f" ({'; '.join(errors)})" if errors else "")
+        )
     best = rows[0]
     keys = list(sweep_config.space)
     storage.write_text(storage.join(directory, RESULTS_CSV), csv_text(rows, keys, metric))
@@ -206,12 +263,14 @@ def _finish(grid: Any, run: RunConfig, sweep_config: SweepConfig, base: dict, di
     local.mkdir(parents=True, exist_ok=True)
     if plot(rows, sweep_config, local / PLOT_PNG):
         storage.publish(local, directory)
-    for row in rows[sweep_config.keep_top:]:  # below keep_top: the record stays, the model files and checkpoints go
+    for row in rows[sweep_config.keep_top :]:  # below keep_top: the record stays, the model files and checkpoints go
         ownership.clear(row.run_dir, ownership.RUN, keep=RECORD_FILES)
     print(table(rows, keys, metric))
-    print(f"best: {best.trial} {metric}={best.metric:.6g} {best.params}\n"
-          f"rerun it: rayft train {storage.join(directory, BEST_YAML)}\n"
-          f"results: {storage.join(directory, RESULTS_CSV)}, plot: {storage.join(directory, PLOT_PNG)}")
+    print(
+        f"best: {best.trial} {metric}={best.metric:.6g} {best.params}\n"
+        f"rerun it: rayft train {storage.join(directory, BEST_YAML)}\n"
+        f"results: {storage.join(directory, RESULTS_CSV)}, plot: {storage.join(directory, PLOT_PNG)}"
+    )
     return SweepResult(directory=directory, rows=rows, best=best)
 
 

@@ -11,7 +11,6 @@ import pytest
 from tests.helpers import QA, SHARED
 
 
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """A test skipped for want of ../shared (real tokenizers, LLaMA-Factory's data) fails where ../shared is
@@ -22,9 +21,9 @@ def pytest_runtest_makereport(item, call):
     if report.skipped and SHARED.is_dir() and "../shared" in str(report.longrepr):
         report.outcome = "failed"
         report.longrepr = f"skipped although ../shared is present ({SHARED}): {report.longrepr}"
+
+
 ARCHS = ["llama", "qwen2", "mistral", "gemma2", "phi3"]
-
-
 
 
 @pytest.fixture(scope="session")
@@ -96,10 +95,19 @@ def s3_bucket():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = shutil.which("moto_server", path=str(Path(sys.executable).parent))
-    proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     endpoint = f"http://127.0.0.1:{port}"
-    os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"})
+    os.environ.update(
+        {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+    )
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()

@@ -6,20 +6,25 @@ from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"  # real tokenizers and datasets, where the machine has them
 
-QA = [("What is the capital of France?", "Paris is the capital of France."),
-      ("Name a primary colour.", "Red is a primary colour."),
-      ("What is two plus two?", "Two plus two is four."),
-      ("Say hello.", "Hello there!"),
-      ("What do bees make?", "Bees make honey.")]
+QA = [
+    ("What is the capital of France?", "Paris is the capital of France."),
+    ("Name a primary colour.", "Red is a primary colour."),
+    ("What is two plus two?", "Two plus two is four."),
+    ("Say hello.", "Hello there!"),
+    ("What do bees make?", "Bees make honey."),
+]
 
 
-def run_config(model_dir: Path, datasets: list[dict], out: Path, name: str, **sections) -> "RunConfig":  # noqa: F821
+def run_config(model_dir: Path, datasets: list[dict], out: Path, name: str, **sections) -> RunConfig:  # noqa: F821
     """A small valid run config; sections update whole keys (e.g. tuning={"method": "full"}, data={"packing": True})."""
     from rayft_core.config import validate_config
 
-    raw = {"model": {"name_or_path": str(model_dir)}, "data": {"train": datasets, "max_seq_len": 64},
-           "train": {"max_steps": 4, "micro_batch_size": 4, "learning_rate": 5e-3, "logging_steps": 1},
-           "output": {"storage_path": str(out), "name": name}}
+    raw = {
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"train": datasets, "max_seq_len": 64},
+        "train": {"max_steps": 4, "micro_batch_size": 4, "learning_rate": 5e-3, "logging_steps": 1},
+        "output": {"storage_path": str(out), "name": name},
+    }
     for key, value in sections.items():
         raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) and key in raw else value
     return validate_config(raw)

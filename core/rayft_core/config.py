@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
+
+# The data section, in its own module like the stage, tuning and tune sections; its names stay importable from here.
+from rayft_core.data_config import DataConfig as DataConfig
+from rayft_core.data_config import DatasetColumns as DatasetColumns
+from rayft_core.data_config import DatasetSpec as DatasetSpec
+from rayft_core.data_config import DatasetTags as DatasetTags
 
 # The tuning sections: one module a method in rayft_core.methods, the union built from its registry. Their names
 # stay importable from here (`X as X`: re-exported).
@@ -23,9 +29,8 @@ from rayft_core.methods import FullTuning as FullTuning
 from rayft_core.methods import GaloreTuning as GaloreTuning
 from rayft_core.methods import LoraTuning, TuningConfig, expand_alias
 from rayft_core.schema import ConfigError, Section, apply_override, read_yaml, validate_section
-from rayft_core.stage_config import StageConfig, SftStage
+from rayft_core.stage_config import SftStage, StageConfig
 from rayft_core.sweep_config import SweepConfig
-
 
 # Sections that are tagged unions: section -> (tag key, default tag). Read shorthand (`stage: pt`),
 # fill a missing tag, and hide the tag from error paths.
@@ -36,120 +41,37 @@ UNION_TAGS = {"stage": ("name", "sft"), "tuning": ("method", "lora")}
 
 
 class ModelConfig(Section):
-    name_or_path: str = Field(description="Local directory (or hub id, when online) of a causal LM that transformers' Auto classes load.")
+    name_or_path: str = Field(
+        description="Local directory (or hub id, when online) of a causal LM that transformers' Auto classes load."
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Compute dtype. auto: bfloat16 on CUDA with compute capability >= 8, float16 below, float32 on CPU.")
+        "auto",
+        description="Compute dtype. auto: bfloat16 on CUDA with compute capability >= 8, float16 below, float32 on CPU.",
+    )
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
-        "auto", description="auto: flash_attention_2 when installed and on CUDA, else sdpa.")
+        "auto", description="auto: flash_attention_2 when installed and on CUDA, else sdpa."
+    )
     rope_scaling: Literal["linear", "dynamic", "yarn"] | None = Field(
-        None, description="RoPE scaling type used when data.max_seq_len exceeds the model's max_position_embeddings; "
-        "factor = max_seq_len / max_position_embeddings.")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, ~30% more compute.")
-    trust_remote_code: bool = Field(False, description="Run modelling code shipped with the checkpoint. Off unless you trust it.")
+        None,
+        description="RoPE scaling type used when data.max_seq_len exceeds the model's max_position_embeddings; "
+        "factor = max_seq_len / max_position_embeddings.",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in backward: less memory, ~30% more compute."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Run modelling code shipped with the checkpoint. Off unless you trust it."
+    )
     add_special_tokens: list[str] = Field(
-        default_factory=list, description="Extra special tokens; the embeddings are resized and new rows set to the noisy mean of the old ones.")
+        default_factory=list,
+        description="Extra special tokens; the embeddings are resized and new rows set to the noisy mean of the old ones.",
+    )
     template: str | None = Field(
-        None, description="A named chat template (llama3, qwen, chatml, mistral, gemma, phi, deepseek3, alpaca, default, "
-        "empty) instead of the tokenizer's own; see `rayft data templates`.")
+        None,
+        description="A named chat template (llama3, qwen, chatml, mistral, gemma, phi, deepseek3, alpaca, default, "
+        "empty) instead of the tokenizer's own; see `rayft data templates`.",
+    )
     chat_template: str | None = Field(None, description="A Jinja chat template that replaces the tokenizer's own.")
-
-
-# ----------------------------------------------------------------------------- data
-
-
-class DatasetColumns(Section):
-    """Which column of a dataset holds what (LLaMA-Factory's `columns`); absent columns are simply empty."""
-
-    prompt: str | None = Field(None, description="alpaca: the instruction (default 'instruction'); text: the text "
-                               "(default 'text').")
-    query: str = Field("input", description="alpaca: extra input appended to the instruction.")
-    response: str = Field("output", description="alpaca: the answer (a list of two answers for ranking rows).")
-    history: str = Field("history", description="alpaca: earlier [query, response] pairs.")
-    messages: str = Field("conversations", description="sharegpt/openai: the list of turns.")
-    system: str = Field("system", description="The system prompt.")
-    tools: str = Field("tools", description="Tool (function) descriptions, a JSON list or its string.")
-    chosen: str = Field("chosen", description="Preference rows: the preferred answer.")
-    rejected: str = Field("rejected", description="Preference rows: the dispreferred answer.")
-    kto_tag: str | None = Field(None, description="KTO rows: the boolean column saying whether the answer is desirable.")
-
-
-class DatasetTags(Section):
-    """How sharegpt turns name their speaker (LLaMA-Factory's `tags`). openai format defaults to role/content."""
-
-    role_tag: str | None = Field(None, description="Key of a turn's speaker: 'from' (sharegpt) or 'role' (openai).")
-    content_tag: str | None = Field(None, description="Key of a turn's text: 'value' (sharegpt) or 'content' (openai).")
-    user_tag: str | None = Field(None, description="Speaker value of user turns: 'human' or 'user'.")
-    assistant_tag: str | None = Field(None, description="Speaker value of assistant turns: 'gpt' or 'assistant'.")
-    observation_tag: str | None = Field(None, description="Speaker value of tool results: 'observation' or 'tool'.")
-    function_tag: str | None = Field(None, description="Speaker value of tool calls: 'function_call'.")
-    system_tag: str | None = Field(None, description="Speaker value of a system turn: 'system'.")
-
-
-class DatasetSpec(Section):
-    """One dataset: a name from dataset_info.json, or files named directly, or a hub dataset."""
-
-    dataset: str | None = Field(None, description="A dataset name from data.dataset_dir/dataset_info.json (LLaMA-Factory's spec).")
-    path: str | None = Field(
-        None, description="A file, directory or glob of json/jsonl/parquet/csv/txt, local or a URL that pyarrow/fsspec "
-        "reads (s3://, gs://, ...); or a directory written by `rayft data prepare`.")
-    hf_hub_url: str | None = Field(None, description="A Hugging Face hub dataset id (needs network).")
-    format: Literal["alpaca", "sharegpt", "openai", "text", "tokenized"] | None = Field(
-        None, description="alpaca: instruction/input/output(/system/history); sharegpt: turns of from/value; openai: "
-        "messages of role/content; text: raw text; tokenized: input_ids/labels from `rayft data prepare`. "
-        "Default: text for .txt files, tokenized for prepared directories, else alpaca.")
-    ranking: bool = Field(False, description="Preference rows (chosen and rejected answers), for rm/dpo/orpo/simpo.")
-    columns: DatasetColumns = Field(default_factory=DatasetColumns)
-    tags: DatasetTags = Field(default_factory=DatasetTags)
-    subset: str | None = Field(None, description="Hub datasets: the configuration (subset) name.")
-    split: str = Field("train", description="Hub datasets: the split.")
-    num_samples: int | None = Field(None, ge=1, description="Use at most this many rows of this dataset.")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "DatasetSpec":
-        given = [k for k in ("dataset", "path", "hf_hub_url") if getattr(self, k)]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of dataset (a dataset_info.json name), path or hf_hub_url, got {given or 'none'}")
-        return self
-
-    @property
-    def label(self) -> str:
-        """How messages name this dataset."""
-        return self.dataset or self.path or f"hf://{self.hf_hub_url}"
-
-
-class DataConfig(Section):
-    train: list[DatasetSpec] = Field(min_length=1, description="Training datasets, concatenated or interleaved (see mix).")
-    eval: list[DatasetSpec] = Field(default_factory=list, description="Evaluation datasets (instead of val_size).")
-    dataset_dir: str = Field("data", description="Folder of dataset_info.json; `dataset:` names and their files resolve here.")
-    val_size: float = Field(0, ge=0, description="Hold out this share (< 1) or number (>= 1) of training examples for evaluation.")
-    max_seq_len: int = Field(1024, ge=8, description="Tokens per example after the chat template; longer ones are cut "
-                             "(the response keeps a proportional share).")
-    packing: bool | None = Field(None, description="Pack several examples into each max_seq_len row, attention kept apart "
-                                 "per example. Default: on for stage pt, off otherwise.")
-    mix: Literal["concat", "interleave"] = Field("concat", description="How several training datasets combine.")
-    mix_probabilities: list[float] | None = Field(
-        None, description="interleave: the probability of drawing from each dataset (default: equal).")
-    mix_stopping: Literal["first_exhausted", "all_exhausted"] = Field(
-        "first_exhausted", description="interleave: stop when the first dataset runs out, or when all have (smaller "
-        "ones are repeated).")
-    streaming: bool = Field(False, description="Stream rows to the workers instead of materializing the tokenized set; "
-                            "needs train.max_steps.")
-    max_bad_fraction: float = Field(0.0, ge=0, lt=1, description="Share of unusable rows tolerated (reported and "
-                                    "skipped); above it the run stops. 0: any bad row stops the run.")
-    cache_dir: str | None = Field(None, description="Keep tokenized data here, keyed by data, tokenizer and template, "
-                                  "so later runs skip tokenizing. Use shared storage on multi-node clusters.")
-    shuffle: bool = Field(True, description="Shuffle rows each epoch (seeded).")
-
-    @model_validator(mode="after")
-    def _mix(self) -> "DataConfig":
-        p = self.mix_probabilities
-        if p is not None:
-            if self.mix != "interleave":
-                raise ValueError("mix_probabilities needs mix: interleave")
-            if len(p) != len(self.train) or any(x < 0 for x in p) or abs(sum(p) - 1) > 1e-6:
-                raise ValueError(f"mix_probabilities needs one non-negative number per train dataset ({len(self.train)}) "
-                                 f"summing to 1, got {p}")
-        return self
 
 
 # ----------------------------------------------------------------------------- optimisation
@@ -162,38 +84,64 @@ class TrainConfig(Section):
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate.")
     lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warmup.")
-    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of the optimizer steps spent warming up linearly.")
+    warmup_ratio: float = Field(
+        0.0, ge=0, lt=1, description="Fraction of the optimizer steps spent warming up linearly."
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, ge=0, description="Clip the global gradient norm (0 = off).")
     seed: int = Field(42, description="Seeds model init of new parameters, dropout and data order.")
-    logging_steps: int = Field(10, ge=1, description="Report metrics every N optimizer steps (RL stages: every N "
-                               "iterations, averaged over them).")
-    eval_steps: int | None = Field(None, ge=1, description="Evaluate every N optimizer steps when there is evaluation "
-                                   "data (data.eval or data.val_size); it is always evaluated at the end.")
+    logging_steps: int = Field(
+        10,
+        ge=1,
+        description="Report metrics every N optimizer steps (RL stages: every N iterations, averaged over them).",
+    )
+    eval_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Evaluate every N optimizer steps when there is evaluation "
+        "data (data.eval or data.val_size); it is always evaluated at the end.",
+    )
     early_stopping_patience: int | None = Field(
-        None, ge=1, description="Stop once eval/loss has not improved on its best by more than early_stopping_threshold "
+        None,
+        ge=1,
+        description="Stop once eval/loss has not improved on its best by more than early_stopping_threshold "
         "for this many evaluations in a row; the model saved is the last one, and with checkpoint.keep_best the best "
-        "checkpoint is named in summary.json. Needs evaluation data and eval_steps. None: train to the end.")
-    early_stopping_threshold: float = Field(0.0, ge=0, description="The least decrease of eval/loss that counts as "
-                                            "an improvement for early_stopping_patience.")
+        "checkpoint is named in summary.json. Needs evaluation data and eval_steps. None: train to the end.",
+    )
+    early_stopping_threshold: float = Field(
+        0.0,
+        ge=0,
+        description="The least decrease of eval/loss that counts as an improvement for early_stopping_patience.",
+    )
 
 
 class CheckpointConfig(Section):
     save_steps: int | None = Field(
-        None, ge=1, description="Checkpoint every N optimizer steps into the run's directory in output.storage_path: "
+        None,
+        ge=1,
+        description="Checkpoint every N optimizer steps into the run's directory in output.storage_path: "
         "model, optimizer and scheduler (each rank's ZeRO shard) and the data position. A run restarted after a worker "
-        "failure (cluster.max_failures) or with `rayft train --resume` continues from the latest. None: no checkpoints.")
-    keep: int | None = Field(2, ge=1, description="Checkpoints kept: the latest N, or with keep_best the N of lowest "
-                             "eval/loss. None: all.")
-    keep_best: bool = Field(False, description="Keep the checkpoints of lowest eval/loss instead of the latest; needs "
-                            "evaluation data and save_steps a multiple of train.eval_steps.")
+        "failure (cluster.max_failures) or with `rayft train --resume` continues from the latest. None: no checkpoints.",
+    )
+    keep: int | None = Field(
+        2, ge=1, description="Checkpoints kept: the latest N, or with keep_best the N of lowest eval/loss. None: all."
+    )
+    keep_best: bool = Field(
+        False,
+        description="Keep the checkpoints of lowest eval/loss instead of the latest; needs "
+        "evaluation data and save_steps a multiple of train.eval_steps.",
+    )
 
 
 class DeepSpeedConfig(Section):
-    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="ZeRO stage: 0 = data parallel, 1 = optimizer, 2 = + gradients, 3 = + parameters sharded.")
+    zero_stage: Literal[0, 1, 2, 3] = Field(
+        2, description="ZeRO stage: 0 = data parallel, 1 = optimizer, 2 = + gradients, 3 = + parameters sharded."
+    )
     offload_optimizer: bool = Field(False, description="Keep optimizer states in CPU memory (ZeRO >= 1, GPU runs).")
     offload_params: bool = Field(False, description="Keep parameters in CPU memory (ZeRO-3, GPU runs).")
-    config_file: str | None = Field(None, description="A DeepSpeed JSON of your own; rayft fills its 'auto' values from the run.")
+    config_file: str | None = Field(
+        None, description="A DeepSpeed JSON of your own; rayft fills its 'auto' values from the run."
+    )
 
 
 class ClusterConfig(Section):
@@ -201,24 +149,41 @@ class ClusterConfig(Section):
     use_gpu: bool | Literal["auto"] = Field("auto", description="auto: use GPUs when the cluster has any.")
     cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per worker.")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
-        "PACK", description="How workers are placed on nodes.")
-    max_failures: int = Field(0, ge=-1, description="Restart the workers this many times after a worker or its node "
-                              "dies (-1: without limit); they continue from the latest checkpoint (see checkpoint.save_steps).")
+        "PACK", description="How workers are placed on nodes."
+    )
+    max_failures: int = Field(
+        0,
+        ge=-1,
+        description="Restart the workers this many times after a worker or its node "
+        "dies (-1: without limit); they continue from the latest checkpoint (see checkpoint.save_steps).",
+    )
 
 
 class OutputConfig(Section):
-    storage_path: str = Field("outputs", description="Where runs are written: a local or shared directory, or a URI "
-                              "that pyarrow reaches (s3://bucket/runs, gs://..., abfs://...). A multi-node cluster "
-                              "needs shared storage: every node writes checkpoints there.")
-    name: str = Field("rayft-run", pattern=r"^[A-Za-z0-9._-]+$", description="Run name: the output is storage_path/name. "
-                      "A plain name (letters, digits, '.', '_', '-'), never '.' or '..'.")
+    storage_path: str = Field(
+        "outputs",
+        description="Where runs are written: a local or shared directory, or a URI "
+        "that pyarrow reaches (s3://bucket/runs, gs://..., abfs://...). A multi-node cluster "
+        "needs shared storage: every node writes checkpoints there.",
+    )
+    name: str = Field(
+        "rayft-run",
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="Run name: the output is storage_path/name. "
+        "A plain name (letters, digits, '.', '_', '-'), never '.' or '..'.",
+    )
     merge_adapter: bool = Field(False, description="Also write the base with the LoRA adapter merged into merged/.")
-    overwrite: bool = Field(False, description="Replace an earlier rayft run in storage_path/name: the files rayft wrote "
-                            "there are deleted first. A directory holding any file rayft did not write is refused "
-                            "either way: rayft never deletes a user's files.")
+    overwrite: bool = Field(
+        False,
+        description="Replace an earlier rayft run in storage_path/name: the files rayft wrote "
+        "there are deleted first. A directory holding any file rayft did not write is refused "
+        "either way: rayft never deletes a user's files.",
+    )
     report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
-        default_factory=list, description="Trackers fed with every report besides metrics.jsonl: TensorBoard (tensorboard/), "
-        "MLflow (a file store in mlruns/), Weights & Biases (offline, in wandb/; `wandb sync` uploads it).")
+        default_factory=list,
+        description="Trackers fed with every report besides metrics.jsonl: TensorBoard (tensorboard/), "
+        "MLflow (a file store in mlruns/), Weights & Biases (offline, in wandb/; `wandb sync` uploads it).",
+    )
 
     @field_validator("name")
     @classmethod
@@ -250,8 +215,11 @@ class RunConfig(Section):
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
-    tune: SweepConfig | None = Field(None, description="A sweep for `rayft tune` (which may also take it from "
-                                     "--space); `rayft train` trains the run as written and refuses a run with one.")
+    tune: SweepConfig | None = Field(
+        None,
+        description="A sweep for `rayft tune` (which may also take it from "
+        "--space); `rayft train` trains the run as written and refuses a run with one.",
+    )
 
     @field_validator("stage", "tuning", mode="before")
     @classmethod
@@ -277,24 +245,38 @@ class RunConfig(Section):
         if self.deepspeed.offload_optimizer and zero == 0:
             problems.append("deepspeed.offload_optimizer: optimizer offload needs zero_stage >= 1, got 0")
         if not self.stage.trains_with_dropout and getattr(self.tuning, "dropout", 0):
-            problems.append(f"tuning.dropout: stage {self.stage.name} trains without dropout (it compares the scores of two "
-                            "answers, or the policy with its reference, and dropout would add noise to both); set it to 0")
+            problems.append(
+                f"tuning.dropout: stage {self.stage.name} trains without dropout (it compares the scores of two "
+                "answers, or the policy with its reference, and dropout would add noise to both); set it to 0"
+            )
         c = self.checkpoint
         if c.keep_best:
             if not (self.data.eval or self.data.val_size):
-                problems.append("checkpoint.keep_best: ranking checkpoints by eval/loss needs evaluation data "
-                                "(data.eval or data.val_size)")
+                problems.append(
+                    "checkpoint.keep_best: ranking checkpoints by eval/loss needs evaluation data "
+                    "(data.eval or data.val_size)"
+                )
             if not (c.save_steps and self.train.eval_steps and c.save_steps % self.train.eval_steps == 0):
-                problems.append(f"checkpoint.keep_best: save_steps ({c.save_steps}) must be a multiple of "
-                                f"train.eval_steps ({self.train.eval_steps}), so every checkpoint has an eval/loss")
-        if self.train.early_stopping_patience and not (self.train.eval_steps and (self.data.eval or self.data.val_size)):
-            problems.append("train.early_stopping_patience: stopping on eval/loss needs evaluation data (data.eval or "
-                            "data.val_size) and train.eval_steps")
+                problems.append(
+                    f"checkpoint.keep_best: save_steps ({c.save_steps}) must be a multiple of "
+                    f"train.eval_steps ({self.train.eval_steps}), so every checkpoint has an eval/loss"
+                )
+        if self.train.early_stopping_patience and not (
+            self.train.eval_steps and (self.data.eval or self.data.val_size)
+        ):
+            problems.append(
+                "train.early_stopping_patience: stopping on eval/loss needs evaluation data (data.eval or "
+                "data.val_size) and train.eval_steps"
+            )
         if self.train.eval_steps and not (self.data.eval or self.data.val_size) and self.stage.loop == "supervised":
-            problems.append(f"train.eval_steps: evaluating every {self.train.eval_steps} steps needs evaluation data; "
-                            "name it in data.eval or hold some out with data.val_size, or remove eval_steps")
+            problems.append(
+                f"train.eval_steps: evaluating every {self.train.eval_steps} steps needs evaluation data; "
+                "name it in data.eval or hold some out with data.val_size, or remove eval_steps"
+            )
         if self.data.packing and not self.stage.packs:
-            problems.append(f"data.packing: stage {self.stage.name} scores whole answers and does not pack; set it to false")
+            problems.append(
+                f"data.packing: stage {self.stage.name} scores whole answers and does not pack; set it to false"
+            )
         problems += self.stage.problems(self)
         if self.data.streaming and not self.train.max_steps:
             problems.append("train.max_steps: a streamed dataset has no length known in advance; set max_steps")
@@ -306,12 +288,15 @@ class RunConfig(Section):
             if self.model.template not in TEMPLATES:
                 close = difflib.get_close_matches(self.model.template, list(TEMPLATES), n=1)
                 hint = f"did you mean '{close[0]}'? " if close else ""
-                problems.append(f"model.template: unknown template {self.model.template!r}; {hint}choose one of {', '.join(TEMPLATES)}")
+                problems.append(
+                    f"model.template: unknown template {self.model.template!r}; {hint}choose one of {', '.join(TEMPLATES)}"
+                )
         return problems
 
-    def with_absolute_paths(self) -> "RunConfig":
+    def with_absolute_paths(self) -> RunConfig:
         """Local relative paths made absolute on the driver: workers on other nodes or in other
         working directories must find the same files."""
+
         def absolute(p: str | None) -> str | None:
             return str(Path(p).expanduser().absolute()) if p and Path(p).expanduser().exists() else p
 
@@ -328,8 +313,11 @@ class RunConfig(Section):
         if "://" not in run.output.storage_path:
             run.output.storage_path = str(Path(run.output.storage_path).expanduser().absolute())
         run.data.dataset_dir = absolute(run.data.dataset_dir) or run.data.dataset_dir
-        run.data.cache_dir = run.data.cache_dir if not run.data.cache_dir or "://" in run.data.cache_dir \
+        run.data.cache_dir = (
+            run.data.cache_dir
+            if not run.data.cache_dir or "://" in run.data.cache_dir
             else str(Path(run.data.cache_dir).expanduser().absolute())
+        )
         for spec in run.data.train + run.data.eval:
             if spec.path and "://" not in spec.path:
                 spec.path = str(Path(spec.path).expanduser().absolute())
@@ -348,7 +336,9 @@ class RunConfig(Section):
 # ----------------------------------------------------------------------------- loading
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, data: dict | None = None) -> RunConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, data: dict | None = None
+) -> RunConfig:
     """Read YAML (or take ``data``), apply ``key.path=value`` overrides, validate once."""
     raw: dict = read_yaml(path) if path is not None else dict(data or {})
     for item in overrides or []:

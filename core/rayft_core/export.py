@@ -44,33 +44,49 @@ def read_run(run_dir: str | Path) -> RunConfig:
     run_dir = Path(run_dir)
     path = run_dir / CONFIG_FILE
     if not path.is_file():
-        raise ExportError(f"{run_dir} holds no {CONFIG_FILE}: it is not a finished rayft run (give a run's output "
-                          "directory, output.storage_path/output.name)")
+        raise ExportError(
+            f"{run_dir} holds no {CONFIG_FILE}: it is not a finished rayft run (give a run's output "
+            "directory, output.storage_path/output.name)"
+        )
     weights = [p for p in run_dir.glob("*.safetensors") if p.name != VALUE_HEAD_FILE]
     if not weights or not ((run_dir / ADAPTER_FILE).is_file() or (run_dir / "config.json").is_file()):
-        raise ExportError(f"{run_dir} holds no trained model (an adapter or model config with its .safetensors "
-                          "weights): the run did not finish. Continue it with `rayft train CONFIG --resume`, or "
-                          "export a finished run")
+        raise ExportError(
+            f"{run_dir} holds no trained model (an adapter or model config with its .safetensors "
+            "weights): the run did not finish. Continue it with `rayft train CONFIG --resume`, or "
+            "export a finished run"
+        )
     return load_config(path)
 
 
-def merged_model(run: RunConfig, run_dir: str | Path, tokenizer: Any, trust_remote_code: bool = False) -> torch.nn.Module:
+def merged_model(
+    run: RunConfig, run_dir: str | Path, tokenizer: Any, trust_remote_code: bool = False
+) -> torch.nn.Module:
     """The base with the run's adapter merged in, in float32."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     bits = getattr(run.tuning, "quantization_bit", None)  # a method that trains on a quantized base
-    base = AutoModelForCausalLM.from_pretrained(run.model.name_or_path, dtype=torch.float32,
-                                                quantization_config=quantization_config(run, torch.float32),
-                                                trust_remote_code=trust_remote_code)
+    base = AutoModelForCausalLM.from_pretrained(
+        run.model.name_or_path,
+        dtype=torch.float32,
+        quantization_config=quantization_config(run, torch.float32),
+        trust_remote_code=trust_remote_code,
+    )
     if bits:
         base = base.dequantize()  # the weights the adapter was trained against
     resize_embeddings(base, len(tokenizer), seed=run.train.seed)  # the adapter's saved embeddings then replace them
     return PeftModel.from_pretrained(base, str(run_dir)).merge_and_unload()
 
 
-def export_model(run_dir: str | Path, dest: str | Path, max_shard_size: str = "5GB", dtype: str | None = None,
-                 ollama: bool = False, trust_remote_code: bool = False, overwrite: bool = False) -> Path:
+def export_model(
+    run_dir: str | Path,
+    dest: str | Path,
+    max_shard_size: str = "5GB",
+    dtype: str | None = None,
+    ollama: bool = False,
+    trust_remote_code: bool = False,
+    overwrite: bool = False,
+) -> Path:
     """Write the run in ``run_dir`` as a standalone model in ``dest``; return ``dest``.
 
     ``dest`` is new, empty, or (with ``overwrite``) an earlier export (rayft_core.ownership); the model is
@@ -102,8 +118,12 @@ def export_model(run_dir: str | Path, dest: str | Path, max_shard_size: str = "5
             shutil.copy2(run_dir / VALUE_HEAD_FILE, staged / VALUE_HEAD_FILE)
         if ollama:
             (staged / MODELFILE).write_text(modelfile(tokenizer))
-        (staged / EXPORT_MARKER).write_text(json.dumps(
-            {"exported_from": str(run_dir.absolute()), "dtype": dtype, "max_shard_size": max_shard_size}, indent=2) + "\n")
+        (staged / EXPORT_MARKER).write_text(
+            json.dumps(
+                {"exported_from": str(run_dir.absolute()), "dtype": dtype, "max_shard_size": max_shard_size}, indent=2
+            )
+            + "\n"
+        )
     return dest
 
 
@@ -115,11 +135,16 @@ def modelfile(tokenizer: Any) -> str:
     TEMPLATE is written here: a guessed translation would be worse than Ollama's own. The stop
     tokens are the tokenizer's end-of-turn tokens.
     """
-    stops = [t for t in dict.fromkeys([tokenizer.eos_token, "<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"])
-             if t and t in tokenizer.get_vocab()]
-    lines = ["# Ollama: `ollama create my-model -f Modelfile` in this directory.",
-             "# The prompt template comes from chat_template.jinja / tokenizer_config.json when Ollama recognises it;",
-             "# otherwise add a TEMPLATE in Go template syntax (https://github.com/ollama/ollama/blob/main/docs/template.md).",
-             "FROM ."]
+    stops = [
+        t
+        for t in dict.fromkeys([tokenizer.eos_token, "<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"])
+        if t and t in tokenizer.get_vocab()
+    ]
+    lines = [
+        "# Ollama: `ollama create my-model -f Modelfile` in this directory.",
+        "# The prompt template comes from chat_template.jinja / tokenizer_config.json when Ollama recognises it;",
+        "# otherwise add a TEMPLATE in Go template syntax (https://github.com/ollama/ollama/blob/main/docs/template.md).",
+        "FROM .",
+    ]
     lines += [f'PARAMETER stop "{t}"' for t in stops]
     return "\n".join(lines) + "\n"

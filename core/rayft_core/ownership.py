@@ -22,9 +22,9 @@ import fnmatch
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow.fs as pafs
 
@@ -32,11 +32,28 @@ from rayft_core import storage
 from rayft_core.errors import UserInputError
 
 # What save_pretrained writes for a model, an adapter and a tokenizer (PEFT adds a model card README.md).
-_HF_FILES = ("config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json",
-             "pytorch_model*.bin", "pytorch_model.bin.index.json", "adapter_config.json", "adapter_model.*",
-             "README.md", "tokenizer*", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
-             "chat_template.json", "vocab.*", "merges.txt", "*.tiktoken", "spiece.model", "sentencepiece*.model",
-             "value_head.safetensors")
+_HF_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model*.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model*.bin",
+    "pytorch_model.bin.index.json",
+    "adapter_config.json",
+    "adapter_model.*",
+    "README.md",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "vocab.*",
+    "merges.txt",
+    "*.tiktoken",
+    "spiece.model",
+    "sentencepiece*.model",
+    "value_head.safetensors",
+)
 
 
 @dataclass(frozen=True)
@@ -44,12 +61,12 @@ class OutputKind:
     what: str  # how messages name it, with its article
     markers: tuple[str, ...]  # any one proves rayft wrote the directory; the first is the one rayft writes first
     entries: tuple[str, ...]  # glob patterns of every top-level entry rayft writes there (markers aside)
-    children: tuple[tuple[str, "OutputKind"], ...] = ()  # entries that are outputs of their own kind, checked as such
+    children: tuple[tuple[str, OutputKind], ...] = ()  # entries that are outputs of their own kind, checked as such
 
     def knows(self, name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, p) for p in (*self.markers, *self.entries)) or self.child(name) is not None
 
-    def child(self, name: str) -> "OutputKind | None":
+    def child(self, name: str) -> OutputKind | None:
         return next((kind for pattern, kind in self.children if fnmatch.fnmatchcase(name, pattern)), None)
 
 
@@ -57,21 +74,57 @@ class OutputKind:
 EXPORT = OutputKind("an export", ("rayft_export.json",), (*_HF_FILES, "Modelfile"))
 # A training run: the run config first; the model, records and trackers from rank 0; Ray Train's checkpoints
 # and its own bookkeeping (the snapshot it resumes from, a storage probe); storage_path's write probe.
-RUN = OutputKind("a run", ("rayft_run.yaml",), (
-    *_HF_FILES, "metrics.jsonl", "events.jsonl", "summary.json", "loss.png", "checkpoint_*",
-    "checkpoint_manager_snapshot.json", ".validate_storage_marker", "tensorboard", "mlruns", "wandb",
-    ".rayft-write-test-*"), children=(("merged", EXPORT),))
+RUN = OutputKind(
+    "a run",
+    ("rayft_run.yaml",),
+    (
+        *_HF_FILES,
+        "metrics.jsonl",
+        "events.jsonl",
+        "summary.json",
+        "loss.png",
+        "checkpoint_*",
+        "checkpoint_manager_snapshot.json",
+        ".validate_storage_marker",
+        "tensorboard",
+        "mlruns",
+        "wandb",
+        ".rayft-write-test-*",
+    ),
+    children=(("merged", EXPORT),),
+)
 # A sweep: sweep.yaml first; the trials' runs, the shared data cache, the results; Ray Tune's experiment state.
-SWEEP = OutputKind("a sweep", ("sweep.yaml",), (
-    "trials", "data-cache", "results.csv", "best_run.yaml", "metric_vs_params.png", "tuner.pkl", "trainable.pkl",
-    "experiment_state-*.json", "basic-variant-state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl",
-    "callback-states-*.pkl", "_run_trial_*", ".validate_storage_marker", ".rayft-write-test-*"))
+SWEEP = OutputKind(
+    "a sweep",
+    ("sweep.yaml",),
+    (
+        "trials",
+        "data-cache",
+        "results.csv",
+        "best_run.yaml",
+        "metric_vs_params.png",
+        "tuner.pkl",
+        "trainable.pkl",
+        "experiment_state-*.json",
+        "basic-variant-state-*.json",
+        "search_gen_state-*.json",
+        "searcher-state-*.pkl",
+        "callback-states-*.pkl",
+        "_run_trial_*",
+        ".validate_storage_marker",
+        ".rayft-write-test-*",
+    ),
+)
 # Tokenized data (`rayft data prepare`, the data cache): the marker first, the manifest last (a folder without
 # the manifest is unfinished and never read).
 PREPARED = OutputKind("prepared data", (".rayft-prepared", "_rayft_data.json"), ("*.parquet",))
 # `rayft demo`: its data, tokenizer and base model, and its two runs.
-DEMO = OutputKind("a demo", ("rayft_demo.txt",), ("data", "base", ".rayft-write-test-*"),
-                  children=(("pretrained", RUN), ("sft-lora", RUN)))
+DEMO = OutputKind(
+    "a demo",
+    ("rayft_demo.txt",),
+    ("data", "base", ".rayft-write-test-*"),
+    children=(("pretrained", RUN), ("sft-lora", RUN)),
+)
 
 
 class OutputError(UserInputError):
@@ -118,11 +171,16 @@ def problem(location: str, kind: OutputKind, overwrite: bool, flag: str) -> str 
         return None
     foreign = foreign_entries(location, kind)
     if not any(m in names for m in kind.markers) or foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "") if foreign \
+        shown = (
+            ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            if foreign
             else ", ".join(names[:5])
-        return (f"{location} is not empty and holds files rayft did not write there ({shown}); rayft writes only into "
-                f"a new or empty directory, or replaces {kind.what} of its own with {flag}, and never deletes "
-                "other files: choose another destination, or move those files away")
+        )
+        return (
+            f"{location} is not empty and holds files rayft did not write there ({shown}); rayft writes only into "
+            f"a new or empty directory, or replaces {kind.what} of its own with {flag}, and never deletes "
+            "other files: choose another destination, or move those files away"
+        )
     if not overwrite:
         return f"{location} already holds {kind.what} written by rayft; choose another destination, or replace it with {flag}"
     return None
@@ -155,7 +213,9 @@ def clear(location: str, kind: OutputKind, keep: tuple[str, ...] = ()) -> None:
     doomed = [n for n in names if kind.knows(n) and n not in keep]
     for name in [n for n in doomed if kind.child(n) is not None]:  # a child output holds only what rayft wrote
         inside = storage.join(location, name)
-        if (_listing(inside) or []) and (not is_owned(inside, kind.child(name)) or foreign_entries(inside, kind.child(name))):
+        if (_listing(inside) or []) and (
+            not is_owned(inside, kind.child(name)) or foreign_entries(inside, kind.child(name))
+        ):
             doomed.remove(name)
     for name in sorted(doomed, key=lambda n: (n == kind.markers[0]) - (n in kind.markers[1:])):
         target = f"{path.rstrip('/')}/{name}"
@@ -190,7 +250,9 @@ def staged_dir(dest: Path) -> Iterator[Path]:
 _ALL_MARKERS = {m for k in (RUN, SWEEP, PREPARED, EXPORT, DEMO) for m in k.markers}
 
 
-def check_new_file(path: str | Path, overwrite: bool, flag: str = "--overwrite", inputs: tuple[str | Path, ...] = ()) -> None:
+def check_new_file(
+    path: str | Path, overwrite: bool, flag: str = "--overwrite", inputs: tuple[str | Path, ...] = ()
+) -> None:
     """A single output file: never one of the command's ``inputs``, never a directory, and an existing file
     only with ``flag``."""
     path = Path(path)

@@ -39,13 +39,17 @@ class Section(BaseModel):
 _S = typing.TypeVar("_S", bound=BaseModel)
 
 
-
 class DuplicateKeyError(yaml.constructor.ConstructorError):
     """A mapping with the same key twice: plain PyYAML keeps the last one and silently drops the first."""
 
     def __init__(self, key: Any, first: int, again: int, mark: Any):
-        super().__init__(None, None, f"duplicate key {key!r} on lines {first} and {again} (the second would "
-                         "replace the first; merge them into one)", mark)
+        super().__init__(
+            None,
+            None,
+            f"duplicate key {key!r} on lines {first} and {again} (the second would "
+            "replace the first; merge them into one)",
+            mark,
+        )
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -95,8 +99,10 @@ def read_yaml(path: str | Path, what: str = "run config") -> dict:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ConfigError([f"{path}: not UTF-8 text (byte {e.start} is 0x{data[e.start]:02x}); is it a YAML "
-                           "file? Save it as UTF-8"], what) from None
+        raise ConfigError(
+            [f"{path}: not UTF-8 text (byte {e.start} is 0x{data[e.start]:02x}); is it a YAML file? Save it as UTF-8"],
+            what,
+        ) from None
     try:
         raw = parse_yaml(text)
     except yaml.YAMLError as e:
@@ -116,8 +122,12 @@ def apply_override(raw: dict, item: str, union_tags: dict[str, tuple[str, str]] 
     try:
         parsed = parse_yaml(value) if value != "" else None
     except yaml.YAMLError as e:
-        raise ConfigError([f"override {item!r}: its value: {yaml_problem(e)}; to pass it as a string, "
-                           "put it in quotes (key='\"text\"')"]) from None
+        raise ConfigError(
+            [
+                f"override {item!r}: its value: {yaml_problem(e)}; to pass it as a string, "
+                "put it in quotes (key='\"text\"')"
+            ]
+        ) from None
     set_key(raw, key.strip(), parsed, f"override {item!r}", union_tags)
 
 

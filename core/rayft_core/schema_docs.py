@@ -109,8 +109,9 @@ class _Walker:
         variants = [self.resolve(a) for a in alts]
         tag = (s.get("discriminator") or {}).get("propertyName")
         if tag is None:
-            common = [k for k in variants[0]["properties"]
-                      if all("const" in v["properties"].get(k, {}) for v in variants)]
+            common = [
+                k for k in variants[0]["properties"] if all("const" in v["properties"].get(k, {}) for v in variants)
+            ]
             if not common:
                 return None
             tag = common[0]
@@ -138,7 +139,7 @@ class _Walker:
 
     def collect(self, s: dict, path: str, seen: tuple[str, ...] = ()) -> None:
         """Record, in schema order, every key path that holds each nested object def."""
-        for variant in ([v for _, v in self.union(s)[1]] if self.union(s) else [self.resolve(s)]):
+        for variant in [v for _, v in self.union(s)[1]] if self.union(s) else [self.resolve(s)]:
             for key, prop in variant.get("properties", {}).items():
                 child = self.child_path(path, key, prop)
                 if self.union(prop):
@@ -185,8 +186,11 @@ class _Walker:
             text = " or ".join(kind)
         else:
             text = kind or "any"
-        bounds = [f"{op} {json.dumps(s[k])}" for k, op in (("minimum", ">="), ("exclusiveMinimum", ">"),
-                                                           ("maximum", "<="), ("exclusiveMaximum", "<")) if k in s]
+        bounds = [
+            f"{op} {json.dumps(s[k])}"
+            for k, op in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<"))
+            if k in s
+        ]
         if bounds:
             text += " " + ", ".join(bounds)
         for key, what in (("minItems", "item"), ("minProperties", "key"), ("minLength", "character")):
@@ -221,9 +225,11 @@ class _Walker:
                 continue
             desc = prop.get("description") or self.resolve(self.alternatives(prop)[0][0]).get("description", "")
             u = self.union(prop)
-            type_text = (f"one of {len(u[1])} kinds, by {_code(u[0])}" if u else self.type_of(prop))
-            rows.append(f"| {_code(self.child_path(path, key, prop))} | {type_text} | "
-                        f"{self.default_of(prop, key in required)} | {_text(desc)} |")
+            type_text = f"one of {len(u[1])} kinds, by {_code(u[0])}" if u else self.type_of(prop)
+            rows.append(
+                f"| {_code(self.child_path(path, key, prop))} | {type_text} | "
+                f"{self.default_of(prop, key in required)} | {_text(desc)} |"
+            )
         if not rows:
             return ["No keys besides the ones above."]
         return ["| key | type | default | description |", "|---|---|---|---|", *rows]
@@ -237,7 +243,13 @@ class _Walker:
                 continue
             self.rendered.add(name)
             target = self.defs[name]
-            out += ["", f'<a id="{self.def_anchor(name)}"></a>', "", f"{'#' * level} {', '.join(self.def_paths[name])}", ""]
+            out += [
+                "",
+                f'<a id="{self.def_anchor(name)}"></a>',
+                "",
+                f"{'#' * level} {', '.join(self.def_paths[name])}",
+                "",
+            ]
             if target.get("description"):
                 out += [_text(target["description"]), ""]
             out += self.table(target, self.def_paths[name][0])
@@ -245,7 +257,7 @@ class _Walker:
 
     def _inside(self, s: dict, name: str, seen: frozenset[str] = frozenset()) -> bool:
         u = self.union(s)
-        for variant in ([v for _, v in u[1]] if u else [self.resolve(s)]):
+        for variant in [v for _, v in u[1]] if u else [self.resolve(s)]:
             for prop in variant.get("properties", {}).values():
                 if self.union(prop) and self._inside(prop, name, seen):
                     return True
@@ -269,7 +281,7 @@ class _Walker:
         props: dict[str, dict] = top.get("properties", {})
         required = set(top.get("required", []))
         self.collect(top, "")
-        for key, prop in props.items():  # a section's own table is the section; links to it go there
+        for prop in props.values():  # a section's own table is the section; links to it go there
             name = self.nested_object(prop)
             if name and self._section(prop):
                 self.rendered.add(name)
@@ -290,12 +302,19 @@ class _Walker:
             if u:
                 tag, variants = u
                 default = self.default_of(prop, key in required)
-                links = ", ".join(f"[{_code(value)}](#{self.prefix}{_anchor(f'{key}-{value}')})" for value, _ in variants)
+                links = ", ".join(
+                    f"[{_code(value)}](#{self.prefix}{_anchor(f'{key}-{value}')})" for value, _ in variants
+                )
                 tail = " (required)." if default in ("", "**required**") else f" (default {default})."
                 out += [f"Its keys depend on {_code(f'{key}.{tag}')}: {links}{tail}"]
                 for value, variant in variants:
-                    out += ["", f'<a id="{self.prefix}{_anchor(f"{key}-{value}")}"></a>', "",
-                            f"{'#' * (level + 1)} {key}: {value}", ""]
+                    out += [
+                        "",
+                        f'<a id="{self.prefix}{_anchor(f"{key}-{value}")}"></a>',
+                        "",
+                        f"{'#' * (level + 1)} {key}: {value}",
+                        "",
+                    ]
                     if variant.get("description"):
                         out += [_text(variant["description"]), ""]
                     out += self.table(variant, key, skip=(tag,))
@@ -344,8 +363,12 @@ def _parts() -> list[tuple[str, str, str, type[BaseModel]]]:
 
     return [
         ("Run config", "", "The sections of a run config (`rayft train run.yaml`).", RunConfig),
-        ("Serving config", "serve-", "The serving config of `rayft serve serve.yaml` (see [serving](serving.md)).",
-         ServeConfig),
+        (
+            "Serving config",
+            "serve-",
+            "The serving config of `rayft serve serve.yaml` (see [serving](serving.md)).",
+            ServeConfig,
+        ),
     ]
 
 

@@ -8,7 +8,7 @@ none of them branches on a stage's name.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -47,8 +47,12 @@ class PretrainStage(StageSection):
 class SftStage(StageSection):
     packs, trains_with_dropout = True, True
     name: Literal["sft"] = "sft"
-    train_on_prompt: bool = Field(False, description="Also compute the loss on prompt tokens (default: assistant tokens only).")
-    mask_history: bool = Field(False, description="Loss on the last assistant turn only (default: every assistant turn).")
+    train_on_prompt: bool = Field(
+        False, description="Also compute the loss on prompt tokens (default: assistant tokens only)."
+    )
+    mask_history: bool = Field(
+        False, description="Loss on the last assistant turn only (default: every assistant turn)."
+    )
 
 
 class RewardStage(StageSection):
@@ -61,8 +65,10 @@ class RewardStage(StageSection):
 
 class _ReferenceStage(StageSection):
     reference_model: str | None = Field(
-        None, description="A separate frozen reference model (local directory). Default: the base itself: with an "
-        "adapter, the base with the adapter disabled (no second copy); for full-parameter runs, a frozen copy of it.")
+        None,
+        description="A separate frozen reference model (local directory). Default: the base itself: with an "
+        "adapter, the base with the adapter disabled (no second copy); for full-parameter runs, a frozen copy of it.",
+    )
 
 
 class DpoStage(_ReferenceStage):
@@ -72,9 +78,14 @@ class DpoStage(_ReferenceStage):
     name: Literal["dpo"] = "dpo"
     beta: float = Field(0.1, gt=0, description="Strength of the pull toward the reference (the KL weight).")
     loss_type: Literal["sigmoid", "hinge", "ipo"] = Field(
-        "sigmoid", description="sigmoid: DPO's; hinge: SLiC's; ipo: IPO's squared loss on length-averaged log-ratios.")
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cDPO: the probability that a pair's label is wrong (sigmoid loss).")
-    ftx: float = Field(0.0, ge=0, description="DPO-ftx: add this weight x the SFT loss on the chosen answer (limits forgetting).")
+        "sigmoid", description="sigmoid: DPO's; hinge: SLiC's; ipo: IPO's squared loss on length-averaged log-ratios."
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="cDPO: the probability that a pair's label is wrong (sigmoid loss)."
+    )
+    ftx: float = Field(
+        0.0, ge=0, description="DPO-ftx: add this weight x the SFT loss on the chosen answer (limits forgetting)."
+    )
 
 
 class KtoStage(_ReferenceStage):
@@ -105,8 +116,9 @@ class SimpoStage(StageSection):
     name: Literal["simpo"] = "simpo"
     beta: float = Field(2.0, gt=0, description="Scale of the reward (the paper uses 2.0-2.5).")
     gamma: float = Field(0.5, ge=0, description="Target reward margin between chosen and rejected.")
-    length_normalization: bool = Field(True, description="Average log-probabilities over answer tokens (SimPO's reward); "
-                                       "false: sum them.")
+    length_normalization: bool = Field(
+        True, description="Average log-probabilities over answer tokens (SimPO's reward); false: sum them."
+    )
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="The probability that a pair's label is wrong.")
     ftx: float = Field(0.0, ge=0, description="Add this weight x the SFT loss on the chosen answer.")
 
@@ -114,8 +126,10 @@ class SimpoStage(StageSection):
 class RewardFunction(Section):
     """A verifiable reward: fn(prompts=[...], completions=[...], references=[...], **kwargs) -> one float per completion."""
 
-    function: str = Field(description="A built-in (exact_match, number_match, regex) or 'package.module:function' or "
-                          "'path/to/file.py:function' (the file must be readable where the learners run).")
+    function: str = Field(
+        description="A built-in (exact_match, number_match, regex) or 'package.module:function' or "
+        "'path/to/file.py:function' (the file must be readable where the learners run)."
+    )
     weight: float = Field(1.0, description="Its weight in the reward, beside the other functions and the reward model.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="More keyword arguments (regex: pattern).")
 
@@ -124,12 +138,15 @@ class RolloutConfig(Section):
     """The rollout group: generation engines as Ray actors beside the learners (split placement)."""
 
     engine: Literal["auto", "vllm", "hf"] = Field(
-        "auto", description="vllm: vLLM engines applying the policy adapter per request; hf: transformers generate; "
-        "auto: vLLM when installed and it supports the model here, else transformers.")
+        "auto",
+        description="vllm: vLLM engines applying the policy adapter per request; hf: transformers generate; "
+        "auto: vLLM when installed and it supports the model here, else transformers.",
+    )
     num_engines: int = Field(1, ge=1, description="Engines; each iteration's prompts are split between them.")
     cpus_per_engine: float = Field(1.0, ge=0, description="CPUs each engine reserves.")
-    gpus_per_engine: int | Literal["auto"] = Field("auto", description="GPUs each engine reserves (auto: 1 when the "
-                                                   "learners use GPUs, else 0).")
+    gpus_per_engine: int | Literal["auto"] = Field(
+        "auto", description="GPUs each engine reserves (auto: 1 when the learners use GPUs, else 0)."
+    )
 
 
 class _RlStage(StageSection):
@@ -140,19 +157,28 @@ class _RlStage(StageSection):
     value_head: ClassVar[bool] = False
 
     reward_model: str | None = Field(
-        None, description="A `stage: rm` output. Its adapter and value head are loaded beside the policy on the same "
-        "base (it must be an adapter of this run's base); a full reward model is loaded as a separate frozen model.")
+        None,
+        description="A `stage: rm` output. Its adapter and value head are loaded beside the policy on the same "
+        "base (it must be an adapter of this run's base); a full reward model is loaded as a separate frozen model.",
+    )
     reward_model_weight: float = Field(1.0, description="Weight of the reward model's score in the reward.")
-    reward_functions: list[RewardFunction] = Field(default_factory=list, description="Verifiable rewards, summed "
-                                                   "with their weights (and the reward model's score).")
-    init_adapter: str | None = Field(None, description="Start the policy from this LoRA adapter (an SFT run's output); "
-                                     "default: a fresh adapter shaped by `tuning`.")
+    reward_functions: list[RewardFunction] = Field(
+        default_factory=list,
+        description="Verifiable rewards, summed with their weights (and the reward model's score).",
+    )
+    init_adapter: str | None = Field(
+        None,
+        description="Start the policy from this LoRA adapter (an SFT run's output); "
+        "default: a fresh adapter shaped by `tuning`.",
+    )
     max_new_tokens: int = Field(64, ge=1, description="Longest response generated; prompts get max_seq_len minus this.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling of the rollouts.")
     ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch; one optimizer step per pass.")
     clip_eps: float = Field(0.2, gt=0, description="The policy ratio's clip range.")
-    kl_estimator: Literal["k1", "k2", "k3", "abs"] = Field("k1", description="Per-token estimator of KL(policy || reference).")
+    kl_estimator: Literal["k1", "k2", "k3", "abs"] = Field(
+        "k1", description="Per-token estimator of KL(policy || reference)."
+    )
     reward_clip: float | None = Field(None, gt=0, description="Clip each (normalised) score to +-this.")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
 
@@ -163,25 +189,35 @@ class _RlStage(StageSection):
     def problems(self, run: Any) -> list[str]:
         problems = []
         if run.tuning.method != "lora":
-            problems.append(f"tuning.method: stage {self.name} trains a LoRA policy whose roles (value head, reward "
-                            f"adapter, reference) share one base; full-parameter RLHF is not built yet, got "
-                            f"{run.tuning.method}")
+            problems.append(
+                f"tuning.method: stage {self.name} trains a LoRA policy whose roles (value head, reward "
+                f"adapter, reference) share one base; full-parameter RLHF is not built yet, got "
+                f"{run.tuning.method}"
+            )
         if self.reward_model is None and not self.reward_functions:
-            problems.append(f"stage.reward_model: stage {self.name} needs a reward: a reward model (a `stage: rm` "
-                            "output), stage.reward_functions, or both")
+            problems.append(
+                f"stage.reward_model: stage {self.name} needs a reward: a reward model (a `stage: rm` "
+                "output), stage.reward_functions, or both"
+            )
         if self.max_new_tokens >= run.data.max_seq_len:
-            problems.append(f"stage.max_new_tokens: responses of up to {self.max_new_tokens} tokens leave no room for "
-                            f"the prompt within data.max_seq_len {run.data.max_seq_len}")
+            problems.append(
+                f"stage.max_new_tokens: responses of up to {self.max_new_tokens} tokens leave no room for "
+                f"the prompt within data.max_seq_len {run.data.max_seq_len}"
+            )
         per_worker = run.train.micro_batch_size * run.train.gradient_accumulation_steps
         if per_worker % self.responses_per_prompt:
-            problems.append(f"stage.group_size: each worker's rollout batch (micro_batch_size x "
-                            f"gradient_accumulation_steps = {per_worker} responses) must hold whole groups of "
-                            f"{self.responses_per_prompt}")
+            problems.append(
+                f"stage.group_size: each worker's rollout batch (micro_batch_size x "
+                f"gradient_accumulation_steps = {per_worker} responses) must hold whole groups of "
+                f"{self.responses_per_prompt}"
+            )
         if run.data.eval or run.data.val_size:
             problems.append(f"data.eval: stage {self.name} has no evaluation loss; remove data.eval and data.val_size")
         if run.data.streaming:  # a bad streamed row would have to stay in its batch, as a prompt of padding
-            problems.append(f"data.streaming: stage {self.name} reads its prompts whole (bad rows are dropped and "
-                            "reported before training); set it to false")
+            problems.append(
+                f"data.streaming: stage {self.name} reads its prompts whole (bad rows are dropped and "
+                "reported before training); set it to false"
+            )
         return problems
 
 
@@ -190,17 +226,24 @@ class PpoStage(_RlStage):
 
     value_head: ClassVar[bool] = True
     name: Literal["ppo"] = "ppo"
-    kl_coef: float = Field(0.05, ge=0, description="Weight of the per-token KL penalty in the reward (initial value "
-                           "with adaptive_kl_target).")
-    adaptive_kl_target: float | None = Field(None, gt=0, description="Steer kl_coef so the KL tracks this target "
-                                             "(Ziegler et al.); None: a fixed kl_coef.")
+    kl_coef: float = Field(
+        0.05,
+        ge=0,
+        description="Weight of the per-token KL penalty in the reward (initial value with adaptive_kl_target).",
+    )
+    adaptive_kl_target: float | None = Field(
+        None, gt=0, description="Steer kl_coef so the KL tracks this target (Ziegler et al.); None: a fixed kl_coef."
+    )
     adaptive_kl_horizon: int = Field(10000, ge=1, description="Samples over which the adaptive coefficient moves.")
     gamma: float = Field(1.0, ge=0, le=1, description="Discount of GAE.")
     lam: float = Field(0.95, ge=0, le=1, description="GAE's lambda.")
     value_clip: float = Field(0.2, gt=0, description="The value head's clip range around its rollout values.")
     vf_coef: float = Field(0.1, ge=0, description="Weight of the value loss.")
-    normalize_reward: bool = Field(False, description="Scale scores by their running std and centre them on the "
-                                   "running mean (TRL's score normalisation).")
+    normalize_reward: bool = Field(
+        False,
+        description="Scale scores by their running std and centre them on the "
+        "running mean (TRL's score normalisation).",
+    )
     whiten_advantages: bool = Field(True, description="Whiten advantages over each worker's rollout batch.")
 
 
@@ -209,11 +252,17 @@ class GrpoStage(_RlStage):
 
     name: Literal["grpo"] = "grpo"
     group_size: int = Field(4, description="Responses sampled per prompt (at least 2).")
-    advantage: Literal["grpo", "rloo"] = Field("grpo", description="grpo: score minus the group mean, over the group "
-                                              "std; rloo: score minus the mean of the others.")
+    advantage: Literal["grpo", "rloo"] = Field(
+        "grpo",
+        description="grpo: score minus the group mean, over the group std; rloo: score minus the mean of the others.",
+    )
     normalize_std: bool = Field(True, description="GRPO: divide by the group's std (false: Dr. GRPO).")
-    kl_coef: float = Field(0.04, ge=0, description="Weight of the KL to the reference in the loss (0: no reference pass).")
-    kl_estimator: Literal["k1", "k2", "k3", "abs"] = Field("k3", description="Per-token estimator of KL(policy || reference).")
+    kl_coef: float = Field(
+        0.04, ge=0, description="Weight of the KL to the reference in the loss (0: no reference pass)."
+    )
+    kl_estimator: Literal["k1", "k2", "k3", "abs"] = Field(
+        "k3", description="Per-token estimator of KL(policy || reference)."
+    )
 
     @property
     def responses_per_prompt(self) -> int:
@@ -223,13 +272,17 @@ class GrpoStage(_RlStage):
     @classmethod
     def _group(cls, v: int) -> int:
         if v < 2:
-            raise ValueError(f"GRPO compares each response with the others for its prompt, so it needs at least 2 per "
-                             f"prompt; got {v}")
+            raise ValueError(
+                f"GRPO compares each response with the others for its prompt, so it needs at least 2 per "
+                f"prompt; got {v}"
+            )
         return v
 
 
-StageConfig = Annotated[Union[PretrainStage, SftStage, RewardStage, DpoStage, KtoStage, OrpoStage, SimpoStage,
-                              PpoStage, GrpoStage], Field(discriminator="name")]
+StageConfig = Annotated[
+    PretrainStage | SftStage | RewardStage | DpoStage | KtoStage | OrpoStage | SimpoStage | PpoStage | GrpoStage,
+    Field(discriminator="name"),
+]
 
 
 def section(name: str) -> StageSection:

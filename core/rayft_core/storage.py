@@ -100,7 +100,7 @@ def fetch(location: str, local: Path) -> None:
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return
     for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
-        relative = info.path[len(path):].lstrip("/")
+        relative = info.path[len(path) :].lstrip("/")
         if info.type != pafs.FileType.File or relative.startswith(CHECKPOINT_PREFIX) or relative.startswith("."):
             continue
         target = local / relative

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from rayft_core.config import UNION_TAGS, RunConfig, validate_config
-from rayft_core.sweep_config import SweepConfig
 from rayft_core.schema import ConfigError, set_key
+from rayft_core.sweep_config import SweepConfig
 
 # A trial's run directory keeps these whatever the retention rule: what it did and how well.
 RECORD_FILES = ("rayft_run.yaml", "metrics.jsonl", "summary.json", "events.jsonl", "loss.png")
@@ -41,13 +41,16 @@ def check_space(base: dict, sweep: SweepConfig) -> list[str]:
                 break
     metric = sweep.metric
     if not metric.startswith(("train/", "eval/")):
-        problems.append(f"tune.metric: runs report train/* (at logging steps) and eval/* (at evaluation steps), "
-                        f"got {metric!r}")
+        problems.append(
+            f"tune.metric: runs report train/* (at logging steps) and eval/* (at evaluation steps), got {metric!r}"
+        )
     elif metric.startswith("eval/"):
         data = base.get("data", {})
         if not (data.get("eval") or data.get("val_size")):
-            problems.append(f"tune.metric: {metric} needs evaluation data (data.eval or data.val_size); or sweep "
-                            "on a train/* metric")
+            problems.append(
+                f"tune.metric: {metric} needs evaluation data (data.eval or data.val_size); or sweep "
+                "on a train/* metric"
+            )
     return problems
 
 
@@ -86,8 +89,17 @@ def _fmt(v: Any) -> str:
 
 def table(rows: list[TrialRow], keys: list[str], metric: str) -> str:
     header = ["trial", *keys, metric, "steps", "time_s", "state"]
-    body = [[r.trial, *(_fmt(r.params.get(k)) for k in keys), _fmt(r.metric), _fmt(r.steps),
-             _fmt(round(r.seconds, 1) if r.seconds is not None else None), r.state] for r in rows]
+    body = [
+        [
+            r.trial,
+            *(_fmt(r.params.get(k)) for k in keys),
+            _fmt(r.metric),
+            _fmt(r.steps),
+            _fmt(round(r.seconds, 1) if r.seconds is not None else None),
+            r.state,
+        ]
+        for r in rows
+    ]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
     return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, *body])
 
@@ -117,7 +129,9 @@ def plot(rows: list[TrialRow], sweep: SweepConfig, path: Path) -> Path | None:
         values = [r.params.get(key) for r in scored]
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
         xs = values if numeric else [str(v) for v in values]
-        ax.scatter(xs, [r.metric for r in scored], c=["tab:green" if r.state == "finished" else "tab:orange" for r in scored])
+        ax.scatter(
+            xs, [r.metric for r in scored], c=["tab:green" if r.state == "finished" else "tab:orange" for r in scored]
+        )
         if "loguniform" in sweep.space[key]:
             ax.set_xscale("log")
         ax.set_xlabel(key)

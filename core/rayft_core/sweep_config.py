@@ -16,25 +16,48 @@ class SweepConfig(Section):
     """A hyperparameter sweep over run keys: `rayft tune`. Each trial is a whole training run."""
 
     space: dict[str, dict[str, Any]] = Field(
-        ..., min_length=1, description="Run key -> distribution: {choice: [..]}, {grid: [..]} (every value, each "
+        ...,
+        min_length=1,
+        description="Run key -> distribution: {choice: [..]}, {grid: [..]} (every value, each "
         "combined with the other grid keys), {uniform: [low, high]} or {loguniform: [low, high]}. "
-        "Example: {tuning.rank: {choice: [8, 16]}, train.learning_rate: {loguniform: [1e-5, 1e-3]}}.")
+        "Example: {tuning.rank: {choice: [8, 16]}, train.learning_rate: {loguniform: [1e-5, 1e-3]}}.",
+    )
     num_samples: int = Field(4, ge=1, description="Trials to sample (with grid keys: samples per grid point).")
     search: Literal["random", "grid", "optuna"] = Field(
-        "random", description="random and grid: Ray Tune's variant generator (grid needs only grid/choice keys); "
-        "optuna: TPE (pip install 'rayft[tune]'), no grid keys.")
-    scheduler: Literal["fifo", "asha"] = Field("asha", description="asha stops trials whose metric trails the others' "
-                                               "at the same step (their workers are freed); fifo runs every trial to the end.")
-    metric: str = Field("eval/loss", description="What the sweep optimizes: a metric the runs report (train/* at "
-                        "logging steps, eval/* at evaluation steps).")
+        "random",
+        description="random and grid: Ray Tune's variant generator (grid needs only grid/choice keys); "
+        "optuna: TPE (pip install 'rayft[tune]'), no grid keys.",
+    )
+    scheduler: Literal["fifo", "asha"] = Field(
+        "asha",
+        description="asha stops trials whose metric trails the others' "
+        "at the same step (their workers are freed); fifo runs every trial to the end.",
+    )
+    metric: str = Field(
+        "eval/loss",
+        description="What the sweep optimizes: a metric the runs report (train/* at "
+        "logging steps, eval/* at evaluation steps).",
+    )
     mode: Literal["min", "max"] = Field("min", description="Minimize or maximize the metric.")
-    max_concurrent_trials: int | None = Field(None, ge=1, description="Trials at once. None: as many as the cluster's "
-                                              "CPUs (GPUs) hold, each trial taking cluster.num_workers workers.")
-    grace_period: int | None = Field(None, ge=1, description="ASHA: optimizer steps every trial runs before it can "
-                                     "be stopped. None: the first step that reports the metric.")
+    max_concurrent_trials: int | None = Field(
+        None,
+        ge=1,
+        description="Trials at once. None: as many as the cluster's "
+        "CPUs (GPUs) hold, each trial taking cluster.num_workers workers.",
+    )
+    grace_period: int | None = Field(
+        None,
+        ge=1,
+        description="ASHA: optimizer steps every trial runs before it can "
+        "be stopped. None: the first step that reports the metric.",
+    )
     reduction_factor: float = Field(2.0, gt=1, description="ASHA: the share of trials kept at each rung is 1/this.")
-    keep_top: int = Field(1, ge=1, description="Trials whose trained model files are kept (best first); the others "
-                          "keep their metrics, summary and config only.")
+    keep_top: int = Field(
+        1,
+        ge=1,
+        description="Trials whose trained model files are kept (best first); the others "
+        "keep their metrics, summary and config only.",
+    )
 
     @field_validator("space")
     @classmethod
@@ -51,18 +74,23 @@ class SweepConfig(Section):
             elif kind in ("uniform", "loguniform"):
                 ok = isinstance(values, list) and len(values) == 2 and all(isinstance(v, (int, float)) for v in values)
                 if not ok or values[0] >= values[1] or (kind == "loguniform" and values[0] <= 0):
-                    problems.append(f"{key}: {kind} needs [low, high] with low < high" +
-                                    (" and low > 0" if kind == "loguniform" else "") + f", got {values!r}")
+                    problems.append(
+                        f"{key}: {kind} needs [low, high] with low < high"
+                        + (" and low > 0" if kind == "loguniform" else "")
+                        + f", got {values!r}"
+                    )
         if problems:
             raise ValueError("; ".join(problems))
         return space
 
     @model_validator(mode="after")
-    def _search_fits_space(self) -> "SweepConfig":
+    def _search_fits_space(self) -> SweepConfig:
         kinds = {next(iter(d)) for d in self.space.values()}
         if self.search == "grid" and kinds - {"grid", "choice"}:
-            raise ValueError("search: grid enumerates values; every space key needs grid or choice, got "
-                             f"{sorted(kinds - {'grid', 'choice'})}")
+            raise ValueError(
+                "search: grid enumerates values; every space key needs grid or choice, got "
+                f"{sorted(kinds - {'grid', 'choice'})}"
+            )
         if self.search == "optuna" and "grid" in kinds:
             raise ValueError("search: optuna samples; use choice instead of grid")
         return self

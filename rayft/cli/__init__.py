@@ -36,7 +36,9 @@ from rayft.cli.eval import eval_group
 from rayft.cli.export import export as export_command
 from rayft.cli.k8s import k8s_group
 from rayft.cli.serve import chat_command, infer_command, serve_command
-from rayft.cli.train import submit as submit_command, train as train_command, tune_command
+from rayft.cli.train import submit as submit_command
+from rayft.cli.train import train as train_command
+from rayft.cli.train import tune_command
 
 
 @click.group(cls=RayftGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -46,10 +48,25 @@ def main(verbose: bool) -> None:
 
     Runs join the cluster named by RAY_ADDRESS, or start a local one.
     """
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
 
 
-for _command in (train_command, tune_command, submit_command, export_command, eval_group, data_group, config_group,
-                 serve_command, infer_command, chat_command, demo_command, k8s_group):
+for _command in (
+    train_command,
+    tune_command,
+    submit_command,
+    export_command,
+    eval_group,
+    data_group,
+    config_group,
+    serve_command,
+    infer_command,
+    chat_command,
+    demo_command,
+    k8s_group,
+):
     main.add_command(_command)

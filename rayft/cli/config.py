@@ -19,8 +19,12 @@ def config() -> None:
 @config.command("validate")
 @click.argument("config_path", type=click.Path(exists=True, dir_okay=False))
 @click.argument("overrides", nargs=-1)
-@click.option("--schema-only", is_flag=True, help="Check the config's keys and values only: for a config meant for "
-              "another machine (a cluster), whose model, data and storage paths exist only there.")
+@click.option(
+    "--schema-only",
+    is_flag=True,
+    help="Check the config's keys and values only: for a config meant for "
+    "another machine (a cluster), whose model, data and storage paths exist only there.",
+)
 def config_validate(config_path: str, overrides: tuple[str, ...], schema_only: bool) -> None:
     """Check CONFIG_PATH (with OVERRIDES) without running anything: the schema, and all that `rayft train`
     checks before it starts a cluster: the model and tokenizer, LoRA targets, the datasets (names, files, the
@@ -31,8 +35,10 @@ def config_validate(config_path: str, overrides: tuple[str, ...], schema_only: b
     run = load_run(config_path, overrides)
     if not schema_only:
         check_config(run.with_absolute_paths(), output=ownership.SWEEP if run.tune else ownership.RUN)
-    click.echo(f"{config_path}: valid ({run.stage.name}, {run.tuning.method}, {run.cluster.num_workers} worker(s), "
-               f"ZeRO-{run.deepspeed.zero_stage})")
+    click.echo(
+        f"{config_path}: valid ({run.stage.name}, {run.tuning.method}, {run.cluster.num_workers} worker(s), "
+        f"ZeRO-{run.deepspeed.zero_stage})"
+    )
 
 
 @config.command("schema")
@@ -45,9 +51,13 @@ def config_schema() -> None:
 
 @config.command("import-llamafactory")
 @click.argument("lf_path", type=click.Path(exists=True, dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False),
-              help="Write the rayft YAML here instead of printing it (a new file, or an existing one with "
-                   "--overwrite; never LF_PATH itself).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Write the rayft YAML here instead of printing it (a new file, or an existing one with "
+    "--overwrite; never LF_PATH itself).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT when it exists.")
 def config_import_llamafactory(lf_path: str, output: str | None, overwrite: bool) -> None:
     """Translate the LLaMA-Factory 0.9.5 training YAML LF_PATH into a rayft run config.
@@ -79,8 +89,10 @@ def _translate_llamafactory(lf_path: str, raw: dict) -> tuple[dict, list[str]]:
     from rayft_core.llamafactory import is_error, looks_like_llamafactory, translate
 
     if not looks_like_llamafactory(raw):
-        raise UserInputError(f"{lf_path}: not a LLaMA-Factory training YAML (no model_name_or_path, dataset, "
-                             f"finetuning_type... at the top level)")
+        raise UserInputError(
+            f"{lf_path}: not a LLaMA-Factory training YAML (no model_name_or_path, dataset, "
+            f"finetuning_type... at the top level)"
+        )
     translated, notes = translate(raw)
     errors = [n for n in notes if is_error(n)]
     if errors:

@@ -1,8 +1,8 @@
 """`rayft data`: look at, and prepare, the training data of a run (no training).
 
-    rayft data preview run.yaml        rendered rows, counts, lengths, packing fill, bad rows
-    rayft data prepare run.yaml -o DIR tokenize once into Parquet that later runs train from
-    rayft data templates               the named chat templates
+rayft data preview run.yaml        rendered rows, counts, lengths, packing fill, bad rows
+rayft data prepare run.yaml -o DIR tokenize once into Parquet that later runs train from
+rayft data templates               the named chat templates
 """
 
 from __future__ import annotations
@@ -43,10 +43,19 @@ def data_preview(config_path: str, overrides: tuple[str, ...], examples: int) ->
 @data_group.command("prepare")
 @click.argument("config_path", type=click.Path(exists=True, dir_okay=False))
 @click.argument("overrides", nargs=-1)
-@click.option("-o", "--output", required=True, help="Directory (local, shared or s3://...) for the Parquet files: "
-              "new or empty, or earlier prepared data with --overwrite.")
-@click.option("--overwrite", is_flag=True, help="Replace prepared data that rayft wrote in OUTPUT before (nothing else "
-              "is ever deleted: a directory holding other files is refused).")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    help="Directory (local, shared or s3://...) for the Parquet files: "
+    "new or empty, or earlier prepared data with --overwrite.",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace prepared data that rayft wrote in OUTPUT before (nothing else "
+    "is ever deleted: a directory holding other files is refused).",
+)
 def data_prepare(config_path: str, overrides: tuple[str, ...], output: str, overwrite: bool) -> None:
     """Tokenize CONFIG_PATH's training data once and write it as Parquet (input_ids, labels with
     -100 where no loss, position_ids when packed) plus a manifest. Train from it with
@@ -73,12 +82,16 @@ def data_templates() -> None:
 
     from rayft_core.data.templates import TEMPLATES
 
-    sample = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-              {"role": "assistant", "content": "Hello!"}]
+    sample = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+    ]
     for name, source in TEMPLATES.items():
         try:
-            text = render_jinja_template(conversations=[sample], chat_template=source, bos_token="<bos>",
-                                         eos_token="<eos>")[0][0]
+            text = render_jinja_template(
+                conversations=[sample], chat_template=source, bos_token="<bos>", eos_token="<eos>"
+            )[0][0]
         except Exception as e:  # a template may refuse a system turn; say so instead of failing the list
             text = f"(cannot render this sample: {e})"
         click.echo(f"── {name} ──\n{text}\n")

@@ -31,32 +31,81 @@ def eval_group() -> None:
 
 
 @eval_group.command("mc")
-@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="A model directory, a rayft run's output, or a PEFT adapter directory (loaded on its base).")
-@click.option("--task-dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="A benchmark in MMLU, C-Eval or CMMLU layout: dev/ plus test/ or val/ CSVs, optional mapping.json.")
-@click.option("--n-shot", default=5, show_default=True, type=click.IntRange(min=0),
-              help="Solved dev examples before each question.")
+@click.option(
+    "--model",
+    "model_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="A model directory, a rayft run's output, or a PEFT adapter directory (loaded on its base).",
+)
+@click.option(
+    "--task-dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="A benchmark in MMLU, C-Eval or CMMLU layout: dev/ plus test/ or val/ CSVs, optional mapping.json.",
+)
+@click.option(
+    "--n-shot",
+    default=5,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Solved dev examples before each question.",
+)
 @click.option("--subjects", help="Comma-separated subjects to evaluate [default: all of the split].")
-@click.option("--lang", type=click.Choice(["en", "zh"]), default="en", show_default=True,
-              help="Prompt language: en for MMLU, zh for C-Eval and CMMLU.")
-@click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True,
-              help="The split to score (C-Eval's test answers are private: use val).")
-@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1),
-              help="Questions per forward pass.")
-@click.option("--template", type=click.Choice(list(TEMPLATES)),
-              help="A named chat template instead of the tokenizer's own (see `rayft data templates`).")
-@click.option("--base-model", type=click.Path(exists=True, file_okay=False),
-              help="The base of an adapter [default: adapter_config.json's base_model_name_or_path].")
+@click.option(
+    "--lang",
+    type=click.Choice(["en", "zh"]),
+    default="en",
+    show_default=True,
+    help="Prompt language: en for MMLU, zh for C-Eval and CMMLU.",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["test", "val"]),
+    default="test",
+    show_default=True,
+    help="The split to score (C-Eval's test answers are private: use val).",
+)
+@click.option(
+    "--batch-size", default=4, show_default=True, type=click.IntRange(min=1), help="Questions per forward pass."
+)
+@click.option(
+    "--template",
+    type=click.Choice(list(TEMPLATES)),
+    help="A named chat template instead of the tokenizer's own (see `rayft data templates`).",
+)
+@click.option(
+    "--base-model",
+    type=click.Path(exists=True, file_okay=False),
+    help="The base of an adapter [default: adapter_config.json's base_model_name_or_path].",
+)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
-              show_default=True, help="auto: bfloat16 on Ampere+ GPUs, float16 on older ones, float32 on CPU.")
-@click.option("--output", type=click.Path(dir_okay=False),
-              help="Write the results (and every prediction) as JSON here.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    default="auto",
+    show_default=True,
+    help="auto: bfloat16 on Ampere+ GPUs, float16 on older ones, float32 on CPU.",
+)
+@click.option(
+    "--output", type=click.Path(dir_okay=False), help="Write the results (and every prediction) as JSON here."
+)
 @_OVERWRITE
-def mc(model_dir: str, task_dir: str, n_shot: int, subjects: str | None, lang: str, split: str, batch_size: int,
-       template: str | None, base_model: str | None, device: str, dtype: str, output: str | None,
-       overwrite: bool) -> None:
+def mc(
+    model_dir: str,
+    task_dir: str,
+    n_shot: int,
+    subjects: str | None,
+    lang: str,
+    split: str,
+    batch_size: int,
+    template: str | None,
+    base_model: str | None,
+    device: str,
+    dtype: str,
+    output: str | None,
+    overwrite: bool,
+) -> None:
     """Accuracy on a multiple-choice benchmark: the answer is the letter A-D with the highest next-token
     logit after the question, rendered with the model's chat template after N_SHOT solved examples.
 
@@ -73,8 +122,9 @@ def mc(model_dir: str, task_dir: str, n_shot: int, subjects: str | None, lang: s
     results = evaluate(model, tokenizer, tasks, n_shot, STYLES[lang], batch_size, max_len)
     summary = summarize(results)
     click.echo(mc_table(summary))
-    _write(output, {"model": model_dir, "task_dir": task_dir, "split": split, "n_shot": n_shot, "lang": lang,
-                    **summary})
+    _write(
+        output, {"model": model_dir, "task_dir": task_dir, "split": split, "n_shot": n_shot, "lang": lang, **summary}
+    )
 
 
 @eval_group.command("similarity")

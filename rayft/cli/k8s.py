@@ -15,13 +15,27 @@ from rayft.k8s import KINDS, build_values, dump_values, release_name, render, to
 
 _config_arg = click.argument("config_path", type=click.Path(exists=True, dir_okay=False))
 _options = [
-    click.option("--kind", type=click.Choice(KINDS), help="What to make [default: service for a serving config, "
-                 "tune for a run with a tune: section, else job]. cluster: a long-lived RayCluster."),
-    click.option("-f", "--values", "values_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
-                 help="A YAML of chart values over the config's (repeatable; see helm/rayft/values.yaml)."),
-    click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-                 help="A chart value, as `helm --set` takes it: storage.uri=s3://b/runs, workers[0].memory=32Gi "
-                      "(repeatable)."),
+    click.option(
+        "--kind",
+        type=click.Choice(KINDS),
+        help="What to make [default: service for a serving config, "
+        "tune for a run with a tune: section, else job]. cluster: a long-lived RayCluster.",
+    ),
+    click.option(
+        "-f",
+        "--values",
+        "values_files",
+        multiple=True,
+        type=click.Path(exists=True, dir_okay=False),
+        help="A YAML of chart values over the config's (repeatable; see helm/rayft/values.yaml).",
+    ),
+    click.option(
+        "--set",
+        "sets",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="A chart value, as `helm --set` takes it: storage.uri=s3://b/runs, workers[0].memory=32Gi (repeatable).",
+    ),
 ]
 
 
@@ -38,15 +52,28 @@ def k8s_group() -> None:
 
 @k8s_group.command("render")
 @_with_options
-@click.option("--name", help="Release name: the RayJob/RayService/RayCluster's name [default: output.name or the "
-              "serving config's name].")
+@click.option(
+    "--name",
+    help="Release name: the RayJob/RayService/RayCluster's name [default: output.name or the serving config's name].",
+)
 @click.option("-n", "--namespace", default="default", show_default=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False),
-              help="Write the manifests here instead of printing them (a new file, or an existing one with "
-                   "--overwrite).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Write the manifests here instead of printing them (a new file, or an existing one with --overwrite).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT when it exists.")
-def render_command(config_path: str, kind: str | None, values_files: tuple[str, ...], sets: tuple[str, ...],
-                   name: str | None, namespace: str, output: str | None, overwrite: bool) -> None:
+def render_command(
+    config_path: str,
+    kind: str | None,
+    values_files: tuple[str, ...],
+    sets: tuple[str, ...],
+    name: str | None,
+    namespace: str,
+    output: str | None,
+    overwrite: bool,
+) -> None:
     """Render CONFIG_PATH (a run or serving config) into KubeRay manifests: a RayJob for a run (`rayft train`),
     a RayJob for a sweep (`rayft tune`), a RayService for a serving config, or --kind cluster.
 

@@ -12,9 +12,13 @@ from rayft_core.errors import UserInputError
 @click.command("serve", context_settings={"ignore_unknown_options": True})
 @click.argument("config_path", required=False)
 @click.argument("overrides", nargs=-1)
-@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False),
-              help="Serve one `rayft train` output instead of a config: its merged/ model, its full model, or its "
-              "LoRA adapter on the base it was trained from.")
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="Serve one `rayft train` output instead of a config: its merged/ model, its full model, or its "
+    "LoRA adapter on the base it was trained from.",
+)
 def serve_command(config_path: str | None, model_dir: str | None, overrides: tuple[str, ...]) -> None:
     """Serve models over the OpenAI API (Ray Serve + vLLM) until Ctrl-C.
 
@@ -39,22 +43,50 @@ def serve_command(config_path: str | None, model_dir: str | None, overrides: tup
 @click.command("infer", context_settings={"ignore_unknown_options": True})
 @click.argument("config_path", type=click.Path(exists=True, dir_okay=False))
 @click.argument("overrides", nargs=-1)
-@click.option("-o", "--output", required=True, help="The JSONL file to write, one line per row (a new file, or an "
-              "existing one with --overwrite).")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    help="The JSONL file to write, one line per row (a new file, or an existing one with --overwrite).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT when it exists.")
-@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False),
-              help="The model to generate with (default: the run's output, output.storage_path/output.name).")
-@click.option("--split", type=click.Choice(["eval", "train"]), default="eval", show_default=True,
-              help="Which datasets of the run: data.eval or data.train.")
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="The model to generate with (default: the run's output, output.storage_path/output.name).",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["eval", "train"]),
+    default="eval",
+    show_default=True,
+    help="Which datasets of the run: data.eval or data.train.",
+)
 @click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(min=1))
 @click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0), help="0: greedy.")
 @click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True))
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1), help="Rows per vLLM batch.")
-@click.option("--engines", default=1, show_default=True, type=click.IntRange(min=1),
-              help="vLLM engines (Ray Data actors) generating at once.")
-def infer_command(config_path: str, overrides: tuple[str, ...], output: str, overwrite: bool, model_dir: str | None,
-                  split: str, max_new_tokens: int, temperature: float, top_p: float, batch_size: int,
-                  engines: int) -> None:
+@click.option(
+    "--engines",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="vLLM engines (Ray Data actors) generating at once.",
+)
+def infer_command(
+    config_path: str,
+    overrides: tuple[str, ...],
+    output: str,
+    overwrite: bool,
+    model_dir: str | None,
+    split: str,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    batch_size: int,
+    engines: int,
+) -> None:
     """Generate for every row of a run's datasets with Ray Data + vLLM; write JSONL.
 
     Each line: {"dataset", "row", "messages", "prediction", "reference"} (reference: the row's own answer, when
@@ -75,24 +107,40 @@ def infer_command(config_path: str, overrides: tuple[str, ...], output: str, ove
     check_data_inputs(run, (f"data.{split}",), model=False)  # the model is the run's output
     connect()
     with tqdm(desc="generated", unit="row") as bar:
-        summary = infer(run, model_dir, f"data.{split}", output, GenerationParams(max_new_tokens, temperature, top_p),
-                        batch_size, engines, progress=lambda n: bar.update(n - bar.n))
+        summary = infer(
+            run,
+            model_dir,
+            f"data.{split}",
+            output,
+            GenerationParams(max_new_tokens, temperature, top_p),
+            batch_size,
+            engines,
+            progress=lambda n: bar.update(n - bar.n),
+        )
     click.echo(f"wrote {summary['rows']} rows to {summary['output']}")
     if summary["bad_rows"]:
-        click.echo(f"{summary['bad_rows']} rows could not be used, e.g.:\n  " + "\n  ".join(summary["first_bad_rows"]),
-                   err=True)
+        click.echo(
+            f"{summary['bad_rows']} rows could not be used, e.g.:\n  " + "\n  ".join(summary["first_bad_rows"]),
+            err=True,
+        )
 
 
 @click.command("chat")
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--engine", type=click.Choice(["auto", "hf", "vllm"]), default="auto", show_default=True,
-              help="auto: vLLM on CUDA when installed, else transformers (on CPU it answers before vLLM has started).")
+@click.option(
+    "--engine",
+    type=click.Choice(["auto", "hf", "vllm"]),
+    default="auto",
+    show_default=True,
+    help="auto: vLLM on CUDA when installed, else transformers (on CPU it answers before vLLM has started).",
+)
 @click.option("--system", help="A system prompt for the whole conversation.")
 @click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(min=1))
 @click.option("--temperature", default=0.7, show_default=True, type=click.FloatRange(min=0), help="0: greedy.")
 @click.option("--top-p", default=0.9, show_default=True, type=click.FloatRange(0, 1, min_open=True))
-def chat_command(model_dir: str, engine: str, system: str | None, max_new_tokens: int, temperature: float,
-                 top_p: float) -> None:
+def chat_command(
+    model_dir: str, engine: str, system: str | None, max_new_tokens: int, temperature: float, top_p: float
+) -> None:
     """Chat with MODEL_DIR (a `rayft train` output, its merged/ folder or a model) in the terminal.
 
     Replies stream as they are generated, rendered with the chat template the model was trained with.

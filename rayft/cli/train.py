@@ -15,8 +15,12 @@ from rayft_core.schema import ConfigError
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.argument("config_path", type=click.Path(exists=True, dir_okay=False))
 @click.argument("overrides", nargs=-1)
-@click.option("--resume", is_flag=True, help="Continue the run in output.storage_path/output.name from its latest "
-              "checkpoint (checkpoint.save_steps), with the same model, tuning method, stage and workers.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run in output.storage_path/output.name from its latest "
+    "checkpoint (checkpoint.save_steps), with the same model, tuning method, stage and workers.",
+)
 def train(config_path: str, overrides: tuple[str, ...], resume: bool) -> None:
     """Train with the run config CONFIG_PATH; OVERRIDES are key.path=value pairs.
 
@@ -26,8 +30,10 @@ def train(config_path: str, overrides: tuple[str, ...], resume: bool) -> None:
 
     run = load_run(config_path, overrides)
     if run.tune is not None:
-        raise UserInputError(f"{config_path}: this run has a tune: section (a sweep); run it with `rayft tune "
-                             f"{config_path}`, or remove the section to train once")
+        raise UserInputError(
+            f"{config_path}: this run has a tune: section (a sweep); run it with `rayft tune "
+            f"{config_path}`, or remove the section to train once"
+        )
     out = run_training(run, resume=resume)
     click.echo(f"done: outputs in {out}")
 
@@ -35,11 +41,18 @@ def train(config_path: str, overrides: tuple[str, ...], resume: bool) -> None:
 @click.command("tune", context_settings={"ignore_unknown_options": True})
 @click.argument("config_path", type=click.Path(exists=True, dir_okay=False))
 @click.argument("overrides", nargs=-1)
-@click.option("--space", "space_path", type=click.Path(exists=True, dir_okay=False),
-              help="A YAML with the sweep (the keys of a run's tune: section, or a tune: mapping); replaces the run's "
-                   "own.")
-@click.option("--resume", is_flag=True, help="Continue the sweep in output.storage_path/output.name after its driver "
-              "stopped: finished trials are kept, unfinished ones continue from their latest checkpoint.")
+@click.option(
+    "--space",
+    "space_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A YAML with the sweep (the keys of a run's tune: section, or a tune: mapping); replaces the run's own.",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the sweep in output.storage_path/output.name after its driver "
+    "stopped: finished trials are kept, unfinished ones continue from their latest checkpoint.",
+)
 def tune_command(config_path: str, overrides: tuple[str, ...], space_path: str | None, resume: bool) -> None:
     """Sweep hyperparameters of the run CONFIG_PATH on Ray Tune; every trial is a rayft training run.
 
@@ -70,28 +83,55 @@ def tune_command(config_path: str, overrides: tuple[str, ...], space_path: str |
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.argument("config_path", type=click.Path(exists=True, dir_okay=False))
 @click.argument("overrides", nargs=-1)
-@click.option("--address", envvar="RAY_API_SERVER_ADDRESS", required=True,
-              help="The cluster's job server (its dashboard), e.g. http://HEAD:8265; or set RAY_API_SERVER_ADDRESS.")
-@click.option("--runtime-env", "runtime_env_path", type=click.Path(exists=True, dir_okay=False),
-              help="runtime_env YAML: working_dir, excludes, py_modules, env_vars, pip [default: jobs/runtime_env.yaml "
-                   "when present].")
-@click.option("--working-dir", type=click.Path(exists=True, file_okay=False),
-              help="The directory to upload; CONFIG_PATH must lie inside [default: the runtime_env's working_dir].")
-@click.option("--env", "env_vars", multiple=True, metavar="KEY=VALUE",
-              help="An environment variable of the job (repeatable). The Ray dashboard shows it: give secrets to the "
-                   "cluster instead (a Kubernetes Secret, the nodes' environment); one that looks like a secret is "
-                   "warned about.")
-@click.option("--entrypoint-num-cpus", type=float,
-              help="CPUs reserved for the driver (`rayft train`) [default: 0, on the head].")
+@click.option(
+    "--address",
+    envvar="RAY_API_SERVER_ADDRESS",
+    required=True,
+    help="The cluster's job server (its dashboard), e.g. http://HEAD:8265; or set RAY_API_SERVER_ADDRESS.",
+)
+@click.option(
+    "--runtime-env",
+    "runtime_env_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="runtime_env YAML: working_dir, excludes, py_modules, env_vars, pip [default: jobs/runtime_env.yaml "
+    "when present].",
+)
+@click.option(
+    "--working-dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="The directory to upload; CONFIG_PATH must lie inside [default: the runtime_env's working_dir].",
+)
+@click.option(
+    "--env",
+    "env_vars",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="An environment variable of the job (repeatable). The Ray dashboard shows it: give secrets to the "
+    "cluster instead (a Kubernetes Secret, the nodes' environment); one that looks like a secret is "
+    "warned about.",
+)
+@click.option(
+    "--entrypoint-num-cpus", type=float, help="CPUs reserved for the driver (`rayft train`) [default: 0, on the head]."
+)
 @click.option("--entrypoint-num-gpus", type=float, help="GPUs reserved for the driver.")
-@click.option("--entrypoint-resources", metavar="JSON",
-              help='Custom resources the driver needs, e.g. \'{"driver": 1}\'.')
+@click.option(
+    "--entrypoint-resources", metavar="JSON", help="Custom resources the driver needs, e.g. '{\"driver\": 1}'."
+)
 @click.option("--submission-id", help="The job's id [default: one Ray chooses, raysubmit_...].")
 @click.option("--no-wait", is_flag=True, help="Return once the job is submitted instead of following its logs.")
-def submit(config_path: str, overrides: tuple[str, ...], address: str, runtime_env_path: str | None,
-           working_dir: str | None, env_vars: tuple[str, ...], entrypoint_num_cpus: float | None,
-           entrypoint_num_gpus: float | None, entrypoint_resources: str | None, submission_id: str | None,
-           no_wait: bool) -> None:
+def submit(
+    config_path: str,
+    overrides: tuple[str, ...],
+    address: str,
+    runtime_env_path: str | None,
+    working_dir: str | None,
+    env_vars: tuple[str, ...],
+    entrypoint_num_cpus: float | None,
+    entrypoint_num_gpus: float | None,
+    entrypoint_resources: str | None,
+    submission_id: str | None,
+    no_wait: bool,
+) -> None:
     """Run CONFIG_PATH (with OVERRIDES) as a Ray job on the cluster at --address, as `ray job submit` does:
     the working dir is uploaded (without .git, outputs, virtualenvs) and the job runs `rayft train CONFIG_PATH
     OVERRIDES` in it. Never uploaded, whatever the runtime_env says: .env*, *.pem, *.key, .aws/, .netrc,
@@ -107,7 +147,15 @@ def submit(config_path: str, overrides: tuple[str, ...], address: str, runtime_e
 
     run = load_run(config_path, overrides)  # a bad config stops here, before anything is contacted
     succeeded = submit_run(
-        run, config_path, overrides, address, runtime_env_path=runtime_env_path, working_dir=working_dir,
-        env_vars=parse_env_vars(env_vars), submission_id=submission_id, wait=not no_wait,
-        where=Entrypoint.parse(entrypoint_num_cpus, entrypoint_num_gpus, entrypoint_resources))
+        run,
+        config_path,
+        overrides,
+        address,
+        runtime_env_path=runtime_env_path,
+        working_dir=working_dir,
+        env_vars=parse_env_vars(env_vars),
+        submission_id=submission_id,
+        wait=not no_wait,
+        where=Entrypoint.parse(entrypoint_num_cpus, entrypoint_num_gpus, entrypoint_resources),
+    )
     sys.exit(0 if succeeded else 1)

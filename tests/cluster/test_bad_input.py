@@ -17,7 +17,9 @@ pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 
 def _run(tiny_model, workdir, alpaca_file, name, **sections):
-    return run_config(tiny_model("llama"), [{"path": str(alpaca_file), "format": "alpaca"}], workdir / "bad", name, **sections)
+    return run_config(
+        tiny_model("llama"), [{"path": str(alpaca_file), "format": "alpaca"}], workdir / "bad", name, **sections
+    )
 
 
 def _refused(run, match: str) -> None:
@@ -35,7 +37,9 @@ def workdir_of(run):
 
 
 def test_missing_model_path(tiny_model, workdir, alpaca_file, tmp_path):
-    run = run_config(tmp_path / "no-such-model", [{"path": str(alpaca_file), "format": "alpaca"}], workdir / "bad", "nomodel")
+    run = run_config(
+        tmp_path / "no-such-model", [{"path": str(alpaca_file), "format": "alpaca"}], workdir / "bad", "nomodel"
+    )
     _refused(run, r"model.name_or_path: .*no-such-model.* has no config.json")
 
 
@@ -51,7 +55,9 @@ def test_more_workers_than_the_cluster_can_place(tiny_model, workdir, alpaca_fil
 
 def test_qlora_without_bitsandbytes_names_the_extra(tiny_model, workdir, alpaca_file, monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a)
+    )
     run = _run(tiny_model, workdir, alpaca_file, "qlora", tuning="qlora", deepspeed={"zero_stage": 2})
     _refused(run, r"pip install 'rayft\[qlora\]'")
 
@@ -75,7 +81,9 @@ def test_malformed_rows_name_file_and_row(tiny_model, workdir, tmp_path):
     from rayft_core.data.formats import DataError
 
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"instruction": "q", "output": "a"}\n{"instruction": "q"}\n{"instruction": "q", "output": "a"}\nnot json\n')
+    bad.write_text(
+        '{"instruction": "q", "output": "a"}\n{"instruction": "q"}\n{"instruction": "q", "output": "a"}\nnot json\n'
+    )
     run = run_config(tiny_model("llama"), [{"path": str(bad), "format": "alpaca"}], workdir / "bad", "rows")
     with pytest.raises(DataError) as e:
         train(run)
@@ -87,9 +95,17 @@ def test_malformed_rows_name_file_and_row(tiny_model, workdir, tmp_path):
 
 def test_cli_reports_config_errors_with_paths(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump({"model": {"name_or_path": "m"}, "tuning": {"method": "lora", "rank": 0},
-                                    "data": {"train": [{"path": "d.json", "format": "alpaca"}]},
-                                    "deepspeed": {"zero_stage": 3}, "trian": {}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name_or_path": "m"},
+                "tuning": {"method": "lora", "rank": 0},
+                "data": {"train": [{"path": "d.json", "format": "alpaca"}]},
+                "deepspeed": {"zero_stage": 3},
+                "trian": {},
+            }
+        )
+    )
     result = CliRunner().invoke(main, ["config", "validate", str(path)])
     assert result.exit_code == 2
     assert "tuning.rank: Input should be greater than or equal to 1, got 0" in result.output

@@ -26,8 +26,14 @@ STEPS, EVERY = 12, 4
 def _run(tiny_model, workdir, alpaca_file, name, **sections):
     sections.setdefault("cluster", {"num_workers": 2, "max_failures": 1})
     sections.setdefault("checkpoint", {"save_steps": EVERY, "keep": 2})
-    return run_config(tiny_model("llama"), [{"path": str(alpaca_file), "format": "alpaca"}], workdir / "ckpt", name,
-                      train={"max_steps": STEPS, "micro_batch_size": 2, "logging_steps": 1}, **sections)
+    return run_config(
+        tiny_model("llama"),
+        [{"path": str(alpaca_file), "format": "alpaca"}],
+        workdir / "ckpt",
+        name,
+        train={"max_steps": STEPS, "micro_batch_size": 2, "logging_steps": 1},
+        **sections,
+    )
 
 
 def _checkpoints(out: Path) -> list[Path]:
@@ -39,7 +45,11 @@ def _kill_a_worker_after_first_checkpoint(out: Path, timeout: float = 240) -> in
     deadline = time.time() + timeout
     while time.time() < deadline:
         if _checkpoints(out) and (out / "checkpoint_manager_snapshot.json").exists():
-            workers = [p for p in psutil.process_iter(["cmdline"]) if "ray::RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+            workers = [
+                p
+                for p in psutil.process_iter(["cmdline"])
+                if "ray::RayTrainWorker" in " ".join(p.info["cmdline"] or [])
+            ]
             if workers:
                 workers[-1].send_signal(signal.SIGKILL)
                 return workers[-1].pid
@@ -53,8 +63,15 @@ def uninterrupted(tiny_model, workdir, alpaca_file) -> list[float]:
     if the model, optimizer, scheduler and data position all came back."""
     from rayft.train import train
 
-    run = _run(tiny_model, workdir, alpaca_file, "uninterrupted", cluster={"num_workers": 2}, checkpoint={},
-               output={"report_to": ["tensorboard", "mlflow", "wandb"]})
+    run = _run(
+        tiny_model,
+        workdir,
+        alpaca_file,
+        "uninterrupted",
+        cluster={"num_workers": 2},
+        checkpoint={},
+        output={"report_to": ["tensorboard", "mlflow", "wandb"]},
+    )
     out = train(run)
     _check_summary_and_trackers(out)
     return [r["train/loss"] for r in read_metrics(out)]

@@ -14,9 +14,9 @@ from click.testing import CliRunner
 
 from rayft.cli import main
 from rayft.data import build_run_data, tokenize_section, write_prepared
-from rayft_core.data.mixing import interleave_counts
 from rayft.sources import MANIFEST
 from rayft_core.data.formats import DataError
+from rayft_core.data.mixing import interleave_counts
 from rayft_core.data.registry import DatasetError
 from rayft_core.train.outputs import read_metrics
 from tests.helpers import run_config
@@ -27,10 +27,14 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "data"
 
 
 def _named(tiny_model, workdir, names, name="data", **data):
-    return run_config(tiny_model("llama"), [{"dataset": n} for n in names], workdir / "data-runs", name,
-                      model={"name_or_path": str(tiny_model("llama")), "template": "qwen"},
-                      data={"dataset_dir": str(EXAMPLES), "train": [{"dataset": n} for n in names], "max_seq_len": 256,
-                            **data}).with_absolute_paths()
+    return run_config(
+        tiny_model("llama"),
+        [{"dataset": n} for n in names],
+        workdir / "data-runs",
+        name,
+        model={"name_or_path": str(tiny_model("llama")), "template": "qwen"},
+        data={"dataset_dir": str(EXAMPLES), "train": [{"dataset": n} for n in names], "max_seq_len": 256, **data},
+    ).with_absolute_paths()
 
 
 def _ids(ds) -> list[list[int]]:
@@ -40,8 +44,11 @@ def _ids(ds) -> list[list[int]]:
 def test_dataset_names_tools_and_validation_split(tiny_model, workdir):
     run = _named(tiny_model, workdir, ["assistant_alpaca", "assistant_sharegpt", "weather_tools"], val_size=0.25)
     data = build_run_data(run)
-    sizes = {"assistant_alpaca": len(json.loads((EXAMPLES / "assistant_alpaca.json").read_text())),
-             "assistant_sharegpt": 8, "weather_tools": 10}
+    sizes = {
+        "assistant_alpaca": len(json.loads((EXAMPLES / "assistant_alpaca.json").read_text())),
+        "assistant_sharegpt": 8,
+        "weather_tools": 10,
+    }
     assert {d.label: d.examples for d in data.report.datasets} == sizes
     assert data.train_rows + data.eval_rows == sum(sizes.values())
     assert data.eval_rows == pytest.approx(0.25 * sum(sizes.values()), abs=1)
@@ -49,7 +56,10 @@ def test_dataset_names_tools_and_validation_split(tiny_model, workdir):
 
 
 def test_bad_rows_stop_the_run_with_reasons_or_are_skipped_within_the_limit(tiny_model, workdir, tmp_path):
-    rows = [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(18)] + [{"instruction": "no answer"}, {"output": 1}]
+    rows = [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(18)] + [
+        {"instruction": "no answer"},
+        {"output": 1},
+    ]
     path = tmp_path / "mixed.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     run = run_config(tiny_model("llama"), [{"path": str(path)}], workdir / "data-runs", "bad")
@@ -63,8 +73,14 @@ def test_bad_rows_stop_the_run_with_reasons_or_are_skipped_within_the_limit(tiny
 
 
 def test_interleave_is_seeded_and_takes_the_drawn_counts(tiny_model, workdir):
-    run = _named(tiny_model, workdir, ["assistant_alpaca", "assistant_sharegpt"], mix="interleave",
-                 mix_probabilities=[0.5, 0.5], mix_stopping="all_exhausted")
+    run = _named(
+        tiny_model,
+        workdir,
+        ["assistant_alpaca", "assistant_sharegpt"],
+        mix="interleave",
+        mix_probabilities=[0.5, 0.5],
+        mix_stopping="all_exhausted",
+    )
     first, second = build_run_data(run), build_run_data(run)
     assert _ids(first.train) == _ids(second.train)
     sizes = [d.rows for d in first.report.datasets]
@@ -100,7 +116,8 @@ def test_prepare_cache_and_training_from_prepared_parquet(tiny_model, workdir, t
     from_parquet = run.model_copy(deep=True)
     from_parquet.data.train = [type(run.data.train[0])(path=str(out))]
     assert sorted(map(tuple, _ids(build_run_data(from_parquet).train))) == sorted(
-        map(tuple, table["input_ids"].to_pylist()))
+        map(tuple, table["input_ids"].to_pylist())
+    )
     from_parquet.data.packing = False
     with pytest.raises(DatasetError, match="prepared with packing on; set data.packing: true"):
         build_run_data(from_parquet)
@@ -133,19 +150,32 @@ def test_preview_marks_trained_tokens_and_reports(tiny_model, workdir, tmp_path)
     assert result.exit_code == 0, result.output
     assert "«I am an assistant fine-tuned with rayft" in result.output  # the answer is trained on...
     assert "«Who are you?" not in result.output  # ...the question is not
-    assert "assistant_sharegpt" in result.output and "tokens per row:" in result.output and "no unusable rows" in result.output
+    assert (
+        "assistant_sharegpt" in result.output
+        and "tokens per row:" in result.output
+        and "no unusable rows" in result.output
+    )
 
 
 def test_streamed_packed_sft_with_evaluation_two_workers(tiny_model, workdir, alpaca_file, sharegpt_file):
     """Streaming (nothing materialized) into 2 ZeRO-2 workers, packed rows, eval loss every 2 steps."""
     from rayft.train import train
 
-    run = run_config(tiny_model("llama"), [{"path": str(alpaca_file), "format": "alpaca"}], workdir / "runs", "stream",
-                     data={"train": [{"path": str(alpaca_file), "format": "alpaca"}],
-                           "eval": [{"path": str(sharegpt_file), "format": "sharegpt", "num_samples": 16}],
-                           "max_seq_len": 128, "streaming": True, "packing": True},
-                     train={"max_steps": 4, "micro_batch_size": 2, "eval_steps": 2, "learning_rate": 5e-3},
-                     cluster={"num_workers": 2})
+    run = run_config(
+        tiny_model("llama"),
+        [{"path": str(alpaca_file), "format": "alpaca"}],
+        workdir / "runs",
+        "stream",
+        data={
+            "train": [{"path": str(alpaca_file), "format": "alpaca"}],
+            "eval": [{"path": str(sharegpt_file), "format": "sharegpt", "num_samples": 16}],
+            "max_seq_len": 128,
+            "streaming": True,
+            "packing": True,
+        },
+        train={"max_steps": 4, "micro_batch_size": 2, "eval_steps": 2, "learning_rate": 5e-3},
+        cluster={"num_workers": 2},
+    )
     out = train(run)
     rows = read_metrics(out)
     assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3, 4]
@@ -157,10 +187,20 @@ def test_llamafactory_yaml_trains_as_it_is(tiny_model, workdir):
     """A LLaMA-Factory llama3_lora_sft.yaml, only the model, data folder and length changed by overrides."""
     lf_yaml = EXAMPLES.parent / "llamafactory" / "llama3_lora_sft.yaml"
     out = workdir / "lf-runs"
-    result = CliRunner().invoke(main, [
-        "train", str(lf_yaml), f"model.name_or_path={tiny_model('llama')}", "model.dtype=float32",
-        f"data.dataset_dir={EXAMPLES}", "data.train=[{dataset: assistant_alpaca}, {dataset: weather_tools}]",
-        "data.max_seq_len=256", "train.max_steps=3", f"output.storage_path={out}"])  # the tiny model has 512 positions
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            str(lf_yaml),
+            f"model.name_or_path={tiny_model('llama')}",
+            "model.dtype=float32",
+            f"data.dataset_dir={EXAMPLES}",
+            "data.train=[{dataset: assistant_alpaca}, {dataset: weather_tools}]",
+            "data.max_seq_len=256",
+            "train.max_steps=3",
+            f"output.storage_path={out}",
+        ],
+    )  # the tiny model has 512 positions
     assert result.exit_code == 0, result.output
     assert "ddp_timeout" in result.output  # keys rayft cannot honour are named, not dropped
     rows = read_metrics(out / "sft")

@@ -19,8 +19,25 @@ def forced_b(tokenizer, tmp_path_factory):
 
 def test_mc_prints_a_table_and_writes_json(forced_b, tmp_path):
     out = tmp_path / "results" / "mmlu.json"
-    result = CliRunner().invoke(main, ["eval", "mc", "--model", str(forced_b), "--task-dir", str(EXAMPLES / "mmlu"),
-                                       "--n-shot", "1", "--batch-size", "2", "--device", "cpu", "--output", str(out)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "eval",
+            "mc",
+            "--model",
+            str(forced_b),
+            "--task-dir",
+            str(EXAMPLES / "mmlu"),
+            "--n-shot",
+            "1",
+            "--batch-size",
+            "2",
+            "--device",
+            "cpu",
+            "--output",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["subject", "questions", "correct", "accuracy", "%"]
@@ -31,8 +48,25 @@ def test_mc_prints_a_table_and_writes_json(forced_b, tmp_path):
     assert saved["categories"]["STEM"]["accuracy"] == 0.4 and saved["n_shot"] == 1
     assert saved["subjects"]["high_school_geography"]["predictions"] == "BBBBB"
 
-    one = CliRunner().invoke(main, ["eval", "mc", "--model", str(forced_b), "--task-dir", str(EXAMPLES / "ceval"),
-                                    "--split", "val", "--lang", "zh", "--subjects", "high_school_geography", "--n-shot", "0"])
+    one = CliRunner().invoke(
+        main,
+        [
+            "eval",
+            "mc",
+            "--model",
+            str(forced_b),
+            "--task-dir",
+            str(EXAMPLES / "ceval"),
+            "--split",
+            "val",
+            "--lang",
+            "zh",
+            "--subjects",
+            "high_school_geography",
+            "--n-shot",
+            "0",
+        ],
+    )
     assert one.exit_code == 0, one.output
     assert "overall 4 1 25.00" in [" ".join(line.split()) for line in one.stdout.splitlines()]
 
@@ -40,8 +74,10 @@ def test_mc_prints_a_table_and_writes_json(forced_b, tmp_path):
 def test_mc_bad_input_exits_2_naming_the_file(forced_b, tmp_path):
     ceval = CliRunner().invoke(main, ["eval", "mc", "--model", str(forced_b), "--task-dir", str(EXAMPLES / "ceval")])
     assert ceval.exit_code == 2
-    assert "high_school_geography_test.csv: missing column answer (C-Eval's test split ships without answers: " \
-           "evaluate --split val)" in ceval.output
+    assert (
+        "high_school_geography_test.csv: missing column answer (C-Eval's test split ships without answers: "
+        "evaluate --split val)" in ceval.output
+    )
     (tmp_path / "data" / "test").mkdir(parents=True)
     (tmp_path / "data" / "test" / "logic_test.csv").write_text("q1,a,b,c,d,A\nq2,a,b,c,d,F\n")
     bad = CliRunner().invoke(main, ["eval", "mc", "--model", str(forced_b), "--task-dir", str(tmp_path)])
@@ -61,10 +97,16 @@ def test_similarity_table_and_json(tmp_path):
         assert f"{metric} {saved[metric]:.2f}" in [" ".join(line.split()) for line in result.stdout.splitlines()]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("", "predictions.jsonl: no rows"),
-    ('{"prediction": "a", "reference": "a"}\n{"prediction": "b"}\n', "predictions.jsonl line 2: no 'reference' field"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "predictions.jsonl: no rows"),
+        (
+            '{"prediction": "a", "reference": "a"}\n{"prediction": "b"}\n',
+            "predictions.jsonl line 2: no 'reference' field",
+        ),
+    ],
+)
 def test_similarity_bad_input_exits_2(tmp_path, text, message):
     path = tmp_path / "predictions.jsonl"
     path.write_text(text)

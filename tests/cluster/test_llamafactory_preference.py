@@ -25,12 +25,24 @@ STEPS = 3
 def _train(name: str, model_dir: Path, out: Path) -> list[dict]:
     if not (DATA / "dataset_info.json").is_file():
         pytest.skip(f"LLaMA-Factory's demo data is not in {DATA} (../shared/data, absent from a fresh clone)")
-    result = CliRunner().invoke(main, [
-        "train", str(EXAMPLES / name), f"model.name_or_path={model_dir}", "model.dtype=float32",
-        f"data.dataset_dir={DATA}", "data.max_seq_len=64", f"train.max_steps={STEPS}", "train.logging_steps=1",
-        "train.gradient_accumulation_steps=1", "cluster.num_workers=1", f"output.storage_path={out}"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            str(EXAMPLES / name),
+            f"model.name_or_path={model_dir}",
+            "model.dtype=float32",
+            f"data.dataset_dir={DATA}",
+            "data.max_seq_len=64",
+            f"train.max_steps={STEPS}",
+            "train.logging_steps=1",
+            "train.gradient_accumulation_steps=1",
+            "cluster.num_workers=1",
+            f"output.storage_path={out}",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    assert "warning: template: \"qwen3_nothink\"" in result.output  # the keys rayft reads differently are named
+    assert 'warning: template: "qwen3_nothink"' in result.output  # the keys rayft reads differently are named
     rows = read_metrics(out / name.removeprefix("qwen3_lora_").removesuffix(".yaml"))
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     assert all(math.isfinite(r["train/loss"]) for r in rows)

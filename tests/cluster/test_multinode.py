@@ -34,10 +34,10 @@ pytestmark = pytest.mark.slow
 
 @dataclass
 class Cluster:
-    root: Path        # the nodes' temp dirs are root/cluster/node0 (head) and root/cluster/node1
-    address: str      # the job server (dashboard)
+    root: Path  # the nodes' temp dirs are root/cluster/node0 (head) and root/cluster/node1
+    address: str  # the job server (dashboard)
     token: str
-    env: dict         # what a client on this machine needs: PATH to ray/rayft, the token's file
+    env: dict  # what a client on this machine needs: PATH to ray/rayft, the token's file
 
     def alive_nodes(self) -> list[str]:
         r = requests.get(f"{self.address}/api/v0/nodes", headers={"Authorization": f"Bearer {self.token}"}, timeout=10)
@@ -46,15 +46,31 @@ class Cluster:
 
     def submit(self, *args: str, env: dict | None = None) -> subprocess.Popen:
         """`rayft submit jobs/full_zero3.yaml ARGS` from this checkout, as its own process."""
-        return subprocess.Popen([sys.executable, "-m", "rayft.cli", "submit", "jobs/full_zero3.yaml", *args, "--address",
-                                 self.address, "--runtime-env", str(self.root / "runtime_env.yaml")],
-                                cwd=REPO, env={**self.env, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'core'}", **(env or {})},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "rayft.cli",
+                "submit",
+                "jobs/full_zero3.yaml",
+                *args,
+                "--address",
+                self.address,
+                "--runtime-env",
+                str(self.root / "runtime_env.yaml"),
+            ],
+            cwd=REPO,
+            env={**self.env, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'core'}", **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
 
 def _free_port_block(size: int) -> int:
     """A first port with the next `size` ports free (cluster/local.sh's layout), above Ray's default worker
     ports (10002-19999) and below the ephemeral ones (32768-), so nothing else on the machine takes them."""
+
     def free(port: int) -> bool:
         with socket.socket() as s:
             try:
@@ -73,11 +89,16 @@ def _free_port_block(size: int) -> int:
 
 @pytest.fixture(scope="module")
 def two_nodes():
-    root = Path(tempfile.mkdtemp(prefix="rft-", dir="/tmp"))  # short: Ray's unix sockets live under it (108 chars at most)
+    root = Path(
+        tempfile.mkdtemp(prefix="rft-", dir="/tmp")
+    )  # short: Ray's unix sockets live under it (108 chars at most)
     token = secrets.token_hex(32)
     (root / "auth_token").write_text(token)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "RAY_AUTH_TOKEN_PATH": str(root / "auth_token")}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "RAY_AUTH_TOKEN_PATH": str(root / "auth_token"),
+    }
     for var in ("PYTHONPATH", "RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_MODE"):  # the job must run the code it ships
         env.pop(var, None)
     # jobs/runtime_env.yaml without its pip pins: Ray would copy this whole virtualenv (GBs) per node to
@@ -88,8 +109,26 @@ def two_nodes():
     port = _free_port_block(300)  # GCS, node services and worker ports of a head and one worker node
     where = ["--dir", str(root / "cluster")]
     try:
-        subprocess.run([LOCAL_SH, "start", "--workers", "1", "--cpus", "3", "--port", str(port), "--dashboard-port",
-                        str(port + 5), "--object-store-mb", "512", *where], env=env, check=True, timeout=400)
+        subprocess.run(
+            [
+                LOCAL_SH,
+                "start",
+                "--workers",
+                "1",
+                "--cpus",
+                "3",
+                "--port",
+                str(port),
+                "--dashboard-port",
+                str(port + 5),
+                "--object-store-mb",
+                "512",
+                *where,
+            ],
+            env=env,
+            check=True,
+            timeout=400,
+        )
         cluster = Cluster(root, f"http://127.0.0.1:{port + 5}", token, env)
         for _ in range(60):  # `ray start` returns once a node runs; wait until the head counts both
             if len(cluster.alive_nodes()) == 2:
@@ -105,18 +144,32 @@ def two_nodes():
 
 def test_zero3_job_on_two_nodes(two_nodes: Cluster, tiny_model, alpaca_file):
     cluster = two_nodes
-    assert requests.get(f"{cluster.address}/api/version", timeout=10).status_code == 401  # auth is on: no token, no entry
+    assert (
+        requests.get(f"{cluster.address}/api/version", timeout=10).status_code == 401
+    )  # auth is on: no token, no entry
     storage = cluster.root / "shared"  # stands in for storage every node mounts
-    overrides = [f"model.name_or_path={tiny_model('llama')}", f"data.train=[{{path: {alpaca_file}, format: alpaca}}]",
-                 "data.max_seq_len=64", "train.max_steps=3", "train.micro_batch_size=4", "train.gradient_accumulation_steps=1",
-                 "train.learning_rate=5e-3", "deepspeed.zero_stage=3", "cluster.num_workers=2",
-                 "cluster.placement_strategy=SPREAD", "cluster.max_failures=0", f"output.storage_path={storage}",
-                 "output.name=multinode"]
+    overrides = [
+        f"model.name_or_path={tiny_model('llama')}",
+        f"data.train=[{{path: {alpaca_file}, format: alpaca}}]",
+        "data.max_seq_len=64",
+        "train.max_steps=3",
+        "train.micro_batch_size=4",
+        "train.gradient_accumulation_steps=1",
+        "train.learning_rate=5e-3",
+        "deepspeed.zero_stage=3",
+        "cluster.num_workers=2",
+        "cluster.placement_strategy=SPREAD",
+        "cluster.max_failures=0",
+        f"output.storage_path={storage}",
+        "output.name=multinode",
+    ]
     # a wrong token is refused before anything is submitted
     wrong = cluster.submit(env={"RAY_AUTH_TOKEN": "not-the-token"})
     assert wrong.wait(60) == 2 and "rejected the token sent" in wrong.communicate()[1]
     # a job whose driver fails makes `rayft submit` fail too (run beside the real one, to save the wait)
-    failing = cluster.submit("model.name_or_path=/no/such/model", f"output.storage_path={storage}", "output.name=failing")
+    failing = cluster.submit(
+        "model.name_or_path=/no/such/model", f"output.storage_path={storage}", "output.name=failing"
+    )
     started = time.monotonic()
     proc = cluster.submit(*overrides)
     stdout, stderr = proc.communicate(timeout=600)
@@ -136,13 +189,18 @@ def test_zero3_job_on_two_nodes(two_nodes: Cluster, tiny_model, alpaca_file):
     assert summary["steps"] == 3
 
     # the artifacts are in storage_path, whichever node rank 0 ran on, and on neither node's own disk
-    assert {"model.safetensors", "config.json", "tokenizer.json", "rayft_run.yaml", "metrics.jsonl", "loss.png"} \
-        <= {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "rayft_run.yaml", "metrics.jsonl", "loss.png"} <= {
+        p.name for p in out.iterdir()
+    }
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
     nodes_dir = cluster.root / "cluster"
     assert not [p for p in nodes_dir.rglob("*") if p.name in ("model.safetensors", "metrics.jsonl", "summary.json")]
 
     # this checkout reached the worker node, without what the runtime_env excludes
-    shipped = [p for p in (nodes_dir / "node1").glob("session_latest/runtime_resources/working_dir_files/_ray_pkg_*") if p.is_dir()]
+    shipped = [
+        p
+        for p in (nodes_dir / "node1").glob("session_latest/runtime_resources/working_dir_files/_ray_pkg_*")
+        if p.is_dir()
+    ]
     assert len(shipped) == 1 and (shipped[0] / "rayft" / "submit.py").is_file() and (shipped[0] / "jobs").is_dir()
     assert not [p for p in shipped[0].rglob("*") if p.name in (".git", ".venv", "outputs")]

@@ -25,8 +25,14 @@ WRONG = ["the lazy dog", "brown fox jumps", "the quick dog", "fox over the dog"]
 def pairs_file(workdir: Path) -> Path:
     """Separable preference pairs: the right answer against fox-and-dog noise (LLaMA-Factory's sharegpt ranking shape)."""
     path = workdir / "pairs.jsonl"
-    rows = [{"conversations": [{"from": "human", "value": q}], "chosen": {"from": "gpt", "value": a},
-             "rejected": {"from": "gpt", "value": WRONG[i % len(WRONG)]}} for i, (q, a) in enumerate(QA * 10)]
+    rows = [
+        {
+            "conversations": [{"from": "human", "value": q}],
+            "chosen": {"from": "gpt", "value": a},
+            "rejected": {"from": "gpt", "value": WRONG[i % len(WRONG)]},
+        }
+        for i, (q, a) in enumerate(QA * 10)
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
 
@@ -38,7 +44,9 @@ def feedback_file(workdir: Path) -> Path:
     rows = []
     for i, (q, a) in enumerate(QA * 5):
         for answer, good in ((a, True), (WRONG[i % len(WRONG)], False)):
-            rows.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": answer}], "label": good})
+            rows.append(
+                {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": answer}], "label": good}
+            )
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
 
@@ -55,8 +63,13 @@ def _dataset(stage: str, pairs_file: Path, feedback_file: Path) -> dict:
 # head on full weights and on a QLoRA base. Each case is a whole 2-worker run (~25 s on 2 cores), so the grid is
 # not crossed fully: LoRA under ZeRO-2 trains in most other cluster tests, full weights under ZeRO-2 here in simpo.
 CASES = [
-    ("rm", 3, "full"), ("rm", 2, "qlora"), ("dpo", 3, "full"), ("dpo", 2, "qlora"), ("kto", 3, "lora"),
-    ("orpo", 3, "full"), ("simpo", 2, "full"),
+    ("rm", 3, "full"),
+    ("rm", 2, "qlora"),
+    ("dpo", 3, "full"),
+    ("dpo", 2, "qlora"),
+    ("kto", 3, "lora"),
+    ("orpo", 3, "full"),
+    ("simpo", 2, "full"),
 ]
 
 
@@ -65,10 +78,18 @@ def test_stage_learns_the_preference(tiny_model, workdir, pairs_file, feedback_f
     from rayft.train import train
 
     steps = 10 if stage == "rm" else 5  # the reward model must reach 100% validation accuracy, from a fresh head
-    run = run_config(tiny_model("llama"), [_dataset(stage, pairs_file, feedback_file)], workdir / "pref",
-                     f"{stage}-z{zero_stage}-{method}", stage=stage, tuning=method,
-                     train={"max_steps": steps, "micro_batch_size": 2, "eval_steps": steps},
-                     data={"val_size": 8}, deepspeed={"zero_stage": zero_stage}, cluster={"num_workers": 2})
+    run = run_config(
+        tiny_model("llama"),
+        [_dataset(stage, pairs_file, feedback_file)],
+        workdir / "pref",
+        f"{stage}-z{zero_stage}-{method}",
+        stage=stage,
+        tuning=method,
+        train={"max_steps": steps, "micro_batch_size": 2, "eval_steps": steps},
+        data={"val_size": 8},
+        deepspeed={"zero_stage": zero_stage},
+        cluster={"num_workers": 2},
+    )
     out = train(run)
     rows = read_metrics(out)
     assert [r["step"] for r in rows] == list(range(1, steps + 1))
@@ -98,15 +119,21 @@ def _check_reward_model(out: Path, pairs_file: Path) -> None:
     assert (out / "value_head.safetensors").is_file()
     model, tokenizer = load_reward_model(out)
     rows = [json.loads(line) for line in pairs_file.read_text().splitlines()][:10]
-    aligned = [{"messages": [{"role": "user", "content": r["conversations"][0]["value"]}], "tools": None,
-                "chosen": {"role": "assistant", "content": r["chosen"]["value"]},
-                "rejected": {"role": "assistant", "content": r["rejected"]["value"]}} for r in rows]
+    aligned = [
+        {
+            "messages": [{"role": "user", "content": r["conversations"][0]["value"]}],
+            "tools": None,
+            "chosen": {"role": "assistant", "content": r["chosen"]["value"]},
+            "rejected": {"role": "assistant", "content": r["rejected"]["value"]},
+        }
+        for r in rows
+    ]
     run = run_config("m", [{"path": "x.jsonl", "ranking": True}], "out", "x", stage="rm")
     stage = STAGES["rm"]
     batch = stage.collate(stage.encode_rows(aligned, tokenizer, run), tokenizer.pad_token_id)
     with torch.no_grad():
         scores = model.score(batch)
-    chosen, rejected = scores[: len(rows)], scores[len(rows):]
+    chosen, rejected = scores[: len(rows)], scores[len(rows) :]
     assert bool((chosen > rejected).all()), (chosen, rejected)
 
 
@@ -117,13 +144,26 @@ def test_preference_row_without_rejected_names_file_and_row(tiny_model, workdir,
     from rayft.train import train
 
     path = tmp_path / "half.jsonl"
-    rows = [{"conversations": [{"from": "human", "value": q}], "chosen": {"from": "gpt", "value": a},
-             "rejected": {"from": "gpt", "value": "no"}} for q, a in QA]
+    rows = [
+        {
+            "conversations": [{"from": "human", "value": q}],
+            "chosen": {"from": "gpt", "value": a},
+            "rejected": {"from": "gpt", "value": "no"},
+        }
+        for q, a in QA
+    ]
     del rows[3]["rejected"]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    run = run_config(tiny_model("llama"), [{"path": str(path), "format": "sharegpt", "ranking": True}], workdir / "bad",
-                     "half-pair", stage="dpo")
-    with pytest.raises(DataError, match=r"half.jsonl: row 4: missing column: preference rows need a 'rejected' assistant turn"):
+    run = run_config(
+        tiny_model("llama"),
+        [{"path": str(path), "format": "sharegpt", "ranking": True}],
+        workdir / "bad",
+        "half-pair",
+        stage="dpo",
+    )
+    with pytest.raises(
+        DataError, match=r"half.jsonl: row 4: missing column: preference rows need a 'rejected' assistant turn"
+    ):
         train(run)
     assert not Path(run.output.dir).exists()
 
@@ -132,13 +172,22 @@ def test_kto_row_without_boolean_tag_names_file_and_row(tiny_model, workdir, tmp
     from rayft.train import train
 
     path = tmp_path / "feedback.jsonl"
-    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}], "label": True} for q, a in QA]
+    rows = [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}], "label": True}
+        for q, a in QA
+    ]
     rows[2]["label"] = "yes"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    run = run_config(tiny_model("llama"), [{"path": str(path), "format": "openai",
-                                            "columns": {"messages": "messages", "kto_tag": "label"}}],
-                     workdir / "bad", "kto-tag", stage="kto")
-    with pytest.raises(DataError, match=r"feedback.jsonl: row 3: wrong type: KTO column 'label' must be true or false, got 'yes'"):
+    run = run_config(
+        tiny_model("llama"),
+        [{"path": str(path), "format": "openai", "columns": {"messages": "messages", "kto_tag": "label"}}],
+        workdir / "bad",
+        "kto-tag",
+        stage="kto",
+    )
+    with pytest.raises(
+        DataError, match=r"feedback.jsonl: row 3: wrong type: KTO column 'label' must be true or false, got 'yes'"
+    ):
         train(run)
 
 
@@ -146,9 +195,16 @@ def test_kto_dataset_without_tag_column_and_pairs_for_sft(tiny_model, workdir, p
     from rayft.train import train
     from rayft_core.errors import UserInputError  # found by the checks before Ray starts
 
-    run = run_config(tiny_model("llama"), [{"path": str(feedback_file), "format": "openai",
-                                            "columns": {"messages": "messages"}}], workdir / "bad", "kto-none", stage="kto")
-    with pytest.raises(UserInputError, match=r"data.train\[0\]: stage kto needs a boolean tag per row; set columns.kto_tag"):
+    run = run_config(
+        tiny_model("llama"),
+        [{"path": str(feedback_file), "format": "openai", "columns": {"messages": "messages"}}],
+        workdir / "bad",
+        "kto-none",
+        stage="kto",
+    )
+    with pytest.raises(
+        UserInputError, match=r"data.train\[0\]: stage kto needs a boolean tag per row; set columns.kto_tag"
+    ):
         train(run)
     run = run_config(tiny_model("llama"), [_dataset("dpo", pairs_file, feedback_file)], workdir / "bad", "pairs-sft")
     with pytest.raises(UserInputError, match="is a ranking \\(preference\\) dataset; stage sft cannot use it"):
@@ -158,7 +214,12 @@ def test_kto_dataset_without_tag_column_and_pairs_for_sft(tiny_model, workdir, p
 def test_missing_reference_model_is_refused(tiny_model, workdir, pairs_file, feedback_file, tmp_path):
     from rayft.train import train
 
-    run = run_config(tiny_model("llama"), [_dataset("dpo", pairs_file, feedback_file)], workdir / "bad", "ref",
-                     stage={"name": "dpo", "reference_model": str(tmp_path / "nowhere")})
+    run = run_config(
+        tiny_model("llama"),
+        [_dataset("dpo", pairs_file, feedback_file)],
+        workdir / "bad",
+        "ref",
+        stage={"name": "dpo", "reference_model": str(tmp_path / "nowhere")},
+    )
     with pytest.raises(RunCheckError, match=r"stage.reference_model: .*nowhere' has no config.json"):
         train(run)

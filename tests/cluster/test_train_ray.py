@@ -32,13 +32,17 @@ def _chat_batch(tokenizer):
 
 
 def _text_batch(tokenizer):
-    enc = pt.STAGE.encode_rows([{"text": f"{q} {a}"} for q, a in QA], tokenizer, run_config("m", [{"path": "x.txt"}], "out", "x", stage="pt"))
+    enc = pt.STAGE.encode_rows(
+        [{"text": f"{q} {a}"} for q, a in QA], tokenizer, run_config("m", [{"path": "x.txt"}], "out", "x", stage="pt")
+    )
     return pad_batch(enc, tokenizer.pad_token_id)
 
 
 def _loss(model, batch) -> float:
     with torch.no_grad():
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss.item()
+        return model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+        ).loss.item()
 
 
 def _check_metrics(out: Path, steps: int) -> list[dict]:
@@ -57,16 +61,27 @@ def test_lora_sft_two_workers_zero3(tiny_model, workdir, alpaca_file, sharegpt_f
 
     from rayft.train import train
 
-    run = run_config(tiny_model("llama"), [{"path": str(alpaca_file), "format": "alpaca"},
-                                           {"path": str(sharegpt_file), "format": "sharegpt"}],
-                     workdir / "runs", "lora-z3", tuning={"method": "lora", "rank": 8},
-                     train={"max_steps": 6, "gradient_accumulation_steps": 2, "warmup_ratio": 0.2},
-                     deepspeed={"zero_stage": 3}, cluster={"num_workers": 2},
-                     output={"merge_adapter": True})
+    run = run_config(
+        tiny_model("llama"),
+        [{"path": str(alpaca_file), "format": "alpaca"}, {"path": str(sharegpt_file), "format": "sharegpt"}],
+        workdir / "runs",
+        "lora-z3",
+        tuning={"method": "lora", "rank": 8},
+        train={"max_steps": 6, "gradient_accumulation_steps": 2, "warmup_ratio": 0.2},
+        deepspeed={"zero_stage": 3},
+        cluster={"num_workers": 2},
+        output={"merge_adapter": True},
+    )
     out = train(run)
     _check_metrics(out, 6)
-    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "rayft_run.yaml", "loss.png",
-            "metrics.jsonl"} <= {p.name for p in out.iterdir()}
+    assert {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "rayft_run.yaml",
+        "loss.png",
+        "metrics.jsonl",
+    } <= {p.name for p in out.iterdir()}
     # everything the run wrote (Ray Train's files and merged/ included) is known to the deletion rule
     assert ownership.foreign_entries(str(out), ownership.RUN) == []
 
@@ -88,17 +103,28 @@ def test_lora_sft_two_workers_zero3(tiny_model, workdir, alpaca_file, sharegpt_f
 def test_full_pretraining_two_workers_zero3(tiny_model, workdir, text_file):
     from rayft.train import train
 
-    run = run_config(tiny_model("qwen2"), [{"path": str(text_file), "format": "text"}], workdir / "runs",
-                     "pt-z3", stage="pt", tuning={"method": "full"},
-                     train={"max_steps": 5, "learning_rate": 3e-3}, deepspeed={"zero_stage": 3},
-                     cluster={"num_workers": 2}, output={"overwrite": True})
+    run = run_config(
+        tiny_model("qwen2"),
+        [{"path": str(text_file), "format": "text"}],
+        workdir / "runs",
+        "pt-z3",
+        stage="pt",
+        tuning={"method": "full"},
+        train={"max_steps": 5, "learning_rate": 3e-3},
+        deepspeed={"zero_stage": 3},
+        cluster={"num_workers": 2},
+        output={"overwrite": True},
+    )
     # output.overwrite replaces an earlier rayft run there (its stale metrics, checkpoints and Ray Train's
     # snapshot, which would otherwise resume it) and nothing beside it
     earlier = Path(run.output.dir)
     (earlier / "checkpoint_000009").mkdir(parents=True)
     (earlier / "checkpoint_000009" / "trainer_state.json").write_text("{}")
-    for name, text in (("rayft_run.yaml", "{}"), ("metrics.jsonl", '{"step": 99, "train/loss": 1.0}\n'),
-                       ("checkpoint_manager_snapshot.json", "{}")):
+    for name, text in (
+        ("rayft_run.yaml", "{}"),
+        ("metrics.jsonl", '{"step": 99, "train/loss": 1.0}\n'),
+        ("checkpoint_manager_snapshot.json", "{}"),
+    ):
         (earlier / name).write_text(text)
     beside = earlier.parent / "pt-z3-notes.txt"
     beside.write_text("mine")
@@ -119,11 +145,20 @@ def test_galore_zero0_one_worker(tiny_model, workdir, alpaca_file):
     """GaLore's own optimizer as DeepSpeed's client optimizer (ZeRO-0 keeps 2-D weights whole)."""
     from rayft.train import train
 
-    run = run_config(tiny_model("llama"), [{"path": str(alpaca_file), "format": "alpaca"}], workdir / "runs", "galore",
-                     tuning={"method": "galore", "rank": 8, "update_proj_gap": 2}, train={"max_steps": 4},
-                     deepspeed={"zero_stage": 0}, cluster={"num_workers": 1})
+    run = run_config(
+        tiny_model("llama"),
+        [{"path": str(alpaca_file), "format": "alpaca"}],
+        workdir / "runs",
+        "galore",
+        tuning={"method": "galore", "rank": 8, "update_proj_gap": 2},
+        train={"max_steps": 4},
+        deepspeed={"zero_stage": 0},
+        cluster={"num_workers": 1},
+    )
     out = train(run)
     _check_metrics(out, 4)
     tokenizer = AutoTokenizer.from_pretrained(out)
     batch = _chat_batch(tokenizer)
-    assert _loss(AutoModelForCausalLM.from_pretrained(out), batch) < _loss(AutoModelForCausalLM.from_pretrained(tiny_model("llama")), batch)
+    assert _loss(AutoModelForCausalLM.from_pretrained(out), batch) < _loss(
+        AutoModelForCausalLM.from_pretrained(tiny_model("llama")), batch
+    )

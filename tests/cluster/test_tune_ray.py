@@ -25,10 +25,15 @@ pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 
 def _base(tiny_model, alpaca_file, out: Path, name: str, **train) -> dict:
-    run = run_config(tiny_model("llama"), [{"path": str(alpaca_file), "format": "alpaca"}], out, name,
-                     data={"val_size": 16},
-                     train={"max_steps": 4, "micro_batch_size": 2, "logging_steps": 1, "eval_steps": 2, **train},
-                     cluster={"num_workers": 1})
+    run = run_config(
+        tiny_model("llama"),
+        [{"path": str(alpaca_file), "format": "alpaca"}],
+        out,
+        name,
+        data={"val_size": 16},
+        train={"max_steps": 4, "micro_batch_size": 2, "logging_steps": 1, "eval_steps": 2, **train},
+        cluster={"num_workers": 1},
+    )
     return run.model_dump(mode="json", exclude={"tune"})
 
 
@@ -39,9 +44,19 @@ def test_asha_stops_weak_trials_and_the_best_config_reruns_to_its_metric(tiny_mo
     base = _base(tiny_model, alpaca_file, workdir / "tune", "asha")
     # Grid order is trial order: two learning rates that learn go first, one that barely moves the model follows
     # and meets ASHA's first rung (step 2) after the good ones recorded theirs there.
-    sweep_config = validate_config({**base, "tune": {
-        "space": {"train.learning_rate": {"grid": [5e-3, 3e-3, 1e-8]}}, "search": "grid", "num_samples": 1,
-        "scheduler": "asha", "grace_period": 2, "max_concurrent_trials": 2}}).tune
+    sweep_config = validate_config(
+        {
+            **base,
+            "tune": {
+                "space": {"train.learning_rate": {"grid": [5e-3, 3e-3, 1e-8]}},
+                "search": "grid",
+                "num_samples": 1,
+                "scheduler": "asha",
+                "grace_period": 2,
+                "max_concurrent_trials": 2,
+            },
+        }
+    ).tune
     result = sweep(base, sweep_config)
 
     rows = {r.trial: r for r in result.rows}
@@ -81,9 +96,20 @@ def test_a_sweep_resumes_after_its_driver_is_killed(tiny_model, workdir, alpaca_
     keeps that trial and runs the rest."""
     base = _base(tiny_model, alpaca_file, workdir / "tune", "resume", max_steps=4)
     config = tmp_path / "sweep.yaml"
-    config.write_text(yaml.safe_dump({**base, "tune": {
-        "space": {"tuning.rank": {"grid": [4, 8]}}, "search": "grid", "num_samples": 1, "scheduler": "fifo",
-        "max_concurrent_trials": 1}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                **base,
+                "tune": {
+                    "space": {"tuning.rank": {"grid": [4, 8]}},
+                    "search": "grid",
+                    "num_samples": 1,
+                    "scheduler": "fifo",
+                    "max_concurrent_trials": 1,
+                },
+            }
+        )
+    )
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     command = [sys.executable, "-m", "rayft.cli", "tune", str(config)]
     trials = workdir / "tune" / "resume" / "trials"
@@ -113,7 +139,9 @@ def test_a_bad_sweep_stops_before_any_trial(tiny_model, workdir, alpaca_file):
 
     base = _base(tiny_model, alpaca_file, workdir / "tune", "bad")
     bad = validate_config({**base, "tune": {"space": {"tuning.rnak": {"choice": [4, 8]}}}}).tune
-    with pytest.raises(UserInputError, match=r"space.tuning.rnak=4: tuning.rnak: unknown key \(did you mean 'rank'\?\)"):
+    with pytest.raises(
+        UserInputError, match=r"space.tuning.rnak=4: tuning.rnak: unknown key \(did you mean 'rank'\?\)"
+    ):
         sweep(base, bad)
     with pytest.raises(Exception, match=r"tune.space: tuning.rank: choice needs a non-empty list of values, got \[\]"):
         validate_config({**base, "tune": {"space": {"tuning.rank": {"choice": []}}}})
@@ -140,7 +168,18 @@ def test_a_metric_no_trial_reports_is_named_with_what_they_did_report(tiny_model
     from rayft.tune import sweep
 
     base = _base(tiny_model, alpaca_file, workdir / "tune", "no-metric", max_steps=1)
-    config = validate_config({**base, "tune": {"space": {"tuning.rank": {"choice": [4]}}, "num_samples": 1,
-                                              "metric": "train/accuracy", "scheduler": "fifo"}}).tune
-    with pytest.raises(UserInputError, match=r"tune.metric: no trial reported 'train/accuracy'; they reported \[.*'train/loss'"):
+    config = validate_config(
+        {
+            **base,
+            "tune": {
+                "space": {"tuning.rank": {"choice": [4]}},
+                "num_samples": 1,
+                "metric": "train/accuracy",
+                "scheduler": "fifo",
+            },
+        }
+    ).tune
+    with pytest.raises(
+        UserInputError, match=r"tune.metric: no trial reported 'train/accuracy'; they reported \[.*'train/loss'"
+    ):
         sweep(base, config)

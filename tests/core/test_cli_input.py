@@ -22,8 +22,15 @@ from rayft_core.schema import ConfigError, apply_override, read_yaml
 REPO = Path(__file__).resolve().parents[2]
 BINARY = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe"  # a PNG's first bytes: byte 0 is not UTF-8
 RUN = {"model": {"name_or_path": "/nonexistent/model"}, "data": {"train": [{"path": "d.json", "format": "alpaca"}]}}
-LF = {"model_name_or_path": "/nonexistent/model", "stage": "sft", "do_train": True, "finetuning_type": "lora",
-      "dataset": "alpaca_en_demo", "template": "llama3", "output_dir": "saves/x"}
+LF = {
+    "model_name_or_path": "/nonexistent/model",
+    "stage": "sft",
+    "do_train": True,
+    "finetuning_type": "lora",
+    "dataset": "alpaca_en_demo",
+    "template": "llama3",
+    "output_dir": "saves/x",
+}
 NOWHERE = "nobody-rayft-test/no-such-model"  # a valid hub id that is in no cache
 
 
@@ -51,8 +58,9 @@ def _write(path: Path, content: bytes | str | dict) -> Path:
 # ---------------------------------------------------------------------------- a. files that are not UTF-8 text
 
 
-@pytest.mark.parametrize("command", [["config", "validate"], ["train"], ["tune"], ["data", "preview"], ["infer"]],
-                         ids=" ".join)
+@pytest.mark.parametrize(
+    "command", [["config", "validate"], ["train"], ["tune"], ["data", "preview"], ["infer"]], ids=" ".join
+)
 def test_binary_run_config(tmp_path, command):
     config = _write(tmp_path / "run.yaml", BINARY)
     after = ["-o", tmp_path / "out.jsonl"] if command == ["infer"] else []
@@ -95,14 +103,21 @@ def test_llamafactory_detection_reads_through_read_yaml(tmp_path):
     _refused(_cli("config", "validate", lf), str(lf), "duplicate key 'stage' on lines")
 
 
-@pytest.mark.parametrize("content, says", [
-    (None, "no such file"),
-    (BINARY, "not UTF-8 text (byte 0 is 0x89)"),
-    (b"a: 1\x00\n", "not valid YAML (unacceptable character #x0000"),
-    ("model: [1\ndata: 2\n", "not valid YAML (while parsing a flow sequence, expected ',' or ']', but got ':'; line 2"),
-    ("- model\n- data\n", "the top level must be a mapping of sections, got list"),
-    ("just words\n", "the top level must be a mapping of sections, got str"),
-], ids=["missing", "binary", "nul", "bad-yaml", "list", "scalar"])
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (None, "no such file"),
+        (BINARY, "not UTF-8 text (byte 0 is 0x89)"),
+        (b"a: 1\x00\n", "not valid YAML (unacceptable character #x0000"),
+        (
+            "model: [1\ndata: 2\n",
+            "not valid YAML (while parsing a flow sequence, expected ',' or ']', but got ':'; line 2",
+        ),
+        ("- model\n- data\n", "the top level must be a mapping of sections, got list"),
+        ("just words\n", "the top level must be a mapping of sections, got str"),
+    ],
+    ids=["missing", "binary", "nul", "bad-yaml", "list", "scalar"],
+)
 def test_read_yaml_names_the_file_and_the_problem(tmp_path, content, says):
     path = tmp_path / "run.yaml"
     if content is not None:
@@ -128,11 +143,15 @@ def test_duplicate_top_level_section(tmp_path):
     _refused(_cli("config", "validate", config), str(config), "duplicate key 'train' on lines 7 and 9")
 
 
-@pytest.mark.parametrize("text, key, lines", [
-    ("train:\n  learning_rate: 1.0e-4\n  max_steps: 5\n  learning_rate: 2.0e-4\n", "learning_rate", (2, 4)),
-    ("data:\n  train:\n    - {path: a.json, format: alpaca, format: sharegpt}\n", "format", (3, 3)),
-    ("1: a\n1: b\n", "1", (1, 2)),
-], ids=["nested", "flow", "int"])
+@pytest.mark.parametrize(
+    "text, key, lines",
+    [
+        ("train:\n  learning_rate: 1.0e-4\n  max_steps: 5\n  learning_rate: 2.0e-4\n", "learning_rate", (2, 4)),
+        ("data:\n  train:\n    - {path: a.json, format: alpaca, format: sharegpt}\n", "format", (3, 3)),
+        ("1: a\n1: b\n", "1", (1, 2)),
+    ],
+    ids=["nested", "flow", "int"],
+)
 def test_duplicate_keys_anywhere(tmp_path, text, key, lines):
     with pytest.raises(ConfigError, match=rf"duplicate key '?{key}'? on lines {lines[0]} and {lines[1]}"):
         read_yaml(_write(tmp_path / "run.yaml", text))
@@ -147,7 +166,9 @@ def test_duplicate_keys_in_a_serving_config_and_a_space(tmp_path):
     serve = _write(tmp_path / "serve.yaml", "models:\n  - {id: a, path: /m}\nmodels: []\n")
     _refused(_cli("serve", serve), str(serve), "duplicate key 'models' on lines 1 and 3")
     space = _write(tmp_path / "space.yaml", "space:\n  tuning.rank: {choice: [8]}\n  tuning.rank: {choice: [16]}\n")
-    _refused(_cli("tune", _write(tmp_path / "run.yaml", RUN), "--space", space), str(space), "duplicate key 'tuning.rank'")
+    _refused(
+        _cli("tune", _write(tmp_path / "run.yaml", RUN), "--space", space), str(space), "duplicate key 'tuning.rank'"
+    )
 
 
 # ------------------------------------------------------------------------------------ c. overrides
@@ -168,11 +189,15 @@ def test_override_quoted_is_a_string():
 # ---------------------------------------------------------------------------------- d. --space files
 
 
-@pytest.mark.parametrize("content, says", [
-    ("space: [1\n", "not valid YAML"),
-    ("- tuning.rank\n", "the top level must be a mapping of sections, got list"),
-    ("tune: 3\n", "tune"),
-], ids=["bad-yaml", "list", "tune-not-a-mapping"])
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        ("space: [1\n", "not valid YAML"),
+        ("- tuning.rank\n", "the top level must be a mapping of sections, got list"),
+        ("tune: 3\n", "tune"),
+    ],
+    ids=["bad-yaml", "list", "tune-not-a-mapping"],
+)
 def test_bad_space_file(tmp_path, content, says):
     space = _write(tmp_path / "space.yaml", content)
     _refused(_cli("tune", _write(tmp_path / "run.yaml", RUN), "--space", space), str(space), says)
@@ -204,7 +229,9 @@ def online(monkeypatch):
 def test_offline_hub_id_fails_at_once(monkeypatch, online, var):
     monkeypatch.setenv(var, "1")
     start = time.monotonic()
-    with pytest.raises(ModelLoadError, match=rf"'{NOWHERE}' is not a local directory and the hub is offline \({var} is set\)"):
+    with pytest.raises(
+        ModelLoadError, match=rf"'{NOWHERE}' is not a local directory and the hub is offline \({var} is set\)"
+    ):
         check_model_path(ModelConfig(name_or_path=NOWHERE))
     assert time.monotonic() - start < 2
 
@@ -212,7 +239,9 @@ def test_offline_hub_id_fails_at_once(monkeypatch, online, var):
 def test_unreachable_hub_fails_within_seconds(monkeypatch, online):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens there
     start = time.monotonic()
-    with pytest.raises(ModelLoadError, match=rf"'{NOWHERE}' is not a local directory, and the Hugging Face hub cannot be reached"):
+    with pytest.raises(
+        ModelLoadError, match=rf"'{NOWHERE}' is not a local directory, and the Hugging Face hub cannot be reached"
+    ):
         check_model_path(ModelConfig(name_or_path=NOWHERE))
     assert time.monotonic() - start < 5
 
@@ -249,18 +278,32 @@ def test_cli_hub_id_offline(monkeypatch, tmp_path, online, no_cluster, command):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(REPO)
     config = "examples/tune_lora.yaml" if command == "tune" else "examples/sft_lora.yaml"
-    _refused(_cli(command, config, f"output.storage_path={tmp_path}"),
-             "model.name_or_path: 'Qwen/Qwen2.5-0.5B-Instruct' is not a local directory and the hub is offline")
+    _refused(
+        _cli(command, config, f"output.storage_path={tmp_path}"),
+        "model.name_or_path: 'Qwen/Qwen2.5-0.5B-Instruct' is not a local directory and the hub is offline",
+    )
 
 
 # ------------------------------------------------------------------------- f. numeric options out of range
 
 
-@pytest.mark.parametrize("option, value", [("--temperature", "-1"), ("--engines", "0"), ("--batch-size", "0"),
-                                           ("--max-new-tokens", "0"), ("--top-p", "1.5"), ("--top-p", "0")])
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--temperature", "-1"),
+        ("--engines", "0"),
+        ("--batch-size", "0"),
+        ("--max-new-tokens", "0"),
+        ("--top-p", "1.5"),
+        ("--top-p", "0"),
+    ],
+)
 def test_infer_options(tmp_path, option, value):
-    _refused(_cli("infer", _write(tmp_path / "run.yaml", RUN), "-o", tmp_path / "out.jsonl", option, value),
-             f"Invalid value for '{option}'", value)
+    _refused(
+        _cli("infer", _write(tmp_path / "run.yaml", RUN), "-o", tmp_path / "out.jsonl", option, value),
+        f"Invalid value for '{option}'",
+        value,
+    )
 
 
 @pytest.mark.parametrize("option, value", [("--temperature", "-0.5"), ("--max-new-tokens", "0"), ("--top-p", "1.5")])
@@ -270,8 +313,11 @@ def test_chat_options(tmp_path, option, value):
 
 @pytest.mark.parametrize("option, value", [("--n-shot", "-1"), ("--batch-size", "0")])
 def test_eval_options(tmp_path, option, value):
-    _refused(_cli("eval", "mc", "--model", tmp_path, "--task-dir", tmp_path, option, value),
-             f"Invalid value for '{option}'", value)
+    _refused(
+        _cli("eval", "mc", "--model", tmp_path, "--task-dir", tmp_path, option, value),
+        f"Invalid value for '{option}'",
+        value,
+    )
 
 
 def test_demo_workers():
@@ -285,8 +331,12 @@ def test_export_of_an_unfinished_run(tmp_path):
     failed = tmp_path / "failed-run"
     failed.mkdir()
     _write(failed / "rayft_run.yaml", RUN)  # written when training starts: all a failed run may hold
-    _refused(_cli("export", failed, "-o", tmp_path / "exported"), str(failed), "holds no trained model",
-             "the run did not finish")
+    _refused(
+        _cli("export", failed, "-o", tmp_path / "exported"),
+        str(failed),
+        "holds no trained model",
+        "the run did not finish",
+    )
     assert not (tmp_path / "exported").exists()
 
 

@@ -4,8 +4,8 @@ import pytest
 import yaml
 
 from rayft_core.config import RunConfig, load_config, validate_config
-from rayft_core.schema import ConfigError
 from rayft_core.llamafactory import is_error, translate
+from rayft_core.schema import ConfigError
 from rayft_core.serve_config import load_serve_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,10 +26,12 @@ def test_defaults_live_in_the_schema():
 
 
 def test_unknown_keys_name_the_closest_valid_key_and_all_errors_come_at_once():
-    raw = {"model": {"name_or_path": "m", "dtyp": "auto"},
-           "tuning": {"method": "lora", "rnak": 4},
-           "data": {"train": [{"path": "a", "format": "alpaca", "num_sample": 3}]},
-           "train": {"learning_rate": -0.1}}
+    raw = {
+        "model": {"name_or_path": "m", "dtyp": "auto"},
+        "tuning": {"method": "lora", "rnak": 4},
+        "data": {"train": [{"path": "a", "format": "alpaca", "num_sample": 3}]},
+        "train": {"learning_rate": -0.1},
+    }
     found = problems(raw)
     assert "model.dtyp: unknown key (did you mean 'dtype'?)" in found
     assert "tuning.rnak: unknown key (did you mean 'rank'?)" in found
@@ -42,12 +44,16 @@ def test_union_sections_reject_keys_of_other_members():
     found = problems({**MINIMAL, "stage": {"name": "pt", "train_on_prompt": True}})
     assert any(p.startswith("stage.train_on_prompt: unknown key") for p in found)
     found = problems({**MINIMAL, "tuning": "loar"})
-    assert found == ["tuning: unknown method 'loar' (did you mean 'lora'?); choose one of 'full', 'freeze', 'lora', 'galore'"]
+    assert found == [
+        "tuning: unknown method 'loar' (did you mean 'lora'?); choose one of 'full', 'freeze', 'lora', 'galore'"
+    ]
 
 
 def test_overrides_are_parsed_as_yaml_and_create_sections():
-    run = load_config(data=MINIMAL, overrides=["train.learning_rate=3e-4", "tuning.rank=32", "stage.train_on_prompt=true",
-                                               "cluster.use_gpu=false"])
+    run = load_config(
+        data=MINIMAL,
+        overrides=["train.learning_rate=3e-4", "tuning.rank=32", "stage.train_on_prompt=true", "cluster.use_gpu=false"],
+    )
     assert run.train.learning_rate == 3e-4 and run.tuning.rank == 32 and run.stage.train_on_prompt
     assert run.cluster.use_gpu is False
     with pytest.raises(ConfigError, match="expected key.path=value"):
@@ -59,24 +65,44 @@ def test_shorthands():
     assert validate_config({**MINIMAL, "stage": "sft"}).stage.name == "sft"
 
 
-@pytest.mark.parametrize("sections, expected", [
-    ({"tuning": "galore", "deepspeed": {"zero_stage": 3}}, "deepspeed.zero_stage: GaLore needs whole 2-D weights"),
-    ({"tuning": "qlora", "deepspeed": {"zero_stage": 3}}, "deepspeed.zero_stage: a bitsandbytes-quantized base"),
-    ({"deepspeed": {"zero_stage": 2, "offload_params": True}}, "deepspeed.offload_params: parameter offload needs"),
-    ({"data": {**MINIMAL["data"], "streaming": True}}, "train.max_steps: a streamed dataset has no length"),
-    ({"model": {"name_or_path": "m", "template": "qwen2"}}, "model.template: unknown template 'qwen2'; did you mean 'qwen'?"),
-    ({"data": {**MINIMAL["data"], "mix_probabilities": [1.0]}}, "data: mix_probabilities needs mix: interleave"),
-    ({"data": {"train": [{"path": "a", "dataset": "b"}]}}, "data.train[0]: give exactly one of dataset"),
-    ({"stage": "dpo", "tuning": {"dropout": 0.1}}, "tuning.dropout: stage dpo trains without dropout"),
-    ({"checkpoint": {"save_steps": 10, "keep_best": True}}, "checkpoint.keep_best: ranking checkpoints by eval/loss needs"),
-    ({"checkpoint": {"save_steps": 10, "keep_best": True}, "train": {"eval_steps": 4},
-      "data": {**MINIMAL["data"], "val_size": 0.1}}, "checkpoint.keep_best: save_steps (10) must be a multiple of"),
-    ({"stage": "rm", "data": {**MINIMAL["data"], "packing": True}}, "data.packing: stage rm scores whole answers"),
-    ({"stage": {"name": "simpo", "gama": 1}}, "stage.gama: unknown key (did you mean 'gamma'?)"),
-    ({"train": {"early_stopping_patience": 3, "eval_steps": 5}}, "train.early_stopping_patience: stopping on eval/loss needs"),
-    ({"train": {"early_stopping_patience": 3}, "data": {**MINIMAL["data"], "val_size": 0.1}},
-     "train.early_stopping_patience: stopping on eval/loss needs"),
-])
+@pytest.mark.parametrize(
+    "sections, expected",
+    [
+        ({"tuning": "galore", "deepspeed": {"zero_stage": 3}}, "deepspeed.zero_stage: GaLore needs whole 2-D weights"),
+        ({"tuning": "qlora", "deepspeed": {"zero_stage": 3}}, "deepspeed.zero_stage: a bitsandbytes-quantized base"),
+        ({"deepspeed": {"zero_stage": 2, "offload_params": True}}, "deepspeed.offload_params: parameter offload needs"),
+        ({"data": {**MINIMAL["data"], "streaming": True}}, "train.max_steps: a streamed dataset has no length"),
+        (
+            {"model": {"name_or_path": "m", "template": "qwen2"}},
+            "model.template: unknown template 'qwen2'; did you mean 'qwen'?",
+        ),
+        ({"data": {**MINIMAL["data"], "mix_probabilities": [1.0]}}, "data: mix_probabilities needs mix: interleave"),
+        ({"data": {"train": [{"path": "a", "dataset": "b"}]}}, "data.train[0]: give exactly one of dataset"),
+        ({"stage": "dpo", "tuning": {"dropout": 0.1}}, "tuning.dropout: stage dpo trains without dropout"),
+        (
+            {"checkpoint": {"save_steps": 10, "keep_best": True}},
+            "checkpoint.keep_best: ranking checkpoints by eval/loss needs",
+        ),
+        (
+            {
+                "checkpoint": {"save_steps": 10, "keep_best": True},
+                "train": {"eval_steps": 4},
+                "data": {**MINIMAL["data"], "val_size": 0.1},
+            },
+            "checkpoint.keep_best: save_steps (10) must be a multiple of",
+        ),
+        ({"stage": "rm", "data": {**MINIMAL["data"], "packing": True}}, "data.packing: stage rm scores whole answers"),
+        ({"stage": {"name": "simpo", "gama": 1}}, "stage.gama: unknown key (did you mean 'gamma'?)"),
+        (
+            {"train": {"early_stopping_patience": 3, "eval_steps": 5}},
+            "train.early_stopping_patience: stopping on eval/loss needs",
+        ),
+        (
+            {"train": {"early_stopping_patience": 3}, "data": {**MINIMAL["data"], "val_size": 0.1}},
+            "train.early_stopping_patience: stopping on eval/loss needs",
+        ),
+    ],
+)
 def test_combinations_that_cannot_work_are_rejected(sections, expected):
     assert any(p.startswith(expected) for p in problems({**MINIMAL, **sections}))
 
@@ -87,9 +113,16 @@ def test_json_schema_documents_every_field():
     assert "description" in lora["rank"] and lora["rank"]["default"] == 8
 
 
-@pytest.mark.parametrize("path", sorted(p.relative_to(REPO) for d in ("examples", "jobs") for p in (REPO / d).rglob("*.yaml")
-                                        if p.name != "runtime_env.yaml"),  # a Ray runtime_env, not a run config
-                         ids=str)
+@pytest.mark.parametrize(
+    "path",
+    sorted(
+        p.relative_to(REPO)
+        for d in ("examples", "jobs")
+        for p in (REPO / d).rglob("*.yaml")
+        if p.name != "runtime_env.yaml"
+    ),  # a Ray runtime_env, not a run config
+    ids=str,
+)
 def test_every_shipped_yaml_validates(path):
     if path.name == "serve.yaml":  # a serving config
         load_serve_config(REPO / path)
@@ -113,8 +146,13 @@ def test_storage_path_may_be_a_uri():
 def test_early_stopping_counts_evaluations_without_improvement():
     from rayft_core.train.checkpoint import TrainerState
 
-    run = validate_config({**MINIMAL, "train": {"early_stopping_patience": 2, "early_stopping_threshold": 0.01,
-                                                "eval_steps": 1}, "data": {**MINIMAL["data"], "val_size": 0.1}})
+    run = validate_config(
+        {
+            **MINIMAL,
+            "train": {"early_stopping_patience": 2, "early_stopping_threshold": 0.01, "eval_steps": 1},
+            "data": {**MINIMAL["data"], "val_size": 0.1},
+        }
+    )
     state = TrainerState()
     assert state.record_eval(1.0, run) is None and state.best_eval == 1.0
     assert state.record_eval(0.995, run) is None  # lower, but by less than the threshold: not an improvement
@@ -126,8 +164,9 @@ def test_early_stopping_counts_evaluations_without_improvement():
     assert TrainerState().record_eval(None, run) is None  # a stage without eval/loss never stops early
 
 
-@pytest.mark.parametrize("low, high", [("rayft_core.data.templates", "rayft_core.config"),
-                                       ("rayft_core.methods", "rayft_core.config")])
+@pytest.mark.parametrize(
+    "low, high", [("rayft_core.data.templates", "rayft_core.config"), ("rayft_core.methods", "rayft_core.config")]
+)
 def test_the_run_schema_is_imported_by_its_parts_never_back(low, high):
     """The schema checks template names and builds its tuning union from these; they never import it back, not
     even inside a function or for type checking, so there is no import circle."""

@@ -3,8 +3,12 @@ from rayft_core.data.tokenize import _budget, encode_chat_batch
 
 
 def test_only_assistant_tokens_carry_labels(tokenizer):
-    messages = [{"role": "user", "content": "Say hello."}, {"role": "assistant", "content": "Hello there!"},
-                {"role": "user", "content": "Again."}, {"role": "assistant", "content": "Hello!"}]
+    messages = [
+        {"role": "user", "content": "Say hello."},
+        {"role": "assistant", "content": "Hello there!"},
+        {"role": "user", "content": "Again."},
+        {"role": "assistant", "content": "Hello!"},
+    ]
     enc = encode_chat_batch(tokenizer, [messages], max_seq_len=256)
     ids, labels = enc["input_ids"][0], enc["labels"][0]
     assert tokenizer.decode(ids) == tokenizer.apply_chat_template(messages, tokenize=False)
@@ -15,8 +19,12 @@ def test_only_assistant_tokens_carry_labels(tokenizer):
 
 
 def test_mask_history_learns_the_last_turn_and_keeps_it_when_truncating(tokenizer):
-    messages = [{"role": "user", "content": "fox " * 40}, {"role": "assistant", "content": "dog " * 40},
-                {"role": "user", "content": "Again."}, {"role": "assistant", "content": "Hello!"}]
+    messages = [
+        {"role": "user", "content": "fox " * 40},
+        {"role": "assistant", "content": "dog " * 40},
+        {"role": "user", "content": "Again."},
+        {"role": "assistant", "content": "Hello!"},
+    ]
     for max_seq_len in (256, 20):  # 20: the first turn no longer fits, the last one still does
         enc = encode_chat_batch(tokenizer, [messages], max_seq_len=max_seq_len, mask_history=True)
         ids, labels = enc["input_ids"][0], enc["labels"][0]
@@ -26,8 +34,10 @@ def test_mask_history_learns_the_last_turn_and_keeps_it_when_truncating(tokenize
 
 
 def test_null_keys_from_arrow_rows_are_ignored(tokenizer):
-    messages = [{"role": "user", "content": "Say hello.", "tool_calls": None},
-                {"role": "assistant", "content": "Hello there!", "tool_calls": None}]
+    messages = [
+        {"role": "user", "content": "Say hello.", "tool_calls": None},
+        {"role": "assistant", "content": "Hello there!", "tool_calls": None},
+    ]
     enc = encode_chat_batch(tokenizer, [messages], max_seq_len=256, batch_tools=[None])
     assert tokenizer.decode(enc["input_ids"][0]).endswith("Hello there!<|im_end|>\n")
 

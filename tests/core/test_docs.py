@@ -41,7 +41,8 @@ def test_configuration_reference_is_generated_from_the_schema():
     page = DOCS / "configuration.md"
     assert page.exists(), f"docs/configuration.md is missing; generate it: {REGENERATE}"
     assert page.read_text(encoding="utf-8") == render(), (
-        f"docs/configuration.md is out of date with the config schema; regenerate it: {REGENERATE}")
+        f"docs/configuration.md is out of date with the config schema; regenerate it: {REGENERATE}"
+    )
 
 
 def test_the_generator_covers_every_section_stage_and_tuning_method():
@@ -86,7 +87,10 @@ def test_readme_is_short():
 
 def test_docs_point_only_inside_the_repository():
     pages = [REPO / "README.md", REPO / "benchmarks" / "README.md", *sorted(p for p in DOCS.rglob("*") if p.is_file())]
-    found = [f"{p.relative_to(REPO)}:{i}: {line.strip()}"
-             for p in pages for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
-             if "../shared" in line or "DESIGN.md" in line]
+    found = [
+        f"{p.relative_to(REPO)}:{i}: {line.strip()}"
+        for p in pages
+        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if "../shared" in line or "DESIGN.md" in line
+    ]
     assert not found, "the docs name files outside the repository:\n  " + "\n  ".join(found)

@@ -11,8 +11,17 @@ import pytest
 import torch
 
 from rayft_core.eval import EvalError
-from rayft_core.eval.mc import (STYLES, build_messages, choice_token_ids, encode_question, evaluate, load_eval_model, render,
-                                score_choices, summarize)
+from rayft_core.eval.mc import (
+    STYLES,
+    build_messages,
+    choice_token_ids,
+    encode_question,
+    evaluate,
+    load_eval_model,
+    render,
+    score_choices,
+    summarize,
+)
 from rayft_core.eval.similarity import compute_similarity, read_predictions, score_pair
 from rayft_core.eval.tasks import Question, load_task, read_questions
 
@@ -48,12 +57,17 @@ def test_partial_matches_by_hand():
     # abcd vs abce: 3/4, 2/3, 1/2 and an empty 4-gram order at 1/(2*1).
     assert score_pair("abcd", "abce")["bleu-4"] == round(100 * (3 / 4 * 2 / 3 * 1 / 2 * 1 / 2) ** 0.25, 4)  # 59.4604
     # abc vs abcd: every order that exists matches, 4-grams smoothed to 1/2, brevity penalty exp(1 - 4/3).
-    assert score_pair("abc", "abcd")["bleu-4"] == round(100 * 0.5 ** 0.25 * math.exp(1 - 4 / 3), 4)  # 60.2529
+    assert score_pair("abc", "abcd")["bleu-4"] == round(100 * 0.5**0.25 * math.exp(1 - 4 / 3), 4)  # 60.2529
 
 
 def test_means_over_rows_and_the_shipped_predictions():
     assert compute_similarity([("same words", "same words"), ("cat", "dog")]) == {
-        "rows": 2, "rouge-1": 50.0, "rouge-2": 50.0, "rouge-l": 50.0, "bleu-4": 50.0}
+        "rows": 2,
+        "rouge-1": 50.0,
+        "rouge-2": 50.0,
+        "rouge-l": 50.0,
+        "bleu-4": 50.0,
+    }
     rows = read_predictions(EXAMPLES / "predictions.jsonl")
     result = compute_similarity(rows)
     assert result["rows"] == len(rows) == 6
@@ -78,15 +92,21 @@ def test_missing_package_names_the_extra(monkeypatch):
         score_pair("a", "b")
 
 
-@pytest.mark.parametrize("lines, match", [
-    ([], r"no rows"),
-    (["", "  "], r"no rows"),
-    (['{"prediction": "a", "reference": "b"}', '{"prediction": "a"}'], r"line 2: no 'reference' field \(rayft infer"),
-    (['{"reference": "b"}'], r"line 1: no 'prediction' field"),
-    (['{"prediction": "a", "reference": "b"}', "{not json"], r"line 2: not valid JSON"),
-    (['{"prediction": null, "reference": "b"}'], r"line 1: 'prediction' must be a string"),
-    (['["a", "b"]'], r"line 1: expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "lines, match",
+    [
+        ([], r"no rows"),
+        (["", "  "], r"no rows"),
+        (
+            ['{"prediction": "a", "reference": "b"}', '{"prediction": "a"}'],
+            r"line 2: no 'reference' field \(rayft infer",
+        ),
+        (['{"reference": "b"}'], r"line 1: no 'prediction' field"),
+        (['{"prediction": "a", "reference": "b"}', "{not json"], r"line 2: not valid JSON"),
+        (['{"prediction": null, "reference": "b"}'], r"line 1: 'prediction' must be a string"),
+        (['["a", "b"]'], r"line 1: expected a JSON object"),
+    ],
+)
 def test_bad_predictions_files_name_file_and_line(tmp_path, lines, match):
     path = tmp_path / "predictions.jsonl"
     path.write_text("\n".join(lines))
@@ -102,8 +122,11 @@ def test_shipped_benchmarks_load():
     mmlu = load_task(EXAMPLES / "mmlu")
     assert [(s.key, s.name, s.category, len(s.questions), len(s.shots)) for s in mmlu] == [
         ("astronomy", "astronomy", "STEM", 5, 5),
-        ("high_school_geography", "high school geography", "Social Sciences", 5, 5)]
-    assert mmlu[0].questions[1] == Question("A light-year is a unit of", ("time", "speed", "distance", "brightness"), "C", 2)
+        ("high_school_geography", "high school geography", "Social Sciences", 5, 5),
+    ]
+    assert mmlu[0].questions[1] == Question(
+        "A light-year is a unit of", ("time", "speed", "distance", "brightness"), "C", 2
+    )
     ceval = load_task(EXAMPLES / "ceval", split="val", subjects=["middle_school_mathematics"])
     assert [(s.name, s.category, len(s.questions), len(s.shots)) for s in ceval] == [("初中数学", "STEM", 4, 3)]
     assert ceval[0].shots[2].line == 5  # the row before it spans two lines (a quoted newline)
@@ -112,22 +135,28 @@ def test_shipped_benchmarks_load():
 def test_cmmlu_layout(tmp_path):
     for split in ("dev", "test"):
         (tmp_path / split).mkdir()
-        (tmp_path / split / "anatomy.csv").write_text(",Question,A,B,C,D,Answer\n0,人体最大的器官是____,心脏,肝脏,皮肤,肺,C\n",
-                                                      encoding="utf-8")
+        (tmp_path / split / "anatomy.csv").write_text(
+            ",Question,A,B,C,D,Answer\n0,人体最大的器官是____,心脏,肝脏,皮肤,肺,C\n", encoding="utf-8"
+        )
     [subject] = load_task(tmp_path)
     assert (subject.key, subject.name, subject.category) == ("anatomy", "anatomy", None)
-    assert subject.questions == subject.shots == [Question("人体最大的器官是____", ("心脏", "肝脏", "皮肤", "肺"), "C", 2)]
+    assert (
+        subject.questions == subject.shots == [Question("人体最大的器官是____", ("心脏", "肝脏", "皮肤", "肺"), "C", 2)]
+    )
 
 
-@pytest.mark.parametrize("text, match", [
-    ("question,A,B,C,answer\nq,a,b,c,A\n", r"missing column D"),
-    ("id,question,A,B,C,D\n0,q,a,b,c,d\n", r"missing column answer \(C-Eval's test split ships without answers"),
-    ("q1,a,b,c,d,A\nq2,a,b,c,d,E\n", r"line 2: answer 'E' is not one of A, B, C, D"),
-    ("q1,a,b,c,d,A\n\"q2\nstill q2\",a,b,c,d,b\n", r"line 2: answer 'b' is not one of A, B, C, D"),
-    ("q1,a,b,c,d,A\nq2,a,b,c,A\n", r"line 2: 5 cells, expected 6 \(question, A, B, C, D, answer"),
-    ("question,A,B,C,D,answer\nq1,a,b,c,d,\n", r"line 2: answer '' is not one of A, B, C, D \(C-Eval"),
-    ("", r"no questions"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("question,A,B,C,answer\nq,a,b,c,A\n", r"missing column D"),
+        ("id,question,A,B,C,D\n0,q,a,b,c,d\n", r"missing column answer \(C-Eval's test split ships without answers"),
+        ("q1,a,b,c,d,A\nq2,a,b,c,d,E\n", r"line 2: answer 'E' is not one of A, B, C, D"),
+        ('q1,a,b,c,d,A\n"q2\nstill q2",a,b,c,d,b\n', r"line 2: answer 'b' is not one of A, B, C, D"),
+        ("q1,a,b,c,d,A\nq2,a,b,c,A\n", r"line 2: 5 cells, expected 6 \(question, A, B, C, D, answer"),
+        ("question,A,B,C,D,answer\nq1,a,b,c,d,\n", r"line 2: answer '' is not one of A, B, C, D \(C-Eval"),
+        ("", r"no questions"),
+    ],
+)
 def test_bad_benchmark_csv_names_file_and_line(tmp_path, text, match):
     path = tmp_path / "x_test.csv"
     path.write_text(text)
@@ -137,7 +166,9 @@ def test_bad_benchmark_csv_names_file_and_line(tmp_path, text, match):
 
 
 def test_unknown_subject_and_missing_split(tmp_path):
-    with pytest.raises(EvalError, match=r"no subject 'anatomy' in the test split; it has astronomy, high_school_geography"):
+    with pytest.raises(
+        EvalError, match=r"no subject 'anatomy' in the test split; it has astronomy, high_school_geography"
+    ):
         load_task(EXAMPLES / "mmlu", subjects=["anatomy"])
     with pytest.raises(EvalError, match=r"no val/ folder"):
         load_task(EXAMPLES / "mmlu", split="val")
@@ -154,9 +185,16 @@ def test_one_shot_prompt_exact(tokenizer):
         "What is 2 + 2?\nA. 3\nB. 4\nC. 5\nD. 6\nAnswer:<|im_end|>\n"
         "<|im_start|>assistant\nB<|im_end|>\n"
         "<|im_start|>user\nWhat is 3 + 3?\nA. 6\nB. 7\nC. 8\nD. 9\nAnswer:<|im_end|>\n"
-        "<|im_start|>assistant\n")
-    assert build_messages(q, [], "初中数学", STYLES["zh"]) == [{"role": "user", "content": (
-        "以下是中国关于初中数学考试的单项选择题，请选出其中的正确答案。\n\nWhat is 3 + 3?\nA. 6\nB. 7\nC. 8\nD. 9\n答案：")}]
+        "<|im_start|>assistant\n"
+    )
+    assert build_messages(q, [], "初中数学", STYLES["zh"]) == [
+        {
+            "role": "user",
+            "content": (
+                "以下是中国关于初中数学考试的单项选择题，请选出其中的正确答案。\n\nWhat is 3 + 3?\nA. 6\nB. 7\nC. 8\nD. 9\n答案："
+            ),
+        }
+    ]
 
 
 def test_shots_are_dropped_until_the_prompt_fits(tokenizer):
@@ -231,8 +269,11 @@ def test_accuracy_of_a_model_that_always_answers_b(forced_b, task, split, lang):
     subjects = load_task(EXAMPLES / task, split)
     summary = summarize(evaluate(model, tokenizer, subjects, n_shot=2, style=STYLES[lang], batch_size=3))
     questions = [q for s in subjects for q in s.questions]
-    assert summary["overall"] == {"questions": len(questions), "correct": sum(q.answer == "B" for q in questions),
-                                  "accuracy": sum(q.answer == "B" for q in questions) / len(questions)}
+    assert summary["overall"] == {
+        "questions": len(questions),
+        "correct": sum(q.answer == "B" for q in questions),
+        "accuracy": sum(q.answer == "B" for q in questions) / len(questions),
+    }
     for s in subjects:
         got = summary["subjects"][s.key]
         assert got["predictions"] == "B" * len(s.questions)
@@ -259,13 +300,17 @@ def test_adapter_directory_loads_on_its_base(tiny_model, tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM
 
     base_dir = tiny_model("llama")
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    peft_model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    )
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
     peft_model.save_pretrained(tmp_path / "adapter")  # adapter_config.json names base_dir as its base
-    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base_dir)
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        base_dir
+    )
 
     model, _ = load_eval_model(tmp_path / "adapter", device="cpu")
     assert isinstance(model, PeftModel)

@@ -8,18 +8,24 @@ import torch
 from click.testing import CliRunner
 
 from rayft_core.export import ExportError, export_model
-from rayft_core.ownership import OutputError
 from rayft_core.model.adapters import apply_tuning
 from rayft_core.model.loader import load_model
+from rayft_core.ownership import OutputError
 from rayft_core.train.outputs import save_model
-from tests.helpers import run_config
 from tests.core.test_losses import _batch, load_tokenizer_for
+from tests.helpers import run_config
 
 
 def _trained_adapter(tiny_model, tmp_path, name, **tuning):
     """An adapter saved the way training saves it, with B moved off its zero init so the merge matters."""
-    run = run_config(tiny_model("llama"), [{"path": "x.json"}], tmp_path, name, tuning={"method": "lora", "rank": 4, **tuning},
-                     deepspeed={"zero_stage": 0})
+    run = run_config(
+        tiny_model("llama"),
+        [{"path": "x.json"}],
+        tmp_path,
+        name,
+        tuning={"method": "lora", "rank": 4, **tuning},
+        deepspeed={"zero_stage": 0},
+    )
     tokenizer = load_tokenizer_for(tiny_model("llama"))
     model = apply_tuning(load_model(run, tokenizer), run)
     gen = torch.Generator().manual_seed(0)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from rayft_core.data.mixing import interleave_counts
 from rayft.sources import rows_of_file
 from rayft_core.config import DatasetSpec
 from rayft_core.data.formats import RowError, align_row
+from rayft_core.data.mixing import interleave_counts
 from rayft_core.data.registry import DatasetError, check_stage_fit, load_dataset_info, resolve_spec
 from rayft_core.stage_config import section
 from tests.helpers import SHARED
@@ -23,12 +23,23 @@ def spec(**kw) -> DatasetSpec:
 
 
 def test_alpaca_with_system_history_and_input():
-    row = {"instruction": "Translate", "input": "bonjour", "output": "hello", "system": "Be brief.",
-           "history": [["hi", "hey"]]}
-    assert align_row(row, spec(), section("sft")) == {"messages": [
-        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
-        {"role": "assistant", "content": "hey"}, {"role": "user", "content": "Translate\nbonjour"},
-        {"role": "assistant", "content": "hello"}], "tools": None}
+    row = {
+        "instruction": "Translate",
+        "input": "bonjour",
+        "output": "hello",
+        "system": "Be brief.",
+        "history": [["hi", "hey"]],
+    }
+    assert align_row(row, spec(), section("sft")) == {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hey"},
+            {"role": "user", "content": "Translate\nbonjour"},
+            {"role": "assistant", "content": "hello"},
+        ],
+        "tools": None,
+    }
 
 
 def test_alpaca_custom_columns_preference_and_kto():
@@ -39,7 +50,9 @@ def test_alpaca_custom_columns_preference_and_kto():
     assert ranked["chosen"] == {"role": "assistant", "content": "good"} and ranked["messages"][-1]["role"] == "user"
     old_style = align_row({"instruction": "q", "output": ["good", "bad"]}, spec(ranking=True), section("dpo"))
     assert old_style["rejected"]["content"] == "bad"
-    kto = align_row({"instruction": "q", "output": "a", "label": False}, spec(columns={"kto_tag": "label"}), section("kto"))
+    kto = align_row(
+        {"instruction": "q", "output": "a", "label": False}, spec(columns={"kto_tag": "label"}), section("kto")
+    )
     assert kto["kto_tag"] is False
 
 
@@ -51,45 +64,69 @@ def test_pretraining_reads_the_prompt_column_or_text():
 
 def test_sharegpt_tool_calls_observations_and_tools():
     tools = json.dumps([{"name": "f", "description": "d", "parameters": {"type": "object", "properties": {}}}])
-    row = {"conversations": [
-        {"from": "human", "value": "call f"},
-        {"from": "function_call", "value": json.dumps({"name": "f", "arguments": {"x": 1}})},
-        {"from": "observation", "value": "{\"ok\": true}"},
-        {"from": "gpt", "value": "done"}], "tools": tools}
+    row = {
+        "conversations": [
+            {"from": "human", "value": "call f"},
+            {"from": "function_call", "value": json.dumps({"name": "f", "arguments": {"x": 1}})},
+            {"from": "observation", "value": '{"ok": true}'},
+            {"from": "gpt", "value": "done"},
+        ],
+        "tools": tools,
+    }
     out = align_row(row, spec(format="sharegpt"), section("sft"))
-    assert out["messages"][1] == {"role": "assistant", "content": "",
-                                  "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {"x": 1}}}]}
-    assert out["messages"][2] == {"role": "tool", "content": "{\"ok\": true}"}
+    assert out["messages"][1] == {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {"x": 1}}}],
+    }
+    assert out["messages"][2] == {"role": "tool", "content": '{"ok": true}'}
     assert out["tools"][0]["type"] == "function" and out["tools"][0]["function"]["name"] == "f"
 
 
 def test_sharegpt_custom_tags_openai_and_preference():
-    tagged = spec(format="sharegpt", columns={"messages": "messages"},
-                  tags={"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"})
+    tagged = spec(
+        format="sharegpt",
+        columns={"messages": "messages"},
+        tags={"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
+    )
     row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
     assert align_row(row, tagged, section("sft"))["messages"][-1] == {"role": "assistant", "content": "a"}
     openai = spec(format="openai", columns={"messages": "messages"})
-    row = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"},
-                        {"role": "assistant", "content": "a"}]}
+    row = {
+        "messages": [
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "a"},
+        ]
+    }
     assert [m["role"] for m in align_row(row, openai, section("sft"))["messages"]] == ["system", "user", "assistant"]
     dpo = spec(format="sharegpt", ranking=True)
-    row = {"conversations": [{"from": "human", "value": "q"}], "chosen": {"from": "gpt", "value": "good"},
-           "rejected": {"from": "gpt", "value": "bad"}}
+    row = {
+        "conversations": [{"from": "human", "value": "q"}],
+        "chosen": {"from": "gpt", "value": "good"},
+        "rejected": {"from": "gpt", "value": "bad"},
+    }
     out = align_row(row, dpo, section("dpo"))
     assert out["chosen"]["content"] == "good" and out["rejected"]["content"] == "bad"
 
 
-@pytest.mark.parametrize("row, fmt, reason", [
-    ({"output": "a"}, "alpaca", "missing column"),
-    ({"instruction": 3, "output": "a"}, "alpaca", "wrong type"),
-    ({"instruction": "q", "output": " "}, "alpaca", "empty turn"),
-    ({"conversations": [{"from": "gpt", "value": "a"}]}, "sharegpt", "roles out of order"),
-    ({"conversations": [{"from": "human", "value": "q"}]}, "sharegpt", "roles out of order"),
-    ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": ""}]}, "sharegpt", "empty turn"),
-    ({"conversations": "hi"}, "sharegpt", "wrong type"),
-    ({"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "{oops"}]}, "sharegpt",
-     "invalid JSON"),
-])
+@pytest.mark.parametrize(
+    "row, fmt, reason",
+    [
+        ({"output": "a"}, "alpaca", "missing column"),
+        ({"instruction": 3, "output": "a"}, "alpaca", "wrong type"),
+        ({"instruction": "q", "output": " "}, "alpaca", "empty turn"),
+        ({"conversations": [{"from": "gpt", "value": "a"}]}, "sharegpt", "roles out of order"),
+        ({"conversations": [{"from": "human", "value": "q"}]}, "sharegpt", "roles out of order"),
+        ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": ""}]}, "sharegpt", "empty turn"),
+        ({"conversations": "hi"}, "sharegpt", "wrong type"),
+        (
+            {"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "{oops"}]},
+            "sharegpt",
+            "invalid JSON",
+        ),
+    ],
+)
 def test_bad_rows_name_file_row_and_reason(row, fmt, reason):
     with pytest.raises(RowError, match=rf"^data\.jsonl: row 7: {reason}: ") as e:
         align_row({**row, "path": "data.jsonl", "__row__": 7}, spec(format=fmt), section("sft"))
@@ -98,7 +135,9 @@ def test_bad_rows_name_file_row_and_reason(row, fmt, reason):
 
 def test_kto_tag_must_be_boolean():
     with pytest.raises(RowError, match="KTO column 'label' must be true or false, got 'yes'"):
-        align_row({"instruction": "q", "output": "a", "label": "yes"}, spec(columns={"kto_tag": "label"}), section("kto"))
+        align_row(
+            {"instruction": "q", "output": "a", "label": "yes"}, spec(columns={"kto_tag": "label"}), section("kto")
+        )
 
 
 def test_reader_keeps_strings_and_reports_bad_lines(tmp_path):
@@ -121,7 +160,9 @@ def test_dataset_info_names_resolve_with_closest_name():
     assert resolved.path == str(EXAMPLES / "tools_sharegpt.json") and resolved.format == "sharegpt"
     assert resolved.columns.tools == "tools"
     assert resolve_spec(DatasetSpec(dataset="corpus"), str(EXAMPLES), "k").format == "text"
-    with pytest.raises(DatasetError, match=r"data.train\[0\].dataset: 'weather_tool' is not in .*did you mean 'weather_tools'"):
+    with pytest.raises(
+        DatasetError, match=r"data.train\[0\].dataset: 'weather_tool' is not in .*did you mean 'weather_tools'"
+    ):
         resolve_spec(DatasetSpec(dataset="weather_tool"), str(EXAMPLES), "data.train[0]")
     with pytest.raises(DatasetError, match="dataset_info.json, which does not exist"):
         resolve_spec(DatasetSpec(dataset="x"), "/nonexistent", "data.train[0]")
@@ -140,8 +181,17 @@ def test_stage_fit_is_checked_before_reading():
 
 def _align_file(info: dict, name: str, dataset_dir: Path) -> tuple[int, list[str]]:
     resolved = resolve_spec(DatasetSpec(dataset=name), str(dataset_dir), name)
-    stage = "dpo" if resolved.ranking else "kto" if resolved.columns.kto_tag else "pt" if resolved.format == "text" \
-        or "prompt" in info[name].get("columns", {}) and "response" not in info[name].get("columns", {}) else "sft"
+    stage = (
+        "dpo"
+        if resolved.ranking
+        else "kto"
+        if resolved.columns.kto_tag
+        else "pt"
+        if resolved.format == "text"
+        or "prompt" in info[name].get("columns", {})
+        and "response" not in info[name].get("columns", {})
+        else "sft"
+    )
     stage = section(stage)
     check_stage_fit(resolved, stage, name)
     path = Path(resolved.path)
@@ -164,7 +214,9 @@ def test_shipped_dataset_info_aligns_every_row():
         assert good > 0 and errors == [], (name, errors[:3])
 
 
-@pytest.mark.skipif(not (SHARED / "data" / "dataset_info.json").is_file(), reason="needs ../shared/data (LLaMA-Factory's demo data)")
+@pytest.mark.skipif(
+    not (SHARED / "data" / "dataset_info.json").is_file(), reason="needs ../shared/data (LLaMA-Factory's demo data)"
+)
 def test_llamafactory_dataset_info_reads_unchanged():
     """LLaMA-Factory's own dataset_info.json: every entry whose file is here aligns with no bad row;
     multimodal entries are refused by name; hub entries resolve to hub specs."""
@@ -188,8 +240,15 @@ def test_llamafactory_dataset_info_reads_unchanged():
         good, errors = _align_file(info, name, data)
         assert good > 0 and errors == [], (name, errors[:3])
         checked.append(name)
-    assert {"alpaca_en_demo", "identity", "glaive_toolcall_en_demo", "dpo_en_demo", "kto_en_demo", "c4_demo",
-            "wiki_demo"} <= set(checked)
+    assert {
+        "alpaca_en_demo",
+        "identity",
+        "glaive_toolcall_en_demo",
+        "dpo_en_demo",
+        "kto_en_demo",
+        "c4_demo",
+        "wiki_demo",
+    } <= set(checked)
 
 
 def test_interleave_counts_are_seeded_and_stop_as_asked():

@@ -21,7 +21,7 @@ def _greedy(model_dir: Path, tokenizer, messages: list[dict], n: int) -> str:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     out = model.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 def test_chat_streams_the_greedy_reply_keeps_history_and_resets(tiny_model, tokenizer) -> None:
@@ -32,9 +32,22 @@ def test_chat_streams_the_greedy_reply_keeps_history_and_resets(tiny_model, toke
     expected_second = _greedy(model_dir, tokenizer, second, 6)
     after_reset = _greedy(model_dir, tokenizer, [first[0], {"role": "user", "content": "Again."}], 6)
 
-    result = CliRunner().invoke(main, ["chat", str(model_dir), "--engine", "hf", "--temperature", "0",
-                                       "--max-new-tokens", "6", "--system", "Be brief."],
-                                input="Say hello.\nAgain.\n/reset\nAgain.\n/exit\n")
+    result = CliRunner().invoke(
+        main,
+        [
+            "chat",
+            str(model_dir),
+            "--engine",
+            "hf",
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "6",
+            "--system",
+            "Be brief.",
+        ],
+        input="Say hello.\nAgain.\n/reset\nAgain.\n/exit\n",
+    )
     assert result.exit_code == 0, result.output
     replies = [line.split("assistant> ", 1)[1] for line in result.output.splitlines() if "assistant> " in line]
     assert replies == [expected_first, expected_second, after_reset]

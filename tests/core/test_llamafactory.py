@@ -64,17 +64,49 @@ placement_strategy: spread
 """)
 
 FULL_SFT_RAYFT = {
-    "model": {"name_or_path": "/models/llama3-8b", "dtype": "bfloat16", "attn_implementation": "flash_attention_2",
-              "gradient_checkpointing": False, "trust_remote_code": True, "template": "llama3"},
-    "tuning": {"method": "lora", "rank": 16, "alpha": 32, "dropout": 0.05, "target": ["q_proj", "v_proj"],
-               "use_rslora": True, "use_dora": False, "init": "pissa", "loraplus_lr_ratio": 16},
+    "model": {
+        "name_or_path": "/models/llama3-8b",
+        "dtype": "bfloat16",
+        "attn_implementation": "flash_attention_2",
+        "gradient_checkpointing": False,
+        "trust_remote_code": True,
+        "template": "llama3",
+    },
+    "tuning": {
+        "method": "lora",
+        "rank": 16,
+        "alpha": 32,
+        "dropout": 0.05,
+        "target": ["q_proj", "v_proj"],
+        "use_rslora": True,
+        "use_dora": False,
+        "init": "pissa",
+        "loraplus_lr_ratio": 16,
+    },
     "stage": {"name": "sft", "train_on_prompt": True, "mask_history": True},
-    "data": {"train": [{"dataset": "identity", "num_samples": 500}, {"dataset": "alpaca_en_demo", "num_samples": 500}],
-             "eval": [{"dataset": "alpaca_eval", "num_samples": 500}], "dataset_dir": "/data/lf", "max_seq_len": 4096,
-             "packing": False, "mix": "interleave", "mix_probabilities": [0.75, 0.25], "mix_stopping": "all_exhausted"},
-    "train": {"num_epochs": 2.0, "max_steps": 1000, "micro_batch_size": 2, "gradient_accumulation_steps": 4,
-              "learning_rate": 1e-4, "lr_scheduler": "constant", "warmup_ratio": 0.1, "weight_decay": 0.01,
-              "max_grad_norm": 0.5, "seed": 7, "logging_steps": 5},
+    "data": {
+        "train": [{"dataset": "identity", "num_samples": 500}, {"dataset": "alpaca_en_demo", "num_samples": 500}],
+        "eval": [{"dataset": "alpaca_eval", "num_samples": 500}],
+        "dataset_dir": "/data/lf",
+        "max_seq_len": 4096,
+        "packing": False,
+        "mix": "interleave",
+        "mix_probabilities": [0.75, 0.25],
+        "mix_stopping": "all_exhausted",
+    },
+    "train": {
+        "num_epochs": 2.0,
+        "max_steps": 1000,
+        "micro_batch_size": 2,
+        "gradient_accumulation_steps": 4,
+        "learning_rate": 1e-4,
+        "lr_scheduler": "constant",
+        "warmup_ratio": 0.1,
+        "weight_decay": 0.01,
+        "max_grad_norm": 0.5,
+        "seed": 7,
+        "logging_steps": 5,
+    },
     "deepspeed": {"zero_stage": 2, "offload_optimizer": True},
     "cluster": {"num_workers": 8, "use_gpu": True, "cpus_per_worker": 4, "placement_strategy": "SPREAD"},
     "output": {"storage_path": "saves/llama3-8b/lora", "name": "sft", "overwrite": True},
@@ -88,9 +120,11 @@ def errors(notes: list[str]) -> list[str]:
 
 def test_a_full_sft_yaml_translates_to_exact_values_with_nothing_to_note_but_overwrite():
     raw, notes = translate(FULL_SFT)
-    assert notes == ["warning: overwrite_output_dir: true -- in LLaMA-Factory it allows writing into a non-empty "
-                     "output_dir; rayft replaces an earlier rayft run there and refuses a directory holding files "
-                     "rayft did not write (nothing of yours is deleted)"]
+    assert notes == [
+        "warning: overwrite_output_dir: true -- in LLaMA-Factory it allows writing into a non-empty "
+        "output_dir; rayft replaces an earlier rayft run there and refuses a directory holding files "
+        "rayft did not write (nothing of yours is deleted)"
+    ]
     assert raw == FULL_SFT_RAYFT
     assert list(raw) == list(FULL_SFT_RAYFT)  # sections in the schema's order
     run = validate_config(raw)
@@ -110,44 +144,111 @@ def test_unset_keys_take_llamafactory_defaults_where_they_differ_from_rayfts():
 def test_every_key_rayft_cannot_honour_is_reported_once_with_its_value_and_why():
     """Keys that leave the trained model as LLaMA-Factory would train it (logging, speed, uploads, another method's
     or stage's keys, which LLaMA-Factory ignores too) are warnings; the run goes on."""
-    lf = {**LF_MINIMAL, "report_to": "wandb,swanlab", "use_unsloth": True, "save_steps": 500, "save_strategy": "epoch", "eval_steps": 100,
-          "preprocessing_num_workers": 16, "ddp_timeout": 180000000, "hf_hub_token": "hf_SECRET", "not_a_key": 1,
-          "pref_beta": 0.2, "galore_rank": 4, "freeze_trainable_modules": "mlp", "template": "qwen3_nothink",
-          "flash_attn": "fa3", "resources_per_worker": {"GPU": 2}, "tf32": True, "torch_compile": True,
-          "eval_strategy": "steps", "push_to_hub": True, "data_seed": 3, "overwrite_output_dir": True,
-          "quantization_type": "fp4", "pissa_iter": -1,  # read only with quantization_bit and pissa_init
-          # honoured by what rayft does anyway, so not noted:
-          "do_train": True, "plot_loss": True, "overwrite_cache": True, "save_only_model": False, "adam_epsilon": "1e-8"}
+    lf = {
+        **LF_MINIMAL,
+        "report_to": "wandb,swanlab",
+        "use_unsloth": True,
+        "save_steps": 500,
+        "save_strategy": "epoch",
+        "eval_steps": 100,
+        "preprocessing_num_workers": 16,
+        "ddp_timeout": 180000000,
+        "hf_hub_token": "hf_SECRET",
+        "not_a_key": 1,
+        "pref_beta": 0.2,
+        "galore_rank": 4,
+        "freeze_trainable_modules": "mlp",
+        "template": "qwen3_nothink",
+        "flash_attn": "fa3",
+        "resources_per_worker": {"GPU": 2},
+        "tf32": True,
+        "torch_compile": True,
+        "eval_strategy": "steps",
+        "push_to_hub": True,
+        "data_seed": 3,
+        "overwrite_output_dir": True,
+        "quantization_type": "fp4",
+        "pissa_iter": -1,  # read only with quantization_bit and pissa_init
+        # honoured by what rayft does anyway, so not noted:
+        "do_train": True,
+        "plot_loss": True,
+        "overwrite_cache": True,
+        "save_only_model": False,
+        "adam_epsilon": "1e-8",
+    }
     raw, notes = translate(lf)
-    noted = ["report_to", "use_unsloth", "save_strategy", "preprocessing_num_workers", "ddp_timeout",
-             "hf_hub_token", "not_a_key", "pref_beta", "galore_rank", "freeze_trainable_modules", "template",
-             "flash_attn", "resources_per_worker", "tf32", "torch_compile", "eval_strategy", "push_to_hub", "data_seed",
-             "overwrite_output_dir", "quantization_type", "pissa_iter", "eval_steps"]
+    noted = [
+        "report_to",
+        "use_unsloth",
+        "save_strategy",
+        "preprocessing_num_workers",
+        "ddp_timeout",
+        "hf_hub_token",
+        "not_a_key",
+        "pref_beta",
+        "galore_rank",
+        "freeze_trainable_modules",
+        "template",
+        "flash_attn",
+        "resources_per_worker",
+        "tf32",
+        "torch_compile",
+        "eval_strategy",
+        "push_to_hub",
+        "data_seed",
+        "overwrite_output_dir",
+        "quantization_type",
+        "pissa_iter",
+        "eval_steps",
+    ]
     assert sorted(noted_keys(notes)) == sorted(noted)
     assert not any(is_error(n) for n in notes)
-    assert 'warning: report_to: "wandb,swanlab" -- rayft reports to tensorboard, mlflow and wandb; swanlab' in "\n".join(notes)
+    assert (
+        'warning: report_to: "wandb,swanlab" -- rayft reports to tensorboard, mlflow and wandb; swanlab'
+        in "\n".join(notes)
+    )
     assert 'warning: quantization_type: "fp4" -- only read with quantization_bit; no effect' in notes
     assert raw["output"]["report_to"] == ["wandb"]
     assert "hf_SECRET" not in "\n".join(notes)  # tokens are never echoed
-    assert any(n.startswith('warning: not_a_key: 1 -- not a LLaMA-Factory 0.9.5 training key') for n in notes)
+    assert any(n.startswith("warning: not_a_key: 1 -- not a LLaMA-Factory 0.9.5 training key") for n in notes)
     validate_config(raw)
 
 
 def test_notes_start_with_the_llamafactory_key_as_the_yaml_writes_it():
     """Even where a key maps to a rayft key (overwrite_output_dir -> output.overwrite), the note names the YAML's."""
-    lf = {**LF_MINIMAL, "overwrite_output_dir": True, "optim": "sgd", "lr_scheduler_type": "polynomial",
-          "galore_rank": 4, "ppo_epochs": 2, "not_a_key": 1, "bf16": True, "fp16": True}
+    lf = {
+        **LF_MINIMAL,
+        "overwrite_output_dir": True,
+        "optim": "sgd",
+        "lr_scheduler_type": "polynomial",
+        "galore_rank": 4,
+        "ppo_epochs": 2,
+        "not_a_key": 1,
+        "bf16": True,
+        "fp16": True,
+    }
     _, notes = translate(lf)
     assert notes and set(noted_keys(notes)) <= set(lf)
-    assert all(n.startswith(f"{'error' if is_error(n) else 'warning'}: {k}: ") for n, k in zip(notes, noted_keys(notes)))
+    assert all(
+        n.startswith(f"{'error' if is_error(n) else 'warning'}: {k}: ") for n, k in zip(notes, noted_keys(notes))
+    )
 
 
-@pytest.mark.parametrize("lf, dtype, noted", [
-    ({"bf16": True}, "bfloat16", []), ({"fp16": True}, "float16", []), ({"pure_bf16": True}, "bfloat16", []),
-    ({"bf16": True, "fp16": False}, "bfloat16", []), ({"bf16": False, "fp16": False}, None, []),
-    ({"bf16": True, "fp16": True}, None, ["error: fp16: true -- bf16 and fp16 cannot both be true (LLaMA-Factory "
-                                          "refuses it too): keep one"]),
-])
+@pytest.mark.parametrize(
+    "lf, dtype, noted",
+    [
+        ({"bf16": True}, "bfloat16", []),
+        ({"fp16": True}, "float16", []),
+        ({"pure_bf16": True}, "bfloat16", []),
+        ({"bf16": True, "fp16": False}, "bfloat16", []),
+        ({"bf16": False, "fp16": False}, None, []),
+        (
+            {"bf16": True, "fp16": True},
+            None,
+            ["error: fp16: true -- bf16 and fp16 cannot both be true (LLaMA-Factory refuses it too): keep one"],
+        ),
+    ],
+)
 def test_bf16_and_fp16(lf, dtype, noted):
     raw, notes = translate({**LF_MINIMAL, **lf})
     assert raw["model"].get("dtype") == dtype and notes == noted
@@ -176,122 +277,203 @@ def test_llamafactorys_default_values_are_never_noted():
             for value in honoured:
                 _, notes = translate({**LF_MINIMAL, key: value})
                 assert notes == [], (key, value)
-    _, notes = translate({**LF_MINIMAL, "use_dora": False, "use_rslora": False, "pissa_init": False, "lora_dropout": 0.0,
-                          "lora_target": "all", "loraplus_lr_ratio": None, "quantization_bit": None, "use_galore": False,
-                          "galore_layerwise": False, "galore_proj_type": "std", "freeze_trainable_modules": "all",
-                          "mix_strategy": "concat", "lr_scheduler_type": "cosine", "rope_scaling": None, "bf16": False,
-                          "fp16": False, "warmup_steps": 0, "overwrite_output_dir": False, "val_size": 0.0})
+    _, notes = translate(
+        {
+            **LF_MINIMAL,
+            "use_dora": False,
+            "use_rslora": False,
+            "pissa_init": False,
+            "lora_dropout": 0.0,
+            "lora_target": "all",
+            "loraplus_lr_ratio": None,
+            "quantization_bit": None,
+            "use_galore": False,
+            "galore_layerwise": False,
+            "galore_proj_type": "std",
+            "freeze_trainable_modules": "all",
+            "mix_strategy": "concat",
+            "lr_scheduler_type": "cosine",
+            "rope_scaling": None,
+            "bf16": False,
+            "fp16": False,
+            "warmup_steps": 0,
+            "overwrite_output_dir": False,
+            "val_size": 0.0,
+        }
+    )
     assert notes == []
 
 
-@pytest.mark.parametrize("lf, key", [
-    ({"stage": "grpo"}, "stage"), ({"stage": "ppo"}, "reward_model"),
-    ({"stage": "ppo", "reward_model": "http://rm:8000", "reward_model_type": "api"}, "reward_model_type"),
-    ({"stage": "ppo", "reward_model": "saves/rm", "do_sample": False}, "do_sample"),
-    ({"stage": "ppo", "reward_model": "saves/rm", "num_beams": 4}, "num_beams"),
-    ({"stage": "ppo", "reward_model": "saves/rm", "max_new_tokens": 0}, "max_new_tokens"),
-    ({"stage": "ppo", "reward_model": "saves/rm", "ref_model": "/m/ref"}, "ref_model"),
-    ({"stage": "ppo", "reward_model": "/m/rm", "reward_model_type": "full", "reward_model_adapters": "/m/rm-lora"},
-     "reward_model_adapters"),
-    ({"stage": "dpo", "pref_loss": "kto_pair"}, "pref_loss"), ({"stage": "dpo", "pref_loss": "bco"}, "pref_loss"),
-    ({"stage": "dpo", "pref_bco_weight": 0.5}, "pref_bco_weight"),
-    ({"stage": "dpo", "pref_loss": "hinge", "dpo_label_smoothing": 0.1}, "dpo_label_smoothing"),
-    ({"stage": "dpo", "pref_loss": "orpo", "dpo_label_smoothing": 0.1}, "dpo_label_smoothing"),
-    ({"stage": "dpo", "pref_loss": "orpo", "pref_ftx": 0.5}, "pref_ftx"),
-    ({"stage": "dpo", "ld_alpha": 0.5}, "ld_alpha"), ({"stage": "dpo", "pref_loss": "simpo", "ld_alpha": 0.5}, "ld_alpha"),
-    ({"stage": "kto", "ref_model": "/m/ref", "ref_model_adapters": "/m/ref-lora"}, "ref_model_adapters"),
-    ({"stage": "dpo", "pissa_init": True}, "pissa_init"), ({"stage": "kto", "pissa_init": True}, "pissa_init"),
-    ({"finetuning_type": "oft"}, "finetuning_type"),
-    ({"finetuning_type": "full", "quantization_bit": 4}, "quantization_bit"),
-    ({"quantization_bit": 2}, "quantization_bit"),
-    ({"do_train": False, "do_predict": True}, "do_train"),
-    ({"adapter_name_or_path": "saves/lora"}, "adapter_name_or_path"),
-    ({"dataset_dir": "REMOTE:llamafactory/demo_data"}, "dataset_dir"),
-    ({"model_name_or_path": None}, "model_name_or_path"),
-    # another optimizer, schedule, loss, precision, model, data or result than rayft's
-    ({"bf16": True, "fp16": True}, "fp16"),
-    ({"optim": "sgd"}, "optim"), ({"adam_beta2": 0.95}, "adam_beta2"), ({"use_muon": True}, "use_muon"),
-    ({"finetuning_type": "full", "use_apollo": True}, "use_apollo"), ({"optim_args": "foo=1"}, "optim_args"),
-    ({"lr_scheduler_type": "polynomial"}, "lr_scheduler_type"),
-    ({"lr_scheduler_kwargs": {"power": 2}}, "lr_scheduler_kwargs"),
-    ({"warmup_steps": 50}, "warmup_steps"),
-    ({"label_smoothing_factor": 0.1}, "label_smoothing_factor"), ({"use_dft_loss": True}, "use_dft_loss"),
-    ({"neftune_noise_alpha": 5}, "neftune_noise_alpha"),
-    ({"ignore_pad_token_for_loss": False}, "ignore_pad_token_for_loss"),
-    ({"group_by_length": True}, "group_by_length"), ({"auto_find_batch_size": True}, "auto_find_batch_size"),
-    ({"rope_scaling": "llama3"}, "rope_scaling"), ({"upcast_layernorm": True}, "upcast_layernorm"),
-    ({"fp8": True}, "fp8"), ({"model_revision": "v2"}, "model_revision"),
-    ({"train_from_scratch": True}, "train_from_scratch"),
-    ({"resize_vocab": True}, "resize_vocab"), ({"add_tokens": "<a>,<b>"}, "add_tokens"),
-    ({"mix_strategy": "interleave_once"}, "mix_strategy"), ({"default_system": "You are helpful."}, "default_system"),
-    ({"tool_format": "qwen"}, "tool_format"), ({"enable_thinking": False}, "enable_thinking"),
-    ({"split_special_tokens": True}, "split_special_tokens"),
-    ({"load_best_model_at_end": True}, "load_best_model_at_end"), ({"early_stopping_steps": 3}, "early_stopping_steps"),
-    ({"resume_from_checkpoint": "saves/x/checkpoint-100"}, "resume_from_checkpoint"),
-    ({"additional_target": "embed_tokens"}, "additional_target"),
-    ({"quantization_bit": 4, "quantization_type": "fp4"}, "quantization_type"),
-    ({"quantization_bit": 4, "double_quantization": False}, "double_quantization"),
-    ({"quantization_bit": 4, "quantization_method": "hqq"}, "quantization_method"),
-    ({"pissa_init": True, "pissa_iter": -1}, "pissa_iter"),
-    ({"loraplus_lr_ratio": 16, "loraplus_lr_embedding": 1e-5}, "loraplus_lr_embedding"),
-    ({"use_galore": True}, "use_galore"),
-    ({"finetuning_type": "full", "use_galore": True, "galore_proj_type": "left"}, "galore_proj_type"),
-    ({"finetuning_type": "full", "use_galore": True, "galore_layerwise": True}, "galore_layerwise"),
-    ({"finetuning_type": "freeze", "freeze_trainable_modules": "mlp"}, "freeze_trainable_modules"),
-])
+@pytest.mark.parametrize(
+    "lf, key",
+    [
+        ({"stage": "grpo"}, "stage"),
+        ({"stage": "ppo"}, "reward_model"),
+        ({"stage": "ppo", "reward_model": "http://rm:8000", "reward_model_type": "api"}, "reward_model_type"),
+        ({"stage": "ppo", "reward_model": "saves/rm", "do_sample": False}, "do_sample"),
+        ({"stage": "ppo", "reward_model": "saves/rm", "num_beams": 4}, "num_beams"),
+        ({"stage": "ppo", "reward_model": "saves/rm", "max_new_tokens": 0}, "max_new_tokens"),
+        ({"stage": "ppo", "reward_model": "saves/rm", "ref_model": "/m/ref"}, "ref_model"),
+        (
+            {
+                "stage": "ppo",
+                "reward_model": "/m/rm",
+                "reward_model_type": "full",
+                "reward_model_adapters": "/m/rm-lora",
+            },
+            "reward_model_adapters",
+        ),
+        ({"stage": "dpo", "pref_loss": "kto_pair"}, "pref_loss"),
+        ({"stage": "dpo", "pref_loss": "bco"}, "pref_loss"),
+        ({"stage": "dpo", "pref_bco_weight": 0.5}, "pref_bco_weight"),
+        ({"stage": "dpo", "pref_loss": "hinge", "dpo_label_smoothing": 0.1}, "dpo_label_smoothing"),
+        ({"stage": "dpo", "pref_loss": "orpo", "dpo_label_smoothing": 0.1}, "dpo_label_smoothing"),
+        ({"stage": "dpo", "pref_loss": "orpo", "pref_ftx": 0.5}, "pref_ftx"),
+        ({"stage": "dpo", "ld_alpha": 0.5}, "ld_alpha"),
+        ({"stage": "dpo", "pref_loss": "simpo", "ld_alpha": 0.5}, "ld_alpha"),
+        ({"stage": "kto", "ref_model": "/m/ref", "ref_model_adapters": "/m/ref-lora"}, "ref_model_adapters"),
+        ({"stage": "dpo", "pissa_init": True}, "pissa_init"),
+        ({"stage": "kto", "pissa_init": True}, "pissa_init"),
+        ({"finetuning_type": "oft"}, "finetuning_type"),
+        ({"finetuning_type": "full", "quantization_bit": 4}, "quantization_bit"),
+        ({"quantization_bit": 2}, "quantization_bit"),
+        ({"do_train": False, "do_predict": True}, "do_train"),
+        ({"adapter_name_or_path": "saves/lora"}, "adapter_name_or_path"),
+        ({"dataset_dir": "REMOTE:llamafactory/demo_data"}, "dataset_dir"),
+        ({"model_name_or_path": None}, "model_name_or_path"),
+        # another optimizer, schedule, loss, precision, model, data or result than rayft's
+        ({"bf16": True, "fp16": True}, "fp16"),
+        ({"optim": "sgd"}, "optim"),
+        ({"adam_beta2": 0.95}, "adam_beta2"),
+        ({"use_muon": True}, "use_muon"),
+        ({"finetuning_type": "full", "use_apollo": True}, "use_apollo"),
+        ({"optim_args": "foo=1"}, "optim_args"),
+        ({"lr_scheduler_type": "polynomial"}, "lr_scheduler_type"),
+        ({"lr_scheduler_kwargs": {"power": 2}}, "lr_scheduler_kwargs"),
+        ({"warmup_steps": 50}, "warmup_steps"),
+        ({"label_smoothing_factor": 0.1}, "label_smoothing_factor"),
+        ({"use_dft_loss": True}, "use_dft_loss"),
+        ({"neftune_noise_alpha": 5}, "neftune_noise_alpha"),
+        ({"ignore_pad_token_for_loss": False}, "ignore_pad_token_for_loss"),
+        ({"group_by_length": True}, "group_by_length"),
+        ({"auto_find_batch_size": True}, "auto_find_batch_size"),
+        ({"rope_scaling": "llama3"}, "rope_scaling"),
+        ({"upcast_layernorm": True}, "upcast_layernorm"),
+        ({"fp8": True}, "fp8"),
+        ({"model_revision": "v2"}, "model_revision"),
+        ({"train_from_scratch": True}, "train_from_scratch"),
+        ({"resize_vocab": True}, "resize_vocab"),
+        ({"add_tokens": "<a>,<b>"}, "add_tokens"),
+        ({"mix_strategy": "interleave_once"}, "mix_strategy"),
+        ({"default_system": "You are helpful."}, "default_system"),
+        ({"tool_format": "qwen"}, "tool_format"),
+        ({"enable_thinking": False}, "enable_thinking"),
+        ({"split_special_tokens": True}, "split_special_tokens"),
+        ({"load_best_model_at_end": True}, "load_best_model_at_end"),
+        ({"early_stopping_steps": 3}, "early_stopping_steps"),
+        ({"resume_from_checkpoint": "saves/x/checkpoint-100"}, "resume_from_checkpoint"),
+        ({"additional_target": "embed_tokens"}, "additional_target"),
+        ({"quantization_bit": 4, "quantization_type": "fp4"}, "quantization_type"),
+        ({"quantization_bit": 4, "double_quantization": False}, "double_quantization"),
+        ({"quantization_bit": 4, "quantization_method": "hqq"}, "quantization_method"),
+        ({"pissa_init": True, "pissa_iter": -1}, "pissa_iter"),
+        ({"loraplus_lr_ratio": 16, "loraplus_lr_embedding": 1e-5}, "loraplus_lr_embedding"),
+        ({"use_galore": True}, "use_galore"),
+        ({"finetuning_type": "full", "use_galore": True, "galore_proj_type": "left"}, "galore_proj_type"),
+        ({"finetuning_type": "full", "use_galore": True, "galore_layerwise": True}, "galore_layerwise"),
+        ({"finetuning_type": "freeze", "freeze_trainable_modules": "mlp"}, "freeze_trainable_modules"),
+    ],
+)
 def test_what_would_change_the_run_is_an_error_level_note(lf, key):
     _, notes = translate({**LF_MINIMAL, **lf})
     assert errors(notes) == [key]
 
 
-@pytest.mark.parametrize("lf, storage_path, name", [
-    ({"output_dir": "saves/llama3-8b/lora/sft"}, "saves/llama3-8b/lora", "sft"),
-    ({"output_dir": "tmp_dir"}, ".", "tmp_dir"),
-    ({"output_dir": "/abs/runs/qwen/"}, "/abs/runs", "qwen"),
-    ({"output_dir": "tmp_dir", "ray_storage_path": "./saves"}, "./saves", "tmp_dir"),
-    ({"output_dir": "tmp_dir", "ray_storage_path": "./saves", "ray_run_name": "r1"}, "./saves", "r1"),
-])
+@pytest.mark.parametrize(
+    "lf, storage_path, name",
+    [
+        ({"output_dir": "saves/llama3-8b/lora/sft"}, "saves/llama3-8b/lora", "sft"),
+        ({"output_dir": "tmp_dir"}, ".", "tmp_dir"),
+        ({"output_dir": "/abs/runs/qwen/"}, "/abs/runs", "qwen"),
+        ({"output_dir": "tmp_dir", "ray_storage_path": "./saves"}, "./saves", "tmp_dir"),
+        ({"output_dir": "tmp_dir", "ray_storage_path": "./saves", "ray_run_name": "r1"}, "./saves", "r1"),
+    ],
+)
 def test_output_dir_splits_into_storage_path_and_name(lf, storage_path, name):
     raw, notes = translate({**LF_MINIMAL, **lf})
     assert (raw["output"]["storage_path"], raw["output"]["name"]) == (storage_path, name)
     assert noted_keys(notes) == (["output_dir"] if "ray_run_name" in lf else [])  # superseded, said so
 
 
-@pytest.mark.parametrize("path, expected", [
-    ("examples/deepspeed/ds_z0_config.json", {"zero_stage": 0}),
-    ("ds_z2_config.json", {"zero_stage": 2}),
-    ("/x/ds_z2_offload_config.json", {"zero_stage": 2, "offload_optimizer": True}),
-    ("ds_z3_config.json", {"zero_stage": 3}),
-    ("examples/deepspeed/ds_z3_offload_config.json", {"zero_stage": 3, "offload_optimizer": True, "offload_params": True}),
-    ("configs/my_zero3.json", {"config_file": "configs/my_zero3.json"}),
-])
+@pytest.mark.parametrize(
+    "path, expected",
+    [
+        ("examples/deepspeed/ds_z0_config.json", {"zero_stage": 0}),
+        ("ds_z2_config.json", {"zero_stage": 2}),
+        ("/x/ds_z2_offload_config.json", {"zero_stage": 2, "offload_optimizer": True}),
+        ("ds_z3_config.json", {"zero_stage": 3}),
+        (
+            "examples/deepspeed/ds_z3_offload_config.json",
+            {"zero_stage": 3, "offload_optimizer": True, "offload_params": True},
+        ),
+        ("configs/my_zero3.json", {"config_file": "configs/my_zero3.json"}),
+    ],
+)
 def test_llamafactory_deepspeed_configs_are_recognised_by_name(path, expected):
     raw, _ = translate({**LF_MINIMAL, "finetuning_type": "full", "deepspeed": path})
     assert raw["deepspeed"] == expected
 
 
 def test_galore_becomes_rayfts_galore_method_without_zero():
-    raw, notes = translate({**LF_MINIMAL, "finetuning_type": "full", "use_galore": True, "galore_rank": 32,
-                            "galore_update_interval": 100, "galore_target": "mlp,self_attn",
-                            "deepspeed": "ds_z2_config.json"})
-    assert raw["tuning"] == {"method": "galore", "rank": 32, "update_proj_gap": 100, "scale": 2.0,
-                             "target": ["mlp", "self_attn"]}
+    raw, notes = translate(
+        {
+            **LF_MINIMAL,
+            "finetuning_type": "full",
+            "use_galore": True,
+            "galore_rank": 32,
+            "galore_update_interval": 100,
+            "galore_target": "mlp,self_attn",
+            "deepspeed": "ds_z2_config.json",
+        }
+    )
+    assert raw["tuning"] == {
+        "method": "galore",
+        "rank": 32,
+        "update_proj_gap": 100,
+        "scale": 2.0,
+        "target": ["mlp", "self_attn"],
+    }
     assert raw["deepspeed"] == {"zero_stage": 0} and noted_keys(notes) == ["deepspeed"]
     validate_config(raw)
 
 
 def test_freeze_and_quantized_lora():
-    raw, _ = translate({**LF_MINIMAL, "finetuning_type": "freeze", "freeze_trainable_layers": 4,
-                        "freeze_trainable_modules": "all", "freeze_extra_modules": "embed_tokens,lm_head"})
-    assert raw["tuning"] == {"method": "freeze", "trainable_layers": 4, "trainable_modules": ["embed_tokens", "lm_head"]}
+    raw, _ = translate(
+        {
+            **LF_MINIMAL,
+            "finetuning_type": "freeze",
+            "freeze_trainable_layers": 4,
+            "freeze_trainable_modules": "all",
+            "freeze_extra_modules": "embed_tokens,lm_head",
+        }
+    )
+    assert raw["tuning"] == {
+        "method": "freeze",
+        "trainable_layers": 4,
+        "trainable_modules": ["embed_tokens", "lm_head"],
+    }
     raw, _ = translate({**LF_MINIMAL, "quantization_bit": 4, "lora_target": "all"})
     assert raw["tuning"] == {"method": "lora", "target": "all", "quantization_bit": 4}
 
 
-@pytest.mark.parametrize("strategy, mix, stopping", [
-    ("concat", "concat", None), ("interleave_under", "interleave", "first_exhausted"),
-    ("interleave_over", "interleave", "all_exhausted"),
-])
+@pytest.mark.parametrize(
+    "strategy, mix, stopping",
+    [
+        ("concat", "concat", None),
+        ("interleave_under", "interleave", "first_exhausted"),
+        ("interleave_over", "interleave", "all_exhausted"),
+    ],
+)
 def test_mix_strategies(strategy, mix, stopping):
     raw, notes = translate({**LF_MINIMAL, "mix_strategy": strategy})
     assert raw["data"]["mix"] == mix and raw["data"].get("mix_stopping") == stopping and notes == []
@@ -323,14 +505,17 @@ def test_cli_imports_a_llamafactory_yaml_into_a_config_that_validates(tmp_path: 
 def test_cli_reads_llamafactory_yamls_directly_and_refuses_error_notes(tmp_path: Path):
     lf = tmp_path / "lf.yaml"
     lf.write_text(yaml.safe_dump({**LF_MINIMAL, "save_steps": 100, "ddp_timeout": 100}))
-    result = CliRunner().invoke(main, ["config", "validate", str(lf), "tuning.rank=32", "cluster.num_workers=2",
-                                       "--schema-only"])  # its model and dataset are on another machine
+    result = CliRunner().invoke(
+        main, ["config", "validate", str(lf), "tuning.rank=32", "cluster.num_workers=2", "--schema-only"]
+    )  # its model and dataset are on another machine
     assert result.exit_code == 0, result.output
     assert "warning: ddp_timeout: 100" in result.stderr and "valid (sft, lora, 2 worker(s)" in result.stdout
 
-    for lf_keys, error in (({"stage": "ppo"}, 'error: reward_model: "(missing)" -- required by stage ppo'),
-                           ({"bf16": True, "fp16": True}, "error: fp16: true -- bf16 and fp16 cannot both be true"),
-                           ({"optim": "sgd"}, 'error: optim: "sgd" -- rayft trains with AdamW')):
+    for lf_keys, error in (
+        ({"stage": "ppo"}, 'error: reward_model: "(missing)" -- required by stage ppo'),
+        ({"bf16": True, "fp16": True}, "error: fp16: true -- bf16 and fp16 cannot both be true"),
+        ({"optim": "sgd"}, 'error: optim: "sgd" -- rayft trains with AdamW'),
+    ):
         lf.write_text(yaml.safe_dump({**LF_MINIMAL, **lf_keys}))
         for command in (["config", "validate", str(lf)], ["config", "import-llamafactory", str(lf)]):
             result = CliRunner().invoke(main, command)
@@ -353,7 +538,7 @@ def test_the_key_tables_never_import_the_translation_back():
 
 def test_the_method_tables_name_registered_methods_and_their_keys():
     """The LLaMA-Factory finetuning types and method keys rayft translates write methods and keys that exist."""
-    from rayft_core.llamafactory_keys import FINETUNING_TYPES, METHOD_KEYS
+    from rayft_core.llamafactory_tables import FINETUNING_TYPES, METHOD_KEYS
     from rayft_core.methods import METHODS
 
     assert {*FINETUNING_TYPES, *METHOD_KEYS} <= set(METHODS)

@@ -85,8 +85,9 @@ def _sharded_head_rank(rank: int, model_dir: str, store_path: str, out_dir: str)
         forward_calls = len(calls)
         with torch.no_grad():
             losses.compute_causal_lm_loss(model, batch)  # evaluation: the same number of calls
-        Path(out_dir, f"{rank}.json").write_text(json.dumps({"forward": forward_calls, "eval": len(calls) - forward_calls,
-                                                              "loss": loss.item(), "n": n}))
+        Path(out_dir, f"{rank}.json").write_text(
+            json.dumps({"forward": forward_calls, "eval": len(calls) - forward_calls, "loss": loss.item(), "n": n})
+        )
     finally:
         dist.destroy_process_group()
 
@@ -99,8 +100,9 @@ def test_zero3_sharded_head_runs_as_often_on_every_rank(tiny_model, tmp_path):
     import torch.multiprocessing as mp
 
     model_dir = str(tiny_model("llama"))
-    mp.start_processes(_sharded_head_rank, args=(model_dir, str(tmp_path / "store"), str(tmp_path)), nprocs=2,
-                       start_method="spawn")
+    mp.start_processes(
+        _sharded_head_rank, args=(model_dir, str(tmp_path / "store"), str(tmp_path)), nprocs=2, start_method="spawn"
+    )
     r0, r1 = (json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1))
     assert r1["n"] == 0 and r0["n"] > 1  # rank 1 has nothing to learn
     assert r0["forward"] > 1 and r0["forward"] == r1["forward"]  # backward recomputes under checkpoint: >= 2 per chunk

@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from rayft_core.model.adapters import apply_tuning
-from rayft_core.model.loader import build_model_config, load_model, load_tokenizer, resolve_attn_implementation, resolve_dtype
+from rayft_core.model.loader import (
+    build_model_config,
+    load_model,
+    load_tokenizer,
+    resolve_attn_implementation,
+    resolve_dtype,
+)
 from rayft_core.train.deepspeed_config import build_deepspeed_config
 from tests.helpers import run_config
 
@@ -27,14 +33,18 @@ def test_rope_scaling_factor_follows_max_seq_len(tiny_model, workdir):
     config = build_model_config(run)  # the tiny model has max_position_embeddings 512
     assert config.rope_parameters["rope_type"] == "linear" and config.rope_parameters["factor"] == 4.0
     assert config.max_position_embeddings == 2048
-    unscaled = build_model_config(_run(tiny_model, workdir, model={"name_or_path": str(tiny_model("llama")),
-                                                                     "rope_scaling": "linear"}))
+    unscaled = build_model_config(
+        _run(tiny_model, workdir, model={"name_or_path": str(tiny_model("llama")), "rope_scaling": "linear"})
+    )
     assert unscaled.rope_parameters.get("rope_type") == "default"  # 64 <= 512: nothing to scale
 
 
 def test_added_special_tokens_get_noisy_mean_embeddings(tiny_model, workdir):
-    run = _run(tiny_model, workdir, model={"name_or_path": str(tiny_model("llama")),
-                                           "add_special_tokens": ["<tool_call>", "</tool_call>"]})
+    run = _run(
+        tiny_model,
+        workdir,
+        model={"name_or_path": str(tiny_model("llama")), "add_special_tokens": ["<tool_call>", "</tool_call>"]},
+    )
     tokenizer = load_tokenizer(run.model)
     model = load_model(run, tokenizer)
     weight = model.get_input_embeddings().weight
@@ -52,8 +62,11 @@ def test_added_special_tokens_get_noisy_mean_embeddings(tiny_model, workdir):
 
 
 def test_adapters_stay_fp32_on_a_16_bit_base(tiny_model, workdir):
-    run = _run(tiny_model, workdir, model={"name_or_path": str(tiny_model("llama")), "dtype": "bfloat16",
-                                           "gradient_checkpointing": True})
+    run = _run(
+        tiny_model,
+        workdir,
+        model={"name_or_path": str(tiny_model("llama")), "dtype": "bfloat16", "gradient_checkpointing": True},
+    )
     model = apply_tuning(load_model(run, load_tokenizer(run.model)), run)
     dtypes = {(p.requires_grad, p.dtype) for p in model.parameters()}
     assert dtypes == {(True, torch.float32), (False, torch.bfloat16)}
@@ -64,10 +77,21 @@ def test_adapters_stay_fp32_on_a_16_bit_base(tiny_model, workdir):
 
 def test_user_deepspeed_json_gets_its_auto_values_filled(tiny_model, workdir, tmp_path):
     path = tmp_path / "ds.json"
-    path.write_text(json.dumps({"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
-                                "zero_optimization": {"stage": 3, "overlap_comm": True, "reduce_bucket_size": "auto"}}))
-    run = _run(tiny_model, workdir, deepspeed={"zero_stage": 3, "config_file": str(path)},
-               train={"micro_batch_size": 3, "gradient_accumulation_steps": 5, "max_steps": 1})
+    path.write_text(
+        json.dumps(
+            {
+                "train_micro_batch_size_per_gpu": "auto",
+                "gradient_accumulation_steps": "auto",
+                "zero_optimization": {"stage": 3, "overlap_comm": True, "reduce_bucket_size": "auto"},
+            }
+        )
+    )
+    run = _run(
+        tiny_model,
+        workdir,
+        deepspeed={"zero_stage": 3, "config_file": str(path)},
+        train={"micro_batch_size": 3, "gradient_accumulation_steps": 5, "max_steps": 1},
+    )
     ds = build_deepspeed_config(run, torch.float32, world_size=2)
     assert ds["train_micro_batch_size_per_gpu"] == 3 and ds["gradient_accumulation_steps"] == 5
     assert ds["zero_optimization"] == {"stage": 3, "overlap_comm": True, "reduce_bucket_size": 5e7}

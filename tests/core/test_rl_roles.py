@@ -9,16 +9,21 @@ import pytest
 import torch
 
 from rayft_core.config import validate_config
-from rayft_core.schema import ConfigError
 from rayft_core.errors import UserInputError
+from rayft_core.schema import ConfigError
 from tests.helpers import make_reward_adapter
 
 
 def _rl_run(base: Path, data: Path, out: Path, stage: dict, **sections):
-    raw = {"model": {"name_or_path": str(base)}, "tuning": {"method": "lora", "rank": 4, "dropout": 0.0},
-           "stage": {"max_new_tokens": 16, **stage}, "data": {"train": [{"path": str(data), "format": "alpaca"}], "max_seq_len": 128},
-           "train": {"micro_batch_size": 2, "gradient_accumulation_steps": 2},
-           "output": {"storage_path": str(out), "name": "rl"}, **sections}
+    raw = {
+        "model": {"name_or_path": str(base)},
+        "tuning": {"method": "lora", "rank": 4, "dropout": 0.0},
+        "stage": {"max_new_tokens": 16, **stage},
+        "data": {"train": [{"path": str(data), "format": "alpaca"}], "max_seq_len": 128},
+        "train": {"micro_batch_size": 2, "gradient_accumulation_steps": 2},
+        "output": {"storage_path": str(out), "name": "rl"},
+        **sections,
+    }
     return validate_config(raw)
 
 
@@ -35,8 +40,9 @@ def _batch(tokenizer) -> dict[str, torch.Tensor]:
     return pad_batch({"input_ids": [a, b], "labels": [[-100] * 4 + a[4:], [-100] * 3 + b[3:]]}, tokenizer.pad_token_id)
 
 
-def test_roles_share_one_base_and_each_matches_its_own_model(tiny_model, tokenizer, alpaca_file, workdir,
-                                                             reward_adapter) -> None:
+def test_roles_share_one_base_and_each_matches_its_own_model(
+    tiny_model, tokenizer, alpaca_file, workdir, reward_adapter
+) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -48,8 +54,12 @@ def test_roles_share_one_base_and_each_matches_its_own_model(tiny_model, tokeniz
     run = _rl_run(tiny_model("llama"), alpaca_file, workdir, {"name": "ppo", "reward_model": str(reward_adapter)})
     model = RlModel.build(load_model(run, tokenizer), run)
     batch = _batch(tokenizer)
-    base_params = [n for n, _ in model.named_parameters() if "lora_" not in n and not n.startswith(("value_head.", "reward_head."))]
-    assert len(base_params) == len([n for n, _ in AutoModelForCausalLM.from_pretrained(tiny_model("llama")).named_parameters()])
+    base_params = [
+        n for n, _ in model.named_parameters() if "lora_" not in n and not n.startswith(("value_head.", "reward_head."))
+    ]
+    assert len(base_params) == len(
+        [n for n, _ in AutoModelForCausalLM.from_pretrained(tiny_model("llama")).named_parameters()]
+    )
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(f".{POLICY}." in n or n.startswith("value_head.") for n in trainable)
     assert any(n.startswith("value_head.") for n in trainable)
@@ -58,13 +68,17 @@ def test_roles_share_one_base_and_each_matches_its_own_model(tiny_model, tokeniz
     alone, _ = load_reward_model(reward_adapter)
     with torch.no_grad():
         torch.testing.assert_close(model.reward_scores(batch), alone.score(batch), rtol=1e-5, atol=1e-5)
-    assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable  # switching adapters changed nothing
+    assert {
+        n for n, p in model.named_parameters() if p.requires_grad
+    } == trainable  # switching adapters changed nothing
     assert model.lm.active_adapter == POLICY and REWARD in model.lm.peft_config
 
     # reference: the plain base
     plain = AutoModelForCausalLM.from_pretrained(tiny_model("llama"))
     with torch.no_grad():
-        torch.testing.assert_close(model.reference_logps(batch).sum(-1), sequence_logps(plain, batch)[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            model.reference_logps(batch).sum(-1), sequence_logps(plain, batch)[0], rtol=1e-5, atol=1e-5
+        )
         logps, values, entropy = model.forward_policy(batch, entropy=True)
     mask = batch["labels"][:, 1:] != -100
     assert values.shape == logps.shape == entropy.shape == mask.shape
@@ -101,11 +115,18 @@ def test_reward_functions(tmp_path: Path) -> None:
     from rayft_core.train.rewards import Rewards
 
     code = tmp_path / "my_rewards.py"
-    code.write_text("def short(completions, limit=5):\n    return [float(len(c) <= limit) for c in completions]\n"
-                    "def wrong(completions):\n    return [1.0]\n"
-                    "def needs(completions, scale):\n    return [scale] * len(completions)\n")
-    rewards = Rewards([RewardFunction(function="number_match"), RewardFunction(function=f"{code}:short", kwargs={"limit": 3}),
-                       RewardFunction(function="regex", kwargs={"pattern": r"^\d"})])
+    code.write_text(
+        "def short(completions, limit=5):\n    return [float(len(c) <= limit) for c in completions]\n"
+        "def wrong(completions):\n    return [1.0]\n"
+        "def needs(completions, scale):\n    return [scale] * len(completions)\n"
+    )
+    rewards = Rewards(
+        [
+            RewardFunction(function="number_match"),
+            RewardFunction(function=f"{code}:short", kwargs={"limit": 3}),
+            RewardFunction(function="regex", kwargs={"pattern": r"^\d"}),
+        ]
+    )
     assert rewards.read_references()
     scores = rewards(["2+2?", "3+3?"], ["4 it is", "seven"], ["The answer is 4", "6"])
     assert scores == [[1.0, 0.0], [0.0, 0.0], [1.0, 0.0]]
@@ -127,21 +148,29 @@ def test_reward_functions(tmp_path: Path) -> None:
 
 def test_prompts_render_as_the_chat_template_does(tokenizer, tiny_model, workdir) -> None:
     from rayft_core.data.formats import align_row
-    from rayft_core.stage_config import section
     from rayft_core.model.loader import load_tokenizer
+    from rayft_core.stage_config import section
     from rayft_core.train.rl_stage import GRPO
 
     data = workdir / "rl-prompts.jsonl"
     rows = [{"instruction": "What is 2 plus 2?", "output": "4"}, {"instruction": "Say hello."}]
     data.write_text("\n".join(json.dumps(r) for r in rows))
-    run = _rl_run(tiny_model("llama"), data, workdir, {"name": "grpo", "group_size": 2,
-                                                       "reward_functions": [{"function": "number_match"}]})
+    run = _rl_run(
+        tiny_model("llama"),
+        data,
+        workdir,
+        {"name": "grpo", "group_size": 2, "reward_functions": [{"function": "number_match"}]},
+    )
     spec = run.data.train[0]
     aligned = [align_row({**r, "path": str(data), "__row__": i}, spec, section("grpo")) for i, r in enumerate(rows)]
     enc = GRPO.encode_rows(aligned, load_tokenizer(run.model), run)
     for row, ids in zip(rows, enc["prompt_input_ids"]):
-        want = tokenizer.apply_chat_template([{"role": "user", "content": row["instruction"]}], add_generation_prompt=True,
-                                             tokenize=True, return_dict=True)["input_ids"]
+        want = tokenizer.apply_chat_template(
+            [{"role": "user", "content": row["instruction"]}],
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+        )["input_ids"]
         assert ids == list(want)
     assert enc["prompt"] == ["What is 2 plus 2?", "Say hello."] and enc["reference"] == ["4", None]
 
@@ -153,17 +182,36 @@ def test_prompts_render_as_the_chat_template_does(tokenizer, tiny_model, workdir
 def test_config_refuses_what_cannot_run(tiny_model, alpaca_file, workdir) -> None:
     base = tiny_model("llama")
     with pytest.raises(ConfigError, match="stage.group_size: .*needs at least 2 per prompt; got 1"):
-        _rl_run(base, alpaca_file, workdir, {"name": "grpo", "group_size": 1, "reward_functions": [{"function": "exact_match"}]})
+        _rl_run(
+            base,
+            alpaca_file,
+            workdir,
+            {"name": "grpo", "group_size": 1, "reward_functions": [{"function": "exact_match"}]},
+        )
     with pytest.raises(ConfigError, match="stage.reward_model: stage ppo needs a reward"):
         _rl_run(base, alpaca_file, workdir, {"name": "ppo"})
     with pytest.raises(ConfigError, match=r"must hold whole groups of 3"):
-        _rl_run(base, alpaca_file, workdir, {"name": "grpo", "group_size": 3, "reward_functions": [{"function": "exact_match"}]})
+        _rl_run(
+            base,
+            alpaca_file,
+            workdir,
+            {"name": "grpo", "group_size": 3, "reward_functions": [{"function": "exact_match"}]},
+        )
     with pytest.raises(ConfigError, match="tuning.method: stage ppo trains a LoRA policy"):
-        _rl_run(base, alpaca_file, workdir, {"name": "ppo", "reward_functions": [{"function": "exact_match"}]},
-                tuning={"method": "full"})
+        _rl_run(
+            base,
+            alpaca_file,
+            workdir,
+            {"name": "ppo", "reward_functions": [{"function": "exact_match"}]},
+            tuning={"method": "full"},
+        )
     with pytest.raises(ConfigError, match=r"stage.rollout.engine: .*'vllm'"):
-        _rl_run(base, alpaca_file, workdir, {"name": "ppo", "reward_functions": [{"function": "exact_match"}],
-                                             "rollout": {"engine": "sglang"}})
+        _rl_run(
+            base,
+            alpaca_file,
+            workdir,
+            {"name": "ppo", "reward_functions": [{"function": "exact_match"}], "rollout": {"engine": "sglang"}},
+        )
 
 
 def test_hf_rollout_engine_answers_from_the_adapter_it_was_sent_last(tokenizer, workdir) -> None:
@@ -177,8 +225,9 @@ def test_hf_rollout_engine_answers_from_the_adapter_it_was_sent_last(tokenizer, 
     from rayft_core.train.rl_model import ADAPTER_FILES
 
     base = build_tiny_model("llama", tokenizer, workdir / "rollout-base", initializer_range=0.2)
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Say hello."}], add_generation_prompt=True,
-                                           tokenize=True, return_dict=True)["input_ids"]
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Say hello."}], add_generation_prompt=True, tokenize=True, return_dict=True
+    )["input_ids"]
     engine = HFRollout(str(base), tokenizer.pad_token_id, seed=0)
     sampling = Sampling(max_new_tokens=6, temperature=1.0, top_p=1.0, stop_token_ids=(tokenizer.eos_token_id,))
     answers = engine.generate([prompt, prompt[:4]], 3, sampling, seed=0)
@@ -190,9 +239,17 @@ def test_hf_rollout_engine_answers_from_the_adapter_it_was_sent_last(tokenizer, 
         model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, init_lora_weights=False))
         out = workdir / f"rollout-adapter-{seed}"
         model.save_pretrained(out)
-        greedy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), out).generate(
-            input_ids=torch.tensor([prompt]), do_sample=False, max_new_tokens=6, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id)[0, len(prompt):].tolist()
+        greedy = (
+            PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), out)
+            .generate(
+                input_ids=torch.tensor([prompt]),
+                do_sample=False,
+                max_new_tokens=6,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )[0, len(prompt) :]
+            .tolist()
+        )
         return {name: (out / name).read_bytes() for name in ADAPTER_FILES}, greedy
 
     (first, greedy_first), (second, greedy_second) = adapter(1), adapter(2)
@@ -225,14 +282,25 @@ def test_a_full_reward_model_and_an_initial_adapter(tiny_model, tokenizer, alpac
     sft = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, init_lora_weights=False))
     sft.save_pretrained(workdir / "sft-adapter")
 
-    run = _rl_run(base, alpaca_file, workdir, {"name": "grpo", "group_size": 2, "reward_model": str(workdir / "full-reward"),
-                                               "init_adapter": str(workdir / "sft-adapter")})
+    run = _rl_run(
+        base,
+        alpaca_file,
+        workdir,
+        {
+            "name": "grpo",
+            "group_size": 2,
+            "reward_model": str(workdir / "full-reward"),
+            "init_adapter": str(workdir / "sft-adapter"),
+        },
+    )
     model = RlModel.build(load_model(run, tokenizer), run)
     batch = _batch(tokenizer)
     alone, _ = load_reward_model(workdir / "full-reward")
     with torch.no_grad():
         torch.testing.assert_close(model.reward_scores(batch), alone.score(batch), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(model.forward_policy(batch)[0].sum(-1), sequence_logps(sft, batch)[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            model.forward_policy(batch)[0].sum(-1), sequence_logps(sft, batch)[0], rtol=1e-5, atol=1e-5
+        )
     assert model.value_head is None  # GRPO has no critic
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(f".{POLICY}." in n for n in trainable)

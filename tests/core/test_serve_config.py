@@ -26,7 +26,9 @@ def test_errors_name_the_key_and_suggest() -> None:
     with pytest.raises(ConfigError, match="repeated: \\['a'\\]"):
         load_serve_config(data={"models": [{"id": "a", "path": "x"}, {"id": "a", "path": "y"}]})
     with pytest.raises(ConfigError, match="set gpus to 2"):
-        load_serve_config(data={"models": [{"id": "a", "path": "x", "resources": {"gpus": 1, "tensor_parallel_size": 2}}]})
+        load_serve_config(
+            data={"models": [{"id": "a", "path": "x", "resources": {"gpus": 1, "tensor_parallel_size": 2}}]}
+        )
 
 
 def _adapter(dir: Path, base: Path, rank: int = 8) -> Path:
@@ -38,7 +40,9 @@ def _adapter(dir: Path, base: Path, rank: int = 8) -> Path:
 def test_model_dir_resolves_to_merged_full_or_adapter_on_its_base(tiny_model, tmp_path: Path) -> None:
     base = tiny_model("llama")
     run = _adapter(tmp_path / "sft-lora", base)
-    assert config_for_output(run) == {"models": [{"id": base.name, "path": str(base), "adapters": {"sft-lora": str(run)}}]}
+    assert config_for_output(run) == {
+        "models": [{"id": base.name, "path": str(base), "adapters": {"sft-lora": str(run)}}]
+    }
     shutil.copytree(base, run / "merged")
     assert config_for_output(run) == {"models": [{"id": "sft-lora", "path": str(run / "merged")}]}
     assert config_for_output(base) == {"models": [{"id": base.name, "path": str(base)}]}
@@ -53,12 +57,26 @@ def test_sources_checked_before_serving(tiny_model, tmp_path: Path) -> None:
     too_big = _adapter(tmp_path / "big", base, rank=128)
     template = _adapter(tmp_path / "template", base)
     (template / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
-    cfg = load_serve_config(data={"models": [
-        {"id": "tiny", "path": str(base), "adapters": {"good": str(good), "wrong": str(wrong_base), "big": str(too_big),
-                                                       "tpl": str(template), "none": str(tmp_path / "missing"),
-                                                       "cloud": "s3://bucket/run"}},
-        {"id": "adapter-as-model", "path": str(good)},
-        {"id": "nothing", "path": str(tmp_path / "nothing")}]})
+    cfg = load_serve_config(
+        data={
+            "models": [
+                {
+                    "id": "tiny",
+                    "path": str(base),
+                    "adapters": {
+                        "good": str(good),
+                        "wrong": str(wrong_base),
+                        "big": str(too_big),
+                        "tpl": str(template),
+                        "none": str(tmp_path / "missing"),
+                        "cloud": "s3://bucket/run",
+                    },
+                },
+                {"id": "adapter-as-model", "path": str(good)},
+                {"id": "nothing", "path": str(tmp_path / "nothing")},
+            ]
+        }
+    )
     problems = check_sources(cfg)
     # the session's tiny models have head size 16, which vLLM's CPU backend refuses: said once per served model
     assert sum("attention head size is 16" in p for p in problems) == 1, problems

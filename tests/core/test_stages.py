@@ -5,9 +5,8 @@ import typing
 
 import pytest
 
-from rayft_core.config import RunConfig
+from rayft_core.config import DatasetSpec, RunConfig
 from rayft_core.data.registry import DatasetError, check_stage_fit
-from rayft_core.config import DatasetSpec
 from rayft_core.stage_config import PAIR, PROMPT, DpoStage, StageConfig, section
 from rayft_core.train.dpo import DPO_LOSSES
 from rayft_core.train.rewards import BUILTINS
@@ -47,9 +46,12 @@ def test_the_data_check_reads_the_shape_not_the_name():
 
 
 def test_stage_rules_come_from_the_stage_section():
-    run = {"model": {"name_or_path": "m"}, "data": {"train": [{"path": "x.jsonl"}], "packing": True},
-           "stage": {"name": "grpo", "group_size": 3, "reward_functions": [{"function": "exact_match"}]},
-           "train": {"micro_batch_size": 2}}
+    run = {
+        "model": {"name_or_path": "m"},
+        "data": {"train": [{"path": "x.jsonl"}], "packing": True},
+        "stage": {"name": "grpo", "group_size": 3, "reward_functions": [{"function": "exact_match"}]},
+        "train": {"micro_batch_size": 2},
+    }
     problems = RunConfig.model_validate(run).check_combinations()
     assert any(p.startswith("stage.group_size: ") for p in problems), problems
     assert any(p.startswith("data.packing: stage grpo") for p in problems), problems
@@ -80,15 +82,21 @@ def test_the_driver_checks_load_the_tokenizer_and_config_once(tmp_path, tiny_mod
         def wrapper(*args, **kwargs):
             counts[name] += 1
             return fn(*args, **kwargs)
+
         return wrapper
 
     monkeypatch.setattr(loader, "load_tokenizer", counted("tokenizer", load_tokenizer))
     monkeypatch.setattr(loader, "build_model_config", counted("config", build_model_config))
     data = tmp_path / "pairs.json"
     data.write_text(json.dumps([{"instruction": "q", "chosen": "a", "rejected": "b"}] * 4))
-    run = validate_config({"model": {"name_or_path": str(tiny_model("llama"))},
-                           "data": {"train": [{"path": str(data), "ranking": True}], "max_seq_len": 256},
-                           "stage": {"name": "dpo"}, "tuning": {"method": "lora", "target": "all"},
-                           "output": {"storage_path": str(tmp_path / "runs"), "name": "run"}})
+    run = validate_config(
+        {
+            "model": {"name_or_path": str(tiny_model("llama"))},
+            "data": {"train": [{"path": str(data), "ranking": True}], "max_seq_len": 256},
+            "stage": {"name": "dpo"},
+            "tuning": {"method": "lora", "target": "all"},
+            "output": {"storage_path": str(tmp_path / "runs"), "name": "run"},
+        }
+    )
     check_config(run)
     assert counts == {"tokenizer": 1, "config": 1}

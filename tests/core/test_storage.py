@@ -28,6 +28,7 @@ def test_check_writable_says_why_and_leaves_no_probe(tmp_path):
 
 def test_os_errors_are_explained():
     assert "no space left on the device while writing the checkpoint" in storage.explain_os_error(
-        OSError(errno.ENOSPC, "No space left on device"), "the checkpoint")
+        OSError(errno.ENOSPC, "No space left on device"), "the checkpoint"
+    )
     assert "no space left" in storage.explain_os_error(OSError("IOError: [errno 28] No space left on device"), "x")
     assert "no permission to write x" in storage.explain_os_error(OSError(errno.EROFS, "Read-only file system"), "x")

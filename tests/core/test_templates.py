@@ -1,10 +1,10 @@
 """Chat templates against real tokenizers: rayft's ids are the family's own, the loss is on the assistant only.
 
-    .venv/bin/pytest -q tests/core/test_templates.py
+.venv/bin/pytest -q tests/core/test_templates.py
 """
 
 import logging
-from functools import lru_cache
+from functools import cache
 
 import pytest
 
@@ -18,33 +18,77 @@ from tests.helpers import SHARED
 
 TOKENIZERS = SHARED / "fixtures" / "tokenizers"
 FAMILIES = sorted(p.name for p in TOKENIZERS.iterdir() if p.is_dir()) if TOKENIZERS.is_dir() else []
-needs_tokenizers = pytest.mark.skipif(not FAMILIES, reason="real tokenizers live in ../shared/fixtures/tokenizers (absent here)")
+needs_tokenizers = pytest.mark.skipif(
+    not FAMILIES, reason="real tokenizers live in ../shared/fixtures/tokenizers (absent here)"
+)
 DATE = {"date_string": "26 Jul 2024"}  # Llama 3.2's template writes today's date otherwise
 
 SYSTEM = "Answer in one short sentence."
-TOOLS = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather in a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather in a city.",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
 CONVERSATIONS = {  # name -> (messages, tools)
-    "one_turn": ([{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "Two plus two is four."}], None),
-    "multi_turn": ([{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "Two plus two is four."},
-                    {"role": "user", "content": "And 3+3?"}, {"role": "assistant", "content": "Three plus three is six."}], None),
-    "system": ([{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Name a primary colour."},
-                {"role": "assistant", "content": "Red is a primary colour."}], None),
-    "tools": ([{"role": "user", "content": "What is the weather like in Paris today?"},
-               {"role": "assistant", "content": "", "tool_calls": [
-                   {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
-               {"role": "tool", "content": '{"temperature_c": 21, "sky": "sunny"}'},
-               {"role": "assistant", "content": "It is sunny and 21 degrees in Paris."}], TOOLS),
+    "one_turn": (
+        [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "Two plus two is four."}],
+        None,
+    ),
+    "multi_turn": (
+        [
+            {"role": "user", "content": "What is 2+2?"},
+            {"role": "assistant", "content": "Two plus two is four."},
+            {"role": "user", "content": "And 3+3?"},
+            {"role": "assistant", "content": "Three plus three is six."},
+        ],
+        None,
+    ),
+    "system": (
+        [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": "Name a primary colour."},
+            {"role": "assistant", "content": "Red is a primary colour."},
+        ],
+        None,
+    ),
+    "tools": (
+        [
+            {"role": "user", "content": "What is the weather like in Paris today?"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+                ],
+            },
+            {"role": "tool", "content": '{"temperature_c": 21, "sky": "sunny"}'},
+            {"role": "assistant", "content": "It is sunny and 21 degrees in Paris."},
+        ],
+        TOOLS,
+    ),
 }
 # What a family's own template cannot do, and the error rayft gives instead of a wrong render.
-UNSUPPORTED = {("gemma-2-it", "system"): "System role not supported", ("gemma-2-it", "tools"): "no tool support",
-               ("phi-3-mini-4k-instruct", "tools"): "no tool support", ("deepseek-v3", "tools"): "no tool support"}
-MIRRORS = {"llama3": "llama-3.2-instruct", "qwen": "qwen2.5-instruct", "gemma": "gemma-2-it",
-           "phi": "phi-3-mini-4k-instruct", "deepseek3": "deepseek-v3"}
+UNSUPPORTED = {
+    ("gemma-2-it", "system"): "System role not supported",
+    ("gemma-2-it", "tools"): "no tool support",
+    ("phi-3-mini-4k-instruct", "tools"): "no tool support",
+    ("deepseek-v3", "tools"): "no tool support",
+}
+MIRRORS = {
+    "llama3": "llama-3.2-instruct",
+    "qwen": "qwen2.5-instruct",
+    "gemma": "gemma-2-it",
+    "phi": "phi-3-mini-4k-instruct",
+    "deepseek3": "deepseek-v3",
+}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _tokenizer(family: str):
     from transformers import AutoTokenizer
 
@@ -52,7 +96,7 @@ def _tokenizer(family: str):
     return AutoTokenizer.from_pretrained(TOKENIZERS / family)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _with_template(family: str, name: str):
     """A second copy of the family's tokenizer with our named template."""
     tok = _tokenizer(family).__class__.from_pretrained(TOKENIZERS / family)
@@ -121,7 +165,11 @@ def test_mask_history_learns_the_last_turn_only(family):
 @pytest.mark.parametrize("case", list(CONVERSATIONS))
 @pytest.mark.parametrize("name", list(MIRRORS))
 def test_named_template_renders_the_family_ids(name, case):
-    family_tok, ours, (messages, tools) = _tokenizer(MIRRORS[name]), _with_template(MIRRORS[name], name), CONVERSATIONS[case]
+    family_tok, ours, (messages, tools) = (
+        _tokenizer(MIRRORS[name]),
+        _with_template(MIRRORS[name], name),
+        CONVERSATIONS[case],
+    )
     if tools and name not in TOOL_TEMPLATES:
         with pytest.raises(DataError, match="no tool support"):
             encode_chat_batch(ours, [messages], 100_000, batch_tools=[tools])
@@ -134,23 +182,41 @@ def test_named_template_renders_the_family_ids(name, case):
     assert enc["input_ids"][0] == _reference_ids(family_tok, messages, tools)
     for generation_prompt in (False, True):  # the bare render too: inference uses it with a generation prompt
         m = messages[:-1] if generation_prompt else messages
-        assert (_reference_ids(ours, m, tools, add_generation_prompt=generation_prompt)
-                == _reference_ids(family_tok, m, tools, add_generation_prompt=generation_prompt))
+        assert _reference_ids(ours, m, tools, add_generation_prompt=generation_prompt) == _reference_ids(
+            family_tok, m, tools, add_generation_prompt=generation_prompt
+        )
 
 
-@pytest.mark.parametrize("name, text, learned", [
-    ("chatml", "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nSay hello.<|im_end|>\n"
-               "<|im_start|>assistant\nHello there!<|im_end|>\n", ["Hello there!<|im_end|>\n"]),
-    ("alpaca", "Be brief.\n\n### Instruction:\nSay hello.\n\n### Response:\nHello there!<|im_end|>\n\n",
-     ["Hello there!<|im_end|>\n\n"]),
-    ("default", "System: Be brief.\nHuman: Say hello.\nAssistant: Hello there!<|im_end|>\n", [" Hello there!<|im_end|>\n"]),
-    ("empty", "Be brief.Say hello.Hello there!", ["Hello there!"]),
-])
+@pytest.mark.parametrize(
+    "name, text, learned",
+    [
+        (
+            "chatml",
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nSay hello.<|im_end|>\n"
+            "<|im_start|>assistant\nHello there!<|im_end|>\n",
+            ["Hello there!<|im_end|>\n"],
+        ),
+        (
+            "alpaca",
+            "Be brief.\n\n### Instruction:\nSay hello.\n\n### Response:\nHello there!<|im_end|>\n\n",
+            ["Hello there!<|im_end|>\n\n"],
+        ),
+        (
+            "default",
+            "System: Be brief.\nHuman: Say hello.\nAssistant: Hello there!<|im_end|>\n",
+            [" Hello there!<|im_end|>\n"],
+        ),
+        ("empty", "Be brief.Say hello.Hello there!", ["Hello there!"]),
+    ],
+)
 def test_plain_templates_with_the_tiny_tokenizer(tokenizer, workdir, name, text, learned):
     tok = tokenizer.__class__.from_pretrained(workdir / "tokenizer")
     tok.chat_template = TEMPLATES[name]
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello."},
-                {"role": "assistant", "content": "Hello there!"}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Say hello."},
+        {"role": "assistant", "content": "Hello there!"},
+    ]
     assert tok.apply_chat_template(messages, tokenize=False) == text
     enc = encode_chat_batch(tok, [messages], 256)
     assert tok.decode(enc["input_ids"][0]) == text
@@ -194,5 +260,6 @@ def test_turn_boundaries_from_the_encoding_match_the_offsets(family):
     offsets = tok(texts, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     for text, tokens, offs in zip(texts, _tokens(tok, texts), offsets):
         starts = [s for s, _ in offs]
-        assert [tokens.first_at(p) for p in range(len(text) + 1)] == \
-            [bisect.bisect_left(starts, p) for p in range(len(text) + 1)], text
+        assert [tokens.first_at(p) for p in range(len(text) + 1)] == [
+            bisect.bisect_left(starts, p) for p in range(len(text) + 1)
+        ], text

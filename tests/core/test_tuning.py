@@ -10,8 +10,8 @@ from rayft_core.data.collate import pad_batch
 from rayft_core.data.tokenize import encode_chat_batch
 from rayft_core.model.adapters import TuningError, apply_tuning
 from rayft_core.model.loader import load_model, load_tokenizer
-from rayft_core.train.optim import build_optimizer
 from rayft_core.train.losses import compute_causal_lm_loss as compute_loss
+from rayft_core.train.optim import build_optimizer
 from tests.helpers import QA, run_config
 
 
@@ -49,8 +49,9 @@ def _trainable(model) -> set[str]:
 
 
 def _cfg(tiny_model, workdir, tuning, arch="llama", **sections):
-    return run_config(tiny_model(arch), [{"path": "unused.json", "format": "alpaca"}], workdir, "unit",
-                      tuning=tuning, **sections)
+    return run_config(
+        tiny_model(arch), [{"path": "unused.json", "format": "alpaca"}], workdir, "unit", tuning=tuning, **sections
+    )
 
 
 def test_full_trains_everything(tiny_model, workdir):
@@ -59,8 +60,9 @@ def test_full_trains_everything(tiny_model, workdir):
 
 
 def test_freeze_trains_the_last_layers_and_named_modules_only(tiny_model, workdir):
-    model, before, after, _ = _train(_cfg(tiny_model, workdir, {"method": "freeze", "trainable_layers": 1,
-                                                                "trainable_modules": ["lm_head"]}))
+    model, before, after, _ = _train(
+        _cfg(tiny_model, workdir, {"method": "freeze", "trainable_layers": 1, "trainable_modules": ["lm_head"]})
+    )
     expected = {n for n in before if n.startswith("model.layers.1.") or n.startswith("lm_head")}
     assert _trainable(model) == expected
     assert _changed(before, after) == expected
@@ -81,7 +83,7 @@ def test_lora_variants(tiny_model, workdir):
     rs = _cfg(tiny_model, workdir, {"method": "lora", "rank": 4, "alpha": 8, "use_rslora": True})
     model = apply_tuning(load_model(rs, load_tokenizer(rs.model)), rs)
     layer = model.base_model.model.model.layers[0].self_attn.q_proj
-    assert layer.scaling["default"] == pytest.approx(8 / 4 ** 0.5)  # rsLoRA: alpha / sqrt(r)
+    assert layer.scaling["default"] == pytest.approx(8 / 4**0.5)  # rsLoRA: alpha / sqrt(r)
 
     model, before, after, _ = _train(_cfg(tiny_model, workdir, {"method": "lora", "rank": 4, "use_dora": True}))
     assert any("lora_magnitude_vector" in n for n in _trainable(model))
@@ -121,7 +123,9 @@ def test_qlora_trains_adapters_on_a_quantized_base(tiny_model, workdir, bits):
     pytest.importorskip("bitsandbytes")
     import bitsandbytes as bnb
 
-    run = _cfg(tiny_model, workdir, {"method": "lora", "rank": 4, "quantization_bit": bits}, deepspeed={"zero_stage": 0})
+    run = _cfg(
+        tiny_model, workdir, {"method": "lora", "rank": 4, "quantization_bit": bits}, deepspeed={"zero_stage": 0}
+    )
     tokenizer = load_tokenizer(run.model)
     model = apply_tuning(load_model(run, tokenizer), run)
     quantized = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit if bits == 4 else bnb.nn.Linear8bitLt)]
@@ -178,7 +182,9 @@ def test_qlora_gradients_equal_those_of_the_dequantized_base(tiny_model, workdir
     with torch.no_grad():
         for name, module in quantized.named_modules():
             if isinstance(module, bnb.nn.Linear4bit):
-                twin_params[name + ".weight"].copy_(bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state))
+                twin_params[name + ".weight"].copy_(
+                    bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
+                )
         for name, p in quantized.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.02)  # B = 0 at init would make every A gradient zero
@@ -195,8 +201,11 @@ def test_qlora_gradients_equal_those_of_the_dequantized_base(tiny_model, workdir
 
 # ----------------------------------------------------------------------------- the registry of methods
 
-MINIMAL = {"model": {"name_or_path": "m"}, "data": {"train": [{"path": "d.json", "format": "alpaca"}]},
-           "deepspeed": {"zero_stage": 0}}
+MINIMAL = {
+    "model": {"name_or_path": "m"},
+    "data": {"train": [{"path": "d.json", "format": "alpaca"}]},
+    "deepspeed": {"zero_stage": 0},
+}
 
 
 def test_the_registry_is_complete_and_consistent():
@@ -227,8 +236,9 @@ def test_an_unknown_method_names_the_registered_ones():
 
     with pytest.raises(ConfigError) as e:
         validate_config({**MINIMAL, "tuning": "loar"})
-    assert e.value.problems == [f"tuning: unknown method 'loar' (did you mean 'lora'?); choose one of "
-                                f"{', '.join(repr(m) for m in METHODS)}"]
+    assert e.value.problems == [
+        f"tuning: unknown method 'loar' (did you mean 'lora'?); choose one of {', '.join(repr(m) for m in METHODS)}"
+    ]
     with pytest.raises(ConfigError, match="tuning: unknown method 'foo'; choose one of 'full', 'freeze', 'lora'"):
         validate_config({**MINIMAL, "tuning": {"method": "foo"}})
 
@@ -243,8 +253,12 @@ def test_a_missing_optional_package_names_its_extra(monkeypatch):
     real, optional = importlib.util.find_spec, ("bitsandbytes", "galore_torch")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in optional else real(name, *a))
     assert [missing_dependencies(run) for run in runs] == [
-        [], [], [], ["tuning.quantization_bit needs bitsandbytes: pip install 'rayft[qlora]'"],
-        ["tuning.method galore needs galore-torch: pip install 'rayft[galore]'"]]
+        [],
+        [],
+        [],
+        ["tuning.quantization_bit needs bitsandbytes: pip install 'rayft[qlora]'"],
+        ["tuning.method galore needs galore-torch: pip install 'rayft[galore]'"],
+    ]
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name in optional else real(name, *a))
     assert all(missing_dependencies(run) == [] for run in runs)
 

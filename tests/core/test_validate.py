@@ -16,9 +16,11 @@ def _config(tmp_path: Path, model: Path, **sections) -> Path:
     data = tmp_path / "alpaca.json"
     if not data.exists():
         data.write_text(json.dumps([{"instruction": "q", "input": "", "output": "a"}] * 4))
-    raw = {"model": {"name_or_path": str(model)},  # the tiny models have 512 positions
-           "data": {"train": [{"path": str(data), "format": "alpaca"}], "max_seq_len": 256},
-           "output": {"storage_path": str(tmp_path / "runs"), "name": "run"}}
+    raw = {
+        "model": {"name_or_path": str(model)},  # the tiny models have 512 positions
+        "data": {"train": [{"path": str(data), "format": "alpaca"}], "max_seq_len": 256},
+        "output": {"storage_path": str(tmp_path / "runs"), "name": "run"},
+    }
     for key, value in sections.items():
         raw[key] = {**raw.get(key, {}), **value}
     path = tmp_path / "run.yaml"
@@ -37,20 +39,23 @@ def test_a_good_config_is_valid(tmp_path, tiny_model):
     assert result.exit_code == 0 and "valid (sft, lora" in result.output, result.output
 
 
-@pytest.mark.parametrize("overrides, culprit", [
-    (["data.train=[{path: /nowhere/x.json, format: alpaca}]"], "data.train[0]: no data files at '/nowhere/x.json'"),
-    (["data.train=[{dataset: no_such_set}]", "data.dataset_dir=DATADIR"], "no_such_set"),
-    (["stage=kto"], "stage kto needs a boolean tag per row; set columns.kto_tag"),
-    (["stage=dpo"], "stage dpo trains on preference pairs"),
-    (["data.eval=[{path: /nowhere/e.json, format: alpaca}]"], "data.eval[0]: no data files"),
-    (["train.eval_steps=10"], "train.eval_steps: evaluating every 10 steps needs evaluation data"),
-    (["data.max_seq_len=100000"], "data.max_seq_len: 100000 is beyond the 512 positions"),
-    (["cluster.num_workers=1000000"], "cluster.num_workers: 1,000,000 workers is more than any cluster holds"),
-    (["tuning.target=[]"], "tuning.target: an empty list of modules would train nothing"),
-    (["tuning.target=[c_attn]"], "tuning.target: ['c_attn'] match no linear module"),
-    (["model.name_or_path=/nowhere/model"], "model.name_or_path"),
-    (["output.name=.."], "output.name: a run name is a plain directory name inside storage_path"),
-])
+@pytest.mark.parametrize(
+    "overrides, culprit",
+    [
+        (["data.train=[{path: /nowhere/x.json, format: alpaca}]"], "data.train[0]: no data files at '/nowhere/x.json'"),
+        (["data.train=[{dataset: no_such_set}]", "data.dataset_dir=DATADIR"], "no_such_set"),
+        (["stage=kto"], "stage kto needs a boolean tag per row; set columns.kto_tag"),
+        (["stage=dpo"], "stage dpo trains on preference pairs"),
+        (["data.eval=[{path: /nowhere/e.json, format: alpaca}]"], "data.eval[0]: no data files"),
+        (["train.eval_steps=10"], "train.eval_steps: evaluating every 10 steps needs evaluation data"),
+        (["data.max_seq_len=100000"], "data.max_seq_len: 100000 is beyond the 512 positions"),
+        (["cluster.num_workers=1000000"], "cluster.num_workers: 1,000,000 workers is more than any cluster holds"),
+        (["tuning.target=[]"], "tuning.target: an empty list of modules would train nothing"),
+        (["tuning.target=[c_attn]"], "tuning.target: ['c_attn'] match no linear module"),
+        (["model.name_or_path=/nowhere/model"], "model.name_or_path"),
+        (["output.name=.."], "output.name: a run name is a plain directory name inside storage_path"),
+    ],
+)
 def test_each_problem_is_named_before_any_cluster(tmp_path, tiny_model, overrides, culprit):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "dataset_info.json").write_text("{}")
@@ -81,8 +86,10 @@ def test_train_refuses_before_starting_ray(tmp_path, tiny_model):
     import ray
 
     was_up = ray.is_initialized()
-    result = CliRunner().invoke(main, ["train", str(_config(tmp_path, tiny_model("llama"))),
-                                       "data.train=[{path: /nowhere/x.json, format: alpaca}]"])
+    result = CliRunner().invoke(
+        main,
+        ["train", str(_config(tmp_path, tiny_model("llama"))), "data.train=[{path: /nowhere/x.json, format: alpaca}]"],
+    )
     assert result.exit_code == 2 and "no data files at '/nowhere/x.json'" in result.output, result.output
     assert ray.is_initialized() == was_up  # no cluster was started for a run that cannot start
 
@@ -95,11 +102,18 @@ def test_every_directory_writer_refuses_a_folder_of_user_files_before_any_work(t
     (mine / "thesis.tex").write_text("mine")
     path = _config(tmp_path, tiny_model("llama"), output={"storage_path": str(tmp_path), "name": "mine"})
     sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(path.read_text() + "tune: {space: {tuning.rank: {choice: [4, 8]}}, num_samples: 2, metric: train/loss}\n")
-    commands = [["train", str(path)], ["train", str(path), "output.overwrite=true"],
-                ["tune", str(sweep)], ["tune", str(sweep), "output.overwrite=true"],
-                ["data", "prepare", str(path), "-o", str(mine)], ["data", "prepare", str(path), "-o", str(mine), "--overwrite"],
-                ["demo", "--output", str(mine)]]  # export: tests/core/test_export.py (it needs a trained run)
+    sweep.write_text(
+        path.read_text() + "tune: {space: {tuning.rank: {choice: [4, 8]}}, num_samples: 2, metric: train/loss}\n"
+    )
+    commands = [
+        ["train", str(path)],
+        ["train", str(path), "output.overwrite=true"],
+        ["tune", str(sweep)],
+        ["tune", str(sweep), "output.overwrite=true"],
+        ["data", "prepare", str(path), "-o", str(mine)],
+        ["data", "prepare", str(path), "-o", str(mine), "--overwrite"],
+        ["demo", "--output", str(mine)],
+    ]  # export: tests/core/test_export.py (it needs a trained run)
     for command in commands:
         result = CliRunner().invoke(main, command)
         assert result.exit_code == 2 and "thesis.tex" in result.output, (command, result.output)

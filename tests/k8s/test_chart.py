@@ -35,7 +35,9 @@ def example(name: str) -> dict:
 
 
 def manifests(values: dict | None) -> list[dict]:
-    return [doc for text in render(values or {}, "demo", "ml", CHART).values() for doc in yaml.safe_load_all(text) if doc]
+    return [
+        doc for text in render(values or {}, "demo", "ml", CHART).values() for doc in yaml.safe_load_all(text) if doc
+    ]
 
 
 def one(docs: list[dict], kind: str) -> dict:
@@ -44,8 +46,11 @@ def one(docs: list[dict], kind: str) -> dict:
 
 
 def cluster_spec(doc: dict) -> dict:
-    return {"RayJob": lambda: doc["spec"]["rayClusterSpec"], "RayService": lambda: doc["spec"]["rayClusterConfig"],
-            "RayCluster": lambda: doc["spec"]}[doc["kind"]]()
+    return {
+        "RayJob": lambda: doc["spec"]["rayClusterSpec"],
+        "RayService": lambda: doc["spec"]["rayClusterConfig"],
+        "RayCluster": lambda: doc["spec"],
+    }[doc["kind"]]()
 
 
 def ray_containers(doc: dict) -> list[dict]:
@@ -84,7 +89,11 @@ def _strict(schema):
     """A CRD schema that refuses unknown fields: the API server would silently prune a misspelled one."""
     if isinstance(schema, dict):
         out = {k: _strict(v) for k, v in schema.items()}
-        if "properties" in out and "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+        if (
+            "properties" in out
+            and "additionalProperties" not in out
+            and not out.get("x-kubernetes-preserve-unknown-fields")
+        ):
             out["additionalProperties"] = False
         return out
     return [_strict(s) for s in schema] if isinstance(schema, list) else schema
@@ -105,13 +114,17 @@ def problems_of(doc: dict, crd_validators) -> list[str]:
     the core PodTemplateSpec; anything else against its core schema."""
     if doc["apiVersion"] != "ray.io/v1":
         return _core_problems(doc)
-    problems = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in crd_validators[doc["kind"]].iter_errors(doc)]
+    problems = [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in crd_validators[doc["kind"]].iter_errors(doc)
+    ]
     spec = cluster_spec(doc)
     templates = [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec.get("workerGroupSpecs", [])]
     if doc["kind"] == "RayJob":
         templates.append(doc["spec"]["submitterPodTemplate"])
     for t in templates:
-        problems += _core_problems({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": t})
+        problems += _core_problems(
+            {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": t}
+        )
     return problems
 
 
@@ -139,8 +152,12 @@ def test_lint_and_schema_accept_defaults_and_every_example(name):
 def test_every_manifest_validates_against_kuberay_and_kubernetes_schemas(name, crd_validators):
     values = example(name) if name else {}
     docs = manifests(values)
-    expected = {"job": {"ConfigMap", "RayJob"}, "tune": {"ConfigMap", "RayJob"}, "service": {"RayService"},
-                "cluster": {"RayCluster"} | ({"ConfigMap"} if values.get("run") else set())}
+    expected = {
+        "job": {"ConfigMap", "RayJob"},
+        "tune": {"ConfigMap", "RayJob"},
+        "service": {"RayService"},
+        "cluster": {"RayCluster"} | ({"ConfigMap"} if values.get("run") else set()),
+    }
     assert {d["kind"] for d in docs} == expected[values.get("kind", "cluster")]
     for doc in docs:
         assert doc["metadata"]["name"].startswith("demo") and doc["metadata"]["namespace"] == "ml"
@@ -150,8 +167,8 @@ def test_every_manifest_validates_against_kuberay_and_kubernetes_schemas(name, c
 def test_the_validators_refuse_what_kuberay_and_kubernetes_would(crd_validators):
     job = one(manifests(example("job-cpu")), "RayJob")
     group = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
-    group["minReplica"] = group.pop("minReplicas")                                    # a misspelled KubeRay field
-    job["spec"]["shutdownAfterJobFinishes"] = "no"                                    # a wrong type
+    group["minReplica"] = group.pop("minReplicas")  # a misspelled KubeRay field
+    job["spec"]["shutdownAfterJobFinishes"] = "no"  # a wrong type
     group["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = "2 cores"  # not a quantity
     problems = problems_of(job, crd_validators)
     assert any("minReplica" in p for p in problems) and any("'no' is not of type 'boolean'" in p for p in problems)
@@ -159,7 +176,7 @@ def test_the_validators_refuse_what_kuberay_and_kubernetes_would(crd_validators)
 
 
 def test_every_example_holds_a_valid_rayft_config():
-    for name, path in EXAMPLES.items():
+    for name in EXAMPLES:
         values = example(name)
         if values["kind"] == "service":
             validate_section(ServeConfig, yaml.safe_load(values["serve"]["config"]))
@@ -170,8 +187,13 @@ def test_every_example_holds_a_valid_rayft_config():
 # ----------------------------------------------------------------------------- security
 
 
-NON_ROOT = {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
-            "seccompProfile": {"type": "RuntimeDefault"}}
+NON_ROOT = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "runAsGroup": 1000,
+    "fsGroup": 1000,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 NO_PRIVILEGES = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 
@@ -191,9 +213,12 @@ def test_every_pod_runs_as_non_root_without_privileges(name):
     # the search found what each kind has: the head, every worker group, a RayJob's submitter
     (doc,) = [d for d in docs if d["apiVersion"] == "ray.io/v1"]
     spec = cluster_spec(doc)
-    root = {"RayJob": "/spec/rayClusterSpec", "RayService": "/spec/rayClusterConfig", "RayCluster": "/spec"}[doc["kind"]]
-    expected = {f"{root}/headGroupSpec/template/spec"} | {f"{root}/workerGroupSpecs/{i}/template/spec"
-                                                           for i in range(len(spec["workerGroupSpecs"]))}
+    root = {"RayJob": "/spec/rayClusterSpec", "RayService": "/spec/rayClusterConfig", "RayCluster": "/spec"}[
+        doc["kind"]
+    ]
+    expected = {f"{root}/headGroupSpec/template/spec"} | {
+        f"{root}/workerGroupSpecs/{i}/template/spec" for i in range(len(spec["workerGroupSpecs"]))
+    }
     if doc["kind"] == "RayJob":
         expected.add("/spec/submitterPodTemplate/spec")
     assert set(found) == {doc["kind"] + p for p in expected}
@@ -233,8 +258,9 @@ def test_job_runs_the_mounted_run_config_with_token_auth_and_secrets_by_name():
     docs = manifests(values)
     job, config_map = one(docs, "RayJob"), one(docs, "ConfigMap")
     spec = job["spec"]
-    assert spec["entrypoint"] == ("rayft train /config/run.yaml 'output.storage_path=s3://my-bucket/runs' "
-                                  "'train.learning_rate=2.0e-5'")
+    assert spec["entrypoint"] == (
+        "rayft train /config/run.yaml 'output.storage_path=s3://my-bucket/runs' 'train.learning_rate=2.0e-5'"
+    )
     # the run config travels as written (comments and number spelling included), into every pod
     assert config_map["data"]["run.yaml"] == values["run"]["config"]
     assert config_map["metadata"]["name"] == "demo-config"
@@ -277,7 +303,10 @@ def test_cpu_job_deletes_by_rules_on_the_cpu_image():
     job = one(manifests(values), "RayJob")
     spec = job["spec"]
     assert spec["shutdownAfterJobFinishes"] is False  # KubeRay refuses it together with deletionRules
-    assert spec["deletionStrategy"]["deletionRules"] == yaml.safe_load((CHART / "values.yaml").read_text())["job"]["deletion"]["rules"]
+    assert (
+        spec["deletionStrategy"]["deletionRules"]
+        == yaml.safe_load((CHART / "values.yaml").read_text())["job"]["deletion"]["rules"]
+    )
     assert {c["image"] for c in ray_containers(job)} == {"ghcr.io/rayft/rayft:0.1.0-cpu"}
     assert "nvidia.com/gpu" not in json.dumps(job)
     assert all(env(c)["AWS_ENDPOINT_URL"]["value"] == "http://minio.storage.svc:9000" for c in ray_containers(job))
@@ -317,7 +346,9 @@ def test_service_api_key_as_a_file_or_under_another_name():
     assert yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["route_prefix"] == "/llm"
     for c in ray_containers(service):
         assert "RAYFT_API_KEY" not in env(c)
-        assert {"name": "api-key", "mountPath": "/etc/rayft/api-key", "subPath": "api_key", "readOnly": True} in c["volumeMounts"]
+        assert {"name": "api-key", "mountPath": "/etc/rayft/api-key", "subPath": "api_key", "readOnly": True} in c[
+            "volumeMounts"
+        ]
     volumes = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["volumes"]
     assert {"name": "api-key", "secret": {"secretName": "llm-api-key", "defaultMode": 0o400}} in volumes
 
@@ -353,21 +384,47 @@ def test_cluster_from_defaults_and_with_a_run_config():
 
 
 BAD = [
-    ("job-cpu", {"workers": [{"name": "cpu", "type": "cpu", "replicas": -1, "minReplicas": 0, "maxReplicas": 2}]},
-     "workers[0].replicas: minimum: got -1, want 0"),
-    ("job-cpu", {"workers": [{"name": "cpu", "type": "cpu", "gpu": 2, "replicas": 1, "minReplicas": 1, "maxReplicas": 1}]},
-     "workers[0].gpu: maximum: got 2, want 0 (GPUs per pod, in gpu groups only: a cpu group has none)"),
-    ("job-cpu", {"workers": [{"name": "g", "type": "gpu", "replicas": 1, "minReplicas": 1, "maxReplicas": 1}]},
-     "workers[0].gpu: required, missing"),
+    (
+        "job-cpu",
+        {"workers": [{"name": "cpu", "type": "cpu", "replicas": -1, "minReplicas": 0, "maxReplicas": 2}]},
+        "workers[0].replicas: minimum: got -1, want 0",
+    ),
+    (
+        "job-cpu",
+        {"workers": [{"name": "cpu", "type": "cpu", "gpu": 2, "replicas": 1, "minReplicas": 1, "maxReplicas": 1}]},
+        "workers[0].gpu: maximum: got 2, want 0 (GPUs per pod, in gpu groups only: a cpu group has none)",
+    ),
+    (
+        "job-cpu",
+        {"workers": [{"name": "g", "type": "gpu", "replicas": 1, "minReplicas": 1, "maxReplicas": 1}]},
+        "workers[0].gpu: required, missing",
+    ),
     ("job-cpu", {"storage": {"uri": "/mnt/shared"}}, "storage.uri: invalid, got '/mnt/shared'"),
-    ("job-cpu", {"workers": [{"name": "cpu", "type": "cpu", "replicas": 3, "minReplicas": 3, "maxReplicas": 2}]},
-     "workers[0].minReplicas (3) must not exceed maxReplicas (2)"),
+    (
+        "job-cpu",
+        {"workers": [{"name": "cpu", "type": "cpu", "replicas": 3, "minReplicas": 3, "maxReplicas": 2}]},
+        "workers[0].minReplicas (3) must not exceed maxReplicas (2)",
+    ),
     ("job-cpu", {"workerz": []}, "(top level): additional properties 'workerz' not allowed"),
     ("job-cpu", {"run": {"config": "model: [\n"}}, "run.config: not valid YAML"),
     ("job-cpu", {"run": {"config": "model: {name_or_path: x}\n"}}, "run.config: a run config needs model: and data:"),
-    ("job-cpu", {"job": {"deletion": {"mode": "rules", "rules": [{"policy": "DeleteWorkers", "condition": {"jobStatus": "FAILED"}}]}}},
-     "job.deletion.rules[0].policy: KubeRay refuses DeleteWorkers with autoscaling.enabled"),
-    ("service-cpu", {"secrets": {"apiKey": {"name": ""}}}, "secrets.apiKey.name: the serving config requires an API key"),
+    (
+        "job-cpu",
+        {
+            "job": {
+                "deletion": {
+                    "mode": "rules",
+                    "rules": [{"policy": "DeleteWorkers", "condition": {"jobStatus": "FAILED"}}],
+                }
+            }
+        },
+        "job.deletion.rules[0].policy: KubeRay refuses DeleteWorkers with autoscaling.enabled",
+    ),
+    (
+        "service-cpu",
+        {"secrets": {"apiKey": {"name": ""}}},
+        "secrets.apiKey.name: the serving config requires an API key",
+    ),
     ("service-cpu", {"serve": {"upgradeStrategy": "BlueGreen"}}, "serve.upgradeStrategy: value must be one of"),
 ]
 
@@ -390,5 +447,5 @@ def test_a_job_without_storage_uri_is_refused():
 
 
 def test_bad_release_name():
-    with pytest.raises(K8sError, match="release name \"Sft_1\": KubeRay needs lowercase"):
+    with pytest.raises(K8sError, match='release name "Sft_1": KubeRay needs lowercase'):
         render(example("job-cpu"), "Sft_1", "ml", CHART)

@@ -35,7 +35,9 @@ def encode_batch(batch: pa.Table, run: RunConfig, tokenizer: Any, spec: DatasetS
             errors.append(f"{raw['path']}: row {raw['row']}: invalid JSON: {e or 'nested too deeply'}")
             continue
         if not isinstance(value, dict):
-            errors.append(f"{raw['path']}: row {raw['row']}: wrong type: a row must be an object, got {type(value).__name__}")
+            errors.append(
+                f"{raw['path']}: row {raw['row']}: wrong type: a row must be an object, got {type(value).__name__}"
+            )
             continue
         row = {**value, "path": raw["path"], "__row__": raw["row"]}
         try:
@@ -57,13 +59,18 @@ def encode_batch(batch: pa.Table, run: RunConfig, tokenizer: Any, spec: DatasetS
             values = enc.get(c, []) + [None] * n_bad
             text = all(v is None or isinstance(v, str) for v in values)
             columns[c] = pa.array(values, type=pa.string() if text else None)
-    columns.update({
-        "num_tokens": pa.array([sum(len(enc[c][k]) for c in sequences if c.endswith("input_ids")) for k in range(n_good)]
-                               + [0] * n_bad, type=pa.int32()),
-        "num_examples": pa.array(counts + [0] * n_bad, type=pa.int32()),
-        "source": pa.array([source] * (n_good + n_bad), type=pa.int16()),
-        "error": pa.array([None] * n_good + errors, type=pa.string()),
-    })
+    columns.update(
+        {
+            "num_tokens": pa.array(
+                [sum(len(enc[c][k]) for c in sequences if c.endswith("input_ids")) for k in range(n_good)]
+                + [0] * n_bad,
+                type=pa.int32(),
+            ),
+            "num_examples": pa.array(counts + [0] * n_bad, type=pa.int32()),
+            "source": pa.array([source] * (n_good + n_bad), type=pa.int16()),
+            "error": pa.array([None] * n_good + errors, type=pa.string()),
+        }
+    )
     if run.packing:
         columns["position_ids"] = pa.array(enc.get("position_ids", []) + [[]] * n_bad, type=pa.list_(pa.int32()))
     return pa.table(columns)
@@ -95,8 +102,10 @@ def _encode_rows(stage: Stage, rows: list[dict], tokenizer: Any, run: RunConfig,
     n = len(enc[stage.columns[0]])
     keep = [k for k in range(n) if all(any(t != IGNORE_INDEX for t in enc[c][k][1:]) for c in label_columns)]
     for k in sorted(set(range(n)) - set(keep)):
-        errors.append(f"{where(rows[enc['row_of_example'][k]])}: nothing to learn: no trainable tokens are left after "
-                      f"truncation to max_seq_len {run.data.max_seq_len}")
+        errors.append(
+            f"{where(rows[enc['row_of_example'][k]])}: nothing to learn: no trainable tokens are left after "
+            f"truncation to max_seq_len {run.data.max_seq_len}"
+        )
     return {c: [enc[c][k] for k in keep] for c in stage.columns}
 
 

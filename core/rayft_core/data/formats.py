@@ -25,6 +25,7 @@ import json
 from typing import Any
 
 from rayft_core.config import DatasetSpec
+from rayft_core.data.text import surrogate_path
 from rayft_core.errors import UserInputError
 from rayft_core.stage_config import PROMPT, TEXT, StageSection
 
@@ -47,10 +48,24 @@ class RowError(DataError):
 SOURCE_KEYS = ("path", "__row__")  # where a row came from, set by the reader; not data
 
 _TAG_DEFAULTS = {  # format -> LLaMA-Factory's default tags
-    "sharegpt": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
-                 "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"},
-    "openai": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
-               "observation_tag": "tool", "function_tag": "function_call", "system_tag": "system"},
+    "sharegpt": {
+        "role_tag": "from",
+        "content_tag": "value",
+        "user_tag": "human",
+        "assistant_tag": "gpt",
+        "observation_tag": "observation",
+        "function_tag": "function_call",
+        "system_tag": "system",
+    },
+    "openai": {
+        "role_tag": "role",
+        "content_tag": "content",
+        "user_tag": "user",
+        "assistant_tag": "assistant",
+        "observation_tag": "tool",
+        "function_tag": "function_call",
+        "system_tag": "system",
+    },
 }
 
 
@@ -78,8 +93,9 @@ def _align(row: dict, spec: DatasetSpec, stage: StageSection) -> dict:
             return {"text": _text(row, spec.columns.prompt or "instruction", row.get(spec.columns.query))}
         return _align_alpaca(row, spec, prompt_only_ok=stage.data == PROMPT)
     if stage.data == TEXT:
-        raise RowError(where(row), "wrong format",
-                       f"stage {stage.name} trains on text; {fmt} conversations need a chat stage")
+        raise RowError(
+            where(row), "wrong format", f"stage {stage.name} trains on text; {fmt} conversations need a chat stage"
+        )
     return _align_sharegpt(row, spec, fmt, prompt_only_ok=stage.data == PROMPT)
 
 
@@ -87,40 +103,19 @@ def _check_text(row: dict, aligned: dict) -> None:
     """Every string of the aligned row must encode as UTF-8. JSON can spell a lone surrogate (half of a
     UTF-16 pair, "\\ud800"), which Python decodes into a str that is not text: the tokenizer raises
     TypeError on it and Arrow refuses it, either of which would end the Ray task and the run."""
-    found = _surrogate_at(aligned)
+    found = surrogate_path(aligned)
     if found is None:
         return
     # Name the raw field; a surrogate spelled inside JSON text (a tools column, a function_call turn)
     # appears only once parsed, so then its place in the aligned row is named.
-    keys = _surrogate_at({k: v for k, v in row.items() if k not in SOURCE_KEYS}) or found
+    keys = surrogate_path({k: v for k, v in row.items() if k not in SOURCE_KEYS}) or found
     field = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in keys).removeprefix(".")
-    raise RowError(where(row), "invalid text", f"{field} holds a lone surrogate (such as JSON \"\\ud800\"), "
-                   "which is not a character and cannot be encoded as UTF-8")
-
-
-def _surrogate_at(value: Any) -> list | None:
-    """The keys and indices leading to the first string (or key) in ``value`` that does not encode as
-    UTF-8, None when all do."""
-    if isinstance(value, str):
-        return None if _is_text(value) else []
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, item in items:
-        if isinstance(key, str) and not _is_text(key):
-            return [key]
-        inner = _surrogate_at(item)
-        if inner is not None:
-            return [key, *inner]
-    return None
-
-
-def _is_text(text: str) -> bool:
-    if text.isascii():  # most strings: no encoding needed to tell
-        return True
-    try:
-        text.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
+    raise RowError(
+        where(row),
+        "invalid text",
+        f'{field} holds a lone surrogate (such as JSON "\\ud800"), '
+        "which is not a character and cannot be encoded as UTF-8",
+    )
 
 
 def _text(row: dict, column: str, extra: Any = None) -> str:
@@ -147,7 +142,9 @@ def _string(row: dict, column: str, what: str, required: bool = True) -> str | N
             raise RowError(where(row), "missing column", f"no {what} column {column!r} (columns: {_columns(row)})")
         return None
     if not isinstance(value, str):
-        raise RowError(where(row), "wrong type", f"{what} column {column!r} must be a string, got {type(value).__name__}")
+        raise RowError(
+            where(row), "wrong type", f"{what} column {column!r} must be a string, got {type(value).__name__}"
+        )
     return value
 
 
@@ -186,7 +183,9 @@ def _feedback(row: dict, spec: DatasetSpec) -> dict:
         return {}
     tag = row.get(spec.columns.kto_tag)
     if not isinstance(tag, bool):
-        raise RowError(where(row), "wrong type", f"KTO column {spec.columns.kto_tag!r} must be true or false, got {tag!r}")
+        raise RowError(
+            where(row), "wrong type", f"KTO column {spec.columns.kto_tag!r} must be true or false, got {tag!r}"
+        )
     return {"kto_tag": tag}
 
 
@@ -212,8 +211,11 @@ def _align_alpaca(row: dict, spec: DatasetSpec, prompt_only_ok: bool = False) ->
             chosen, rejected = row[c.response]  # older LLaMA-Factory files: output = [chosen, rejected]
         for name, value in (("chosen", chosen), ("rejected", rejected)):
             if not isinstance(value, str):
-                raise RowError(where(row), "missing column" if value is None else "wrong type",
-                               f"preference rows need string {name!r} answers (column {getattr(c, name)!r})")
+                raise RowError(
+                    where(row),
+                    "missing column" if value is None else "wrong type",
+                    f"preference rows need string {name!r} answers (column {getattr(c, name)!r})",
+                )
             out[name] = {"role": "assistant", "content": _nonempty(row, value, f"{name} answer")}
         return out
     if prompt_only_ok and row.get(c.response) is None:
@@ -230,8 +232,11 @@ def _align_sharegpt(row: dict, spec: DatasetSpec, fmt: str, prompt_only_ok: bool
     tags = {**_TAG_DEFAULTS[fmt], **spec.tags.model_dump(exclude_none=True)}
     turns = row.get(spec.columns.messages)
     if turns is None:
-        raise RowError(where(row), "missing column", f"no turns column {spec.columns.messages!r} (columns: {_columns(row)}); "
-                       "set columns.messages")
+        raise RowError(
+            where(row),
+            "missing column",
+            f"no turns column {spec.columns.messages!r} (columns: {_columns(row)}); set columns.messages",
+        )
     if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
         raise RowError(where(row), "wrong type", f"{spec.columns.messages!r} must be a list of turns (objects)")
     messages, tools = _common(row, spec)
@@ -249,32 +254,55 @@ def _align_sharegpt(row: dict, spec: DatasetSpec, fmt: str, prompt_only_ok: bool
         speaker = turn.get(tags["role_tag"])
         # OpenAI answers a parallel tool call with one tool message per call: consecutive tool messages
         # are one observation side (templates group them into one turn)
-        parallel_result = (fmt == "openai" and speaker == tags["observation_tag"] and i > 0
-                           and turns[i - 1].get(tags["role_tag"]) == speaker)
+        parallel_result = (
+            fmt == "openai"
+            and speaker == tags["observation_tag"]
+            and i > 0
+            and turns[i - 1].get(tags["role_tag"]) == speaker
+        )
         if not parallel_result:
             expected = prompt_side if sides % 2 == 0 else answer_side
             if speaker not in expected:
-                raise RowError(where(row), "roles out of order",
-                               f"turn {i} has {tags['role_tag']}={speaker!r}, expected one of {list(expected)} "
-                               f"({'user/observation' if sides % 2 == 0 else 'assistant/function_call'} turns "
-                               "alternate with the other kind); set tags.* if the dataset names them differently")
+                raise RowError(
+                    where(row),
+                    "roles out of order",
+                    f"turn {i} has {tags['role_tag']}={speaker!r}, expected one of {list(expected)} "
+                    f"({'user/observation' if sides % 2 == 0 else 'assistant/function_call'} turns "
+                    "alternate with the other kind); set tags.* if the dataset names them differently",
+                )
             sides += 1
         messages.append(_message(row, turn, speaker, tags))
     out: dict[str, Any] = {"messages": messages, "tools": tools}
     if spec.ranking:
-        if sides % 2 == 0:
-            raise RowError(where(row), "roles out of order", "a preference conversation must end with the prompt "
-                           "(user turn); the answers go in the chosen and rejected columns")
-        for name in ("chosen", "rejected"):
-            answer = row.get(getattr(spec.columns, name))
-            if not isinstance(answer, dict) or answer.get(tags["role_tag"]) not in answer_side:
-                raise RowError(where(row), "missing column" if answer is None else "wrong type",
-                               f"preference rows need a {name!r} assistant turn (column {getattr(spec.columns, name)!r})")
-            out[name] = _message(row, answer, answer[tags["role_tag"]], tags)
-        return out
+        return {**out, **_ranked_answers(row, spec, tags, sides)}
     if sides % 2 == 1 and not prompt_only_ok:
         raise RowError(where(row), "roles out of order", "the conversation must end with an assistant turn")
     return {**out, **_feedback(row, spec)}
+
+
+def _ranked_answers(row: dict, spec: DatasetSpec, tags: dict, sides: int) -> dict:
+    """A preference row's chosen and rejected assistant turns, after a conversation that ends with the prompt."""
+    if sides % 2 == 0:
+        raise RowError(
+            where(row),
+            "roles out of order",
+            "a preference conversation must end with the prompt "
+            "(user turn); the answers go in the chosen and rejected columns",
+        )
+    out = {}
+    for name in ("chosen", "rejected"):
+        answer = row.get(getattr(spec.columns, name))
+        if not isinstance(answer, dict) or answer.get(tags["role_tag"]) not in (
+            tags["assistant_tag"],
+            tags["function_tag"],
+        ):
+            raise RowError(
+                where(row),
+                "missing column" if answer is None else "wrong type",
+                f"preference rows need a {name!r} assistant turn (column {getattr(spec.columns, name)!r})",
+            )
+        out[name] = _message(row, answer, answer[tags["role_tag"]], tags)
+    return out
 
 
 def _turn_text(row: dict, turn: dict, tags: dict) -> str:
@@ -282,8 +310,11 @@ def _turn_text(row: dict, turn: dict, tags: dict) -> str:
     if isinstance(text, list):  # OpenAI's content parts: [{"type": "text", "text": ...}, ...]
         text = _text_parts(row, text)
     if not isinstance(text, str):
-        raise RowError(where(row), "wrong type" if text is not None else "missing column",
-                       f"a turn's {tags['content_tag']!r} must be a string, got {text!r:.60}")
+        raise RowError(
+            where(row),
+            "wrong type" if text is not None else "missing column",
+            f"a turn's {tags['content_tag']!r} must be a string, got {text!r:.60}",
+        )
     return text
 
 
@@ -291,10 +322,12 @@ def _text_parts(row: dict, parts: list) -> str:
     """OpenAI's list of content parts -> their text, joined. rayft trains on text: an image or audio part is a
     bad row, not a silently shortened turn."""
     if not all(isinstance(p, dict) for p in parts):
-        raise RowError(where(row), "wrong type", "content parts must be objects such as {\"type\": \"text\", \"text\": ...}")
+        raise RowError(where(row), "wrong type", 'content parts must be objects such as {"type": "text", "text": ...}')
     other = sorted({str(p.get("type")) for p in parts if p.get("type") != "text"})
     if other:
-        raise RowError(where(row), "unsupported content", f"rayft trains on text; this turn has {', '.join(other)} parts")
+        raise RowError(
+            where(row), "unsupported content", f"rayft trains on text; this turn has {', '.join(other)} parts"
+        )
     texts = [p.get("text") for p in parts]
     if not all(isinstance(t, str) for t in texts):
         raise RowError(where(row), "wrong type", "a text part's 'text' must be a string")
@@ -320,12 +353,20 @@ def _tool_call_message(row: dict, turn: dict, tags: dict) -> dict:
     the ids are dropped, as in the standard row (chat templates match results to calls by order)."""
     content = turn.get(tags["content_tag"])
     if content is not None and not isinstance(content, str):
-        raise RowError(where(row), "wrong type", f"a tool-calling turn's {tags['content_tag']!r} must be a string or "
-                       f"null, got {content!r:.60}")
+        raise RowError(
+            where(row),
+            "wrong type",
+            f"a tool-calling turn's {tags['content_tag']!r} must be a string or null, got {content!r:.60}",
+        )
     calls = turn["tool_calls"]
-    if not (isinstance(calls, list) and all(isinstance(c, dict) and isinstance(c.get("function"), dict) for c in calls)):
-        raise RowError(where(row), "wrong type", 'tool_calls must be a list of {"type": "function", "function": '
-                       '{"name": ..., "arguments": ...}}')
+    if not (
+        isinstance(calls, list) and all(isinstance(c, dict) and isinstance(c.get("function"), dict) for c in calls)
+    ):
+        raise RowError(
+            where(row),
+            "wrong type",
+            'tool_calls must be a list of {"type": "function", "function": {"name": ..., "arguments": ...}}',
+        )
     return {"role": "assistant", "content": content or "", "tool_calls": _calls(row, [c["function"] for c in calls])}
 
 
@@ -352,4 +393,3 @@ def _calls(row: dict, calls: list) -> list[dict]:
                 pass  # keep the string: some tools take free text
         out.append({"type": "function", "function": {"name": c["name"], "arguments": args}})
     return out
-

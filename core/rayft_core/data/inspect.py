@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from rayft_core.data import IGNORE_INDEX
 
 _ON, _OFF = "\033[1;32m", "\033[0m"  # bold green on a terminal
 
 
-def mark_trained(tokenizer: Any, input_ids: Sequence[int], labels: Sequence[int], color: bool,
-                 position_ids: Sequence[int] | None = None) -> str:
+def mark_trained(
+    tokenizer: Any,
+    input_ids: Sequence[int],
+    labels: Sequence[int],
+    color: bool,
+    position_ids: Sequence[int] | None = None,
+) -> str:
     """The decoded row with the tokens that carry a loss marked: green on a terminal, else «...».
 
     Packed rows show each example on its own line after a '── example N ──' rule.

@@ -6,7 +6,8 @@ Pure functions over rows already tokenized and a DataReport: the CLI prints what
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from rayft_core.data.inspect import histogram, mark_trained
 from rayft_core.data.report import DataReport
@@ -24,8 +25,9 @@ def render_row(tokenizer: Any, row: dict[str, Any], number: int, color: bool) ->
             lines.append(tokenizer.decode(ids))
             lines.append(f"    reference answer (for reward functions): {row.get('reference')!r}")
             continue
-        lines.append(f"─── row {number}{name} ({len(ids)} tokens; trained-on tokens "
-                     f"{'in green' if color else 'in «»'}) ───")
+        lines.append(
+            f"─── row {number}{name} ({len(ids)} tokens; trained-on tokens {'in green' if color else 'in «»'}) ───"
+        )
         lines.append(mark_trained(tokenizer, ids, row[part + "labels"], color, row.get("position_ids")))
     if "kto_tag" in row:
         lines.append(f"    desirable: {row['kto_tag']}")
@@ -34,15 +36,18 @@ def render_row(tokenizer: Any, row: dict[str, Any], number: int, color: bool) ->
 
 def render_report(report: DataReport, max_seq_len: int) -> str:
     """Counts per dataset and packing fill, the tokens-per-row histogram, then the bad rows (or that there are none)."""
-    return "\n".join([
-        "\n" + report.table(),
-        "\ntokens per row:\n" + histogram(report.lengths, max_seq_len),
-        "\n" + (report.bad_rows() if report.num_bad else "no unusable rows"),
-    ])
+    return "\n".join(
+        [
+            "\n" + report.table(),
+            "\ntokens per row:\n" + histogram(report.lengths, max_seq_len),
+            "\n" + (report.bad_rows() if report.num_bad else "no unusable rows"),
+        ]
+    )
 
 
-def render_preview(tokenizer: Any, rows: Sequence[dict[str, Any]], report: DataReport, max_seq_len: int,
-                   color: bool) -> str:
+def render_preview(
+    tokenizer: Any, rows: Sequence[dict[str, Any]], report: DataReport, max_seq_len: int, color: bool
+) -> str:
     """All of `rayft data preview`'s output: every row rendered, then the report."""
     lines = [line for i, row in enumerate(rows, 1) for line in render_row(tokenizer, row, i, color)]
     return "\n".join([*lines, render_report(report, max_seq_len)])

@@ -32,8 +32,10 @@ class DatasetError(UserInputError):
 def load_dataset_info(dataset_dir: str, key: str) -> dict[str, Any]:
     path = Path(dataset_dir) / INFO_FILE
     if not path.is_file():
-        raise DatasetError(f"{key}: datasets named by `dataset:` are looked up in {path}, which does not exist; "
-                           "set data.dataset_dir to the folder holding dataset_info.json, or name files with `path:`")
+        raise DatasetError(
+            f"{key}: datasets named by `dataset:` are looked up in {path}, which does not exist; "
+            "set data.dataset_dir to the folder holding dataset_info.json, or name files with `path:`"
+        )
     try:
         info = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a file saved with a BOM reads too
     except json.JSONDecodeError as e:
@@ -58,17 +60,13 @@ def resolve_spec(spec: DatasetSpec, dataset_dir: str, key: str) -> DatasetSpec:
     return spec
 
 
-def _from_dataset_info(spec: DatasetSpec, dataset_dir: str, key: str) -> DatasetSpec:
-    info = load_dataset_info(dataset_dir, key)
-    if spec.dataset not in info:
-        close = difflib.get_close_matches(spec.dataset, list(info), n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"{len(info)} datasets are described there"
-        raise DatasetError(f"{key}.dataset: {spec.dataset!r} is not in {Path(dataset_dir) / INFO_FILE} ({hint})")
-    entry = info[spec.dataset]
-    where = f"{Path(dataset_dir) / INFO_FILE} entry {spec.dataset!r}"
+def _entry_source(entry: Any, dataset_dir: str, where: str) -> dict[str, Any]:
+    """A dataset_info.json entry checked for the types used before the schema sees it, and where its data is."""
     if not isinstance(entry, dict):  # e.g. "alpaca": "alpaca.json", a list, or null
-        raise DatasetError(f"{where}: must be an object describing the dataset, such as "
-                           f'{{"file_name": "data.json", "formatting": "alpaca"}}; got {json.dumps(entry)[:60]}')
+        raise DatasetError(
+            f"{where}: must be an object describing the dataset, such as "
+            f'{{"file_name": "data.json", "formatting": "alpaca"}}; got {json.dumps(entry)[:60]}'
+        )
     for name in ("file_name", "cloud_file_name", "hf_hub_url", "formatting", "folder"):
         if name in entry and not isinstance(entry[name], str):  # used as text below, before the schema sees it
             raise DatasetError(f"{where}: {name} must be a string, got {json.dumps(entry[name])[:60]}")
@@ -84,10 +82,24 @@ def _from_dataset_info(spec: DatasetSpec, dataset_dir: str, key: str) -> Dataset
         name = entry["file_name"]
         fields["path"] = name if "://" in name else str(Path(dataset_dir) / name)
     elif entry.get("ms_hub_url") or entry.get("om_hub_url") or entry.get("script_url"):
-        raise DatasetError(f"{where}: only ModelScope/Modelers hubs or a loading script are given; rayft reads files, "
-                           "cloud paths and the Hugging Face hub (file_name, cloud_file_name, hf_hub_url)")
+        raise DatasetError(
+            f"{where}: only ModelScope/Modelers hubs or a loading script are given; rayft reads files, "
+            "cloud paths and the Hugging Face hub (file_name, cloud_file_name, hf_hub_url)"
+        )
     else:
         raise DatasetError(f"{where}: needs file_name, cloud_file_name or hf_hub_url")
+    return fields
+
+
+def _from_dataset_info(spec: DatasetSpec, dataset_dir: str, key: str) -> DatasetSpec:
+    info = load_dataset_info(dataset_dir, key)
+    if spec.dataset not in info:
+        close = difflib.get_close_matches(spec.dataset, list(info), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"{len(info)} datasets are described there"
+        raise DatasetError(f"{key}.dataset: {spec.dataset!r} is not in {Path(dataset_dir) / INFO_FILE} ({hint})")
+    entry = info[spec.dataset]
+    where = f"{Path(dataset_dir) / INFO_FILE} entry {spec.dataset!r}"
+    fields = _entry_source(entry, dataset_dir, where)
     if entry.get("formatting"):
         fields["format"] = entry["formatting"]
     for name in ("ranking", "columns", "tags", "subset", "split", "num_samples"):
@@ -95,8 +107,20 @@ def _from_dataset_info(spec: DatasetSpec, dataset_dir: str, key: str) -> Dataset
             fields[name] = entry[name]
     if "folder" in entry:  # a sub-folder of a hub repository
         fields["hf_hub_url"] = f"{fields.get('hf_hub_url', '')}/{entry['folder']}"
-    known = {"file_name", "hf_hub_url", "cloud_file_name", "formatting", "ranking", "columns", "tags", "subset",
-             "split", "num_samples", "folder", "script_url"} | _IGNORED_ENTRY_KEYS
+    known = {
+        "file_name",
+        "hf_hub_url",
+        "cloud_file_name",
+        "formatting",
+        "ranking",
+        "columns",
+        "tags",
+        "subset",
+        "split",
+        "num_samples",
+        "folder",
+        "script_url",
+    } | _IGNORED_ENTRY_KEYS
     unknown = sorted(set(entry) - known)
     if unknown:
         raise DatasetError(f"{where}: unknown keys {unknown}")
@@ -117,18 +141,28 @@ def check_stage_fit(spec: DatasetSpec, stage: StageSection, key: str) -> None:
     if stage.data == TEXT and spec.format in ("sharegpt", "openai"):
         raise DatasetError(f"{key}: stage {name} trains on text; {spec.label} is {spec.format} conversations")
     if stage.data != TEXT and spec.format == "text":
-        raise DatasetError(f"{key}: stage {name} needs conversations (alpaca, sharegpt or openai); {spec.label} is text")
+        raise DatasetError(
+            f"{key}: stage {name} needs conversations (alpaca, sharegpt or openai); {spec.label} is text"
+        )
     if spec.format in ("text", "tokenized"):
         return
     if stage.data == PAIR and not spec.ranking:
-        raise DatasetError(f"{key}: stage {name} trains on preference pairs; {spec.label} is not a ranking dataset "
-                           "(ranking: true with chosen and rejected columns)")
+        raise DatasetError(
+            f"{key}: stage {name} trains on preference pairs; {spec.label} is not a ranking dataset "
+            "(ranking: true with chosen and rejected columns)"
+        )
     if stage.data != PAIR and spec.ranking:
-        raise DatasetError(f"{key}: {spec.label} is a ranking (preference) dataset; stage {name} cannot use it: "
-                           "it trains on " + _SHAPE_NAMES[stage.data])
+        raise DatasetError(
+            f"{key}: {spec.label} is a ranking (preference) dataset; stage {name} cannot use it: "
+            "it trains on " + _SHAPE_NAMES[stage.data]
+        )
     if stage.data == TAGGED and spec.columns.kto_tag is None:
         raise DatasetError(f"{key}: stage {name} needs a boolean tag per row; set columns.kto_tag for {spec.label}")
 
 
-_SHAPE_NAMES = {TEXT: "text", CONVERSATION: "conversations", TAGGED: "answers tagged desirable or not (kto_tag)",
-                PROMPT: "prompts"}
+_SHAPE_NAMES = {
+    TEXT: "text",
+    CONVERSATION: "conversations",
+    TAGGED: "answers tagged desirable or not (kto_tag)",
+    PROMPT: "prompts",
+}

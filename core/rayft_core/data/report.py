@@ -6,7 +6,11 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
+
+from rayft_core.data import IGNORE_INDEX
 from rayft_core.data.formats import DataError
 from rayft_core.data.registry import DatasetError
 
@@ -59,8 +63,11 @@ class DataReport:
         lines = [f"{'dataset':<40} {'examples':>9} {'rows':>8} {'tokens':>11} {'bad':>6}"]
         for d in self.datasets:
             lines.append(f"{d.label[-40:]:<40} {d.examples:>9,} {d.rows:>8,} {d.tokens:>11,} {d.num_bad:>6,}")
-        packed = f"packing on: {self.fill:.1%} of {self.max_seq_len}-token rows hold tokens" if self.packing else \
-            f"packing off: rows average {self.tokens / max(self.rows, 1):.0f} tokens (max_seq_len {self.max_seq_len})"
+        packed = (
+            f"packing on: {self.fill:.1%} of {self.max_seq_len}-token rows hold tokens"
+            if self.packing
+            else f"packing off: rows average {self.tokens / max(self.rows, 1):.0f} tokens (max_seq_len {self.max_seq_len})"
+        )
         return "\n".join(lines + [packed])
 
     def bad_rows(self) -> str:
@@ -70,8 +77,11 @@ class DataReport:
         shown = [s for d in self.datasets for s in d.shown][:MAX_ERRORS_SHOWN]
         by_reason = ", ".join(f"{n:,} {reason}" for reason, n in counts.most_common())
         more = self.num_bad - len(shown)
-        return (f"{self.num_bad:,} unusable rows ({by_reason}):\n" + "\n".join(f"  - {s}" for s in shown)
-                + (f"\n  ... and {more:,} more" if more > 0 else ""))
+        return (
+            f"{self.num_bad:,} unusable rows ({by_reason}):\n"
+            + "\n".join(f"  - {s}" for s in shown)
+            + (f"\n  ... and {more:,} more" if more > 0 else "")
+        )
 
 
 def check_bad_rows(report: DataReport, max_fraction: float, section: str) -> None:
@@ -81,7 +91,45 @@ def check_bad_rows(report: DataReport, max_fraction: float, section: str) -> Non
             raise DatasetError(f"{section}: the datasets hold no rows")
         return
     if report.rows == 0 or report.num_bad / max(total, 1) > max_fraction:
-        limit = "no usable rows remain" if report.rows == 0 else \
-            f"that is {report.num_bad / total:.2%} of the rows; data.max_bad_fraction allows {max_fraction:.2%}"
+        limit = (
+            "no usable rows remain"
+            if report.rows == 0
+            else f"that is {report.num_bad / total:.2%} of the rows; data.max_bad_fraction allows {max_fraction:.2%}"
+        )
         raise DataError(f"{section}: {report.bad_rows()}\n{limit}; fix or remove them")
     logger.warning("%s: skipping %s", section, report.bad_rows())
+
+
+class StreamChecker:
+    """Bad rows met by a worker while streaming: counted, the run stopped past data.max_bad_fraction.
+
+    A tolerated bad row stays in its batch as one padding token without a label: every worker
+    must run the same number of equally many forward passes, so rows are masked, not removed.
+    """
+
+    def __init__(self, max_fraction: float, pad_token_id: int):
+        self.max_fraction, self.pad = max_fraction, pad_token_id
+        self.seen, self.bad, self.shown = 0, 0, []
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        errors = batch.pop("error")
+        bad = [i for i, e in enumerate(errors) if e is not None]
+        self.seen += len(errors)
+        if not bad:
+            return batch
+        self.bad += len(bad)
+        self.shown += [errors[i] for i in bad][: MAX_ERRORS_SHOWN - len(self.shown)]
+        if self.bad / self.seen > self.max_fraction:
+            raise DataError(
+                f"{self.bad} of {self.seen} streamed rows cannot be used (data.max_bad_fraction "
+                f"{self.max_fraction:.2%}):\n" + "\n".join(f"  - {s}" for s in self.shown)
+            )
+        for i in bad:  # every token list of the row becomes one token without a label
+            for c in batch:
+                if c.endswith(("input_ids", "labels", "position_ids")):
+                    batch[c][i] = np.array(
+                        [self.pad if c.endswith("input_ids") else IGNORE_INDEX if c.endswith("labels") else 0]
+                    )
+            if "kto_tag" in batch:
+                batch["kto_tag"][i] = False
+        return batch

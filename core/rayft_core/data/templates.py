@@ -181,8 +181,16 @@ EMPTY = r"""
 """
 
 TEMPLATES: dict[str, str] = {
-    "llama3": LLAMA3, "qwen": QWEN, "chatml": CHATML, "mistral": MISTRAL, "gemma": GEMMA, "phi": PHI,
-    "deepseek3": DEEPSEEK3, "alpaca": ALPACA, "default": DEFAULT, "empty": EMPTY,
+    "llama3": LLAMA3,
+    "qwen": QWEN,
+    "chatml": CHATML,
+    "mistral": MISTRAL,
+    "gemma": GEMMA,
+    "phi": PHI,
+    "deepseek3": DEEPSEEK3,
+    "alpaca": ALPACA,
+    "default": DEFAULT,
+    "empty": EMPTY,
 }
 TOOL_TEMPLATES = ("qwen", "llama3")  # the named templates that render tool definitions and calls
 
@@ -190,8 +198,10 @@ TOOL_TEMPLATES = ("qwen", "llama3")  # the named templates that render tool defi
 # model cannot stop on one, so a tokenizer without them as single tokens is worth a warning.
 _MARKERS = {
     "llama3": ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
-    "qwen": ("<|im_start|>", "<|im_end|>"), "chatml": ("<|im_start|>", "<|im_end|>"),
-    "gemma": ("<start_of_turn>", "<end_of_turn>"), "phi": ("<|user|>", "<|assistant|>", "<|end|>"),
+    "qwen": ("<|im_start|>", "<|im_end|>"),
+    "chatml": ("<|im_start|>", "<|im_end|>"),
+    "gemma": ("<start_of_turn>", "<end_of_turn>"),
+    "phi": ("<|user|>", "<|assistant|>", "<|end|>"),
     "deepseek3": ("<｜User｜>", "<｜Assistant｜>"),
 }
 
@@ -214,6 +224,9 @@ def apply_template(tokenizer: Any, cfg: TemplateChoice) -> None:
         vocab = tokenizer.get_vocab()
         missing = [m for m in _MARKERS.get(cfg.template, ()) if m not in vocab]
         if missing:
-            logger.warning("model.template: %s marks turns with %s, which this tokenizer does not have as tokens; "
-                           "add them with model.add_special_tokens (the embeddings are resized)",
-                           cfg.template, ", ".join(missing))
+            logger.warning(
+                "model.template: %s marks turns with %s, which this tokenizer does not have as tokens; "
+                "add them with model.add_special_tokens (the embeddings are resized)",
+                cfg.template,
+                ", ".join(missing),
+            )

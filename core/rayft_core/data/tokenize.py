@@ -26,20 +26,28 @@ from rayft_core.data.templates import TEMPLATES, TOOL_TEMPLATES
 _TOOLS_HINT = f"set model.template to one that does ({' or '.join(TOOL_TEMPLATES)}, e.g. `model.template: qwen`)"
 
 
-def _render(tokenizer: Any, messages: list[dict], tools: list[dict] | None, generation_prompt: bool,
-            template_kwargs: dict) -> str:
+def _render(
+    tokenizer: Any, messages: list[dict], tools: list[dict] | None, generation_prompt: bool, template_kwargs: dict
+) -> str:
     try:
         template, special = _template_of(tokenizer, bool(tools))
         # what apply_chat_template(tokenize=False) does, minus rebuilding its arguments on every call
-        return render_jinja_template(conversations=[messages], tools=tools, chat_template=template,
-                                     add_generation_prompt=generation_prompt, **{**special, **template_kwargs})[0][0]
+        return render_jinja_template(
+            conversations=[messages],
+            tools=tools,
+            chat_template=template,
+            add_generation_prompt=generation_prompt,
+            **{**special, **template_kwargs},
+        )[0][0]
     except (TemplateError, TypeError) as e:  # raise_exception in the template, or a type it cannot join
-        raise DataError(f"the chat template cannot render this conversation ({e}); set model.template to one "
-                        f"that can (one of {', '.join(TEMPLATES)}; gemma folds a system prompt into the first "
-                        f"user turn, {' and '.join(TOOL_TEMPLATES)} render tool calls)") from e
+        raise DataError(
+            f"the chat template cannot render this conversation ({e}); set model.template to one "
+            f"that can (one of {', '.join(TEMPLATES)}; gemma folds a system prompt into the first "
+            f"user turn, {' and '.join(TOOL_TEMPLATES)} render tool calls)"
+        ) from e
 
 
-_TEMPLATES_OF: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+_TEMPLATES_OF: weakref.WeakKeyDictionary[Any, dict] = weakref.WeakKeyDictionary()
 
 
 def _template_of(tokenizer: Any, with_tools: bool) -> tuple[str, dict]:
@@ -47,19 +55,24 @@ def _template_of(tokenizer: Any, with_tools: bool) -> tuple[str, dict]:
     cache = _TEMPLATES_OF.setdefault(tokenizer, {})
     key = (with_tools, tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None)
     if key not in cache:
-        cache[key] = (tokenizer.get_chat_template(None, [{}] if with_tools else None), dict(tokenizer.special_tokens_map))
+        cache[key] = (
+            tokenizer.get_chat_template(None, [{}] if with_tools else None),
+            dict(tokenizer.special_tokens_map),
+        )
     return cache[key]
 
 
 def _check_tools_shown(tokenizer: Any, tools: list[dict] | None) -> None:
     """Fail before rendering when tools are given and the template never reads them."""
     if tools and not re.search(r"\btools\b", tokenizer.get_chat_template(None, tools)):
-        raise DataError(f"this row has tools but the chat template has no tool support (it never uses "
-                        f"`tools`); {_TOOLS_HINT}")
+        raise DataError(
+            f"this row has tools but the chat template has no tool support (it never uses `tools`); {_TOOLS_HINT}"
+        )
 
 
-def split_turns(tokenizer: Any, messages: list[dict], tools: list[dict] | None = None,
-                template_kwargs: dict | None = None) -> list[tuple[str, str]]:
+def split_turns(
+    tokenizer: Any, messages: list[dict], tools: list[dict] | None = None, template_kwargs: dict | None = None
+) -> list[tuple[str, str]]:
     """[(prompt_text, response_text), ...], one pair per assistant turn; the pieces join to the full render.
 
     Turn k's prompt ends where the render of messages[:k] with a generation prompt ends; its
@@ -82,13 +95,20 @@ def split_turns(tokenizer: Any, messages: list[dict], tools: list[dict] | None =
         answer = full if k == len(messages) - 1 else _render(tokenizer, messages[: k + 1], tools, False, kwargs)
         prompt_end, end = len(prompt), _common_prefix_len(answer, full)
         if prompt_end < pos or not full.startswith(prompt) or end <= prompt_end:
-            raise DataError("the chat template does not render conversations incrementally (a later turn "
-                            "changes earlier text); set model.chat_template to one that does")
-        missing = [c.get("function", c)["name"] for c in message.get("tool_calls") or []
-                   if c.get("function", c)["name"] not in full[prompt_end:end]]
+            raise DataError(
+                "the chat template does not render conversations incrementally (a later turn "
+                "changes earlier text); set model.chat_template to one that does"
+            )
+        missing = [
+            c.get("function", c)["name"]
+            for c in message.get("tool_calls") or []
+            if c.get("function", c)["name"] not in full[prompt_end:end]
+        ]
         if missing:
-            raise DataError(f"the chat template dropped the tool call(s) {', '.join(missing)} from the assistant "
-                            f"turn; {_TOOLS_HINT}")
+            raise DataError(
+                f"the chat template dropped the tool call(s) {', '.join(missing)} from the assistant "
+                f"turn; {_TOOLS_HINT}"
+            )
         pairs.append((full[pos:prompt_end], full[prompt_end:end]))
         pos = end
     if pairs and pos < len(full):  # text after the last turn's own render (an end token): learn it too
@@ -109,10 +129,15 @@ def _budget(prompt_len: int, response_len: int, max_len: int) -> tuple[int, int]
     return keep_prompt, keep_response
 
 
-def encode_chat_batch(tokenizer: Any, batch_messages: list[list[dict]], max_seq_len: int,
-                      train_on_prompt: bool = False, mask_history: bool = False,
-                      batch_tools: list[list[dict] | None] | None = None,
-                      template_kwargs: dict | None = None) -> dict[str, list[list[int]]]:
+def encode_chat_batch(
+    tokenizer: Any,
+    batch_messages: list[list[dict]],
+    max_seq_len: int,
+    train_on_prompt: bool = False,
+    mask_history: bool = False,
+    batch_tools: list[list[dict] | None] | None = None,
+    template_kwargs: dict | None = None,
+) -> dict[str, list[list[int]]]:
     """Conversations -> input_ids and labels (prompt tokens masked), truncated to max_seq_len.
 
     Each conversation is tokenized whole, exactly as at inference (tokenizing pieces apart would
@@ -123,11 +148,14 @@ def encode_chat_batch(tokenizer: Any, batch_messages: list[list[dict]], max_seq_
     template_kwargs go to the template (e.g. date_string for Llama 3's own).
     """
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError("conversations are rendered with a chat template, and this tokenizer has none; "
-                         "set model.template (e.g. default) or model.chat_template")
+        raise ValueError(
+            "conversations are rendered with a chat template, and this tokenizer has none; "
+            "set model.template (e.g. default) or model.chat_template"
+        )
     batch_tools = batch_tools or [None] * len(batch_messages)
-    turns = [split_turns(tokenizer, messages, tools, template_kwargs)
-             for messages, tools in zip(batch_messages, batch_tools)]
+    turns = [
+        split_turns(tokenizer, messages, tools, template_kwargs) for messages, tools in zip(batch_messages, batch_tools)
+    ]
     texts = ["".join(p + r for p, r in pairs) for pairs in turns]
     out: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
     for pairs, tokens in zip(turns, _tokens(tokenizer, texts)):
@@ -151,8 +179,9 @@ def encode_chat_batch(tokenizer: Any, batch_messages: list[list[dict]], max_seq_
     return out
 
 
-def encode_prompts(tokenizer: Any, batch_messages: list[list[dict]], max_len: int,
-                   batch_tools: list[list[dict] | None] | None = None) -> list[list[int]]:
+def encode_prompts(
+    tokenizer: Any, batch_messages: list[list[dict]], max_len: int, batch_tools: list[list[dict] | None] | None = None
+) -> list[list[int]]:
     """Conversations that end before the assistant's turn -> the ids a model continues from
     (the template's generation prompt included), as apply_chat_template(add_generation_prompt=True) gives them.
 
@@ -160,8 +189,10 @@ def encode_prompts(tokenizer: Any, batch_messages: list[list[dict]], max_len: in
     template's own markers, and the model would answer something else.
     """
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError("prompts are rendered with a chat template, and this tokenizer has none; "
-                         "set model.template (e.g. default) or model.chat_template")
+        raise ValueError(
+            "prompts are rendered with a chat template, and this tokenizer has none; "
+            "set model.template (e.g. default) or model.chat_template"
+        )
     texts = []
     for messages, tools in zip(batch_messages, batch_tools or [None] * len(batch_messages)):
         messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
@@ -171,8 +202,10 @@ def encode_prompts(tokenizer: Any, batch_messages: list[list[dict]], max_len: in
     ids = [t.ids for t in _tokens(tokenizer, texts)]
     for prompt in ids:
         if len(prompt) > max_len:
-            raise DataError(f"the prompt has {len(prompt)} tokens, more than the {max_len} that data.max_seq_len "
-                            "leaves after stage.max_new_tokens; raise max_seq_len or shorten the prompt")
+            raise DataError(
+                f"the prompt has {len(prompt)} tokens, more than the {max_len} that data.max_seq_len "
+                "leaves after stage.max_new_tokens; raise max_seq_len or shorten the prompt"
+            )
     return ids
 
 
@@ -183,7 +216,9 @@ class _Tokens:
     token's offsets into Python tuples to search them cost a tenth of the tokenizing time.
     """
 
-    def __init__(self, ids: list[int], text_len: int, encoding: Any = None, offsets: list[tuple[int, int]] | None = None):
+    def __init__(
+        self, ids: list[int], text_len: int, encoding: Any = None, offsets: list[tuple[int, int]] | None = None
+    ):
         self.ids, self._len, self._encoding = ids, text_len, encoding
         self._starts = [start for start, _ in offsets] if offsets is not None else None
 
@@ -208,10 +243,14 @@ def _tokens(tokenizer: Any, texts: list[str]) -> list[_Tokens]:
         return []
     backend = getattr(tokenizer, "_tokenizer", None)
     if backend is not None and hasattr(backend, "encode_batch"):
-        return [_Tokens(e.ids, len(t), encoding=e)
-                for t, e in zip(texts, backend.encode_batch(texts, add_special_tokens=False))]
+        return [
+            _Tokens(e.ids, len(t), encoding=e)
+            for t, e in zip(texts, backend.encode_batch(texts, add_special_tokens=False))
+        ]
     enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
-    return [_Tokens(ids, len(t), offsets=offsets) for t, ids, offsets in zip(texts, enc["input_ids"], enc["offset_mapping"])]
+    return [
+        _Tokens(ids, len(t), offsets=offsets) for t, ids, offsets in zip(texts, enc["input_ids"], enc["offset_mapping"])
+    ]
 
 
 def _segments(pairs: list[tuple[str, str]], tokens: _Tokens) -> list[tuple[list[int], list[int]]]:

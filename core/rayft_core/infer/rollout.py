@@ -63,8 +63,16 @@ class VLLMRollout(_Engine):
             os.environ.update(cpu_engine_env())
         from vllm import LLM
 
-        self.llm = LLM(base, dtype=engine_dtype(on_gpu), enforce_eager=not on_gpu, enable_lora=True,
-                       max_lora_rank=max(8, max_lora_rank), max_loras=1, max_model_len=max_model_len, seed=seed)
+        self.llm = LLM(
+            base,
+            dtype=engine_dtype(on_gpu),
+            enforce_eager=not on_gpu,
+            enable_lora=True,
+            max_lora_rank=max(8, max_lora_rank),
+            max_loras=1,
+            max_model_len=max_model_len,
+            seed=seed,
+        )
         self.lora = None
 
     def load_adapter(self, version: int, files: dict[str, bytes]) -> float:
@@ -86,9 +94,16 @@ class VLLMRollout(_Engine):
         """n responses per prompt (each from its own seed), as [prompt][sample] -> token ids."""
         from vllm import SamplingParams
 
-        params = [SamplingParams(max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
-                                 top_p=sampling.top_p, stop_token_ids=list(sampling.stop_token_ids), seed=seed + i)
-                  for i in range(len(prompts) * n)]
+        params = [
+            SamplingParams(
+                max_tokens=sampling.max_new_tokens,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                stop_token_ids=list(sampling.stop_token_ids),
+                seed=seed + i,
+            )
+            for i in range(len(prompts) * n)
+        ]
         requests = [{"prompt_token_ids": list(p)} for p in prompts for _ in range(n)]
         outputs = self.llm.generate(requests, params, lora_request=self.lora, use_tqdm=False)
         ids = [list(o.outputs[0].token_ids) for o in outputs]
@@ -117,7 +132,9 @@ class HFRollout(_Engine):
         if self.model is None:
             self.model = PeftModel.from_pretrained(self.base, path).eval()
         else:
-            set_peft_model_state_dict(self.model, load_file(path / "adapter_model.safetensors", device=str(self.device)))
+            set_peft_model_state_dict(
+                self.model, load_file(path / "adapter_model.safetensors", device=str(self.device))
+            )
         self._drop_previous()
         return time.perf_counter() - started
 
@@ -130,15 +147,22 @@ class HFRollout(_Engine):
         ids = torch.full((len(rows), longest), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for i, p in enumerate(rows):  # left padding: every row continues from its last column
-            ids[i, longest - len(p):] = torch.as_tensor(p)
-            mask[i, longest - len(p):] = 1
+            ids[i, longest - len(p) :] = torch.as_tensor(p)
+            mask[i, longest - len(p) :] = 1
         stop = set(sampling.stop_token_ids)
         torch.manual_seed(seed)
         with torch.no_grad():
-            out = model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), do_sample=True,
-                                 temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
-                                 max_new_tokens=sampling.max_new_tokens, eos_token_id=list(stop),
-                                 pad_token_id=self.pad_token_id)
+            out = model.generate(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                do_sample=True,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=0,
+                max_new_tokens=sampling.max_new_tokens,
+                eos_token_id=list(stop),
+                pad_token_id=self.pad_token_id,
+            )
         responses = []
         for row in out[:, longest:].tolist():
             end = next((i + 1 for i, t in enumerate(row) if t in stop), len(row))  # through the first end token

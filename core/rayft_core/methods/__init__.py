@@ -52,5 +52,14 @@ def missing_dependencies(run: Run) -> list[str]:
     return [missing] if missing else []
 
 
-__all__ = ["METHODS", "FreezeTuning", "FullTuning", "GaloreTuning", "LoraTuning", "TuningConfig", "TuningSection",
-           "expand_alias", "missing_dependencies"]
+__all__ = [
+    "METHODS",
+    "FreezeTuning",
+    "FullTuning",
+    "GaloreTuning",
+    "LoraTuning",
+    "TuningConfig",
+    "TuningSection",
+    "expand_alias",
+    "missing_dependencies",
+]

@@ -86,6 +86,7 @@ def decay_groups(model: "nn.Module", run: Run, lr_of: Callable[[str], float]) ->
 def nonempty_target(target: Any) -> Any:
     """A `target` key's validator: 'all', or a list naming at least one module."""
     if isinstance(target, list) and not [t for t in target if str(t).strip()]:
-        raise ValueError("an empty list of modules would train nothing; name modules (q_proj, v_proj, ...) or use "
-                         "'all'")
+        raise ValueError(
+            "an empty list of modules would train nothing; name modules (q_proj, v_proj, ...) or use 'all'"
+        )
     return target

@@ -21,7 +21,8 @@ class GaloreTuning(TuningSection):
     update_proj_gap: int = Field(200, ge=1, description="Recompute the projection every N optimizer steps.")
     scale: float = Field(0.25, gt=0, description="GaLore scale applied to the projected update.")
     target: Literal["all"] | list[str] = Field(
-        "all", description="2-D weights to project: 'all' linear layers except the head, or module names.")
+        "all", description="2-D weights to project: 'all' linear layers except the head, or module names."
+    )
 
     @field_validator("target")
     @classmethod
@@ -36,9 +37,18 @@ class GaloreTuning(TuningSection):
         projected = targeted_linear_weights(model, self.target, "tuning.target")
         ids = {id(p) for p in projected}
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-        return [{"params": rest, "lr": lr, "weight_decay": wd},
-                {"params": projected, "lr": lr, "weight_decay": wd, "rank": self.rank,
-                 "update_proj_gap": self.update_proj_gap, "scale": self.scale, "proj_type": "std"}]
+        return [
+            {"params": rest, "lr": lr, "weight_decay": wd},
+            {
+                "params": projected,
+                "lr": lr,
+                "weight_decay": wd,
+                "rank": self.rank,
+                "update_proj_gap": self.update_proj_gap,
+                "scale": self.scale,
+                "proj_type": "std",
+            },
+        ]
 
     def problems(self, run: Run) -> list[str]:
         zero = run.deepspeed.zero_stage

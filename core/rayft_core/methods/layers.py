@@ -37,8 +37,11 @@ def targeted_linear_weights(model: nn.Module, target: str | list[str], key: str)
     """The weights of the linear layers (the head excepted) that ``target`` names."""
     targets = set(resolve_targets(model, target, key))
     head = model.get_output_embeddings()
-    return [module.weight for name, module in model.named_modules()
-            if isinstance(module, nn.Linear) and module is not head and name.rsplit(".", 1)[-1] in targets]
+    return [
+        module.weight
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and module is not head and name.rsplit(".", 1)[-1] in targets
+    ]
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

@@ -21,18 +21,22 @@ class LoraTuning(TuningSection):
     alpha: float | None = Field(None, gt=0, description="LoRA alpha; default 2 * rank.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
     target: Literal["all"] | list[str] = Field(
-        "all", description="'all' = every nn.Linear except the output head, or a list of module names (q_proj, "
-        "v_proj, ...).")
+        "all",
+        description="'all' = every nn.Linear except the output head, or a list of module names (q_proj, v_proj, ...).",
+    )
     use_rslora: bool = Field(False, description="rsLoRA: scale by alpha / sqrt(rank) instead of alpha / rank.")
     use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (magnitude + direction).")
     init: Literal["default", "pissa", "gaussian"] = Field(
-        "default", description="pissa: initialise A and B from the principal singular vectors of the weight "
-        "(fast SVD).")
+        "default", description="pissa: initialise A and B from the principal singular vectors of the weight (fast SVD)."
+    )
     loraplus_lr_ratio: float | None = Field(
-        None, gt=0, description="LoRA+: the B matrices learn at learning_rate * ratio (the paper suggests 16).")
+        None, gt=0, description="LoRA+: the B matrices learn at learning_rate * ratio (the paper suggests 16)."
+    )
     quantization_bit: Literal[4, 8] | None = Field(
-        None, description="QLoRA: load the base in 4-bit NF4 (double quantisation) or 8-bit with bitsandbytes. "
-        "`tuning: qlora` is shorthand for method lora with quantization_bit 4.")
+        None,
+        description="QLoRA: load the base in 4-bit NF4 (double quantisation) or 8-bit with bitsandbytes. "
+        "`tuning: qlora` is shorthand for method lora with quantization_bit 4.",
+    )
 
     @field_validator("target")
     @classmethod

@@ -15,8 +15,14 @@ from torch import nn
 from rayft_core.config import RunConfig
 from rayft_core.methods.layers import TuningError, decoder_layers, linear_module_names, resolve_targets
 
-__all__ = ["TuningError", "apply_tuning", "count_parameters", "decoder_layers", "linear_module_names",
-           "resolve_targets"]
+__all__ = [
+    "TuningError",
+    "apply_tuning",
+    "count_parameters",
+    "decoder_layers",
+    "linear_module_names",
+    "resolve_targets",
+]
 
 
 def apply_tuning(model: nn.Module, run: RunConfig) -> nn.Module:

@@ -79,8 +79,10 @@ def check_model_path(cfg: ModelConfig) -> None:
     looks_local = path.is_absolute() or name.startswith(".") or path.exists()
     if looks_local:
         if not (path / "config.json").is_file():
-            raise ModelLoadError(f"model.name_or_path: {name!r} has no config.json; point it at a "
-                                 "directory written by save_pretrained (or a hub id when online)")
+            raise ModelLoadError(
+                f"model.name_or_path: {name!r} has no config.json; point it at a "
+                "directory written by save_pretrained (or a hub id when online)"
+            )
         return
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.errors import HFValidationError
@@ -88,19 +90,25 @@ def check_model_path(cfg: ModelConfig) -> None:
     try:
         cached = try_to_load_from_cache(name, "config.json")
     except HFValidationError:
-        raise ModelLoadError(f"model.name_or_path: {name!r} is not a local directory (no such path) nor a hub id "
-                             "(namespace/name); point it at a directory written by save_pretrained") from None
+        raise ModelLoadError(
+            f"model.name_or_path: {name!r} is not a local directory (no such path) nor a hub id "
+            "(namespace/name); point it at a directory written by save_pretrained"
+        ) from None
     if isinstance(cached, str):  # downloaded before: transformers loads it from the cache, offline or not
         return
     offline = hub_offline("TRANSFORMERS_OFFLINE")
     if offline:
-        raise ModelLoadError(f"model.name_or_path: {name!r} is not a local directory and the hub is offline "
-                             f"({offline} is set), nor is it in the local hub cache; point it at a directory written "
-                             "by save_pretrained")
+        raise ModelLoadError(
+            f"model.name_or_path: {name!r} is not a local directory and the hub is offline "
+            f"({offline} is set), nor is it in the local hub cache; point it at a directory written "
+            "by save_pretrained"
+        )
     if not hub_reachable():
-        raise ModelLoadError(f"model.name_or_path: {name!r} is not a local directory, and the Hugging Face hub "
-                             "cannot be reached from here to download it; download the model where there is network "
-                             "and point model.name_or_path at its directory")
+        raise ModelLoadError(
+            f"model.name_or_path: {name!r} is not a local directory, and the Hugging Face hub "
+            "cannot be reached from here to download it; download the model where there is network "
+            "and point model.name_or_path at its directory"
+        )
 
 
 def load_tokenizer(cfg: ModelConfig) -> Any:
@@ -110,8 +118,9 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.name_or_path, trust_remote_code=cfg.trust_remote_code)
     if cfg.add_special_tokens:
-        tokenizer.add_special_tokens({"additional_special_tokens": list(cfg.add_special_tokens)},
-                                     replace_extra_special_tokens=False)
+        tokenizer.add_special_tokens(
+            {"additional_special_tokens": list(cfg.add_special_tokens)}, replace_extra_special_tokens=False
+        )
     apply_template(tokenizer, cfg)  # after the added tokens: it warns about turn markers the vocabulary lacks
     if tokenizer.pad_token_id is None:  # many base models ship without one; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token
@@ -169,8 +178,9 @@ def quantization_config(run: RunConfig, dtype: torch.dtype) -> Any:
     from transformers import BitsAndBytesConfig
 
     if bits == 4:
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=dtype)
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+        )
     return BitsAndBytesConfig(load_in_8bit=True)
 
 

@@ -1,13 +1,14 @@
 """Tiny models of real architectures with a tokenizer trained here: for the demo, tests and benchmarks.
 
-    build_tokenizer(texts, "tok/")                 # byte-level BPE + ChatML chat template
-    build_tiny_model("llama", tokenizer, "model/") # random init, 2 layers, saved with save_pretrained
+build_tokenizer(texts, "tok/")                 # byte-level BPE + ChatML chat template
+build_tiny_model("llama", tokenizer, "model/") # random init, 2 layers, saved with save_pretrained
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -26,11 +27,16 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 512, save_dir: str |
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   bos_token=None, unk_token=None)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None, unk_token=None
+    )
     fast.chat_template = CHATML_TEMPLATE
     if save_dir is not None:
         fast.save_pretrained(save_dir)
@@ -41,17 +47,28 @@ def tiny_config(arch: str, vocab_size: int, hidden_size: int = 64, num_layers: i
     """A small config of a real architecture; head_dim 16 unless overridden."""
     import transformers
 
-    common = dict(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=hidden_size * 2,
-                  num_hidden_layers=num_layers, num_attention_heads=max(hidden_size // 16, 1),
-                  num_key_value_heads=max(hidden_size // 32, 1), max_position_embeddings=512,
-                  tie_word_embeddings=False)
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=max(hidden_size // 16, 1),
+        num_key_value_heads=max(hidden_size // 32, 1),
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+    )
     classes = {
-        "llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config, "mistral": transformers.MistralConfig,
-        "gemma2": transformers.Gemma2Config, "phi3": transformers.Phi3Config,
+        "llama": transformers.LlamaConfig,
+        "qwen2": transformers.Qwen2Config,
+        "mistral": transformers.MistralConfig,
+        "gemma2": transformers.Gemma2Config,
+        "phi3": transformers.Phi3Config,
     }
     if arch not in classes:
         raise ValueError(f"unknown tiny architecture {arch!r}; choose one of {sorted(classes)}")
-    extra: dict[str, Any] = {"head_dim": hidden_size // common["num_attention_heads"]} if arch in ("gemma2", "mistral") else {}
+    extra: dict[str, Any] = (
+        {"head_dim": hidden_size // common["num_attention_heads"]} if arch in ("gemma2", "mistral") else {}
+    )
     if arch == "phi3":
         common.pop("num_key_value_heads")
     return classes[arch](**{**common, **extra, **overrides})

@@ -45,16 +45,22 @@ class ValueHeadModel(nn.Module):
         h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         return self.v_head(h.to(self.v_head.weight.dtype)).squeeze(-1).float()
 
-    def save_pretrained(self, out: str | Path, state_dict: dict[str, torch.Tensor] | None = None, **kwargs: Any) -> None:
+    def save_pretrained(
+        self, out: str | Path, state_dict: dict[str, torch.Tensor] | None = None, **kwargs: Any
+    ) -> None:
         """The LM (or its adapter) as usual, and the head in value_head.safetensors.
 
         ``state_dict`` is this module's gathered state under ZeRO-3 (keys lm.* and v_head.*)."""
         from safetensors.torch import save_file
 
-        lm_state = {k.removeprefix("lm."): v for k, v in state_dict.items() if k.startswith("lm.")} if state_dict else None
+        lm_state = (
+            {k.removeprefix("lm."): v for k, v in state_dict.items() if k.startswith("lm.")} if state_dict else None
+        )
         self.lm.save_pretrained(out, state_dict=lm_state, **kwargs)
         head = {n: (state_dict[f"v_head.{n}"] if state_dict else p) for n, p in self.v_head.named_parameters()}
-        save_file({_KEYS[n]: t.detach().float().cpu().contiguous() for n, t in head.items()}, str(Path(out) / VALUE_HEAD_FILE))
+        save_file(
+            {_KEYS[n]: t.detach().float().cpu().contiguous() for n, t in head.items()}, str(Path(out) / VALUE_HEAD_FILE)
+        )
 
 
 def load_value_head(path: str | Path, hidden_size: int) -> nn.Linear:

@@ -39,7 +39,9 @@ class TrainerState:
     micro_batches_done: int = 0  # of that epoch: skipped on resume, so no batch is trained twice
     best_eval: float | None = None  # lowest eval/loss so far
     evals_without_improvement: int = 0  # for train.early_stopping_patience
-    stage_state: dict[str, Any] = dataclasses.field(default_factory=dict)  # what a stage carries on (RL: KL coefficient)
+    stage_state: dict[str, Any] = dataclasses.field(
+        default_factory=dict
+    )  # what a stage carries on (RL: KL coefficient)
 
     def record_eval(self, loss: float | None, run: RunConfig) -> dict[str, Any] | None:
         """Count one evaluation; return why training stops early, or None."""
@@ -50,9 +52,11 @@ class TrainerState:
         self.best_eval = loss if self.best_eval is None else min(loss, self.best_eval)
         self.evals_without_improvement = 0 if improved else self.evals_without_improvement + 1
         if t.early_stopping_patience and self.evals_without_improvement >= t.early_stopping_patience:
-            return {"reason": f"eval/loss has not improved on {self.best_eval:.6g} by more than "
-                              f"{t.early_stopping_threshold:g} for {self.evals_without_improvement} evaluations",
-                    "best_eval_loss": self.best_eval}
+            return {
+                "reason": f"eval/loss has not improved on {self.best_eval:.6g} by more than "
+                f"{t.early_stopping_threshold:g} for {self.evals_without_improvement} evaluations",
+                "best_eval_loss": self.best_eval,
+            }
         return None
 
 
@@ -86,11 +90,17 @@ def load_checkpoint(engine: Any, directory: str | Path, run: RunConfig, out: Pat
     """
     state_file = Path(directory) / TRAINER_STATE
     if not state_file.is_file():
-        raise UserInputError(f"checkpoint {directory} has no {TRAINER_STATE}: it was not written by rayft, or "
-                             "not completely")
+        raise UserInputError(
+            f"checkpoint {directory} has no {TRAINER_STATE}: it was not written by rayft, or not completely"
+        )
     state = TrainerState(**json.loads(state_file.read_text()))
-    path, _ = engine.load_checkpoint(str(directory), tag=CHECKPOINT_TAG, load_module_strict=False,
-                                     load_optimizer_states=True, load_lr_scheduler_states=True)
+    path, _ = engine.load_checkpoint(
+        str(directory),
+        tag=CHECKPOINT_TAG,
+        load_module_strict=False,
+        load_optimizer_states=True,
+        load_lr_scheduler_states=True,
+    )
     if path is None:
         raise UserInputError(f"checkpoint {directory} holds no DeepSpeed state for this run ({CHECKPOINT_TAG}/)")
     seed_everything(run.train.seed + state.step)  # fresh, reproducible randomness for the rest of the run

@@ -47,6 +47,12 @@ def build_deepspeed_config(run: RunConfig, dtype: torch.dtype, world_size: int) 
 def _fill_auto(user: Any, generated: Any) -> Any:
     """Replace every "auto" in the user's JSON with the value the run implies."""
     if isinstance(user, dict):
-        return {k: (generated.get(k) if v == "auto" else _fill_auto(v, generated.get(k) if isinstance(generated, dict) else None))
-                for k, v in user.items()}
+        return {
+            k: (
+                generated.get(k)
+                if v == "auto"
+                else _fill_auto(v, generated.get(k) if isinstance(generated, dict) else None)
+            )
+            for k, v in user.items()
+        }
     return user

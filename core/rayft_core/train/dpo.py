@@ -7,15 +7,22 @@ chosen answer's reward above the rejected one's.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from rayft_core.train.losses import sequence_logps
-from rayft_core.train.preference import (PairStage, Reference, halves, masked_mean, pair_metrics, reference_problems,
-                                         valid_pairs)
+from rayft_core.train.preference import (
+    PairStage,
+    Reference,
+    halves,
+    masked_mean,
+    pair_metrics,
+    reference_problems,
+    valid_pairs,
+)
 
 
 @dataclass(frozen=True)
@@ -38,9 +45,15 @@ DPO_LOSSES: dict[str, PairLoss] = {
 }
 
 
-def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-             ref_rejected: torch.Tensor, beta: float, loss_type: str = "sigmoid",
-             label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-pair losses and the chosen and rejected rewards, from answer log-probabilities [pairs]."""
     if loss_type not in DPO_LOSSES:
         raise ValueError(f"unknown DPO loss type {loss_type!r}")
@@ -68,7 +81,9 @@ class DirectPreference(PairStage):
             policy, ref = (mean, ref_sums / counts.clamp(min=1)) if averaged else (sums, ref_sums)
             (pc, pr), (rc, rr) = halves(policy), halves(ref)
             valid = valid_pairs(counts)
-            losses, chosen_rewards, rejected_rewards = dpo_loss(pc, pr, rc, rr, cfg.beta, cfg.loss_type, cfg.label_smoothing)
+            losses, chosen_rewards, rejected_rewards = dpo_loss(
+                pc, pr, rc, rr, cfg.beta, cfg.loss_type, cfg.label_smoothing
+            )
             if cfg.ftx:  # DPO-ftx: SFT on the chosen answer (its mean token negative log-likelihood)
                 losses = losses - cfg.ftx * halves(mean)[0]
             return masked_mean(losses, valid), pair_metrics(losses, valid, chosen_rewards, rejected_rewards, pc, pr)

@@ -14,12 +14,25 @@ import torch
 from rayft_core.config import RunConfig
 from rayft_core.data.collate import pad_batch
 from rayft_core.train.losses import sequence_logps
-from rayft_core.train.preference import Reference, encode_conversations, masked_mean, reference_problems, without_dropout
+from rayft_core.train.preference import (
+    Reference,
+    encode_conversations,
+    masked_mean,
+    reference_problems,
+    without_dropout,
+)
 from rayft_core.train.stage import SupervisedStage
 
 
-def kto_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, desirable: torch.Tensor, kl: torch.Tensor,
-             beta: float, desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def kto_loss(
+    policy_logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    desirable: torch.Tensor,
+    kl: torch.Tensor,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-answer losses and rewards [answers]; ``desirable`` is a bool tensor and ``kl`` the (detached) baseline."""
     ratio = policy_logps - ref_logps
     desirable_losses = desirable_weight * (1 - torch.sigmoid(beta * (ratio - kl)))
@@ -40,8 +53,14 @@ class Feedback(SupervisedStage):
         mismatched = answers[1:] + answers[:1]  # row i's prompt with row i+1's answer
         both = encode_conversations(prompts + prompts, answers + mismatched, tokenizer, run)
         n = len(rows)
-        return {"input_ids": both["input_ids"][:n], "labels": both["labels"][:n], "kl_input_ids": both["input_ids"][n:],
-                "kl_labels": both["labels"][n:], "kto_tag": [r["kto_tag"] for r in rows], "row_of_example": list(range(n))}
+        return {
+            "input_ids": both["input_ids"][:n],
+            "labels": both["labels"][:n],
+            "kl_input_ids": both["input_ids"][n:],
+            "kl_labels": both["labels"][n:],
+            "kto_tag": [r["kto_tag"] for r in rows],
+            "row_of_example": list(range(n)),
+        }
 
     def prepare_model(self, model, run):
         return without_dropout(model)
@@ -49,8 +68,11 @@ class Feedback(SupervisedStage):
     def collate(self, examples: dict[str, Any], pad_token_id: int) -> dict[str, torch.Tensor]:
         batch = pad_batch(examples, pad_token_id)
         kl = pad_batch({"input_ids": examples["kl_input_ids"], "labels": examples["kl_labels"]}, pad_token_id)
-        return {**batch, **{f"kl_{k}": v for k, v in kl.items()},
-                "kto_tag": torch.as_tensor(list(examples["kto_tag"]), dtype=torch.bool)}
+        return {
+            **batch,
+            **{f"kl_{k}": v for k, v in kl.items()},
+            "kto_tag": torch.as_tensor(list(examples["kto_tag"]), dtype=torch.bool),
+        }
 
     def objective(self, run, tokenizer, device, ds_config):
         cfg = run.stage
@@ -71,16 +93,20 @@ class Feedback(SupervisedStage):
             ref_sums = reference.logps(model, answers)
             desirable = batch["kto_tag"]
             valid = (counts > 0).float()
-            losses, rewards = kto_loss(sums, ref_sums, desirable, kl, cfg.beta, cfg.desirable_weight, cfg.undesirable_weight)
+            losses, rewards = kto_loss(
+                sums, ref_sums, desirable, kl, cfg.beta, cfg.desirable_weight, cfg.undesirable_weight
+            )
             if cfg.ftx:  # SFT on desirable answers
                 losses = losses - cfg.ftx * desirable.float() * sums / counts.clamp(min=1)
             good, bad = desirable.float() * valid, (~desirable).float() * valid
-            metrics = {"loss": (float((losses.detach() * valid).sum()), float(valid.sum())),
-                       "rewards/chosen": (float((rewards * good).sum()), float(good.sum())),
-                       "rewards/rejected": (float((rewards * bad).sum()), float(bad.sum())),
-                       "logps/chosen": (float((sums.detach() * good).sum()), float(good.sum())),
-                       "logps/rejected": (float((sums.detach() * bad).sum()), float(bad.sum())),
-                       "kl": (float(kl), 1.0)}
+            metrics = {
+                "loss": (float((losses.detach() * valid).sum()), float(valid.sum())),
+                "rewards/chosen": (float((rewards * good).sum()), float(good.sum())),
+                "rewards/rejected": (float((rewards * bad).sum()), float(bad.sum())),
+                "logps/chosen": (float((sums.detach() * good).sum()), float(good.sum())),
+                "logps/rejected": (float((sums.detach() * bad).sum()), float(bad.sum())),
+                "kl": (float(kl), 1.0),
+            }
             return masked_mean(losses, valid), metrics
 
         return step

@@ -8,24 +8,32 @@ function, so the same loop runs under Ray Train or in a plain process.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 
 from rayft_core.config import RunConfig
 from rayft_core.train.plan import TrainPlan
-from rayft_core.train.session import (MetricWindow, Report, WorkerSession, grad_norm_before_step,
-                                      reported_grad_norm)
+from rayft_core.train.session import MetricWindow, Report, WorkerSession, grad_norm_before_step, reported_grad_norm
 from rayft_core.train.stage import Objective, SupervisedStage, sequence_columns
 from rayft_core.train.stages import STAGES
 
 Batches = Callable[[], Iterable[dict[str, Any]]]
 
 
-def train_worker(run: RunConfig, plan: TrainPlan, epoch_batches: Callable[[int], Iterable[dict[str, Any]]],
-                 report: Report, rank: int, world_size: int, eval_batches: Batches | None = None,
-                 resume_from: str | Path | None = None, node: str | None = None) -> None:
+def train_worker(
+    run: RunConfig,
+    plan: TrainPlan,
+    epoch_batches: Callable[[int], Iterable[dict[str, Any]]],
+    report: Report,
+    rank: int,
+    world_size: int,
+    eval_batches: Batches | None = None,
+    resume_from: str | Path | None = None,
+    node: str | None = None,
+) -> None:
     """Train for plan.total_steps optimizer steps and save on rank 0.
 
     ``epoch_batches(epoch)`` yields this worker's micro-batches of tokenized rows (the stage's columns,
@@ -68,8 +76,9 @@ def _evaluates_at(run: RunConfig, plan: TrainPlan, step: int) -> bool:
     return step == plan.total_steps or bool(run.train.eval_steps and step % run.train.eval_steps == 0)
 
 
-def evaluate(engine: Any, stage: SupervisedStage, objective: Objective, batches: Batches, pad_token_id: int,
-             device: torch.device) -> dict[str, float]:
+def evaluate(
+    engine: Any, stage: SupervisedStage, objective: Objective, batches: Batches, pad_token_id: int, device: torch.device
+) -> dict[str, float]:
     """The stage's metrics over this worker's evaluation rows, reduced across workers, as eval/*.
 
     Every worker runs as many forward passes as the others (Ray splits the rows equally), which

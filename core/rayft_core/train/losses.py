@@ -39,7 +39,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """sum_i CE(hidden_i @ weight.T, target_i), with its gradients computed chunk by chunk in forward."""
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    def forward(
+        ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float | None
+    ) -> torch.Tensor:
         rows = _chunk_rows(weight.shape[0])
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if weight.requires_grad else None
@@ -110,8 +112,12 @@ def decoder_hidden(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[nn
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     # Packed rows carry position_ids and no attention mask (see rayft_core.data.packing). No KV cache:
     # with one, transformers skips the packed-sequence mask and examples would attend to each other.
-    hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                                position_ids=batch.get("position_ids"), use_cache=False).last_hidden_state
+    hidden = base.get_decoder()(
+        input_ids=batch["input_ids"],
+        attention_mask=batch.get("attention_mask"),
+        position_ids=batch.get("position_ids"),
+        use_cache=False,
+    ).last_hidden_state
     return base, hidden
 
 
@@ -148,7 +154,9 @@ def compute_causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> 
     return (total / n if n else total), n
 
 
-def lm_objective(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, tuple[float, float]]]:
+def lm_objective(
+    model: nn.Module, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, dict[str, tuple[float, float]]]:
     """The objective of pt and sft: the causal LM loss, reported token-weighted."""
     loss, n = compute_causal_lm_loss(model, batch)
     return loss, {"loss": (loss.item() * n, n)}
@@ -158,7 +166,9 @@ class _LinearLogProb(torch.autograd.Function):
     """log p(target_i | hidden_i) under a frozen head, per row; d/d hidden computed chunk by chunk in forward."""
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    def forward(
+        ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float | None
+    ) -> torch.Tensor:
         rows = _chunk_rows(weight.shape[0])
         grad_hidden = torch.empty_like(hidden)
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)

@@ -51,8 +51,9 @@ def lr_lambda(step: int, total_steps: int, warmup_steps: int, kind: str) -> floa
     return 0.5 * (1.0 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, run: RunConfig,
-                    total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, run: RunConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     warmup = int(run.train.warmup_ratio * total_steps)
     kind = run.train.lr_scheduler
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, total_steps, warmup, kind))

@@ -15,8 +15,9 @@ def log_odds(mean_logps: torch.Tensor) -> torch.Tensor:
     return mean_logps - torch.log1p(-torch.exp(mean_logps).clamp(max=1 - 1e-6))
 
 
-def orpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor,
-              beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def orpo_loss(
+    chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-pair losses (NLL of chosen + beta x odds-ratio loss) and rewards, from mean log-probabilities [pairs]."""
     odds_ratio_loss = -F.logsigmoid(log_odds(chosen_logps) - log_odds(rejected_logps))
     return -chosen_logps + beta * odds_ratio_loss, beta * chosen_logps.detach(), beta * rejected_logps.detach()

@@ -44,10 +44,12 @@ def write_summary(output_dir: str | Path, summary: dict[str, Any]) -> None:
 def format_summary(summary: dict[str, Any]) -> str:
     """The end-of-run summary as a few readable lines."""
     peaks = summary["peak_memory_gb_per_worker"]
-    lines = [f"steps          {summary['steps']}" + (f" (resumed from step {summary['resumed_from_step']})"
-                                                     if summary.get("resumed_from_step") else ""),
-             f"tokens         {summary['tokens']:,} in {summary['train_seconds']:.1f} s: {summary['tokens_per_s']:,.0f} tokens/s",
-             f"peak memory    {', '.join(f'{p:.2f}' for p in peaks)} GB (per worker)"]
+    lines = [
+        f"steps          {summary['steps']}"
+        + (f" (resumed from step {summary['resumed_from_step']})" if summary.get("resumed_from_step") else ""),
+        f"tokens         {summary['tokens']:,} in {summary['train_seconds']:.1f} s: {summary['tokens_per_s']:,.0f} tokens/s",
+        f"peak memory    {', '.join(f'{p:.2f}' for p in peaks)} GB (per worker)",
+    ]
     if summary.get("stopped_early"):
         lines[0] += " (stopped early: see events.jsonl)"
     if summary.get("best_eval_loss") is not None:
@@ -85,8 +87,13 @@ def plot_loss(output_dir: str | Path) -> Path | None:
     return path
 
 
-def save_model(model: torch.nn.Module, tokenizer: Any, run: RunConfig, output_dir: str | Path,
-               state_dict: dict[str, torch.Tensor] | None = None) -> None:
+def save_model(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    run: RunConfig,
+    output_dir: str | Path,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> None:
     """A PEFT adapter (save_pretrained) or the full model, with tokenizer, chat template and run config.
 
     ``state_dict`` is the gathered full state under ZeRO-3, where the module holds only shards.

@@ -19,11 +19,11 @@ class TrainPlan:
     total_steps: int
 
     @classmethod
-    def for_data(cls, run: RunConfig, num_rows: int | None) -> "TrainPlan":
+    def for_data(cls, run: RunConfig, num_rows: int | None) -> TrainPlan:
         return cls.from_prompts(run, num_rows) if run.stage.loop == "rl" else cls.from_rows(run, num_rows)
 
     @classmethod
-    def from_rows(cls, run: RunConfig, num_rows: int | None) -> "TrainPlan":
+    def from_rows(cls, run: RunConfig, num_rows: int | None) -> TrainPlan:
         """Supervised stages. num_rows None: a stream of unknown length, trained for train.max_steps (each
         worker's stream restarts as a new epoch if it ends first)."""
         t = run.train
@@ -33,22 +33,29 @@ class TrainPlan:
         micro = per_worker // t.micro_batch_size
         steps_per_epoch = micro // t.gradient_accumulation_steps
         if steps_per_epoch == 0:
-            raise UserInputError(f"{num_rows} training rows are fewer than one optimizer step needs "
-                                 f"({run.global_batch_size} = micro_batch_size x gradient_accumulation_steps x "
-                                 "num_workers); lower those or add data")
+            raise UserInputError(
+                f"{num_rows} training rows are fewer than one optimizer step needs "
+                f"({run.global_batch_size} = micro_batch_size x gradient_accumulation_steps x "
+                "num_workers); lower those or add data"
+            )
         total = t.max_steps or max(1, int(steps_per_epoch * t.num_epochs))
-        return cls(micro_batches_per_epoch=steps_per_epoch * t.gradient_accumulation_steps,
-                   num_epochs=-(-total // steps_per_epoch), total_steps=total)
+        return cls(
+            micro_batches_per_epoch=steps_per_epoch * t.gradient_accumulation_steps,
+            num_epochs=-(-total // steps_per_epoch),
+            total_steps=total,
+        )
 
     @classmethod
-    def from_prompts(cls, run: RunConfig, num_prompts: int) -> "TrainPlan":
+    def from_prompts(cls, run: RunConfig, num_prompts: int) -> TrainPlan:
         """RL stages: iterations, and prompt batches per epoch (RL prompts are never streamed)."""
         per_iteration = prompts_per_worker(run) * run.cluster.num_workers
         batches = num_prompts // per_iteration
         if batches == 0:
-            raise UserInputError(f"{num_prompts} prompts are fewer than one iteration takes ({per_iteration} = "
-                                 f"{prompts_per_worker(run)} per worker x {run.cluster.num_workers} workers); lower "
-                                 "train.micro_batch_size or gradient_accumulation_steps, or add prompts")
+            raise UserInputError(
+                f"{num_prompts} prompts are fewer than one iteration takes ({per_iteration} = "
+                f"{prompts_per_worker(run)} per worker x {run.cluster.num_workers} workers); lower "
+                "train.micro_batch_size or gradient_accumulation_steps, or add prompts"
+            )
         total = run.train.max_steps or max(1, int(batches * run.train.num_epochs))
         return cls(micro_batches_per_epoch=batches, num_epochs=-(-total // batches), total_steps=total)
 

@@ -23,8 +23,13 @@ PAIR_COLUMNS = ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "reje
 
 def encode_conversations(rows: list[dict], answers: list[dict], tokenizer: Any, run: RunConfig) -> dict[str, list]:
     """Each row's messages followed by its answer -> input_ids and labels on that answer only."""
-    return encode_chat_batch(tokenizer, [r["messages"] + [a] for r, a in zip(rows, answers)], run.data.max_seq_len,
-                             mask_history=True, batch_tools=[r.get("tools") for r in rows])
+    return encode_chat_batch(
+        tokenizer,
+        [r["messages"] + [a] for r, a in zip(rows, answers)],
+        run.data.max_seq_len,
+        mask_history=True,
+        batch_tools=[r.get("tools") for r in rows],
+    )
 
 
 class PairStage(SupervisedStage):
@@ -36,15 +41,26 @@ class PairStage(SupervisedStage):
         return without_dropout(model)
 
     def encode_rows(self, rows: list[dict], tokenizer: Any, run: RunConfig) -> dict[str, list]:
-        both = encode_conversations(rows + rows, [r["chosen"] for r in rows] + [r["rejected"] for r in rows], tokenizer, run)
+        both = encode_conversations(
+            rows + rows, [r["chosen"] for r in rows] + [r["rejected"] for r in rows], tokenizer, run
+        )
         n = len(rows)
-        return {"chosen_input_ids": both["input_ids"][:n], "chosen_labels": both["labels"][:n],
-                "rejected_input_ids": both["input_ids"][n:], "rejected_labels": both["labels"][n:],
-                "row_of_example": list(range(n))}
+        return {
+            "chosen_input_ids": both["input_ids"][:n],
+            "chosen_labels": both["labels"][:n],
+            "rejected_input_ids": both["input_ids"][n:],
+            "rejected_labels": both["labels"][n:],
+            "row_of_example": list(range(n)),
+        }
 
     def collate(self, examples: dict[str, Any], pad_token_id: int) -> dict[str, torch.Tensor]:
-        return pad_batch({"input_ids": list(examples["chosen_input_ids"]) + list(examples["rejected_input_ids"]),
-                          "labels": list(examples["chosen_labels"]) + list(examples["rejected_labels"])}, pad_token_id)
+        return pad_batch(
+            {
+                "input_ids": list(examples["chosen_input_ids"]) + list(examples["rejected_input_ids"]),
+                "labels": list(examples["chosen_labels"]) + list(examples["rejected_labels"]),
+            },
+            pad_token_id,
+        )
 
 
 def without_dropout(model: torch.nn.Module) -> torch.nn.Module:
@@ -69,8 +85,14 @@ def valid_pairs(counts: torch.Tensor) -> torch.Tensor:
     return ((chosen > 0) & (rejected > 0)).float()
 
 
-def pair_metrics(loss: torch.Tensor, valid: torch.Tensor, chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
-                 chosen_logps: torch.Tensor | None = None, rejected_logps: torch.Tensor | None = None) -> Metrics:
+def pair_metrics(
+    loss: torch.Tensor,
+    valid: torch.Tensor,
+    chosen_rewards: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+    chosen_logps: torch.Tensor | None = None,
+    rejected_logps: torch.Tensor | None = None,
+) -> Metrics:
     """Per-pair metrics (TRL's names), summed over the valid pairs of the batch."""
     v = valid.float()
     n = float(v.sum())
@@ -78,9 +100,13 @@ def pair_metrics(loss: torch.Tensor, valid: torch.Tensor, chosen_rewards: torch.
     def total(x: torch.Tensor) -> tuple[float, float]:
         return float((x.detach().float() * v).sum()), n
 
-    metrics = {"loss": total(loss), "rewards/chosen": total(chosen_rewards), "rewards/rejected": total(rejected_rewards),
-               "rewards/accuracies": total((chosen_rewards > rejected_rewards).float()),
-               "rewards/margins": total(chosen_rewards - rejected_rewards)}
+    metrics = {
+        "loss": total(loss),
+        "rewards/chosen": total(chosen_rewards),
+        "rewards/rejected": total(rejected_rewards),
+        "rewards/accuracies": total((chosen_rewards > rejected_rewards).float()),
+        "rewards/margins": total(chosen_rewards - rejected_rewards),
+    }
     if chosen_logps is not None:
         metrics.update({"logps/chosen": total(chosen_logps), "logps/rejected": total(rejected_logps)})
     return metrics
@@ -95,8 +121,10 @@ def reference_problems(run: RunConfig) -> list[str]:
     """The driver's check of stage.reference_model (DPO and KTO)."""
     reference = run.stage.reference_model
     if reference and not (Path(reference).expanduser() / "config.json").is_file():
-        return [f"stage.reference_model: {reference!r} has no config.json; point it at a model directory "
-                "written by save_pretrained"]
+        return [
+            f"stage.reference_model: {reference!r} has no config.json; point it at a model directory "
+            "written by save_pretrained"
+        ]
     return []
 
 
@@ -123,8 +151,17 @@ class Reference:
         if run.deepspeed.zero_stage == 3:
             import deepspeed
 
-            config = {k: ds_config[k] for k in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
-                                                "train_batch_size", "bf16", "fp16") if k in ds_config}
+            config = {
+                k: ds_config[k]
+                for k in (
+                    "train_micro_batch_size_per_gpu",
+                    "gradient_accumulation_steps",
+                    "train_batch_size",
+                    "bf16",
+                    "fp16",
+                )
+                if k in ds_config
+            }
             config["zero_optimization"] = {"stage": 3, "stage3_param_persistence_threshold": 1e4}
             model = deepspeed.initialize(model=model, config=config, dist_init_required=False)[0].module
         else:

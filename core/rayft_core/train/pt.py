@@ -24,8 +24,11 @@ class Pretrain(SupervisedStage):
         for ids in tokenizer([r["text"] for r in rows], add_special_tokens=False)["input_ids"]:
             ids = ids + eos
             pieces.append([ids[i : i + n] for i in range(0, len(ids), n)])
-        return {"input_ids": [p for doc in pieces for p in doc], "labels": [list(p) for doc in pieces for p in doc],
-                "row_of_example": [r for r, doc in enumerate(pieces) for _ in doc]}
+        return {
+            "input_ids": [p for doc in pieces for p in doc],
+            "labels": [list(p) for doc in pieces for p in doc],
+            "row_of_example": [r for r, doc in enumerate(pieces) for _ in doc],
+        }
 
     def objective(self, run, tokenizer, device, ds_config):
         return lm_objective

@@ -17,11 +17,12 @@ import importlib.util
 import inspect
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from rayft_core.stage_config import RewardFunction
 from rayft_core.errors import UserInputError
+from rayft_core.stage_config import RewardFunction
 
 ARGUMENTS = ("prompts", "completions", "references")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -63,8 +64,10 @@ def load_function(name: str) -> Callable[..., list[float]]:
         return BUILTINS[name]
     where, sep, attr = name.rpartition(":")
     if not sep or not where or not attr:
-        raise UserInputError(f"reward function {name!r}: name a built-in ({', '.join(BUILTINS)}), "
-                             "'package.module:function' or 'path/to/file.py:function'")
+        raise UserInputError(
+            f"reward function {name!r}: name a built-in ({', '.join(BUILTINS)}), "
+            "'package.module:function' or 'path/to/file.py:function'"
+        )
     try:
         if where.endswith(".py"):
             if not Path(where).is_file():
@@ -103,16 +106,28 @@ class Rewards:
             has_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
             unknown = [k for k in spec.kwargs if k not in params and not has_var_kw]
             if unknown:
-                raise UserInputError(f"reward function {spec.function!r}: it takes no argument {unknown[0]!r} "
-                                     f"(its arguments: {', '.join(params)})")
+                raise UserInputError(
+                    f"reward function {spec.function!r}: it takes no argument {unknown[0]!r} "
+                    f"(its arguments: {', '.join(params)})"
+                )
             if not _accepts(fn, "completions"):
-                raise UserInputError(f"reward function {spec.function!r}: it must take `completions` (and may take "
-                                     f"{', '.join(a for a in ARGUMENTS if a != 'completions')} or **kwargs)")
-            required = [n for n, p in params.items() if p.default is inspect.Parameter.empty
-                        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in ARGUMENTS and n not in spec.kwargs]
+                raise UserInputError(
+                    f"reward function {spec.function!r}: it must take `completions` (and may take "
+                    f"{', '.join(a for a in ARGUMENTS if a != 'completions')} or **kwargs)"
+                )
+            required = [
+                n
+                for n, p in params.items()
+                if p.default is inspect.Parameter.empty
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                and n not in ARGUMENTS
+                and n not in spec.kwargs
+            ]
             if required:
-                raise UserInputError(f"reward function {spec.function!r}: its argument {required[0]!r} has no value; "
-                                     "give it in the function's kwargs")
+                raise UserInputError(
+                    f"reward function {spec.function!r}: its argument {required[0]!r} has no value; "
+                    "give it in the function's kwargs"
+                )
 
     @property
     def names(self) -> list[str]:
@@ -129,8 +144,12 @@ class Rewards:
         for spec, fn in zip(self.specs, self.functions):
             args = {k: v for k, v in given.items() if _accepts(fn, k)}
             scores = list(fn(**args, **spec.kwargs))
-            if len(scores) != len(completions) or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in scores):
-                raise UserInputError(f"reward function {spec.function!r} must return one finite number per completion "
-                                     f"({len(completions)}); it returned {scores!r:.200}")
+            if len(scores) != len(completions) or not all(
+                isinstance(x, (int, float)) and math.isfinite(x) for x in scores
+            ):
+                raise UserInputError(
+                    f"reward function {spec.function!r} must return one finite number per completion "
+                    f"({len(completions)}); it returned {scores!r:.200}"
+                )
             out.append([float(x) for x in scores])
         return out

@@ -15,7 +15,7 @@ it. Conventions follow TRL's PPOTrainer and OpenRLHF, so numbers can be compared
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -54,8 +54,9 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
 
 
 @torch.no_grad()
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
-        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation (Schulman et al. 2016, eq. 16) and value targets [B, T].
 
     delta_t = r_t + gamma * V_{t+1} - V_t;  A_t = delta_t + gamma * lam * A_{t+1}, computed backwards in
@@ -77,8 +78,9 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages, advantages + values
 
 
-def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                clip_eps: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_eps: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO's clipped surrogate (Schulman et al. 2017, eq. 7), negated to minimise, meaned over tokens.
 
     max(-A r, -A clip(r, 1-eps, 1+eps)) with r = pi / pi_old: once r has moved past the clip range in
@@ -91,14 +93,17 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
     loss = masked_mean(torch.max(unclipped, clipped), mask)
     with torch.no_grad():
-        stats = {"clip_fraction": masked_mean((clipped > unclipped).float(), mask),
-                 "approx_kl": masked_mean((ratio - 1) - log_ratio, mask),
-                 "ratio_mean": masked_mean(ratio, mask)}
+        stats = {
+            "clip_fraction": masked_mean((clipped > unclipped).float(), mask),
+            "approx_kl": masked_mean((ratio - 1) - log_ratio, mask),
+            "ratio_mean": masked_mean(ratio, mask),
+        }
     return loss, stats
 
 
-def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-               clip_eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip_eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The critic's clipped squared error (as in OpenAI's baselines PPO2), and the fraction clipped.
 
     The new value may move at most clip_eps from the one seen at rollout; taking the larger of the
@@ -209,8 +214,9 @@ class RunningMoments:
         self.count = total
 
 
-def normalize_rewards(scores: torch.Tensor, moments: RunningMoments, clip: float | None = None,
-                      shift_mean: bool = True) -> torch.Tensor:
+def normalize_rewards(
+    scores: torch.Tensor, moments: RunningMoments, clip: float | None = None, shift_mean: bool = True
+) -> torch.Tensor:
     """Scores scaled by the running std (and centred on the running mean), then clipped to +-clip.
 
     Reward models' scores drift in scale over training; normalising them keeps the KL coefficient
@@ -226,15 +232,18 @@ def normalize_rewards(scores: torch.Tensor, moments: RunningMoments, clip: float
 def _groups(scores: torch.Tensor, group_size: int) -> torch.Tensor:
     """[B] -> [B / group_size, group_size]: consecutive rows are the samples of one prompt."""
     if group_size < 2:
-        raise ValueError(f"group_size must be >= 2 (samples per prompt), got {group_size}: "
-                         "a lone sample has no group to be compared with")
+        raise ValueError(
+            f"group_size must be >= 2 (samples per prompt), got {group_size}: "
+            "a lone sample has no group to be compared with"
+        )
     if scores.shape[0] % group_size:
         raise ValueError(f"{scores.shape[0]} scores do not split into groups of {group_size}")
     return scores.view(-1, group_size)
 
 
-def group_advantages(scores: torch.Tensor, group_size: int, normalize_std: bool = True,
-                     eps: float = 1e-4) -> torch.Tensor:
+def group_advantages(
+    scores: torch.Tensor, group_size: int, normalize_std: bool = True, eps: float = 1e-4
+) -> torch.Tensor:
     """GRPO (Shao et al. 2024, sec. 4.1.2): each score minus its group's mean, over the group's std [B].
 
     normalize_std=False keeps the mean-centred score only (Dr. GRPO, Liu et al. 2025), which avoids

@@ -15,8 +15,9 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,29 +39,45 @@ def check_reward_model(path: str | Path, base_path: str | Path, vocab_size: int)
     """A reward model that cannot score this policy's responses is refused before anything starts."""
     path = Path(path)
     if not (path / VALUE_HEAD_FILE).is_file():
-        raise UserInputError(f"stage.reward_model: {path} holds no {VALUE_HEAD_FILE}; give the output of a "
-                             "`stage: rm` run")
+        raise UserInputError(
+            f"stage.reward_model: {path} holds no {VALUE_HEAD_FILE}; give the output of a `stage: rm` run"
+        )
     if is_adapter(path):  # loaded on this run's base: it must have been trained on it
         base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
         ours, theirs = _shape(base_path), _shape(base) if base and (Path(base) / "config.json").is_file() else None
         if theirs is None:
-            raise UserInputError(f"stage.reward_model: the reward adapter's base {base!r} is not a model directory "
-                                 "here; it must be this run's base, on which it is loaded")
+            raise UserInputError(
+                f"stage.reward_model: the reward adapter's base {base!r} is not a model directory "
+                "here; it must be this run's base, on which it is loaded"
+            )
         if ours != theirs:
             diff = ", ".join(f"{k} {theirs[k]} vs {ours[k]}" for k in ours if ours[k] != theirs[k])
-            raise UserInputError(f"stage.reward_model: the reward adapter was trained on another base ({base}: {diff} "
-                                 f"in this run's {base_path}); the roles share one base, so train the reward model on it")
+            raise UserInputError(
+                f"stage.reward_model: the reward adapter was trained on another base ({base}: {diff} "
+                f"in this run's {base_path}); the roles share one base, so train the reward model on it"
+            )
     reward_vocab = _vocab_size(path)
     if reward_vocab is not None and reward_vocab != vocab_size:
-        raise UserInputError(f"stage.reward_model: its tokenizer has {reward_vocab} tokens and the policy's has "
-                             f"{vocab_size}; the reward model must read the policy's tokens")
+        raise UserInputError(
+            f"stage.reward_model: its tokenizer has {reward_vocab} tokens and the policy's has "
+            f"{vocab_size}; the reward model must read the policy's tokens"
+        )
 
 
 def _shape(model_dir: str | Path) -> dict[str, Any]:
     config = json.loads((Path(model_dir) / "config.json").read_text())
     text = config.get("text_config", config)
-    return {k: text.get(k, config.get(k)) for k in ("model_type", "hidden_size", "num_hidden_layers",
-                                                      "num_attention_heads", "intermediate_size", "vocab_size")}
+    return {
+        k: text.get(k, config.get(k))
+        for k in (
+            "model_type",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "vocab_size",
+        )
+    }
 
 
 def _vocab_size(model_dir: Path) -> int | None:
@@ -75,13 +92,18 @@ class RlModel(nn.Module):
     """The roles on one base; DeepSpeed wraps this module (the frozen reward weights ride along, and are
     sharded with the rest under ZeRO-3)."""
 
-    def __init__(self, lm: nn.Module, value_head: nn.Linear | None, reward_head: nn.Linear | None,
-                 reward_model: ValueHeadModel | None):
+    def __init__(
+        self,
+        lm: nn.Module,
+        value_head: nn.Linear | None,
+        reward_head: nn.Linear | None,
+        reward_model: ValueHeadModel | None,
+    ):
         super().__init__()
         self.lm, self.value_head, self.reward_head, self.reward_model = lm, value_head, reward_head, reward_model
 
     @classmethod
-    def build(cls, base: nn.Module, run: RunConfig) -> "RlModel":
+    def build(cls, base: nn.Module, run: RunConfig) -> RlModel:
         from peft import PeftModel
 
         from rayft_core.model.adapters import apply_tuning
@@ -100,7 +122,9 @@ class RlModel(nn.Module):
         elif st.reward_model:
             from rayft_core.model.value_head import load_reward_model
 
-            reward_model = load_reward_model(st.reward_model, dtype=next(base.parameters()).dtype)[0].requires_grad_(False)
+            reward_model = load_reward_model(st.reward_model, dtype=next(base.parameters()).dtype)[0].requires_grad_(
+                False
+            )
         value_head = None
         if st.value_head:
             value_head = nn.Linear(size, 1)
@@ -108,8 +132,9 @@ class RlModel(nn.Module):
             nn.init.zeros_(value_head.bias)
         return cls(lm, value_head, reward_head, reward_model)
 
-    def forward_policy(self, batch: dict[str, torch.Tensor], entropy: bool = False
-                       ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def forward_policy(
+        self, batch: dict[str, torch.Tensor], entropy: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """log p(token) of every response token [B, T-1] (0 elsewhere), the value of each position
         [B, T-1] (PPO) and, when asked, each position's entropy [B, T-1] (never part of the graph)."""
         base, hidden = decoder_hidden(self.lm, batch)
@@ -168,8 +193,12 @@ class RlModel(nn.Module):
                 self.lm.save_pretrained(d, selected_adapters=[POLICY], save_embedding_layers=False)
                 return {name: (Path(d) / name).read_bytes() for name in ADAPTER_FILES}
 
-    def save_pretrained(self, out: str | Path, state_dict: dict[str, torch.Tensor] | None = None, **kwargs: Any) -> None:
+    def save_pretrained(
+        self, out: str | Path, state_dict: dict[str, torch.Tensor] | None = None, **kwargs: Any
+    ) -> None:
         """The run's output: the policy adapter alone (the reward adapter is an input, the value head a
         training aid), loadable with PeftModel.from_pretrained like any SFT adapter."""
-        lm_state = {k.removeprefix("lm."): v for k, v in state_dict.items() if k.startswith("lm.")} if state_dict else None
+        lm_state = (
+            {k.removeprefix("lm."): v for k, v in state_dict.items() if k.startswith("lm.")} if state_dict else None
+        )
         self.lm.save_pretrained(out, state_dict=lm_state, selected_adapters=[POLICY], **kwargs)

@@ -34,11 +34,16 @@ class RlStage(Stage):
             answered = messages[-1]["role"] == "assistant"
             references.append(messages[-1]["content"] if answered else None)
             conversations.append(messages[:-1] if answered else messages)
-        ids = encode_prompts(tokenizer, conversations, run.data.max_seq_len - run.stage.max_new_tokens,
-                             [r.get("tools") for r in rows])
+        ids = encode_prompts(
+            tokenizer, conversations, run.data.max_seq_len - run.stage.max_new_tokens, [r.get("tools") for r in rows]
+        )
         prompts = [next((m["content"] for m in reversed(c) if m["role"] == "user"), "") for c in conversations]
-        return {"prompt_input_ids": ids, "prompt": prompts, "reference": references,
-                "row_of_example": list(range(len(rows)))}
+        return {
+            "prompt_input_ids": ids,
+            "prompt": prompts,
+            "reference": references,
+            "row_of_example": list(range(len(rows))),
+        }
 
     def build_model(self, run: RunConfig, tokenizer: Any) -> nn.Module:
         from rayft_core.model.loader import load_model
@@ -50,7 +55,7 @@ class RlStage(Stage):
     def scheduler_steps(self, run: RunConfig, plan_steps: int) -> int:
         return plan_steps * run.stage.ppo_epochs  # one optimizer step per pass over each rollout batch
 
-    def check(self, run: RunConfig, model: "ModelFacts") -> list[str]:
+    def check(self, run: RunConfig, model: ModelFacts) -> list[str]:
         """The rewards load and fit this base; the initial adapter is one."""
         from rayft_core.train.rewards import Rewards
         from rayft_core.train.rl_model import check_reward_model, is_adapter
@@ -68,7 +73,9 @@ class RlStage(Stage):
             except UserInputError as e:
                 problems.append(str(e))
         if st.init_adapter and not is_adapter(st.init_adapter):
-            problems.append(f"stage.init_adapter: {st.init_adapter} is not a LoRA adapter (adapter_config.json missing)")
+            problems.append(
+                f"stage.init_adapter: {st.init_adapter} is not a LoRA adapter (adapter_config.json missing)"
+            )
         return problems
 
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -28,8 +29,7 @@ from rayft_core.infer.rollout import Sampling
 from rayft_core.train import rl
 from rayft_core.train.plan import TrainPlan
 from rayft_core.train.rewards import Rewards
-from rayft_core.train.session import (MetricWindow, Report, WorkerSession, grad_norm_before_step,
-                                      reported_grad_norm)
+from rayft_core.train.session import MetricWindow, Report, WorkerSession, grad_norm_before_step, reported_grad_norm
 from rayft_core.train.stages import STAGES
 
 logger = logging.getLogger(__name__)
@@ -58,25 +58,45 @@ def stop_token_ids(tokenizer: Any, model_dir: str) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
-def rl_worker(run: RunConfig, plan: TrainPlan, epoch_batches: Callable[[int], Iterable[dict[str, Any]]],
-              rollouts: Rollouts | None, report: Report, rank: int, world_size: int,
-              resume_from: str | Path | None = None, node: str | None = None) -> None:
+def rl_worker(
+    run: RunConfig,
+    plan: TrainPlan,
+    epoch_batches: Callable[[int], Iterable[dict[str, Any]]],
+    rollouts: Rollouts | None,
+    report: Report,
+    rank: int,
+    world_size: int,
+    resume_from: str | Path | None = None,
+    node: str | None = None,
+) -> None:
     """Train plan.total_steps iterations; ``rollouts`` is used on rank 0 only (None elsewhere). The batches are
     each iteration's prompts (the stage's columns); the rest: see WorkerSession."""
     session = WorkerSession(run, plan, report, rank, world_size, resume_from, node)
     session.setup(STAGES[run.stage.name])
     learner = Learner(run, session, Rewards(run.stage.reward_functions), session.state.stage_state)
     session.stage_state = learner.state
-    sampling = Sampling(run.stage.max_new_tokens, run.stage.temperature, run.stage.top_p,
-                        stop_token_ids(session.tokenizer, run.model.name_or_path))
+    sampling = Sampling(
+        run.stage.max_new_tokens,
+        run.stage.temperature,
+        run.stage.top_p,
+        stop_token_ids(session.tokenizer, run.model.name_or_path),
+    )
     since_logged: list[dict[str, float]] = []  # the iterations' metrics since the last record, averaged in it
     with session:
         learner.sync(rollouts, version=session.step, rank=rank)
         for rows in session.batches(epoch_batches, what="prompts"):
             step = session.step + 1
             prompts = [[int(t) for t in p] for p in rows["prompt_input_ids"]]
-            metrics = learner.iteration(rollouts, prompts, list(rows["prompt"]), list(rows["reference"]), sampling,
-                                        seed=run.train.seed + 1_000_003 * (step - 1), rank=rank, world_size=world_size)
+            metrics = learner.iteration(
+                rollouts,
+                prompts,
+                list(rows["prompt"]),
+                list(rows["reference"]),
+                sampling,
+                seed=run.train.seed + 1_000_003 * (step - 1),
+                rank=rank,
+                world_size=world_size,
+            )
             metrics["time/sync_s"] = learner.sync(rollouts, version=step, rank=rank)
             metrics["time/iteration_s"] = sum(metrics[f"time/{p}_s"] for p in ("generate", "score", "learn", "sync"))
             session.tokens += metrics.pop("_tokens")
@@ -98,8 +118,11 @@ class Learner:
         self.tokenizer, self.rewards, self.device = session.tokenizer, rewards, session.device
         st = self.st
         adaptive = getattr(st, "adaptive_kl_target", None) is not None
-        self.kl_ctl = (rl.AdaptiveKLController(st.kl_coef, st.adaptive_kl_target, st.adaptive_kl_horizon) if adaptive
-                       else rl.FixedKLController(st.kl_coef))
+        self.kl_ctl = (
+            rl.AdaptiveKLController(st.kl_coef, st.adaptive_kl_target, st.adaptive_kl_horizon)
+            if adaptive
+            else rl.FixedKLController(st.kl_coef)
+        )
         self.kl_ctl.value = saved.get("kl_coef", self.kl_ctl.value)
         self.moments = rl.RunningMoments(*saved.get("reward_moments", ()))
 
@@ -116,8 +139,17 @@ class Learner:
             torch.distributed.barrier()
         return time.perf_counter() - started
 
-    def iteration(self, rollouts: Rollouts | None, prompts: list[list[int]], questions: list[str],
-                  references: list[str | None], sampling: Sampling, seed: int, rank: int, world_size: int) -> dict[str, Any]:
+    def iteration(
+        self,
+        rollouts: Rollouts | None,
+        prompts: list[list[int]],
+        questions: list[str],
+        references: list[str | None],
+        sampling: Sampling,
+        seed: int,
+        rank: int,
+        world_size: int,
+    ) -> dict[str, Any]:
         st, n = self.st, self.st.responses_per_prompt
         t0 = time.perf_counter()
         responses = _generate_everywhere(rollouts, prompts, n, sampling, seed, rank, world_size)
@@ -125,60 +157,105 @@ class Learner:
 
         responses_flat = [r for group in responses for r in group]
         window = MetricWindow()
-        batch = pad_batch({"input_ids": [p + r for p, group in zip(prompts, responses) for r in group],
-                           "labels": [[IGNORE_INDEX] * len(p) + r for p, group in zip(prompts, responses) for r in group]},
-                          self.tokenizer.pad_token_id)
+        rows = [(p, r) for p, group in zip(prompts, responses) for r in group]
+        batch = pad_batch(
+            {"input_ids": [p + r for p, r in rows], "labels": [[IGNORE_INDEX] * len(p) + r for p, r in rows]},
+            self.tokenizer.pad_token_id,
+        )
         batch = {k: v.to(self.device) for k, v in batch.items()}
         mask = batch["labels"][:, 1:] != IGNORE_INDEX
-        scores = self._score(batch, responses_flat, [q for q in questions for _ in range(n)],
-                             [r for r in references for _ in range(n)], window)
+        per_response = [q for q in questions for _ in range(n)], [r for r in references for _ in range(n)]
+        scores = self._score(batch, responses_flat, *per_response, window)
+        rollout = self._rollout_pass(batch)
+        advantages, returns, kl = self._advantages(scores, rollout, mask)
+        t2 = time.perf_counter()
+
+        self._learn(batch, mask, rollout, advantages, returns, window)
+        t3 = time.perf_counter()
+
+        metrics = self._metrics(window, rollout, kl, mask, len(responses_flat) * world_size)
+        totals = torch.tensor(
+            [sum(len(r) for r in responses_flat), int(batch["attention_mask"].sum())],
+            dtype=torch.float64,
+            device=self.device,
+        )
+        if torch.distributed.is_initialized():
+            torch.distributed.all_reduce(totals)
+        generated, seen = totals.tolist()
+        metrics.update(
+            {
+                "train/grad_norm": self.grad_norm,
+                "time/generate_s": t1 - t0,
+                "time/score_s": t2 - t1,
+                "time/learn_s": t3 - t2,
+                "perf/rollout_tokens_per_s": generated / (t1 - t0),
+                "perf/tokens_per_s": seen * st.ppo_epochs / (t3 - t2),
+                "_tokens": int(seen * st.ppo_epochs),
+            }
+        )
+        return metrics
+
+    def _advantages(
+        self, scores: torch.Tensor, rollout: dict[str, torch.Tensor], mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Per-token advantages, the returns (PPO's value targets) and the KL (PPO's, in the reward)."""
+        st = self.st
         if getattr(st, "normalize_reward", False):
             scores = rl.normalize_rewards(scores, self.moments, st.reward_clip)
         elif st.reward_clip:
             scores = scores.clamp(-st.reward_clip, st.reward_clip)
-        rollout, kl = self._rollout_pass(batch), None
         if st.value_head:
             kl = rl.kl_penalty(rollout["logps"], rollout["ref"], st.kl_estimator)
             token_rewards = rl.token_rewards(scores, kl, mask, self.kl_ctl.value)
             advantages, returns = rl.gae(token_rewards, rollout["values"], mask, st.gamma, st.lam)
             if st.whiten_advantages:
                 advantages = rl.masked_whiten(advantages, mask)
+            return advantages, returns, kl
+        n = st.responses_per_prompt
+        if st.advantage == "grpo":
+            advantage = rl.group_advantages(scores, n, st.normalize_std)
         else:
-            advantage = rl.group_advantages(scores, n, st.normalize_std) if st.advantage == "grpo" \
-                else rl.rloo_advantages(scores, n)
-            advantages, returns = torch.where(mask, advantage[:, None], 0.0), None
-        t2 = time.perf_counter()
+            advantage = rl.rloo_advantages(scores, n)
+        return torch.where(mask, advantage[:, None], 0.0), None, None
 
-        self._learn(batch, mask, rollout, advantages, returns, window)
-        t3 = time.perf_counter()
-
-        tokens = int(mask.sum())
+    def _metrics(
+        self,
+        window: MetricWindow,
+        rollout: dict[str, torch.Tensor],
+        kl: torch.Tensor | None,
+        mask: torch.Tensor,
+        responses: int,
+    ) -> dict[str, Any]:
+        """The iteration's rl/* metrics, reduced over the workers (``responses``: all workers' together)."""
+        st, tokens = self.st, int(mask.sum())
         if "ref" in rollout:  # measured only where there is a reference pass (not GRPO with kl_coef 0)
             if kl is None:  # GRPO: its rollout log-probs came from the first learning pass
                 kl = rl.kl_penalty(rollout["logps"], rollout["ref"], st.kl_estimator)
             window.add({"kl": (float(rl.masked_mean(kl, mask)) * tokens, tokens)})
-        window.add({"entropy": (float(rl.masked_mean(rollout["entropy"], mask)) * tokens, tokens),
-                    "response_length": (float(mask.sum()), mask.shape[0])})
+        window.add(
+            {
+                "entropy": (float(rl.masked_mean(rollout["entropy"], mask)) * tokens, tokens),
+                "response_length": (float(mask.sum()), mask.shape[0]),
+            }
+        )
         metrics = window.reduce(self.device, "rl/")
         metrics.pop("perf/tokens_per_s"), metrics.pop("perf/samples_per_s")
         metrics["rl/reward_std"] = math.sqrt(max(metrics.pop("rl/reward_sq") - metrics["rl/reward"] ** 2, 0.0))
         metrics["train/loss"] = metrics.pop("rl/loss")
         if st.value_head:
-            self.kl_ctl.update(metrics["rl/kl"], len(responses_flat) * world_size)
+            self.kl_ctl.update(metrics["rl/kl"], responses)
         metrics["rl/kl_coef"] = self.kl_ctl.value
-        totals = torch.tensor([sum(len(r) for r in responses_flat), int(batch["attention_mask"].sum())],
-                              dtype=torch.float64, device=self.device)
-        if torch.distributed.is_initialized():
-            torch.distributed.all_reduce(totals)
-        generated, seen = totals.tolist()
-        metrics.update({"train/grad_norm": self.grad_norm, "time/generate_s": t1 - t0, "time/score_s": t2 - t1,
-                        "time/learn_s": t3 - t2, "perf/rollout_tokens_per_s": generated / (t1 - t0),
-                        "perf/tokens_per_s": seen * st.ppo_epochs / (t3 - t2), "_tokens": int(seen * st.ppo_epochs)})
         return metrics
 
     @torch.no_grad()
-    def _score(self, batch: dict[str, torch.Tensor], responses: list[list[int]], questions: list[str],
-               references: list[str | None], window: MetricWindow) -> torch.Tensor:
+    def _score(
+        self,
+        batch: dict[str, torch.Tensor],
+        responses: list[list[int]],
+        questions: list[str],
+        references: list[str | None],
+        window: MetricWindow,
+    ) -> torch.Tensor:
         """The reward of each response [N]: the reward model's weighted score plus each function's."""
         st, total = self.st, torch.zeros(len(responses), dtype=torch.float32, device=self.device)
         if self.model.has_reward_model:
@@ -187,10 +264,14 @@ class Learner:
             window.add({"reward_model": (float(model_scores.sum()), len(responses))})
         if self.rewards.specs:
             texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
-            for name, spec, scores in zip(self.rewards.names, self.rewards.specs, self.rewards(questions, texts, references)):
+            for name, spec, scores in zip(
+                self.rewards.names, self.rewards.specs, self.rewards(questions, texts, references)
+            ):
                 total += spec.weight * torch.tensor(scores, device=self.device)
                 window.add({f"reward/{name}": (sum(scores), len(scores))})
-        window.add({"reward": (float(total.sum()), len(responses)), "reward_sq": (float((total**2).sum()), len(responses))})
+        window.add(
+            {"reward": (float(total.sum()), len(responses)), "reward_sq": (float((total**2).sum()), len(responses))}
+        )
         return total
 
     @torch.no_grad()
@@ -207,8 +288,15 @@ class Learner:
                 passes.setdefault("ref", []).append(self.model.reference_logps(b))
         return {key: torch.cat(parts) for key, parts in passes.items()}
 
-    def _learn(self, batch: dict[str, torch.Tensor], mask: torch.Tensor, rollout: dict[str, torch.Tensor],
-               advantages: torch.Tensor, returns: torch.Tensor | None, window: MetricWindow) -> None:
+    def _learn(
+        self,
+        batch: dict[str, torch.Tensor],
+        mask: torch.Tensor,
+        rollout: dict[str, torch.Tensor],
+        advantages: torch.Tensor,
+        returns: torch.Tensor | None,
+        window: MetricWindow,
+    ) -> None:
         """stage.ppo_epochs passes of the clipped objective; fills rollout's logps and entropy on GRPO's first."""
         st, engine = self.st, self.engine
         size = self.run.train.micro_batch_size
@@ -231,7 +319,9 @@ class Learner:
                     loss = loss + st.vf_coef * vloss
                     parts.update(value_loss=float(vloss), value_clip_fraction=float(vclip))
                 if not st.value_head and st.kl_coef > 0:  # the KL in the loss (PPO has it in the reward)
-                    loss = loss + st.kl_coef * rl.masked_mean(rl.kl_penalty(logps, rollout["ref"][rows], st.kl_estimator), m)
+                    loss = loss + st.kl_coef * rl.masked_mean(
+                        rl.kl_penalty(logps, rollout["ref"][rows], st.kl_estimator), m
+                    )
                 boundary = engine.is_gradient_accumulation_boundary()
                 engine.backward(loss)
                 computed = grad_norm_before_step(engine, self.model) if boundary else None
@@ -250,8 +340,15 @@ class Learner:
             yield {k: v[i : i + size] for k, v in batch.items()}
 
 
-def _generate_everywhere(rollouts: Rollouts | None, prompts: list[list[int]], n: int, sampling: Sampling, seed: int,
-                         rank: int, world_size: int) -> list[list[list[int]]]:
+def _generate_everywhere(
+    rollouts: Rollouts | None,
+    prompts: list[list[int]],
+    n: int,
+    sampling: Sampling,
+    seed: int,
+    rank: int,
+    world_size: int,
+) -> list[list[list[int]]]:
     """Every worker's prompts, answered in one batch per engine: gathered on rank 0, sent back to each worker."""
     distributed = torch.distributed.is_initialized() and world_size > 1
     everyone: list[Any] = [None] * world_size

@@ -24,15 +24,19 @@ class RewardModelling(PairStage):
 
     def check(self, run, model):
         if hidden_size_of(model.config) is None:
-            return [f"stage: rm puts a value head on the last hidden state, and {run.model.name_or_path} "
-                    "declares no hidden_size; train the reward model on a causal LM that has one"]
+            return [
+                f"stage: rm puts a value head on the last hidden state, and {run.model.name_or_path} "
+                "declares no hidden_size; train the reward model on a causal LM that has one"
+            ]
         return []
 
     def prepare_model(self, model: nn.Module, run: RunConfig) -> nn.Module:
         size = hidden_size_of(model.config)
         if size is None:
-            raise ValueError("stage rm puts a value head on the model's last hidden state, and this model's config "
-                             "has no hidden_size")
+            raise ValueError(
+                "stage rm puts a value head on the model's last hidden state, and this model's config "
+                "has no hidden_size"
+            )
         return ValueHeadModel(without_dropout(model), size)
 
     def objective(self, run, tokenizer, device, ds_config):

@@ -21,8 +21,9 @@ import resource
 import shutil
 import socket
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 
@@ -50,8 +51,16 @@ class WorkerSession:
     directory (every rank's files) to continue from. ``node``: which machine this worker runs on, for the
     summary (default: the host name)."""
 
-    def __init__(self, run: RunConfig, plan: TrainPlan, report: Report, rank: int, world_size: int,
-                 resume_from: str | Path | None = None, node: str | None = None):
+    def __init__(
+        self,
+        run: RunConfig,
+        plan: TrainPlan,
+        report: Report,
+        rank: int,
+        world_size: int,
+        resume_from: str | Path | None = None,
+        node: str | None = None,
+    ):
         self.run, self.plan, self.report, self.rank, self.world_size = run, plan, report, rank, world_size
         self.resume_from, self.node = resume_from, node or socket.gethostname()
         self.step = 0  # steps done: optimizer steps, or RL iterations
@@ -78,15 +87,21 @@ class WorkerSession:
         self.model = stage.build_model(run, self.tokenizer)
         trainable, total = count_parameters(self.model)
         if self.rank == 0:
-            logger.info("trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}",
-                        100 * trainable / total)
+            logger.info(
+                "trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total
+            )
         self.ds_config = build_deepspeed_config(run, resolve_dtype(run.model.dtype), self.world_size)
         optimizer = None if "optimizer" in self.ds_config else build_optimizer(self.model, run)
-        scheduler = build_scheduler(optimizer, run, stage.scheduler_steps(run, self.plan.total_steps)) \
-            if optimizer else None
+        scheduler = (
+            build_scheduler(optimizer, run, stage.scheduler_steps(run, self.plan.total_steps)) if optimizer else None
+        )
         self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=self.model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config,
-            dist_init_required=False)
+            model=self.model,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
+            config=self.ds_config,
+            dist_init_required=False,
+        )
         self.engine.train()
 
         resumed = self.resume_from is not None
@@ -110,7 +125,7 @@ class WorkerSession:
 
     # ----------------------------------------------------------------------------------------- train
 
-    def __enter__(self) -> "WorkerSession":
+    def __enter__(self) -> WorkerSession:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -153,9 +168,13 @@ class WorkerSession:
         step, save = self.step, self.saves_at(self.step)
         if not (metrics or save):
             return
-        record = {"step": step, **metrics, "train/epoch": self.epoch + (self.index + 1) / self.plan.micro_batches_per_epoch,
-                  "train/lr": self.scheduler.get_last_lr()[0] if self.scheduler else self.run.train.learning_rate,
-                  "mem/peak_gb": peak_memory_gb()}
+        record = {
+            "step": step,
+            **metrics,
+            "train/epoch": self.epoch + (self.index + 1) / self.plan.micro_batches_per_epoch,
+            "train/lr": self.scheduler.get_last_lr()[0] if self.scheduler else self.run.train.learning_rate,
+            "mem/peak_gb": peak_memory_gb(),
+        }
         if "eval/loss" in metrics:  # the same on every rank: eval/loss is reduced
             self.stop = self.state.record_eval(metrics["eval/loss"], self.run)
         if self.rank == 0:
@@ -164,13 +183,16 @@ class WorkerSession:
         if not (save and self.stop is None):
             self.report(record)
             return
-        self.state = dataclasses.replace(self.state, step=step, epoch=self.epoch, micro_batches_done=self.index + 1,
-                                         stage_state=self.stage_state())
+        self.state = dataclasses.replace(
+            self.state, step=step, epoch=self.epoch, micro_batches_done=self.index + 1, stage_state=self.stage_state()
+        )
         checkpoint_dir = save_checkpoint(self.engine, self.rank, self.state)
         try:
             self.report(record, checkpoint_dir=checkpoint_dir)
         except OSError as e:  # the upload to storage_path; the checkpoints before this one stay whole
-            raise UserInputError(storage.explain_os_error(e, f"the checkpoint of step {step} to {self.run.output.dir}")) from e
+            raise UserInputError(
+                storage.explain_os_error(e, f"the checkpoint of step {step} to {self.run.output.dir}")
+            ) from e
         if self.rank == 0:  # the record up to this checkpoint, where a restarted rank 0 on any node finds it
             self._publish(f"the metrics of step {step}")
 
@@ -194,13 +216,21 @@ class WorkerSession:
         if self.rank != 0:
             return
         tokens = sum(w["tokens"] for w in workers)
-        outputs.write_summary(self.out, {
-            "steps": self.step - self.first_step, "resumed_from_step": self.first_step or None, "tokens": tokens,
-            "train_seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
-            "peak_memory_gb_per_worker": [w["peak_memory_gb"] for w in workers],
-            "worker_nodes": [w["node"] for w in workers],
-            "best_eval_loss": self.state.best_eval, "stopped_early": self.stop is not None,
-            "output_dir": self.run.output.dir})
+        outputs.write_summary(
+            self.out,
+            {
+                "steps": self.step - self.first_step,
+                "resumed_from_step": self.first_step or None,
+                "tokens": tokens,
+                "train_seconds": round(seconds, 2),
+                "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
+                "peak_memory_gb_per_worker": [w["peak_memory_gb"] for w in workers],
+                "worker_nodes": [w["node"] for w in workers],
+                "best_eval_loss": self.state.best_eval,
+                "stopped_early": self.stop is not None,
+                "output_dir": self.run.output.dir,
+            },
+        )
 
     def _save_model(self) -> None:
         run = self.run
@@ -215,8 +245,9 @@ class WorkerSession:
             if run.output.merge_adapter and run.tuning.method == "lora":
                 from rayft_core.export import export_model
 
-                export_model(out, out / outputs.MERGED_DIR, trust_remote_code=run.model.trust_remote_code,
-                             overwrite=True)  # an earlier attempt's merged copy, if one finished before a restart
+                export_model(
+                    out, out / outputs.MERGED_DIR, trust_remote_code=run.model.trust_remote_code, overwrite=True
+                )  # an earlier attempt's merged copy, if one finished before a restart
         except OSError as e:
             raise UserInputError(storage.explain_os_error(e, f"the trained model to {out}")) from e
         self._publish("the trained model")
@@ -268,8 +299,11 @@ class MetricWindow:
     def reduce(self, device: torch.device, prefix: str) -> dict[str, float]:
         """sum / count of each metric as ``prefix``name, and perf/tokens_per_s, perf/samples_per_s."""
         names = sorted(self.metrics)  # every rank has the same names: the stage returns all of them every call
-        values = torch.tensor([x for n in names for x in self.metrics[n]] + [self.tokens, self.samples],
-                              dtype=torch.float64, device=device)
+        values = torch.tensor(
+            [x for n in names for x in self.metrics[n]] + [self.tokens, self.samples],
+            dtype=torch.float64,
+            device=device,
+        )
         if torch.distributed.is_initialized():
             torch.distributed.all_reduce(values)
         *sums, tokens, samples = values.tolist()

@@ -16,9 +16,14 @@ class SupervisedFineTuning(SupervisedStage):
 
     def encode_rows(self, rows: list[dict], tokenizer: Any, run: RunConfig) -> dict[str, list]:
         """Aligned conversations -> input_ids and labels with the prompt masked, one example per row."""
-        enc = encode_chat_batch(tokenizer, [r["messages"] for r in rows], run.data.max_seq_len,
-                                train_on_prompt=run.stage.train_on_prompt, mask_history=run.stage.mask_history,
-                                batch_tools=[r.get("tools") for r in rows])
+        enc = encode_chat_batch(
+            tokenizer,
+            [r["messages"] for r in rows],
+            run.data.max_seq_len,
+            train_on_prompt=run.stage.train_on_prompt,
+            mask_history=run.stage.mask_history,
+            batch_tools=[r.get("tools") for r in rows],
+        )
         return {**enc, "row_of_example": list(range(len(rows)))}
 
     def objective(self, run, tokenizer, device, ds_config):

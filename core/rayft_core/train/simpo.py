@@ -11,8 +11,9 @@ from rayft_core.train.losses import sequence_logps
 from rayft_core.train.preference import PairStage, halves, masked_mean, pair_metrics, valid_pairs
 
 
-def simpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, beta: float, gamma: float,
-               label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def simpo_loss(
+    chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, beta: float, gamma: float, label_smoothing: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-pair losses and rewards from (length-normalised) answer log-probabilities [pairs]."""
     logits = beta * (chosen_logps - rejected_logps) - gamma
     losses = -F.logsigmoid(logits) * (1 - label_smoothing) - F.logsigmoid(-logits) * label_smoothing

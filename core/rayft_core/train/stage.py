@@ -11,7 +11,8 @@ Every call returns every name (count 0 where a batch has none), so workers reduc
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -43,7 +44,7 @@ class Stage(ABC):
         """Optimizer steps in a plan of ``plan_steps`` steps (the learning-rate schedule's length)."""
         return plan_steps
 
-    def check(self, run: RunConfig, model: "ModelFacts") -> list[str]:
+    def check(self, run: RunConfig, model: ModelFacts) -> list[str]:
         """On the driver, before anything starts: what the stage needs of the models and files, each problem
         as 'path: what to change'. ``model`` loads the tokenizer and the model's config once for every check."""
         return []

@@ -19,8 +19,11 @@ TENSORBOARD_DIR, MLFLOW_DIR, WANDB_DIR = "tensorboard", "mlruns", "wandb"
 
 def missing_trackers(run: RunConfig) -> list[str]:
     """The trackers of output.report_to whose package is not installed, with the extra that installs them."""
-    return [f"output.report_to: {name} needs {TRACKER_PACKAGES[name]}: pip install 'rayft[tracking]'"
-            for name in run.output.report_to if importlib.util.find_spec(TRACKER_PACKAGES[name]) is None]
+    return [
+        f"output.report_to: {name} needs {TRACKER_PACKAGES[name]}: pip install 'rayft[tracking]'"
+        for name in run.output.report_to
+        if importlib.util.find_spec(TRACKER_PACKAGES[name]) is None
+    ]
 
 
 class Trackers:
@@ -64,8 +67,15 @@ class Trackers:
         if "wandb" in run.output.report_to:
             import wandb
 
-            wb = wandb.init(project="rayft", name=name, id=name, dir=str(out), mode="offline", config=config,
-                            resume="allow" if resumed else None)
+            wb = wandb.init(
+                project="rayft",
+                name=name,
+                id=name,
+                dir=str(out),
+                mode="offline",
+                config=config,
+                resume="allow" if resumed else None,
+            )
             self._writers.append(lambda m, step: wb.log(m, step=step))
             self._closers.append(wb.finish)
 

@@ -3,6 +3,7 @@ and (measure, wait_idle) running a command to exit with its wall time, memory an
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -111,6 +112,36 @@ def wait_idle(max_s: float | None, load: float) -> dict:
     return {"waited_s": waited, "load1": now}
 
 
+def add_idle_arguments(ap: argparse.ArgumentParser, each: str = "run") -> None:
+    """--wait-idle [MAX_S] and --idle-load: the arguments of wait_idle."""
+    ap.add_argument(
+        "--wait-idle",
+        type=float,
+        nargs="?",
+        const=1800.0,
+        default=None,
+        metavar="MAX_S",
+        help=f"before each {each}, wait (at most MAX_S, default 1800) for the 1-min load average to fall "
+        "below --idle-load (the machine is shared)",
+    )
+    ap.add_argument("--idle-load", type=float, default=0.5)
+
+
+def spawn(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
+    """cmd in a session of its own (so all it starts can be found and ended), stdout and stderr as one text
+    stream (text mode: tqdm's \\r ends a line too)."""
+    return subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
+
+
 def offline_env(env: dict[str, str]) -> dict[str, str]:
     """This process's environment for a measured command: offline, unbuffered, no venv or cluster of ours leaking in."""
     return {
@@ -179,16 +210,7 @@ def measure(cmd: list[str], cwd: Path, log: Path, env: dict[str, str]) -> dict:
     peak_rss = peak_pss = 0
     cpu: dict[tuple[int, float], float] = {}  # (pid, start time) -> last seen user + sys seconds
     load0, busy0, t0 = os.getloadavg()[0], busy_cpu_s(), time.perf_counter()
-    proc = subprocess.Popen(
-        cmd,
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-        start_new_session=True,
-    )  # text mode: tqdm's \r ends a line too
+    proc = spawn(cmd, cwd, env)
     reader = log_output(proc, log, t0)
     root = psutil.Process(proc.pid)
     polls = 0

@@ -65,6 +65,7 @@ from _peer import (
     LF_VENV,
     TOKENIZER,
     TRL_VENV,
+    add_idle_arguments,
     build_model,
     ensure_lf_venv,
     ensure_trl_venv,
@@ -432,17 +433,7 @@ def main() -> None:
     ap.add_argument("--logging-steps", type=int, default=5)
     ap.add_argument("--rayft-workers", type=int, nargs="*", default=[1, 2], help="rayft runs, one per worker count")
     ap.add_argument("--skip", nargs="*", default=[], choices=["trl", "llamafactory"], help="peers not to run")
-    ap.add_argument(
-        "--wait-idle",
-        type=float,
-        nargs="?",
-        const=1800.0,
-        default=None,
-        metavar="MAX_S",
-        help="before each run, wait (at most MAX_S, default 1800) for the 1-min load average to fall "
-        "below --idle-load (the machine is shared)",
-    )
-    ap.add_argument("--idle-load", type=float, default=0.5)
+    add_idle_arguments(ap)
     ap.add_argument(
         "--retries",
         type=int,

@@ -43,7 +43,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -53,11 +52,13 @@ import yaml
 from _peer import (
     LF_VENV,
     TOKENIZER,
+    add_idle_arguments,
     busy_cpu_s,
     ensure_lf_venv,
     offline_env,
     process_tree,
     sample_tree,
+    spawn,
     terminate_leftovers,
     wait_idle,
 )
@@ -142,16 +143,7 @@ def measure(
     peak_rss = peak_pss = 0
     cpu: dict[tuple[int, float], float] = {}  # (pid, start time) -> last seen user + sys seconds
     load0, busy0, t0 = os.getloadavg()[0], busy_cpu_s(), time.perf_counter()
-    proc = subprocess.Popen(
-        cmd,
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-        start_new_session=True,
-    )  # text mode: tqdm's \r ends a line too
+    proc = spawn(cmd, cwd, env)
 
     def read() -> None:
         with open(log, "w") as f:
@@ -428,17 +420,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[2])
     ap.add_argument("--rows", type=int, default=100_000, help="rows of all-different alpaca data")
     ap.add_argument("--skip-llamafactory", action="store_true", help="only the rayft run (no ratios)")
-    ap.add_argument(
-        "--wait-idle",
-        type=float,
-        nargs="?",
-        const=1800.0,
-        default=None,
-        metavar="MAX_S",
-        help="before each side, wait (at most MAX_S, default 1800) for the 1-min load average to fall "
-        "below --idle-load (the machine is shared)",
-    )
-    ap.add_argument("--idle-load", type=float, default=0.5)
+    add_idle_arguments(ap, "side")
     args = ap.parse_args()
     if not (TOKENIZER / "tokenizer.json").is_file():
         print(f"skipped: the Qwen2.5 tokenizer is not at {TOKENIZER}")

@@ -66,12 +66,14 @@ import yaml
 from _peer import (
     OFFLINE,
     TOKENIZER,
+    add_idle_arguments,
     build_model,
     busy_cpu_s,
     log_output,
     offline_env,
     process_tree,
     session_id,
+    spawn,
     terminate_leftovers,
     wait_idle,
 )
@@ -193,16 +195,7 @@ def measure_run(
     workers: set[tuple[int, float]] = set()
     peak_rss, first_step_s, polls = 0, None, 0
     load0, busy0, t0 = os.getloadavg()[0], busy_cpu_s(), time.perf_counter()
-    proc = subprocess.Popen(
-        cmd,
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-        start_new_session=True,
-    )
+    proc = spawn(cmd, cwd, env)
     RUNNING.append(proc)
 
     reader = log_output(proc, log, t0)
@@ -436,17 +429,7 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--skip", nargs="*", default=[], choices=list(RUNS), help="runs to leave out")
-    ap.add_argument(
-        "--wait-idle",
-        type=float,
-        nargs="?",
-        const=1800.0,
-        default=None,
-        metavar="MAX_S",
-        help="before each run, wait (at most MAX_S, default 1800) for the 1-min load average to fall "
-        "below --idle-load (the machine is shared)",
-    )
-    ap.add_argument("--idle-load", type=float, default=0.5)
+    add_idle_arguments(ap)
     ap.add_argument(
         "--retries",
         type=int,

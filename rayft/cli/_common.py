@@ -19,6 +19,13 @@ from rayft_core.schema import ConfigError
 EXIT_BAD_INPUT = 2
 
 
+def run_config_arguments(command: Any) -> Any:
+    """CONFIG_PATH (an existing YAML file) and its key=value OVERRIDES: the arguments of every command that
+    reads a run config."""
+    command = click.argument("overrides", nargs=-1)(command)
+    return click.argument("config_path", type=click.Path(exists=True, dir_okay=False))(command)
+
+
 class RayftGroup(click.Group):
     """A click group whose commands' bad input (UserInputError) ends as "error: <message>" and exit code 2."""
 

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from rayft.cli._common import load_run
+from rayft.cli._common import load_run, run_config_arguments
 from rayft_core.errors import UserInputError
 from rayft_core.schema import ConfigError
 
@@ -17,8 +17,7 @@ def config() -> None:
 
 
 @config.command("validate")
-@click.argument("config_path", type=click.Path(exists=True, dir_okay=False))
-@click.argument("overrides", nargs=-1)
+@run_config_arguments
 @click.option(
     "--schema-only",
     is_flag=True,

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from rayft.cli._common import load_run
+from rayft.cli._common import load_run, run_config_arguments
 
 
 @click.group("data")
@@ -20,8 +20,7 @@ def data_group() -> None:
 
 
 @data_group.command("preview")
-@click.argument("config_path", type=click.Path(exists=True, dir_okay=False))
-@click.argument("overrides", nargs=-1)
+@run_config_arguments
 @click.option("-n", "--examples", default=3, show_default=True, help="Rows to show rendered.")
 def data_preview(config_path: str, overrides: tuple[str, ...], examples: int) -> None:
     """Rendered rows with the trained-on tokens marked, counts per dataset, a token-length
@@ -41,8 +40,7 @@ def data_preview(config_path: str, overrides: tuple[str, ...], examples: int) ->
 
 
 @data_group.command("prepare")
-@click.argument("config_path", type=click.Path(exists=True, dir_okay=False))
-@click.argument("overrides", nargs=-1)
+@run_config_arguments
 @click.option(
     "-o",
     "--output",

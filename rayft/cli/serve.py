@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from rayft.cli._common import load_run
+from rayft.cli._common import load_run, run_config_arguments
 from rayft_core.errors import UserInputError
 
 
@@ -41,8 +41,7 @@ def serve_command(config_path: str | None, model_dir: str | None, overrides: tup
 
 
 @click.command("infer", context_settings={"ignore_unknown_options": True})
-@click.argument("config_path", type=click.Path(exists=True, dir_okay=False))
-@click.argument("overrides", nargs=-1)
+@run_config_arguments
 @click.option(
     "-o",
     "--output",

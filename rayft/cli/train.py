@@ -6,15 +6,14 @@ import sys
 
 import click
 
-from rayft.cli._common import load_run
+from rayft.cli._common import load_run, run_config_arguments
 from rayft_core.config import load_config
 from rayft_core.errors import UserInputError
 from rayft_core.schema import ConfigError
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
-@click.argument("config_path", type=click.Path(exists=True, dir_okay=False))
-@click.argument("overrides", nargs=-1)
+@run_config_arguments
 @click.option(
     "--resume",
     is_flag=True,
@@ -39,8 +38,7 @@ def train(config_path: str, overrides: tuple[str, ...], resume: bool) -> None:
 
 
 @click.command("tune", context_settings={"ignore_unknown_options": True})
-@click.argument("config_path", type=click.Path(exists=True, dir_okay=False))
-@click.argument("overrides", nargs=-1)
+@run_config_arguments
 @click.option(
     "--space",
     "space_path",
@@ -81,8 +79,7 @@ def tune_command(config_path: str, overrides: tuple[str, ...], space_path: str |
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
-@click.argument("config_path", type=click.Path(exists=True, dir_okay=False))
-@click.argument("overrides", nargs=-1)
+@run_config_arguments
 @click.option(
     "--address",
     envvar="RAY_API_SERVER_ADDRESS",

@@ -198,8 +198,9 @@ class LLMServerCompat(LLMServer):
         await super().__init__(llm_config)
 
     async def adapter_path(self, model_id: str) -> str:
-        """The local directory of the adapter that `model_id` ("<base>:<adapter>") names."""
-        raise NotImplementedError
+        """The local directory of the adapter that `model_id` ("<base>:<adapter>") names. Abstract: the app's
+        server (rayft.serve_app.RayftLLMServer) defines it; this class only loads what it names."""
+        raise NotImplementedError("a subclass of LLMServerCompat names where its adapters are")
 
     # Overrides LLMServer._maybe_resolve_lora_from_multiplex, which loads a request's adapter into the engine
     # (called before every request). Corrects: Ray checks "already loaded?" and then awaits the load, so the

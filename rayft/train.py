@@ -6,6 +6,7 @@ rayft train examples/sft_lora.yaml train.learning_rate=2e-4
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import Iterable, Iterator
@@ -21,13 +22,13 @@ from ray.train.v2.api.callback import UserCallback
 from rayft import rlhf
 from rayft.checks import OVERWRITE_FLAG, check_cluster, check_config
 from rayft.cluster import connect
-from rayft.data import build_run_data
+from rayft.data import RunData, build_run_data
 from rayft_core import ownership, storage
 from rayft_core.config import RunConfig, dump_config
 from rayft_core.errors import UserInputError
 from rayft_core.model.loader import ModelFacts
 from rayft_core.train.outputs import CONFIG_FILE, SUMMARY_FILE, format_summary
-from rayft_core.train.plan import TrainPlan
+from rayft_core.train.plan import TrainPlan, padding_rows, padding_value, prompts_per_worker
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class _Shards:
         batches = self.shard.iter_batches(
             batch_size=batch_size_per_worker(self.run),
             batch_format="numpy",
-            drop_last=True,
+            drop_last=False,  # every batch is full (see _padded), except a stream's last of each pass
             local_shuffle_buffer_size=256 if shuffle else None,
             local_shuffle_seed=self.run.train.seed + epoch if shuffle else None,
         )
@@ -156,9 +157,10 @@ def train(
     data = build_run_data(run)
     driver.check_data(data.train)
     plan = TrainPlan.for_data(run, data.train_rows)
-    logger.info(
-        "plan: %d steps over %d epoch(s), global batch %d", plan.total_steps, plan.num_epochs, run.global_batch_size
-    )
+    logger.info("plan: %s", _describe(run, plan, data.train_rows))
+    epoch = _epoch_summary(run, data)
+    if run.stage.loop == "supervised":
+        data = _padded(data, run, model.tokenizer.pad_token_id)
     out = run.output.dir
     if not resume:  # only now: a run that fails its checks replaces nothing (an earlier run of rayft's, at most)
         ownership.claim(out, ownership.RUN, run.output.overwrite, OVERWRITE_FLAG)
@@ -166,10 +168,63 @@ def train(
 
     with driver.start() as rollouts:
         result = _fit(run, data, plan, use_gpu, callbacks, progress, rollouts)
-    summary = _finish_summary(run, result, driver.summary())
+    summary = _finish_summary(run, result, {**epoch, **driver.summary()})
     if summary:
         logger.info("run %s finished:\n%s", run.output.name, format_summary(summary))
     return out if storage.is_uri(out) else Path(out)
+
+
+def _describe(run: RunConfig, plan: TrainPlan, rows: int | None) -> str:
+    """The plan line: steps, epochs, and what the last step of an epoch holds."""
+    line = f"{plan.total_steps} steps over {plan.num_epochs} epoch(s), global batch {run.global_batch_size}"
+    if rows is None:
+        return line + " (streamed: epochs end where the stream does)"
+    if run.stage.loop == "rl":
+        per_iteration = prompts_per_worker(run) * run.cluster.num_workers
+        left = rows - plan.micro_batches_per_epoch * per_iteration
+        return line + (
+            f"; {left} of {rows} prompts are left out of each epoch (an iteration takes {per_iteration})"
+            if left
+            else ""
+        )
+    padding = padding_rows(rows, run.global_batch_size)
+    if padding:
+        last = run.global_batch_size - padding
+        line += f"; the last step of each epoch holds {last} rows and {padding} masked padding rows"
+    return line
+
+
+def _epoch_summary(run: RunConfig, data: RunData) -> dict[str, Any]:
+    """What an epoch of a supervised run holds, for summary.json: the tokens a run trains are its epochs times
+    these (unless it stops early or max_steps ends it inside an epoch)."""
+    if data.train_rows is None or run.stage.loop != "supervised":
+        return {}
+    rows, tokens = data.train_rows, int(data.train.sum("num_tokens"))
+    return {"epoch": {"rows": rows, "tokens": tokens, "padding_rows": padding_rows(rows, run.global_batch_size)}}
+
+
+def _padded(data: RunData, run: RunConfig, pad_token_id: int) -> RunData:
+    """The supervised datasets with masked padding rows (rayft_core.train.plan.padding_rows) appended, so Ray
+    splits them among the workers without a remainder and every row trains (or is evaluated) once an epoch."""
+    if data.train_rows is None:  # a stream: Ray's equal split drops at most num_workers - 1 rows per pass
+        return data
+    train = _append_padding(data.train, padding_rows(data.train_rows, run.global_batch_size), pad_token_id)
+    evaluation = data.eval
+    if evaluation is not None and data.eval_rows is not None:
+        evaluation = _append_padding(evaluation, padding_rows(data.eval_rows, run.cluster.num_workers), pad_token_id)
+    return dataclasses.replace(data, train=train, eval=evaluation)
+
+
+def _append_padding(ds: Any, count: int, pad_token_id: int) -> Any:
+    if count == 0:
+        return ds
+    import pyarrow as pa
+
+    schema = ds.schema().base_schema
+    table = pa.table(
+        {f.name: pa.array([padding_value(f.name, pad_token_id)] * count, f.type) for f in schema}, schema=schema
+    )
+    return ds.union(ray.data.from_arrow(table)).materialize()
 
 
 class _SupervisedDriver:
@@ -238,7 +293,7 @@ def _user_error(e: WorkerGroupError) -> UserInputError | None:
 
 def _finish_summary(run: RunConfig, result: Any, extra: dict[str, Any]) -> dict[str, Any] | None:
     """summary.json as rank 0 wrote it, plus what only the driver knows: the best checkpoint (keep_best),
-    the rollout engines (``extra``)."""
+    what an epoch holds and the rollout engines (``extra``)."""
     location = storage.join(run.output.dir, SUMMARY_FILE)
     text = storage.read_text(location)
     if text is None:

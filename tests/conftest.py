@@ -78,6 +78,39 @@ def text_file(workdir: Path) -> Path:
     return path
 
 
+WRONG_ANSWERS = ["the lazy dog", "brown fox jumps", "the quick dog", "fox over the dog"]
+
+
+@pytest.fixture(scope="session")
+def pairs_file(workdir: Path) -> Path:
+    """Separable preference pairs: the right answer against fox-and-dog noise (LLaMA-Factory's sharegpt ranking shape)."""
+    path = workdir / "pairs.jsonl"
+    rows = [
+        {
+            "conversations": [{"from": "human", "value": q}],
+            "chosen": {"from": "gpt", "value": a},
+            "rejected": {"from": "gpt", "value": WRONG_ANSWERS[i % len(WRONG_ANSWERS)]},
+        }
+        for i, (q, a) in enumerate(QA * 10)
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def feedback_file(workdir: Path) -> Path:
+    """KTO rows (openai messages + a boolean label): right answers desirable, noise undesirable."""
+    path = workdir / "feedback.jsonl"
+    rows = []
+    for i, (q, a) in enumerate(QA * 5):
+        for answer, good in ((a, True), (WRONG_ANSWERS[i % len(WRONG_ANSWERS)], False)):
+            rows.append(
+                {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": answer}], "label": good}
+            )
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
 @pytest.fixture(scope="session")
 def s3_bucket():
     """An S3-compatible server on loopback (moto's, a real HTTP server) and an empty bucket: the stand-in

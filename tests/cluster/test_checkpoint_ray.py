@@ -1,6 +1,7 @@
 """Checkpoints on a real local Ray cluster: a worker killed mid-run is replaced and the run continues
-from the latest checkpoint to the planned step, no step counted twice; a stopped run continues with
---resume; a checkpoint only resumes into the run that wrote it."""
+from the latest checkpoint to the planned step, no step counted twice, no row replayed or skipped (epochs
+end in a padded step; the checkpoints fall inside epochs); a stopped run continues with --resume; a
+checkpoint only resumes into the run that wrote it."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from tests.helpers import run_config
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 STEPS, EVERY = 12, 4
+ROWS = 18  # 2 workers x micro-batches of 2: 5 steps an epoch, the last with 2 rows and 2 padding rows
 
 
 def _run(tiny_model, workdir, alpaca_file, name, **sections):
@@ -28,7 +30,7 @@ def _run(tiny_model, workdir, alpaca_file, name, **sections):
     sections.setdefault("checkpoint", {"save_steps": EVERY, "keep": 2})
     return run_config(
         tiny_model("llama"),
-        [{"path": str(alpaca_file), "format": "alpaca"}],
+        [{"path": str(alpaca_file), "format": "alpaca", "num_samples": ROWS}],
         workdir / "ckpt",
         name,
         train={"max_steps": STEPS, "micro_batch_size": 2, "logging_steps": 1},
@@ -84,6 +86,7 @@ def _check_summary_and_trackers(out: Path) -> None:
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == STEPS and summary["tokens"] > 0 and summary["tokens_per_s"] > 0
+    assert summary["epoch"]["rows"] == ROWS and summary["epoch"]["padding_rows"] == 2
     assert len(summary["peak_memory_gb_per_worker"]) == 2 and all(p > 0 for p in summary["peak_memory_gb_per_worker"])
     losses = [r["train/loss"] for r in read_metrics(out)]
     assert _tensorboard_scalars(out / "tensorboard", "train/loss") == pytest.approx(losses)

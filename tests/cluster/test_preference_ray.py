@@ -18,38 +18,6 @@ from tests.helpers import QA, run_config
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
-WRONG = ["the lazy dog", "brown fox jumps", "the quick dog", "fox over the dog"]
-
-
-@pytest.fixture(scope="module")
-def pairs_file(workdir: Path) -> Path:
-    """Separable preference pairs: the right answer against fox-and-dog noise (LLaMA-Factory's sharegpt ranking shape)."""
-    path = workdir / "pairs.jsonl"
-    rows = [
-        {
-            "conversations": [{"from": "human", "value": q}],
-            "chosen": {"from": "gpt", "value": a},
-            "rejected": {"from": "gpt", "value": WRONG[i % len(WRONG)]},
-        }
-        for i, (q, a) in enumerate(QA * 10)
-    ]
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return path
-
-
-@pytest.fixture(scope="module")
-def feedback_file(workdir: Path) -> Path:
-    """KTO rows (openai messages + a boolean label): right answers desirable, noise undesirable."""
-    path = workdir / "feedback.jsonl"
-    rows = []
-    for i, (q, a) in enumerate(QA * 5):
-        for answer, good in ((a, True), (WRONG[i % len(WRONG)], False)):
-            rows.append(
-                {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": answer}], "label": good}
-            )
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return path
-
 
 def _dataset(stage: str, pairs_file: Path, feedback_file: Path) -> dict:
     if stage == "kto":

@@ -2,7 +2,7 @@ import pytest
 
 from rayft_core.config import validate_config
 from rayft_core.train.optim import lr_lambda
-from rayft_core.train.plan import TrainPlan
+from rayft_core.train.plan import TrainPlan, padding_rows
 
 
 def test_warmup_then_cosine_or_linear_decay():
@@ -14,7 +14,7 @@ def test_warmup_then_cosine_or_linear_decay():
     assert lr_lambda(9, 10, 0, "constant") == 1.0
 
 
-def test_plan_gives_every_worker_the_same_number_of_micro_batches():
+def test_plan_trains_every_row_and_gives_every_worker_the_same_number_of_micro_batches():
     run = validate_config(
         {
             "model": {"name_or_path": "m"},
@@ -23,10 +23,13 @@ def test_plan_gives_every_worker_the_same_number_of_micro_batches():
             "cluster": {"num_workers": 3},
         }
     )
-    plan = TrainPlan.from_rows(run, 100)  # 33 rows a worker -> 8 micro-batches -> 4 steps an epoch
-    assert (plan.micro_batches_per_epoch, plan.total_steps, plan.num_epochs) == (8, 10, 3)
-    with pytest.raises(ValueError, match="fewer than one optimizer step needs"):
-        TrainPlan.from_rows(run, 20)
+    # global batch 24: 100 rows are ceil(100 / 24) = 5 steps an epoch, the last with 4 rows and 20 padding rows
+    plan = TrainPlan.from_rows(run, 100)
+    assert (plan.micro_batches_per_epoch, plan.total_steps, plan.num_epochs) == (10, 13, 3)  # 2.5 epochs: ceil
+    assert padding_rows(100, run.global_batch_size) == 20 and padding_rows(96, 24) == 0
+    assert TrainPlan.from_rows(run, 20).micro_batches_per_epoch == 2  # fewer rows than a step: one padded step
+    with pytest.raises(ValueError, match="holds no rows"):
+        TrainPlan.from_rows(run, 0)
 
 
 MINIMAL = {"model": {"name_or_path": "m"}, "data": {"train": [{"path": "d", "format": "alpaca"}]}}

@@ -164,9 +164,10 @@ def test_dpo_step_zero_with_adapter_is_ln2(tiny_model):
     tokenizer = load_tokenizer_for(tiny_model("llama"))
     run = run_config(tiny_model("llama"), [{"path": "x.jsonl", "ranking": True}], "out", "x", stage="dpo")
     model = apply_tuning(load_model(run, tokenizer), run)
-    _, batch = _pairs(tokenizer)
+    enc, batch = _pairs(tokenizer)
     loss, metrics = STAGES["dpo"].objective(run, tokenizer, torch.device("cpu"), {})(model, batch)
-    assert loss.item() == pytest.approx(math.log(2), abs=1e-5)
+    assert STAGES["dpo"].loss_units(enc) == len(QA)  # the loss is summed over pairs; the loop divides
+    assert loss.item() / len(QA) == pytest.approx(math.log(2), abs=1e-5)
     assert metrics["rewards/margins"][0] == 0.0
     loss.backward()  # the gradient reaches the adapter
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)

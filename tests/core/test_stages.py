@@ -4,15 +4,19 @@ the registries beside them (DPO losses, built-in rewards)."""
 import typing
 
 import pytest
+import torch
 
 from rayft_core.config import DatasetSpec, RunConfig
+from rayft_core.data import IGNORE_INDEX
 from rayft_core.data.registry import DatasetError, check_stage_fit
-from rayft_core.stage_config import PAIR, PROMPT, DpoStage, StageConfig, section
+from rayft_core.stage_config import PAIR, PROMPT, TAGGED, TEXT, DpoStage, StageConfig, section
 from rayft_core.train.dpo import DPO_LOSSES
+from rayft_core.train.plan import padding_value
 from rayft_core.train.rewards import BUILTINS
 from rayft_core.train.rl_stage import RlStage
 from rayft_core.train.stage import SupervisedStage
 from rayft_core.train.stages import STAGES
+from tests.helpers import QA, run_config
 
 
 def _config_names() -> set[str]:
@@ -100,3 +104,71 @@ def test_the_driver_checks_load_the_tokenizer_and_config_once(tmp_path, tiny_mod
     )
     check_config(run)
     assert counts == {"tokenizer": 1, "config": 1}
+
+
+# ----------------------------------------------------------------------------- padding rows (every row trains)
+
+
+def _aligned_rows(shape: str) -> list[dict]:
+    """A few rows as rayft_core.data.formats aligns them, for a stage that trains on ``shape``."""
+    if shape == TEXT:
+        return [{"text": f"{q} {a}"} for q, a in QA]
+    if shape == PAIR:
+        return [
+            {
+                "messages": [{"role": "user", "content": q}],
+                "tools": None,
+                "chosen": {"role": "assistant", "content": a},
+                "rejected": {"role": "assistant", "content": "the lazy dog"},
+            }
+            for q, a in QA
+        ]
+    rows = [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}], "tools": None}
+        for q, a in QA
+    ]
+    return [{**r, "kto_tag": i % 2 == 0} for i, r in enumerate(rows)] if shape == TAGGED else rows
+
+
+SUPERVISED = [name for name, stage in STAGES.items() if isinstance(stage, SupervisedStage)]
+
+
+def _move_away_from_reference(model: torch.nn.Module, tokenizer) -> None:
+    """A few SGD steps of language modelling on the test's text, so that rewards against the reference and
+    KTO's KL estimate (clamped at 0) are not zero."""
+    from rayft_core.train.losses import compute_causal_lm_loss
+
+    ids = tokenizer([f"{q} {a}" for q, a in QA], padding=True, return_tensors="pt")
+    batch = {"input_ids": ids["input_ids"], "attention_mask": ids["attention_mask"]}
+    batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(3):
+        compute_causal_lm_loss(getattr(model, "lm", model), batch)[0].backward()  # rm: the LM under its value head
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+@pytest.mark.parametrize("name", SUPERVISED)
+def test_padding_rows_count_for_nothing(name, tiny_model, tokenizer):
+    """The rows that fill an epoch's last step (and a streamed bad row, masked the same way) change neither the
+    summed loss nor a metric, and the units the loop divides by are the count the objective reports."""
+    stage = STAGES[name]
+    run = run_config(tiny_model("llama"), [{"path": "x.jsonl"}], "out", "x", stage=name, tuning={"method": "full"})
+    model = stage.build_model(run, tokenizer).eval()
+    objective = stage.objective(run, tokenizer, torch.device("cpu"), {})
+    _move_away_from_reference(model, tokenizer)
+    examples = stage.encode_rows(_aligned_rows(section(name).data), tokenizer, run)
+    del examples["row_of_example"]
+    pad = tokenizer.pad_token_id
+    padded = {c: list(v) + [padding_value(c, pad)] * 3 for c, v in examples.items()}
+    with torch.no_grad():
+        loss, metrics = objective(model, stage.collate(examples, pad))
+        padded_loss, padded_metrics = objective(model, stage.collate(padded, pad))
+    n = len(examples[stage.columns[0]])
+    assert stage.real_rows(padded) == [True] * n + [False] * 3
+    assert stage.loss_units(padded) == stage.loss_units(examples) == metrics["loss"][1] > 0
+    assert padded_loss.item() == pytest.approx(loss.item(), rel=1e-4)
+    assert padded_metrics.keys() == metrics.keys()
+    assert all(total != 0 for total, _ in metrics.values())  # every metric measured something
+    for key, (total, count) in metrics.items():
+        assert padded_metrics[key] == pytest.approx((total, count), rel=1e-4, abs=1e-6), key

@@ -14,15 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from rayft_core.train.losses import sequence_logps
-from rayft_core.train.preference import (
-    PairStage,
-    Reference,
-    halves,
-    masked_mean,
-    pair_metrics,
-    reference_problems,
-    valid_pairs,
-)
+from rayft_core.train.preference import PairStage, Reference, halves, pair_metrics, reference_problems, valid_pairs
 
 
 @dataclass(frozen=True)
@@ -86,7 +78,7 @@ class DirectPreference(PairStage):
             )
             if cfg.ftx:  # DPO-ftx: SFT on the chosen answer (its mean token negative log-likelihood)
                 losses = losses - cfg.ftx * halves(mean)[0]
-            return masked_mean(losses, valid), pair_metrics(losses, valid, chosen_rewards, rejected_rewards, pc, pr)
+            return (losses * valid).sum(), pair_metrics(losses, valid, chosen_rewards, rejected_rewards, pc, pr)
 
         return step
 

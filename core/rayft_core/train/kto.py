@@ -14,13 +14,7 @@ import torch
 from rayft_core.config import RunConfig
 from rayft_core.data.collate import pad_batch
 from rayft_core.train.losses import sequence_logps
-from rayft_core.train.preference import (
-    Reference,
-    encode_conversations,
-    masked_mean,
-    reference_problems,
-    without_dropout,
-)
+from rayft_core.train.preference import Reference, encode_conversations, reference_problems, without_dropout
 from rayft_core.train.stage import SupervisedStage
 
 
@@ -65,6 +59,10 @@ class Feedback(SupervisedStage):
     def prepare_model(self, model, run):
         return without_dropout(model)
 
+    def loss_units(self, examples: dict[str, Any]) -> int:
+        """The loss is a mean over answers."""
+        return sum(self.real_rows(examples))
+
     def collate(self, examples: dict[str, Any], pad_token_id: int) -> dict[str, torch.Tensor]:
         batch = pad_batch(examples, pad_token_id)
         kl = pad_batch({"input_ids": examples["kl_input_ids"], "labels": examples["kl_labels"]}, pad_token_id)
@@ -83,13 +81,13 @@ class Feedback(SupervisedStage):
             mismatched = {k: batch[f"kl_{k}"] for k in ("input_ids", "attention_mask", "labels")}
             sums, counts = sequence_logps(model, answers)
             with torch.no_grad():
-                kl_sums, _ = sequence_logps(model, mismatched)
+                kl_sums, kl_counts = sequence_logps(model, mismatched)
                 kl = (kl_sums - reference.logps(model, mismatched)).sum()
-                kl_n = torch.tensor(float(kl_sums.numel()), device=kl.device)
+                kl_n = (kl_counts > 0).sum().float()  # padding rows and masked bad rows have no labels: no estimate
                 both = torch.stack([kl, kl_n])
                 if torch.distributed.is_initialized():
                     torch.distributed.all_reduce(both)
-                kl = (both[0] / both[1]).clamp(min=0)
+                kl = (both[0] / both[1].clamp(min=1)).clamp(min=0)
             ref_sums = reference.logps(model, answers)
             desirable = batch["kto_tag"]
             valid = (counts > 0).float()
@@ -107,7 +105,7 @@ class Feedback(SupervisedStage):
                 "logps/rejected": (float((sums.detach() * bad).sum()), float(bad.sum())),
                 "kl": (float(kl), 1.0),
             }
-            return masked_mean(losses, valid), metrics
+            return (losses * valid).sum(), metrics
 
         return step
 

@@ -1,6 +1,8 @@
 """The supervised loop (stages pt, sft, rm, dpo, kto, orpo, simpo): each micro-batch becomes a loss, DeepSpeed
-steps at every gradient-accumulation boundary, evaluation runs on its cadence. Everything else (setup, logging,
-checkpoints, resume, saving) is the worker session's (rayft_core.train.session).
+steps at every gradient-accumulation boundary, evaluation runs on its cadence. An optimizer step's loss is the
+mean over the units of all its micro-batches on all workers (see rayft_core.train.stage), as HF Trainer's
+num_items_in_batch with average_tokens_across_devices: a padded micro-batch weighs its rows as a full one would.
+Everything else (setup, logging, checkpoints, resume, saving) is the worker session's (rayft_core.train.session).
 
 It knows nothing of Ray: the cluster layer hands it an iterator of batches per epoch and a ``report``
 function, so the same loop runs under Ray Train or in a plain process.
@@ -8,7 +10,7 @@ function, so the same loop runs under Ray Train or in a plain process.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,19 +51,24 @@ def train_worker(
     input_columns = [c for c in sequence_columns(stage.columns) if c.endswith("input_ids")]
     with session:
         window = MetricWindow()
-        for examples in session.batches(epoch_batches):
-            batch = {k: v.to(device) for k, v in stage.collate(examples, pad).items()}
-            tokens = sum(len(x) for c in input_columns for x in examples[c])
-            boundary = engine.is_gradient_accumulation_boundary()
-            logs = boundary and session.logs_at(session.step + 1)
-            loss, step_metrics = objective(engine.module, batch)
-            engine.backward(loss)
-            norm = grad_norm_before_step(engine, session.model) if logs else None  # reduced, not yet clipped
-            engine.step()
-            window.add(step_metrics, tokens, len(examples[stage.columns[0]]))
-            session.tokens += tokens
+        for step in _optimizer_steps(session.batches(epoch_batches), run.train.gradient_accumulation_steps):
+            units = _step_units(stage, step, device)
+            for examples in step:
+                batch = {k: v.to(device) for k, v in stage.collate(examples, pad).items()}
+                real = stage.real_rows(examples)
+                tokens = sum(len(x) for c in input_columns for x, r in zip(examples[c], real) if r)
+                boundary = engine.is_gradient_accumulation_boundary()
+                logs = boundary and session.logs_at(session.step + 1)
+                loss, step_metrics = objective(engine.module, batch)
+                # The step's loss: its summed loss over the units of all its micro-batches on all workers.
+                # DeepSpeed averages gradients over the workers; it does not scale by accumulation here.
+                engine.backward(loss * (world_size / units), scale_wrt_gas=False)
+                norm = grad_norm_before_step(engine, session.model) if logs else None  # reduced, not yet clipped
+                engine.step()
+                window.add(step_metrics, tokens, sum(real))
+                session.tokens += tokens
             if not boundary:
-                continue
+                continue  # a stream's last, short step
             metrics: dict[str, Any] = {}
             if logs:
                 metrics = {**window.reduce(device, "train/"), "train/grad_norm": reported_grad_norm(engine, norm)}
@@ -70,6 +77,27 @@ def train_worker(
                 metrics.update(evaluate(engine, stage, objective, eval_batches, pad, device))
             session.end_step(metrics)
     session.finish()
+
+
+def _optimizer_steps(batches: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    """Micro-batches grouped by optimizer step (gradient_accumulation_steps of them), read before the step
+    trains so that its units are known before the first backward pass."""
+    step: list[dict[str, Any]] = []
+    for batch in batches:
+        step.append(batch)
+        if len(step) == size:
+            yield step
+            step = []
+    if step:
+        yield step
+
+
+def _step_units(stage: SupervisedStage, step: list[dict[str, Any]], device: torch.device) -> float:
+    """The units (Stage.loss_units) of one optimizer step on all workers: its loss is their mean."""
+    units = torch.tensor(float(sum(stage.loss_units(examples) for examples in step)), device=device)
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(units)
+    return max(units.item(), 1.0)  # no unit at all (every row masked): a zero loss, still backpropagated
 
 
 def _evaluates_at(run: RunConfig, plan: TrainPlan, step: int) -> bool:

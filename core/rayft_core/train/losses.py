@@ -130,6 +130,13 @@ def _labelled(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
 
 def compute_causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Mean next-token cross-entropy over labelled positions, and their count."""
+    total, n = causal_lm_loss_sum(model, batch)
+    return (total / n if n else total), n
+
+
+def causal_lm_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over labelled positions, and their count (0: a graph of zeros, so every
+    rank still runs backward)."""
     base, hidden = decoder_hidden(model, batch)
     head = base.get_output_embeddings()
     hidden, targets, _ = _labelled(hidden, batch["labels"])
@@ -141,7 +148,7 @@ def compute_causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> 
     if fused:
         with _gathered(head.weight):  # a collective under ZeRO-3 too: every rank, even one with nothing to learn
             if n:
-                return _LinearCrossEntropy.apply(hidden, head.weight, targets, softcap) / n, n
+                return _LinearCrossEntropy.apply(hidden, head.weight, targets, softcap), n
     if n == 0 and chunks == 0:  # nothing to learn in this micro-batch; keep the graph so every rank runs backward
         return hidden.sum() * 0.0 + sum(p.sum() * 0.0 for p in head.parameters()), 0
     total = hidden.sum() * 0.0  # in the graph even when this rank's chunks are all empty
@@ -151,15 +158,15 @@ def compute_causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> 
             total = total + checkpoint(_chunk_ce_sum, h, t, head, softcap, use_reentrant=False)
         else:
             total = total + _chunk_ce_sum(h, t, head, softcap)
-    return (total / n if n else total), n
+    return total, n
 
 
 def lm_objective(
     model: nn.Module, batch: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, dict[str, tuple[float, float]]]:
-    """The objective of pt and sft: the causal LM loss, reported token-weighted."""
-    loss, n = compute_causal_lm_loss(model, batch)
-    return loss, {"loss": (loss.item() * n, n)}
+    """The objective of pt and sft: the causal LM loss summed over labelled tokens, reported token-weighted."""
+    total, n = causal_lm_loss_sum(model, batch)
+    return total, {"loss": (total.item(), n)}
 
 
 class _LinearLogProb(torch.autograd.Function):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from rayft_core.train.losses import sequence_logps
-from rayft_core.train.preference import PairStage, halves, masked_mean, pair_metrics, valid_pairs
+from rayft_core.train.preference import PairStage, halves, pair_metrics, valid_pairs
 
 
 def log_odds(mean_logps: torch.Tensor) -> torch.Tensor:
@@ -34,7 +34,7 @@ class OddsRatioPreference(PairStage):
             pc, pr = halves(sums / counts.clamp(min=1))
             valid = valid_pairs(counts)
             losses, chosen_rewards, rejected_rewards = orpo_loss(pc, pr, beta)
-            return masked_mean(losses, valid), pair_metrics(losses, valid, chosen_rewards, rejected_rewards, pc, pr)
+            return (losses * valid).sum(), pair_metrics(losses, valid, chosen_rewards, rejected_rewards, pc, pr)
 
         return step
 

@@ -50,6 +50,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"tokens         {summary['tokens']:,} in {summary['train_seconds']:.1f} s: {summary['tokens_per_s']:,.0f} tokens/s",
         f"peak memory    {', '.join(f'{p:.2f}' for p in peaks)} GB (per worker)",
     ]
+    if epoch := summary.get("epoch"):
+        padding = f", and {epoch['padding_rows']} masked padding rows" if epoch["padding_rows"] else ""
+        lines.insert(2, f"an epoch       {epoch['rows']:,} rows, {epoch['tokens']:,} tokens{padding}")
     if summary.get("stopped_early"):
         lines[0] += " (stopped early: see events.jsonl)"
     if summary.get("best_eval_loss") is not None:

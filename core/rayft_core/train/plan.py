@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 from rayft_core.config import RunConfig
+from rayft_core.data import IGNORE_INDEX
 from rayft_core.errors import UserInputError
 
 STREAM = 2**62  # "until max_steps": the plan of a stream whose length is unknown
@@ -24,21 +27,17 @@ class TrainPlan:
 
     @classmethod
     def from_rows(cls, run: RunConfig, num_rows: int | None) -> TrainPlan:
-        """Supervised stages. num_rows None: a stream of unknown length, trained for train.max_steps (each
-        worker's stream restarts as a new epoch if it ends first)."""
+        """Supervised stages: ceil(rows / global batch) steps an epoch, every row trained once an epoch (the
+        cluster layer fills the last step with masked padding rows, see ``padding_rows``). num_rows None: a
+        stream of unknown length, trained for train.max_steps (each worker's stream restarts as a new epoch
+        if it ends first)."""
         t = run.train
         if num_rows is None:
             return cls(micro_batches_per_epoch=STREAM, num_epochs=STREAM, total_steps=t.max_steps)
-        per_worker = num_rows // run.cluster.num_workers
-        micro = per_worker // t.micro_batch_size
-        steps_per_epoch = micro // t.gradient_accumulation_steps
-        if steps_per_epoch == 0:
-            raise UserInputError(
-                f"{num_rows} training rows are fewer than one optimizer step needs "
-                f"({run.global_batch_size} = micro_batch_size x gradient_accumulation_steps x "
-                "num_workers); lower those or add data"
-            )
-        total = t.max_steps or max(1, int(steps_per_epoch * t.num_epochs))
+        if num_rows <= 0:
+            raise UserInputError("the training data holds no rows")
+        steps_per_epoch = -(-num_rows // run.global_batch_size)
+        total = t.max_steps or max(1, math.ceil(steps_per_epoch * t.num_epochs))  # as HF Trainer
         return cls(
             micro_batches_per_epoch=steps_per_epoch * t.gradient_accumulation_steps,
             num_epochs=-(-total // steps_per_epoch),
@@ -64,6 +63,29 @@ def prompts_per_worker(run: RunConfig) -> int:
     """RL stages: each worker's prompts per iteration, its rollout batch (micro_batch_size x
     gradient_accumulation_steps responses, one optimizer step per ppo epoch) over the responses per prompt."""
     return run.train.micro_batch_size * run.train.gradient_accumulation_steps // run.stage.responses_per_prompt
+
+
+def padding_rows(num_rows: int, multiple: int) -> int:
+    """Masked rows to add to ``num_rows`` for a multiple of ``multiple``: the global batch for training data,
+    the number of workers for evaluation data. Ray splits a dataset among the workers in equal shares and
+    drops a remainder; a padded one has none, and every worker's last batch of an epoch is full. A padding
+    row is one pad token without a label: no loss, no gradient, no token counted."""
+    return -num_rows % multiple
+
+
+def padding_value(column: str, pad_token_id: int) -> Any:
+    """A padding row's value in a column of tokenized rows (rayft_core.data.encode): one pad token, no label."""
+    if column.endswith("input_ids"):
+        return [pad_token_id]
+    if column.endswith("labels"):
+        return [IGNORE_INDEX]
+    if column == "position_ids":
+        return [0]
+    if column in ("num_tokens", "num_examples"):
+        return 0
+    if column == "kto_tag":
+        return False
+    raise ValueError(f"no padding value for the column {column!r} of tokenized rows")
 
 
 def batch_size_per_worker(run: RunConfig) -> int:

@@ -40,6 +40,10 @@ class PairStage(SupervisedStage):
     def prepare_model(self, model: torch.nn.Module, run: RunConfig) -> torch.nn.Module:
         return without_dropout(model)
 
+    def loss_units(self, examples: dict[str, Any]) -> int:
+        """The loss is a mean over pairs."""
+        return sum(self.real_rows(examples))
+
     def encode_rows(self, rows: list[dict], tokenizer: Any, run: RunConfig) -> dict[str, list]:
         both = encode_conversations(
             rows + rows, [r["chosen"] for r in rows] + [r["rejected"] for r in rows], tokenizer, run
@@ -110,11 +114,6 @@ def pair_metrics(
     if chosen_logps is not None:
         metrics.update({"logps/chosen": total(chosen_logps), "logps/rejected": total(rejected_logps)})
     return metrics
-
-
-def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean over valid rows (a streamed bad row is masked to a row without labels and counts for nothing)."""
-    return (x * valid).sum() / valid.sum().clamp(min=1)
 
 
 def reference_problems(run: RunConfig) -> list[str]:

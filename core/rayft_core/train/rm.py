@@ -11,7 +11,7 @@ from torch import nn
 from rayft_core.config import RunConfig
 from rayft_core.data import IGNORE_INDEX
 from rayft_core.model.value_head import ValueHeadModel, hidden_size_of
-from rayft_core.train.preference import PairStage, halves, masked_mean, pair_metrics, valid_pairs, without_dropout
+from rayft_core.train.preference import PairStage, halves, pair_metrics, valid_pairs, without_dropout
 
 
 def pairwise_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> torch.Tensor:
@@ -45,7 +45,7 @@ class RewardModelling(PairStage):
             (sc, sr) = halves(scores)
             valid = valid_pairs((batch["labels"] != IGNORE_INDEX).sum(-1))
             losses = pairwise_loss(sc, sr)
-            return masked_mean(losses, valid), pair_metrics(losses, valid, sc.detach(), sr.detach())
+            return (losses * valid).sum(), pair_metrics(losses, valid, sc.detach(), sr.detach())
 
         return step
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from rayft_core.train.losses import sequence_logps
-from rayft_core.train.preference import PairStage, halves, masked_mean, pair_metrics, valid_pairs
+from rayft_core.train.preference import PairStage, halves, pair_metrics, valid_pairs
 
 
 def simpo_loss(
@@ -34,7 +34,7 @@ class SimplePreference(PairStage):
             losses, chosen_rewards, rejected_rewards = simpo_loss(pc, pr, cfg.beta, cfg.gamma, cfg.label_smoothing)
             if cfg.ftx:
                 losses = losses - cfg.ftx * halves(mean)[0]
-            return masked_mean(losses, valid), pair_metrics(losses, valid, chosen_rewards, rejected_rewards, pc, pr)
+            return (losses * valid).sum(), pair_metrics(losses, valid, chosen_rewards, rejected_rewards, pc, pr)
 
         return step
 

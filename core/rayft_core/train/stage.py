@@ -3,6 +3,10 @@ columns, the model it trains, what the driver checks first, and (supervised stag
 batch and the loss with its metrics. Its traits (data shape, packing, which loop) are on its config section
 (rayft_core.stage_config); the table of stages is rayft_core.train.stages.
 
+An objective returns the batch's loss summed over its units (Stage.loss_units: labelled tokens, or pairs, or
+answers); the loop divides each optimizer step's sum by the units of all its micro-batches on all workers, so
+every unit weighs the same whichever micro-batch it is in, and a masked padding row weighs nothing.
+
 Metrics are (sum, count) pairs per name, summed over micro-batches and workers before they are
 reported as sum / count: a token-weighted loss, a pair-weighted reward, a count of desirable answers.
 Every call returns every name (count 0 where a batch has none), so workers reduce the same tensor.
@@ -14,17 +18,19 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from rayft_core.config import RunConfig
+from rayft_core.data import IGNORE_INDEX
 from rayft_core.data.collate import pad_batch
 
 if TYPE_CHECKING:
     from rayft_core.model.loader import ModelFacts
 
 Metrics = dict[str, tuple[float, float]]  # name -> (sum, count)
-Objective = Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, Metrics]]
+Objective = Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, Metrics]]  # (summed loss, metrics)
 
 
 class Stage(ABC):
@@ -43,6 +49,17 @@ class Stage(ABC):
     def scheduler_steps(self, run: RunConfig, plan_steps: int) -> int:
         """Optimizer steps in a plan of ``plan_steps`` steps (the learning-rate schedule's length)."""
         return plan_steps
+
+    def real_rows(self, examples: dict[str, Any]) -> list[bool]:
+        """Which rows of a batch are data: those with a label past the first token in every labels column (every
+        tokenized row has one). A padding row (rayft_core.train.plan.padding_rows) and a masked bad row of a
+        stream have none: they take part in the forward pass and count for nothing."""
+        label_columns = [c for c in self.columns if c.endswith("labels")]
+        return [all(_has_label(examples[c][i]) for c in label_columns) for i in range(len(examples[self.columns[0]]))]
+
+    def loss_units(self, examples: dict[str, Any]) -> int:
+        """What the loss averages over in a batch: here its labelled tokens (those that predict a label)."""
+        return sum(int(np.count_nonzero(np.asarray(y)[1:] != IGNORE_INDEX)) for y in examples["labels"])
 
     def check(self, run: RunConfig, model: ModelFacts) -> list[str]:
         """On the driver, before anything starts: what the stage needs of the models and files, each problem
@@ -68,7 +85,12 @@ class SupervisedStage(Stage):
 
     @abstractmethod
     def objective(self, run: RunConfig, tokenizer: Any, device: torch.device, ds_config: dict[str, Any]) -> Objective:
-        """The loss and metrics of one batch, built once per worker (a reference model is loaded here)."""
+        """The summed loss (over loss_units) and metrics of one batch, built once per worker (a reference model
+        is loaded here)."""
+
+
+def _has_label(labels: Any) -> bool:
+    return bool(np.any(np.asarray(labels)[1:] != IGNORE_INDEX))
 
 
 def sequence_columns(columns: tuple[str, ...]) -> list[str]:

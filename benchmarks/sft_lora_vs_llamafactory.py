@@ -6,7 +6,8 @@ Both: a 19.5M-parameter Llama (hidden 64, 2 layers, untied head, random init) sa
 tokenizer files (vocab 151,665); alpaca_en_demo (999 rows); LoRA r=8 alpha=16 dropout 0 on all linear
 layers but the head; cutoff 512; batch 8 per worker; 1 epoch; lr 1e-4 cosine; fp32. rayft renders with the
 tokenizer's Qwen2.5 chat template, LLaMA-Factory with `template: qwen` (same text and default system).
-LLaMA-Factory keeps its default gradient checkpointing (rayft's is off); rayft drops the last partial batch.
+LLaMA-Factory keeps its default gradient checkpointing (rayft's is off); both train every row (rayft pads the
+last step of an epoch with masked rows).
 
 Each command is measured as a whole process, start to exit: wall time; peak RSS and PSS of its process
 tree (psutil sums RSS every 0.5 s and PSS every 2 s over the process, its descendants and every process of

@@ -199,7 +199,10 @@ def _epoch_summary(run: RunConfig, data: RunData) -> dict[str, Any]:
     these (unless it stops early or max_steps ends it inside an epoch)."""
     if data.train_rows is None or run.stage.loop != "supervised":
         return {}
-    rows, tokens = data.train_rows, int(data.train.sum("num_tokens"))
+    rows = data.train_rows
+    # summed here, not with Dataset.sum: its shuffle tasks cannot be placed inside a sweep trial's placement group
+    batches = data.train.select_columns(["num_tokens"]).iter_batches(batch_format="numpy", batch_size=None)
+    tokens = sum(int(b["num_tokens"].sum()) for b in batches)
     return {"epoch": {"rows": rows, "tokens": tokens, "padding_rows": padding_rows(rows, run.global_batch_size)}}
 
 

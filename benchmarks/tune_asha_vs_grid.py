@@ -69,7 +69,7 @@ def run_sweep(base: dict, scheduler: str) -> dict:
     started = time.perf_counter()
     result = sweep(raw, config)
     wall = time.perf_counter() - started
-    cpus = raw["cluster"]["num_workers"]  # one CPU per worker (cluster.cpus_per_worker defaults to 1)
+    cpus = raw["cluster"]["num_workers"]  # one CPU per worker (a sweep's trials under cluster.cpus_per_worker: auto)
     return {
         "wall_s": wall,
         "trials": len(result.rows),

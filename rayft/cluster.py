@@ -10,6 +10,7 @@ import sys
 import ray
 import ray.data
 
+from rayft_core.config import RunConfig
 from rayft_core.errors import UserInputError
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,44 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
             f"RAY_ADDRESS={address}: no Ray cluster answers there ({e}); check the address and that "
             "the head node is up (`ray status` on it), or unset RAY_ADDRESS to start a local cluster"
         ) from None
+
+
+def resolve_worker_cpus(run: RunConfig) -> RunConfig:
+    """``run`` with cluster.cpus_per_worker auto made a number (see auto_worker_cpus), from the nodes' CPUs less
+    those in use now (a Serve app, another run) and those that run beside the workers while they train: a
+    stream's tokenizing tasks (one CPU) and RL's rollout engines."""
+    if run.cluster.cpus_per_worker != "auto":
+        return run
+    reserved = 1.0 if run.data.streaming else 0.0
+    if run.stage.loop == "rl":
+        reserved += run.stage.rollout.num_engines * run.stage.rollout.cpus_per_engine
+    in_use = ray.cluster_resources().get("CPU", 0) - ray.available_resources().get("CPU", 0)
+    nodes = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]]
+    resolved = run.model_copy(deep=True)
+    resolved.cluster.cpus_per_worker = auto_worker_cpus(nodes, reserved + max(in_use, 0), run.cluster.num_workers)
+    return resolved
+
+
+def auto_worker_cpus(node_cpus: list[float], reserved: float, workers: int) -> int:
+    """The most whole CPUs per worker such that ``workers`` of them fit on the nodes (``node_cpus``: each node's
+    CPUs) once ``reserved`` CPUs are taken from the largest; at least 1 (a cluster too small for even that is
+    refused by the resource check that follows)."""
+    free = sorted(node_cpus, reverse=True) or [0.0]
+    free[0] -= reserved
+    fits = [c for c in range(1, int(max(free)) + 1) if sum(int(f // c) for f in free if f > 0) >= workers]
+    return max(fits, default=1)
+
+
+def worker_threads(cpus: float, workers_on_node: int) -> int:
+    """A worker's torch threads: its CPUs, but no more than its share of the machine's cores (an embedded local
+    cluster declares more logical CPUs than a small machine has cores, and threads beyond them only contend)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(int(cpus), cores // max(workers_on_node, 1)))
+
+
+def is_local() -> bool:
+    """The embedded local cluster (no RAY_ADDRESS): every worker runs on this machine."""
+    return not os.environ.get("RAY_ADDRESS")
 
 
 def tokenize_concurrency() -> int | None:

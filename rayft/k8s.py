@@ -27,6 +27,9 @@ from rayft_core.serve_config import ServeConfig
 KINDS = ("job", "tune", "service", "cluster")
 CHART_ENV = "RAYFT_CHART_DIR"
 INSTALL_HINT = "pip install 'rayft[k8s]'"
+# A worker pod's CPUs (and the worker's threads) where cluster.cpus_per_worker is auto: a pod needs a number before
+# any node exists; give cpus_per_worker for another size.
+AUTO_POD_CPUS = 4
 
 
 class K8sError(UserInputError):
@@ -111,7 +114,7 @@ def _run_values(run: RunConfig, text: str, kind: str) -> dict[str, Any]:
         "replicas": c.num_workers,
         "minReplicas": c.num_workers,
         "maxReplicas": c.num_workers * trials,
-        "cpu": math.ceil(c.cpus_per_worker) + 1,
+        "cpu": (AUTO_POD_CPUS if c.cpus_per_worker == "auto" else math.ceil(c.cpus_per_worker)) + 1,
     }
     if c.use_gpu is True:
         group["gpu"] = 1

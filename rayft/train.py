@@ -21,7 +21,7 @@ from ray.train.v2.api.callback import UserCallback
 
 from rayft import rlhf
 from rayft.checks import OVERWRITE_FLAG, check_cluster, check_config
-from rayft.cluster import connect
+from rayft.cluster import connect, is_local, resolve_worker_cpus, worker_threads
 from rayft.data import RunData, build_run_data
 from rayft_core import ownership, storage
 from rayft_core.config import RunConfig, dump_config
@@ -35,11 +35,13 @@ logger = logging.getLogger(__name__)
 
 def _train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs in every Ray Train worker: the engine's loop fed by this worker's shards."""
+    import torch
     import transformers
 
     transformers.logging.disable_progress_bar()
     run = RunConfig.model_validate(config["run"])
     ctx = ray.train.get_context()
+    torch.set_num_threads(worker_threads(run.cluster.cpus_per_worker, ctx.get_local_world_size()))
     shards = _Shards(run, config["has_eval"])
     rank = ctx.get_world_rank()
     common = dict(rank=rank, world_size=ctx.get_world_size(), node=ray.get_runtime_context().get_node_id())
@@ -145,6 +147,8 @@ def train(
     model = ModelFacts(run)
     check_config(run, resume=resume, model=model)  # before Ray starts: a bad run costs no cluster
     connect()
+    config_text = dump_config(run)  # as the user wrote it (cpus_per_worker: auto stays auto for the next cluster)
+    run = resolve_worker_cpus(run)
     resources = ray.cluster_resources()
     use_gpu = resources.get("GPU", 0) > 0 if run.cluster.use_gpu == "auto" else bool(run.cluster.use_gpu)
     check_cluster(run, resources, use_gpu)
@@ -164,11 +168,13 @@ def train(
     out = run.output.dir
     if not resume:  # only now: a run that fails its checks replaces nothing (an earlier run of rayft's, at most)
         ownership.claim(out, ownership.RUN, run.output.overwrite, OVERWRITE_FLAG)
-    storage.write_text(storage.join(out, CONFIG_FILE), dump_config(run))  # first: `--resume` compares against it
+    storage.write_text(storage.join(out, CONFIG_FILE), config_text)  # first: `--resume` compares against it
 
     with driver.start() as rollouts:
         result = _fit(run, data, plan, use_gpu, callbacks, progress, rollouts)
-    summary = _finish_summary(run, result, {**epoch, **driver.summary()})
+    summary = _finish_summary(
+        run, result, {**epoch, "cpus_per_worker": run.cluster.cpus_per_worker, **driver.summary()}
+    )
     if summary:
         logger.info("run %s finished:\n%s", run.output.name, format_summary(summary))
     return out if storage.is_uri(out) else Path(out)
@@ -176,7 +182,12 @@ def train(
 
 def _describe(run: RunConfig, plan: TrainPlan, rows: int | None) -> str:
     """The plan line: steps, epochs, and what the last step of an epoch holds."""
-    line = f"{plan.total_steps} steps over {plan.num_epochs} epoch(s), global batch {run.global_batch_size}"
+    cpus = run.cluster.cpus_per_worker
+    threads = worker_threads(cpus, run.cluster.num_workers) if is_local() else int(cpus)
+    line = (
+        f"{plan.total_steps} steps over {plan.num_epochs} epoch(s), global batch {run.global_batch_size}, "
+        f"{_count(cpus, 'CPU')} and {_count(threads, 'torch thread')} per worker"
+    )
     if rows is None:
         return line + " (streamed: epochs end where the stream does)"
     if run.stage.loop == "rl":
@@ -190,7 +201,7 @@ def _describe(run: RunConfig, plan: TrainPlan, rows: int | None) -> str:
     padding = padding_rows(rows, run.global_batch_size)
     if padding:
         last = run.global_batch_size - padding
-        line += f"; the last step of each epoch holds {last} rows and {padding} masked padding rows"
+        line += f"; the last step of each epoch holds {_count(last, 'row')} and {_count(padding, 'masked padding row')}"
     return line
 
 
@@ -204,6 +215,10 @@ def _epoch_summary(run: RunConfig, data: RunData) -> dict[str, Any]:
     batches = data.train.select_columns(["num_tokens"]).iter_batches(batch_format="numpy", batch_size=None)
     tokens = sum(int(b["num_tokens"].sum()) for b in batches)
     return {"epoch": {"rows": rows, "tokens": tokens, "padding_rows": padding_rows(rows, run.global_batch_size)}}
+
+
+def _count(n: float, noun: str) -> str:
+    return f"{n:g} {noun}{'' if n == 1 else 's'}"
 
 
 def _padded(data: RunData, run: RunConfig, pad_token_id: int) -> RunData:

@@ -104,6 +104,18 @@ def _distribution(kind: str, values: list[Any], as_grid: bool) -> Any:
     return tune.uniform(*values) if kind == "uniform" else tune.loguniform(*values)
 
 
+def _trial_worker_cpus(run: RunConfig, sweep: SweepConfig, resources: dict[str, float]) -> float:
+    """cluster.cpus_per_worker of every trial. auto: one CPU, so that as many trials run at once as the cluster
+    holds; with tune.max_concurrent_trials, those trials' share of the CPUs (one each kept for Ray Data)."""
+    c = run.cluster
+    if c.cpus_per_worker != "auto":
+        return c.cpus_per_worker
+    trials = sweep.max_concurrent_trials
+    if not trials:
+        return 1
+    return max(1, int((resources.get("CPU", 0) - trials) // (trials * c.num_workers)))
+
+
 def _concurrency(run: RunConfig, sweep: SweepConfig, resources: dict[str, float], use_gpu: bool) -> int:
     """Trials at once: as many whole worker groups as the cluster holds, one CPU each left for Ray Data."""
     if sweep.max_concurrent_trials:
@@ -134,6 +146,7 @@ def sweep(raw: dict, sweep_config: SweepConfig, resume: bool = False) -> SweepRe
     connect()
     resources = ray.cluster_resources()
     use_gpu = resources.get("GPU", 0) > 0 if run.cluster.use_gpu == "auto" else bool(run.cluster.use_gpu)
+    run.cluster.cpus_per_worker = base["cluster"]["cpus_per_worker"] = _trial_worker_cpus(run, sweep_config, resources)
     check_cluster(run, resources, use_gpu)
     if not resume:
         _start(run, sweep_config, base, directory)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, field_validator
@@ -147,7 +147,11 @@ class DeepSpeedConfig(Section):
 class ClusterConfig(Section):
     num_workers: int = Field(1, ge=1, description="Ray Train workers (one process each, one GPU each when use_gpu).")
     use_gpu: bool | Literal["auto"] = Field("auto", description="auto: use GPUs when the cluster has any.")
-    cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per worker.")
+    cpus_per_worker: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        "auto",
+        description="CPUs reserved per worker, and its torch threads. auto: the nodes' free CPUs shared among the "
+        "workers, less what runs beside them while they train (a stream's tokenizing, RL's rollout engines).",
+    )
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="How workers are placed on nodes."
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from rayft.cluster import worker_threads
 from rayft_core.train.outputs import read_metrics
 from tests.helpers import run_config
 
@@ -59,8 +60,10 @@ def test_the_same_rows_train_the_same_on_one_worker_and_two(tiny_model, workdir,
             assert b[key] == pytest.approx(a[key], rel=1e-4), (key, a, b)
     assert one_summary["epoch"] == {**two_summary["epoch"], "padding_rows": 0}
     assert two_summary["epoch"]["rows"] == TRAIN_ROWS and two_summary["epoch"]["padding_rows"] == 1
-    for summary in (one_summary, two_summary):
+    for summary, workers in ((one_summary, 1), (two_summary, 2)):
         assert summary["tokens"] == 2 * summary["epoch"]["tokens"] > 0
+        # cluster.cpus_per_worker auto: the test cluster's 4 logical CPUs shared, torch threads capped at the cores
+        assert summary["threads_per_worker"] == [worker_threads(summary["cpus_per_worker"], workers)] * workers
 
 
 # The other shapes of data, each on 2 workers with a remainder: packed documents, pairs and tagged answers

@@ -9,6 +9,7 @@ cluster tests (checkpoints, streaming, storage) and full weights under it in the
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,17 @@ def test_galore_zero0_one_worker(tiny_model, workdir, alpaca_file):
     assert _loss(AutoModelForCausalLM.from_pretrained(out), batch) < _loss(
         AutoModelForCausalLM.from_pretrained(tiny_model("llama")), batch
     )
+
+
+def test_auto_cpus_per_worker_fill_the_nodes_and_threads_stay_within_the_cores():
+    from rayft.cluster import auto_worker_cpus, worker_threads
+
+    assert auto_worker_cpus([4], reserved=0, workers=1) == 4
+    assert auto_worker_cpus([4], reserved=0, workers=2) == 2
+    assert auto_worker_cpus([4], reserved=1, workers=1) == 3  # a stream's tokenizing keeps a CPU
+    assert auto_worker_cpus([8, 8], reserved=0, workers=3) == 4  # 5 CPUs each would fit only 2 workers
+    assert auto_worker_cpus([16, 4], reserved=2, workers=2) == 7  # the reserve comes off the largest node
+    assert auto_worker_cpus([2], reserved=0, workers=3) == 1  # too small: the resource check says so next
+    cores = len(os.sched_getaffinity(0))
+    assert worker_threads(64, 1) == cores and worker_threads(1, 1) == 1
+    assert worker_threads(64, cores) == 1 and worker_threads(64, 2 * cores) == 1

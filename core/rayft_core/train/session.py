@@ -208,7 +208,12 @@ class WorkerSession:
 
     def _summarize(self, seconds: float) -> None:
         """What this attempt trained, how fast; the node and peak memory of every worker."""
-        mine = {"node": self.node, "peak_memory_gb": round(peak_memory_gb(), 3), "tokens": self.tokens}
+        mine = {
+            "node": self.node,
+            "peak_memory_gb": round(peak_memory_gb(), 3),
+            "tokens": self.tokens,
+            "threads": torch.get_num_threads(),
+        }
         workers: list[Any] = [mine]
         if torch.distributed.is_initialized():
             workers = [None] * torch.distributed.get_world_size()
@@ -226,6 +231,7 @@ class WorkerSession:
                 "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
                 "peak_memory_gb_per_worker": [w["peak_memory_gb"] for w in workers],
                 "worker_nodes": [w["node"] for w in workers],
+                "threads_per_worker": [w["threads"] for w in workers],
                 "best_eval_loss": self.state.best_eval,
                 "stopped_early": self.stop is not None,
                 "output_dir": self.run.output.dir,

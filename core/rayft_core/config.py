@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 # The data section, in its own module like the stage, tuning and tune sections; its names stay importable from here.
 from rayft_core.data_config import DataConfig as DataConfig
@@ -134,8 +134,11 @@ class CheckpointConfig(Section):
 
 
 class DeepSpeedConfig(Section):
-    zero_stage: Literal[0, 1, 2, 3] = Field(
-        2, description="ZeRO stage: 0 = data parallel, 1 = optimizer, 2 = + gradients, 3 = + parameters sharded."
+    zero_stage: Literal[0, 1, 2, 3] | None = Field(
+        None,
+        description="ZeRO stage: 0 = data parallel, 1 = optimizer, 2 = + gradients, 3 = + parameters sharded. "
+        "Unset: 0 with one worker (nothing to shard across, and ZeRO's optimizer step costs time), 2 with several "
+        "or with offload_optimizer.",
     )
     offload_optimizer: bool = Field(False, description="Keep optimizer states in CPU memory (ZeRO >= 1, GPU runs).")
     offload_params: bool = Field(False, description="Keep parameters in CPU memory (ZeRO-3, GPU runs).")
@@ -238,6 +241,13 @@ class RunConfig(Section):
             if info.field_name == "tuning":
                 v = expand_alias(v)
         return v
+
+    @model_validator(mode="after")
+    def _zero_stage_for_the_workers(self) -> RunConfig:
+        ds = self.deepspeed
+        if ds.zero_stage is None:
+            ds.zero_stage = 2 if self.cluster.num_workers > 1 or ds.offload_optimizer else 0
+        return self
 
     def check_combinations(self) -> list[str]:
         """Problems between sections, each as 'path: what to change'."""

@@ -354,3 +354,9 @@ def test_real_process_prints_one_error_not_a_traceback(tmp_path):
     assert done.returncode == EXIT_BAD_INPUT, done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     assert f"error: {config}: invalid run config:\n  - {config}: not UTF-8 text" in done.stderr, done.stderr
+
+
+def test_demo_model_that_is_not_a_model_directory(tmp_path):
+    output = tmp_path / "demo"
+    _refused(_cli("demo", "--model", tmp_path, "--output", output), f"--model {tmp_path}", "no config.json")
+    assert not output.exists()  # refused before it claimed the output directory

@@ -51,7 +51,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"peak memory    {', '.join(f'{p:.2f}' for p in peaks)} GB (per worker)",
     ]
     if epoch := summary.get("epoch"):
-        padding = f", and {epoch['padding_rows']} masked padding rows" if epoch["padding_rows"] else ""
+        n = epoch["padding_rows"]
+        padding = f", and {n} masked padding row{'' if n == 1 else 's'}" if n else ""
         lines.insert(2, f"an epoch       {epoch['rows']:,} rows, {epoch['tokens']:,} tokens{padding}")
     if summary.get("stopped_early"):
         lines[0] += " (stopped early: see events.jsonl)"

@@ -162,7 +162,7 @@ def _check_resources(run: RunConfig, resources: dict[str, float], use_gpu: bool)
     cpus_needed = c.num_workers * c.cpus_per_worker
     if cpus_needed > resources.get("CPU", 0):
         problems.append(
-            f"cluster.num_workers: {c.num_workers} workers x {c.cpus_per_worker} CPUs need {cpus_needed:g} CPUs; "
+            f"cluster.num_workers: {c.num_workers} workers x {c.cpus_per_worker:g} CPUs need {cpus_needed:g} CPUs; "
             f"the cluster has {resources.get('CPU', 0):g}. Lower num_workers or cpus_per_worker, or add nodes"
         )
     if use_gpu and c.num_workers > resources.get("GPU", 0):

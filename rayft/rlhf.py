@@ -89,7 +89,7 @@ def _check_resources(run: RunConfig, resources: dict[str, float], use_gpu: bool)
     if cpus > resources.get("CPU", 0):
         raise UserInputError(
             f"stage.rollout.num_engines: {run.cluster.num_workers} learners x "
-            f"{run.cluster.cpus_per_worker} CPUs and {engines} engines x {st.rollout.cpus_per_engine} "
+            f"{run.cluster.cpus_per_worker:g} CPUs and {engines} engines x {st.rollout.cpus_per_engine} "
             f"CPUs need {cpus:g} CPUs; the cluster has {resources.get('CPU', 0):g}"
         )
     gpus = run.cluster.num_workers * int(use_gpu) + engines * engine_gpus(run, use_gpu)

@@ -127,6 +127,21 @@ def add_idle_arguments(ap: argparse.ArgumentParser, each: str = "run") -> None:
     ap.add_argument("--idle-load", type=float, default=0.5)
 
 
+SCRATCH_MARK = ".rayft-benchmark"  # in every directory a benchmark makes for its own files
+
+
+def fresh_dir(path: Path) -> Path:
+    """An empty directory at ``path`` for a benchmark's own files. What is already there is deleted only when a
+    benchmark made it (its marker file) or it is empty; a directory holding anything else is refused."""
+    if path.exists():
+        if not (path / SCRATCH_MARK).is_file() and any(path.iterdir()):
+            raise SystemExit(f"{path} holds files no benchmark wrote; move them, or change the path in the script")
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    (path / SCRATCH_MARK).write_text("made by a rayft benchmark: its next run deletes this directory\n")
+    return path
+
+
 def spawn(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
     """cmd in a session of its own (so all it starts can be found and ended), stdout and stderr as one text
     stream (text mode: tqdm's \\r ends a line too)."""

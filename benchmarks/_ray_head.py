@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -14,6 +13,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from _peer import fresh_dir
 
 BIN = Path(sys.executable).parent  # the venv's ray command
 
@@ -55,8 +56,7 @@ class Cluster:
         return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
 
     def start(self) -> float:
-        shutil.rmtree(self.dir, ignore_errors=True)
-        self.dir.mkdir(parents=True)
+        fresh_dir(self.dir)
         gcs, client, dash = _free_port(), _free_port(), _free_port()
         ports = {
             f"--{k}": _free_port()

@@ -55,7 +55,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -69,6 +68,7 @@ from _peer import (
     build_model,
     ensure_lf_venv,
     ensure_trl_venv,
+    fresh_dir,
     lf_trainer_results,
     measure,
     wait_idle,
@@ -162,8 +162,7 @@ TRL_SCRIPT = textwrap.dedent("""\
 
 def run_trl(model: Path, data: Path, steps: int, max_len: int, log_steps: int) -> dict:
     work = WORK / "trl"
-    shutil.rmtree(work, ignore_errors=True)
-    (work / "out").mkdir(parents=True)
+    (fresh_dir(work) / "out").mkdir()
     (work / "train_dpo.py").write_text(TRL_SCRIPT)
     args = [
         model,
@@ -202,8 +201,7 @@ def run_trl(model: Path, data: Path, steps: int, max_len: int, log_steps: int) -
 
 def run_llamafactory(model: Path, data: Path, steps: int, max_len: int, log_steps: int) -> dict:
     work = WORK / "lf"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    fresh_dir(work)
     cfg = {
         "model_name_or_path": str(model),
         "stage": "dpo",
@@ -263,8 +261,7 @@ def run_llamafactory(model: Path, data: Path, steps: int, max_len: int, log_step
 
 def run_rayft(model: Path, data: Path, steps: int, max_len: int, log_steps: int, workers: int) -> dict:
     work = WORK / f"rayft-w{workers}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    fresh_dir(work)
     steps = max(1, steps // workers)  # as many pairs as the 1-process runs
     cfg = {
         "model": {"name_or_path": str(model), "dtype": "float32"},
@@ -448,7 +445,7 @@ def main() -> None:
         return
     WORK.mkdir(parents=True, exist_ok=True)
     model, data = WORK / "model", WORK / "data"
-    shutil.rmtree(model, ignore_errors=True)
+    fresh_dir(model)
     params = build_model(model)
     info = write_data(args.max_len, data)
     if info["rows_kept"] < args.steps * BATCH:

@@ -55,6 +55,7 @@ from _peer import (
     add_idle_arguments,
     busy_cpu_s,
     ensure_lf_venv,
+    fresh_dir,
     offline_env,
     process_tree,
     sample_tree,
@@ -205,8 +206,7 @@ def measure(
 
 def run_llamafactory(model: Path, data_dir: Path, rows: int) -> dict:
     work = WORK / "lf"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    fresh_dir(work)
     out = work / "tokenized"
     cfg = {
         "model_name_or_path": str(model),
@@ -266,8 +266,7 @@ def _tqdm_elapsed(log: Path) -> dict[str, float]:
 
 def run_rayft(model: Path, data: Path, rows: int) -> dict:
     work = WORK / "rayft"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    fresh_dir(work)
     out = work / "prepared"
     cfg = {
         "model": {"name_or_path": str(model), "template": "qwen"},

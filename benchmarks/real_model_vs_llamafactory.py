@@ -24,11 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 from pathlib import Path
 
 import yaml
-from _peer import LF_VENV, add_idle_arguments, ensure_lf_venv, lf_trainer_results, measure, wait_idle
+from _peer import LF_VENV, add_idle_arguments, ensure_lf_venv, fresh_dir, lf_trainer_results, measure, wait_idle
 
 ROOT = Path(__file__).resolve().parents[1]
 RAYFT = ROOT / ".venv" / "bin" / "rayft"
@@ -142,8 +141,7 @@ def main() -> None:
         results = {}
         for tool, run in (("llamafactory", run_llamafactory), ("rayft", run_rayft)):
             work = WORK / method / tool
-            shutil.rmtree(work, ignore_errors=True)
-            work.mkdir(parents=True)
+            fresh_dir(work)
             out = work / "out"
             config = work / "train.yaml"
             config.write_text(yaml.safe_dump(lf_yaml(args.model.absolute(), method, args.max_samples, out)))

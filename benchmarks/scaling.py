@@ -69,6 +69,7 @@ from _peer import (
     add_idle_arguments,
     build_model,
     busy_cpu_s,
+    fresh_dir,
     log_output,
     offline_env,
     process_tree,
@@ -446,7 +447,7 @@ def main() -> None:
         return
     WORK.mkdir(parents=True, exist_ok=True)
     model = WORK / "model"
-    shutil.rmtree(model, ignore_errors=True)
+    fresh_dir(model)
     params = build_model(model, hidden_size=args.hidden, num_layers=args.layers)
     print(
         f"model: {params:,} parameters (hidden {args.hidden}, {args.layers} layers) at {model}; "
@@ -483,8 +484,7 @@ def main() -> None:
     try:
         for name in names:
             work = WORK / name
-            shutil.rmtree(work, ignore_errors=True)
-            work.mkdir(parents=True)
+            fresh_dir(work)
             config = work / "run.yaml"
             config.write_text(yaml.safe_dump(run_config(name, model, args.steps)))
             job = RUNS[name][4] == "job"
@@ -502,7 +502,9 @@ def main() -> None:
                         f"without the token gets HTTP {extra['unauthenticated_http_status']}",
                         flush=True,
                     )
-                shutil.rmtree(work / "out", ignore_errors=True)  # an earlier attempt's metrics.jsonl would count
+                shutil.rmtree(
+                    work / "out", ignore_errors=True
+                )  # in fresh_dir(work): an earlier attempt's metrics would count
                 print(f"running {name}: {RUNS[name][0]} (load {os.getloadavg()[0]:.2f}) ...", flush=True)
                 if job:
                     res = run_job(name, cluster, config, args.warmup, args.steps)

@@ -32,11 +32,10 @@ import argparse
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import yaml
-from _peer import LF_VENV, build_model, ensure_lf_venv, lf_trainer_results, measure, wait_idle
+from _peer import LF_VENV, build_model, ensure_lf_venv, fresh_dir, lf_trainer_results, measure, wait_idle
 
 ROOT = Path(__file__).resolve().parents[1]
 RAYFT = ROOT / ".venv" / "bin" / "rayft"
@@ -48,8 +47,7 @@ RANK, ALPHA, MAX_LEN, BATCH, LR, LOG_STEPS = 8, 16, 512, 8, 1e-4, 10
 
 def run_llamafactory(model: Path, max_samples: int | None) -> dict:
     work = WORK / "lf"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    fresh_dir(work)
     cfg = {
         "model_name_or_path": str(model),
         "stage": "sft",
@@ -103,8 +101,7 @@ def run_llamafactory(model: Path, max_samples: int | None) -> dict:
 
 def run_rayft(model: Path, max_samples: int | None, workers: int) -> dict:
     work = WORK / f"rayft-w{workers}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    fresh_dir(work)
     dataset = {"path": str(DATA_DIR / "alpaca_en_demo.json"), "format": "alpaca"}
     if max_samples:
         dataset["num_samples"] = max_samples
@@ -198,7 +195,7 @@ def main() -> None:
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     model = WORK / "model"
-    shutil.rmtree(model, ignore_errors=True)
+    fresh_dir(model)
     params = build_model(model)
     print(f"model: {params:,} parameters at {model}", flush=True)
     results: dict[str, dict] = {}

@@ -37,7 +37,7 @@ def connect(num_cpus: int | None = None) -> None:
         return
     # Ray Data's progress bars need a terminal; in logs (CI, `ray job`) they print a status block per second.
     ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
-    if os.environ.get("RAY_ADDRESS"):
+    if not is_local():
         check_reachable(os.environ["RAY_ADDRESS"])
         ray.init(log_to_driver=True)
         return
@@ -106,4 +106,4 @@ def tokenize_concurrency() -> int | None:
     """How many tokenizing tasks run at once: on the embedded local cluster, one per core (its logical
     CPUs outnumber the cores, and more tasks than cores measured 12% slower and 0.7 GB heavier on 2
     cores); on a real cluster Ray's own count of CPUs decides (None)."""
-    return None if os.environ.get("RAY_ADDRESS") else os.cpu_count()
+    return os.cpu_count() if is_local() else None

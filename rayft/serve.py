@@ -10,7 +10,6 @@ Serve's config nor its logs hold the key.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from rayft.auth import api_key_sha256
@@ -59,10 +58,10 @@ def serve_until_interrupted(
 ) -> None:
     import time
 
-    from rayft.cluster import connect
+    from rayft.cluster import connect, is_local
 
     cfg = load(config_path, model_dir, overrides)
-    remote = bool(os.environ.get("RAY_ADDRESS"))
+    remote = not is_local()
     if not remote:  # on a cluster the replicas' nodes need vLLM, not this machine
         require_vllm()
     api_key_sha256(cfg.auth)  # a missing key fails here, before the cluster starts

@@ -25,10 +25,11 @@ from rayft.cluster import connect, is_local, resolve_worker_cpus, worker_threads
 from rayft.data import RunData, build_run_data
 from rayft_core import ownership, storage
 from rayft_core.config import RunConfig, dump_config
+from rayft_core.data.collate import padding_value
 from rayft_core.errors import UserInputError
 from rayft_core.model.loader import ModelFacts
 from rayft_core.train.outputs import CONFIG_FILE, SUMMARY_FILE, format_summary
-from rayft_core.train.plan import TrainPlan, padding_rows, padding_value, prompts_per_worker
+from rayft_core.train.plan import TrainPlan, padding_rows, prompts_per_worker
 
 logger = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ import torch
 
 from rayft_core.config import DatasetSpec, RunConfig
 from rayft_core.data import IGNORE_INDEX
+from rayft_core.data.collate import padding_value
 from rayft_core.data.registry import DatasetError, check_stage_fit
 from rayft_core.stage_config import PAIR, PROMPT, TAGGED, TEXT, DpoStage, StageConfig, section
 from rayft_core.train.dpo import DPO_LOSSES
-from rayft_core.train.plan import padding_value
 from rayft_core.train.rewards import BUILTINS
 from rayft_core.train.rl_stage import RlStage
 from rayft_core.train.stage import SupervisedStage

@@ -35,3 +35,19 @@ def pad_batch(examples: dict[str, Any], pad_token_id: int) -> dict[str, torch.Te
     if packed is not None:
         return {"input_ids": ids, "labels": lab, "position_ids": pos}
     return {"input_ids": ids, "attention_mask": mask, "labels": lab}
+
+
+def padding_value(column: str, pad_token_id: int) -> Any:
+    """A masked row's value in a column of tokenized rows (rayft_core.data.encode): one pad token, no label. Masked rows
+    fill an epoch's last step (rayft_core.train.plan.padding_rows) and stand in for a stream's bad rows."""
+    if column.endswith("input_ids"):
+        return [pad_token_id]
+    if column.endswith("labels"):
+        return [IGNORE_INDEX]
+    if column == "position_ids":
+        return [0]
+    if column in ("num_tokens", "num_examples"):
+        return 0
+    if column == "kto_tag":
+        return False
+    raise ValueError(f"no padding value for the column {column!r} of tokenized rows")

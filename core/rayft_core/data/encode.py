@@ -13,7 +13,6 @@ from typing import Any
 import pyarrow as pa
 
 from rayft_core.config import DatasetSpec, RunConfig
-from rayft_core.data import IGNORE_INDEX
 from rayft_core.data.formats import DataError, RowError, align_row, where
 from rayft_core.data.packing import pack_examples
 from rayft_core.train.stage import Stage, sequence_columns
@@ -98,10 +97,9 @@ def _encode_rows(stage: Stage, rows: list[dict], tokenizer: Any, run: RunConfig,
             for c in stage.columns:
                 enc[c] += one[c]
             enc["row_of_example"] += [i] * len(one[stage.columns[0]])
-    label_columns = [c for c in stage.columns if c.endswith("labels")]
-    n = len(enc[stage.columns[0]])
-    keep = [k for k in range(n) if all(any(t != IGNORE_INDEX for t in enc[c][k][1:]) for c in label_columns)]
-    for k in sorted(set(range(n)) - set(keep)):
+    real = stage.real_rows(enc)  # an example with a label to learn past its first token in every labels column
+    keep = [k for k, r in enumerate(real) if r]
+    for k in (k for k, r in enumerate(real) if not r):
         errors.append(
             f"{where(rows[enc['row_of_example'][k]])}: nothing to learn: no trainable tokens are left after "
             f"truncation to max_seq_len {run.data.max_seq_len}"

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from rayft_core.data import IGNORE_INDEX
+from rayft_core.data.collate import padding_value
 from rayft_core.data.formats import DataError
 from rayft_core.data.registry import DatasetError
 
@@ -124,12 +124,8 @@ class StreamChecker:
                 f"{self.bad} of {self.seen} streamed rows cannot be used (data.max_bad_fraction "
                 f"{self.max_fraction:.2%}):\n" + "\n".join(f"  - {s}" for s in self.shown)
             )
-        for i in bad:  # every token list of the row becomes one token without a label
+        for i in bad:  # the row becomes a masked one: one token without a label
             for c in batch:
-                if c.endswith(("input_ids", "labels", "position_ids")):
-                    batch[c][i] = np.array(
-                        [self.pad if c.endswith("input_ids") else IGNORE_INDEX if c.endswith("labels") else 0]
-                    )
-            if "kto_tag" in batch:
-                batch["kto_tag"][i] = False
+                value = padding_value(c, self.pad)
+                batch[c][i] = np.array(value) if isinstance(value, list) else value
         return batch

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 from rayft_core.config import RunConfig
-from rayft_core.data import IGNORE_INDEX
 from rayft_core.errors import UserInputError
 
 STREAM = 2**62  # "until max_steps": the plan of a stream whose length is unknown
@@ -69,23 +67,9 @@ def padding_rows(num_rows: int, multiple: int) -> int:
     """Masked rows to add to ``num_rows`` for a multiple of ``multiple``: the global batch for training data,
     the number of workers for evaluation data. Ray splits a dataset among the workers in equal shares and
     drops a remainder; a padded one has none, and every worker's last batch of an epoch is full. A padding
-    row is one pad token without a label: no loss, no gradient, no token counted."""
+    row (rayft_core.data.collate.padding_value) is one pad token without a label: no loss, no gradient, no token
+    counted."""
     return -num_rows % multiple
-
-
-def padding_value(column: str, pad_token_id: int) -> Any:
-    """A padding row's value in a column of tokenized rows (rayft_core.data.encode): one pad token, no label."""
-    if column.endswith("input_ids"):
-        return [pad_token_id]
-    if column.endswith("labels"):
-        return [IGNORE_INDEX]
-    if column == "position_ids":
-        return [0]
-    if column in ("num_tokens", "num_examples"):
-        return 0
-    if column == "kto_tag":
-        return False
-    raise ValueError(f"no padding value for the column {column!r} of tokenized rows")
 
 
 def batch_size_per_worker(run: RunConfig) -> int:

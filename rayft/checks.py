@@ -39,6 +39,7 @@ def check_config(
     problems = _check_packages(run)
     problems += _check_chat_template(run, model)
     problems += STAGES[run.stage.name].check(run, model)
+    problems += _check_family(model)
     problems += _check_targets(run, model)
     problems += _check_sizes(run, model)
     problems += _check_data(run)
@@ -71,6 +72,15 @@ def _check_model(run: RunConfig) -> None:
         check_model_path(run.model)
     except ModelLoadError as e:
         raise RunCheckError(str(e)) from None
+
+
+def _check_family(facts: ModelFacts) -> list[str]:
+    """A model family the architecture matrix (`rayft models`) shows rayft cannot train: not a decoder LLM, or one
+    whose logits rayft's loss does not reproduce (it would train on a wrong loss without a sign)."""
+    from rayft_core.model.matrix import family_problem
+
+    problem = family_problem(getattr(facts.config, "model_type", None))
+    return [f"model.name_or_path: {problem}"] if problem else []
 
 
 def _raise(problems: list[str]) -> None:

@@ -23,9 +23,6 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped although ../shared is present ({SHARED}): {report.longrepr}"
 
 
-ARCHS = ["llama", "qwen2", "mistral", "gemma2", "phi3"]
-
-
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("rayft")

@@ -72,6 +72,12 @@ class ModelConfig(Section):
         "empty) instead of the tokenizer's own; see `rayft data templates`.",
     )
     chat_template: str | None = Field(None, description="A Jinja chat template that replaces the tokenizer's own.")
+    router_aux_loss_coef: float | None = Field(
+        None,
+        ge=0,
+        description="Mixture-of-experts models: weight of the router's load-balancing loss added to pt/sft's loss "
+        "(logged as train/aux_loss). Default: the model config's router_aux_loss_coef; 0 turns it off.",
+    )
 
 
 # ----------------------------------------------------------------------------- optimisation

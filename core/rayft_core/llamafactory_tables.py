@@ -38,6 +38,7 @@ LF_GALORE_SCALE = 2.0  # LLaMA-Factory's galore_scale default; rayft's is 0.25
 DIRECT = {
     "model_name_or_path": "model.name_or_path",
     "trust_remote_code": "model.trust_remote_code",
+    "moe_aux_loss_coef": "model.router_aux_loss_coef",
     "cutoff_len": "data.max_seq_len",
     "packing": "data.packing",
     "streaming": "data.streaming",

@@ -216,7 +216,6 @@ REFUSED = {
         upcast_layernorm=False,
         shift_attn=False,
         mixture_of_depths=None,
-        moe_aux_loss_coef=None,
         use_llama_pro=False,
         fp8=False,
     ),

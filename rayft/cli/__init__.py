@@ -15,9 +15,10 @@
     rayft eval mc|similarity ...                multiple-choice benchmarks, ROUGE/BLEU of predictions
     rayft k8s render run.yaml                   KubeRay manifests from the Helm chart
     rayft demo                                  pre-train a tiny model, teach it a task with LoRA, score it
+    rayft models [MODEL_TYPE]                   the model families rayft is proven to train, and how
 
 One module per command group (train.py: train, tune, submit; data.py; config.py; serve.py: serve, chat, infer;
-eval.py; k8s.py; export.py; demo.py), what they share in _common.py. Bad input is a UserInputError wherever it
+eval.py; k8s.py; export.py; demo.py; models.py), what they share in _common.py. Bad input is a UserInputError wherever it
 is found; RayftGroup (this group's class) prints it as one "error: ..." line and exits 2. Nothing outside
 rayft.cli imports it (an import-linter contract).
 """
@@ -35,6 +36,7 @@ from rayft.cli.demo import demo as demo_command
 from rayft.cli.eval import eval_group
 from rayft.cli.export import export as export_command
 from rayft.cli.k8s import k8s_group
+from rayft.cli.models import models as models_command
 from rayft.cli.serve import chat_command, infer_command, serve_command
 from rayft.cli.train import submit as submit_command
 from rayft.cli.train import train as train_command
@@ -68,5 +70,6 @@ for _command in (
     chat_command,
     demo_command,
     k8s_group,
+    models_command,
 ):
     main.add_command(_command)

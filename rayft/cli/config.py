@@ -30,14 +30,25 @@ def config_validate(config_path: str, overrides: tuple[str, ...], schema_only: b
     columns the stage needs), sizes, optional packages, and that the output directory is free."""
     from rayft.checks import check_config
     from rayft_core import ownership
+    from rayft_core.model.loader import ModelFacts
 
     run = load_run(config_path, overrides)
-    if not schema_only:
-        check_config(run.with_absolute_paths(), output=ownership.SWEEP if run.tune else ownership.RUN)
+    facts = None if schema_only else ModelFacts(run.with_absolute_paths())
+    if facts is not None:
+        check_config(facts.run, output=ownership.SWEEP if run.tune else ownership.RUN, model=facts)
     click.echo(
         f"{config_path}: valid ({run.stage.name}, {run.tuning.method}, {run.cluster.num_workers} worker(s), "
         f"ZeRO-{run.deepspeed.zero_stage})"
     )
+    target = getattr(run.tuning, "target", None)
+    if facts is not None and target is not None:
+        from rayft_core.methods.layers import resolve_targets
+        from rayft_core.model.moe import expert_count
+
+        names = ", ".join(resolve_targets(facts.meta_model, target, "tuning.target"))
+        click.echo(f"tuning.target{' (all)' if target == 'all' else ''}: {names}")
+        if experts := expert_count(facts.config):
+            click.echo(f"mixture of {experts} experts: the routers stay frozen")
 
 
 @config.command("schema")

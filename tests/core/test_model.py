@@ -25,6 +25,10 @@ def test_hardware_defaults_on_cpu():
     assert resolve_dtype("bfloat16") == torch.bfloat16
     assert resolve_attn_implementation("auto") == "sdpa"
     assert resolve_attn_implementation("eager") == "eager"
+    from transformers import BloomConfig, LlamaConfig
+
+    assert resolve_attn_implementation("auto", LlamaConfig()) == "sdpa"
+    assert resolve_attn_implementation("auto", BloomConfig()) == "eager"  # Bloom has no SDPA attention
 
 
 def test_rope_scaling_factor_follows_max_seq_len(tiny_model, workdir):

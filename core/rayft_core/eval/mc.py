@@ -227,7 +227,7 @@ def load_eval_model(
 ) -> tuple[torch.nn.Module, Any]:
     """A model directory, or a PEFT adapter directory (adapter_config.json) loaded on its base, with its tokenizer
     (the adapter's own when it has one: a rayft run saves it with its chat template)."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from rayft_core.config import ModelConfig
     from rayft_core.model.loader import load_tokenizer, resize_embeddings, resolve_attn_implementation, resolve_dtype
@@ -262,7 +262,9 @@ def load_eval_model(
         base,
         dtype=resolve_dtype(dtype),
         trust_remote_code=trust_remote_code,
-        attn_implementation=resolve_attn_implementation("auto"),
+        attn_implementation=resolve_attn_implementation(
+            "auto", AutoConfig.from_pretrained(base, trust_remote_code=trust_remote_code)
+        ),
     )
     if adapter.is_file():
         from peft import PeftModel

@@ -24,6 +24,11 @@ class LoraTuning(TuningSection):
         "all",
         description="'all' = every nn.Linear except the output head, or a list of module names (q_proj, v_proj, ...).",
     )
+    target_experts: bool = Field(
+        False,
+        description="Mixtures of experts: also adapt the experts' weights (transformers keeps them as 3-D tensors; "
+        "PEFT's target_parameters). Routers stay frozen either way.",
+    )
     use_rslora: bool = Field(False, description="rsLoRA: scale by alpha / sqrt(rank) instead of alpha / rank.")
     use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (magnitude + direction).")
     init: Literal["default", "pissa", "gaussian"] = Field(
@@ -51,7 +56,7 @@ class LoraTuning(TuningSection):
         import torch
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-        from rayft_core.methods.layers import resolve_targets
+        from rayft_core.methods.layers import resolve_targets, untargeted_namesakes
 
         targets = resolve_targets(model, self.target, "tuning.target")
         if self.quantization_bit:
@@ -63,6 +68,8 @@ class LoraTuning(TuningSection):
             lora_alpha=self.lora_alpha,
             lora_dropout=self.dropout,
             target_modules=targets,
+            exclude_modules=untargeted_namesakes(model, targets) or None,
+            target_parameters=self._expert_parameters(model),
             use_rslora=self.use_rslora,
             use_dora=self.use_dora,
             init_lora_weights=init,
@@ -77,6 +84,17 @@ class LoraTuning(TuningSection):
             if p.requires_grad and p.dtype != torch.float32:
                 p.data = p.data.float()
         return model
+
+    def _expert_parameters(self, model: "nn.Module") -> list[str] | None:
+        if not self.target_experts:
+            return None
+        from rayft_core.methods.layers import TuningError
+        from rayft_core.model.moe import expert_parameter_names
+
+        names = expert_parameter_names(model)
+        if not names:
+            raise TuningError("tuning.target_experts: this model has no experts with 3-D weights to adapt")
+        return names
 
     def param_groups(self, model: "nn.Module", run: Run) -> list[dict]:
         lr, ratio = run.train.learning_rate, self.loraplus_lr_ratio

@@ -33,12 +33,28 @@ def resolve_dtype(name: str) -> torch.dtype:
     return torch.float32
 
 
-def resolve_attn_implementation(name: str) -> str:
+def resolve_attn_implementation(name: str, config: Any = None) -> str:
+    """auto: flash-attention 2 on CUDA where flash_attn is installed, else PyTorch's SDPA, each only where the
+    model's class implements it (``config`` names the class; a family without SDPA, such as Bloom, gets eager)."""
     if name != "auto":
         return name
-    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+    model_class = _causal_lm_class(config)
+    supports = (lambda flag: getattr(model_class, flag, False)) if model_class else (lambda flag: True)
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") and supports("_supports_flash_attn"):
         return "flash_attention_2"
-    return "sdpa"
+    return "sdpa" if supports("_supports_sdpa") else "eager"
+
+
+def _causal_lm_class(config: Any) -> type | None:
+    """The transformers class a config builds as a causal LM (None when unknown, as for remote code)."""
+    if config is None:
+        return None
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    except KeyError:
+        return None
 
 
 def hub_offline(*more: str) -> str | None:
@@ -83,6 +99,7 @@ def check_model_path(cfg: ModelConfig) -> None:
                 f"model.name_or_path: {name!r} has no config.json; point it at a "
                 "directory written by save_pretrained (or a hub id when online)"
             )
+        _check_remote_code(path / "config.json", cfg.trust_remote_code)
         return
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.errors import HFValidationError
@@ -108,6 +125,23 @@ def check_model_path(cfg: ModelConfig) -> None:
             f"model.name_or_path: {name!r} is not a local directory, and the Hugging Face hub "
             "cannot be reached from here to download it; download the model where there is network "
             "and point model.name_or_path at its directory"
+        )
+
+
+def _check_remote_code(config_json: Path, trusted: bool) -> None:
+    """A model that ships its own architecture (config.json's auto_map names Python files beside it) runs that
+    code only when the run says so."""
+    import json
+
+    try:
+        auto_map = json.loads(config_json.read_text()).get("auto_map")
+    except (OSError, ValueError, AttributeError):
+        return  # transformers reports an unreadable config.json itself, with its reason
+    if auto_map and not trusted:
+        files = sorted({str(v).split(".")[0] + ".py" for v in auto_map.values() if isinstance(v, str)})
+        raise ModelLoadError(
+            f"model.name_or_path: {str(config_json.parent)!r} ships its own modelling code ({', '.join(files)}); "
+            "set model.trust_remote_code: true to run it, once you have read it and trust it"
         )
 
 
@@ -189,11 +223,12 @@ def load_model(run: RunConfig, tokenizer: Any) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
     dtype = resolve_dtype(run.model.dtype)
+    config = build_model_config(run)
     model = AutoModelForCausalLM.from_pretrained(
         run.model.name_or_path,
-        config=build_model_config(run),
+        config=config,
         dtype=dtype,
-        attn_implementation=resolve_attn_implementation(run.model.attn_implementation),
+        attn_implementation=resolve_attn_implementation(run.model.attn_implementation, config),
         quantization_config=quantization_config(run, dtype),
         trust_remote_code=run.model.trust_remote_code,
     )

@@ -2,6 +2,8 @@
 
 build_tokenizer(texts, "tok/")                 # byte-level BPE + ChatML chat template
 build_tiny_model("llama", tokenizer, "model/") # random init, 2 layers, saved with save_pretrained
+
+Any model type transformers builds as a causal LM works (rayft_core.model.families shrinks its config).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+MAX_TINY_PARAMETERS = 50_000_000
 
 
 def build_tokenizer(texts: Iterable[str], vocab_size: int = 512, save_dir: str | Path | None = None) -> Any:
@@ -43,44 +46,24 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 512, save_dir: str |
     return fast
 
 
-def tiny_config(arch: str, vocab_size: int, hidden_size: int = 64, num_layers: int = 2, **overrides: Any) -> Any:
-    """A small config of a real architecture; head_dim 16 unless overridden."""
-    import transformers
-
-    common = dict(
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=num_layers,
-        num_attention_heads=max(hidden_size // 16, 1),
-        num_key_value_heads=max(hidden_size // 32, 1),
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-    )
-    classes = {
-        "llama": transformers.LlamaConfig,
-        "qwen2": transformers.Qwen2Config,
-        "mistral": transformers.MistralConfig,
-        "gemma2": transformers.Gemma2Config,
-        "phi3": transformers.Phi3Config,
-    }
-    if arch not in classes:
-        raise ValueError(f"unknown tiny architecture {arch!r}; choose one of {sorted(classes)}")
-    extra: dict[str, Any] = (
-        {"head_dim": hidden_size // common["num_attention_heads"]} if arch in ("gemma2", "mistral") else {}
-    )
-    if arch == "phi3":
-        common.pop("num_key_value_heads")
-    return classes[arch](**{**common, **extra, **overrides})
-
-
-def build_tiny_model(arch: str, tokenizer: Any, save_dir: str | Path, seed: int = 0, **config_overrides: Any) -> Path:
+def build_tiny_model(
+    arch: str, tokenizer: Any, save_dir: str | Path, seed: int = 0, tied: bool | None = False, **config_overrides: Any
+) -> Path:
+    """A random ``arch`` model (any causal-LM model type) saved with the tokenizer. ``tied``: whether the head
+    shares the embedding matrix (None: the family's default)."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from rayft_core.model.families import tiny_config
+
     torch.manual_seed(seed)
     ids = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
-    config = tiny_config(arch, len(tokenizer), **{**ids, **config_overrides})
+    tie = {} if tied is None else {"tie_word_embeddings": tied}
+    config = tiny_config(arch, len(tokenizer), **{**tie, **ids, **config_overrides})
+    with torch.device("meta"):  # a config the shrinking missed would allocate gigabytes: refuse it first
+        size = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    if size > MAX_TINY_PARAMETERS:
+        raise ValueError(f"{arch}: the shrunk config still has {size / 1e6:.0f}M parameters; give its sizes")
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id

@@ -20,6 +20,7 @@ head and cross-entropy a chunk at a time:
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from rayft_core.data import IGNORE_INDEX
+from rayft_core.model.head import logit_scale, logit_softcap
+from rayft_core.model.moe import load_balancing_loss, router_aux_loss
 
 CHUNK_ELEMENTS = 2**25  # logits per chunk: 128 MiB in fp32, whatever the vocabulary
 
@@ -109,23 +112,50 @@ def _gathered(weight: nn.Parameter):
 
 def decoder_hidden(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[nn.Module, torch.Tensor]:
     """The causal LM inside ``model`` (PEFT wraps it) and its last hidden states [batch, seq, hidden]."""
+    base, outputs = decoder_outputs(model, batch)
+    return base, outputs.last_hidden_state
+
+
+def decoder_outputs(
+    model: nn.Module, batch: dict[str, torch.Tensor], router_logits: bool = False
+) -> tuple[nn.Module, Any]:
+    """The causal LM inside ``model`` and its decoder's outputs (with ``router_logits``: each MoE layer's)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     # Packed rows carry position_ids and no attention mask (see rayft_core.data.packing). No KV cache:
     # with one, transformers skips the packed-sequence mask and examples would attend to each other.
-    hidden = base.get_decoder()(
+    outputs = _decoder(base)(
         input_ids=batch["input_ids"],
         attention_mask=batch.get("attention_mask"),
         position_ids=batch.get("position_ids"),
         use_cache=False,
-    ).last_hidden_state
-    return base, hidden
+        **({"output_router_logits": True} if router_logits else {}),
+    )
+    return base, outputs
 
 
-def _labelled(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Hidden states at positions that predict a label, those labels, and the keep mask [batch, seq-1]."""
+def _decoder(base: nn.Module) -> nn.Module:
+    """The decoder stack under the head: the model's base model (`model`, `transformer`, `backbone`...), or its
+    `model` attribute where the base-model prefix names something else (Llama 4's text model)."""
+    for candidate in (base.base_model, getattr(base, "model", None), base.get_decoder()):
+        if isinstance(candidate, nn.Module) and candidate is not base and not isinstance(candidate, nn.Linear):
+            return candidate
+    raise ValueError(f"{type(base).__name__}: no decoder stack found under the head")
+
+
+def _labelled(
+    base: nn.Module, hidden: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The head's inputs at positions that predict a label, those labels, and the keep mask [batch, seq-1]."""
     labels = labels[:, 1:]  # token t predicts t+1
     keep = labels != IGNORE_INDEX
-    return hidden[:, :-1][keep], labels[keep], keep
+    return _head_input(base, hidden[:, :-1][keep]), labels[keep], keep
+
+
+def _head_input(base: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """Hidden states scaled by the family's logit scale (rayft_core.model.head): the head is linear and bias-free
+    where a family scales, so scaling its input scales the logits, and the fused paths stay as they are."""
+    scale = logit_scale(base.config)
+    return hidden if scale == 1.0 else hidden * scale
 
 
 def compute_causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -138,10 +168,14 @@ def causal_lm_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tupl
     """Summed next-token cross-entropy over labelled positions, and their count (0: a graph of zeros, so every
     rank still runs backward)."""
     base, hidden = decoder_hidden(model, batch)
+    return _loss_sum(base, hidden, batch["labels"])
+
+
+def _loss_sum(base: nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
     head = base.get_output_embeddings()
-    hidden, targets, _ = _labelled(hidden, batch["labels"])
+    hidden, targets, _ = _labelled(base, hidden, labels)
     n = targets.numel()
-    softcap = getattr(base.config, "final_logit_softcapping", None)
+    softcap = logit_softcap(base.config)
     fused = _can_fuse(head) and torch.is_grad_enabled()
     rows = _chunk_rows(base.config.vocab_size)
     chunks = 0 if fused else _chunk_count(n, rows, head, hidden.device)  # a collective under ZeRO-3: every rank
@@ -162,11 +196,21 @@ def causal_lm_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tupl
 
 
 def lm_objective(
-    model: nn.Module, batch: dict[str, torch.Tensor]
+    model: nn.Module, batch: dict[str, torch.Tensor], router_aux_loss_coef: float | None = None
 ) -> tuple[torch.Tensor, dict[str, tuple[float, float]]]:
-    """The objective of pt and sft: the causal LM loss summed over labelled tokens, reported token-weighted."""
-    total, n = causal_lm_loss_sum(model, batch)
-    return total, {"loss": (total.item(), n)}
+    """The objective of pt and sft: the causal LM loss summed over labelled tokens, reported token-weighted. A
+    mixture of experts adds its load-balancing loss times ``router_aux_loss_coef`` (None: the model config's
+    router_aux_loss_coef), weighted by the batch's tokens like the loss, and reports it as aux_loss."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if load_balancing_loss(base) is None:
+        total, n = causal_lm_loss_sum(model, batch)
+        return total, {"loss": (total.item(), n)}
+    base, outputs = decoder_outputs(model, batch, router_logits=True)
+    total, n = _loss_sum(base, outputs.last_hidden_state, batch["labels"])
+    aux = router_aux_loss(base, outputs.router_logits, batch.get("attention_mask"))
+    coef = router_aux_loss_coef if router_aux_loss_coef is not None else getattr(base.config, "router_aux_loss_coef", 0)
+    metrics = {"loss": (total.item(), n), "aux_loss": (aux.item() * n, n)}
+    return total + (coef or 0.0) * aux * n, metrics
 
 
 class _LinearLogProb(torch.autograd.Function):
@@ -215,8 +259,8 @@ def labelled_logps(base: nn.Module, hidden: torch.Tensor, labels: torch.Tensor) 
     one is run per chunk under activation checkpointing, so no [tokens, vocab] tensor outlives its chunk.
     """
     head = base.get_output_embeddings()
-    hidden_kept, targets, keep = _labelled(hidden, labels)
-    softcap = getattr(base.config, "final_logit_softcapping", None)
+    hidden_kept, targets, keep = _labelled(base, hidden, labels)
+    softcap = logit_softcap(base.config)
     if torch.is_grad_enabled() and type(head) is nn.Linear and head.bias is None and not head.weight.requires_grad:
         with _gathered(head.weight):
             token_logps = _LinearLogProb.apply(hidden_kept, head.weight, targets, softcap)
@@ -242,11 +286,15 @@ def labelled_entropy(base: nn.Module, hidden: torch.Tensor, keep: torch.Tensor) 
     """The model's entropy at every labelled position [batch, seq-1] (0 elsewhere, fp32), chunk by chunk over
     the vocabulary; ``keep`` is labelled_logps's mask."""
     head = base.get_output_embeddings()
-    h = hidden[:, :-1][keep]
+    h = _head_input(base, hidden[:, :-1][keep])
+    softcap = logit_softcap(base.config)
     rows = _chunk_rows(base.config.vocab_size)
     pieces = []
     for i in range(0, _chunk_count(h.shape[0], rows, head, h.device) * rows, rows):  # equal head calls on every rank
-        logp = torch.log_softmax(head(h[i : i + rows]).float(), dim=-1)
+        logits = head(h[i : i + rows]).float()
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        logp = torch.log_softmax(logits, dim=-1)
         pieces.append(-(logp.exp() * logp).sum(-1))
     values = torch.cat(pieces) if pieces else h.new_zeros(0, dtype=torch.float32)
     return torch.zeros(keep.shape, dtype=torch.float32, device=h.device).masked_scatter(keep, values)

@@ -141,6 +141,7 @@ class Reference:
         if run.stage.reference_model is None and run.tuning.method == "lora":
             return
         from rayft_core.model.loader import load_model
+        from rayft_core.model.zero3 import mark_zero3_leaves
 
         ref_run = run.model_copy(deep=True)
         if run.stage.reference_model:
@@ -162,6 +163,7 @@ class Reference:
                 if k in ds_config
             }
             config["zero_optimization"] = {"stage": 3, "stage3_param_persistence_threshold": 1e4}
+            mark_zero3_leaves(model)
             model = deepspeed.initialize(model=model, config=config, dist_init_required=False)[0].module
         else:
             model = model.to(device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from rayft_core.config import RunConfig
@@ -31,7 +32,7 @@ class Pretrain(SupervisedStage):
         }
 
     def objective(self, run, tokenizer, device, ds_config):
-        return lm_objective
+        return functools.partial(lm_objective, router_aux_loss_coef=run.model.router_aux_loss_coef)
 
 
 STAGE = Pretrain()

@@ -32,6 +32,7 @@ from rayft_core.config import RunConfig
 from rayft_core.errors import UserInputError
 from rayft_core.model.adapters import count_parameters
 from rayft_core.model.loader import load_tokenizer, resolve_dtype
+from rayft_core.model.zero3 import mark_zero3_leaves
 from rayft_core.train import outputs
 from rayft_core.train.checkpoint import TrainerState, load_checkpoint, save_checkpoint, seed_everything
 from rayft_core.train.deepspeed_config import build_deepspeed_config
@@ -85,6 +86,8 @@ class WorkerSession:
         self.device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
         self.tokenizer = load_tokenizer(run.model)
         self.model = stage.build_model(run, self.tokenizer)
+        if run.deepspeed.zero_stage == 3:
+            mark_zero3_leaves(self.model)  # MoE blocks gather as one: no rank waits on an expert it skipped
         trainable, total = count_parameters(self.model)
         if self.rank == 0:
             logger.info(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from rayft_core.config import RunConfig
@@ -27,7 +28,7 @@ class SupervisedFineTuning(SupervisedStage):
         return {**enc, "row_of_example": list(range(len(rows)))}
 
     def objective(self, run, tokenizer, device, ds_config):
-        return lm_objective
+        return functools.partial(lm_objective, router_aux_loss_coef=run.model.router_aux_loss_coef)
 
 
 STAGE = SupervisedFineTuning()

@@ -102,10 +102,12 @@ def test_lora_sft_two_workers_zero3(tiny_model, workdir, alpaca_file, sharegpt_f
 
 
 def test_full_pretraining_two_workers_zero3(tiny_model, workdir, text_file):
+    """A mixture of experts (Qwen2-MoE: 4 experts, 2 per token, a shared expert) pre-trained in full on two ZeRO-3
+    workers: its MoE blocks gathered as leaves, the router's load-balancing loss added and logged."""
     from rayft.train import train
 
     run = run_config(
-        tiny_model("qwen2"),
+        tiny_model("qwen2_moe"),
         [{"path": str(text_file), "format": "text"}],
         workdir / "runs",
         "pt-z3",
@@ -132,9 +134,10 @@ def test_full_pretraining_two_workers_zero3(tiny_model, workdir, text_file):
     out = train(run)
     assert not (out / "checkpoint_000009").exists() and beside.read_text() == "mine"
     rows = _check_metrics(out, 5)
+    assert all(r["train/aux_loss"] > 0 for r in rows)  # Qwen2-MoE's load-balancing loss, reduced across workers
     # the ZeRO-3 shards were gathered into one plain checkpoint
     model = AutoModelForCausalLM.from_pretrained(out)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model("qwen2"))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model("qwen2_moe"))
     assert all(p.numel() > 0 for p in model.parameters())
     batch = _text_batch(AutoTokenizer.from_pretrained(out))
     tuned_loss = _loss(model, batch)

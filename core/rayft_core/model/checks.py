@@ -174,6 +174,37 @@ def dpo_step0(model_dir: Path, tok: Any, out: Path) -> None:
     assert second.item() < first.item(), f"DPO loss did not fall: {first.item() / pairs} -> {second.item() / pairs}"
 
 
+def rl_roles(model_dir: Path, tok: Any, out: Path) -> None:
+    """PPO's roles on the family's shared base: the policy adapter and value head built by the ppo stage, the
+    adapter sent to transformers' rollout engine, which samples responses; their log-probs under the policy,
+    the reference (adapter off) and the values are finite, and policy = reference before any update."""
+    from rayft_core.infer.rollout import HFRollout, Sampling
+    from rayft_core.train.stages import STAGES
+
+    stage = STAGES["ppo"]
+    reward = [{"function": "exact_match"}]
+    run = _run(model_dir, out, stage={"name": "ppo", "reward_functions": reward, "max_new_tokens": 8})
+    torch.manual_seed(0)
+    model = stage.build_model(run, tok)
+    engine = HFRollout(str(model_dir), tok.pad_token_id, seed=0)
+    engine.load_adapter(0, model.policy_adapter_files(zero3=False, rank=0))
+    prompt = tok([QA[0][0]])["input_ids"][0]
+    sampling = Sampling(max_new_tokens=6, temperature=1.0, top_p=1.0, stop_token_ids=(tok.eos_token_id,))
+    responses = engine.generate([prompt], n=2, sampling=sampling, seed=0)[0]
+    assert all(responses), f"empty responses: {responses}"
+    rows = [prompt + r for r in responses]
+    longest = max(map(len, rows))
+    ids = torch.tensor([r + [tok.pad_token_id] * (longest - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (longest - len(r)) for r in rows])
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, : len(prompt)] = -100
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    logps, values, _ = model.forward_policy(batch)
+    reference = model.reference_logps(batch)
+    assert torch.isfinite(logps).all() and torch.isfinite(values).all(), "non-finite log-probs or values"
+    assert torch.allclose(logps, reference, atol=1e-5), "a fresh policy adapter must equal the reference"
+
+
 def full_zero3(model_dir: Path, tok: Any, out: Path) -> None:
     """Full-parameter SFT steps on a DeepSpeed ZeRO-3 engine (one process), as a worker session builds it."""
     import deepspeed

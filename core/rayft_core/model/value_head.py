@@ -18,11 +18,13 @@ _KEYS = {"weight": "v_head.summary.weight", "bias": "v_head.summary.bias"}
 
 
 def hidden_size_of(config: Any) -> int | None:
-    """The width of the last hidden state, or None for a model that has no single one."""
+    """The width of the last hidden state (what the LM head reads), or None for a model that has no single one.
+    OPT projects its last hidden state to word_embed_proj_dim before the head."""
     for c in (config, getattr(config, "text_config", None)):
-        size = getattr(c, "hidden_size", None)
-        if isinstance(size, int):
-            return size
+        for key in ("word_embed_proj_dim", "hidden_size"):
+            size = getattr(c, key, None)
+            if isinstance(size, int):
+                return size
     return None
 
 

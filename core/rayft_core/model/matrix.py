@@ -224,7 +224,10 @@ def render_markdown(data: dict[str, Any]) -> str:
         f"Every decoder LLM family in transformers {data['transformers']} (peft {data['peft']}), built as a tiny "
         "random model (2 layers, width 64, 4 experts where the family has experts) and put through rayft's own code "
         "in one process: the loader, the tuning method, the stage's objective, a DeepSpeed ZeRO-3 engine and the "
-        "exporter. `rayft models` prints this table; `rayft models TYPE` says why a cell is not a ✓.",
+        "exporter. `rayft models` prints this table; `rayft models TYPE` says why a cell is not a ✓. A family "
+        "not listed as a decoder LLM below, or one whose logits rayft's loss does not reproduce, is refused before "
+        "a run starts, with the reason. Chat templates are not per family: a run uses the tokenizer's own "
+        "(`model.template` picks one of rayft's named ones, `rayft data templates`).",
         "",
         "| column | what passes it | families |",
         "|---|---|---|",

@@ -95,6 +95,12 @@ class TrainConfig(Section):
     )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, ge=0, description="Clip the global gradient norm (0 = off).")
+    neftune_noise_alpha: float | None = Field(
+        None,
+        gt=0,
+        description="NEFTune (Jain et al. 2023): uniform noise in [-a, a], a = alpha / sqrt(seq_len * hidden), added "
+        "to the input embeddings while training (never in evaluation or generation); the paper uses 5 to 15.",
+    )
     seed: int = Field(42, description="Seeds model init of new parameters, dropout and data order.")
     logging_steps: int = Field(
         10,

@@ -39,6 +39,7 @@ DIRECT = {
     "model_name_or_path": "model.name_or_path",
     "trust_remote_code": "model.trust_remote_code",
     "moe_aux_loss_coef": "model.router_aux_loss_coef",
+    "neftune_noise_alpha": "train.neftune_noise_alpha",
     "cutoff_len": "data.max_seq_len",
     "packing": "data.packing",
     "streaming": "data.streaming",

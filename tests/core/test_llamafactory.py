@@ -131,6 +131,13 @@ def test_a_full_sft_yaml_translates_to_exact_values_with_nothing_to_note_but_ove
     assert run.global_batch_size == 2 * 4 * 8 and run.tuning.lora_alpha == 32
 
 
+def test_neftune_and_the_moe_router_loss_translate():
+    raw, notes = translate({**LF_MINIMAL, "neftune_noise_alpha": 5, "moe_aux_loss_coef": 0.01})
+    assert not errors(notes)
+    run = validate_config(raw)
+    assert run.train.neftune_noise_alpha == 5 and run.model.router_aux_loss_coef == 0.01
+
+
 def test_unset_keys_take_llamafactory_defaults_where_they_differ_from_rayfts():
     raw, notes = translate(LF_MINIMAL)
     assert notes == []
@@ -353,7 +360,6 @@ def test_llamafactorys_default_values_are_never_noted():
         ({"warmup_steps": 50}, "warmup_steps"),
         ({"label_smoothing_factor": 0.1}, "label_smoothing_factor"),
         ({"use_dft_loss": True}, "use_dft_loss"),
-        ({"neftune_noise_alpha": 5}, "neftune_noise_alpha"),
         ({"ignore_pad_token_for_loss": False}, "ignore_pad_token_for_loss"),
         ({"group_by_length": True}, "group_by_length"),
         ({"auto_find_batch_size": True}, "auto_find_batch_size"),

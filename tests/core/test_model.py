@@ -103,3 +103,23 @@ def test_user_deepspeed_json_gets_its_auto_values_filled(tiny_model, workdir, tm
 
 def test_remote_code_is_off_unless_asked(tiny_model, workdir):
     assert _run(tiny_model, workdir).model.trust_remote_code is False
+
+
+def test_neftune_noise_is_bounded_by_alpha_over_sqrt_length_times_width_and_only_in_training(tiny_model, workdir):
+    """NEFTune: in training the input embeddings move by uniform noise in [-a, a], a = alpha / sqrt(L * d), and
+    the noise fills that range; in eval mode (evaluation, generation, references) they are untouched."""
+    plain = _run(tiny_model, workdir)
+    noisy = _run(tiny_model, workdir, train={"neftune_noise_alpha": 5.0})
+    tokenizer = load_tokenizer(plain.model)
+    base, model = load_model(plain, tokenizer), load_model(noisy, tokenizer)
+    ids = torch.randint(0, len(tokenizer), (4, 32))
+    clean = base.get_input_embeddings()(ids)
+    d = clean.shape[-1]
+    bound = 5.0 / (32 * d) ** 0.5
+    model.train()
+    noise = model.get_input_embeddings()(ids) - clean
+    assert noise.abs().max() <= bound + 1e-6 and noise.abs().max() > 0.95 * bound  # uniform over the full range
+    assert abs(noise.mean().item()) < bound / 10  # centred
+    model.eval()
+    assert torch.equal(model.get_input_embeddings()(ids), clean)
+    assert model(input_ids=ids).logits.allclose(base.eval()(input_ids=ids).logits)

@@ -233,10 +233,26 @@ def load_model(run: RunConfig, tokenizer: Any) -> torch.nn.Module:
         trust_remote_code=run.model.trust_remote_code,
     )
     resize_embeddings(model, len(tokenizer), seed=run.train.seed)
+    if run.train.neftune_noise_alpha:
+        add_neftune_noise(model, run.train.neftune_noise_alpha)
     if run.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()  # so checkpointed blocks see a grad-requiring input under PEFT
     return model
+
+
+def add_neftune_noise(model: torch.nn.Module, alpha: float) -> None:
+    """NEFTune (Jain et al., "NEFTune: Noisy Embeddings Improve Instruction Finetuning", 2023): while the model
+    trains, its input embeddings [batch, L, d] get uniform noise in [-a, a] with a = alpha / sqrt(L * d); in
+    evaluation and generation (eval mode) they are untouched."""
+
+    def hook(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        if not module.training:
+            return output
+        bound = alpha / (output.shape[-2] * output.shape[-1]) ** 0.5
+        return output + torch.empty_like(output).uniform_(-bound, bound)
+
+    model.get_input_embeddings().register_forward_hook(hook)
 
 
 @torch.no_grad()

@@ -104,9 +104,10 @@ def check_family(model_type: str, workdir: Path, tok: Any, columns: list[str]) -
         "rlhf": lambda: checks.rl_roles(model_dir, tok, workdir / f"{model_type}-ppo"),
         "vllm": lambda: checks.vllm_greedy(model_type, tok, workdir),
     }
+    listed = checks.vllm_registry(row["class"])  # whether vLLM's registry has the architecture
     for column in columns:
-        if column == "vllm" and not checks.vllm_registry(row["class"]).startswith("listed"):
-            row[column] = checks.vllm_registry(row["class"])  # nothing to load
+        if column == "vllm" and not listed.startswith("listed"):
+            row[column] = listed  # nothing to load
             continue
         if column == "export" and row.get("lora") != OK:
             row[column] = "not run: LoRA SFT failed"
@@ -118,7 +119,7 @@ def check_family(model_type: str, workdir: Path, tok: Any, columns: list[str]) -
             row[column] = _failure(e)
             logger.debug("%s %s failed:\n%s", model_type, column, traceback.format_exc())
     if "vllm" not in columns:
-        row["vllm"] = checks.vllm_registry(row["class"])
+        row["vllm"] = listed
     return row
 
 

@@ -7,6 +7,7 @@ a small linear layer (or a router module) whose outputs are one logit per expert
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from torch import nn
@@ -68,16 +69,18 @@ def moe_blocks(model: nn.Module) -> list[type]:
 
 def load_balancing_loss(base: nn.Module) -> Any:
     """The family's own load-balancing loss function (Switch Transformer style, in its modeling module), or None
-    where it has none (dense models; MoE families that balance without an auxiliary loss, such as DeepSeek V3)."""
+    where it has none (dense models; MoE families that balance without an auxiliary loss, such as DeepSeek V3).
+    Called every step: the lookup is made once per model class."""
+    return _family_loss(type(base)) if expert_count(base.config) else None
+
+
+@functools.cache
+def _family_loss(model_class: type) -> Any:
     import inspect
     import sys
 
-    if not expert_count(base.config):
-        return None
-    fn = getattr(sys.modules.get(type(base).__module__), "load_balancing_loss_func", None)
-    if fn is None or "gate_logits" not in inspect.signature(fn).parameters:
-        return None
-    return fn
+    fn = getattr(sys.modules.get(model_class.__module__), "load_balancing_loss_func", None)
+    return fn if fn is not None and "gate_logits" in inspect.signature(fn).parameters else None
 
 
 def router_aux_loss(base: nn.Module, router_logits: Any, attention_mask: Any) -> Any:

@@ -154,6 +154,23 @@ class DeepSpeedConfig(Section):
     )
     offload_optimizer: bool = Field(False, description="Keep optimizer states in CPU memory (ZeRO >= 1, GPU runs).")
     offload_params: bool = Field(False, description="Keep parameters in CPU memory (ZeRO-3, GPU runs).")
+    offload_nvme_path: str | None = Field(
+        None,
+        description="ZeRO-Infinity: what offload_optimizer / offload_params move out goes to files in this "
+        "directory on a fast local disk instead of CPU memory (GPU runs; DeepSpeed's async_io op needs libaio).",
+    )
+    max_live_parameters: int | None = Field(
+        None,
+        gt=0,
+        description="ZeRO-3: the most parameters a worker holds gathered at once (DeepSpeed's "
+        "stage3_max_live_parameters, default 1e9); lower it when gathering runs out of memory.",
+    )
+    prefetch_bucket_size: int | None = Field(
+        None,
+        gt=0,
+        description="ZeRO-3: parameters fetched ahead of the layer that needs them (DeepSpeed's "
+        "stage3_prefetch_bucket_size, default 5e7); lower it to save memory, raise it to hide communication.",
+    )
     config_file: str | None = Field(
         None, description="A DeepSpeed JSON of your own; rayft fills its 'auto' values from the run."
     )
@@ -192,6 +209,12 @@ class OutputConfig(Section):
         "A plain name (letters, digits, '.', '_', '-'), never '.' or '..'.",
     )
     merge_adapter: bool = Field(False, description="Also write the base with the LoRA adapter merged into merged/.")
+    max_shard_size: str = Field(
+        "5GB",
+        pattern=r"^[0-9]+(KB|MB|GB|KiB|MiB|GiB)$",
+        description="The largest safetensors file of a full model's weights (more files and an index beyond it); "
+        "under ZeRO-3 the model is gathered and written one such shard at a time, never whole.",
+    )
     overwrite: bool = Field(
         False,
         description="Replace an earlier rayft run in storage_path/name: the files rayft wrote "
@@ -270,6 +293,14 @@ class RunConfig(Section):
             problems.append(f"deepspeed.offload_params: parameter offload needs zero_stage 3, got {zero}")
         if self.deepspeed.offload_optimizer and zero == 0:
             problems.append("deepspeed.offload_optimizer: optimizer offload needs zero_stage >= 1, got 0")
+        ds = self.deepspeed
+        if ds.offload_nvme_path and not (ds.offload_optimizer or ds.offload_params):
+            problems.append(
+                "deepspeed.offload_nvme_path: nothing is offloaded; set offload_optimizer and/or offload_params"
+            )
+        for key in ("max_live_parameters", "prefetch_bucket_size"):
+            if getattr(ds, key) is not None and zero != 3:
+                problems.append(f"deepspeed.{key}: a ZeRO-3 setting; set zero_stage 3, got {zero}")
         if not self.stage.trains_with_dropout and getattr(self.tuning, "dropout", 0):
             problems.append(
                 f"tuning.dropout: stage {self.stage.name} trains without dropout (it compares the scores of two "

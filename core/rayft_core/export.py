@@ -3,10 +3,11 @@ llama.cpp/Ollama converters load without PEFT or rayft.
 
     export_model("outputs/sft-lora", "exported/sft-lora", max_shard_size="2GB", ollama=True)
 
-- an adapter (LoRA, DoRA, PiSSA...) is merged into its base in float32. A QLoRA adapter was trained
+- an adapter (LoRA, DoRA, PiSSA...) is merged into its base in float32: a plain LoRA weight by weight, never
+  loading the base whole (rayft_core.model.merge), the others by PEFT on the whole model. A QLoRA adapter was trained
   against the quantized base, so that base is loaded quantized as in training and dequantized before
   the merge: the merged weights are the ones the adapter saw, not the original higher-precision ones;
-- a full-parameter output is re-saved as it is (resharded, cast when asked);
+- a full-parameter output is re-cut into shards (and cast when asked) tensor by tensor, never loaded whole;
 - weights as safetensors shards of at most max_shard_size, the tokenizer, its chat template as
   chat_template.jinja, a reward model's value_head.safetensors, and optionally an Ollama Modelfile.
 """
@@ -14,6 +15,7 @@ llama.cpp/Ollama converters load without PEFT or rayft.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,12 @@ from rayft_core import ownership
 from rayft_core.config import RunConfig, load_config
 from rayft_core.errors import UserInputError
 from rayft_core.model.loader import quantization_config, resize_embeddings, resolve_dtype
+from rayft_core.model.merge import merge_streamed, streaming_problem
+from rayft_core.model.shards import reshard
 from rayft_core.model.value_head import VALUE_HEAD_FILE
 from rayft_core.train.outputs import CONFIG_FILE
+
+logger = logging.getLogger(__name__)
 
 ADAPTER_FILE = "adapter_config.json"
 TEMPLATE_FILE = "chat_template.jinja"
@@ -93,7 +99,7 @@ def export_model(
     written beside it and renamed into place, so it appears whole or not at all. ``trust_remote_code`` is
     the caller's decision: a run directory (perhaps someone else's) never turns it on.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     run_dir, dest = Path(run_dir), Path(dest)
     if dest.resolve() == run_dir.resolve():
@@ -103,14 +109,19 @@ def export_model(
     run = read_run(run_dir)
     ownership.claim(str(dest), ownership.EXPORT, overwrite, "--overwrite")  # before the model is loaded
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
-    if (run_dir / ADAPTER_FILE).is_file():
-        model = merged_model(run, run_dir, tokenizer, trust_remote_code)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(run_dir, dtype="auto", trust_remote_code=trust_remote_code)
-    if dtype is not None:
-        model = model.to(resolve_dtype(dtype))
+    adapter = (run_dir / ADAPTER_FILE).is_file()
+    why_whole = streaming_problem(run, run_dir) if adapter else None
+    model = merged_model(run, run_dir, tokenizer, trust_remote_code) if why_whole else None
+    if why_whole:
+        logger.info("merging on the whole model (%s)", why_whole)
     with ownership.staged_dir(dest) as staged:
-        model.save_pretrained(staged, max_shard_size=max_shard_size, safe_serialization=True)
+        if model is not None:
+            model = model.to(resolve_dtype(dtype)) if dtype is not None else model
+            model.save_pretrained(staged, max_shard_size=max_shard_size, safe_serialization=True)
+        elif adapter:  # merged weight by weight: the base is never loaded whole
+            merge_streamed(run, run_dir, staged, max_shard_size, resolve_dtype(dtype or "float32"))
+        else:  # a full model is re-cut file by file, never loaded whole
+            copy_full_model(run_dir, staged, max_shard_size, resolve_dtype(dtype) if dtype else None)
         tokenizer.save_pretrained(staged)
         if isinstance(tokenizer.chat_template, str) and not (staged / TEMPLATE_FILE).is_file():
             (staged / TEMPLATE_FILE).write_text(tokenizer.chat_template)
@@ -125,6 +136,19 @@ def export_model(
             + "\n"
         )
     return dest
+
+
+def copy_full_model(src: Path, dest: Path, max_shard_size: str, dtype: torch.dtype | None) -> None:
+    """A saved full model (weights, config, generation config, remote code) in ``dest``, its weights re-cut into
+    shards of ``max_shard_size`` and cast to ``dtype`` tensor by tensor (rayft_core.model.shards.reshard)."""
+    reshard(src, dest, max_shard_size, dtype)
+    for extra in ["generation_config.json", *(p.name for p in src.glob("*.py"))]:
+        if (src / extra).is_file():
+            shutil.copy2(src / extra, dest / extra)
+    config = json.loads((src / "config.json").read_text())
+    if dtype is not None:
+        config["dtype"] = str(dtype).removeprefix("torch.")
+    (dest / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def modelfile(tokenizer: Any) -> str:

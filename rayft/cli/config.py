@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -49,6 +50,41 @@ def config_validate(config_path: str, overrides: tuple[str, ...], schema_only: b
         click.echo(f"tuning.target{' (all)' if target == 'all' else ''}: {names}")
         if experts := expert_count(facts.config):
             click.echo(f"mixture of {experts} experts: the routers stay frozen")
+    if facts is not None:
+        for line in memory_report(facts):
+            click.echo(line)
+
+
+def memory_report(facts: Any) -> list[str]:
+    """The estimate of rayft_core.train.memory for the run, and a warning when this machine's memory (or its
+    GPU's) would not hold the workers placed on it (a local run places them all here)."""
+    import os
+
+    import torch
+
+    from rayft_core.train.memory import GB, estimate_memory
+
+    run = facts.run
+    gpu = run.cluster.use_gpu is True or (run.cluster.use_gpu == "auto" and torch.cuda.is_available())
+    size = 4 if run.model.dtype == "float32" or (run.model.dtype == "auto" and not gpu) else 2
+    estimate = estimate_memory(run, facts.tuned_meta_model, facts.config, size)
+    lines = estimate.lines("GPU memory" if gpu else "host memory")
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    need_host = estimate.total("host") + (0 if gpu else estimate.total("device"))
+    if need_host * run.cluster.num_workers > host:
+        lines.append(
+            f"warning: {run.cluster.num_workers} worker(s) need about {need_host * run.cluster.num_workers / GB:.1f} GB "
+            f"of host memory; this machine has {host / GB:.1f} GB. On one machine: raise deepspeed.zero_stage, "
+            "turn on model.gradient_checkpointing, lower train.micro_batch_size or data.max_seq_len, or use LoRA"
+        )
+    if gpu and torch.cuda.is_available():
+        device = torch.cuda.get_device_properties(0).total_memory
+        if estimate.total("device") > device:
+            lines.append(
+                f"warning: a worker needs about {estimate.total('device') / GB:.1f} GB of GPU memory; this machine's "
+                f"GPU has {device / GB:.1f} GB. Shard more (zero_stage 3, more workers), offload, or checkpoint"
+            )
+    return lines
 
 
 @config.command("schema")

@@ -71,6 +71,8 @@ def test_shorthands():
         ({"tuning": "galore", "deepspeed": {"zero_stage": 3}}, "deepspeed.zero_stage: GaLore needs whole 2-D weights"),
         ({"tuning": "qlora", "deepspeed": {"zero_stage": 3}}, "deepspeed.zero_stage: a bitsandbytes-quantized base"),
         ({"deepspeed": {"zero_stage": 2, "offload_params": True}}, "deepspeed.offload_params: parameter offload needs"),
+        ({"deepspeed": {"zero_stage": 3, "offload_nvme_path": "/nvme"}}, "deepspeed.offload_nvme_path: nothing is"),
+        ({"deepspeed": {"zero_stage": 2, "max_live_parameters": 10**8}}, "deepspeed.max_live_parameters: a ZeRO-3"),
         ({"data": {**MINIMAL["data"], "streaming": True}}, "train.max_steps: a streamed dataset has no length"),
         (
             {"model": {"name_or_path": "m", "template": "qwen2"}},

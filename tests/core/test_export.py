@@ -120,7 +120,7 @@ def test_trust_remote_code_comes_from_the_caller_not_the_run_directory(tiny_mode
     import yaml
     from transformers import AutoModelForCausalLM
 
-    _, _, out = _trained_adapter(tiny_model, tmp_path, "run")
+    _, _, out = _trained_adapter(tiny_model, tmp_path, "run", use_dora=True)  # merged on the whole model
     config = yaml.safe_load((out / "rayft_run.yaml").read_text())
     config["model"]["trust_remote_code"] = True  # a run directory from someone else asks for it
     (out / "rayft_run.yaml").write_text(yaml.safe_dump(config))
@@ -135,3 +135,78 @@ def test_trust_remote_code_comes_from_the_caller_not_the_run_directory(tiny_mode
     assert seen == [False]
     export_model(out, tmp_path / "trusted", trust_remote_code=True)
     assert seen == [False, True]
+
+
+def test_a_full_model_is_recut_and_cast_tensor_by_tensor(tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    run = run_config(tiny_model("llama"), [{"path": "x.json"}], tmp_path, "full", tuning={"method": "full"})
+    tokenizer = load_tokenizer_for(tiny_model("llama"))
+    model = load_model(run, tokenizer).eval()
+    save_model(model, tokenizer, run, tmp_path / "full")
+    dest = export_model(tmp_path / "full", tmp_path / "exported", max_shard_size="100KB", dtype="bfloat16")
+    assert len(list(dest.glob("model-*.safetensors"))) > 1
+    assert json.loads((dest / "config.json").read_text())["dtype"] == "bfloat16"
+    exported = AutoModelForCausalLM.from_pretrained(dest)
+    assert exported.dtype == torch.bfloat16
+    want = model.to(torch.bfloat16).state_dict()
+    assert all(torch.equal(t, want[k]) for k, t in exported.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    "arch, tuning",
+    [("llama", {}), ("llama", {"use_rslora": True}), ("gpt2", {}), ("llama", {"dora": True})],
+    ids=["lora", "rslora", "gpt2-conv1d", "dora-whole"],
+)
+def test_a_lora_adapter_merges_weight_by_weight_as_peft_merges_it(tiny_model, tmp_path, monkeypatch, arch, tuning):
+    """The streamed merge (rayft_core.model.merge) writes the weights PEFT's merge_and_unload gives, without ever
+    loading the base model; what it cannot reproduce (DoRA) goes to PEFT on the whole model."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    dora = tuning.pop("dora", False)
+    run = run_config(
+        tiny_model(arch), [{"path": "x.json"}], tmp_path, "run",
+        tuning={"method": "lora", "rank": 4, "use_dora": dora, **tuning}, deepspeed={"zero_stage": 0},
+    )  # fmt: skip
+    tokenizer = load_tokenizer_for(tiny_model(arch))
+    model = apply_tuning(load_model(run, tokenizer), run)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) * 0.05)
+    save_model(model, tokenizer, run, tmp_path / "run")
+    want = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model(arch)), tmp_path / "run")
+    want = want.merge_and_unload().state_dict()
+    loads, load = [], AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: loads.append(a) or load(*a, **k))
+    dest = export_model(tmp_path / "run", tmp_path / "merged")
+    assert (loads != []) == dora  # only DoRA loaded the base model
+    got = load_file(str(dest / "model.safetensors"))
+    assert set(got) <= set(want) and "lm_head.weight" in want
+    assert all(torch.allclose(got[k], want[k], atol=1e-6) for k in got)
+
+
+def test_a_run_that_added_tokens_merges_weight_by_weight_with_its_trained_embeddings(tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from rayft_core.model.loader import load_tokenizer
+
+    run = run_config(
+        tiny_model("llama"), [{"path": "x.json"}], tmp_path, "run", tuning={"method": "lora", "rank": 4},
+        model={"name_or_path": str(tiny_model("llama")), "add_special_tokens": ["<tool>", "</tool>"]},
+    )  # fmt: skip
+    tokenizer = load_tokenizer(run.model)
+    model = apply_tuning(load_model(run, tokenizer), run)
+    save_model(model, tokenizer, run, tmp_path / "run")
+    dest = export_model(tmp_path / "run", tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(dest)
+    assert (
+        merged.config.vocab_size
+        == len(tokenizer)
+        > AutoModelForCausalLM.from_pretrained(tiny_model("llama")).config.vocab_size
+    )
+    ids = torch.tensor([tokenizer.convert_tokens_to_ids(["<tool>", "</tool>"]) + [5, 9]])
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=ids).logits, model.eval()(input_ids=ids).logits, atol=1e-5)

@@ -79,6 +79,15 @@ def test_adapters_stay_fp32_on_a_16_bit_base(tiny_model, workdir):
     assert ds["bf16"]["enabled"] is False  # DeepSpeed must not cast the fp32 adapters down
 
 
+def test_offload_to_nvme_and_the_zero3_gathering_knobs_reach_deepspeed(tiny_model, workdir):
+    ds = {"zero_stage": 3, "offload_optimizer": True, "offload_params": True, "offload_nvme_path": "/local_nvme"}
+    run = _run(tiny_model, workdir, deepspeed={**ds, "max_live_parameters": 10**8, "prefetch_bucket_size": 10**7})
+    zero = build_deepspeed_config(run, torch.float32, world_size=2)["zero_optimization"]
+    for key in ("offload_optimizer", "offload_param"):
+        assert zero[key] == {"device": "nvme", "nvme_path": "/local_nvme", "pin_memory": True}
+    assert zero["stage3_max_live_parameters"] == 10**8 and zero["stage3_prefetch_bucket_size"] == 10**7
+
+
 def test_user_deepspeed_json_gets_its_auto_values_filled(tiny_model, workdir, tmp_path):
     path = tmp_path / "ds.json"
     path.write_text(

@@ -14,6 +14,7 @@ from torch import nn
 
 from rayft_core.config import RunConfig
 from rayft_core.methods.layers import TuningError, decoder_layers, linear_module_names, resolve_targets
+from rayft_core.model.zero3 import numel
 
 __all__ = [
     "TuningError",
@@ -30,10 +31,11 @@ def apply_tuning(model: nn.Module, run: RunConfig) -> nn.Module:
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts; a 4-bit weight counts its unpacked elements."""
+    """(trainable, total) parameter counts; a 4-bit weight counts its unpacked elements, a ZeRO-3 partition its
+    whole parameter."""
     trainable = total = 0
     for p in model.parameters():
-        n = p.numel() * (2 if p.__class__.__name__ == "Params4bit" else 1)
+        n = numel(p) * (2 if p.__class__.__name__ == "Params4bit" else 1)
         total += n
         trainable += n if p.requires_grad else 0
     return trainable, total

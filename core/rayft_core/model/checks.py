@@ -187,7 +187,7 @@ def rl_roles(model_dir: Path, tok: Any, out: Path) -> None:
     torch.manual_seed(0)
     model = stage.build_model(run, tok)
     engine = HFRollout(str(model_dir), tok.pad_token_id, seed=0)
-    engine.load_adapter(0, model.policy_adapter_files(zero3=False, rank=0))
+    engine.load_adapter(0, model.policy_adapter_files(rank=0))
     prompt = tok([QA[0][0]])["input_ids"][0]
     sampling = Sampling(max_new_tokens=6, temperature=1.0, top_p=1.0, stop_token_ids=(tok.eos_token_id,))
     responses = engine.generate([prompt], n=2, sampling=sampling, seed=0)[0]
@@ -206,10 +206,11 @@ def rl_roles(model_dir: Path, tok: Any, out: Path) -> None:
 
 
 def full_zero3(model_dir: Path, tok: Any, out: Path) -> None:
-    """Full-parameter SFT steps on a DeepSpeed ZeRO-3 engine (one process), as a worker session builds it."""
+    """Full-parameter SFT steps on a DeepSpeed ZeRO-3 engine (one process), the model built partitioned, as a
+    worker session builds it."""
     import deepspeed
 
-    from rayft_core.model.zero3 import mark_zero3_leaves
+    from rayft_core.model.zero3 import mark_zero3_leaves, sharded_construction
     from rayft_core.train.deepspeed_config import build_deepspeed_config
     from rayft_core.train.optim import build_optimizer
     from rayft_core.train.stages import STAGES
@@ -219,13 +220,12 @@ def full_zero3(model_dir: Path, tok: Any, out: Path) -> None:
     sections = {"tuning": {"method": "full"}, "deepspeed": {"zero_stage": 3}, "train": {"learning_rate": 1e-3}}
     run = _run(model_dir, out, **sections)
     torch.manual_seed(0)
-    model = stage.build_model(run, tok)
+    config = build_deepspeed_config(run, torch.float32, world_size=1)
+    with sharded_construction(config):
+        model = stage.build_model(run, tok)
     mark_zero3_leaves(model)
     engine, *_ = deepspeed.initialize(
-        model=model,
-        optimizer=build_optimizer(model, run),
-        config=build_deepspeed_config(run, torch.float32, world_size=1),
-        dist_init_required=False,
+        model=model, optimizer=build_optimizer(model, run), config=config, dist_init_required=False
     )
     objective = stage.objective(run, tok, torch.device("cpu"), {})
     engine.train()

@@ -197,6 +197,16 @@ class ModelFacts:
 
     @functools.cached_property
     def meta_model(self) -> torch.nn.Module:
+        return self._weightless()
+
+    @functools.cached_property
+    def tuned_meta_model(self) -> torch.nn.Module:
+        """A weightless copy with the run's tuning method applied: which parameters train, and how many."""
+        model = self._weightless()
+        with torch.device("meta"):
+            return self.run.tuning.apply(model, self.run)
+
+    def _weightless(self) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM
 
         with torch.device("meta"):
@@ -260,17 +270,22 @@ def resize_embeddings(model: torch.nn.Module, vocab_size: int, seed: int = 0) ->
     """Grow the embeddings to the tokenizer; new rows = mean of old rows + noise of their covariance scale.
 
     A mean initialisation keeps the new tokens' logits close to the average token's instead of
-    random (Hewitt, "Initializing new word embeddings", 2021); the noise keeps them distinct.
+    random (Hewitt, "Initializing new word embeddings", 2021); the noise keeps them distinct. Under ZeRO-3
+    (rayft_core.model.zero3.sharded_construction) the matrices are gathered one at a time and rank 0's new rows
+    are the ones every rank keeps.
     """
-    old = model.get_input_embeddings().weight.shape[0]
+    from rayft_core.model.zero3 import gathered, shape
+
+    old = shape(model.get_input_embeddings().weight)[0]
     if vocab_size <= old:
         return
     model.resize_token_embeddings(vocab_size, mean_resizing=False)
     gen = torch.Generator().manual_seed(seed)
     for emb in {model.get_input_embeddings(), model.get_output_embeddings()} - {None}:
-        weight = emb.weight
-        mean = weight[:old].float().mean(0)
-        std = weight[:old].float().std(0)
-        noise = torch.randn((vocab_size - old, weight.shape[1]), generator=gen) * std * 0.1
-        weight[old:] = (mean + noise).to(weight.dtype)
+        with gathered([emb.weight], modifier_rank=0):
+            weight = emb.weight
+            mean = weight[:old].float().mean(0)
+            std = weight[:old].float().std(0)
+            noise = torch.randn((vocab_size - old, weight.shape[1]), generator=gen) * std * 0.1
+            weight[old:] = (mean + noise).to(weight.dtype)
     logger.info("resized embeddings from %d to %d tokens (noisy mean init)", old, vocab_size)

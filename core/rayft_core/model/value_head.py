@@ -52,13 +52,18 @@ class ValueHeadModel(nn.Module):
     ) -> None:
         """The LM (or its adapter) as usual, and the head in value_head.safetensors.
 
-        ``state_dict`` is this module's gathered state under ZeRO-3 (keys lm.* and v_head.*)."""
-        from safetensors.torch import save_file
-
+        ``state_dict``: this module's state gathered under ZeRO-3 (keys lm.* and v_head.*; an adapter run's
+        holds only what trained)."""
         lm_state = (
             {k.removeprefix("lm."): v for k, v in state_dict.items() if k.startswith("lm.")} if state_dict else None
         )
         self.lm.save_pretrained(out, state_dict=lm_state, **kwargs)
+        self.save_head(out, state_dict)
+
+    def save_head(self, out: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """value_head.safetensors, from ``state_dict``'s v_head.* where given (gathered under ZeRO-3)."""
+        from safetensors.torch import save_file
+
         head = {n: (state_dict[f"v_head.{n}"] if state_dict else p) for n, p in self.v_head.named_parameters()}
         save_file(
             {_KEYS[n]: t.detach().float().cpu().contiguous() for n, t in head.items()}, str(Path(out) / VALUE_HEAD_FILE)

@@ -1,5 +1,8 @@
-"""The modules ZeRO-3 must gather whole (DeepSpeed "leaf modules"): ZeRO-3 gathers a module's parameters in a hook
-before that module's forward, which is wrong for two kinds of block in transformers' families:
+"""What ZeRO-3 needs of a model: to be built partitioned (``sharded_construction``), its partitioned parameters
+read (``shape``, ``numel``, ``gathered``), and the modules it must gather whole (DeepSpeed "leaf modules").
+
+ZeRO-3 gathers a module's parameters in a hook before that module's forward, which is wrong for two kinds of
+block in transformers' families:
 
 - an MoE block: its experts run only for the tokens routed to them, so ranks would gather different experts and
   the collectives would hang or mismatch; gathered as one block, every rank gathers every expert each step;
@@ -9,6 +12,11 @@ before that module's forward, which is wrong for two kinds of block in transform
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
 from torch import nn
 
 from rayft_core.model.moe import moe_blocks
@@ -27,3 +35,54 @@ def mark_zero3_leaves(model: nn.Module) -> list[str]:
 
         set_z3_leaf_modules(model, classes)
     return [c.__name__ for c in classes]
+
+
+@contextlib.contextmanager
+def sharded_construction(ds_config: dict[str, Any] | None) -> Iterator[None]:
+    """Under ZeRO-3 (``ds_config``'s stage 3), every model transformers builds inside is partitioned as it is
+    built: ``from_pretrained`` runs under ``deepspeed.zero.Init`` and loads each checkpoint tensor straight into
+    its partitions, so no worker ever holds a whole copy of the weights (with 8 workers on a node, a 70B model
+    is not loaded 8 times). Elsewhere it does nothing: ZeRO-0/1/2 keep whole weights on every worker.
+
+    The setting is transformers' process-wide ``HfDeepSpeedConfig``; it is cleared on exit, so a model loaded
+    later in the same process (an export on rank 0, an evaluation engine) is a plain one."""
+    if not ds_config or ds_config.get("zero_optimization", {}).get("stage") != 3:
+        yield
+        return
+    import deepspeed
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    deepspeed.init_distributed(dist_init_required=False)  # zero.Init reads the world size from DeepSpeed's comm
+    setting = HfDeepSpeedConfig(ds_config)  # transformers keeps only a weak reference: hold it while building
+    try:
+        yield
+    finally:
+        unset_hf_deepspeed_config()
+        del setting
+
+
+def gathered(params: list[nn.Parameter], modifier_rank: int | None = None) -> contextlib.AbstractContextManager:
+    """The parameters whole inside the block where ZeRO-3 partitions them (changes made on ``modifier_rank`` are
+    kept on exit); a no-op for whole parameters."""
+    partitioned = [p for p in params if hasattr(p, "ds_id")]
+    if not partitioned:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=modifier_rank)
+
+
+def shape(p: nn.Parameter) -> torch.Size:
+    """A parameter's full shape, also when ZeRO-3 holds only a partition of it (``ds_shape``)."""
+    return getattr(p, "ds_shape", None) or p.shape
+
+
+def numel(p: nn.Parameter) -> int:
+    """A parameter's full size, also when ZeRO-3 holds only a partition of it (``ds_numel``)."""
+    return getattr(p, "ds_numel", None) or p.numel()
+
+
+def is_partitioned(p: nn.Parameter) -> bool:
+    """Whether this worker holds only its partition of ``p`` (ZeRO-3 released the rest)."""
+    return hasattr(p, "ds_numel") and p.data.numel() < p.ds_numel

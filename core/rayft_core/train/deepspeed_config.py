@@ -19,10 +19,15 @@ def build_deepspeed_config(run: RunConfig, dtype: torch.dtype, world_size: int) 
     if ds.zero_stage == 3:
         # gather the full weights on rank 0 when saving, so outputs are plain HF checkpoints
         zero.update(stage3_gather_16bit_weights_on_model_save=True, stage3_param_persistence_threshold=1e4)
+    offload = {"device": "nvme", "nvme_path": ds.offload_nvme_path} if ds.offload_nvme_path else {"device": "cpu"}
     if ds.offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        zero["offload_optimizer"] = {**offload, "pin_memory": True}
     if ds.offload_params:
-        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+        zero["offload_param"] = {**offload, "pin_memory": True}
+    if ds.max_live_parameters is not None:
+        zero["stage3_max_live_parameters"] = ds.max_live_parameters
+    if ds.prefetch_bucket_size is not None:
+        zero["stage3_prefetch_bucket_size"] = ds.prefetch_bucket_size
     generated: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": t.gradient_accumulation_steps,

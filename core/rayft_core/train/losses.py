@@ -19,7 +19,6 @@ head and cross-entropy a chunk at a time:
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
@@ -30,6 +29,7 @@ from torch.utils.checkpoint import checkpoint
 from rayft_core.data import IGNORE_INDEX
 from rayft_core.model.head import logit_scale, logit_softcap
 from rayft_core.model.moe import load_balancing_loss, router_aux_loss
+from rayft_core.model.zero3 import gathered
 
 CHUNK_ELEMENTS = 2**25  # logits per chunk: 128 MiB in fp32, whatever the vocabulary
 
@@ -99,15 +99,6 @@ def _chunk_count(n: int, rows: int, head: nn.Module, device: torch.device) -> in
         torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
         chunks = int(count.item())
     return chunks
-
-
-def _gathered(weight: nn.Parameter):
-    """The full weight for the duration of the call: a no-op unless ZeRO-3 sharded it."""
-    if not hasattr(weight, "ds_id"):
-        return contextlib.nullcontext()
-    import deepspeed
-
-    return deepspeed.zero.GatheredParameters([weight])
 
 
 def decoder_hidden(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[nn.Module, torch.Tensor]:
@@ -180,7 +171,7 @@ def _loss_sum(base: nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> tu
     rows = _chunk_rows(base.config.vocab_size)
     chunks = 0 if fused else _chunk_count(n, rows, head, hidden.device)  # a collective under ZeRO-3: every rank
     if fused:
-        with _gathered(head.weight):  # a collective under ZeRO-3 too: every rank, even one with nothing to learn
+        with gathered([head.weight]):  # a collective under ZeRO-3 too: every rank, even one with nothing to learn
             if n:
                 return _LinearCrossEntropy.apply(hidden, head.weight, targets, softcap), n
     if n == 0 and chunks == 0:  # nothing to learn in this micro-batch; keep the graph so every rank runs backward
@@ -262,7 +253,7 @@ def labelled_logps(base: nn.Module, hidden: torch.Tensor, labels: torch.Tensor) 
     hidden_kept, targets, keep = _labelled(base, hidden, labels)
     softcap = logit_softcap(base.config)
     if torch.is_grad_enabled() and type(head) is nn.Linear and head.bias is None and not head.weight.requires_grad:
-        with _gathered(head.weight):
+        with gathered([head.weight]):
             token_logps = _LinearLogProb.apply(hidden_kept, head.weight, targets, softcap)
     else:
         rows = _chunk_rows(base.config.vocab_size)

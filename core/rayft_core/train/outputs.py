@@ -92,18 +92,17 @@ def plot_loss(output_dir: str | Path) -> Path | None:
 
 
 def save_model(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    run: RunConfig,
-    output_dir: str | Path,
-    state_dict: dict[str, torch.Tensor] | None = None,
+    model: torch.nn.Module, tokenizer: Any, run: RunConfig, output_dir: str | Path, weights: bool = True
 ) -> None:
-    """A PEFT adapter (save_pretrained) or the full model, with tokenizer, chat template and run config.
-
-    ``state_dict`` is the gathered full state under ZeRO-3, where the module holds only shards.
-    """
+    """A PEFT adapter (save_pretrained) or the full model in shards of output.max_shard_size, with tokenizer, chat
+    template and run config. ``weights=False``: the weights are written already (under ZeRO-3, by
+    rayft_core.model.shards.save_partitioned, which gathers them a module at a time)."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
+    if weights:
+        from rayft_core.model.shards import trains_adapter
+
+        shards = {} if trains_adapter(model) else {"max_shard_size": run.output.max_shard_size}
+        model.save_pretrained(out, safe_serialization=True, **shards)
     tokenizer.save_pretrained(out)
     (out / CONFIG_FILE).write_text(dump_config(run))

@@ -18,6 +18,14 @@ from rayft_core.data.tokenize import encode_chat_batch
 from rayft_core.train.losses import sequence_logps
 from rayft_core.train.stage import Metrics, SupervisedStage
 
+# What the frozen reference's own (optimizer-less) DeepSpeed engine takes from the policy's config.
+REFERENCE_DS_KEYS = (
+    "train_micro_batch_size_per_gpu",
+    "gradient_accumulation_steps",
+    "train_batch_size",
+    "bf16",
+    "fp16",
+)
 PAIR_COLUMNS = ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels")
 
 
@@ -141,28 +149,20 @@ class Reference:
         if run.stage.reference_model is None and run.tuning.method == "lora":
             return
         from rayft_core.model.loader import load_model
-        from rayft_core.model.zero3 import mark_zero3_leaves
+        from rayft_core.model.zero3 import mark_zero3_leaves, sharded_construction
 
         ref_run = run.model_copy(deep=True)
         if run.stage.reference_model:
             ref_run.model.name_or_path = run.stage.reference_model
         ref_run.model.gradient_checkpointing = False
-        model = load_model(ref_run, tokenizer).requires_grad_(False).eval()
-        if run.deepspeed.zero_stage == 3:
+        config = {k: ds_config[k] for k in REFERENCE_DS_KEYS if k in ds_config}
+        config["zero_optimization"] = {"stage": 3, "stage3_param_persistence_threshold": 1e4}
+        zero3 = run.deepspeed.zero_stage == 3
+        with sharded_construction(config if zero3 else None):  # built partitioned, like the policy
+            model = load_model(ref_run, tokenizer).requires_grad_(False).eval()
+        if zero3:
             import deepspeed
 
-            config = {
-                k: ds_config[k]
-                for k in (
-                    "train_micro_batch_size_per_gpu",
-                    "gradient_accumulation_steps",
-                    "train_batch_size",
-                    "bf16",
-                    "fp16",
-                )
-                if k in ds_config
-            }
-            config["zero_optimization"] = {"stage": 3, "stage3_param_persistence_threshold": 1e4}
             mark_zero3_leaves(model)
             model = deepspeed.initialize(model=model, config=config, dist_init_required=False)[0].module
         else:

@@ -25,6 +25,7 @@ from torch import nn
 from rayft_core.config import RunConfig
 from rayft_core.errors import UserInputError
 from rayft_core.model.value_head import VALUE_HEAD_FILE, ValueHeadModel, hidden_size_of, load_value_head
+from rayft_core.model.zero3 import gathered
 from rayft_core.train.losses import decoder_hidden, labelled_entropy, labelled_logps
 
 POLICY, REWARD = "default", "reward"
@@ -177,16 +178,11 @@ class RlModel(nn.Module):
             for p, flag in flags:
                 p.requires_grad_(flag)
 
-    def policy_adapter_files(self, zero3: bool, rank: int) -> dict[str, bytes] | None:
+    def policy_adapter_files(self, rank: int) -> dict[str, bytes] | None:
         """The policy adapter as PEFT saves it (adapter_model.safetensors + adapter_config.json), on rank 0;
         what the rollout engines load. Under ZeRO-3 every rank takes part in gathering it."""
         params = [p for n, p in self.lm.named_parameters() if f".{POLICY}." in n]
-        gathered = contextlib.nullcontext()
-        if zero3:
-            import deepspeed
-
-            gathered = deepspeed.zero.GatheredParameters(params)
-        with gathered:
+        with gathered(params):
             if rank != 0:
                 return None
             with tempfile.TemporaryDirectory(prefix="rayft-policy-") as d:

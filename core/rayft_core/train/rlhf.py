@@ -132,7 +132,7 @@ class Learner:
     def sync(self, rollouts: Rollouts | None, version: int, rank: int) -> float:
         """The policy adapter to every engine (rank 0 sends; every rank gathers under ZeRO-3), then all wait."""
         started = time.perf_counter()
-        files = self.model.policy_adapter_files(self.run.deepspeed.zero_stage == 3, rank)
+        files = self.model.policy_adapter_files(rank)
         if rank == 0:
             rollouts.load_adapter(version, files)
         if torch.distributed.is_initialized():

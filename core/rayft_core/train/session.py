@@ -32,7 +32,8 @@ from rayft_core.config import RunConfig
 from rayft_core.errors import UserInputError
 from rayft_core.model.adapters import count_parameters
 from rayft_core.model.loader import load_tokenizer, resolve_dtype
-from rayft_core.model.zero3 import mark_zero3_leaves
+from rayft_core.model.shards import save_partitioned
+from rayft_core.model.zero3 import mark_zero3_leaves, sharded_construction
 from rayft_core.train import outputs
 from rayft_core.train.checkpoint import TrainerState, load_checkpoint, save_checkpoint, seed_everything
 from rayft_core.train.deepspeed_config import build_deepspeed_config
@@ -85,7 +86,9 @@ class WorkerSession:
         cuda = torch.cuda.is_available()
         self.device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
         self.tokenizer = load_tokenizer(run.model)
-        self.model = stage.build_model(run, self.tokenizer)
+        self.ds_config = build_deepspeed_config(run, resolve_dtype(run.model.dtype), self.world_size)
+        with sharded_construction(self.ds_config):  # under ZeRO-3 no worker holds the whole model, even now
+            self.model = stage.build_model(run, self.tokenizer)
         if run.deepspeed.zero_stage == 3:
             mark_zero3_leaves(self.model)  # MoE blocks gather as one: no rank waits on an expert it skipped
         trainable, total = count_parameters(self.model)
@@ -93,7 +96,6 @@ class WorkerSession:
             logger.info(
                 "trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total
             )
-        self.ds_config = build_deepspeed_config(run, resolve_dtype(run.model.dtype), self.world_size)
         optimizer = None if "optimizer" in self.ds_config else build_optimizer(self.model, run)
         scheduler = (
             build_scheduler(optimizer, run, stage.scheduler_steps(run, self.plan.total_steps)) if optimizer else None
@@ -242,14 +244,13 @@ class WorkerSession:
         )
 
     def _save_model(self) -> None:
-        run = self.run
-        # Under ZeRO-3 every rank holds a shard: gathering is a collective all ranks must join.
-        state_dict = self.engine._zero3_consolidated_16bit_state_dict() if run.deepspeed.zero_stage == 3 else None
-        if self.rank != 0:
-            return
-        out = self.out
+        run, out, zero3 = self.run, self.out, self.run.deepspeed.zero_stage == 3
         try:
-            outputs.save_model(self.engine.module, self.tokenizer, run, out, state_dict=state_dict)
+            if zero3:  # every rank holds a partition: all join the gathering, one module at a time
+                save_partitioned(self.engine.module, out, self.rank, run.output.max_shard_size)
+            if self.rank != 0:
+                return
+            outputs.save_model(self.engine.module, self.tokenizer, run, out, weights=not zero3)
             outputs.plot_loss(out)
             if run.output.merge_adapter and run.tuning.method == "lora":
                 from rayft_core.export import export_model

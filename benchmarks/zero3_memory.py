@@ -1,0 +1,187 @@
+"""Memory of the largest Ray Train worker, full-parameter pre-training of a ~0.7B Llama: ZeRO-0 on one worker
+against ZeRO-2, ZeRO-3 and ZeRO-3 with optimizer offload on two, for this checkout and (--before REV) an
+earlier commit, one run at a time.
+
+    .venv/bin/python benchmarks/zero3_memory.py --before ea4429b --wait-idle
+
+Each run is `rayft train` as a whole process on a random-weight Llama (hidden 1536, 24 layers, fp32 weights
+~2.8 GB; built once under --work) for --steps steps of pre-training at --seq tokens; a sampler reads every Ray
+Train worker's PSS (smaps_rollup) each second and keeps each worker's peak. Printed: the largest worker's peak
+PSS per configuration and version, its ratio to ZeRO-0 x1, the run's wall time, and rayft's own estimate of the
+same run (`rayft config validate`'s table, rayft_core.train.memory) beside it. --before runs that commit's code
+from a git worktree, with this checkout's virtual environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._peer import (  # noqa: E402
+    add_idle_arguments,
+    fresh_dir,
+    log_output,
+    offline_env,
+    spawn,
+    terminate_leftovers,
+    wait_idle,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = {  # name -> (workers, deepspeed section)
+    "ZeRO-0 x1": (1, {"zero_stage": 0}),
+    "ZeRO-2 x2": (2, {"zero_stage": 2}),
+    "ZeRO-3 x2": (2, {"zero_stage": 3}),
+    "ZeRO-3 x2 + optimizer offload": (2, {"zero_stage": 3, "offload_optimizer": True}),
+}
+
+
+def build_model(out: Path) -> int:
+    """The ~0.7B random Llama (a 32k vocabulary; the BPE tokenizer trained on the corpus uses its first ids),
+    built once; returns its parameter count."""
+    if (out / "config.json").is_file():
+        return json.loads((out / "parameters.json").read_text())["parameters"]
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from rayft_core.model.tiny import build_tokenizer
+
+    tok = build_tokenizer((REPO / "examples/data/corpus.txt").read_text().splitlines() * 4, save_dir=out)
+    config = LlamaConfig(
+        vocab_size=32_000, hidden_size=1536, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=12,
+        num_key_value_heads=4, max_position_embeddings=4096, tie_word_embeddings=False,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(out)
+    n = sum(p.numel() for p in model.parameters())
+    (out / "parameters.json").write_text(json.dumps({"parameters": n}))
+    return n
+
+
+def run_yaml(model: Path, work: Path, name: str, workers: int, deepspeed: dict, args: argparse.Namespace) -> Path:
+    import yaml
+
+    config = {
+        "model": {"name_or_path": str(model)},
+        "stage": "pt",
+        "tuning": "full",
+        "data": {
+            "train": [{"path": str(REPO / "examples/data/corpus.txt"), "format": "text"}],
+            "max_seq_len": args.seq,
+        },
+        "train": {"max_steps": args.steps, "micro_batch_size": 1, "learning_rate": 1e-5, "logging_steps": 1},
+        "deepspeed": deepspeed,
+        "cluster": {"num_workers": workers},
+        "output": {"storage_path": str(work / "runs"), "name": name, "overwrite": True},
+    }
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def is_train_worker(p: psutil.Process) -> bool:
+    try:
+        return "RayTrainWorker" in " ".join(p.cmdline())
+    except psutil.Error:
+        return False
+
+
+def measure_workers(cmd: list[str], env: dict[str, str], log: Path) -> dict:
+    """Run cmd to exit; each Ray Train worker's peak PSS (sampled every second) and the wall time."""
+    peaks: dict[int, int] = {}
+    t0 = time.perf_counter()
+    proc = spawn(cmd, REPO, offline_env(env))
+    reader = log_output(proc, log, t0)
+    while proc.poll() is None:
+        for p in psutil.process_iter():
+            if is_train_worker(p):
+                try:
+                    peaks[p.pid] = max(peaks.get(p.pid, 0), p.memory_full_info().pss)
+                except psutil.Error:
+                    pass
+        time.sleep(1.0)
+    reader.join(timeout=10)
+    terminate_leftovers(proc.pid)
+    return {
+        "rc": proc.returncode,
+        "wall_s": time.perf_counter() - t0,
+        "worker_peaks_gb": sorted(v / 1e9 for v in peaks.values()),
+    }
+
+
+def estimate(config: Path) -> float | None:
+    """rayft's own estimate of the run's largest worker (GB), from `rayft config validate`."""
+    out = subprocess.run(
+        [sys.executable, "-m", "rayft.cli", "config", "validate", str(config)], capture_output=True, text=True, cwd=REPO
+    ).stdout
+    totals = [line.split()[1] for line in out.splitlines() if line.strip().startswith("total")]
+    return float(totals[0]) * 2**30 / 1e9 if totals else None
+
+
+def checkout(rev: str, work: Path) -> Path:
+    """A git worktree of ``rev`` (its code runs with this checkout's environment via PYTHONPATH)."""
+    path = work / f"src-{rev}"
+    if not path.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", str(path), rev], cwd=REPO, check=True)
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/rayft-zero3-memory"))
+    ap.add_argument("--before", help="also run this git revision (the code before a change)")
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--only", nargs="*", help="run only these configurations (names as printed)")
+    add_idle_arguments(ap)
+    args = ap.parse_args()
+    work = args.work
+    if not (work / "model" / "config.json").is_file():
+        fresh_dir(work)
+    n = build_model(work / "model")
+    print(f"model: Llama, {n / 1e9:.2f}B parameters, fp32 weights {n * 4 / 1e9:.1f} GB", flush=True)
+    versions = {"this checkout": REPO}
+    if args.before:
+        versions[f"before ({args.before})"] = checkout(args.before, work)
+    results = []
+    for name, (workers, deepspeed) in CONFIGS.items():
+        if args.only and name not in args.only:
+            continue
+        config = run_yaml(work / "model", work, name.replace(" ", "_").replace("+", "plus"), workers, deepspeed, args)
+        for version, src in versions.items():
+            wait_idle(args.wait_idle, args.idle_load)
+            env = {"PYTHONPATH": f"{src / 'core'}:{src}"}
+            r = measure_workers(
+                [sys.executable, "-m", "rayft.cli", "train", str(config)],
+                env,
+                work / f"{config.stem}-{len(results)}.log",
+            )
+            r.update(config=name, version=version, estimate_gb=estimate(config) if src == REPO else None)
+            results.append(r)
+            print(json.dumps(r), flush=True)
+    (work / "results.json").write_text(json.dumps(results, indent=2))
+    base = {r["version"]: max(r["worker_peaks_gb"] or [0]) for r in results if r["config"] == "ZeRO-0 x1"}
+    print(
+        f"\n{'configuration':<32} {'version':<22} {'largest worker PSS':>19} {'vs ZeRO-0 x1':>13} {'estimate':>9} {'wall':>7}"
+    )
+    for r in results:
+        peak = max(r["worker_peaks_gb"] or [0])
+        ratio = f"{peak / base[r['version']]:.2f}x" if base.get(r["version"]) else "-"
+        est = f"{r['estimate_gb']:.1f} GB" if r["estimate_gb"] else "-"
+        status = "" if r["rc"] == 0 else f"  (exit {r['rc']})"
+        print(
+            f"{r['config']:<32} {r['version']:<22} {peak:>16.2f} GB {ratio:>13} {est:>9} {r['wall_s']:>6.0f}s{status}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""A LoRA adapter merged into its base one weight at a time, so that merging never loads the base whole: each
+tensor of the base's safetensors files is read, gets its adapter's update W + s * B @ A (s = alpha / r, or
+alpha / sqrt(r) with rsLoRA; transposed for GPT-2's Conv1D), and goes to the output shards
+(rayft_core.model.shards.ShardWriter). Weights the adapter saved whole (modules_to_save: the embeddings and head
+of a run that added tokens) replace the base's.
+
+What this path does not reproduce is merged by PEFT on the whole model instead (rayft_core.export.merged_model);
+``streaming_problem`` names the reason: DoRA's magnitudes, PiSSA's changed base, a quantized (QLoRA) base, adapted
+3-D expert weights, per-module ranks, tied embeddings the adapter retrained, or a base without safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rayft_core.model.shards import ShardWriter
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PREFIX = "base_model.model."
+
+
+def _base_files(base: Path) -> list[Path]:
+    return sorted(base.glob("model*.safetensors"))
+
+
+def streaming_problem(run: Any, adapter_dir: Path) -> str | None:
+    """None when the adapter in ``adapter_dir`` can be merged tensor by tensor into ``run``'s base, else why not."""
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    base = Path(run.model.name_or_path)
+    base_config = json.loads((base / "config.json").read_text()) if (base / "config.json").is_file() else {}
+    reasons = {
+        "not a LoRA adapter": config.get("peft_type") != "LORA",
+        "DoRA scales each weight by a learned magnitude": config.get("use_dora"),
+        "PiSSA changed the base weights it trained against": str(config.get("init_lora_weights")).startswith("pissa"),
+        "the base was quantized in training": getattr(run.tuning, "quantization_bit", None),
+        "the adapter adapts 3-D expert weights": config.get("target_parameters"),
+        "ranks or alphas differ per module": config.get("rank_pattern") or config.get("alpha_pattern"),
+        "the base ties its head to the embeddings the adapter retrained": base_config.get("tie_word_embeddings")
+        and config.get("modules_to_save"),
+        "the run added tokens and the adapter does not carry the embeddings": run.model.add_special_tokens
+        and not config.get("modules_to_save"),
+        "the base has no local safetensors files": not _base_files(base),
+    }
+    return next((why for why, applies in reasons.items() if applies), None)
+
+
+def merge_streamed(run: Any, adapter_dir: Path, dest: Path, max_shard_size: str, dtype: torch.dtype) -> None:
+    """The run's base with the adapter in ``adapter_dir`` merged, written to ``dest`` in ``dtype`` (see the module's
+    docstring; check ``streaming_problem`` first). A ValueError names an adapter weight no base tensor matches."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    scale = config["lora_alpha"] / (math.sqrt(config["r"]) if config.get("use_rslora") else config["r"])
+    adapter = {k.removeprefix(PREFIX): v for k, v in load_file(str(adapter_dir / ADAPTER_WEIGHTS)).items()}
+    pairs = {k.removesuffix(".lora_A.weight"): (v, adapter[k.replace("lora_A", "lora_B")]) for k, v in adapter.items() if k.endswith(".lora_A.weight")}  # fmt: skip
+    # Weights saved whole, under the base's names; PEFT also saves the wrapper's copies of the embeddings
+    # (X.modules_to_save.weight, X.original_module.weight), which X.weight already holds.
+    wrapped = (".lora_", ".modules_to_save.", ".original_module.")
+    whole = {k: v for k, v in adapter.items() if not any(w in k for w in wrapped)}
+    base = Path(run.model.name_or_path)
+    keys = set()
+    for file in _base_files(base):
+        with safe_open(str(file), framework="pt") as f:
+            keys.update(f.keys())
+    missing = [f"{m}.weight" for m in pairs if f"{m}.weight" not in keys] + [k for k in whole if k not in keys]
+    if missing:  # checked before anything is written
+        raise ValueError(f"the adapter's {missing[0]} matches no tensor of the base in {base}")
+    writer, rows = ShardWriter(dest, max_shard_size), None
+    for file in _base_files(base):
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (a safe_open handle is not a dict)
+                weight = whole[key].float() if key in whole else f.get_tensor(key).float()
+                if (module := key.removesuffix(".weight")) in pairs:
+                    a, b = pairs[module]
+                    delta = scale * (b.float() @ a.float())
+                    weight = weight + (delta.T if config.get("fan_in_fan_out") else delta)
+                if key in whole and weight.ndim == 2 and "embed" in key:
+                    rows = weight.shape[0]  # the vocabulary the run trained with (added tokens)
+                writer.add({key: weight.to(dtype) if weight.is_floating_point() else weight})
+    writer.close()
+    _write_config(base, dest, dtype, rows)
+
+
+def _write_config(base: Path, dest: Path, dtype: torch.dtype, vocab_size: int | None) -> None:
+    config = json.loads((base / "config.json").read_text())
+    config["dtype"] = str(dtype).removeprefix("torch.")
+    if vocab_size:
+        config["vocab_size"] = vocab_size
+    (dest / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    for extra in ["generation_config.json", *(p.name for p in base.glob("*.py"))]:  # a remote-code model's files
+        if (base / extra).is_file():
+            (dest / extra).write_bytes((base / extra).read_bytes())

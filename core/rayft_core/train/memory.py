@@ -1,0 +1,120 @@
+"""What a run's workers will hold, estimated before anything starts (`rayft config validate` prints it).
+
+Per worker, for the run's ZeRO stage over its data-parallel workers (N):
+
+- parameters: every weight in its dtype (a 4-bit base: half a byte each), / N under ZeRO-3, plus what ZeRO-3
+  gathers while it computes (about two decoder layers, or the output head when that is bigger);
+- gradients: the trainable parameters' (in their dtype), / N from ZeRO-2;
+- optimizer states: AdamW's two fp32 moments per trainable parameter, and an fp32 master copy where DeepSpeed
+  trains a 16-bit model in mixed precision, / N from ZeRO-1; in host memory with offload_optimizer;
+- activations: what backward needs of one micro-batch at max_seq_len: per token and layer about 8 hidden-size
+  and 4 MLP-size values (attention's inputs and outputs, norms, the gated MLP's four products), plus the
+  attention scores where attention is eager; with gradient checkpointing only each layer's input and one
+  layer's recomputation. The loss's logits are computed in chunks (rayft_core.train.losses) and left out.
+
+It is an estimate, good to tens of percent: allocator slack, communication buffers and the framework's own
+memory (a CUDA context, Python and torch: about a gigabyte) come on top, and are named as such.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from torch import nn
+
+GB = 2**30
+RUNTIME_BYTES = 1 * GB  # Python, torch, DeepSpeed and Ray in a worker process (a CUDA context on GPUs)
+
+
+@dataclasses.dataclass
+class MemoryEstimate:
+    parts: list[tuple[str, float, str]]  # (what, bytes, where it lives: "device", "host" or "nvme")
+    workers: int
+
+    def total(self, where: str | None = None) -> float:
+        return sum(b for _, b, w in self.parts if where in (None, w))
+
+    def lines(self, device: str) -> list[str]:
+        """The estimate as lines for a terminal; ``device`` names where "device" parts live (GPU or CPU memory)."""
+        where = {"device": device, "host": "host memory", "nvme": "NVMe files"}
+        rows = [f"  {what:<34} {b / GB:8.2f} GB  {where[w]}" for what, b, w in self.parts]
+        return [
+            f"memory per worker (estimate, {self.workers} worker(s)):",
+            *rows,
+            f"  {'total':<34} {self.total() / GB:8.2f} GB",
+        ]
+
+
+def estimate_memory(run: Any, model: nn.Module, config: Any, bytes_per_value: int) -> MemoryEstimate:
+    """``model``: the run's model with its tuning method applied, on the meta device (shapes only); ``config``:
+    its transformers config; ``bytes_per_value``: the bytes of the run's dtype (4 for fp32, 2 for bf16/fp16)."""
+    ds, n = run.deepspeed, run.cluster.num_workers
+    zero = ds.zero_stage or 0
+    adapter = run.tuning.method == "lora"
+    trained_bytes = 4 if adapter else bytes_per_value  # adapters train in fp32 on any base
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    weight_bytes = trainable * trained_bytes + _frozen_bytes(model, run, bytes_per_value)
+    master = 4 if (bytes_per_value < 4 and not adapter) else 0  # DeepSpeed's fp32 copy under bf16/fp16
+    parts = [
+        ("parameters" + (" (1/N)" if zero == 3 else ""), weight_bytes / (n if zero == 3 else 1), _params_where(ds)),
+        ("gradients" + (" (1/N)" if zero >= 2 else ""), trainable * trained_bytes / (n if zero >= 2 else 1), "device"),
+        (
+            "optimizer states" + (" (1/N)" if zero >= 1 else ""),
+            trainable * (8 + master) / (n if zero >= 1 else 1),
+            _offloaded_to(ds) if ds.offload_optimizer else "device",
+        ),
+    ]
+    if zero == 3:
+        parts.append(
+            ("gathered while computing (ZeRO-3)", _gathered_bytes(model, weight_bytes, bytes_per_value), "device")
+        )
+    parts.append(("activations", _activation_bytes(run, config, bytes_per_value), "device"))
+    parts.append(("framework (Python, torch, DeepSpeed)", RUNTIME_BYTES, "host"))
+    return MemoryEstimate(parts, n)
+
+
+def _frozen_bytes(model: nn.Module, run: Any, bytes_per_value: int) -> float:
+    """The frozen weights' bytes: the run's dtype, or bits/8 for the linear layers of a quantized (QLoRA) base."""
+    bits = getattr(run.tuning, "quantization_bit", None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    quantized = {id(m.weight) for m in model.modules() if bits and isinstance(m, nn.Linear) and m is not head}
+    return sum(
+        p.numel() * (bits / 8 if id(p) in quantized else bytes_per_value)
+        for p in model.parameters()
+        if not p.requires_grad
+    )
+
+
+def _params_where(ds: Any) -> str:
+    return _offloaded_to(ds) if ds.offload_params else "device"
+
+
+def _offloaded_to(ds: Any) -> str:
+    return "nvme" if ds.offload_nvme_path else "host"
+
+
+def _gathered_bytes(model: nn.Module, weight_bytes: float, bytes_per_value: int) -> float:
+    """What ZeRO-3 holds whole while it computes: about two decoder layers (the current one and the prefetched
+    next), or the output head when that is bigger."""
+    from rayft_core.methods.layers import decoder_layers
+
+    layers = decoder_layers(model)
+    per_layer = sum(p.numel() for p in layers[0].parameters()) * bytes_per_value if layers else weight_bytes
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return max(2 * per_layer, head.weight.numel() * bytes_per_value if head is not None else 0)
+
+
+def _activation_bytes(run: Any, config: Any, bytes_per_value: int) -> float:
+    text = getattr(config, "text_config", None) or config
+    hidden = getattr(text, "hidden_size", 0) or 0
+    mlp = getattr(text, "intermediate_size", None) or 4 * hidden
+    layers = getattr(text, "num_hidden_layers", 0) or 0
+    heads = getattr(text, "num_attention_heads", 0) or 0
+    tokens = run.train.micro_batch_size * run.data.max_seq_len
+    per_layer = tokens * (8 * hidden + 4 * mlp) * bytes_per_value
+    if run.model.attn_implementation == "eager":
+        per_layer += 2 * tokens * heads * run.data.max_seq_len * bytes_per_value
+    if run.model.gradient_checkpointing:  # each layer's input kept, one layer recomputed at a time
+        return layers * tokens * hidden * bytes_per_value + per_layer
+    return layers * per_layer

@@ -1,0 +1,73 @@
+"""The memory a run's workers will hold, as `rayft config validate` explains it (rayft_core.train.memory): each
+part divided as its ZeRO stage divides it, and a warning when this machine cannot hold the workers."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from rayft.cli import main
+from rayft_core.model.loader import ModelFacts
+from rayft_core.train.memory import estimate_memory
+from tests.helpers import run_config
+
+
+def _parts(tiny_model, tmp_path, workers=2, **sections) -> dict[str, float]:
+    run = run_config(
+        tiny_model("llama"), [{"path": "d.json"}], tmp_path, "m", cluster={"num_workers": workers}, **sections
+    )
+    facts = ModelFacts(run)
+    estimate = estimate_memory(run, facts.tuned_meta_model, facts.config, 4)
+    return {what.split(" (")[0]: b for what, b, _ in estimate.parts}
+
+
+def test_each_zero_stage_divides_what_it_shards(tiny_model, tmp_path):
+    full = {"tuning": {"method": "full"}}
+    z0, z1, z2, z3 = (_parts(tiny_model, tmp_path, deepspeed={"zero_stage": s}, **full) for s in range(4))
+    total = sum(
+        p.numel()
+        for p in ModelFacts(
+            run_config(tiny_model("llama"), [{"path": "d.json"}], tmp_path, "m")
+        ).meta_model.parameters()
+    )
+    assert z0["parameters"] == total * 4 and z0["gradients"] == total * 4 and z0["optimizer states"] == total * 8
+    assert z1["optimizer states"] == z0["optimizer states"] / 2 and z1["gradients"] == z0["gradients"]
+    assert z2["gradients"] == z0["gradients"] / 2 and z2["parameters"] == z0["parameters"]
+    assert z3["parameters"] == z0["parameters"] / 2 and "gathered while computing" in z3
+    assert "gathered while computing" not in z2
+
+
+def test_lora_checkpointing_and_a_4bit_base_shrink_their_parts(tiny_model, tmp_path):
+    full = _parts(tiny_model, tmp_path, tuning={"method": "full"})
+    lora = _parts(tiny_model, tmp_path, tuning={"method": "lora", "rank": 4})
+    qlora = _parts(tiny_model, tmp_path, tuning={"method": "lora", "rank": 4, "quantization_bit": 4})
+    assert lora["optimizer states"] < full["optimizer states"] / 10
+    assert qlora["parameters"] < lora["parameters"] and qlora["optimizer states"] == lora["optimizer states"]
+    long = {"data": {"max_seq_len": 4096}, "train": {"micro_batch_size": 8, "max_steps": 1}}
+    plain = _parts(tiny_model, tmp_path, **long)
+    checkpointed = _parts(tiny_model, tmp_path, model={"gradient_checkpointing": True}, **long)
+    assert checkpointed["activations"] < plain["activations"]
+
+
+@pytest.mark.parametrize("huge", [False, True])
+def test_config_validate_explains_memory_and_warns_past_this_machine(tiny_model, alpaca_file, tmp_path, huge):
+    config = {
+        "model": {"name_or_path": str(tiny_model("llama"))},
+        "data": {"train": [{"path": str(alpaca_file), "format": "alpaca"}], "max_seq_len": 64},
+        "tuning": "full",
+        "deepspeed": {"zero_stage": 3},
+        "cluster": {"num_workers": 2},
+        "output": {"storage_path": str(tmp_path / "out")},
+    }
+    if huge:  # a micro-batch whose activations alone outgrow any test machine
+        config["train"] = {"micro_batch_size": 2_000_000}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(main, ["config", "validate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "memory per worker (estimate, 2 worker(s)):" in result.output
+    assert "parameters (1/N)" in result.output and "gathered while computing (ZeRO-3)" in result.output
+    assert ("warning: 2 worker(s) need about" in result.output) == huge
+    if huge:
+        assert "turn on model.gradient_checkpointing" in result.output

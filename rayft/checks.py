@@ -18,6 +18,7 @@ from rayft_core.methods import missing_dependencies
 from rayft_core.model.loader import ModelFacts, ModelLoadError, check_model_path
 from rayft_core.ownership import OutputKind
 from rayft_core.stage_config import TEXT
+from rayft_core.train import sequence_parallel
 
 # More workers than any cluster holds: a typo (an extra zero or three), not a plan.
 MAX_WORKERS = 100_000
@@ -40,6 +41,7 @@ def check_config(
     problems += _check_chat_template(run, model)
     problems += STAGES[run.stage.name].check(run, model)
     problems += _check_family(model)
+    problems += sequence_parallel.model_problems(run.cluster.sequence_parallel_size, model.config)
     problems += _check_targets(run, model)
     problems += _check_sizes(run, model)
     problems += _check_data(run)

@@ -184,6 +184,13 @@ class ClusterConfig(Section):
         description="CPUs reserved per worker, and its torch threads. auto: the nodes' free CPUs shared among the "
         "workers, less what runs beside them while they train (a stream's tokenizing, RL's rollout engines).",
     )
+    sequence_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="Split each sequence across this many workers (DeepSpeed Ulysses): each holds 1/N of its tokens, "
+        "attention exchanges heads with an all-to-all, activation memory per worker falls about N times. It divides "
+        "num_workers and the model's attention heads; stages pt and sft, without packing, ZeRO 0-2.",
+    )
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="How workers are placed on nodes."
     )
@@ -289,6 +296,9 @@ class RunConfig(Section):
         problems = []
         zero = self.deepspeed.zero_stage
         problems += self.tuning.problems(self)  # the method's own rules (GaLore: ZeRO 0; QLoRA: not ZeRO-3)
+        from rayft_core.train import sequence_parallel
+
+        problems += sequence_parallel.problems(self)
         if self.deepspeed.offload_params and zero != 3:
             problems.append(f"deepspeed.offload_params: parameter offload needs zero_stage 3, got {zero}")
         if self.deepspeed.offload_optimizer and zero == 0:

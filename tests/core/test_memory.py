@@ -48,6 +48,8 @@ def test_lora_checkpointing_and_a_4bit_base_shrink_their_parts(tiny_model, tmp_p
     plain = _parts(tiny_model, tmp_path, **long)
     checkpointed = _parts(tiny_model, tmp_path, model={"gradient_checkpointing": True}, **long)
     assert checkpointed["activations"] < plain["activations"]
+    split = _parts(tiny_model, tmp_path, cluster={"num_workers": 2, "sequence_parallel_size": 2}, **long)
+    assert split["activations"] == plain["activations"] / 2
 
 
 @pytest.mark.parametrize("huge", [False, True])

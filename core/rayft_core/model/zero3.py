@@ -54,7 +54,10 @@ def sharded_construction(ds_config: dict[str, Any] | None) -> Iterator[None]:
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     deepspeed.init_distributed(dist_init_required=False)  # zero.Init reads the world size from DeepSpeed's comm
-    setting = HfDeepSpeedConfig(ds_config)  # transformers keeps only a weak reference: hold it while building
+    # Without train_batch_size DeepSpeed derives it, also with sequence-parallel groups, which zero.Init cannot see.
+    setting = HfDeepSpeedConfig(
+        {k: v for k, v in ds_config.items() if k != "train_batch_size"}
+    )  # transformers keeps only a weak reference: hold it while building
     try:
         yield
     finally:

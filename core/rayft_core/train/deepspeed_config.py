@@ -30,7 +30,8 @@ def build_deepspeed_config(run: RunConfig, dtype: torch.dtype, world_size: int) 
         zero["stage3_prefetch_bucket_size"] = ds.prefetch_bucket_size
     generated: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
-        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        # With sequence parallelism each of a worker's micro-batches is N micro-steps, one per member of its group.
+        "gradient_accumulation_steps": t.gradient_accumulation_steps * run.cluster.sequence_parallel_size,
         "train_batch_size": t.micro_batch_size * t.gradient_accumulation_steps * world_size,
         "gradient_clipping": t.max_grad_norm,
         "zero_optimization": zero,

@@ -47,25 +47,27 @@ def train_worker(
     session = WorkerSession(run, plan, report, rank, world_size, resume_from, node)
     session.setup(stage)
     objective = stage.objective(run, session.tokenizer, session.device, session.ds_config)
-    engine, pad, device = session.engine, session.tokenizer.pad_token_id, session.device
+    engine, device = session.engine, session.device
     input_columns = [c for c in sequence_columns(stage.columns) if c.endswith("input_ids")]
     with session:
         window = MetricWindow()
         for step in _optimizer_steps(session.batches(epoch_batches), run.train.gradient_accumulation_steps):
             units = _step_units(stage, step, device)
             for examples in step:
-                batch = {k: v.to(device) for k, v in stage.collate(examples, pad).items()}
                 real = stage.real_rows(examples)
                 tokens = sum(len(x) for c in input_columns for x, r in zip(examples[c], real) if r)
-                boundary = engine.is_gradient_accumulation_boundary()
-                logs = boundary and session.logs_at(session.step + 1)
-                loss, step_metrics = objective(engine.module, batch)
-                # The step's loss: its summed loss over the units of all its micro-batches on all workers.
-                # DeepSpeed averages gradients over the workers; it does not scale by accumulation here.
-                engine.backward(loss * (world_size / units), scale_wrt_gas=False)
-                norm = grad_norm_before_step(engine, session.model) if logs else None  # reduced, not yet clipped
-                engine.step()
-                window.add(step_metrics, tokens, sum(real))
+                for batch in session.micro_batches(stage, examples):  # one, or a slice of each in an SP group
+                    boundary = engine.is_gradient_accumulation_boundary()
+                    logs = boundary and session.logs_at(session.step + 1)
+                    loss, step_metrics = objective(engine.module, batch)
+                    # The step's loss: its summed loss over the units of all its micro-batches on all workers.
+                    # DeepSpeed averages gradients over the data-parallel workers (sequence-parallel peers' are
+                    # summed: each holds part of a sequence); it does not scale by accumulation here.
+                    engine.backward(loss * (session.averaged_over / units), scale_wrt_gas=False)
+                    norm = grad_norm_before_step(engine, session.model) if logs else None  # reduced, not clipped
+                    engine.step()
+                    window.add(step_metrics)
+                window.add({}, tokens, sum(real))
                 session.tokens += tokens
             if not boundary:
                 continue  # a stream's last, short step
@@ -74,7 +76,7 @@ def train_worker(
                 metrics = {**window.reduce(device, "train/"), "train/grad_norm": reported_grad_norm(engine, norm)}
                 window = MetricWindow()
             if eval_batches is not None and _evaluates_at(run, plan, session.step + 1):
-                metrics.update(evaluate(engine, stage, objective, eval_batches, pad, device))
+                metrics.update(evaluate(session, stage, objective, eval_batches))
             session.end_step(metrics)
     session.finish()
 
@@ -105,18 +107,19 @@ def _evaluates_at(run: RunConfig, plan: TrainPlan, step: int) -> bool:
 
 
 def evaluate(
-    engine: Any, stage: SupervisedStage, objective: Objective, batches: Batches, pad_token_id: int, device: torch.device
+    session: WorkerSession, stage: SupervisedStage, objective: Objective, batches: Batches
 ) -> dict[str, float]:
     """The stage's metrics over this worker's evaluation rows, reduced across workers, as eval/*.
 
     Every worker runs as many forward passes as the others (Ray splits the rows equally), which
     ZeRO-3's parameter gathering needs.
     """
+    engine = session.engine
     engine.eval()
     window = MetricWindow()
     with torch.no_grad():
         for examples in batches():
-            batch = {k: v.to(device) for k, v in stage.collate(examples, pad_token_id).items()}
-            window.add(objective(engine.module, batch)[1])
+            for batch in session.micro_batches(stage, examples):
+                window.add(objective(engine.module, batch)[1])
     engine.train()
-    return {k: v for k, v in window.reduce(device, "eval/").items() if k.startswith("eval/")}
+    return {k: v for k, v in window.reduce(session.device, "eval/").items() if k.startswith("eval/")}

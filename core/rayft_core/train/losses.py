@@ -134,12 +134,20 @@ def _decoder(base: nn.Module) -> nn.Module:
 
 
 def _labelled(
-    base: nn.Module, hidden: torch.Tensor, labels: torch.Tensor
+    base: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, shifted: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The head's inputs at positions that predict a label, those labels, and the keep mask [batch, seq-1]."""
-    labels = labels[:, 1:]  # token t predicts t+1
+    """The head's inputs at positions that predict a label, those labels, and the keep mask [batch, seq-1].
+    ``shifted``: labels[t] is already what token t predicts (a sequence split across workers, where the next
+    token may be on another worker: rayft_core.train.sequence_parallel); the mask is then [batch, seq]."""
+    if not shifted:
+        labels, hidden = labels[:, 1:], hidden[:, :-1]  # token t predicts t+1
     keep = labels != IGNORE_INDEX
-    return _head_input(base, hidden[:, :-1][keep]), labels[keep], keep
+    return _head_input(base, hidden[keep]), labels[keep], keep
+
+
+def _targets(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, bool]:
+    """The batch's labels, and whether they are shifted already (a sequence-parallel slice's shift_labels)."""
+    return (batch["shift_labels"], True) if "shift_labels" in batch else (batch["labels"], False)
 
 
 def _head_input(base: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -159,12 +167,14 @@ def causal_lm_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tupl
     """Summed next-token cross-entropy over labelled positions, and their count (0: a graph of zeros, so every
     rank still runs backward)."""
     base, hidden = decoder_hidden(model, batch)
-    return _loss_sum(base, hidden, batch["labels"])
+    return _loss_sum(base, hidden, *_targets(batch))
 
 
-def _loss_sum(base: nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+def _loss_sum(
+    base: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, shifted: bool = False
+) -> tuple[torch.Tensor, int]:
     head = base.get_output_embeddings()
-    hidden, targets, _ = _labelled(base, hidden, labels)
+    hidden, targets, _ = _labelled(base, hidden, labels, shifted)
     n = targets.numel()
     softcap = logit_softcap(base.config)
     fused = _can_fuse(head) and torch.is_grad_enabled()
@@ -197,7 +207,7 @@ def lm_objective(
         total, n = causal_lm_loss_sum(model, batch)
         return total, {"loss": (total.item(), n)}
     base, outputs = decoder_outputs(model, batch, router_logits=True)
-    total, n = _loss_sum(base, outputs.last_hidden_state, batch["labels"])
+    total, n = _loss_sum(base, outputs.last_hidden_state, *_targets(batch))
     aux = router_aux_loss(base, outputs.router_logits, batch.get("attention_mask"))
     coef = router_aux_loss_coef if router_aux_loss_coef is not None else getattr(base.config, "router_aux_loss_coef", 0)
     metrics = {"loss": (total.item(), n), "aux_loss": (aux.item() * n, n)}

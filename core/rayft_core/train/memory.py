@@ -10,7 +10,7 @@ Per worker, for the run's ZeRO stage over its data-parallel workers (N):
 - activations: what backward needs of one micro-batch at max_seq_len: per token and layer about 8 hidden-size
   and 4 MLP-size values (attention's inputs and outputs, norms, the gated MLP's four products), plus the
   attention scores where attention is eager; with gradient checkpointing only each layer's input and one
-  layer's recomputation. The loss's logits are computed in chunks (rayft_core.train.losses) and left out.
+  layer's recomputation; with sequence parallelism a worker's 1/N of the tokens. The loss's logits are computed in chunks (rayft_core.train.losses) and left out.
 
 It is an estimate, good to tens of percent: allocator slack, communication buffers and the framework's own
 memory (a CUDA context, Python and torch: about a gigabyte) come on top, and are named as such.
@@ -111,7 +111,7 @@ def _activation_bytes(run: Any, config: Any, bytes_per_value: int) -> float:
     mlp = getattr(text, "intermediate_size", None) or 4 * hidden
     layers = getattr(text, "num_hidden_layers", 0) or 0
     heads = getattr(text, "num_attention_heads", 0) or 0
-    tokens = run.train.micro_batch_size * run.data.max_seq_len
+    tokens = run.train.micro_batch_size * run.data.max_seq_len / run.cluster.sequence_parallel_size  # a slice
     per_layer = tokens * (8 * hidden + 4 * mlp) * bytes_per_value
     if run.model.attn_implementation == "eager":
         per_layer += 2 * tokens * heads * run.data.max_seq_len * bytes_per_value

@@ -34,7 +34,7 @@ from rayft_core.model.adapters import count_parameters
 from rayft_core.model.loader import load_tokenizer, resolve_dtype
 from rayft_core.model.shards import save_partitioned
 from rayft_core.model.zero3 import mark_zero3_leaves, sharded_construction
-from rayft_core.train import outputs
+from rayft_core.train import outputs, sequence_parallel
 from rayft_core.train.checkpoint import TrainerState, load_checkpoint, save_checkpoint, seed_everything
 from rayft_core.train.deepspeed_config import build_deepspeed_config
 from rayft_core.train.optim import build_optimizer, build_scheduler
@@ -89,6 +89,9 @@ class WorkerSession:
         self.ds_config = build_deepspeed_config(run, resolve_dtype(run.model.dtype), self.world_size)
         with sharded_construction(self.ds_config):  # under ZeRO-3 no worker holds the whole model, even now
             self.model = stage.build_model(run, self.tokenizer)
+        mpu = sequence_parallel.register(run, self.model) if run.cluster.sequence_parallel_size > 1 else None
+        self.split = sequence_parallel.SequenceSplit(mpu, run.train.micro_batch_size) if mpu else None
+        self.averaged_over = self.world_size // run.cluster.sequence_parallel_size  # DeepSpeed's gradient average
         if run.deepspeed.zero_stage == 3:
             mark_zero3_leaves(self.model)  # MoE blocks gather as one: no rank waits on an expert it skipped
         trainable, total = count_parameters(self.model)
@@ -105,6 +108,7 @@ class WorkerSession:
             optimizer=optimizer,
             lr_scheduler=scheduler,
             config=self.ds_config,
+            mpu=mpu,
             dist_init_required=False,
         )
         self.engine.train()
@@ -158,6 +162,19 @@ class WorkerSession:
                 return
             if index < 0:
                 raise UserInputError(f"the {what} ran out: an epoch gave this worker no batches")
+
+    def micro_batches(self, stage: Stage, examples: dict[str, Any]) -> Iterator[dict[str, torch.Tensor]]:
+        """A micro-batch of rows as the tensors this worker trains on: padded, on its device; with sequence
+        parallelism, its slice of each of its group's micro-batches in turn (rayft_core.train.sequence_parallel)."""
+        pad = self.tokenizer.pad_token_id
+
+        def collate(rows: dict[str, Any]) -> dict[str, torch.Tensor]:
+            return {k: v.to(self.device) for k, v in stage.collate(rows, pad).items()}
+
+        if self.split is None:
+            yield collate(examples)
+        else:
+            yield from self.split.batches(examples, collate)
 
     def logs_at(self, step: int) -> bool:
         return step % self.run.train.logging_steps == 0 or step == self.plan.total_steps

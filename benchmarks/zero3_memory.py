@@ -95,11 +95,11 @@ def is_train_worker(p: psutil.Process) -> bool:
         return False
 
 
-def measure_workers(cmd: list[str], env: dict[str, str], log: Path) -> dict:
-    """Run cmd to exit; each Ray Train worker's peak PSS (sampled every second) and the wall time."""
+def measure_workers(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> dict:
+    """Run cmd to exit in ``cwd``; each Ray Train worker's peak PSS (sampled every second) and the wall time."""
     peaks: dict[int, int] = {}
     t0 = time.perf_counter()
-    proc = spawn(cmd, REPO, offline_env(env))
+    proc = spawn(cmd, cwd, offline_env(env))
     reader = log_output(proc, log, t0)
     while proc.poll() is None:
         for p in psutil.process_iter():
@@ -157,15 +157,13 @@ def main() -> None:
         if args.only and name not in args.only:
             continue
         config = run_yaml(work / "model", work, name.replace(" ", "_").replace("+", "plus"), workers, deepspeed, args)
+        expected = estimate(config)  # before the run: validate refuses a run directory that exists
         for version, src in versions.items():
             wait_idle(args.wait_idle, args.idle_load)
-            env = {"PYTHONPATH": f"{src / 'core'}:{src}"}
-            r = measure_workers(
-                [sys.executable, "-m", "rayft.cli", "train", str(config)],
-                env,
-                work / f"{config.stem}-{len(results)}.log",
-            )
-            r.update(config=name, version=version, estimate_gb=estimate(config) if src == REPO else None)
+            env = {"PYTHONPATH": f"{src / 'core'}:{src}"}  # `python -m` puts the cwd first: run in src
+            cmd = [sys.executable, "-m", "rayft.cli", "train", str(config)]
+            r = measure_workers(cmd, src, env, work / f"{config.stem}-{len(results)}.log")
+            r.update(config=name, version=version, estimate_gb=expected if src == REPO else None)
             results.append(r)
             print(json.dumps(r), flush=True)
     (work / "results.json").write_text(json.dumps(results, indent=2))

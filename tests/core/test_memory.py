@@ -13,10 +13,9 @@ from rayft_core.train.memory import estimate_memory
 from tests.helpers import run_config
 
 
-def _parts(tiny_model, tmp_path, workers=2, **sections) -> dict[str, float]:
-    run = run_config(
-        tiny_model("llama"), [{"path": "d.json"}], tmp_path, "m", cluster={"num_workers": workers}, **sections
-    )
+def _parts(tiny_model, tmp_path, **sections) -> dict[str, float]:
+    sections.setdefault("cluster", {"num_workers": 2})
+    run = run_config(tiny_model("llama"), [{"path": "d.json"}], tmp_path, "m", **sections)
     facts = ModelFacts(run)
     estimate = estimate_memory(run, facts.tuned_meta_model, facts.config, 4)
     return {what.split(" (")[0]: b for what, b, _ in estimate.parts}

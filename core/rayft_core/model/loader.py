@@ -232,10 +232,17 @@ def load_model(run: RunConfig, tokenizer: Any) -> torch.nn.Module:
     """The base model, ready for a tuning method: right dtype, attention, RoPE and vocabulary."""
     from transformers import AutoModelForCausalLM
 
+    from rayft_core.model.zero3 import weights_for_peer
+
     dtype = resolve_dtype(run.model.dtype)
     config = build_model_config(run)
-    model = AutoModelForCausalLM.from_pretrained(
-        run.model.name_or_path,
+    # Under ZeRO-3 only rank 0 reads the weights (transformers copies each into its partitions from rank 0): the
+    # other ranks get their shapes alone, so a node with 8 workers does not read the model 8 times.
+    peer = weights_for_peer(run.model.name_or_path, run.model.trust_remote_code)
+    model_class = _causal_lm_class(config) if peer is not None else None
+    model = (model_class or AutoModelForCausalLM).from_pretrained(
+        None if model_class else run.model.name_or_path,
+        state_dict=peer if model_class else None,
         config=config,
         dtype=dtype,
         attn_implementation=resolve_attn_implementation(run.model.attn_implementation, config),

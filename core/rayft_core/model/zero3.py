@@ -65,6 +65,32 @@ def sharded_construction(ds_config: dict[str, Any] | None) -> Iterator[None]:
         del setting
 
 
+def weights_for_peer(name_or_path: str, remote_code: bool) -> dict[str, torch.Tensor] | None:
+    """On a rank other than 0, while a model is built partitioned (``sharded_construction``): the checkpoint's
+    tensors as shapes without data (meta tensors read from the safetensors headers), which is all
+    transformers' ZeRO-3 loading needs there, since rank 0 alone copies the weights in. None elsewhere, and for a
+    model that is not a local safetensors checkpoint or ships its own code (loaded as usual)."""
+    from pathlib import Path
+
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    files = sorted(Path(name_or_path).glob("model*.safetensors"))
+    peer = torch.distributed.is_initialized() and torch.distributed.get_rank() != 0
+    if not (peer and is_deepspeed_zero3_enabled() and files) or remote_code:
+        return None
+    from safetensors import safe_open
+
+    dtypes = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16,
+              "I64": torch.int64, "I32": torch.int32, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}  # fmt: skip
+    shapes = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (a safe_open handle is not a dict)
+                tensor = f.get_slice(key)
+                shapes[key] = torch.empty(tensor.get_shape(), dtype=dtypes[tensor.get_dtype()], device="meta")
+    return shapes
+
+
 def gathered(params: list[nn.Parameter], modifier_rank: int | None = None) -> contextlib.AbstractContextManager:
     """The parameters whole inside the block where ZeRO-3 partitions them (changes made on ``modifier_rank`` are
     kept on exit); a no-op for whole parameters."""

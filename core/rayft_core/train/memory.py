@@ -38,11 +38,11 @@ class MemoryEstimate:
     def lines(self, device: str) -> list[str]:
         """The estimate as lines for a terminal; ``device`` names where "device" parts live (GPU or CPU memory)."""
         where = {"device": device, "host": "host memory", "nvme": "NVMe files"}
-        rows = [f"  {what:<34} {b / GB:8.2f} GB  {where[w]}" for what, b, w in self.parts]
+        rows = [f"  {what:<38} {b / GB:8.2f} GB  {where[w]}" for what, b, w in self.parts]
         return [
             f"memory per worker (estimate, {self.workers} worker(s)):",
             *rows,
-            f"  {'total':<34} {self.total() / GB:8.2f} GB",
+            f"  {'total':<38} {self.total() / GB:8.2f} GB",
         ]
 
 

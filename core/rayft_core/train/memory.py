@@ -5,8 +5,9 @@ Per worker, for the run's ZeRO stage over its data-parallel workers (N):
 - parameters: every weight in its dtype (a 4-bit base: half a byte each), / N under ZeRO-3, plus what ZeRO-3
   gathers while it computes (about two decoder layers, or the output head when that is bigger);
 - gradients: the trainable parameters' (in their dtype), / N from ZeRO-2;
-- optimizer states: AdamW's two fp32 moments per trainable parameter, and an fp32 master copy where DeepSpeed
-  trains a 16-bit model in mixed precision, / N from ZeRO-1; in host memory with offload_optimizer;
+- optimizer states: AdamW's two fp32 moments per trainable parameter, and DeepSpeed's fp32 master copy (every
+  ZeRO stage from 1 keeps one, also of fp32 weights; ZeRO-0 where it trains 16-bit weights in mixed precision),
+  / N from ZeRO-1; in host memory with offload_optimizer;
 - activations: what backward needs of one micro-batch at max_seq_len: per token and layer about 8 hidden-size
   and 4 MLP-size values (attention's inputs and outputs, norms, the gated MLP's four products), plus the
   attention scores where attention is eager; with gradient checkpointing only each layer's input and one
@@ -55,7 +56,9 @@ def estimate_memory(run: Any, model: nn.Module, config: Any, bytes_per_value: in
     trained_bytes = 4 if adapter else bytes_per_value  # adapters train in fp32 on any base
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     weight_bytes = trainable * trained_bytes + _frozen_bytes(model, run, bytes_per_value)
-    master = 4 if (bytes_per_value < 4 and not adapter) else 0  # DeepSpeed's fp32 copy under bf16/fp16
+    # DeepSpeed's fp32 copy of what trains: every ZeRO optimizer keeps one of its partition (also of fp32 weights),
+    # and ZeRO-0 under bf16/fp16 of the whole.
+    master = 4 if zero >= 1 or (bytes_per_value < 4 and not adapter) else 0
     parts = [
         ("parameters" + (" (1/N)" if zero == 3 else ""), weight_bytes / (n if zero == 3 else 1), _params_where(ds)),
         ("gradients" + (" (1/N)" if zero >= 2 else ""), trainable * trained_bytes / (n if zero >= 2 else 1), "device"),

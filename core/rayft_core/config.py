@@ -162,8 +162,9 @@ class DeepSpeedConfig(Section):
     max_live_parameters: int | None = Field(
         None,
         gt=0,
-        description="ZeRO-3: the most parameters a worker holds gathered at once (DeepSpeed's "
-        "stage3_max_live_parameters, default 1e9); lower it when gathering runs out of memory.",
+        description="ZeRO-3: the most parameters a worker holds gathered at once, and the reuse distance within "
+        "which a gathered one is kept (DeepSpeed's stage3_max_live_parameters and stage3_max_reuse_distance, "
+        "default 1e9 each); lower it when gathering runs out of memory.",
     )
     prefetch_bucket_size: int | None = Field(
         None,

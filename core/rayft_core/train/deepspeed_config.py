@@ -17,15 +17,14 @@ def build_deepspeed_config(run: RunConfig, dtype: torch.dtype, world_size: int) 
     if ds.zero_stage >= 1:
         zero.update(contiguous_gradients=True, overlap_comm=False, reduce_bucket_size=5e7)
     if ds.zero_stage == 3:
-        # gather the full weights on rank 0 when saving, so outputs are plain HF checkpoints
-        zero.update(stage3_gather_16bit_weights_on_model_save=True, stage3_param_persistence_threshold=1e4)
+        zero.update(stage3_param_persistence_threshold=1e4)  # norms and biases stay whole: gathering costs more
     offload = {"device": "nvme", "nvme_path": ds.offload_nvme_path} if ds.offload_nvme_path else {"device": "cpu"}
     if ds.offload_optimizer:
         zero["offload_optimizer"] = {**offload, "pin_memory": True}
     if ds.offload_params:
         zero["offload_param"] = {**offload, "pin_memory": True}
     if ds.max_live_parameters is not None:
-        zero["stage3_max_live_parameters"] = ds.max_live_parameters
+        zero["stage3_max_live_parameters"] = zero["stage3_max_reuse_distance"] = ds.max_live_parameters
     if ds.prefetch_bucket_size is not None:
         zero["stage3_prefetch_bucket_size"] = ds.prefetch_bucket_size
     generated: dict[str, Any] = {

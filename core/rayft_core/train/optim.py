@@ -13,7 +13,9 @@ from rayft_core.config import RunConfig
 
 
 def _adamw(groups: list[dict], run: RunConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(groups, lr=run.train.learning_rate, betas=(0.9, 0.999), eps=1e-8)
+    # fused: one pass per tensor, in place. The default (foreach) makes temporaries the size of each tensor, and a
+    # ZeRO optimizer steps one flat tensor per group: 2 GB more at the step of a 0.35B model's ZeRO-3 partition.
+    return torch.optim.AdamW(groups, lr=run.train.learning_rate, betas=(0.9, 0.999), eps=1e-8, fused=True)
 
 
 def _galore_adamw(groups: list[dict], run: RunConfig) -> torch.optim.Optimizer:

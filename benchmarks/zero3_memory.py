@@ -1,16 +1,14 @@
 """Memory of the largest Ray Train worker, full-parameter pre-training of a Llama: ZeRO-0 on one worker against
-ZeRO-2 and ZeRO-3 on two, for this checkout and (--before REV) an earlier commit,
-one run at a time.
+ZeRO-2 and ZeRO-3 on two, for this checkout and (--before REV) an earlier commit, one run at a time.
 
     .venv/bin/python benchmarks/zero3_memory.py --before ea4429b --hidden 1024 --wait-idle
 
 Each run is `rayft train` as a whole process on a random-weight Llama (--hidden 1536: 0.70B parameters, fp32
 weights 2.8 GB; --hidden 1024: 0.35B; 24 layers, a 32k vocabulary; built once under --work) for --steps steps of
-pre-training at --seq tokens; a sampler reads every Ray
-Train worker's PSS (smaps_rollup) each second and keeps each worker's peak. Printed: the largest worker's peak
-PSS per configuration and version, its ratio to ZeRO-0 x1, the run's wall time, and rayft's own estimate of the
-same run (`rayft config validate`'s table, rayft_core.train.memory) beside it. --before runs that commit's code
-from a git worktree, with this checkout's virtual environment.
+pre-training at --seq tokens. A sampler reads every Ray Train worker's peak RSS (the kernel's VmHWM) every half
+second. Printed: the largest worker's peak per configuration and version, its ratio to ZeRO-0 x1, the run's wall
+time, and rayft's own estimate of the same run (`rayft config validate`'s table, rayft_core.train.memory) beside
+it. --before runs that commit's code from a git worktree, with this checkout's virtual environment.
 """
 
 from __future__ import annotations
@@ -96,8 +94,20 @@ def is_train_worker(p: psutil.Process) -> bool:
         return False
 
 
+def peak_rss(pid: int) -> int | None:
+    """The process's peak resident set so far (the kernel's high-water mark, VmHWM), in bytes."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 def measure_workers(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> dict:
-    """Run cmd to exit in ``cwd``; each Ray Train worker's peak PSS (sampled every second) and the wall time."""
+    """Run cmd to exit in ``cwd``; each Ray Train worker's peak RSS (its VmHWM, read every half second until it
+    exits: a peak between two reads is not missed, unlike a sampled PSS) and the wall time."""
     peaks: dict[int, int] = {}
     t0 = time.perf_counter()
     proc = spawn(cmd, cwd, offline_env(env))
@@ -105,11 +115,8 @@ def measure_workers(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -
     while proc.poll() is None:
         for p in psutil.process_iter():
             if is_train_worker(p):
-                try:
-                    peaks[p.pid] = max(peaks.get(p.pid, 0), p.memory_full_info().pss)
-                except psutil.Error:
-                    pass
-        time.sleep(1.0)
+                peaks[p.pid] = max(peaks.get(p.pid, 0), peak_rss(p.pid) or 0)
+        time.sleep(0.5)
     reader.join(timeout=10)
     terminate_leftovers(proc.pid)
     return {
@@ -176,7 +183,7 @@ def main() -> None:
     (work / "results.json").write_text(json.dumps(results, indent=2))
     base = {r["version"]: max(r["worker_peaks_gb"] or [0]) for r in results if r["config"] == "ZeRO-0 x1"}
     print(
-        f"\n{'configuration':<32} {'version':<22} {'largest worker PSS':>19} {'vs ZeRO-0 x1':>13} {'estimate':>9} {'wall':>7}"
+        f"\n{'configuration':<32} {'version':<22} {'largest worker RSS':>19} {'vs ZeRO-0 x1':>13} {'estimate':>9} {'wall':>7}"
     )
     for r in results:
         peak = max(r["worker_peaks_gb"] or [0])

@@ -7,7 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from rayft_core.export import ExportError, export_model
+from rayft_core.export import ExportError, export_model, read_run
 from rayft_core.model.adapters import apply_tuning
 from rayft_core.model.loader import load_model
 from rayft_core.ownership import OutputError
@@ -210,3 +210,22 @@ def test_a_run_that_added_tokens_merges_weight_by_weight_with_its_trained_embedd
     ids = torch.tensor([tokenizer.convert_tokens_to_ids(["<tool>", "</tool>"]) + [5, 9]])
     with torch.no_grad():
         assert torch.allclose(merged(input_ids=ids).logits, model.eval()(input_ids=ids).logits, atol=1e-5)
+
+
+def test_a_base_whose_checkpoint_names_differ_from_the_model_is_merged_whole(tiny_model, tmp_path):
+    """transformers renames some families' checkpoint keys when loading (the matrix found six): the weight-by-weight
+    merge cannot match them, so the export merges on the whole model, which transformers loads with the renames."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from rayft_core.model.merge import streaming_problem
+
+    base = shutil.copytree(tiny_model("llama"), tmp_path / "base")
+    weights = load_file(str(base / "model.safetensors"))
+    save_file({k.replace("mlp.", "ffn."): v for k, v in weights.items()}, str(base / "model.safetensors"))
+    _, _, out = _trained_adapter(tiny_model, tmp_path, "run")
+    run = read_run(out)
+    assert streaming_problem(run, out) is None
+    run.model.name_or_path = str(base)
+    assert "names its weights otherwise" in streaming_problem(run, out)

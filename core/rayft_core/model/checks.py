@@ -210,7 +210,7 @@ def full_zero3(model_dir: Path, tok: Any, out: Path) -> None:
     worker session builds it."""
     import deepspeed
 
-    from rayft_core.model.zero3 import mark_zero3_leaves, sharded_construction
+    from rayft_core.model.zero3 import build_partitioned, mark_zero3_leaves
     from rayft_core.train.deepspeed_config import build_deepspeed_config
     from rayft_core.train.optim import build_optimizer
     from rayft_core.train.stages import STAGES
@@ -221,8 +221,7 @@ def full_zero3(model_dir: Path, tok: Any, out: Path) -> None:
     run = _run(model_dir, out, **sections)
     torch.manual_seed(0)
     config = build_deepspeed_config(run, torch.float32, world_size=1)
-    with sharded_construction(config):
-        model = stage.build_model(run, tok)
+    model = build_partitioned(lambda: stage.build_model(run, tok), config)
     mark_zero3_leaves(model)
     engine, *_ = deepspeed.initialize(
         model=model, optimizer=build_optimizer(model, run), config=config, dist_init_required=False

@@ -22,6 +22,9 @@ from rayft_core.model.shards import ShardWriter
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PREFIX = "base_model.model."
+# An adapter's weights that are not base weights saved whole: the LoRA matrices, and the copies PEFT also saves of
+# modules_to_save (X.modules_to_save.weight, X.original_module.weight) beside X.weight, which holds the trained one.
+NOT_WHOLE = (".lora_", ".modules_to_save.", ".original_module.")
 
 
 def _base_files(base: Path) -> list[Path]:
@@ -46,7 +49,30 @@ def streaming_problem(run: Any, adapter_dir: Path) -> str | None:
         and not config.get("modules_to_save"),
         "the base has no local safetensors files": not _base_files(base),
     }
-    return next((why for why, applies in reasons.items() if applies), None)
+    why = next((why for why, applies in reasons.items() if applies), None)
+    if why is None and _unmatched(_keys([adapter_dir / ADAPTER_WEIGHTS]), _keys(_base_files(base))):
+        why = "the base's checkpoint names its weights otherwise than the model does (transformers renames them)"
+    return why
+
+
+def _keys(files: list[Path]) -> set[str]:
+    """The tensor names in safetensors files, read from their headers."""
+    from safetensors import safe_open
+
+    keys: set[str] = set()
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            keys.update(f.keys())
+    return keys
+
+
+def _unmatched(adapter_keys: set[str], base_keys: set[str]) -> list[str]:
+    """The base tensors an adapter's weights would update or replace that the base's files do not hold."""
+    modules = {
+        k.removeprefix(PREFIX).removesuffix(".lora_A.weight") for k in adapter_keys if k.endswith(".lora_A.weight")
+    }
+    whole = {k.removeprefix(PREFIX) for k in adapter_keys if not any(w in k for w in NOT_WHOLE)}
+    return sorted(k for k in {f"{m}.weight" for m in modules} | whole if k not in base_keys)
 
 
 def merge_streamed(run: Any, adapter_dir: Path, dest: Path, max_shard_size: str, dtype: torch.dtype) -> None:
@@ -59,17 +85,10 @@ def merge_streamed(run: Any, adapter_dir: Path, dest: Path, max_shard_size: str,
     scale = config["lora_alpha"] / (math.sqrt(config["r"]) if config.get("use_rslora") else config["r"])
     adapter = {k.removeprefix(PREFIX): v for k, v in load_file(str(adapter_dir / ADAPTER_WEIGHTS)).items()}
     pairs = {k.removesuffix(".lora_A.weight"): (v, adapter[k.replace("lora_A", "lora_B")]) for k, v in adapter.items() if k.endswith(".lora_A.weight")}  # fmt: skip
-    # Weights saved whole, under the base's names; PEFT also saves the wrapper's copies of the embeddings
-    # (X.modules_to_save.weight, X.original_module.weight), which X.weight already holds.
-    wrapped = (".lora_", ".modules_to_save.", ".original_module.")
-    whole = {k: v for k, v in adapter.items() if not any(w in k for w in wrapped)}
+    whole = {k: v for k, v in adapter.items() if not any(w in k for w in NOT_WHOLE)}
     base = Path(run.model.name_or_path)
-    keys = set()
-    for file in _base_files(base):
-        with safe_open(str(file), framework="pt") as f:
-            keys.update(f.keys())
-    missing = [f"{m}.weight" for m in pairs if f"{m}.weight" not in keys] + [k for k in whole if k not in keys]
-    if missing:  # checked before anything is written
+    missing = _unmatched({PREFIX + k for k in adapter}, _keys(_base_files(base)))
+    if missing:  # checked before anything is written (streaming_problem says so first)
         raise ValueError(f"the adapter's {missing[0]} matches no tensor of the base in {base}")
     writer, rows = ShardWriter(dest, max_shard_size), None
     for file in _base_files(base):

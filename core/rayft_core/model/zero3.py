@@ -13,13 +13,16 @@ block in transformers' families:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
 from rayft_core.model.moe import moe_blocks
+
+logger = logging.getLogger(__name__)
 
 
 def leaf_classes(model: nn.Module) -> list[type]:
@@ -63,6 +66,25 @@ def sharded_construction(ds_config: dict[str, Any] | None) -> Iterator[None]:
     finally:
         unset_hf_deepspeed_config()
         del setting
+
+
+def build_partitioned(build: Callable[[], nn.Module], ds_config: dict[str, Any] | None) -> nn.Module:
+    """``build()`` under ``sharded_construction``. A family whose weight initialisation transformers cannot run on
+    partitioned parameters (RWKV and Youtu in transformers 5.19 fail inside from_pretrained) is built whole
+    instead, as before ZeRO-3 built models partitioned, and partitioned by the engine: it trains, with a warning
+    that every worker held it whole for a moment. Every rank fails alike, so all of them take the same path."""
+    try:
+        with sharded_construction(ds_config):
+            return build()
+    except Exception as e:  # noqa: BLE001 -- any failure of transformers' partitioned build; a real error recurs below
+        if not ds_config or ds_config.get("zero_optimization", {}).get("stage") != 3:
+            raise
+        logger.warning(
+            "the model could not be built partitioned (%s: %s); building it whole on each worker, then partitioned",
+            type(e).__name__,
+            e,
+        )
+        return build()
 
 
 def weights_for_peer(name_or_path: str, remote_code: bool) -> dict[str, torch.Tensor] | None:

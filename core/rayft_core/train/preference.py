@@ -149,7 +149,7 @@ class Reference:
         if run.stage.reference_model is None and run.tuning.method == "lora":
             return
         from rayft_core.model.loader import load_model
-        from rayft_core.model.zero3 import mark_zero3_leaves, sharded_construction
+        from rayft_core.model.zero3 import build_partitioned, mark_zero3_leaves
 
         ref_run = run.model_copy(deep=True)
         if run.stage.reference_model:
@@ -158,8 +158,8 @@ class Reference:
         config = {k: ds_config[k] for k in REFERENCE_DS_KEYS if k in ds_config}
         config["zero_optimization"] = {"stage": 3, "stage3_param_persistence_threshold": 1e4}
         zero3 = run.deepspeed.zero_stage == 3
-        with sharded_construction(config if zero3 else None):  # built partitioned, like the policy
-            model = load_model(ref_run, tokenizer).requires_grad_(False).eval()
+        model = build_partitioned(lambda: load_model(ref_run, tokenizer), config if zero3 else None)  # as the policy
+        model = model.requires_grad_(False).eval()
         if zero3:
             import deepspeed
 

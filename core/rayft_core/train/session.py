@@ -33,7 +33,7 @@ from rayft_core.errors import UserInputError
 from rayft_core.model.adapters import count_parameters
 from rayft_core.model.loader import load_tokenizer, resolve_dtype
 from rayft_core.model.shards import save_partitioned
-from rayft_core.model.zero3 import mark_zero3_leaves, sharded_construction
+from rayft_core.model.zero3 import build_partitioned, mark_zero3_leaves
 from rayft_core.train import outputs, sequence_parallel
 from rayft_core.train.checkpoint import TrainerState, load_checkpoint, save_checkpoint, seed_everything
 from rayft_core.train.deepspeed_config import build_deepspeed_config
@@ -87,8 +87,8 @@ class WorkerSession:
         self.device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
         self.tokenizer = load_tokenizer(run.model)
         self.ds_config = build_deepspeed_config(run, resolve_dtype(run.model.dtype), self.world_size)
-        with sharded_construction(self.ds_config):  # under ZeRO-3 no worker holds the whole model, even now
-            self.model = stage.build_model(run, self.tokenizer)
+        # Under ZeRO-3 no worker holds the whole model, even while it is built.
+        self.model = build_partitioned(lambda: stage.build_model(run, self.tokenizer), self.ds_config)
         mpu = sequence_parallel.register(run, self.model) if run.cluster.sequence_parallel_size > 1 else None
         self.split = sequence_parallel.SequenceSplit(mpu, run.train.micro_batch_size) if mpu else None
         self.averaged_over = self.world_size // run.cluster.sequence_parallel_size  # DeepSpeed's gradient average

@@ -125,6 +125,8 @@ def _check_targets(run: RunConfig, facts: ModelFacts) -> list[str]:
     try:
         if target is not None:
             resolve_targets(model, target, "tuning.target")
+            if run.tuning.method == "lora":
+                run.tuning.trained_in_full(model, run)
         else:
             n = len(decoder_layers(model))
             if run.tuning.trainable_layers > n:

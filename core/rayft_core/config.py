@@ -78,6 +78,16 @@ class ModelConfig(Section):
         description="Mixture-of-experts models: weight of the router's load-balancing loss added to pt/sft's loss "
         "(logged as train/aux_loss). Default: the model config's router_aux_loss_coef; 0 turns it off.",
     )
+    from_scratch: bool = Field(
+        False,
+        description="Start from randomly initialised weights of name_or_path's architecture (its config.json) "
+        "instead of its trained weights: pre-training a new model (LLaMA-Factory's train_from_scratch).",
+    )
+    upcast_layernorm: bool = Field(
+        False,
+        description="LoRA on a 16-bit base: keep the normalisation layers' weights in float32, their outputs in the "
+        "model's dtype (LLaMA-Factory's upcast_layernorm).",
+    )
 
 
 # ----------------------------------------------------------------------------- optimisation
@@ -297,6 +307,13 @@ class RunConfig(Section):
         problems = []
         zero = self.deepspeed.zero_stage
         problems += self.tuning.problems(self)  # the method's own rules (GaLore: ZeRO 0; QLoRA: not ZeRO-3)
+        if self.model.from_scratch and getattr(self.tuning, "quantization_bit", None):
+            problems.append("model.from_scratch: random new weights are not quantized; remove tuning.quantization_bit")
+        if self.model.upcast_layernorm and (self.tuning.method != "lora" or zero == 3):
+            problems.append(
+                "model.upcast_layernorm: only with LoRA under ZeRO 0-2 (full-parameter training in bf16/fp16 keeps "
+                "an fp32 master copy of every weight already, and ZeRO-3 partitions the norms it would upcast)"
+            )
         from rayft_core.train import sequence_parallel
 
         problems += sequence_parallel.problems(self)

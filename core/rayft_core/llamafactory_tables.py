@@ -40,6 +40,8 @@ DIRECT = {
     "trust_remote_code": "model.trust_remote_code",
     "moe_aux_loss_coef": "model.router_aux_loss_coef",
     "neftune_noise_alpha": "train.neftune_noise_alpha",
+    "train_from_scratch": "model.from_scratch",
+    "upcast_layernorm": "model.upcast_layernorm",
     "cutoff_len": "data.max_seq_len",
     "packing": "data.packing",
     "streaming": "data.streaming",
@@ -74,6 +76,7 @@ METHOD_KEYS: dict[str, dict[str, str | None]] = {
         "use_rslora": "use_rslora",
         "use_dora": "use_dora",
         "loraplus_lr_ratio": "loraplus_lr_ratio",
+        "additional_target": "train_modules",
         "pissa_init": None,
         "quantization_bit": None,
     },
@@ -99,6 +102,7 @@ LF_METHOD_DEFAULTS = {
     "use_rslora": False,
     "use_dora": False,
     "loraplus_lr_ratio": None,
+    "additional_target": None,
     "pissa_init": False,
     "quantization_bit": None,
     "freeze_trainable_layers": 2,
@@ -111,7 +115,12 @@ LF_METHOD_DEFAULTS = {
     "galore_proj_type": "std",
     "galore_layerwise": False,
 }
-LIST_KEYS = {"lora_target", "galore_target", "freeze_extra_modules"}  # comma strings; "all" stays for targets
+LIST_KEYS = {
+    "lora_target",
+    "galore_target",
+    "freeze_extra_modules",
+    "additional_target",
+}  # comma strings; "all" stays for targets
 
 # LLaMA-Factory's stage -> rayft's; its stage dpo trains ORPO or SimPO when pref_loss names them.
 STAGES = {"pt": "pt", "sft": "sft", "rm": "rm", "ppo": "ppo", "dpo": "dpo", "kto": "kto"}

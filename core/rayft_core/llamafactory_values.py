@@ -208,15 +208,8 @@ REFUSED = {
         needs="new_special_tokens_config",
         init_special_tokens="noise_init",
     ),
-    **_refused("rayft starts from the weights in model_name_or_path", train_from_scratch=False),
     **_refused(
-        _NA,
-        split_special_tokens=False,
-        upcast_layernorm=False,
-        shift_attn=False,
-        mixture_of_depths=None,
-        use_llama_pro=False,
-        fp8=False,
+        _NA, split_special_tokens=False, shift_attn=False, mixture_of_depths=None, use_llama_pro=False, fp8=False
     ),
     **_refused(
         "rayft quantizes with bitsandbytes: NF4 with double quantization for 4 bits",
@@ -225,7 +218,6 @@ REFUSED = {
         quantization_type="nf4",
         double_quantization=True,
     ),
-    **_refused("no key for extra fully-trained modules under LoRA yet", additional_target=None),
     **_refused("rayft initialises PiSSA with 16 fast-SVD iterations", needs="pissa_init", pissa_iter=16),
     **_refused(
         "rayft has no separate LoRA+ embedding learning rate", needs="loraplus_lr_ratio", loraplus_lr_embedding=1e-6

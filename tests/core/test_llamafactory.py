@@ -138,6 +138,14 @@ def test_neftune_and_the_moe_router_loss_translate():
     assert run.train.neftune_noise_alpha == 5 and run.model.router_aux_loss_coef == 0.01
 
 
+def test_from_scratch_upcast_layernorm_and_additional_target_translate():
+    lf = {**LF_MINIMAL, "train_from_scratch": True, "upcast_layernorm": True, "additional_target": "norm,lm_head"}
+    raw, notes = translate(lf)
+    assert not errors(notes)
+    run = validate_config(raw)
+    assert run.model.from_scratch and run.model.upcast_layernorm and run.tuning.train_modules == ["norm", "lm_head"]
+
+
 def test_unset_keys_take_llamafactory_defaults_where_they_differ_from_rayfts():
     raw, notes = translate(LF_MINIMAL)
     assert notes == []
@@ -364,10 +372,8 @@ def test_llamafactorys_default_values_are_never_noted():
         ({"group_by_length": True}, "group_by_length"),
         ({"auto_find_batch_size": True}, "auto_find_batch_size"),
         ({"rope_scaling": "llama3"}, "rope_scaling"),
-        ({"upcast_layernorm": True}, "upcast_layernorm"),
         ({"fp8": True}, "fp8"),
         ({"model_revision": "v2"}, "model_revision"),
-        ({"train_from_scratch": True}, "train_from_scratch"),
         ({"resize_vocab": True}, "resize_vocab"),
         ({"add_tokens": "<a>,<b>"}, "add_tokens"),
         ({"mix_strategy": "interleave_once"}, "mix_strategy"),
@@ -378,7 +384,6 @@ def test_llamafactorys_default_values_are_never_noted():
         ({"load_best_model_at_end": True}, "load_best_model_at_end"),
         ({"early_stopping_steps": 3}, "early_stopping_steps"),
         ({"resume_from_checkpoint": "saves/x/checkpoint-100"}, "resume_from_checkpoint"),
-        ({"additional_target": "embed_tokens"}, "additional_target"),
         ({"quantization_bit": 4, "quantization_type": "fp4"}, "quantization_type"),
         ({"quantization_bit": 4, "double_quantization": False}, "double_quantization"),
         ({"quantization_bit": 4, "quantization_method": "hqq"}, "quantization_method"),

@@ -11,6 +11,7 @@ from rayft_core.model.loader import (
     resolve_attn_implementation,
     resolve_dtype,
 )
+from rayft_core.schema import ConfigError
 from rayft_core.train.deepspeed_config import build_deepspeed_config
 from tests.helpers import run_config
 
@@ -132,3 +133,45 @@ def test_neftune_noise_is_bounded_by_alpha_over_sqrt_length_times_width_and_only
     model.eval()
     assert torch.equal(model.get_input_embeddings()(ids), clean)
     assert model(input_ids=ids).logits.allclose(base.eval()(input_ids=ids).logits)
+
+
+def test_from_scratch_draws_random_weights_of_the_architecture_the_same_on_every_worker(tiny_model, workdir):
+    run = _run(tiny_model, workdir, model={"name_or_path": str(tiny_model("llama")), "from_scratch": True})
+    tokenizer = load_tokenizer(run.model)
+    trained = load_model(_run(tiny_model, workdir), tokenizer).state_dict()
+    first, second = load_model(run, tokenizer).state_dict(), load_model(run, tokenizer).state_dict()
+    assert first.keys() == trained.keys() and all(first[k].shape == trained[k].shape for k in first)
+    assert not torch.equal(first["model.layers.0.mlp.up_proj.weight"], trained["model.layers.0.mlp.up_proj.weight"])
+    assert all(torch.equal(first[k], second[k]) for k in first)  # seeded by train.seed
+
+
+def test_upcast_layernorm_keeps_norm_weights_in_float32_and_their_outputs_in_the_models_dtype(tiny_model, workdir):
+    model_section = {"name_or_path": str(tiny_model("llama")), "dtype": "bfloat16", "upcast_layernorm": True}
+    run = _run(tiny_model, workdir, model=model_section)
+    model = load_model(run, load_tokenizer(run.model))
+    norms = {n: p.dtype for n, p in model.named_parameters() if "norm" in n}
+    assert norms and set(norms.values()) == {torch.float32}
+    assert {p.dtype for n, p in model.named_parameters() if n not in norms} == {torch.bfloat16}
+    ids = torch.randint(0, 100, (2, 8))
+    assert model(input_ids=ids).logits.dtype == torch.bfloat16  # every layer after a norm still runs in bf16
+    with pytest.raises(ConfigError, match="model.upcast_layernorm: only with LoRA"):
+        _run(tiny_model, workdir, model=model_section, tuning={"method": "full"})
+
+
+def test_train_modules_train_in_full_beside_the_adapters_and_unknown_names_are_refused(tiny_model, workdir):
+    from rayft_core.methods.layers import TuningError
+    from rayft_core.model.adapters import apply_tuning
+
+    run = _run(tiny_model, workdir, tuning={"method": "lora", "rank": 4, "train_modules": ["lm_head", "norm"]})
+    model = apply_tuning(load_model(run, load_tokenizer(run.model)), run)
+    trained = {
+        n.split(".modules_to_save")[0] for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n
+    }
+    # PEFT matches a module whose name ends with the given one: `norm` takes every layer's norms too
+    assert trained == {"base_model.model.lm_head"} | {
+        f"base_model.model.model.{n}" for n in ["norm", "layers.0.input_layernorm", "layers.0.post_attention_layernorm",
+                                                "layers.1.input_layernorm", "layers.1.post_attention_layernorm"]
+    }  # fmt: skip
+    bad = _run(tiny_model, workdir, tuning={"method": "lora", "train_modules": ["normm"]})
+    with pytest.raises(TuningError, match="tuning.train_modules: the model has no module named normm"):
+        apply_tuning(load_model(bad, load_tokenizer(bad.model)), bad)

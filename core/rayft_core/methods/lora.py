@@ -29,6 +29,12 @@ class LoraTuning(TuningSection):
         description="Mixtures of experts: also adapt the experts' weights (transformers keeps them as 3-D tensors; "
         "PEFT's target_parameters). Routers stay frozen either way.",
     )
+    train_modules: list[str] = Field(
+        default_factory=list,
+        description="Modules trained in full beside the adapters and saved with them: each module whose name ends "
+        "with one of these (lm_head; norm also takes input_layernorm...), as PEFT's modules_to_save and "
+        "LLaMA-Factory's additional_target.",
+    )
     use_rslora: bool = Field(False, description="rsLoRA: scale by alpha / sqrt(rank) instead of alpha / rank.")
     use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (magnitude + direction).")
     init: Literal["default", "pissa", "gaussian"] = Field(
@@ -75,7 +81,7 @@ class LoraTuning(TuningSection):
             init_lora_weights=init,
             # Added special tokens have fresh embedding rows: train the embeddings and head in full
             # and save them with the adapter, or the adapter would point at rows no one trained.
-            modules_to_save=_embedding_module_names(model) if run.model.add_special_tokens else None,
+            modules_to_save=self.trained_in_full(model, run) or None,
         )
         model = get_peft_model(model, config)
         # Adapters train in fp32 even when the frozen base runs in 16-bit: small updates to
@@ -84,6 +90,19 @@ class LoraTuning(TuningSection):
             if p.requires_grad and p.dtype != torch.float32:
                 p.data = p.data.float()
         return model
+
+    def trained_in_full(self, model: "nn.Module", run: Run) -> list[str]:
+        """What trains in full beside the adapters: train_modules, and the embeddings and head of a run that adds
+        tokens. A name no module has is a TuningError."""
+        from rayft_core.methods.layers import TuningError
+
+        names = [name for name, _ in model.named_modules()]
+        unknown = [m for m in self.train_modules if not any(name.endswith(m) for name in names)]  # PEFT's matching
+        if unknown:
+            raise TuningError(f"tuning.train_modules: the model has no module named {', '.join(unknown)}")
+        return sorted(
+            set(self.train_modules) | set(_embedding_module_names(model) if run.model.add_special_tokens else [])
+        )
 
     def _expert_parameters(self, model: "nn.Module") -> list[str] | None:
         if not self.target_experts:

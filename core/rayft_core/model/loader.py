@@ -238,17 +238,26 @@ def load_model(run: RunConfig, tokenizer: Any) -> torch.nn.Module:
     config = build_model_config(run)
     # Under ZeRO-3 only rank 0 reads the weights (transformers copies each into its partitions from rank 0): the
     # other ranks get their shapes alone, so a node with 8 workers does not read the model 8 times.
-    peer = weights_for_peer(run.model.name_or_path, run.model.trust_remote_code)
-    model_class = _causal_lm_class(config) if peer is not None else None
-    model = (model_class or AutoModelForCausalLM).from_pretrained(
-        None if model_class else run.model.name_or_path,
-        state_dict=peer if model_class else None,
-        config=config,
-        dtype=dtype,
-        attn_implementation=resolve_attn_implementation(run.model.attn_implementation, config),
-        quantization_config=quantization_config(run, dtype),
-        trust_remote_code=run.model.trust_remote_code,
-    )
+    attention = resolve_attn_implementation(run.model.attn_implementation, config)
+    if run.model.from_scratch:  # random weights of the architecture (partitioned as built under ZeRO-3 too)
+        torch.manual_seed(run.train.seed)  # every worker draws the same weights
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=dtype, attn_implementation=attention, trust_remote_code=run.model.trust_remote_code
+        )
+    else:
+        peer = weights_for_peer(run.model.name_or_path, run.model.trust_remote_code)
+        model_class = _causal_lm_class(config) if peer is not None else None
+        model = (model_class or AutoModelForCausalLM).from_pretrained(
+            None if model_class else run.model.name_or_path,
+            state_dict=peer if model_class else None,
+            config=config,
+            dtype=dtype,
+            attn_implementation=attention,
+            quantization_config=quantization_config(run, dtype),
+            trust_remote_code=run.model.trust_remote_code,
+        )
+    if run.model.upcast_layernorm:
+        upcast_norms(model)
     resize_embeddings(model, len(tokenizer), seed=run.train.seed)
     if run.train.neftune_noise_alpha:
         add_neftune_noise(model, run.train.neftune_noise_alpha)
@@ -256,6 +265,25 @@ def load_model(run: RunConfig, tokenizer: Any) -> torch.nn.Module:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()  # so checkpointed blocks see a grad-requiring input under PEFT
     return model
+
+
+def upcast_norms(model: torch.nn.Module) -> list[str]:
+    """The normalisation layers' weights in float32 (LayerNorm, RMSNorm and each family's own: any module whose
+    class name ends in Norm); their output is cast back to their input's dtype, so the layers after them see the
+    model's dtype as before. Returns the upcast modules' names."""
+
+    def same_dtype(module: torch.nn.Module, inputs: Any, output: Any) -> Any:
+        return output.to(inputs[0].dtype) if isinstance(output, torch.Tensor) else output
+
+    names = []
+    for name, module in model.named_modules():
+        params = list(module.parameters(recurse=False))
+        if type(module).__name__.lower().endswith("norm") and params:
+            for p in params:
+                p.data = p.data.float()
+            module.register_forward_hook(same_dtype)
+            names.append(name)
+    return names
 
 
 def add_neftune_noise(model: torch.nn.Module, alpha: float) -> None:

@@ -97,8 +97,32 @@ def _add_special_tokens(t: Translation, key: str, value: Any) -> None:
 
 
 def _adapter(t: Translation, key: str, value: Any) -> None:
+    """LLaMA-Factory merges every adapter but the last into the base and continues the last one, or with
+    create_new_adapter merges them all and trains a new one."""
+    paths = as_list(value)
+    if not paths:
+        return
+    if t.method != "lora":
+        t.note(key, "rayft continues adapters with finetuning_type lora only", error=True)
+        return
+    new = bool(t.raw.get("create_new_adapter"))
+    merged = paths if new else paths[:-1]
+    if merged:
+        t.set("tuning.merge_adapters", merged)
+    if not new:
+        t.set("tuning.adapter", paths[-1])
+
+
+def _create_new_adapter(t: Translation, key: str, value: Any) -> None:
+    if value and not as_list(t.raw.get("adapter_name_or_path")):  # else read by _adapter
+        t.note(key, "no adapter_name_or_path to merge before the new adapter; no effect")
+
+
+def _adapter_folder(t: Translation, key: str, value: Any) -> None:
     if value:
-        t.note(key, "continuing from an existing adapter is not yet available in rayft", error=True)
+        t.note(
+            key, "rayft reads an adapter from its own directory: put the subfolder in adapter_name_or_path", error=True
+        )
 
 
 def _finetuning_type(t: Translation, key: str, value: Any) -> None:
@@ -306,7 +330,8 @@ SPECIAL = {
     "gradient_checkpointing": _gradient_checkpointing,
     "add_special_tokens": _add_special_tokens,
     "adapter_name_or_path": _adapter,
-    "adapter_folder": _adapter,
+    "adapter_folder": _adapter_folder,
+    "create_new_adapter": _create_new_adapter,
     "finetuning_type": _finetuning_type,
     "use_galore": _use_galore,
     "dataset": _datasets,

@@ -149,7 +149,6 @@ NO_EFFECT = {  # logging, speed, uploads: other values are noted. Honoured value
     **_because("rayft computes the loss in float32 anyway", upcast_lmhead_output=False),
     **_because("Ray Train places the quantized model", quantization_device_map=None),
     **_because("rayft saves the PiSSA adapter as trained", pissa_convert=False),
-    **_because("only meaningful with adapter_name_or_path", create_new_adapter=False),
     **_because(
         _MULTIMODAL,
         media_dir=None,

@@ -229,3 +229,36 @@ def test_a_base_whose_checkpoint_names_differ_from_the_model_is_merged_whole(tin
     assert streaming_problem(run, out) is None
     run.model.name_or_path = str(base)
     assert "names its weights otherwise" in streaming_problem(run, out)
+
+
+def test_a_saved_adapter_continues_from_its_weights_and_earlier_ones_merge_into_the_base(tiny_model, tmp_path):
+    """tuning.adapter (LLaMA-Factory's adapter_name_or_path): the saved adapter is the start, trainable; with
+    merge_adapters the base the new adapter sits on is the merged one."""
+    from rayft_core.config import validate_config
+    from rayft_core.schema import ConfigError
+
+    trained, tokenizer, saved = _trained_adapter(tiny_model, tmp_path, "first")
+    batch = _batch(tokenizer)
+
+    def tuned(**tuning):
+        run = run_config(
+            tiny_model("llama"), [{"path": "x.json"}], tmp_path, "next", tuning={"method": "lora", **tuning}
+        )
+        return apply_tuning(load_model(run, tokenizer), run).eval()
+
+    continued = tuned(adapter=str(saved))
+    lora = {n: p for n, p in continued.named_parameters() if "lora_" in n}
+    assert lora and all(p.requires_grad for p in lora.values())
+    assert torch.allclose(_logits(continued, batch), _logits(trained, batch), atol=1e-6)  # its weights are the start
+    stacked = tuned(merge_adapters=[str(saved)], rank=2)  # a new adapter (B = 0) on the merged base
+    assert torch.allclose(_logits(stacked, batch), _logits(trained, batch), atol=1e-5)
+    assert {p.shape[0] for n, p in stacked.named_parameters() if "lora_A" in n} == {2}
+    base = {"model": {"name_or_path": str(tiny_model("llama"))}, "data": {"train": [{"path": "x.json"}]}}
+    with pytest.raises(ConfigError, match="tuning.rank: comes from the adapter being continued"):
+        validate_config({**base, "tuning": {"method": "lora", "adapter": str(saved), "rank": 16}})
+    with pytest.raises(ConfigError, match="tuning.merge_adapters: merging changes the base"):
+        validate_config(
+            {**base, "tuning": {"method": "lora", "merge_adapters": [str(saved)]}, "deepspeed": {"zero_stage": 3}}
+        )
+    with pytest.raises(ConfigError, match=r"tuning.adapter: '/nowhere' holds no adapter_config.json"):
+        validate_config({**base, "tuning": {"method": "lora", "adapter": "/nowhere"}})

@@ -146,6 +146,16 @@ def test_from_scratch_upcast_layernorm_and_additional_target_translate():
     assert run.model.from_scratch and run.model.upcast_layernorm and run.tuning.train_modules == ["norm", "lm_head"]
 
 
+@pytest.mark.parametrize(
+    "create_new, merged, continued",
+    [(False, ["a", "b"], "c"), (True, ["a", "b", "c"], None)],
+    ids=["continue-the-last", "create-new"],
+)
+def test_adapter_name_or_path_merges_and_continues_as_llamafactory_does(create_new, merged, continued):
+    raw, notes = translate({**LF_MINIMAL, "adapter_name_or_path": "a,b,c", "create_new_adapter": create_new})
+    assert notes == [] and raw["tuning"]["merge_adapters"] == merged and raw["tuning"].get("adapter") == continued
+
+
 def test_unset_keys_take_llamafactory_defaults_where_they_differ_from_rayfts():
     raw, notes = translate(LF_MINIMAL)
     assert notes == []
@@ -353,7 +363,8 @@ def test_llamafactorys_default_values_are_never_noted():
         ({"finetuning_type": "full", "quantization_bit": 4}, "quantization_bit"),
         ({"quantization_bit": 2}, "quantization_bit"),
         ({"do_train": False, "do_predict": True}, "do_train"),
-        ({"adapter_name_or_path": "saves/lora"}, "adapter_name_or_path"),
+        ({"finetuning_type": "full", "adapter_name_or_path": "saves/lora"}, "adapter_name_or_path"),
+        ({"adapter_name_or_path": "saves/lora", "adapter_folder": "sub"}, "adapter_folder"),
         ({"dataset_dir": "REMOTE:llamafactory/demo_data"}, "dataset_dir"),
         ({"model_name_or_path": None}, "model_name_or_path"),
         # another optimizer, schedule, loss, precision, model, data or result than rayft's

@@ -1,7 +1,7 @@
 """LoRA: PEFT adapters train, the base is frozen; rsLoRA, DoRA, PiSSA init, LoRA+ learning rates, and QLoRA
 on a bitsandbytes-quantized base (`tuning: qlora`)."""
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -48,6 +48,22 @@ class LoraTuning(TuningSection):
         description="QLoRA: load the base in 4-bit NF4 (double quantisation) or 8-bit with bitsandbytes. "
         "`tuning: qlora` is shorthand for method lora with quantization_bit 4.",
     )
+    adapter: str | None = Field(
+        None,
+        description="Continue training this saved LoRA adapter of the base (a rayft run's output, or any PEFT LoRA "
+        "directory): its weights, rank, alpha, targets and trained modules are the start, so those keys are not "
+        "set here (LLaMA-Factory's adapter_name_or_path).",
+    )
+    merge_adapters: list[str] = Field(
+        default_factory=list,
+        description="Saved LoRA adapters merged into the base, in order, before training starts (LLaMA-Factory's "
+        "adapter_name_or_path with create_new_adapter); ZeRO 0-2.",
+    )
+
+    # Keys an adapter given by `adapter` brings in its own adapter_config.json.
+    ADAPTER_OWN: ClassVar[tuple[str, ...]] = (
+        "rank", "alpha", "dropout", "target", "target_experts", "train_modules", "use_rslora", "use_dora", "init",
+    )  # fmt: skip
 
     @field_validator("target")
     @classmethod
@@ -59,14 +75,24 @@ class LoraTuning(TuningSection):
         return self.alpha if self.alpha is not None else 2.0 * self.rank
 
     def apply(self, model: "nn.Module", run: Run) -> "nn.Module":
-        import torch
-        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+        from peft import PeftModel, prepare_model_for_kbit_training
+
+        for path in self.merge_adapters:  # earlier adapters become part of the base
+            model = PeftModel.from_pretrained(model, path).merge_and_unload()
+        if self.quantization_bit:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=run.model.gradient_checkpointing)
+        if self.adapter:
+            model = PeftModel.from_pretrained(model, self.adapter, is_trainable=True)
+        else:
+            model = self._new_adapter(model, run)
+        return _trainable_in_fp32(model)
+
+    def _new_adapter(self, model: "nn.Module", run: Run) -> "nn.Module":
+        from peft import LoraConfig, get_peft_model
 
         from rayft_core.methods.layers import resolve_targets, untargeted_namesakes
 
         targets = resolve_targets(model, self.target, "tuning.target")
-        if self.quantization_bit:
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=run.model.gradient_checkpointing)
         init: Any = {"default": True, "gaussian": "gaussian", "pissa": "pissa_niter_16"}[self.init]
         config = LoraConfig(
             task_type="CAUSAL_LM",
@@ -83,13 +109,7 @@ class LoraTuning(TuningSection):
             # and save them with the adapter, or the adapter would point at rows no one trained.
             modules_to_save=self.trained_in_full(model, run) or None,
         )
-        model = get_peft_model(model, config)
-        # Adapters train in fp32 even when the frozen base runs in 16-bit: small updates to
-        # low-rank matrices underflow in bf16.
-        for p in model.parameters():
-            if p.requires_grad and p.dtype != torch.float32:
-                p.data = p.data.float()
-        return model
+        return get_peft_model(model, config)
 
     def trained_in_full(self, model: "nn.Module", run: Run) -> list[str]:
         """What trains in full beside the adapters: train_modules, and the embeddings and head of a run that adds
@@ -122,12 +142,42 @@ class LoraTuning(TuningSection):
         return decay_groups(model, run, lambda name: lr * ratio if ratio and "lora_B" in name else lr)
 
     def problems(self, run: Run) -> list[str]:
+        from pathlib import Path
+
+        problems = []
         if self.quantization_bit and run.deepspeed.zero_stage == 3:
-            return ["deepspeed.zero_stage: a bitsandbytes-quantized base cannot be sharded by ZeRO-3; use 0-2"]
-        return []
+            problems.append("deepspeed.zero_stage: a bitsandbytes-quantized base cannot be sharded by ZeRO-3; use 0-2")
+        if self.merge_adapters and run.deepspeed.zero_stage == 3:
+            problems.append(
+                "tuning.merge_adapters: merging changes the base's weights, which ZeRO-3 partitions; use 0-2"
+            )
+        if self.adapter:
+            problems += [
+                f"tuning.{key}: comes from the adapter being continued (tuning.adapter); remove it"
+                for key in self.ADAPTER_OWN
+                if key in self.model_fields_set
+            ]
+        for i, path in [(None, self.adapter), *enumerate(self.merge_adapters)]:
+            if path and not (Path(path).expanduser() / "adapter_config.json").is_file():
+                where = "tuning.adapter" if i is None else f"tuning.merge_adapters[{i}]"
+                problems.append(
+                    f"{where}: {path!r} holds no adapter_config.json; give a saved LoRA adapter's directory"
+                )
+        return problems
 
     def missing_dependency(self) -> str | None:
         return BITSANDBYTES.missing("tuning.quantization_bit") if self.quantization_bit else None
+
+
+def _trainable_in_fp32(model: "nn.Module") -> "nn.Module":
+    """Adapters train in fp32 even when the frozen base runs in 16-bit: small updates to low-rank matrices
+    underflow in bf16."""
+    import torch
+
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    return model
 
 
 def _embedding_module_names(model: "nn.Module") -> list[str]:

@@ -202,8 +202,11 @@ class ModelFacts:
     @functools.cached_property
     def tuned_meta_model(self) -> torch.nn.Module:
         """A weightless copy with the run's tuning method applied: which parameters train, and how many."""
+        import warnings
+
         model = self._weightless()
-        with torch.device("meta"):
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a saved adapter loaded into weightless modules: torch says it is a no-op
             return self.run.tuning.apply(model, self.run)
 
     def _weightless(self) -> torch.nn.Module:

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, field_validator, model_validator
+
+# The sections of where and how the workers run (DeepSpeed, the cluster), in their own module.
+from rayft_core.cluster_config import ClusterConfig as ClusterConfig
+from rayft_core.cluster_config import DeepSpeedConfig as DeepSpeedConfig
 
 # The data section, in its own module like the stage, tuning and tune sections; its names stay importable from here.
 from rayft_core.data_config import DataConfig as DataConfig
@@ -89,6 +93,18 @@ class ModelConfig(Section):
         "model's dtype (LLaMA-Factory's upcast_layernorm).",
     )
 
+    def problems(self, run: RunConfig) -> list[str]:
+        """Its rules on the rest of the run, each as 'path: what to change'."""
+        problems = []
+        if self.from_scratch and getattr(run.tuning, "quantization_bit", None):
+            problems.append("model.from_scratch: random new weights are not quantized; remove tuning.quantization_bit")
+        if self.upcast_layernorm and (run.tuning.method != "lora" or run.deepspeed.zero_stage == 3):
+            problems.append(
+                "model.upcast_layernorm: only with LoRA under ZeRO 0-2 (full-parameter training in bf16/fp16 keeps "
+                "an fp32 master copy of every weight already, and ZeRO-3 partitions the norms it would upcast)"
+            )
+        return problems
+
 
 # ----------------------------------------------------------------------------- optimisation
 
@@ -152,64 +168,6 @@ class CheckpointConfig(Section):
         False,
         description="Keep the checkpoints of lowest eval/loss instead of the latest; needs "
         "evaluation data and save_steps a multiple of train.eval_steps.",
-    )
-
-
-class DeepSpeedConfig(Section):
-    zero_stage: Literal[0, 1, 2, 3] | None = Field(
-        None,
-        description="ZeRO stage: 0 = data parallel, 1 = optimizer, 2 = + gradients, 3 = + parameters sharded. "
-        "Unset: 0 with one worker (nothing to shard across, and ZeRO's optimizer step costs time), 2 with several "
-        "or with offload_optimizer.",
-    )
-    offload_optimizer: bool = Field(False, description="Keep optimizer states in CPU memory (ZeRO >= 1, GPU runs).")
-    offload_params: bool = Field(False, description="Keep parameters in CPU memory (ZeRO-3, GPU runs).")
-    offload_nvme_path: str | None = Field(
-        None,
-        description="ZeRO-Infinity: what offload_optimizer / offload_params move out goes to files in this "
-        "directory on a fast local disk instead of CPU memory (GPU runs; DeepSpeed's async_io op needs libaio).",
-    )
-    max_live_parameters: int | None = Field(
-        None,
-        gt=0,
-        description="ZeRO-3: the most parameters a worker holds gathered at once, and the reuse distance within "
-        "which a gathered one is kept (DeepSpeed's stage3_max_live_parameters and stage3_max_reuse_distance, "
-        "default 1e9 each); lower it when gathering runs out of memory.",
-    )
-    prefetch_bucket_size: int | None = Field(
-        None,
-        gt=0,
-        description="ZeRO-3: parameters fetched ahead of the layer that needs them (DeepSpeed's "
-        "stage3_prefetch_bucket_size, default 5e7); lower it to save memory, raise it to hide communication.",
-    )
-    config_file: str | None = Field(
-        None, description="A DeepSpeed JSON of your own; rayft fills its 'auto' values from the run."
-    )
-
-
-class ClusterConfig(Section):
-    num_workers: int = Field(1, ge=1, description="Ray Train workers (one process each, one GPU each when use_gpu).")
-    use_gpu: bool | Literal["auto"] = Field("auto", description="auto: use GPUs when the cluster has any.")
-    cpus_per_worker: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
-        "auto",
-        description="CPUs reserved per worker, and its torch threads. auto: the nodes' free CPUs shared among the "
-        "workers, less what runs beside them while they train (a stream's tokenizing, RL's rollout engines).",
-    )
-    sequence_parallel_size: int = Field(
-        1,
-        ge=1,
-        description="Split each sequence across this many workers (DeepSpeed Ulysses): each holds 1/N of its tokens, "
-        "attention exchanges heads with an all-to-all, activation memory per worker falls about N times. It divides "
-        "num_workers and the model's attention heads; stages pt and sft, without packing, ZeRO 0-2.",
-    )
-    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
-        "PACK", description="How workers are placed on nodes."
-    )
-    max_failures: int = Field(
-        0,
-        ge=-1,
-        description="Restart the workers this many times after a worker or its node "
-        "dies (-1: without limit); they continue from the latest checkpoint (see checkpoint.save_steps).",
     )
 
 
@@ -304,31 +262,11 @@ class RunConfig(Section):
 
     def check_combinations(self) -> list[str]:
         """Problems between sections, each as 'path: what to change'."""
-        problems = []
-        zero = self.deepspeed.zero_stage
-        problems += self.tuning.problems(self)  # the method's own rules (GaLore: ZeRO 0; QLoRA: not ZeRO-3)
-        if self.model.from_scratch and getattr(self.tuning, "quantization_bit", None):
-            problems.append("model.from_scratch: random new weights are not quantized; remove tuning.quantization_bit")
-        if self.model.upcast_layernorm and (self.tuning.method != "lora" or zero == 3):
-            problems.append(
-                "model.upcast_layernorm: only with LoRA under ZeRO 0-2 (full-parameter training in bf16/fp16 keeps "
-                "an fp32 master copy of every weight already, and ZeRO-3 partitions the norms it would upcast)"
-            )
+        problems = self.tuning.problems(self)  # the method's own rules (GaLore: ZeRO 0; QLoRA: not ZeRO-3)
+        problems += self.model.problems(self)
         from rayft_core.train import sequence_parallel
 
-        problems += sequence_parallel.problems(self)
-        if self.deepspeed.offload_params and zero != 3:
-            problems.append(f"deepspeed.offload_params: parameter offload needs zero_stage 3, got {zero}")
-        if self.deepspeed.offload_optimizer and zero == 0:
-            problems.append("deepspeed.offload_optimizer: optimizer offload needs zero_stage >= 1, got 0")
-        ds = self.deepspeed
-        if ds.offload_nvme_path and not (ds.offload_optimizer or ds.offload_params):
-            problems.append(
-                "deepspeed.offload_nvme_path: nothing is offloaded; set offload_optimizer and/or offload_params"
-            )
-        for key in ("max_live_parameters", "prefetch_bucket_size"):
-            if getattr(ds, key) is not None and zero != 3:
-                problems.append(f"deepspeed.{key}: a ZeRO-3 setting; set zero_stage 3, got {zero}")
+        problems += sequence_parallel.problems(self) + self.deepspeed.problems()
         if not self.stage.trains_with_dropout and getattr(self.tuning, "dropout", 0):
             problems.append(
                 f"tuning.dropout: stage {self.stage.name} trains without dropout (it compares the scores of two "

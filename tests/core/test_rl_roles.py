@@ -91,7 +91,7 @@ def test_roles_share_one_base_and_each_matches_its_own_model(
                 p.normal_(std=0.1)
     out = workdir / "rl-policy"
     model.save_pretrained(out)
-    files = model.policy_adapter_files(zero3=False, rank=0)
+    files = model.policy_adapter_files(rank=0)
     assert set(files) == {"adapter_model.safetensors", "adapter_config.json"}
     assert files["adapter_model.safetensors"] == (out / "adapter_model.safetensors").read_bytes()
     assert not (out / REWARD).exists()

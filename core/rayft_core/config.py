@@ -32,6 +32,7 @@ from rayft_core.methods import FreezeTuning as FreezeTuning
 from rayft_core.methods import FullTuning as FullTuning
 from rayft_core.methods import GaloreTuning as GaloreTuning
 from rayft_core.methods import LoraTuning, TuningConfig, expand_alias
+from rayft_core.methods import PeftTuning as PeftTuning
 from rayft_core.schema import ConfigError, Section, apply_override, read_yaml, validate_section
 from rayft_core.stage_config import SftStage, StageConfig
 from rayft_core.sweep_config import SweepConfig

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -217,14 +219,15 @@ def test_the_registry_is_complete_and_consistent():
     from rayft_core.methods import METHODS, TuningSection
     from rayft_core.train.optim import OPTIMIZERS
 
-    assert set(METHODS) == {"full", "freeze", "lora", "galore"}
+    assert set(METHODS) == {"full", "freeze", "lora", "galore", "peft"}
     assert typing.get_args(typing.get_args(config.TuningConfig)[0]) == tuple(METHODS.values())
     for name, section in METHODS.items():
         assert issubclass(section, TuningSection) and getattr(config, section.__name__) is section
         assert typing.get_args(section.model_fields["method"].annotation) == (name,), name
-        assert section().method == name
-        run = validate_config({**MINIMAL, "tuning": name})
-        assert type(run.tuning) is section and run.tuning == section()
+        required = {k: "IA3" for k, f in section.model_fields.items() if f.is_required()}  # peft's type
+        assert section(**required).method == name
+        run = validate_config({**MINIMAL, "tuning": {"method": name, **required}})
+        assert type(run.tuning) is section and run.tuning == section(**required)
         assert section.optimizer in OPTIMIZERS, name
         for alias in section.aliases:
             assert alias not in METHODS and validate_config({**MINIMAL, "tuning": alias}).tuning.method == name
@@ -270,3 +273,46 @@ def test_the_run_schema_imports_neither_torch_nor_peft():
 
     code = "import sys, rayft_core.config; print(sorted({'torch', 'peft', 'transformers'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
+@pytest.mark.parametrize(
+    "tuner, config",
+    [("IA3", {}), ("LOHA", {"r": 4}), ("LOKR", {"r": 4}), ("VERA", {"r": 4}), ("OFT", {"oft_block_size": 16}),
+     ("FOURIERFT", {"n_frequency": 16}), ("LN_TUNING", {})],
+)  # fmt: skip
+def test_peft_tuners_train_their_own_modules_only_and_merge_into_the_base(tiny_model, workdir, tmp_path, tuner, config):
+    """`tuning: {method: peft, type: ..., config: {...}}`: PEFT's tuner with its own keys; only its modules train,
+    the base's weights never move, and `rayft export` merges the saved adapter to the same logits."""
+    from transformers import AutoModelForCausalLM
+
+    from rayft_core.export import export_model
+    from rayft_core.train.outputs import save_model
+
+    run = _cfg(tiny_model, workdir, {"method": "peft", "type": tuner, "config": config}, train={"learning_rate": 1e-2})
+    model, before, after, _ = _train(run)
+    base_names = {n for n, _ in AutoModelForCausalLM.from_pretrained(tiny_model("llama")).named_parameters()}
+    trainable = _trainable(model)
+    assert trainable and not {n.removeprefix("base_model.model.") for n in trainable} & base_names
+    assert _changed(before, after) and _changed(before, after) <= trainable
+    save_model(model, load_tokenizer(run.model), run, tmp_path / "run")
+    merged = AutoModelForCausalLM.from_pretrained(export_model(tmp_path / "run", tmp_path / "merged"))
+    batch = _batch(load_tokenizer(run.model))
+    with torch.no_grad():
+        want, got = model.eval()(input_ids=batch["input_ids"]).logits, merged(input_ids=batch["input_ids"]).logits
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+
+
+@pytest.mark.parametrize(
+    "tuning, message",
+    [
+        ({"type": "LOHAA"}, "tuning.type: PEFT has no tuner 'LOHAA' (did you mean LOHA?)"),
+        ({"type": "LOHA", "config": {"rr": 4}}, "tuning.config.rr: not a key of PEFT's LoHaConfig (did you mean 'r'?)"),
+        ({"type": "PROMPT_TUNING", "config": {"num_virtual_tokens": 4}}, "prepends virtual tokens"),
+        ({"type": "ADALORA"}, "AdaLoRA's rank allocator"),
+    ],
+)
+def test_a_peft_tuner_rayft_cannot_train_or_a_misspelt_key_is_refused_before_the_run(tuning, message):
+    from rayft_core.schema import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config({**MINIMAL, "tuning": {"method": "peft", **tuning}})

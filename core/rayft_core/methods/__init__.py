@@ -23,6 +23,7 @@ from rayft_core.methods.freeze import FreezeTuning
 from rayft_core.methods.full import FullTuning
 from rayft_core.methods.galore import GaloreTuning
 from rayft_core.methods.lora import LoraTuning
+from rayft_core.methods.peft_tuner import PeftTuning
 
 # name -> its section; the name is the section's `method` literal (tests/core/test_tuning.py checks it).
 METHODS: dict[str, type[TuningSection]] = {
@@ -30,6 +31,7 @@ METHODS: dict[str, type[TuningSection]] = {
     "freeze": FreezeTuning,
     "lora": LoraTuning,
     "galore": GaloreTuning,
+    "peft": PeftTuning,
 }
 
 # typing.Union takes the registry's sections as a tuple; `X | Y` cannot be written for a list known at run time.
@@ -58,6 +60,7 @@ __all__ = [
     "FullTuning",
     "GaloreTuning",
     "LoraTuning",
+    "PeftTuning",
     "TuningConfig",
     "TuningSection",
     "expand_alias",

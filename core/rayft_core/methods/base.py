@@ -50,6 +50,7 @@ class TuningSection(Section):
 
     # Class variables, not keys; a method sets them without annotating them again (`optimizer = "..."`).
     optimizer: ClassVar[str] = "adamw"
+    trains_adapter: ClassVar[bool] = False  # a PEFT adapter on a frozen base (saved alone, trained in fp32)
     aliases: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def apply(self, model: "nn.Module", run: Run) -> "nn.Module":

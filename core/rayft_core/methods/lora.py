@@ -15,6 +15,7 @@ BITSANDBYTES = Dependency("bitsandbytes", "bitsandbytes", "qlora")
 
 class LoraTuning(TuningSection):
     aliases = {"qlora": {"quantization_bit": 4}}  # TuningSection's class variables
+    trains_adapter = True
 
     method: Literal["lora"] = "lora"
     rank: int = Field(8, ge=1, description="LoRA rank r: higher = more capacity and memory.")

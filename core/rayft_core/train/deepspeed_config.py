@@ -35,8 +35,8 @@ def build_deepspeed_config(run: RunConfig, dtype: torch.dtype, world_size: int) 
         "gradient_clipping": t.max_grad_norm,
         "zero_optimization": zero,
         # Mixed precision in DeepSpeed casts the module; adapters stay fp32 on a 16-bit base instead.
-        "bf16": {"enabled": dtype == torch.bfloat16 and run.tuning.method != "lora"},
-        "fp16": {"enabled": dtype == torch.float16 and run.tuning.method != "lora"},
+        "bf16": {"enabled": dtype == torch.bfloat16 and not run.tuning.trains_adapter},
+        "fp16": {"enabled": dtype == torch.float16 and not run.tuning.trains_adapter},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }

@@ -54,7 +54,7 @@ def estimate_memory(run: Any, model: nn.Module, config: Any, bytes_per_value: in
     its transformers config; ``bytes_per_value``: the bytes of the run's dtype (4 for fp32, 2 for bf16/fp16)."""
     ds, n = run.deepspeed, run.cluster.num_workers
     zero = ds.zero_stage or 0
-    adapter = run.tuning.method == "lora"
+    adapter = run.tuning.trains_adapter
     trained_bytes = 4 if adapter else bytes_per_value  # adapters train in fp32 on any base
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     weight_bytes = trainable * trained_bytes + _frozen_bytes(model, run, bytes_per_value)

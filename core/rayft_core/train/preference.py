@@ -146,7 +146,7 @@ class Reference:
 
     def __init__(self, run: RunConfig, tokenizer: Any, device: torch.device, ds_config: dict[str, Any]):
         self.model = None
-        if run.stage.reference_model is None and run.tuning.method == "lora":
+        if run.stage.reference_model is None and run.tuning.trains_adapter:
             return
         from rayft_core.model.loader import load_model
         from rayft_core.model.zero3 import build_partitioned, mark_zero3_leaves

@@ -269,7 +269,7 @@ class WorkerSession:
                 return
             outputs.save_model(self.engine.module, self.tokenizer, run, out, weights=not zero3)
             outputs.plot_loss(out)
-            if run.output.merge_adapter and run.tuning.method == "lora":
+            if run.output.merge_adapter and run.tuning.trains_adapter:
                 from rayft_core.export import export_model
 
                 export_model(

@@ -173,7 +173,12 @@ class _Translation(StageKeys):
                 )
             if "top_k" not in self.raw:
                 self.generation_key("top_k", LF_GENERATION["top_k"])
-        if self.method in (*FINETUNING_TYPES, "galore"):
+        if self.method == "oft":  # PEFT's OFT on every linear layer unless oft_target names them
+            self.set("tuning.method", "peft")
+            self.set("tuning.type", "OFT")
+            if "oft_target" not in self.raw:
+                self.set("tuning.config.target_modules", "all-linear")
+        elif self.method in (*FINETUNING_TYPES, "galore"):
             self.set("tuning.method", self.method)
         if self.method == "galore":
             self.set("tuning.scale", LF_GALORE_SCALE)
@@ -183,7 +188,9 @@ class _Translation(StageKeys):
         self.set("model.gradient_checkpointing", not self.raw.get("disable_gradient_checkpointing", False))
 
     def method_key(self, key: str, value: Any) -> None:
-        owner = next(m for m, keys in METHOD_KEYS.items() if key in keys)
+        # additional_target belongs to LoRA and OFT both: the run's own method first
+        mine = METHOD_KEYS.get(self.method, {})
+        owner = self.method if key in mine else next(m for m, keys in METHOD_KEYS.items() if key in keys)
         if owner != self.method:
             if value is not None and as_number(value) != LF_METHOD_DEFAULTS[key]:  # LLaMA-Factory ignores them too
                 needs = "finetuning_type full with use_galore" if owner == "galore" else f"finetuning_type {owner}"
@@ -193,6 +200,7 @@ class _Translation(StageKeys):
         if key in LIST_KEYS:
             value = as_list(value)
             value = "all" if value == ["all"] and key != "freeze_extra_modules" else value
+            value = "all-linear" if value == "all" and key == "oft_target" else value  # PEFT's name for it
         n = as_number(value)
         if key == "pissa_init":
             if value and self.stage in ("dpo", "kto", "ppo"):

@@ -127,7 +127,7 @@ def _adapter_folder(t: Translation, key: str, value: Any) -> None:
 
 def _finetuning_type(t: Translation, key: str, value: Any) -> None:
     if value not in FINETUNING_TYPES:
-        t.note(key, "rayft tunes with lora, freeze, full, or GaLore (full with use_galore)", error=True)
+        t.note(key, "rayft tunes with lora, freeze, full, oft, or GaLore (full with use_galore)", error=True)
 
 
 def _use_galore(t: Translation, key: str, value: Any) -> None:

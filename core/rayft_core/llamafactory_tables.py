@@ -63,8 +63,9 @@ DIRECT = {
 TEXT_KEYS = {"model_name_or_path", "tokenized_path", "ray_storage_path", "ray_run_name", "ref_model"}  # never numbers
 
 # LLaMA-Factory's finetuning types rayft trains, as the tuning methods of the same names (rayft_core.methods);
-# GaLore is finetuning_type full with use_galore in LLaMA-Factory, and rayft's method galore.
-FINETUNING_TYPES = ("lora", "freeze", "full")
+# GaLore is finetuning_type full with use_galore in LLaMA-Factory, and rayft's method galore; OFT is PEFT's OFT
+# tuner, rayft's method peft with type OFT (its keys go to tuning.config, PEFT's own names).
+FINETUNING_TYPES = ("lora", "freeze", "full", "oft")
 # rayft tuning method -> {LF key: tuning key}. LLaMA-Factory ignores another method's keys, and so does
 # rayft, with a note. None: handled in _Translation.method_key.
 METHOD_KEYS: dict[str, dict[str, str | None]] = {
@@ -84,6 +85,13 @@ METHOD_KEYS: dict[str, dict[str, str | None]] = {
         "freeze_trainable_layers": None,
         "freeze_extra_modules": "trainable_modules",
         "freeze_trainable_modules": None,
+    },
+    "oft": {
+        "oft_rank": "config.r",
+        "oft_block_size": "config.oft_block_size",
+        "oft_target": "config.target_modules",
+        "module_dropout": "config.module_dropout",
+        "additional_target": "config.modules_to_save",
     },
     "galore": {
         "galore_rank": "rank",
@@ -108,6 +116,10 @@ LF_METHOD_DEFAULTS = {
     "freeze_trainable_layers": 2,
     "freeze_extra_modules": None,
     "freeze_trainable_modules": "all",
+    "oft_rank": 0,
+    "oft_block_size": 32,
+    "oft_target": "all",
+    "module_dropout": 0.0,
     "galore_rank": 16,
     "galore_update_interval": 200,
     "galore_scale": 2.0,
@@ -120,6 +132,7 @@ LIST_KEYS = {
     "galore_target",
     "freeze_extra_modules",
     "additional_target",
+    "oft_target",
 }  # comma strings; "all" stays for targets
 
 # LLaMA-Factory's stage -> rayft's; its stage dpo trains ORPO or SimPO when pref_loss names them.

@@ -228,7 +228,6 @@ REFUSED = {
 # Families of keys, by prefix -> why they have no effect (always noted).
 PREFIXES = [
     (("ppo_", "reward_model"), "not an option of LLaMA-Factory 0.9.5's stage ppo that rayft knows; no effect"),
-    (("oft_", "module_dropout"), "finetuning_type oft is not available in rayft"),
     (("apollo_", "badam_", "asft_", "eaft_"), "an option of an optimizer or loss rayft does not have"),
     (("image_", "video_", "audio_", "crop_to_patches", "use_audio_in_video"), _MULTIMODAL),
     (("vllm_", "sglang_", "export_"), _INFER),

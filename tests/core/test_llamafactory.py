@@ -156,6 +156,20 @@ def test_adapter_name_or_path_merges_and_continues_as_llamafactory_does(create_n
     assert notes == [] and raw["tuning"]["merge_adapters"] == merged and raw["tuning"].get("adapter") == continued
 
 
+def test_finetuning_type_oft_is_peft_oft_with_llamafactorys_keys():
+    raw, notes = translate(
+        {**LF_MINIMAL, "finetuning_type": "oft", "oft_block_size": 16, "additional_target": "lm_head"}
+    )
+    assert notes == []
+    assert raw["tuning"] == {
+        "method": "peft", "type": "OFT",
+        "config": {"oft_block_size": 16, "modules_to_save": ["lm_head"], "target_modules": "all-linear"},
+    }  # fmt: skip
+    assert validate_config(raw).tuning.peft_config().oft_block_size == 16
+    raw, _ = translate({**LF_MINIMAL, "finetuning_type": "oft", "oft_target": "q_proj,v_proj"})
+    assert raw["tuning"]["config"] == {"target_modules": ["q_proj", "v_proj"]}
+
+
 def test_unset_keys_take_llamafactory_defaults_where_they_differ_from_rayfts():
     raw, notes = translate(LF_MINIMAL)
     assert notes == []
@@ -359,7 +373,7 @@ def test_llamafactorys_default_values_are_never_noted():
         ({"stage": "kto", "ref_model": "/m/ref", "ref_model_adapters": "/m/ref-lora"}, "ref_model_adapters"),
         ({"stage": "dpo", "pissa_init": True}, "pissa_init"),
         ({"stage": "kto", "pissa_init": True}, "pissa_init"),
-        ({"finetuning_type": "oft"}, "finetuning_type"),
+        ({"finetuning_type": "bone"}, "finetuning_type"),
         ({"finetuning_type": "full", "quantization_bit": 4}, "quantization_bit"),
         ({"quantization_bit": 2}, "quantization_bit"),
         ({"do_train": False, "do_predict": True}, "do_train"),
@@ -563,6 +577,11 @@ def test_the_method_tables_name_registered_methods_and_their_keys():
     from rayft_core.llamafactory_tables import FINETUNING_TYPES, METHOD_KEYS
     from rayft_core.methods import METHODS
 
-    assert {*FINETUNING_TYPES, *METHOD_KEYS} <= set(METHODS)
+    rayft_method = {"oft": "peft"}  # LLaMA-Factory's OFT is PEFT's OFT tuner, its keys PEFT's OFTConfig's
+    assert {rayft_method.get(m, m) for m in (*FINETUNING_TYPES, *METHOD_KEYS)} <= set(METHODS)
     for method, keys in METHOD_KEYS.items():
-        assert {k for k in keys.values() if k} <= set(METHODS[method].model_fields), method
+        fields = set(METHODS[rayft_method.get(method, method)].model_fields)
+        assert {k.split(".")[0] for k in keys.values() if k} <= fields, method
+    from peft import OFTConfig
+
+    assert {k.split(".")[1] for k in METHOD_KEYS["oft"].values()} <= set(OFTConfig.__dataclass_fields__)

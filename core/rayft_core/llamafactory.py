@@ -189,8 +189,7 @@ class _Translation(StageKeys):
 
     def method_key(self, key: str, value: Any) -> None:
         # additional_target belongs to LoRA and OFT both: the run's own method first
-        mine = METHOD_KEYS.get(self.method, {})
-        owner = self.method if key in mine else next(m for m, keys in METHOD_KEYS.items() if key in keys)
+        owner = next(m for m in (self.method, *METHOD_KEYS) if key in METHOD_KEYS.get(m, {}))
         if owner != self.method:
             if value is not None and as_number(value) != LF_METHOD_DEFAULTS[key]:  # LLaMA-Factory ignores them too
                 needs = "finetuning_type full with use_galore" if owner == "galore" else f"finetuning_type {owner}"

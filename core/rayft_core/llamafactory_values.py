@@ -189,7 +189,7 @@ REFUSED = {
         use_badam=False,
     ),
     **_refused("rayft's schedulers take no extra arguments", lr_scheduler_kwargs=(None, {})),
-    **_refused(_LOSS, label_smoothing_factor=0.0, use_dft_loss=False, use_asft_loss=False, use_eaft_loss=False),
+    **_refused(_LOSS, label_smoothing_factor=0.0, use_asft_loss=False, use_eaft_loss=False),
     **_refused(
         "rayft trains with per_device_train_batch_size as given, in data order",
         auto_find_batch_size=False,

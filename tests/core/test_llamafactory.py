@@ -139,11 +139,15 @@ def test_neftune_and_the_moe_router_loss_translate():
 
 
 def test_from_scratch_upcast_layernorm_and_additional_target_translate():
-    lf = {**LF_MINIMAL, "train_from_scratch": True, "upcast_layernorm": True, "additional_target": "norm,lm_head"}
+    lf = {
+        **LF_MINIMAL, "train_from_scratch": True, "upcast_layernorm": True, "additional_target": "norm,lm_head",
+        "use_dft_loss": True,
+    }  # fmt: skip
     raw, notes = translate(lf)
     assert not errors(notes)
     run = validate_config(raw)
     assert run.model.from_scratch and run.model.upcast_layernorm and run.tuning.train_modules == ["norm", "lm_head"]
+    assert run.train.dft_loss
 
 
 @pytest.mark.parametrize(
@@ -392,7 +396,7 @@ def test_llamafactorys_default_values_are_never_noted():
         ({"lr_scheduler_kwargs": {"power": 2}}, "lr_scheduler_kwargs"),
         ({"warmup_steps": 50}, "warmup_steps"),
         ({"label_smoothing_factor": 0.1}, "label_smoothing_factor"),
-        ({"use_dft_loss": True}, "use_dft_loss"),
+        ({"use_asft_loss": True}, "use_asft_loss"),
         ({"ignore_pad_token_for_loss": False}, "ignore_pad_token_for_loss"),
         ({"group_by_length": True}, "group_by_length"),
         ({"auto_find_batch_size": True}, "auto_find_batch_size"),

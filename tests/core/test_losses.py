@@ -45,6 +45,35 @@ def test_matches_transformers_loss_and_gradients(tiny_model, arch, freeze_head, 
         assert torch.allclose(got[name], want[name], atol=1e-6, rtol=1e-4), name
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "checkpointed"])
+def test_dft_weights_each_tokens_cross_entropy_by_its_own_detached_probability(tiny_model, fused, monkeypatch):
+    """DFT (Wu et al. 2025): sum_t sg(p_t) * -log p_t, against the formula written out on the model's full logits,
+    in value and in every gradient, on both of rayft's loss paths."""
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 7 * 300)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model("llama"), dtype=torch.float32)
+    if not fused:  # the checkpointed chunks, the path of heads with a bias or a trainable head under ZeRO-3
+        monkeypatch.setattr(losses, "_can_fuse", lambda head: False)
+    batch = _batch(load_tokenizer_for(tiny_model("llama")))
+    ours, n = losses.causal_lm_loss_sum(model, batch, dft=True)
+    ours.backward()
+    got = _grads(model)
+    model.zero_grad(set_to_none=True)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    keep = labels != -100
+    ce = F.cross_entropy(logits[keep], labels[keep], reduction="none")
+    ref = (torch.exp(-ce).detach() * ce).sum()
+    ref.backward()
+    want = _grads(model)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-5) and ours.item() < ce.sum().item()
+    assert got.keys() == want.keys()
+    for name in want:
+        assert torch.allclose(got[name], want[name], atol=1e-6, rtol=1e-4), name
+
+
 def load_tokenizer_for(path):
     from rayft_core.config import ModelConfig
 

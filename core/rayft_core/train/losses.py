@@ -39,11 +39,12 @@ def _chunk_rows(vocab_size: int) -> int:
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """sum_i CE(hidden_i @ weight.T, target_i), with its gradients computed chunk by chunk in forward."""
+    """sum_i CE(hidden_i @ weight.T, target_i), with its gradients computed chunk by chunk in forward; with ``dft``
+    each token's CE is weighted by its probability p_i = exp(-CE_i), held constant (see ``token_losses``)."""
 
     @staticmethod
     def forward(
-        ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float | None
+        ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float | None, dft: bool
     ) -> torch.Tensor:
         rows = _chunk_rows(weight.shape[0])
         grad_hidden = torch.empty_like(hidden)
@@ -56,9 +57,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 tanh = logits.div_(softcap).tanh_()
                 logits = tanh * softcap
             lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            ce = lse - logits.gather(1, t[:, None]).squeeze(1)
+            weight_of_token = torch.exp(-ce) if dft else None
+            total += (ce * weight_of_token).sum() if dft else ce.sum()
             probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place
             probs[torch.arange(t.shape[0], device=t.device), t] -= 1.0  # d CE / d logits = softmax - one_hot
+            if dft:
+                probs.mul_(weight_of_token[:, None])
             if softcap:
                 probs.mul_(1.0 - tanh.square_())
             g = probs.to(h.dtype)
@@ -73,14 +78,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_total: torch.Tensor):
         grad_hidden, grad_weight = ctx.saved_tensors
         grad_w = (grad_weight * grad_total).to(ctx.weight_dtype) if grad_weight is not None else None
-        return grad_hidden * grad_total.to(grad_hidden.dtype), grad_w, None, None
+        return grad_hidden * grad_total.to(grad_hidden.dtype), grad_w, None, None, None
 
 
-def _chunk_ce_sum(hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, softcap: float | None) -> torch.Tensor:
+def _chunk_ce_sum(
+    hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, softcap: float | None, dft: bool = False
+) -> torch.Tensor:
     logits = head(hidden).float()  # [chunk, vocab]
     if softcap:  # Gemma-2 caps final logits: cap * tanh(logits / cap)
         logits = torch.tanh(logits / softcap) * softcap
-    return F.cross_entropy(logits, targets, reduction="sum")
+    ce = F.cross_entropy(logits, targets, reduction="none")
+    return (ce * torch.exp(-ce).detach()).sum() if dft else ce.sum()
 
 
 def _can_fuse(head: nn.Module) -> bool:
@@ -163,15 +171,17 @@ def compute_causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> 
     return (total / n if n else total), n
 
 
-def causal_lm_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+def causal_lm_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], dft: bool = False) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over labelled positions, and their count (0: a graph of zeros, so every
-    rank still runs backward)."""
+    rank still runs backward). ``dft``: Dynamic Fine-Tuning (Wu et al. 2025, "On the Generalization of SFT: A
+    Reinforcement Learning Perspective with Reward Rectification"): each token's cross-entropy weighted by the
+    probability the model gives the label, as a constant, sum_t sg(p_t) * -log p_t."""
     base, hidden = decoder_hidden(model, batch)
-    return _loss_sum(base, hidden, *_targets(batch))
+    return _loss_sum(base, hidden, *_targets(batch), dft=dft)
 
 
 def _loss_sum(
-    base: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, shifted: bool = False
+    base: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, shifted: bool = False, dft: bool = False
 ) -> tuple[torch.Tensor, int]:
     head = base.get_output_embeddings()
     hidden, targets, _ = _labelled(base, hidden, labels, shifted)
@@ -183,31 +193,32 @@ def _loss_sum(
     if fused:
         with gathered([head.weight]):  # a collective under ZeRO-3 too: every rank, even one with nothing to learn
             if n:
-                return _LinearCrossEntropy.apply(hidden, head.weight, targets, softcap), n
+                return _LinearCrossEntropy.apply(hidden, head.weight, targets, softcap, dft), n
     if n == 0 and chunks == 0:  # nothing to learn in this micro-batch; keep the graph so every rank runs backward
         return hidden.sum() * 0.0 + sum(p.sum() * 0.0 for p in head.parameters()), 0
     total = hidden.sum() * 0.0  # in the graph even when this rank's chunks are all empty
     for i in range(0, chunks * rows, rows):  # past n: empty chunks, so every rank calls the head as often
         h, t = hidden[i : i + rows], targets[i : i + rows]
         if torch.is_grad_enabled():
-            total = total + checkpoint(_chunk_ce_sum, h, t, head, softcap, use_reentrant=False)
+            total = total + checkpoint(_chunk_ce_sum, h, t, head, softcap, dft, use_reentrant=False)
         else:
-            total = total + _chunk_ce_sum(h, t, head, softcap)
+            total = total + _chunk_ce_sum(h, t, head, softcap, dft)
     return total, n
 
 
 def lm_objective(
-    model: nn.Module, batch: dict[str, torch.Tensor], router_aux_loss_coef: float | None = None
+    model: nn.Module, batch: dict[str, torch.Tensor], router_aux_loss_coef: float | None = None, dft: bool = False
 ) -> tuple[torch.Tensor, dict[str, tuple[float, float]]]:
-    """The objective of pt and sft: the causal LM loss summed over labelled tokens, reported token-weighted. A
-    mixture of experts adds its load-balancing loss times ``router_aux_loss_coef`` (None: the model config's
-    router_aux_loss_coef), weighted by the batch's tokens like the loss, and reports it as aux_loss."""
+    """The objective of pt and sft: the causal LM loss (``dft``: DFT's, see causal_lm_loss_sum) summed over
+    labelled tokens, reported token-weighted. A mixture of experts adds its load-balancing loss times
+    ``router_aux_loss_coef`` (None: the model config's router_aux_loss_coef), weighted by the batch's tokens like
+    the loss, and reports it as aux_loss."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if load_balancing_loss(base) is None:
-        total, n = causal_lm_loss_sum(model, batch)
+        total, n = causal_lm_loss_sum(model, batch, dft)
         return total, {"loss": (total.item(), n)}
     base, outputs = decoder_outputs(model, batch, router_logits=True)
-    total, n = _loss_sum(base, outputs.last_hidden_state, *_targets(batch))
+    total, n = _loss_sum(base, outputs.last_hidden_state, *_targets(batch), dft=dft)
     aux = router_aux_loss(base, outputs.router_logits, batch.get("attention_mask"))
     coef = router_aux_loss_coef if router_aux_loss_coef is not None else getattr(base.config, "router_aux_loss_coef", 0)
     metrics = {"loss": (total.item(), n), "aux_loss": (aux.item() * n, n)}

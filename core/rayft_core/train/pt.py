@@ -32,7 +32,9 @@ class Pretrain(SupervisedStage):
         }
 
     def objective(self, run, tokenizer, device, ds_config):
-        return functools.partial(lm_objective, router_aux_loss_coef=run.model.router_aux_loss_coef)
+        return functools.partial(
+            lm_objective, router_aux_loss_coef=run.model.router_aux_loss_coef, dft=run.train.dft_loss
+        )
 
 
 STAGE = Pretrain()

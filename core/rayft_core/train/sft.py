@@ -28,7 +28,9 @@ class SupervisedFineTuning(SupervisedStage):
         return {**enc, "row_of_example": list(range(len(rows)))}
 
     def objective(self, run, tokenizer, device, ds_config):
-        return functools.partial(lm_objective, router_aux_loss_coef=run.model.router_aux_loss_coef)
+        return functools.partial(
+            lm_objective, router_aux_loss_coef=run.model.router_aux_loss_coef, dft=run.train.dft_loss
+        )
 
 
 STAGE = SupervisedFineTuning()

@@ -122,12 +122,13 @@ class TrainConfig(Section):
     )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, ge=0, description="Clip the global gradient norm (0 = off).")
-    dft_loss: bool = Field(
-        False,
-        description="pt/sft: Dynamic Fine-Tuning's loss (Wu et al. 2025): each token's cross-entropy weighted by "
-        "the probability the model gives it, held constant; train/loss then reports this weighted loss "
-        "(LLaMA-Factory's use_dft_loss).",
+    token_loss: Literal["cross_entropy", "dft", "eaft"] = Field(
+        "cross_entropy",
+        description="pt/sft: each token's cross-entropy weighted, the weight held constant: dft by the probability "
+        "the model gives the token (Wu et al. 2025; LLaMA-Factory's use_dft_loss), eaft by (H/3)^eaft_alpha with H "
+        "the entropy over the 20 likeliest tokens (use_eaft_loss). train/loss reports the weighted loss.",
     )
+    eaft_alpha: float = Field(1.0, gt=0, description="token_loss eaft: the exponent of its entropy weight.")
     neftune_noise_alpha: float | None = Field(
         None,
         gt=0,
@@ -271,8 +272,8 @@ class RunConfig(Section):
         """Problems between sections, each as 'path: what to change'."""
         problems = self.tuning.problems(self)  # the method's own rules (GaLore: ZeRO 0; QLoRA: not ZeRO-3)
         problems += self.model.problems(self)
-        if self.train.dft_loss and self.stage.name not in ("pt", "sft"):
-            problems.append(f"train.dft_loss: a token loss of stages pt and sft; stage {self.stage.name} has its own")
+        if self.train.token_loss != "cross_entropy" and self.stage.name not in ("pt", "sft"):
+            problems.append(f"train.token_loss: a loss of stages pt and sft; stage {self.stage.name} has its own")
         from rayft_core.train import sequence_parallel
 
         problems += sequence_parallel.problems(self) + self.deepspeed.problems()

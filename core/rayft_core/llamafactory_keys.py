@@ -318,7 +318,27 @@ def _report_to(t: Translation, key: str, value: Any) -> None:
         )
 
 
+def _token_loss(t: Translation, key: str, value: Any) -> None:
+    """use_dft_loss / use_eaft_loss (+ eaft_alpha): rayft's train.token_loss; LLaMA-Factory takes DFT first, in its
+    SFT trainer only."""
+    if t.stage != "sft":
+        if value and key != "eaft_alpha":
+            t.note(key, "LLaMA-Factory applies it in stage sft only; no effect")
+    elif key == "eaft_alpha":
+        if t.raw.get("use_eaft_loss"):
+            t.set("train.eaft_alpha", as_number(value))
+        elif as_number(value) != 1.0:
+            t.note(key, "applies with use_eaft_loss only")
+    elif value and key == "use_dft_loss":
+        t.set("train.token_loss", "dft")
+    elif value and not t.raw.get("use_dft_loss"):
+        t.set("train.token_loss", "eaft")
+
+
 SPECIAL = {
+    "use_dft_loss": _token_loss,
+    "use_eaft_loss": _token_loss,
+    "eaft_alpha": _token_loss,
     "report_to": _report_to,
     "template": _template,
     "flash_attn": _flash_attn,

@@ -40,7 +40,6 @@ DIRECT = {
     "trust_remote_code": "model.trust_remote_code",
     "moe_aux_loss_coef": "model.router_aux_loss_coef",
     "neftune_noise_alpha": "train.neftune_noise_alpha",
-    "use_dft_loss": "train.dft_loss",
     "train_from_scratch": "model.from_scratch",
     "upcast_layernorm": "model.upcast_layernorm",
     "cutoff_len": "data.max_seq_len",

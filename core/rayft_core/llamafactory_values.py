@@ -189,7 +189,7 @@ REFUSED = {
         use_badam=False,
     ),
     **_refused("rayft's schedulers take no extra arguments", lr_scheduler_kwargs=(None, {})),
-    **_refused(_LOSS, label_smoothing_factor=0.0, use_asft_loss=False, use_eaft_loss=False),
+    **_refused(_LOSS, label_smoothing_factor=0.0, use_asft_loss=False),
     **_refused(
         "rayft trains with per_device_train_batch_size as given, in data order",
         auto_find_batch_size=False,
@@ -228,7 +228,7 @@ REFUSED = {
 # Families of keys, by prefix -> why they have no effect (always noted).
 PREFIXES = [
     (("ppo_", "reward_model"), "not an option of LLaMA-Factory 0.9.5's stage ppo that rayft knows; no effect"),
-    (("apollo_", "badam_", "asft_", "eaft_"), "an option of an optimizer or loss rayft does not have"),
+    (("apollo_", "badam_", "asft_"), "an option of an optimizer or loss rayft does not have"),
     (("image_", "video_", "audio_", "crop_to_patches", "use_audio_in_video"), _MULTIMODAL),
     (("vllm_", "sglang_", "export_"), _INFER),
     (("swanlab_", "profiler_", "profile_modules", "fp8_", "kt_"), "an option of an integration rayft does not have"),

@@ -141,13 +141,17 @@ def test_neftune_and_the_moe_router_loss_translate():
 def test_from_scratch_upcast_layernorm_and_additional_target_translate():
     lf = {
         **LF_MINIMAL, "train_from_scratch": True, "upcast_layernorm": True, "additional_target": "norm,lm_head",
-        "use_dft_loss": True,
+        "use_dft_loss": True, "use_eaft_loss": True,
     }  # fmt: skip
     raw, notes = translate(lf)
     assert not errors(notes)
     run = validate_config(raw)
     assert run.model.from_scratch and run.model.upcast_layernorm and run.tuning.train_modules == ["norm", "lm_head"]
-    assert run.train.dft_loss
+    assert run.train.token_loss == "dft"  # LLaMA-Factory takes DFT first
+    raw, notes = translate({**LF_MINIMAL, "use_eaft_loss": True, "eaft_alpha": 0.5})
+    assert notes == [] and raw["train"]["token_loss"] == "eaft" and raw["train"]["eaft_alpha"] == 0.5
+    _, notes = translate({**LF_MINIMAL, "stage": "pt", "use_dft_loss": True})
+    assert "applies it in stage sft only" in notes[0]
 
 
 @pytest.mark.parametrize(

@@ -45,10 +45,18 @@ def test_matches_transformers_loss_and_gradients(tiny_model, arch, freeze_head, 
         assert torch.allclose(got[name], want[name], atol=1e-6, rtol=1e-4), name
 
 
+def _eaft_reference(logits: torch.Tensor, ce: torch.Tensor) -> torch.Tensor:
+    """LLaMA-Factory 0.9.5's EAFT weight, written out as it does (alpha 0.5)."""
+    top = torch.topk(logits, k=20, dim=-1).values
+    logp = top - torch.logsumexp(top, dim=-1, keepdim=True)
+    return ((-(logp.exp() * logp).sum(-1)) / 3.0) ** 0.5
+
+
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "checkpointed"])
-def test_dft_weights_each_tokens_cross_entropy_by_its_own_detached_probability(tiny_model, fused, monkeypatch):
-    """DFT (Wu et al. 2025): sum_t sg(p_t) * -log p_t, against the formula written out on the model's full logits,
-    in value and in every gradient, on both of rayft's loss paths."""
+@pytest.mark.parametrize("loss", ["dft", "eaft"])
+def test_token_losses_weight_each_tokens_cross_entropy_as_their_papers_define(tiny_model, fused, loss, monkeypatch):
+    """DFT (Wu et al. 2025): sum_t sg(p_t) * -log p_t; EAFT: sum_t sg((H20_t / 3)^alpha) * -log p_t. Against the
+    formulas written out on the model's full logits, in value and in every gradient, on both loss paths."""
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM
 
@@ -57,7 +65,8 @@ def test_dft_weights_each_tokens_cross_entropy_by_its_own_detached_probability(t
     if not fused:  # the checkpointed chunks, the path of heads with a bias or a trainable head under ZeRO-3
         monkeypatch.setattr(losses, "_can_fuse", lambda head: False)
     batch = _batch(load_tokenizer_for(tiny_model("llama")))
-    ours, n = losses.causal_lm_loss_sum(model, batch, dft=True)
+    weights = losses.dft_weights if loss == "dft" else losses.eaft_weights(0.5)
+    ours, n = losses.causal_lm_loss_sum(model, batch, weights)
     ours.backward()
     got = _grads(model)
     model.zero_grad(set_to_none=True)
@@ -65,10 +74,11 @@ def test_dft_weights_each_tokens_cross_entropy_by_its_own_detached_probability(t
     labels = batch["labels"][:, 1:]
     keep = labels != -100
     ce = F.cross_entropy(logits[keep], labels[keep], reduction="none")
-    ref = (torch.exp(-ce).detach() * ce).sum()
+    w = torch.exp(-ce) if loss == "dft" else _eaft_reference(logits[keep].float(), ce)
+    ref = (w.detach() * ce).sum()
     ref.backward()
     want = _grads(model)
-    assert ours.item() == pytest.approx(ref.item(), rel=1e-5) and ours.item() < ce.sum().item()
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-5) and ours.item() != pytest.approx(ce.sum().item())
     assert got.keys() == want.keys()
     for name in want:
         assert torch.allclose(got[name], want[name], atol=1e-6, rtol=1e-4), name

@@ -19,6 +19,7 @@ head and cross-entropy a chunk at a time:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -38,13 +39,23 @@ def _chunk_rows(vocab_size: int) -> int:
     return max(16, CHUNK_ELEMENTS // vocab_size)
 
 
+# A token loss's weight of each token, from its fp32 logits [tokens, vocab] and cross-entropy [tokens]; held
+# constant (no gradient flows through it).
+TokenWeights = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
-    """sum_i CE(hidden_i @ weight.T, target_i), with its gradients computed chunk by chunk in forward; with ``dft``
-    each token's CE is weighted by its probability p_i = exp(-CE_i), held constant (see ``token_losses``)."""
+    """sum_i w_i CE(hidden_i @ weight.T, target_i), with its gradients computed chunk by chunk in forward; w_i = 1,
+    or ``token_weights(logits, ce)`` held constant (TOKEN_WEIGHTS)."""
 
     @staticmethod
     def forward(
-        ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float | None, dft: bool
+        ctx,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        targets: torch.Tensor,
+        softcap: float | None,
+        token_weights: TokenWeights | None,
     ) -> torch.Tensor:
         rows = _chunk_rows(weight.shape[0])
         grad_hidden = torch.empty_like(hidden)
@@ -58,12 +69,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 logits = tanh * softcap
             lse = torch.logsumexp(logits, dim=-1)
             ce = lse - logits.gather(1, t[:, None]).squeeze(1)
-            weight_of_token = torch.exp(-ce) if dft else None
-            total += (ce * weight_of_token).sum() if dft else ce.sum()
+            w = token_weights(logits, ce) if token_weights else None  # before the logits turn into probabilities
+            total += (ce * w).sum() if w is not None else ce.sum()
             probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place
             probs[torch.arange(t.shape[0], device=t.device), t] -= 1.0  # d CE / d logits = softmax - one_hot
-            if dft:
-                probs.mul_(weight_of_token[:, None])
+            if w is not None:
+                probs.mul_(w[:, None])
             if softcap:
                 probs.mul_(1.0 - tanh.square_())
             g = probs.to(h.dtype)
@@ -82,13 +93,44 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def _chunk_ce_sum(
-    hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, softcap: float | None, dft: bool = False
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    head: nn.Module,
+    softcap: float | None,
+    token_weights: TokenWeights | None = None,
 ) -> torch.Tensor:
     logits = head(hidden).float()  # [chunk, vocab]
     if softcap:  # Gemma-2 caps final logits: cap * tanh(logits / cap)
         logits = torch.tanh(logits / softcap) * softcap
     ce = F.cross_entropy(logits, targets, reduction="none")
-    return (ce * torch.exp(-ce).detach()).sum() if dft else ce.sum()
+    if token_weights is None:
+        return ce.sum()
+    with torch.no_grad():
+        w = token_weights(logits.detach(), ce.detach())
+    return (ce * w).sum()
+
+
+def dft_weights(logits: torch.Tensor, ce: torch.Tensor) -> torch.Tensor:
+    """DFT (Wu et al. 2025, "On the Generalization of SFT: A Reinforcement Learning Perspective with Reward
+    Rectification"): the probability the model gives the label, p_t = exp(-CE_t)."""
+    return torch.exp(-ce)
+
+
+def eaft_weights(alpha: float) -> TokenWeights:
+    """EAFT as LLaMA-Factory 0.9.5 defines it (use_eaft_loss, eaft_alpha): (H_20 / 3) ** alpha, H_20 the entropy of
+    the distribution renormalised over the 20 most likely tokens: confident positions weigh less."""
+
+    def weights(logits: torch.Tensor, ce: torch.Tensor) -> torch.Tensor:
+        top = torch.topk(logits, k=min(20, logits.shape[-1]), dim=-1).values
+        logp = top - torch.logsumexp(top, dim=-1, keepdim=True)
+        return (-(logp.exp() * logp).sum(-1) / 3.0).pow(alpha)
+
+    return weights
+
+
+def token_weights(train: Any) -> TokenWeights | None:
+    """The run's token loss (train.token_loss) as its weights; None for plain cross-entropy."""
+    return {"cross_entropy": None, "dft": dft_weights, "eaft": eaft_weights(train.eaft_alpha)}[train.token_loss]
 
 
 def _can_fuse(head: nn.Module) -> bool:
@@ -171,17 +213,21 @@ def compute_causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> 
     return (total / n if n else total), n
 
 
-def causal_lm_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], dft: bool = False) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy over labelled positions, and their count (0: a graph of zeros, so every
-    rank still runs backward). ``dft``: Dynamic Fine-Tuning (Wu et al. 2025, "On the Generalization of SFT: A
-    Reinforcement Learning Perspective with Reward Rectification"): each token's cross-entropy weighted by the
-    probability the model gives the label, as a constant, sum_t sg(p_t) * -log p_t."""
+def causal_lm_loss_sum(
+    model: nn.Module, batch: dict[str, torch.Tensor], weights: TokenWeights | None = None
+) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over labelled positions (each token's times ``weights``, held constant:
+    DFT, EAFT), and their count (0: a graph of zeros, so every rank still runs backward)."""
     base, hidden = decoder_hidden(model, batch)
-    return _loss_sum(base, hidden, *_targets(batch), dft=dft)
+    return _loss_sum(base, hidden, *_targets(batch), weights=weights)
 
 
 def _loss_sum(
-    base: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, shifted: bool = False, dft: bool = False
+    base: nn.Module,
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    shifted: bool = False,
+    weights: TokenWeights | None = None,
 ) -> tuple[torch.Tensor, int]:
     head = base.get_output_embeddings()
     hidden, targets, _ = _labelled(base, hidden, labels, shifted)
@@ -193,32 +239,35 @@ def _loss_sum(
     if fused:
         with gathered([head.weight]):  # a collective under ZeRO-3 too: every rank, even one with nothing to learn
             if n:
-                return _LinearCrossEntropy.apply(hidden, head.weight, targets, softcap, dft), n
+                return _LinearCrossEntropy.apply(hidden, head.weight, targets, softcap, weights), n
     if n == 0 and chunks == 0:  # nothing to learn in this micro-batch; keep the graph so every rank runs backward
         return hidden.sum() * 0.0 + sum(p.sum() * 0.0 for p in head.parameters()), 0
     total = hidden.sum() * 0.0  # in the graph even when this rank's chunks are all empty
     for i in range(0, chunks * rows, rows):  # past n: empty chunks, so every rank calls the head as often
         h, t = hidden[i : i + rows], targets[i : i + rows]
         if torch.is_grad_enabled():
-            total = total + checkpoint(_chunk_ce_sum, h, t, head, softcap, dft, use_reentrant=False)
+            total = total + checkpoint(_chunk_ce_sum, h, t, head, softcap, weights, use_reentrant=False)
         else:
-            total = total + _chunk_ce_sum(h, t, head, softcap, dft)
+            total = total + _chunk_ce_sum(h, t, head, softcap, weights)
     return total, n
 
 
 def lm_objective(
-    model: nn.Module, batch: dict[str, torch.Tensor], router_aux_loss_coef: float | None = None, dft: bool = False
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    router_aux_loss_coef: float | None = None,
+    weights: TokenWeights | None = None,
 ) -> tuple[torch.Tensor, dict[str, tuple[float, float]]]:
-    """The objective of pt and sft: the causal LM loss (``dft``: DFT's, see causal_lm_loss_sum) summed over
-    labelled tokens, reported token-weighted. A mixture of experts adds its load-balancing loss times
+    """The objective of pt and sft: the causal LM loss (``weights``: the run's token loss, see token_weights)
+    summed over labelled tokens, reported token-weighted. A mixture of experts adds its load-balancing loss times
     ``router_aux_loss_coef`` (None: the model config's router_aux_loss_coef), weighted by the batch's tokens like
     the loss, and reports it as aux_loss."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if load_balancing_loss(base) is None:
-        total, n = causal_lm_loss_sum(model, batch, dft)
+        total, n = causal_lm_loss_sum(model, batch, weights)
         return total, {"loss": (total.item(), n)}
     base, outputs = decoder_outputs(model, batch, router_logits=True)
-    total, n = _loss_sum(base, outputs.last_hidden_state, *_targets(batch), dft=dft)
+    total, n = _loss_sum(base, outputs.last_hidden_state, *_targets(batch), weights=weights)
     aux = router_aux_loss(base, outputs.router_logits, batch.get("attention_mask"))
     coef = router_aux_loss_coef if router_aux_loss_coef is not None else getattr(base.config, "router_aux_loss_coef", 0)
     metrics = {"loss": (total.item(), n), "aux_loss": (aux.item() * n, n)}

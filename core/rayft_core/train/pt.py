@@ -6,7 +6,7 @@ import functools
 from typing import Any
 
 from rayft_core.config import RunConfig
-from rayft_core.train.losses import lm_objective
+from rayft_core.train.losses import lm_objective, token_weights
 from rayft_core.train.stage import SupervisedStage
 
 
@@ -33,7 +33,7 @@ class Pretrain(SupervisedStage):
 
     def objective(self, run, tokenizer, device, ds_config):
         return functools.partial(
-            lm_objective, router_aux_loss_coef=run.model.router_aux_loss_coef, dft=run.train.dft_loss
+            lm_objective, router_aux_loss_coef=run.model.router_aux_loss_coef, weights=token_weights(run.train)
         )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from rayft_core.config import RunConfig
 from rayft_core.data.tokenize import encode_chat_batch
-from rayft_core.train.losses import lm_objective
+from rayft_core.train.losses import lm_objective, token_weights
 from rayft_core.train.stage import SupervisedStage
 
 
@@ -29,7 +29,7 @@ class SupervisedFineTuning(SupervisedStage):
 
     def objective(self, run, tokenizer, device, ds_config):
         return functools.partial(
-            lm_objective, router_aux_loss_coef=run.model.router_aux_loss_coef, dft=run.train.dft_loss
+            lm_objective, router_aux_loss_coef=run.model.router_aux_loss_coef, weights=token_weights(run.train)
         )
 
 

@@ -39,6 +39,13 @@ def noted_keys(notes: list[str]) -> list[str]:
     return [n.split(": ", 2)[1] for n in notes]
 
 
+def errors(notes: list[str]) -> list[str]:
+    """The keys the error notes name: what stops the run."""
+    from rayft_core.llamafactory import is_error
+
+    return noted_keys([n for n in notes if is_error(n)])
+
+
 def make_reward_adapter(base: Path, tokenizer, out: Path) -> Path:
     """A reward model in the format `stage: rm` writes (a LoRA adapter + value_head.safetensors + the
     tokenizer), with random weights: for tests of how reward models are loaded, not of what they learned."""

@@ -27,7 +27,7 @@ from rayft_core.config import RunConfig, load_config
 from rayft_core.errors import UserInputError
 from rayft_core.model.loader import quantization_config, resize_embeddings, resolve_dtype
 from rayft_core.model.merge import merge_streamed, streaming_problem
-from rayft_core.model.shards import reshard
+from rayft_core.model.shards import copy_model_files, reshard
 from rayft_core.model.value_head import VALUE_HEAD_FILE
 from rayft_core.train.outputs import CONFIG_FILE
 
@@ -120,8 +120,10 @@ def export_model(
             model.save_pretrained(staged, max_shard_size=max_shard_size, safe_serialization=True)
         elif adapter:  # merged weight by weight: the base is never loaded whole
             merge_streamed(run, run_dir, staged, max_shard_size, resolve_dtype(dtype or "float32"))
-        else:  # a full model is re-cut file by file, never loaded whole
-            copy_full_model(run_dir, staged, max_shard_size, resolve_dtype(dtype) if dtype else None)
+        else:  # a full model is re-cut tensor by tensor, never loaded whole
+            cast = resolve_dtype(dtype) if dtype else None
+            reshard(run_dir, staged, max_shard_size, cast)
+            copy_model_files(run_dir, staged, cast)
         tokenizer.save_pretrained(staged)
         if isinstance(tokenizer.chat_template, str) and not (staged / TEMPLATE_FILE).is_file():
             (staged / TEMPLATE_FILE).write_text(tokenizer.chat_template)
@@ -136,19 +138,6 @@ def export_model(
             + "\n"
         )
     return dest
-
-
-def copy_full_model(src: Path, dest: Path, max_shard_size: str, dtype: torch.dtype | None) -> None:
-    """A saved full model (weights, config, generation config, remote code) in ``dest``, its weights re-cut into
-    shards of ``max_shard_size`` and cast to ``dtype`` tensor by tensor (rayft_core.model.shards.reshard)."""
-    reshard(src, dest, max_shard_size, dtype)
-    for extra in ["generation_config.json", *(p.name for p in src.glob("*.py"))]:
-        if (src / extra).is_file():
-            shutil.copy2(src / extra, dest / extra)
-    config = json.loads((src / "config.json").read_text())
-    if dtype is not None:
-        config["dtype"] = str(dtype).removeprefix("torch.")
-    (dest / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def modelfile(tokenizer: Any) -> str:

@@ -7,7 +7,6 @@ from click.testing import CliRunner
 from rayft.cli import main
 from rayft_core.config import load_config, validate_config
 from rayft_core.llamafactory import is_error, looks_like_llamafactory, translate
-from rayft_core.llamafactory_values import NO_EFFECT, REFUSED
 from tests.helpers import LF_MINIMAL, noted_keys
 
 REPO = Path(__file__).resolve().parents[2]
@@ -113,11 +112,6 @@ FULL_SFT_RAYFT = {
 }
 
 
-def errors(notes: list[str]) -> list[str]:
-    """The keys the error notes name: what stops the run."""
-    return noted_keys([n for n in notes if is_error(n)])
-
-
 def test_a_full_sft_yaml_translates_to_exact_values_with_nothing_to_note_but_overwrite():
     raw, notes = translate(FULL_SFT)
     assert notes == [
@@ -131,53 +125,6 @@ def test_a_full_sft_yaml_translates_to_exact_values_with_nothing_to_note_but_ove
     assert run.global_batch_size == 2 * 4 * 8 and run.tuning.lora_alpha == 32
 
 
-def test_neftune_and_the_moe_router_loss_translate():
-    raw, notes = translate({**LF_MINIMAL, "neftune_noise_alpha": 5, "moe_aux_loss_coef": 0.01})
-    assert not errors(notes)
-    run = validate_config(raw)
-    assert run.train.neftune_noise_alpha == 5 and run.model.router_aux_loss_coef == 0.01
-
-
-def test_from_scratch_upcast_layernorm_and_additional_target_translate():
-    lf = {
-        **LF_MINIMAL, "train_from_scratch": True, "upcast_layernorm": True, "additional_target": "norm,lm_head",
-        "use_dft_loss": True, "use_eaft_loss": True,
-    }  # fmt: skip
-    raw, notes = translate(lf)
-    assert not errors(notes)
-    run = validate_config(raw)
-    assert run.model.from_scratch and run.model.upcast_layernorm and run.tuning.train_modules == ["norm", "lm_head"]
-    assert run.train.token_loss == "dft"  # LLaMA-Factory takes DFT first
-    raw, notes = translate({**LF_MINIMAL, "use_eaft_loss": True, "eaft_alpha": 0.5})
-    assert notes == [] and raw["train"]["token_loss"] == "eaft" and raw["train"]["eaft_alpha"] == 0.5
-    _, notes = translate({**LF_MINIMAL, "stage": "pt", "use_dft_loss": True})
-    assert "applies it in stage sft only" in notes[0]
-
-
-@pytest.mark.parametrize(
-    "create_new, merged, continued",
-    [(False, ["a", "b"], "c"), (True, ["a", "b", "c"], None)],
-    ids=["continue-the-last", "create-new"],
-)
-def test_adapter_name_or_path_merges_and_continues_as_llamafactory_does(create_new, merged, continued):
-    raw, notes = translate({**LF_MINIMAL, "adapter_name_or_path": "a,b,c", "create_new_adapter": create_new})
-    assert notes == [] and raw["tuning"]["merge_adapters"] == merged and raw["tuning"].get("adapter") == continued
-
-
-def test_finetuning_type_oft_is_peft_oft_with_llamafactorys_keys():
-    raw, notes = translate(
-        {**LF_MINIMAL, "finetuning_type": "oft", "oft_block_size": 16, "additional_target": "lm_head"}
-    )
-    assert notes == []
-    assert raw["tuning"] == {
-        "method": "peft", "type": "OFT",
-        "config": {"oft_block_size": 16, "modules_to_save": ["lm_head"], "target_modules": "all-linear"},
-    }  # fmt: skip
-    assert validate_config(raw).tuning.peft_config().oft_block_size == 16
-    raw, _ = translate({**LF_MINIMAL, "finetuning_type": "oft", "oft_target": "q_proj,v_proj"})
-    assert raw["tuning"]["config"] == {"target_modules": ["q_proj", "v_proj"]}
-
-
 def test_unset_keys_take_llamafactory_defaults_where_they_differ_from_rayfts():
     raw, notes = translate(LF_MINIMAL)
     assert notes == []
@@ -186,99 +133,6 @@ def test_unset_keys_take_llamafactory_defaults_where_they_differ_from_rayfts():
     assert raw["model"]["gradient_checkpointing"] is True  # on unless disable_gradient_checkpointing
     assert raw["tuning"] == "lora" and raw["stage"] == "sft"
     validate_config(raw)
-
-
-def test_every_key_rayft_cannot_honour_is_reported_once_with_its_value_and_why():
-    """Keys that leave the trained model as LLaMA-Factory would train it (logging, speed, uploads, another method's
-    or stage's keys, which LLaMA-Factory ignores too) are warnings; the run goes on."""
-    lf = {
-        **LF_MINIMAL,
-        "report_to": "wandb,swanlab",
-        "use_unsloth": True,
-        "save_steps": 500,
-        "save_strategy": "epoch",
-        "eval_steps": 100,
-        "preprocessing_num_workers": 16,
-        "ddp_timeout": 180000000,
-        "hf_hub_token": "hf_SECRET",
-        "not_a_key": 1,
-        "pref_beta": 0.2,
-        "galore_rank": 4,
-        "freeze_trainable_modules": "mlp",
-        "template": "qwen3_nothink",
-        "flash_attn": "fa3",
-        "resources_per_worker": {"GPU": 2},
-        "tf32": True,
-        "torch_compile": True,
-        "eval_strategy": "steps",
-        "push_to_hub": True,
-        "data_seed": 3,
-        "overwrite_output_dir": True,
-        "quantization_type": "fp4",
-        "pissa_iter": -1,  # read only with quantization_bit and pissa_init
-        # honoured by what rayft does anyway, so not noted:
-        "do_train": True,
-        "plot_loss": True,
-        "overwrite_cache": True,
-        "save_only_model": False,
-        "adam_epsilon": "1e-8",
-    }
-    raw, notes = translate(lf)
-    noted = [
-        "report_to",
-        "use_unsloth",
-        "save_strategy",
-        "preprocessing_num_workers",
-        "ddp_timeout",
-        "hf_hub_token",
-        "not_a_key",
-        "pref_beta",
-        "galore_rank",
-        "freeze_trainable_modules",
-        "template",
-        "flash_attn",
-        "resources_per_worker",
-        "tf32",
-        "torch_compile",
-        "eval_strategy",
-        "push_to_hub",
-        "data_seed",
-        "overwrite_output_dir",
-        "quantization_type",
-        "pissa_iter",
-        "eval_steps",
-    ]
-    assert sorted(noted_keys(notes)) == sorted(noted)
-    assert not any(is_error(n) for n in notes)
-    assert (
-        'warning: report_to: "wandb,swanlab" -- rayft reports to tensorboard, mlflow and wandb; swanlab'
-        in "\n".join(notes)
-    )
-    assert 'warning: quantization_type: "fp4" -- only read with quantization_bit; no effect' in notes
-    assert raw["output"]["report_to"] == ["wandb"]
-    assert "hf_SECRET" not in "\n".join(notes)  # tokens are never echoed
-    assert any(n.startswith("warning: not_a_key: 1 -- not a LLaMA-Factory 0.9.5 training key") for n in notes)
-    validate_config(raw)
-
-
-def test_notes_start_with_the_llamafactory_key_as_the_yaml_writes_it():
-    """Even where a key maps to a rayft key (overwrite_output_dir -> output.overwrite), the note names the YAML's."""
-    lf = {
-        **LF_MINIMAL,
-        "overwrite_output_dir": True,
-        "optim": "sgd",
-        "lr_scheduler_type": "polynomial",
-        "galore_rank": 4,
-        "ppo_epochs": 2,
-        "not_a_key": 1,
-        "bf16": True,
-        "fp16": True,
-    }
-    _, notes = translate(lf)
-    assert notes and set(noted_keys(notes)) <= set(lf)
-    assert all(
-        n.startswith(f"{'error' if is_error(n) else 'warning'}: {k}: ") for n, k in zip(notes, noted_keys(notes))
-    )
 
 
 @pytest.mark.parametrize(
@@ -317,122 +171,6 @@ def test_eval_steps_are_rayfts_where_there_is_evaluation_data(lf, eval_steps):
     validate_config(raw)  # without evaluation data, rayft's own eval_steps would be refused
 
 
-def test_llamafactorys_default_values_are_never_noted():
-    """A YAML that writes out LLaMA-Factory's defaults (use_dora: false, optim: adamw_torch...) trains as it is."""
-    for table in (NO_EFFECT, REFUSED):
-        for key, (honoured, *_) in table.items():
-            for value in honoured:
-                _, notes = translate({**LF_MINIMAL, key: value})
-                assert notes == [], (key, value)
-    _, notes = translate(
-        {
-            **LF_MINIMAL,
-            "use_dora": False,
-            "use_rslora": False,
-            "pissa_init": False,
-            "lora_dropout": 0.0,
-            "lora_target": "all",
-            "loraplus_lr_ratio": None,
-            "quantization_bit": None,
-            "use_galore": False,
-            "galore_layerwise": False,
-            "galore_proj_type": "std",
-            "freeze_trainable_modules": "all",
-            "mix_strategy": "concat",
-            "lr_scheduler_type": "cosine",
-            "rope_scaling": None,
-            "bf16": False,
-            "fp16": False,
-            "warmup_steps": 0,
-            "overwrite_output_dir": False,
-            "val_size": 0.0,
-        }
-    )
-    assert notes == []
-
-
-@pytest.mark.parametrize(
-    "lf, key",
-    [
-        ({"stage": "grpo"}, "stage"),
-        ({"stage": "ppo"}, "reward_model"),
-        ({"stage": "ppo", "reward_model": "http://rm:8000", "reward_model_type": "api"}, "reward_model_type"),
-        ({"stage": "ppo", "reward_model": "saves/rm", "do_sample": False}, "do_sample"),
-        ({"stage": "ppo", "reward_model": "saves/rm", "num_beams": 4}, "num_beams"),
-        ({"stage": "ppo", "reward_model": "saves/rm", "max_new_tokens": 0}, "max_new_tokens"),
-        ({"stage": "ppo", "reward_model": "saves/rm", "ref_model": "/m/ref"}, "ref_model"),
-        (
-            {
-                "stage": "ppo",
-                "reward_model": "/m/rm",
-                "reward_model_type": "full",
-                "reward_model_adapters": "/m/rm-lora",
-            },
-            "reward_model_adapters",
-        ),
-        ({"stage": "dpo", "pref_loss": "kto_pair"}, "pref_loss"),
-        ({"stage": "dpo", "pref_loss": "bco"}, "pref_loss"),
-        ({"stage": "dpo", "pref_bco_weight": 0.5}, "pref_bco_weight"),
-        ({"stage": "dpo", "pref_loss": "hinge", "dpo_label_smoothing": 0.1}, "dpo_label_smoothing"),
-        ({"stage": "dpo", "pref_loss": "orpo", "dpo_label_smoothing": 0.1}, "dpo_label_smoothing"),
-        ({"stage": "dpo", "pref_loss": "orpo", "pref_ftx": 0.5}, "pref_ftx"),
-        ({"stage": "dpo", "ld_alpha": 0.5}, "ld_alpha"),
-        ({"stage": "dpo", "pref_loss": "simpo", "ld_alpha": 0.5}, "ld_alpha"),
-        ({"stage": "kto", "ref_model": "/m/ref", "ref_model_adapters": "/m/ref-lora"}, "ref_model_adapters"),
-        ({"stage": "dpo", "pissa_init": True}, "pissa_init"),
-        ({"stage": "kto", "pissa_init": True}, "pissa_init"),
-        ({"finetuning_type": "bone"}, "finetuning_type"),
-        ({"finetuning_type": "full", "quantization_bit": 4}, "quantization_bit"),
-        ({"quantization_bit": 2}, "quantization_bit"),
-        ({"do_train": False, "do_predict": True}, "do_train"),
-        ({"finetuning_type": "full", "adapter_name_or_path": "saves/lora"}, "adapter_name_or_path"),
-        ({"adapter_name_or_path": "saves/lora", "adapter_folder": "sub"}, "adapter_folder"),
-        ({"dataset_dir": "REMOTE:llamafactory/demo_data"}, "dataset_dir"),
-        ({"model_name_or_path": None}, "model_name_or_path"),
-        # another optimizer, schedule, loss, precision, model, data or result than rayft's
-        ({"bf16": True, "fp16": True}, "fp16"),
-        ({"optim": "sgd"}, "optim"),
-        ({"adam_beta2": 0.95}, "adam_beta2"),
-        ({"use_muon": True}, "use_muon"),
-        ({"finetuning_type": "full", "use_apollo": True}, "use_apollo"),
-        ({"optim_args": "foo=1"}, "optim_args"),
-        ({"lr_scheduler_type": "polynomial"}, "lr_scheduler_type"),
-        ({"lr_scheduler_kwargs": {"power": 2}}, "lr_scheduler_kwargs"),
-        ({"warmup_steps": 50}, "warmup_steps"),
-        ({"label_smoothing_factor": 0.1}, "label_smoothing_factor"),
-        ({"use_asft_loss": True}, "use_asft_loss"),
-        ({"ignore_pad_token_for_loss": False}, "ignore_pad_token_for_loss"),
-        ({"group_by_length": True}, "group_by_length"),
-        ({"auto_find_batch_size": True}, "auto_find_batch_size"),
-        ({"rope_scaling": "llama3"}, "rope_scaling"),
-        ({"fp8": True}, "fp8"),
-        ({"model_revision": "v2"}, "model_revision"),
-        ({"resize_vocab": True}, "resize_vocab"),
-        ({"add_tokens": "<a>,<b>"}, "add_tokens"),
-        ({"mix_strategy": "interleave_once"}, "mix_strategy"),
-        ({"default_system": "You are helpful."}, "default_system"),
-        ({"tool_format": "qwen"}, "tool_format"),
-        ({"enable_thinking": False}, "enable_thinking"),
-        ({"split_special_tokens": True}, "split_special_tokens"),
-        ({"load_best_model_at_end": True}, "load_best_model_at_end"),
-        ({"early_stopping_steps": 3}, "early_stopping_steps"),
-        ({"resume_from_checkpoint": "saves/x/checkpoint-100"}, "resume_from_checkpoint"),
-        ({"quantization_bit": 4, "quantization_type": "fp4"}, "quantization_type"),
-        ({"quantization_bit": 4, "double_quantization": False}, "double_quantization"),
-        ({"quantization_bit": 4, "quantization_method": "hqq"}, "quantization_method"),
-        ({"pissa_init": True, "pissa_iter": -1}, "pissa_iter"),
-        ({"loraplus_lr_ratio": 16, "loraplus_lr_embedding": 1e-5}, "loraplus_lr_embedding"),
-        ({"use_galore": True}, "use_galore"),
-        ({"finetuning_type": "full", "use_galore": True, "galore_proj_type": "left"}, "galore_proj_type"),
-        ({"finetuning_type": "full", "use_galore": True, "galore_layerwise": True}, "galore_layerwise"),
-        ({"finetuning_type": "freeze", "freeze_trainable_modules": "mlp"}, "freeze_trainable_modules"),
-    ],
-)
-def test_what_would_change_the_run_is_an_error_level_note(lf, key):
-    _, notes = translate({**LF_MINIMAL, **lf})
-    assert errors(notes) == [key]
-
-
 @pytest.mark.parametrize(
     "lf, storage_path, name",
     [
@@ -466,48 +204,6 @@ def test_output_dir_splits_into_storage_path_and_name(lf, storage_path, name):
 def test_llamafactory_deepspeed_configs_are_recognised_by_name(path, expected):
     raw, _ = translate({**LF_MINIMAL, "finetuning_type": "full", "deepspeed": path})
     assert raw["deepspeed"] == expected
-
-
-def test_galore_becomes_rayfts_galore_method_without_zero():
-    raw, notes = translate(
-        {
-            **LF_MINIMAL,
-            "finetuning_type": "full",
-            "use_galore": True,
-            "galore_rank": 32,
-            "galore_update_interval": 100,
-            "galore_target": "mlp,self_attn",
-            "deepspeed": "ds_z2_config.json",
-        }
-    )
-    assert raw["tuning"] == {
-        "method": "galore",
-        "rank": 32,
-        "update_proj_gap": 100,
-        "scale": 2.0,
-        "target": ["mlp", "self_attn"],
-    }
-    assert raw["deepspeed"] == {"zero_stage": 0} and noted_keys(notes) == ["deepspeed"]
-    validate_config(raw)
-
-
-def test_freeze_and_quantized_lora():
-    raw, _ = translate(
-        {
-            **LF_MINIMAL,
-            "finetuning_type": "freeze",
-            "freeze_trainable_layers": 4,
-            "freeze_trainable_modules": "all",
-            "freeze_extra_modules": "embed_tokens,lm_head",
-        }
-    )
-    assert raw["tuning"] == {
-        "method": "freeze",
-        "trainable_layers": 4,
-        "trainable_modules": ["embed_tokens", "lm_head"],
-    }
-    raw, _ = translate({**LF_MINIMAL, "quantization_bit": 4, "lora_target": "all"})
-    assert raw["tuning"] == {"method": "lora", "target": "all", "quantization_bit": 4}
 
 
 @pytest.mark.parametrize(
@@ -578,18 +274,3 @@ def test_the_key_tables_never_import_the_translation_back():
     assert graph.direct_import_exists(importer="rayft_core.llamafactory", imported="rayft_core.llamafactory_keys")
     for low in ("rayft_core.llamafactory_keys", "rayft_core.llamafactory_values"):
         assert graph.find_shortest_chain(importer=low, imported="rayft_core.llamafactory") is None
-
-
-def test_the_method_tables_name_registered_methods_and_their_keys():
-    """The LLaMA-Factory finetuning types and method keys rayft translates write methods and keys that exist."""
-    from rayft_core.llamafactory_tables import FINETUNING_TYPES, METHOD_KEYS
-    from rayft_core.methods import METHODS
-
-    rayft_method = {"oft": "peft"}  # LLaMA-Factory's OFT is PEFT's OFT tuner, its keys PEFT's OFTConfig's
-    assert {rayft_method.get(m, m) for m in (*FINETUNING_TYPES, *METHOD_KEYS)} <= set(METHODS)
-    for method, keys in METHOD_KEYS.items():
-        fields = set(METHODS[rayft_method.get(method, method)].model_fields)
-        assert {k.split(".")[0] for k in keys.values() if k} <= fields, method
-    from peft import OFTConfig
-
-    assert {k.split(".")[1] for k in METHOD_KEYS["oft"].values()} <= set(OFTConfig.__dataclass_fields__)

@@ -239,8 +239,6 @@ def load_model(run: RunConfig, tokenizer: Any) -> torch.nn.Module:
 
     dtype = resolve_dtype(run.model.dtype)
     config = build_model_config(run)
-    # Under ZeRO-3 only rank 0 reads the weights (transformers copies each into its partitions from rank 0): the
-    # other ranks get their shapes alone, so a node with 8 workers does not read the model 8 times.
     attention = resolve_attn_implementation(run.model.attn_implementation, config)
     if run.model.from_scratch:  # random weights of the architecture (partitioned as built under ZeRO-3 too)
         torch.manual_seed(run.train.seed)  # every worker draws the same weights
@@ -248,11 +246,16 @@ def load_model(run: RunConfig, tokenizer: Any) -> torch.nn.Module:
             config, dtype=dtype, attn_implementation=attention, trust_remote_code=run.model.trust_remote_code
         )
     else:
+        # Under ZeRO-3 only rank 0 reads the weights (transformers copies each into its partitions from rank 0):
+        # the other ranks build from their shapes alone, so a node with 8 workers does not read the model 8 times.
+        # transformers takes a state dict only without a path, through the model's own class.
         peer = weights_for_peer(run.model.name_or_path, run.model.trust_remote_code)
         model_class = _causal_lm_class(config) if peer is not None else None
+        source = {"pretrained_model_name_or_path": None, "state_dict": peer} if model_class else {
+            "pretrained_model_name_or_path": run.model.name_or_path
+        }  # fmt: skip
         model = (model_class or AutoModelForCausalLM).from_pretrained(
-            None if model_class else run.model.name_or_path,
-            state_dict=peer if model_class else None,
+            **source,
             config=config,
             dtype=dtype,
             attn_implementation=attention,

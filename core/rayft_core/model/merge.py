@@ -18,17 +18,13 @@ from typing import Any
 
 import torch
 
-from rayft_core.model.shards import ShardWriter
+from rayft_core.model.shards import ShardWriter, copy_model_files, tensor_headers, weight_files
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PREFIX = "base_model.model."
 # An adapter's weights that are not base weights saved whole: the LoRA matrices, and the copies PEFT also saves of
 # modules_to_save (X.modules_to_save.weight, X.original_module.weight) beside X.weight, which holds the trained one.
 NOT_WHOLE = (".lora_", ".modules_to_save.", ".original_module.")
-
-
-def _base_files(base: Path) -> list[Path]:
-    return sorted(base.glob("model*.safetensors"))
 
 
 def streaming_problem(run: Any, adapter_dir: Path) -> str | None:
@@ -47,23 +43,14 @@ def streaming_problem(run: Any, adapter_dir: Path) -> str | None:
         and config.get("modules_to_save"),
         "the run added tokens and the adapter does not carry the embeddings": run.model.add_special_tokens
         and not config.get("modules_to_save"),
-        "the base has no local safetensors files": not _base_files(base),
+        "the base has no local safetensors files": not weight_files(base),
     }
     why = next((why for why, applies in reasons.items() if applies), None)
-    if why is None and _unmatched(_keys([adapter_dir / ADAPTER_WEIGHTS]), _keys(_base_files(base))):
+    if why is None and _unmatched(
+        set(tensor_headers([adapter_dir / ADAPTER_WEIGHTS])), set(tensor_headers(weight_files(base)))
+    ):
         why = "the base's checkpoint names its weights otherwise than the model does (transformers renames them)"
     return why
-
-
-def _keys(files: list[Path]) -> set[str]:
-    """The tensor names in safetensors files, read from their headers."""
-    from safetensors import safe_open
-
-    keys: set[str] = set()
-    for file in files:
-        with safe_open(str(file), framework="pt") as f:
-            keys.update(f.keys())
-    return keys
 
 
 def _unmatched(adapter_keys: set[str], base_keys: set[str]) -> list[str]:
@@ -87,14 +74,15 @@ def merge_streamed(run: Any, adapter_dir: Path, dest: Path, max_shard_size: str,
     pairs = {k.removesuffix(".lora_A.weight"): (v, adapter[k.replace("lora_A", "lora_B")]) for k, v in adapter.items() if k.endswith(".lora_A.weight")}  # fmt: skip
     whole = {k: v for k, v in adapter.items() if not any(w in k for w in NOT_WHOLE)}
     base = Path(run.model.name_or_path)
-    missing = _unmatched({PREFIX + k for k in adapter}, _keys(_base_files(base)))
+    missing = _unmatched({PREFIX + k for k in adapter}, set(tensor_headers(weight_files(base))))
     if missing:  # checked before anything is written (streaming_problem says so first)
         raise ValueError(f"the adapter's {missing[0]} matches no tensor of the base in {base}")
     writer, rows = ShardWriter(dest, max_shard_size), None
-    for file in _base_files(base):
+    for file in weight_files(base):
         with safe_open(str(file), framework="pt") as f:
             for key in f.keys():  # noqa: SIM118 (a safe_open handle is not a dict)
-                weight = whole[key].float() if key in whole else f.get_tensor(key).float()
+                weight = whole[key] if key in whole else f.get_tensor(key)
+                weight = weight.float() if weight.is_floating_point() else weight  # merged in float32
                 if (module := key.removesuffix(".weight")) in pairs:
                     a, b = pairs[module]
                     delta = scale * (b.float() @ a.float())
@@ -103,15 +91,4 @@ def merge_streamed(run: Any, adapter_dir: Path, dest: Path, max_shard_size: str,
                     rows = weight.shape[0]  # the vocabulary the run trained with (added tokens)
                 writer.add({key: weight.to(dtype) if weight.is_floating_point() else weight})
     writer.close()
-    _write_config(base, dest, dtype, rows)
-
-
-def _write_config(base: Path, dest: Path, dtype: torch.dtype, vocab_size: int | None) -> None:
-    config = json.loads((base / "config.json").read_text())
-    config["dtype"] = str(dtype).removeprefix("torch.")
-    if vocab_size:
-        config["vocab_size"] = vocab_size
-    (dest / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    for extra in ["generation_config.json", *(p.name for p in base.glob("*.py"))]:  # a remote-code model's files
-        if (base / extra).is_file():
-            (dest / extra).write_bytes((base / extra).read_bytes())
+    copy_model_files(base, dest, dtype, vocab_size=rows)

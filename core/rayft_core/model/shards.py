@@ -27,6 +27,40 @@ from rayft_core.model.zero3 import gathered
 
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+WEIGHT_FILE_NAME = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors")  # save_pretrained's, and ShardWriter's
+
+
+def weight_files(model_dir: str | Path) -> list[Path]:
+    """A saved model's safetensors weight files, by save_pretrained's names, in order."""
+    return sorted(p for p in Path(model_dir).glob("model*.safetensors") if WEIGHT_FILE_NAME.fullmatch(p.name))
+
+
+def tensor_headers(files: list[Path]) -> dict[str, tuple[list[int], str]]:
+    """Each tensor's shape and safetensors dtype name (F32, BF16...), read from the files' headers alone."""
+    from safetensors import safe_open
+
+    headers = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (a safe_open handle is not a dict)
+                tensor = f.get_slice(key)
+                headers[key] = (tensor.get_shape(), tensor.get_dtype())
+    return headers
+
+
+def copy_model_files(src: Path, dest: Path, dtype: torch.dtype | None = None, vocab_size: int | None = None) -> None:
+    """What a model directory holds besides its weights and tokenizer, from ``src`` to ``dest``: config.json (with
+    the weights' new ``dtype`` and ``vocab_size`` where they changed), generation_config.json, and a remote-code
+    model's Python files."""
+    config = json.loads((src / "config.json").read_text())
+    if dtype is not None:
+        config["dtype"] = str(dtype).removeprefix("torch.")
+    if vocab_size:
+        config["vocab_size"] = vocab_size
+    (dest / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    for extra in ["generation_config.json", *(p.name for p in src.glob("*.py"))]:
+        if (src / extra).is_file():
+            (dest / extra).write_bytes((src / extra).read_bytes())
 
 
 UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
@@ -73,14 +107,18 @@ class ShardWriter:
 
     def close(self) -> list[str]:
         """Name the shards, write the index when there are several, remove weight files of an earlier save that
-        the new ones do not replace; returns the shard file names."""
+        the new ones do not replace; returns the shard file names.
+
+        ``out`` is always a directory rayft owns (a run directory the driver claimed, an export's staged
+        directory: rayft_core.ownership), and what is removed is only files by the names a save writes there
+        (WEIGHT_FILE_NAME, the index): an earlier attempt's, which from_pretrained would otherwise read first."""
         if self.pending or not self.written:
             self._flush()
         n = len(self.written)
         names = [WEIGHTS_FILE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-        for stale in [*self.out.glob("model*.safetensors"), self.out / INDEX_FILE]:
+        for stale in [*weight_files(self.out), self.out / INDEX_FILE]:
             if stale.name not in names and stale.is_file():
-                stale.unlink()  # an earlier attempt's save in this run directory (rayft's own files)
+                stale.unlink()
         for (path, _), name in zip(self.written, names):
             path.replace(self.out / name)
         if n > 1:
@@ -179,7 +217,7 @@ def reshard(src: str | Path, dest: str | Path, max_shard_size: int | str, dtype:
     to ``dtype``'s floating point when given), one tensor at a time: the model is never loaded whole."""
     from safetensors import safe_open
 
-    files = sorted(p for p in Path(src).glob("model*.safetensors"))
+    files = weight_files(src)
     if not files:
         raise FileNotFoundError(f"{src} holds no model*.safetensors weights")
     writer = ShardWriter(dest, max_shard_size)

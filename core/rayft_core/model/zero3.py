@@ -57,10 +57,9 @@ def sharded_construction(ds_config: dict[str, Any] | None) -> Iterator[None]:
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     deepspeed.init_distributed(dist_init_required=False)  # zero.Init reads the world size from DeepSpeed's comm
-    # Without train_batch_size DeepSpeed derives it, also with sequence-parallel groups, which zero.Init cannot see.
-    setting = HfDeepSpeedConfig(
-        {k: v for k, v in ds_config.items() if k != "train_batch_size"}
-    )  # transformers keeps only a weak reference: hold it while building
+    # transformers keeps only a weak reference: hold it while building. Without train_batch_size DeepSpeed
+    # derives it, also with sequence-parallel groups, which zero.Init cannot see.
+    setting = HfDeepSpeedConfig({k: v for k, v in ds_config.items() if k != "train_batch_size"})
     try:
         yield
     finally:
@@ -92,25 +91,24 @@ def weights_for_peer(name_or_path: str, remote_code: bool) -> dict[str, torch.Te
     tensors as shapes without data (meta tensors read from the safetensors headers), which is all
     transformers' ZeRO-3 loading needs there, since rank 0 alone copies the weights in. None elsewhere, and for a
     model that is not a local safetensors checkpoint or ships its own code (loaded as usual)."""
-    from pathlib import Path
-
     from transformers.integrations import is_deepspeed_zero3_enabled
 
-    files = sorted(Path(name_or_path).glob("model*.safetensors"))
-    peer = torch.distributed.is_initialized() and torch.distributed.get_rank() != 0
-    if not (peer and is_deepspeed_zero3_enabled() and files) or remote_code:
-        return None
-    from safetensors import safe_open
+    from rayft_core.model.shards import tensor_headers, weight_files
 
-    dtypes = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16,
-              "I64": torch.int64, "I32": torch.int32, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}  # fmt: skip
-    shapes = {}
-    for file in files:
-        with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():  # noqa: SIM118 (a safe_open handle is not a dict)
-                tensor = f.get_slice(key)
-                shapes[key] = torch.empty(tensor.get_shape(), dtype=dtypes[tensor.get_dtype()], device="meta")
-    return shapes
+    peer = torch.distributed.is_initialized() and torch.distributed.get_rank() != 0
+    files = weight_files(name_or_path) if peer and is_deepspeed_zero3_enabled() and not remote_code else []
+    if not files:
+        return None
+    return {
+        key: torch.empty(shape, dtype=SAFETENSORS_DTYPES[dtype], device="meta")
+        for key, (shape, dtype) in tensor_headers(files).items()
+    }
+
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "I64": torch.int64,
+    "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}  # fmt: skip
 
 
 def gathered(params: list[nn.Parameter], modifier_rank: int | None = None) -> contextlib.AbstractContextManager:

@@ -20,13 +20,16 @@ CASES = {  # name -> the run's sections
     "lora-sft": {"tuning": {"method": "lora", "rank": 4}},
     "full-rm": {"tuning": {"method": "full"}, "stage": {"name": "rm"}},
     "full-dpo": {"tuning": {"method": "full"}, "stage": {"name": "dpo", "beta": 0.5}},
+    "new-tokens": {"tuning": {"method": "full"}, "model": {"add_special_tokens": ["<tool>", "</tool>"]}},
+    "lora-new-tokens": {"tuning": {"method": "lora", "rank": 4}, "model": {"add_special_tokens": ["<tool>"]}},
 }
 QA = [("What is two plus two?", "Four."), ("Name a colour.", "Blue."), ("Say hi.", "Hi!"), ("Count to 3.", "1 2 3")]
 
 
 class Watched:
     """The stage as the session sees it, recording which of the base model's parameters were whole (not
-    partitioned) when it was built: before DeepSpeed's engine exists."""
+    partitioned) when it was built: before DeepSpeed's engine exists. What the tuning adds (adapters, a value
+    head, PEFT's trainable copies of modules) is new, made whole by PEFT, and partitioned after the build."""
 
     def __init__(self, stage: Any):
         self.stage, self.whole, self.sizes = stage, None, None
@@ -38,7 +41,8 @@ class Watched:
         from rayft_core.model.zero3 import is_partitioned, numel
 
         model = self.stage.build_model(run, tokenizer)
-        base = [(n, p) for n, p in model.named_parameters() if "lora_" not in n and not n.startswith("v_head")]
+        added = ("lora_", ".modules_to_save.")
+        base = [(n, p) for n, p in model.named_parameters() if not any(a in n for a in added) and n[:6] != "v_head"]
         self.whole = [n for n, p in base if not is_partitioned(p)]
         self.sizes = [(p.data.numel(), numel(p)) for _, p in base]
         return model
@@ -148,6 +152,26 @@ def test_full_model_is_written_in_shards_that_reload_to_the_trained_logits(zero3
     run = run_config(root / "model", root / "x")
     _, batch = _batch(STAGES["sft"], tok, run, rank=0)
     trained = torch.tensor(_facts(root, "full-sft")[0]["outputs"])
+    assert torch.allclose(torch.tensor(_outputs(reloaded, batch)), trained, atol=1e-5)
+
+
+def test_new_tokens_get_their_noisy_mean_rows_on_partitioned_embeddings(zero3_runs):
+    """The embeddings grow under ZeRO-3 (gathered one matrix at a time, rank 0's rows kept): the saved model has
+    the new rows, near the mean of the old ones and distinct, and reloads to the trained logits."""
+    from transformers import AutoModelForCausalLM
+
+    root, tok = zero3_runs
+    reloaded = AutoModelForCausalLM.from_pretrained(root / "new-tokens", dtype=torch.float32)
+    rows = reloaded.get_input_embeddings().weight.detach()
+    assert rows.shape[0] == len(tok) + 2
+    old, new = rows[: len(tok)], rows[len(tok) :]
+    assert torch.isfinite(new).all() and not torch.equal(new[0], new[1])
+    assert (new - old.mean(0)).norm(dim=-1).max() < (old - old.mean(0)).norm(dim=-1).mean()  # near the mean
+    from rayft_core.model.matrix import run_config
+    from rayft_core.train.stages import STAGES
+
+    _, batch = _batch(STAGES["sft"], tok, run_config(root / "model", root / "x"), rank=0)
+    trained = torch.tensor(_facts(root, "new-tokens")[0]["outputs"])
     assert torch.allclose(torch.tensor(_outputs(reloaded, batch)), trained, atol=1e-5)
 
 

@@ -313,9 +313,9 @@ def resize_embeddings(model: torch.nn.Module, vocab_size: int, seed: int = 0) ->
     A mean initialisation keeps the new tokens' logits close to the average token's instead of
     random (Hewitt, "Initializing new word embeddings", 2021); the noise keeps them distinct. Under ZeRO-3
     (rayft_core.model.zero3.sharded_construction) the matrices are gathered one at a time and rank 0's new rows
-    are the ones every rank keeps.
+    are the ones every rank keeps; the grown matrices, which transformers makes whole, are partitioned again.
     """
-    from rayft_core.model.zero3 import gathered, shape
+    from rayft_core.model.zero3 import gathered, partition_whole_parameters, shape
 
     old = shape(model.get_input_embeddings().weight)[0]
     if vocab_size <= old:
@@ -329,4 +329,5 @@ def resize_embeddings(model: torch.nn.Module, vocab_size: int, seed: int = 0) ->
             std = weight[:old].float().std(0)
             noise = torch.randn((vocab_size - old, weight.shape[1]), generator=gen) * std * 0.1
             weight[old:] = (mean + noise).to(weight.dtype)
+    partition_whole_parameters(model)
     logger.info("resized embeddings from %d to %d tokens (noisy mean init)", old, vocab_size)

@@ -68,13 +68,15 @@ def sharded_construction(ds_config: dict[str, Any] | None) -> Iterator[None]:
 
 
 def build_partitioned(build: Callable[[], nn.Module], ds_config: dict[str, Any] | None) -> nn.Module:
-    """``build()`` under ``sharded_construction``. A family whose weight initialisation transformers cannot run on
+    """``build()`` under ``sharded_construction``, and what it made whole partitioned too. A family whose weight initialisation transformers cannot run on
     partitioned parameters (RWKV and Youtu in transformers 5.19 fail inside from_pretrained) is built whole
     instead, as before ZeRO-3 built models partitioned, and partitioned by the engine: it trains, with a warning
     that every worker held it whole for a moment. Every rank fails alike, so all of them take the same path."""
     try:
         with sharded_construction(ds_config):
-            return build()
+            model = build()
+        partition_whole_parameters(model)  # what the tuning method added whole (adapters, PEFT's module copies)
+        return model
     except Exception as e:  # noqa: BLE001 -- any failure of transformers' partitioned build; a real error recurs below
         if not ds_config or ds_config.get("zero_optimization", {}).get("stage") != 3:
             raise
@@ -109,6 +111,17 @@ SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "I64": torch.int64,
     "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
 }  # fmt: skip
+
+
+def partition_whole_parameters(model: nn.Module) -> None:
+    """Partition the parameters a partitioned model got whole after it was built: transformers makes resized
+    embeddings whole on every rank, on purpose (other code reads their shape). Every rank holds the same values
+    and keeps its partition of them; without this they would stay whole until deepspeed.initialize."""
+    params = list(model.parameters())
+    partitioned = next((p for p in params if hasattr(p, "ds_id")), None)
+    whole = [p for p in params if not hasattr(p, "ds_id")]
+    if partitioned is not None and whole:
+        partitioned.convert_to_zero_parameters(param_list=whole)
 
 
 def gathered(params: list[nn.Parameter], modifier_rank: int | None = None) -> contextlib.AbstractContextManager:

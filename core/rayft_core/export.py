@@ -8,6 +8,8 @@ llama.cpp/Ollama converters load without PEFT or rayft.
   against the quantized base, so that base is loaded quantized as in training and dequantized before
   the merge: the merged weights are the ones the adapter saw, not the original higher-precision ones;
 - a full-parameter output is re-cut into shards (and cast when asked) tensor by tensor, never loaded whole;
+- a checkpoint of a full-parameter run (RUN_DIR/checkpoint_...) is written from its ZeRO partitions weight by
+  weight, never holding the model or the optimizer's state whole (rayft_core.model.from_checkpoint);
 - weights as safetensors shards of at most max_shard_size, the tokenizer, its chat template as
   chat_template.jinja, a reward model's value_head.safetensors, and optionally an Ollama Modelfile.
 """
@@ -25,10 +27,12 @@ import torch
 from rayft_core import ownership
 from rayft_core.config import RunConfig, load_config
 from rayft_core.errors import UserInputError
-from rayft_core.model.loader import quantization_config, resize_embeddings, resolve_dtype
+from rayft_core.model.from_checkpoint import write_checkpoint_model
+from rayft_core.model.loader import load_tokenizer, quantization_config, resize_embeddings, resolve_dtype
 from rayft_core.model.merge import merge_streamed, streaming_problem
 from rayft_core.model.shards import copy_model_files, reshard
 from rayft_core.model.value_head import VALUE_HEAD_FILE
+from rayft_core.train.checkpoint import TRAINER_STATE
 from rayft_core.train.outputs import CONFIG_FILE
 
 logger = logging.getLogger(__name__)
@@ -62,6 +66,22 @@ def read_run(run_dir: str | Path) -> RunConfig:
             "export a finished run"
         )
     return load_config(path)
+
+
+def read_checkpoint_run(checkpoint: Path) -> RunConfig:
+    """The run config of a checkpoint: written into it, or (a checkpoint of an older rayft) in its run directory."""
+    for path in (checkpoint / CONFIG_FILE, checkpoint.parent / CONFIG_FILE):
+        if path.is_file():
+            run = load_config(path)
+            break
+    else:
+        raise ExportError(f"checkpoint {checkpoint} has no {CONFIG_FILE} in it or beside it: its run is unknown")
+    if run.tuning.trains_adapter:
+        raise ExportError(
+            f"checkpoint {checkpoint} is of an adapter run ({run.tuning.method}): rayft exports a full-parameter "
+            "run's checkpoints; finish the adapter run (`rayft train CONFIG --resume`) and export its directory"
+        )
+    return run
 
 
 def merged_model(
@@ -106,10 +126,14 @@ def export_model(
         raise ExportError("export writes a new directory; give a destination other than the run directory")
     if dtype is not None and dtype not in DTYPES:
         raise ExportError(f"dtype: choose one of {', '.join(DTYPES)}, got {dtype!r}")
-    run = read_run(run_dir)
+    checkpoint = (run_dir / TRAINER_STATE).is_file()
+    run = read_checkpoint_run(run_dir) if checkpoint else read_run(run_dir)
     ownership.claim(str(dest), ownership.EXPORT, overwrite, "--overwrite")  # before the model is loaded
-    tokenizer = AutoTokenizer.from_pretrained(run_dir)
-    adapter = (run_dir / ADAPTER_FILE).is_file()
+    if checkpoint:  # the run's tokenizer, as its workers load it (the run directory has none before the end)
+        tokenizer = load_tokenizer(run.model.model_copy(update={"trust_remote_code": trust_remote_code}))
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    adapter = not checkpoint and (run_dir / ADAPTER_FILE).is_file()
     why_whole = streaming_problem(run, run_dir) if adapter else None
     model = merged_model(run, run_dir, tokenizer, trust_remote_code) if why_whole else None
     if why_whole:
@@ -118,6 +142,10 @@ def export_model(
         if model is not None:
             model = model.to(resolve_dtype(dtype)) if dtype is not None else model
             model.save_pretrained(staged, max_shard_size=max_shard_size, safe_serialization=True)
+        elif checkpoint:  # weight by weight from the ranks' partitions
+            write_checkpoint_model(
+                run, run_dir, staged, max_shard_size, resolve_dtype(dtype) if dtype else None, trust_remote_code
+            )
         elif adapter:  # merged weight by weight: the base is never loaded whole
             merge_streamed(run, run_dir, staged, max_shard_size, resolve_dtype(dtype or "float32"))
         else:  # a full model is re-cut tensor by tensor, never loaded whole

@@ -1,6 +1,7 @@
 """Sequence parallelism (rayft_core.train.sequence_parallel, DeepSpeed Ulysses on gloo): two workers splitting each
-sequence train exactly as one worker does on the same rows (ZeRO-2), and resume from their checkpoint. The
-real supervised loop (train_worker) runs in plain processes, as a Ray Train worker runs it, without the cluster."""
+sequence train exactly as one worker does on the same rows, under ZeRO-3 (and resume from its checkpoint) and
+under ZeRO-2 with gradient accumulation. The real supervised loop (train_worker) runs in plain processes, as a
+Ray Train worker runs it, without the cluster."""
 
 from __future__ import annotations
 
@@ -27,14 +28,17 @@ QA = [
 STEPS = 4  # two epochs of the eight rows, four rows a step
 
 
-def _run(model_dir: Path, out: Path, workers: int, sp: int, micro: int, **sections: Any) -> Any:
+def _run(
+    model_dir: Path, out: Path, workers: int, sp: int, micro: int, zero: int = 0, accumulate: int = 1, **sections: Any
+) -> Any:
     from rayft_core.model.matrix import run_config
 
+    train = {"max_steps": STEPS, "micro_batch_size": micro, "gradient_accumulation_steps": accumulate}
     return run_config(
         model_dir, out,
         tuning={"method": "full"},
-        train={"max_steps": STEPS, "micro_batch_size": micro, "learning_rate": 1e-2, "logging_steps": 1, "seed": 0},
-        deepspeed={"zero_stage": 2 if workers > 1 else 0},
+        train={**train, "learning_rate": 1e-2, "logging_steps": 1, "seed": 0},
+        deepspeed={"zero_stage": zero},
         cluster={"num_workers": workers, "sequence_parallel_size": sp},
         **sections,
     )  # fmt: skip
@@ -58,25 +62,32 @@ def _train(run: Any, rank: int, world: int, rows_of: list[list[int]], out: Path,
         if checkpoint_dir:
             shutil.copytree(checkpoint_dir, out / f"ckpt-{record['step']}", dirs_exist_ok=True)
 
-    plan = TrainPlan(micro_batches_per_epoch=len(rows_of), num_epochs=STEPS // len(rows_of), total_steps=STEPS)
+    epochs = STEPS * run.train.gradient_accumulation_steps // len(rows_of)
+    plan = TrainPlan(micro_batches_per_epoch=len(rows_of), num_epochs=epochs, total_steps=STEPS)
     train_worker(run, plan, lambda epoch: iter(batches), report, rank, world, resume_from=resume_from)
     return records
 
 
-def _sp_rank(rank: int, model_dir: str, root: str) -> None:
+def _sp_rank(rank: int, model_dir: str, root: str, zero: int) -> None:
+    """Two workers, one group: ZeRO-3 two rows a micro-batch, resumed from step 2's checkpoint; or ZeRO-2 one row
+    a micro-batch, two micro-batches a step."""
     import os
 
     import torch.distributed as dist
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", DS_ACCELERATOR="cpu")
-    dist.init_process_group("gloo", store=dist.FileStore(f"{root}/store", 2), rank=rank, world_size=2)
-    out = Path(root)
+    dist.init_process_group("gloo", store=dist.FileStore(f"{root}/store-{zero}", 2), rank=rank, world_size=2)
+    out = Path(root, f"zero{zero}")
     mine = [[0, 1], [4, 5]] if rank == 0 else [[2, 3], [6, 7]]  # step 1: rows 0-3, step 2: rows 4-7
-    run = _run(Path(model_dir), out / "sp", 2, 2, 2, checkpoint={"save_steps": 2})
-    records = _train(run, rank, 2, mine, out)
-    resumed = _train(run, rank, 2, mine, out, resume_from=str(out / "ckpt-2"))
+    if zero == 3:
+        run = _run(Path(model_dir), out / "sp", 2, 2, 2, zero=3, checkpoint={"save_steps": 2})
+        records = _train(run, rank, 2, mine, out)
+        resumed = _train(run, rank, 2, mine, out, resume_from=str(out / "ckpt-2"))
+    else:
+        run = _run(Path(model_dir), out / "sp", 2, 2, 1, zero=2, accumulate=2)
+        records, resumed = _train(run, rank, 2, [[i] for rows in mine for i in rows], out), []
     if rank == 0:
-        (out / "sp.json").write_text(json.dumps({"records": records, "resumed": resumed}))
+        Path(root, f"sp{zero}.json").write_text(json.dumps({"records": records, "resumed": resumed}))
     dist.destroy_process_group()
 
 
@@ -96,18 +107,21 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("sp")
     tok = build_tokenizer([f"{q} {a}" for q, a in QA] * 20)
     model_dir = build_tiny_model("llama", tok, root / "model")
-    mp.start_processes(_sp_rank, args=(str(model_dir), str(root)), nprocs=2, start_method="spawn")
+    for zero in (3, 2):
+        mp.start_processes(_sp_rank, args=(str(model_dir), str(root), zero), nprocs=2, start_method="spawn")
     mp.start_processes(_one_worker, args=(str(model_dir), str(root)), nprocs=1, start_method="spawn")
-    return json.loads((root / "sp.json").read_text()), json.loads((root / "one.json").read_text())
+    sp = {zero: json.loads((root / f"sp{zero}.json").read_text()) for zero in (3, 2)}
+    return sp, json.loads((root / "one.json").read_text())
 
 
 def _losses(records: list[dict]) -> dict[int, float]:
     return {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
 
 
-def test_two_workers_splitting_each_sequence_train_as_one_worker_does(runs):
+@pytest.mark.parametrize("zero", [3, 2])
+def test_two_workers_splitting_each_sequence_train_as_one_worker_does(runs, zero):
     sp, one = runs
-    a, b = _losses(sp["records"]), _losses(one)
+    a, b = _losses(sp[zero]["records"]), _losses(one)
     assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
     assert all(abs(a[s] - b[s]) < 1e-4 for s in a), (a, b)
     assert a[STEPS] < a[1]  # and it learns
@@ -115,7 +129,7 @@ def test_two_workers_splitting_each_sequence_train_as_one_worker_does(runs):
 
 def test_a_sequence_parallel_zero3_run_resumes_from_its_checkpoint(runs):
     sp, _ = runs
-    a, resumed = _losses(sp["records"]), _losses(sp["resumed"])
+    a, resumed = _losses(sp[3]["records"]), _losses(sp[3]["resumed"])
     assert sorted(resumed) == [3, 4]
     assert all(abs(resumed[s] - a[s]) < 1e-4 for s in resumed), (resumed, a)
 
@@ -129,9 +143,6 @@ def test_the_run_refuses_what_sequence_parallelism_cannot_do():
     cases = {
         "does not divide cluster.num_workers (3)": {"cluster": {"num_workers": 3, "sequence_parallel_size": 2}},
         "stage dpo does not support it yet": {"stage": "dpo", "cluster": {"num_workers": 2, "sequence_parallel_size": 2}},
-        "ZeRO-3 with sequence parallelism does not yet": {
-            "deepspeed": {"zero_stage": 3}, "cluster": {"num_workers": 2, "sequence_parallel_size": 2},
-        },
         "data.packing: packed rows restart": {
             "data": {**base["data"], "packing": True}, "cluster": {"num_workers": 2, "sequence_parallel_size": 2},
         },

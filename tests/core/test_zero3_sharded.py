@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +17,13 @@ import torch
 
 from rayft_core.model.tiny import build_tiny_model, build_tokenizer
 
+SAVE = {"checkpoint": {"save_steps": 2}}  # a plan of 3 steps, 2 trained: the checkpoint of the model written at the end
 CASES = {  # name -> the run's sections
-    "full-sft": {"tuning": {"method": "full"}, "output": {"max_shard_size": "100KB"}},
-    "lora-sft": {"tuning": {"method": "lora", "rank": 4}},
-    "full-rm": {"tuning": {"method": "full"}, "stage": {"name": "rm"}},
+    "full-sft": {"tuning": {"method": "full"}, "output": {"max_shard_size": "100KB"}, **SAVE},
+    "lora-sft": {"tuning": {"method": "lora", "rank": 4}, **SAVE},
+    "full-rm": {"tuning": {"method": "full"}, "stage": {"name": "rm"}, **SAVE},
     "full-dpo": {"tuning": {"method": "full"}, "stage": {"name": "dpo", "beta": 0.5}},
-    "new-tokens": {"tuning": {"method": "full"}, "model": {"add_special_tokens": ["<tool>", "</tool>"]}},
+    "new-tokens": {"tuning": {"method": "full"}, "model": {"add_special_tokens": ["<tool>", "</tool>"]}, **SAVE},
     "lora-new-tokens": {"tuning": {"method": "lora", "rank": 4}, "model": {"add_special_tokens": ["<tool>"]}},
 }
 QA = [("What is two plus two?", "Four."), ("Name a colour.", "Blue."), ("Say hi.", "Hi!"), ("Count to 3.", "1 2 3")]
@@ -72,6 +75,12 @@ def _outputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> list:
         return model(input_ids=batch["input_ids"]).logits.tolist()
 
 
+def _keep_checkpoint(run_dir: Path, record: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+    """Each rank's part of a checkpoint into run_dir/checkpoint_STEP, as Ray Train merges them."""
+    if checkpoint_dir:
+        shutil.copytree(checkpoint_dir, run_dir / f"checkpoint_{record['step']}", dirs_exist_ok=True)
+
+
 def _rank(rank: int, model_dir: str, store: str, out: str) -> None:
     import os
 
@@ -89,7 +98,7 @@ def _rank(rank: int, model_dir: str, store: str, out: str) -> None:
     for case, sections in CASES.items():
         run = run_config(Path(model_dir), Path(out, case), deepspeed={"zero_stage": 3}, **sections)
         stage = Watched(STAGES[run.stage.name])
-        session = WorkerSession(run, TrainPlan(2, 1, 2), lambda *a, **k: None, rank, 2)
+        session = WorkerSession(run, TrainPlan(3, 1, 3), partial(_keep_checkpoint, Path(out, case)), rank, 2)
         session.setup(stage)
         objective = stage.objective(run, session.tokenizer, session.device, session.ds_config)
         examples, batch = _batch(stage, session.tokenizer, run, rank)
@@ -202,6 +211,41 @@ def test_full_dpo_under_zero3_starts_at_ln2_with_a_partitioned_reference(zero3_r
         assert rank["reference_whole"] == []
         assert abs(rank["losses"][0] - math.log(2)) < 1e-5
         assert rank["losses"][1] < rank["losses"][0]
+
+
+@pytest.mark.parametrize("case", ["full-sft", "full-rm", "new-tokens"])
+def test_rayft_export_writes_a_zero3_checkpoint_as_the_trained_model(zero3_runs, case, tmp_path):
+    """The last step's checkpoint (each rank's ZeRO-3 partitions) exported on one process equals the model the run
+    wrote at its end: the same tensors, in shards of the size asked, a reward model's head beside them."""
+    from rayft_core.export import export_model
+    from rayft_core.model.shards import tensor_headers, weight_files
+
+    root, _ = zero3_runs
+    out = export_model(root / case / "checkpoint_2", tmp_path / case, max_shard_size="200KB")
+    trained, exported = _tensors(root / case), _tensors(out)
+    assert trained.keys() == exported.keys()
+    assert all(torch.equal(trained[k], exported[k]) for k in trained), case
+    assert len(weight_files(out)) > 1 and (out / "tokenizer_config.json").is_file()
+    assert (out / "value_head.safetensors").is_file() == (case == "full-rm")
+    assert tensor_headers([out / "value_head.safetensors"]) if case == "full-rm" else True
+
+
+def test_rayft_export_refuses_an_adapter_runs_checkpoint(zero3_runs, tmp_path):
+    from rayft_core.export import ExportError, export_model
+
+    root, _ = zero3_runs
+    with pytest.raises(ExportError, match="is of an adapter run"):
+        export_model(root / "lora-sft" / "checkpoint_2", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def _tensors(model_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    from rayft_core.model.shards import weight_files
+
+    files = [*weight_files(model_dir), *model_dir.glob("value_head.safetensors")]
+    return {k: v for f in files for k, v in load_file(f).items()}
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "mixtral"])

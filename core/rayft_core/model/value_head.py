@@ -62,12 +62,18 @@ class ValueHeadModel(nn.Module):
 
     def save_head(self, out: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """value_head.safetensors, from ``state_dict``'s v_head.* where given (gathered under ZeRO-3)."""
-        from safetensors.torch import save_file
-
-        head = {n: (state_dict[f"v_head.{n}"] if state_dict else p) for n, p in self.v_head.named_parameters()}
-        save_file(
-            {_KEYS[n]: t.detach().float().cpu().contiguous() for n, t in head.items()}, str(Path(out) / VALUE_HEAD_FILE)
+        save_value_head(
+            out, {n: (state_dict[f"v_head.{n}"] if state_dict else p) for n, p in self.v_head.named_parameters()}
         )
+
+
+def save_value_head(out: str | Path, head: dict[str, torch.Tensor]) -> None:
+    """``out``/value_head.safetensors from the head's weight and bias, in fp32."""
+    from safetensors.torch import save_file
+
+    save_file(
+        {_KEYS[n]: t.detach().float().cpu().contiguous() for n, t in head.items()}, str(Path(out) / VALUE_HEAD_FILE)
+    )
 
 
 def load_value_head(path: str | Path, hidden_size: int) -> nn.Linear:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from rayft_core import storage
-from rayft_core.config import RunConfig
+from rayft_core.config import RunConfig, dump_config
 from rayft_core.errors import UserInputError
 from rayft_core.train import outputs
 
@@ -66,9 +66,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def save_checkpoint(engine: Any, rank: int, state: TrainerState) -> str:
+def save_checkpoint(engine: Any, rank: int, state: TrainerState, run: RunConfig) -> str:
     """This rank's part of a checkpoint in a new local directory: its ZeRO shards (frozen weights left out:
-    they are in the base model), and on rank 0 the trainer state. The caller uploads and deletes it;
+    they are in the base model), and on rank 0 the trainer state and the run's config (so that `rayft export`
+    reads a checkpoint copied anywhere). The caller uploads and deletes it;
     Ray Train merges the ranks' directories and registers the checkpoint only once all have arrived, so a
     checkpoint cut short (a full disk, a lost node) is never the one a run resumes from."""
     directory = tempfile.mkdtemp(prefix="rayft-checkpoint-")
@@ -76,6 +77,7 @@ def save_checkpoint(engine: Any, rank: int, state: TrainerState) -> str:
         engine.save_checkpoint(directory, tag=CHECKPOINT_TAG, exclude_frozen_parameters=True)
         if rank == 0:
             (Path(directory) / TRAINER_STATE).write_text(json.dumps(dataclasses.asdict(state)))
+            (Path(directory) / outputs.CONFIG_FILE).write_text(dump_config(run))
     except OSError as e:
         shutil.rmtree(directory, ignore_errors=True)
         raise UserInputError(storage.explain_os_error(e, f"the checkpoint of step {state.step} to {directory}")) from e

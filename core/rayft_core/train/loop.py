@@ -18,7 +18,14 @@ import torch
 
 from rayft_core.config import RunConfig
 from rayft_core.train.plan import TrainPlan
-from rayft_core.train.session import MetricWindow, Report, WorkerSession, grad_norm_before_step, reported_grad_norm
+from rayft_core.train.session import (
+    MetricWindow,
+    Report,
+    WorkerSession,
+    begin_micro_step,
+    grad_norm_before_step,
+    reported_grad_norm,
+)
 from rayft_core.train.stage import Objective, SupervisedStage, sequence_columns
 from rayft_core.train.stages import STAGES
 
@@ -59,6 +66,7 @@ def train_worker(
                 for batch in session.micro_batches(stage, examples):  # one, or a slice of each in an SP group
                     boundary = engine.is_gradient_accumulation_boundary()
                     logs = boundary and session.logs_at(session.step + 1)
+                    begin_micro_step(engine)
                     loss, step_metrics = objective(engine.module, batch)
                     # The step's loss: its summed loss over the units of all its micro-batches on all workers.
                     # DeepSpeed averages gradients over the data-parallel workers (sequence-parallel peers' are

@@ -29,7 +29,14 @@ from rayft_core.infer.rollout import Sampling
 from rayft_core.train import rl
 from rayft_core.train.plan import TrainPlan
 from rayft_core.train.rewards import Rewards
-from rayft_core.train.session import MetricWindow, Report, WorkerSession, grad_norm_before_step, reported_grad_norm
+from rayft_core.train.session import (
+    MetricWindow,
+    Report,
+    WorkerSession,
+    begin_micro_step,
+    grad_norm_before_step,
+    reported_grad_norm,
+)
 from rayft_core.train.stages import STAGES
 
 logger = logging.getLogger(__name__)
@@ -307,6 +314,7 @@ class Learner:
                 rows = slice(i * size, (i + 1) * size)
                 m = mask[rows]
                 record = epoch == 0 and "logps" not in rollout
+                begin_micro_step(engine)
                 logps, values, entropy = self.model.forward_policy(b, entropy=record)
                 if record:
                     first_pass["logps"].append(logps.detach())

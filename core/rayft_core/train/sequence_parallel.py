@@ -46,12 +46,6 @@ def problems(run: Any) -> list[str]:
             "workers cannot honour without flash-attention's variable-length kernels; set it to false with "
             "cluster.sequence_parallel_size"
         )
-    if run.deepspeed.zero_stage == 3:
-        out.append(
-            "deepspeed.zero_stage: ZeRO-3 with sequence parallelism does not yet train as one worker would (in "
-            "rayft's test its gradients differ from one worker's on the same rows); use zero_stage 0-2 with "
-            "cluster.sequence_parallel_size"
-        )
     if run.model.attn_implementation == "eager":
         out.append("model.attn_implementation: eager attention cannot be split across workers; use auto or sdpa")
     return out

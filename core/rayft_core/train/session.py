@@ -91,7 +91,7 @@ class WorkerSession:
         self.model = build_partitioned(lambda: stage.build_model(run, self.tokenizer), self.ds_config)
         mpu = sequence_parallel.register(run, self.model) if run.cluster.sequence_parallel_size > 1 else None
         self.split = sequence_parallel.SequenceSplit(mpu, run.train.micro_batch_size) if mpu else None
-        self.averaged_over = self.world_size // run.cluster.sequence_parallel_size  # DeepSpeed's gradient average
+        self.averaged_over = _gradient_average(self.ds_config, self.world_size, run.cluster.sequence_parallel_size)
         if run.deepspeed.zero_stage == 3:
             mark_zero3_leaves(self.model)  # MoE blocks gather as one: no rank waits on an expert it skipped
         trainable, total = count_parameters(self.model)
@@ -208,7 +208,7 @@ class WorkerSession:
         self.state = dataclasses.replace(
             self.state, step=step, epoch=self.epoch, micro_batches_done=self.index + 1, stage_state=self.stage_state()
         )
-        checkpoint_dir = save_checkpoint(self.engine, self.rank, self.state)
+        checkpoint_dir = save_checkpoint(self.engine, self.rank, self.state, self.run)
         try:
             self.report(record, checkpoint_dir=checkpoint_dir)
         except OSError as e:  # the upload to storage_path; the checkpoints before this one stay whole
@@ -290,6 +290,35 @@ def peak_memory_gb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+def _gradient_average(ds_config: dict[str, Any], world_size: int, sp: int) -> int:
+    """Over how many workers DeepSpeed averages each gradient. Sequence-parallel peers each hold part of a
+    sequence, so their gradients must be summed: ZeRO-0/1/2 average over the data-parallel workers only, but
+    ZeRO-3's reduce-scatter averages over every worker (DeepSpeed 0.19 corrects for sequence parallelism only on
+    its other path, taken when reduce_scatter is off and a bucket holds the parameter), and the loss makes up
+    for it."""
+    zero = ds_config.get("zero_optimization", {})
+    if zero.get("stage") != 3 or sp == 1:
+        return world_size // sp
+    if not zero.get("reduce_scatter", True):
+        raise UserInputError(
+            "deepspeed.config_file: zero_optimization.reduce_scatter false with ZeRO-3 and "
+            "cluster.sequence_parallel_size > 1 averages some gradients over the data-parallel workers and others "
+            "over every worker; remove the key (rayft's sequence parallelism needs DeepSpeed's reduce-scatter)"
+        )
+    return world_size
+
+
+def begin_micro_step(engine: Any) -> None:
+    """What DeepSpeed's ``engine.forward`` does before the module runs, for rayft's objectives, which call the
+    module (or its decoder and head apart) themselves: the ZeRO optimizer learns that a new micro-step begins.
+    Without it ZeRO-3 overwrites each micro-step's gradient partition with the next one's instead of adding them,
+    so gradient accumulation (and sequence parallelism's micro-steps) trained on the last micro-batch only."""
+    from deepspeed.runtime.base_optimizer import ZeROOptimizer
+
+    if isinstance(engine.optimizer, ZeROOptimizer):
+        engine.optimizer.clear_backward_seen_flag()
 
 
 def grad_norm_before_step(engine: Any, model: torch.nn.Module) -> float | None:

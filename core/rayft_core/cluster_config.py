@@ -70,7 +70,7 @@ class ClusterConfig(Section):
         ge=1,
         description="Split each sequence across this many workers (DeepSpeed Ulysses): each holds 1/N of its tokens, "
         "attention exchanges heads with an all-to-all, activation memory per worker falls about N times. It divides "
-        "num_workers and the model's attention heads; stages pt and sft, without packing, ZeRO 0-2.",
+        "num_workers and the model's attention heads; stages pt and sft, without packing.",
     )
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="How workers are placed on nodes."

@@ -38,12 +38,14 @@ CONFIGS = {  # name -> (workers, deepspeed section)
     "ZeRO-0 x1": (1, {"zero_stage": 0}),
     "ZeRO-2 x2": (2, {"zero_stage": 2}),
     "ZeRO-3 x2": (2, {"zero_stage": 3}),
+    # DeepSpeed keeps up to 1e9 gathered parameters alive by default: at this size the whole model stays gathered
+    "ZeRO-3 x2, max_live 5e7": (2, {"zero_stage": 3, "max_live_parameters": 50_000_000}),
 }  # optimizer offload is left out: it moves states from GPU to CPU memory, and rayft refuses it without a GPU
 
 
-def build_model(out: Path, hidden: int) -> int:
-    """The ~0.7B random Llama (a 32k vocabulary; the BPE tokenizer trained on the corpus uses its first ids),
-    built once; returns its parameter count."""
+def build_model(out: Path, hidden: int, layers: int = 24, kv_heads: int = 4) -> int:
+    """A random Llama of heads of 128 (a 32k vocabulary; the BPE tokenizer trained on the corpus uses its first
+    ids), built once; returns its parameter count."""
     if (out / "config.json").is_file():
         return json.loads((out / "parameters.json").read_text())["parameters"]
     import torch
@@ -53,9 +55,9 @@ def build_model(out: Path, hidden: int) -> int:
 
     tok = build_tokenizer((REPO / "examples/data/corpus.txt").read_text().splitlines() * 4, save_dir=out)
     config = LlamaConfig(
-        vocab_size=32_000, hidden_size=hidden, intermediate_size=hidden * 8 // 3, num_hidden_layers=24,
+        vocab_size=32_000, hidden_size=hidden, intermediate_size=hidden * 8 // 3, num_hidden_layers=layers,
         num_attention_heads=hidden // 128,
-        num_key_value_heads=4, max_position_embeddings=4096, tie_word_embeddings=False,
+        num_key_value_heads=kv_heads, max_position_embeddings=4096, tie_word_embeddings=False,
         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None,
     )  # fmt: skip
     torch.manual_seed(0)
@@ -94,28 +96,32 @@ def is_train_worker(p: psutil.Process) -> bool:
         return False
 
 
-def peak_rss(pid: int) -> int | None:
-    """The process's peak resident set so far (the kernel's high-water mark, VmHWM), in bytes."""
+def memory_status(pid: int) -> dict[str, int]:
+    """The process's peak resident set so far (VmHWM: the kernel's high-water mark, file-backed pages such as a
+    memory-mapped checkpoint included) and its anonymous resident memory now (RssAnon), in bytes."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     except OSError:
-        return None
-    return None
+        return {}
+    return {k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in lines) if k in ("VmHWM", "RssAnon")}
 
 
 def measure_workers(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> dict:
     """Run cmd to exit in ``cwd``; each Ray Train worker's peak RSS (its VmHWM, read every half second until it
-    exits: a peak between two reads is not missed, unlike a sampled PSS) and the wall time."""
+    exits: a peak between two reads is not missed, unlike a sampled PSS), its largest anonymous memory seen in
+    those reads (RssAnon: what it allocated, without the files it maps; a peak between reads can be missed) and
+    the wall time."""
     peaks: dict[int, int] = {}
+    anon: dict[int, int] = {}
     t0 = time.perf_counter()
     proc = spawn(cmd, cwd, offline_env(env))
     reader = log_output(proc, log, t0)
     while proc.poll() is None:
         for p in psutil.process_iter():
             if is_train_worker(p):
-                peaks[p.pid] = max(peaks.get(p.pid, 0), peak_rss(p.pid) or 0)
+                status = memory_status(p.pid)
+                peaks[p.pid] = max(peaks.get(p.pid, 0), status.get("VmHWM", 0))
+                anon[p.pid] = max(anon.get(p.pid, 0), status.get("RssAnon", 0))
         time.sleep(0.5)
     reader.join(timeout=10)
     terminate_leftovers(proc.pid)
@@ -123,6 +129,7 @@ def measure_workers(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -
         "rc": proc.returncode,
         "wall_s": time.perf_counter() - t0,
         "worker_peaks_gb": sorted(v / 1e9 for v in peaks.values()),
+        "worker_anon_gb": sorted(v / 1e9 for v in anon.values()),
     }
 
 
@@ -182,16 +189,20 @@ def main() -> None:
             print(json.dumps(r), flush=True)
     (work / "results.json").write_text(json.dumps(results, indent=2))
     base = {r["version"]: max(r["worker_peaks_gb"] or [0]) for r in results if r["config"] == "ZeRO-0 x1"}
+    anon_base = {r["version"]: max(r["worker_anon_gb"] or [0]) for r in results if r["config"] == "ZeRO-0 x1"}
     print(
-        f"\n{'configuration':<32} {'version':<22} {'largest worker RSS':>19} {'vs ZeRO-0 x1':>13} {'estimate':>9} {'wall':>7}"
+        f"\n{'configuration':<26} {'version':<22} {'peak RSS':>9} {'vs x1':>6} {'anon':>8} {'vs x1':>6} "
+        f"{'estimate':>9} {'wall':>6}"
     )
     for r in results:
-        peak = max(r["worker_peaks_gb"] or [0])
+        peak, anon = max(r["worker_peaks_gb"] or [0]), max(r["worker_anon_gb"] or [0])
         ratio = f"{peak / base[r['version']]:.2f}x" if base.get(r["version"]) else "-"
+        anon_ratio = f"{anon / anon_base[r['version']]:.2f}x" if anon_base.get(r["version"]) else "-"
         est = f"{r['estimate_gb']:.1f} GB" if r["estimate_gb"] else "-"
         status = "" if r["rc"] == 0 else f"  (exit {r['rc']})"
         print(
-            f"{r['config']:<32} {r['version']:<22} {peak:>16.2f} GB {ratio:>13} {est:>9} {r['wall_s']:>6.0f}s{status}"
+            f"{r['config']:<26} {r['version']:<22} {peak:>6.2f} GB {ratio:>6} {anon:>5.2f} GB {anon_ratio:>6} "
+            f"{est:>9} {r['wall_s']:>5.0f}s{status}"
         )
 
 

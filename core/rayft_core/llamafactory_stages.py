@@ -41,6 +41,8 @@ class StageKeys:
                 )
             return
         field = STAGE_KEYS[self.stage][key]
+        if field is not None and value is None:  # unset (ld_alpha: null): rayft's default is LLaMA-Factory's
+            return
         if field is not None:
             self.set(f"stage.{field}", value if key in TEXT_KEYS or isinstance(value, bool) else n)
         elif key == "pref_loss":  # orpo and simpo: it chose the stage
@@ -62,13 +64,6 @@ class StageKeys:
         elif key == "pref_bco_weight":
             if n:
                 self.note(key, "the BCO term is not available in rayft", error=True)
-        elif key == "ld_alpha":
-            if value is not None and n != 1:
-                self.note(
-                    key,
-                    "LD-DPO's down-weighting of the longer answer's extra tokens is not available in rayft",
-                    error=True,
-                )
         else:
             self.ppo_key(key, value)
 

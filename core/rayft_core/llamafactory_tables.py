@@ -188,7 +188,7 @@ STAGE_KEYS: dict[str, dict[str, str | None]] = {
         "ref_model_adapters": None,
         "ref_model_quantization_bit": None,
         "pref_bco_weight": None,
-        "ld_alpha": None,
+        "ld_alpha": "ld_alpha",
     },
     "kto": {
         "pref_beta": "beta",
@@ -211,14 +211,20 @@ STAGE_KEYS: dict[str, dict[str, str | None]] = {
         "ppo_whiten_rewards": None,
         "ppo_logger": None,
     },
-    "orpo": {"pref_beta": "beta", "pref_loss": None, "pref_ftx": None, "dpo_label_smoothing": None, "ld_alpha": None},
+    "orpo": {
+        "pref_beta": "beta",
+        "pref_loss": None,
+        "pref_ftx": None,
+        "dpo_label_smoothing": None,
+        "ld_alpha": "ld_alpha",
+    },
     "simpo": {
         "pref_beta": "beta",
         "pref_loss": None,
         "pref_ftx": "ftx",
         "dpo_label_smoothing": None,
         "simpo_gamma": "gamma",
-        "ld_alpha": None,
+        "ld_alpha": "ld_alpha",
     },
 }
 LF_STAGE_DEFAULTS = {

@@ -71,6 +71,17 @@ class _ReferenceStage(StageSection):
     )
 
 
+def _ld_alpha() -> Any:
+    return Field(
+        None,
+        gt=0,
+        le=1,
+        description="LD-DPO (Liu et al. 2024): each pair's answers count their tokens past the shorter answer's "
+        "length this many times, so the preference is learned less from length (LLaMA-Factory's ld_alpha); "
+        "unset: all tokens count whole.",
+    )
+
+
 class DpoStage(_ReferenceStage):
     """Direct preference optimisation against a frozen reference."""
 
@@ -86,6 +97,7 @@ class DpoStage(_ReferenceStage):
     ftx: float = Field(
         0.0, ge=0, description="DPO-ftx: add this weight x the SFT loss on the chosen answer (limits forgetting)."
     )
+    ld_alpha: float | None = _ld_alpha()
 
 
 class KtoStage(_ReferenceStage):
@@ -106,6 +118,7 @@ class OrpoStage(StageSection):
 
     name: Literal["orpo"] = "orpo"
     beta: float = Field(0.1, gt=0, description="Weight of the odds-ratio term (the paper's lambda).")
+    ld_alpha: float | None = _ld_alpha()
 
 
 class SimpoStage(StageSection):
@@ -121,6 +134,7 @@ class SimpoStage(StageSection):
     )
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="The probability that a pair's label is wrong.")
     ftx: float = Field(0.0, ge=0, description="Add this weight x the SFT loss on the chosen answer.")
+    ld_alpha: float | None = _ld_alpha()
 
 
 class RewardFunction(Section):

@@ -162,8 +162,6 @@ def test_llamafactorys_default_values_are_never_noted():
         ({"stage": "dpo", "pref_loss": "hinge", "dpo_label_smoothing": 0.1}, "dpo_label_smoothing"),
         ({"stage": "dpo", "pref_loss": "orpo", "dpo_label_smoothing": 0.1}, "dpo_label_smoothing"),
         ({"stage": "dpo", "pref_loss": "orpo", "pref_ftx": 0.5}, "pref_ftx"),
-        ({"stage": "dpo", "ld_alpha": 0.5}, "ld_alpha"),
-        ({"stage": "dpo", "pref_loss": "simpo", "ld_alpha": 0.5}, "ld_alpha"),
         ({"stage": "kto", "ref_model": "/m/ref", "ref_model_adapters": "/m/ref-lora"}, "ref_model_adapters"),
         ({"stage": "dpo", "pissa_init": True}, "pissa_init"),
         ({"stage": "kto", "pissa_init": True}, "pissa_init"),

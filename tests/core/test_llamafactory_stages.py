@@ -98,6 +98,8 @@ def test_a_dpo_yaml_translates_to_exact_values_with_nothing_to_note():
         # another stage's keys at LLaMA-Factory's defaults: nothing to say
         ({"stage": "rm", "pref_beta": 0.1, "pref_loss": "sigmoid", "simpo_gamma": 0.5, "ref_model": None}, "rm"),
         ({"stage": "sft", "kto_chosen_weight": 1.0, "pref_ftx": 0, "ld_alpha": None}, "sft"),
+        ({"stage": "dpo", "ld_alpha": 0.5}, {"name": "dpo", "beta": 0.1, "ld_alpha": 0.5}),
+        ({"stage": "dpo", "pref_loss": "simpo", "ld_alpha": 0.25}, {"name": "simpo", "beta": 0.1, "ld_alpha": 0.25}),
     ],
 )
 def test_preference_stages_and_their_keys(lf, stage):

@@ -156,6 +156,30 @@ def test_sequence_logps_match_transformers(tiny_model, tokenizer, freeze_head, m
         assert torch.allclose(got[name], want[name], atol=1e-6, rtol=1e-4), name
 
 
+def test_ld_dpo_counts_the_longer_answers_extra_tokens_alpha_times(tiny_model, tokenizer):
+    """LD-DPO: per pair, the first min(len chosen, len rejected) answer tokens count whole, the rest alpha times;
+    by hand from transformers' logits. alpha 1 is plain log-probabilities."""
+    from transformers import AutoModelForCausalLM
+
+    from rayft_core.train.preference import halves, pair_logps
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model("llama"), dtype=torch.float32)
+    _, batch = _pairs(tokenizer)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        labels = batch["labels"][:, 1:]
+        token = torch.log_softmax(logits, -1).gather(2, labels.clamp(min=0)[..., None]).squeeze(-1)
+        tokens = [token[i][labels[i] != IGNORE_INDEX] for i in range(len(labels))]  # each row's answer tokens
+        chosen, rejected = halves(torch.tensor([len(t) for t in tokens]))
+        assert (chosen != rejected).any()  # the pairs differ in length: the test means something
+        public = torch.minimum(chosen, rejected).repeat(2).tolist()
+        want = torch.stack([t[:n].sum() + 0.25 * t[n:].sum() for t, n in zip(tokens, public)])
+        sums, counts = pair_logps(model, batch, ld_alpha=0.25)
+        assert torch.allclose(sums, want, atol=1e-4)
+        assert counts.tolist() == [len(t) for t in tokens]
+        assert torch.allclose(pair_logps(model, batch, ld_alpha=1.0)[0], losses.sequence_logps(model, batch)[0])
+
+
 def test_dpo_step_zero_with_adapter_is_ln2(tiny_model):
     """With the LoRA adapter at its zero init, the policy is the reference (the adapter disabled)."""
     from rayft_core.model.adapters import apply_tuning

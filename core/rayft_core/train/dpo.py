@@ -13,8 +13,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from rayft_core.train.losses import sequence_logps
-from rayft_core.train.preference import PairStage, Reference, halves, pair_metrics, reference_problems, valid_pairs
+from rayft_core.train.preference import (
+    PairStage,
+    Reference,
+    halves,
+    pair_logps,
+    pair_metrics,
+    reference_problems,
+    valid_pairs,
+)
 
 
 @dataclass(frozen=True)
@@ -66,7 +73,7 @@ class DirectPreference(PairStage):
         reference = Reference(run, tokenizer, device, ds_config)
 
         def step(model, batch):
-            sums, counts = sequence_logps(model, batch)
+            sums, counts = pair_logps(model, batch, cfg.ld_alpha)
             ref_sums = reference.logps(model, batch)
             mean = sums / counts.clamp(min=1)
             averaged = DPO_LOSSES[cfg.loss_type].length_averaged

@@ -6,8 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rayft_core.train.losses import sequence_logps
-from rayft_core.train.preference import PairStage, halves, pair_metrics, valid_pairs
+from rayft_core.train.preference import PairStage, halves, pair_logps, pair_metrics, valid_pairs
 
 
 def log_odds(mean_logps: torch.Tensor) -> torch.Tensor:
@@ -30,7 +29,7 @@ class OddsRatioPreference(PairStage):
         beta = run.stage.beta
 
         def step(model, batch):
-            sums, counts = sequence_logps(model, batch)
+            sums, counts = pair_logps(model, batch, run.stage.ld_alpha)
             pc, pr = halves(sums / counts.clamp(min=1))
             valid = valid_pairs(counts)
             losses, chosen_rewards, rejected_rewards = orpo_loss(pc, pr, beta)

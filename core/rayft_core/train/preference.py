@@ -15,7 +15,7 @@ import torch
 from rayft_core.config import RunConfig
 from rayft_core.data.collate import pad_batch
 from rayft_core.data.tokenize import encode_chat_batch
-from rayft_core.train.losses import sequence_logps
+from rayft_core.train.losses import decoder_hidden, labelled_logps, sequence_logps
 from rayft_core.train.stage import Metrics, SupervisedStage
 
 # What the frozen reference's own (optimizer-less) DeepSpeed engine takes from the policy's config.
@@ -88,6 +88,25 @@ def halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The chosen rows and the rejected rows of a pair batch."""
     n = x.shape[0] // 2
     return x[:n], x[n:]
+
+
+def pair_logps(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], ld_alpha: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of a pair batch: its answer's summed log-probability and its labelled tokens (sequence_logps).
+
+    With ``ld_alpha`` (LD-DPO, Liu et al. 2024, arXiv:2409.06411): a pair's answers count their first
+    min(chosen, rejected) tokens whole and the longer answer's tokens past that ld_alpha times, so that the
+    preference is learned less from length. LLaMA-Factory weighs the policy's log-probabilities so, not the
+    reference's; rayft's stages call it the same way."""
+    if ld_alpha is None:
+        return sequence_logps(model, batch)
+    base, hidden = decoder_hidden(model, batch)
+    logps, keep = labelled_logps(base, hidden, batch["labels"])
+    counts = keep.sum(-1)
+    public = torch.minimum(*halves(counts)).repeat(2)  # the shorter answer's length, for both rows of a pair
+    verbose = keep.cumsum(-1) > public[:, None]  # the answer's tokens past it
+    return torch.where(verbose, ld_alpha * logps, logps).sum(-1), counts
 
 
 def valid_pairs(counts: torch.Tensor) -> torch.Tensor:

@@ -7,8 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rayft_core.train.losses import sequence_logps
-from rayft_core.train.preference import PairStage, halves, pair_metrics, valid_pairs
+from rayft_core.train.preference import PairStage, halves, pair_logps, pair_metrics, valid_pairs
 
 
 def simpo_loss(
@@ -27,7 +26,7 @@ class SimplePreference(PairStage):
         cfg = run.stage
 
         def step(model, batch):
-            sums, counts = sequence_logps(model, batch)
+            sums, counts = pair_logps(model, batch, cfg.ld_alpha)
             mean = sums / counts.clamp(min=1)
             pc, pr = halves(mean if cfg.length_normalization else sums)
             valid = valid_pairs(counts)

@@ -61,9 +61,6 @@ class StageKeys:
                 "only read with ref_model; the reference is the model being trained, at its start",
                 "rayft loads the reference model unquantized in the run's dtype (more memory, exact log-probabilities)",
             )
-        elif key == "pref_bco_weight":
-            if n:
-                self.note(key, "the BCO term is not available in rayft", error=True)
         else:
             self.ppo_key(key, value)
 

@@ -187,7 +187,7 @@ STAGE_KEYS: dict[str, dict[str, str | None]] = {
         "ref_model": "reference_model",
         "ref_model_adapters": None,
         "ref_model_quantization_bit": None,
-        "pref_bco_weight": None,
+        "pref_bco_weight": "bco_weight",
         "ld_alpha": "ld_alpha",
     },
     "kto": {

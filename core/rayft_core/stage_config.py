@@ -98,6 +98,12 @@ class DpoStage(_ReferenceStage):
         0.0, ge=0, description="DPO-ftx: add this weight x the SFT loss on the chosen answer (limits forgetting)."
     )
     ld_alpha: float | None = _ld_alpha()
+    bco_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Add BCO's loss (Jung et al. 2024: each answer's reward classified against a running mean of "
+        "rewards) with this weight: (DPO + w x BCO) / (1 + w), as LLaMA-Factory's pref_bco_weight.",
+    )
 
 
 class KtoStage(_ReferenceStage):

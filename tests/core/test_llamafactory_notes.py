@@ -158,7 +158,6 @@ def test_llamafactorys_default_values_are_never_noted():
         ),
         ({"stage": "dpo", "pref_loss": "kto_pair"}, "pref_loss"),
         ({"stage": "dpo", "pref_loss": "bco"}, "pref_loss"),
-        ({"stage": "dpo", "pref_bco_weight": 0.5}, "pref_bco_weight"),
         ({"stage": "dpo", "pref_loss": "hinge", "dpo_label_smoothing": 0.1}, "dpo_label_smoothing"),
         ({"stage": "dpo", "pref_loss": "orpo", "dpo_label_smoothing": 0.1}, "dpo_label_smoothing"),
         ({"stage": "dpo", "pref_loss": "orpo", "pref_ftx": 0.5}, "pref_ftx"),

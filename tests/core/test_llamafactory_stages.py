@@ -55,6 +55,7 @@ def test_a_dpo_yaml_translates_to_exact_values_with_nothing_to_note():
         "loss_type": "sigmoid",
         "label_smoothing": 0.1,
         "ftx": 0.5,
+        "bco_weight": 0.0,
     }  # the schema's order
     run = validate_config(raw)
     assert (run.stage.name, run.tuning.method, run.stage.reference_model) == ("dpo", "full", "/models/llama3-8b-sft")
@@ -99,6 +100,7 @@ def test_a_dpo_yaml_translates_to_exact_values_with_nothing_to_note():
         ({"stage": "rm", "pref_beta": 0.1, "pref_loss": "sigmoid", "simpo_gamma": 0.5, "ref_model": None}, "rm"),
         ({"stage": "sft", "kto_chosen_weight": 1.0, "pref_ftx": 0, "ld_alpha": None}, "sft"),
         ({"stage": "dpo", "ld_alpha": 0.5}, {"name": "dpo", "beta": 0.1, "ld_alpha": 0.5}),
+        ({"stage": "dpo", "pref_bco_weight": 0.5}, {"name": "dpo", "beta": 0.1, "bco_weight": 0.5}),
         ({"stage": "dpo", "pref_loss": "simpo", "ld_alpha": 0.25}, {"name": "simpo", "beta": 0.1, "ld_alpha": 0.25}),
     ],
 )

@@ -197,6 +197,32 @@ def test_dpo_step_zero_with_adapter_is_ln2(tiny_model):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
 
 
+def test_bco_by_hand_its_running_baseline_and_the_dpo_step_that_adds_it(tiny_model):
+    from rayft_core.model.adapters import apply_tuning
+    from rayft_core.model.loader import load_model
+    from rayft_core.train.dpo import RewardBaseline, bco_loss
+
+    baseline = RewardBaseline()
+    assert baseline.update(T([1.0, 3.0, -1.0, 0.0]), T([1.0, 1.0])) == pytest.approx(0.75)  # chosen, then rejected
+    assert baseline.update(T([2.0, 9.0, 0.0, 9.0]), T([1.0, 0.0])) == pytest.approx((0.75 + 1.0) / 2)  # valid only
+    again = RewardBaseline()
+    again.restore(baseline.state())  # as a checkpoint carries it
+    assert (again.mean, again.count) == (baseline.mean, 2.0)
+    want = -math.log(SIGMOID(0.1 * 0.5 - 0.3)) - math.log(SIGMOID(-(0.1 * -0.2 - 0.3)))
+    assert bco_loss(T([0.5]), T([-0.2]), 0.1, 0.3).item() == pytest.approx(want, rel=1e-6)
+
+    # at step 0 the policy is the reference: rewards 0, baseline 0, BCO 2 ln 2, DPO ln 2, weighted (1 + 2w) ln2 / (1 + w)
+    tokenizer = load_tokenizer_for(tiny_model("llama"))
+    run = run_config(tiny_model("llama"), [{"path": "x.jsonl", "ranking": True}], "out", "x", stage="dpo")
+    run.stage.bco_weight = 0.5
+    model = apply_tuning(load_model(run, tokenizer), run)
+    _, batch = _pairs(tokenizer)
+    objective = STAGES["dpo"].objective(run, tokenizer, torch.device("cpu"), {})
+    loss, _ = objective(model, batch)
+    assert loss.item() / len(QA) == pytest.approx(2 * math.log(2) / 1.5, abs=1e-5)
+    assert objective.state() == {"bco_mean": 0.0, "bco_count": 1.0}
+
+
 def test_value_head_scores_last_real_token_and_round_trips(tiny_model, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -54,6 +54,9 @@ def train_worker(
     session = WorkerSession(run, plan, report, rank, world_size, resume_from, node)
     session.setup(stage)
     objective = stage.objective(run, session.tokenizer, session.device, session.ds_config)
+    if hasattr(objective, "state"):  # an objective with a running statistic (BCO's baseline) carries it over
+        objective.restore(session.state.stage_state)
+        session.stage_state = objective.state
     engine, device = session.engine, session.device
     input_columns = [c for c in sequence_columns(stage.columns) if c.endswith("input_ids")]
     with session:

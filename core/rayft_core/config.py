@@ -121,6 +121,11 @@ class TrainConfig(Section):
         0.0, ge=0, lt=1, description="Fraction of the optimizer steps spent warming up linearly."
     )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    optimizer: Literal["adamw", "muon"] = Field(
+        "adamw",
+        description="muon: Muon's orthogonalised updates on the 2-D hidden weights, AdamW on the rest, one learning "
+        "rate (LLaMA-Factory's use_muon); ZeRO-0, fp32 weights or an adapter.",
+    )
     max_grad_norm: float = Field(1.0, ge=0, description="Clip the global gradient norm (0 = off).")
     token_loss: Literal["cross_entropy", "dft", "eaft"] = Field(
         "cross_entropy",
@@ -274,9 +279,9 @@ class RunConfig(Section):
         problems += self.model.problems(self)
         if self.train.token_loss != "cross_entropy" and self.stage.name not in ("pt", "sft"):
             problems.append(f"train.token_loss: a loss of stages pt and sft; stage {self.stage.name} has its own")
-        from rayft_core.train import sequence_parallel
+        from rayft_core.train import optim, sequence_parallel
 
-        problems += sequence_parallel.problems(self) + self.deepspeed.problems()
+        problems += sequence_parallel.problems(self) + self.deepspeed.problems() + optim.problems(self)
         if not self.stage.trains_with_dropout and getattr(self.tuning, "dropout", 0):
             problems.append(
                 f"tuning.dropout: stage {self.stage.name} trains without dropout (it compares the scores of two "

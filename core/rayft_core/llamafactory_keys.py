@@ -335,7 +335,21 @@ def _token_loss(t: Translation, key: str, value: Any) -> None:
         t.set("train.token_loss", "eaft")
 
 
+def _use_muon(t: Translation, key: str, value: Any) -> None:
+    """use_muon: rayft's train.optimizer muon, unless an optimizer LLaMA-Factory picks before Muon is on."""
+    if not value:
+        return
+    first = [k for k in ("use_galore", "use_apollo", "loraplus_lr_ratio", "use_badam", "use_adam_mini") if t.raw.get(k)]
+    if first:
+        t.note(key, f"LLaMA-Factory builds the optimizer of {first[0]} before Muon's; no effect")
+        return
+    t.set("train.optimizer", "muon")
+    if as_number(t.raw.get("weight_decay")):
+        t.note(key, "rayft does not decay biases and norm scales; LLaMA-Factory's Muon decays every parameter")
+
+
 SPECIAL = {
+    "use_muon": _use_muon,
     "use_dft_loss": _token_loss,
     "use_eaft_loss": _token_loss,
     "eaft_alpha": _token_loss,

@@ -184,7 +184,6 @@ REFUSED = {
         optim_args=None,
         optim_target_modules=None,
         use_adam_mini=False,
-        use_muon=False,
         use_apollo=False,
         use_badam=False,
     ),

@@ -70,4 +70,4 @@ def test_every_method_names_a_registered_optimizer_and_galore_names_its_extra(mo
         importlib.util, "find_spec", lambda name, *a: None if name == "galore_torch" else real(name, *a)
     )
     with pytest.raises(ImportError, match=r"^tuning.method galore needs galore-torch: pip install 'rayft\[galore\]'$"):
-        OPTIMIZERS[run.tuning.optimizer]([], run)
+        OPTIMIZERS[run.tuning.optimizer]([], run, None)

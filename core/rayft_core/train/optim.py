@@ -1,5 +1,6 @@
 """Optimizer and learning-rate schedule of a run: the tuning method's parameter groups (AdamW's decay groups,
-LoRA+ learning rates, GaLore's projected weights) and the optimizer it names in OPTIMIZERS."""
+LoRA+ learning rates, GaLore's projected weights) and the optimizer in OPTIMIZERS that the method names (GaLore)
+or train.optimizer chooses (AdamW, Muon)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,16 @@ import torch
 from torch import nn
 
 from rayft_core.config import RunConfig
+from rayft_core.errors import UserInputError
 
 
-def _adamw(groups: list[dict], run: RunConfig) -> torch.optim.Optimizer:
+def _adamw(groups: list[dict], run: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     # fused: one pass per tensor, in place. The default (foreach) makes temporaries the size of each tensor, and a
     # ZeRO optimizer steps one flat tensor per group: 2 GB more at the step of a 0.35B model's ZeRO-3 partition.
     return torch.optim.AdamW(groups, lr=run.train.learning_rate, betas=(0.9, 0.999), eps=1e-8, fused=True)
 
 
-def _galore_adamw(groups: list[dict], run: RunConfig) -> torch.optim.Optimizer:
+def _galore_adamw(groups: list[dict], run: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     missing = run.tuning.missing_dependency()  # galore-torch, and the extra that installs it
     if missing:
         raise ImportError(missing)
@@ -27,11 +29,45 @@ def _galore_adamw(groups: list[dict], run: RunConfig) -> torch.optim.Optimizer:
     return GaLoreAdamW(groups, lr=run.train.learning_rate)
 
 
-# name -> (parameter groups, run) -> optimizer. A tuning method names its own (TuningSection.optimizer).
-OPTIMIZERS: dict[str, Callable[[list[dict], RunConfig], torch.optim.Optimizer]] = {
+def _muon(groups: list[dict], run: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    from rayft_core.model.loader import resolve_dtype
+    from rayft_core.train.muon import MuonWithAdamW, hidden_matrices
+
+    if resolve_dtype(run.model.dtype) != torch.float32 and not run.tuning.trains_adapter:  # model.dtype auto on a GPU
+        raise UserInputError(MUON_16_BIT)
+    return MuonWithAdamW(groups, hidden_matrices(model), run.train.learning_rate, betas=(0.9, 0.999), eps=1e-8)
+
+
+# name -> (parameter groups, run, model) -> optimizer. A tuning method may name its own (TuningSection.optimizer).
+OPTIMIZERS: dict[str, Callable[[list[dict], RunConfig, nn.Module], torch.optim.Optimizer]] = {
     "adamw": _adamw,
     "galore_adamw": _galore_adamw,
+    "muon": _muon,
 }
+MUON_16_BIT = (
+    "train.optimizer: muon with 16-bit full-parameter training: DeepSpeed's mixed-precision optimizer hands it "
+    "flattened weights; set model.dtype: float32, or train an adapter"
+)
+
+
+def problems(run: RunConfig) -> list[str]:
+    """The optimizer's rules, each as 'path: what to change'."""
+    if run.train.optimizer == "adamw":
+        return []
+    out = []
+    if run.tuning.optimizer != "adamw":
+        out.append(
+            f"train.optimizer: tuning method {run.tuning.method} steps with its own optimizer "
+            f"({run.tuning.optimizer}); leave train.optimizer at adamw"
+        )
+    if run.deepspeed.zero_stage:
+        out.append(
+            "train.optimizer: muon orthogonalises whole matrices and ZeRO-1/2/3 hand the optimizer flat partitions; "
+            "set deepspeed.zero_stage: 0 (every worker holds the model, gradients are all-reduced)"
+        )
+    if run.model.dtype in ("bfloat16", "float16") and not run.tuning.trains_adapter:
+        out.append(MUON_16_BIT)
+    return out
 
 
 def build_param_groups(model: nn.Module, run: RunConfig) -> list[dict]:
@@ -39,7 +75,8 @@ def build_param_groups(model: nn.Module, run: RunConfig) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, run: RunConfig) -> torch.optim.Optimizer:
-    return OPTIMIZERS[run.tuning.optimizer](build_param_groups(model, run), run)
+    name = run.train.optimizer if run.tuning.optimizer == "adamw" else run.tuning.optimizer
+    return OPTIMIZERS[name](build_param_groups(model, run), run, model)
 
 
 def lr_lambda(step: int, total_steps: int, warmup_steps: int, kind: str) -> float:

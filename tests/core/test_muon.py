@@ -1,0 +1,132 @@
+"""train.optimizer: muon (rayft_core.train.muon): Muon's update of a hidden matrix against the published algorithm by
+hand, AdamW on the rest, one schedule for both, its rules, LLaMA-Factory's use_muon, and a real DeepSpeed ZeRO-0
+engine that trains with it and restores it from a checkpoint."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+
+from rayft_core.config import validate_config
+from rayft_core.schema import ConfigError
+
+MINIMAL = {"model": {"name_or_path": "m"}, "data": {"train": [{"path": "d", "format": "alpaca"}]}}
+
+
+def _newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Jordan et al.'s quintic iteration, written out in fp32: the orthogonalised matrix (singular values near
+    one). PyTorch's runs in bfloat16, as the paper's does: they agree within bfloat16's precision."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g / (g.norm() + 1e-7)
+    tall = x.shape[0] > x.shape[1]
+    x = x.T if tall else x
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+def test_muon_orthogonalises_hidden_matrices_and_adamw_steps_the_rest():
+    from rayft_core.train.muon import MuonWithAdamW, hidden_matrices
+
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict({"embed_tokens": torch.nn.Embedding(10, 16), "proj": torch.nn.Linear(16, 32)})
+    assert hidden_matrices(model) == {id(model["proj"].weight)}  # not the embeddings, not the bias
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    grads = {n: torch.randn_like(p) for n, p in model.named_parameters()}
+    for n, p in model.named_parameters():
+        p.grad = grads[n].clone()
+    lr = 1e-2
+    groups = [{"params": list(model.parameters()), "lr": lr, "weight_decay": 0.0}]
+    optimizer = MuonWithAdamW(groups, hidden_matrices(model), lr, betas=(0.9, 0.999), eps=1e-8)
+    optimizer.step()
+    after = dict(model.named_parameters())
+
+    # Muon, first step: momentum B = g, Nesterov g + 0.95 B, orthogonalised, scaled to AdamW's RMS (0.2 sqrt(32))
+    update = (before["proj.weight"] - after["proj.weight"].detach()) / (lr * 0.2 * math.sqrt(32))
+    assert torch.allclose(update, _newton_schulz(grads["proj.weight"] * 1.95), atol=2e-2)
+    singular = torch.linalg.svdvals(update)
+    assert singular.min() > 0.6 and singular.max() < 1.25  # orthogonalised: every direction moves about alike
+    raw = torch.linalg.svdvals(grads["proj.weight"])
+    assert raw.max() / raw.min() > 2 * singular.max() / singular.min()  # the gradient's directions did not
+    # AdamW's bias-corrected first step: lr * g / (|g| + eps), about lr * sign(g)
+    for name in ("embed_tokens.weight", "proj.bias"):
+        step = before[name] - after[name].detach()
+        g = grads[name]
+        assert torch.allclose(step, lr * g / (g.abs() + 1e-8), atol=1e-6), name
+
+
+def test_one_schedule_drives_both_halves_and_the_state_round_trips():
+    from rayft_core.train.muon import MuonWithAdamW, hidden_matrices
+
+    model = torch.nn.Linear(8, 8)
+    groups = [{"params": [model.weight], "lr": 1e-3, "weight_decay": 0.1}, {"params": [model.bias], "lr": 1e-3}]
+    optimizer = MuonWithAdamW(groups, hidden_matrices(model), 1e-3, (0.9, 0.999), 1e-8)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5**step)
+    model.weight.grad, model.bias.grad = torch.ones(8, 8), torch.ones(8)
+    optimizer.step()
+    scheduler.step()
+    assert [g["lr"] for o in optimizer.parts for g in o.param_groups] == [5e-4, 5e-4]  # Muon's and AdamW's
+    assert optimizer.parts[0].param_groups[0]["weight_decay"] == 0.1  # the group's own decay, not Muon's 0.1 default
+    again = MuonWithAdamW(groups, hidden_matrices(model), 1e-3, (0.9, 0.999), 1e-8)
+    again.load_state_dict(optimizer.state_dict())
+    buffer = again.parts[0].state[model.weight]["momentum_buffer"]
+    assert torch.equal(buffer, optimizer.parts[0].state[model.weight]["momentum_buffer"])
+
+
+def test_muon_rules_and_llamafactorys_use_muon():
+    from rayft_core.llamafactory import translate
+
+    cases = {
+        "ZeRO-1/2/3 hand the optimizer flat partitions": {"deepspeed": {"zero_stage": 2}},
+        "muon with 16-bit full-parameter training": {"tuning": "full", "model": {"name_or_path": "m", "dtype": "bfloat16"}},
+        "tuning method galore steps with its own optimizer": {"tuning": "galore", "deepspeed": {"zero_stage": 0}},
+    }  # fmt: skip
+    for message, sections in cases.items():
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            validate_config({**MINIMAL, **sections, "train": {"optimizer": "muon"}})
+    lora_bf16 = {"model": {"name_or_path": "m", "dtype": "bfloat16"}, "train": {"optimizer": "muon"}}
+    assert validate_config({**MINIMAL, **lora_bf16}).train.optimizer == "muon"  # the adapter trains in fp32
+    raw, notes = translate({"model_name_or_path": "m", "stage": "sft", "dataset": "d", "use_muon": True})
+    assert notes == [] and raw["train"]["optimizer"] == "muon"
+
+
+def test_a_deepspeed_engine_trains_with_muon_and_restores_it_from_a_checkpoint(tiny_model, tmp_path):
+    import deepspeed
+
+    from rayft_core.model.checks import _run, _sft_batch, _single_process_group, _train_steps
+    from rayft_core.model.loader import load_tokenizer
+    from rayft_core.train.deepspeed_config import build_deepspeed_config
+    from rayft_core.train.optim import build_optimizer
+    from rayft_core.train.stages import STAGES
+
+    _single_process_group()
+    run = _run(tiny_model("llama"), tmp_path / "out", tuning={"method": "full"}, train={"optimizer": "muon"})
+    stage, tok = STAGES["sft"], load_tokenizer(run.model)
+    config = build_deepspeed_config(run, torch.float32, world_size=1)
+
+    def engine():
+        torch.manual_seed(0)
+        model = stage.build_model(run, tok)
+        return deepspeed.initialize(
+            model=model, optimizer=build_optimizer(model, run), config=config, dist_init_required=False
+        )[0]
+
+    trained, objective, batch = (
+        engine(),
+        stage.objective(run, tok, torch.device("cpu"), {}),
+        _sft_batch(stage, tok, run),
+    )
+    losses = _train_steps(trained.module, objective, batch, 4, lambda loss: (trained.backward(loss), trained.step()))
+    assert losses[-1] < losses[0]
+    trained.save_checkpoint(str(tmp_path / "ckpt"), tag="t")
+    restored = engine()
+    restored.load_checkpoint(str(tmp_path / "ckpt"), tag="t")
+    muon = [o for o in restored.optimizer.parts if isinstance(o, torch.optim.Muon)][0]
+    buffers = [s["momentum_buffer"] for s in muon.state.values()]
+    assert buffers and all(b.abs().sum() > 0 for b in buffers)  # Muon's momentum came back
+    for a, b in zip(trained.module.parameters(), restored.module.parameters()):
+        assert torch.equal(a, b)

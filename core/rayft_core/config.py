@@ -28,6 +28,7 @@ from rayft_core.data_config import DatasetTags as DatasetTags
 
 # The tuning sections: one module a method in rayft_core.methods, the union built from its registry. Their names
 # stay importable from here (`X as X`: re-exported).
+from rayft_core.methods import ApolloTuning as ApolloTuning
 from rayft_core.methods import FreezeTuning as FreezeTuning
 from rayft_core.methods import FullTuning as FullTuning
 from rayft_core.methods import GaloreTuning as GaloreTuning

@@ -152,20 +152,21 @@ def export_model(
             cast = resolve_dtype(dtype) if dtype else None
             reshard(run_dir, staged, max_shard_size, cast)
             copy_model_files(run_dir, staged, cast)
-        tokenizer.save_pretrained(staged)
-        if isinstance(tokenizer.chat_template, str) and not (staged / TEMPLATE_FILE).is_file():
-            (staged / TEMPLATE_FILE).write_text(tokenizer.chat_template)
-        if (run_dir / VALUE_HEAD_FILE).is_file():  # a reward model: its head goes with the weights
-            shutil.copy2(run_dir / VALUE_HEAD_FILE, staged / VALUE_HEAD_FILE)
-        if ollama:
-            (staged / MODELFILE).write_text(modelfile(tokenizer))
-        (staged / EXPORT_MARKER).write_text(
-            json.dumps(
-                {"exported_from": str(run_dir.absolute()), "dtype": dtype, "max_shard_size": max_shard_size}, indent=2
-            )
-            + "\n"
-        )
+        _write_beside_weights(staged, run_dir, tokenizer, ollama)
+        record = {"exported_from": str(run_dir.absolute()), "dtype": dtype, "max_shard_size": max_shard_size}
+        (staged / EXPORT_MARKER).write_text(json.dumps(record, indent=2) + "\n")
     return dest
+
+
+def _write_beside_weights(staged: Path, run_dir: Path, tokenizer: Any, ollama: bool) -> None:
+    """The tokenizer, its chat template, a reward model's head and an Ollama Modelfile."""
+    tokenizer.save_pretrained(staged)
+    if isinstance(tokenizer.chat_template, str) and not (staged / TEMPLATE_FILE).is_file():
+        (staged / TEMPLATE_FILE).write_text(tokenizer.chat_template)
+    if (run_dir / VALUE_HEAD_FILE).is_file():  # a reward model: its head goes with the weights
+        shutil.copy2(run_dir / VALUE_HEAD_FILE, staged / VALUE_HEAD_FILE)
+    if ollama:
+        (staged / MODELFILE).write_text(modelfile(tokenizer))
 
 
 def modelfile(tokenizer: Any) -> str:

@@ -97,8 +97,9 @@ class _Translation(StageKeys):
         self.out: dict[str, dict] = {}
         self.notes: list[str] = []
         ft = raw.get("finetuning_type", "lora")
-        # GaLore is an optimizer over full fine-tuning in LLaMA-Factory and a tuning method in rayft.
-        self.method = "galore" if ft == "full" and raw.get("use_galore") else ft
+        # GaLore and APOLLO are optimizers over full fine-tuning in LLaMA-Factory and tuning methods in rayft.
+        projection = next((m for m in ("galore", "apollo") if raw.get(f"use_{m}")), None)
+        self.method = projection if ft == "full" and projection else ft
         stage = str(raw.get("stage", "sft"))
         self.stage = DPO_LOSS_STAGES.get(str(raw.get("pref_loss")), "dpo") if stage == "dpo" else STAGES.get(stage)
 
@@ -178,11 +179,12 @@ class _Translation(StageKeys):
             self.set("tuning.type", "OFT")
             if "oft_target" not in self.raw:
                 self.set("tuning.config.target_modules", "all-linear")
-        elif self.method in (*FINETUNING_TYPES, "galore"):
+        elif self.method in (*FINETUNING_TYPES, "galore", "apollo"):
             self.set("tuning.method", self.method)
         if self.method == "galore":
             self.set("tuning.scale", LF_GALORE_SCALE)
-            # ZeRO flattens or shards the 2-D weights GaLore projects; LLaMA-Factory refuses DeepSpeed with it too.
+        if self.method in ("galore", "apollo"):
+            # ZeRO flattens or shards the 2-D weights they project; LLaMA-Factory refuses DeepSpeed with them too.
             self.set("deepspeed.zero_stage", 0)
         # LLaMA-Factory checkpoints activations unless told not to; rayft's default is off.
         self.set("model.gradient_checkpointing", not self.raw.get("disable_gradient_checkpointing", False))
@@ -192,7 +194,8 @@ class _Translation(StageKeys):
         owner = next(m for m in (self.method, *METHOD_KEYS) if key in METHOD_KEYS.get(m, {}))
         if owner != self.method:
             if value is not None and as_number(value) != LF_METHOD_DEFAULTS[key]:  # LLaMA-Factory ignores them too
-                needs = "finetuning_type full with use_galore" if owner == "galore" else f"finetuning_type {owner}"
+                projection = owner in ("galore", "apollo")
+                needs = f"finetuning_type full with use_{owner}" if projection else f"finetuning_type {owner}"
                 # ...but refuses a quantized base outside LoRA
                 self.note(key, f"applies to {needs} only", error=key == "quantization_bit")
             return
@@ -239,14 +242,18 @@ class _Translation(StageKeys):
         elif key == "freeze_trainable_modules":
             if as_list(value) != ["all"]:
                 self.note(key, "rayft trains whole layers; name extra parameters in freeze_extra_modules", error=True)
-        elif key == "galore_proj_type":
-            if value != "std":
-                self.note(key, "rayft projects with the standard (std) GaLore projection", error=True)
-        elif key == "galore_layerwise":
-            if value:
-                self.note(key, "layer-wise GaLore updates are not available in rayft", error=True)
+        elif METHOD_KEYS[owner][key] is None:  # GaLore's and APOLLO's options rayft has one value of
+            self.projection_key(key, value)
         else:
             self.set(f"tuning.{METHOD_KEYS[owner][key]}", n)
+
+    def projection_key(self, key: str, value: Any) -> None:
+        if key.endswith("_proj_type") and value != "std":
+            self.note(key, "rayft projects with the standard (std) projection", error=True)
+        elif key.endswith("_layerwise") and value:
+            self.note(key, "layer-wise optimizer steps are not available in rayft", error=True)
+        elif key == "apollo_scale_front" and value:
+            self.note(key, "rayft scales APOLLO's update after the norm-growth limiter (the default)", error=True)
 
     def finish_data(self) -> None:
         """max_samples caps every dataset, evaluation ones too, as in LLaMA-Factory. Stage ppo: LLaMA-Factory cuts

@@ -127,12 +127,21 @@ def _adapter_folder(t: Translation, key: str, value: Any) -> None:
 
 def _finetuning_type(t: Translation, key: str, value: Any) -> None:
     if value not in FINETUNING_TYPES:
-        t.note(key, "rayft tunes with lora, freeze, full, oft, or GaLore (full with use_galore)", error=True)
+        t.note(
+            key,
+            "rayft tunes with lora, freeze, full, oft, or GaLore or APOLLO (full with use_galore, use_apollo)",
+            error=True,
+        )
 
 
-def _use_galore(t: Translation, key: str, value: Any) -> None:
-    if value and t.method != "galore":  # LLaMA-Factory refuses it with LoRA; rayft's GaLore is a method of its own
-        t.note(key, "rayft's GaLore trains every parameter: set finetuning_type full", error=True)
+def _use_projection(t: Translation, key: str, value: Any) -> None:
+    """use_galore / use_apollo: rayft's methods galore and apollo train every parameter (LLaMA-Factory refuses
+    them with LoRA, and more than one of them)."""
+    method = key.removeprefix("use_")
+    if value and t.method in ("galore", "apollo") and t.method != method:
+        t.note(key, f"use_{t.method} is on too; LLaMA-Factory refuses more than one of them", error=True)
+    elif value and t.method != method:
+        t.note(key, f"rayft's {method} trains every parameter: set finetuning_type full", error=True)
 
 
 def _datasets(t: Translation, key: str, value: Any) -> None:
@@ -367,7 +376,8 @@ SPECIAL = {
     "adapter_folder": _adapter_folder,
     "create_new_adapter": _create_new_adapter,
     "finetuning_type": _finetuning_type,
-    "use_galore": _use_galore,
+    "use_galore": _use_projection,
+    "use_apollo": _use_projection,
     "dataset": _datasets,
     "eval_dataset": _datasets,
     "val_size": _val_size,

@@ -63,7 +63,8 @@ DIRECT = {
 TEXT_KEYS = {"model_name_or_path", "tokenized_path", "ray_storage_path", "ray_run_name", "ref_model"}  # never numbers
 
 # LLaMA-Factory's finetuning types rayft trains, as the tuning methods of the same names (rayft_core.methods);
-# GaLore is finetuning_type full with use_galore in LLaMA-Factory, and rayft's method galore; OFT is PEFT's OFT
+# GaLore and APOLLO are finetuning_type full with use_galore / use_apollo in LLaMA-Factory, and rayft's methods
+# galore and apollo; OFT is PEFT's OFT
 # tuner, rayft's method peft with type OFT (its keys go to tuning.config, PEFT's own names).
 FINETUNING_TYPES = ("lora", "freeze", "full", "oft")
 # rayft tuning method -> {LF key: tuning key}. LLaMA-Factory ignores another method's keys, and so does
@@ -101,6 +102,17 @@ METHOD_KEYS: dict[str, dict[str, str | None]] = {
         "galore_proj_type": None,
         "galore_layerwise": None,
     },
+    "apollo": {
+        "apollo_rank": "rank",
+        "apollo_update_interval": "update_proj_gap",
+        "apollo_scale": "scale",
+        "apollo_target": "target",
+        "apollo_proj": "proj",
+        "apollo_scale_type": "scale_type",
+        "apollo_proj_type": None,
+        "apollo_layerwise": None,
+        "apollo_scale_front": None,
+    },
 }
 LF_METHOD_DEFAULTS = {
     "lora_rank": 8,
@@ -126,10 +138,20 @@ LF_METHOD_DEFAULTS = {
     "galore_target": "all",
     "galore_proj_type": "std",
     "galore_layerwise": False,
+    "apollo_rank": 16,
+    "apollo_update_interval": 200,
+    "apollo_scale": 32.0,
+    "apollo_target": "all",
+    "apollo_proj": "random",
+    "apollo_scale_type": "channel",
+    "apollo_proj_type": "std",
+    "apollo_layerwise": False,
+    "apollo_scale_front": False,
 }
 LIST_KEYS = {
     "lora_target",
     "galore_target",
+    "apollo_target",
     "freeze_extra_modules",
     "additional_target",
     "oft_target",

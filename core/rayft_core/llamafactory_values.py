@@ -184,7 +184,6 @@ REFUSED = {
         optim_args=None,
         optim_target_modules=None,
         use_adam_mini=False,
-        use_apollo=False,
         use_badam=False,
     ),
     **_refused("rayft's schedulers take no extra arguments", lr_scheduler_kwargs=(None, {})),
@@ -227,7 +226,7 @@ REFUSED = {
 # Families of keys, by prefix -> why they have no effect (always noted).
 PREFIXES = [
     (("ppo_", "reward_model"), "not an option of LLaMA-Factory 0.9.5's stage ppo that rayft knows; no effect"),
-    (("apollo_", "badam_", "asft_"), "an option of an optimizer or loss rayft does not have"),
+    (("badam_", "asft_"), "an option of an optimizer or loss rayft does not have"),
     (("image_", "video_", "audio_", "crop_to_patches", "use_audio_in_video"), _MULTIMODAL),
     (("vllm_", "sglang_", "export_"), _INFER),
     (("swanlab_", "profiler_", "profile_modules", "fp8_", "kt_"), "an option of an integration rayft does not have"),

@@ -78,6 +78,41 @@ def test_galore_becomes_rayfts_galore_method_without_zero():
     validate_config(raw)
 
 
+def test_apollo_becomes_rayfts_apollo_method_without_zero():
+    raw, notes = translate(
+        {
+            **LF_MINIMAL,
+            "finetuning_type": "full",
+            "use_apollo": True,
+            "apollo_rank": 1,
+            "apollo_scale": 128,
+            "apollo_scale_type": "tensor",
+            "apollo_proj": "random",
+            "apollo_target": "all",
+        }
+    )
+    assert notes == []
+    assert raw["tuning"] == {
+        "method": "apollo",
+        "rank": 1,
+        "scale": 128,
+        "scale_type": "tensor",
+        "proj": "random",
+        "target": "all",
+    }
+    assert raw["deepspeed"] == {"zero_stage": 0}
+    assert validate_config(raw).tuning.scale_type == "tensor"  # APOLLO-Mini
+    for lf, key in (
+        ({"finetuning_type": "lora", "use_apollo": True}, "use_apollo"),
+        ({"finetuning_type": "full", "use_galore": True, "use_apollo": True}, "use_apollo"),
+        ({"finetuning_type": "full", "use_apollo": True, "apollo_layerwise": True}, "apollo_layerwise"),
+        ({"finetuning_type": "full", "use_apollo": True, "apollo_scale_front": True}, "apollo_scale_front"),
+        ({"finetuning_type": "full", "apollo_rank": 8}, "apollo_rank"),  # without use_apollo
+    ):
+        _, notes = translate({**LF_MINIMAL, **lf})
+        assert noted_keys(notes) == [key], (lf, notes)
+
+
 def test_freeze_and_quantized_lora():
     raw, _ = translate(
         {

@@ -176,7 +176,6 @@ def test_llamafactorys_default_values_are_never_noted():
         ({"bf16": True, "fp16": True}, "fp16"),
         ({"optim": "sgd"}, "optim"),
         ({"adam_beta2": 0.95}, "adam_beta2"),
-        ({"finetuning_type": "full", "use_apollo": True}, "use_apollo"),
         ({"optim_args": "foo=1"}, "optim_args"),
         ({"lr_scheduler_type": "polynomial"}, "lr_scheduler_type"),
         ({"lr_scheduler_kwargs": {"power": 2}}, "lr_scheduler_kwargs"),

@@ -164,6 +164,24 @@ def test_galore_projects_linear_weights_and_trains_everything(tiny_model, workdi
     assert _changed(before, after) == set(before)
 
 
+def test_apollo_keeps_rank_r_moments_of_projected_weights_and_trains_everything(tiny_model, workdir):
+    """APOLLO: AdamW's moments of each targeted matrix are those of its rank-r projection (r x the long side, not the
+    matrix), the update is the raw gradient scaled per channel; every parameter trains and the loss falls."""
+    pytest.importorskip("apollo_torch")
+    apollo = {"method": "apollo", "rank": 4, "update_proj_gap": 2}  # LLaMA-Factory's scale 32: sqrt(32) x the lr
+    run = _cfg(tiny_model, workdir, apollo, deepspeed={"zero_stage": 0}, train={"learning_rate": 2e-4})
+    model, before, after, optimizer = _train(run)
+    assert type(optimizer).__module__.startswith("apollo_torch")
+    projected = [p for g in optimizer.param_groups if "rank" in g for p in g["params"]]
+    assert projected and all(p.ndim == 2 and min(p.shape) > 4 for p in projected)
+    for p in projected:
+        moments = optimizer.state[p]["exp_avg"], optimizer.state[p]["exp_avg_sq"]
+        assert all(sorted(m.shape) == [4, max(p.shape)] for m in moments), (p.shape, moments[0].shape)
+    rest = [p for g in optimizer.param_groups if "rank" not in g for p in g["params"]]
+    assert all(optimizer.state[p]["exp_avg"].shape == p.shape for p in rest)  # plain AdamW
+    assert _changed(before, after) == set(before)
+
+
 def test_lora_target_that_matches_nothing_names_the_available_modules(tiny_model, workdir):
     run = _cfg(tiny_model, workdir, {"method": "lora", "target": ["query_key_value"]})
     with pytest.raises(TuningError, match=r"tuning.target: \['query_key_value'\] match no linear module.*q_proj"):
@@ -219,7 +237,7 @@ def test_the_registry_is_complete_and_consistent():
     from rayft_core.methods import METHODS, TuningSection
     from rayft_core.train.optim import OPTIMIZERS
 
-    assert set(METHODS) == {"full", "freeze", "lora", "galore", "peft"}
+    assert set(METHODS) == {"full", "freeze", "lora", "galore", "apollo", "peft"}
     assert typing.get_args(typing.get_args(config.TuningConfig)[0]) == tuple(METHODS.values())
     for name, section in METHODS.items():
         assert issubclass(section, TuningSection) and getattr(config, section.__name__) is section
@@ -252,8 +270,9 @@ def test_a_missing_optional_package_names_its_extra(monkeypatch):
 
     from rayft_core.methods import missing_dependencies
 
-    runs = [validate_config({**MINIMAL, "tuning": t}) for t in ("full", "freeze", "lora", "qlora", "galore")]
-    real, optional = importlib.util.find_spec, ("bitsandbytes", "galore_torch")
+    methods = ("full", "freeze", "lora", "qlora", "galore", "apollo")
+    runs = [validate_config({**MINIMAL, "tuning": t}) for t in methods]
+    real, optional = importlib.util.find_spec, ("bitsandbytes", "galore_torch", "apollo_torch")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in optional else real(name, *a))
     assert [missing_dependencies(run) for run in runs] == [
         [],
@@ -261,6 +280,7 @@ def test_a_missing_optional_package_names_its_extra(monkeypatch):
         [],
         ["tuning.quantization_bit needs bitsandbytes: pip install 'rayft[qlora]'"],
         ["tuning.method galore needs galore-torch: pip install 'rayft[galore]'"],
+        ["tuning.method apollo needs apollo-torch: pip install 'rayft[apollo]'"],
     ]
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name in optional else real(name, *a))
     assert all(missing_dependencies(run) == [] for run in runs)

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Union
 
 from pydantic import Field
 
+from rayft_core.methods.apollo import ApolloTuning
 from rayft_core.methods.base import Run, TuningSection
 from rayft_core.methods.freeze import FreezeTuning
 from rayft_core.methods.full import FullTuning
@@ -31,6 +32,7 @@ METHODS: dict[str, type[TuningSection]] = {
     "freeze": FreezeTuning,
     "lora": LoraTuning,
     "galore": GaloreTuning,
+    "apollo": ApolloTuning,
     "peft": PeftTuning,
 }
 
@@ -55,6 +57,7 @@ def missing_dependencies(run: Run) -> list[str]:
 
 
 __all__ = [
+    "ApolloTuning",
     "METHODS",
     "FreezeTuning",
     "FullTuning",

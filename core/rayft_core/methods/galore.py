@@ -13,6 +13,30 @@ if TYPE_CHECKING:
 GALORE_TORCH = Dependency("galore_torch", "galore-torch", "galore")
 
 
+def projected_groups(model: "nn.Module", run: Run, target: Any, options: dict[str, Any]) -> list[dict]:
+    """Everything else as in AdamW (one group, decayed), then the targeted 2-D weights with the projection's
+    options (GaLore's, APOLLO's)."""
+    from rayft_core.methods.layers import targeted_linear_weights
+
+    lr, wd = run.train.learning_rate, run.train.weight_decay
+    projected = targeted_linear_weights(model, target, "tuning.target")
+    ids = {id(p) for p in projected}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    return [
+        {"params": rest, "lr": lr, "weight_decay": wd},
+        {"params": projected, "lr": lr, "weight_decay": wd, **options},
+    ]
+
+
+def whole_weights_problems(run: Run, name: str) -> list[str]:
+    zero = run.deepspeed.zero_stage
+    if zero != 0:
+        # ZeRO-1/2 flatten parameters into 1-D partitions and ZeRO-3 shards them: a low-rank projection of the
+        # gradient needs each 2-D weight whole, so it would silently do nothing.
+        return [f"deepspeed.zero_stage: {name} needs whole 2-D weights; set it to 0, got {zero}"]
+    return []
+
+
 class GaloreTuning(TuningSection):
     optimizer = "galore_adamw"  # TuningSection's class variables
 
@@ -30,33 +54,14 @@ class GaloreTuning(TuningSection):
         return nonempty_target(target)
 
     def param_groups(self, model: "nn.Module", run: Run) -> list[dict]:
-        """Everything else as in AdamW (one group, decayed), then the projected weights with GaLore's options."""
-        from rayft_core.methods.layers import targeted_linear_weights
+        return projected_groups(model, run, self.target, self.projection())
 
-        lr, wd = run.train.learning_rate, run.train.weight_decay
-        projected = targeted_linear_weights(model, self.target, "tuning.target")
-        ids = {id(p) for p in projected}
-        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-        return [
-            {"params": rest, "lr": lr, "weight_decay": wd},
-            {
-                "params": projected,
-                "lr": lr,
-                "weight_decay": wd,
-                "rank": self.rank,
-                "update_proj_gap": self.update_proj_gap,
-                "scale": self.scale,
-                "proj_type": "std",
-            },
-        ]
+    def projection(self) -> dict[str, Any]:
+        """The projected weights' group options, as the optimizer reads them."""
+        return {"rank": self.rank, "update_proj_gap": self.update_proj_gap, "scale": self.scale, "proj_type": "std"}
 
     def problems(self, run: Run) -> list[str]:
-        zero = run.deepspeed.zero_stage
-        if zero != 0:
-            # ZeRO-1/2 flatten parameters into 1-D partitions and ZeRO-3 shards them: GaLore's
-            # low-rank projection needs each 2-D weight whole, so it would silently do nothing.
-            return [f"deepspeed.zero_stage: GaLore needs whole 2-D weights; set it to 0, got {zero}"]
-        return []
+        return whole_weights_problems(run, "GaLore")
 
     def missing_dependency(self) -> str | None:
         return GALORE_TORCH.missing("tuning.method galore")

@@ -29,6 +29,15 @@ def _galore_adamw(groups: list[dict], run: RunConfig, model: nn.Module) -> torch
     return GaLoreAdamW(groups, lr=run.train.learning_rate)
 
 
+def _apollo_adamw(groups: list[dict], run: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    missing = run.tuning.missing_dependency()  # apollo-torch, and the extra that installs it
+    if missing:
+        raise ImportError(missing)
+    from apollo_torch import APOLLOAdamW
+
+    return APOLLOAdamW(groups, lr=run.train.learning_rate, betas=(0.9, 0.999), eps=1e-8)
+
+
 def _muon(groups: list[dict], run: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     from rayft_core.model.loader import resolve_dtype
     from rayft_core.train.muon import MuonWithAdamW, hidden_matrices
@@ -42,6 +51,7 @@ def _muon(groups: list[dict], run: RunConfig, model: nn.Module) -> torch.optim.O
 OPTIMIZERS: dict[str, Callable[[list[dict], RunConfig, nn.Module], torch.optim.Optimizer]] = {
     "adamw": _adamw,
     "galore_adamw": _galore_adamw,
+    "apollo_adamw": _apollo_adamw,
     "muon": _muon,
 }
 MUON_16_BIT = (

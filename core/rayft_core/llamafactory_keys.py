@@ -10,10 +10,10 @@ import json
 from pathlib import PurePosixPath
 from typing import Any, Protocol
 
+from rayft_core.llamafactory_method_keys import METHOD_KEYS_SPECIAL
 from rayft_core.llamafactory_tables import (
     DEEPSPEED_NAME,
     DPO_LOSS_STAGES,
-    FINETUNING_TYPES,
     FLASH_ATTN,
     LR_SCHEDULERS,
     MIX,
@@ -94,54 +94,6 @@ def _gradient_checkpointing(t: Translation, key: str, value: Any) -> None:
 def _add_special_tokens(t: Translation, key: str, value: Any) -> None:
     if value:
         t.set("model.add_special_tokens", as_list(value))
-
-
-def _adapter(t: Translation, key: str, value: Any) -> None:
-    """LLaMA-Factory merges every adapter but the last into the base and continues the last one, or with
-    create_new_adapter merges them all and trains a new one."""
-    paths = as_list(value)
-    if not paths:
-        return
-    if t.method != "lora":
-        t.note(key, "rayft continues adapters with finetuning_type lora only", error=True)
-        return
-    new = bool(t.raw.get("create_new_adapter"))
-    merged = paths if new else paths[:-1]
-    if merged:
-        t.set("tuning.merge_adapters", merged)
-    if not new:
-        t.set("tuning.adapter", paths[-1])
-
-
-def _create_new_adapter(t: Translation, key: str, value: Any) -> None:
-    if value and not as_list(t.raw.get("adapter_name_or_path")):  # else read by _adapter
-        t.note(key, "no adapter_name_or_path to merge before the new adapter; no effect")
-
-
-def _adapter_folder(t: Translation, key: str, value: Any) -> None:
-    if value:
-        t.note(
-            key, "rayft reads an adapter from its own directory: put the subfolder in adapter_name_or_path", error=True
-        )
-
-
-def _finetuning_type(t: Translation, key: str, value: Any) -> None:
-    if value not in FINETUNING_TYPES:
-        t.note(
-            key,
-            "rayft tunes with lora, freeze, full, oft, or GaLore or APOLLO (full with use_galore, use_apollo)",
-            error=True,
-        )
-
-
-def _use_projection(t: Translation, key: str, value: Any) -> None:
-    """use_galore / use_apollo: rayft's methods galore and apollo train every parameter (LLaMA-Factory refuses
-    them with LoRA, and more than one of them)."""
-    method = key.removeprefix("use_")
-    if value and t.method in ("galore", "apollo") and t.method != method:
-        t.note(key, f"use_{t.method} is on too; LLaMA-Factory refuses more than one of them", error=True)
-    elif value and t.method != method:
-        t.note(key, f"rayft's {method} trains every parameter: set finetuning_type full", error=True)
 
 
 def _datasets(t: Translation, key: str, value: Any) -> None:
@@ -327,41 +279,8 @@ def _report_to(t: Translation, key: str, value: Any) -> None:
         )
 
 
-def _token_loss(t: Translation, key: str, value: Any) -> None:
-    """use_dft_loss / use_eaft_loss (+ eaft_alpha): rayft's train.token_loss; LLaMA-Factory takes DFT first, in its
-    SFT trainer only."""
-    if t.stage != "sft":
-        if value and key != "eaft_alpha":
-            t.note(key, "LLaMA-Factory applies it in stage sft only; no effect")
-    elif key == "eaft_alpha":
-        if t.raw.get("use_eaft_loss"):
-            t.set("train.eaft_alpha", as_number(value))
-        elif as_number(value) != 1.0:
-            t.note(key, "applies with use_eaft_loss only")
-    elif value and key == "use_dft_loss":
-        t.set("train.token_loss", "dft")
-    elif value and not t.raw.get("use_dft_loss"):
-        t.set("train.token_loss", "eaft")
-
-
-def _use_muon(t: Translation, key: str, value: Any) -> None:
-    """use_muon: rayft's train.optimizer muon, unless an optimizer LLaMA-Factory picks before Muon is on."""
-    if not value:
-        return
-    first = [k for k in ("use_galore", "use_apollo", "loraplus_lr_ratio", "use_badam", "use_adam_mini") if t.raw.get(k)]
-    if first:
-        t.note(key, f"LLaMA-Factory builds the optimizer of {first[0]} before Muon's; no effect")
-        return
-    t.set("train.optimizer", "muon")
-    if as_number(t.raw.get("weight_decay")):
-        t.note(key, "rayft does not decay biases and norm scales; LLaMA-Factory's Muon decays every parameter")
-
-
 SPECIAL = {
-    "use_muon": _use_muon,
-    "use_dft_loss": _token_loss,
-    "use_eaft_loss": _token_loss,
-    "eaft_alpha": _token_loss,
+    **METHOD_KEYS_SPECIAL,
     "report_to": _report_to,
     "template": _template,
     "flash_attn": _flash_attn,
@@ -372,12 +291,6 @@ SPECIAL = {
     "disable_gradient_checkpointing": _gradient_checkpointing,
     "gradient_checkpointing": _gradient_checkpointing,
     "add_special_tokens": _add_special_tokens,
-    "adapter_name_or_path": _adapter,
-    "adapter_folder": _adapter_folder,
-    "create_new_adapter": _create_new_adapter,
-    "finetuning_type": _finetuning_type,
-    "use_galore": _use_projection,
-    "use_apollo": _use_projection,
     "dataset": _datasets,
     "eval_dataset": _datasets,
     "val_size": _val_size,

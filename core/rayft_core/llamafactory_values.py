@@ -205,9 +205,7 @@ REFUSED = {
         needs="new_special_tokens_config",
         init_special_tokens="noise_init",
     ),
-    **_refused(
-        _NA, split_special_tokens=False, shift_attn=False, mixture_of_depths=None, use_llama_pro=False, fp8=False
-    ),
+    **_refused(_NA, split_special_tokens=False, shift_attn=False, mixture_of_depths=None, fp8=False),
     **_refused(
         "rayft quantizes with bitsandbytes: NF4 with double quantization for 4 bits",
         needs="quantization_bit",

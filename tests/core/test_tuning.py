@@ -70,6 +70,61 @@ def test_freeze_trains_the_last_layers_and_named_modules_only(tiny_model, workdi
     assert _changed(before, after) == expected
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_llama_pro_expansion_starts_as_the_original_trains_only_new_blocks_and_reloads(
+    tiny_model, workdir, tmp_path, arch
+):
+    """LLaMA Pro: 2 blocks become 4, each copy after its original with o_proj and down_proj at zero: the logits are
+    the original's; only the copies train; the saved model loads in plain transformers with 4 layers, and a freeze
+    run with spread (LLaMA-Factory's use_llama_pro) on it picks the same blocks."""
+    from transformers import AutoModelForCausalLM
+
+    from rayft_core.train.outputs import save_model
+
+    run = _cfg(tiny_model, workdir, {"method": "freeze", "expand_layers": 2}, arch=arch)
+    tokenizer = load_tokenizer(run.model)
+    ids = _batch(tokenizer)["input_ids"]
+    original = AutoModelForCausalLM.from_pretrained(tiny_model(arch), dtype=torch.float32)
+    expanded = apply_tuning(load_model(run, tokenizer), run)
+    with torch.no_grad():
+        assert torch.allclose(expanded(input_ids=ids).logits, original(input_ids=ids).logits, atol=1e-5)
+    assert expanded.config.num_hidden_layers == 4
+    assert _trainable(expanded) == {
+        n for n, _ in expanded.named_parameters() if n.startswith(("model.layers.1.", "model.layers.3."))
+    }
+
+    model, before, after, _ = _train(run)
+    assert _changed(before, after) == _trainable(model)  # the copies moved, nothing else
+    save_model(model, tokenizer, run, tmp_path / "run")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "run", dtype=torch.float32)
+    with torch.no_grad():
+        assert torch.allclose(reloaded(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5)
+    spread = _cfg(tiny_model, workdir, {"method": "freeze", "trainable_layers": 2, "spread": True})
+    spread.model.name_or_path = str(tmp_path / "run")
+    assert _trainable(apply_tuning(load_model(spread, tokenizer), spread)) == _trainable(model)
+
+
+def test_llama_pro_rules_and_llamafactorys_use_llama_pro():
+    from rayft_core.llamafactory import translate
+    from rayft_core.schema import ConfigError
+
+    minimal = {"model": {"name_or_path": "m"}, "data": {"train": [{"path": "d", "format": "alpaca"}]}}
+    for tuning, message in (
+        ({"method": "freeze", "expand_layers": 2, "trainable_layers": 1}, "drop trainable_layers and spread"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            validate_config({**minimal, "tuning": tuning})
+    with pytest.raises(ConfigError, match="copied before ZeRO-3 partitions them"):
+        validate_config({**minimal, "tuning": {"method": "freeze", "expand_layers": 2}, "deepspeed": {"zero_stage": 3}})
+    lf = {"model_name_or_path": "m", "stage": "sft", "dataset": "d", "use_llama_pro": True}
+    raw, notes = translate({**lf, "finetuning_type": "freeze", "freeze_trainable_layers": 8})
+    assert notes == [] and raw["tuning"] == {"method": "freeze", "trainable_layers": 8, "spread": True}
+    _, notes = translate({**lf, "finetuning_type": "lora"})
+    assert notes == [
+        "error: use_llama_pro: true -- rayft's LLaMA Pro is freeze tuning (tuning.spread, tuning.expand_layers)"
+    ]
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gemma2", "phi3"])
 def test_lora_trains_adapters_only_on_every_architecture(tiny_model, workdir, arch):
     model, before, after, _ = _train(_cfg(tiny_model, workdir, {"method": "lora", "rank": 4}, arch=arch))

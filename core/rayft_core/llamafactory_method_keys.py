@@ -1,0 +1,114 @@
+"""How the LLaMA-Factory keys of the tuning method, its optimizer and its loss translate when a table cannot say
+it: adapters to continue, GaLore and APOLLO, Muon, LLaMA Pro, DFT and EAFT. A part of the SPECIAL table of
+rayft_core.llamafactory_keys."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rayft_core.llamafactory_tables import FINETUNING_TYPES
+from rayft_core.llamafactory_values import as_list, as_number
+
+if TYPE_CHECKING:
+    from rayft_core.llamafactory_keys import Translation
+
+
+def _adapter(t: Translation, key: str, value: Any) -> None:
+    """LLaMA-Factory merges every adapter but the last into the base and continues the last one, or with
+    create_new_adapter merges them all and trains a new one."""
+    paths = as_list(value)
+    if not paths:
+        return
+    if t.method != "lora":
+        t.note(key, "rayft continues adapters with finetuning_type lora only", error=True)
+        return
+    new = bool(t.raw.get("create_new_adapter"))
+    merged = paths if new else paths[:-1]
+    if merged:
+        t.set("tuning.merge_adapters", merged)
+    if not new:
+        t.set("tuning.adapter", paths[-1])
+
+
+def _create_new_adapter(t: Translation, key: str, value: Any) -> None:
+    if value and not as_list(t.raw.get("adapter_name_or_path")):  # else read by _adapter
+        t.note(key, "no adapter_name_or_path to merge before the new adapter; no effect")
+
+
+def _adapter_folder(t: Translation, key: str, value: Any) -> None:
+    if value:
+        t.note(
+            key, "rayft reads an adapter from its own directory: put the subfolder in adapter_name_or_path", error=True
+        )
+
+
+def _finetuning_type(t: Translation, key: str, value: Any) -> None:
+    if value not in FINETUNING_TYPES:
+        t.note(
+            key,
+            "rayft tunes with lora, freeze, full, oft, or GaLore or APOLLO (full with use_galore, use_apollo)",
+            error=True,
+        )
+
+
+def _use_projection(t: Translation, key: str, value: Any) -> None:
+    """use_galore / use_apollo: rayft's methods galore and apollo train every parameter (LLaMA-Factory refuses
+    them with LoRA, and more than one of them)."""
+    method = key.removeprefix("use_")
+    if value and t.method in ("galore", "apollo") and t.method != method:
+        t.note(key, f"use_{t.method} is on too; LLaMA-Factory refuses more than one of them", error=True)
+    elif value and t.method != method:
+        t.note(key, f"rayft's {method} trains every parameter: set finetuning_type full", error=True)
+
+
+def _token_loss(t: Translation, key: str, value: Any) -> None:
+    """use_dft_loss / use_eaft_loss (+ eaft_alpha): rayft's train.token_loss; LLaMA-Factory takes DFT first, in its
+    SFT trainer only."""
+    if t.stage != "sft":
+        if value and key != "eaft_alpha":
+            t.note(key, "LLaMA-Factory applies it in stage sft only; no effect")
+    elif key == "eaft_alpha":
+        if t.raw.get("use_eaft_loss"):
+            t.set("train.eaft_alpha", as_number(value))
+        elif as_number(value) != 1.0:
+            t.note(key, "applies with use_eaft_loss only")
+    elif value and key == "use_dft_loss":
+        t.set("train.token_loss", "dft")
+    elif value and not t.raw.get("use_dft_loss"):
+        t.set("train.token_loss", "eaft")
+
+
+def _use_muon(t: Translation, key: str, value: Any) -> None:
+    """use_muon: rayft's train.optimizer muon, unless an optimizer LLaMA-Factory picks before Muon is on."""
+    if not value:
+        return
+    first = [k for k in ("use_galore", "use_apollo", "loraplus_lr_ratio", "use_badam", "use_adam_mini") if t.raw.get(k)]
+    if first:
+        t.note(key, f"LLaMA-Factory builds the optimizer of {first[0]} before Muon's; no effect")
+        return
+    t.set("train.optimizer", "muon")
+    if as_number(t.raw.get("weight_decay")):
+        t.note(key, "rayft does not decay biases and norm scales; LLaMA-Factory's Muon decays every parameter")
+
+
+def _use_llama_pro(t: Translation, key: str, value: Any) -> None:
+    """use_llama_pro on a model LLaMA Pro expanded: freeze tuning trains the blocks spread evenly."""
+    if value and t.method == "freeze":
+        t.set("tuning.spread", True)
+    elif value:
+        t.note(key, "rayft's LLaMA Pro is freeze tuning (tuning.spread, tuning.expand_layers)", error=True)
+
+
+METHOD_KEYS_SPECIAL = {
+    "adapter_name_or_path": _adapter,
+    "adapter_folder": _adapter_folder,
+    "create_new_adapter": _create_new_adapter,
+    "finetuning_type": _finetuning_type,
+    "use_galore": _use_projection,
+    "use_apollo": _use_projection,
+    "use_muon": _use_muon,
+    "use_llama_pro": _use_llama_pro,
+    "use_dft_loss": _token_loss,
+    "use_eaft_loss": _token_loss,
+    "eaft_alpha": _token_loss,
+}

@@ -3,7 +3,8 @@
 Per worker, for the run's ZeRO stage over its data-parallel workers (N):
 
 - parameters: every weight in its dtype (a 4-bit base: half a byte each), / N under ZeRO-3, plus what ZeRO-3
-  gathers while it computes (about two decoder layers, or the output head when that is bigger);
+  gathers while it computes (up to deepspeed.max_live_parameters of the model: all of a model under 1e9
+  parameters by default) and its gradient and prefetch buckets;
 - gradients: the trainable parameters' (in their dtype), / N from ZeRO-2;
 - optimizer states: AdamW's two fp32 moments per trainable parameter, and DeepSpeed's fp32 master copy (every
   ZeRO stage from 1 keeps one, also of fp32 weights; ZeRO-0 where it trains 16-bit weights in mixed precision),
@@ -13,10 +14,9 @@ Per worker, for the run's ZeRO stage over its data-parallel workers (N):
   attention scores where attention is eager; with gradient checkpointing only each layer's input and one
   layer's recomputation; with sequence parallelism a worker's 1/N of the tokens. The loss's logits are computed in chunks (rayft_core.train.losses) and left out.
 
-It is an estimate. Measured on CPU (benchmarks/zero3_memory.py, a 0.35B Llama): within 11% of ZeRO-0's peak and
-15% of ZeRO-2's, but ZeRO-3's own buffers (flat copies of the partitions, gradient buckets) add about 2 GB per
-worker that it does not count yet. The framework's memory (Python, torch, Ray; a CUDA context on GPUs) is one
-line of a gigabyte.
+It is an estimate, measured against the workers' peak memory on CPU in benchmarks/zero3_memory.py (a 0.35B Llama;
+the figures are in benchmarks/README.md). The framework's memory (Python, torch, Ray; a CUDA context on GPUs) is
+one line of a gigabyte.
 """
 
 from __future__ import annotations
@@ -71,9 +71,8 @@ def estimate_memory(run: Any, model: nn.Module, config: Any, bytes_per_value: in
         ),
     ]
     if zero == 3:
-        parts.append(
-            ("gathered while computing (ZeRO-3)", _gathered_bytes(model, weight_bytes, bytes_per_value), "device")
-        )
+        parts.append(("gathered while computing (ZeRO-3)", _gathered_bytes(model, ds, bytes_per_value), "device"))
+        parts.append(("gradient and prefetch buckets (ZeRO-3)", _bucket_bytes(ds, bytes_per_value), "device"))
     parts.append(("activations", _activation_bytes(run, config, bytes_per_value), "device"))
     parts.append(("framework (Python, torch, DeepSpeed)", RUNTIME_BYTES, "host"))
     return MemoryEstimate(parts, n)
@@ -99,15 +98,28 @@ def _offloaded_to(ds: Any) -> str:
     return "nvme" if ds.offload_nvme_path else "host"
 
 
-def _gathered_bytes(model: nn.Module, weight_bytes: float, bytes_per_value: int) -> float:
-    """What ZeRO-3 holds whole while it computes: about two decoder layers (the current one and the prefetched
-    next), or the output head when that is bigger."""
+DEEPSPEED_MAX_LIVE = 10**9  # stage3_max_live_parameters and stage3_max_reuse_distance, DeepSpeed's defaults
+DEEPSPEED_BUCKET = 5 * 10**7  # rayft's reduce_bucket_size, and DeepSpeed's default stage3_prefetch_bucket_size
+
+
+def _gathered_bytes(model: nn.Module, ds: Any, bytes_per_value: int) -> float:
+    """What ZeRO-3 holds whole while it computes. DeepSpeed keeps a gathered parameter until more than
+    max_live_parameters are live, and does not release one it will use again within max_reuse_distance (every
+    one, in backward): so up to max_live_parameters of the model (all of it below 1e9 by default), and at least
+    the current and the prefetched decoder layer, or the output head when that is bigger."""
     from rayft_core.methods.layers import decoder_layers
 
     layers = decoder_layers(model)
-    per_layer = sum(p.numel() for p in layers[0].parameters()) * bytes_per_value if layers else weight_bytes
+    total = sum(p.numel() for p in model.parameters())
+    per_layer = sum(p.numel() for p in layers[0].parameters()) if layers else total
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return max(2 * per_layer, head.weight.numel() * bytes_per_value if head is not None else 0)
+    least = max(2 * per_layer, head.weight.numel() if head is not None else 0)
+    return max(least, min(total, ds.max_live_parameters or DEEPSPEED_MAX_LIVE)) * bytes_per_value
+
+
+def _bucket_bytes(ds: Any, bytes_per_value: int) -> float:
+    """ZeRO-3's gradient bucket and parameter prefetch bucket."""
+    return (DEEPSPEED_BUCKET + (ds.prefetch_bucket_size or DEEPSPEED_BUCKET)) * bytes_per_value
 
 
 def _activation_bytes(run: Any, config: Any, bytes_per_value: int) -> float:

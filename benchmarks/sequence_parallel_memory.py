@@ -3,9 +3,9 @@ sequences (data parallel, cluster.sequence_parallel_size 1) against the two spli
 
     .venv/bin/python benchmarks/sequence_parallel_memory.py --seq 4096 8192 16384 --wait-idle
 
-A tiny model on purpose (a random 2-layer Llama, hidden 256, heads of 128, a 32k vocabulary: 17M parameters), so
+A small model on purpose (a random 4-layer Llama, hidden 512, heads of 128, a 32k vocabulary: 46M parameters), so
 that the sequence, not the weights, fills the workers, and so that 16k tokens of attention run on 2 CPU cores at
-all. Each run is `rayft train` as a whole process: ZeRO-2, one row a micro-batch, 2 steps of rows cut to --seq
+all. Each run is `rayft train` as a whole process: ZeRO-2, one row a micro-batch, one step of rows cut to --seq
 tokens from long documents, no packing, no gradient checkpointing. Printed per length: the largest worker's peak
 RSS (VmHWM) for SP=1 and SP=2, and each one's activations, taken as its peak minus the same configuration's
 peak at --short tokens (weights, optimizer states and the framework cost the same at both lengths).
@@ -46,7 +46,7 @@ def run_yaml(model: Path, data: Path, work: Path, name: str, seq: int, sp: int) 
             "packing": False,
             "shuffle": False,
         },
-        "train": {"max_steps": 2, "micro_batch_size": 1, "learning_rate": 1e-5, "logging_steps": 1},
+        "train": {"max_steps": 1, "micro_batch_size": 1, "learning_rate": 1e-5, "logging_steps": 1},
         "deepspeed": {"zero_stage": 2},
         "cluster": {"num_workers": 2, "sequence_parallel_size": sp},
         "output": {"storage_path": str(work / "runs"), "name": name, "overwrite": True},
@@ -66,9 +66,9 @@ def main() -> None:
     work = args.work
     if not (work / ".rayft-benchmark").is_file():
         fresh_dir(work)
-    model = work / "model"
-    n = build_model(model, hidden=256, layers=2, kv_heads=2)
-    print(f"model (tiny): Llama, 2 layers, hidden 256, {n / 1e6:.0f}M parameters", flush=True)
+    model = work / f"model-{max(args.seq)}"
+    n = build_model(model, hidden=512, layers=4, kv_heads=2, positions=max(args.seq))
+    print(f"model (small): Llama, 4 layers, hidden 512, {n / 1e6:.0f}M parameters", flush=True)
     data = corpus(work / "long.txt", max(args.seq))
     results = []
     for seq in [args.short, *args.seq]:

@@ -43,7 +43,7 @@ CONFIGS = {  # name -> (workers, deepspeed section)
 }  # optimizer offload is left out: it moves states from GPU to CPU memory, and rayft refuses it without a GPU
 
 
-def build_model(out: Path, hidden: int, layers: int = 24, kv_heads: int = 4) -> int:
+def build_model(out: Path, hidden: int, layers: int = 24, kv_heads: int = 4, positions: int = 4096) -> int:
     """A random Llama of heads of 128 (a 32k vocabulary; the BPE tokenizer trained on the corpus uses its first
     ids), built once; returns its parameter count."""
     if (out / "config.json").is_file():
@@ -57,7 +57,7 @@ def build_model(out: Path, hidden: int, layers: int = 24, kv_heads: int = 4) -> 
     config = LlamaConfig(
         vocab_size=32_000, hidden_size=hidden, intermediate_size=hidden * 8 // 3, num_hidden_layers=layers,
         num_attention_heads=hidden // 128,
-        num_key_value_heads=kv_heads, max_position_embeddings=4096, tie_word_embeddings=False,
+        num_key_value_heads=kv_heads, max_position_embeddings=positions, tie_word_embeddings=False,
         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None,
     )  # fmt: skip
     torch.manual_seed(0)

@@ -122,10 +122,10 @@ class TrainConfig(Section):
         0.0, ge=0, lt=1, description="Fraction of the optimizer steps spent warming up linearly."
     )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    optimizer: Literal["adamw", "muon"] = Field(
+    optimizer: Literal["adamw", "muon", "adam_mini"] = Field(
         "adamw",
-        description="muon: Muon's orthogonalised updates on the 2-D hidden weights, AdamW on the rest, one learning "
-        "rate (LLaMA-Factory's use_muon); ZeRO-0, fp32 weights or an adapter.",
+        description="muon: orthogonalised updates on the 2-D hidden weights, AdamW on the rest (use_muon); "
+        "adam_mini: one second moment per block (use_adam_mini). Both: ZeRO-0, fp32 weights or an adapter.",
     )
     max_grad_norm: float = Field(1.0, ge=0, description="Clip the global gradient norm (0 = off).")
     token_loss: Literal["cross_entropy", "dft", "eaft"] = Field(

@@ -78,16 +78,20 @@ def _token_loss(t: Translation, key: str, value: Any) -> None:
         t.set("train.token_loss", "eaft")
 
 
-def _use_muon(t: Translation, key: str, value: Any) -> None:
-    """use_muon: rayft's train.optimizer muon, unless an optimizer LLaMA-Factory picks before Muon is on."""
+# The optimizers LLaMA-Factory builds, in the order it tries them (create_custom_optimizer): the first one on wins.
+LF_OPTIMIZER_ORDER = ("use_galore", "use_apollo", "loraplus_lr_ratio", "use_badam", "use_adam_mini", "use_muon")
+
+
+def _use_optimizer(t: Translation, key: str, value: Any) -> None:
+    """use_muon, use_adam_mini: rayft's train.optimizer, unless LLaMA-Factory builds another optimizer first."""
     if not value:
         return
-    first = [k for k in ("use_galore", "use_apollo", "loraplus_lr_ratio", "use_badam", "use_adam_mini") if t.raw.get(k)]
+    first = [k for k in LF_OPTIMIZER_ORDER[: LF_OPTIMIZER_ORDER.index(key)] if t.raw.get(k)]
     if first:
-        t.note(key, f"LLaMA-Factory builds the optimizer of {first[0]} before Muon's; no effect")
+        t.note(key, f"LLaMA-Factory builds the optimizer of {first[0]} first; no effect")
         return
-    t.set("train.optimizer", "muon")
-    if as_number(t.raw.get("weight_decay")):
+    t.set("train.optimizer", key.removeprefix("use_"))
+    if as_number(t.raw.get("weight_decay")) and key == "use_muon":
         t.note(key, "rayft does not decay biases and norm scales; LLaMA-Factory's Muon decays every parameter")
 
 
@@ -106,7 +110,8 @@ METHOD_KEYS_SPECIAL = {
     "finetuning_type": _finetuning_type,
     "use_galore": _use_projection,
     "use_apollo": _use_projection,
-    "use_muon": _use_muon,
+    "use_muon": _use_optimizer,
+    "use_adam_mini": _use_optimizer,
     "use_llama_pro": _use_llama_pro,
     "use_dft_loss": _token_loss,
     "use_eaft_loss": _token_loss,

@@ -183,7 +183,6 @@ REFUSED = {
         adam_epsilon=1e-8,
         optim_args=None,
         optim_target_modules=None,
-        use_adam_mini=False,
         use_badam=False,
     ),
     **_refused("rayft's schedulers take no extra arguments", lr_scheduler_kwargs=(None, {})),

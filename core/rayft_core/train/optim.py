@@ -38,13 +38,26 @@ def _apollo_adamw(groups: list[dict], run: RunConfig, model: nn.Module) -> torch
     return APOLLOAdamW(groups, lr=run.train.learning_rate, betas=(0.9, 0.999), eps=1e-8)
 
 
-def _muon(groups: list[dict], run: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+def _whole_tensors(run: RunConfig) -> None:
+    """Muon and Adam-mini read each tensor's shape: refuse DeepSpeed's 16-bit optimizer, which flattens them."""
     from rayft_core.model.loader import resolve_dtype
-    from rayft_core.train.muon import MuonWithAdamW, hidden_matrices
 
     if resolve_dtype(run.model.dtype) != torch.float32 and not run.tuning.trains_adapter:  # model.dtype auto on a GPU
-        raise UserInputError(MUON_16_BIT)
+        raise UserInputError(WHOLE_16_BIT.format(run.train.optimizer))
+
+
+def _muon(groups: list[dict], run: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    from rayft_core.train.muon import MuonWithAdamW, hidden_matrices
+
+    _whole_tensors(run)
     return MuonWithAdamW(groups, hidden_matrices(model), run.train.learning_rate, betas=(0.9, 0.999), eps=1e-8)
+
+
+def _adam_mini(groups: list[dict], run: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    from rayft_core.train.adam_mini import AdamMini, block_sizes
+
+    _whole_tensors(run)
+    return AdamMini(groups, block_sizes(model), run.train.learning_rate, betas=(0.9, 0.999), eps=1e-8)
 
 
 # name -> (parameter groups, run, model) -> optimizer. A tuning method may name its own (TuningSection.optimizer).
@@ -53,9 +66,10 @@ OPTIMIZERS: dict[str, Callable[[list[dict], RunConfig, nn.Module], torch.optim.O
     "galore_adamw": _galore_adamw,
     "apollo_adamw": _apollo_adamw,
     "muon": _muon,
+    "adam_mini": _adam_mini,
 }
-MUON_16_BIT = (
-    "train.optimizer: muon with 16-bit full-parameter training: DeepSpeed's mixed-precision optimizer hands it "
+WHOLE_16_BIT = (
+    "train.optimizer: {} with 16-bit full-parameter training: DeepSpeed's mixed-precision optimizer hands it "
     "flattened weights; set model.dtype: float32, or train an adapter"
 )
 
@@ -70,13 +84,14 @@ def problems(run: RunConfig) -> list[str]:
             f"train.optimizer: tuning method {run.tuning.method} steps with its own optimizer "
             f"({run.tuning.optimizer}); leave train.optimizer at adamw"
         )
+    name = run.train.optimizer
     if run.deepspeed.zero_stage:
         out.append(
-            "train.optimizer: muon orthogonalises whole matrices and ZeRO-1/2/3 hand the optimizer flat partitions; "
+            f"train.optimizer: {name} reads each weight's shape and ZeRO-1/2/3 hand the optimizer flat partitions; "
             "set deepspeed.zero_stage: 0 (every worker holds the model, gradients are all-reduced)"
         )
     if run.model.dtype in ("bfloat16", "float16") and not run.tuning.trains_adapter:
-        out.append(MUON_16_BIT)
+        out.append(WHOLE_16_BIT.format(name))
     return out
 
 

@@ -1,6 +1,7 @@
-"""train.optimizer: muon (rayft_core.train.muon): Muon's update of a hidden matrix against the published algorithm by
-hand, AdamW on the rest, one schedule for both, its rules, LLaMA-Factory's use_muon, and a real DeepSpeed ZeRO-0
-engine that trains with it and restores it from a checkpoint."""
+"""train.optimizer muon and adam_mini, the optimizers that read each weight's shape: Muon's update of a hidden matrix
+against the published algorithm by hand, AdamW on the rest, one schedule for both; Adam-mini's blocks and its
+update by hand; their rules, LLaMA-Factory's keys, and a real DeepSpeed ZeRO-0 engine that trains with each and
+restores it from a checkpoint."""
 
 from __future__ import annotations
 
@@ -90,11 +91,51 @@ def test_muon_rules_and_llamafactorys_use_muon():
             validate_config({**MINIMAL, **sections, "train": {"optimizer": "muon"}})
     lora_bf16 = {"model": {"name_or_path": "m", "dtype": "bfloat16"}, "train": {"optimizer": "muon"}}
     assert validate_config({**MINIMAL, **lora_bf16}).train.optimizer == "muon"  # the adapter trains in fp32
-    raw, notes = translate({"model_name_or_path": "m", "stage": "sft", "dataset": "d", "use_muon": True})
+    lf = {"model_name_or_path": "m", "stage": "sft", "dataset": "d"}
+    raw, notes = translate({**lf, "use_muon": True})
     assert notes == [] and raw["train"]["optimizer"] == "muon"
+    raw, notes = translate({**lf, "use_adam_mini": True, "use_muon": True})  # LLaMA-Factory builds Adam-mini first
+    assert raw["train"]["optimizer"] == "adam_mini"
+    assert notes == ["warning: use_muon: true -- LLaMA-Factory builds the optimizer of use_adam_mini first; no effect"]
 
 
-def test_a_deepspeed_engine_trains_with_muon_and_restores_it_from_a_checkpoint(tiny_model, tmp_path):
+def test_adam_mini_keeps_one_second_moment_per_block_and_steps_by_hand(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    from rayft_core.train.adam_mini import AdamMini, block_sizes
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model("qwen2"), dtype=torch.float32)  # q/k/v biases
+    config, sizes = model.config, block_sizes(model)
+    head_dim = config.hidden_size // config.num_attention_heads
+    params = dict(model.named_parameters())
+    layer = "model.layers.0."
+    assert sizes[id(params["model.embed_tokens.weight"])] == config.hidden_size  # one per token
+    assert sizes[id(params[layer + "self_attn.q_proj.weight"])] == head_dim * config.hidden_size  # one per head
+    assert sizes[id(params[layer + "self_attn.k_proj.weight"])] == head_dim * config.hidden_size
+    assert sizes[id(params[layer + "mlp.down_proj.weight"])] == config.intermediate_size  # one per output neuron
+    assert sizes[id(params[layer + "input_layernorm.weight"])] == config.hidden_size  # one per tensor
+    assert sizes[id(params[layer + "self_attn.q_proj.bias"])] == 1  # Adam's own
+
+    torch.manual_seed(0)
+    before = {n: p.detach().clone() for n, p in params.items()}
+    grads = {n: torch.randn_like(p) for n, p in params.items()}
+    for n, p in params.items():
+        p.grad = grads[n].clone()
+    lr = 1e-3
+    optimizer = AdamMini([{"params": list(params.values()), "lr": lr}], sizes, lr, (0.9, 0.999), 1e-8)
+    optimizer.step()
+    # first step: m = (1 - b1) g, v = (1 - b2) mean(g^2) over the block: the update is lr g / rms(g) of its block
+    for name in (layer + "self_attn.q_proj.weight", "model.embed_tokens.weight", layer + "input_layernorm.weight"):
+        g = grads[name].reshape(-1, sizes[id(params[name])])
+        want = before[name] - lr * (g / (g.square().mean(1, keepdim=True).sqrt() + 1e-8)).view_as(before[name])
+        assert torch.allclose(params[name].detach(), want, atol=1e-6), name
+    state = sum(t.numel() for s in optimizer.state.values() for t in (s["m"], s["v"]))
+    weights = sum(p.numel() for p in params.values())
+    assert state < 0.55 * 2 * weights  # AdamW keeps 2 x the weights; Adam-mini about half of that
+
+
+@pytest.mark.parametrize("optimizer", ["muon", "adam_mini"])
+def test_a_deepspeed_engine_trains_and_restores_the_optimizer_from_a_checkpoint(tiny_model, tmp_path, optimizer):
     import deepspeed
 
     from rayft_core.model.checks import _run, _sft_batch, _single_process_group, _train_steps
@@ -104,7 +145,7 @@ def test_a_deepspeed_engine_trains_with_muon_and_restores_it_from_a_checkpoint(t
     from rayft_core.train.stages import STAGES
 
     _single_process_group()
-    run = _run(tiny_model("llama"), tmp_path / "out", tuning={"method": "full"}, train={"optimizer": "muon"})
+    run = _run(tiny_model("llama"), tmp_path / "out", tuning={"method": "full"}, train={"optimizer": optimizer})
     stage, tok = STAGES["sft"], load_tokenizer(run.model)
     config = build_deepspeed_config(run, torch.float32, world_size=1)
 
@@ -125,8 +166,11 @@ def test_a_deepspeed_engine_trains_with_muon_and_restores_it_from_a_checkpoint(t
     trained.save_checkpoint(str(tmp_path / "ckpt"), tag="t")
     restored = engine()
     restored.load_checkpoint(str(tmp_path / "ckpt"), tag="t")
-    muon = [o for o in restored.optimizer.parts if isinstance(o, torch.optim.Muon)][0]
-    buffers = [s["momentum_buffer"] for s in muon.state.values()]
-    assert buffers and all(b.abs().sum() > 0 for b in buffers)  # Muon's momentum came back
+    if optimizer == "muon":
+        muon = [o for o in restored.optimizer.parts if isinstance(o, torch.optim.Muon)][0]
+        buffers = [s["momentum_buffer"] for s in muon.state.values()]
+    else:
+        buffers = [s["v"] for s in restored.optimizer.state.values()]
+    assert buffers and all(b.abs().sum() > 0 for b in buffers)  # the optimizer's state came back
     for a, b in zip(trained.module.parameters(), restored.module.parameters()):
         assert torch.equal(a, b)

@@ -34,6 +34,7 @@ from rayft_core.methods import FullTuning as FullTuning
 from rayft_core.methods import GaloreTuning as GaloreTuning
 from rayft_core.methods import LoraTuning, TuningConfig, expand_alias
 from rayft_core.methods import PeftTuning as PeftTuning
+from rayft_core.model_config import ModelConfig as ModelConfig
 from rayft_core.schema import ConfigError, Section, apply_override, read_yaml, validate_section
 from rayft_core.stage_config import SftStage, StageConfig
 from rayft_core.sweep_config import SweepConfig
@@ -41,71 +42,6 @@ from rayft_core.sweep_config import SweepConfig
 # Sections that are tagged unions: section -> (tag key, default tag). Read shorthand (`stage: pt`),
 # fill a missing tag, and hide the tag from error paths.
 UNION_TAGS = {"stage": ("name", "sft"), "tuning": ("method", "lora")}
-
-
-# ----------------------------------------------------------------------------- model
-
-
-class ModelConfig(Section):
-    name_or_path: str = Field(
-        description="Local directory (or hub id, when online) of a causal LM that transformers' Auto classes load."
-    )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto",
-        description="Compute dtype. auto: bfloat16 on CUDA with compute capability >= 8, float16 below, float32 on CPU.",
-    )
-    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
-        "auto", description="auto: flash_attention_2 when installed and on CUDA, else sdpa."
-    )
-    rope_scaling: Literal["linear", "dynamic", "yarn"] | None = Field(
-        None,
-        description="RoPE scaling type used when data.max_seq_len exceeds the model's max_position_embeddings; "
-        "factor = max_seq_len / max_position_embeddings.",
-    )
-    gradient_checkpointing: bool = Field(
-        False, description="Recompute activations in backward: less memory, ~30% more compute."
-    )
-    trust_remote_code: bool = Field(
-        False, description="Run modelling code shipped with the checkpoint. Off unless you trust it."
-    )
-    add_special_tokens: list[str] = Field(
-        default_factory=list,
-        description="Extra special tokens; the embeddings are resized and new rows set to the noisy mean of the old ones.",
-    )
-    template: str | None = Field(
-        None,
-        description="A named chat template (llama3, qwen, chatml, mistral, gemma, phi, deepseek3, alpaca, default, "
-        "empty) instead of the tokenizer's own; see `rayft data templates`.",
-    )
-    chat_template: str | None = Field(None, description="A Jinja chat template that replaces the tokenizer's own.")
-    router_aux_loss_coef: float | None = Field(
-        None,
-        ge=0,
-        description="Mixture-of-experts models: weight of the router's load-balancing loss added to pt/sft's loss "
-        "(logged as train/aux_loss). Default: the model config's router_aux_loss_coef; 0 turns it off.",
-    )
-    from_scratch: bool = Field(
-        False,
-        description="Start from randomly initialised weights of name_or_path's architecture (its config.json) "
-        "instead of its trained weights: pre-training a new model (LLaMA-Factory's train_from_scratch).",
-    )
-    upcast_layernorm: bool = Field(
-        False,
-        description="LoRA on a 16-bit base: keep the normalisation layers' weights in float32, their outputs in the "
-        "model's dtype (LLaMA-Factory's upcast_layernorm).",
-    )
-
-    def problems(self, run: RunConfig) -> list[str]:
-        """Its rules on the rest of the run, each as 'path: what to change'."""
-        problems = []
-        if self.from_scratch and getattr(run.tuning, "quantization_bit", None):
-            problems.append("model.from_scratch: random new weights are not quantized; remove tuning.quantization_bit")
-        if self.upcast_layernorm and (run.tuning.method != "lora" or run.deepspeed.zero_stage == 3):
-            problems.append(
-                "model.upcast_layernorm: only with LoRA under ZeRO 0-2 (full-parameter training in bf16/fp16 keeps "
-                "an fp32 master copy of every weight already, and ZeRO-3 partitions the norms it would upcast)"
-            )
-        return problems
 
 
 # ----------------------------------------------------------------------------- optimisation

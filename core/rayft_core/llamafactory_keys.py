@@ -91,9 +91,15 @@ def _gradient_checkpointing(t: Translation, key: str, value: Any) -> None:
         t.set("model.gradient_checkpointing", True)
 
 
-def _add_special_tokens(t: Translation, key: str, value: Any) -> None:
-    if value:
-        t.set("model.add_special_tokens", as_list(value))
+def _add_tokens(t: Translation, key: str, value: Any) -> None:
+    """add_tokens, add_special_tokens; resize_vocab, which they turn on in LLaMA-Factory too."""
+    adds = t.raw.get("add_tokens") or t.raw.get("add_special_tokens")
+    if key != "resize_vocab" and value:
+        t.set(f"model.{key}", as_list(value))
+    elif key == "resize_vocab" and value and not adds:
+        t.note(key, "rayft grows the embeddings only for tokens it adds (model.add_tokens)", error=True)
+    elif key == "resize_vocab" and value:
+        t.note(key, "rayft grows the embeddings to the tokenizer exactly; LLaMA-Factory pads them to a multiple of 64")
 
 
 def _datasets(t: Translation, key: str, value: Any) -> None:
@@ -290,7 +296,9 @@ SPECIAL = {
     "fp16": _dtype,
     "disable_gradient_checkpointing": _gradient_checkpointing,
     "gradient_checkpointing": _gradient_checkpointing,
-    "add_special_tokens": _add_special_tokens,
+    "add_special_tokens": _add_tokens,
+    "add_tokens": _add_tokens,
+    "resize_vocab": _add_tokens,
     "dataset": _datasets,
     "eval_dataset": _datasets,
     "val_size": _val_size,

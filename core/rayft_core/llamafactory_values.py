@@ -194,9 +194,8 @@ REFUSED = {
     ),
     **_refused("rayft loads a local directory or the hub's default revision", model_revision="main"),
     **_refused(
-        "rayft adds special tokens only (model.add_special_tokens), their rows set to the noisy mean",
-        resize_vocab=False,
-        add_tokens=None,
+        "rayft grows the embeddings for the tokens it adds (model.add_tokens, model.add_special_tokens), their rows "
+        "set to the noisy mean, and trains them",
         new_special_tokens_config=None,
     ),
     **_refused(

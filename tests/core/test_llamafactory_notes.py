@@ -189,7 +189,6 @@ def test_llamafactorys_default_values_are_never_noted():
         ({"fp8": True}, "fp8"),
         ({"model_revision": "v2"}, "model_revision"),
         ({"resize_vocab": True}, "resize_vocab"),
-        ({"add_tokens": "<a>,<b>"}, "add_tokens"),
         ({"mix_strategy": "interleave_once"}, "mix_strategy"),
         ({"default_system": "You are helpful."}, "default_system"),
         ({"tool_format": "qwen"}, "tool_format"),

@@ -66,6 +66,33 @@ def test_added_special_tokens_get_noisy_mean_embeddings(tiny_model, workdir):
     assert any("lm_head.modules_to_save" in n for n in trainable)
 
 
+def test_added_ordinary_tokens_are_kept_whole_not_special_and_train_their_rows(tiny_model, workdir):
+    """model.add_tokens (LLaMA-Factory's add_tokens): words the tokenizer then keeps as one token, not special (a
+    decode that skips special tokens keeps them); the embeddings grow and, under LoRA, train."""
+    from rayft_core.llamafactory import translate
+
+    model_cfg = {"name_or_path": str(tiny_model("llama")), "add_tokens": ["rayftium", "zyxqua"]}
+    run = _run(tiny_model, workdir, model=model_cfg)
+    plain = load_tokenizer(_run(tiny_model, workdir, model={"name_or_path": str(tiny_model("llama"))}).model)
+    tokenizer = load_tokenizer(run.model)
+    assert len(plain("rayftium")["input_ids"]) > 1  # split before
+    ids = tokenizer("rayftium", add_special_tokens=False)["input_ids"]
+    assert ids == [tokenizer.convert_tokens_to_ids("rayftium")] and len(tokenizer) == len(plain) + 2
+    assert "rayftium" in tokenizer.decode(ids, skip_special_tokens=True)
+    model = load_model(run, tokenizer)
+    assert model.get_input_embeddings().weight.shape[0] == len(tokenizer)
+    lora = apply_tuning(model, run)
+    assert any("embed_tokens.modules_to_save" in n for n, p in lora.named_parameters() if p.requires_grad)
+    raw, notes = translate(
+        {"model_name_or_path": "m", "dataset": "d", "add_tokens": "rayftium, zyxqua", "resize_vocab": True}
+    )
+    assert raw["model"]["add_tokens"] == ["rayftium", "zyxqua"]
+    assert notes == [
+        "warning: resize_vocab: true -- rayft grows the embeddings to the tokenizer exactly; LLaMA-Factory pads them "
+        "to a multiple of 64"
+    ]
+
+
 def test_adapters_stay_fp32_on_a_16_bit_base(tiny_model, workdir):
     run = _run(
         tiny_model,

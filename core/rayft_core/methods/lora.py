@@ -121,9 +121,7 @@ class LoraTuning(TuningSection):
         unknown = [m for m in self.train_modules if not any(name.endswith(m) for name in names)]  # PEFT's matching
         if unknown:
             raise TuningError(f"tuning.train_modules: the model has no module named {', '.join(unknown)}")
-        return sorted(
-            set(self.train_modules) | set(_embedding_module_names(model) if run.model.add_special_tokens else [])
-        )
+        return sorted(set(self.train_modules) | set(_embedding_module_names(model) if run.model.adds_tokens else []))
 
     def _expert_parameters(self, model: "nn.Module") -> list[str] | None:
         if not self.target_experts:

@@ -155,6 +155,8 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
         tokenizer.add_special_tokens(
             {"additional_special_tokens": list(cfg.add_special_tokens)}, replace_extra_special_tokens=False
         )
+    if cfg.add_tokens:
+        tokenizer.add_tokens(list(cfg.add_tokens), special_tokens=False)
     apply_template(tokenizer, cfg)  # after the added tokens: it warns about turn markers the vocabulary lacks
     if tokenizer.pad_token_id is None:  # many base models ship without one; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token

@@ -41,7 +41,7 @@ def streaming_problem(run: Any, adapter_dir: Path) -> str | None:
         "ranks or alphas differ per module": config.get("rank_pattern") or config.get("alpha_pattern"),
         "the base ties its head to the embeddings the adapter retrained": base_config.get("tie_word_embeddings")
         and config.get("modules_to_save"),
-        "the run added tokens and the adapter does not carry the embeddings": run.model.add_special_tokens
+        "the run added tokens and the adapter does not carry the embeddings": run.model.adds_tokens
         and not config.get("modules_to_save"),
         "the base has no local safetensors files": not weight_files(base),
     }

@@ -39,7 +39,7 @@ CONFIGS = {  # name -> (workers, deepspeed section)
     "ZeRO-2 x2": (2, {"zero_stage": 2}),
     "ZeRO-3 x2": (2, {"zero_stage": 3}),
     # DeepSpeed keeps up to 1e9 gathered parameters alive by default: at this size the whole model stays gathered
-    "ZeRO-3 x2, max_live 5e7": (2, {"zero_stage": 3, "max_live_parameters": 50_000_000}),
+    "ZeRO-3 x2 max_live 5e7": (2, {"zero_stage": 3, "max_live_parameters": 50_000_000}),
 }  # optimizer offload is left out: it moves states from GPU to CPU memory, and rayft refuses it without a GPU
 
 

@@ -35,10 +35,10 @@ def test_each_zero_stage_divides_what_it_shards(tiny_model, tmp_path):
     assert z1["optimizer states"] == total * 12 / 2 and z1["gradients"] == z0["gradients"]
     assert z2["gradients"] == z0["gradients"] / 2 and z2["parameters"] == z0["parameters"]
     assert z3["parameters"] == z0["parameters"] / 2 and "gathered while computing" not in z2
-    assert z3["gathered while computing"] == total * 4  # DeepSpeed keeps up to 1e9 gathered: all of a small model
+    assert 0 < z3["gathered while computing"] < total * 4  # two decoder layers or the head, the bigger
     assert z3["gradient and prefetch buckets"] == 2 * 5e7 * 4
-    live = _parts(tiny_model, tmp_path, deepspeed={"zero_stage": 3, "max_live_parameters": 1}, **full)
-    assert live["gathered while computing"] < total * 4  # two decoder layers or the head, the bigger
+    prefetch = _parts(tiny_model, tmp_path, deepspeed={"zero_stage": 3, "prefetch_bucket_size": 10**6}, **full)
+    assert prefetch["gradient and prefetch buckets"] == (5e7 + 10**6) * 4
 
 
 def test_lora_checkpointing_and_a_4bit_base_shrink_their_parts(tiny_model, tmp_path):

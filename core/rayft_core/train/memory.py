@@ -3,8 +3,8 @@
 Per worker, for the run's ZeRO stage over its data-parallel workers (N):
 
 - parameters: every weight in its dtype (a 4-bit base: half a byte each), / N under ZeRO-3, plus what ZeRO-3
-  gathers while it computes (up to deepspeed.max_live_parameters of the model: all of a model under 1e9
-  parameters by default) and its gradient and prefetch buckets;
+  gathers while it computes (about two decoder layers, or the output head when that is bigger) and its gradient
+  and prefetch buckets;
 - gradients: the trainable parameters' (in their dtype), / N from ZeRO-2;
 - optimizer states: AdamW's two fp32 moments per trainable parameter, and DeepSpeed's fp32 master copy (every
   ZeRO stage from 1 keeps one, also of fp32 weights; ZeRO-0 where it trains 16-bit weights in mixed precision),
@@ -15,8 +15,9 @@ Per worker, for the run's ZeRO stage over its data-parallel workers (N):
   layer's recomputation; with sequence parallelism a worker's 1/N of the tokens. The loss's logits are computed in chunks (rayft_core.train.losses) and left out.
 
 It is an estimate, measured against the workers' peak memory on CPU in benchmarks/zero3_memory.py (a 0.35B Llama;
-the figures are in benchmarks/README.md). The framework's memory (Python, torch, Ray; a CUDA context on GPUs) is
-one line of a gigabyte.
+the figures are in benchmarks/README.md): within 11% for ZeRO-0 and 15% for ZeRO-2, but ZeRO-3 workers hold about
+1.9 GB more than it counts there, with the default or a small max_live_parameters alike, for a reason not found
+yet. The framework's memory (Python, torch, Ray; a CUDA context on GPUs) is one line of a gigabyte.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def estimate_memory(run: Any, model: nn.Module, config: Any, bytes_per_value: in
         ),
     ]
     if zero == 3:
-        parts.append(("gathered while computing (ZeRO-3)", _gathered_bytes(model, ds, bytes_per_value), "device"))
+        parts.append(("gathered while computing (ZeRO-3)", _gathered_bytes(model, bytes_per_value), "device"))
         parts.append(("gradient and prefetch buckets (ZeRO-3)", _bucket_bytes(ds, bytes_per_value), "device"))
     parts.append(("activations", _activation_bytes(run, config, bytes_per_value), "device"))
     parts.append(("framework (Python, torch, DeepSpeed)", RUNTIME_BYTES, "host"))
@@ -98,23 +99,19 @@ def _offloaded_to(ds: Any) -> str:
     return "nvme" if ds.offload_nvme_path else "host"
 
 
-DEEPSPEED_MAX_LIVE = 10**9  # stage3_max_live_parameters and stage3_max_reuse_distance, DeepSpeed's defaults
 DEEPSPEED_BUCKET = 5 * 10**7  # rayft's reduce_bucket_size, and DeepSpeed's default stage3_prefetch_bucket_size
 
 
-def _gathered_bytes(model: nn.Module, ds: Any, bytes_per_value: int) -> float:
-    """What ZeRO-3 holds whole while it computes. DeepSpeed keeps a gathered parameter until more than
-    max_live_parameters are live, and does not release one it will use again within max_reuse_distance (every
-    one, in backward): so up to max_live_parameters of the model (all of it below 1e9 by default), and at least
-    the current and the prefetched decoder layer, or the output head when that is bigger."""
+def _gathered_bytes(model: nn.Module, bytes_per_value: int) -> float:
+    """What ZeRO-3 holds whole while it computes: about two decoder layers (the current one and the prefetched
+    next), or the output head when that is bigger."""
     from rayft_core.methods.layers import decoder_layers
 
     layers = decoder_layers(model)
     total = sum(p.numel() for p in model.parameters())
     per_layer = sum(p.numel() for p in layers[0].parameters()) if layers else total
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    least = max(2 * per_layer, head.weight.numel() if head is not None else 0)
-    return max(least, min(total, ds.max_live_parameters or DEEPSPEED_MAX_LIVE)) * bytes_per_value
+    return max(2 * per_layer, head.weight.numel() if head is not None else 0) * bytes_per_value
 
 
 def _bucket_bytes(ds: Any, bytes_per_value: int) -> float:

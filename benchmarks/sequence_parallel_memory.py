@@ -6,7 +6,8 @@ sequences (data parallel, cluster.sequence_parallel_size 1) against the two spli
 A small model on purpose (a random 4-layer Llama, hidden 512, heads of 128, a 32k vocabulary: 46M parameters), so
 that the sequence, not the weights, fills the workers, and so that 16k tokens of attention run on 2 CPU cores at
 all. Each run is `rayft train` as a whole process: ZeRO-2, one row a micro-batch, one step of rows cut to --seq
-tokens from long documents, no packing, no gradient checkpointing. Printed per length: the largest worker's peak
+tokens from long documents, no packing, no gradient checkpointing, glibc returning freed large blocks
+(zero3_memory.LIVE_MEMORY: else the heap keeps every micro-step's high-water mark and hides what is live). Printed per length: the largest worker's peak
 RSS (VmHWM) for SP=1 and SP=2, and each one's activations, taken as its peak minus the same configuration's
 peak at --short tokens (weights, optimizer states and the framework cost the same at both lengths).
 """

@@ -5,7 +5,8 @@ ZeRO-2 and ZeRO-3 on two, for this checkout and (--before REV) an earlier commit
 
 Each run is `rayft train` as a whole process on a random-weight Llama (--hidden 1536: 0.70B parameters, fp32
 weights 2.8 GB; --hidden 1024: 0.35B; 24 layers, a 32k vocabulary; built once under --work) for --steps steps of
-pre-training at --seq tokens. A sampler reads every Ray Train worker's peak RSS (the kernel's VmHWM) every half
+pre-training at --seq tokens, with glibc returning freed large blocks (LIVE_MEMORY). A sampler reads every Ray
+Train worker's peak RSS (the kernel's VmHWM) every half
 second. Printed: the largest worker's peak per configuration and version, its ratio to ZeRO-0 x1, the run's wall
 time, and rayft's own estimate of the same run (`rayft config validate`'s table, rayft_core.train.memory) beside
 it. --before runs that commit's code from a git worktree, with this checkout's virtual environment.
@@ -34,6 +35,10 @@ from benchmarks._peer import (  # noqa: E402
 )
 
 REPO = Path(__file__).resolve().parents[1]
+# glibc raises its mmap threshold as large blocks are freed, after which freed activations stay in the process's
+# heap: its RSS then keeps the high-water mark of every micro-step's pattern, not what is live. A fixed threshold
+# returns each large block to the system when PyTorch frees it (GPU runs measure their caching allocator instead).
+LIVE_MEMORY = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 CONFIGS = {  # name -> (workers, deepspeed section)
     "ZeRO-0 x1": (1, {"zero_stage": 0}),
     "ZeRO-2 x2": (2, {"zero_stage": 2}),
@@ -114,7 +119,7 @@ def measure_workers(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -
     peaks: dict[int, int] = {}
     anon: dict[int, int] = {}
     t0 = time.perf_counter()
-    proc = spawn(cmd, cwd, offline_env(env))
+    proc = spawn(cmd, cwd, offline_env({**LIVE_MEMORY, **env}))
     reader = log_output(proc, log, t0)
     while proc.poll() is None:
         for p in psutil.process_iter():

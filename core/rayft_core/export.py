@@ -8,17 +8,21 @@ llama.cpp/Ollama converters load without PEFT or rayft.
   against the quantized base, so that base is loaded quantized as in training and dequantized before
   the merge: the merged weights are the ones the adapter saw, not the original higher-precision ones;
 - a full-parameter output is re-cut into shards (and cast when asked) tensor by tensor, never loaded whole;
-- a checkpoint of a full-parameter run (RUN_DIR/checkpoint_...) is written from its ZeRO partitions weight by
-  weight, never holding the model or the optimizer's state whole (rayft_core.model.from_checkpoint);
+- a checkpoint (RUN_DIR/checkpoint_...) of a full-parameter run is written from its ZeRO partitions weight by
+  weight, never holding the model or the optimizer's state whole; an adapter run's checkpoint gives its adapter,
+  merged as a finished run's is (rayft_core.model.from_checkpoint);
 - weights as safetensors shards of at most max_shard_size, the tokenizer, its chat template as
   chat_template.jinja, a reward model's value_head.safetensors, and optionally an Ollama Modelfile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +31,7 @@ import torch
 from rayft_core import ownership
 from rayft_core.config import RunConfig, load_config
 from rayft_core.errors import UserInputError
-from rayft_core.model.from_checkpoint import write_checkpoint_model
+from rayft_core.model.from_checkpoint import write_checkpoint_adapter, write_checkpoint_model
 from rayft_core.model.loader import load_tokenizer, quantization_config, resize_embeddings, resolve_dtype
 from rayft_core.model.merge import merge_streamed, streaming_problem
 from rayft_core.model.shards import copy_model_files, reshard
@@ -76,11 +80,6 @@ def read_checkpoint_run(checkpoint: Path) -> RunConfig:
             break
     else:
         raise ExportError(f"checkpoint {checkpoint} has no {CONFIG_FILE} in it or beside it: its run is unknown")
-    if run.tuning.trains_adapter:
-        raise ExportError(
-            f"checkpoint {checkpoint} is of an adapter run ({run.tuning.method}): rayft exports a full-parameter "
-            "run's checkpoints; finish the adapter run (`rayft train CONFIG --resume`) and export its directory"
-        )
     return run
 
 
@@ -133,29 +132,53 @@ def export_model(
         tokenizer = load_tokenizer(run.model.model_copy(update={"trust_remote_code": trust_remote_code}))
     else:
         tokenizer = AutoTokenizer.from_pretrained(run_dir)
-    adapter = not checkpoint and (run_dir / ADAPTER_FILE).is_file()
-    why_whole = streaming_problem(run, run_dir) if adapter else None
-    model = merged_model(run, run_dir, tokenizer, trust_remote_code) if why_whole else None
-    if why_whole:
-        logger.info("merging on the whole model (%s)", why_whole)
-    with ownership.staged_dir(dest) as staged:
-        if model is not None:
-            model = model.to(resolve_dtype(dtype)) if dtype is not None else model
-            model.save_pretrained(staged, max_shard_size=max_shard_size, safe_serialization=True)
-        elif checkpoint:  # weight by weight from the ranks' partitions
-            write_checkpoint_model(
-                run, run_dir, staged, max_shard_size, resolve_dtype(dtype) if dtype else None, trust_remote_code
-            )
-        elif adapter:  # merged weight by weight: the base is never loaded whole
-            merge_streamed(run, run_dir, staged, max_shard_size, resolve_dtype(dtype or "float32"))
-        else:  # a full model is re-cut tensor by tensor, never loaded whole
+    with _weights_source(run, run_dir, checkpoint) as source, ownership.staged_dir(dest) as staged:
+        if checkpoint and source == run_dir:  # a full-parameter checkpoint: weight by weight from its partitions
             cast = resolve_dtype(dtype) if dtype else None
-            reshard(run_dir, staged, max_shard_size, cast)
-            copy_model_files(run_dir, staged, cast)
-        _write_beside_weights(staged, run_dir, tokenizer, ollama)
+            write_checkpoint_model(run, run_dir, staged, max_shard_size, cast, trust_remote_code)
+        else:
+            _write_weights(run, source, staged, tokenizer, max_shard_size, dtype, trust_remote_code)
+        _write_beside_weights(staged, source, tokenizer, ollama)
         record = {"exported_from": str(run_dir.absolute()), "dtype": dtype, "max_shard_size": max_shard_size}
         (staged / EXPORT_MARKER).write_text(json.dumps(record, indent=2) + "\n")
     return dest
+
+
+@contextlib.contextmanager
+def _weights_source(run: RunConfig, run_dir: Path, checkpoint: bool) -> Iterator[Path]:
+    """Where the trained weights are read: the run directory (or checkpoint), or for an adapter run's checkpoint a
+    temporary directory of rayft's holding that adapter as PEFT saves it."""
+    if not (checkpoint and run.tuning.trains_adapter):
+        yield run_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="rayft-adapter-") as tmp:
+        write_checkpoint_adapter(run, run_dir, Path(tmp))
+        yield Path(tmp)
+
+
+def _write_weights(
+    run: RunConfig,
+    source: Path,
+    staged: Path,
+    tokenizer: Any,
+    max_shard_size: str,
+    dtype: str | None,
+    trust_remote_code: bool,
+) -> None:
+    """A finished run's model (or an adapter) from ``source`` as shards in ``staged``."""
+    adapter = (source / ADAPTER_FILE).is_file()
+    why_whole = streaming_problem(run, source) if adapter else None
+    if why_whole:
+        logger.info("merging on the whole model (%s)", why_whole)
+        model = merged_model(run, source, tokenizer, trust_remote_code)
+        model = model.to(resolve_dtype(dtype)) if dtype is not None else model
+        model.save_pretrained(staged, max_shard_size=max_shard_size, safe_serialization=True)
+    elif adapter:  # merged weight by weight: the base is never loaded whole
+        merge_streamed(run, source, staged, max_shard_size, resolve_dtype(dtype or "float32"))
+    else:  # a full model is re-cut tensor by tensor, never loaded whole
+        cast = resolve_dtype(dtype) if dtype else None
+        reshard(source, staged, max_shard_size, cast)
+        copy_model_files(source, staged, cast)
 
 
 def _write_beside_weights(staged: Path, run_dir: Path, tokenizer: Any, ollama: bool) -> None:

@@ -41,9 +41,9 @@ def export(
     base dequantized first), safetensors shards, tokenizer, chat_template.jinja, a reward model's value head.
     OUTPUT must be new or empty (or an earlier export, with --overwrite); it appears whole or not at all.
 
-    RUN_DIR may also be one of a full-parameter run's checkpoints (RUN_DIR/checkpoint_...): its ZeRO partitions
-    are written weight by weight from the fp32 master copy (cast with --dtype), on one machine, never holding
-    the model or the optimizer's state whole.
+    RUN_DIR may also be one of a run's checkpoints (RUN_DIR/checkpoint_...): a full-parameter run's ZeRO
+    partitions are written weight by weight from the fp32 master copy (cast with --dtype), on one machine, never
+    holding the model or the optimizer's state whole; an adapter run's adapter is merged into its base.
 
     Example: rayft export outputs/sft-lora -o exported/sft --dtype bfloat16 --ollama
     """

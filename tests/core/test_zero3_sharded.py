@@ -230,13 +230,22 @@ def test_rayft_export_writes_a_zero3_checkpoint_as_the_trained_model(zero3_runs,
     assert tensor_headers([out / "value_head.safetensors"]) if case == "full-rm" else True
 
 
-def test_rayft_export_refuses_an_adapter_runs_checkpoint(zero3_runs, tmp_path):
-    from rayft_core.export import ExportError, export_model
+def test_rayft_export_merges_an_adapter_runs_checkpoint_into_the_trained_model(zero3_runs, tmp_path):
+    """A LoRA run's ZeRO-3 checkpoint holds only the adapter: exported, it is merged into the base and gives the
+    logits the trained engine gave."""
+    from transformers import AutoModelForCausalLM
 
-    root, _ = zero3_runs
-    with pytest.raises(ExportError, match="is of an adapter run"):
-        export_model(root / "lora-sft" / "checkpoint_2", tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+    from rayft_core.export import export_model
+    from rayft_core.model.matrix import run_config
+    from rayft_core.train.stages import STAGES
+
+    root, tok = zero3_runs
+    out = export_model(root / "lora-sft" / "checkpoint_2", tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    _, batch = _batch(STAGES["sft"], tok, run_config(root / "model", root / "x"), rank=0)
+    trained = torch.tensor(_facts(root, "lora-sft")[0]["outputs"])
+    assert torch.allclose(torch.tensor(_outputs(merged, batch)), trained, atol=1e-4)
+    assert not list(out.glob("adapter_*"))  # a standalone model, not an adapter
 
 
 def _tensors(model_dir: Path) -> dict[str, torch.Tensor]:

@@ -8,8 +8,9 @@ They are written module by module of the model built on the meta device (no memo
 uses (transformers' load-time conversions reverted), as ``save_partitioned`` writes the end of a run. Weights the
 run did not train (freeze tuning) come from the base model's files; a reward model's head goes beside them.
 
-An adapter run's checkpoint holds the adapter in the names of PEFT's wrapped model; exporting it is not built yet
-(``ExportError`` says so): export the run once it has finished.
+An adapter run's checkpoint holds only what trained, in the names of PEFT's wrapped model: ``write_checkpoint_adapter``
+saves it as PEFT saves an adapter, through the run's model wrapped by its tuning method on the meta device, and the
+export merges it as it merges a finished run's.
 """
 
 from __future__ import annotations
@@ -74,6 +75,30 @@ def write_checkpoint_model(
         writer.add(revert_weight_conversion(model, tensors))
     writer.close()
     write_model_config(model, dest)
+    if head:
+        save_value_head(dest, {n: w.contiguous() for n, w in head.items()})
+
+
+def write_checkpoint_adapter(run: Any, checkpoint: Path, dest: Path) -> None:
+    """The adapter of an adapter run as trained up to ``checkpoint``, in ``dest`` as PEFT saves it (adapter_config.json
+    and the adapter's weights), a reward model's head beside it."""
+    from rayft_core.model.loader import ModelFacts
+
+    weights = checkpoint_weights(checkpoint)
+    head = {n.removeprefix(HEAD_PREFIX): w for n, w in weights.items() if n.startswith(HEAD_PREFIX)}
+    trained = {
+        n.removeprefix(LM_PREFIX) if head else n: w.contiguous()
+        for n, w in weights.items()
+        if not n.startswith(HEAD_PREFIX)
+    }
+    try:
+        model = ModelFacts(run).tuned_meta_model  # PEFT's wrapping of the run's model, weightless
+    except Exception as e:  # an initialisation that needs real weights (PiSSA's SVD, a quantized base)
+        raise UserInputError(
+            f"checkpoint {checkpoint}: cannot rebuild tuning method {run.tuning.method}'s adapter without the "
+            f"base's weights ({e}); export the finished run instead"
+        ) from e
+    model.save_pretrained(dest, state_dict=trained, safe_serialization=True)
     if head:
         save_value_head(dest, {n: w.contiguous() for n, w in head.items()})
 

@@ -14,10 +14,10 @@ Per worker, for the run's ZeRO stage over its data-parallel workers (N):
   attention scores where attention is eager; with gradient checkpointing only each layer's input and one
   layer's recomputation; with sequence parallelism a worker's 1/N of the tokens. The loss's logits are computed in chunks (rayft_core.train.losses) and left out.
 
-It is an estimate, measured against the workers' peak memory on CPU in benchmarks/zero3_memory.py (a 0.35B Llama;
-the figures are in benchmarks/README.md): within 11% for ZeRO-0 and 15% for ZeRO-2, but ZeRO-3 workers hold about
-1.9 GB more than it counts there, with the default or a small max_live_parameters alike, for a reason not found
-yet. The framework's memory (Python, torch, Ray; a CUDA context on GPUs) is one line of a gigabyte.
+It is an estimate, measured against the workers' live peak memory on CPU in benchmarks/zero3_memory.py (a 0.35B
+Llama; benchmarks/README.md): within 7% for ZeRO-0 and 2% for ZeRO-2; ZeRO-3's rank 0 holds 7% more (it also
+reads the checkpoint and writes the model). The framework's memory (Python, torch, Ray; a CUDA context on GPUs)
+is one line of a gigabyte.
 """
 
 from __future__ import annotations

@@ -58,10 +58,11 @@ class TrainConfig(Section):
         0.0, ge=0, lt=1, description="Fraction of the optimizer steps spent warming up linearly."
     )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    optimizer: Literal["adamw", "muon", "adam_mini"] = Field(
+    optimizer: Literal["adamw", "muon", "adam_mini", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"] = Field(
         "adamw",
-        description="muon: orthogonalised updates on the 2-D hidden weights, AdamW on the rest (use_muon); "
-        "adam_mini: one second moment per block (use_adam_mini). Both: ZeRO-0, fp32 weights or an adapter.",
+        description="muon: orthogonalised updates on 2-D hidden weights, AdamW on the rest (use_muon); adam_mini: one "
+        "second moment per block (use_adam_mini), both ZeRO-0 with fp32 weights or an adapter; adamw_8bit, paged_*: "
+        "bitsandbytes' AdamW with 8-bit or paged states (LLaMA-Factory's optim names).",
     )
     max_grad_norm: float = Field(1.0, ge=0, description="Clip the global gradient norm (0 = off).")
     token_loss: Literal["cross_entropy", "dft", "eaft"] = Field(

@@ -103,7 +103,37 @@ def _use_llama_pro(t: Translation, key: str, value: Any) -> None:
         t.note(key, "rayft's LLaMA Pro is freeze tuning (tuning.spread, tuning.expand_layers)", error=True)
 
 
+# HF Trainer's optim names -> rayft's train.optimizer (its AdamW for the torch ones)
+LF_OPTIM = {
+    **dict.fromkeys(("adamw_torch", "adamw_torch_fused", "adamw_hf"), "adamw"),
+    **dict.fromkeys(("adamw_bnb_8bit", "adamw_8bit"), "adamw_8bit"),
+    "paged_adamw_8bit": "paged_adamw_8bit",
+    "paged_adamw_32bit": "paged_adamw_32bit",
+}
+
+
+def _optim(t: Translation, key: str, value: Any) -> None:
+    """optim: HF's optimizer name. LLaMA-Factory's own optimizers (GaLore...) replace it when they are on."""
+    own = [k for k in ("use_galore", "use_apollo", "use_adam_mini", "use_muon") if t.raw.get(k)]
+    if value not in LF_OPTIM:
+        names = ", ".join(k for k, v in LF_OPTIM.items() if v != "adamw")
+        t.note(
+            key, f"rayft trains with AdamW, bitsandbytes' {names} or its methods' optimizers, not {value}", error=True
+        )
+    elif LF_OPTIM[value] == "adamw":
+        return
+    elif own and own[0] in ("use_galore", "use_apollo"):
+        t.note(
+            key, f"rayft's {own[0][4:]} steps with its AdamW; LLaMA-Factory would take {value}'s variant", error=True
+        )
+    elif own:
+        t.note(key, f"LLaMA-Factory builds the optimizer of {own[0]} instead; no effect")
+    else:  # LoRA+ and BAdam build on it in LLaMA-Factory, as LoRA+ does in rayft
+        t.set("train.optimizer", LF_OPTIM[value])
+
+
 METHOD_KEYS_SPECIAL = {
+    "optim": _optim,
     "adapter_name_or_path": _adapter,
     "adapter_folder": _adapter_folder,
     "create_new_adapter": _create_new_adapter,

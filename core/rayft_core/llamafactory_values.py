@@ -177,7 +177,6 @@ REFUSED = {
     ),
     **_refused(
         _OPTIM,
-        optim=("adamw_torch", "adamw_torch_fused", "adamw_hf"),
         adam_beta1=0.9,
         adam_beta2=0.999,
         adam_epsilon=1e-8,

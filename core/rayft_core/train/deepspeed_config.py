@@ -38,6 +38,9 @@ def build_deepspeed_config(run: RunConfig, dtype: torch.dtype, world_size: int) 
         "bf16": {"enabled": dtype == torch.bfloat16 and not run.tuning.trains_adapter},
         "fp16": {"enabled": dtype == torch.float16 and not run.tuning.trains_adapter},
         "steps_per_print": 10**9,
+        # ZeRO checks a client optimizer against the ones DeepSpeed tested; bitsandbytes' and rayft's own step
+        # whatever tensors ZeRO hands them (rayft_core.train.optim.problems refuses the pairs that cannot work)
+        "zero_allow_untested_optimizer": True,
         "wall_clock_breakdown": False,
     }
     if ds.offload_optimizer:  # offloaded states need DeepSpeed's own CPU Adam, not a client optimizer

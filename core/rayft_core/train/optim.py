@@ -60,6 +60,22 @@ def _adam_mini(groups: list[dict], run: RunConfig, model: nn.Module) -> torch.op
     return AdamMini(groups, block_sizes(model), run.train.learning_rate, betas=(0.9, 0.999), eps=1e-8)
 
 
+# bitsandbytes' AdamW with 8-bit states (blockwise-quantized moments), or paged (its states in CUDA unified memory,
+# evicted to the host under pressure; on CPU bitsandbytes warns and steps unpaged): train.optimizer -> its class.
+BITSANDBYTES = {"adamw_8bit": "AdamW8bit", "paged_adamw_8bit": "PagedAdamW8bit", "paged_adamw_32bit": "PagedAdamW32bit"}
+
+
+def _bitsandbytes(groups: list[dict], run: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ImportError(f"train.optimizer {run.train.optimizer} needs bitsandbytes: pip install 'rayft[qlora]'")
+    import bitsandbytes as bnb
+
+    optimizer = getattr(bnb.optim, BITSANDBYTES[run.train.optimizer])
+    return optimizer(groups, lr=run.train.learning_rate, betas=(0.9, 0.999), eps=1e-8)
+
+
 # name -> (parameter groups, run, model) -> optimizer. A tuning method may name its own (TuningSection.optimizer).
 OPTIMIZERS: dict[str, Callable[[list[dict], RunConfig, nn.Module], torch.optim.Optimizer]] = {
     "adamw": _adamw,
@@ -67,6 +83,7 @@ OPTIMIZERS: dict[str, Callable[[list[dict], RunConfig, nn.Module], torch.optim.O
     "apollo_adamw": _apollo_adamw,
     "muon": _muon,
     "adam_mini": _adam_mini,
+    **dict.fromkeys(BITSANDBYTES, _bitsandbytes),
 }
 WHOLE_16_BIT = (
     "train.optimizer: {} with 16-bit full-parameter training: DeepSpeed's mixed-precision optimizer hands it "
@@ -85,6 +102,8 @@ def problems(run: RunConfig) -> list[str]:
             f"({run.tuning.optimizer}); leave train.optimizer at adamw"
         )
     name = run.train.optimizer
+    if name in BITSANDBYTES:  # states quantized per block of any tensor: every ZeRO stage hands it what it needs
+        return out
     if run.deepspeed.zero_stage:
         out.append(
             f"train.optimizer: {name} reads each weight's shape and ZeRO-1/2/3 hand the optimizer flat partitions; "

@@ -1,7 +1,6 @@
-"""train.optimizer muon and adam_mini, the optimizers that read each weight's shape: Muon's update of a hidden matrix
-against the published algorithm by hand, AdamW on the rest, one schedule for both; Adam-mini's blocks and its
-update by hand; their rules, LLaMA-Factory's keys, and a real DeepSpeed ZeRO-0 engine that trains with each and
-restores it from a checkpoint."""
+"""train.optimizer: Muon's update of a hidden matrix against the published algorithm by hand, AdamW on the rest, one
+schedule for both; Adam-mini's blocks and its update by hand; bitsandbytes' 8-bit AdamW under ZeRO; their rules,
+LLaMA-Factory's keys, and a real DeepSpeed engine that trains with each and restores it from a checkpoint."""
 
 from __future__ import annotations
 
@@ -97,6 +96,17 @@ def test_muon_rules_and_llamafactorys_use_muon():
     raw, notes = translate({**lf, "use_adam_mini": True, "use_muon": True})  # LLaMA-Factory builds Adam-mini first
     assert raw["train"]["optimizer"] == "adam_mini"
     assert notes == ["warning: use_muon: true -- LLaMA-Factory builds the optimizer of use_adam_mini first; no effect"]
+    for optim, ours in (("adamw_bnb_8bit", "adamw_8bit"), ("paged_adamw_8bit", "paged_adamw_8bit")):
+        raw, notes = translate({**lf, "optim": optim})
+        assert notes == [] and raw["train"]["optimizer"] == ours
+    _, notes = translate({**lf, "optim": "adamw_8bit", "finetuning_type": "full", "use_galore": True})
+    assert notes == [
+        'error: optim: "adamw_8bit" -- rayft'
+        "'"
+        "s galore steps with its AdamW; LLaMA-Factory would take adamw_8bit"
+        "'"
+        "s variant"
+    ]
 
 
 def test_adam_mini_keeps_one_second_moment_per_block_and_steps_by_hand(tiny_model):
@@ -134,8 +144,8 @@ def test_adam_mini_keeps_one_second_moment_per_block_and_steps_by_hand(tiny_mode
     assert state < 0.55 * 2 * weights  # AdamW keeps 2 x the weights; Adam-mini about half of that
 
 
-@pytest.mark.parametrize("optimizer", ["muon", "adam_mini"])
-def test_a_deepspeed_engine_trains_and_restores_the_optimizer_from_a_checkpoint(tiny_model, tmp_path, optimizer):
+@pytest.mark.parametrize("optimizer, zero", [("muon", 0), ("adam_mini", 0), ("adamw_8bit", 2)])
+def test_a_deepspeed_engine_trains_and_restores_the_optimizer_from_a_checkpoint(tiny_model, tmp_path, optimizer, zero):
     import deepspeed
 
     from rayft_core.model.checks import _run, _sft_batch, _single_process_group, _train_steps
@@ -145,7 +155,8 @@ def test_a_deepspeed_engine_trains_and_restores_the_optimizer_from_a_checkpoint(
     from rayft_core.train.stages import STAGES
 
     _single_process_group()
-    run = _run(tiny_model("llama"), tmp_path / "out", tuning={"method": "full"}, train={"optimizer": optimizer})
+    sections = {"train": {"optimizer": optimizer}, "deepspeed": {"zero_stage": zero}}
+    run = _run(tiny_model("llama"), tmp_path / "out", tuning={"method": "full"}, **sections)
     stage, tok = STAGES["sft"], load_tokenizer(run.model)
     config = build_deepspeed_config(run, torch.float32, world_size=1)
 
@@ -169,8 +180,12 @@ def test_a_deepspeed_engine_trains_and_restores_the_optimizer_from_a_checkpoint(
     if optimizer == "muon":
         muon = [o for o in restored.optimizer.parts if isinstance(o, torch.optim.Muon)][0]
         buffers = [s["momentum_buffer"] for s in muon.state.values()]
-    else:
+    elif optimizer == "adam_mini":
         buffers = [s["v"] for s in restored.optimizer.state.values()]
+    else:  # ZeRO-2 steps bitsandbytes over its flat fp32 partition: the moments are 8-bit codes
+        states = list(restored.optimizer.optimizer.state.values())
+        assert states and all(s["state1"].dtype == s["state2"].dtype == torch.uint8 for s in states)
+        buffers = [s["state1"].float() for s in states]
     assert buffers and all(b.abs().sum() > 0 for b in buffers)  # the optimizer's state came back
     for a, b in zip(trained.module.parameters(), restored.module.parameters()):
         assert torch.equal(a, b)

@@ -30,6 +30,13 @@ from rayft_core.train.checkpoint import CHECKPOINT_TAG
 HEAD_PREFIX, LM_PREFIX = "v_head.", "lm."  # a reward model's names: rayft_core.model.value_head.ValueHeadModel
 
 
+def _lm_and_head(weights: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The causal LM's weights and a reward model's head (empty for a plain LM), each by its own names."""
+    head = {n.removeprefix(HEAD_PREFIX): w for n, w in weights.items() if n.startswith(HEAD_PREFIX)}
+    lm = {n.removeprefix(LM_PREFIX) if head else n: w for n, w in weights.items() if not n.startswith(HEAD_PREFIX)}
+    return lm, head
+
+
 def checkpoint_weights(checkpoint: Path) -> dict[str, Any]:
     """The checkpoint's trained weights by the engine module's names: under ZeRO, DeepSpeed's lazy stand-ins (each
     ``.contiguous()`` assembles one fp32 tensor from the memory-mapped ranks' files); under ZeRO-0, the module's
@@ -58,9 +65,7 @@ def write_checkpoint_model(
 ) -> None:
     """The model of ``run`` as trained up to ``checkpoint``, in ``dest`` (cast to ``dtype`` when given, else in the
     dtype the checkpoint keeps: fp32 masters under ZeRO)."""
-    weights = checkpoint_weights(checkpoint)
-    head = {n.removeprefix(HEAD_PREFIX): w for n, w in weights.items() if n.startswith(HEAD_PREFIX)}
-    lm = {n.removeprefix(LM_PREFIX) if head else n: w for n, w in weights.items() if not n.startswith(HEAD_PREFIX)}
+    lm, head = _lm_and_head(checkpoint_weights(checkpoint))
     stored = next(iter(lm.values())).dtype
     model = _meta_model(run, lm, dtype or stored, trust_remote_code)
     base = _BaseWeights(Path(run.model.name_or_path))
@@ -84,13 +89,8 @@ def write_checkpoint_adapter(run: Any, checkpoint: Path, dest: Path) -> None:
     and the adapter's weights), a reward model's head beside it."""
     from rayft_core.model.loader import ModelFacts
 
-    weights = checkpoint_weights(checkpoint)
-    head = {n.removeprefix(HEAD_PREFIX): w for n, w in weights.items() if n.startswith(HEAD_PREFIX)}
-    trained = {
-        n.removeprefix(LM_PREFIX) if head else n: w.contiguous()
-        for n, w in weights.items()
-        if not n.startswith(HEAD_PREFIX)
-    }
+    lm, head = _lm_and_head(checkpoint_weights(checkpoint))
+    trained = {n: w.contiguous() for n, w in lm.items()}
     try:
         model = ModelFacts(run).tuned_meta_model  # PEFT's wrapping of the run's model, weightless
     except Exception as e:  # an initialisation that needs real weights (PiSSA's SVD, a quantized base)

@@ -4,21 +4,18 @@ gradient, from which a scaling factor per channel (or per tensor) is estimated a
 Optimizer memory is then rank x the short side per matrix instead of two full copies. The official optimizer
 (apollo-torch's APOLLOAdamW), with LLaMA-Factory's defaults; the rest trains with its plain AdamW."""
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from rayft_core.methods.base import Dependency, Run, TuningSection, nonempty_target
-from rayft_core.methods.galore import projected_groups, whole_weights_problems
-
-if TYPE_CHECKING:
-    from torch import nn
+from rayft_core.methods.base import Dependency
+from rayft_core.methods.galore import ProjectedTuning
 
 APOLLO_TORCH = Dependency("apollo_torch", "apollo-torch", "apollo")
 
 
-class ApolloTuning(TuningSection):
-    optimizer = "apollo_adamw"  # TuningSection's class variables
+class ApolloTuning(ProjectedTuning):
+    optimizer, label = "apollo_adamw", "APOLLO"  # class variables
 
     method: Literal["apollo"] = "apollo"
     rank: int = Field(16, ge=1, description="Rank of the gradient projection (1 with scale_type tensor: APOLLO-Mini).")
@@ -28,17 +25,9 @@ class ApolloTuning(TuningSection):
     scale_type: Literal["channel", "tensor"] = Field(
         "channel", description="One scaling factor per channel (row or column), or one per tensor."
     )
-    target: Literal["all"] | list[str] = Field(
-        "all", description="2-D weights to project: 'all' linear layers except the head, or module names."
-    )
 
-    @field_validator("target")
-    @classmethod
-    def _some_target(cls, target: Any) -> Any:
-        return nonempty_target(target)
-
-    def param_groups(self, model: "nn.Module", run: Run) -> list[dict]:
-        options = {
+    def projection(self) -> dict[str, Any]:
+        return {
             "rank": self.rank,
             "update_proj_gap": self.update_proj_gap,
             "scale": self.scale,
@@ -46,10 +35,6 @@ class ApolloTuning(TuningSection):
             "proj_type": "std",
             "scale_type": self.scale_type,
         }
-        return projected_groups(model, run, self.target, options)
-
-    def problems(self, run: Run) -> list[str]:
-        return whole_weights_problems(run, "APOLLO")
 
     def missing_dependency(self) -> str | None:
         return APOLLO_TORCH.missing("tuning.method apollo")

@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from torch import nn
 
-PER_TOKEN = ("embed", "lm_head")
 PER_HEAD = ("q_proj", "k_proj")
 
 

@@ -21,7 +21,7 @@ from ray.train.v2.api.callback import UserCallback
 
 from rayft import rlhf
 from rayft.checks import OVERWRITE_FLAG, check_cluster, check_config
-from rayft.cluster import connect, is_local, resolve_worker_cpus, worker_threads
+from rayft.cluster import connect, is_local, resolve_checkpointing, resolve_worker_cpus, worker_threads
 from rayft.data import RunData, build_run_data
 from rayft_core import ownership, storage
 from rayft_core.config import RunConfig, dump_config
@@ -137,12 +137,17 @@ class _Progress(UserCallback):
 
 
 def train(
-    run: RunConfig, resume: bool = False, callbacks: list[UserCallback] | None = None, progress: bool = True
+    run: RunConfig,
+    resume: bool = False,
+    callbacks: list[UserCallback] | None = None,
+    progress: bool = True,
+    memory_share: float = 1.0,
 ) -> Path | str:
     """Run one training job to completion; return the run's directory (a Path, or its URI).
 
     resume: continue the run in storage_path/name from its latest checkpoint (the same config).
     callbacks: more Ray Train callbacks (a sweep's trial forwards reports to Tune); progress: the step bar.
+    memory_share: the part of the CPU workers' memory this run may count on (a sweep's trials run side by side).
     """
     run = run.with_absolute_paths()
     model = ModelFacts(run)
@@ -153,6 +158,7 @@ def train(
     resources = ray.cluster_resources()
     use_gpu = resources.get("GPU", 0) > 0 if run.cluster.use_gpu == "auto" else bool(run.cluster.use_gpu)
     check_cluster(run, resources, use_gpu)
+    run, checkpointing = resolve_checkpointing(run, model, use_gpu, memory_share)
     driver = (
         rlhf.RlDriver(run, resources, use_gpu, model.tokenizer.pad_token_id)
         if run.stage.loop == "rl"
@@ -162,7 +168,7 @@ def train(
     data = build_run_data(run)
     driver.check_data(data.train)
     plan = TrainPlan.for_data(run, data.train_rows)
-    logger.info("plan: %s", _describe(run, plan, data.train_rows))
+    logger.info("plan: %s", _describe(run, plan, data.train_rows, checkpointing))
     epoch = _epoch_summary(run, data)
     if run.stage.loop == "supervised":
         data = _padded(data, run, model.tokenizer.pad_token_id)
@@ -174,20 +180,30 @@ def train(
     with driver.start() as rollouts:
         result = _fit(run, data, plan, use_gpu, callbacks, progress, rollouts)
     summary = _finish_summary(
-        run, result, {**epoch, "cpus_per_worker": run.cluster.cpus_per_worker, **driver.summary()}
+        run,
+        result,
+        {
+            **epoch,
+            "cpus_per_worker": run.cluster.cpus_per_worker,
+            "gradient_checkpointing": run.model.gradient_checkpointing,
+            **driver.summary(),
+        },
     )
     if summary:
         logger.info("run %s finished:\n%s", run.output.name, format_summary(summary))
     return out if storage.is_uri(out) else Path(out)
 
 
-def _describe(run: RunConfig, plan: TrainPlan, rows: int | None) -> str:
-    """The plan line: steps, epochs, and what the last step of an epoch holds."""
+def _describe(run: RunConfig, plan: TrainPlan, rows: int | None, checkpointing: str | None) -> str:
+    """The plan line: steps, epochs, a worker's CPUs and threads, gradient checkpointing (and why, where rayft
+    decided it), and what the last step of an epoch holds."""
     cpus = run.cluster.cpus_per_worker
     threads = worker_threads(cpus, run.cluster.num_workers) if is_local() else int(cpus)
+    on = "on" if run.model.checkpoints_activations else "off"
     line = (
         f"{plan.total_steps} steps over {plan.num_epochs} epoch(s), global batch {run.global_batch_size}, "
-        f"{_count(cpus, 'CPU')} and {_count(threads, 'torch thread')} per worker"
+        f"{_count(cpus, 'CPU')} and {_count(threads, 'torch thread')} per worker, gradient checkpointing {on}"
+        + (f" ({checkpointing})" if checkpointing else "")
     )
     if rows is None:
         return line + " (streamed: epochs end where the stream does)"

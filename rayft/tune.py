@@ -93,7 +93,9 @@ def _run_trial(config: dict[str, Any]) -> None:
                 tune.report(row)
         return
     resume = storage.read_text(storage.join(run.output.dir, CONFIG_FILE)) is not None
-    train(run, resume=resume, callbacks=[_ToTune(config["metric"])], progress=False)
+    train(
+        run, resume=resume, callbacks=[_ToTune(config["metric"])], progress=False, memory_share=config["memory_share"]
+    )
 
 
 def _distribution(kind: str, values: list[Any], as_grid: bool) -> Any:
@@ -154,10 +156,12 @@ def sweep(raw: dict, sweep_config: SweepConfig, resume: bool = False) -> SweepRe
         run.data.cache_dir = base["data"]["cache_dir"] = storage.join(directory, DATA_CACHE)
 
     as_grid = sweep_config.search == "grid"
+    concurrency = _concurrency(run, sweep_config, resources, use_gpu)
     param_space = {
         "base": base,
         "trials_dir": trials_dir,
         "metric": sweep_config.metric,
+        "memory_share": 1.0 if use_gpu else 1 / concurrency,  # of the memory, for gradient_checkpointing auto
         "params": {k: _distribution(*next(iter(d.items())), as_grid) for k, d in sweep_config.space.items()},
     }
     # The trial's driver needs next to nothing (Tune refuses an empty request); its Train workers hold the CPUs.
@@ -173,7 +177,7 @@ def sweep(raw: dict, sweep_config: SweepConfig, resume: bool = False) -> SweepRe
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
-            tune_config=_tune_config(run, sweep_config, _concurrency(run, sweep_config, resources, use_gpu)),
+            tune_config=_tune_config(run, sweep_config, concurrency),
             run_config=tune.RunConfig(
                 name=run.output.name,
                 storage_path=run.output.storage_path,

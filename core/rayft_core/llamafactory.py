@@ -186,8 +186,10 @@ class _Translation(StageKeys):
         if self.method in ("galore", "apollo"):
             # ZeRO flattens or shards the 2-D weights they project; LLaMA-Factory refuses DeepSpeed with them too.
             self.set("deepspeed.zero_stage", 0)
-        # LLaMA-Factory checkpoints activations unless told not to; rayft's default is off.
-        self.set("model.gradient_checkpointing", not self.raw.get("disable_gradient_checkpointing", False))
+        # LLaMA-Factory checkpoints activations unless told not to. Left unset, rayft checkpoints where a worker's
+        # memory needs it (model.gradient_checkpointing auto) and skips recomputing every layer where it does not.
+        if "disable_gradient_checkpointing" in self.raw:
+            self.set("model.gradient_checkpointing", not self.raw["disable_gradient_checkpointing"])
 
     def method_key(self, key: str, value: Any) -> None:
         # additional_target belongs to LoRA and OFT both: the run's own method first

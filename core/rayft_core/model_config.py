@@ -29,8 +29,11 @@ class ModelConfig(Section):
         description="RoPE scaling type used when data.max_seq_len exceeds the model's max_position_embeddings; "
         "factor = max_seq_len / max_position_embeddings.",
     )
-    gradient_checkpointing: bool = Field(
-        False, description="Recompute activations in backward: less memory, ~30% more compute."
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto",
+        description="Recompute activations in backward: less memory, a forward pass more of compute. auto: on only "
+        "where a worker could not hold its activations (rayft train decides from the memory estimate and the "
+        "memory of the worker's GPU, or its share of its node's; on when that is unknown); the plan line says which.",
     )
     trust_remote_code: bool = Field(
         False, description="Run modelling code shipped with the checkpoint. Off unless you trust it."
@@ -66,6 +69,11 @@ class ModelConfig(Section):
         description="LoRA on a 16-bit base: keep the normalisation layers' weights in float32, their outputs in the "
         "model's dtype (LLaMA-Factory's upcast_layernorm).",
     )
+
+    @property
+    def checkpoints_activations(self) -> bool:
+        """Gradient checkpointing on (auto counts as off until rayft train resolves it: export, merge, inference)."""
+        return self.gradient_checkpointing is True
 
     @property
     def adds_tokens(self) -> bool:

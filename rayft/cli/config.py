@@ -62,20 +62,27 @@ def memory_report(facts: Any) -> list[str]:
 
     import torch
 
-    from rayft_core.train.memory import GB, estimate_memory
+    from rayft_core.train.memory import GB, decide_checkpointing, estimate_memory, this_machine_per_worker, value_bytes
 
     run = facts.run
     gpu = run.cluster.use_gpu is True or (run.cluster.use_gpu == "auto" and torch.cuda.is_available())
-    size = 4 if run.model.dtype == "float32" or (run.model.dtype == "auto" and not gpu) else 2
-    estimate = estimate_memory(run, facts.tuned_meta_model, facts.config, size)
-    lines = estimate.lines("GPU memory" if gpu else "host memory")
+    decided = []
+    if run.model.gradient_checkpointing == "auto":  # as rayft train decides it for this machine's workers
+        budget = this_machine_per_worker(run.cluster.num_workers, gpu)
+        on, why = decide_checkpointing(run, facts.tuned_meta_model, facts.config, gpu, budget)
+        run = run.model_copy(deep=True)
+        run.model.gradient_checkpointing = on
+        decided = [f"gradient checkpointing (auto): {'on' if on else 'off'} on this machine: {why}"]
+    estimate = estimate_memory(run, facts.tuned_meta_model, facts.config, value_bytes(run, gpu))
+    lines = [*decided, *estimate.lines("GPU memory" if gpu else "host memory")]
     host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     need_host = estimate.total("host") + (0 if gpu else estimate.total("device"))
     if need_host * run.cluster.num_workers > host:
         lines.append(
             f"warning: {run.cluster.num_workers} worker(s) need about {need_host * run.cluster.num_workers / GB:.1f} GB "
             f"of host memory; this machine has {host / GB:.1f} GB. On one machine: raise deepspeed.zero_stage, "
-            "turn on model.gradient_checkpointing, lower train.micro_batch_size or data.max_seq_len, or use LoRA"
+            + ("" if run.model.checkpoints_activations else "turn on model.gradient_checkpointing, ")
+            + "lower train.micro_batch_size or data.max_seq_len, or use LoRA"
         )
     if gpu and torch.cuda.is_available():
         device = torch.cuda.get_device_properties(0).total_memory

@@ -130,9 +130,16 @@ def test_unset_keys_take_llamafactory_defaults_where_they_differ_from_rayfts():
     assert notes == []
     assert raw["train"] == {"num_epochs": 3.0, "micro_batch_size": 8, "learning_rate": 5e-5, "lr_scheduler": "linear"}
     assert raw["data"]["max_seq_len"] == 2048
-    assert raw["model"]["gradient_checkpointing"] is True  # on unless disable_gradient_checkpointing
+    # LLaMA-Factory always checkpoints; unset, rayft checkpoints where a worker's memory needs it
+    assert "gradient_checkpointing" not in raw["model"] and validate_config(raw).model.gradient_checkpointing == "auto"
     assert raw["tuning"] == "lora" and raw["stage"] == "sft"
     validate_config(raw)
+
+
+@pytest.mark.parametrize("disable, checkpointing", [(True, False), (False, True)])
+def test_gradient_checkpointing_asked_for_either_way_is_kept(disable, checkpointing):
+    raw, notes = translate({**LF_MINIMAL, "disable_gradient_checkpointing": disable})
+    assert notes == [] and raw["model"]["gradient_checkpointing"] is checkpointing
 
 
 @pytest.mark.parametrize(

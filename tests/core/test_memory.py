@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from rayft.cli import main
 from rayft_core.model.loader import ModelFacts
-from rayft_core.train.memory import estimate_memory
+from rayft_core.train.memory import GB, decide_checkpointing, estimate_memory
 from tests.helpers import run_config
 
 
@@ -74,5 +74,27 @@ def test_config_validate_explains_memory_and_warns_past_this_machine(tiny_model,
     assert "memory per worker (estimate, 2 worker(s)):" in result.output
     assert "parameters (1/N)" in result.output and "gathered while computing (ZeRO-3)" in result.output
     assert ("warning: 2 worker(s) need about" in result.output) == huge
-    if huge:
-        assert "turn on model.gradient_checkpointing" in result.output
+    # gradient_checkpointing auto, decided as rayft train decides it: on only where a worker could not do without
+    assert f"gradient checkpointing (auto): {'on' if huge else 'off'} on this machine: a worker needs" in result.output
+    assert "turn on model.gradient_checkpointing" not in result.output  # it is on where the warning is given
+
+
+def test_checkpointing_auto_is_on_only_where_a_worker_cannot_hold_its_activations(tiny_model, tmp_path):
+    long = {"data": {"max_seq_len": 4096}, "train": {"micro_batch_size": 8, "max_steps": 1}}
+    run = run_config(tiny_model("llama"), [{"path": "d.json"}], tmp_path, "m", **long)
+    facts = ModelFacts(run)
+    assert run.model.gradient_checkpointing == "auto"
+    plain = estimate_memory(run, facts.tuned_meta_model, facts.config, 4).total()  # auto unresolved: kept whole
+
+    def decide(budget):
+        return decide_checkpointing(run, facts.tuned_meta_model, facts.config, False, budget)
+
+    on, why = decide(plain / 0.8 * 1.01)
+    assert (
+        not on
+        and why
+        == f"a worker needs about {plain / GB:.1f} GB without it, within 80% of {plain / 0.8 * 1.01 / GB:.1f} GB"
+    )
+    on, why = decide(plain / 0.8 * 0.99)
+    assert on and "over 80% of" in why
+    assert decide(None) == (True, "a worker's GPU memory is not known before it starts")

@@ -81,7 +81,7 @@ class LoraTuning(TuningSection):
         for path in self.merge_adapters:  # earlier adapters become part of the base
             model = PeftModel.from_pretrained(model, path).merge_and_unload()
         if self.quantization_bit:
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=run.model.gradient_checkpointing)
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=run.model.checkpoints_activations)
         if self.adapter:
             model = PeftModel.from_pretrained(model, self.adapter, is_trainable=True)
         else:

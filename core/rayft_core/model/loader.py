@@ -269,7 +269,7 @@ def load_model(run: RunConfig, tokenizer: Any) -> torch.nn.Module:
     resize_embeddings(model, len(tokenizer), seed=run.train.seed)
     if run.train.neftune_noise_alpha:
         add_neftune_noise(model, run.train.neftune_noise_alpha)
-    if run.model.gradient_checkpointing:
+    if run.model.checkpoints_activations:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()  # so checkpointed blocks see a grad-requiring input under PEFT
     return model

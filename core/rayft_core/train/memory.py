@@ -129,6 +129,43 @@ def _activation_bytes(run: Any, config: Any, bytes_per_value: int) -> float:
     per_layer = tokens * (8 * hidden + 4 * mlp) * bytes_per_value
     if run.model.attn_implementation == "eager":
         per_layer += 2 * tokens * heads * run.data.max_seq_len * bytes_per_value
-    if run.model.gradient_checkpointing:  # each layer's input kept, one layer recomputed at a time
+    if run.model.checkpoints_activations:  # each layer's input kept, one layer recomputed at a time
         return layers * tokens * hidden * bytes_per_value + per_layer
     return layers * per_layer
+
+
+def value_bytes(run: Any, gpu: bool) -> int:
+    """The bytes of one value in the run's dtype (auto: fp32 on CPU, 16-bit on GPUs)."""
+    return 4 if run.model.dtype == "float32" or (run.model.dtype == "auto" and not gpu) else 2
+
+
+def this_machine_per_worker(workers: int, gpu: bool, share: float = 1.0) -> float | None:
+    """The memory one of ``workers`` workers on this machine may use: its GPU's (one each; None without one), or
+    an equal part of the host memory available now, or of ``share`` of all of it when that is less (a sweep's
+    trials side by side)."""
+    import psutil
+    import torch
+
+    if gpu:
+        return float(torch.cuda.get_device_properties(0).total_memory) if torch.cuda.is_available() else None
+    memory = psutil.virtual_memory()
+    return min(memory.available, share * memory.total) / workers
+
+
+CHECKPOINTING_HEADROOM = 0.8  # of a worker's memory: the estimate is within ~7%, and the allocator needs slack
+
+
+def decide_checkpointing(run: Any, model: nn.Module, config: Any, gpu: bool, budget: float | None) -> tuple[bool, str]:
+    """model.gradient_checkpointing auto, decided: (on, why). On where a worker, every activation kept, would need
+    more than CHECKPOINTING_HEADROOM of ``budget`` (the memory one worker may use: its GPU's, or on CPU its share
+    of its node's; None: not known here), off otherwise: checkpointing recomputes each layer's forward pass in
+    backward, a quarter to a third of a step's compute, to save memory the worker does not need."""
+    if budget is None:
+        return True, "a worker's GPU memory is not known before it starts"
+    plain = run.model_copy(deep=True)
+    plain.model.gradient_checkpointing = False
+    estimate = estimate_memory(plain, model, config, value_bytes(run, gpu))
+    need = estimate.total("device") if gpu else estimate.total()
+    fits = need <= CHECKPOINTING_HEADROOM * budget
+    share = f"{CHECKPOINTING_HEADROOM:.0%} of {budget / GB:.1f} GB"
+    return not fits, f"a worker needs about {need / GB:.1f} GB without it, {'within' if fits else 'over'} {share}"

@@ -1,13 +1,15 @@
-"""/work/main/.venv/bin/python benchmarks/step_profile.py --model DIR [--method lora] [--threads 2] [--steps 8]
+"""/work/main/.venv/bin/python benchmarks/step_profile.py --model DIR [--method lora] [--threads 2] [--steps 8] [--gc]
 
 Where one training step's time goes, on a real model in one process: forward (with the loss), backward and the
 optimizer step, timed apart, for four ways of running the same step on the same batch:
 
 - hf: plain torch, the model's own loss (full logits) and torch.optim.AdamW: what HF Trainer runs;
 - rayft-loss: plain torch with rayft's chunked loss (rayft_core.train.losses: logits only at labelled positions);
-- ds-zero0 / ds-zero2: rayft's loss inside a DeepSpeed engine (one process, gloo), as a 1-worker run trains.
+- ds-zero0 / ds-zero2: rayft's loss inside a DeepSpeed engine (one process, gloo);
+- ds-zero0-no-ar: ZeRO-0 without DeepSpeed's one-rank gradient all-reduce, as rayft trains one worker.
 
 The batch: --batch rows of alpaca_en_demo from --first, encoded as rayft's sft stage does (chatml, cutoff 256).
+--gc: with gradient checkpointing (non-reentrant, as rayft turns it on), to see what recomputing costs.
 Median of --steps steps after 2 warm-up steps. The model: SmolLM2-135M-Instruct as
 `../shared/fixtures/real-model.sh DIR` builds it (any causal LM directory works).
 """
@@ -26,12 +28,17 @@ import torch
 DATA = Path("/work/shared/data/alpaca_en_demo.json")
 
 
-def make_run(model: Path, method: str, zero: int):
+def make_run(model: Path, method: str, zero: int, gc: bool = False):
     from rayft_core.config import validate_config
 
     return validate_config(
         {
-            "model": {"name_or_path": str(model), "template": "chatml", "dtype": "float32"},
+            "model": {
+                "name_or_path": str(model),
+                "template": "chatml",
+                "dtype": "float32",
+                "gradient_checkpointing": gc,
+            },
             "tuning": {"method": "lora", "rank": 16, "target": "all"} if method == "lora" else {"method": "full"},
             "data": {"train": [{"path": str(DATA), "format": "alpaca"}], "max_seq_len": 256},
             "train": {"micro_batch_size": 4, "learning_rate": 1e-4},
@@ -104,7 +111,7 @@ def profile_plain(run, tokenizer, batch, steps: int, own_loss: bool) -> dict[str
     return timed(steps, forward, lambda loss: loss.backward(), step)
 
 
-def profile_deepspeed(run, tokenizer, batch, steps: int) -> dict[str, float]:
+def profile_deepspeed(run, tokenizer, batch, steps: int, allreduce: bool = True) -> dict[str, float]:
     import deepspeed
 
     from rayft_core.model.loader import resolve_dtype
@@ -120,6 +127,7 @@ def profile_deepspeed(run, tokenizer, batch, steps: int) -> dict[str, float]:
         dist_init_required=False,
     )
     engine.train()
+    engine.enable_backward_allreduce = allreduce  # off: as rayft runs one ZeRO-0 worker (session.setup)
     return timed(steps, lambda: compute_causal_lm_loss(engine.module, batch)[0], engine.backward, engine.step)
 
 
@@ -131,6 +139,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--first", type=int, default=0, help="the batch's first row in alpaca_en_demo")
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--gc", action="store_true", help="gradient checkpointing on")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -140,16 +149,18 @@ def main() -> None:
     from rayft_core.model.loader import load_tokenizer
 
     deepspeed.init_distributed(dist_backend="gloo")
-    run = make_run(args.model, args.method, 0)
+    run = make_run(args.model, args.method, 0, args.gc)
     tokenizer = load_tokenizer(run.model)
     batch = make_batch(run, tokenizer, args.first, args.batch)
     tokens = int(batch["attention_mask"].sum())
-    print(f"{args.method}, {args.threads} threads, batch {tuple(batch['input_ids'].shape)}, {tokens} tokens")
+    gc = ", gradient checkpointing" if args.gc else ""
+    print(f"{args.method}, {args.threads} threads, batch {tuple(batch['input_ids'].shape)}, {tokens} tokens{gc}")
     results = {
         "hf": profile_plain(run, tokenizer, batch, args.steps, own_loss=False),
         "rayft-loss": profile_plain(run, tokenizer, batch, args.steps, own_loss=True),
         "ds-zero0": profile_deepspeed(run, tokenizer, batch, args.steps),
-        "ds-zero2": profile_deepspeed(make_run(args.model, args.method, 2), tokenizer, batch, args.steps),
+        "ds-zero0-no-ar": profile_deepspeed(run, tokenizer, batch, args.steps, allreduce=False),
+        "ds-zero2": profile_deepspeed(make_run(args.model, args.method, 2, args.gc), tokenizer, batch, args.steps),
     }
     print(f"{'ms (median)':14}" + "".join(f"{p:>10}" for p in ("forward", "backward", "step", "total", "tokens/s")))
     for name, phases in results.items():

@@ -112,6 +112,10 @@ class WorkerSession:
             dist_init_required=False,
         )
         self.engine.train()
+        if self.world_size == 1 and not run.deepspeed.zero_stage:
+            # One worker has nothing to average, but DeepSpeed's ZeRO-0 still copies every gradient through a
+            # flat bucket and a one-rank all-reduce after each backward (0.15 s a step for a 135M model on CPU).
+            self.engine.enable_backward_allreduce = False
 
         resumed = self.resume_from is not None
         self.out = self._open_run_dir(resumed) if self.rank == 0 else None

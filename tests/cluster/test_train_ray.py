@@ -180,3 +180,15 @@ def test_auto_cpus_per_worker_fill_the_nodes_and_threads_stay_within_the_cores()
     cores = len(os.sched_getaffinity(0))
     assert worker_threads(64, 1) == cores and worker_threads(1, 1) == 1
     assert worker_threads(64, cores) == 1 and worker_threads(64, 2 * cores) == 1
+
+
+def test_the_local_clusters_workers_run_at_the_drivers_priority():
+    """Ray starts its workers at niceness 15, below its own daemons; on rayft's embedded cluster they are the job,
+    and a trainer at 15 lost time to every daemon's wakeup (rayft.cluster.WORKER_NICENESS)."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def niceness() -> int:
+        return os.nice(0)
+
+    assert ray.get(niceness.remote()) == os.nice(0) == 0

@@ -53,6 +53,8 @@ def test_lora_checkpointing_and_a_4bit_base_shrink_their_parts(tiny_model, tmp_p
     assert checkpointed["activations"] < plain["activations"]
     split = _parts(tiny_model, tmp_path, cluster={"num_workers": 2, "sequence_parallel_size": 2}, **long)
     assert split["activations"] == plain["activations"] / 2
+    pairs = _parts(tiny_model, tmp_path, stage="dpo", **long)  # chosen and rejected answers in one batch
+    assert pairs["activations"] == 2 * plain["activations"]
 
 
 @pytest.mark.parametrize("huge", [False, True])

@@ -9,10 +9,11 @@ Per worker, for the run's ZeRO stage over its data-parallel workers (N):
 - optimizer states: AdamW's two fp32 moments per trainable parameter, and DeepSpeed's fp32 master copy (every
   ZeRO stage from 1 keeps one, also of fp32 weights; ZeRO-0 where it trains 16-bit weights in mixed precision),
   / N from ZeRO-1; in host memory with offload_optimizer;
-- activations: what backward needs of one micro-batch at max_seq_len: per token and layer about 8 hidden-size
-  and 4 MLP-size values (attention's inputs and outputs, norms, the gated MLP's four products), plus the
-  attention scores where attention is eager; with gradient checkpointing only each layer's input and one
-  layer's recomputation; with sequence parallelism a worker's 1/N of the tokens. The loss's logits are computed in chunks (rayft_core.train.losses) and left out.
+- activations: what backward needs of one micro-batch at max_seq_len (a preference pair's two answers: two
+  rows): per token and layer about 8 hidden-size and 4 MLP-size values (attention's inputs and outputs, norms,
+  the gated MLP's four products), plus the attention scores where attention is eager; with gradient
+  checkpointing only each layer's input and one layer's recomputation; with sequence parallelism a worker's 1/N
+  of the tokens. The loss's logits are computed in chunks (rayft_core.train.losses) and left out.
 
 It is an estimate, measured against the workers' live peak memory on CPU in benchmarks/zero3_memory.py (a 0.35B
 Llama; benchmarks/README.md): within 7% for ZeRO-0 and 2% for ZeRO-2; ZeRO-3's rank 0 holds 7% more (it also
@@ -119,13 +120,23 @@ def _bucket_bytes(ds: Any, bytes_per_value: int) -> float:
     return (DEEPSPEED_BUCKET + (ds.prefetch_bucket_size or DEEPSPEED_BUCKET)) * bytes_per_value
 
 
+def _rows_per_example(run: Any) -> int:
+    """Rows one example puts through the model with gradients: a preference pair's chosen and rejected answers
+    run as one batch of twice the rows (KTO's mismatched rows run without gradients)."""
+    from rayft_core.train.preference import PairStage
+    from rayft_core.train.stages import STAGES
+
+    return 2 if isinstance(STAGES.get(run.stage.name), PairStage) else 1
+
+
 def _activation_bytes(run: Any, config: Any, bytes_per_value: int) -> float:
     text = getattr(config, "text_config", None) or config
     hidden = getattr(text, "hidden_size", 0) or 0
     mlp = getattr(text, "intermediate_size", None) or 4 * hidden
     layers = getattr(text, "num_hidden_layers", 0) or 0
     heads = getattr(text, "num_attention_heads", 0) or 0
-    tokens = run.train.micro_batch_size * run.data.max_seq_len / run.cluster.sequence_parallel_size  # a slice
+    rows = run.train.micro_batch_size * _rows_per_example(run)
+    tokens = rows * run.data.max_seq_len / run.cluster.sequence_parallel_size  # a worker's slice
     per_layer = tokens * (8 * hidden + 4 * mlp) * bytes_per_value
     if run.model.attn_implementation == "eager":
         per_layer += 2 * tokens * heads * run.data.max_seq_len * bytes_per_value

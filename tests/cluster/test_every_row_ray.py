@@ -65,6 +65,8 @@ def test_the_same_rows_train_the_same_on_one_worker_and_two(tiny_model, workdir,
         # cluster.cpus_per_worker auto: the test cluster's 4 logical CPUs shared, torch threads capped at the cores
         assert summary["threads_per_worker"] == [worker_threads(summary["cpus_per_worker"], workers)] * workers
         assert summary["gradient_checkpointing"] is False  # auto: a tiny model's activations fit
+        assert len(summary["data_wait_seconds_per_worker"]) == workers
+    assert all(r["perf/data_wait_s"] >= 0 for r in one + two if "train/loss" in r)
 
 
 # The other shapes of data, each on 2 workers with a remainder: packed documents, pairs and tagged answers

@@ -176,3 +176,33 @@ def test_the_run_schema_is_imported_by_its_parts_never_back(low, high):
     graph = grimp.build_graph("rayft_core", cache_dir=None)
     assert graph.direct_import_exists(importer=high, imported=low, as_packages=True)
     assert graph.find_shortest_chain(importer=low, imported=high, as_packages=True) is None
+
+
+def test_a_worker_counts_the_time_it_waits_for_batches_and_skips_none():
+    """perf/data_wait_s and summary.json's data_wait_seconds_per_worker: the seconds a worker spent inside the
+    batch iterator, reported once each; the batches themselves go through unchanged (two epochs of three)."""
+    import time
+
+    from rayft_core.train.checkpoint import TrainerState
+    from rayft_core.train.plan import TrainPlan
+    from rayft_core.train.session import WorkerSession
+
+    run = validate_config(MINIMAL)
+    plan = TrainPlan(micro_batches_per_epoch=3, num_epochs=2, total_steps=6)
+    session = WorkerSession(run, plan, report=lambda *a, **k: None, rank=0, world_size=1)
+    session.state = TrainerState()
+
+    def slow_epoch(epoch):
+        for i in range(3):
+            time.sleep(0.05)
+            yield (epoch, i)
+
+    seen = []
+    for batch in session.batches(slow_epoch):
+        seen.append(batch)
+        if len(seen) == 3:
+            first = session.waited()
+            time.sleep(0.2)  # training: not waiting
+    assert seen == [(e, i) for e in range(2) for i in range(3)]
+    assert 0.15 <= first < 0.35 and 0.15 <= session.waited() < 0.35  # three 0.05 s waits each time, not the 0.2 s
+    assert session.waited() == 0.0 and 0.3 <= session.data_wait < 0.6

@@ -47,6 +47,9 @@ logger = logging.getLogger(__name__)
 Report = Callable[..., None]  # report(metrics, checkpoint_dir=None), called by every rank at the same steps
 
 
+_END = object()  # the end of an iterator, for next()
+
+
 class WorkerSession:
     """One worker's training run. ``report(metrics, checkpoint_dir=None)`` hands each record (and, with a
     checkpoint_dir, this rank's part of a checkpoint) to the cluster layer. ``resume_from``: a checkpoint
@@ -68,6 +71,8 @@ class WorkerSession:
         self.step = 0  # steps done: optimizer steps, or RL iterations
         self.epoch = self.index = 0  # where the batch in progress is: its epoch and its index in the epoch
         self.tokens = 0  # tokens this worker trained on, for the summary
+        self.data_wait = 0.0  # seconds this worker waited for its batches (a starved input pipeline shows here)
+        self._wait_reported = 0.0
         self.stop: dict[str, Any] | None = None  # why training stopped early
         self.stage_state: Callable[[], dict[str, Any]] = dict  # what the stage carries over in a checkpoint
 
@@ -155,7 +160,7 @@ class WorkerSession:
         plan, resumed_epoch, resumed_done = self.plan, self.state.epoch, self.state.micro_batches_done
         for epoch in range(resumed_epoch, plan.num_epochs):
             index = -1
-            for index, batch in enumerate(epoch_batches(epoch)):
+            for index, batch in enumerate(self._timed(epoch_batches(epoch))):
                 if index >= plan.micro_batches_per_epoch or self.done:
                     break
                 if epoch == resumed_epoch and index < resumed_done:
@@ -166,6 +171,22 @@ class WorkerSession:
                 return
             if index < 0:
                 raise UserInputError(f"the {what} ran out: an epoch gave this worker no batches")
+
+    def _timed(self, batches: Iterable[Any]) -> Iterator[Any]:
+        """``batches``, the time spent waiting for each added to self.data_wait."""
+        iterator = iter(batches)
+        while True:
+            start = time.perf_counter()
+            batch = next(iterator, _END)
+            self.data_wait += time.perf_counter() - start
+            if batch is _END:
+                return
+            yield batch
+
+    def waited(self) -> float:
+        """Seconds spent waiting for batches since the last call (perf/data_wait_s)."""
+        since, self._wait_reported = self.data_wait - self._wait_reported, self.data_wait
+        return since
 
     def micro_batches(self, stage: Stage, examples: dict[str, Any]) -> Iterator[dict[str, torch.Tensor]]:
         """A micro-batch of rows as the tensors this worker trains on: padded, on its device; with sequence
@@ -239,6 +260,7 @@ class WorkerSession:
             "peak_memory_gb": round(peak_memory_gb(), 3),
             "tokens": self.tokens,
             "threads": torch.get_num_threads(),
+            "data_wait": round(self.data_wait, 2),
         }
         workers: list[Any] = [mine]
         if torch.distributed.is_initialized():
@@ -258,6 +280,7 @@ class WorkerSession:
                 "peak_memory_gb_per_worker": [w["peak_memory_gb"] for w in workers],
                 "worker_nodes": [w["node"] for w in workers],
                 "threads_per_worker": [w["threads"] for w in workers],
+                "data_wait_seconds_per_worker": [w["data_wait"] for w in workers],
                 "best_eval_loss": self.state.best_eval,
                 "stopped_early": self.stop is not None,
                 "output_dir": self.run.output.dir,

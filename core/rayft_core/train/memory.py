@@ -10,10 +10,12 @@ Per worker, for the run's ZeRO stage over its data-parallel workers (N):
   ZeRO stage from 1 keeps one, also of fp32 weights; ZeRO-0 where it trains 16-bit weights in mixed precision),
   / N from ZeRO-1; in host memory with offload_optimizer;
 - activations: what backward needs of one micro-batch at max_seq_len (a preference pair's two answers: two
-  rows): per token and layer about 8 hidden-size and 4 MLP-size values (attention's inputs and outputs, norms,
-  the gated MLP's four products), plus the attention scores where attention is eager; with gradient
-  checkpointing only each layer's input and one layer's recomputation; with sequence parallelism a worker's 1/N
-  of the tokens. The loss's logits are computed in chunks (rayft_core.train.losses) and left out.
+  rows): per token and layer about 10 hidden-size and 6 MLP-size values (attention's inputs and outputs, norms,
+  the gated MLP's products; SmolLM2-135M's LoRA worker peaked 1.85 GB higher without checkpointing than with it
+  at 4 x 256 tokens: 15k values per token and layer, as these count), plus the attention scores where attention
+  is eager; with gradient checkpointing only each layer's input and one layer's recomputation; with sequence
+  parallelism a worker's 1/N of the tokens. The loss's logits are computed in chunks (rayft_core.train.losses)
+  and left out.
 
 It is an estimate, measured against the workers' live peak memory on CPU in benchmarks/zero3_memory.py (a 0.35B
 Llama; benchmarks/README.md): within 7% for ZeRO-0 and 2% for ZeRO-2; ZeRO-3's rank 0 holds 7% more (it also
@@ -137,7 +139,7 @@ def _activation_bytes(run: Any, config: Any, bytes_per_value: int) -> float:
     heads = getattr(text, "num_attention_heads", 0) or 0
     rows = run.train.micro_batch_size * _rows_per_example(run)
     tokens = rows * run.data.max_seq_len / run.cluster.sequence_parallel_size  # a worker's slice
-    per_layer = tokens * (8 * hidden + 4 * mlp) * bytes_per_value
+    per_layer = tokens * (10 * hidden + 6 * mlp) * bytes_per_value
     if run.model.attn_implementation == "eager":
         per_layer += 2 * tokens * heads * run.data.max_seq_len * bytes_per_value
     if run.model.checkpoints_activations:  # each layer's input kept, one layer recomputed at a time

@@ -84,11 +84,8 @@ def train_worker(
                 continue  # a stream's last, short step
             metrics: dict[str, Any] = {}
             if logs:
-                metrics = {
-                    **window.reduce(device, "train/"),
-                    "train/grad_norm": reported_grad_norm(engine, norm),
-                    "perf/data_wait_s": round(session.waited(), 3),  # this worker's, since the last record
-                }
+                metrics = {**window.reduce(device, "train/"), "train/grad_norm": reported_grad_norm(engine, norm)}
+                metrics["perf/data_wait_s"] = round(session.waited(), 3)  # this worker's, since the last record
                 window = MetricWindow()
             if eval_batches is not None and _evaluates_at(run, plan, session.step + 1):
                 metrics.update(evaluate(session, stage, objective, eval_batches))

@@ -9,7 +9,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -153,9 +152,7 @@ def train(
     run = run.with_absolute_paths()
     model = ModelFacts(run)
     check_config(run, resume=resume, model=model)  # before Ray starts: a bad run costs no cluster
-    auto = run.model.gradient_checkpointing == "auto"
-    with _building(model) if auto else contextlib.nullcontext():  # shapes for the decision, while Ray starts
-        connect()
+    connect()
     config_text = dump_config(run)  # as the user wrote it (cpus_per_worker: auto stays auto for the next cluster)
     run = resolve_worker_cpus(run)
     resources = ray.cluster_resources()
@@ -195,24 +192,6 @@ def train(
     if summary:
         logger.info("run %s finished:\n%s", run.output.name, format_summary(summary))
     return out if storage.is_uri(out) else Path(out)
-
-
-@contextlib.contextmanager
-def _building(facts: ModelFacts) -> Iterator[None]:
-    """Builds ``facts``' tuned model on the meta device in a thread for the duration: ray.init mostly waits for
-    the cluster's processes, and importing PEFT for it took 1.3 s of a LoRA run's start-up. An error is left for
-    the caller to meet where it asks for the model."""
-
-    def build() -> None:
-        with contextlib.suppress(Exception):
-            facts.tuned_meta_model  # noqa: B018 (a cached property)
-
-    thread = threading.Thread(target=build, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        thread.join()
 
 
 def _describe(run: RunConfig, plan: TrainPlan, rows: int | None, checkpointing: str | None) -> str:

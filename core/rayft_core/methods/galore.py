@@ -1,6 +1,7 @@
 """GaLore: every parameter trains; the optimizer projects the gradients of the targeted 2-D weights to a low
 rank (galore-torch's GaLoreAdamW), which saves optimizer memory."""
 
+from abc import abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
@@ -30,9 +31,9 @@ class ProjectedTuning(TuningSection):
     def _some_target(cls, target: Any) -> Any:
         return nonempty_target(target)
 
+    @abstractmethod
     def projection(self) -> dict[str, Any]:
         """The projected weights' group options, as the method's optimizer reads them."""
-        raise NotImplementedError
 
     def param_groups(self, model: "nn.Module", run: Run) -> list[dict]:
         """Everything else as in AdamW (one group, decayed), then the targeted 2-D weights with the projection."""

@@ -63,3 +63,34 @@ def make_reward_adapter(base: Path, tokenizer, out: Path) -> Path:
     reward.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def sft_engine_and_steps(run, steps: int):
+    """A one-process DeepSpeed engine of the sft stage for ``run`` (its optimizer rayft's), trained ``steps`` steps
+    on a fixed batch (the loss checked to fall); returns (engine, make_engine), make_engine building another from
+    the same seed, to restore a checkpoint into."""
+    import deepspeed
+    import torch
+
+    from rayft_core.model.checks import _sft_batch, _single_process_group, _train_steps
+    from rayft_core.model.loader import load_tokenizer
+    from rayft_core.train.deepspeed_config import build_deepspeed_config
+    from rayft_core.train.optim import build_optimizer
+    from rayft_core.train.stages import STAGES
+
+    _single_process_group()
+    stage, tok = STAGES["sft"], load_tokenizer(run.model)
+    config = build_deepspeed_config(run, torch.float32, world_size=1)
+
+    def make_engine():
+        torch.manual_seed(0)
+        model = stage.build_model(run, tok)
+        return deepspeed.initialize(
+            model=model, optimizer=build_optimizer(model, run), config=config, dist_init_required=False
+        )[0]
+
+    engine = make_engine()
+    objective, batch = stage.objective(run, tok, torch.device("cpu"), {}), _sft_batch(stage, tok, run)
+    losses = _train_steps(engine.module, objective, batch, steps, lambda loss: (engine.backward(loss), engine.step()))
+    assert losses[-1] < losses[0], losses
+    return engine, make_engine

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
 # The sections of where and how the workers run (DeepSpeed, the cluster), in their own module.
 from rayft_core.cluster_config import ClusterConfig as ClusterConfig
@@ -25,16 +25,19 @@ from rayft_core.data_config import DataConfig as DataConfig
 from rayft_core.data_config import DatasetColumns as DatasetColumns
 from rayft_core.data_config import DatasetSpec as DatasetSpec
 from rayft_core.data_config import DatasetTags as DatasetTags
+from rayft_core.errors import UserInputError
 
 # The tuning sections: one module a method in rayft_core.methods, the union built from its registry. Their names
 # stay importable from here (`X as X`: re-exported).
 from rayft_core.methods import ApolloTuning as ApolloTuning
+from rayft_core.methods import BadamTuning as BadamTuning
 from rayft_core.methods import FreezeTuning as FreezeTuning
 from rayft_core.methods import FullTuning as FullTuning
 from rayft_core.methods import GaloreTuning as GaloreTuning
-from rayft_core.methods import LoraTuning, TuningConfig, expand_alias
+from rayft_core.methods import LoraTuning, TuningConfig, TuningSection, expand_alias, plugin_method
 from rayft_core.methods import PeftTuning as PeftTuning
 from rayft_core.model_config import ModelConfig as ModelConfig
+from rayft_core.plugins import absolute_reference, is_reference, name_or_reference
 from rayft_core.schema import ConfigError, Section, apply_override, read_yaml, validate_section
 from rayft_core.stage_config import SftStage, StageConfig
 from rayft_core.sweep_config import SweepConfig
@@ -58,18 +61,24 @@ class TrainConfig(Section):
         0.0, ge=0, lt=1, description="Fraction of the optimizer steps spent warming up linearly."
     )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    optimizer: Literal["adamw", "muon", "adam_mini", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"] = Field(
+    optimizer: name_or_reference(
+        ("adamw", "muon", "adam_mini", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
+    ) = Field(
         "adamw",
         description="muon: orthogonalised updates on 2-D hidden weights, AdamW on the rest (use_muon); adam_mini: one "
         "second moment per block (use_adam_mini), both ZeRO-0 with fp32 weights or an adapter; adamw_8bit, paged_*: "
-        "bitsandbytes' AdamW with 8-bit or paged states (LLaMA-Factory's optim names).",
+        "bitsandbytes' AdamW with 8-bit or paged states (LLaMA-Factory's optim names); or your own, "
+        "'path/to/file.py:function' taking (param_groups, run, model) and returning a torch optimizer "
+        "(docs/extending.md).",
     )
     max_grad_norm: float = Field(1.0, ge=0, description="Clip the global gradient norm (0 = off).")
-    token_loss: Literal["cross_entropy", "dft", "eaft"] = Field(
+    token_loss: name_or_reference(("cross_entropy", "dft", "eaft")) = Field(
         "cross_entropy",
         description="pt/sft: each token's cross-entropy weighted, the weight held constant: dft by the probability "
         "the model gives the token (Wu et al. 2025; LLaMA-Factory's use_dft_loss), eaft by (H/3)^eaft_alpha with H "
-        "the entropy over the 20 likeliest tokens (use_eaft_loss). train/loss reports the weighted loss.",
+        "the entropy over the 20 likeliest tokens (use_eaft_loss); or your own, 'path/to/file.py:function' taking "
+        "(logits, cross_entropy) of the labelled tokens and returning their weights (docs/extending.md). "
+        "train/loss reports the weighted loss.",
     )
     eaft_alpha: float = Field(1.0, gt=0, description="token_loss eaft: the exponent of its entropy weight.")
     neftune_noise_alpha: float | None = Field(
@@ -176,7 +185,10 @@ class RunConfig(Section):
     """One fine-tuning run."""
 
     model: ModelConfig
-    tuning: TuningConfig = Field(default_factory=LoraTuning, description="The tuning method and its options.")
+    # SerializeAsAny: a plug-in method (not in the union) is written out by its own schema.
+    tuning: SerializeAsAny[TuningConfig] = Field(
+        default_factory=LoraTuning, description="The tuning method and its options."
+    )
     stage: StageConfig = Field(default_factory=SftStage, description="The training stage and its options.")
     data: DataConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -203,6 +215,17 @@ class RunConfig(Section):
             if info.field_name == "tuning":
                 v = expand_alias(v)
         return v
+
+    @field_validator("tuning", mode="wrap")
+    @classmethod
+    def _plugin_method(cls, v: Any, handler: Any) -> Any:
+        """`tuning: {method: my_methods.py:SparseMask, ...}`: a user's TuningSection subclass, its keys validated by
+        its own schema (rayft_core.methods.plugin_method)."""
+        if isinstance(v, TuningSection) and is_reference(getattr(v, "method", None)):
+            return v  # validated by validate_config, whose errors name the keys' paths
+        if isinstance(v, dict) and is_reference(v.get("method")):
+            return plugin_method(v["method"]).model_validate(v)
+        return handler(v)
 
     @model_validator(mode="after")
     def _zero_stage_for_the_workers(self) -> RunConfig:
@@ -283,9 +306,11 @@ class RunConfig(Section):
             if getattr(run.stage, key, None):
                 setattr(run.stage, key, absolute(getattr(run.stage, key)))
         for fn in getattr(run.stage, "reward_functions", []):
-            path, sep, name = fn.function.rpartition(":")
-            if path.endswith(".py"):
-                fn.function = f"{absolute(path)}{sep}{name}"
+            fn.function = absolute_reference(fn.function)
+        if is_reference(run.tuning.method):
+            run.tuning.method = absolute_reference(run.tuning.method)
+        for key in ("optimizer", "token_loss"):
+            setattr(run.train, key, absolute_reference(getattr(run.train, key)))
         if "://" not in run.output.storage_path:
             run.output.storage_path = str(Path(run.output.storage_path).expanduser().absolute())
         run.data.dataset_dir = absolute(run.data.dataset_dir) or run.data.dataset_dir
@@ -323,6 +348,14 @@ def load_config(
 
 
 def validate_config(raw: dict) -> RunConfig:
+    tuning = raw.get("tuning") if isinstance(raw, dict) else None
+    if isinstance(tuning, dict) and is_reference(tuning.get("method")):  # a plug-in method: its keys by its schema
+        try:
+            raw = {**raw, "tuning": validate_section(plugin_method(tuning["method"]), tuning)}
+        except ConfigError as e:
+            raise ConfigError([f"tuning.{p}" for p in e.problems]) from None
+        except UserInputError as e:
+            raise ConfigError([f"tuning.method: {e}"]) from None
     cfg = validate_section(RunConfig, raw)
     problems = cfg.check_combinations()
     if problems:

@@ -57,6 +57,7 @@ from rayft_core.llamafactory_tables import (
     MARKERS,
     METHOD_KEYS,
     NO_DROPOUT_STAGES,
+    OPTIMIZER_METHODS,
     PREF_STAGES,
     SECRET,
     STAGE_KEYS,
@@ -97,9 +98,9 @@ class _Translation(StageKeys):
         self.out: dict[str, dict] = {}
         self.notes: list[str] = []
         ft = raw.get("finetuning_type", "lora")
-        # GaLore and APOLLO are optimizers over full fine-tuning in LLaMA-Factory and tuning methods in rayft.
-        projection = next((m for m in ("galore", "apollo") if raw.get(f"use_{m}")), None)
-        self.method = projection if ft == "full" and projection else ft
+        # GaLore, APOLLO and BAdam are optimizers over full fine-tuning in LLaMA-Factory, tuning methods in rayft.
+        own = next((m for m in OPTIMIZER_METHODS if raw.get(f"use_{m}")), None)
+        self.method = own if ft == "full" and own else ft
         stage = str(raw.get("stage", "sft"))
         self.stage = DPO_LOSS_STAGES.get(str(raw.get("pref_loss")), "dpo") if stage == "dpo" else STAGES.get(stage)
 
@@ -179,12 +180,12 @@ class _Translation(StageKeys):
             self.set("tuning.type", "OFT")
             if "oft_target" not in self.raw:
                 self.set("tuning.config.target_modules", "all-linear")
-        elif self.method in (*FINETUNING_TYPES, "galore", "apollo"):
+        elif self.method in (*FINETUNING_TYPES, *OPTIMIZER_METHODS):
             self.set("tuning.method", self.method)
         if self.method == "galore":
             self.set("tuning.scale", LF_GALORE_SCALE)
-        if self.method in ("galore", "apollo"):
-            # ZeRO flattens or shards the 2-D weights they project; LLaMA-Factory refuses DeepSpeed with them too.
+        if self.method in OPTIMIZER_METHODS:
+            # ZeRO flattens or shards the weights they step whole (rayft_core.methods.galore, .badam).
             self.set("deepspeed.zero_stage", 0)
         # LLaMA-Factory checkpoints activations unless told not to. Left unset, rayft checkpoints where a worker's
         # memory needs it (model.gradient_checkpointing auto) and skips recomputing every layer where it does not.
@@ -196,8 +197,11 @@ class _Translation(StageKeys):
         owner = next(m for m in (self.method, *METHOD_KEYS) if key in METHOD_KEYS.get(m, {}))
         if owner != self.method:
             if value is not None and as_number(value) != LF_METHOD_DEFAULTS[key]:  # LLaMA-Factory ignores them too
-                projection = owner in ("galore", "apollo")
-                needs = f"finetuning_type full with use_{owner}" if projection else f"finetuning_type {owner}"
+                needs = (
+                    f"finetuning_type full with use_{owner}"
+                    if owner in OPTIMIZER_METHODS
+                    else f"finetuning_type {owner}"
+                )
                 # ...but refuses a quantized base outside LoRA
                 self.note(key, f"applies to {needs} only", error=key == "quantization_bit")
             return
@@ -256,6 +260,8 @@ class _Translation(StageKeys):
             self.note(key, "layer-wise optimizer steps are not available in rayft", error=True)
         elif key == "apollo_scale_front" and value:
             self.note(key, "rayft scales APOLLO's update after the norm-growth limiter (the default)", error=True)
+        elif key == "badam_verbose" and value:
+            self.note(key, "rayft does not print BAdam's block switches; no effect")
 
     def finish_data(self) -> None:
         """max_samples caps every dataset, evaluation ones too, as in LLaMA-Factory. Stage ppo: LLaMA-Factory cuts

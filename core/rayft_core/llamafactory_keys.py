@@ -18,6 +18,7 @@ from rayft_core.llamafactory_tables import (
     LR_SCHEDULERS,
     MIX,
     NEAREST_SCHEDULER,
+    OPTIMIZER_METHODS,
 )
 from rayft_core.llamafactory_values import as_list, as_number
 
@@ -210,8 +211,8 @@ def _warmup(t: Translation, key: str, value: Any) -> None:
 
 
 def _deepspeed(t: Translation, key: str, value: Any) -> None:
-    if t.method == "galore":
-        t.note(key, "GaLore needs whole 2-D weights, so rayft runs it without ZeRO (zero_stage 0)")
+    if t.method in OPTIMIZER_METHODS:
+        t.note(key, f"rayft's {t.method} steps whole weights, so it runs without ZeRO (zero_stage 0)")
     elif not isinstance(value, str):
         t.note(key, "write the DeepSpeed config to a JSON file and name it here")
     elif m := DEEPSPEED_NAME.search(value):

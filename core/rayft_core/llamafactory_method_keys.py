@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from rayft_core.llamafactory_tables import FINETUNING_TYPES
+from rayft_core.llamafactory_tables import FINETUNING_TYPES, OPTIMIZER_METHODS
 from rayft_core.llamafactory_values import as_list, as_number
 
 if TYPE_CHECKING:
@@ -52,10 +52,10 @@ def _finetuning_type(t: Translation, key: str, value: Any) -> None:
 
 
 def _use_projection(t: Translation, key: str, value: Any) -> None:
-    """use_galore / use_apollo: rayft's methods galore and apollo train every parameter (LLaMA-Factory refuses
-    them with LoRA, and more than one of them)."""
+    """use_galore / use_apollo / use_badam: rayft's methods galore, apollo and badam train every parameter
+    (LLaMA-Factory refuses them with LoRA, and more than one of them)."""
     method = key.removeprefix("use_")
-    if value and t.method in ("galore", "apollo") and t.method != method:
+    if value and t.method in OPTIMIZER_METHODS and t.method != method:
         t.note(key, f"use_{t.method} is on too; LLaMA-Factory refuses more than one of them", error=True)
     elif value and t.method != method:
         t.note(key, f"rayft's {method} trains every parameter: set finetuning_type full", error=True)
@@ -140,6 +140,7 @@ METHOD_KEYS_SPECIAL = {
     "finetuning_type": _finetuning_type,
     "use_galore": _use_projection,
     "use_apollo": _use_projection,
+    "use_badam": _use_projection,
     "use_muon": _use_optimizer,
     "use_adam_mini": _use_optimizer,
     "use_llama_pro": _use_llama_pro,

@@ -53,6 +53,7 @@ DIRECT = {
     "weight_decay": "train.weight_decay",
     "max_grad_norm": "train.max_grad_norm",
     "seed": "train.seed",
+    "shift_attn": "model.shift_attn",
     "logging_steps": "train.logging_steps",
     "save_steps": "checkpoint.save_steps",
     "save_total_limit": "checkpoint.keep",
@@ -67,6 +68,8 @@ TEXT_KEYS = {"model_name_or_path", "tokenized_path", "ray_storage_path", "ray_ru
 # galore and apollo; OFT is PEFT's OFT
 # tuner, rayft's method peft with type OFT (its keys go to tuning.config, PEFT's own names).
 FINETUNING_TYPES = ("lora", "freeze", "full", "oft")
+# LLaMA-Factory's optimizers over finetuning_type full (use_galore...) that are tuning methods in rayft
+OPTIMIZER_METHODS = ("galore", "apollo", "badam")
 # rayft tuning method -> {LF key: tuning key}. LLaMA-Factory ignores another method's keys, and so does
 # rayft, with a note. None: handled in _Translation.method_key.
 METHOD_KEYS: dict[str, dict[str, str | None]] = {
@@ -113,6 +116,15 @@ METHOD_KEYS: dict[str, dict[str, str | None]] = {
         "apollo_layerwise": None,
         "apollo_scale_front": None,
     },
+    "badam": {
+        "badam_mode": "mode",
+        "badam_start_block": "start_block",
+        "badam_switch_mode": "switch_mode",
+        "badam_switch_interval": "switch_interval",
+        "badam_update_ratio": "update_ratio",
+        "badam_mask_mode": "mask",
+        "badam_verbose": None,
+    },
 }
 LF_METHOD_DEFAULTS = {
     "lora_rank": 8,
@@ -147,6 +159,13 @@ LF_METHOD_DEFAULTS = {
     "apollo_proj_type": "std",
     "apollo_layerwise": False,
     "apollo_scale_front": False,
+    "badam_mode": "layer",
+    "badam_start_block": None,
+    "badam_switch_mode": "ascending",
+    "badam_switch_interval": 50,
+    "badam_update_ratio": 0.05,
+    "badam_mask_mode": "adjacent",
+    "badam_verbose": 0,
 }
 LIST_KEYS = {
     "lora_target",

@@ -175,15 +175,7 @@ REFUSED = {
         "rayft starts from model_name_or_path; `rayft train --resume` continues a stopped rayft run",
         resume_from_checkpoint=None,
     ),
-    **_refused(
-        _OPTIM,
-        adam_beta1=0.9,
-        adam_beta2=0.999,
-        adam_epsilon=1e-8,
-        optim_args=None,
-        optim_target_modules=None,
-        use_badam=False,
-    ),
+    **_refused(_OPTIM, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, optim_args=None, optim_target_modules=None),
     **_refused("rayft's schedulers take no extra arguments", lr_scheduler_kwargs=(None, {})),
     **_refused(_LOSS, label_smoothing_factor=0.0, use_asft_loss=False),
     **_refused(
@@ -202,7 +194,7 @@ REFUSED = {
         needs="new_special_tokens_config",
         init_special_tokens="noise_init",
     ),
-    **_refused(_NA, split_special_tokens=False, shift_attn=False, mixture_of_depths=None, fp8=False),
+    **_refused(_NA, split_special_tokens=False, mixture_of_depths=None, fp8=False),
     **_refused(
         "rayft quantizes with bitsandbytes: NF4 with double quantization for 4 bits",
         needs="quantization_bit",
@@ -221,7 +213,7 @@ REFUSED = {
 # Families of keys, by prefix -> why they have no effect (always noted).
 PREFIXES = [
     (("ppo_", "reward_model"), "not an option of LLaMA-Factory 0.9.5's stage ppo that rayft knows; no effect"),
-    (("badam_", "asft_"), "an option of an optimizer or loss rayft does not have"),
+    (("asft_",), "an option of a loss rayft does not have"),
     (("image_", "video_", "audio_", "crop_to_patches", "use_audio_in_video"), _MULTIMODAL),
     (("vllm_", "sglang_", "export_"), _INFER),
     (("swanlab_", "profiler_", "profile_modules", "fp8_", "kt_"), "an option of an integration rayft does not have"),

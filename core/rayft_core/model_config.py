@@ -24,6 +24,12 @@ class ModelConfig(Section):
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
         "auto", description="auto: flash_attention_2 when installed and on CUDA, else sdpa."
     )
+    shift_attn: bool = Field(
+        False,
+        description="LongLoRA's shifted sparse attention (S2-Attn) in training: each token attends within a quarter "
+        "of the sequence, half of the heads in groups shifted by half a group; full attention in evaluation and "
+        "generation (LLaMA-Factory's shift_attn). For long-context fine-tuning; an SDPA path of rayft's own.",
+    )
     rope_scaling: Literal["linear", "dynamic", "yarn"] | None = Field(
         None,
         description="RoPE scaling type used when data.max_seq_len exceeds the model's max_position_embeddings; "
@@ -89,5 +95,15 @@ class ModelConfig(Section):
             problems.append(
                 "model.upcast_layernorm: only with LoRA under ZeRO 0-2 (full-parameter training in bf16/fp16 keeps "
                 "an fp32 master copy of every weight already, and ZeRO-3 partitions the norms it would upcast)"
+            )
+        if self.shift_attn and self.attn_implementation != "auto":
+            problems.append(
+                "model.shift_attn: S2-Attn is an attention of its own (SDPA within groups); leave "
+                f"model.attn_implementation at auto, got {self.attn_implementation}"
+            )
+        if self.shift_attn and run.cluster.sequence_parallel_size > 1:
+            problems.append(
+                "model.shift_attn: S2-Attn groups a whole sequence, which sequence parallelism splits across "
+                "workers; use one or the other"
             )
         return problems

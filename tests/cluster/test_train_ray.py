@@ -168,6 +168,38 @@ def test_galore_zero0_one_worker(tiny_model, workdir, alpaca_file):
     )
 
 
+def test_a_plugin_method_and_token_loss_load_on_the_workers_from_a_relative_path(
+    tiny_model, workdir, alpaca_file, tmp_path, monkeypatch
+):
+    """The HFT example (examples/plugins/hft.py) and a token loss of the user's, named relative to the working
+    directory: the driver makes the paths absolute and each Ray Train worker loads the file itself."""
+    from rayft.train import train
+
+    hft = Path(__file__).resolve().parents[2] / "examples" / "plugins" / "hft.py"
+    (tmp_path / "hft.py").write_text(
+        hft.read_text() + "\n\ndef halved(logits, ce):\n    return ce.new_full(ce.shape, 0.5)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    run = run_config(
+        tiny_model("llama"),
+        [{"path": str(alpaca_file), "format": "alpaca"}],
+        workdir / "runs",
+        "hft",
+        tuning={"method": "hft.py:HalfFineTuning", "switch_interval": 2},
+        model={"dtype": "float32"},
+        train={"max_steps": 4, "token_loss": "hft.py:halved"},
+        deepspeed={"zero_stage": 0},
+        cluster={"num_workers": 1},
+    )
+    out = train(run)
+    rows = _check_metrics(out, 4)
+    tuned, base = AutoModelForCausalLM.from_pretrained(out), AutoModelForCausalLM.from_pretrained(tiny_model("llama"))
+    moved = {n for (n, p), q in zip(tuned.named_parameters(), base.parameters()) if not torch.equal(p, q)}
+    assert moved and all(".mlp." in n or ".self_attn." in n for n in moved)  # HFT's halves, nothing else
+    batch = _chat_batch(AutoTokenizer.from_pretrained(out))
+    assert abs(rows[0]["train/loss"] - _loss(base, batch) / 2) < 1.0  # the halved loss: about half the base's
+
+
 def test_auto_cpus_per_worker_fill_the_nodes_and_threads_stay_within_the_cores():
     from rayft.cluster import auto_worker_cpus, worker_threads
 

@@ -45,7 +45,7 @@ def test_union_sections_reject_keys_of_other_members():
     assert any(p.startswith("stage.train_on_prompt: unknown key") for p in found)
     found = problems({**MINIMAL, "tuning": "loar"})
     assert found == [
-        "tuning: unknown method 'loar' (did you mean 'lora'?); choose one of 'full', 'freeze', 'lora', 'galore', 'apollo', 'peft'"
+        "tuning: unknown method 'loar' (did you mean 'lora'?); choose one of 'full', 'freeze', 'lora', 'galore', 'apollo', 'badam', 'peft'"
     ]
 
 

@@ -12,6 +12,7 @@ import torch
 
 from rayft_core.config import validate_config
 from rayft_core.schema import ConfigError
+from tests.helpers import sft_engine_and_steps
 
 MINIMAL = {"model": {"name_or_path": "m"}, "data": {"train": [{"path": "d", "format": "alpaca"}]}}
 
@@ -146,34 +147,11 @@ def test_adam_mini_keeps_one_second_moment_per_block_and_steps_by_hand(tiny_mode
 
 @pytest.mark.parametrize("optimizer, zero", [("muon", 0), ("adam_mini", 0), ("adamw_8bit", 2)])
 def test_a_deepspeed_engine_trains_and_restores_the_optimizer_from_a_checkpoint(tiny_model, tmp_path, optimizer, zero):
-    import deepspeed
+    from rayft_core.model.checks import _run
 
-    from rayft_core.model.checks import _run, _sft_batch, _single_process_group, _train_steps
-    from rayft_core.model.loader import load_tokenizer
-    from rayft_core.train.deepspeed_config import build_deepspeed_config
-    from rayft_core.train.optim import build_optimizer
-    from rayft_core.train.stages import STAGES
-
-    _single_process_group()
     sections = {"train": {"optimizer": optimizer}, "deepspeed": {"zero_stage": zero}}
     run = _run(tiny_model("llama"), tmp_path / "out", tuning={"method": "full"}, **sections)
-    stage, tok = STAGES["sft"], load_tokenizer(run.model)
-    config = build_deepspeed_config(run, torch.float32, world_size=1)
-
-    def engine():
-        torch.manual_seed(0)
-        model = stage.build_model(run, tok)
-        return deepspeed.initialize(
-            model=model, optimizer=build_optimizer(model, run), config=config, dist_init_required=False
-        )[0]
-
-    trained, objective, batch = (
-        engine(),
-        stage.objective(run, tok, torch.device("cpu"), {}),
-        _sft_batch(stage, tok, run),
-    )
-    losses = _train_steps(trained.module, objective, batch, 4, lambda loss: (trained.backward(loss), trained.step()))
-    assert losses[-1] < losses[0]
+    trained, engine = sft_engine_and_steps(run, 4)
     trained.save_checkpoint(str(tmp_path / "ckpt"), tag="t")
     restored = engine()
     restored.load_checkpoint(str(tmp_path / "ckpt"), tag="t")

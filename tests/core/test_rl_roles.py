@@ -138,7 +138,7 @@ def test_reward_functions(tmp_path: Path) -> None:
         Rewards([RewardFunction(function=f"{code}:needs")])
     with pytest.raises(UserInputError, match="takes no argument 'limt'"):
         Rewards([RewardFunction(function=f"{code}:short", kwargs={"limt": 2})])
-    with pytest.raises(UserInputError, match="has no function 'nope'"):
+    with pytest.raises(UserInputError, match="has no 'nope'"):
         Rewards([RewardFunction(function=f"{code}:nope")])
     with pytest.raises(UserInputError, match="importing no_such_module failed"):
         Rewards([RewardFunction(function="no_such_module:f")])

@@ -292,7 +292,7 @@ def test_the_registry_is_complete_and_consistent():
     from rayft_core.methods import METHODS, TuningSection
     from rayft_core.train.optim import OPTIMIZERS
 
-    assert set(METHODS) == {"full", "freeze", "lora", "galore", "apollo", "peft"}
+    assert set(METHODS) == {"full", "freeze", "lora", "galore", "apollo", "badam", "peft"}
     assert typing.get_args(typing.get_args(config.TuningConfig)[0]) == tuple(METHODS.values())
     for name, section in METHODS.items():
         assert issubclass(section, TuningSection) and getattr(config, section.__name__) is section

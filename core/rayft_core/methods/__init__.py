@@ -19,6 +19,7 @@ from typing import Annotated, Any, Union
 from pydantic import Field
 
 from rayft_core.methods.apollo import ApolloTuning
+from rayft_core.methods.badam import BadamTuning
 from rayft_core.methods.base import Run, TuningSection
 from rayft_core.methods.freeze import FreezeTuning
 from rayft_core.methods.full import FullTuning
@@ -33,6 +34,7 @@ METHODS: dict[str, type[TuningSection]] = {
     "lora": LoraTuning,
     "galore": GaloreTuning,
     "apollo": ApolloTuning,
+    "badam": BadamTuning,
     "peft": PeftTuning,
 }
 
@@ -50,6 +52,20 @@ def expand_alias(section: dict[str, Any]) -> dict[str, Any]:
     return section
 
 
+def plugin_method(ref: str) -> type[TuningSection]:
+    """A user's tuning method, 'path/to/file.py:Class' or 'package.module:Class' (docs/extending.md): a
+    TuningSection subclass with a `method: str` key, which holds the reference itself."""
+    from rayft_core.errors import UserInputError
+    from rayft_core.plugins import load_object
+
+    method = load_object(ref, "tuning method")
+    if not (isinstance(method, type) and issubclass(method, TuningSection)):
+        raise UserInputError(f"tuning method {ref!r}: not a subclass of rayft_core.methods.TuningSection")
+    if "method" not in method.model_fields:
+        raise UserInputError(f"tuning method {ref!r}: {method.__name__} has no `method: str` key to hold its name")
+    return method
+
+
 def missing_dependencies(run: Run) -> list[str]:
     """The optional packages the run's tuning method needs and this environment lacks, each with its pip extra."""
     missing = run.tuning.missing_dependency()
@@ -58,6 +74,7 @@ def missing_dependencies(run: Run) -> list[str]:
 
 __all__ = [
     "ApolloTuning",
+    "BadamTuning",
     "METHODS",
     "FreezeTuning",
     "FullTuning",
@@ -68,4 +85,5 @@ __all__ = [
     "TuningSection",
     "expand_alias",
     "missing_dependencies",
+    "plugin_method",
 ]

@@ -4,7 +4,9 @@ A method is one class, the `tuning:` section of a run config, whose methods say 
 
 - ``apply(model, run)``: wrap or freeze the loaded model so exactly the right parameters train;
 - ``param_groups(model, run)``: the optimizer's parameter groups (learning rate, weight decay, projections);
-- ``optimizer``: the name of its optimizer in rayft_core.train.optim.OPTIMIZERS;
+- ``optimizer``: the name of its optimizer in rayft_core.train.optim.OPTIMIZERS (or, where ``make_optimizer``
+  builds it, a name for messages);
+- ``make_optimizer(groups, run, model)``: build its optimizer itself (a plug-in's; built-ins name theirs);
 - ``problems(run)``: its rules on the rest of the run (ZeRO stage...), each as 'path: what to change';
 - ``missing_dependency()``: the optional package it needs and is not installed, with the pip extra to install;
 - ``aliases``: shorthand method names (`tuning: qlora`) and the keys they stand for.
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 from rayft_core.schema import Section
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
 # A rayft_core.config.RunConfig. Not imported, even for type checking: the run schema is built from this
@@ -61,6 +64,10 @@ class TuningSection(Section):
     def param_groups(self, model: "nn.Module", run: Run) -> list[dict]:
         lr = run.train.learning_rate
         return decay_groups(model, run, lambda name: lr)
+
+    def make_optimizer(self, groups: list[dict], run: Run, model: "nn.Module") -> "torch.optim.Optimizer | None":
+        """The optimizer over ``groups``, or None: the one ``optimizer`` names (train.optimizer's, for adamw)."""
+        return None
 
     def problems(self, run: Run) -> list[str]:
         return []

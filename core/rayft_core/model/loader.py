@@ -45,6 +45,18 @@ def resolve_attn_implementation(name: str, config: Any = None) -> str:
     return "sdpa" if supports("_supports_sdpa") else "eager"
 
 
+def _shifted_sparse_attention(resolved: str) -> str:
+    """model.shift_attn: rayft's S2-Attn (rayft_core.model.shift_attention), which runs SDPA within groups: for a
+    family whose attention has an SDPA path (resolved to sdpa, or to flash-attention on a GPU)."""
+    from rayft_core.model.shift_attention import register
+
+    if resolved == "eager":
+        raise UserInputError(
+            "model.shift_attn: this model family has no SDPA attention, which S2-Attn runs within groups"
+        )
+    return register()
+
+
 def _causal_lm_class(config: Any) -> type | None:
     """The transformers class a config builds as a causal LM (None when unknown, as for remote code)."""
     if config is None:
@@ -242,6 +254,8 @@ def load_model(run: RunConfig, tokenizer: Any) -> torch.nn.Module:
     dtype = resolve_dtype(run.model.dtype)
     config = build_model_config(run)
     attention = resolve_attn_implementation(run.model.attn_implementation, config)
+    if run.model.shift_attn:
+        attention = _shifted_sparse_attention(attention)
     if run.model.from_scratch:  # random weights of the architecture (partitioned as built under ZeRO-3 too)
         torch.manual_seed(run.train.seed)  # every worker draws the same weights
         model = AutoModelForCausalLM.from_config(

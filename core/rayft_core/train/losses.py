@@ -130,7 +130,12 @@ def eaft_weights(alpha: float) -> TokenWeights:
 
 def token_weights(train: Any) -> TokenWeights | None:
     """The run's token loss (train.token_loss) as its weights; None for plain cross-entropy."""
-    return {"cross_entropy": None, "dft": dft_weights, "eaft": eaft_weights(train.eaft_alpha)}[train.token_loss]
+    builtins = {"cross_entropy": None, "dft": dft_weights, "eaft": eaft_weights(train.eaft_alpha)}
+    if train.token_loss in builtins:
+        return builtins[train.token_loss]
+    from rayft_core.plugins import load_object
+
+    return load_object(train.token_loss, "train.token_loss")
 
 
 def _can_fuse(head: nn.Module) -> bool:

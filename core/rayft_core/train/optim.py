@@ -12,6 +12,7 @@ from torch import nn
 
 from rayft_core.config import RunConfig
 from rayft_core.errors import UserInputError
+from rayft_core.plugins import load_object
 
 
 def _adamw(groups: list[dict], run: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -38,26 +39,45 @@ def _apollo_adamw(groups: list[dict], run: RunConfig, model: nn.Module) -> torch
     return APOLLOAdamW(groups, lr=run.train.learning_rate, betas=(0.9, 0.999), eps=1e-8)
 
 
-def _whole_tensors(run: RunConfig) -> None:
-    """Muon and Adam-mini read each tensor's shape: refuse DeepSpeed's 16-bit optimizer, which flattens them."""
+def whole_tensors(run: RunConfig, what: str | None = None) -> None:
+    """For an optimizer that reads each tensor's shape or switches which ones train (Muon, Adam-mini, BAdam, a
+    plug-in's): refuse DeepSpeed's 16-bit optimizer, which hands it flat fp32 copies."""
     from rayft_core.model.loader import resolve_dtype
 
     if resolve_dtype(run.model.dtype) != torch.float32 and not run.tuning.trains_adapter:  # model.dtype auto on a GPU
-        raise UserInputError(WHOLE_16_BIT.format(run.train.optimizer))
+        raise UserInputError(WHOLE_16_BIT.format(what or run.train.optimizer))
 
 
 def _muon(groups: list[dict], run: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     from rayft_core.train.muon import MuonWithAdamW, hidden_matrices
 
-    _whole_tensors(run)
+    whole_tensors(run)
     return MuonWithAdamW(groups, hidden_matrices(model), run.train.learning_rate, betas=(0.9, 0.999), eps=1e-8)
 
 
 def _adam_mini(groups: list[dict], run: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     from rayft_core.train.adam_mini import AdamMini, block_sizes
 
-    _whole_tensors(run)
+    whole_tensors(run)
     return AdamMini(groups, block_sizes(model), run.train.learning_rate, betas=(0.9, 0.999), eps=1e-8)
+
+
+def _badam(groups: list[dict], run: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    from rayft_core.train.block_adam import BlockAdamW, MaskedAdamW
+
+    whole_tensors(run, "BAdam")
+    t, lr = run.tuning, run.train.learning_rate
+    if t.mode == "ratio":
+        return MaskedAdamW(groups, t.update_ratio, t.switch_interval, t.mask, run.train.seed, lr, (0.9, 0.999), 1e-8)
+    blocks = t.blocks(model)
+    start = t.first_block(len(blocks))
+    if start >= len(blocks):
+        raise UserInputError(
+            f"tuning.start_block: the model has {len(blocks)} layers (0-{len(blocks) - 1}), got {start}"
+        )
+    return BlockAdamW(
+        groups, blocks, t.switch_interval, t.switch_mode, start, run.train.seed, lr=lr, betas=(0.9, 0.999), eps=1e-8
+    )
 
 
 # bitsandbytes' AdamW with 8-bit states (blockwise-quantized moments), or paged (its states in CUDA unified memory,
@@ -83,6 +103,7 @@ OPTIMIZERS: dict[str, Callable[[list[dict], RunConfig, nn.Module], torch.optim.O
     "apollo_adamw": _apollo_adamw,
     "muon": _muon,
     "adam_mini": _adam_mini,
+    "badam": _badam,
     **dict.fromkeys(BITSANDBYTES, _bitsandbytes),
 }
 WHOLE_16_BIT = (
@@ -102,7 +123,9 @@ def problems(run: RunConfig) -> list[str]:
             f"({run.tuning.optimizer}); leave train.optimizer at adamw"
         )
     name = run.train.optimizer
-    if name in BITSANDBYTES:  # states quantized per block of any tensor: every ZeRO stage hands it what it needs
+    if (
+        name in BITSANDBYTES or name not in OPTIMIZERS
+    ):  # a plug-in states its own rules (docs/extending.md)  # states quantized per block of any tensor: every ZeRO stage hands it what it needs
         return out
     if run.deepspeed.zero_stage:
         out.append(
@@ -119,8 +142,13 @@ def build_param_groups(model: nn.Module, run: RunConfig) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, run: RunConfig) -> torch.optim.Optimizer:
+    groups = build_param_groups(model, run)
+    own = run.tuning.make_optimizer(groups, run, model)  # a plug-in method's (docs/extending.md)
+    if own is not None:
+        return own
     name = run.train.optimizer if run.tuning.optimizer == "adamw" else run.tuning.optimizer
-    return OPTIMIZERS[name](build_param_groups(model, run), run, model)
+    factory = OPTIMIZERS.get(name) or load_object(name, "train.optimizer")  # else a plug-in optimizer
+    return factory(groups, run, model)
 
 
 def lr_lambda(step: int, total_steps: int, warmup_steps: int, kind: str) -> float:

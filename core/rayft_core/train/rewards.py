@@ -12,16 +12,14 @@ dataset's answers (None for a row without one). A config names it as a built-in 
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
 import math
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from rayft_core.errors import UserInputError
+from rayft_core.plugins import is_reference, load_object, split_reference
 from rayft_core.stage_config import RewardFunction
 
 ARGUMENTS = ("prompts", "completions", "references")
@@ -62,28 +60,16 @@ def load_function(name: str) -> Callable[..., list[float]]:
     """A built-in by name, or 'module:function', or 'file.py:function'."""
     if name in BUILTINS:
         return BUILTINS[name]
-    where, sep, attr = name.rpartition(":")
-    if not sep or not where or not attr:
+    if not is_reference(name):
         raise UserInputError(
             f"reward function {name!r}: name a built-in ({', '.join(BUILTINS)}), "
             "'package.module:function' or 'path/to/file.py:function'"
         )
-    try:
-        if where.endswith(".py"):
-            if not Path(where).is_file():
-                raise UserInputError(f"reward function {name!r}: no file {where}")
-            spec = importlib.util.spec_from_file_location(f"rayft_reward_{Path(where).stem}", where)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(where)
-    except UserInputError:
-        raise
-    except Exception as e:  # its import failed: say so with the cause, not a traceback from deep inside
-        raise UserInputError(f"reward function {name!r}: importing {where} failed: {type(e).__name__}: {e}") from e
-    fn = getattr(module, attr, None)
+    fn = load_object(name, "reward function")
     if not callable(fn):
-        raise UserInputError(f"reward function {name!r}: {where} has no function {attr!r}")
+        raise UserInputError(
+            f"reward function {name!r}: {split_reference(name)[0]} has no function {name.rpartition(':')[2]!r}"
+        )
     return fn
 
 

@@ -72,15 +72,18 @@ class TrainConfig(Section):
         "(docs/extending.md).",
     )
     max_grad_norm: float = Field(1.0, ge=0, description="Clip the global gradient norm (0 = off).")
-    token_loss: name_or_reference(("cross_entropy", "dft", "eaft")) = Field(
+    token_loss: name_or_reference(("cross_entropy", "dft", "eaft", "asft")) = Field(
         "cross_entropy",
         description="pt/sft: each token's cross-entropy weighted, the weight held constant: dft by the probability "
         "the model gives the token (Wu et al. 2025; LLaMA-Factory's use_dft_loss), eaft by (H/3)^eaft_alpha with H "
-        "the entropy over the 20 likeliest tokens (use_eaft_loss); or your own, 'path/to/file.py:function' taking "
+        "the entropy over the 20 likeliest tokens (use_eaft_loss); asft (sft only) DFT plus asft_alpha times the KL "
+        "from the base's next-token distribution to the model's (use_asft_loss; a frozen copy of the base on each "
+        "worker unless the run trains an adapter); or your own, 'path/to/file.py:function' taking "
         "(logits, cross_entropy) of the labelled tokens and returning their weights (docs/extending.md). "
         "train/loss reports the weighted loss.",
     )
     eaft_alpha: float = Field(1.0, gt=0, description="token_loss eaft: the exponent of its entropy weight.")
+    asft_alpha: float = Field(0.1, ge=0, description="token_loss asft: the weight of its KL term.")
     neftune_noise_alpha: float | None = Field(
         None,
         gt=0,
@@ -234,12 +237,21 @@ class RunConfig(Section):
             ds.zero_stage = 2 if self.cluster.num_workers > 1 or ds.offload_optimizer else 0
         return self
 
+    def _token_loss_problems(self) -> list[str]:
+        loss = self.train.token_loss
+        if loss != "cross_entropy" and self.stage.name not in ("pt", "sft"):
+            return [f"train.token_loss: a loss of stages pt and sft; stage {self.stage.name} has its own"]
+        if loss == "asft" and self.stage.name != "sft":
+            return ["train.token_loss: asft is a loss of stage sft (its KL anchors answers to the base)"]
+        if loss == "asft" and self.cluster.sequence_parallel_size > 1:
+            return ["train.token_loss: asft's reference reads whole sequences; drop sequence parallelism"]
+        return []
+
     def check_combinations(self) -> list[str]:
         """Problems between sections, each as 'path: what to change'."""
         problems = self.tuning.problems(self)  # the method's own rules (GaLore: ZeRO 0; QLoRA: not ZeRO-3)
         problems += self.model.problems(self)
-        if self.train.token_loss != "cross_entropy" and self.stage.name not in ("pt", "sft"):
-            problems.append(f"train.token_loss: a loss of stages pt and sft; stage {self.stage.name} has its own")
+        problems += self._token_loss_problems()
         from rayft_core.train import optim, sequence_parallel
 
         problems += sequence_parallel.problems(self) + self.deepspeed.problems() + optim.problems(self)

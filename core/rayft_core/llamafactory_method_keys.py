@@ -62,20 +62,23 @@ def _use_projection(t: Translation, key: str, value: Any) -> None:
 
 
 def _token_loss(t: Translation, key: str, value: Any) -> None:
-    """use_dft_loss / use_eaft_loss (+ eaft_alpha): rayft's train.token_loss; LLaMA-Factory takes DFT first, in its
-    SFT trainer only."""
+    """use_dft_loss / use_eaft_loss / use_asft_loss (+ eaft_alpha, asft_alpha): rayft's train.token_loss, in
+    LLaMA-Factory's SFT trainer only. It takes DFT first, then EAFT; ASFT's reference-model path would then feed
+    their loss function the reference's logits, so ASFT with either of them is refused."""
+    alpha = key.endswith("_alpha")
+    loss = key.removeprefix("use_").removesuffix("_loss").removesuffix("_alpha")
     if t.stage != "sft":
-        if value and key != "eaft_alpha":
+        if value and not alpha:
             t.note(key, "LLaMA-Factory applies it in stage sft only; no effect")
-    elif key == "eaft_alpha":
-        if t.raw.get("use_eaft_loss"):
-            t.set("train.eaft_alpha", as_number(value))
-        elif as_number(value) != 1.0:
-            t.note(key, "applies with use_eaft_loss only")
-    elif value and key == "use_dft_loss":
-        t.set("train.token_loss", "dft")
-    elif value and not t.raw.get("use_dft_loss"):
-        t.set("train.token_loss", "eaft")
+    elif alpha:
+        if t.raw.get(f"use_{loss}_loss"):
+            t.set(f"train.{loss}_alpha", as_number(value))
+        elif as_number(value) != {"eaft": 1.0, "asft": 0.1}[loss]:
+            t.note(key, f"applies with use_{loss}_loss only")
+    elif value and loss == "asft" and (t.raw.get("use_dft_loss") or t.raw.get("use_eaft_loss")):
+        t.note(key, "LLaMA-Factory's ASFT path breaks with use_dft_loss or use_eaft_loss on; choose one", error=True)
+    elif value and (loss == "dft" or not t.raw.get("use_dft_loss")):
+        t.set("train.token_loss", loss)
 
 
 # The optimizers LLaMA-Factory builds, in the order it tries them (create_custom_optimizer): the first one on wins.
@@ -147,4 +150,6 @@ METHOD_KEYS_SPECIAL = {
     "use_dft_loss": _token_loss,
     "use_eaft_loss": _token_loss,
     "eaft_alpha": _token_loss,
+    "use_asft_loss": _token_loss,
+    "asft_alpha": _token_loss,
 }

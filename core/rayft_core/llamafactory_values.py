@@ -177,7 +177,7 @@ REFUSED = {
     ),
     **_refused(_OPTIM, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, optim_args=None, optim_target_modules=None),
     **_refused("rayft's schedulers take no extra arguments", lr_scheduler_kwargs=(None, {})),
-    **_refused(_LOSS, label_smoothing_factor=0.0, use_asft_loss=False),
+    **_refused(_LOSS, label_smoothing_factor=0.0),
     **_refused(
         "rayft trains with per_device_train_batch_size as given, in data order",
         auto_find_batch_size=False,
@@ -213,7 +213,6 @@ REFUSED = {
 # Families of keys, by prefix -> why they have no effect (always noted).
 PREFIXES = [
     (("ppo_", "reward_model"), "not an option of LLaMA-Factory 0.9.5's stage ppo that rayft knows; no effect"),
-    (("asft_",), "an option of a loss rayft does not have"),
     (("image_", "video_", "audio_", "crop_to_patches", "use_audio_in_video"), _MULTIMODAL),
     (("vllm_", "sglang_", "export_"), _INFER),
     (("swanlab_", "profiler_", "profile_modules", "fp8_", "kt_"), "an option of an integration rayft does not have"),

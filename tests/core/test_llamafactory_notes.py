@@ -181,7 +181,7 @@ def test_llamafactorys_default_values_are_never_noted():
         ({"lr_scheduler_kwargs": {"power": 2}}, "lr_scheduler_kwargs"),
         ({"warmup_steps": 50}, "warmup_steps"),
         ({"label_smoothing_factor": 0.1}, "label_smoothing_factor"),
-        ({"use_asft_loss": True}, "use_asft_loss"),
+        ({"use_asft_loss": True, "use_dft_loss": True}, "use_asft_loss"),
         ({"ignore_pad_token_for_loss": False}, "ignore_pad_token_for_loss"),
         ({"group_by_length": True}, "group_by_length"),
         ({"auto_find_batch_size": True}, "auto_find_batch_size"),

@@ -165,14 +165,15 @@ class Reference:
 
     def __init__(self, run: RunConfig, tokenizer: Any, device: torch.device, ds_config: dict[str, Any]):
         self.model = None
-        if run.stage.reference_model is None and run.tuning.trains_adapter:
+        reference = getattr(run.stage, "reference_model", None)  # sft's ASFT has none: its base
+        if reference is None and run.tuning.trains_adapter:
             return
         from rayft_core.model.loader import load_model
         from rayft_core.model.zero3 import build_partitioned, mark_zero3_leaves
 
         ref_run = run.model_copy(deep=True)
-        if run.stage.reference_model:
-            ref_run.model.name_or_path = run.stage.reference_model
+        if reference:
+            ref_run.model.name_or_path = reference
         ref_run.model.gradient_checkpointing = False
         config = {k: ds_config[k] for k in REFERENCE_DS_KEYS if k in ds_config}
         config["zero_optimization"] = {"stage": 3, "stage3_param_persistence_threshold": 1e4}
@@ -187,6 +188,14 @@ class Reference:
         else:
             model = model.to(device)
         self.model = model
+
+    @torch.no_grad()
+    def hidden(self, policy: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.nn.Module, torch.Tensor]:
+        """The reference's causal LM and its last hidden states for the batch (ASFT's anchor)."""
+        if self.model is not None:
+            return decoder_hidden(self.model, batch)
+        with policy.disable_adapter():
+            return decoder_hidden(policy, batch)
 
     @torch.no_grad()
     def logps(self, policy: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

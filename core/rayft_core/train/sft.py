@@ -28,6 +28,11 @@ class SupervisedFineTuning(SupervisedStage):
         return {**enc, "row_of_example": list(range(len(rows)))}
 
     def objective(self, run, tokenizer, device, ds_config):
+        if run.train.token_loss == "asft":  # DFT anchored to the base by a KL term: a reference on each worker
+            from rayft_core.train.asft import asft_objective
+            from rayft_core.train.preference import Reference
+
+            return asft_objective(Reference(run, tokenizer, device, ds_config), run.train.asft_alpha)
         return functools.partial(
             lm_objective, router_aux_loss_coef=run.model.router_aux_loss_coef, weights=token_weights(run.train)
         )

@@ -391,3 +391,39 @@ def test_a_peft_tuner_rayft_cannot_train_or_a_misspelt_key_is_refused_before_the
 
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate_config({**MINIMAL, "tuning": {"method": "peft", **tuning}})
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_loftq_starts_a_qlora_adapter_closer_to_the_full_precision_model(tiny_model, workdir, bits):
+    """LoftQ: base + adapter at step 0 is nearer the unquantized weights than QLoRA's quantized base alone (whose
+    adapter starts at zero), layer by layer and in the model's logits."""
+    pytest.importorskip("bitsandbytes")
+    from rayft_core.methods.loftq import dequantized_weight
+
+    def tuned(init):
+        run = _cfg(tiny_model, workdir, {"method": "lora", "rank": 4, "quantization_bit": bits, "init": init})
+        torch.manual_seed(0)
+        return apply_tuning(load_model(run, load_tokenizer(run.model)), run).eval()
+
+    full_run = _cfg(tiny_model, workdir, {"method": "full"}, model={"dtype": "float32"})
+    full = load_model(full_run, load_tokenizer(full_run.model)).eval()
+    qlora, loftq = tuned("default"), tuned("loftq")
+    weights = dict(full.named_parameters())
+    layers = [(n, m) for n, m in loftq.named_modules() if hasattr(m, "lora_A") and "default" in m.lora_A]
+    assert len(layers) == 14  # every linear layer of the 2 decoder blocks
+    for name, layer in layers:
+        w = weights[name.removeprefix("base_model.model.") + ".weight"]
+        q = dequantized_weight(layer.get_base_layer())
+        start = q + layer.scaling["default"] * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+        error, left = (w - start).norm(), torch.linalg.svdvals(w - q)[4:].square().sum().sqrt()
+        assert error < (w - q).norm() and torch.isclose(error, left, rtol=1e-3), name  # all but the best rank 4
+    ids = torch.randint(3, 200, (2, 16))
+    with torch.no_grad():
+        want = full(input_ids=ids).logits
+        assert (loftq(input_ids=ids).logits - want).norm() < (qlora(input_ids=ids).logits - want).norm()
+    from rayft_core.schema import ConfigError
+
+    with pytest.raises(ConfigError, match="tuning.init: loftq starts the adapter at what quantizing"):
+        validate_config({**MINIMAL, "tuning": {"method": "lora", "init": "loftq"}})
+    with pytest.raises(ConfigError, match="for QLoRA use init: loftq"):  # PEFT would raise a TypeError in a worker
+        validate_config({**MINIMAL, "tuning": {"method": "lora", "init": "pissa", "quantization_bit": 4}})

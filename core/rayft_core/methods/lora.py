@@ -38,8 +38,11 @@ class LoraTuning(TuningSection):
     )
     use_rslora: bool = Field(False, description="rsLoRA: scale by alpha / sqrt(rank) instead of alpha / rank.")
     use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (magnitude + direction).")
-    init: Literal["default", "pissa", "gaussian"] = Field(
-        "default", description="pissa: initialise A and B from the principal singular vectors of the weight (fast SVD)."
+    init: Literal["default", "pissa", "gaussian", "loftq"] = Field(
+        "default",
+        description="pissa: initialise A and B from the principal singular vectors of the weight (fast SVD); loftq "
+        "(with quantization_bit): from the rank-r SVD of what quantizing the base lost, so base + adapter starts "
+        "closer to the full-precision model (LoftQ, one alternating step).",
     )
     loraplus_lr_ratio: float | None = Field(
         None, gt=0, description="LoRA+: the B matrices learn at learning_rate * ratio (the paper suggests 16)."
@@ -94,7 +97,7 @@ class LoraTuning(TuningSection):
         from rayft_core.methods.layers import resolve_targets, untargeted_namesakes
 
         targets = resolve_targets(model, self.target, "tuning.target")
-        init: Any = {"default": True, "gaussian": "gaussian", "pissa": "pissa_niter_16"}[self.init]
+        init: Any = {"default": True, "gaussian": "gaussian", "pissa": "pissa_niter_16", "loftq": True}[self.init]
         config = LoraConfig(
             task_type="CAUSAL_LM",
             r=self.rank,
@@ -110,7 +113,12 @@ class LoraTuning(TuningSection):
             # and save them with the adapter, or the adapter would point at rows no one trained.
             modules_to_save=self.trained_in_full(model, run) or None,
         )
-        return get_peft_model(model, config)
+        model = get_peft_model(model, config)
+        if self.init == "loftq":  # PEFT's LoftQ needs CUDA: rayft's (rayft_core.methods.loftq) runs on the loaded base
+            from rayft_core.methods.loftq import loftq_initialise
+
+            loftq_initialise(model, run.model.name_or_path)
+        return model
 
     def trained_in_full(self, model: "nn.Module", run: Run) -> list[str]:
         """What trains in full beside the adapters: train_modules, and the embeddings and head of a run that adds
@@ -146,6 +154,17 @@ class LoraTuning(TuningSection):
         problems = []
         if self.quantization_bit and run.deepspeed.zero_stage == 3:
             problems.append("deepspeed.zero_stage: a bitsandbytes-quantized base cannot be sharded by ZeRO-3; use 0-2")
+        if self.init == "loftq" and not self.quantization_bit:
+            problems.append(
+                "tuning.init: loftq starts the adapter at what quantizing the base lost; set quantization_bit"
+            )
+        if self.init == "pissa" and self.quantization_bit:
+            problems.append(
+                "tuning.init: PiSSA splits the full-precision weight into adapter and residual, and a base quantized "
+                "as it loads has none left to split (LLaMA-Factory refuses it too); for QLoRA use init: loftq"
+            )
+        if self.init == "loftq" and self.merge_adapters:
+            problems.append("tuning.init: loftq reads the base's weights from its files, which merged adapters change")
         if self.merge_adapters and run.deepspeed.zero_stage == 3:
             problems.append(
                 "tuning.merge_adapters: merging changes the base's weights, which ZeRO-3 partitions; use 0-2"

@@ -54,6 +54,7 @@ DIRECT = {
     "max_grad_norm": "train.max_grad_norm",
     "seed": "train.seed",
     "shift_attn": "model.shift_attn",
+    "enable_liger_kernel": "model.liger_kernel",
     "logging_steps": "train.logging_steps",
     "save_steps": "checkpoint.save_steps",
     "save_total_limit": "checkpoint.keep",

@@ -117,13 +117,12 @@ NO_EFFECT = {  # logging, speed, uploads: other values are noted. Honoured value
     **_because("rayft leaves float32 matmul precision to PyTorch's default", tf32=None),
     **_because("rayft does not compile the model", torch_compile=False),
     **_because(
-        "a GPU kernel or patch rayft does not use",
+        "Unsloth swaps in model classes and a trainer of its own for one GPU; rayft trains transformers' classes "
+        "under DeepSpeed, with its fused loss and, where model.liger_kernel is on, Liger's kernels",
         use_unsloth=False,
         use_unsloth_gc=False,
-        enable_liger_kernel=False,
-        use_v1_kernels=False,
-        use_kt=False,
     ),
+    **_because("a GPU kernel or patch rayft does not use", use_v1_kernels=False, use_kt=False),
     **_because(
         _NA,
         full_determinism=False,

@@ -30,6 +30,12 @@ class ModelConfig(Section):
         "of the sequence, half of the heads in groups shifted by half a group; full attention in evaluation and "
         "generation (LLaMA-Factory's shift_attn). For long-context fine-tuning; an SDPA path of rayft's own.",
     )
+    liger_kernel: bool = Field(
+        False,
+        description="Liger's Triton kernels for RMSNorm, the gated MLP and RoPE on a GPU, for the families Liger "
+        "covers (LLaMA-Factory's enable_liger_kernel); on CPU, no effect (said in the log). pip install "
+        "'rayft[liger]' on GPU workers.",
+    )
     rope_scaling: Literal["linear", "dynamic", "yarn"] | None = Field(
         None,
         description="RoPE scaling type used when data.max_seq_len exceeds the model's max_position_embeddings; "

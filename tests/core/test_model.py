@@ -202,3 +202,27 @@ def test_train_modules_train_in_full_beside_the_adapters_and_unknown_names_are_r
     bad = _run(tiny_model, workdir, tuning={"method": "lora", "train_modules": ["normm"]})
     with pytest.raises(TuningError, match="tuning.train_modules: the model has no module named normm"):
         apply_tuning(load_model(bad, load_tokenizer(bad.model)), bad)
+
+
+def test_liger_kernels_are_a_gpu_choice_said_to_have_no_effect_on_cpu(tiny_model, workdir, caplog):
+    """model.liger_kernel (LLaMA-Factory's enable_liger_kernel): Triton kernels, applied where CUDA runs the model.
+    Here, without a GPU, the log says so and the model computes what it did."""
+    import logging
+
+    from rayft_core.llamafactory import translate
+    from rayft_core.model.loader import load_model, load_tokenizer
+    from tests.helpers import LF_MINIMAL, run_config
+
+    out, notes = translate({**LF_MINIMAL, "enable_liger_kernel": True})
+    assert out["model"]["liger_kernel"] is True and not [n for n in notes if "liger" in n]
+    run = run_config(
+        tiny_model("llama"), [{"path": "d.json", "format": "alpaca"}], workdir, "u", model={"liger_kernel": True}
+    )
+    plain = run.model_copy(update={"model": run.model.model_copy(update={"liger_kernel": False})})
+    tok = load_tokenizer(run.model)
+    with caplog.at_level(logging.WARNING, logger="rayft_core.model.kernels"):
+        model = load_model(run, tok)
+    assert "Liger's kernels are Triton GPU kernels; on CPU they are not applied" in caplog.text
+    ids = torch.randint(3, 200, (1, 12))
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, load_model(plain, tok)(input_ids=ids).logits)

@@ -280,6 +280,10 @@ def load_model(run: RunConfig, tokenizer: Any) -> torch.nn.Module:
         )
     if run.model.upcast_layernorm:
         upcast_norms(model)
+    if run.model.liger_kernel:
+        from rayft_core.model.kernels import apply_liger
+
+        apply_liger(model)
     resize_embeddings(model, len(tokenizer), seed=run.train.seed)
     if run.train.neftune_noise_alpha:
         add_neftune_noise(model, run.train.neftune_noise_alpha)

@@ -31,7 +31,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WORK = Path("/tmp/methods-bench")
 RESULTS = ROOT / "benchmarks" / "results"
-HFT = str(ROOT / "examples" / "plugins" / "hft.py")
 SEQ, BATCH = 256, 4
 FP32_ZERO0 = {"model": {"dtype": "float32"}, "deepspeed": {"zero_stage": 0}}
 
@@ -47,7 +46,9 @@ METHODS: dict[str, dict] = {
     "APOLLO r16": {"tuning": {"method": "apollo", "rank": 16}},
     "BAdam (layer)": {"tuning": {"method": "badam"}},
     "BAdam (ratio 0.05)": {"tuning": {"method": "badam", "mode": "ratio"}},
-    "HFT (plug-in)": {"tuning": {"method": f"{HFT}:HalfFineTuning"}},
+    "HFT (plug-in)": {"tuning": {"method": "rayft_core.literature.hft:HalfFineTuning"}},
+    "SIFT 1% (plug-in)": {"tuning": {"method": "rayft_core.literature.sift:SparseFineTuning", "density": 0.01}},
+    "OwLore 2 layers r16 (plug-in)": {"tuning": {"method": "rayft_core.literature.owlore:OwLore", "rank": 16}},
     "LoRA r16": {"tuning": {"method": "lora", "rank": 16}},
     "rsLoRA r16": {"tuning": {"method": "lora", "rank": 16, "use_rslora": True}},
     "DoRA r16": {"tuning": {"method": "lora", "rank": 16, "use_dora": True}},

@@ -171,11 +171,11 @@ def test_galore_zero0_one_worker(tiny_model, workdir, alpaca_file):
 def test_a_plugin_method_and_token_loss_load_on_the_workers_from_a_relative_path(
     tiny_model, workdir, alpaca_file, tmp_path, monkeypatch
 ):
-    """The HFT example (examples/plugins/hft.py) and a token loss of the user's, named relative to the working
+    """The HFT example (rayft_core.literature.hft) and a token loss of the user's, named relative to the working
     directory: the driver makes the paths absolute and each Ray Train worker loads the file itself."""
     from rayft.train import train
 
-    hft = Path(__file__).resolve().parents[2] / "examples" / "plugins" / "hft.py"
+    hft = Path(__file__).resolve().parents[2] / "core" / "rayft_core" / "literature" / "hft.py"
     (tmp_path / "hft.py").write_text(
         hft.read_text() + "\n\ndef halved(logits, ce):\n    return ce.new_full(ce.shape, 0.5)\n"
     )

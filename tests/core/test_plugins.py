@@ -1,4 +1,4 @@
-"""A user's own code named in the YAML: a tuning method (the HFT example, examples/plugins/hft.py), an optimizer and
+"""A user's own code named in the YAML: a tuning method (the HFT example, core/rayft_core/literature/hft.py), an optimizer and
 a token loss, each loaded from a file, its keys validated by its own schema, and what it does checked."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from rayft_core.schema import ConfigError
 from tests.core.test_block_methods import _steps
 from tests.helpers import run_config
 
-HFT = str(Path(__file__).resolve().parents[2] / "examples" / "plugins" / "hft.py")
+HFT = str(Path(__file__).resolve().parents[2] / "core" / "rayft_core" / "literature" / "hft.py")
 MINIMAL = {"model": {"name_or_path": "m"}, "data": {"train": [{"path": "d", "format": "alpaca"}]}}
 
 USER_CODE = """

@@ -3,7 +3,7 @@
 - ``RoundAdamW``: AdamW on the part of the model a round names, for ``switch_interval`` steps, then the next
   round's part. ``BlockAdamW``: block coordinate descent, BAdam (Luo et al. 2024, "BAdam: A Memory Efficient Full
   Parameter Optimization Method for Large Language Models", NeurIPS 2024) in its layer mode: one decoder layer
-  trains a round. Half Fine-Tuning (examples/plugins/hft.py) trains a random half of each layer a round.
+  trains a round. Half Fine-Tuning (rayft_core.literature.hft) trains a random half of each layer a round.
 - ``MaskedAdamW``: BAdam's ratio mode: every tensor trains, but only a fraction of its entries, chosen anew every
   ``switch_interval`` steps; Adam's moments are kept for those entries alone.
 
@@ -38,16 +38,13 @@ def block_order(count: int, rounds: int, mode: str, start: int, seed: int) -> in
     return order[within]
 
 
-class RoundAdamW(torch.optim.AdamW):
-    """AdamW over part of the parameters at a time: ``trainable(round)`` names the part for each round of
-    ``switch_interval`` steps. The rest do not require gradients (none is computed or kept for them) and hold no
-    Adam state: a switch drops the moments of what stops training, as BAdam does, so a part trained again later
-    starts its moments afresh."""
+class Rounds:
+    """What makes an optimizer train part of the parameters at a time (mixed in before a torch optimizer class):
+    ``trainable(round)`` names the part for each round of ``switch_interval`` steps. The rest do not require
+    gradients (none is computed or kept for them) and hold no optimizer state: a switch drops the state of what
+    stops training, as BAdam does, so a part trained again later starts its moments afresh."""
 
-    def __init__(
-        self, groups: list[dict], trainable: Callable[[int], list[nn.Parameter]], switch_interval: int, **adamw: Any
-    ):
-        super().__init__(groups, **adamw)
+    def start_rounds(self, trainable: Callable[[int], list[nn.Parameter]], switch_interval: int) -> None:
         self.trainable, self.switch_interval = trainable, switch_interval
         self.steps = 0
         self._activate()
@@ -67,7 +64,7 @@ class RoundAdamW(torch.optim.AdamW):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
-        loss = super().step(closure)  # AdamW skips a parameter without a gradient: those not training
+        loss = super().step(closure)  # the optimizer skips a parameter without a gradient: those not training
         self.steps += 1
         if self.steps % self.switch_interval == 0:
             self._activate()
@@ -79,8 +76,18 @@ class RoundAdamW(torch.optim.AdamW):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         self.steps = state_dict.pop("round_steps")
-        self._activate()  # before the moments load: they are the current part's
+        self._activate()  # before the state loads: it is the current part's
         super().load_state_dict(state_dict)
+
+
+class RoundAdamW(Rounds, torch.optim.AdamW):
+    """AdamW on the part of the parameters each round names (Rounds)."""
+
+    def __init__(
+        self, groups: list[dict], trainable: Callable[[int], list[nn.Parameter]], switch_interval: int, **adamw: Any
+    ):
+        torch.optim.AdamW.__init__(self, groups, **adamw)
+        self.start_rounds(trainable, switch_interval)
 
 
 class BlockAdamW(RoundAdamW):
@@ -128,6 +135,8 @@ class MaskedAdamW(torch.optim.Optimizer):
         self.steps = 0
         self.index: dict[nn.Parameter, torch.Tensor] = {}
 
+    masks_from_seed = True  # drawn from the seed and step: a restored optimizer draws them again
+
     def _choose(self, p: nn.Parameter, generator: torch.Generator) -> torch.Tensor:
         n = p.numel()
         k = max(1, round(self.ratio * n))
@@ -174,5 +183,35 @@ class MaskedAdamW(torch.optim.Optimizer):
         state_dict = dict(state_dict)
         self.steps = state_dict.pop("mask_steps")
         super().load_state_dict(state_dict)
-        if self.steps % self.switch_interval:  # mid-round: the round's masks again
+        if self.steps % self.switch_interval and self.masks_from_seed:  # mid-round: the round's masks again
             self._draw(self.steps // self.switch_interval * self.switch_interval)
+
+
+class GradientMaskedAdamW(MaskedAdamW):
+    """MaskedAdamW whose entries are chosen once, at the first step, as each tensor's ``ratio`` share with the
+    largest absolute gradient (SIFT, rayft_core.literature.sift), and kept for the rest of the run. The choice
+    depends on that gradient, so a checkpoint stores it."""
+
+    masks_from_seed = False
+
+    def __init__(self, groups: list[dict], ratio: float, **adamw: Any):
+        super().__init__(groups, ratio, switch_interval=2**62, **adamw)
+
+    def _draw(self, at_step: int) -> None:
+        self.index = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                k = max(1, round(self.ratio * p.numel()))
+                grad = p.grad if p.grad is not None else torch.zeros_like(p)
+                self.index[p] = grad.reshape(-1).abs().topk(k).indices.sort().values
+
+    def state_dict(self) -> dict[str, Any]:
+        params = [p for g in self.param_groups for p in g["params"]]
+        return {**super().state_dict(), "chosen": [self.index[p] for p in params] if self.index else []}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        chosen = state_dict.pop("chosen")
+        super().load_state_dict(state_dict)
+        params = [p for g in self.param_groups for p in g["params"]]
+        self.index = {p: c.to(p.device) for p, c in zip(params, chosen)}

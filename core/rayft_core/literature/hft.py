@@ -8,7 +8,7 @@ at random each round (the paper's selection within each block's categories); emb
 frozen.
 
     tuning:
-      method: examples/plugins/hft.py:HalfFineTuning
+      method: rayft_core.literature.hft:HalfFineTuning
       switch_interval: 50
 """
 

@@ -1,0 +1,95 @@
+"""Methods from the literature, each a plug-in of rayft_core.literature named by module reference: SIFT's budget of
+entries chosen by gradient magnitude, OwLore's outlier-weighted layer sampling with projected gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rayft_core.model.checks import _sft_batch
+from rayft_core.model.loader import load_tokenizer
+from rayft_core.train.losses import compute_causal_lm_loss
+from rayft_core.train.optim import build_optimizer
+from rayft_core.train.stages import STAGES
+from tests.helpers import run_config, sft_engine_and_steps
+
+
+def _run(tiny_model, workdir, tuning):
+    return run_config(
+        tiny_model("llama"),
+        [{"path": "unused.json", "format": "alpaca"}],
+        workdir,
+        "unit",
+        tuning=tuning,
+        model={"dtype": "float32"},
+        deepspeed={"zero_stage": 0},
+    )
+
+
+def _built(run):
+    tok = load_tokenizer(run.model)
+    model = STAGES["sft"].build_model(run, tok)
+    return model, build_optimizer(model, run), _sft_batch(STAGES["sft"], tok, run)
+
+
+def test_sift_trains_the_entries_with_the_largest_first_gradients_and_only_those(tiny_model, workdir):
+    run = _run(tiny_model, workdir, {"method": "rayft_core.literature.sift:SparseFineTuning", "density": 0.05})
+    model, optimizer, batch = _built(run)
+    weight, embeddings = model.model.layers[1].mlp.down_proj.weight, model.model.embed_tokens.weight
+    start, embeddings_start = weight.detach().clone(), embeddings.detach().clone()
+    loss, _ = compute_causal_lm_loss(model, batch)
+    loss.backward()
+    first = weight.grad.detach().abs().reshape(-1).clone()
+    optimizer.step()
+    optimizer.zero_grad()
+    k = round(0.05 * weight.numel())
+    chosen = optimizer.index[weight]
+    assert len(chosen) == k and first[chosen].min() >= first.topk(k).values.min()  # the top-k by |gradient|
+    for _ in range(3):
+        loss, _ = compute_causal_lm_loss(model, batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    moved = (weight.detach() != start).reshape(-1).nonzero().reshape(-1)
+    assert set(moved.tolist()) <= set(chosen.tolist()) and len(moved) > k // 2  # the same entries, step after step
+    assert optimizer.state[weight]["m"].numel() == k
+    assert torch.equal(embeddings, embeddings_start) and not embeddings.requires_grad  # the embeddings stay
+
+
+def test_sifts_chosen_entries_come_back_from_a_deepspeed_checkpoint(tiny_model, tmp_path):
+    run = _run(tiny_model, tmp_path, {"method": "rayft_core.literature.sift:SparseFineTuning", "density": 0.05})
+    trained, engine = sft_engine_and_steps(run, 3)
+    trained.save_checkpoint(str(tmp_path / "ckpt"), tag="t")
+    restored = engine()
+    restored.load_checkpoint(str(tmp_path / "ckpt"), tag="t")
+    pairs = zip(trained.optimizer.param_groups[0]["params"], restored.optimizer.param_groups[0]["params"])
+    assert all(torch.equal(trained.optimizer.index[p], restored.optimizer.index[q]) for p, q in pairs)
+
+
+def test_owlore_draws_layers_by_their_outliers_and_projects_their_gradients(tiny_model, workdir):
+    pytest.importorskip("galore_torch")
+    tuning = {"method": "rayft_core.literature.owlore:OwLore", "sampled_layers": 1, "switch_interval": 1, "rank": 4}
+    run = _run(tiny_model, workdir, tuning)
+    tok = load_tokenizer(run.model)
+    model = STAGES["sft"].build_model(run, tok)
+    with torch.no_grad():  # layer 1 gets heavy tails: a few of its weights 50 x the others
+        for p in model.model.layers[1].parameters():
+            if p.ndim == 2:
+                p.view(-1)[::50] *= 50
+    optimizer = build_optimizer(model, run)
+    ratios = optimizer.outlier_ratios
+    assert ratios[1] > 5 * ratios[0]
+    batch = _sft_batch(STAGES["sft"], tok, run)
+    drawn = []
+    for _ in range(30):  # a round a step: which layer trains, read from what requires gradients
+        drawn.append([i for i, layer in enumerate(model.model.layers) if next(layer.parameters()).requires_grad])
+        loss, _ = compute_causal_lm_loss(model, batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all(len(d) == 1 for d in drawn)  # sampled_layers at a time
+    assert sum(d == [1] for d in drawn) > 20  # the heavy-tailed layer is drawn most often
+    assert model.lm_head.weight.requires_grad and model.model.embed_tokens.weight.requires_grad  # always train
+    layer = drawn[-1][0]
+    q = model.model.layers[layer].self_attn.q_proj.weight
+    assert 4 in optimizer.state[q]["exp_avg"].shape  # the moments of a rank-4 projection, not of the whole matrix

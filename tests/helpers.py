@@ -94,3 +94,13 @@ def sft_engine_and_steps(run, steps: int):
     losses = _train_steps(engine.module, objective, batch, steps, lambda loss: (engine.backward(loss), engine.step()))
     assert losses[-1] < losses[0], losses
     return engine, make_engine
+
+
+def unit_run(model_dir: Path, workdir: Path, tuning: dict, **sections) -> RunConfig:  # noqa: F821
+    """A run for in-process tests of a method: fp32 weights under ZeRO-0 (where every method runs), a data file
+    that is never read; ``sections`` update whole keys as in run_config."""
+    sections = {"deepspeed": {"zero_stage": 0}, **sections}
+    sections["model"] = {"dtype": "float32", **sections.get("model", {})}
+    return run_config(
+        model_dir, [{"path": "unused.json", "format": "alpaca"}], workdir, "unit", tuning=tuning, **sections
+    )

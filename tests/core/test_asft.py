@@ -12,7 +12,7 @@ from rayft_core.llamafactory import translate
 from rayft_core.model.checks import _sft_batch
 from rayft_core.model.loader import load_model, load_tokenizer
 from rayft_core.train.stages import STAGES
-from tests.helpers import LF_MINIMAL, run_config
+from tests.helpers import LF_MINIMAL, unit_run
 
 
 def _asft_by_hand(policy_logits, ref_logits, labels, alpha):
@@ -25,15 +25,7 @@ def _asft_by_hand(policy_logits, ref_logits, labels, alpha):
 
 
 def _setup(tiny_model, workdir, tuning):
-    run = run_config(
-        tiny_model("llama"),
-        [{"path": "unused.json", "format": "alpaca"}],
-        workdir,
-        "unit",
-        tuning=tuning,
-        model={"dtype": "float32"},
-        train={"token_loss": "asft", "asft_alpha": 0.3},
-    )
+    run = unit_run(tiny_model("llama"), workdir, tuning, train={"token_loss": "asft", "asft_alpha": 0.3})
     stage, tok = STAGES["sft"], load_tokenizer(run.model)
     torch.manual_seed(0)
     model = stage.build_model(run, tok)

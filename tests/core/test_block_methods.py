@@ -15,17 +15,11 @@ from rayft_core.train.block_adam import block_order
 from rayft_core.train.losses import compute_causal_lm_loss
 from rayft_core.train.optim import build_optimizer
 from tests.core.test_tuning import _batch
-from tests.helpers import LF_MINIMAL, run_config, sft_engine_and_steps
-
-FP32_ZERO0 = {"model": {"dtype": "float32"}, "deepspeed": {"zero_stage": 0}}
+from tests.helpers import LF_MINIMAL, sft_engine_and_steps, unit_run
 
 
 def _run(tiny_model, workdir, tuning, **sections):
-    sections = {**FP32_ZERO0, **sections}
-    sections["model"] = {"name_or_path": str(tiny_model("llama")), **sections["model"]}
-    return run_config(
-        tiny_model("llama"), [{"path": "unused.json", "format": "alpaca"}], workdir, "unit", tuning=tuning, **sections
-    )
+    return unit_run(tiny_model("llama"), workdir, tuning, **sections)
 
 
 def _steps(run, steps):

@@ -11,19 +11,11 @@ from rayft_core.model.loader import load_tokenizer
 from rayft_core.train.losses import compute_causal_lm_loss
 from rayft_core.train.optim import build_optimizer
 from rayft_core.train.stages import STAGES
-from tests.helpers import run_config, sft_engine_and_steps
+from tests.helpers import sft_engine_and_steps, unit_run
 
 
 def _run(tiny_model, workdir, tuning):
-    return run_config(
-        tiny_model("llama"),
-        [{"path": "unused.json", "format": "alpaca"}],
-        workdir,
-        "unit",
-        tuning=tuning,
-        model={"dtype": "float32"},
-        deepspeed={"zero_stage": 0},
-    )
+    return unit_run(tiny_model("llama"), workdir, tuning)
 
 
 def _built(run):

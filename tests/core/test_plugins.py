@@ -11,7 +11,7 @@ import torch
 from rayft_core.config import RunConfig, validate_config
 from rayft_core.schema import ConfigError
 from tests.core.test_block_methods import _steps
-from tests.helpers import run_config
+from tests.helpers import run_config, unit_run
 
 HFT = str(Path(__file__).resolve().parents[2] / "core" / "rayft_core" / "literature" / "hft.py")
 MINIMAL = {"model": {"name_or_path": "m"}, "data": {"train": [{"path": "d", "format": "alpaca"}]}}
@@ -28,15 +28,7 @@ def sgd(groups, run, model):
 
 
 def _hft(tiny_model, workdir, **tuning):
-    return run_config(
-        tiny_model("llama"),
-        [{"path": "unused.json", "format": "alpaca"}],
-        workdir,
-        "unit",
-        tuning={"method": f"{HFT}:HalfFineTuning", **tuning},
-        model={"dtype": "float32"},
-        deepspeed={"zero_stage": 0},
-    )
+    return unit_run(tiny_model("llama"), workdir, {"method": f"{HFT}:HalfFineTuning", **tuning})
 
 
 def test_hft_trains_half_of_each_layers_attention_and_mlp_and_redraws_every_round(tiny_model, workdir):

@@ -144,6 +144,57 @@ def export_model(
     return dest
 
 
+def export_merged(
+    run_dirs: list[str | Path],
+    dest: str | Path,
+    method: str = "ties",
+    weights: list[float] | None = None,
+    density: float = 0.5,
+    max_shard_size: str = "5GB",
+    dtype: str | None = None,
+    overwrite: bool = False,
+    seed: int = 0,
+) -> Path:
+    """Several finished runs of one base merged into one model in ``dest`` (rayft_core.model.merge_models): each a
+    LoRA adapter that merges weight by weight, or a full-parameter model. ``weights``: one per run (default 1)."""
+    from transformers import AutoTokenizer
+
+    from rayft_core.model.merge_models import METHODS, merge_runs
+
+    run_dirs, dest = [Path(d) for d in run_dirs], Path(dest)
+    weights = weights if weights is not None else [1.0] * len(run_dirs)
+    if method not in METHODS:
+        raise ExportError(f"--merge-method: choose one of {', '.join(METHODS)}, got {method!r}")
+    if len(weights) != len(run_dirs):
+        raise ExportError(f"--merge-weights: one per run ({len(run_dirs)}), got {len(weights)}")
+    if not 0 < density <= 1:
+        raise ExportError(f"--density: the share of each task vector kept, in (0, 1], got {density}")
+    runs = [read_run(d) for d in run_dirs]
+    bases = {str(Path(r.model.name_or_path).resolve()) for r in runs}
+    if len(bases) > 1:
+        raise ExportError(
+            f"--merge-with: the runs fine-tuned different bases ({', '.join(sorted(bases))}); merge runs of one base"
+        )
+    for run, run_dir in zip(runs, run_dirs):
+        why = streaming_problem(run, run_dir) if (run_dir / ADAPTER_FILE).is_file() else None
+        why = why or ("it added tokens" if run.model.adds_tokens else None)
+        if why:
+            raise ExportError(
+                f"--merge-with: {run_dir} cannot be merged weight by weight: {why}; export it alone first"
+            )
+    ownership.claim(str(dest), ownership.EXPORT, overwrite, "--overwrite")
+    tokenizer = AutoTokenizer.from_pretrained(run_dirs[0])
+    cast = resolve_dtype(dtype or "float32")
+    with ownership.staged_dir(dest) as staged:
+        record = merge_runs(
+            Path(runs[0].model.name_or_path), run_dirs, staged, method, weights, density, max_shard_size, cast, seed
+        )
+        _write_beside_weights(staged, run_dirs[0], tokenizer, ollama=False)
+        record = {"exported_from": [str(d.absolute()) for d in run_dirs], "dtype": dtype, **record}
+        (staged / EXPORT_MARKER).write_text(json.dumps(record, indent=2) + "\n")
+    return dest
+
+
 @contextlib.contextmanager
 def _weights_source(run: RunConfig, run_dir: Path, checkpoint: bool) -> Iterator[Path]:
     """Where the trained weights are read: the run directory (or checkpoint), or for an adapter run's checkpoint a

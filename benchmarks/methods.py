@@ -49,6 +49,7 @@ METHODS: dict[str, dict] = {
     "HFT (plug-in)": {"tuning": {"method": "rayft_core.literature.hft:HalfFineTuning"}},
     "SIFT 1% (plug-in)": {"tuning": {"method": "rayft_core.literature.sift:SparseFineTuning", "density": 0.01}},
     "OwLore 2 layers r16 (plug-in)": {"tuning": {"method": "rayft_core.literature.owlore:OwLore", "rank": 16}},
+    "MeZO (plug-in)": {"tuning": {"method": "rayft_core.literature.mezo:MeZO"}},
     "LoRA r16": {"tuning": {"method": "lora", "rank": 16}},
     "rsLoRA r16": {"tuning": {"method": "lora", "rank": 16, "use_rslora": True}},
     "DoRA r16": {"tuning": {"method": "lora", "rank": 16, "use_dora": True}},
@@ -126,8 +127,11 @@ def measure_one(name: str, model: Path, steps: int) -> dict:
     for step in range(2 + steps):
         if step == 2:
             t0 = time.perf_counter()
-        total, metrics = objective(net, batch)
-        (total / metrics["loss"][1]).backward()
+        if run.tuning.forward_only:  # MeZO: two forward passes, no backward
+            total, metrics = optimizer.forward_only(net, objective, batch)
+        else:
+            total, metrics = objective(net, batch)
+            (total / metrics["loss"][1]).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(metrics["loss"][0] / metrics["loss"][1])

@@ -85,3 +85,68 @@ def test_owlore_draws_layers_by_their_outliers_and_projects_their_gradients(tiny
     layer = drawn[-1][0]
     q = model.model.layers[layer].self_attn.q_proj.weight
     assert 4 in optimizer.state[q]["exp_avg"].shape  # the moments of a rank-4 projection, not of the whole matrix
+
+
+def _mezo(tiny_model, workdir, **train):
+    tuning = {"method": "rayft_core.literature.mezo:MeZO", "eps": 1e-3}
+    return unit_run(tiny_model("llama"), workdir, tuning, train={"learning_rate": 1e-3, **train})
+
+
+def test_mezo_steps_along_a_seeded_direction_by_the_loss_difference_without_gradients(tiny_model, workdir):
+    import copy
+
+    run = _mezo(tiny_model, workdir)
+    model, optimizer, batch = _built(run)
+    objective = STAGES["sft"].objective(run, load_tokenizer(run.model), torch.device("cpu"), {})
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    names = {id(p): n for n, p in model.named_parameters()}
+    generator = torch.Generator().manual_seed(run.train.seed * 1_000_003)  # step 0's seed: z drawn again by hand
+    z = {names[id(p)]: torch.randn(p.shape, generator=generator) for p in params}
+
+    def loss_at(sign):  # the loss per labelled token at theta + sign * eps * z, on a copy
+        moved = copy.deepcopy(model)
+        with torch.no_grad():
+            for n, p in moved.named_parameters():
+                if n in z:
+                    p.add_(z[n], alpha=sign * 1e-3)
+            total, metrics = objective(moved, batch)
+        return float(total) / metrics["loss"][1]
+
+    loss, metrics = optimizer.forward_only(model, objective, batch)
+    assert not loss.requires_grad  # forward passes under no_grad: no graph, no activations kept
+    assert all(torch.allclose(p, start[n], atol=1e-6) for n, p in model.named_parameters())  # theta restored
+    g = (loss_at(+1) - loss_at(-1)) / 2e-3
+    assert abs(optimizer.projected_grad - g) < 1e-3 * max(1.0, abs(g))
+    optimizer.step()
+    for n, p in model.named_parameters():
+        assert torch.allclose(p, start[n] - 1e-3 * optimizer.projected_grad * z[n], atol=1e-6), n
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_mezo_trains_in_the_supervised_loop_on_a_deepspeed_engine(tiny_model, tmp_path):
+    """The loop's zeroth-order path (rayft_core.train.loop): forward passes, DeepSpeed's step and schedule; the
+    loss falls, and no gradient is ever held."""
+    from rayft_core.model.checks import _single_process_group
+    from rayft_core.train.loop import train_worker
+    from rayft_core.train.plan import TrainPlan
+    from tests.helpers import QA
+
+    _single_process_group()
+    run = _mezo(tiny_model, tmp_path, max_steps=40, logging_steps=1, learning_rate=2e-3)
+    tok = load_tokenizer(run.model)
+    rows = [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}], "tools": None}
+        for q, a in QA
+    ]
+    encoded = STAGES["sft"].encode_rows(rows, tok, run)
+    batch = {k: encoded[k][:4] for k in ("input_ids", "labels")}
+    records: list[dict] = []
+    plan = TrainPlan(micro_batches_per_epoch=1, num_epochs=40, total_steps=40)
+    train_worker(
+        run, plan, lambda epoch: iter([batch]), lambda record, checkpoint_dir=None: records.append(record), 0, 1
+    )
+    losses = [r["train/loss"] for r in records if "train/loss" in r]
+    assert len(losses) == 40
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5  # it learns, without a backward pass
+    assert all(r["train/grad_norm"] > 0 for r in records)  # |projected gradient|: MeZO's estimate of the norm

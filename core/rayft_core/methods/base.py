@@ -54,6 +54,9 @@ class TuningSection(Section):
     # Class variables, not keys; a method sets them without annotating them again (`optimizer = "..."`).
     optimizer: ClassVar[str] = "adamw"
     trains_adapter: ClassVar[bool] = False  # a PEFT adapter on a frozen base (saved alone, trained in fp32)
+    # Trains from forward passes alone (MeZO): the loop calls its optimizer's forward_only(model, objective, batch)
+    # instead of a backward pass, and there is no gradient to clip.
+    forward_only: ClassVar[bool] = False
     aliases: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def apply(self, model: "nn.Module", run: Run) -> "nn.Module":

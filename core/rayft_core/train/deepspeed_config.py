@@ -32,7 +32,7 @@ def build_deepspeed_config(run: RunConfig, dtype: torch.dtype, world_size: int) 
         # With sequence parallelism each of a worker's micro-batches is N micro-steps, one per member of its group.
         "gradient_accumulation_steps": t.gradient_accumulation_steps * run.cluster.sequence_parallel_size,
         "train_batch_size": t.micro_batch_size * t.gradient_accumulation_steps * world_size,
-        "gradient_clipping": t.max_grad_norm,
+        "gradient_clipping": 0.0 if run.tuning.forward_only else t.max_grad_norm,  # MeZO: no gradient to clip
         "zero_optimization": zero,
         # Mixed precision in DeepSpeed casts the module; adapters stay fp32 on a 16-bit base instead.
         "bf16": {"enabled": dtype == torch.bfloat16 and not run.tuning.trains_adapter},

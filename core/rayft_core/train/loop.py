@@ -58,6 +58,7 @@ def train_worker(
         objective.restore(session.state.stage_state)
         session.stage_state = objective.state
     engine, device = session.engine, session.device
+    forward_only = engine.optimizer.forward_only if run.tuning.forward_only else None  # MeZO's passes
     input_columns = [c for c in sequence_columns(stage.columns) if c.endswith("input_ids")]
     with session:
         window = MetricWindow()
@@ -69,14 +70,7 @@ def train_worker(
                 for batch in session.micro_batches(stage, examples):  # one, or a slice of each in an SP group
                     boundary = engine.is_gradient_accumulation_boundary()
                     logs = boundary and session.logs_at(session.step + 1)
-                    begin_micro_step(engine)
-                    loss, step_metrics = objective(engine.module, batch)
-                    # The step's loss: its summed loss over the units of all its micro-batches on all workers.
-                    # DeepSpeed averages gradients over the data-parallel workers (sequence-parallel peers' are
-                    # summed: each holds part of a sequence); it does not scale by accumulation here.
-                    engine.backward(loss * (session.averaged_over / units), scale_wrt_gas=False)
-                    norm = grad_norm_before_step(engine, session.model) if logs else None  # reduced, not clipped
-                    engine.step()
+                    step_metrics, norm = _micro_step(session, objective, batch, units, logs, forward_only)
                     window.add(step_metrics)
                 window.add({}, tokens, sum(real))
                 session.tokens += tokens
@@ -91,6 +85,27 @@ def train_worker(
                 metrics.update(evaluate(session, stage, objective, eval_batches))
             session.end_step(metrics)
     session.finish()
+
+
+def _micro_step(
+    session: WorkerSession, objective: Objective, batch: dict, units: float, logs: bool, forward_only: Any
+) -> tuple[dict, float | None]:
+    """One micro-batch's forward, backward and (at a boundary) DeepSpeed step: its metrics and, where the step
+    logs, the gradient norm before clipping."""
+    engine = session.engine
+    begin_micro_step(engine)
+    if forward_only:  # a zeroth-order optimizer (MeZO): its forward passes, no backward; its projected gradient g
+        metrics = forward_only(engine.module, objective, batch)[1]  # estimates the gradient's norm: E[g^2] = |grad|^2
+        norm = abs(engine.optimizer.projected_grad)
+    else:
+        loss, metrics = objective(engine.module, batch)
+        # The step's loss: its summed loss over the units of all its micro-batches on all workers. DeepSpeed averages
+        # gradients over the data-parallel workers (sequence-parallel peers' are summed: each holds part of a
+        # sequence); it does not scale by accumulation here.
+        engine.backward(loss * (session.averaged_over / units), scale_wrt_gas=False)
+        norm = grad_norm_before_step(engine, session.model) if logs else None  # reduced, not clipped
+    engine.step()
+    return metrics, norm
 
 
 def _optimizer_steps(batches: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:

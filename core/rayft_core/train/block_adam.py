@@ -7,7 +7,9 @@
 - ``MaskedAdamW``: BAdam's ratio mode: every tensor trains, but only a fraction of its entries, chosen anew every
   ``switch_interval`` steps; Adam's moments are kept for those entries alone.
 
-Both run under DeepSpeed ZeRO-0 on whole fp32 tensors (rayft_core.methods.badam says why), and every rank
+- ``GradientMaskedAdamW``: entries chosen once, by the first gradient's magnitude (SIFT, rayft_core.literature.sift).
+
+All run under DeepSpeed ZeRO-0 on whole fp32 tensors (rayft_core.methods.badam says why), and every rank
 derives the same schedule from the step count and seed, so the ranks all-reduce the same gradients.
 """
 
@@ -19,8 +21,6 @@ from typing import Any
 
 import torch
 from torch import nn
-
-SWITCH_MODES = ("ascending", "descending", "random", "fixed")
 
 
 def block_order(count: int, rounds: int, mode: str, start: int, seed: int) -> int:
@@ -119,6 +119,8 @@ class MaskedAdamW(torch.optim.Optimizer):
     which entries train (``mask``: scattered at random, or one adjacent run of them) and its moments restart, held
     for those entries only. Gradients are computed whole; the optimizer keeps 2 x ratio of AdamW's state."""
 
+    masks_from_seed = True  # drawn from the seed and step: a restored optimizer draws them again
+
     def __init__(
         self,
         groups: list[dict],
@@ -134,8 +136,6 @@ class MaskedAdamW(torch.optim.Optimizer):
         self.ratio, self.switch_interval, self.mask, self.seed = ratio, switch_interval, mask, seed
         self.steps = 0
         self.index: dict[nn.Parameter, torch.Tensor] = {}
-
-    masks_from_seed = True  # drawn from the seed and step: a restored optimizer draws them again
 
     def _choose(self, p: nn.Parameter, generator: torch.Generator) -> torch.Tensor:
         n = p.numel()

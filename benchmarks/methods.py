@@ -50,6 +50,7 @@ METHODS: dict[str, dict] = {
     "SIFT 1% (plug-in)": {"tuning": {"method": "rayft_core.literature.sift:SparseFineTuning", "density": 0.01}},
     "OwLore 2 layers r16 (plug-in)": {"tuning": {"method": "rayft_core.literature.owlore:OwLore", "rank": 16}},
     "MeZO (plug-in)": {"tuning": {"method": "rayft_core.literature.mezo:MeZO"}},
+    "LoRAMoE 4 x r8 (plug-in)": {"tuning": {"method": "rayft_core.literature.loramoe:LoRAMoE"}},
     "LoRA r16": {"tuning": {"method": "lora", "rank": 16}},
     "rsLoRA r16": {"tuning": {"method": "lora", "rank": 16, "use_rslora": True}},
     "DoRA r16": {"tuning": {"method": "lora", "rank": 16, "use_dora": True}},

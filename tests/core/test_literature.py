@@ -150,3 +150,56 @@ def test_mezo_trains_in_the_supervised_loop_on_a_deepspeed_engine(tiny_model, tm
     assert len(losses) == 40
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5  # it learns, without a backward pass
     assert all(r["train/grad_norm"] > 0 for r in records)  # |projected gradient|: MeZO's estimate of the norm
+
+
+def test_loramoe_experts_start_at_the_base_mix_by_their_router_and_balance_it(tiny_model, workdir):
+    from rayft_core.literature.loramoe import Experts
+
+    layer = torch.nn.Linear(16, 8)
+    experts = Experts(layer, experts=4, rank=2, alpha=4.0, balance_coef=0.1).train()
+    with torch.no_grad():
+        experts.B.normal_()
+    x = torch.randn(3, 5, 16)
+    out = experts(x)
+    gates = torch.softmax(experts.router(x), -1)
+    by_hand = sum(gates[..., e : e + 1] * (x @ experts.A[e].T @ experts.B[e].T) for e in range(4)) * 2.0
+    assert torch.allclose(out, by_hand, atol=1e-5)
+    (out.sum() * 0).backward()  # only the balancing loss reaches the router: coef x CV^2 of the importance
+    def cv2(router_weight):  # the squared coefficient of variation of the experts' summed gates
+        importance = torch.softmax(x @ router_weight.T, -1).reshape(-1, 4).sum(0)
+        return importance.var(unbiased=False) / importance.mean() ** 2
+
+    router = experts.router.weight.detach().requires_grad_()
+    (want,) = torch.autograd.grad(0.1 * cv2(router), router)
+    assert cv2(router) > 0 and torch.allclose(experts.router.weight.grad, want, atol=1e-6)
+
+
+def test_a_loramoe_run_trains_experts_only_and_reloads_with_them(tiny_model, workdir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from rayft_core.literature.loramoe import load
+    from rayft_core.train.outputs import save_model
+
+    run = unit_run(tiny_model("llama"), workdir, {"method": "rayft_core.literature.loramoe:LoRAMoE", "rank": 4})
+    model, optimizer, batch = _built(run)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model("llama")).eval()
+    ids = batch["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(input_ids=ids).logits, base(input_ids=ids).logits, atol=1e-5)  # B = 0
+    model.train()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    losses = []
+    for _ in range(4):
+        loss, _ = compute_causal_lm_loss(model, batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and all(".loramoe." in n for n in moved) and any("router" in n for n in moved)
+    assert len({n.split(".loramoe.")[0] for n in moved}) == 6  # gate, up and down projections of 2 layers
+    save_model(model, load_tokenizer(run.model), run, tmp_path / "out")
+    again = load(tmp_path / "out").eval()
+    with torch.no_grad():
+        assert torch.allclose(again(input_ids=ids).logits, model.eval()(input_ids=ids).logits, atol=1e-5)

@@ -6,5 +6,6 @@ names by reference, as a user's own method is named, never registered in rayft_c
 - hft: Half Fine-Tuning (Hui et al. 2024), half of each layer trains per round;
 - sift: sparse fine-tuning (Song et al. 2023), a fixed budget of entries chosen by gradient magnitude;
 - owlore: OwLore (Li et al. 2024), outlier-weighted layer sampling with GaLore's low-rank gradients;
-- mezo: MeZO (Malladi et al. 2023), zeroth-order SGD from forward passes alone.
+- mezo: MeZO (Malladi et al. 2023), zeroth-order SGD from forward passes alone;
+- loramoe: LoRAMoE (Dou et al. 2024), LoRA experts mixed by a router on the MLP, with a balancing loss.
 """

@@ -193,7 +193,13 @@ REFUSED = {
         needs="new_special_tokens_config",
         init_special_tokens="noise_init",
     ),
-    **_refused(_NA, split_special_tokens=False, mixture_of_depths=None, fp8=False),
+    **_refused(_NA, split_special_tokens=False, fp8=False),
+    **_refused(
+        "mixture of depths is not in rayft: its top-k routing over the whole sequence lets a token's path depend "
+        "on later tokens, so generating with a KV cache needs the paper's auxiliary router, and its models load "
+        "with the MoD package's classes only",
+        mixture_of_depths=None,
+    ),
     **_refused(
         "rayft quantizes with bitsandbytes: NF4 with double quantization for 4 bits",
         needs="quantization_bit",

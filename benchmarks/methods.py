@@ -1,4 +1,4 @@
-"""/work/main/.venv/bin/python benchmarks/methods.py [--steps 8] [--only NAME ...] [--llamafactory]
+"""/work/main/.venv/bin/python benchmarks/methods.py [--steps 20] [--only NAME ...] [--llamafactory]
 
 Every tuning method on the same tiny Llama, side by side in one run: trainable parameters, optimizer state and
 tokens/s of a training step. Each method runs in a process of its own (benchmarks/methods.py --one NAME), which
@@ -12,7 +12,7 @@ The model: a tiny Llama this script builds (4 layers, hidden 256, MLP 704, 8 hea
 trained here; about 3.6M parameters): a tiny-model figure, for comparing methods with each other, not a speed
 claim about real models.
 
---llamafactory also trains the methods LLaMA-Factory 0.9.5 has (in its own venv, /tmp/lf-venv, built on first use)
+--llamafactory instead trains the methods LLaMA-Factory 0.9.5 has (in its own venv, /tmp/lf-venv, built on first use)
 with one YAML per method given to both tools, `llamafactory-cli train` and `rayft train` (which translates it),
 one after the other: trainable parameters as each tool reports them and training tokens/s (LLaMA-Factory:
 non-padding tokens seen / train_runtime; rayft: summary.json). Whole runs, Ray and DeepSpeed included.
@@ -72,8 +72,17 @@ LF_METHODS: dict[str, dict] = {
     "full + Muon": {"finetuning_type": "full", "use_muon": True},
     "full + Adam-mini": {"finetuning_type": "full", "use_adam_mini": True},
     "freeze (last 2 layers)": {"finetuning_type": "freeze", "freeze_trainable_layers": 2},
-    "GaLore r16": {"finetuning_type": "full", "use_galore": True, "galore_rank": 16, "galore_target": "all"},
-    "APOLLO r16": {"finetuning_type": "full", "use_apollo": True, "apollo_rank": 16, "apollo_target": "all"},
+    # LLaMA-Factory's GaLore and APOLLO refuse transformers 5's default optim (adamw_torch_fused): name adamw_torch
+    **{
+        f"{label} r16": {
+            "finetuning_type": "full",
+            f"use_{m}": True,
+            f"{m}_rank": 16,
+            f"{m}_target": "all",
+            "optim": "adamw_torch",
+        }
+        for label, m in (("GaLore", "galore"), ("APOLLO", "apollo"))
+    },
     "BAdam (layer)": {"finetuning_type": "full", "use_badam": True, "badam_mode": "layer"},
     "LoRA r16": {"finetuning_type": "lora", "lora_rank": 16, "lora_target": "all"},
     "DoRA r16": {"finetuning_type": "lora", "lora_rank": 16, "lora_target": "all", "use_dora": True},
@@ -137,8 +146,7 @@ def measure_one(name: str, model: Path, steps: int) -> dict:
         optimizer.zero_grad(set_to_none=True)
         losses.append(metrics["loss"][0] / metrics["loss"][1])
     seconds = time.perf_counter() - t0
-    state = optimizer.state_dict()["state"]
-    state_bytes = sum(t.nbytes for s in state.values() for t in _tensors(s))
+    state_bytes = sum(t.nbytes for t in _tensors(optimizer.state_dict()))  # Muon's holds its two parts' states
     return {
         "method": name,
         "parameters": sum(p.numel() for p in net.parameters()),
@@ -199,9 +207,9 @@ def print_rayft(rows: list[dict]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=8, help="timed steps per method (after 2 warm-up steps)")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per method (after 2 warm-up steps)")
     ap.add_argument("--only", nargs="*", default=None, help="these methods only (names as in the table)")
-    ap.add_argument("--llamafactory", action="store_true", help="also run LLaMA-Factory's methods side by side")
+    ap.add_argument("--llamafactory", action="store_true", help="run LLaMA-Factory's methods side by side instead")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -216,14 +224,15 @@ def main() -> None:
         sys.exit(f"unknown methods {unknown}; choose from {list(METHODS)}")
     WORK.mkdir(parents=True, exist_ok=True)
     model = build_model(WORK)
-    rows = rayft_table(model, names, args.steps)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "methods.json").write_text(json.dumps(rows, indent=1))
-    print_rayft(rows)
     if args.llamafactory:
         from methods_llamafactory import side_by_side
 
         side_by_side(model, [n for n in names if n in LF_METHODS], LF_METHODS, WORK)
+        return
+    rows = rayft_table(model, names, args.steps)
+    (RESULTS / "methods.json").write_text(json.dumps(rows, indent=1))
+    print_rayft(rows)
 
 
 if __name__ == "__main__":

@@ -427,3 +427,31 @@ def test_loftq_starts_a_qlora_adapter_closer_to_the_full_precision_model(tiny_mo
         validate_config({**MINIMAL, "tuning": {"method": "lora", "init": "loftq"}})
     with pytest.raises(ConfigError, match="for QLoRA use init: loftq"):  # PEFT would raise a TypeError in a worker
         validate_config({**MINIMAL, "tuning": {"method": "lora", "init": "pissa", "quantization_bit": 4}})
+
+
+def test_qlora_gradients_stay_right_after_an_evaluation(tiny_model, workdir):
+    """An eval-mode forward without gradients (rayft's evaluation) makes bitsandbytes repack 4-bit weights for its
+    AVX-512 CPU kernel, whose backward is wrong (100% off on this machine's CPU); rayft keeps the trainable layout.
+    On a CPU without AVX-512 BF16 both layouts are the same and this holds trivially."""
+    pytest.importorskip("bitsandbytes")
+    run = _cfg(tiny_model, workdir, {"method": "lora", "rank": 4, "quantization_bit": 4}, deepspeed={"zero_stage": 0})
+    tokenizer = load_tokenizer(run.model)
+    model = apply_tuning(load_model(run, tokenizer), run)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    batch = _batch(tokenizer)
+
+    def gradients():
+        model.train()
+        model.zero_grad()
+        compute_loss(model, batch)[0].backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    before = gradients()
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    after = gradients()
+    assert before and all(torch.allclose(before[n], after[n], atol=1e-6) for n in before)

@@ -85,6 +85,7 @@ class LoraTuning(TuningSection):
             model = PeftModel.from_pretrained(model, path).merge_and_unload()
         if self.quantization_bit:
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=run.model.checkpoints_activations)
+            _no_cpu_repacking(model)
         if self.adapter:
             model = PeftModel.from_pretrained(model, self.adapter, is_trainable=True)
         else:
@@ -185,6 +186,16 @@ class LoraTuning(TuningSection):
 
     def missing_dependency(self) -> str | None:
         return BITSANDBYTES.missing("tuning.quantization_bit") if self.quantization_bit else None
+
+
+def _no_cpu_repacking(model: "nn.Module") -> None:
+    """bitsandbytes repacks a 4-bit layer's weights for its AVX-512 CPU kernel at the first forward pass in eval mode
+    without gradients (an evaluation), and its backward through the repacked weights is wrong: the adapters'
+    gradients after it differ from before by 100% (measured on this machine). A model being trained keeps the
+    layout it backpropagates through correctly."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _trainable_in_fp32(model: "nn.Module") -> "nn.Module":

@@ -19,6 +19,7 @@ import torch
 from pydantic import Field
 
 from rayft_core.methods import TuningSection
+from rayft_core.train.block_adam import CountsSteps
 
 
 class MeZO(TuningSection):
@@ -45,7 +46,7 @@ class MeZO(TuningSection):
         return out
 
 
-class ZerothOrderSGD(torch.optim.Optimizer):
+class ZerothOrderSGD(CountsSteps, torch.optim.Optimizer):
     """SGD on SPSA's projected gradient. The supervised loop calls ``forward_only(model, objective, batch)`` instead
     of a backward pass (rayft_core.train.loop), then ``step()`` as for any optimizer."""
 
@@ -92,11 +93,3 @@ class ZerothOrderSGD(torch.optim.Optimizer):
                 p.add_(p, alpha=-group["lr"] * group["weight_decay"])
         self.steps += 1
         return None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "mezo_steps": self.steps}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state_dict = dict(state_dict)
-        self.steps = state_dict.pop("mezo_steps")
-        super().load_state_dict(state_dict)

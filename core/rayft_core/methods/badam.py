@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from rayft_core.methods.base import Run, TuningSection, decay_groups
+from rayft_core.methods.base import Run, TuningSection
 
 if TYPE_CHECKING:
     from torch import nn
@@ -46,10 +46,6 @@ class BadamTuning(TuningSection):
         model.requires_grad_(False)
         decoder_layers(model).requires_grad_(True)  # the optimizer leaves one of them trainable at a time
         return model
-
-    def param_groups(self, model: "nn.Module", run: Run) -> list[dict]:
-        lr = run.train.learning_rate
-        return decay_groups(model, run, lambda name: lr)
 
     def blocks(self, model: "nn.Module") -> list[list]:
         from rayft_core.methods.layers import decoder_layers

@@ -12,12 +12,9 @@ wherever the quantized base does.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 from torch import nn
-
-from rayft_core.errors import UserInputError
 
 
 @torch.no_grad()
@@ -26,7 +23,9 @@ def loftq_initialise(model: nn.Module, base_dir: str, adapter: str = "default") 
     layers it set. ``model`` is the PEFT model; W comes from ``base_dir``'s safetensors weights."""
     from peft.tuners.lora import LoraLayer
 
-    weights = _FileWeights(Path(base_dir))
+    from rayft_core.model.shards import SavedTensors
+
+    weights = SavedTensors(base_dir, "tuning.init loftq")
     count = 0
     for name, module in model.named_modules():
         if not isinstance(module, LoraLayer) or adapter not in module.lora_A:
@@ -43,29 +42,6 @@ def loftq_initialise(model: nn.Module, base_dir: str, adapter: str = "default") 
         b.copy_((u[:, :r] * root) / math.sqrt(scale))
         count += 1
     return count
-
-
-class _FileWeights:
-    """A saved model's tensors by name, read one at a time from its safetensors files."""
-
-    def __init__(self, model_dir: Path):
-        from rayft_core.model.shards import tensor_headers, weight_files
-
-        self.model_dir = model_dir
-        self.where = {key: file for file in weight_files(model_dir) for key in tensor_headers([file])}
-
-    def get(self, name: str, shape: torch.Size) -> torch.Tensor:
-        from safetensors import safe_open
-
-        if name not in self.where:
-            raise UserInputError(f"tuning.init loftq: {self.model_dir} has no safetensors weight {name} to start from")
-        with safe_open(str(self.where[name]), framework="pt") as f:
-            tensor = f.get_tensor(name)
-        if tensor.shape != shape:
-            raise UserInputError(
-                f"tuning.init loftq: {name} is {tuple(tensor.shape)} in {self.model_dir}, not {tuple(shape)}"
-            )
-        return tensor
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from rayft_core.errors import UserInputError
-from rayft_core.model.shards import ShardWriter, module_groups, tensor_headers, weight_files, write_model_config
+from rayft_core.model.shards import SavedTensors, ShardWriter, module_groups, write_model_config
 from rayft_core.model.value_head import save_value_head
 from rayft_core.train.checkpoint import CHECKPOINT_TAG
 
@@ -68,7 +68,8 @@ def write_checkpoint_model(
     lm, head = _lm_and_head(checkpoint_weights(checkpoint))
     stored = next(iter(lm.values())).dtype
     model = _meta_model(run, lm, dtype or stored, trust_remote_code)
-    base = _BaseWeights(Path(run.model.name_or_path))
+    # the weights the run kept frozen, which its checkpoints leave out
+    base = SavedTensors(run.model.name_or_path, "completing the checkpoint with the base's frozen weights")
     from transformers.core_model_loading import revert_weight_conversion
 
     writer = ShardWriter(dest, max_shard_size)
@@ -123,30 +124,3 @@ def _meta_model(run: Any, weights: dict[str, Any], dtype: torch.dtype, trust_rem
     with contextlib.suppress(OSError):  # a base without generation_config.json keeps the one from its config
         model.generation_config = GenerationConfig.from_pretrained(name)
     return model
-
-
-class _BaseWeights:
-    """The base model's tensors, for the weights a run kept frozen (which its checkpoints leave out)."""
-
-    def __init__(self, base: Path):
-        self.base, self.files = base, weight_files(base)
-        self.where: dict[str, Path] | None = None
-
-    def get(self, name: str, shape: torch.Size) -> torch.Tensor:
-        from safetensors import safe_open
-
-        if self.where is None:
-            self.where = {key: file for file in self.files for key in tensor_headers([file])}
-        if name not in self.where:
-            raise UserInputError(
-                f"the checkpoint does not hold {name} (the run did not train it) and the base model {self.base} "
-                "has no safetensors weight of that name to take it from"
-            )
-        with safe_open(str(self.where[name]), framework="pt") as f:
-            tensor = f.get_tensor(name)
-        if tensor.shape != shape:
-            raise UserInputError(
-                f"the base model's {name} is {tuple(tensor.shape)}, the trained model's {tuple(shape)}: the "
-                "checkpoint cannot be completed from the base"
-            )
-        return tensor

@@ -62,32 +62,51 @@ def _unmatched(adapter_keys: set[str], base_keys: set[str]) -> list[str]:
     return sorted(k for k in {f"{m}.weight" for m in modules} | whole if k not in base_keys)
 
 
+class LoraUpdates:
+    """A saved LoRA adapter read for merging: each adapted base weight's update s * B @ A (transposed for GPT-2's
+    Conv1D), and the base weights it saved whole (``whole``: modules_to_save)."""
+
+    def __init__(self, adapter_dir: Path):
+        from safetensors.torch import load_file
+
+        config = json.loads((adapter_dir / "adapter_config.json").read_text())
+        self.scale = config["lora_alpha"] / (math.sqrt(config["r"]) if config.get("use_rslora") else config["r"])
+        self.fan_in_fan_out = bool(config.get("fan_in_fan_out"))
+        self.tensors = {k.removeprefix(PREFIX): v for k, v in load_file(str(adapter_dir / ADAPTER_WEIGHTS)).items()}
+        self.pairs = {
+            k.removesuffix(".lora_A.weight"): (v, self.tensors[k.replace("lora_A", "lora_B")])
+            for k, v in self.tensors.items()
+            if k.endswith(".lora_A.weight")
+        }
+        self.whole = {k: v for k, v in self.tensors.items() if not any(w in k for w in NOT_WHOLE)}
+
+    def merged(self, key: str, weight: torch.Tensor) -> torch.Tensor:
+        """The base weight ``key`` (in fp32) with its update added, where the adapter has one."""
+        if (module := key.removesuffix(".weight")) not in self.pairs:
+            return weight
+        a, b = self.pairs[module]
+        delta = self.scale * (b.float() @ a.float())
+        return weight + (delta.T if self.fan_in_fan_out else delta)
+
+
 def merge_streamed(run: Any, adapter_dir: Path, dest: Path, max_shard_size: str, dtype: torch.dtype) -> None:
     """The run's base with the adapter in ``adapter_dir`` merged, written to ``dest`` in ``dtype`` (see the module's
     docstring; check ``streaming_problem`` first). A ValueError names an adapter weight no base tensor matches."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
-    config = json.loads((adapter_dir / "adapter_config.json").read_text())
-    scale = config["lora_alpha"] / (math.sqrt(config["r"]) if config.get("use_rslora") else config["r"])
-    adapter = {k.removeprefix(PREFIX): v for k, v in load_file(str(adapter_dir / ADAPTER_WEIGHTS)).items()}
-    pairs = {k.removesuffix(".lora_A.weight"): (v, adapter[k.replace("lora_A", "lora_B")]) for k, v in adapter.items() if k.endswith(".lora_A.weight")}  # fmt: skip
-    whole = {k: v for k, v in adapter.items() if not any(w in k for w in NOT_WHOLE)}
+    lora = LoraUpdates(adapter_dir)
     base = Path(run.model.name_or_path)
-    missing = _unmatched({PREFIX + k for k in adapter}, set(tensor_headers(weight_files(base))))
+    missing = _unmatched({PREFIX + k for k in lora.tensors}, set(tensor_headers(weight_files(base))))
     if missing:  # checked before anything is written (streaming_problem says so first)
         raise ValueError(f"the adapter's {missing[0]} matches no tensor of the base in {base}")
     writer, rows = ShardWriter(dest, max_shard_size), None
     for file in weight_files(base):
         with safe_open(str(file), framework="pt") as f:
             for key in f.keys():  # noqa: SIM118 (a safe_open handle is not a dict)
-                weight = whole[key] if key in whole else f.get_tensor(key)
-                weight = weight.float() if weight.is_floating_point() else weight  # merged in float32
-                if (module := key.removesuffix(".weight")) in pairs:
-                    a, b = pairs[module]
-                    delta = scale * (b.float() @ a.float())
-                    weight = weight + (delta.T if config.get("fan_in_fan_out") else delta)
-                if key in whole and weight.ndim == 2 and "embed" in key:
+                weight = lora.whole[key] if key in lora.whole else f.get_tensor(key)
+                if weight.is_floating_point():  # merged in float32
+                    weight = lora.merged(key, weight.float())
+                if key in lora.whole and weight.ndim == 2 and "embed" in key:
                     rows = weight.shape[0]  # the vocabulary the run trained with (added tokens)
                 writer.add({key: weight.to(dtype) if weight.is_floating_point() else weight})
     writer.close()

@@ -16,61 +16,33 @@ The base is never loaded whole: each base tensor is read, every run's version of
 
 from __future__ import annotations
 
-import json
-import math
 import zlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rayft_core.errors import UserInputError
-from rayft_core.model.merge import ADAPTER_WEIGHTS, NOT_WHOLE, PREFIX
-from rayft_core.model.shards import ShardWriter, copy_model_files, tensor_headers, weight_files
+from rayft_core.model.merge import LoraUpdates
+from rayft_core.model.shards import SavedTensors, ShardWriter, copy_model_files, weight_files
 
 METHODS = ("linear", "ties", "dare_linear", "dare_ties")
 
 
 class RunWeights:
-    """One run's version of each base weight: a full run's own tensor, or the base's plus a LoRA adapter's update."""
+    """One run's version of each base weight: a full run's own tensor, or the base's with a LoRA adapter's update."""
 
     def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
-        adapter_config = run_dir / "adapter_config.json"
-        if adapter_config.is_file():
-            from safetensors.torch import load_file
-
-            config = json.loads(adapter_config.read_text())
-            self.scale = config["lora_alpha"] / (math.sqrt(config["r"]) if config.get("use_rslora") else config["r"])
-            self.fan_in_fan_out = bool(config.get("fan_in_fan_out"))
-            weights = {k.removeprefix(PREFIX): v for k, v in load_file(str(run_dir / ADAPTER_WEIGHTS)).items()}
-            self.pairs = {
-                k.removesuffix(".lora_A.weight"): (v, weights[k.replace("lora_A", "lora_B")])
-                for k, v in weights.items()
-                if k.endswith(".lora_A.weight")
-            }
-            self.whole = {k: v for k, v in weights.items() if not any(w in k for w in NOT_WHOLE)}
-            self.where = None
-        else:
-            self.where = {key: file for file in weight_files(run_dir) for key in tensor_headers([file])}
+        adapter = (run_dir / "adapter_config.json").is_file()
+        self.lora = LoraUpdates(run_dir) if adapter else None
+        self.saved = None if adapter else SavedTensors(run_dir, "--merge-with")
 
     def get(self, key: str, base: torch.Tensor) -> torch.Tensor:
-        """This run's ``key``, in fp32."""
-        if self.where is not None:
-            if key not in self.where:
-                raise UserInputError(f"--merge-with: {self.run_dir} has no weight {key}, which the base has")
-            from safetensors import safe_open
-
-            with safe_open(str(self.where[key]), framework="pt") as f:
-                return f.get_tensor(key).float()
-        if key in self.whole:
-            return self.whole[key].float()
-        module = key.removesuffix(".weight")
-        if module not in self.pairs:
-            return base
-        a, b = self.pairs[module]
-        delta = self.scale * (b.float() @ a.float())
-        return base + (delta.T if self.fan_in_fan_out else delta)
+        """This run's ``key``, in fp32 (``base``: the base's, in fp32)."""
+        if self.saved is not None:
+            return self.saved.get(key, base.shape).float()
+        if key in self.lora.whole:
+            return self.lora.whole[key].float()
+        return self.lora.merged(key, base)
 
 
 def merge_deltas(
@@ -123,8 +95,6 @@ def merge_runs(
                 if weight.is_floating_point():
                     weight = weight.float()
                     deltas = [run.get(key, weight) - weight for run in runs]
-                    if any(d.shape != weight.shape for d in deltas):
-                        raise UserInputError(f"--merge-with: {key} has another shape in a run than in the base")
                     if any(d.any() for d in deltas):
                         generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
                         weight = weight + merge_deltas(deltas, weights, method, density, generator)

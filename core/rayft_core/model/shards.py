@@ -48,6 +48,40 @@ def tensor_headers(files: list[Path]) -> dict[str, tuple[list[int], str]]:
     return headers
 
 
+class SavedTensors:
+    """A saved model's tensors by name, each read from its safetensors file when asked, so the model is never loaded
+    whole; which file holds which name is read from the headers at the first request. ``what`` starts every error
+    (the use the tensors are read for)."""
+
+    def __init__(self, model_dir: str | Path, what: str):
+        self.model_dir, self.what = Path(model_dir), what
+        self._where: dict[str, Path] | None = None
+
+    @property
+    def where(self) -> dict[str, Path]:
+        if self._where is None:
+            self._where = {key: file for file in weight_files(self.model_dir) for key in tensor_headers([file])}
+        return self._where
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.where
+
+    def get(self, name: str, shape: torch.Size | None = None) -> torch.Tensor:
+        from safetensors import safe_open
+
+        from rayft_core.errors import UserInputError
+
+        if name not in self.where:
+            raise UserInputError(f"{self.what}: {self.model_dir} has no safetensors weight {name}")
+        with safe_open(str(self.where[name]), framework="pt") as f:
+            tensor = f.get_tensor(name)
+        if shape is not None and tensor.shape != shape:
+            raise UserInputError(
+                f"{self.what}: {name} is {tuple(tensor.shape)} in {self.model_dir}, where {tuple(shape)} is needed"
+            )
+        return tensor
+
+
 def copy_model_files(src: Path, dest: Path, dtype: torch.dtype | None = None, vocab_size: int | None = None) -> None:
     """What a model directory holds besides its weights and tokenizer, from ``src`` to ``dest``: config.json (with
     the weights' new ``dtype`` and ``vocab_size`` where they changed), generation_config.json, and a remote-code

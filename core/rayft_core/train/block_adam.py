@@ -38,7 +38,26 @@ def block_order(count: int, rounds: int, mode: str, start: int, seed: int) -> in
     return order[within]
 
 
-class Rounds:
+class CountsSteps:
+    """Mixed in before a torch optimizer whose schedule follows its step count (its rounds, its seeded draws): the
+    count rides in the state_dict, and ``restored()`` re-derives what depends on it once a checkpoint is loaded."""
+
+    steps = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "steps": self.steps}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        self.steps = state_dict.pop("steps")
+        super().load_state_dict(state_dict)
+        self.restored()
+
+    def restored(self) -> None:
+        """What follows from the step count, after a checkpoint loaded it."""
+
+
+class Rounds(CountsSteps):
     """What makes an optimizer train part of the parameters at a time (mixed in before a torch optimizer class):
     ``trainable(round)`` names the part for each round of ``switch_interval`` steps. The rest do not require
     gradients (none is computed or kept for them) and hold no optimizer state: a switch drops the state of what
@@ -70,14 +89,8 @@ class Rounds:
             self._activate()
         return loss
 
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "round_steps": self.steps}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state_dict = dict(state_dict)
-        self.steps = state_dict.pop("round_steps")
-        self._activate()  # before the state loads: it is the current part's
-        super().load_state_dict(state_dict)
+    def restored(self) -> None:
+        self._activate()  # the loaded state is the current part's; the rest stops requiring gradients
 
 
 class RoundAdamW(Rounds, torch.optim.AdamW):
@@ -114,7 +127,7 @@ class BlockAdamW(RoundAdamW):
         return self.block_of(self.round)
 
 
-class MaskedAdamW(torch.optim.Optimizer):
+class MaskedAdamW(CountsSteps, torch.optim.Optimizer):
     """AdamW on a fraction ``ratio`` of each tensor's entries: every ``switch_interval`` steps each tensor draws
     which entries train (``mask``: scattered at random, or one adjacent run of them) and its moments restart, held
     for those entries only. Gradients are computed whole; the optimizer keeps 2 x ratio of AdamW's state."""
@@ -176,13 +189,7 @@ class MaskedAdamW(torch.optim.Optimizer):
         self.steps += 1
         return loss
 
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "mask_steps": self.steps}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state_dict = dict(state_dict)
-        self.steps = state_dict.pop("mask_steps")
-        super().load_state_dict(state_dict)
+    def restored(self) -> None:
         if self.steps % self.switch_interval and self.masks_from_seed:  # mid-round: the round's masks again
             self._draw(self.steps // self.switch_interval * self.switch_interval)
 

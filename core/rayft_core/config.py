@@ -38,6 +38,7 @@ from rayft_core.methods import LoraTuning, TuningConfig, TuningSection, expand_a
 from rayft_core.methods import PeftTuning as PeftTuning
 from rayft_core.model_config import ModelConfig as ModelConfig
 from rayft_core.plugins import absolute_reference, is_reference, name_or_reference
+from rayft_core.schedule import ScheduleChange
 from rayft_core.schema import ConfigError, Section, apply_override, read_yaml, validate_section
 from rayft_core.stage_config import SftStage, StageConfig
 from rayft_core.sweep_config import SweepConfig
@@ -113,6 +114,11 @@ class TrainConfig(Section):
         0.0,
         ge=0,
         description="The least decrease of eval/loss that counts as an improvement for early_stopping_patience.",
+    )
+    schedule: list[ScheduleChange] = Field(
+        default_factory=list,
+        description="Hyperparameters that change during the run: [{after_step: N, set: {train.learning_rate: ..}}] "
+        "(rayft_core.schedule); a PBT sweep's best_run.yaml records its winner's changes here.",
     )
 
 
@@ -252,9 +258,11 @@ class RunConfig(Section):
         problems = self.tuning.problems(self)  # the method's own rules (GaLore: ZeRO 0; QLoRA: not ZeRO-3)
         problems += self.model.problems(self)
         problems += self._token_loss_problems()
+        from rayft_core import schedule
         from rayft_core.train import optim, sequence_parallel
 
         problems += sequence_parallel.problems(self) + self.deepspeed.problems() + optim.problems(self)
+        problems += schedule.problems(self)
         if not self.stage.trains_with_dropout and getattr(self.tuning, "dropout", 0):
             problems.append(
                 f"tuning.dropout: stage {self.stage.name} trains without dropout (it compares the scores of two "

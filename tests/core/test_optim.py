@@ -71,3 +71,24 @@ def test_every_method_names_a_registered_optimizer_and_galore_names_its_extra(mo
     )
     with pytest.raises(ImportError, match=r"^tuning.method galore needs galore-torch: pip install 'rayft\[galore\]'$"):
         OPTIMIZERS[run.tuning.optimizer]([], run, None)
+
+
+def test_weights_sharded_by_zero3_are_decayed_and_their_norms_are_not():
+    """A ZeRO-3 parameter is a flat 1-D shard; its decay is decided by its real shape (ds_shape). Before, every
+    sharded weight looked like a bias, and train.weight_decay did nothing under ZeRO-3."""
+    import deepspeed
+    import torch
+
+    from rayft_core.methods.base import decay_groups
+    from rayft_core.model.checks import _single_process_group
+
+    _single_process_group()
+    run = validate_config(
+        {"model": {"name_or_path": "m"}, "data": {"train": [{"path": "d"}]}, "train": {"weight_decay": 0.1}}
+    )
+    with deepspeed.zero.Init(config_dict_or_path={"zero_optimization": {"stage": 3}, "train_batch_size": 1}):
+        model = torch.nn.Sequential(torch.nn.Linear(64, 64, bias=True), torch.nn.LayerNorm(64))
+    assert model[0].weight.ndim == 1 and model[0].weight.ds_shape == (64, 64)  # sharded
+    groups = decay_groups(model, run, lambda name: 1e-3)
+    decayed = [p for g in groups if g["weight_decay"] == 0.1 for p in g["params"]]
+    assert decayed == [model[0].weight]

@@ -160,9 +160,11 @@ def test_a_deepspeed_engine_trains_and_restores_the_optimizer_from_a_checkpoint(
         buffers = [s["momentum_buffer"] for s in muon.state.values()]
     elif optimizer == "adam_mini":
         buffers = [s["v"] for s in restored.optimizer.state.values()]
-    else:  # ZeRO-2 steps bitsandbytes over its flat fp32 partition: the moments are 8-bit codes
+    else:  # ZeRO-2 steps bitsandbytes over its flat fp32 partitions (one a group): the moments are 8-bit codes
         states = list(restored.optimizer.optimizer.state.values())
-        assert states and all(s["state1"].dtype == s["state2"].dtype == torch.uint8 for s in states)
+        # (bitsandbytes keeps fp32 moments for a tensor under 4096 entries: the partition of the norm scales)
+        big = [s for s in states if s["state1"].numel() >= 4096]
+        assert big and all(s["state1"].dtype == s["state2"].dtype == torch.uint8 for s in big)
         buffers = [s["state1"].float() for s in states]
     assert buffers and all(b.abs().sum() > 0 for b in buffers)  # the optimizer's state came back
     for a, b in zip(trained.module.parameters(), restored.module.parameters()):

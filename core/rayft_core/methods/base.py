@@ -80,18 +80,20 @@ class TuningSection(Section):
 
 
 def no_decay(name: str, p: Any) -> bool:
-    return p.ndim < 2 or "norm" in name.lower()  # biases and norm scales are not decayed
+    """Biases and norm scales are not decayed. A ZeRO-3 parameter is a flat shard: its own shape is ds_shape."""
+    return len(getattr(p, "ds_shape", p.shape)) < 2 or "norm" in name.lower()
 
 
 def decay_groups(model: "nn.Module", run: Run, lr_of: Callable[[str], float]) -> list[dict]:
-    """The trainable parameters grouped by (learning rate, weight decay): ``lr_of(name)`` gives a parameter's
-    learning rate; biases and norm scales are not decayed."""
+    """The trainable parameters grouped by (learning rate, decayed or not): ``lr_of(name)`` gives a parameter's
+    learning rate; biases and norm scales are not decayed. The groups do not depend on the weight decay's value, so
+    a checkpoint loads into a run that changes it (train.schedule, a resumed run, a PBT trial)."""
     wd = run.train.weight_decay
-    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            groups.setdefault((lr_of(name), 0.0 if no_decay(name, p) else wd), []).append(p)
-    return [{"params": ps, "lr": g_lr, "weight_decay": g_wd} for (g_lr, g_wd), ps in groups.items()]
+            groups.setdefault((lr_of(name), not no_decay(name, p)), []).append(p)
+    return [{"params": ps, "lr": g_lr, "weight_decay": wd if decays else 0.0} for (g_lr, decays), ps in groups.items()]
 
 
 def nonempty_target(target: Any) -> Any:

@@ -18,16 +18,10 @@ import torch
 
 from rayft_core.config import RunConfig
 from rayft_core.train.plan import TrainPlan
-from rayft_core.train.session import (
-    MetricWindow,
-    Report,
-    WorkerSession,
-    begin_micro_step,
-    grad_norm_before_step,
-    reported_grad_norm,
-)
+from rayft_core.train.session import Report, WorkerSession, begin_micro_step
 from rayft_core.train.stage import Objective, SupervisedStage, sequence_columns
 from rayft_core.train.stages import STAGES
+from rayft_core.train.step_metrics import MetricWindow, grad_norm_before_step, reported_grad_norm
 
 Batches = Callable[[], Iterable[dict[str, Any]]]
 

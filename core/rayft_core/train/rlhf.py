@@ -29,15 +29,9 @@ from rayft_core.infer.rollout import Sampling
 from rayft_core.train import rl
 from rayft_core.train.plan import TrainPlan
 from rayft_core.train.rewards import Rewards
-from rayft_core.train.session import (
-    MetricWindow,
-    Report,
-    WorkerSession,
-    begin_micro_step,
-    grad_norm_before_step,
-    reported_grad_norm,
-)
+from rayft_core.train.session import Report, WorkerSession, begin_micro_step
 from rayft_core.train.stages import STAGES
+from rayft_core.train.step_metrics import MetricWindow, grad_norm_before_step, reported_grad_norm
 
 logger = logging.getLogger(__name__)
 

@@ -27,19 +27,19 @@ from typing import Any
 
 import torch
 
-from rayft_core import storage
+from rayft_core import schedule, storage
 from rayft_core.config import RunConfig
 from rayft_core.errors import UserInputError
 from rayft_core.model.adapters import count_parameters
 from rayft_core.model.loader import load_tokenizer, resolve_dtype
 from rayft_core.model.shards import save_partitioned
 from rayft_core.model.zero3 import build_partitioned, mark_zero3_leaves
-from rayft_core.train import outputs, sequence_parallel
+from rayft_core.train import hyperparameters, outputs, sequence_parallel
 from rayft_core.train.checkpoint import TrainerState, load_checkpoint, save_checkpoint, seed_everything
 from rayft_core.train.deepspeed_config import build_deepspeed_config
 from rayft_core.train.optim import build_optimizer, build_scheduler
 from rayft_core.train.plan import TrainPlan
-from rayft_core.train.stage import Metrics, Stage
+from rayft_core.train.stage import Stage
 from rayft_core.train.tracking import Trackers
 
 logger = logging.getLogger(__name__)
@@ -105,9 +105,8 @@ class WorkerSession:
                 "trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total
             )
         optimizer = None if "optimizer" in self.ds_config else build_optimizer(self.model, run)
-        scheduler = (
-            build_scheduler(optimizer, run, stage.scheduler_steps(run, self.plan.total_steps)) if optimizer else None
-        )
+        self.scheduler_steps = stage.scheduler_steps(run, self.plan.total_steps)
+        scheduler = build_scheduler(optimizer, run, self.scheduler_steps) if optimizer else None
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=self.model,
             optimizer=optimizer,
@@ -126,6 +125,9 @@ class WorkerSession:
         self.out = self._open_run_dir(resumed) if self.rank == 0 else None
         self.state = load_checkpoint(self.engine, self.resume_from, run, self.out) if resumed else TrainerState()
         self.step = self.first_step = self.state.step
+        if resumed or run.train.schedule:  # the config's values, not those a checkpoint brought back
+            hyperparameters.apply(self.engine, schedule.at_step(run, self.step), self.scheduler_steps)
+        self.lr = self._learning_rate()  # of the next step: train/lr reports the rate each step trained with
         self.trackers = Trackers(run, self.out, resumed=resumed) if self.rank == 0 else None
         self.started = time.perf_counter()
 
@@ -201,6 +203,9 @@ class WorkerSession:
         else:
             yield from self.split.batches(examples, collate)
 
+    def _learning_rate(self) -> float:
+        return self.scheduler.get_last_lr()[0] if self.scheduler else self.run.train.learning_rate
+
     def logs_at(self, step: int) -> bool:
         return step % self.run.train.logging_steps == 0 or step == self.plan.total_steps
 
@@ -213,13 +218,16 @@ class WorkerSession:
         written and reported where there are metrics or a checkpoint is due; eval/loss counts toward early stopping."""
         self.step += 1
         step, save = self.step, self.saves_at(self.step)
+        if any(change.after_step == step for change in self.run.train.schedule):
+            hyperparameters.apply(self.engine, schedule.at_step(self.run, step), self.scheduler_steps)
+        trained_lr, self.lr = self.lr, self._learning_rate()
         if not (metrics or save):
             return
         record = {
             "step": step,
             **metrics,
             "train/epoch": self.epoch + (self.index + 1) / self.plan.micro_batches_per_epoch,
-            "train/lr": self.scheduler.get_last_lr()[0] if self.scheduler else self.run.train.learning_rate,
+            "train/lr": trained_lr,
             "mem/peak_gb": peak_memory_gb(),
         }
         if "eval/loss" in metrics:  # the same on every rank: eval/loss is reduced
@@ -346,50 +354,3 @@ def begin_micro_step(engine: Any) -> None:
 
     if isinstance(engine.optimizer, ZeROOptimizer):
         engine.optimizer.clear_backward_seen_flag()
-
-
-def grad_norm_before_step(engine: Any, model: torch.nn.Module) -> float | None:
-    """The global gradient norm before clipping, where DeepSpeed does not track it (ZeRO-0); call it between
-    backward and step, and pass it to ``reported_grad_norm`` after the step."""
-    if engine.zero_optimization_stage() > 0:
-        return None  # the ZeRO optimizer computes it during step(); read it afterwards
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
-
-
-def reported_grad_norm(engine: Any, computed: float | None) -> float:
-    norm = computed if computed is not None else engine.get_global_grad_norm()
-    return float(norm) if norm is not None else float("nan")
-
-
-class MetricWindow:
-    """Sums over the micro-batches since the last report, reduced across workers when reported."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.metrics: dict[str, list[float]] = {}  # name -> [sum, count]
-        self.tokens = 0  # non-padding input tokens
-        self.samples = 0
-
-    def add(self, metrics: Metrics, tokens: int = 0, samples: int = 0) -> None:
-        for name, (total, count) in metrics.items():
-            acc = self.metrics.setdefault(name, [0.0, 0.0])
-            acc[0] += total
-            acc[1] += count
-        self.tokens += tokens
-        self.samples += samples
-
-    def reduce(self, device: torch.device, prefix: str) -> dict[str, float]:
-        """sum / count of each metric as ``prefix``name, and perf/tokens_per_s, perf/samples_per_s."""
-        names = sorted(self.metrics)  # every rank has the same names: the stage returns all of them every call
-        values = torch.tensor(
-            [x for n in names for x in self.metrics[n]] + [self.tokens, self.samples],
-            dtype=torch.float64,
-            device=device,
-        )
-        if torch.distributed.is_initialized():
-            torch.distributed.all_reduce(values)
-        *sums, tokens, samples = values.tolist()
-        elapsed = time.perf_counter() - self.start
-        out = {f"{prefix}{n}": sums[2 * i] / sums[2 * i + 1] for i, n in enumerate(names) if sums[2 * i + 1] > 0}
-        return {**out, "perf/tokens_per_s": tokens / elapsed, "perf/samples_per_s": samples / elapsed}

@@ -165,7 +165,7 @@ class OpenAiIngressCompat(OpenAiIngress):
     """Ray's OpenAI router whose model-id errors are in OpenAI's error shape, and where a subclass can
     refuse a model id that Ray would route (`unknown_model`)."""
 
-    def unknown_model(self, model: str) -> str | None:
+    async def unknown_model(self, model: str) -> str | None:
         """Why `model` (its base model served) names nothing served, answered with 404; None to serve it."""
         return None
 
@@ -183,7 +183,7 @@ class OpenAiIngressCompat(OpenAiIngress):
             raise OpenAIHTTPException(
                 e.status_code, str(e.detail), type="NotFoundError" if e.status_code == 404 else "BadRequestError"
             ) from None
-        problem = self.unknown_model(model)
+        problem = await self.unknown_model(model)
         if problem:
             raise OpenAIHTTPException(404, problem, type="NotFoundError")
         return model

@@ -84,3 +84,33 @@ def serve_until_interrupted(
 
         serve.delete(cfg.name)
         echo("stopped")
+
+
+# ----------------------------------------------------------------------------- `rayft serve --best-of`
+
+
+def promote(app: str, adapter: str | None = None, sweep_dir: str | None = None, name: str | None = None) -> str:
+    """Add a run's adapter (or a sweep's best trial's, read from its results.csv) to the running application
+    ``app`` without restarting it; returns the model name clients send."""
+    import csv
+    import io
+
+    from rayft import adapter_registry
+    from rayft_core import storage
+    from rayft_core.errors import UserInputError
+    from rayft_core.serve_config import SERVED_NAME
+
+    source = adapter
+    if sweep_dir:
+        text = storage.read_text(storage.join(sweep_dir, "results.csv"))
+        rows = [r for r in csv.DictReader(io.StringIO(text or "")) if r.get("run_dir")]
+        if not rows:
+            raise UserInputError(
+                f"--best-of {sweep_dir}: no results.csv with trials there (the sweep has not finished)"
+            )
+        source = rows[0]["run_dir"]  # best first
+    name = name or (sweep_dir or source).rstrip("/").rsplit("/", 1)[-1] + ("-best" if sweep_dir else "")
+    if not SERVED_NAME.match(name):
+        raise UserInputError(f"--name {name}: letters, digits and . _ / - only, starting with a letter or digit")
+    adapter_registry.connect_to_running()
+    return adapter_registry.add_adapter(app, name, source)

@@ -28,6 +28,7 @@ from ray.serve.llm import LLMConfig
 from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 from starlette.responses import JSONResponse
 
+from rayft import adapter_registry
 from rayft._ray_compat import LLMServerCompat, OpenAiIngressCompat, check_ray_internals, ingress_app, model_card
 from rayft.auth import api_key_sha256, sha256
 from rayft_core import storage
@@ -63,7 +64,12 @@ def build_app(args: dict[str, Any]) -> Any:
     return (
         serve.deployment(ingress)
         .options(**options)
-        .bind(llm_deployments=servers, model_cards=cards, adapters={m.id: sorted(m.adapters) for m in cfg.models})
+        .bind(
+            llm_deployments=servers,
+            model_cards=cards,
+            adapters={m.id: sorted(m.adapters) for m in cfg.models},
+            bases={m.id: {"path": m.path, "lora": m.serves_lora} for m in cfg.models},
+        )
     )
 
 
@@ -73,7 +79,7 @@ def llm_config_for(m: ServedModel) -> LLMConfig:
     engine_kwargs: dict[str, Any] = {"dtype": engine_dtype(on_gpu, m.dtype), "tensor_parallel_size": tp}
     if m.max_model_len:
         engine_kwargs["max_model_len"] = m.max_model_len
-    if m.adapters:
+    if m.serves_lora:
         engine_kwargs.update(enable_lora=True, max_lora_rank=m.max_lora_rank, max_loras=m.max_adapters_per_replica)
     engine_kwargs.update(m.engine_kwargs)
     if on_gpu:
@@ -91,7 +97,7 @@ def llm_config_for(m: ServedModel) -> LLMConfig:
         runtime_env={"env_vars": env} if env else None,
         # Serve multiplexes requests by adapter only when the config has a LoRA section; the adapters
         # themselves come from RayftLLMServer, not from a cloud path.
-        lora_config={"max_num_adapters_per_replica": m.max_adapters_per_replica} if m.adapters else None,
+        lora_config={"max_num_adapters_per_replica": m.max_adapters_per_replica} if m.serves_lora else None,
         deployment_config={
             "autoscaling_config": {
                 "min_replicas": r.min,
@@ -134,23 +140,33 @@ class ApiKeyMiddleware:
 
 
 class RayftIngress(OpenAiIngressCompat):
-    """Ray's OpenAI router, knowing which adapters each base model serves: they are listed in
-    /v1/models, and a request for an adapter that does not exist is a 404 naming the ones that do."""
+    """Ray's OpenAI router, knowing which adapters each base model serves (its config's and those added since it
+    started: rayft.adapter_registry): they are listed in /v1/models, and a request for an adapter that does not
+    exist is a 404 naming the ones that do."""
 
-    def __init__(self, llm_deployments: dict, model_cards: dict, *, adapters: dict[str, list[str]]):
+    async def __init__(
+        self, llm_deployments: dict, model_cards: dict, *, adapters: dict[str, list[str]], bases: dict[str, dict]
+    ):
         super().__init__(llm_deployments, model_cards)
-        self._adapters = adapters
+        self._adapters, self._added = adapters, {}
+        self._app = serve.get_replica_context().app_name
+        await adapter_registry.registry(self._app).serve.remote(bases)
 
-    def unknown_model(self, model: str) -> str | None:
+    def _served(self, base: str) -> list[str]:
+        return [*self._adapters.get(base, []), *sorted(self._added.get(base, {}))]
+
+    async def unknown_model(self, model: str) -> str | None:
         base, _, adapter = model.partition(":")
-        if adapter and adapter not in self._adapters.get(base, []):
-            served = [f"{base}:{a}" for a in self._adapters.get(base, [])] or ["none"]
+        if adapter and adapter not in self._served(base):  # added since the last look? (never for a configured one)
+            self._added = await adapter_registry.added(self._app)
+        if adapter and adapter not in self._served(base):
+            served = [f"{base}:{a}" for a in self._served(base)] or ["none"]
             return f'model "{model}": no adapter "{adapter}" on "{base}"; its adapters: {", ".join(served)}'
         return None
 
     async def model(self, model_id: str) -> Any:
         base, _, adapter = model_id.partition(":")
-        if adapter and adapter in self._adapters.get(base, []):
+        if adapter and adapter in self._served(base):
             card = await super().model(base)  # the base's own card
             return card.model_copy(
                 update={"id": model_id, "metadata": {**card.metadata, "base_model": base, "adapter": adapter}}
@@ -159,8 +175,9 @@ class RayftIngress(OpenAiIngressCompat):
 
     async def models(self) -> Any:
         listing = await super().models()
-        for base, names in self._adapters.items():
-            listing.data.extend([await self.model(f"{base}:{name}") for name in names])
+        self._added = await adapter_registry.added(self._app)
+        for base in {*self._adapters, *self._added}:
+            listing.data.extend([await self.model(f"{base}:{name}") for name in self._served(base)])
         return listing
 
 
@@ -173,8 +190,10 @@ class RayftLLMServer(LLMServerCompat):
         await super().__init__(llm_config)
 
     async def adapter_path(self, model_id: str) -> str:
-        name = model_id.partition(":")[2]
-        source = self._adapter_sources[name]  # the ingress has already refused unknown names
+        base, _, name = model_id.partition(":")
+        source = self._adapter_sources.get(name)  # else one added since the start: the ingress has refused the rest
+        if source is None:
+            source = (await adapter_registry.added(serve.get_replica_context().app_name))[base][name]
         return await asyncio.to_thread(_local_adapter_dir, source)
 
 

@@ -46,7 +46,8 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     shards = _Shards(run, config["has_eval"])
     rank = ctx.get_world_rank()
     common = dict(rank=rank, world_size=ctx.get_world_size(), node=ray.get_runtime_context().get_node_id())
-    checkpoint = ray.train.get_checkpoint()  # the latest, after a worker failure or with --resume
+    # the latest, after a worker failure or with --resume; else the one a new run starts from (a PBT trial's)
+    checkpoint = ray.train.get_checkpoint() or _checkpoint_at(config["start_from"])
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as resume_from:
         plan = TrainPlan(**config["plan"])
         if run.stage.loop == "rl":  # rank 0 drives the rollout engines
@@ -59,6 +60,13 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
 
             eval_batches = shards.eval if shards.eval_shard is not None else None
             train_worker(run, plan, shards.epoch, _report, eval_batches=eval_batches, resume_from=resume_from, **common)
+
+
+def _checkpoint_at(location: str | None) -> ray.train.Checkpoint | None:
+    if location is None:
+        return None
+    fs, path = storage.filesystem(location)
+    return ray.train.Checkpoint(path, filesystem=fs)
 
 
 class _Shards:
@@ -142,10 +150,12 @@ def train(
     callbacks: list[UserCallback] | None = None,
     progress: bool = True,
     memory_share: float = 1.0,
+    start_from: str | None = None,
 ) -> Path | str:
     """Run one training job to completion; return the run's directory (a Path, or its URI).
 
     resume: continue the run in storage_path/name from its latest checkpoint (the same config).
+    start_from: a new run that starts from this checkpoint of another run (a PBT trial's), with its own config.
     callbacks: more Ray Train callbacks (a sweep's trial forwards reports to Tune); progress: the step bar.
     memory_share: the part of the CPU workers' memory this run may count on (a sweep's trials run side by side).
     """
@@ -178,7 +188,7 @@ def train(
     storage.write_text(storage.join(out, CONFIG_FILE), config_text)  # first: `--resume` compares against it
 
     with driver.start() as rollouts:
-        result = _fit(run, data, plan, use_gpu, callbacks, progress, rollouts)
+        result = _fit(run, data, plan, use_gpu, callbacks, progress, rollouts, start_from)
     summary = _finish_summary(
         run,
         result,
@@ -283,11 +293,13 @@ def _fit(
     callbacks: list[UserCallback] | None,
     progress: bool,
     rollouts: rlhf.RolloutGroup | None,
+    start_from: str | None,
 ) -> Any:
     trainer = TorchTrainer(
         _train_loop_per_worker,
         train_loop_config={
             "run": run.model_dump(mode="json"),
+            "start_from": start_from,
             "plan": plan.__dict__,
             "has_eval": data.eval is not None,
             "rollouts": rollouts,
@@ -339,12 +351,12 @@ def _finish_summary(run: RunConfig, result: Any, extra: dict[str, Any]) -> dict[
     scored = [(m["eval/loss"], c) for c, m in (result.best_checkpoints or []) if "eval/loss" in m]
     if run.checkpoint.keep_best and scored:
         loss, checkpoint = min(scored, key=lambda x: x[0])
-        summary["best_checkpoint"] = {"path": _uri(checkpoint), "eval_loss": loss}
+        summary["best_checkpoint"] = {"path": checkpoint_uri(checkpoint), "eval_loss": loss}
         storage.write_text(location, json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def _uri(checkpoint: Any) -> str:
+def checkpoint_uri(checkpoint: Any) -> str:
     """A persisted checkpoint's location as the user named its storage (Ray keeps the scheme in the filesystem)."""
     scheme = getattr(checkpoint.filesystem, "type_name", "local")
     return checkpoint.path if scheme == "local" else f"{scheme}://{checkpoint.path}"

@@ -22,10 +22,10 @@ from typing import Any
 import ray
 import yaml
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
 
 from rayft.checks import OVERWRITE_FLAG, check_cluster, check_config
 from rayft.cluster import connect
+from rayft.tune_trial import run_trial, trial_runs
 from rayft_core import ownership, storage
 from rayft_core.config import RunConfig, validate_config
 from rayft_core.errors import UserInputError
@@ -36,10 +36,11 @@ from rayft_core.sweep import (
     check_space,
     csv_text,
     grace_period,
+    pbt_problems,
+    perturbation_interval,
     plot,
     ranked,
     table,
-    trial_raw,
 )
 from rayft_core.sweep_config import SweepConfig
 from rayft_core.train.outputs import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
@@ -57,45 +58,6 @@ class SweepResult:
     directory: str  # storage_path/name: Tune's state, the trials, results.csv, best_run.yaml, the plot
     rows: list[TrialRow]  # best first
     best: TrialRow
-
-
-class _ToTune(TuneReportCallback):
-    """Forwards the reports that carry the sweep's metric: Tune (and ASHA) see one result per evaluation,
-    each with the trial's step, so every trial is compared at the same steps."""
-
-    def __init__(self, metric: str):
-        super().__init__()
-        self.metric = metric
-
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        if self.metric in metrics[0]:
-            super().after_report(run_context, metrics, None)  # checkpoints stay the trial run's own
-
-
-def _run_trial(config: dict[str, Any]) -> None:
-    """One trial (in a Tune actor): the base run with this trial's values, trained by rayft.train.train.
-    A trial restarted after the sweep's driver died continues its run from the latest checkpoint."""
-    from rayft.train import train
-
-    raw = trial_raw(config["base"], config["params"])
-    raw["output"] = {
-        **raw.get("output", {}),
-        "storage_path": config["trials_dir"],
-        "name": tune.get_context().get_trial_id(),
-        "overwrite": False,
-    }
-    run = validate_config(raw)
-    if storage.read_text(storage.join(run.output.dir, SUMMARY_FILE)) is not None:
-        # It finished before the sweep's driver died, and Tune had not yet recorded that: its results, not a rerun.
-        record = storage.read_text(storage.join(run.output.dir, METRICS_FILE)) or ""
-        for row in (json.loads(line) for line in record.splitlines() if line.strip()):
-            if config["metric"] in row:
-                tune.report(row)
-        return
-    resume = storage.read_text(storage.join(run.output.dir, CONFIG_FILE)) is not None
-    train(
-        run, resume=resume, callbacks=[_ToTune(config["metric"])], progress=False, memory_share=config["memory_share"]
-    )
 
 
 def _distribution(kind: str, values: list[Any], as_grid: bool) -> Any:
@@ -131,7 +93,7 @@ def _concurrency(run: RunConfig, sweep: SweepConfig, resources: dict[str, float]
 def sweep(raw: dict, sweep_config: SweepConfig, resume: bool = False) -> SweepResult:
     """Run (or resume) a sweep of the run ``raw`` (its YAML mapping) over ``sweep_config``'s space."""
     base = {k: v for k, v in raw.items() if k != "tune"}
-    problems = check_space(base, sweep_config)
+    problems = check_space(base, sweep_config) or pbt_problems(base, sweep_config)
     if problems:
         raise UserInputError("the sweep cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
     run = validate_config(base).with_absolute_paths()
@@ -155,17 +117,18 @@ def sweep(raw: dict, sweep_config: SweepConfig, resume: bool = False) -> SweepRe
     elif not run.data.cache_dir:  # the cache the sweep's start wrote
         run.data.cache_dir = base["data"]["cache_dir"] = storage.join(directory, DATA_CACHE)
 
-    as_grid = sweep_config.search == "grid"
-    concurrency = _concurrency(run, sweep_config, resources, use_gpu)
+    as_grid, concurrency = sweep_config.search == "grid", _concurrency(run, sweep_config, resources, use_gpu)
     param_space = {
         "base": base,
         "trials_dir": trials_dir,
         "metric": sweep_config.metric,
+        # PBT: the steps at which its trials evaluate and checkpoint (rayft_core.sweep.pbt_cadence)
+        "pbt": perturbation_interval(run.train, sweep_config) if sweep_config.scheduler == "pbt" else None,
         "memory_share": 1.0 if use_gpu else 1 / concurrency,  # of the memory, for gradient_checkpointing auto
         "params": {k: _distribution(*next(iter(d.items())), as_grid) for k, d in sweep_config.space.items()},
     }
     # The trial's driver needs next to nothing (Tune refuses an empty request); its Train workers hold the CPUs.
-    trainable = tune.with_resources(_run_trial, {"CPU": 0.01})
+    trainable = tune.with_resources(run_trial, {"CPU": 0.01})
     # A trial that never reports the metric (a typo, a stage without it) is named after the sweep with what it did
     # report (_finish); Tune's own check would instead abort every other trial on the first such result.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
@@ -208,7 +171,9 @@ def _start(run: RunConfig, sweep_config: SweepConfig, base: dict, directory: str
 def _tune_config(run: RunConfig, sweep_config: SweepConfig, concurrency: int) -> tune.TuneConfig:
     """The metric, the scheduler (ASHA stops weak trials early) and the search algorithm of a new sweep."""
     scheduler = None
-    if sweep_config.scheduler == "asha":
+    if sweep_config.scheduler == "pbt":
+        scheduler = _pbt(run, sweep_config)
+    elif sweep_config.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
         scheduler = ASHAScheduler(
@@ -237,32 +202,39 @@ def _tune_config(run: RunConfig, sweep_config: SweepConfig, concurrency: int) ->
     )
 
 
+def _pbt(run: RunConfig, sweep_config: SweepConfig) -> Any:
+    """Ray Tune's PBT over the space's keys: a range's value perturbed by 0.8 or 1.2 and kept inside the range, a
+    list's moved to a neighbour; either drawn anew with resample_probability."""
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    mutations, ranges = {}, {}
+    for key, dist in sweep_config.space.items():
+        kind, values = next(iter(dist.items()))
+        mutations[key] = values if kind in ("choice", "grid") else _distribution(kind, values, as_grid=False)
+        if kind in ("uniform", "loguniform"):
+            ranges[key] = values
+
+    def inside_the_ranges(config: dict[str, Any]) -> dict[str, Any]:
+        params = config["params"]
+        for key, (low, high) in ranges.items():
+            params[key] = min(max(params[key], low), high)
+        return config
+
+    return PopulationBasedTraining(
+        time_attr="step",
+        perturbation_interval=perturbation_interval(run.train, sweep_config),
+        hyperparam_mutations={"params": mutations},
+        quantile_fraction=sweep_config.quantile_fraction,
+        resample_probability=sweep_config.resample_probability,
+        custom_explore_fn=inside_the_ranges,
+    )
+
+
 def _finish(
     grid: Any, run: RunConfig, sweep_config: SweepConfig, base: dict, directory: str, trials_dir: str
 ) -> SweepResult:
     metric = sweep_config.metric
-    rows = []
-    for result in grid:
-        trial_id = _trial_id(result)
-        run_dir = storage.join(trials_dir, trial_id)
-        frame = result.metrics_dataframe
-        values = frame[metric].dropna().tolist() if frame is not None and metric in frame else []
-        finished = storage.read_text(storage.join(run_dir, SUMMARY_FILE)) is not None
-        state = (
-            f"error: {type(result.error).__name__}" if result.error else ("finished" if finished else "stopped early")
-        )
-        metrics = result.metrics or {}
-        rows.append(
-            TrialRow(
-                trial=trial_id,
-                params=result.config["params"],
-                metric=values[-1] if values else None,
-                steps=metrics.get("step"),
-                seconds=metrics.get("time_total_s"),
-                state=state,
-                run_dir=run_dir,
-            )
-        )
+    rows = [_row(result, trials_dir, sweep_config) for result in grid]
     rows = ranked(rows, sweep_config.mode)
     if not rows or rows[0].metric is None:
         seen = sorted(set().union(*(_reported(r.run_dir) for r in rows)))
@@ -280,15 +252,50 @@ def _finish(
     local.mkdir(parents=True, exist_ok=True)
     if plot(rows, sweep_config, local / PLOT_PNG):
         storage.publish(local, directory)
-    for row in rows[sweep_config.keep_top :]:  # below keep_top: the record stays, the model files and checkpoints go
-        ownership.clear(row.run_dir, ownership.RUN, keep=RECORD_FILES)
+    for row in rows:  # below keep_top: the record stays, the model files and checkpoints go; PBT's earlier runs too
+        earlier = [d for d in trial_runs(trials_dir, row.trial) if d != row.run_dir]
+        for run_dir in earlier + ([row.run_dir] if row not in rows[: sweep_config.keep_top] else []):
+            ownership.clear(run_dir, ownership.RUN, keep=RECORD_FILES)
     print(table(rows, keys, metric))
     print(
         f"best: {best.trial} {metric}={best.metric:.6g} {best.params}\n"
         f"rerun it: rayft train {storage.join(directory, BEST_YAML)}\n"
+        f"serve it beside a running `rayft serve` of its base: rayft serve --best-of {directory}\n"
         f"results: {storage.join(directory, RESULTS_CSV)}, plot: {storage.join(directory, PLOT_PNG)}"
     )
     return SweepResult(directory=directory, rows=rows, best=best)
+
+
+def _row(result: Any, trials_dir: str, sweep_config: SweepConfig) -> TrialRow:
+    """A trial's line in the results: its final values and run; under PBT, the lineage that led there."""
+    trial_id, metric = _trial_id(result), sweep_config.metric
+    run_dir = trial_runs(trials_dir, trial_id)[-1]
+    frame = result.metrics_dataframe
+    values = frame[metric].dropna().tolist() if frame is not None and metric in frame else []
+    finished = storage.read_text(storage.join(run_dir, SUMMARY_FILE)) is not None
+    state = f"error: {type(result.error).__name__}" if result.error else ("finished" if finished else "stopped early")
+    metrics = result.metrics or {}
+    row = TrialRow(
+        trial=trial_id,
+        params=result.config["params"],
+        metric=values[-1] if values else None,
+        steps=metrics.get("step"),
+        seconds=metrics.get("time_total_s"),
+        state=state,
+        run_dir=run_dir,
+    )
+    config = storage.read_text(storage.join(run_dir, CONFIG_FILE))
+    schedule = yaml.safe_load(config)["train"].get("schedule") if config else None
+    if schedule:  # a PBT trial that continued another's checkpoint: what it started with, what changed when
+        raw = yaml.safe_load(config)
+        row.first_params = {k: raw[k.split(".")[0]][k.split(".")[1]] for k in sweep_config.space}
+        row.schedule = schedule
+        row.lineage = "; ".join(f"from {c['origin']}: {_values(c['set'])}" for c in schedule)
+    return row
+
+
+def _values(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
 def _reported(run_dir: str) -> set[str]:
@@ -298,7 +305,7 @@ def _reported(run_dir: str) -> set[str]:
 
 
 def _trial_id(result: Any) -> str:
-    """Tune's id of the trial (what _run_trial named its run directory): reported with every result, and part
+    """Tune's id of the trial (what run_trial named its run directory): reported with every result, and part
     of the trial's directory name for a trial that reported nothing."""
     if result.metrics and "trial_id" in result.metrics:
         return result.metrics["trial_id"]

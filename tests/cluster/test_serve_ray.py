@@ -282,3 +282,106 @@ def test_64_concurrent_requests_all_answered_and_replicas_scale(server: str) -> 
     while replicas() > 1 and time.time() < deadline:
         time.sleep(2)
     assert replicas() == 1, "Serve did not remove the replica after the load"
+
+
+def test_a_deployment_scales_from_zero_for_its_first_request_and_back_to_zero(server: str, trained: dict) -> None:
+    """replicas.min 0: no engine runs until a request comes; that request waits while one starts and is answered
+    (no 5xx), and the engine goes once the deployment has been idle for downscale_delay_s. Its own application
+    beside the module's (the module's keeps its replica)."""
+    from ray import serve
+
+    from rayft.serve import deploy
+    from rayft_core.serve_config import load_serve_config
+
+    cfg = load_serve_config(
+        data={
+            "name": "cold",
+            "models": [
+                {
+                    "id": "cold",
+                    "path": str(trained["base"]),
+                    "max_model_len": 256,
+                    "replicas": {"min": 0, "max": 1, "upscale_delay_s": 0, "downscale_delay_s": 3},
+                }
+            ],
+            "http": {"port": 8321, "route_prefix": "/cold"},
+        }
+    )
+
+    def replicas() -> int:
+        app = serve.status().applications["cold"]
+        return next(d.replica_states.get("RUNNING", 0) for n, d in app.deployments.items() if n.startswith("LLMServer"))
+
+    url = deploy(cfg)
+    try:
+        assert replicas() == 0
+        started = time.perf_counter()
+        answer = (
+            _client(url)
+            .with_options(timeout=600)
+            .chat.completions.create(model="cold", max_tokens=4, messages=[{"role": "user", "content": "Hello"}])
+        )
+        cold_start_s = time.perf_counter() - started
+        assert answer.choices[0].finish_reason in ("stop", "length") and replicas() == 1
+        print(f"cold start: first answer after {cold_start_s:.1f} s")  # the README's figure comes from this line
+        deadline = time.time() + 120
+        while replicas() > 0 and time.time() < deadline:
+            time.sleep(1)
+        assert replicas() == 0, "Serve did not scale the idle deployment back to zero"
+    finally:
+        serve.delete("cold")
+
+
+def test_a_sweeps_best_adapter_joins_the_running_deployment_while_the_others_answer(
+    server: str, trained: dict, tokenizer, workdir: Path, alpaca_file: Path
+) -> None:
+    """`rayft serve --best-of SWEEP_DIR`: a real sweep (one trial) on the served base, its best adapter added to the
+    running application as tiny:<name> without a restart while requests for tiny:sft keep coming; the new adapter
+    answers with transformers' greedy tokens for that adapter."""
+    from rayft.serve import promote
+    from rayft.tune import sweep
+    from rayft_core.config import validate_config
+    from rayft_core.errors import UserInputError
+
+    base = run_config(
+        trained["base"],
+        [{"path": str(alpaca_file), "format": "alpaca"}],
+        workdir / "serve-sweep",
+        "lr",
+        train={"max_steps": 4, "learning_rate": 2e-2, "logging_steps": 1},
+        cluster={"num_workers": 1},
+    ).model_dump(mode="json", exclude={"tune"})
+    space = {"space": {"tuning.rank": {"choice": [4]}}, "num_samples": 1, "scheduler": "fifo", "metric": "train/loss"}
+    result = sweep(base, validate_config({**base, "tune": space}).tune)
+
+    failures, answered, stop = [], [], threading.Event()
+
+    def others() -> None:  # the configured adapter, asked again and again during the promotion
+        client = _client(server)
+        while not stop.is_set():
+            try:
+                client.chat.completions.create(model="tiny:sft", messages=PROMPT, max_tokens=2)
+                answered.append(1)
+            except Exception as e:  # noqa: BLE001 - every failure is the test's finding
+                failures.append(e)
+
+    thread = threading.Thread(target=others, daemon=True)
+    thread.start()
+    try:
+        model = promote("rayft", sweep_dir=result.directory, name="best")
+        assert model == "tiny:best"
+        ids = {"return_token_ids": True}
+        chat = _client(server).chat.completions.create(
+            model=model, messages=PROMPT, max_tokens=8, temperature=0, extra_body=ids
+        )
+    finally:
+        stop.set()
+        thread.join()
+    assert not failures and answered, failures[:3]
+    _, hf_best = _hf_greedy(trained["base"], tokenizer, Path(result.best.run_dir), 8)
+    assert chat.choices[0].token_ids == hf_best
+    assert "tiny:best" in [m.id for m in _client(server).models.list().data]
+    with pytest.raises(UserInputError, match="holds no adapter_config.json"):
+        promote("rayft", adapter=str(trained["base"]))
+    with pytest.raises(UserInputError, match="no rayft serve application 'elsewhere' runs on this cluster"):
+        promote("elsewhere", sweep_dir=result.directory)

@@ -1,6 +1,7 @@
 """Serving overhead: `rayft serve` (Ray Serve + vLLM) against bare vLLM's OpenAI server, same model, same machine.
 
     .venv/bin/python benchmarks/serve_vs_vllm.py [--model DIR] [--requests 64] [--max-tokens 32]
+        [--ingress proxy haproxy]
 
 Both run vLLM with the same engine arguments (float32, the CPU settings in docs/environment.md) and one engine
 replica; bare vLLM as `vllm serve` in a subprocess, rayft on an embedded local Ray cluster. The same
@@ -14,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -24,6 +27,10 @@ from pathlib import Path
 
 KEY = "bench-key"
 CONCURRENCY = (1, 8, 32)
+INGRESS = {  # Ray Serve's HTTP ingress
+    "proxy": "Serve's HTTP proxy actor, then the router replica (the default)",
+    "haproxy": "HAProxy in front of the router replicas (RAY_SERVE_ENABLE_HA_PROXY=1: one Python hop fewer)",
+}
 
 
 def build_model(work: Path) -> Path:
@@ -107,11 +114,22 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--max-model-len", type=int, default=512)
+    ap.add_argument(
+        "--ingress",
+        nargs="+",
+        choices=sorted(INGRESS),
+        default=["proxy"],
+        help="Serve's HTTP ingress(es) to measure rayft serve with, each against the same bare vLLM run.",
+    )
+    ap.add_argument("--rayft-only", metavar="RESULTS_JSON", help=argparse.SUPPRESS)  # the child of rayft_bench
     args = ap.parse_args()
     from rayft_core.infer.vllm_engine import cpu_engine_env
 
     env = {**os.environ, **cpu_engine_env(), "RAYFT_API_KEY": KEY}
     os.environ.update(env)
+    if args.rayft_only:
+        rayft_only(args.model, args)
+        return
     work = Path(tempfile.mkdtemp(prefix="rayft-serve-bench-"))
     model = args.model or build_model(work)
 
@@ -147,6 +165,40 @@ def main() -> None:
         bare.terminate()
         bare.wait(60)
 
+    # rayft serve: each ingress on a fresh embedded Ray cluster (Serve reads RAY_SERVE_ENABLE_HA_PROXY at start)
+    rayft_results = {name: rayft_bench(model, args, env, haproxy=name == "haproxy") for name in args.ingress}
+
+    print(f"\n{args.requests} chat requests x {args.max_tokens} output tokens, model {model}")
+    for name, results in rayft_results.items():
+        print(f"\nrayft serve, ingress: {INGRESS[name]}")
+        print(
+            f"{'concurrency':>11} | {'bare vLLM tok/s':>15} {'p50 s':>7} {'p99 s':>7} | {'rayft tok/s':>11} "
+            f"{'p50 s':>7} {'p99 s':>7} | {'tok/s ratio':>11} {'p50 ratio':>9}"
+        )
+        for c in CONCURRENCY:
+            b, r = bare_results[c], results[c]
+            print(
+                f"{c:>11} | {b['tok_s']:>15.1f} {b['p50']:>7.2f} {b['p99']:>7.2f} | {r['tok_s']:>11.1f} "
+                f"{r['p50']:>7.2f} {r['p99']:>7.2f} | {r['tok_s'] / b['tok_s']:>11.2f} {r['p50'] / b['p50']:>9.2f}"
+            )
+
+
+def rayft_bench(model: Path, args: argparse.Namespace, env: dict, haproxy: bool) -> dict:
+    """`rayft serve` of ``model`` measured in a child process, which starts (and stops) its own embedded cluster."""
+    out = Path(tempfile.mkdtemp(prefix="rayft-serve-bench-")) / "results.json"
+    child_env = {**env, "RAY_SERVE_ENABLE_HA_PROXY": "1" if haproxy else "0"}
+    if haproxy:
+        binary = shutil.which("haproxy")
+        if binary is None:
+            raise SystemExit("--ingress haproxy needs the haproxy binary: apt-get install haproxy")
+        child_env["RAY_SERVE_HAPROXY_BINARY_PATH"] = binary
+    command = [sys.executable, __file__, "--rayft-only", str(out), "--model", str(model)]
+    command += ["--requests", str(args.requests), "--max-tokens", str(args.max_tokens)]
+    subprocess.run(command + ["--max-model-len", str(args.max_model_len)], env=child_env, check=True)
+    return {int(c): r for c, r in json.loads(out.read_text()).items()}
+
+
+def rayft_only(model: Path, args: argparse.Namespace) -> None:
     from ray import serve
 
     from rayft.cluster import connect
@@ -169,21 +221,9 @@ def main() -> None:
     )
     url = deploy(cfg)
     try:
-        rayft_results = bench(url, "m", args)
+        Path(args.rayft_only).write_text(json.dumps(bench(url, "m", args)))
     finally:
         serve.shutdown()
-
-    print(f"\n{args.requests} chat requests x {args.max_tokens} output tokens, model {model}")
-    print(
-        f"{'concurrency':>11} | {'bare vLLM tok/s':>15} {'p50 s':>7} {'p99 s':>7} | {'rayft tok/s':>11} {'p50 s':>7} "
-        f"{'p99 s':>7} | {'tok/s ratio':>11} {'p50 ratio':>9}"
-    )
-    for c in CONCURRENCY:
-        b, r = bare_results[c], rayft_results[c]
-        print(
-            f"{c:>11} | {b['tok_s']:>15.1f} {b['p50']:>7.2f} {b['p99']:>7.2f} | {r['tok_s']:>11.1f} {r['p50']:>7.2f} "
-            f"{r['p99']:>7.2f} | {r['tok_s'] / b['tok_s']:>11.2f} {r['p50'] / b['p50']:>9.2f}"
-        )
 
 
 if __name__ == "__main__":

@@ -74,12 +74,13 @@ async def load(url: str, model: str, n: int, concurrency: int, max_tokens: int) 
     await one(-1)  # warm-up, not counted
     latencies.clear()
     tokens = 0
-    t0 = time.perf_counter()
+    t0, since = time.perf_counter(), time.time()
     await asyncio.gather(*(one(i) for i in range(n)))
     wall = time.perf_counter() - t0
     latencies.sort()
     pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
-    return {"tok_s": tokens / wall, "p50": pick(0.50), "p99": pick(0.99), "tokens": tokens}
+    window = (since, time.time())  # when the counted requests ran (to find them in Serve's logs)
+    return {"tok_s": tokens / wall, "p50": pick(0.50), "p99": pick(0.99), "tokens": tokens, "window": window}
 
 
 def free_port() -> int:
@@ -181,6 +182,13 @@ def main() -> None:
                 f"{c:>11} | {b['tok_s']:>15.1f} {b['p50']:>7.2f} {b['p99']:>7.2f} | {r['tok_s']:>11.1f} "
                 f"{r['p50']:>7.2f} {r['p99']:>7.2f} | {r['tok_s'] / b['tok_s']:>11.2f} {r['p50'] / b['p50']:>9.2f}"
             )
+        one, router = results[1], results[1].get("router_p50")
+        if router is not None:  # where one request's time goes, medians at concurrency 1
+            print(
+                f"one request (p50, concurrency 1): {one['p50'] * 1000:.0f} ms at the client = "
+                f"{(one['p50'] - router) * 1000:.0f} ms before rayft's router (HTTP, ingress) + {router * 1000:.0f} ms "
+                f"in the router and the engine replica; bare vLLM's whole request: {bare_results[1]['p50'] * 1000:.0f} ms"
+            )
 
 
 def rayft_bench(model: Path, args: argparse.Namespace, env: dict, haproxy: bool) -> dict:
@@ -221,9 +229,29 @@ def rayft_only(model: Path, args: argparse.Namespace) -> None:
     )
     url = deploy(cfg)
     try:
-        Path(args.rayft_only).write_text(json.dumps(bench(url, "m", args)))
+        results = bench(url, "m", args)
+        results[1]["router_p50"] = router_p50(*results[1]["window"])
+        Path(args.rayft_only).write_text(json.dumps(results))
     finally:
         serve.shutdown()
+
+
+def router_p50(since: float, until: float) -> float | None:
+    """The median time rayft's router replica spent on a chat request (Serve's access log of that replica: from the
+    request's arrival there to its last byte, the engine replica's work included) in [since, until]."""
+    from datetime import datetime
+
+    times = []
+    for log in Path("/tmp/ray/session_latest/logs/serve").glob("replica_rayft_RayftIngress_*.log"):
+        for line in log.read_text().splitlines():
+            parts = line.split()
+            if "POST /v1/chat/completions 200" not in line or len(parts) < 3:
+                continue
+            at = datetime.strptime(f"{parts[1]} {parts[2]}", "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            if since <= at <= until:
+                times.append(float(parts[-1].removesuffix("ms")) / 1000)
+    times.sort()
+    return times[len(times) // 2] if times else None
 
 
 if __name__ == "__main__":

@@ -123,7 +123,7 @@ def sweep(raw: dict, sweep_config: SweepConfig, resume: bool = False) -> SweepRe
         "trials_dir": trials_dir,
         "metric": sweep_config.metric,
         # PBT: the steps at which its trials evaluate and checkpoint (rayft_core.sweep.pbt_cadence)
-        "pbt": perturbation_interval(run.train, sweep_config) if sweep_config.scheduler == "pbt" else None,
+        "pbt": perturbation_interval(run.train, sweep_config) if sweep_config.population_based else None,
         "memory_share": 1.0 if use_gpu else 1 / concurrency,  # of the memory, for gradient_checkpointing auto
         "params": {k: _distribution(*next(iter(d.items())), as_grid) for k, d in sweep_config.space.items()},
     }
@@ -171,7 +171,7 @@ def _start(run: RunConfig, sweep_config: SweepConfig, base: dict, directory: str
 def _tune_config(run: RunConfig, sweep_config: SweepConfig, concurrency: int) -> tune.TuneConfig:
     """The metric, the scheduler (ASHA stops weak trials early) and the search algorithm of a new sweep."""
     scheduler = None
-    if sweep_config.scheduler == "pbt":
+    if sweep_config.population_based:
         scheduler = _pbt(run, sweep_config)
     elif sweep_config.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
@@ -204,8 +204,24 @@ def _tune_config(run: RunConfig, sweep_config: SweepConfig, concurrency: int) ->
 
 def _pbt(run: RunConfig, sweep_config: SweepConfig) -> Any:
     """Ray Tune's PBT over the space's keys: a range's value perturbed by 0.8 or 1.2 and kept inside the range, a
-    list's moved to a neighbour; either drawn anew with resample_probability."""
+    list's moved to a neighbour; either drawn anew with resample_probability. PB2: values chosen in the ranges by
+    its Gaussian-process bandit."""
     from ray.tune.schedulers import PopulationBasedTraining
+
+    interval = perturbation_interval(run.train, sweep_config)
+    if sweep_config.scheduler == "pb2":
+        try:
+            import sklearn  # noqa: F401 - PB2's Gaussian process; Ray's PB2 would only say so at its first decision
+            from ray.tune.schedulers.pb2 import PB2
+        except ImportError:
+            raise UserInputError("tune.scheduler pb2 needs scikit-learn: pip install 'rayft[tune]'") from None
+        bounds = {key: next(iter(dist.values())) for key, dist in sweep_config.space.items()}
+        return PB2(
+            time_attr="step",
+            perturbation_interval=interval,
+            hyperparam_bounds={"params": bounds},
+            quantile_fraction=sweep_config.quantile_fraction,
+        )
 
     mutations, ranges = {}, {}
     for key, dist in sweep_config.space.items():
@@ -222,7 +238,7 @@ def _pbt(run: RunConfig, sweep_config: SweepConfig) -> Any:
 
     return PopulationBasedTraining(
         time_attr="step",
-        perturbation_interval=perturbation_interval(run.train, sweep_config),
+        perturbation_interval=interval,
         hyperparam_mutations={"params": mutations},
         quantile_fraction=sweep_config.quantile_fraction,
         resample_probability=sweep_config.resample_probability,

@@ -57,7 +57,7 @@ def check_space(base: dict, sweep: SweepConfig) -> list[str]:
 
 def pbt_problems(base: dict, sweep: SweepConfig) -> list[str]:
     """What keeps a PBT sweep's trials from reporting the metric with a checkpoint every perturbation_interval."""
-    if sweep.scheduler != "pbt":
+    if not sweep.population_based:
         return []
     train = validate_config(base).train
     interval, problems = perturbation_interval(train, sweep), []

@@ -29,13 +29,15 @@ class SweepConfig(Section):
         description="random and grid: Ray Tune's variant generator (grid needs only grid/choice keys); "
         "optuna: TPE (pip install 'rayft[tune]'), no grid keys.",
     )
-    scheduler: Literal["fifo", "asha", "pbt"] = Field(
+    scheduler: Literal["fifo", "asha", "pbt", "pb2"] = Field(
         "asha",
         description="asha stops trials whose metric trails the others' at the same step (their workers are freed); "
         "fifo runs every trial to the end; pbt (Population Based Training, Jaderberg et al. 2017): every "
         "perturbation_interval steps a trial in the bottom quantile_fraction continues from the checkpoint of one in "
         "the top with perturbed values of the space's keys (those train.schedule can change: "
-        f"{', '.join(SCHEDULABLE)}).",
+        f"{', '.join(SCHEDULABLE)}); pb2 (Parker-Holder et al. 2020): the same, the new values chosen by a Gaussian "
+        "process bandit over the trials' results instead of random perturbation (ranges only; pip install "
+        "'rayft[tune]').",
     )
     perturbation_interval: int | None = Field(
         None,
@@ -114,14 +116,26 @@ class SweepConfig(Section):
             )
         if self.search == "optuna" and "grid" in kinds:
             raise ValueError("search: optuna samples; use choice instead of grid")
-        if self.scheduler == "pbt":
+        if self.population_based:
+            name = self.scheduler
             if self.search == "optuna":
-                raise ValueError("scheduler: pbt chooses the values itself after the first ones; use search random")
+                raise ValueError(f"scheduler: {name} chooses the values itself after the first ones; use search random")
             fixed = [k for k in self.space if k not in SCHEDULABLE]
             if fixed:
                 raise ValueError(
-                    f"scheduler: pbt changes values in the middle of a trial, which {', '.join(fixed)} cannot do "
-                    f"(it changes the model, the data or what a checkpoint holds); PBT can change: "
+                    f"scheduler: {name} changes values in the middle of a trial, which {', '.join(fixed)} cannot do "
+                    f"(it changes the model, the data or what a checkpoint holds); {name} can change: "
                     f"{', '.join(SCHEDULABLE)}; use asha or fifo to sweep the others"
                 )
+            lists = [k for k, d in self.space.items() if name == "pb2" and next(iter(d)) in ("choice", "grid")]
+            if lists:
+                raise ValueError(
+                    f"scheduler: pb2 models each key as a range; give {', '.join(lists)} uniform or loguniform bounds, "
+                    "or use pbt"
+                )
         return self
+
+    @property
+    def population_based(self) -> bool:
+        """PBT or PB2: trials continue each other's checkpoints (rayft.tune_trial)."""
+        return self.scheduler in ("pbt", "pb2")

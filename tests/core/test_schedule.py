@@ -116,3 +116,36 @@ def test_a_schedule_names_what_cannot_change_during_a_run():
             {**base, "tuning": "full", "train": {"schedule": [{"after_step": 3, "set": {"tuning.dropout": 0.1}}]}}
         )
     assert "train.schedule[0].set.tuning.dropout: tuning method full has no dropout" in str(e.value)
+
+
+def test_population_based_sweeps_take_only_keys_a_run_can_change_and_pb2_only_ranges():
+    """The PBT and PB2 rules of the tune section (the trials themselves: tests/cluster/test_pbt_ray.py), and the
+    scheduler each builds (Ray Tune's)."""
+    from ray.tune.schedulers import PopulationBasedTraining
+    from ray.tune.schedulers.pb2 import PB2
+
+    from rayft.tune import _tune_config
+
+    base = {
+        "model": {"name_or_path": "m"},
+        "data": {"train": [{"path": "d.json"}], "val_size": 8},
+        "train": {"max_steps": 12, "eval_steps": 4},
+    }
+
+    def sweep(scheduler, space):
+        return validate_config({**base, "tune": {"space": space, "scheduler": scheduler}})
+
+    lr = {"train.learning_rate": {"loguniform": [1e-5, 1e-3]}}
+    with pytest.raises(ConfigError, match="tuning.rank cannot do"):
+        sweep("pbt", {**lr, "tuning.rank": {"choice": [4, 8]}})
+    with pytest.raises(ConfigError, match="pb2 models each key as a range; give tuning.dropout uniform"):
+        sweep("pb2", {**lr, "tuning.dropout": {"choice": [0.0, 0.1]}})
+    pbt = sweep("pbt", {**lr, "tuning.dropout": {"choice": [0.0, 0.1]}})
+    scheduler = _tune_config(pbt, pbt.tune, 2).scheduler
+    assert type(scheduler) is PopulationBasedTraining and scheduler._perturbation_interval == 4  # eval_steps
+    pb2 = sweep("pb2", {**lr, "train.weight_decay": {"uniform": [0.0, 0.1]}})
+    scheduler = _tune_config(pb2, pb2.tune, 2).scheduler
+    assert type(scheduler) is PB2
+    assert scheduler._hyperparam_bounds == {
+        "params": {"train.learning_rate": [1e-5, 1e-3], "train.weight_decay": [0.0, 0.1]}
+    }

@@ -93,10 +93,10 @@ def _concurrency(run: RunConfig, sweep: SweepConfig, resources: dict[str, float]
 def sweep(raw: dict, sweep_config: SweepConfig, resume: bool = False) -> SweepResult:
     """Run (or resume) a sweep of the run ``raw`` (its YAML mapping) over ``sweep_config``'s space."""
     base = {k: v for k, v in raw.items() if k != "tune"}
-    problems = check_space(base, sweep_config) or pbt_problems(base, sweep_config)
+    run = validate_config(base).with_absolute_paths()
+    problems = check_space(base, sweep_config) or pbt_problems(run.train, sweep_config)
     if problems:
         raise UserInputError("the sweep cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
-    run = validate_config(base).with_absolute_paths()
     base = run.model_dump(mode="json", exclude={"tune"})  # absolute paths, for trials in other working directories
     directory = run.output.dir
     trials_dir = storage.join(directory, TRIALS_DIR)
@@ -123,7 +123,7 @@ def sweep(raw: dict, sweep_config: SweepConfig, resume: bool = False) -> SweepRe
         "trials_dir": trials_dir,
         "metric": sweep_config.metric,
         # PBT: the steps at which its trials evaluate and checkpoint (rayft_core.sweep.pbt_cadence)
-        "pbt": perturbation_interval(run.train, sweep_config) if sweep_config.population_based else None,
+        "pbt_interval": perturbation_interval(run.train, sweep_config) if sweep_config.population_based else None,
         "memory_share": 1.0 if use_gpu else 1 / concurrency,  # of the memory, for gradient_checkpointing auto
         "params": {k: _distribution(*next(iter(d.items())), as_grid) for k, d in sweep_config.space.items()},
     }
@@ -301,17 +301,11 @@ def _row(result: Any, trials_dir: str, sweep_config: SweepConfig) -> TrialRow:
         run_dir=run_dir,
     )
     config = storage.read_text(storage.join(run_dir, CONFIG_FILE))
-    schedule = yaml.safe_load(config)["train"].get("schedule") if config else None
-    if schedule:  # a PBT trial that continued another's checkpoint: what it started with, what changed when
-        raw = yaml.safe_load(config)
+    raw = yaml.safe_load(config) if config else {}
+    if raw.get("train", {}).get("schedule"):  # a PBT trial that continued another's checkpoint
         row.first_params = {k: raw[k.split(".")[0]][k.split(".")[1]] for k in sweep_config.space}
-        row.schedule = schedule
-        row.lineage = "; ".join(f"from {c['origin']}: {_values(c['set'])}" for c in schedule)
+        row.schedule = raw["train"]["schedule"]
     return row
-
-
-def _values(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
 def _reported(run_dir: str) -> set[str]:

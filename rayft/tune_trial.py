@@ -53,8 +53,8 @@ def run_trial(config: dict[str, Any]) -> None:
     in a run directory of its own (_generation)."""
     trial = tune.get_context().get_trial_id()
     generation = _generation(config, trial, _pointer(tune.get_checkpoint()))
-    pbt = config["pbt"]
-    run = validate_config(pbt_cadence(generation.raw, pbt, config["metric"]) if pbt else generation.raw)
+    interval = config["pbt_interval"]
+    run = validate_config(pbt_cadence(generation.raw, interval, config["metric"]) if interval else generation.raw)
     if generation.resume and storage.read_text(storage.join(run.output.dir, SUMMARY_FILE)) is not None:
         # It finished before the sweep's driver died, and Tune had not yet recorded that: its results, not a rerun.
         record = storage.read_text(storage.join(run.output.dir, METRICS_FILE)) or ""
@@ -79,7 +79,7 @@ def run_trial(config: dict[str, Any]) -> None:
     thread = threading.Thread(target=fit, name=f"rayft-trial-{trial}", daemon=True)
     thread.start()
     while (item := queue.get()) is not None:
-        _report(*item, run=run, trial=trial, pbt=bool(pbt))
+        _report(*item, run=run, trial=trial, pbt=bool(interval))
     thread.join()
     if failure:
         raise failure[0]
@@ -129,6 +129,6 @@ def _generation(config: dict[str, Any], trial: str, pointer: dict[str, Any] | No
 def trial_runs(trials_dir: str, trial: str) -> list[str]:
     """The trial's run directories that hold a run, oldest first; the first (maybe not yet started) at least."""
     runs = [storage.join(trials_dir, trial)]
-    while storage.read_text(storage.join(trials_dir, f"{trial}.{len(runs)}", CONFIG_FILE)) is not None:
+    while storage.exists(storage.join(trials_dir, f"{trial}.{len(runs)}", CONFIG_FILE)):
         runs.append(storage.join(trials_dir, f"{trial}.{len(runs)}"))
     return runs

@@ -66,9 +66,13 @@ def at_step(run: Any, step: int) -> Any:
     for change in changes:
         for key, value in change.set.items():
             section, field = key.split(".")
-            part = getattr(run, section)
-            setattr(run, section, type(part).model_validate({**part.model_dump(), field: value}))
+            setattr(run, section, _with(getattr(run, section), field, value))
     return run
+
+
+def _with(part: Any, field: str, value: Any) -> Any:
+    """A copy of config section ``part`` with ``field`` set to ``value``, validated by the section's schema."""
+    return type(part).model_validate({**part.model_dump(), field: value})
 
 
 def problems(run: Any) -> list[str]:
@@ -83,7 +87,7 @@ def problems(run: Any) -> list[str]:
                 found.append(f"{path}: tuning method {run.tuning.method} has no {field}")
                 continue
             try:
-                type(part).model_validate({**part.model_dump(), field: value})
+                _with(part, field, value)
             except ValidationError as e:
                 found.append(f"{path}: {e.errors()[0]['msg']}, got {value!r}")
     if run.train.schedule and run.deepspeed.offload_optimizer:

@@ -55,11 +55,11 @@ def check_space(base: dict, sweep: SweepConfig) -> list[str]:
     return problems
 
 
-def pbt_problems(base: dict, sweep: SweepConfig) -> list[str]:
-    """What keeps a PBT sweep's trials from reporting the metric with a checkpoint every perturbation_interval."""
+def pbt_problems(train: Any, sweep: SweepConfig) -> list[str]:
+    """What keeps a PBT sweep's trials (of the base run's ``train`` section) from reporting the metric with a
+    checkpoint every perturbation_interval."""
     if not sweep.population_based:
         return []
-    train = validate_config(base).train
     interval, problems = perturbation_interval(train, sweep), []
     if sweep.metric.startswith("train/") and interval % train.logging_steps:
         problems.append(
@@ -109,9 +109,17 @@ class TrialRow:
     seconds: float | None
     state: str  # finished | stopped early | error: ...
     run_dir: str
-    lineage: str = ""  # PBT: the checkpoints the trial continued from, with its values from then on
     first_params: dict[str, Any] | None = None  # PBT: the values its lineage started with
     schedule: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # PBT: its changes (train.schedule)
+
+    @property
+    def lineage(self) -> str:
+        """PBT: the checkpoints the trial continued from, with its values from then on."""
+        return "; ".join(f"from {c['origin']}: {_values(c['set'])}" for c in self.schedule)
+
+
+def _values(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
 def ranked(rows: list[TrialRow], mode: str) -> list[TrialRow]:

@@ -5,9 +5,9 @@ memory stay bounded.
     .venv/bin/python benchmarks/streaming_memory.py --gb 1.0 --object-store-mb 256
 
 It writes --gb of alpaca JSONL rows, all different, as 64 MB files (a dataset is many files; each
-file is read by one task), starts a local Ray cluster with a small object store, builds the run's data
-with `data.streaming: true` exactly as `rayft train` does, and iterates it in the micro-batches a
-worker would take. A sampler records, every 0.5 s, the RSS of the driver, of the largest Ray worker
+file is read in turn by the stream's reading task), starts a local Ray cluster with a small object store,
+and reads the run's data with `data.streaming: true` exactly as a `rayft train` worker does (rayft.stream:
+one worker's share, here all of it), in its micro-batches. A sampler records, every 0.5 s, the RSS of the driver, of the largest Ray worker
 process and of the whole process tree, and the object store bytes in use. Printed: rows and bytes
 streamed, time, and each peak; compared with the same figures at a quarter of the data, a flat
 pipeline shows the same peaks at both sizes.
@@ -102,7 +102,7 @@ class Sampler(threading.Thread):
 def stream(data_dir: Path, model_dir: Path, object_store_mb: int) -> dict:
     import ray
 
-    from rayft.data import build_run_data
+    from rayft.stream import WorkerStream
     from rayft_core.config import validate_config
 
     run = validate_config(
@@ -122,11 +122,11 @@ def stream(data_dir: Path, model_dir: Path, object_store_mb: int) -> dict:
     sampler = Sampler()
     sampler.start()
     start = time.perf_counter()
-    data = build_run_data(run)
+    stream = WorkerStream(run, 0, 1, ["input_ids", "labels", "position_ids", "num_examples", "num_tokens"])
     rows = tokens = bad = 0
-    for batch in data.train.iter_batches(batch_size=8, batch_format="numpy"):  # what a worker's shard yields
-        rows += int(batch["num_examples"].sum())
-        tokens += int(batch["num_tokens"].sum())
+    for batch in stream.epoch(0):  # what a worker's stream yields, one pass
+        rows += int(sum(batch["num_examples"]))
+        tokens += int(sum(batch["num_tokens"]))
         bad += sum(e is not None for e in batch["error"])
     elapsed = time.perf_counter() - start
     sampler.stop.set()

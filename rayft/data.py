@@ -63,7 +63,7 @@ class RunData:
 
 
 @functools.lru_cache(maxsize=4)
-def _run_and_tokenizer(run_json: str) -> tuple[RunConfig, Any]:
+def run_and_tokenizer(run_json: str) -> tuple[RunConfig, Any]:
     """Validated once per Ray worker process, not once per batch."""
     # Ray Data runs one tokenizing task per CPU already; the tokenizer's own threads would only contend.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -72,14 +72,14 @@ def _run_and_tokenizer(run_json: str) -> tuple[RunConfig, Any]:
 
 
 @functools.lru_cache(maxsize=16)
-def _spec(spec_json: str) -> DatasetSpec:
+def spec_of(spec_json: str) -> DatasetSpec:
     return DatasetSpec.model_validate_json(spec_json)
 
 
 def _encode(batch: pa.Table, run_json: str, spec_json: str, source: int) -> pa.Table:
     """A Ray Data map task: rayft_core.data.encode.encode_batch with this process's run and tokenizer."""
-    run, tokenizer = _run_and_tokenizer(run_json)
-    return encode_batch(batch, run, tokenizer, _spec(spec_json), source)
+    run, tokenizer = run_and_tokenizer(run_json)
+    return encode_batch(batch, run, tokenizer, spec_of(spec_json), source)
 
 
 def _drop_errors(batch: pa.Table) -> pa.Table:
@@ -90,7 +90,7 @@ def _drop_errors(batch: pa.Table) -> pa.Table:
 
 
 @dataclass(frozen=True)
-class _Dataset:
+class ResolvedDataset:
     """One dataset of a section, resolved once: its spec with dataset_info.json applied, the name it is
     reported under, and the manifest when it is a folder written by `rayft data prepare`."""
 
@@ -100,7 +100,7 @@ class _Dataset:
     manifest: dict | None
 
 
-def resolve_datasets(run: RunConfig, section: str) -> list[_Dataset]:
+def resolve_datasets(run: RunConfig, section: str) -> list[ResolvedDataset]:
     """The datasets of data.train or data.eval, resolved and checked before anything is read."""
     out = []
     for i, given in enumerate(run.data.train if section == "data.train" else run.data.eval):
@@ -116,11 +116,11 @@ def resolve_datasets(run: RunConfig, section: str) -> list[_Dataset]:
             )
         else:
             check_stage_fit(spec, run.stage, key)
-        out.append(_Dataset(key, given.dataset or spec.label, spec, manifest))
+        out.append(ResolvedDataset(key, given.dataset or spec.label, spec, manifest))
     return out
 
 
-def _tokenized(run: RunConfig, datasets: list[_Dataset]) -> Any:
+def _tokenized(run: RunConfig, datasets: list[ResolvedDataset]) -> Any:
     """The lazy union of the tokenized datasets, each row tagged with its dataset's index (source)."""
     import ray.data
 
@@ -130,7 +130,7 @@ def _tokenized(run: RunConfig, datasets: list[_Dataset]) -> Any:
         if d.manifest is not None:  # already tokenized: tag the rows and add the (empty) error column
             parts.append(
                 ray.data.read_parquet(d.spec.path, file_extensions=["parquet"]).map_batches(
-                    _as_source, fn_kwargs={"source": i}, batch_format="pyarrow"
+                    as_source, fn_kwargs={"source": i}, batch_format="pyarrow"
                 )
             )
             continue
@@ -150,7 +150,7 @@ def _tokenized(run: RunConfig, datasets: list[_Dataset]) -> Any:
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
-def _as_source(batch: pa.Table, source: int) -> pa.Table:
+def as_source(batch: pa.Table, source: int) -> pa.Table:
     """Prepared rows, tagged with their dataset's index, with the (empty) error column of tokenized rows."""
     index = batch.schema.get_field_index("source")
     return batch.set_column(index, "source", pa.array([source] * len(batch), pa.int16())).append_column(
@@ -222,7 +222,16 @@ def _mix(ds: Any, report: DataReport, run: RunConfig) -> Any:
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
-def cache_key(run: RunConfig, datasets: list[_Dataset]) -> str:
+def interleaved(ds: Any, report: DataReport, run: RunConfig) -> tuple[Any, DataReport]:
+    """A section's tokenized rows interleaved (see _mix), materialized, with the report counting what was kept."""
+    mixed = _mix(ds, report, run).materialize()
+    with_errors = mixed.map_batches(
+        lambda b: b.append_column("error", pa.nulls(len(b), pa.string())), batch_format="pyarrow"
+    )
+    return mixed, _report(with_errors, [d.label for d in report.datasets], run)
+
+
+def cache_key(run: RunConfig, datasets: list[ResolvedDataset]) -> str:
     """Everything the tokenized rows depend on: the data (file sizes and times), the tokenizer, the template, the stage."""
     files = []
     specs = [d.spec for d in datasets]
@@ -319,11 +328,17 @@ def tokenize_section(run: RunConfig, section: str) -> tuple[Any, DataReport]:
 
 
 def preview(run: RunConfig, n: int) -> tuple[list[dict], DataReport]:
-    """The first n training rows (as trained, before shuffling) and the report, bad rows included."""
+    """The first n training rows (as trained, before shuffling; a streamed interleave's as one worker draws them)
+    and the report, bad rows included."""
     datasets = resolve_datasets(run, "data.train")
     ds = _tokenized(run, datasets).materialize()
     report = _report(ds, [d.label for d in datasets], run)
-    rows = ds.map_batches(_drop_errors, batch_format="pyarrow").take(n) if report.rows else []
+    if run.data.streaming and run.data.mix == "interleave" and len(datasets) > 1:
+        from rayft.stream import first_rows  # rayft.stream reads through this module's encoding
+
+        rows = first_rows(run, n)  # in the order a stream draws them
+    else:
+        rows = ds.map_batches(_drop_errors, batch_format="pyarrow").take(n) if report.rows else []
     return [
         {k: list(v) if v is not None and k.endswith(("ids", "labels")) else v for k, v in r.items()} for r in rows
     ], report
@@ -357,16 +372,19 @@ def build_run_data(run: RunConfig) -> RunData:
 
 
 def _streamed(run: RunConfig) -> RunData:
-    """Lazy datasets: rows flow from the files through the tokenizer to the workers, never all held at once."""
-    if run.data.mix == "interleave" and len(run.data.train) > 1:
+    """Streamed training rows are read by each worker from its own share of the files (rayft.stream), so that a
+    checkpoint can say where each stream stands; here they are only resolved and checked. Evaluation data
+    streams through Ray Train's split."""
+    datasets = resolve_datasets(run, "data.train")
+    hub = [d.label for d in datasets if d.spec.hf_hub_url]
+    if hub:
         raise DatasetError(
-            "data.mix: interleaving needs each dataset's size, which a stream does not know in advance; "
-            "use mix: concat with streaming, or turn streaming off"
+            f"data.streaming: {hub[0]} is a hub dataset; a stream reads files: download its files and name them "
+            "with `path:`, or set data.streaming: false"
         )
-    train = _tokenized(run, resolve_datasets(run, "data.train"))
     evaluation = _tokenized(run, resolve_datasets(run, "data.eval")) if run.data.eval else None
     return RunData(
-        train=train.drop_columns(["source"]),
+        train=None,
         eval=evaluation.drop_columns(["source"]) if evaluation else None,
         train_rows=None,
         eval_rows=None,

@@ -10,7 +10,7 @@ import csv
 import fnmatch
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,23 +86,10 @@ def rows_of_file(file: dict[str, Any]) -> list[dict[str, Any]]:
         return {"path": path, "row": i, "json": text, "error": None}
 
     def bad(i: int, reason: str, detail: str) -> dict:
-        return {"path": path, "row": i, "json": None, "error": f"{path}: row {i}: {reason}: {detail}"}
+        return _bad_row(path, i, reason, detail)
 
     if path.endswith((".jsonl", ".txt")):
-        out = []
-        for i, raw in enumerate(data.removeprefix(codecs.BOM_UTF8).split(b"\n"), 1):  # a BOM is not part of row 1
-            try:
-                line = raw.decode("utf-8").rstrip("\r")
-            except UnicodeDecodeError as e:
-                out.append(bad(i, "undecodable bytes", f"not UTF-8 at byte {e.start}"))
-                continue
-            if not line.strip():
-                continue
-            if path.endswith(".txt"):
-                out.append(ok(i, {"text": line}))
-            else:  # parsed (and its JSON checked) where it is aligned, in parallel tasks
-                out.append({"path": path, "row": i, "json": line, "error": None})
-        return out
+        return [row for _, row in line_rows(path, data.split(b"\n"))]
     if path.endswith(".parquet"):
         import pyarrow.parquet as pq
 
@@ -125,6 +112,32 @@ def rows_of_file(file: dict[str, Any]) -> list[dict[str, Any]]:
     if not isinstance(rows, list):
         return [bad(0, "wrong type", f"a .json dataset must be an array of rows, got {type(rows).__name__}")]
     return [ok(i, r) for i, r in enumerate(rows)]
+
+
+def line_rows(
+    path: str, lines: Iterable[bytes], first_line: int = 1, offset: int = 0
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The rows of a .jsonl or .txt file as (byte offset, row), from its ``lines`` (bytes, without their "\\n")
+    that start at ``offset``, where line ``first_line`` starts (a streamed run resumes inside a file this way)."""
+    for i, raw in enumerate(lines, first_line):
+        at, offset = offset, offset + len(raw) + 1
+        if at == 0 and raw.startswith(codecs.BOM_UTF8):  # a BOM is not part of row 1
+            raw, at = raw[len(codecs.BOM_UTF8) :], len(codecs.BOM_UTF8)
+        try:
+            line = raw.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError as e:
+            yield at, _bad_row(path, i, "undecodable bytes", f"not UTF-8 at byte {e.start}")
+            continue
+        if not line.strip():
+            continue
+        if path.endswith(".txt"):
+            yield at, {"path": path, "row": i, "json": json.dumps({"text": line}, ensure_ascii=False), "error": None}
+        else:  # parsed (and its JSON checked) where it is aligned, in parallel tasks
+            yield at, {"path": path, "row": i, "json": line, "error": None}
+
+
+def _bad_row(path: str, i: int, reason: str, detail: str) -> dict[str, Any]:
+    return {"path": path, "row": i, "json": None, "error": f"{path}: row {i}: {reason}: {detail}"}
 
 
 def _csv_rows(text: str, ok: Callable, bad: Callable) -> list[dict]:

@@ -23,6 +23,7 @@ from rayft import rlhf
 from rayft.checks import OVERWRITE_FLAG, check_cluster, check_config
 from rayft.cluster import connect, is_local, resolve_checkpointing, resolve_worker_cpus, worker_threads
 from rayft.data import RunData, build_run_data
+from rayft.stream import WorkerStream
 from rayft_core import ownership, storage
 from rayft_core.config import RunConfig, dump_config
 from rayft_core.data.collate import padding_value
@@ -59,7 +60,16 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
             from rayft_core.train.loop import train_worker
 
             eval_batches = shards.eval if shards.eval_shard is not None else None
-            train_worker(run, plan, shards.epoch, _report, eval_batches=eval_batches, resume_from=resume_from, **common)
+            train_worker(
+                run,
+                plan,
+                shards.epoch,
+                _report,
+                eval_batches=eval_batches,
+                resume_from=resume_from,
+                stream=shards.stream,
+                **common,
+            )
 
 
 def _checkpoint_at(location: str | None) -> ray.train.Checkpoint | None:
@@ -78,23 +88,32 @@ class _Shards:
         from rayft_core.train.stages import STAGES
 
         self.run = run
-        self.shard = ray.train.get_dataset_shard("train")
         self.eval_shard = ray.train.get_dataset_shard("eval") if has_eval else None
         streaming = run.data.streaming
         self.check = (
             StreamChecker(run.data.max_bad_fraction, load_tokenizer(run.model).pad_token_id) if streaming else None
         )
-        extra = (["position_ids"] if run.packing else []) + (["error"] if streaming else [])
-        self.columns = [*STAGES[run.stage.name].columns, *extra]
+        extra = ["position_ids"] if run.packing else []
+        self.columns = [*STAGES[run.stage.name].columns, *extra, *(["error"] if streaming else [])]
+        # a stream is read by each worker from its own share, from where its checkpoint says it stood
+        ctx = ray.train.get_context()
+        self.stream = (
+            WorkerStream(run, ctx.get_world_rank(), ctx.get_world_size(), [*STAGES[run.stage.name].columns, *extra])
+            if streaming
+            else None
+        )
+        self.shard = None if self.stream else ray.train.get_dataset_shard("train")
 
     def epoch(self, epoch: int) -> Iterator[dict[str, Any]]:
         from rayft_core.train.plan import batch_size_per_worker
 
+        if self.stream is not None:
+            return self._checked(self.stream.epoch(epoch))
         shuffle = self.run.data.shuffle
         batches = self.shard.iter_batches(
             batch_size=batch_size_per_worker(self.run),
             batch_format="numpy",
-            drop_last=False,  # every batch is full (see _padded), except a stream's last of each pass
+            drop_last=False,  # every batch is full: see _padded
             local_shuffle_buffer_size=256 if shuffle else None,
             local_shuffle_seed=self.run.train.seed + epoch if shuffle else None,
         )
@@ -251,7 +270,7 @@ def _count(n: float, noun: str) -> str:
 def _padded(data: RunData, run: RunConfig, pad_token_id: int) -> RunData:
     """The supervised datasets with masked padding rows (rayft_core.train.plan.padding_rows) appended, so Ray
     splits them among the workers without a remainder and every row trains (or is evaluated) once an epoch."""
-    if data.train_rows is None:  # a stream: Ray's equal split drops at most num_workers - 1 rows per pass
+    if data.train_rows is None:  # a stream: each worker's pass ends where its share of the files does
         return data
     train = _append_padding(data.train, padding_rows(data.train_rows, run.global_batch_size), pad_token_id)
     evaluation = data.eval
@@ -319,7 +338,10 @@ def _fit(
             checkpoint_config=_checkpoint_config(run),
             callbacks=[*(callbacks or []), *([_Progress(plan.total_steps, run.output.name)] if progress else [])],
         ),
-        datasets={"train": data.train, **({"eval": data.eval} if data.eval is not None else {})},
+        datasets={
+            **({"train": data.train} if data.train is not None else {}),  # a stream: each worker reads its own
+            **({"eval": data.eval} if data.eval is not None else {}),
+        },
     )
     try:
         return trainer.fit()

@@ -104,3 +104,57 @@ def unit_run(model_dir: Path, workdir: Path, tuning: dict, **sections) -> RunCon
     return run_config(
         model_dir, [{"path": "unused.json", "format": "alpaca"}], workdir, "unit", tuning=tuning, **sections
     )
+
+
+# ----------------------------------------------------------------------------- a worker lost mid-run
+
+
+def checkpoints(out: Path) -> list[Path]:
+    return sorted(p for p in out.glob("checkpoint_*") if p.is_dir())
+
+
+def kill_a_worker_after_first_checkpoint(out: Path, timeout: float = 240) -> int:
+    """SIGKILL one Ray Train worker process once a checkpoint is in storage; return its pid."""
+    import signal
+    import time
+
+    import psutil
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if checkpoints(out) and (out / "checkpoint_manager_snapshot.json").exists():
+            workers = [
+                p
+                for p in psutil.process_iter(["cmdline"])
+                if "ray::RayTrainWorker" in " ".join(p.info["cmdline"] or [])
+            ]
+            if workers:
+                workers[-1].send_signal(signal.SIGKILL)
+                return workers[-1].pid
+        time.sleep(0.2)
+    raise AssertionError("no checkpoint appeared in time")
+
+
+def train_through_a_worker_loss(run) -> Path:  # noqa: ANN001 - a RunConfig
+    """``rayft.train.train(run)`` with one of its workers killed after the first checkpoint; the run's directory
+    once it finished (cluster.max_failures must allow the loss)."""
+    import threading
+
+    from rayft.train import train
+
+    out = Path(run.output.dir)
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(out=train(run)))
+    thread.start()
+    kill_a_worker_after_first_checkpoint(out)
+    thread.join(timeout=600)
+    assert result.get("out") == out, "the run did not finish after the worker was replaced"
+    return out
+
+
+def resumes(out: Path) -> list[dict]:
+    """The "resumed" events of a run (events.jsonl)."""
+    import json
+
+    path = out / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []

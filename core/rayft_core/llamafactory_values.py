@@ -132,7 +132,7 @@ NO_EFFECT = {  # logging, speed, uploads: other values are noted. Honoured value
         enable_torch_profiler=False,
     ),
     **_because("train.seed also seeds the data order", data_seed=None),
-    **_because("rayft shuffles streamed rows with Ray Data's own buffer", buffer_size=16384),
+    **_because("rayft shuffles streamed rows within chunks of 256 rows per worker", buffer_size=16384),
     **_because("rayft writes to output.storage_path only", push_to_hub=False, hub_model_id=None),
     **_because(
         "rayft loads the fast tokenizer with low CPU memory; set HF_HOME and HF_TOKEN for the hub",

@@ -57,10 +57,11 @@ def data_preview(config_path: str, overrides: tuple[str, ...], examples: int) ->
 def data_prepare(config_path: str, overrides: tuple[str, ...], output: str, overwrite: bool) -> None:
     """Tokenize CONFIG_PATH's training data once and write it as Parquet (input_ids, labels with
     -100 where no loss, position_ids when packed) plus a manifest. Train from it with
-    `data.train: [{path: OUTPUT}]` on any cluster that reads OUTPUT."""
+    `data.train: [{path: OUTPUT}]` on any cluster that reads OUTPUT. With data.mix: interleave, the
+    rows written are the interleaved ones (data.mix_probabilities, data.mix_stopping, train.seed)."""
     from rayft.checks import check_data_inputs
     from rayft.cluster import connect
-    from rayft.data import tokenize_section, write_prepared
+    from rayft.data import interleaved, tokenize_section, write_prepared
     from rayft_core import ownership
 
     run = load_run(config_path, overrides).with_absolute_paths()
@@ -68,6 +69,8 @@ def data_prepare(config_path: str, overrides: tuple[str, ...], output: str, over
     check_data_inputs(run)
     connect()
     ds, report = tokenize_section(run, "data.train")
+    if run.data.mix == "interleave" and len(run.data.train) > 1:  # the rows a run would train, in its proportions
+        ds, report = interleaved(ds, report, run)
     write_prepared(ds, output, run, report, overwrite=overwrite)
     click.echo(report.table())
     click.echo(f"prepared {report.rows:,} rows ({report.tokens:,} tokens) in {output}")

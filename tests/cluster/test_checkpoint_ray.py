@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import threading
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from rayft.checks import RunCheckError
 from rayft_core.train.outputs import read_metrics
-from tests.helpers import run_config
+from tests.helpers import (
+    checkpoints,
+    kill_a_worker_after_first_checkpoint,
+    resumes,
+    run_config,
+    train_through_a_worker_loss,
+)
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -36,27 +39,6 @@ def _run(tiny_model, workdir, alpaca_file, name, **sections):
         train={"max_steps": STEPS, "micro_batch_size": 2, "logging_steps": 1},
         **sections,
     )
-
-
-def _checkpoints(out: Path) -> list[Path]:
-    return sorted(p for p in out.glob("checkpoint_*") if p.is_dir())
-
-
-def _kill_a_worker_after_first_checkpoint(out: Path, timeout: float = 240) -> int:
-    """SIGKILL one Ray Train worker process once a checkpoint is in storage; return its pid."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if _checkpoints(out) and (out / "checkpoint_manager_snapshot.json").exists():
-            workers = [
-                p
-                for p in psutil.process_iter(["cmdline"])
-                if "ray::RayTrainWorker" in " ".join(p.info["cmdline"] or [])
-            ]
-            if workers:
-                workers[-1].send_signal(signal.SIGKILL)
-                return workers[-1].pid
-        time.sleep(0.2)
-    raise AssertionError("no checkpoint appeared in time")
 
 
 @pytest.fixture(scope="module")
@@ -121,27 +103,15 @@ def _each_step_once(out: Path, uninterrupted: list[float]) -> None:
     assert [r["train/loss"] for r in rows] == pytest.approx(uninterrupted, rel=1e-3)
 
 
-def _resumes(out: Path) -> list[dict]:
-    path = out / "events.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
 def test_worker_killed_mid_run_is_replaced_and_the_run_finishes(tiny_model, workdir, alpaca_file, uninterrupted):
-    from rayft.train import train
 
     run = _run(tiny_model, workdir, alpaca_file, "worker-loss", deepspeed={"zero_stage": 3})
-    out = Path(run.output.dir)
-    result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(out=train(run)))
-    thread.start()
-    _kill_a_worker_after_first_checkpoint(out)
-    thread.join(timeout=600)
-    assert result.get("out") == out, "the run did not finish after the worker was replaced"
+    out = train_through_a_worker_loss(run)
     _each_step_once(out, uninterrupted)
-    resumes = _resumes(out)
-    assert len(resumes) == 1 and resumes[0]["step"] % EVERY == 0 and 0 < resumes[0]["step"] < STEPS, resumes
-    assert resumes[0]["checkpoint"].startswith(str(out))  # restored from storage_path, not from a worker's disk
-    assert len(_checkpoints(out)) <= 2  # checkpoint.keep
+    events = resumes(out)
+    assert len(events) == 1 and events[0]["step"] % EVERY == 0 and 0 < events[0]["step"] < STEPS, events
+    assert events[0]["checkpoint"].startswith(str(out))  # restored from storage_path, not from a worker's disk
+    assert len(checkpoints(out)) <= 2  # checkpoint.keep
     assert (out / "adapter_model.safetensors").is_file()
 
 
@@ -162,7 +132,7 @@ def test_stopped_run_resumes_and_refuses_another_method(tiny_model, workdir, alp
 
     thread = threading.Thread(target=first_attempt)
     thread.start()
-    _kill_a_worker_after_first_checkpoint(out)
+    kill_a_worker_after_first_checkpoint(out)
     thread.join(timeout=600)
     assert errors and isinstance(errors[0], TrainingFailedError), errors
     done_before = max(r["step"] for r in read_metrics(out))
@@ -176,4 +146,4 @@ def test_stopped_run_resumes_and_refuses_another_method(tiny_model, workdir, alp
 
     assert train(run, resume=True) == out
     _each_step_once(out, uninterrupted)
-    assert len(_resumes(out)) == 1
+    assert len(resumes(out)) == 1

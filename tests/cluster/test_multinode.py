@@ -2,7 +2,7 @@
 
 cluster/local.sh starts a head and a worker node (two raylets, each with its own temp dir and ports,
 token authentication on); `rayft submit` ships this checkout and runs jobs/full_zero3.yaml on a tiny
-model: 2 workers under ZeRO-3, placed one per node (SPREAD). The cluster is separate from the test
+model: 2 workers under ZeRO-3, placed one per node (SPREAD), fed by a stream tokenized on both nodes. The cluster is separate from the test
 session's own (tests/conftest.py ray_cluster), which this test does not use.
 """
 
@@ -148,9 +148,14 @@ def test_zero3_job_on_two_nodes(two_nodes: Cluster, tiny_model, alpaca_file):
         requests.get(f"{cluster.address}/api/version", timeout=10).status_code == 401
     )  # auth is on: no token, no entry
     storage = cluster.root / "shared"  # stands in for storage every node mounts
+    # streamed: each worker's rows are tokenized by Ray Data tasks, which should run on both nodes' CPUs
+    rows = json.loads(alpaca_file.read_text())
+    data = cluster.root / "rows.jsonl"
+    data.write_text("".join(json.dumps({**r, "input": f"#{i}"}) + "\n" for i, r in enumerate(rows * 30)))
     overrides = [
         f"model.name_or_path={tiny_model('llama')}",
-        f"data.train=[{{path: {alpaca_file}, format: alpaca}}]",
+        f"data.train=[{{path: {data}, format: alpaca}}]",
+        "data.streaming=true",
         "data.max_seq_len=64",
         "train.max_steps=3",
         "train.micro_batch_size=4",
@@ -187,6 +192,7 @@ def test_zero3_job_on_two_nodes(two_nodes: Cluster, tiny_model, alpaca_file):
     summary = json.loads((out / "summary.json").read_text())
     assert sorted(summary["worker_nodes"]) == sorted(cluster.alive_nodes()), summary
     assert summary["steps"] == 3
+    assert sorted(summary["stream_chunks_tokenized_per_node"]) == sorted(cluster.alive_nodes()), summary
 
     # the artifacts are in storage_path, whichever node rank 0 ran on, and on neither node's own disk
     assert {"model.safetensors", "config.json", "tokenizer.json", "rayft_run.yaml", "metrics.jsonl", "loss.png"} <= {

@@ -17,8 +17,9 @@ def render_row(tokenizer: Any, row: dict[str, Any], number: int, color: bool) ->
     """Row NUMBER (1-based) as lines: one rule and text per token list (input_ids, chosen_/rejected_ for
     pairs, kl_ for KTO's mismatched answer), the trained-on tokens in green (color) or within «»."""
     lines = []
+    source = f" from {row['dataset']}" if "dataset" in row else ""  # a streamed interleave's rows name theirs
     for part in (c.removesuffix("input_ids") for c in row if c.endswith("input_ids")):
-        name = f" {part.rstrip('_')}" if part else ""
+        name = f" {part.rstrip('_')}{source}" if part else source
         ids = row[part + "input_ids"]
         if part + "labels" not in row:  # an RL prompt: the model answers it, nothing in it is trained on
             lines.append(f"─── row {number}{name} ({len(ids)} tokens; generated from) ───")

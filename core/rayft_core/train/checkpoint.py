@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_TAG = "state"  # DeepSpeed's folder inside a checkpoint
 TRAINER_STATE = "trainer_state.json"  # where training stood: written by rank 0 beside the DeepSpeed state
+STREAM_POSITION = "stream_position_rank{rank}.json"  # where each rank's streamed data stood (rayft.stream)
 
 
 @dataclass
@@ -66,15 +67,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def save_checkpoint(engine: Any, rank: int, state: TrainerState, run: RunConfig) -> str:
+def save_checkpoint(
+    engine: Any, rank: int, state: TrainerState, run: RunConfig, stream_position: dict[str, Any] | None = None
+) -> str:
     """This rank's part of a checkpoint in a new local directory: its ZeRO shards (frozen weights left out:
-    they are in the base model), and on rank 0 the trainer state and the run's config (so that `rayft export`
-    reads a checkpoint copied anywhere). The caller uploads and deletes it;
+    they are in the base model), where its stream stood (a streamed run), and on rank 0 the trainer state and
+    the run's config (so that `rayft export` reads a checkpoint copied anywhere). The caller uploads and deletes it;
     Ray Train merges the ranks' directories and registers the checkpoint only once all have arrived, so a
     checkpoint cut short (a full disk, a lost node) is never the one a run resumes from."""
     directory = tempfile.mkdtemp(prefix="rayft-checkpoint-")
     try:
         engine.save_checkpoint(directory, tag=CHECKPOINT_TAG, exclude_frozen_parameters=True)
+        if stream_position is not None:
+            (Path(directory) / STREAM_POSITION.format(rank=rank)).write_text(json.dumps(stream_position))
         if rank == 0:
             (Path(directory) / TRAINER_STATE).write_text(json.dumps(dataclasses.asdict(state)))
             (Path(directory) / outputs.CONFIG_FILE).write_text(dump_config(run))
@@ -82,6 +87,17 @@ def save_checkpoint(engine: Any, rank: int, state: TrainerState, run: RunConfig)
         shutil.rmtree(directory, ignore_errors=True)
         raise UserInputError(storage.explain_os_error(e, f"the checkpoint of step {state.step} to {directory}")) from e
     return directory
+
+
+def load_stream_position(directory: str | Path, rank: int) -> dict[str, Any]:
+    """Where this rank's stream stood at the checkpoint (see save_checkpoint)."""
+    path = Path(directory) / STREAM_POSITION.format(rank=rank)
+    if not path.is_file():
+        raise UserInputError(
+            f"checkpoint {directory} holds no stream position for worker {rank}: it was written by a run "
+            "that did not stream its data, or by one with fewer workers"
+        )
+    return json.loads(path.read_text())
 
 
 def load_checkpoint(engine: Any, directory: str | Path, run: RunConfig, out: Path | None) -> TrainerState:

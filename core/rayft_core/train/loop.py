@@ -36,17 +36,21 @@ def train_worker(
     eval_batches: Batches | None = None,
     resume_from: str | Path | None = None,
     node: str | None = None,
+    stream: Any = None,
 ) -> None:
     """Train for plan.total_steps optimizer steps and save on rank 0.
 
     ``epoch_batches(epoch)`` yields this worker's micro-batches of tokenized rows (the stage's columns,
     e.g. {"input_ids": [...], "labels": [...]}, plus "position_ids" for packed rows; one list per row);
     the stage pads them into tensors here. ``eval_batches()`` yields this worker's share of the evaluation
-    rows, when there are any. The rest: see WorkerSession.
+    rows, when there are any. ``stream``: the streamed data that ``epoch_batches`` reads, when it keeps its own
+    position (see WorkerSession.follow_stream). The rest: see WorkerSession.
     """
     stage: SupervisedStage = STAGES[run.stage.name]
     session = WorkerSession(run, plan, report, rank, world_size, resume_from, node)
     session.setup(stage)
+    if stream is not None:
+        session.follow_stream(stream)
     objective = stage.objective(run, session.tokenizer, session.device, session.ds_config)
     if hasattr(objective, "state"):  # an objective with a running statistic (BCO's baseline) carries it over
         objective.restore(session.state.stage_state)
@@ -74,6 +78,8 @@ def train_worker(
             if logs:
                 metrics = {**window.reduce(device, "train/"), "train/grad_norm": reported_grad_norm(engine, norm)}
                 metrics["perf/data_wait_s"] = round(session.waited(), 3)  # this worker's, since the last record
+                if session.stream is not None:
+                    metrics.update(session.stream_shares())
                 window = MetricWindow()
             if eval_batches is not None and _evaluates_at(run, plan, session.step + 1):
                 metrics.update(evaluate(session, stage, objective, eval_batches))

@@ -35,7 +35,13 @@ from rayft_core.model.loader import load_tokenizer, resolve_dtype
 from rayft_core.model.shards import save_partitioned
 from rayft_core.model.zero3 import build_partitioned, mark_zero3_leaves
 from rayft_core.train import hyperparameters, outputs, sequence_parallel
-from rayft_core.train.checkpoint import TrainerState, load_checkpoint, save_checkpoint, seed_everything
+from rayft_core.train.checkpoint import (
+    TrainerState,
+    load_checkpoint,
+    load_stream_position,
+    save_checkpoint,
+    seed_everything,
+)
 from rayft_core.train.deepspeed_config import build_deepspeed_config
 from rayft_core.train.optim import build_optimizer, build_scheduler
 from rayft_core.train.plan import TrainPlan
@@ -75,6 +81,7 @@ class WorkerSession:
         self._wait_reported = 0.0
         self.stop: dict[str, Any] | None = None  # why training stopped early
         self.stage_state: Callable[[], dict[str, Any]] = dict  # what the stage carries over in a checkpoint
+        self.stream: Any = None  # a stream that keeps its own position (follow_stream)
 
     # ----------------------------------------------------------------------------------------- setup
 
@@ -155,6 +162,24 @@ class WorkerSession:
     @property
     def done(self) -> bool:
         return self.step >= self.plan.total_steps or self.stop is not None
+
+    def follow_stream(self, stream: Any) -> None:
+        """Data that knows where it stands (rayft.stream.WorkerStream: ``state()``, ``restore(state)``): each
+        checkpoint keeps this rank's position, a resume restores it, and no batch is skipped by count."""
+        self.stream = stream
+        if self.resume_from is not None:
+            stream.restore(load_stream_position(self.resume_from, self.rank))
+            self.state = dataclasses.replace(self.state, micro_batches_done=0)
+
+    def stream_shares(self) -> dict[str, float]:
+        """data/share/<dataset>: the share of the streamed rows each dataset gave so far, on all workers."""
+        drawn = torch.tensor(self.stream.drawn(), dtype=torch.float64, device=self.device)
+        if torch.distributed.is_initialized():
+            torch.distributed.all_reduce(drawn)
+        total = drawn.sum().item()
+        if len(drawn) < 2 or not total:
+            return {}
+        return {f"data/share/{label}": round(n / total, 4) for label, n in zip(self.stream.labels, drawn.tolist())}
 
     def batches(self, epoch_batches: Callable[[int], Iterable[Any]], what: str = "training data") -> Iterator[Any]:
         """This worker's batches for the rest of the plan. ``epoch_batches(epoch)`` yields one epoch's; those
@@ -241,7 +266,8 @@ class WorkerSession:
         self.state = dataclasses.replace(
             self.state, step=step, epoch=self.epoch, micro_batches_done=self.index + 1, stage_state=self.stage_state()
         )
-        checkpoint_dir = save_checkpoint(self.engine, self.rank, self.state, self.run)
+        position = self.stream.state() if self.stream is not None else None
+        checkpoint_dir = save_checkpoint(self.engine, self.rank, self.state, self.run, position)
         try:
             self.report(record, checkpoint_dir=checkpoint_dir)
         except OSError as e:  # the upload to storage_path; the checkpoints before this one stay whole
@@ -269,6 +295,7 @@ class WorkerSession:
             "tokens": self.tokens,
             "threads": torch.get_num_threads(),
             "data_wait": round(self.data_wait, 2),
+            "tokenized_on": dict(self.stream.tokenized_on) if self.stream is not None else {},
         }
         workers: list[Any] = [mine]
         if torch.distributed.is_initialized():
@@ -277,6 +304,10 @@ class WorkerSession:
         if self.rank != 0:
             return
         tokens = sum(w["tokens"] for w in workers)
+        tokenized_on: dict[str, int] = {}  # a stream's: where its rows were tokenized (chunks per Ray node)
+        for w in workers:
+            for node, n in w["tokenized_on"].items():
+                tokenized_on[node] = tokenized_on.get(node, 0) + n
         outputs.write_summary(
             self.out,
             {
@@ -289,6 +320,7 @@ class WorkerSession:
                 "worker_nodes": [w["node"] for w in workers],
                 "threads_per_worker": [w["threads"] for w in workers],
                 "data_wait_seconds_per_worker": [w["data_wait"] for w in workers],
+                **({"stream_chunks_tokenized_per_node": tokenized_on} if tokenized_on else {}),
                 "best_eval_loss": self.state.best_eval,
                 "stopped_early": self.stop is not None,
                 "output_dir": self.run.output.dir,

@@ -7,8 +7,8 @@ rows into chunks of CHUNK_ROWS. For each dataset, a worker:
     reads its chunks (ChunkSource: from a chunk start on, files before it skipped, a .jsonl/.txt file entered at
     the byte where the chunk starts; skipping the other workers' rows costs a line split), and hands each chunk
     to a Ray task that aligns, tokenizes and packs it whole, then shuffles its rows (seeded by the chunk), on
-    any node's free CPUs (SPREAD); PREFETCH_CHUNKS tasks run ahead of the rows being trained, and their results
-    come back in order to rayft_core.data.interleave, which draws the rows.
+    any node's free CPUs (SPREAD); a few tasks run ahead of the rows being trained (more when the worker has had
+    to wait), and their results come back in order to rayft_core.data.interleave, which draws the rows.
 
 A chunk is tokenized and packed as a whole, the first time and after a restart, so its rows come out the same and
 those already trained are skipped by count. Why Ray tasks and not a Ray Data pipeline here: Ray Data's read
@@ -23,6 +23,8 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
+import logging
+import time
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -39,10 +41,13 @@ from rayft_core.data.encode import encode_batch
 from rayft_core.data.interleave import Interleaver
 from rayft_core.data.registry import DatasetError
 
+logger = logging.getLogger(__name__)
 CHUNK_ROWS = ENCODE_BATCH  # rows per chunk: the unit of tokenizing, packing, shuffling and resuming
 # Chunks each dataset's stream tokenizes ahead of the one being trained: a chunk is many steps' rows at usual batch
-# sizes, so two keep the worker fed while a task runs, without tokenizing far ahead on CPUs training needs.
-PREFETCH_CHUNKS = 2
+# sizes, so two keep the worker fed while a task runs, without tokenizing far ahead on CPUs training needs. Where
+# the worker still waits for a chunk (steps faster than tokenizing), one more goes ahead each time, up to the max.
+PREFETCH_CHUNKS, MAX_PREFETCH_CHUNKS = 2, 8
+STARVED_S = 0.01  # a wait for a tokenized chunk longer than this counts as the worker outrunning its stream
 # A chunk's start: (file index, entry in that file, byte offset (-1: the file is parsed whole), line, entry in the dataset)
 Start = tuple[int, int, int, int, int]
 FIRST: Start = (0, 0, 0, 1, 0)
@@ -174,6 +179,7 @@ class WorkerStream:
         mode = run.data.mix_stopping if several and run.data.mix == "interleave" else "concat"
         self.labels = _short_names(self.datasets)
         self.tokenized_on: dict[str, int] = {}  # chunks of this worker's rows tokenized on each Ray node
+        self.prefetch = PREFETCH_CHUNKS
         # one generator per worker: the workers' shares are drawn apart, each reproducibly
         self.interleaver = Interleaver(self._open, self.labels, run.data.mix_probabilities, mode, run.train.seed + rank)
 
@@ -192,16 +198,23 @@ class WorkerStream:
                 yield key, {c: v.copy() if isinstance(v := values[c][j], np.ndarray) else v for c in columns}
 
     def _encoded(self, chunks: Iterator[pa.Table], i: int) -> Iterator[pa.Table]:
-        """Each chunk tokenized by a Ray task, PREFETCH_CHUNKS of them ahead of the one being trained, in order."""
+        """Each chunk tokenized by a Ray task, ``self.prefetch`` of them ahead of the one being trained, in order."""
         import ray
 
         args = (self.run.model_dump_json(), self.datasets[i].spec.model_dump_json(), i)
         pending: collections.deque = collections.deque()
+        first = True  # a stream's first chunk is always waited for
         for raw in itertools.chain(chunks, [None]):
             if raw is not None:
                 pending.append(_encode_task().remote(raw, *args))
-            while pending and (raw is None or len(pending) > PREFETCH_CHUNKS):
+            while pending and (raw is None or len(pending) > self.prefetch):
+                started = time.perf_counter()
                 table, node = ray.get(pending.popleft())
+                waited = time.perf_counter() - started
+                if not first and waited > STARVED_S and self.prefetch < MAX_PREFETCH_CHUNKS:
+                    self.prefetch += 1
+                    logger.info("waited %.2f s for a tokenized chunk: now %d chunks ahead", waited, self.prefetch)
+                first = False
                 self.tokenized_on[node] = self.tokenized_on.get(node, 0) + 1
                 yield table
 

@@ -190,3 +190,24 @@ def test_prepare_writes_the_interleaved_rows_and_a_run_streams_them(tiny_model, 
         cluster={"num_workers": 2},
     )
     assert [r["step"] for r in read_metrics(train(streamed)) if "train/loss" in r] == [1, 2, 3]
+
+
+def test_a_worker_that_outruns_its_stream_gets_more_chunks_tokenized_ahead(tiny_model, workdir, tmp_path):
+    """Rows taken as fast as they come: the worker waits for tokenized chunks, so the stream tokenizes further
+    ahead each time (up to its maximum); every row still arrives once, in file order (no shuffle)."""
+    from rayft.stream import MAX_PREFETCH_CHUNKS, PREFETCH_CHUNKS, WorkerStream
+
+    path = tmp_path / "many.jsonl"
+    rows = [{"instruction": f"Row {i}?", "input": "", "output": f"{i}"} for i in range(12 * 256)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = run_config(
+        tiny_model("llama"),
+        [{"path": str(path), "format": "alpaca"}],
+        workdir / "streamed",
+        "outrun",
+        data={"streaming": True, "shuffle": False},
+    )
+    stream = WorkerStream(run, 0, 1, ["input_ids", "labels"])
+    starts = [chunk[4] for chunk, _ in stream._open(0, None)]  # each row's chunk, by the dataset row it starts at
+    assert starts == [256 * (i // 256) for i in range(len(rows))]
+    assert PREFETCH_CHUNKS < stream.prefetch <= MAX_PREFETCH_CHUNKS

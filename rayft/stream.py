@@ -142,14 +142,14 @@ class ChunkSource:
                 entry += 1
 
 
-def _encode_chunk(raw: pa.Table, run_json: str, spec_json: str, source: int) -> tuple[pa.Table, str]:
+def _encode_chunk(raw: pa.Table, run_json: str, spec_json: str, source: int, epoch: int) -> tuple[pa.Table, str]:
     """A Ray task: one chunk aligned, tokenized and packed as a whole, then (data.shuffle) its rows shuffled by a
-    seed of its own; and the node it ran on."""
+    seed of its own for this pass (``epoch``); and the node it ran on."""
     import ray
 
     run, tokenizer = run_and_tokenizer(run_json)
     key = raw["chunk"][0].as_py()
-    encoded = _shuffled(encode_batch(raw, run, tokenizer, spec_of(spec_json), source), key, run)
+    encoded = _shuffled(encode_batch(raw, run, tokenizer, spec_of(spec_json), source), key, run, epoch)
     return encoded.append_column("chunk", pa.array([key] * len(encoded))), ray.get_runtime_context().get_node_id()
 
 
@@ -160,10 +160,10 @@ def _encode_task() -> Any:
     return ray.remote(_encode_chunk).options(num_cpus=1, scheduling_strategy="SPREAD")
 
 
-def _shuffled(table: pa.Table, key: str, run: RunConfig) -> pa.Table:
+def _shuffled(table: pa.Table, key: str, run: RunConfig, epoch: int) -> pa.Table:
     if not run.data.shuffle or len(table) < 2:
         return table
-    rng = np.random.default_rng([run.train.seed, zlib.crc32(key.encode())])
+    rng = np.random.default_rng([run.train.seed, epoch, zlib.crc32(key.encode())])
     return table.take(rng.permutation(len(table)))
 
 
@@ -201,7 +201,8 @@ class WorkerStream:
         """Each chunk tokenized by a Ray task, ``self.prefetch`` of them ahead of the one being trained, in order."""
         import ray
 
-        args = (self.run.model_dump_json(), self.datasets[i].spec.model_dump_json(), i)
+        # the pass in progress: a chunk's rows come in another order each pass, the same after a restart
+        args = (self.run.model_dump_json(), self.datasets[i].spec.model_dump_json(), i, self.interleaver.passes)
         pending: collections.deque = collections.deque()
         first = True  # a stream's first chunk is always waited for
         for raw in itertools.chain(chunks, [None]):

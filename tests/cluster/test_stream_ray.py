@@ -211,3 +211,17 @@ def test_a_worker_that_outruns_its_stream_gets_more_chunks_tokenized_ahead(tiny_
     starts = [chunk[4] for chunk, _ in stream._open(0, None)]  # each row's chunk, by the dataset row it starts at
     assert starts == [256 * (i // 256) for i in range(len(rows))]
     assert PREFETCH_CHUNKS < stream.prefetch <= MAX_PREFETCH_CHUNKS
+
+
+def test_each_pass_of_a_stream_shuffles_its_chunks_anew(tiny_model, workdir, tmp_path):
+    from rayft.stream import WorkerStream
+
+    path = tmp_path / "few.jsonl"
+    path.write_text("".join(json.dumps({"text": f"document number {i}"}) + "\n" for i in range(40)))
+    run = run_config(
+        tiny_model("llama"), [{"path": str(path), "format": "text"}], workdir / "streamed", "passes", stage="pt"
+    )
+    run.data.streaming, run.data.packing = True, False
+    stream = WorkerStream(run, 0, 1, ["input_ids", "labels"])
+    passes = [[tuple(ids) for batch in stream.epoch(e) for ids in batch["input_ids"]] for e in range(2)]
+    assert sorted(passes[0]) == sorted(passes[1]) and len(set(passes[0])) == 40 and passes[0] != passes[1]

@@ -254,7 +254,7 @@ def build_model(out: Path, hidden_size: int = 64, num_layers: int = 2) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rayft_core.model.tiny import tiny_config
+    from rayft_core.model.families import tiny_config
 
     tok = AutoTokenizer.from_pretrained(TOKENIZER)
     torch.manual_seed(0)

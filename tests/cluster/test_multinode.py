@@ -2,8 +2,9 @@
 
 cluster/local.sh starts a head and a worker node (two raylets, each with its own temp dir and ports,
 token authentication on); `rayft submit` ships this checkout and runs jobs/full_zero3.yaml on a tiny
-model: 2 workers under ZeRO-3, placed one per node (SPREAD), fed by a stream tokenized on both nodes. The cluster is separate from the test
-session's own (tests/conftest.py ray_cluster), which this test does not use.
+model: 2 workers under ZeRO-3, placed one per node (SPREAD), fed by a stream whose chunks Ray tasks tokenize on
+the nodes. The cluster is separate from the test session's own (tests/conftest.py ray_cluster), which this test
+does not use.
 """
 
 from __future__ import annotations
@@ -192,7 +193,11 @@ def test_zero3_job_on_two_nodes(two_nodes: Cluster, tiny_model, alpaca_file):
     summary = json.loads((out / "summary.json").read_text())
     assert sorted(summary["worker_nodes"]) == sorted(cluster.alive_nodes()), summary
     assert summary["steps"] == 3
-    assert sorted(summary["stream_chunks_tokenized_per_node"]) == sorted(cluster.alive_nodes()), summary
+    # the stream's chunks were tokenized by tasks Ray placed on this cluster's nodes (SPREAD: both, in most runs;
+    # Ray does not promise it, so it is printed, not asserted)
+    tokenized_on = summary["stream_chunks_tokenized_per_node"]
+    assert set(tokenized_on) <= set(cluster.alive_nodes()) and sum(tokenized_on.values()) >= 2, summary
+    print(f"stream chunks tokenized per node: {tokenized_on}")
 
     # the artifacts are in storage_path, whichever node rank 0 ran on, and on neither node's own disk
     assert {"model.safetensors", "config.json", "tokenizer.json", "rayft_run.yaml", "metrics.jsonl", "loss.png"} <= {

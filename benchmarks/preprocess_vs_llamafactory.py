@@ -1,4 +1,4 @@
-"""/work/main/.venv/bin/python benchmarks/preprocess_vs_llamafactory.py [--rows 100000] [--wait-idle [MAX_S]] [--skip-llamafactory]
+"""/work/main/.venv/bin/python benchmarks/preprocess_vs_llamafactory.py [--rows 100000] [--wait-idle [MAX_S]] [--skip-llamafactory] [--floor-rows N]
 
 SFT preprocessing throughput, rayft (`rayft data prepare`) vs LLaMA-Factory 0.9.5, one after the other.
 
@@ -26,7 +26,8 @@ processes meanwhile (the machine is shared: contention shows there). Every outpu
 time since start, which gives the phases (Ray start-up, tokenizing, writing). Both outputs are checked to
 hold --rows rows, and their token totals are compared (same template -> nearly the same count).
 Last, the tokenizer floor: the CPU seconds of rendering and of the bare Rust tokenizer over the same rows in
-this one process (see tokenizer_floor), the cost neither tool can go below.
+this one process (see tokenizer_floor; over the first --floor-rows rows, scaled), the cost neither tool can go
+below, and each tool's wall time as a multiple of it.
 
 LLaMA-Factory's own venv, /tmp/lf-venv, is made when absent, as benchmarks/sft_lora_vs_llamafactory.py
 does: torch==2.13.0 (CPU wheel), llamafactory==0.9.5 --no-deps, then its requirements but
@@ -320,12 +321,13 @@ def _ray_data_exec_s(log: Path) -> list[float]:
     return [float(x) for x in re.findall(r"[Ee]xecution finished in ([\d.]+) seconds", log.read_text())]
 
 
-def tokenizer_floor(model: Path, data: Path) -> dict:
+def tokenizer_floor(model: Path, data: Path, sample: int) -> dict:
     """The CPU seconds that no preprocessing of this data can avoid: rayft's rendering of every row with the
     template, then the bare Rust tokenizer over the rendered texts (`encode_batch` in this one process, 256
     rows a call, with and without the character offsets a label mask needs). LLaMA-Factory runs the same
     Rust tokenizer over the same text, so this bounds both tools: on N cores neither can preprocess in less
-    wall time than encode_no_offsets_cpu_s / N."""
+    wall time than encode_no_offsets_cpu_s / N. Measured on the first `sample` rows and scaled to all of them
+    (the rows are alike: row i is demo row i % 999 numbered), which `scaled_from` says."""
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread: CPU seconds, not a parallel speed-up
     from rayft_core.config import DatasetSpec, ModelConfig
     from rayft_core.data.formats import align_row
@@ -335,7 +337,11 @@ def tokenizer_floor(model: Path, data: Path) -> dict:
 
     tok = load_tokenizer(ModelConfig(name_or_path=str(model), template="qwen"))
     spec = DatasetSpec(path=str(data), format="alpaca")
-    messages = [align_row(json.loads(line), spec, section("sft"))["messages"] for line in data.open()]
+    with data.open() as f:
+        total = sum(1 for _ in f)
+    with data.open() as f:
+        lines = [line for _, line in zip(range(sample), f)]
+    messages = [align_row(json.loads(line), spec, section("sft"))["messages"] for line in lines]
     t = time.process_time()
     texts = ["".join(p + r for p, r in split_turns(tok, m)) for m in messages]
     render = time.process_time() - t
@@ -348,22 +354,29 @@ def tokenizer_floor(model: Path, data: Path) -> dict:
     for i in range(0, len(texts), 256):
         rust.encode_batch(texts[i : i + 256], add_special_tokens=False)
     with_offsets = time.process_time() - t
+    scale = total / len(texts)
     return {
-        "rows": len(texts),
-        "tokens": tokens,
-        "render_cpu_s": round(render, 1),
-        "encode_no_offsets_cpu_s": round(plain, 1),
-        "encode_with_offsets_cpu_s": round(with_offsets, 1),
+        "rows": total,
+        "scaled_from": len(texts),
+        "tokens": round(tokens * scale),
+        "render_cpu_s": round(render * scale, 1),
+        "encode_no_offsets_cpu_s": round(plain * scale, 1),
+        "encode_with_offsets_cpu_s": round(with_offsets * scale, 1),
     }
 
 
 def print_floor(floor: dict, results: dict[str, dict]) -> None:
     cores = os.cpu_count() or 1
+    sampled = f", measured on {floor['scaled_from']:,} and scaled" if floor["scaled_from"] != floor["rows"] else ""
     print(
-        f"\ntokenizer floor ({floor['rows']:,} rows, {floor['tokens']:,} tokens, CPU-s in one process): render "
+        f"\ntokenizer floor ({floor['rows']:,} rows, {floor['tokens']:,} tokens, CPU-s in one process{sampled}): render "
         f"{floor['render_cpu_s']}, encode {floor['encode_no_offsets_cpu_s']} ({floor['encode_with_offsets_cpu_s']} "
         f"with offsets): at least {floor['encode_no_offsets_cpu_s'] / cores:.1f} s of wall time on {cores} cores"
     )
+    wall_floor = floor["encode_no_offsets_cpu_s"] / cores
+    for name, r in results.items():
+        if r.get("rc") == 0:
+            print(f"{name}: {r['wall_s'] / wall_floor:.2f}x the floor's wall time")
     lf = results.get("llamafactory", {})
     if lf.get("rc") == 0:
         print(
@@ -419,6 +432,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[2])
     ap.add_argument("--rows", type=int, default=100_000, help="rows of all-different alpaca data")
     ap.add_argument("--skip-llamafactory", action="store_true", help="only the rayft run (no ratios)")
+    ap.add_argument(
+        "--floor-rows", type=int, default=100_000, help="rows the tokenizer floor is measured on (then scaled)"
+    )
     add_idle_arguments(ap, "side")
     args = ap.parse_args()
     if not (TOKENIZER / "tokenizer.json").is_file():
@@ -452,7 +468,9 @@ def main() -> None:
         elif r.get("rows_out") != args.rows:
             print(f"{name}: wrote {r.get('rows_out')} rows, not {args.rows}")
     print_table(args.rows, results)
-    floor = tokenizer_floor(model, data)  # last: in this process, after both runs have ended
+    floor = tokenizer_floor(
+        model, data, min(args.floor_rows, args.rows)
+    )  # last: in this process, after both runs have ended
     print_floor(floor, results)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"preprocess_vs_llamafactory-{args.rows}.json"

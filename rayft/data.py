@@ -15,31 +15,34 @@ streams to the workers instead and they check the rows as they come.
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import logging
 import os
 import warnings
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from rayft.cluster import tokenize_concurrency
-from rayft.sources import MANIFEST, read_manifest, read_raw, resolve_files, write_manifest
-from rayft_core import ownership, storage
+from rayft.prepared import cache_key, cached, check_prepared, materialized, streamed, write_prepared
+from rayft.sources import (
+    MANIFEST,
+    RAW_SCHEMA,
+    is_local_line_file,
+    line_chunks,
+    read_line_chunk,
+    read_manifest,
+    read_raw,
+    resolve_files,
+)
 from rayft_core.config import DatasetSpec, RunConfig
-from rayft_core.data.encode import encode_batch, error_reason
+from rayft_core.data.encode import drop_errors, encode_batch
 from rayft_core.data.mixing import interleave_counts
 from rayft_core.data.registry import DatasetError, check_stage_fit, resolve_spec
-from rayft_core.data.report import MAX_ERRORS_SHOWN, DataReport, DatasetReport, check_bad_rows
+from rayft_core.data.report import REPORT_COLUMNS, DataReport, DatasetReport, check_bad_rows
 from rayft_core.model.loader import load_tokenizer
 
 logger = logging.getLogger(__name__)
-PREPARED_MARKER = ownership.PREPARED.markers[0]  # written first into a folder of prepared data
 # A small dataset is one block, fewer than the tokenizing tasks allowed; Ray warns of that every run.
 warnings.filterwarnings(
     "ignore", message="The maximum number of concurrent tasks for 'MapBatches", category=UserWarning
@@ -82,8 +85,14 @@ def _encode(batch: pa.Table, run_json: str, spec_json: str, source: int) -> pa.T
     return encode_batch(batch, run, tokenizer, spec_of(spec_json), source)
 
 
-def _drop_errors(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.is_null(batch["error"])).drop_columns(["error"])
+def _encode_lines(chunks: pa.Table, run_json: str, spec_json: str, source: int) -> pa.Table:
+    """A Ray Data map task: chunks of local line files (rayft.sources.line_chunks) read and encoded,
+    ENCODE_BATCH rows at a time, as the rows of other files are."""
+    rows = [row for chunk in chunks.to_pylist() for row in read_line_chunk(chunk)]
+    return pa.concat_tables(
+        _encode(pa.Table.from_pylist(rows[i : i + ENCODE_BATCH], schema=RAW_SCHEMA), run_json, spec_json, source)
+        for i in range(0, max(len(rows), 1), ENCODE_BATCH)
+    )
 
 
 # ----------------------------------------------------------------------------- the pipeline
@@ -108,7 +117,7 @@ def resolve_datasets(run: RunConfig, section: str) -> list[ResolvedDataset]:
         spec = resolve_spec(given, run.data.dataset_dir, key)
         manifest = read_manifest(spec.path) if spec.path else None
         if manifest is not None:
-            _check_prepared(spec, manifest, run, key)
+            check_prepared(spec, manifest, run, key)
         elif spec.format == "tokenized":
             raise DatasetError(
                 f"{key}: {spec.path} holds no {MANIFEST}: it was not written by `rayft data prepare`, "
@@ -134,19 +143,25 @@ def _tokenized(run: RunConfig, datasets: list[ResolvedDataset]) -> Any:
                 )
             )
             continue
-        ds = read_raw(d.spec, d.key)
-        if d.spec.num_samples:
-            ds = ds.limit(d.spec.num_samples)
-        parts.append(
-            ds.map_batches(
-                _encode,
-                batch_format="pyarrow",
-                batch_size=ENCODE_BATCH,
-                zero_copy_batch=True,
-                compute=ray.data.TaskPoolStrategy(size=tokenize_concurrency()),
-                fn_kwargs={"run_json": run_json, "spec_json": d.spec.model_dump_json(), "source": i},
+        encode = {
+            "batch_format": "pyarrow",
+            "compute": ray.data.TaskPoolStrategy(size=tokenize_concurrency()),
+            "fn_kwargs": {"run_json": run_json, "spec_json": d.spec.model_dump_json(), "source": i},
+        }
+        files = resolve_files(d.spec.path, d.key) if d.spec.path else []
+        # local .jsonl/.txt files: each task reads its own chunk of lines and tokenizes it (num_samples counts
+        # rows, not lines: such a dataset is read as the others are)
+        chunks = [c for f in files if is_local_line_file(f) for c in line_chunks(f)] if not d.spec.num_samples else []
+        if chunks:
+            parts.append(
+                ray.data.from_items(chunks, override_num_blocks=len(chunks)).map_batches(_encode_lines, **encode)
             )
-        )
+        rest = [f for f in files if not (chunks and is_local_line_file(f))]
+        if rest or not files:
+            ds = read_raw(d.spec, d.key, rest)
+            if d.spec.num_samples:
+                ds = ds.limit(d.spec.num_samples)
+            parts.append(ds.map_batches(_encode, batch_size=ENCODE_BATCH, zero_copy_batch=True, **encode))
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
@@ -158,48 +173,11 @@ def as_source(batch: pa.Table, source: int) -> pa.Table:
     )
 
 
-def _check_prepared(spec: DatasetSpec, manifest: dict, run: RunConfig, key: str) -> None:
-    """A folder written by `rayft data prepare` must have been prepared the way this run trains."""
-    if manifest["max_seq_len"] > run.data.max_seq_len:
-        raise DatasetError(
-            f"{key}: {spec.path} was prepared with max_seq_len {manifest['max_seq_len']}, longer "
-            f"than this run's {run.data.max_seq_len}; prepare it again"
-        )
-    if manifest["stage"] != run.stage.name:
-        raise DatasetError(f"{key}: {spec.path} was prepared for stage {manifest['stage']}, not {run.stage.name}")
-    if manifest["packing"] != run.packing:
-        raise DatasetError(
-            f"{key}: {spec.path} was prepared with packing {'on' if manifest['packing'] else 'off'}; "
-            f"set data.packing: {str(manifest['packing']).lower()} or prepare it again"
-        )
-
-
 def _report(ds: Any, labels: list[str], run: RunConfig) -> DataReport:
     """One pass over the small columns of a materialized set: counts per dataset and the bad rows."""
     report = DataReport([DatasetReport(label) for label in labels], run.data.max_seq_len, run.packing)
-    for b in ds.select_columns(["source", "num_tokens", "num_examples", "error"]).iter_batches(
-        batch_format="pyarrow", batch_size=None
-    ):
-        sources = b["source"].to_numpy()
-        errors = b["error"].to_pylist()
-        tokens = b["num_tokens"].to_numpy()
-        examples = b["num_examples"].to_numpy()
-        ok = pc.is_null(b["error"]).to_numpy(zero_copy_only=False)
-        for s in np.unique(sources):
-            d = report.datasets[s]
-            good = (sources == s) & ok
-            d.rows += int(good.sum())
-            d.tokens += int(tokens[good].sum())
-            d.examples += int(examples[good].sum())
-        for s, e in zip(sources, errors):
-            if e is not None:
-                d = report.datasets[s]
-                reason = error_reason(e)
-                d.bad[reason] = d.bad.get(reason, 0) + 1
-                if len(d.shown) < MAX_ERRORS_SHOWN:
-                    d.shown.append(e)
-        if len(report.lengths) < 100_000:
-            report.lengths += tokens[ok].tolist()
+    for b in ds.select_columns(list(REPORT_COLUMNS)).iter_batches(batch_format="pyarrow", batch_size=None):
+        report.count(b)
     return report
 
 
@@ -231,76 +209,17 @@ def interleaved(ds: Any, report: DataReport, run: RunConfig) -> tuple[Any, DataR
     return mixed, _report(with_errors, [d.label for d in report.datasets], run)
 
 
-def cache_key(run: RunConfig, datasets: list[ResolvedDataset]) -> str:
-    """Everything the tokenized rows depend on: the data (file sizes and times), the tokenizer, the template, the stage."""
-    files = []
-    specs = [d.spec for d in datasets]
-    for d in datasets:
-        spec = d.spec
-        if spec.path and "://" not in spec.path:
-            for f in resolve_files(spec.path, d.key):
-                st = os.stat(f)
-                files.append((f, st.st_size, st.st_mtime_ns))
-        else:  # remote files and hub datasets: named, not fingerprinted
-            files.append((spec.label,))
-    tok_dir = Path(run.model.name_or_path)
-    tok_files = (
-        [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(tok_dir.glob("*token*"))]
-        if tok_dir.is_dir()
-        else []
-    )
-    stage = run.stage.model_dump()
-    key = {
-        "v": 1,
-        "specs": [s.model_dump() for s in specs],
-        "files": files,
-        "tokenizer": [run.model.name_or_path, tok_files],
-        "template": [run.model.template, run.model.chat_template, run.model.add_special_tokens],
-        "stage": stage,
-        "max_seq_len": run.data.max_seq_len,
-        "packing": run.packing,
-    }
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
-def write_prepared(
-    ds: Any, out: str, run: RunConfig, report: DataReport, overwrite: bool = False, flag: str = "--overwrite"
-) -> None:
-    """Parquet (input_ids, labels, position_ids when packed, ...) plus a manifest written last: a directory
-    without its manifest is an unfinished write and is never read. ``out`` must be new, empty, or (with
-    ``overwrite``) earlier prepared data (rayft_core.ownership). A local directory is written beside it and
-    renamed into place; in a bucket the ownership marker goes first and the manifest last."""
-    ownership.claim(out, ownership.PREPARED, overwrite, flag)
-    manifest = {
-        "stage": run.stage.name,
-        "max_seq_len": run.data.max_seq_len,
-        "packing": run.packing,
-        "tokenizer": run.model.name_or_path,
-        "template": run.model.template,
-        "rows": report.rows,
-        "tokens": report.tokens,
-        "datasets": [asdict(d) for d in report.datasets],
-    }
-    if storage.is_uri(out):
-        storage.write_text(storage.join(out, PREPARED_MARKER), "rayft data prepare\n")
-        ds.write_parquet(out)
-        write_manifest(out, manifest)
-        return
-    with ownership.staged_dir(Path(out)) as staged:
-        (staged / PREPARED_MARKER).write_text("rayft data prepare\n")
-        ds.write_parquet(str(staged))
-        write_manifest(str(staged), manifest)
-
-
-def _cached(run: RunConfig, out: str) -> tuple[Any, DataReport] | None:
-    import ray.data
-
-    manifest = read_manifest(out)
-    if manifest is None:
-        return None
-    report = DataReport([DatasetReport(**d) for d in manifest["datasets"]], run.data.max_seq_len, run.packing)
-    logger.info("tokenized data from the cache: %s", out)
-    return ray.data.read_parquet(out, file_extensions=["parquet"]), report
+def prepare(run: RunConfig, out: str, overwrite: bool) -> DataReport:
+    """`rayft data prepare`: the training data tokenized into ``out``. Rows stream from the tokenizing tasks into
+    Parquet; with data.mix: interleave they are the interleaved ones, which needs every dataset's size first (the
+    tokenized sets are materialized)."""
+    if run.data.mix == "interleave" and len(run.data.train) > 1:
+        ds, report = tokenize_section(run, "data.train")
+        ds, report = interleaved(ds, report, run)
+        return write_prepared(out, run, materialized(ds, report), overwrite)
+    datasets = resolve_datasets(run, "data.train")
+    tokenized = _tokenized(run, datasets)
+    return write_prepared(out, run, streamed(tokenized, [d.label for d in datasets], run), overwrite)
 
 
 def tokenize_section(run: RunConfig, section: str) -> tuple[Any, DataReport]:
@@ -312,17 +231,17 @@ def tokenize_section(run: RunConfig, section: str) -> tuple[Any, DataReport]:
         if run.data.cache_dir and all(d.manifest is None for d in datasets)
         else None
     )
-    if cache and (hit := _cached(run, cache)) is not None:
+    if cache and (hit := cached(run, cache)) is not None:
         return hit
     ds = _tokenized(run, datasets).materialize()
     report = _report(ds, [d.label for d in datasets], run)
     check_bad_rows(report, run.data.max_bad_fraction, section)
     if report.num_bad:
-        ds = ds.map_batches(_drop_errors, batch_format="pyarrow").materialize()
+        ds = ds.map_batches(drop_errors, batch_format="pyarrow").materialize()
     else:
         ds = ds.drop_columns(["error"])
     if cache:  # a folder named by its key: an unfinished write of the same key is rayft's to replace
-        write_prepared(ds, cache, run, report, overwrite=True)
+        write_prepared(cache, run, materialized(ds, report), overwrite=True)
         logger.info("tokenized data cached in %s", cache)
     return ds, report
 
@@ -338,7 +257,7 @@ def preview(run: RunConfig, n: int) -> tuple[list[dict], DataReport]:
 
         rows = first_rows(run, n)  # in the order a stream draws them
     else:
-        rows = ds.map_batches(_drop_errors, batch_format="pyarrow").take(n) if report.rows else []
+        rows = ds.map_batches(drop_errors, batch_format="pyarrow").take(n) if report.rows else []
     return [
         {k: list(v) if v is not None and k.endswith(("ids", "labels")) else v for k, v in r.items()} for r in rows
     ], report

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rayft.data import ENCODE_BATCH, ResolvedDataset, as_source, resolve_datasets, run_and_tokenizer, spec_of
-from rayft.sources import line_rows, resolve_files, rows_of_file
+from rayft.sources import LINE_FILES, line_rows, resolve_files, rows_of_file
 from rayft_core import storage
 from rayft_core.config import RunConfig
 from rayft_core.data.encode import encode_batch
@@ -116,7 +116,7 @@ class ChunkSource:
         for f in range(f0, len(self.files)):
             path, first = self.files[f], f == f0
             in_file = in_file0 if first else 0
-            if path.endswith((".jsonl", ".txt")):
+            if path.endswith(LINE_FILES):
                 offset = offset0 if first else 0
                 rows = line_rows(path, _lines(path, offset), line0 if first else 1, offset)
                 located = ((in_file + j, at, row) for j, (at, row) in enumerate(rows))

@@ -61,17 +61,14 @@ def data_prepare(config_path: str, overrides: tuple[str, ...], output: str, over
     rows written are the interleaved ones (data.mix_probabilities, data.mix_stopping, train.seed)."""
     from rayft.checks import check_data_inputs
     from rayft.cluster import connect
-    from rayft.data import interleaved, tokenize_section, write_prepared
+    from rayft.data import prepare
     from rayft_core import ownership
 
     run = load_run(config_path, overrides).with_absolute_paths()
     ownership.check(output, ownership.PREPARED, overwrite, "--overwrite")  # before any work
     check_data_inputs(run)
     connect()
-    ds, report = tokenize_section(run, "data.train")
-    if run.data.mix == "interleave" and len(run.data.train) > 1:  # the rows a run would train, in its proportions
-        ds, report = interleaved(ds, report, run)
-    write_prepared(ds, output, run, report, overwrite=overwrite)
+    report = prepare(run, output, overwrite)
     click.echo(report.table())
     click.echo(f"prepared {report.rows:,} rows ({report.tokens:,} tokens) in {output}")
 

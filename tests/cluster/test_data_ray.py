@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from rayft.cli import main
-from rayft.data import build_run_data, tokenize_section, write_prepared
+from rayft.data import build_run_data, tokenize_section
+from rayft.prepared import materialized, write_prepared
 from rayft.sources import MANIFEST
 from rayft_core.data.formats import DataError
 from rayft_core.data.mixing import interleave_counts
@@ -88,6 +89,34 @@ def test_interleave_is_seeded_and_takes_the_drawn_counts(tiny_model, workdir):
     assert first.train_rows > sum(sizes)  # the small dataset was repeated
 
 
+def test_prepare_streams_rows_to_parquet_leaving_bad_rows_out(tiny_model, workdir, tmp_path):
+    """`rayft data prepare` of a .jsonl file: read in chunks of lines by the tokenizing tasks and written as it is
+    tokenized. The bad rows are counted in the manifest (file and line shown) and not written; past
+    data.max_bad_fraction the prepare fails and leaves nothing behind."""
+    lines = [json.dumps({"instruction": f"question {i}", "output": f"answer {i}"}) for i in range(300)]
+    lines[41] = '{"instruction": "no output"'  # line 42
+    data = tmp_path / "rows.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    cfg = tmp_path / "run.yaml"
+    run = run_config(tiny_model("llama"), [{"path": str(data)}], workdir, "prep-stream")
+    run.data.max_bad_fraction = 0.01
+    cfg.write_text(json.dumps(run.model_dump(mode="json")))
+    out = tmp_path / "prepared"
+    result = CliRunner().invoke(main, ["data", "prepare", str(cfg), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / MANIFEST).read_text())
+    (report,) = manifest["datasets"]
+    assert report["rows"] == manifest["rows"] == pq.read_table(out).num_rows == 299
+    assert report["bad"] == {"invalid JSON": 1} and f"{data}: row 42: invalid JSON" in report["shown"][0]
+    assert sorted(pq.read_table(out, columns=["num_examples"])["num_examples"].to_pylist()) == [1] * 299
+    strict = tmp_path / "prepared-strict"
+    run.data.max_bad_fraction = 0.0
+    cfg.write_text(json.dumps(run.model_dump(mode="json")))
+    failed = CliRunner().invoke(main, ["data", "prepare", str(cfg), "-o", str(strict)])
+    assert failed.exit_code != 0 and "row 42" in failed.output, failed.output
+    assert not strict.exists() and not [p for p in tmp_path.iterdir() if "rayft-tmp" in p.name]
+
+
 def test_prepare_cache_and_training_from_prepared_parquet(tiny_model, workdir, tmp_path, caplog):
     cfg = tmp_path / "run.yaml"
     run = _named(tiny_model, workdir, ["assistant_alpaca", "assistant_sharegpt"], packing=True)
@@ -124,7 +153,7 @@ def test_prepare_cache_and_training_from_prepared_parquet(tiny_model, workdir, t
 
     cached = run.model_copy(deep=True)
     cached.data.cache_dir = str(tmp_path / "cache")
-    with caplog.at_level(logging.INFO, logger="rayft.data"):
+    with caplog.at_level(logging.INFO, logger="rayft"):
         first, _ = tokenize_section(cached, "data.train")
         assert "cached in" in caplog.text
         caplog.clear()
@@ -220,7 +249,7 @@ def test_datasets_on_s3_by_glob_and_directory(tiny_model, workdir, s3_bucket, al
         run = run_config(tiny_model("llama"), [{"path": path, "format": "alpaca"}], workdir / "data-runs", "s3")
         assert build_run_data(run).train_rows == len(rows)
     ds, report = tokenize_section(run, "data.train")  # prepared into the bucket, then trained from there
-    write_prepared(ds, f"s3://{s3_bucket}/prepared", run, report)
+    write_prepared(f"s3://{s3_bucket}/prepared", run, materialized(ds, report))
     run.data.train = [type(run.data.train[0])(path=f"s3://{s3_bucket}/prepared")]
     assert build_run_data(run).train_rows == len(rows)
     with pytest.raises(DatasetError, match="no data files at 's3://rayft-test/nothing-here'"):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rayft.sources import rows_of_file
+from rayft.sources import line_chunks, read_line_chunk, rows_of_file
 from rayft_core.config import DatasetSpec
 from rayft_core.data.formats import RowError, align_row
 from rayft_core.data.mixing import interleave_counts
@@ -153,6 +153,31 @@ def test_reader_keeps_strings_and_reports_bad_lines(tmp_path):
     pq.write_table(pa.table({"instruction": ["q"], "output": ["a"]}), tmp_path / "d.parquet")
     parquet = rows_of_file({"path": "d.parquet", "bytes": (tmp_path / "d.parquet").read_bytes()})
     assert json.loads(parquet[0]["json"]) == {"instruction": "q", "output": "a"}
+
+
+@pytest.mark.parametrize("tail", [b"\n", b""])
+def test_line_chunks_cover_a_file_exactly_with_its_line_numbers(tmp_path, tail):
+    """Chunked reading (one task per chunk of lines) gives the rows, bad rows and line numbers of reading the file
+    whole, whatever the chunk size and the scan block (SCAN_BYTES) against line boundaries."""
+    lines = [json.dumps({"instruction": f"q{i}" * (i % 7), "output": "a"}).encode() for i in range(1000)]
+    lines[3], lines[500], lines[777] = b"not json", b"", b"\xff"
+    data = b"\xef\xbb\xbf" + b"\n".join(lines) + tail  # a BOM before row 1
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(data)
+    whole = rows_of_file({"path": str(path), "bytes": data})
+    for rows_per_chunk, scan in [(100, 8 * 2**20), (7, 4096), (1000, 100), (5000, 8 * 2**20)]:
+        import rayft.sources
+
+        rayft.sources.SCAN_BYTES, saved = scan, rayft.sources.SCAN_BYTES
+        try:
+            chunks = line_chunks(str(path), rows_per_chunk)
+        finally:
+            rayft.sources.SCAN_BYTES = saved
+        assert [c["first_line"] for c in chunks] == list(range(1, 1001, rows_per_chunk))
+        assert sum(c["length"] for c in chunks) == len(data)
+        assert [r for c in chunks for r in read_line_chunk(c)] == whole
+    assert [r["row"] for r in whole if r["error"]] == [778]  # undecodable; "not json" is found where rows are parsed
+    assert [r["row"] for r in whole if r["json"] == "not json"] == [4] and len(whole) == 999  # line 501 is blank
 
 
 def test_dataset_info_names_resolve_with_closest_name():

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from rayft_core.config import DatasetSpec, RunConfig
 from rayft_core.data.formats import DataError, RowError, align_row, where
@@ -107,7 +108,6 @@ def _encode_rows(stage: Stage, rows: list[dict], tokenizer: Any, run: RunConfig,
     return {c: [enc[c][k] for k in keep] for c in stage.columns}
 
 
-def error_reason(error: str) -> str:
-    """'file: row N: reason: detail' -> reason."""
-    parts = error.split(": ")
-    return parts[2] if len(parts) > 3 and parts[1].startswith("row ") else parts[1] if len(parts) > 2 else "unreadable"
+def drop_errors(batch: pa.Table) -> pa.Table:
+    """Tokenized rows without the bad ones, and without the error column."""
+    return batch.filter(pc.is_null(batch["error"])).drop_columns(["error"])

@@ -17,6 +17,7 @@ from rayft_core.data.registry import DatasetError
 logger = logging.getLogger(__name__)
 
 MAX_ERRORS_SHOWN = 5
+REPORT_COLUMNS = ("source", "num_tokens", "num_examples", "error")  # what a report reads of tokenized rows
 
 
 @dataclass
@@ -58,6 +59,31 @@ class DataReport:
     def fill(self) -> float:
         """Non-pad tokens / all tokens when every row is padded to max_seq_len (packing efficiency)."""
         return self.tokens / max(self.rows * self.max_seq_len, 1)
+
+    def count(self, batch: Any) -> None:
+        """Add a batch of tokenized rows (a pyarrow table with REPORT_COLUMNS; ``source`` indexes datasets)."""
+        import pyarrow.compute as pc
+
+        sources = batch["source"].to_numpy()
+        tokens = batch["num_tokens"].to_numpy()
+        examples = batch["num_examples"].to_numpy()
+        ok = pc.is_null(batch["error"]).to_numpy(zero_copy_only=False)
+        for s in np.unique(sources):
+            d = self.datasets[s]
+            good = (sources == s) & ok
+            d.rows += int(good.sum())
+            d.tokens += int(tokens[good].sum())
+            d.examples += int(examples[good].sum())
+        if not ok.all():
+            for s, e in zip(sources, batch["error"].to_pylist()):
+                if e is not None:
+                    d = self.datasets[s]
+                    reason = error_reason(e)
+                    d.bad[reason] = d.bad.get(reason, 0) + 1
+                    if len(d.shown) < MAX_ERRORS_SHOWN:
+                        d.shown.append(e)
+        if len(self.lengths) < 100_000:
+            self.lengths += tokens[ok].tolist()
 
     def table(self) -> str:
         lines = [f"{'dataset':<40} {'examples':>9} {'rows':>8} {'tokens':>11} {'bad':>6}"]
@@ -129,3 +155,9 @@ class StreamChecker:
                 value = padding_value(c, self.pad)
                 batch[c][i] = np.array(value) if isinstance(value, list) else value
         return batch
+
+
+def error_reason(error: str) -> str:
+    """'file: row N: reason: detail' -> reason."""
+    parts = error.split(": ")
+    return parts[2] if len(parts) > 3 and parts[1].startswith("row ") else parts[1] if len(parts) > 2 else "unreadable"

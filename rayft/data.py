@@ -294,13 +294,6 @@ def _streamed(run: RunConfig) -> RunData:
     """Streamed training rows are read by each worker from its own share of the files (rayft.stream), so that a
     checkpoint can say where each stream stands; here they are only resolved and checked. Evaluation data
     streams through Ray Train's split."""
-    datasets = resolve_datasets(run, "data.train")
-    hub = [d.label for d in datasets if d.spec.hf_hub_url]
-    if hub:
-        raise DatasetError(
-            f"data.streaming: {hub[0]} is a hub dataset; a stream reads files: download its files and name them "
-            "with `path:`, or set data.streaming: false"
-        )
     evaluation = _tokenized(run, resolve_datasets(run, "data.eval")) if run.data.eval else None
     return RunData(
         train=None,

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from rayft_core import storage
 from rayft_core.config import DatasetSpec
 from rayft_core.data.registry import DatasetError
 
@@ -57,7 +58,7 @@ def _remote_files(url: str, key: str) -> list[str]:
     pattern = any(c in url for c in "*?[")
     base = url.rsplit("/", 1)[0] if pattern else url
     try:
-        fs, root = pafs.FileSystem.from_uri(base)
+        fs, root = storage.filesystem(base)
         info = fs.get_file_info(root)
         if info.type == pafs.FileType.File:
             return [url]
@@ -211,38 +212,29 @@ def read_raw(spec: DatasetSpec, key: str, files: list[str] | None = None) -> Any
     error}."""
     import ray.data
 
-    from rayft_core.model.loader import hub_reachable
+    if not files and spec.hf_hub_url:  # its files, read the way any other URL's are
+        from rayft.hub import hub_files
 
-    if spec.hf_hub_url:
-        if not hub_reachable("HF_DATASETS_OFFLINE"):
-            raise DatasetError(
-                f"{key}: {spec.label} is on the Hugging Face hub, which cannot be reached from here "
-                "(offline, or HF_HUB_OFFLINE set); download its files where there is network and name "
-                "them with `path:`"
-            )
-        try:
-            import datasets
-        except ImportError:
-            raise DatasetError(
-                f"{key}: reading hub datasets needs the datasets package: pip install 'rayft[hub]'"
-            ) from None
-        hub = datasets.load_dataset(spec.hf_hub_url, spec.subset, split=spec.split)
-        return ray.data.from_huggingface(hub).map_batches(
-            lambda b: {
-                "path": [spec.label] * len(b),
-                "row": list(range(len(b))),
-                "json": [json.dumps(r, ensure_ascii=False, default=str) for r in b.to_pylist()],
-                "error": [None] * len(b),
-            },
-            batch_format="pyarrow",
+        files = hub_files(spec, key)
+    files = files or resolve_files(spec.path, key)
+    rows, read = rows_of_file, {}
+    if files[0].startswith("hf://"):  # pyarrow knows no hf:// filesystem: it is given huggingface_hub's
+        files, read, rows = (
+            [f[len("hf://") :] for f in files],
+            {"filesystem": storage.filesystem(files[0])[0]},
+            _hub_rows,
         )
     # A file is read by one task and gives one block; cut into blocks of READ_BLOCK_ROWS rows (streaming,
     # no shuffle), every CPU of the cluster aligns and tokenizes, even when the dataset is one big file.
     return (
-        ray.data.read_binary_files(files or resolve_files(spec.path, key), include_paths=True)
-        .flat_map(rows_of_file)
+        ray.data.read_binary_files(files, include_paths=True, **read)
+        .flat_map(rows)
         .repartition(target_num_rows_per_block=READ_BLOCK_ROWS)
     )
+
+
+def _hub_rows(file: dict[str, Any]) -> list[dict[str, Any]]:
+    return rows_of_file({**file, "path": f"hf://{file['path']}"})
 
 
 def read_manifest(folder: str) -> dict | None:
@@ -251,10 +243,9 @@ def read_manifest(folder: str) -> dict | None:
     if "://" not in folder:
         path = Path(folder) / MANIFEST
         return json.loads(path.read_text()) if path.is_file() else None
-    import pyarrow.fs as pafs
 
     try:
-        fs, root = pafs.FileSystem.from_uri(folder.rstrip("/"))
+        fs, root = storage.filesystem(folder.rstrip("/"))
         with fs.open_input_stream(f"{root}/{MANIFEST}") as f:
             return json.loads(f.read())
     except (OSError, ValueError, pa.ArrowException):  # not found, or not a filesystem pyarrow knows

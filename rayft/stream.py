@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rayft.data import ENCODE_BATCH, ResolvedDataset, as_source, resolve_datasets, run_and_tokenizer, spec_of
+from rayft.hub import hub_files
 from rayft.sources import LINE_FILES, line_rows, resolve_files, rows_of_file
 from rayft_core import storage
 from rayft_core.config import RunConfig
@@ -238,7 +239,8 @@ class WorkerStream:
         return self.interleaver.drawn
 
     def state(self) -> dict[str, Any]:
-        return {"num_workers": self.world, **self.interleaver.state()}
+        hub = [d.spec.hf_hub_url for d in self.datasets]
+        return {"num_workers": self.world, "hub_commits": hub, **self.interleaver.state()}
 
     def restore(self, state: dict[str, Any]) -> None:
         if state["num_workers"] != self.world:
@@ -246,6 +248,12 @@ class WorkerStream:
                 f"the checkpoint's streams were split among {state['num_workers']} workers, this run has "
                 f"{self.world}: a streamed run resumes with the num_workers it was checkpointed with"
             )
+        for was, d in zip(state.get("hub_commits", []), self.datasets):
+            if was and was != d.spec.hf_hub_url:  # its files moved: the checkpoint's position means other rows now
+                raise DatasetError(
+                    f"{d.key}: the hub dataset was read at {was} when the checkpoint was taken and is at "
+                    f"{d.spec.hf_hub_url} now; resume from that commit: hf_hub_url: {was}"
+                )
         self.interleaver.restore(state)
 
 
@@ -257,7 +265,9 @@ def _short_names(datasets: list[ResolvedDataset]) -> list[str]:
 
 
 def _files(d: ResolvedDataset) -> list[str]:
-    """A dataset's files in order (hub datasets never stream: rayft.data refuses them before the workers start)."""
+    """A dataset's files in order (a hub dataset's at the commit the driver pinned: rayft.hub.pin_hub_datasets)."""
+    if d.spec.hf_hub_url:
+        return hub_files(d.spec, d.key)
     files = resolve_files(d.spec.path, d.key)
     return [f for f in files if f.endswith(".parquet")] if d.manifest is not None else files
 

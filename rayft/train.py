@@ -23,6 +23,7 @@ from rayft import rlhf
 from rayft.checks import OVERWRITE_FLAG, check_cluster, check_config
 from rayft.cluster import connect, is_local, resolve_checkpointing, resolve_worker_cpus, worker_threads
 from rayft.data import RunData, build_run_data
+from rayft.hub import pin_hub_datasets
 from rayft.stream import WorkerStream
 from rayft_core import ownership, storage
 from rayft_core.config import RunConfig, dump_config
@@ -194,6 +195,8 @@ def train(
         else _SupervisedDriver()
     )
 
+    if run.data.streaming:  # every worker, and every restart of one, reads a hub dataset at the same commit
+        run = pin_hub_datasets(run)
     data = build_run_data(run)
     driver.check_data(data.train)
     plan = TrainPlan.for_data(run, data.train_rows)

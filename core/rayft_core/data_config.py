@@ -53,7 +53,11 @@ class DatasetSpec(Section):
         description="A file, directory or glob of json/jsonl/parquet/csv/txt, local or a URL that pyarrow/fsspec "
         "reads (s3://, gs://, ...); or a directory written by `rayft data prepare`.",
     )
-    hf_hub_url: str | None = Field(None, description="A Hugging Face hub dataset id (needs network).")
+    hf_hub_url: str | None = Field(
+        None,
+        description="A Hugging Face hub dataset id, owner/name, or owner/name@revision (a branch, tag or commit); "
+        "its files for subset and split are read like any URL's (needs network).",
+    )
     format: Literal["alpaca", "sharegpt", "openai", "text", "tokenized"] | None = Field(
         None,
         description="alpaca: instruction/input/output(/system/history); sharegpt: turns of from/value; openai: "
@@ -79,7 +83,7 @@ class DatasetSpec(Section):
     @property
     def label(self) -> str:
         """How messages name this dataset."""
-        return self.dataset or self.path or f"hf://{self.hf_hub_url}"
+        return self.dataset or self.path or f"hf://{self.hf_hub_url.split('@')[0]}"  # pinned or not: one name
 
 
 class DataConfig(Section):

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import os
 import tempfile
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pyarrow.fs as pafs
 
@@ -33,10 +35,34 @@ def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
     """The filesystem of ``location`` and the path on it (a relative local path made absolute)."""
     if not is_uri(location):
         return pafs.LocalFileSystem(), str(Path(location).expanduser().absolute())
+    if str(location).startswith("hf://"):  # the Hugging Face hub, through huggingface_hub's fsspec filesystem
+        return pafs.PyFileSystem(_HubHandler(os.environ.get("HF_ENDPOINT"))), str(location)[len("hf://") :]
     try:
         return pafs.FileSystem.from_uri(str(location))
     except (ValueError, OSError) as e:
         raise UserInputError(f"cannot open {location!r}: {e}") from None
+
+
+def hub_filesystem() -> Any:
+    """huggingface_hub's filesystem (hf://datasets/owner/name@revision/path), at HF_ENDPOINT as this process sees
+    it now (huggingface_hub reads it once, at import)."""
+    from huggingface_hub import HfFileSystem
+
+    return HfFileSystem(endpoint=os.environ.get("HF_ENDPOINT") or None)
+
+
+class _HubHandler(pafs.FSSpecHandler):
+    """pyarrow's view of the hub filesystem, which keeps its endpoint when pickled to a Ray task (HfFileSystem
+    itself comes back at the default endpoint in another process)."""
+
+    def __init__(self, endpoint: str | None):
+        from huggingface_hub import HfFileSystem
+
+        self.endpoint = endpoint
+        super().__init__(HfFileSystem(endpoint=endpoint or None))
+
+    def __reduce__(self) -> tuple:
+        return _HubHandler, (self.endpoint,)
 
 
 def local_run_dir(location: str) -> Path:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from rayft_core.schema import Section
 
@@ -196,6 +196,28 @@ class _RlStage(StageSection):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling of the rollouts.")
     ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch; one optimizer step per pass.")
     clip_eps: float = Field(0.2, gt=0, description="The policy ratio's clip range.")
+    clip_eps_high: float | None = Field(
+        None, gt=0, description="The ratio's upper clip range (DAPO's clip-higher, e.g. 0.28); default: clip_eps."
+    )
+    importance_ratio: Literal["token", "sequence"] = Field(
+        "token",
+        description="token: a ratio per token (PPO, GRPO); sequence: one per answer, from its tokens' mean "
+        "log-ratio, clipped as a whole (GSPO).",
+    )
+    loss_aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = (
+        Field(
+            "token-mean",
+            description="How token losses make the loss: token-mean (every token weighs the same), "
+            "seq-mean-token-mean (every answer does), seq-mean-token-sum, seq-mean-token-sum-norm (each answer's sum "
+            "over max_new_tokens: Dr. GRPO).",
+        )
+    )
+    overlong_buffer: int | None = Field(
+        None,
+        ge=1,
+        description="DAPO's overlong shaping: an answer longer than max_new_tokens minus this loses up to 1 from its "
+        "score, linearly.",
+    )
     kl_estimator: Literal["k1", "k2", "k3", "abs"] = Field(
         "k1", description="Per-token estimator of KL(policy || reference)."
     )
@@ -218,6 +240,11 @@ class _RlStage(StageSection):
             problems.append(
                 f"stage.reward_model: stage {self.name} needs a reward: a reward model (a `stage: rm` "
                 "output), stage.reward_functions, or both"
+            )
+        if self.overlong_buffer and self.overlong_buffer > self.max_new_tokens:
+            problems.append(
+                f"stage.overlong_buffer: {self.overlong_buffer} is more than the {self.max_new_tokens} tokens of "
+                "stage.max_new_tokens it is counted back from"
             )
         if self.max_new_tokens >= run.data.max_seq_len:
             problems.append(
@@ -267,14 +294,39 @@ class PpoStage(_RlStage):
     whiten_advantages: bool = Field(True, description="Whiten advantages over each worker's rollout batch.")
 
 
+# What stage.algorithm sets, where the stage does not set it itself (rayft_core.train.rl has each piece and its paper)
+ALGORITHMS: dict[str, dict[str, Any]] = {
+    "grpo": {},
+    "dr_grpo": {"normalize_std": False, "loss_aggregation": "seq-mean-token-sum-norm"},
+    "dapo": {"clip_eps_high": 0.28, "loss_aggregation": "token-mean", "overlong_buffer": "max_new_tokens / 5"},
+    "gspo": {
+        "importance_ratio": "sequence",
+        "clip_eps": 3e-4,
+        "clip_eps_high": 4e-4,
+        "loss_aggregation": "seq-mean-token-mean",
+    },
+    "rloo": {"advantage": "rloo"},
+    "reinforce++": {"advantage": "reinforce++"},
+    "reinforce++_baseline": {"advantage": "reinforce++_baseline"},
+}
+
+
 class GrpoStage(_RlStage):
-    """GRPO: several responses per prompt, each scored against its group; no value head."""
+    """GRPO and its family: several responses per prompt, scored against each other; no value head."""
 
     name: Literal["grpo"] = "grpo"
-    group_size: int = Field(4, description="Responses sampled per prompt (at least 2).")
-    advantage: Literal["grpo", "rloo"] = Field(
+    algorithm: Literal["grpo", "dr_grpo", "dapo", "gspo", "rloo", "reinforce++", "reinforce++_baseline"] = Field(
         "grpo",
-        description="grpo: score minus the group mean, over the group std; rloo: score minus the mean of the others.",
+        description="A recipe: it sets the keys below it names, where the stage does not set them. grpo: as the keys "
+        "are; dr_grpo: normalize_std false, seq-mean-token-sum-norm; dapo: clip_eps_high 0.28, token-mean, "
+        "overlong_buffer max_new_tokens / 5; gspo: sequence importance ratio, clip 3e-4 / 4e-4, seq-mean-token-mean; "
+        "rloo, reinforce++, reinforce++_baseline: that advantage.",
+    )
+    group_size: int = Field(4, description="Responses sampled per prompt (at least 2).")
+    advantage: Literal["grpo", "rloo", "reinforce++", "reinforce++_baseline"] = Field(
+        "grpo",
+        description="grpo: score minus the group mean, over the group std; rloo: score minus the mean of the others; "
+        "reinforce++: the score normalised over the whole batch; reinforce++_baseline: minus the group mean first.",
     )
     normalize_std: bool = Field(True, description="GRPO: divide by the group's std (false: Dr. GRPO).")
     kl_coef: float = Field(
@@ -283,6 +335,16 @@ class GrpoStage(_RlStage):
     kl_estimator: Literal["k1", "k2", "k3", "abs"] = Field(
         "k3", description="Per-token estimator of KL(policy || reference)."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("algorithm", "grpo") not in ALGORITHMS:
+            return data  # not a mapping, or an unknown algorithm: the field's own check says so
+        recipe = dict(ALGORITHMS[data.get("algorithm", "grpo")])
+        if "overlong_buffer" in recipe:
+            recipe["overlong_buffer"] = max(1, int(data.get("max_new_tokens", 64)) // 5)
+        return {**recipe, **data}
 
     @property
     def responses_per_prompt(self) -> int:

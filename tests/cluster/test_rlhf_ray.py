@@ -211,3 +211,32 @@ def test_bad_rl_runs_stop_before_any_actor(rl: dict, workdir: Path, tokenizer, t
     with pytest.raises(UserInputError, match=r"data.train: 64 rows have answers, and stage grpo generates its own"):
         train(run)
     assert not Path(run.output.dir).exists()
+
+
+@pytest.mark.parametrize("algorithm", ["dr_grpo", "dapo", "gspo", "reinforce++", "reinforce++_baseline"])
+def test_each_grpo_algorithm_trains_on_the_arithmetic_task(rl: dict, workdir: Path, algorithm: str) -> None:
+    """Each recipe of stage.algorithm once, two iterations with local (HF) rollouts: the metrics every RL run logs,
+    all finite. (Their arithmetic is checked against hand-computed values in tests/core/test_rl.py.)"""
+    import math
+
+    from rayft.train import train
+
+    run = _run(
+        rl,
+        workdir,
+        f"algorithm-{algorithm}",
+        {
+            "name": "grpo",
+            "algorithm": algorithm,
+            "group_size": 8,
+            "kl_coef": 0.0,
+            "reward_functions": [{"function": f"{rl['rewards']}:first_digit"}],
+            "rollout": {"engine": "hf"},
+        },
+    )
+    run.train.max_steps = 2
+    rows = read_metrics(Path(train(run)))
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        for name in METRICS:
+            assert name in r and math.isfinite(r[name]), (name, r)

@@ -206,3 +206,27 @@ def test_a_worker_counts_the_time_it_waits_for_batches_and_skips_none():
     assert seen == [(e, i) for e in range(2) for i in range(3)]
     assert 0.15 <= first < 0.35 and 0.15 <= session.waited() < 0.35  # three 0.05 s waits each time, not the 0.2 s
     assert session.waited() == 0.0 and 0.3 <= session.data_wait < 0.6
+
+
+def test_grpo_algorithms_are_recipes_the_stage_can_override():
+    from rayft_core.stage_config import section
+
+    def grpo(**keys):
+        from pydantic import TypeAdapter
+
+        from rayft_core.stage_config import StageConfig
+
+        return TypeAdapter(StageConfig).validate_python({"name": "grpo", **keys})
+
+    assert (
+        grpo().loss_aggregation == "token-mean" and grpo().clip_eps_high is None and section("grpo").advantage == "grpo"
+    )
+    dapo = grpo(algorithm="dapo", max_new_tokens=100)
+    assert (dapo.clip_eps_high, dapo.overlong_buffer, dapo.loss_aggregation) == (0.28, 20, "token-mean")
+    gspo = grpo(algorithm="gspo", clip_eps=0.01)  # the stage's own key wins
+    assert (gspo.importance_ratio, gspo.clip_eps, gspo.clip_eps_high) == ("sequence", 0.01, 4e-4)
+    dr = grpo(algorithm="dr_grpo")
+    assert (dr.normalize_std, dr.loss_aggregation) == (False, "seq-mean-token-sum-norm")
+    assert grpo(algorithm="reinforce++_baseline").advantage == "reinforce++_baseline"
+    with pytest.raises(ValueError, match="algorithm"):
+        grpo(algorithm="ppo2")

@@ -206,3 +206,79 @@ def test_group_size_one_and_ragged_groups_are_refused(fn):
         fn(torch.randn(4), group_size=1)
     with pytest.raises(ValueError, match="do not split into groups of 3"):
         fn(torch.randn(4), group_size=3)
+
+
+def test_loss_aggregations_by_hand():
+    """Two answers, of 1 and 3 tokens, token losses [2] and [1, 1, 4] (padding holds a value that must not count)."""
+    x = torch.tensor([[2.0, 9.0, 9.0], [1.0, 1.0, 4.0]])
+    mask = _right_padded_mask([1, 3], 3)
+    assert rl.aggregate(x, mask, "token-mean").item() == pytest.approx((2 + 1 + 1 + 4) / 4)  # 2.0
+    assert rl.aggregate(x, mask, "seq-mean-token-mean").item() == pytest.approx((2 / 1 + 6 / 3) / 2)  # 2.0
+    assert rl.aggregate(x, mask, "seq-mean-token-sum").item() == pytest.approx((2 + 6) / 2)  # 4.0
+    assert rl.aggregate(x, mask, "seq-mean-token-sum-norm", max_len=8).item() == pytest.approx((2 + 6) / (2 * 8))
+    empty = _right_padded_mask([1, 0], 3)  # an answer without tokens counts in none of them
+    assert rl.aggregate(x, empty, "seq-mean-token-mean").item() == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="give max_len"):
+        rl.aggregate(x, mask, "seq-mean-token-sum-norm")
+    with pytest.raises(ValueError, match="unknown loss aggregation 'sum'"):
+        rl.aggregate(x, mask, "sum")
+
+
+def test_clip_higher_lets_a_rising_token_keep_its_gradient():
+    """Ratio 1.25 with a positive advantage: clipped (gradient 0) at clip_eps 0.2, not at DAPO's clip_eps_high 0.28;
+    the lower bound stays 1 - clip_eps (ratio 0.75 with a negative advantage is clipped either way)."""
+    old = torch.zeros(1, 2)
+    for high, first_grad in ((None, 0.0), (0.28, -0.5 * 1.25)):
+        logprobs = torch.log(torch.tensor([[1.25, 0.75]])).requires_grad_()
+        loss, stats = rl.policy_loss(logprobs, old, torch.tensor([[1.0, -1.0]]), torch.ones(1, 2), 0.2, high)
+        loss.backward()
+        # d/dlogp of -A r / 2 tokens = -A r / 2
+        assert logprobs.grad[0, 0].item() == pytest.approx(first_grad) and logprobs.grad[0, 1].item() == 0.0
+        assert stats["clip_fraction"].item() == pytest.approx(1.0 if high is None else 0.5)
+
+
+def test_sequence_ratio_is_the_answers_geometric_mean_ratio_with_its_gradient():
+    """GSPO: every token carries exp(mean log-ratio of its answer); with one advantage per answer and each answer's
+    tokens averaged, the gradient equals that of -A * s_i written out directly (Zheng et al. 2025, eq. 11)."""
+    torch.manual_seed(0)
+    old = -torch.rand(2, 4)
+    logprobs = (old + 0.01 * torch.randn(2, 4)).requires_grad_()
+    mask = _right_padded_mask([4, 2], 4)
+    advantages = torch.tensor([[1.0] * 4, [-2.0] * 4])
+    loss, stats = rl.policy_loss(
+        logprobs, old, advantages, mask, 0.2, aggregation="seq-mean-token-mean", sequence_ratio=True
+    )
+    loss.backward()
+    direct = logprobs.detach().clone().requires_grad_()
+    s = torch.exp(torch.stack([(direct[0] - old[0]).mean(), (direct[1, :2] - old[1, :2]).mean()]))
+    (-(torch.tensor([1.0, -2.0]) * s).mean()).backward()
+    assert loss.item() == pytest.approx(-(torch.tensor([1.0, -2.0]) * s.detach()).mean().item(), rel=1e-6)
+    assert torch.allclose(logprobs.grad, direct.grad, atol=1e-7)
+    assert stats["ratio_mean"].item() == pytest.approx(((4 * s[0] + 2 * s[1]) / 6).item(), rel=1e-6)
+    # out of a tiny clip range, a whole answer is clipped at once
+    far = (old + torch.tensor([[0.5] * 4, [0.0] * 4])).requires_grad_()
+    loss, stats = rl.policy_loss(far, old, advantages, mask, 3e-4, 4e-4, "seq-mean-token-mean", sequence_ratio=True)
+    loss.backward()
+    assert (far.grad[0] == 0).all() and stats["clip_fraction"].item() == pytest.approx(4 / 6)
+
+
+def test_reinforce_pp_normalises_over_the_batch_and_its_baseline_over_the_group():
+    """Scores [1, 0, 3, 3] on answers of 1, 2, 1, 1 tokens: each token takes its answer's score, then the batch's
+    5 tokens are whitened (mean 1.6, unbiased std 1.3416). The baseline variant takes the group means out first
+    (groups of 2: [0.5, -0.5, 0, 0]), then whitens the same way."""
+    scores = torch.tensor([1.0, 0.0, 3.0, 3.0])
+    mask = _right_padded_mask([1, 2, 1, 1], 2).bool()
+    tokens = torch.tensor([1.0, 0.0, 0.0, 3.0, 3.0])
+    expected = (tokens - tokens.mean()) / tokens.std()
+    assert torch.allclose(rl.reinforce_pp_advantages(scores, mask)[mask], expected, atol=1e-5)
+    centred = torch.tensor([0.5, -0.5, -0.5, 0.0, 0.0])
+    expected = (centred - centred.mean()) / centred.std()
+    assert torch.allclose(rl.reinforce_pp_advantages(scores, mask, 2)[mask], expected, atol=1e-5)
+    assert (rl.reinforce_pp_advantages(scores, mask)[~mask] == 0).all()
+
+
+def test_overlong_penalty_by_hand():
+    lengths = torch.tensor([10, 16, 17, 19, 20])
+    assert rl.overlong_penalty(lengths, max_len=20, buffer=4).tolist() == pytest.approx([0, 0, -0.25, -0.75, -1])
+    with pytest.raises(ValueError, match="within 1..20"):
+        rl.overlong_penalty(lengths, 20, 21)

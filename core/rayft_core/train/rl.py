@@ -78,20 +78,69 @@ def gae(
     return advantages, advantages + values
 
 
-def policy_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_eps: float
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO's clipped surrogate (Schulman et al. 2017, eq. 7), negated to minimise, meaned over tokens.
+LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
-    max(-A r, -A clip(r, 1-eps, 1+eps)) with r = pi / pi_old: once r has moved past the clip range in
-    the direction A favours, the clipped term wins and the token's gradient is 0. Stats (detached):
-    clip_fraction, approx_kl (k3, (r - 1) - log r, unbiased and >= 0; Schulman 2020) and ratio_mean.
+
+def aggregate(
+    x: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean", max_len: int | None = None
+) -> torch.Tensor:
+    """Per-token losses [B, T] -> the batch's loss, by the aggregation modes verl names:
+
+    token-mean: every token weighs the same, so a long answer counts for more (DAPO, Yu et al. 2025, eq. 12);
+    seq-mean-token-mean: every answer weighs the same, its tokens averaged (GRPO as Shao et al. 2024 write it, eq. 3);
+    seq-mean-token-sum: every answer's tokens summed, the answers averaged;
+    seq-mean-token-sum-norm: the token sums over one constant, max_len per answer (Dr. GRPO, Liu et al. 2025, sec. 3.1):
+    neither the answer's length nor the batch's longest changes a token's weight.
+    Answers without tokens count in none of them.
+    """
+    m = mask.bool()
+    sums = torch.where(m, x, 0.0).sum(dim=1)
+    lengths = m.sum(dim=1)
+    answers = (lengths > 0).sum().clamp(min=1)
+    if mode == "token-mean":
+        return sums.sum() / lengths.sum().clamp(min=1)
+    if mode == "seq-mean-token-mean":
+        return (sums / lengths.clamp(min=1)).sum() / answers
+    if mode == "seq-mean-token-sum":
+        return sums.sum() / answers
+    if mode == "seq-mean-token-sum-norm":
+        if not max_len:
+            raise ValueError("seq-mean-token-sum-norm divides by a constant length: give max_len")
+        return sums.sum() / (answers * max_len)
+    raise ValueError(f"unknown loss aggregation {mode!r}; one of {', '.join(LOSS_AGGREGATIONS)}")
+
+
+def policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float,
+    clip_eps_high: float | None = None,
+    aggregation: str = "token-mean",
+    max_len: int | None = None,
+    sequence_ratio: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped surrogate (Schulman et al. 2017, eq. 7), negated to minimise, aggregated over tokens (aggregate).
+
+    max(-A r, -A clip(r, 1-eps, 1+eps_high)) with r = pi / pi_old: once r has moved past the clip range in
+    the direction A favours, the clipped term wins and the token's gradient is 0. clip_eps_high (DAPO's
+    clip-higher, Yu et al. 2025, sec. 3.1; default clip_eps) lets unlikely tokens gain more probability before
+    clipping, which keeps the policy's entropy from collapsing. sequence_ratio (GSPO, Zheng et al. 2025): one ratio
+    per answer, exp of its tokens' mean log-ratio, clipped as a whole; each token carries its answer's ratio with
+    its own log-prob's gradient (GSPO-token, eq. 13: with one advantage per answer, the gradient of GSPO's).
+    Stats (detached): clip_fraction, approx_kl (k3, (r - 1) - log r, unbiased and >= 0; Schulman 2020) and
+    ratio_mean.
     """
     log_ratio = logprobs - old_logprobs
+    if sequence_ratio:
+        per_answer = masked_mean(log_ratio, mask, dim=1).detach()[:, None]
+        log_ratio = per_answer + logprobs - logprobs.detach()
     ratio = torch.exp(log_ratio)
+    high = clip_eps if clip_eps_high is None else clip_eps_high
     unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
-    loss = masked_mean(torch.max(unclipped, clipped), mask)
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + high)
+    loss = aggregate(torch.max(unclipped, clipped), mask, aggregation, max_len)
     with torch.no_grad():
         stats = {
             "clip_fraction": masked_mean((clipped > unclipped).float(), mask),
@@ -264,3 +313,25 @@ def rloo_advantages(scores: torch.Tensor, group_size: int) -> torch.Tensor:
     groups = _groups(scores, group_size)
     others_mean = (groups.sum(dim=1, keepdim=True) - groups) / (group_size - 1)
     return (groups - others_mean).flatten()
+
+
+def reinforce_pp_advantages(scores: torch.Tensor, mask: torch.Tensor, group_size: int | None = None) -> torch.Tensor:
+    """REINFORCE++ (Hu et al. 2025): every token's advantage is its answer's return (the score: gamma 1, the KL to the
+    reference kept in the loss, as the method's later versions do, not in the reward), normalised over all the
+    batch's tokens rather than within a prompt's group, whose few answers make a poor baseline [B, T].
+
+    With group_size (REINFORCE++-baseline): the group's mean score is subtracted first, so a prompt's easiness
+    does not move its answers' advantages.
+    """
+    if group_size is not None:
+        groups = _groups(scores, group_size)
+        scores = (groups - groups.mean(dim=1, keepdim=True)).flatten()
+    return masked_whiten(torch.where(mask.bool(), scores[:, None], 0.0), mask)
+
+
+def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int) -> torch.Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), added to the scores [B]: 0 for an answer of up to
+    max_len - buffer tokens, then falling linearly to -1 at max_len (an answer cut there)."""
+    if not 0 < buffer <= max_len:
+        raise ValueError(f"the overlong buffer must be within 1..{max_len} (max_new_tokens), got {buffer}")
+    return ((max_len - buffer - lengths.float()) / buffer).clamp(min=-1.0, max=0.0)

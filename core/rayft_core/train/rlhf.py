@@ -201,6 +201,8 @@ class Learner:
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Per-token advantages, the returns (PPO's value targets) and the KL (PPO's, in the reward)."""
         st = self.st
+        if st.overlong_buffer:  # DAPO's length shaping, part of the reward
+            scores = scores + rl.overlong_penalty(mask.sum(dim=1), st.max_new_tokens, st.overlong_buffer)
         if getattr(st, "normalize_reward", False):
             scores = rl.normalize_rewards(scores, self.moments, st.reward_clip)
         elif st.reward_clip:
@@ -213,6 +215,9 @@ class Learner:
                 advantages = rl.masked_whiten(advantages, mask)
             return advantages, returns, kl
         n = st.responses_per_prompt
+        if st.advantage.startswith("reinforce++"):  # per token already: normalised over the batch's tokens
+            baseline = n if st.advantage == "reinforce++_baseline" else None
+            return rl.reinforce_pp_advantages(scores, mask, baseline), None, None
         if st.advantage == "grpo":
             advantage = rl.group_advantages(scores, n, st.normalize_std)
         else:
@@ -314,7 +319,17 @@ class Learner:
                     first_pass["logps"].append(logps.detach())
                     first_pass["entropy"].append(entropy)
                 old_logps = first_pass["logps"][i] if "logps" not in rollout else rollout["logps"][rows]
-                loss, stats = rl.policy_loss(logps, old_logps, advantages[rows], m, st.clip_eps)
+                loss, stats = rl.policy_loss(
+                    logps,
+                    old_logps,
+                    advantages[rows],
+                    m,
+                    st.clip_eps,
+                    st.clip_eps_high,
+                    st.loss_aggregation,
+                    st.max_new_tokens,
+                    sequence_ratio=st.importance_ratio == "sequence",
+                )
                 parts = {"policy_loss": loss.item()}
                 if values is not None:
                     vloss, vclip = rl.value_loss(values, rollout["values"][rows], returns[rows], m, st.value_clip)

@@ -147,11 +147,14 @@ class RewardFunction(Section):
     """A verifiable reward: fn(prompts=[...], completions=[...], references=[...], **kwargs) -> one float per completion."""
 
     function: str = Field(
-        description="A built-in (exact_match, number_match, regex) or 'package.module:function' or "
-        "'path/to/file.py:function' (the file must be readable where the learners run)."
+        description="A built-in (exact_match, number_match, regex, http: a scoring service at kwargs.url) or "
+        "'package.module:function' or 'path/to/file.py:function' (the file must be readable where the learners run)."
     )
     weight: float = Field(1.0, description="Its weight in the reward, beside the other functions and the reward model.")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="More keyword arguments (regex: pattern).")
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="More keyword arguments (regex: pattern; http: url, api_key_env, batch_size, timeout, retries).",
+    )
 
 
 class RolloutConfig(Section):

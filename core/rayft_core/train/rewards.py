@@ -6,8 +6,8 @@ A reward function takes keyword arguments and returns one float per completion:
 
 ``prompts`` are the last user turns, ``completions`` the decoded responses, ``references`` the
 dataset's answers (None for a row without one). A config names it as a built-in (``exact_match``,
-``number_match``, ``regex``), ``package.module:function`` or ``path/to/file.py:function``; its
-``kwargs`` are passed along (``regex`` takes ``pattern``).
+``number_match``, ``regex``, ``http``: a service), ``package.module:function`` or ``path/to/file.py:function``;
+its ``kwargs`` are passed along (``regex`` takes ``pattern``, ``http`` its ``url`` and more).
 """
 
 from __future__ import annotations
@@ -54,6 +54,72 @@ def regex(completions: list[str], pattern: str, **_: Any) -> list[float]:
     """1 where ``pattern`` matches somewhere in the completion (a format reward)."""
     compiled = re.compile(pattern)
     return [float(compiled.search(c) is not None) for c in completions]
+
+
+@builtin
+def http(
+    prompts: list[str],
+    completions: list[str],
+    references: list[str | None],
+    url: str,
+    api_key_env: str | None = None,
+    batch_size: int = 64,
+    timeout: float = 60.0,
+    retries: int = 3,
+    **_: Any,
+) -> list[float]:
+    """Scores from a service (a reward model served anywhere): ``batch_size`` answers at a time, POSTed to ``url`` as
+    JSON {"prompts": [...], "completions": [...], "references": [...]}; the reply is {"scores": [one number per
+    completion]}. The key, if any, is read from the environment variable named ``api_key_env`` (never written in a
+    config) and sent as "Authorization: Bearer". A connection error, a timeout (``timeout`` seconds), 429 or a 5xx
+    is tried again, up to ``retries`` more times with growing waits; then, or on any other error, the run stops
+    saying why: a failed score is never a silent zero."""
+    import json
+    import os
+    import time
+    import urllib.error
+    import urllib.request
+
+    headers = {"Content-Type": "application/json"}
+    if api_key_env:
+        if not os.environ.get(api_key_env):
+            raise UserInputError(
+                f"reward function http: the environment variable {api_key_env} (api_key_env) is not set"
+            )
+        headers["Authorization"] = f"Bearer {os.environ[api_key_env]}"
+    scores: list[float] = []
+    for i in range(0, len(completions), batch_size):
+        part = slice(i, i + batch_size)
+        body = json.dumps({"prompts": prompts[part], "completions": completions[part], "references": references[part]})
+        for attempt in range(retries + 1):
+            request = urllib.request.Request(url, data=body.encode(), headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=timeout) as reply:
+                    got = json.loads(reply.read())
+                break
+            except urllib.error.HTTPError as e:
+                if (e.code != 429 and e.code < 500) or attempt == retries:
+                    detail = e.read()[:200].decode(errors="replace")
+                    raise UserInputError(
+                        f"reward function http: {url} answered {e.code} {e.reason}: {detail}"
+                    ) from None
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+                if attempt == retries:
+                    raise UserInputError(
+                        f"reward function http: {url} did not answer after {retries + 1} tries: "
+                        f"{getattr(e, 'reason', e)}"
+                    ) from None
+            except json.JSONDecodeError:
+                raise UserInputError(f"reward function http: {url} did not answer with JSON") from None
+            time.sleep(min(2**attempt, 30))
+        batch = got.get("scores") if isinstance(got, dict) else None
+        if not isinstance(batch, list) or len(batch) != len(completions[part]):
+            raise UserInputError(
+                f'reward function http: {url} must answer {{"scores": [...]}} with {len(completions[part])} '
+                f"numbers; it answered {json.dumps(got)[:200]}"
+            )
+        scores += batch
+    return scores
 
 
 def load_function(name: str) -> Callable[..., list[float]]:

@@ -139,7 +139,11 @@ def cache_key(run: RunConfig, datasets: list[ResolvedDataset]) -> str:
             for f in resolve_files(spec.path, d.key):
                 st = os.stat(f)
                 files.append((f, st.st_size, st.st_mtime_ns))
-        else:  # remote files and hub datasets: named, not fingerprinted
+        elif spec.hf_hub_url:  # a hub dataset: by its commit now, so a new commit is tokenized anew
+            from rayft.hub import pin
+
+            files.append((pin(spec.hf_hub_url, d.key),))
+        else:  # remote files: named, not fingerprinted
             files.append((spec.label,))
     tok_dir = Path(run.model.name_or_path)
     tok_files = (

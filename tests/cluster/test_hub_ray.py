@@ -69,16 +69,23 @@ def test_a_hub_datasets_files_by_subset_and_split_at_one_commit(online):
         files(hf_hub_url="rayft/none")
 
 
-def test_a_hub_dataset_trains_streamed_and_not(online, tiny_model, workdir):
-    """Not streamed: Ray Data's tasks read the files through huggingface_hub's filesystem. Streamed: a worker
-    reads its share a range of bytes at a time, and a checkpoint taken at one commit refuses another."""
+def test_a_hub_dataset_trains_streamed_and_not(online, tiny_model, workdir, caplog):
+    """Not streamed: Ray Data's tasks read the files through huggingface_hub's filesystem (and the tokenized rows
+    are cached under the dataset's commit). Streamed: a worker reads its share a range of bytes at a time, and a
+    checkpoint taken at one commit refuses another."""
+    import logging
+
     from rayft.data import build_run_data
     from rayft.hub import pin_hub_datasets
     from rayft.stream import WorkerStream
 
     run = run_config(tiny_model("llama"), [{"hf_hub_url": "rayft/chat"}], workdir / "hub", "hub")
+    run.data.cache_dir = str(workdir / "hub-cache")
     data = build_run_data(run)
     assert data.train_rows == 600 and data.report.datasets[0].label == "hf://rayft/chat"
+    with caplog.at_level(logging.INFO, logger="rayft"):
+        assert build_run_data(run).train_rows == 600 and "from the cache" in caplog.text
+    run.data.cache_dir = None
 
     run.data.streaming, run.data.shuffle = True, False
     pinned = pin_hub_datasets(run)

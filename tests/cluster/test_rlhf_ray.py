@@ -215,8 +215,8 @@ def test_bad_rl_runs_stop_before_any_actor(rl: dict, workdir: Path, tokenizer, t
 
 @pytest.mark.parametrize("algorithm", ["dr_grpo", "dapo", "gspo", "reinforce++", "reinforce++_baseline"])
 def test_each_grpo_algorithm_trains_on_the_arithmetic_task(rl: dict, workdir: Path, algorithm: str) -> None:
-    """Each recipe of stage.algorithm once, two iterations with local (HF) rollouts: the metrics every RL run logs,
-    all finite. (Their arithmetic is checked against hand-computed values in tests/core/test_rl.py.)"""
+    """Each recipe of stage.algorithm once, two iterations with local (HF) rollouts and one learner: the metrics
+    every RL run logs, all finite. (Their arithmetic is checked against hand-computed values in tests/core/test_rl.py.)"""
     import math
 
     from rayft.train import train
@@ -234,7 +234,7 @@ def test_each_grpo_algorithm_trains_on_the_arithmetic_task(rl: dict, workdir: Pa
             "rollout": {"engine": "hf"},
         },
     )
-    run.train.max_steps = 2
+    run.train.max_steps, run.cluster.num_workers = 2, 1  # one learner: the recipe's arithmetic, not placement
     rows = read_metrics(Path(train(run)))
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:

@@ -224,13 +224,13 @@ def test_each_grpo_algorithm_trains_on_the_arithmetic_task(rl: dict, workdir: Pa
     run = _run(
         rl,
         workdir,
-        f"algorithm-{algorithm}",
+        f"algorithm-{algorithm.replace('+', 'p')}",
         {
             "name": "grpo",
             "algorithm": algorithm,
             "group_size": 8,
             "kl_coef": 0.0,
-            "reward_functions": [{"function": f"{rl['rewards']}:first_digit"}],
+            "reward_functions": [{"function": f"{rl['rewards']}:first_digit"}, {"function": "number_match"}],
             "rollout": {"engine": "hf"},
         },
     )

@@ -76,9 +76,6 @@ def http(
     saying why: a failed score is never a silent zero."""
     import json
     import os
-    import time
-    import urllib.error
-    import urllib.request
 
     headers = {"Content-Type": "application/json"}
     if api_key_env:
@@ -91,27 +88,7 @@ def http(
     for i in range(0, len(completions), batch_size):
         part = slice(i, i + batch_size)
         body = json.dumps({"prompts": prompts[part], "completions": completions[part], "references": references[part]})
-        for attempt in range(retries + 1):
-            request = urllib.request.Request(url, data=body.encode(), headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=timeout) as reply:
-                    got = json.loads(reply.read())
-                break
-            except urllib.error.HTTPError as e:
-                if (e.code != 429 and e.code < 500) or attempt == retries:
-                    detail = e.read()[:200].decode(errors="replace")
-                    raise UserInputError(
-                        f"reward function http: {url} answered {e.code} {e.reason}: {detail}"
-                    ) from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-                if attempt == retries:
-                    raise UserInputError(
-                        f"reward function http: {url} did not answer after {retries + 1} tries: "
-                        f"{getattr(e, 'reason', e)}"
-                    ) from None
-            except json.JSONDecodeError:
-                raise UserInputError(f"reward function http: {url} did not answer with JSON") from None
-            time.sleep(min(2**attempt, 30))
+        got = _post(url, body.encode(), headers, timeout, retries)
         batch = got.get("scores") if isinstance(got, dict) else None
         if not isinstance(batch, list) or len(batch) != len(completions[part]):
             raise UserInputError(
@@ -120,6 +97,33 @@ def http(
             )
         scores += batch
     return scores
+
+
+def _post(url: str, body: bytes, headers: dict[str, str], timeout: float, retries: int) -> Any:
+    """The JSON answer to one POST, tried again on what may pass (see http)."""
+    import json
+    import time
+    import urllib.error
+    import urllib.request
+
+    for attempt in range(retries + 1):
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as reply:
+                return json.loads(reply.read())
+        except urllib.error.HTTPError as e:
+            if (e.code != 429 and e.code < 500) or attempt == retries:
+                detail = e.read()[:200].decode(errors="replace")
+                raise UserInputError(f"reward function http: {url} answered {e.code} {e.reason}: {detail}") from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+            if attempt == retries:
+                raise UserInputError(
+                    f"reward function http: {url} did not answer after {retries + 1} tries: {getattr(e, 'reason', e)}"
+                ) from None
+        except json.JSONDecodeError:
+            raise UserInputError(f"reward function http: {url} did not answer with JSON") from None
+        time.sleep(min(2**attempt, 30))
+    raise AssertionError("unreachable: the last try returns or raises")
 
 
 def load_function(name: str) -> Callable[..., list[float]]:

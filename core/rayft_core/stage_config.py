@@ -342,11 +342,13 @@ class GrpoStage(_RlStage):
     @model_validator(mode="before")
     @classmethod
     def _recipe(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or data.get("algorithm", "grpo") not in ALGORITHMS:
-            return data  # not a mapping, or an unknown algorithm: the field's own check says so
-        recipe = dict(ALGORITHMS[data.get("algorithm", "grpo")])
+        algorithm = data.get("algorithm", "grpo") if isinstance(data, dict) else None
+        if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
+            return data  # not a mapping, or not an algorithm's name: the field's own check says so
+        recipe = dict(ALGORITHMS[algorithm])
         if "overlong_buffer" in recipe:
-            recipe["overlong_buffer"] = max(1, int(data.get("max_new_tokens", 64)) // 5)
+            tokens = data.get("max_new_tokens", 64)
+            recipe["overlong_buffer"] = max(1, tokens // 5) if isinstance(tokens, int) else None
         return {**recipe, **data}
 
     @property

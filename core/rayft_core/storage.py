@@ -43,12 +43,12 @@ def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
         raise UserInputError(f"cannot open {location!r}: {e}") from None
 
 
-def hub_filesystem() -> Any:
-    """huggingface_hub's filesystem (hf://datasets/owner/name@revision/path), at HF_ENDPOINT as this process sees
-    it now (huggingface_hub reads it once, at import)."""
+def hub_filesystem(endpoint: str | None = None) -> Any:
+    """huggingface_hub's filesystem (hf://datasets/owner/name@revision/path), at ``endpoint``, else at HF_ENDPOINT
+    as this process sees it now (huggingface_hub reads it once, at import)."""
     from huggingface_hub import HfFileSystem
 
-    return HfFileSystem(endpoint=os.environ.get("HF_ENDPOINT") or None)
+    return HfFileSystem(endpoint=endpoint or os.environ.get("HF_ENDPOINT") or None)
 
 
 class _HubHandler(pafs.FSSpecHandler):
@@ -56,10 +56,8 @@ class _HubHandler(pafs.FSSpecHandler):
     itself comes back at the default endpoint in another process)."""
 
     def __init__(self, endpoint: str | None):
-        from huggingface_hub import HfFileSystem
-
         self.endpoint = endpoint
-        super().__init__(HfFileSystem(endpoint=endpoint or None))
+        super().__init__(hub_filesystem(endpoint))
 
     def __reduce__(self) -> tuple:
         return _HubHandler, (self.endpoint,)

@@ -16,9 +16,10 @@
     rayft k8s render run.yaml                   KubeRay manifests from the Helm chart
     rayft demo                                  pre-train a tiny model, teach it a task with LoRA, score it
     rayft models [MODEL_TYPE]                   the model families rayft is proven to train, and how
+    rayft ui [--host H --auth U:P]              the web app: configure, preview, launch, watch, chat, export
 
 One module per command group (train.py: train, tune, submit; data.py; config.py; serve.py: serve, chat, infer;
-eval.py; k8s.py; export.py; demo.py; models.py), what they share in _common.py. Bad input is a UserInputError wherever it
+eval.py; k8s.py; export.py; demo.py; models.py; ui.py), what they share in _common.py. Bad input is a UserInputError wherever it
 is found; RayftGroup (this group's class) prints it as one "error: ..." line and exits 2. Nothing outside
 rayft.cli imports it (an import-linter contract).
 """
@@ -41,6 +42,7 @@ from rayft.cli.serve import chat_command, infer_command, serve_command
 from rayft.cli.train import submit as submit_command
 from rayft.cli.train import train as train_command
 from rayft.cli.train import tune_command
+from rayft.cli.ui import ui_command
 
 
 @click.group(cls=RayftGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -71,5 +73,6 @@ for _command in (
     demo_command,
     k8s_group,
     models_command,
+    ui_command,
 ):
     main.add_command(_command)

@@ -10,6 +10,32 @@ from rayft_core.data import IGNORE_INDEX
 _ON, _OFF = "\033[1;32m", "\033[0m"  # bold green on a terminal
 
 
+def trained_spans(
+    tokenizer: Any, input_ids: Sequence[int], labels: Sequence[int], position_ids: Sequence[int] | None = None
+) -> list[tuple[int, bool, str]]:
+    """The row as (example, trained, text) spans: runs of tokens that carry a loss or do not, decoded; the example
+    number (from 1) counts the examples packed into the row (always 1 when unpacked)."""
+    spans: list[tuple[int, bool, str]] = []
+    run: list[int] = []
+    trained, example = False, 1
+
+    def flush() -> None:
+        if run:
+            spans.append((example, trained, tokenizer.decode(run)))
+            run.clear()
+
+    for i, (token, label) in enumerate(zip(input_ids, labels)):
+        if position_ids is not None and position_ids[i] == 0 and i > 0:
+            flush()
+            example += 1
+        if (label != IGNORE_INDEX) != trained:
+            flush()
+            trained = not trained
+        run.append(int(token))
+    flush()
+    return spans
+
+
 def mark_trained(
     tokenizer: Any,
     input_ids: Sequence[int],
@@ -23,27 +49,12 @@ def mark_trained(
     """
     start, end = (_ON, _OFF) if color else ("«", "»")
     parts: list[str] = []
-    span: list[int] = []
-    trained = False
-    example = 0
-
-    def flush() -> None:
-        if span:
-            text = tokenizer.decode(span)
-            parts.append(f"{start}{text}{end}" if trained else text)
-            span.clear()
-
-    for i, (token, label) in enumerate(zip(input_ids, labels)):
-        if position_ids is not None and position_ids[i] == 0:
-            flush()
-            example += 1
+    shown = 0
+    for example, trained, text in trained_spans(tokenizer, input_ids, labels, position_ids):
+        if position_ids is not None and example != shown:
             parts.append(f"{'' if example == 1 else chr(10)}── example {example} ──\n")
-        is_trained = label != IGNORE_INDEX
-        if is_trained != trained:
-            flush()
-            trained = is_trained
-        span.append(int(token))
-    flush()
+            shown = example
+        parts.append(f"{start}{text}{end}" if trained else text)
     return "".join(parts)
 
 

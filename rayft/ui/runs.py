@@ -1,0 +1,145 @@
+"""The Runs tab's server side: runs launched as Ray jobs, and every run in the storage folder joined into one table.
+
+A launch is `rayft train run.yaml` submitted through Ray's job API (as `ray job submit` does), with the config
+written into a fresh folder that Ray uploads as the job's working directory: the run belongs to the cluster, so it
+outlives the page and the `rayft ui` process. Runs started from the command line appear too: the table is built
+from the jobs the cluster knows and the run folders (`rayft_run.yaml` in them) under the storage folder.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rayft_core.config import RunConfig, dump_config, validate_config
+from rayft_core.errors import UserInputError
+from rayft_core.train.outputs import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
+
+RUN_KEY = "rayft_output"  # job metadata: the run's output folder, which joins a job to its run
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+@dataclass
+class Board:
+    address: str  # the cluster's job server (its dashboard), e.g. http://127.0.0.1:8265
+    storage: Path  # the folder whose runs the table lists (the runs' output.storage_path)
+    command: str = "rayft"  # how the job's shell starts rayft on the cluster (the UI's own Python on a local one)
+    checked: bool = True  # check a run as `rayft config validate` does before launching it (off: schema only)
+    remote: bool = False  # a cluster elsewhere: its token is sent (rayft.submit.connect), as `rayft submit` does
+    _client: Any = field(default=None, repr=False)
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from ray.job_submission import JobSubmissionClient
+
+            from rayft.submit import check_reachable, connect
+
+            if self.remote:
+                check_reachable(self.address)
+            self._client = connect(self.address) if self.remote else JobSubmissionClient(self.address)
+        return self._client
+
+    def launch(self, config: dict, resume: bool = False) -> dict[str, str]:
+        """Submit the run CONFIG (a mapping, as the form builds it) as a Ray job; its job id and output folder."""
+        run = validate_config(config).with_absolute_paths()  # a ConfigError names each bad key
+        if self.checked:
+            from rayft.checks import check_config
+
+            check_config(run, resume=resume)  # what `rayft train` would refuse, refused before anything starts
+        folder = Path(tempfile.mkdtemp(prefix="rayft-ui-job-"))
+        try:
+            (folder / "run.yaml").write_text(dump_config(run))
+            job = self.client.submit_job(
+                entrypoint=f"{self.command} train run.yaml" + (" --resume" if resume else ""),
+                runtime_env={"working_dir": str(folder)},  # uploaded at submission: the folder can go after
+                metadata={RUN_KEY: run.output.dir, "rayft_name": run.output.name},
+            )
+        finally:
+            shutil.rmtree(folder)
+        return {"job_id": job, "output": run.output.dir}
+
+    def resume(self, output: str) -> dict[str, str]:
+        """Launch the run in OUTPUT again from its last checkpoint, with the config it started with."""
+        text = _read(Path(output) / CONFIG_FILE)
+        if text is None:
+            raise UserInputError(f"{output}: no {CONFIG_FILE}, so no rayft run to resume there")
+        return self.launch(yaml.safe_load(text), resume=True)
+
+    def stop(self, job_id: str) -> bool:
+        return self.client.stop_job(job_id)
+
+    def logs(self, job_id: str) -> str:
+        return ANSI.sub("", self.client.get_job_logs(job_id))  # progress bars' colours are for terminals
+
+    def runs(self) -> list[dict[str, Any]]:
+        """One row per run: from its latest job when it has one, else from its folder; newest first."""
+        jobs: dict[str, Any] = {}
+        for job in sorted(self.client.list_jobs(), key=lambda j: j.start_time or 0):
+            if (job.metadata or {}).get(RUN_KEY):
+                jobs[job.metadata[RUN_KEY]] = job  # the latest job of each run
+        folders = {str(p.parent) for p in self.storage.glob(f"*/{CONFIG_FILE}")} if self.storage.is_dir() else set()
+        rows = [_row(output, jobs.get(output)) for output in folders | set(jobs)]
+        return sorted(rows, key=lambda r: r["start"] or 0, reverse=True)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def metrics(output: str) -> list[dict[str, Any]]:
+    """The run's metrics.jsonl rows so far (a line being written is left for the next read)."""
+    rows = []
+    for line in (_read(Path(output) / METRICS_FILE) or "").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def _row(output: str, job: Any) -> dict[str, Any]:
+    history = metrics(output)
+    last = next((r for r in reversed(history) if "train/loss" in r), {})
+    summary = json.loads(_read(Path(output) / SUMMARY_FILE) or "null")
+    folder = Path(output)
+    if job is not None:
+        state = job.status.value if hasattr(job.status, "value") else str(job.status)
+        start = job.start_time / 1000 if job.start_time else None
+        end = job.end_time / 1000 if job.end_time else None
+    else:
+        state = "FINISHED" if summary is not None else "INCOMPLETE"  # started elsewhere: its folder is all there is
+        config = folder / CONFIG_FILE
+        start = config.stat().st_mtime if config.exists() else None
+        end = (folder / SUMMARY_FILE).stat().st_mtime if summary is not None else None
+    running = job is not None and state not in TERMINAL
+    return {
+        "output": output,
+        "name": folder.name,
+        "job_id": job.submission_id if job is not None else None,
+        "state": state,
+        "step": history[-1]["step"] if history else None,
+        "loss": last.get("train/loss"),
+        "tokens_per_s": last.get("perf/tokens_per_s"),
+        "start": start,
+        "duration": ((time.time() if running else end or start) - start) if start else None,
+        "message": job.message if job is not None and state == "FAILED" else None,
+        "resumable": (folder / CONFIG_FILE).exists() and not running,
+    }
+
+
+def load_config(output: str) -> RunConfig | None:
+    text = _read(Path(output) / CONFIG_FILE)
+    return validate_config(yaml.safe_load(text)) if text else None

@@ -135,12 +135,35 @@ def resume(request: Request, body: dict[str, Any]) -> dict[str, str]:
     return _board(request).resume(body["output"])
 
 
+@api.post("/api/serve")
+def serve(request: Request, body: dict[str, Any]) -> dict[str, str]:
+    return _board(request).serve(body["model"])
+
+
+@api.get("/api/sweep")
+def sweep(output: str) -> dict[str, Any]:
+    from rayft.ui.sweeps import sweep_view  # imports Ray Tune: only when a sweep is looked at
+
+    return sweep_view(output)
+
+
 @api.post("/api/chat")
 def chat(request: Request, body: dict[str, Any]) -> StreamingResponse:
     engines, model_dir = request.app.state.engines, body.get("model") or ""
     engines.load(model_dir)  # a bad folder is a 400 now, not a broken stream later
     params = {k: body[k] for k in ("max_new_tokens", "temperature", "top_p") if k in body}
     return StreamingResponse(engines.stream(model_dir, body["messages"], params), media_type="text/plain")
+
+
+@api.post("/api/eval/mc")
+def eval_mc(body: dict[str, Any]) -> dict[str, Any]:
+    n_shot, lang, split = int(body.get("n_shot", 0)), body.get("lang", "en"), body.get("split", "test")
+    return views.eval_mc(body["model"], body["task_dir"], n_shot, lang, split)
+
+
+@api.post("/api/eval/similarity")
+def eval_similarity(body: dict[str, Any]) -> dict[str, Any]:
+    return views.eval_similarity(body["predictions"])
 
 
 @api.post("/api/export")

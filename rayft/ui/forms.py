@@ -51,6 +51,8 @@ FORM_FIELDS = {
     "output": ["output.storage_path", "output.name", "output.overwrite"],
 }
 DATASET_FIELDS = ["dataset", "path", "format", "ranking", "num_samples"]  # one row of data.train
+SWEEP_FIELDS = ["tune.num_samples", "tune.search", "tune.scheduler", "tune.metric", "tune.mode", "tune.keep_top"]
+SPACE_KINDS = ["choice", "grid", "uniform", "loguniform"]  # tune.space's distributions, as the Sweep tab offers them
 
 # What a newcomer starts from: a LoRA SFT run; the model and the data are theirs to name.
 STARTER = {
@@ -66,7 +68,14 @@ def describe_fields() -> dict[str, Any]:
     """Each form field's description, default, type and choices, and those of a data.train row."""
     fields = {path: _describe(path) for section in FORM_FIELDS.values() for path in section}
     dataset = {f"data.train.{name}": _describe(f"data.train.0.{name}") for name in DATASET_FIELDS}
-    return {"sections": FORM_FIELDS, "fields": {**fields, **dataset}, "starter": STARTER}
+    sweep = {path: _describe(path) for path in [*SWEEP_FIELDS, "tune.space"]}
+    return {
+        "sections": FORM_FIELDS,
+        "sweep": SWEEP_FIELDS,
+        "space_kinds": SPACE_KINDS,
+        "fields": {**fields, **dataset, **sweep},
+        "starter": STARTER,
+    }
 
 
 def _models(annotation: Any) -> list[type[BaseModel]]:

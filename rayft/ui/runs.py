@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import tempfile
 import time
@@ -19,11 +20,14 @@ from typing import Any
 
 import yaml
 
+from rayft_core import ownership
 from rayft_core.config import RunConfig, dump_config, validate_config
 from rayft_core.errors import UserInputError
 from rayft_core.train.outputs import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 
 RUN_KEY = "rayft_output"  # job metadata: the run's output folder, which joins a job to its run
+KIND_KEY = "rayft_kind"  # ... and what the job does there: run (rayft train), sweep (rayft tune), serve
+SWEEP_FILE = ownership.SWEEP.markers[0]  # a sweep's run and space, written first
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -50,29 +54,43 @@ class Board:
         return self._client
 
     def launch(self, config: dict, resume: bool = False) -> dict[str, str]:
-        """Submit the run CONFIG (a mapping, as the form builds it) as a Ray job; its job id and output folder."""
+        """Submit the run CONFIG (a mapping, as the form builds it) as a Ray job: `rayft train`, or `rayft tune` when
+        it has a tune section; its job id and output folder."""
         run = validate_config(config).with_absolute_paths()  # a ConfigError names each bad key
+        kind = "sweep" if run.tune else "run"
         if self.checked:
             from rayft.checks import check_config
 
-            check_config(run, resume=resume)  # what `rayft train` would refuse, refused before anything starts
+            # what `rayft train` / `tune` would refuse, refused before anything starts
+            check_config(run, resume=resume, output=ownership.SWEEP if run.tune else ownership.RUN)
+        command = f"{'tune' if run.tune else 'train'} run.yaml" + (" --resume" if resume else "")
+        return self._submit(command, run.output.dir, kind, {"run.yaml": dump_config(run)})
+
+    def serve(self, model: str) -> dict[str, str]:
+        """`rayft serve --model MODEL` as a Ray job: the OpenAI API on the cluster's Serve until the job is stopped."""
+        if not (Path(model) / CONFIG_FILE).exists():
+            raise UserInputError(f"{model}: no {CONFIG_FILE}, so no rayft run to serve there")
+        return self._submit(f"serve --model {shlex.quote(str(Path(model).absolute()))}", model, "serve", {})
+
+    def _submit(self, command: str, output: str, kind: str, files: dict[str, str]) -> dict[str, str]:
         folder = Path(tempfile.mkdtemp(prefix="rayft-ui-job-"))
         try:
-            (folder / "run.yaml").write_text(dump_config(run))
+            for name, text in files.items():
+                (folder / name).write_text(text)
             job = self.client.submit_job(
-                entrypoint=f"{self.command} train run.yaml" + (" --resume" if resume else ""),
+                entrypoint=f"{self.command} {command}",
                 runtime_env={"working_dir": str(folder)},  # uploaded at submission: the folder can go after
-                metadata={RUN_KEY: run.output.dir, "rayft_name": run.output.name},
+                metadata={RUN_KEY: output, KIND_KEY: kind},
             )
         finally:
             shutil.rmtree(folder)
-        return {"job_id": job, "output": run.output.dir}
+        return {"job_id": job, "output": output, "kind": kind}
 
     def resume(self, output: str) -> dict[str, str]:
-        """Launch the run in OUTPUT again from its last checkpoint, with the config it started with."""
-        text = _read(Path(output) / CONFIG_FILE)
+        """Launch the run or sweep in OUTPUT again from its last checkpoints, with the config it started with."""
+        text = _read(Path(output) / SWEEP_FILE) or _read(Path(output) / CONFIG_FILE)
         if text is None:
-            raise UserInputError(f"{output}: no {CONFIG_FILE}, so no rayft run to resume there")
+            raise UserInputError(f"{output}: no {CONFIG_FILE} or {SWEEP_FILE}, so no rayft run to resume there")
         return self.launch(yaml.safe_load(text), resume=True)
 
     def stop(self, job_id: str) -> bool:
@@ -82,13 +100,18 @@ class Board:
         return ANSI.sub("", self.client.get_job_logs(job_id))  # progress bars' colours are for terminals
 
     def runs(self) -> list[dict[str, Any]]:
-        """One row per run: from its latest job when it has one, else from its folder; newest first."""
-        jobs: dict[str, Any] = {}
+        """One row per run, sweep and served model: from its latest job when it has one, else from its folder (a
+        run's or a sweep's under the storage folder, command-line ones included); newest first."""
+        jobs: dict[tuple[str, str], Any] = {}
         for job in sorted(self.client.list_jobs(), key=lambda j: j.start_time or 0):
-            if (job.metadata or {}).get(RUN_KEY):
-                jobs[job.metadata[RUN_KEY]] = job  # the latest job of each run
-        folders = {str(p.parent) for p in self.storage.glob(f"*/{CONFIG_FILE}")} if self.storage.is_dir() else set()
-        rows = [_row(output, jobs.get(output)) for output in folders | set(jobs)]
+            meta = job.metadata or {}
+            if meta.get(RUN_KEY):
+                jobs[meta[RUN_KEY], meta.get(KIND_KEY, "run")] = job  # the latest job of each
+        folders = set()
+        if self.storage.is_dir():
+            folders |= {(str(p.parent), "run") for p in self.storage.glob(f"*/{CONFIG_FILE}")}
+            folders |= {(str(p.parent), "sweep") for p in self.storage.glob(f"*/{SWEEP_FILE}")}
+        rows = [_row(output, kind, jobs.get((output, kind))) for output, kind in folders | set(jobs)]
         return sorted(rows, key=lambda r: r["start"] or 0, reverse=True)
 
 
@@ -110,7 +133,7 @@ def metrics(output: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _row(output: str, job: Any) -> dict[str, Any]:
+def _row(output: str, kind: str, job: Any) -> dict[str, Any]:
     history = metrics(output)
     last = next((r for r in reversed(history) if "train/loss" in r), {})
     summary = json.loads(_read(Path(output) / SUMMARY_FILE) or "null")
@@ -121,13 +144,14 @@ def _row(output: str, job: Any) -> dict[str, Any]:
         end = job.end_time / 1000 if job.end_time else None
     else:
         state = "FINISHED" if summary is not None else "INCOMPLETE"  # started elsewhere: its folder is all there is
-        config = folder / CONFIG_FILE
+        config = folder / (SWEEP_FILE if kind == "sweep" else CONFIG_FILE)
         start = config.stat().st_mtime if config.exists() else None
         end = (folder / SUMMARY_FILE).stat().st_mtime if summary is not None else None
     running = job is not None and state not in TERMINAL
     return {
         "output": output,
         "name": folder.name,
+        "kind": kind,
         "job_id": job.submission_id if job is not None else None,
         "state": state,
         "step": history[-1]["step"] if history else None,
@@ -136,7 +160,7 @@ def _row(output: str, job: Any) -> dict[str, Any]:
         "start": start,
         "duration": ((time.time() if running else end or start) - start) if start else None,
         "message": job.message if job is not None and state == "FAILED" else None,
-        "resumable": (folder / CONFIG_FILE).exists() and not running,
+        "resumable": kind != "serve" and any((folder / f).exists() for f in (CONFIG_FILE, SWEEP_FILE)) and not running,
     }
 
 

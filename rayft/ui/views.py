@@ -108,3 +108,24 @@ def export(run_dir: str, output: str, dtype: str | None, max_shard_size: str, ol
     from rayft_core.export import export_model
 
     return str(export_model(run_dir, output, max_shard_size=max_shard_size, dtype=dtype or None, ollama=ollama))
+
+
+def eval_mc(model: str, task_dir: str, n_shot: int, lang: str, split: str) -> dict[str, Any]:
+    """`rayft eval mc`: accuracy per subject, per category and overall (the predictions left out)."""
+    from rayft_core.eval.mc import STYLES, evaluate, load_eval_model, summarize
+    from rayft_core.eval.tasks import load_task
+
+    tasks = load_task(task_dir, split, None)  # bad files stop here, before the model loads
+    loaded, tokenizer = load_eval_model(model, None, None, "auto", "auto")
+    max_len = getattr(loaded.config, "max_position_embeddings", None)
+    summary = summarize(evaluate(loaded, tokenizer, tasks, n_shot, STYLES[lang], 4, max_len))
+    for subject in summary["subjects"].values():
+        subject.pop("predictions")
+    return summary
+
+
+def eval_similarity(predictions: str) -> dict[str, Any]:
+    """`rayft eval similarity`: the mean ROUGE-1/2/L and BLEU-4 of a predictions JSONL (as `rayft infer` writes)."""
+    from rayft_core.eval.similarity import compute_similarity, read_predictions
+
+    return compute_similarity(read_predictions(predictions))

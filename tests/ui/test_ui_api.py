@@ -33,9 +33,10 @@ def test_every_locale_has_every_key_the_page_uses():
         assert set(text) == keys, f"{code}.json: missing {keys - set(text)}, extra {set(text) - keys}"
         assert all(isinstance(v, str) and v for v in text.values()), code
     page = (STATIC / "index.html").read_text()
-    script = (STATIC / "app.js").read_text()
+    script = "".join(p.read_text() for p in STATIC.glob("*.js"))
     used = set(re.findall(r'data-i18n="([^"]+)"', page)) | set(re.findall(r'\bt\("([^"]+)"', script))
     used |= {f"field.{p}" for section in forms.FORM_FIELDS.values() for p in section}
+    used |= {f"field.{p}" for p in forms.SWEEP_FIELDS} | {f"kind.{k}" for k in ("run", "sweep", "serve")}
     used |= {f"section.{s}" for s in forms.FORM_FIELDS} | {f"dataset.{n}" for n in forms.DATASET_FIELDS}
     used |= {f"state.{s}" for s in ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED", "FINISHED", "INCOMPLETE")}
     assert used <= keys, f"used by the page, in no locale: {sorted(used - keys)}"
@@ -121,7 +122,7 @@ def test_a_run_folder_from_the_command_line_is_a_row(tmp_path: Path):
         "".join(json.dumps(m) + "\n" for m in lines) + '{"step": 3, "tra'
     )  # being written
     assert [m["step"] for m in metrics(str(run))] == [1, 2]
-    row = _row(str(run), None)
+    row = _row(str(run), "run", None)
     assert (row["name"], row["state"], row["step"], row["loss"], row["job_id"]) == (
         "cli-run",
         "INCOMPLETE",
@@ -131,4 +132,4 @@ def test_a_run_folder_from_the_command_line_is_a_row(tmp_path: Path):
     )
     assert row["resumable"]
     (run / "summary.json").write_text("{}")
-    assert _row(str(run), None)["state"] == "FINISHED"
+    assert _row(str(run), "run", None)["state"] == "FINISHED"

@@ -29,10 +29,16 @@ def run_row(page, name: str):
 
 
 def wait_state(page, name: str, *states: str, timeout_s: float = 240) -> None:
+    from playwright.sync_api import TimeoutError
+
     words = "|".join(re.escape(page.evaluate(f"t('state.{s}')")) for s in states)
-    run_row(page, name).locator("td.state").filter(has_text=re.compile(f"^({words})$")).wait_for(
-        timeout=timeout_s * 1000
-    )
+    try:
+        run_row(page, name).locator("td.state").filter(has_text=re.compile(f"^({words})$")).wait_for(
+            timeout=timeout_s * 1000
+        )
+    except TimeoutError:  # say where the runs stood, and why a failed one failed
+        failed = page.eval_on_selector_all("#run-table td.state.FAILED", "tds => tds.map(td => td.title)")
+        raise AssertionError(f"{name} not {states}:\n{page.inner_text('#run-table')}\n{failed}") from None
 
 
 def test_configure_launch_watch_stop_resume_chat_export(browser, ui_url, tiny_model, alpaca_file, workdir, tmp_path):

@@ -27,6 +27,7 @@ async function setLanguage(code) {
   localStorage.setItem("rayft-language", code);
   for (const node of document.querySelectorAll("[data-i18n]")) node.textContent = t(node.dataset.i18n);
   if (S.fields) buildForm();
+  if (S.fields && $("sweep").classList.contains("active")) buildSweep();
   renderRuns();
 }
 
@@ -116,7 +117,7 @@ async function check(body) {
 }
 
 function showProblems(problems, summary) {
-  document.querySelectorAll("#configure .error").forEach((n) => (n.textContent = ""));
+  document.querySelectorAll("[id^=err-]").forEach((n) => (n.textContent = ""));
   $("problems").replaceChildren(...problems.map((p) => el("li", {}, p.path ? `${p.path}: ${p.message}` : p.message)));
   for (const p of problems) {
     let path = p.path;
@@ -211,7 +212,7 @@ function renderRuns() {
     if (r.job_id) button("runs.logs", () => { S.logsOf = r; refreshLogs(); });
     if (r.job_id && !["SUCCEEDED", "FAILED", "STOPPED"].includes(r.state)) button("runs.stop", () => api("/api/stop", { job_id: r.job_id }).then(refreshRuns));
     if (r.resumable && r.state !== "SUCCEEDED" && r.state !== "FINISHED") button("runs.resume", () => api("/api/resume", { output: r.output }).then(refreshRuns).catch((e) => alert(e.message)));
-    return el("tr", { "data-output": r.output }, el("td", {}, tick), el("td", { title: r.output }, r.name),
+    return el("tr", { "data-output": r.output }, el("td", {}, tick), el("td", { title: r.output }, r.name, r.kind === "run" ? "" : el("span", { class: "kind" }, ` ${t(`kind.${r.kind}`)}`)),
       el("td", { class: `state ${r.state}`, title: r.message || "" }, t(`state.${r.state}`)), el("td", {}, r.step ?? ""),
       el("td", {}, number(r.loss, 4)), el("td", {}, number(r.tokens_per_s, 0)), el("td", {}, clock(r.start)), el("td", {}, span(r.duration)), actions);
   }));
@@ -299,6 +300,27 @@ $("chat-form").onsubmit = async (e) => {
 };
 $("chat-reset").onclick = () => { S.chat = { a: [], b: [] }; $("conversation-a").replaceChildren(); $("conversation-b").replaceChildren(); };
 
+// ---- evaluate: `rayft eval mc` and `rayft eval similarity`, in this process
+const scoreTable = (header, rows) => el("table", {}, el("tr", {}, ...header.map((h) => el("th", {}, h))), ...rows.map((r) => el("tr", {}, ...r.map((c) => el("td", {}, c)))));
+$("eval-mc-go").onclick = async () => {
+  $("eval-mc-out").textContent = t("eval.working");
+  try {
+    const r = await api("/api/eval/mc", { model: $("eval-model").value.trim(), task_dir: $("eval-task").value.trim(),
+      n_shot: +$("eval-shots").value, lang: $("eval-lang").value, split: $("eval-split").value });
+    const pct = (e) => `${(100 * e.accuracy).toFixed(1)}%`;
+    $("eval-mc-out").replaceChildren(scoreTable([t("eval.subject"), t("eval.questions"), t("eval.accuracy")],
+      [...Object.values(r.subjects).map((s) => [s.name, s.questions, pct(s)]), [t("eval.average"), r.overall.questions, pct(r.overall)]]));
+  } catch (err) { $("eval-mc-out").textContent = err.message; }
+};
+$("eval-sim-go").onclick = async () => {
+  $("eval-sim-out").textContent = t("eval.working");
+  try {
+    const r = await api("/api/eval/similarity", { predictions: $("eval-predictions").value.trim() });
+    const names = Object.keys(r).filter((k) => typeof r[k] === "number" && k !== "rows");
+    $("eval-sim-out").replaceChildren(scoreTable([...names, t("data.rows")], [[...names.map((k) => r[k].toFixed(2)), r.rows]]));
+  } catch (err) { $("eval-sim-out").textContent = err.message; }
+};
+
 // ---- export
 $("export-go").onclick = async () => {
   $("export-result").textContent = t("export.working");
@@ -313,6 +335,7 @@ $("export-go").onclick = async () => {
 function showTab(name) {
   document.querySelectorAll(".tab, #tabs button").forEach((n) => n.classList.toggle("active", n.id === name || n.dataset.tab === name));
   if (name === "runs") refreshRuns();
+  if (name === "sweep") { buildSweep(); refreshSweep().catch(() => {}); }
 }
 document.querySelectorAll("#tabs button").forEach((b) => (b.onclick = () => showTab(b.dataset.tab)));
 setInterval(() => { if ($("runs").classList.contains("active")) refreshRuns().catch(() => {}); }, 2000);

@@ -39,9 +39,12 @@ def ui_command(host: str, port: int, auth: str | None, token: str | None, storag
     """Serve the rayft web app: configure a run from the schema's defaults (its YAML checked live), preview its
     data, launch it as a Ray job on the cluster (it outlives the page and this process), watch the runs' loss curves
     and logs, stop and resume them, chat with a trained model and export it. English, Chinese and Russian."""
-    import uvicorn
+    try:
+        import uvicorn
 
-    from rayft.ui.app import create_app
+        from rayft.ui.app import create_app
+    except ImportError as e:
+        raise UserInputError(f"rayft ui needs FastAPI and uvicorn ({e}): pip install 'rayft[ui]'") from None
     from rayft.ui.runs import Board
 
     if not _loopback(host) and not (auth or token):

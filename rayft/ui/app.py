@@ -47,8 +47,11 @@ def create_app(board: Board, basic: str | None = None, token: str | None = None)
 
 
 async def _bad_input(request: Request, e: Exception) -> JSONResponse:
-    problems = [forms._problem(p) for p in e.problems] if isinstance(e, ConfigError) else []
-    return JSONResponse({"error": str(e), "problems": problems}, status_code=400)
+    """Bad input is a 400 whose problems (a config's, or the checks' "  - ..." lines) the page puts by their fields."""
+    lines = (
+        e.problems if isinstance(e, ConfigError) else [ln[4:] for ln in str(e).splitlines() if ln.startswith("  - ")]
+    )
+    return JSONResponse({"error": str(e), "problems": [forms._problem(p) for p in lines]}, status_code=400)
 
 
 api = APIRouter()
@@ -85,6 +88,16 @@ def check(body: dict[str, Any]) -> dict[str, Any]:
     return forms.check(config=body.get("config"), text=body.get("yaml"))
 
 
+@api.post("/api/validate")
+def validate(body: dict[str, Any]) -> dict[str, Any]:
+    return forms.full_check(body.get("config") or {})
+
+
+@api.get("/api/datasets")
+def datasets(dir: str) -> list[str]:
+    return forms.dataset_names(dir)
+
+
 @api.post("/api/import-llamafactory")
 def import_llamafactory(body: dict[str, Any]) -> dict[str, Any]:
     return forms.import_llamafactory(body.get("yaml", ""))
@@ -96,13 +109,13 @@ def model(path: str) -> dict[str, Any]:
 
 
 @api.post("/api/preview")
-def preview(body: dict[str, Any]) -> dict[str, Any]:
-    return views.preview(body.get("config") or {}, int(body.get("examples", 3)))
+def preview(request: Request, body: dict[str, Any]) -> dict[str, Any]:
+    return views.preview(body.get("config") or {}, int(body.get("examples", 3)), _board(request).remote)
 
 
 @api.get("/api/cluster")
-def cluster() -> dict[str, Any]:
-    return views.cluster()
+def cluster(request: Request) -> dict[str, Any]:
+    return views.cluster(_board(request).remote)
 
 
 @api.get("/api/runs")

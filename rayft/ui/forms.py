@@ -7,9 +7,11 @@ source and cannot disagree.
 
 from __future__ import annotations
 
+import json
 import re
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -170,6 +172,26 @@ def _problem(line: str) -> dict[str, str]:
     if not sep or " " in path:
         return {"path": "", "message": line}
     return {"path": re.sub(r"\[(\d+)\]", r".\1", path), "message": message}
+
+
+def full_check(config: dict) -> dict[str, Any]:
+    """All that `rayft config validate` checks (the model, LoRA targets, datasets and their columns, sizes, packages,
+    the output folder), as `check` words it; a RunCheckError naming every problem otherwise."""
+    from rayft.checks import check_config
+    from rayft_core import ownership
+
+    run = validate_config(config).with_absolute_paths()
+    check_config(run, output=ownership.SWEEP if run.tune else ownership.RUN)
+    return check(config)
+
+
+def dataset_names(directory: str) -> list[str]:
+    """The dataset names of DIRECTORY's dataset_info.json (none when it has none)."""
+    try:
+        info = json.loads((Path(directory) / "dataset_info.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return sorted(info) if isinstance(info, dict) else []
 
 
 def dump(config: dict) -> str:

@@ -6,27 +6,40 @@ engines, `rayft export`.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 from rayft_core.config import validate_config
 from rayft_core.data.inspect import trained_spans
+from rayft_core.errors import UserInputError
 
 HISTOGRAM_BINS = 12
 
 
-def preview(config: dict, examples: int) -> dict[str, Any]:
+def join(remote: bool) -> None:
+    """Join the Ray cluster this process reads on: the UI's own (local) one, or RAY_ADDRESS's for a remote one."""
+    from rayft.cluster import connect
+
+    if remote and not os.environ.get("RAY_ADDRESS"):
+        raise UserInputError(
+            "this tab reads on the cluster itself: start `rayft ui` with RAY_ADDRESS set to the cluster's address "
+            "(HEAD:6379 on its network, or ray://HEAD:10001), besides --address for its jobs"
+        )
+    connect()
+
+
+def preview(config: dict, examples: int, remote: bool = False) -> dict[str, Any]:
     """`rayft data preview` of the run CONFIG: rendered rows as (trained, text) spans, counts per dataset, the
     token-length histogram and the bad rows."""
     from rayft.checks import check_data_inputs
-    from rayft.cluster import connect
     from rayft.data import preview as preview_rows
     from rayft_core.model.loader import load_tokenizer
 
     run = validate_config(config).with_absolute_paths()
     check_data_inputs(run)
-    connect()
+    join(remote)
     rows, report = preview_rows(run, examples)
     tokenizer = load_tokenizer(run.model)
     return {
@@ -64,13 +77,11 @@ def _histogram(lengths: list[int], max_len: int) -> list[dict[str, int]]:
     return [{"from": b * step, "to": min((b + 1) * step - 1, max_len), "rows": c} for b, c in enumerate(counts)]
 
 
-def cluster() -> dict[str, Any]:
+def cluster(remote: bool = False) -> dict[str, Any]:
     """The cluster's CPUs, GPUs and memory: in all, and in use now."""
     import ray
 
-    from rayft.cluster import connect
-
-    connect()
+    join(remote)
     total, free = ray.cluster_resources(), ray.available_resources()
     return {
         key: {"total": total.get(key, 0), "used": total.get(key, 0) - free.get(key, 0)}

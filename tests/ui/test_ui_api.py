@@ -133,3 +133,32 @@ def test_a_run_folder_from_the_command_line_is_a_row(tmp_path: Path):
     assert row["resumable"]
     (run / "summary.json").write_text("{}")
     assert _row(str(run), "run", None)["state"] == "FINISHED"
+
+
+def test_check_everything_gives_the_checks_of_rayft_train(client: TestClient, tiny_model, alpaca_file, tmp_path):
+    config = {
+        "model": {"name_or_path": str(tiny_model())},
+        "data": {"train": [{"path": str(alpaca_file), "format": "alpaca"}], "max_seq_len": 64},
+        "tuning": {"method": "lora", "target": ["q_proj", "no_such_proj"]},
+        "output": {"storage_path": str(tmp_path), "name": "r"},
+    }
+    refused = client.post("/api/validate", json={"config": config})
+    assert refused.status_code == 400 and "the run cannot start" in refused.json()["error"]
+    assert any("no_such_proj" in p["message"] or "no_such_proj" in p["path"] for p in refused.json()["problems"])
+    config["tuning"]["target"] = "all"
+    assert client.post("/api/validate", json={"config": config}).json()["problems"] == []
+
+
+def test_dataset_names_come_from_dataset_info(client: TestClient):
+    examples = Path(__file__).resolve().parents[2] / "examples" / "data"
+    names = client.get("/api/datasets", params={"dir": str(examples)}).json()
+    assert names and names == sorted(json.loads((examples / "dataset_info.json").read_text()))
+    assert client.get("/api/datasets", params={"dir": "/no/such/dir"}).json() == []
+
+
+def test_a_remote_cluster_preview_says_it_needs_ray_address(tiny_model, alpaca_file, tmp_path, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    client = TestClient(create_app(Board("http://127.0.0.1:1", tmp_path, remote=True)))
+    config = {"model": {"name_or_path": str(tiny_model())}, "data": {"train": [{"path": str(alpaca_file)}]}}
+    refused = client.post("/api/preview", json={"config": config})
+    assert refused.status_code == 400 and "RAY_ADDRESS" in refused.json()["error"]

@@ -74,6 +74,8 @@ def test_configure_launch_watch_stop_resume_chat_export(browser, ui_url, tiny_mo
     # keys the form does not show are written in the YAML, and the form follows it
     page.fill("#yaml", page.input_value("#yaml") + f"checkpoint:\n  save_steps: {SAVE_EVERY}\n")
     page.locator("#summary.ok").wait_for()
+    page.click("#validate")  # everything `rayft config validate` checks: the model, targets, data, output folder
+    page.locator("#launch-result").filter(has_text=page.evaluate("t('yaml.checked')")).wait_for(timeout=60_000)
     assert field(page, "train.max_steps").input_value() == str(STEPS)
     assert f"save_steps: {SAVE_EVERY}" in page.input_value("#yaml") and f"name: {name}" in page.input_value("#yaml")
     page.screenshot(path=shots / "configure.png", full_page=True)
@@ -115,9 +117,11 @@ def test_configure_launch_watch_stop_resume_chat_export(browser, ui_url, tiny_mo
     # Chat with the result, streamed
     page.click("[data-tab=chat]")
     page.fill("#chat-model", str(output))
+    page.fill("#chat-model-b", str(tiny_model()))  # and the base beside it, answering the same turn
     page.fill("#chat-input", "what is two plus two?")
     page.click("#chat-form button.primary")
-    page.locator("#conversation-a .assistant").filter(has_text=re.compile(r"\S")).wait_for(timeout=120_000)
+    for side in "ab":
+        page.locator(f"#conversation-{side} .assistant").filter(has_text=re.compile(r"\S")).wait_for(timeout=120_000)
     page.screenshot(path=shots / "chat.png", full_page=True)
 
     # Export it as one model

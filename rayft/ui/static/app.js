@@ -68,6 +68,7 @@ function input(path, field, value, onChange) {
     node.onchange = () => onChange(parseValue(field, node.value.trim()));
   }
   node.id = `field-${path}`;
+  if (/^data\.train\.\d+\.dataset$/.test(path)) node.setAttribute("list", "dataset-names");
   node.title = field.description;
   return node;
 }
@@ -94,7 +95,14 @@ function buildForm() {
   buildDatasets();
 }
 
+async function datasetNames() {
+  const dir = getPath(S.config, "data.dataset_dir") || S.fields.fields["data.dataset_dir"].default;
+  const names = await api(`/api/datasets?dir=${encodeURIComponent(dir)}`).catch(() => []);
+  $("dataset-names").replaceChildren(...names.map((n) => el("option", { value: n })));
+}
+
 function buildDatasets() {
+  datasetNames();
   const names = ["dataset", "path", "format", "ranking", "num_samples"];
   $("dataset-head").replaceChildren(...names.map((n) => el("th", { title: S.fields.fields[`data.train.${n}`].description }, t(`dataset.${n}`))), el("th"));
   const rows = getPath(S.config, "data.train") || [];
@@ -155,6 +163,17 @@ async function readModel() {
     $("model-facts").textContent = t("model.facts", { architecture: m.architecture, parameters: m.parameters.toLocaleString(), layers: m.layers });
   } catch (err) { $("model-facts").textContent = err.message; }
 }
+$("validate").onclick = async () => {
+  $("launch-result").textContent = t("yaml.validating");
+  try {
+    const result = await api("/api/validate", { config: S.config });
+    showProblems(result.problems, result.summary);
+    $("launch-result").textContent = t("yaml.checked");
+  } catch (err) {
+    $("launch-result").textContent = err.problems.length ? "" : err.message;
+    showProblems(err.problems.length ? err.problems : [{ path: "", message: err.message }], "");
+  }
+};
 $("launch").onclick = async () => {
   $("launch-result").textContent = t("run.launching");
   try {
@@ -257,6 +276,7 @@ function drawChart(svg, series, metric) {
 async function refreshLogs() {
   $("logs-title").textContent = t("runs.logs_of", { name: S.logsOf.name });
   $("logs").textContent = (await api(`/api/logs?job_id=${encodeURIComponent(S.logsOf.job_id)}`)).split("\n").slice(-200).join("\n");
+  $("logs").scrollTop = $("logs").scrollHeight; // the newest lines
 }
 $("metric").onchange = refreshChart;
 

@@ -301,7 +301,12 @@ class PpoStage(_RlStage):
 ALGORITHMS: dict[str, dict[str, Any]] = {
     "grpo": {},
     "dr_grpo": {"normalize_std": False, "loss_aggregation": "seq-mean-token-sum-norm"},
-    "dapo": {"clip_eps_high": 0.28, "loss_aggregation": "token-mean", "overlong_buffer": "max_new_tokens / 5"},
+    "dapo": {
+        "clip_eps_high": 0.28,
+        "loss_aggregation": "token-mean",
+        "overlong_buffer": "max_new_tokens / 5",
+        "dynamic_sampling": True,
+    },
     "gspo": {
         "importance_ratio": "sequence",
         "clip_eps": 3e-4,
@@ -322,7 +327,7 @@ class GrpoStage(_RlStage):
         "grpo",
         description="A recipe: it sets the keys below it names, where the stage does not set them. grpo: as the keys "
         "are; dr_grpo: normalize_std false, seq-mean-token-sum-norm; dapo: clip_eps_high 0.28, token-mean, "
-        "overlong_buffer max_new_tokens / 5; gspo: sequence importance ratio, clip 3e-4 / 4e-4, seq-mean-token-mean; "
+        "overlong_buffer max_new_tokens / 5, dynamic_sampling; gspo: sequence importance ratio, clip 3e-4 / 4e-4, seq-mean-token-mean; "
         "rloo, reinforce++, reinforce++_baseline: that advantage.",
     )
     group_size: int = Field(4, description="Responses sampled per prompt (at least 2).")
@@ -332,6 +337,13 @@ class GrpoStage(_RlStage):
         "reinforce++: the score normalised over the whole batch; reinforce++_baseline: minus the group mean first.",
     )
     normalize_std: bool = Field(True, description="GRPO: divide by the group's std (false: Dr. GRPO).")
+    dynamic_sampling: bool = Field(
+        False,
+        description="DAPO's dynamic sampling: a group whose answers all score the same (no advantage) is dropped, and "
+        "the worker's next prompts are answered in its place, for up to dynamic_sampling_rounds more rounds per "
+        "iteration (short after them, the batch is filled with dropped groups). Uses more prompts per iteration.",
+    )
+    dynamic_sampling_rounds: int = Field(3, ge=1, description="With dynamic_sampling: the most refill rounds.")
     kl_coef: float = Field(
         0.04, ge=0, description="Weight of the KL to the reference in the loss (0: no reference pass)."
     )
@@ -364,6 +376,15 @@ class GrpoStage(_RlStage):
                 f"prompt; got {v}"
             )
         return v
+
+    @model_validator(mode="after")
+    def _sampling_needs_a_group_baseline(self) -> GrpoStage:
+        if self.dynamic_sampling and self.advantage == "reinforce++":
+            raise ValueError(
+                "dynamic_sampling drops the groups whose answers all score the same, which have no advantage only "
+                "against their group's mean: use advantage grpo, rloo or reinforce++_baseline with it"
+            )
+        return self
 
 
 StageConfig = Annotated[

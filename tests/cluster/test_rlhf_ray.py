@@ -240,3 +240,5 @@ def test_each_grpo_algorithm_trains_on_the_arithmetic_task(rl: dict, workdir: Pa
     for r in rows:
         for name in METRICS:
             assert name in r and math.isfinite(r[name]), (name, r)
+        if algorithm == "dapo":  # dynamic sampling: the share of groups whose answers scored differently, the rounds
+            assert 0 <= r["rl/informative_groups"] <= 1 and 0 <= r["rl/sampling_rounds"] <= 3, r

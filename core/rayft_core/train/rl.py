@@ -305,6 +305,14 @@ def group_advantages(
     return advantages.flatten()
 
 
+def informative_groups(scores: torch.Tensor, group_size: int, tolerance: float = 1e-6) -> torch.Tensor:
+    """DAPO's dynamic-sampling test (Yu et al. 2025, sec. 3.2), a bool per group: true where its responses' scores
+    differ. A group scored all alike (every answer right, or every one wrong) has zero advantage under a group
+    baseline and teaches nothing; DAPO drops it and samples more prompts in its place."""
+    groups = _groups(scores, group_size)
+    return (groups.max(dim=1).values - groups.min(dim=1).values) > tolerance
+
+
 def rloo_advantages(scores: torch.Tensor, group_size: int) -> torch.Tensor:
     """REINFORCE leave-one-out (Ahmadian et al. 2024): each score minus the mean of the rest of its group [B].
 

@@ -29,6 +29,7 @@ from rayft_core.infer.rollout import Sampling
 from rayft_core.train import rl
 from rayft_core.train.plan import TrainPlan
 from rayft_core.train.rewards import Rewards
+from rayft_core.train.rollout import Groups, dynamic_sampling, generate_everywhere
 from rayft_core.train.session import Report, WorkerSession, begin_micro_step
 from rayft_core.train.stages import STAGES
 from rayft_core.train.step_metrics import MetricWindow, grad_norm_before_step, reported_grad_norm
@@ -85,14 +86,13 @@ def rl_worker(
     since_logged: list[dict[str, float]] = []  # the iterations' metrics since the last record, averaged in it
     with session:
         learner.sync(rollouts, version=session.step, rank=rank)
-        for rows in session.batches(epoch_batches, what="prompts"):
+        batches = session.batches(epoch_batches, what="prompts")
+        for rows in batches:
             step = session.step + 1
-            prompts = [[int(t) for t in p] for p in rows["prompt_input_ids"]]
             metrics = learner.iteration(
                 rollouts,
-                prompts,
-                list(rows["prompt"]),
-                list(rows["reference"]),
+                _groups(rows),
+                lambda: _groups(next(batches, None)),  # DAPO's dynamic sampling: this worker's next prompts
                 sampling,
                 seed=run.train.seed + 1_000_003 * (step - 1),
                 rank=rank,
@@ -109,6 +109,14 @@ def rl_worker(
                 metrics = {}
             session.end_step(metrics)
     session.finish()
+
+
+def _groups(rows: dict[str, Any] | None) -> Groups | None:
+    """A batch of prompt rows as groups yet to be answered."""
+    if rows is None:
+        return None
+    prompts = [[int(t) for t in p] for p in rows["prompt_input_ids"]]
+    return Groups(prompts, [], list(rows["prompt"]), list(rows["reference"]))
 
 
 class Learner:
@@ -143,9 +151,8 @@ class Learner:
     def iteration(
         self,
         rollouts: Rollouts | None,
-        prompts: list[list[int]],
-        questions: list[str],
-        references: list[str | None],
+        groups: Groups,
+        more: Callable[[], Groups | None],
         sampling: Sampling,
         seed: int,
         rank: int,
@@ -153,20 +160,22 @@ class Learner:
     ) -> dict[str, Any]:
         st, n = self.st, self.st.responses_per_prompt
         t0 = time.perf_counter()
-        responses = _generate_everywhere(rollouts, prompts, n, sampling, seed, rank, world_size)
-        t1 = time.perf_counter()
 
-        responses_flat = [r for group in responses for r in group]
-        window = MetricWindow()
-        rows = [(p, r) for p, group in zip(prompts, responses) for r in group]
-        batch = pad_batch(
-            {"input_ids": [p + r for p, r in rows], "labels": [[IGNORE_INDEX] * len(p) + r for p, r in rows]},
-            self.tokenizer.pad_token_id,
-        )
-        batch = {k: v.to(self.device) for k, v in batch.items()}
+        def answer(prompts: list[list[int]], seed: int) -> list[list[list[int]]]:
+            return generate_everywhere(rollouts, prompts, n, sampling, seed, rank, world_size)
+
+        groups.responses = answer(groups.prompts, seed)
+        t1 = time.perf_counter()
+        window, sampled = MetricWindow(), {}
+        self._score(groups, window)  # the rewards logged: those of the answers as sampled
+        if getattr(st, "dynamic_sampling", False):  # its refill rounds count as scoring time
+            args = (n, st.dynamic_sampling_rounds, seed, self.device)
+            groups, sampled = dynamic_sampling(groups, more, answer, lambda g: self._score(g, MetricWindow()), *args)
+
+        responses_flat = [r for group in groups.responses for r in group]
+        batch = self._batch(groups)
         mask = batch["labels"][:, 1:] != IGNORE_INDEX
-        per_response = [q for q in questions for _ in range(n)], [r for r in references for _ in range(n)]
-        scores = self._score(batch, responses_flat, *per_response, window)
+        scores = torch.cat(groups.scores)
         rollout = self._rollout_pass(batch)
         advantages, returns, kl = self._advantages(scores, rollout, mask)
         t2 = time.perf_counter()
@@ -174,7 +183,7 @@ class Learner:
         self._learn(batch, mask, rollout, advantages, returns, window)
         t3 = time.perf_counter()
 
-        metrics = self._metrics(window, rollout, kl, mask, len(responses_flat) * world_size)
+        metrics = self._metrics(window, rollout, kl, mask, len(responses_flat) * world_size) | sampled
         totals = torch.tensor(
             [sum(len(r) for r in responses_flat), int(batch["attention_mask"].sum())],
             dtype=torch.float64,
@@ -253,23 +262,30 @@ class Learner:
         metrics["rl/kl_coef"] = self.kl_ctl.value
         return metrics
 
+    def _batch(self, groups: Groups) -> dict[str, torch.Tensor]:
+        """Each prompt + answer as a padded row on this worker's device, the answer's tokens labelled."""
+        rows = [(p, r) for p, group in zip(groups.prompts, groups.responses) for r in group]
+        batch = pad_batch(
+            {"input_ids": [p + r for p, r in rows], "labels": [[IGNORE_INDEX] * len(p) + r for p, r in rows]},
+            self.tokenizer.pad_token_id,
+        )
+        return {k: v.to(self.device) for k, v in batch.items()}
+
     @torch.no_grad()
-    def _score(
-        self,
-        batch: dict[str, torch.Tensor],
-        responses: list[list[int]],
-        questions: list[str],
-        references: list[str | None],
-        window: MetricWindow,
-    ) -> torch.Tensor:
-        """The reward of each response [N]: the reward model's weighted score plus each function's."""
-        st, total = self.st, torch.zeros(len(responses), dtype=torch.float32, device=self.device)
+    def _score(self, groups: Groups, window: MetricWindow) -> None:
+        """Each answer's reward into groups.scores: the reward model's weighted score plus each function's."""
+        st, n = self.st, self.st.responses_per_prompt
+        responses = [r for group in groups.responses for r in group]
+        total = torch.zeros(len(responses), dtype=torch.float32, device=self.device)
         if self.model.has_reward_model:
+            batch = self._batch(groups)
             model_scores = torch.cat([self.model.reward_scores(b) for b in self._micro_batches(batch)])
             total += st.reward_model_weight * model_scores
             window.add({"reward_model": (float(model_scores.sum()), len(responses))})
         if self.rewards.specs:
             texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
+            questions = [q for q in groups.questions for _ in range(n)]
+            references = [r for r in groups.references for _ in range(n)]
             for name, spec, scores in zip(
                 self.rewards.names, self.rewards.specs, self.rewards(questions, texts, references)
             ):
@@ -278,7 +294,7 @@ class Learner:
         window.add(
             {"reward": (float(total.sum()), len(responses)), "reward_sq": (float((total**2).sum()), len(responses))}
         )
-        return total
+        groups.scores = list(total.split(n))
 
     @torch.no_grad()
     def _rollout_pass(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -355,32 +371,3 @@ class Learner:
         size = self.run.train.micro_batch_size
         for i in range(0, batch["input_ids"].shape[0], size):
             yield {k: v[i : i + size] for k, v in batch.items()}
-
-
-def _generate_everywhere(
-    rollouts: Rollouts | None,
-    prompts: list[list[int]],
-    n: int,
-    sampling: Sampling,
-    seed: int,
-    rank: int,
-    world_size: int,
-) -> list[list[list[int]]]:
-    """Every worker's prompts, answered in one batch per engine: gathered on rank 0, sent back to each worker."""
-    distributed = torch.distributed.is_initialized() and world_size > 1
-    everyone: list[Any] = [None] * world_size
-    if distributed:
-        torch.distributed.all_gather_object(everyone, prompts)
-    else:
-        everyone = [prompts]
-    answers: list[Any] = [None]
-    if rank == 0:
-        flat = rollouts.generate([p for ps in everyone for p in ps], n, sampling, seed)
-        split, at = [], 0
-        for ps in everyone:
-            split.append(flat[at : at + len(ps)])
-            at += len(ps)
-        answers = [split]
-    if distributed:
-        torch.distributed.broadcast_object_list(answers, src=0)
-    return answers[0][rank]

@@ -1,0 +1,119 @@
+"""An RL iteration's rollouts: every learner worker's prompts answered by the engines in one batch, and DAPO's
+dynamic sampling, which keeps only the groups whose answers score differently and samples more prompts for the rest.
+
+Every worker takes part in every generation round (rank 0 holds the engines), so the workers agree on the number of
+rounds; each ends with exactly as many groups as it started with, so every worker runs the same number of micro-steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from rayft_core.infer.rollout import Sampling
+from rayft_core.train import rl
+
+REFILL_SEED = 7_919  # the seed step between a refill round's sampling and the round before it
+
+
+@dataclass
+class Groups:
+    """Prompts with their sampled answers, their rows' text and reference, and (once scored) each answer's score."""
+
+    prompts: list[list[int]]
+    responses: list[list[list[int]]]
+    questions: list[str]
+    references: list[str | None]
+    scores: list[torch.Tensor] = field(default_factory=list)  # one [group_size] tensor per group
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def extend(self, other: Groups) -> None:
+        for name in ("prompts", "responses", "questions", "references", "scores"):
+            getattr(self, name).extend(getattr(other, name))
+
+    def pick(self, indices: list[int]) -> Groups:
+        return Groups(
+            *(
+                [getattr(self, n)[i] for i in indices]
+                for n in ("prompts", "responses", "questions", "references", "scores")
+            )
+        )
+
+
+def generate_everywhere(
+    rollouts: Any, prompts: list[list[int]], n: int, sampling: Sampling, seed: int, rank: int, world_size: int
+) -> list[list[list[int]]]:
+    """Every worker's prompts, answered in one batch per engine: gathered on rank 0, sent back to each worker."""
+    distributed = torch.distributed.is_initialized() and world_size > 1
+    everyone: list[Any] = [None] * world_size
+    if distributed:
+        torch.distributed.all_gather_object(everyone, prompts)
+    else:
+        everyone = [prompts]
+    answers: list[Any] = [None]
+    if rank == 0:
+        flat = rollouts.generate([p for ps in everyone for p in ps], n, sampling, seed) if any(everyone) else []
+        split, at = [], 0
+        for ps in everyone:
+            split.append(flat[at : at + len(ps)])
+            at += len(ps)
+        answers = [split]
+    if distributed:
+        torch.distributed.broadcast_object_list(answers, src=0)
+    return answers[0][rank]
+
+
+def dynamic_sampling(
+    first: Groups,
+    more: Callable[[], Groups | None],
+    answer: Callable[[list[list[int]], int], list[list[list[int]]]],
+    score: Callable[[Groups], None],
+    group_size: int,
+    rounds: int,
+    seed: int,
+    device: torch.device,
+) -> tuple[Groups, dict[str, float]]:
+    """DAPO's dynamic sampling: keep ``first``'s informative groups (rl.informative_groups) and, while a worker has
+    fewer than it started with, answer and score more prompts (``more()``: this worker's next batch, None once its
+    data ran out), at most ``rounds`` rounds. Returns as many groups as ``first`` held, informative ones first (short
+    of them after the last round, the batch is filled with uninformative ones, which add no gradient), and the
+    share of informative groups among those sampled and the rounds taken."""
+    want, pool = len(first), Groups([], [], [], [])
+    pool.extend(first)
+    kept = _informative(first, group_size, offset=0)
+    taken = 0
+    for round_ in range(1, rounds + 1):
+        if not _anyone(len(kept) < want, device):
+            break
+        extra = more() if len(kept) < want else None
+        extra = extra or Groups([], [], [], [])
+        extra.responses = answer(extra.prompts, seed + REFILL_SEED * round_)  # every worker joins every round
+        if len(extra):
+            score(extra)
+        kept += _informative(extra, group_size, offset=len(pool))
+        pool.extend(extra)
+        taken = round_
+    chosen = kept[:want] + [i for i in range(len(pool)) if i not in kept][: max(want - len(kept), 0)]
+    informative = len(kept) / max(len(pool), 1)
+    return pool.pick(chosen), {"rl/informative_groups": informative, "rl/sampling_rounds": float(taken)}
+
+
+def _informative(groups: Groups, group_size: int, offset: int) -> list[int]:
+    if not len(groups):
+        return []
+    flags = rl.informative_groups(torch.cat(groups.scores), group_size)
+    return [offset + i for i, keep in enumerate(flags.tolist()) if keep]
+
+
+def _anyone(flag: bool, device: torch.device) -> bool:
+    """True on every worker when ``flag`` is true on any of them."""
+    if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
+        return flag
+    value = torch.tensor([int(flag)], device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())

@@ -128,7 +128,11 @@ def rollout_group(run: RunConfig, use_gpu: bool, kind: str, pad_token_id: int) -
     from rayft_core.infer.rollout import HFRollout, VLLMRollout
 
     st = run.stage
-    options = dict(num_cpus=st.rollout.cpus_per_engine, num_gpus=engine_gpus(run, use_gpu))
+    # A dead engine is restarted by Ray (on the base alone); the call that found it dead fails the learner group,
+    # which Ray Train restarts from its checkpoint (cluster.max_failures), and its first sync sends the adapter.
+    options = dict(
+        num_cpus=st.rollout.cpus_per_engine, num_gpus=engine_gpus(run, use_gpu), max_restarts=run.cluster.max_failures
+    )
     if kind == "vllm":
         rank = st.init_adapter and json.loads((Path(st.init_adapter) / "adapter_config.json").read_text()).get("r")
         actor = ray.remote(**options)(VLLMRollout)

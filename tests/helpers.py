@@ -152,6 +152,27 @@ def train_through_a_worker_loss(run) -> Path:  # noqa: ANN001 - a RunConfig
     return out
 
 
+def train_killed(run, kill) -> list[Exception]:  # noqa: ANN001 - a RunConfig, and kill(out)
+    """``rayft.train.train(run)`` in a thread while ``kill(out)`` kills a process of it; what the run raised."""
+    import threading
+
+    from rayft.train import train
+
+    errors: list[Exception] = []
+
+    def attempt() -> None:
+        try:
+            train(run)
+        except Exception as e:  # noqa: BLE001 - the killed run must fail; the caller checks how
+            errors.append(e)
+
+    thread = threading.Thread(target=attempt)
+    thread.start()
+    kill(Path(run.output.dir))
+    thread.join(timeout=600)
+    return errors
+
+
 def resumes(out: Path) -> list[dict]:
     """The "resumed" events of a run (events.jsonl)."""
     import json

@@ -51,7 +51,7 @@ async def _bad_input(request: Request, e: Exception) -> JSONResponse:
     lines = (
         e.problems if isinstance(e, ConfigError) else [ln[4:] for ln in str(e).splitlines() if ln.startswith("  - ")]
     )
-    return JSONResponse({"error": str(e), "problems": [forms._problem(p) for p in lines]}, status_code=400)
+    return JSONResponse({"error": str(e), "problems": [forms.split_problem(p) for p in lines]}, status_code=400)
 
 
 api = APIRouter()

@@ -161,12 +161,12 @@ def check(config: dict | None = None, text: str | None = None) -> dict[str, Any]
     return {
         "config": config,
         "yaml": text if text is not None else dump(config),
-        "problems": [_problem(p) for p in problems],
+        "problems": [split_problem(p) for p in problems],
         "summary": summary,
     }
 
 
-def _problem(line: str) -> dict[str, str]:
+def split_problem(line: str) -> dict[str, str]:
     """A problem line split into its key path (list items as data.train.0) and message."""
     path, sep, message = line.partition(": ")
     if not sep or " " in path:

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from rayft_core import ownership
-from rayft_core.config import RunConfig, dump_config, validate_config
+from rayft_core.config import dump_config, validate_config
 from rayft_core.errors import UserInputError
 from rayft_core.train.outputs import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 
@@ -88,7 +88,7 @@ class Board:
 
     def resume(self, output: str) -> dict[str, str]:
         """Launch the run or sweep in OUTPUT again from its last checkpoints, with the config it started with."""
-        text = _read(Path(output) / SWEEP_FILE) or _read(Path(output) / CONFIG_FILE)
+        text = read_or_none(Path(output) / SWEEP_FILE) or read_or_none(Path(output) / CONFIG_FILE)
         if text is None:
             raise UserInputError(f"{output}: no {CONFIG_FILE} or {SWEEP_FILE}, so no rayft run to resume there")
         return self.launch(yaml.safe_load(text), resume=True)
@@ -111,11 +111,11 @@ class Board:
         if self.storage.is_dir():
             folders |= {(str(p.parent), "run") for p in self.storage.glob(f"*/{CONFIG_FILE}")}
             folders |= {(str(p.parent), "sweep") for p in self.storage.glob(f"*/{SWEEP_FILE}")}
-        rows = [_row(output, kind, jobs.get((output, kind))) for output, kind in folders | set(jobs)]
+        rows = [run_row(output, kind, jobs.get((output, kind))) for output, kind in folders | set(jobs)]
         return sorted(rows, key=lambda r: r["start"] or 0, reverse=True)
 
 
-def _read(path: Path) -> str | None:
+def read_or_none(path: Path) -> str | None:
     try:
         return path.read_text()
     except OSError:
@@ -125,7 +125,7 @@ def _read(path: Path) -> str | None:
 def metrics(output: str) -> list[dict[str, Any]]:
     """The run's metrics.jsonl rows so far (a line being written is left for the next read)."""
     rows = []
-    for line in (_read(Path(output) / METRICS_FILE) or "").splitlines():
+    for line in (read_or_none(Path(output) / METRICS_FILE) or "").splitlines():
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
@@ -133,10 +133,10 @@ def metrics(output: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _row(output: str, kind: str, job: Any) -> dict[str, Any]:
+def run_row(output: str, kind: str, job: Any) -> dict[str, Any]:
     history = metrics(output)
     last = next((r for r in reversed(history) if "train/loss" in r), {})
-    summary = json.loads(_read(Path(output) / SUMMARY_FILE) or "null")
+    summary = json.loads(read_or_none(Path(output) / SUMMARY_FILE) or "null")
     folder = Path(output)
     if job is not None:
         state = job.status.value if hasattr(job.status, "value") else str(job.status)
@@ -162,8 +162,3 @@ def _row(output: str, kind: str, job: Any) -> dict[str, Any]:
         "message": job.message if job is not None and state == "FAILED" else None,
         "resumable": kind != "serve" and any((folder / f).exists() for f in (CONFIG_FILE, SWEEP_FILE)) and not running,
     }
-
-
-def load_config(output: str) -> RunConfig | None:
-    text = _read(Path(output) / CONFIG_FILE)
-    return validate_config(yaml.safe_load(text)) if text else None

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from rayft.tune import BEST_YAML, RESULTS_CSV, TRIALS_DIR
-from rayft.ui.runs import SWEEP_FILE, _read, metrics
+from rayft.ui.runs import SWEEP_FILE, metrics, read_or_none
 from rayft_core.errors import UserInputError
 from rayft_core.train.outputs import CONFIG_FILE, SUMMARY_FILE
 
@@ -23,12 +23,12 @@ def sweep_view(directory: str) -> dict[str, Any]:
     """The trials so far (id, values, latest metric, steps, state, run folder), the best of them, and whether the
     sweep has ended (its results.csv written)."""
     folder = Path(directory)
-    started = _read(folder / SWEEP_FILE)
+    started = read_or_none(folder / SWEEP_FILE)
     if started is None:
         raise UserInputError(f"{directory}: no {SWEEP_FILE}, so no rayft sweep there")
     tune = yaml.safe_load(started)["tune"]
     keys, metric, mode = list(tune["space"]), tune["metric"], tune["mode"]
-    final = _read(folder / RESULTS_CSV)
+    final = read_or_none(folder / RESULTS_CSV)
     trials = _final_trials(final, keys, metric) if final else _live_trials(folder / TRIALS_DIR, keys, metric)
     scored = [t for t in trials if t["metric"] is not None]
     best = (min if mode == "min" else max)(scored, key=lambda t: t["metric"]) if scored else None
@@ -39,7 +39,7 @@ def sweep_view(directory: str) -> dict[str, Any]:
         "trials": trials,
         "finished": final is not None,
         "best": best,
-        "best_run": yaml.safe_load(_read(folder / BEST_YAML) or "null"),  # the best trial's run, to train again
+        "best_run": yaml.safe_load(read_or_none(folder / BEST_YAML) or "null"),  # the best trial's run, to train again
     }
 
 
@@ -49,7 +49,7 @@ def _live_trials(trials_dir: Path, keys: list[str], metric: str) -> list[dict[st
         latest[run_dir.name.split(".")[0]] = run_dir
     trials = []
     for trial, run_dir in sorted(latest.items()):
-        raw = yaml.safe_load(_read(run_dir / CONFIG_FILE) or "{}") or {}
+        raw = yaml.safe_load(read_or_none(run_dir / CONFIG_FILE) or "{}") or {}
         history = metrics(str(run_dir))
         scores = [m[metric] for m in history if metric in m]
         trials.append(

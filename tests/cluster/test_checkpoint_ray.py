@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from tests.helpers import (
     kill_a_worker_after_first_checkpoint,
     resumes,
     run_config,
+    train_killed,
     train_through_a_worker_loss,
 )
 
@@ -122,18 +122,7 @@ def test_stopped_run_resumes_and_refuses_another_method(tiny_model, workdir, alp
 
     run = _run(tiny_model, workdir, alpaca_file, "resume", cluster={"num_workers": 2, "max_failures": 0})
     out = Path(run.output.dir)
-    errors: list = []
-
-    def first_attempt():
-        try:
-            train(run)
-        except Exception as e:  # noqa: BLE001 - the killed run must fail; anything else is checked below
-            errors.append(e)
-
-    thread = threading.Thread(target=first_attempt)
-    thread.start()
-    kill_a_worker_after_first_checkpoint(out)
-    thread.join(timeout=600)
+    errors = train_killed(run, kill_a_worker_after_first_checkpoint)
     assert errors and isinstance(errors[0], TrainingFailedError), errors
     done_before = max(r["step"] for r in read_metrics(out))
     assert done_before < STEPS

@@ -242,3 +242,121 @@ def test_each_grpo_algorithm_trains_on_the_arithmetic_task(rl: dict, workdir: Pa
             assert name in r and math.isfinite(r[name]), (name, r)
         if algorithm == "dapo":  # dynamic sampling: the share of groups whose answers scored differently, the rounds
             assert 0 <= r["rl/informative_groups"] <= 1 and 0 <= r["rl/sampling_rounds"] <= 3, r
+
+
+def _failure_run(rl: dict, workdir: Path, name: str, max_failures: int):
+    run = _run(
+        rl,
+        workdir,
+        name,
+        {
+            "name": "grpo",
+            "group_size": 4,
+            "kl_coef": 0.0,
+            "reward_functions": [{"function": f"{rl['rewards']}:first_digit"}, {"function": "number_match"}],
+            "rollout": {"engine": "hf"},
+        },
+        checkpoint={"save_steps": 2},
+    )
+    run.train.max_steps, run.cluster.max_failures = 6, max_failures
+    return run
+
+
+def _kill_after_first_checkpoint(out: Path, process: str) -> None:
+    """SIGKILL the process whose title starts with PROCESS once the run has a checkpoint in storage."""
+    import signal
+    import time
+
+    import psutil
+
+    from tests.helpers import checkpoints
+
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if checkpoints(out) and (out / "checkpoint_manager_snapshot.json").exists():
+            found = [p for p in psutil.process_iter(["cmdline"]) if process in " ".join(p.info["cmdline"] or [])]
+            if found:
+                found[-1].send_signal(signal.SIGKILL)
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"no checkpoint, or no {process}, in time")
+
+
+def _each_iteration_once(out: Path, resumed: int) -> None:
+    from tests.helpers import resumes
+
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4, 5, 6]
+    events = [e for e in resumes(out) if e["event"] == "resumed"]
+    assert len(events) == resumed and all(e["step"] >= 2 for e in events), events
+    assert json.loads((out / "summary.json").read_text())["resumed_from_step"] >= 2
+
+
+def test_grpo_survives_its_rollout_engine_killed(rl: dict, workdir: Path) -> None:
+    """The rollout engine SIGKILLed after the first checkpoint: Ray restarts the engine actor (on the base), the
+    learner group restarts from the checkpoint and sends it the policy adapter, and the run ends with every
+    iteration logged once."""
+    import threading
+
+    from rayft.train import train
+
+    run = _failure_run(rl, workdir, "grpo-engine-killed", max_failures=1)
+    out, result = Path(run.output.dir), {}
+    thread = threading.Thread(target=lambda: result.update(out=train(run)))
+    thread.start()
+    _kill_after_first_checkpoint(out, "ray::HFRollout")
+    thread.join(timeout=600)
+    assert result.get("out") == out, "the run did not finish after the engine was replaced"
+    _each_iteration_once(out, resumed=1)
+
+
+def test_grpo_stopped_by_a_killed_learner_resumes(rl: dict, workdir: Path) -> None:
+    """A learner SIGKILLed with no failures allowed stops the run; `--resume` continues it from its checkpoint (the
+    policy adapter, the optimizer, the KL controller and reward moments, the data position) to the end."""
+    from ray.train import TrainingFailedError
+
+    from rayft.train import train
+    from tests.helpers import train_killed
+
+    run = _failure_run(rl, workdir, "grpo-learner-killed", max_failures=0)
+    out = Path(run.output.dir)
+    errors = train_killed(run, lambda out: _kill_after_first_checkpoint(out, "ray::RayTrainWorker"))
+    assert errors and isinstance(errors[0], TrainingFailedError), errors
+    assert max(r["step"] for r in read_metrics(out)) < 6
+    assert train(run, resume=True) == out
+    _each_iteration_once(out, resumed=1)
+
+
+def test_grpo_with_a_qlora_policy(rl: dict, workdir: Path) -> None:
+    """The learners hold the base in 4-bit NF4 (bitsandbytes) with the LoRA policy on it; the rollout engine
+    generates from the unquantised base with each new adapter; the run trains and its adapter loads on the base."""
+    pytest.importorskip("bitsandbytes")
+    import math
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from rayft.train import train
+    from rayft_core.config import validate_config
+
+    run = _run(
+        rl,
+        workdir,
+        "grpo-qlora",
+        {
+            "name": "grpo",
+            "group_size": 4,
+            "kl_coef": 0.05,
+            "reward_functions": [{"function": f"{rl['rewards']}:first_digit"}, {"function": "number_match"}],
+            "rollout": {"engine": "hf"},
+        },
+    )
+    raw = run.model_dump(mode="json")
+    raw["tuning"]["quantization_bit"], raw["train"]["max_steps"], raw["cluster"]["num_workers"] = 4, 3, 1
+    run = validate_config(raw)
+    out = Path(train(run))
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(math.isfinite(r["train/loss"]) and math.isfinite(r["rl/kl"]) for r in rows), rows
+    assert all(r["perf/rollout_tokens_per_s"] > 0 for r in rows)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(rl["base"]), out)  # an adapter of the base
+    assert any("lora_A" in n for n, _ in model.named_parameters())

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from rayft.cli import main
 from rayft.ui import forms
 from rayft.ui.app import LOCALES, create_app
-from rayft.ui.runs import Board, _row, metrics
+from rayft.ui.runs import Board, metrics, run_row
 from rayft_core.config import RunConfig
 
 STATIC = Path(forms.__file__).parent / "static"
@@ -122,7 +122,7 @@ def test_a_run_folder_from_the_command_line_is_a_row(tmp_path: Path):
         "".join(json.dumps(m) + "\n" for m in lines) + '{"step": 3, "tra'
     )  # being written
     assert [m["step"] for m in metrics(str(run))] == [1, 2]
-    row = _row(str(run), "run", None)
+    row = run_row(str(run), "run", None)
     assert (row["name"], row["state"], row["step"], row["loss"], row["job_id"]) == (
         "cli-run",
         "INCOMPLETE",
@@ -132,7 +132,7 @@ def test_a_run_folder_from_the_command_line_is_a_row(tmp_path: Path):
     )
     assert row["resumable"]
     (run / "summary.json").write_text("{}")
-    assert _row(str(run), "run", None)["state"] == "FINISHED"
+    assert run_row(str(run), "run", None)["state"] == "FINISHED"
 
 
 def test_check_everything_gives_the_checks_of_rayft_train(client: TestClient, tiny_model, alpaca_file, tmp_path):

@@ -9,6 +9,7 @@ const el = (tag, attrs = {}, ...children) => {
   node.append(...children);
   return node;
 };
+const esc = (text) => String(text).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]); // for SVG built as text
 const t = (key, vars = {}) => (S.text[key] || key).replace(/\{(\w+)\}/g, (_, name) => vars[name] ?? "");
 
 async function api(path, body) {
@@ -260,16 +261,16 @@ async function refreshChart() {
 function drawChart(svg, series, metric) {
   const all = series.flatMap((s) => s.points);
   const [W, H, L, B] = [720, 300, 60, 30];
-  if (!all.length) { svg.innerHTML = `<text x="360" y="150" text-anchor="middle">${t("runs.no_points", { metric })}</text>`; return; }
+  if (!all.length) { svg.innerHTML = `<text x="360" y="150" text-anchor="middle">${esc(t("runs.no_points", { metric }))}</text>`; return; }
   const xs = all.map((p) => p[0]), ys = all.map((p) => p[1]);
   const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
   const X = (x) => L + ((x - x0) / (x1 - x0 || 1)) * (W - L - 20), Y = (y) => H - B - ((y - y0) / (y1 - y0 || 1)) * (H - B - 20);
   const axis = `<line x1="${L}" y1="${H - B}" x2="${W - 10}" y2="${H - B}" class="axis"/><line x1="${L}" y1="10" x2="${L}" y2="${H - B}" class="axis"/>`
-    + `<text x="${L}" y="${H - 8}">${x0}</text><text x="${W - 20}" y="${H - 8}" text-anchor="end">${t("runs.step")} ${x1}</text>`
+    + `<text x="${L}" y="${H - 8}">${x0}</text><text x="${W - 20}" y="${H - 8}" text-anchor="end">${esc(t("runs.step"))} ${x1}</text>`
     + `<text x="${L - 4}" y="${H - B}" text-anchor="end">${+y0.toPrecision(4)}</text><text x="${L - 4}" y="20" text-anchor="end">${+y1.toPrecision(4)}</text>`;
   const lines = series.map((s, i) => `<polyline fill="none" stroke="${s.color}" stroke-width="2" points="${s.points.map((p) => `${X(p[0])},${Y(p[1])}`).join(" ")}"/>`
-    + s.points.map((p) => `<circle class="point" cx="${X(p[0])}" cy="${Y(p[1])}" r="2.5" fill="${s.color}"><title>${s.name} ${p[0]}: ${p[1]}</title></circle>`).join("")
-    + `<text x="${W - 20}" y="${24 + 16 * i}" text-anchor="end" fill="${s.color}">${s.name}</text>`).join("");
+    + s.points.map((p) => `<circle class="point" cx="${X(p[0])}" cy="${Y(p[1])}" r="2.5" fill="${s.color}"><title>${esc(s.name)} ${p[0]}: ${p[1]}</title></circle>`).join("")
+    + `<text x="${W - 20}" y="${24 + 16 * i}" text-anchor="end" fill="${s.color}">${esc(s.name)}</text>`).join("");
   svg.innerHTML = axis + lines;
 }
 

@@ -78,18 +78,18 @@ async function refreshSweep() {
 
 function scatter(svg, v, key) {
   const scored = v.trials.filter((tr) => tr.metric != null);
-  if (!scored.length) { svg.innerHTML = `<text x="260" y="150" text-anchor="middle">${t("runs.no_points", { metric: v.metric })}</text>`; return; }
+  if (!scored.length) { svg.innerHTML = `<text x="260" y="150" text-anchor="middle">${esc(t("runs.no_points", { metric: v.metric }))}</text>`; return; }
   const numeric = scored.every((tr) => typeof tr.values[key] === "number");
   const labels = numeric ? null : [...new Set(scored.map((tr) => String(tr.values[key])))];
   const xs = scored.map((tr) => (numeric ? tr.values[key] : labels.indexOf(String(tr.values[key])))), ys = scored.map((tr) => tr.metric);
   const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
   const X = (x) => 60 + ((x - x0) / (x1 - x0 || 1)) * 420, Y = (y) => 260 - ((y - y0) / (y1 - y0 || 1)) * 230;
   const ticks = numeric ? `<text x="60" y="290">${+x0.toPrecision(3)}</text><text x="480" y="290" text-anchor="end">${+x1.toPrecision(3)}</text>`
-    : labels.map((l, i) => `<text x="${X(i)}" y="290" text-anchor="middle">${l}</text>`).join("");
+    : labels.map((l, i) => `<text x="${X(i)}" y="290" text-anchor="middle">${esc(l)}</text>`).join("");
   svg.innerHTML = `<line x1="60" y1="270" x2="500" y2="270" class="axis"/><line x1="60" y1="20" x2="60" y2="270" class="axis"/>${ticks}`
     + `<text x="56" y="264" text-anchor="end">${+y0.toPrecision(4)}</text><text x="56" y="34" text-anchor="end">${+y1.toPrecision(4)}</text>`
-    + `<text x="500" y="16" text-anchor="end">${v.metric} / ${key}</text>`
-    + scored.map((tr, i) => `<circle class="trial" cx="${X(xs[i])}" cy="${Y(ys[i])}" r="5" fill="${v.best && tr.trial === v.best.trial ? "#16a34a" : "#2563eb"}"><title>${tr.trial}: ${tr.metric}</title></circle>`).join("");
+    + `<text x="500" y="16" text-anchor="end">${esc(v.metric)} / ${esc(key)}</text>`
+    + scored.map((tr, i) => `<circle class="trial" cx="${X(xs[i])}" cy="${Y(ys[i])}" r="5" fill="${v.best && tr.trial === v.best.trial ? "#16a34a" : "#2563eb"}"><title>${esc(tr.trial)}: ${tr.metric}</title></circle>`).join("");
 }
 $("sweep-select").onchange = () => { S.sweep = $("sweep-select").value; refreshSweep(); };
 $("sweep-key").onchange = () => scatter($("sweep-chart"), S.sweepView, $("sweep-key").value);

@@ -37,8 +37,9 @@ from rayft_core.errors import UserInputError
 )
 def ui_command(host: str, port: int, auth: str | None, token: str | None, storage: str, address: str | None) -> None:
     """Serve the rayft web app: configure a run from the schema's defaults (its YAML checked live), preview its
-    data, launch it as a Ray job on the cluster (it outlives the page and this process), watch the runs' loss curves
-    and logs, stop and resume them, chat with a trained model and export it. English, Chinese and Russian."""
+    data, launch it or a sweep as a Ray job on the cluster (it outlives the page and this process), watch and compare
+    the runs' curves and logs, stop and resume them, train or serve a sweep's best, chat with a model, evaluate and
+    export it. English, Chinese and Russian. More: docs/ui.md."""
     try:
         import uvicorn
 

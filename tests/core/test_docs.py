@@ -86,7 +86,7 @@ def test_readme_is_short():
 
 
 def test_docs_point_only_inside_the_repository():
-    pages = [REPO / "README.md", REPO / "benchmarks" / "README.md", *sorted(p for p in DOCS.rglob("*") if p.is_file())]
+    pages = [REPO / "README.md", REPO / "benchmarks" / "README.md", *sorted(DOCS.rglob("*.md"))]  # images aside
     found = [
         f"{p.relative_to(REPO)}:{i}: {line.strip()}"
         for p in pages

@@ -30,7 +30,8 @@ def browser():
             pytest.fail(f"the UI tests need a browser on CI: {missing}")
         pytest.skip(missing)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        # no sandbox as root; /tmp instead of a container's small /dev/shm
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
         yield browser
         browser.close()
 

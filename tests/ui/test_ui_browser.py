@@ -89,7 +89,11 @@ def test_configure_launch_watch_stop_resume_chat_export(browser, ui_url, tiny_mo
 
     # Launch: a Ray job; the runs table and the curve follow it live
     page.click("[data-tab=configure]")
-    page.click("#launch")
+    page.click("#launch")  # the checks of `rayft train`, then the job's submission (its folder uploaded)
+    page.wait_for_function(
+        "!['', t('run.launching')].includes(document.getElementById('launch-result').textContent)", timeout=180_000
+    )
+    assert "raysubmit_" in page.inner_text("#launch-result"), page.inner_text("#launch-result")
     page.locator("#runs.tab.active").wait_for()
     wait_state(page, name, "RUNNING")
     page.wait_for_function("document.querySelectorAll('#chart circle.point').length >= 3", timeout=240_000)

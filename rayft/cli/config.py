@@ -8,8 +8,6 @@ from typing import Any
 import click
 
 from rayft.cli._common import load_run, run_config_arguments
-from rayft_core.errors import UserInputError
-from rayft_core.schema import ConfigError
 
 
 @click.group("config")
@@ -120,38 +118,16 @@ def config_import_llamafactory(lf_path: str, output: str | None, overwrite: bool
     """
     from pathlib import Path
 
-    from rayft_core.llamafactory import dump_translation
+    from rayft_core.llamafactory import dump_translation, translate_runnable
     from rayft_core.ownership import check_new_file, write_file_atomically
     from rayft_core.schema import read_yaml
 
     if output:
         check_new_file(output, overwrite, inputs=(lf_path,))
-    translated, notes = _translate_llamafactory(lf_path, read_yaml(lf_path, "LLaMA-Factory YAML"))
+    translated, notes = translate_runnable(read_yaml(lf_path, "LLaMA-Factory YAML"), lf_path)
     text = dump_translation(translated, notes, Path(lf_path).name)
     if output:
         write_file_atomically(output, text)
         click.echo(f"wrote {output}: {len(notes)} key(s) not honoured, listed at its top", err=True)
     else:
         click.echo(text, nl=False)
-
-
-def _translate_llamafactory(lf_path: str, raw: dict) -> tuple[dict, list[str]]:
-    """The rayft config of the LLaMA-Factory YAML LF_PATH (read as RAW) and its notes; a UserInputError
-    naming LF_PATH when it is no such YAML, cannot run as written, or translates into an invalid config."""
-    from rayft_core.config import validate_config
-    from rayft_core.llamafactory import is_error, looks_like_llamafactory, translate
-
-    if not looks_like_llamafactory(raw):
-        raise UserInputError(
-            f"{lf_path}: not a LLaMA-Factory training YAML (no model_name_or_path, dataset, "
-            f"finetuning_type... at the top level)"
-        )
-    translated, notes = translate(raw)
-    errors = [n for n in notes if is_error(n)]
-    if errors:
-        raise UserInputError(f"{lf_path}: cannot run in rayft as written:\n" + "\n".join(f"  - {n}" for n in errors))
-    try:
-        validate_config(translated)
-    except ConfigError as e:
-        raise UserInputError(f"{lf_path}: translated, but {e}") from e
-    return translated, notes

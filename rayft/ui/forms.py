@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from rayft_core.config import RunConfig, validate_config
 from rayft_core.errors import UserInputError
-from rayft_core.schema import ConfigError
+from rayft_core.schema import ConfigError, models_in
 
 # The keys the form shows, by tab section; every other key is set in the YAML beside it.
 FORM_FIELDS = {
@@ -80,18 +80,6 @@ def describe_fields() -> dict[str, Any]:
     }
 
 
-def _models(annotation: Any) -> list[type[BaseModel]]:
-    """The pydantic models an annotation can hold (through Optional, unions, Annotated and lists)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    origin = typing.get_origin(annotation)
-    if origin is typing.Annotated:
-        return _models(typing.get_args(annotation)[0])
-    if origin in (typing.Union, types.UnionType, list):
-        return [m for arg in typing.get_args(annotation) for m in _models(arg)]
-    return []
-
-
 def _field_owners(path: str) -> list[Any]:
     """The pydantic FieldInfos of PATH across every model the path can pass through (a stage's keys live in
     one stage model each; a list's index is skipped)."""
@@ -103,7 +91,8 @@ def _field_owners(path: str) -> list[Any]:
             raise KeyError(path)
         if i == len(parts) - 1:
             return infos
-        owners = [m for info in infos for m in _models(info.annotation)]
+        found = [models_in(info.annotation) for info in infos]
+        owners = [m for f in found for m in (f if isinstance(f, list) else [f] if f else [])]
     raise KeyError(path)
 
 
@@ -201,18 +190,13 @@ def dump(config: dict) -> str:
 def import_llamafactory(text: str) -> dict[str, Any]:
     """A LLaMA-Factory YAML's translation (as `rayft config import-llamafactory` writes it) and the keys not
     honoured; a UserInputError when it is not one or cannot run."""
-    from rayft_core.llamafactory import dump_translation, is_error, looks_like_llamafactory, translate
+    from rayft_core.llamafactory import dump_translation, translate_runnable
 
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise UserInputError(f"not YAML: {e}") from None
-    if not isinstance(raw, dict) or not looks_like_llamafactory(raw):
-        raise UserInputError("not a LLaMA-Factory training YAML (no model_name_or_path, dataset, finetuning_type...)")
-    translated, notes = translate(raw)
-    errors = [n for n in notes if is_error(n)]
-    if errors:
-        raise UserInputError("cannot run in rayft as written: " + "; ".join(errors))
+    translated, notes = translate_runnable(raw, "the imported YAML")
     return {**check(translated), "yaml": dump_translation(translated, notes, "imported.yaml"), "notes": notes}
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -73,17 +72,15 @@ class Board:
         return self._submit(f"serve --model {shlex.quote(str(Path(model).absolute()))}", model, "serve", {})
 
     def _submit(self, command: str, output: str, kind: str, files: dict[str, str]) -> dict[str, str]:
-        folder = Path(tempfile.mkdtemp(prefix="rayft-ui-job-"))
-        try:
+        # the job's working dir: a folder of its own, uploaded at submission, gone with the context
+        with tempfile.TemporaryDirectory(prefix="rayft-ui-job-") as folder:
             for name, text in files.items():
-                (folder / name).write_text(text)
+                (Path(folder) / name).write_text(text)
             job = self.client.submit_job(
                 entrypoint=f"{self.command} {command}",
-                runtime_env={"working_dir": str(folder)},  # uploaded at submission: the folder can go after
+                runtime_env={"working_dir": folder},
                 metadata={RUN_KEY: output, KIND_KEY: kind},
             )
-        finally:
-            shutil.rmtree(folder)
         return {"job_id": job, "output": output, "kind": kind}
 
     def resume(self, output: str) -> dict[str, str]:
@@ -122,10 +119,19 @@ def read_or_none(path: Path) -> str | None:
         return None
 
 
-def metrics(output: str) -> list[dict[str, Any]]:
-    """The run's metrics.jsonl rows so far (a line being written is left for the next read)."""
+def metrics(output: str, tail_bytes: int | None = None) -> list[dict[str, Any]]:
+    """The run's metrics.jsonl rows so far (a line being written is left for the next read); with ``tail_bytes``,
+    only the whole rows within the file's last that many bytes (the runs table, read every 2 s, needs the last)."""
+    try:
+        with open(Path(output) / METRICS_FILE, "rb") as f:
+            size = f.seek(0, 2)
+            start = max(size - tail_bytes, 0) if tail_bytes else 0
+            f.seek(start)
+            lines = f.read().decode("utf-8", errors="replace").splitlines()[1 if start else 0 :]  # cut by the seek
+    except OSError:
+        return []
     rows = []
-    for line in (read_or_none(Path(output) / METRICS_FILE) or "").splitlines():
+    for line in lines:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
@@ -134,7 +140,7 @@ def metrics(output: str) -> list[dict[str, Any]]:
 
 
 def run_row(output: str, kind: str, job: Any) -> dict[str, Any]:
-    history = metrics(output)
+    history = metrics(output, tail_bytes=64 * 1024)
     last = next((r for r in reversed(history) if "train/loss" in r), {})
     summary = json.loads(read_or_none(Path(output) / SUMMARY_FILE) or "null")
     folder = Path(output)

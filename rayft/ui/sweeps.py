@@ -16,6 +16,7 @@ import yaml
 from rayft.tune import BEST_YAML, RESULTS_CSV, TRIALS_DIR
 from rayft.ui.runs import SWEEP_FILE, metrics, read_or_none
 from rayft_core.errors import UserInputError
+from rayft_core.schema import get_key
 from rayft_core.train.outputs import CONFIG_FILE, SUMMARY_FILE
 
 
@@ -55,7 +56,7 @@ def _live_trials(trials_dir: Path, keys: list[str], metric: str) -> list[dict[st
         trials.append(
             {
                 "trial": trial,
-                "values": {k: _get(raw, k) for k in keys},
+                "values": {k: get_key(raw, k) for k in keys},
                 "metric": scores[-1] if scores else None,
                 "steps": history[-1]["step"] if history else None,
                 "state": "finished" if (run_dir / SUMMARY_FILE).exists() else "running",
@@ -82,9 +83,3 @@ def _final_trials(text: str, keys: list[str], metric: str) -> list[dict[str, Any
 
 def _generation(name: str) -> int:
     return int(name.split(".")[1]) if "." in name else 0
-
-
-def _get(raw: dict, dotted: str) -> Any:
-    for part in dotted.split("."):
-        raw = raw.get(part) if isinstance(raw, dict) else None
-    return raw

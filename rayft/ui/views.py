@@ -12,10 +12,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from rayft_core.config import validate_config
-from rayft_core.data.inspect import trained_spans
+from rayft_core.data.inspect import histogram_counts, trained_spans
 from rayft_core.errors import UserInputError
-
-HISTOGRAM_BINS = 12
 
 
 def join(remote: bool) -> None:
@@ -52,7 +50,9 @@ def preview(config: dict, examples: int, remote: bool = False) -> dict[str, Any]
         "tokens_total": report.tokens,
         "packing": report.packing,
         "fill": report.fill,
-        "histogram": _histogram(report.lengths, report.max_seq_len),
+        "histogram": [
+            {"from": lo, "to": hi, "rows": n} for lo, hi, n in histogram_counts(report.lengths, report.max_seq_len, 12)
+        ],
         "bad_rows": [line for d in report.datasets for line in d.shown],
         "bad_total": report.num_bad,
     }
@@ -67,14 +67,6 @@ def _render(tokenizer: Any, row: dict[str, Any]) -> dict[str, Any]:
         spans = trained_spans(tokenizer, ids, labels, row.get("position_ids"))
         parts.append({"part": prefix.rstrip("_") or "input", "tokens": len(ids), "spans": spans})
     return {"dataset": row.get("dataset"), "parts": parts, "reference": row.get("reference")}
-
-
-def _histogram(lengths: list[int], max_len: int) -> list[dict[str, int]]:
-    step = max(1, -(-max_len // HISTOGRAM_BINS))
-    counts = [0] * HISTOGRAM_BINS
-    for n in lengths:
-        counts[min(n // step, HISTOGRAM_BINS - 1)] += 1
-    return [{"from": b * step, "to": min((b + 1) * step - 1, max_len), "rows": c} for b, c in enumerate(counts)]
 
 
 def cluster(remote: bool = False) -> dict[str, Any]:

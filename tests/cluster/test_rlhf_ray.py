@@ -13,7 +13,12 @@ from pathlib import Path
 import pytest
 
 from rayft_core.train.outputs import read_metrics
-from tests.helpers import make_reward_adapter, run_config
+from tests.helpers import (
+    kill_a_worker_after_first_checkpoint,
+    make_reward_adapter,
+    run_config,
+    train_through_a_worker_loss,
+)
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -262,26 +267,6 @@ def _failure_run(rl: dict, workdir: Path, name: str, max_failures: int):
     return run
 
 
-def _kill_after_first_checkpoint(out: Path, process: str) -> None:
-    """SIGKILL the process whose title starts with PROCESS once the run has a checkpoint in storage."""
-    import signal
-    import time
-
-    import psutil
-
-    from tests.helpers import checkpoints
-
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if checkpoints(out) and (out / "checkpoint_manager_snapshot.json").exists():
-            found = [p for p in psutil.process_iter(["cmdline"]) if process in " ".join(p.info["cmdline"] or [])]
-            if found:
-                found[-1].send_signal(signal.SIGKILL)
-                return
-        time.sleep(0.2)
-    raise AssertionError(f"no checkpoint, or no {process}, in time")
-
-
 def _each_iteration_once(out: Path, resumed: int) -> None:
     from tests.helpers import resumes
 
@@ -295,17 +280,8 @@ def test_grpo_survives_its_rollout_engine_killed(rl: dict, workdir: Path) -> Non
     """The rollout engine SIGKILLed after the first checkpoint: Ray restarts the engine actor (on the base), the
     learner group restarts from the checkpoint and sends it the policy adapter, and the run ends with every
     iteration logged once."""
-    import threading
-
-    from rayft.train import train
-
     run = _failure_run(rl, workdir, "grpo-engine-killed", max_failures=1)
-    out, result = Path(run.output.dir), {}
-    thread = threading.Thread(target=lambda: result.update(out=train(run)))
-    thread.start()
-    _kill_after_first_checkpoint(out, "ray::HFRollout")
-    thread.join(timeout=600)
-    assert result.get("out") == out, "the run did not finish after the engine was replaced"
+    out = train_through_a_worker_loss(run, process="ray::HFRollout")
     _each_iteration_once(out, resumed=1)
 
 
@@ -319,7 +295,7 @@ def test_grpo_stopped_by_a_killed_learner_resumes(rl: dict, workdir: Path) -> No
 
     run = _failure_run(rl, workdir, "grpo-learner-killed", max_failures=0)
     out = Path(run.output.dir)
-    errors = train_killed(run, lambda out: _kill_after_first_checkpoint(out, "ray::RayTrainWorker"))
+    errors = train_killed(run, lambda out: kill_a_worker_after_first_checkpoint(out, timeout=300))
     assert errors and isinstance(errors[0], TrainingFailedError), errors
     assert max(r["step"] for r in read_metrics(out)) < 6
     assert train(run, resume=True) == out

@@ -58,17 +58,20 @@ def mark_trained(
     return "".join(parts)
 
 
-def histogram(lengths: Sequence[int], max_len: int, bins: int = 8, width: int = 40) -> str:
-    """Rows per token-length bucket, as bars."""
-    if not lengths:
-        return "(no rows)"
+def histogram_counts(lengths: Sequence[int], max_len: int, bins: int = 8) -> list[tuple[int, int, int]]:
+    """Rows per token-length bucket: (lowest, highest, rows) for ``bins`` equal buckets up to max_len (longer rows
+    count in the last)."""
     step = max(1, -(-max_len // bins))
     counts = [0] * bins
     for n in lengths:
         counts[min(n // step, bins - 1)] += 1
-    top = max(counts)
-    lines = []
-    for b, c in enumerate(counts):
-        lo, hi = b * step, max_len if b == bins - 1 else (b + 1) * step - 1
-        lines.append(f"{lo:>6}-{hi:<6} {'█' * round(width * c / top):<{width}} {c:,}")
-    return "\n".join(lines)
+    return [(b * step, max_len if b == bins - 1 else (b + 1) * step - 1, c) for b, c in enumerate(counts)]
+
+
+def histogram(lengths: Sequence[int], max_len: int, bins: int = 8, width: int = 40) -> str:
+    """Rows per token-length bucket, as bars."""
+    if not lengths:
+        return "(no rows)"
+    buckets = histogram_counts(lengths, max_len, bins)
+    top = max(c for _, _, c in buckets)
+    return "\n".join(f"{lo:>6}-{hi:<6} {'█' * round(width * c / top):<{width}} {c:,}" for lo, hi, c in buckets)

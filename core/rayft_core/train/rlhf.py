@@ -167,13 +167,14 @@ class Learner:
         groups.responses = answer(groups.prompts, seed)
         t1 = time.perf_counter()
         window, sampled = MetricWindow(), {}
-        self._score(groups, window)  # the rewards logged: those of the answers as sampled
+        batch = self._batch(groups)
+        self._score(groups, window, batch)  # the rewards logged: those of the answers as sampled
         if getattr(st, "dynamic_sampling", False):  # its refill rounds count as scoring time
             args = (n, st.dynamic_sampling_rounds, seed, self.device)
             groups, sampled = dynamic_sampling(groups, more, answer, lambda g: self._score(g, MetricWindow()), *args)
+            batch = self._batch(groups)  # the groups kept
 
         responses_flat = [r for group in groups.responses for r in group]
-        batch = self._batch(groups)
         mask = batch["labels"][:, 1:] != IGNORE_INDEX
         scores = torch.cat(groups.scores)
         rollout = self._rollout_pass(batch)
@@ -272,13 +273,14 @@ class Learner:
         return {k: v.to(self.device) for k, v in batch.items()}
 
     @torch.no_grad()
-    def _score(self, groups: Groups, window: MetricWindow) -> None:
-        """Each answer's reward into groups.scores: the reward model's weighted score plus each function's."""
+    def _score(self, groups: Groups, window: MetricWindow, batch: dict[str, torch.Tensor] | None = None) -> None:
+        """Each answer's reward into groups.scores: the reward model's weighted score plus each function's
+        (``batch``: the groups' rows as _batch makes them, when the caller has it already)."""
         st, n = self.st, self.st.responses_per_prompt
         responses = [r for group in groups.responses for r in group]
         total = torch.zeros(len(responses), dtype=torch.float32, device=self.device)
         if self.model.has_reward_model:
-            batch = self._batch(groups)
+            batch = batch if batch is not None else self._batch(groups)
             model_scores = torch.cat([self.model.reward_scores(b) for b in self._micro_batches(batch)])
             total += st.reward_model_weight * model_scores
             window.add({"reward_model": (float(model_scores.sum()), len(responses))})

@@ -57,6 +57,13 @@ async def _bad_input(request: Request, e: Exception) -> JSONResponse:
 api = APIRouter()
 
 
+def _need(body: dict[str, Any], key: str) -> Any:
+    """A request's field; a missing or empty one is a 400 naming it."""
+    if body.get(key) in (None, "", []):
+        raise UserInputError(f"{key}: required (give it in the form)")
+    return body[key]
+
+
 def _board(request: Request) -> Board:
     return request.app.state.board
 
@@ -140,17 +147,17 @@ def launch(request: Request, body: dict[str, Any]) -> dict[str, str]:
 
 @api.post("/api/stop")
 def stop(request: Request, body: dict[str, Any]) -> dict[str, bool]:
-    return {"stopped": _board(request).stop(body["job_id"])}
+    return {"stopped": _board(request).stop(_need(body, "job_id"))}
 
 
 @api.post("/api/resume")
 def resume(request: Request, body: dict[str, Any]) -> dict[str, str]:
-    return _board(request).resume(body["output"])
+    return _board(request).resume(_need(body, "output"))
 
 
 @api.post("/api/serve")
 def serve(request: Request, body: dict[str, Any]) -> dict[str, str]:
-    return _board(request).serve(body["model"])
+    return _board(request).serve(_need(body, "model"))
 
 
 @api.get("/api/sweep")
@@ -165,24 +172,26 @@ def chat(request: Request, body: dict[str, Any]) -> StreamingResponse:
     engines, model_dir = request.app.state.engines, body.get("model") or ""
     engines.load(model_dir)  # a bad folder is a 400 now, not a broken stream later
     params = {k: body[k] for k in ("max_new_tokens", "temperature", "top_p") if k in body}
-    return StreamingResponse(engines.stream(model_dir, body["messages"], params), media_type="text/plain")
+    return StreamingResponse(engines.stream(model_dir, _need(body, "messages"), params), media_type="text/plain")
 
 
 @api.post("/api/eval/mc")
 def eval_mc(body: dict[str, Any]) -> dict[str, Any]:
     n_shot, lang, split = int(body.get("n_shot", 0)), body.get("lang", "en"), body.get("split", "test")
-    return views.eval_mc(body["model"], body["task_dir"], n_shot, lang, split)
+    return views.eval_mc(_need(body, "model"), _need(body, "task_dir"), n_shot, lang, split)
 
 
 @api.post("/api/eval/similarity")
 def eval_similarity(body: dict[str, Any]) -> dict[str, Any]:
-    return views.eval_similarity(body["predictions"])
+    return views.eval_similarity(_need(body, "predictions"))
 
 
 @api.post("/api/export")
 def export(body: dict[str, Any]) -> dict[str, str]:
     dtype, shard = body.get("dtype"), body.get("max_shard_size") or "5GB"
-    return {"output": views.export(body["run_dir"], body["output"], dtype, shard, bool(body.get("ollama")))}
+    return {
+        "output": views.export(_need(body, "run_dir"), _need(body, "output"), dtype, shard, bool(body.get("ollama")))
+    }
 
 
 def _require_auth(app: FastAPI, basic: str | None, token: str | None) -> None:

@@ -162,3 +162,9 @@ def test_a_remote_cluster_preview_says_it_needs_ray_address(tiny_model, alpaca_f
     config = {"model": {"name_or_path": str(tiny_model())}, "data": {"train": [{"path": str(alpaca_file)}]}}
     refused = client.post("/api/preview", json={"config": config})
     assert refused.status_code == 400 and "RAY_ADDRESS" in refused.json()["error"]
+
+
+def test_a_request_missing_a_field_is_a_400_naming_it(client: TestClient):
+    for path, field in (("/api/stop", "job_id"), ("/api/export", "run_dir"), ("/api/eval/similarity", "predictions")):
+        answer = client.post(path, json={})
+        assert answer.status_code == 400 and answer.json()["error"].startswith(f"{field}: required"), answer.text

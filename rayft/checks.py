@@ -18,7 +18,7 @@ from rayft_core.methods import missing_dependencies
 from rayft_core.model.loader import ModelFacts, ModelLoadError, check_model_path
 from rayft_core.ownership import OutputKind
 from rayft_core.schema import get_key
-from rayft_core.stage_config import TEXT
+from rayft_core.stage_base import TEXT
 from rayft_core.train import sequence_parallel
 
 # More workers than any cluster holds: a typo (an extra zero or three), not a plan.

@@ -25,9 +25,9 @@ def _sampler(scripted: dict[str, list[float]], batches: list[Groups]):
     """answer/score/more for dynamic_sampling, the score of each prompt's answers scripted by its question."""
     asked, seeds = [], []
 
-    def answer(prompts, seed):
+    def answer(groups, seed):
         seeds.append(seed)
-        return [[[1], [2]] for _ in prompts]
+        groups.responses = [[[1], [2]] for _ in groups.prompts]
 
     def score(groups):
         groups.scores = [torch.tensor(scripted[q]) for q in groups.questions]
@@ -43,7 +43,7 @@ def test_uniform_groups_are_replaced_by_the_next_prompts_until_the_batch_is_full
     scripted = {"a": [1, 1], "b": [0, 1], "c": [0, 0], "d": [1, 0], "e": [0.2, 0.7], "f": [1, 0]}
     answer, score, more, asked, seeds = _sampler(scripted, [_batch("c", "d"), _batch("e", "f")])
     first = _batch("a", "b")
-    first.responses = answer(first.prompts, 100)
+    answer(first, 100)
     score(first)
     chosen, metrics = dynamic_sampling(first, more, answer, score, N, rounds=3, seed=100, device=torch.device("cpu"))
     assert chosen.questions == ["b", "d"]  # a and c all alike: dropped; one refill round was enough
@@ -56,7 +56,7 @@ def test_short_after_the_last_round_the_batch_is_filled_with_dropped_groups():
     scripted = {"a": [1, 1], "b": [0, 1], "c": [0, 0], "d": [1, 1]}
     answer, score, more, asked, _ = _sampler(scripted, [_batch("c"), _batch("d")])
     first = _batch("a", "b")
-    first.responses = answer(first.prompts, 0)
+    answer(first, 0)
     score(first)
     chosen, metrics = dynamic_sampling(first, more, answer, score, N, rounds=2, seed=0, device=torch.device("cpu"))
     assert chosen.questions == ["b", "a"]  # the informative one first, then the first dropped one
@@ -68,7 +68,7 @@ def test_the_data_running_out_ends_the_rounds_with_what_there_is():
     scripted = {"a": [1, 1], "b": [1, 1]}
     answer, score, more, asked, _ = _sampler(scripted, [])
     first = _batch("a", "b")
-    first.responses = answer(first.prompts, 0)
+    answer(first, 0)
     score(first)
     chosen, metrics = dynamic_sampling(first, more, answer, score, N, rounds=3, seed=0, device=torch.device("cpu"))
     assert chosen.questions == ["a", "b"] and metrics["rl/informative_groups"] == 0.0
@@ -79,7 +79,7 @@ def test_a_full_batch_takes_no_round():
     scripted = {"a": [0, 1], "b": [1, 0]}
     answer, score, more, asked, _ = _sampler(scripted, [_batch("c")])
     first = _batch("a", "b")
-    first.responses = answer(first.prompts, 0)
+    answer(first, 0)
     score(first)
     chosen, metrics = dynamic_sampling(first, more, answer, score, N, rounds=3, seed=0, device=torch.device("cpu"))
     assert chosen.questions == ["a", "b"] and asked == [] and metrics["rl/sampling_rounds"] == 0.0

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from rayft_core.errors import UserInputError
-from rayft_core.stage_config import RewardFunction
+from rayft_core.rl_stage_config import RewardFunction
 from rayft_core.train.rewards import Rewards
 
 

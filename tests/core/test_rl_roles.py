@@ -111,7 +111,7 @@ def test_reward_model_from_another_base_is_refused(tiny_model, reward_adapter, t
 
 
 def test_reward_functions(tmp_path: Path) -> None:
-    from rayft_core.stage_config import RewardFunction
+    from rayft_core.rl_stage_config import RewardFunction
     from rayft_core.train.rewards import Rewards
 
     code = tmp_path / "my_rewards.py"
@@ -131,6 +131,9 @@ def test_reward_functions(tmp_path: Path) -> None:
     scores = rewards(["2+2?", "3+3?"], ["4 it is", "seven"], ["The answer is 4", "6"])
     assert scores == [[1.0, 0.0], [0.0, 0.0], [1.0, 0.0]]
     assert not Rewards([RewardFunction(function=f"{code}:short")]).read_references()
+    trajectory = "<tool_call>print(2 + 2)</tool_call> 4 The answer is 4"
+    last = Rewards([RewardFunction(function="number_match", kwargs={"which": "last"})])
+    assert last(["q"], [trajectory], ["4"]) == [[1.0]] and rewards(["q"], [trajectory], ["4"])[0] == [0.0]
 
     with pytest.raises(UserInputError, match="must return one finite number per completion"):
         Rewards([RewardFunction(function=f"{code}:wrong")])(["a", "b"], ["x", "y"], [None, None])

@@ -10,7 +10,8 @@ from rayft_core.config import DatasetSpec, RunConfig
 from rayft_core.data import IGNORE_INDEX
 from rayft_core.data.collate import padding_value
 from rayft_core.data.registry import DatasetError, check_stage_fit
-from rayft_core.stage_config import PAIR, PROMPT, TAGGED, TEXT, DpoStage, StageConfig, section
+from rayft_core.stage_base import PAIR, PROMPT, TAGGED, TEXT
+from rayft_core.stage_config import DpoStage, StageConfig, section
 from rayft_core.train.dpo import DPO_LOSSES
 from rayft_core.train.rewards import BUILTINS
 from rayft_core.train.rl_stage import RlStage

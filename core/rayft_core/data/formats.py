@@ -27,7 +27,7 @@ from typing import Any
 from rayft_core.config import DatasetSpec
 from rayft_core.data.text import surrogate_path
 from rayft_core.errors import UserInputError
-from rayft_core.stage_config import PROMPT, TEXT, StageSection
+from rayft_core.stage_base import PROMPT, TEXT, StageSection
 
 
 class DataError(UserInputError):

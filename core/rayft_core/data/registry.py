@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from rayft_core.config import DatasetSpec
 from rayft_core.errors import UserInputError
-from rayft_core.stage_config import CONVERSATION, PAIR, PROMPT, TAGGED, TEXT, StageSection
+from rayft_core.stage_base import CONVERSATION, PAIR, PROMPT, TAGGED, TEXT, StageSection
 
 INFO_FILE = "dataset_info.json"
 _IGNORED_ENTRY_KEYS = {"ms_hub_url", "om_hub_url"}  # used only when hf_hub_url or a file is absent (below)

@@ -26,9 +26,14 @@ from rayft_core.data.templates import TEMPLATES, TOOL_TEMPLATES
 _TOOLS_HINT = f"set model.template to one that does ({' or '.join(TOOL_TEMPLATES)}, e.g. `model.template: qwen`)"
 
 
-def _render(
-    tokenizer: Any, messages: list[dict], tools: list[dict] | None, generation_prompt: bool, template_kwargs: dict
+def render(
+    tokenizer: Any,
+    messages: list[dict],
+    tools: list[dict] | None,
+    generation_prompt: bool,
+    template_kwargs: dict | None = None,
 ) -> str:
+    """The text the tokenizer's chat template (its tool-use variant when tools are given) makes of ``messages``."""
     try:
         template, special = _template_of(tokenizer, bool(tools))
         # what apply_chat_template(tokenize=False) does, minus rebuilding its arguments on every call
@@ -37,7 +42,7 @@ def _render(
             tools=tools,
             chat_template=template,
             add_generation_prompt=generation_prompt,
-            **{**special, **template_kwargs},
+            **{**special, **(template_kwargs or {})},
         )[0][0]
     except (TemplateError, TypeError) as e:  # raise_exception in the template, or a type it cannot join
         raise DataError(
@@ -84,15 +89,15 @@ def split_turns(
     tools = (json.loads(tools) if isinstance(tools, str) else tools) or None
     kwargs = template_kwargs or {}
     _check_tools_shown(tokenizer, tools)
-    full = _render(tokenizer, messages, tools, False, kwargs)
-    if tools and full == _render(tokenizer, messages, None, False, kwargs):
+    full = render(tokenizer, messages, tools, False, kwargs)
+    if tools and full == render(tokenizer, messages, None, False, kwargs):
         raise DataError(f"this row has tools but the chat template dropped them from the text; {_TOOLS_HINT}")
     pairs, pos = [], 0
     for k, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prompt = _render(tokenizer, messages[:k], tools, True, kwargs)
-        answer = full if k == len(messages) - 1 else _render(tokenizer, messages[: k + 1], tools, False, kwargs)
+        prompt = render(tokenizer, messages[:k], tools, True, kwargs)
+        answer = full if k == len(messages) - 1 else render(tokenizer, messages[: k + 1], tools, False, kwargs)
         prompt_end, end = len(prompt), _common_prefix_len(answer, full)
         if prompt_end < pos or not full.startswith(prompt) or end <= prompt_end:
             raise DataError(
@@ -198,7 +203,7 @@ def encode_prompts(
         messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
         tools = (json.loads(tools) if isinstance(tools, str) else tools) or None
         _check_tools_shown(tokenizer, tools)
-        texts.append(_render(tokenizer, messages, tools, True, {}))
+        texts.append(render(tokenizer, messages, tools, True, {}))
     ids = [t.ids for t in _tokens(tokenizer, texts)]
     for prompt in ids:
         if len(prompt) > max_len:

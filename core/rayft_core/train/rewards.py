@@ -20,7 +20,7 @@ from typing import Any
 
 from rayft_core.errors import UserInputError
 from rayft_core.plugins import is_reference, load_object, split_reference
-from rayft_core.stage_config import RewardFunction
+from rayft_core.rl_stage_config import RewardFunction
 
 ARGUMENTS = ("prompts", "completions", "references")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -40,12 +40,15 @@ def exact_match(completions: list[str], references: list[str | None], **_: Any) 
 
 
 @builtin
-def number_match(completions: list[str], references: list[str | None], **_: Any) -> list[float]:
-    """1 where the first number in the completion equals the last number in the reference (GSM8K's answer)."""
+def number_match(completions: list[str], references: list[str | None], which: str = "first", **_: Any) -> list[float]:
+    """1 where the completion's first number (``which="last"``: its last, as in a tool-using trajectory, whose
+    calls and results come before the answer) equals the last number in the reference (GSM8K's answer)."""
+    if which not in ("first", "last"):
+        raise UserInputError(f"number_match: which is 'first' or 'last', got {which!r}")
     out = []
     for c, r in zip(completions, references):
         got, want = _NUMBER.findall(c), _NUMBER.findall(r or "")
-        out.append(float(bool(got and want) and float(got[0]) == float(want[-1])))
+        out.append(float(bool(got and want) and float(got[0 if which == "first" else -1]) == float(want[-1])))
     return out
 
 

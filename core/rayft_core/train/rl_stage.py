@@ -4,6 +4,7 @@ rayft_core.train.rlhf."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,7 @@ class RlStage(Stage):
             references.append(messages[-1]["content"] if answered else None)
             conversations.append(messages[:-1] if answered else messages)
         ids = encode_prompts(
-            tokenizer, conversations, run.data.max_seq_len - run.stage.max_new_tokens, [r.get("tools") for r in rows]
+            tokenizer, conversations, run.data.max_seq_len - run.stage.max_new_tokens, _tools(rows, run)
         )
         prompts = [next((m["content"] for m in reversed(c) if m["role"] == "user"), "") for c in conversations]
         return {
@@ -56,13 +57,15 @@ class RlStage(Stage):
         return plan_steps * run.stage.ppo_epochs  # one optimizer step per pass over each rollout batch
 
     def check(self, run: RunConfig, model: ModelFacts) -> list[str]:
-        """The rewards load and fit this base; the initial adapter is one."""
+        """The rewards and tools load and fit this base; the initial adapter is one."""
+        from rayft_core.train.agent import Tools
         from rayft_core.train.rewards import Rewards
         from rayft_core.train.rl_model import check_reward_model, is_adapter
 
         st, problems = run.stage, []
         try:
             Rewards(st.reward_functions)  # each function found, importable, and taking what it will be given
+            Tools(getattr(st, "tools", []))  # each tool found and described to the model
         except UserInputError as e:
             problems.append(str(e))
         if st.reward_model and not Path(st.reward_model).is_dir():
@@ -77,6 +80,18 @@ class RlStage(Stage):
                 f"stage.init_adapter: {st.init_adapter} is not a LoRA adapter (adapter_config.json missing)"
             )
         return problems
+
+
+def _tools(rows: list[dict], run: RunConfig) -> list[list[dict] | None]:
+    """Each row's tools for its prompt: its own, and the stage's (stage.tools), which the model may call."""
+    stage_tools = getattr(run.stage, "tools", None)
+    if not stage_tools:
+        return [r.get("tools") for r in rows]
+    from rayft_core.train.agent import Tools
+
+    described = Tools(stage_tools).descriptions
+    own = [json.loads(r["tools"]) if isinstance(r.get("tools"), str) else r.get("tools") or [] for r in rows]
+    return [tools + described for tools in own]
 
 
 PPO, GRPO = RlStage("ppo"), RlStage("grpo")

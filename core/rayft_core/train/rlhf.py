@@ -27,9 +27,10 @@ from rayft_core.data import IGNORE_INDEX
 from rayft_core.data.collate import pad_batch
 from rayft_core.infer.rollout import Sampling
 from rayft_core.train import rl
+from rayft_core.train.agent import Agent, Tools
 from rayft_core.train.plan import TrainPlan
 from rayft_core.train.rewards import Rewards
-from rayft_core.train.rollout import Groups, dynamic_sampling, generate_everywhere
+from rayft_core.train.rollout import Groups, anyone, dynamic_sampling, generate_everywhere
 from rayft_core.train.session import Report, WorkerSession, begin_micro_step
 from rayft_core.train.stages import STAGES
 from rayft_core.train.step_metrics import MetricWindow, grad_norm_before_step, reported_grad_norm
@@ -77,12 +78,11 @@ def rl_worker(
     session.setup(STAGES[run.stage.name])
     learner = Learner(run, session, Rewards(run.stage.reward_functions), session.state.stage_state)
     session.stage_state = learner.state
-    sampling = Sampling(
-        run.stage.max_new_tokens,
-        run.stage.temperature,
-        run.stage.top_p,
-        stop_token_ids(session.tokenizer, run.model.name_or_path),
-    )
+    stop_ids = stop_token_ids(session.tokenizer, run.model.name_or_path)
+    sampling = Sampling(run.stage.max_new_tokens, run.stage.temperature, run.stage.top_p, stop_ids)
+    if getattr(run.stage, "tools", None):
+        tools = Tools(run.stage.tools, run.stage.max_tool_output)
+        learner.agent = Agent(session.tokenizer, tools, stop_ids, run.stage.max_turns, run.data.max_seq_len)
     since_logged: list[dict[str, float]] = []  # the iterations' metrics since the last record, averaged in it
     with session:
         learner.sync(rollouts, version=session.step, rank=rank)
@@ -134,6 +134,7 @@ class Learner:
         )
         self.kl_ctl.value = saved.get("kl_coef", self.kl_ctl.value)
         self.moments = rl.RunningMoments(*saved.get("reward_moments", ()))
+        self.agent: Agent | None = None  # with stage.tools: multi-turn rollouts
 
     def state(self) -> dict[str, Any]:
         return {"kl_coef": self.kl_ctl.value, "reward_moments": self.moments.state}
@@ -161,17 +162,19 @@ class Learner:
         st, n = self.st, self.st.responses_per_prompt
         t0 = time.perf_counter()
 
-        def answer(prompts: list[list[int]], seed: int) -> list[list[list[int]]]:
+        window, sampled = MetricWindow(), {}
+
+        def generate(prompts: list[list[int]], n: int, seed: int) -> list[list[list[int]]]:
             return generate_everywhere(rollouts, prompts, n, sampling, seed, rank, world_size)
 
-        groups.responses = answer(groups.prompts, seed)
+        self._answer(groups, generate, seed, window)
         t1 = time.perf_counter()
-        window, sampled = MetricWindow(), {}
         batch = self._batch(groups)
         self._score(groups, window, batch)  # the rewards logged: those of the answers as sampled
         if getattr(st, "dynamic_sampling", False):  # its refill rounds count as scoring time
+            refill = lambda g, seed: self._answer(g, generate, seed, MetricWindow())  # noqa: E731
             args = (n, st.dynamic_sampling_rounds, seed, self.device)
-            groups, sampled = dynamic_sampling(groups, more, answer, lambda g: self._score(g, MetricWindow()), *args)
+            groups, sampled = dynamic_sampling(groups, more, refill, lambda g: self._score(g, MetricWindow()), *args)
             batch = self._batch(groups)  # the groups kept
 
         responses_flat = [r for group in groups.responses for r in group]
@@ -186,9 +189,7 @@ class Learner:
 
         metrics = self._metrics(window, rollout, kl, mask, len(responses_flat) * world_size) | sampled
         totals = torch.tensor(
-            [sum(len(r) for r in responses_flat), int(batch["attention_mask"].sum())],
-            dtype=torch.float64,
-            device=self.device,
+            [int(mask.sum()), int(batch["attention_mask"].sum())], dtype=torch.float64, device=self.device
         )
         if torch.distributed.is_initialized():
             torch.distributed.all_reduce(totals)
@@ -206,13 +207,29 @@ class Learner:
         )
         return metrics
 
+    def _answer(self, groups: Groups, generate: Callable, seed: int, window: MetricWindow) -> None:
+        """Fill groups.responses: one turn each, or with tools trajectories of turns and tool results."""
+        n = self.st.responses_per_prompt
+        if self.agent is None:
+            groups.responses = generate(groups.prompts, n, seed)
+            return
+        room = self.st.max_new_tokens
+        trajectories = self.agent.rollout(groups.prompts, n, seed, generate, lambda f: anyone(f, self.device), room)
+        groups.responses = [[t.ids for t in group] for group in trajectories]
+        groups.trained = [[t.trained for t in group] for group in trajectories]
+        flat = [t for group in trajectories for t in group]
+        window.add(
+            {"tool_calls": (sum(t.calls for t in flat), len(flat)), "turns": (sum(t.turns for t in flat), len(flat))}
+        )
+
     def _advantages(
         self, scores: torch.Tensor, rollout: dict[str, torch.Tensor], mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Per-token advantages, the returns (PPO's value targets) and the KL (PPO's, in the reward)."""
         st = self.st
-        if st.overlong_buffer:  # DAPO's length shaping, part of the reward
-            scores = scores + rl.overlong_penalty(mask.sum(dim=1), st.max_new_tokens, st.overlong_buffer)
+        if st.overlong_buffer:  # DAPO's length shaping, part of the reward (all of a trajectory's turns together)
+            longest = st.max_new_tokens * (st.max_turns if getattr(st, "tools", None) else 1)
+            scores = scores + rl.overlong_penalty(mask.sum(dim=1), longest, st.overlong_buffer)
         if getattr(st, "normalize_reward", False):
             scores = rl.normalize_rewards(scores, self.moments, st.reward_clip)
         elif st.reward_clip:
@@ -264,12 +281,10 @@ class Learner:
         return metrics
 
     def _batch(self, groups: Groups) -> dict[str, torch.Tensor]:
-        """Each prompt + answer as a padded row on this worker's device, the answer's tokens labelled."""
-        rows = [(p, r) for p, group in zip(groups.prompts, groups.responses) for r in group]
-        batch = pad_batch(
-            {"input_ids": [p + r for p, r in rows], "labels": [[IGNORE_INDEX] * len(p) + r for p, r in rows]},
-            self.tokenizer.pad_token_id,
-        )
+        """Each prompt + answer as a padded row on this worker's device, the model's tokens of the answer labelled
+        (not the tool results in a trajectory)."""
+        input_ids, labels = groups.rows()
+        batch = pad_batch({"input_ids": input_ids, "labels": labels}, self.tokenizer.pad_token_id)
         return {k: v.to(self.device) for k, v in batch.items()}
 
     @torch.no_grad()

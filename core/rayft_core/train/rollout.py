@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from rayft_core.data import IGNORE_INDEX
 from rayft_core.infer.rollout import Sampling
 from rayft_core.train import rl
 
@@ -21,28 +22,40 @@ REFILL_SEED = 7_919  # the seed step between a refill round's sampling and the r
 
 @dataclass
 class Groups:
-    """Prompts with their sampled answers, their rows' text and reference, and (once scored) each answer's score."""
+    """Prompts with their sampled answers, their rows' text and reference, and (once scored) each answer's score.
+    With tools an answer is a trajectory, and ``trained`` says which of its ids are the model's (the rest are tool
+    results, not trained on); without, it is empty and every id is the model's."""
 
     prompts: list[list[int]]
     responses: list[list[list[int]]]
     questions: list[str]
     references: list[str | None]
     scores: list[torch.Tensor] = field(default_factory=list)  # one [group_size] tensor per group
+    trained: list[list[list[bool]]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.prompts)
 
+    def rows(self) -> tuple[list[list[int]], list[list[int]]]:
+        """Each prompt + answer as input ids, and its labels: the model's tokens of the answer (not a trajectory's
+        tool results, nor the prompt, which are IGNORE_INDEX)."""
+        pairs = [(p, r) for p, group in zip(self.prompts, self.responses) for r in group]
+        trained = [m for group in self.trained for m in group] or [None] * len(pairs)
+        labels = [
+            [IGNORE_INDEX] * len(p) + (r if m is None else [t if keep else IGNORE_INDEX for t, keep in zip(r, m)])
+            for (p, r), m in zip(pairs, trained)
+        ]
+        return [p + r for p, r in pairs], labels
+
     def extend(self, other: Groups) -> None:
-        for name in ("prompts", "responses", "questions", "references", "scores"):
+        for name in _FIELDS:
             getattr(self, name).extend(getattr(other, name))
 
     def pick(self, indices: list[int]) -> Groups:
-        return Groups(
-            *(
-                [getattr(self, n)[i] for i in indices]
-                for n in ("prompts", "responses", "questions", "references", "scores")
-            )
-        )
+        return Groups(*([getattr(self, n)[i] for i in indices] if getattr(self, n) else [] for n in _FIELDS))
+
+
+_FIELDS = ("prompts", "responses", "questions", "references", "scores", "trained")
 
 
 def generate_everywhere(
@@ -71,7 +84,7 @@ def generate_everywhere(
 def dynamic_sampling(
     first: Groups,
     more: Callable[[], Groups | None],
-    answer: Callable[[list[list[int]], int], list[list[list[int]]]],
+    answer: Callable[[Groups, int], None],
     score: Callable[[Groups], None],
     group_size: int,
     rounds: int,
@@ -79,7 +92,7 @@ def dynamic_sampling(
     device: torch.device,
 ) -> tuple[Groups, dict[str, float]]:
     """DAPO's dynamic sampling: keep ``first``'s informative groups (rl.informative_groups) and, while a worker has
-    fewer than it started with, answer and score more prompts (``more()``: this worker's next batch, None once its
+    fewer than it started with, answer (``answer(groups, seed)`` fills their responses) and score more prompts (``more()``: this worker's next batch, None once its
     data ran out), at most ``rounds`` rounds. Returns as many groups as ``first`` held, informative ones first (short
     of them after the last round, the batch is filled with uninformative ones, which add no gradient), and the
     share of informative groups among those sampled and the rounds taken."""
@@ -88,11 +101,11 @@ def dynamic_sampling(
     kept = _informative(first, group_size, offset=0)
     taken = 0
     for round_ in range(1, rounds + 1):
-        if not _anyone(len(kept) < want, device):
+        if not anyone(len(kept) < want, device):
             break
         extra = more() if len(kept) < want else None
         extra = extra or Groups([], [], [], [])
-        extra.responses = answer(extra.prompts, seed + REFILL_SEED * round_)  # every worker joins every round
+        answer(extra, seed + REFILL_SEED * round_)  # every worker joins every round
         if len(extra):
             score(extra)
         kept += _informative(extra, group_size, offset=len(pool))
@@ -110,7 +123,7 @@ def _informative(groups: Groups, group_size: int, offset: int) -> list[int]:
     return [offset + i for i, keep in enumerate(flags.tolist()) if keep]
 
 
-def _anyone(flag: bool, device: torch.device) -> bool:
+def anyone(flag: bool, device: torch.device) -> bool:
     """True on every worker when ``flag`` is true on any of them."""
     if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
         return flag

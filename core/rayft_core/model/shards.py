@@ -237,7 +237,7 @@ def save_partitioned(module: nn.Module, out: str | Path | None, rank: int, max_s
             module.save_pretrained(out, state_dict=state, safe_serialization=True)
         return
     write_partitioned_model(lm, out, rank, max_shard_size)
-    if lm is module:
+    if lm is module or not hasattr(module, "save_head"):  # an RL model's other roles are not its output
         return
     head = [(n, p) for n, p in module.named_parameters() if not n.startswith("lm.")]
     with gathered([p for _, p in head]):

@@ -8,11 +8,15 @@
 - reference: the base with the adapters disabled (PEFT's disable_adapter).
 
 So the base is held once, where four separate models would hold it four times.
+
+A full-parameter policy (tuning.method full) is the base itself, trained whole: the reference is then a separate
+frozen copy of the base (sharded like the policy under ZeRO-3), and the reward a full reward model or functions.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import tempfile
 from collections.abc import Iterator
@@ -25,10 +29,10 @@ from torch import nn
 from rayft_core.config import RunConfig
 from rayft_core.errors import UserInputError
 from rayft_core.model.value_head import VALUE_HEAD_FILE, ValueHeadModel, hidden_size_of, load_value_head
-from rayft_core.model.zero3 import gathered
+from rayft_core.model.zero3 import gathered, shape
 from rayft_core.train.losses import decoder_hidden, labelled_entropy, labelled_logps
 
-POLICY, REWARD = "default", "reward"
+POLICY, REWARD, BEHAVIOUR = "default", "reward", "behaviour"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")  # what PEFT needs to load an adapter
 
 
@@ -99,12 +103,20 @@ class RlModel(nn.Module):
         value_head: nn.Linear | None,
         reward_head: nn.Linear | None,
         reward_model: ValueHeadModel | None,
+        reference: nn.Module | None = None,
     ):
         super().__init__()
         self.lm, self.value_head, self.reward_head, self.reward_model = lm, value_head, reward_head, reward_model
+        self.reference = reference  # a full-parameter policy's frozen base; None: the base under the adapters
+
+    @property
+    def full(self) -> bool:
+        """The policy is the whole model (no adapter)."""
+        return not hasattr(self.lm, "peft_config")
 
     @classmethod
-    def build(cls, base: nn.Module, run: RunConfig) -> RlModel:
+    def build(cls, base: nn.Module, run: RunConfig, reference: nn.Module | None = None) -> RlModel:
+        """The roles on ``base``; ``reference``: a frozen copy of the base, for a full-parameter policy."""
         from peft import PeftModel
 
         from rayft_core.model.adapters import apply_tuning
@@ -126,12 +138,22 @@ class RlModel(nn.Module):
             reward_model = load_reward_model(st.reward_model, dtype=next(base.parameters()).dtype)[0].requires_grad_(
                 False
             )
+        if st.rollout.mode == "async":  # the policy one update ago, which sampled the answers being learned from
+            lm.add_adapter(BEHAVIOUR, copy.deepcopy(lm.peft_config[POLICY]))
+            lm.set_adapter(POLICY)
         value_head = None
         if st.value_head:
             value_head = nn.Linear(size, 1)
             nn.init.normal_(value_head.weight, std=1 / (size + 1))
             nn.init.zeros_(value_head.bias)
-        return cls(lm, value_head, reward_head, reward_model)
+        if reference is not None:
+            reference.requires_grad_(False)
+        model = cls(lm, value_head, reward_head, reward_model, reference)
+        if st.rollout.mode == "async":
+            for _, behaviour in model._policy_and_behaviour():
+                behaviour.requires_grad_(False)
+            model.keep_behaviour()
+        return model
 
     def forward_policy(
         self, batch: dict[str, torch.Tensor], entropy: bool = False
@@ -147,9 +169,34 @@ class RlModel(nn.Module):
 
     @torch.no_grad()
     def reference_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.reference is not None:
+            base, hidden = decoder_hidden(self.reference, batch)
+            return labelled_logps(base, hidden, batch["labels"])[0]
         with self.lm.disable_adapter():
             base, hidden = decoder_hidden(self.lm, batch)
             return labelled_logps(base, hidden, batch["labels"])[0]
+
+    def _policy_and_behaviour(self) -> list[tuple[nn.Parameter, nn.Parameter]]:
+        named = dict(self.lm.named_parameters())
+        return [(p, named[n.replace(f".{POLICY}.", f".{BEHAVIOUR}.")]) for n, p in named.items() if f".{POLICY}." in n]
+
+    @torch.no_grad()
+    def keep_behaviour(self) -> None:
+        """The behaviour adapter becomes the policy as it is now (under ZeRO-3 each rank copies its partition:
+        the two adapters' parameters have the same shapes, so they are split alike)."""
+        for policy, behaviour in self._policy_and_behaviour():
+            if hasattr(policy, "ds_tensor"):
+                behaviour.ds_tensor.copy_(policy.ds_tensor)
+            else:
+                behaviour.data.copy_(policy.data)
+
+    @torch.no_grad()
+    def behaviour_logps(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p(token) of every response token under the behaviour adapter, and each position's entropy."""
+        with self._active(BEHAVIOUR):
+            base, hidden = decoder_hidden(self.lm, batch)
+            logps, keep = labelled_logps(base, hidden, batch["labels"])
+            return logps, labelled_entropy(base, hidden, keep)
 
     @property
     def has_reward_model(self) -> bool:
@@ -189,12 +236,35 @@ class RlModel(nn.Module):
                 self.lm.save_pretrained(d, selected_adapters=[POLICY], save_embedding_layers=False)
                 return {name: (Path(d) / name).read_bytes() for name in ADAPTER_FILES}
 
+    def policy_weights(
+        self, rank: int, group_bytes: int = 256 * 2**20
+    ) -> Iterator[tuple[list[tuple[str, torch.Tensor]], bool]]:
+        """A full-parameter policy's weights, a group of parameters of at most ``group_bytes`` at a time (under
+        ZeRO-3 gathered group by group; every rank takes part), as (name, CPU tensor) on rank 0 (empty elsewhere):
+        what the rollout engines load after an update, without the model ever being whole in one message; and
+        whether the group is the last."""
+        group: list[tuple[str, nn.Parameter]] = []
+        size = 0
+        params = list(self.lm.named_parameters())
+        for i, (name, p) in enumerate(params):
+            group.append((name, p))
+            size += shape(p).numel() * p.element_size()
+            if size >= group_bytes or i == len(params) - 1:
+                with gathered([q for _, q in group]):
+                    weights = [(n, q.detach().to("cpu", copy=True)) for n, q in group] if rank == 0 else []
+                yield weights, i == len(params) - 1
+                group, size = [], 0
+
     def save_pretrained(
         self, out: str | Path, state_dict: dict[str, torch.Tensor] | None = None, **kwargs: Any
     ) -> None:
         """The run's output: the policy adapter alone (the reward adapter is an input, the value head a
-        training aid), loadable with PeftModel.from_pretrained like any SFT adapter."""
+        training aid), loadable with PeftModel.from_pretrained like any SFT adapter; a full-parameter policy as a
+        whole model."""
         lm_state = (
             {k.removeprefix("lm."): v for k, v in state_dict.items() if k.startswith("lm.")} if state_dict else None
         )
-        self.lm.save_pretrained(out, state_dict=lm_state, selected_adapters=[POLICY], **kwargs)
+        if self.full:
+            self.lm.save_pretrained(out, state_dict=lm_state, **kwargs)
+        else:
+            self.lm.save_pretrained(out, state_dict=lm_state, selected_adapters=[POLICY], **kwargs)

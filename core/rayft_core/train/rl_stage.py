@@ -51,7 +51,9 @@ class RlStage(Stage):
         from rayft_core.train.preference import without_dropout
         from rayft_core.train.rl_model import RlModel
 
-        return RlModel.build(without_dropout(load_model(run, tokenizer)), run)
+        # a full-parameter policy trains the base itself: the reference is a frozen copy of it
+        reference = None if run.tuning.trains_adapter else without_dropout(load_model(run, tokenizer))
+        return RlModel.build(without_dropout(load_model(run, tokenizer)), run, reference)
 
     def scheduler_steps(self, run: RunConfig, plan_steps: int) -> int:
         return plan_steps * run.stage.ppo_epochs  # one optimizer step per pass over each rollout batch

@@ -1,5 +1,6 @@
-"""An RL iteration's rollouts: every learner worker's prompts answered by the engines in one batch, and DAPO's
-dynamic sampling, which keeps only the groups whose answers score differently and samples more prompts for the rest.
+"""An RL iteration's rollouts: every learner worker's prompts answered by the engines in one batch (at once, or
+started now and collected later: asynchronous rollouts), and DAPO's dynamic sampling, which keeps only the groups
+whose answers score differently and samples more prompts for the rest.
 
 Every worker takes part in every generation round (rank 0 holds the engines), so the workers agree on the number of
 rounds; each ends with exactly as many groups as it started with, so every worker runs the same number of micro-steps.
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -58,27 +59,82 @@ class Groups:
 _FIELDS = ("prompts", "responses", "questions", "references", "scores", "trained")
 
 
-def generate_everywhere(
-    rollouts: Any, prompts: list[list[int]], n: int, sampling: Sampling, seed: int, rank: int, world_size: int
-) -> list[list[list[int]]]:
-    """Every worker's prompts, answered in one batch per engine: gathered on rank 0, sent back to each worker."""
-    distributed = torch.distributed.is_initialized() and world_size > 1
+class Rollouts(Protocol):
+    """The rollout group as rank 0 of the learners sees it."""
+
+    def submit(self, prompts: list[list[int]], n: int, sampling: Sampling, seed: int) -> Any:
+        """Start answering: n responses per prompt, split between the engines; a handle for collect."""
+
+    def collect(self, handle: Any) -> list[list[list[int]]]:
+        """The answers of a submit, [prompt][sample] -> token ids, once the engines have them."""
+
+    def load_adapter(self, version: int, files: dict[str, bytes], wait: bool = True) -> float:
+        """Every engine loads the policy adapter after what it was sent before; with ``wait`` the slowest engine's
+        seconds, without it 0 at once (a failure is raised by the next collect)."""
+
+    def load_weights(self, version: int, weights: list[tuple[str, Any]], last: bool) -> float:
+        """Every engine takes this group of a full-parameter policy's weights (in use from the ``last`` group on);
+        the slowest engine's seconds."""
+
+    def logprobs(self, ids: list[int], start: int) -> list[list[float]]:
+        """Each engine's log p of the tokens of ``ids`` from ``start`` on (the policy it holds)."""
+
+
+@dataclass
+class Pending:
+    """Every worker's prompts, being answered: rank 0's handle, and how many prompts each worker sent."""
+
+    handle: Any
+    sizes: list[int]
+
+
+def submit_everywhere(
+    rollouts: Rollouts | None,
+    prompts: list[list[int]],
+    n: int,
+    sampling: Sampling,
+    seed: int,
+    rank: int,
+    world_size: int,
+) -> Pending:
+    """Every worker's prompts gathered on rank 0 and sent to the engines in one batch (each worker calls this)."""
     everyone: list[Any] = [None] * world_size
-    if distributed:
+    if torch.distributed.is_initialized() and world_size > 1:
         torch.distributed.all_gather_object(everyone, prompts)
     else:
         everyone = [prompts]
+    flat = [p for ps in everyone for p in ps]
+    handle = rollouts.submit(flat, n, sampling, seed) if rank == 0 and flat else None
+    return Pending(handle, [len(ps) for ps in everyone])
+
+
+def collect_everywhere(rollouts: Rollouts | None, pending: Pending, rank: int, world_size: int) -> list[Any]:
+    """This worker's answers of a submit_everywhere (rank 0 collects them and sends each worker its own)."""
     answers: list[Any] = [None]
     if rank == 0:
-        flat = rollouts.generate([p for ps in everyone for p in ps], n, sampling, seed) if any(everyone) else []
+        flat = rollouts.collect(pending.handle) if pending.handle is not None else []
         split, at = [], 0
-        for ps in everyone:
-            split.append(flat[at : at + len(ps)])
-            at += len(ps)
+        for size in pending.sizes:
+            split.append(flat[at : at + size])
+            at += size
         answers = [split]
-    if distributed:
+    if torch.distributed.is_initialized() and world_size > 1:
         torch.distributed.broadcast_object_list(answers, src=0)
     return answers[0][rank]
+
+
+def generate_everywhere(
+    rollouts: Rollouts | None,
+    prompts: list[list[int]],
+    n: int,
+    sampling: Sampling,
+    seed: int,
+    rank: int,
+    world_size: int,
+) -> list[list[list[int]]]:
+    """Every worker's prompts, answered in one batch per engine: gathered on rank 0, sent back to each worker."""
+    pending = submit_everywhere(rollouts, prompts, n, sampling, seed, rank, world_size)
+    return collect_everywhere(rollouts, pending, rank, world_size)
 
 
 def dynamic_sampling(

@@ -333,7 +333,7 @@ def test_each_grpo_algorithm_trains_on_the_arithmetic_task(rl: dict, workdir: Pa
             assert 0 <= r["rl/informative_groups"] <= 1 and 0 <= r["rl/sampling_rounds"] <= 3, r
 
 
-def _failure_run(rl: dict, workdir: Path, name: str, max_failures: int):
+def _failure_run(rl: dict, workdir: Path, name: str, max_failures: int, engine: str = "hf"):
     run = _run(
         rl,
         workdir,
@@ -343,7 +343,7 @@ def _failure_run(rl: dict, workdir: Path, name: str, max_failures: int):
             "group_size": 4,
             "kl_coef": 0.0,
             "reward_functions": [{"function": f"{rl['rewards']}:first_digit"}, {"function": "number_match"}],
-            "rollout": {"engine": "hf"},
+            "rollout": {"engine": engine},
         },
         checkpoint={"save_steps": 2},
     )
@@ -360,12 +360,13 @@ def _each_iteration_once(out: Path, resumed: int) -> None:
     assert json.loads((out / "summary.json").read_text())["resumed_from_step"] >= 2
 
 
-def test_grpo_survives_its_rollout_engine_killed(rl: dict, workdir: Path) -> None:
+@pytest.mark.parametrize("engine", ["hf", "vllm"])
+def test_grpo_survives_its_rollout_engine_killed(rl: dict, workdir: Path, engine: str) -> None:
     """The rollout engine SIGKILLed after the first checkpoint: Ray restarts the engine actor (on the base), the
     learner group restarts from the checkpoint and sends it the policy adapter, and the run ends with every
     iteration logged once."""
-    run = _failure_run(rl, workdir, "grpo-engine-killed", max_failures=1)
-    out = train_through_a_worker_loss(run, process="ray::HFRollout")
+    run = _failure_run(rl, workdir, f"grpo-{engine}-engine-killed", max_failures=1, engine=engine)
+    out = train_through_a_worker_loss(run, process="ray::HFRollout" if engine == "hf" else "ray::VLLMRollout")
     _each_iteration_once(out, resumed=1)
 
 

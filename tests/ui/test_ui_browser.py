@@ -71,6 +71,8 @@ def test_configure_launch_watch_stop_resume_chat_export(browser, ui_url, tiny_mo
     fill(page, "train.learning_rate", "fast")  # a bad value: its error appears beside it
     page.locator('[id="err-train.learning_rate"]').filter(has_text=re.compile(".+")).wait_for()
     fill(page, "train.learning_rate", "0.001")
+    # the form's change reaches the YAML once the server has checked it: wait for it before editing the YAML
+    page.wait_for_function("document.getElementById('yaml').value.includes('learning_rate: 0.001')")
     # keys the form does not show are written in the YAML, and the form follows it
     page.fill("#yaml", page.input_value("#yaml") + f"checkpoint:\n  save_steps: {SAVE_EVERY}\n")
     page.locator("#summary.ok").wait_for()

@@ -132,6 +132,8 @@ def _iterations(
         session.end_step(metrics)
         if not asynchronous:
             current = next(positioned, None)
+        elif session.done:  # stopped early (a stop request, early stopping): the batch being answered is not trained
+            current = None
 
 
 def _seed(run: RunConfig, step: int) -> int:

@@ -216,15 +216,14 @@ class Agent:
     def _run_tools(self, trajectories: list[Trajectory], room: int) -> list[Trajectory]:
         """Run the calls of each trajectory's last turn and append their results; returns those that go on (a
         turn that ended by itself with calls, whose results and a next turn fit in max_len)."""
-        calls = {id(t): self._calls(t) for t in trajectories}
-        todo = [(t, c) for t in trajectories for c in calls[id(t)]]
-        results = dict(zip(map(id, (c for _, c in todo)), self.pool.map(self.tools.call, (c for _, c in todo))))
+        calls = [self._calls(t) for t in trajectories]
+        results = iter(self.pool.map(self.tools.call, [c for cs in calls for c in cs]))  # all at once, in order
         going = []
-        for t in trajectories:
-            if not calls[id(t)]:
+        for t, made in zip(trajectories, calls):
+            if not made:
                 continue
-            t.calls += len(calls[id(t)])
-            observation = self.observation_ids(calls[id(t)], [results[id(c)] for c in calls[id(t)]], t.last[-1])
+            t.calls += len(made)
+            observation = self.observation_ids(made, [next(results) for _ in made], t.last[-1])
             if len(t.prompt) + len(t.ids) + len(observation) + room <= self.max_len:
                 t.add(observation, by_model=False)
                 going.append(t)

@@ -17,7 +17,7 @@ from rayft_core.infer.rollout import Sampling
 from rayft_core.train import rl
 from rayft_core.train.agent import Agent
 from rayft_core.train.rewards import Rewards
-from rayft_core.train.rollout import Groups, Rollouts, anyone, dynamic_sampling, generate_everywhere
+from rayft_core.train.rollout import Groups, Rollouts, anyone, collect_everywhere, dynamic_sampling, submit_everywhere
 from rayft_core.train.session import WorkerSession, begin_micro_step
 from rayft_core.train.step_metrics import MetricWindow, grad_norm_before_step, reported_grad_norm
 
@@ -67,11 +67,7 @@ class Learner:
         the answer's mean log-prob under the learners' policy (it moves with every update)."""
         prompt, answer = self.probe
         ids = prompt + answer
-        batch = {
-            "input_ids": torch.tensor([ids], device=self.device),
-            "attention_mask": torch.ones(1, len(ids), dtype=torch.long, device=self.device),
-            "labels": torch.tensor([[IGNORE_INDEX] * len(prompt) + answer], device=self.device),
-        }
+        batch = self._batch(Groups([prompt], [[answer]], [""], [None]))
         mine = self.model.forward_policy(batch)[0][0, len(prompt) - 1 :].tolist()  # every rank: ZeRO-3 gathers
         gap = [0.0]
         if rank == 0:
@@ -98,7 +94,9 @@ class Learner:
         window, sampled = MetricWindow(), {}
 
         def generate(prompts: list[list[int]], n: int, seed: int) -> list[list[list[int]]]:
-            return generate_everywhere(rollouts, prompts, n, sampling, seed, rank, world_size)
+            """Every worker's prompts answered in one batch (all workers call it together)."""
+            pending = submit_everywhere(rollouts, prompts, n, sampling, seed, rank, world_size)
+            return collect_everywhere(rollouts, pending, rank, world_size)
 
         if waited is None:
             self._answer(groups, generate, seed, window)
@@ -266,20 +264,21 @@ class Learner:
         learning pass instead: the policy has not stepped yet there, so it is the rollout policy. ``behind``: the
         answers were sampled by the policy one update ago, whose log-probs and entropy the behaviour adapter gives."""
         passes: dict[str, list[torch.Tensor]] = {}
+
+        def add(**parts: torch.Tensor) -> None:
+            for key, value in parts.items():
+                passes.setdefault(key, []).append(value)
+
         for b in self._micro_batches(batch):
             if self.st.value_head:
-                for key, value in zip(("logps", "values", "entropy"), self.model.forward_policy(b, entropy=True)):
-                    passes.setdefault(key, []).append(value)
-            if behind:  # replaces PPO's: the ratio is taken against the policy that sampled
+                logps, values, entropy = self.model.forward_policy(b, entropy=not behind)
+                add(values=values, **({} if behind else {"logps": logps, "entropy": entropy}))
+            if behind:  # the ratio is taken against the policy that sampled, PPO's too
                 logps, entropy = self.model.behaviour_logps(b)
-                passes.setdefault("behaviour_logps", []).append(logps)
-                passes.setdefault("behaviour_entropy", []).append(entropy)
+                add(logps=logps, entropy=entropy)
             if self.st.value_head or self.st.kl_coef > 0:
-                passes.setdefault("ref", []).append(self.model.reference_logps(b))
-        out = {key: torch.cat(parts) for key, parts in passes.items()}
-        if behind:
-            out["logps"], out["entropy"] = out.pop("behaviour_logps"), out.pop("behaviour_entropy")
-        return out
+                add(ref=self.model.reference_logps(b))
+        return {key: torch.cat(parts) for key, parts in passes.items()}
 
     def _learn(
         self,

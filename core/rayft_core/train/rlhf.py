@@ -90,12 +90,13 @@ def _iterations(
     update) while the learners train; the adapter sent after the update applies to the submit after that one."""
     rank, world_size, n = session.rank, session.world_size, run.stage.responses_per_prompt
     asynchronous = run.stage.rollout.mode == "async"
-    positioned = ((rows, (session.epoch, session.index)) for rows in batches)  # where each batch was in its epoch
+    # each batch as groups to answer, and where it was in its epoch
+    positioned = ((_groups(rows), (session.epoch, session.index)) for rows in batches)
     current, ahead = next(positioned, None), None
     since_logged: list[dict[str, float]] = []  # the iterations' metrics since the last record, averaged in it
     while current is not None:
-        (rows, position), step = current, session.step + 1
-        groups, waited = _groups(rows), None
+        (groups, position), step = current, session.step + 1
+        waited = None
         if ahead is not None:  # answered by the engines while the last iteration trained
             started = time.perf_counter()
             groups.responses = collect_everywhere(rollouts, ahead, rank, world_size)
@@ -104,12 +105,12 @@ def _iterations(
             current = next(positioned, None) if step < plan.total_steps else None
             ahead = None
             if current is not None:
-                prompts = _groups(current[0]).prompts
+                prompts = current[0].prompts
                 ahead = submit_everywhere(rollouts, prompts, n, sampling, _seed(run, step + 1), rank, world_size)
         metrics = learner.iteration(
             rollouts,
             groups,
-            lambda: _groups(next(positioned, (None, None))[0]),  # DAPO's dynamic sampling: this worker's next prompts
+            lambda: next(positioned, (None, None))[0],  # DAPO's dynamic sampling: this worker's next prompts
             sampling,
             seed=_seed(run, step),
             rank=rank,
@@ -140,9 +141,7 @@ def _seed(run: RunConfig, step: int) -> int:
     return run.train.seed + 1_000_003 * (step - 1)
 
 
-def _groups(rows: dict[str, Any] | None) -> Groups | None:
+def _groups(rows: dict[str, Any]) -> Groups:
     """A batch of prompt rows as groups yet to be answered."""
-    if rows is None:
-        return None
     prompts = [[int(t) for t in p] for p in rows["prompt_input_ids"]]
     return Groups(prompts, [], list(rows["prompt"]), list(rows["reference"]))

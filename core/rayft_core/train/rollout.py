@@ -123,20 +123,6 @@ def collect_everywhere(rollouts: Rollouts | None, pending: Pending, rank: int, w
     return answers[0][rank]
 
 
-def generate_everywhere(
-    rollouts: Rollouts | None,
-    prompts: list[list[int]],
-    n: int,
-    sampling: Sampling,
-    seed: int,
-    rank: int,
-    world_size: int,
-) -> list[list[list[int]]]:
-    """Every worker's prompts, answered in one batch per engine: gathered on rank 0, sent back to each worker."""
-    pending = submit_everywhere(rollouts, prompts, n, sampling, seed, rank, world_size)
-    return collect_everywhere(rollouts, pending, rank, world_size)
-
-
 def dynamic_sampling(
     first: Groups,
     more: Callable[[], Groups | None],

@@ -189,18 +189,19 @@ def test_train_modules_train_in_full_beside_the_adapters_and_unknown_names_are_r
     from rayft_core.methods.layers import TuningError
     from rayft_core.model.adapters import apply_tuning
 
-    run = _run(tiny_model, workdir, tuning={"method": "lora", "rank": 4, "train_modules": ["lm_head", "norm"]})
+    modules = ["lm_head", "norm", "input_layernorm"]
+    run = _run(tiny_model, workdir, tuning={"method": "lora", "rank": 4, "train_modules": modules})
     model = apply_tuning(load_model(run, load_tokenizer(run.model)), run)
     trained = {
         n.split(".modules_to_save")[0] for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n
     }
-    # PEFT matches a module whose name ends with the given one: `norm` takes every layer's norms too
+    # a name matches a module's whole dotted path or its end after a dot: `norm` is the final norm alone (not
+    # post_attention_layernorm), `input_layernorm` every layer's
     assert trained == {"base_model.model.lm_head"} | {
-        f"base_model.model.model.{n}" for n in ["norm", "layers.0.input_layernorm", "layers.0.post_attention_layernorm",
-                                                "layers.1.input_layernorm", "layers.1.post_attention_layernorm"]
-    }  # fmt: skip
-    bad = _run(tiny_model, workdir, tuning={"method": "lora", "train_modules": ["normm"]})
-    with pytest.raises(TuningError, match="tuning.train_modules: the model has no module named normm"):
+        f"base_model.model.model.{n}" for n in ["norm", "layers.0.input_layernorm", "layers.1.input_layernorm"]
+    }
+    bad = _run(tiny_model, workdir, tuning={"method": "lora", "train_modules": ["layernorm"]})
+    with pytest.raises(TuningError, match="tuning.train_modules: the model has no module named layernorm"):
         apply_tuning(load_model(bad, load_tokenizer(bad.model)), bad)
 
 

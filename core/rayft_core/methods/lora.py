@@ -32,9 +32,9 @@ class LoraTuning(TuningSection):
     )
     train_modules: list[str] = Field(
         default_factory=list,
-        description="Modules trained in full beside the adapters and saved with them: each module whose name ends "
-        "with one of these (lm_head; norm also takes input_layernorm...), as PEFT's modules_to_save and "
-        "LLaMA-Factory's additional_target.",
+        description="Modules trained in full beside the adapters and saved with them: each module named so, or "
+        "whose dotted path ends with one of these (lm_head; input_layernorm takes every layer's; norm the final norm "
+        "only), as PEFT's modules_to_save and LLaMA-Factory's additional_target.",
     )
     use_rslora: bool = Field(False, description="rsLoRA: scale by alpha / sqrt(rank) instead of alpha / rank.")
     use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (magnitude + direction).")
@@ -127,7 +127,8 @@ class LoraTuning(TuningSection):
         from rayft_core.methods.layers import TuningError
 
         names = [name for name, _ in model.named_modules()]
-        unknown = [m for m in self.train_modules if not any(name.endswith(m) for name in names)]  # PEFT's matching
+        # PEFT's matching (0.22): the whole name, or its end after a dot
+        unknown = [m for m in self.train_modules if not any(n == m or n.endswith("." + m) for n in names)]
         if unknown:
             raise TuningError(f"tuning.train_modules: the model has no module named {', '.join(unknown)}")
         return sorted(set(self.train_modules) | set(_embedding_module_names(model) if run.model.adds_tokens else []))

@@ -77,14 +77,13 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
 def resolve_worker_cpus(run: RunConfig) -> RunConfig:
     """``run`` with cluster.cpus_per_worker auto made a number (see auto_worker_cpus), from the nodes' CPUs less
     those in use now (a Serve app, another run) and those that run beside the workers while they train: a
-    stream's tokenizing tasks (one CPU) and RL's rollout engines."""
+    stream's tokenizing tasks (one CPU on every node) and RL's rollout engines."""
     if run.cluster.cpus_per_worker != "auto":
         return run
-    reserved = 1.0 if run.data.streaming else 0.0
-    if run.stage.loop == "rl":
-        reserved += run.stage.rollout.num_engines * run.stage.rollout.cpus_per_engine
+    reserved = run.stage.rollout.num_engines * run.stage.rollout.cpus_per_engine if run.stage.loop == "rl" else 0.0
     in_use = ray.cluster_resources().get("CPU", 0) - ray.available_resources().get("CPU", 0)
-    nodes = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]]
+    # a stream's chunks tokenize on their worker's own node: a CPU kept on each
+    nodes = [n["Resources"].get("CPU", 0) - run.data.streaming for n in ray.nodes() if n["Alive"]]
     resolved = run.model_copy(deep=True)
     resolved.cluster.cpus_per_worker = auto_worker_cpus(nodes, reserved + max(in_use, 0), run.cluster.num_workers)
     return resolved

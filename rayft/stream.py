@@ -7,7 +7,8 @@ rows into chunks of CHUNK_ROWS. For each dataset, a worker:
     reads its chunks (ChunkSource: from a chunk start on, files before it skipped, a .jsonl/.txt file entered at
     the byte where the chunk starts; skipping the other workers' rows costs a line split), and hands each chunk
     to a Ray task that aligns, tokenizes and packs it whole, then shuffles its rows (seeded by the chunk), on
-    any node's free CPUs (SPREAD); a few tasks run ahead of the rows being trained (more when the worker has had
+    the worker's own node when it keeps a CPU beside the training workers, else on any node's (_placement); a few
+    tasks run ahead of the rows being trained (more when the worker has had
     to wait), and their results come back in order to rayft_core.data.interleave, which draws the rows.
 
 A chunk is tokenized and packed as a whole, the first time and after a restart, so its rows come out the same and
@@ -21,7 +22,6 @@ the object store allows, taking CPUs from training. Materialized (non-streamed) 
 from __future__ import annotations
 
 import collections
-import functools
 import itertools
 import logging
 import time
@@ -154,11 +154,20 @@ def _encode_chunk(raw: pa.Table, run_json: str, spec_json: str, source: int, epo
     return encoded.append_column("chunk", pa.array([key] * len(encoded))), ray.get_runtime_context().get_node_id()
 
 
-@functools.cache
-def _encode_task() -> Any:
+def _placement(beside: float | None) -> Any:
+    """Where a worker's chunk tasks run. On its own node when the node has a CPU beyond the ``beside`` its training
+    workers take (rayft keeps one there when cpus_per_worker is auto): every node that trains then tokenizes its own
+    workers' rows, and no raw chunk crosses nodes. Affinity rather than Ray's SPREAD, which ran every task of
+    tests/cluster/test_multinode.py on one node in 1 of 3 runs while the other had 2 CPUs free. Soft: a dead node's
+    tasks run elsewhere. Otherwise (no CPU to spare there, or outside a training worker): SPREAD."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    return ray.remote(_encode_chunk).options(num_cpus=1, scheduling_strategy="SPREAD")
+    here = ray.get_runtime_context().get_node_id()
+    cpus = next((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["NodeID"] == here), 0.0)
+    if beside is not None and cpus - beside >= 1:
+        return NodeAffinitySchedulingStrategy(here, soft=True)
+    return "SPREAD"
 
 
 def _shuffled(table: pa.Table, key: str, run: RunConfig, epoch: int) -> pa.Table:
@@ -172,8 +181,12 @@ class WorkerStream:
     """This worker's training rows of a streamed run: its share of every dataset, drawn by data.mix, resumable
     (``state``/``restore``), served as micro-batches of ``columns`` one pass (epoch) at a time."""
 
-    def __init__(self, run: RunConfig, rank: int, world: int, columns: list[str]):
+    def __init__(self, run: RunConfig, rank: int, world: int, columns: list[str], beside: float | None = None):
+        """``beside``: the CPUs the training workers on this worker's node take (see _placement)."""
+        import ray
+
         self.run, self.rank, self.world, self.columns = run, rank, world, columns
+        self.encode = ray.remote(_encode_chunk).options(num_cpus=1, scheduling_strategy=_placement(beside))
         self.datasets = resolve_datasets(run, "data.train")
         self.files = [_files(d) for d in self.datasets]
         several = len(self.datasets) > 1
@@ -208,7 +221,7 @@ class WorkerStream:
         first = True  # a stream's first chunk is always waited for
         for raw in itertools.chain(chunks, [None]):
             if raw is not None:
-                pending.append(_encode_task().remote(raw, *args))
+                pending.append(self.encode.remote(raw, *args))
             while pending and (raw is None or len(pending) > self.prefetch):
                 started = time.perf_counter()
                 table, node = ray.get(pending.popleft())

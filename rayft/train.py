@@ -97,11 +97,10 @@ class _Shards:
         extra = ["position_ids"] if run.packing else []
         self.columns = [*STAGES[run.stage.name].columns, *extra, *(["error"] if streaming else [])]
         # a stream is read by each worker from its own share, from where its checkpoint says it stood
-        ctx = ray.train.get_context()
+        ctx, columns = ray.train.get_context(), [*STAGES[run.stage.name].columns, *extra]
+        beside = ctx.get_local_world_size() * run.cluster.cpus_per_worker  # the CPUs this node's workers take
         self.stream = (
-            WorkerStream(run, ctx.get_world_rank(), ctx.get_world_size(), [*STAGES[run.stage.name].columns, *extra])
-            if streaming
-            else None
+            WorkerStream(run, ctx.get_world_rank(), ctx.get_world_size(), columns, beside) if streaming else None
         )
         self.shard = None if self.stream else ray.train.get_dataset_shard("train")
 

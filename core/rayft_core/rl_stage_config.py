@@ -119,6 +119,17 @@ class _RlStage(StageSection):
         "k1", description="Per-token estimator of KL(policy || reference)."
     )
     reward_clip: float | None = Field(None, gt=0, description="Clip each (normalised) score to +-this.")
+    tools: list[Tool] = Field(
+        default_factory=list,
+        description="Tools the policy may call: multi-turn rollouts in which each call an answer makes (in the chat "
+        "template's format) is run, its result appended as a tool turn, and the model goes on, up to max_turns "
+        "turns. The results are not trained on; the reward reads the whole trajectory. The prompts list the tools "
+        "(a template that renders tools: qwen, llama3, or the tokenizer's own).",
+    )
+    max_turns: int = Field(4, ge=1, description="With tools: the most model turns in a trajectory.")
+    max_tool_output: int = Field(
+        2000, ge=1, description="With tools: a tool's result is cut to this many characters before the model reads it."
+    )
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
 
     @property
@@ -158,7 +169,7 @@ class _RlStage(StageSection):
             )
         if run.data.eval or run.data.val_size:
             problems.append(f"data.eval: stage {self.name} has no evaluation loss; remove data.eval and data.val_size")
-        if self.rollout.mode == "async" and (getattr(self, "tools", None) or getattr(self, "dynamic_sampling", False)):
+        if self.rollout.mode == "async" and (self.tools or getattr(self, "dynamic_sampling", False)):
             problems.append(
                 "stage.rollout.mode: async rollouts answer the next prompts in one batch while the learners train; "
                 "tools (several rounds of answers) and dynamic_sampling (more prompts on demand) need sync"
@@ -264,17 +275,6 @@ class GrpoStage(_RlStage):
         "iteration (short after them, the batch is filled with dropped groups). Uses more prompts per iteration.",
     )
     dynamic_sampling_rounds: int = Field(3, ge=1, description="With dynamic_sampling: the most refill rounds.")
-    tools: list[Tool] = Field(
-        default_factory=list,
-        description="Tools the policy may call: multi-turn rollouts in which each call an answer makes (in the chat "
-        "template's format) is run, its result appended as a tool turn, and the model goes on, up to max_turns "
-        "turns. The results are not trained on; the reward reads the whole trajectory. The prompts list the tools "
-        "(a template that renders tools: qwen, llama3, or the tokenizer's own).",
-    )
-    max_turns: int = Field(4, ge=1, description="With tools: the most model turns in a trajectory.")
-    max_tool_output: int = Field(
-        2000, ge=1, description="With tools: a tool's result is cut to this many characters before the model reads it."
-    )
     kl_coef: float = Field(
         0.04, ge=0, description="Weight of the KL to the reference in the loss (0: no reference pass)."
     )

@@ -1,4 +1,4 @@
-"""Tool-using, multi-turn GRPO on the session's Ray cluster: 2 learner workers and a vLLM rollout engine.
+"""Tool-using, multi-turn GRPO and PPO on the session's Ray cluster: 2 learner workers and a rollout engine.
 
 A random tiny model never writes a tool call, so the base here is taught one first (a few hundred plain PyTorch
 steps in the fixture, not rayft): asked "What is a plus b?" with the python tool listed, it calls the tool twice,
@@ -108,27 +108,31 @@ def agent_task(workdir: Path) -> dict:
     }
 
 
-def test_grpo_with_the_python_tool_runs_two_calls_per_answer(agent_task: dict, workdir: Path) -> None:
+# PPO: the critic's GAE steps over the tool results (rl.gae), from each turn's last token to the next turn's first
+STAGES = {"grpo": {"group_size": 4, "rollout": {"engine": "vllm"}}, "ppo": {"rollout": {"engine": "hf"}}}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_tool_using_policies_run_two_calls_per_answer(stage: str, agent_task: dict, workdir: Path) -> None:
     from rayft.train import train
 
     run = run_config(
         agent_task["base"],
         [{"path": str(agent_task["data"]), "format": "alpaca"}],
         workdir / "agent-runs",
-        "grpo-tools",
+        f"{stage}-tools",
         model={"template": "qwen"},
         data={"max_seq_len": 512},
         tuning={"method": "lora", "rank": 8, "dropout": 0.0},
         stage={
-            "name": "grpo",
-            "group_size": 4,
+            "name": stage,
+            **STAGES[stage],
             "kl_coef": 0.0,
             "max_new_tokens": 48,
             "temperature": 0.7,
             "tools": [{"function": "python"}],
             "max_turns": 3,
             "reward_functions": [{"function": f"{agent_task['rewards']}:saw_results"}],
-            "rollout": {"engine": "vllm"},
         },
         train={"max_steps": 2, "micro_batch_size": 8, "learning_rate": 1e-3, "logging_steps": 1},
         cluster={"num_workers": 2},

@@ -68,6 +68,19 @@ def test_gae_matches_a_reference_loop_with_rows_of_different_lengths():
     torch.testing.assert_close(returns, (want + values) * mask, rtol=1e-5, atol=1e-6)
 
 
+def test_gae_steps_over_tool_results_as_if_the_models_turns_were_one_sequence():
+    # a trajectory: the model's turn (3 tokens), a tool's result (2, not the model's), its next turn (2), padding (1)
+    mask = torch.tensor([[1, 1, 1, 0, 0, 1, 1, 0]])
+    torch.manual_seed(3)
+    rewards, values = torch.randn(1, 8), torch.randn(1, 8)
+    advantages, returns = rl.gae(rewards, values, mask, gamma=0.9, lam=0.8)
+    model = mask[0].bool()
+    alone, alone_returns = rl.gae(rewards[:, model], values[:, model], torch.ones(1, 5), gamma=0.9, lam=0.8)
+    torch.testing.assert_close(advantages[:, model], alone)  # the turn's last token bootstraps from the next turn's
+    torch.testing.assert_close(returns[:, model], alone_returns)
+    assert advantages[0, ~model].tolist() == [0.0] * 3 and returns[0, ~model].tolist() == [0.0] * 3
+
+
 def test_first_minibatch_ratio_is_one_and_loss_is_minus_mean_advantage():
     torch.manual_seed(2)
     logprobs = -torch.rand(3, 6)

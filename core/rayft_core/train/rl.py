@@ -60,22 +60,23 @@ def gae(
     """Generalised advantage estimation (Schulman et al. 2016, eq. 16) and value targets [B, T].
 
     delta_t = r_t + gamma * V_{t+1} - V_t;  A_t = delta_t + gamma * lam * A_{t+1}, computed backwards in
-    time. The value after the last response token is 0 (the episode ends there), so rewards and values
-    are masked first; with right padding A is then 0 on padding. Returns = A + V, the critic's target.
+    time over the positions in ``mask`` (the model's tokens). The value after the last one is 0 (the episode ends
+    there). Positions outside the mask are not steps: padding, and in a tool-using trajectory the tool results
+    between the model's turns, which the environment wrote; t+1 is the next masked position, so a turn's last token
+    bootstraps from the next turn's first. A and the returns (A + V, the critic's target) are 0 outside the mask.
     No gradient: these are targets, not part of the graph.
     """
-    mask = mask.to(values.dtype)
-    rewards, values = rewards * mask, values * mask
+    mask = mask.bool()
     advantages = torch.zeros_like(values)
     next_value = torch.zeros_like(values[:, 0])  # [B]
     running = torch.zeros_like(values[:, 0])
     for t in reversed(range(values.shape[1])):
+        step = mask[:, t]
         delta = rewards[:, t] + gamma * next_value - values[:, t]
-        running = delta + gamma * lam * running
-        advantages[:, t] = running
-        next_value = values[:, t]
-    advantages = advantages * mask
-    return advantages, advantages + values
+        running = torch.where(step, delta + gamma * lam * running, running)
+        next_value = torch.where(step, values[:, t], next_value)
+        advantages[:, t] = torch.where(step, running, 0.0)
+    return advantages, torch.where(mask, advantages + values, 0.0)
 
 
 LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")

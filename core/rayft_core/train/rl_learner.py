@@ -172,7 +172,7 @@ class Learner:
         """Per-token advantages, the returns (PPO's value targets) and the KL (PPO's, in the reward)."""
         st = self.st
         if st.overlong_buffer:  # DAPO's length shaping, part of the reward (all of a trajectory's turns together)
-            longest = st.max_new_tokens * (st.max_turns if getattr(st, "tools", None) else 1)
+            longest = st.max_new_tokens * (st.max_turns if st.tools else 1)
             scores = scores + rl.overlong_penalty(mask.sum(dim=1), longest, st.overlong_buffer)
         if getattr(st, "normalize_reward", False):
             scores = rl.normalize_rewards(scores, self.moments, st.reward_clip)

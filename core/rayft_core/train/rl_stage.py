@@ -67,7 +67,7 @@ class RlStage(Stage):
         st, problems = run.stage, []
         try:
             Rewards(st.reward_functions)  # each function found, importable, and taking what it will be given
-            Tools(getattr(st, "tools", []))  # each tool found and described to the model
+            Tools(st.tools)  # each tool found and described to the model
         except UserInputError as e:
             problems.append(str(e))
         if st.reward_model and not Path(st.reward_model).is_dir():
@@ -86,7 +86,7 @@ class RlStage(Stage):
 
 def _tools(rows: list[dict], run: RunConfig) -> list[list[dict] | None]:
     """Each row's tools for its prompt: its own, and the stage's (stage.tools), which the model may call."""
-    stage_tools = getattr(run.stage, "tools", None)
+    stage_tools = run.stage.tools
     if not stage_tools:
         return [r.get("tools") for r in rows]
     from rayft_core.train.agent import Tools

@@ -67,7 +67,7 @@ def rl_worker(
     session.stage_state = learner.state
     stop_ids = stop_token_ids(session.tokenizer, run.model.name_or_path)
     sampling = Sampling(run.stage.max_new_tokens, run.stage.temperature, run.stage.top_p, stop_ids)
-    if getattr(run.stage, "tools", None):
+    if run.stage.tools:
         tools = Tools(run.stage.tools, run.stage.max_tool_output)
         learner.agent = Agent(session.tokenizer, tools, stop_ids, run.stage.max_turns, run.data.max_seq_len)
     with session:

@@ -82,8 +82,8 @@ def resolve_worker_cpus(run: RunConfig) -> RunConfig:
         return run
     reserved = run.stage.rollout.num_engines * run.stage.rollout.cpus_per_engine if run.stage.loop == "rl" else 0.0
     in_use = ray.cluster_resources().get("CPU", 0) - ray.available_resources().get("CPU", 0)
-    # a stream's chunks tokenize on their worker's own node: a CPU kept on each
-    nodes = [n["Resources"].get("CPU", 0) - run.data.streaming for n in ray.nodes() if n["Alive"]]
+    kept = 1.0 if run.data.streaming else 0.0  # a stream's chunks tokenize on their worker's own node: a CPU on each
+    nodes = [n["Resources"].get("CPU", 0) - kept for n in ray.nodes() if n["Alive"]]
     resolved = run.model_copy(deep=True)
     resolved.cluster.cpus_per_worker = auto_worker_cpus(nodes, reserved + max(in_use, 0), run.cluster.num_workers)
     return resolved

@@ -90,9 +90,10 @@ class VLLMRollout(_Engine):
         if last:
             tensors = {n: t.contiguous() for n, t in self.weights}
             self.weights = []
-            fd, path = tempfile.mkstemp(".safetensors", "rayft-weights-", _scratch(sum(map(_nbytes, tensors.values()))))
+            nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+            fd, path = tempfile.mkstemp(".safetensors", "rayft-weights-", _scratch(nbytes))
             os.close(fd)
-            try:
+            try:  # the file mkstemp just made for this update, and nothing else, is removed after
                 save_file(tensors, path)
                 self.llm.collective_rpc("rayft_reload_weights", args=(path,))
             finally:
@@ -141,10 +142,6 @@ class VLLMRollout(_Engine):
         outputs = self.llm.generate(requests, params, lora_request=self.lora, use_tqdm=False)
         ids = [list(o.outputs[0].token_ids) for o in outputs]
         return [ids[i * n : (i + 1) * n] for i in range(len(prompts))]
-
-
-def _nbytes(t: Any) -> int:
-    return t.numel() * t.element_size()
 
 
 def _scratch(nbytes: int) -> str:

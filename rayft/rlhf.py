@@ -115,12 +115,14 @@ class RolloutGroup:
         self.engines, self.kind = engines, kind
         self.loading: list[ray.ObjectRef] = []  # adapter loads not waited for
 
-    def submit(self, prompts: list[list[int]], n: int, sampling: Sampling, seed: int) -> list[ray.ObjectRef]:
+    def submit(
+        self, prompts: list[list[int]], n: int, sampling: Sampling, seed: int, logprobs: bool = False
+    ) -> list[ray.ObjectRef]:
         share = -(-len(prompts) // len(self.engines))
         parts = [(i, prompts[i : i + share]) for i in range(0, len(prompts), share)]
-        return [e.generate.remote(p, n, sampling, seed + i * n) for e, (i, p) in zip(self.engines, parts)]
+        return [e.generate.remote(p, n, sampling, seed + i * n, logprobs) for e, (i, p) in zip(self.engines, parts)]
 
-    def collect(self, handle: list[ray.ObjectRef]) -> list[list[list[int]]]:
+    def collect(self, handle: list[ray.ObjectRef]) -> list[list[Any]]:
         answers = [answer for part in ray.get(handle) for answer in part]
         ray.get(self.loading)  # loads sent before: done by now, or their failure raised here
         self.loading = []

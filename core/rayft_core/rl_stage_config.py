@@ -62,7 +62,7 @@ class RolloutConfig(Section):
         "sync",
         description="sync: each iteration's answers come from the policy it trains; async: the engines answer the "
         "next iteration's prompts while the learners train on this one's, so answers are one policy update old, "
-        "and the importance ratio is taken against the policy that sampled them (kept as a second adapter).",
+        "and the importance ratio is taken against the log-probs the engines sampled them with.",
     )
 
 
@@ -193,11 +193,6 @@ class _RlStage(StageSection):
                 "stage.reward_model: a reward adapter rides on the base the policy shares, and a full-parameter "
                 "policy changes that base; give a full reward model (stage rm with tuning.method full) or reward "
                 "functions"
-            )
-        if self.rollout.mode == "async":
-            problems.append(
-                "stage.rollout.mode: async rollouts keep the sampling policy as a second adapter; with a full-parameter "
-                "policy that would be a second whole model: use sync"
             )
         return problems
 

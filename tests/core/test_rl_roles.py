@@ -217,7 +217,6 @@ def test_config_refuses_what_cannot_run(tiny_model, alpaca_file, workdir) -> Non
     for extra, message in [
         ({"init_adapter": str(adapter)}, "stage.init_adapter: a full-parameter policy starts from model.name_or_path"),
         ({"reward_model": str(adapter)}, "stage.reward_model: a reward adapter rides on the base"),
-        ({"rollout": {"mode": "async"}}, "stage.rollout.mode: async rollouts keep the sampling policy as a second"),
     ]:
         with pytest.raises(ConfigError, match=message):
             _rl_run(base, alpaca_file, workdir, {**full, **extra}, tuning={"method": "full"})
@@ -322,47 +321,53 @@ def test_a_full_reward_model_and_an_initial_adapter(tiny_model, tokenizer, alpac
     assert trainable and all(f".{POLICY}." in n for n in trainable)
 
 
-def test_async_rollouts_keep_the_policy_that_sampled_as_a_frozen_adapter(
-    tiny_model, tokenizer, alpaca_file, workdir
-) -> None:
-    """stage.rollout.mode async: the behaviour adapter scores as the policy did when it was kept, not as it is
-    after an update; it never trains and is not part of the output."""
-    from rayft_core.model.loader import load_model
-    from rayft_core.train.rl_model import RlModel
+def test_the_engine_returns_the_log_probs_it_sampled_with(tokenizer, workdir) -> None:
+    """Asynchronous rollouts take the importance ratio against the log-probs the engine sampled with: the
+    transformers engine's, laid out by Groups.sampled_logps, equal the learners' own log-probs of the rows they
+    build from those answers (the adapter's, and the model's raw distribution: sampling at temperature 0.7 and top-p
+    0.9 does not change them); asking for them changes nothing sampled."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
 
-    stage = {"name": "grpo", "group_size": 2, "reward_functions": [{"function": "number_match"}]}
-    run = _rl_run(tiny_model("llama"), alpaca_file, workdir, {**stage, "rollout": {"mode": "async"}})
-    model = RlModel.build(load_model(run, tokenizer), run)
-    batch = _batch(tokenizer)
-    behaviour = [p for n, p in model.named_parameters() if ".behaviour." in n]
-    assert behaviour and not any(p.requires_grad for p in behaviour)
-    policy = [p for n, p in model.named_parameters() if ".default." in n]
-    assert policy and all(p.requires_grad for p in policy)
+    from rayft_core.data.collate import pad_batch
+    from rayft_core.infer.rollout import HFRollout, Sampling
+    from rayft_core.model.tiny import build_tiny_model
+    from rayft_core.train.losses import decoder_hidden, labelled_logps
+    from rayft_core.train.rl_model import ADAPTER_FILES
+    from rayft_core.train.rollout import Groups
 
-    def policy_logps() -> torch.Tensor:
-        with torch.no_grad():
-            return model.forward_policy(batch)[0]
+    base = build_tiny_model("llama", tokenizer, workdir / "logprob-base", initializer_range=0.2)
+    torch.manual_seed(1)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, init_lora_weights=False))
+    model.save_pretrained(workdir / "logprob-adapter")
+    engine = HFRollout(str(base), tokenizer.pad_token_id, seed=0)
+    engine.load_adapter(0, {name: (workdir / "logprob-adapter" / name).read_bytes() for name in ADAPTER_FILES})
 
-    before = policy_logps()
-    assert torch.allclose(model.behaviour_logps(batch)[0], before)  # kept at build: the initial policy
+    prompts = [tokenizer("What do bees make?")["input_ids"], tokenizer("Say hello.")["input_ids"][:3]]
+    sampling = Sampling(max_new_tokens=8, temperature=0.7, top_p=0.9, stop_token_ids=(tokenizer.eos_token_id,))
+    answers = engine.generate(prompts, 3, sampling, seed=4, logprobs=True)
+    assert [[ids for ids, _ in group] for group in answers] == engine.generate(prompts, 3, sampling, seed=4)
+    assert all(len(ids) == len(lps) >= 1 for group in answers for ids, lps in group)
+    groups = Groups(prompts, [[ids for ids, _ in g] for g in answers], ["", ""], [None, None])
+    groups.logprobs = [[lps for _, lps in g] for g in answers]
+
+    batch = pad_batch(dict(zip(("input_ids", "labels"), groups.rows())), tokenizer.pad_token_id)
+    mask = batch["labels"][:, 1:] != -100
+    policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), workdir / "logprob-adapter")
     with torch.no_grad():
-        for p in policy:  # an "update": the policy moves (LoRA's B starts at 0, so every factor moves)
-            p.add_(0.05 * torch.randn_like(p))
-    after = policy_logps()
-    assert not torch.allclose(after, before, atol=1e-4)
-    assert torch.allclose(model.behaviour_logps(batch)[0], before)  # still the policy that sampled
-    assert all(p.requires_grad for p in policy) and not any(p.requires_grad for p in behaviour)
-    model.keep_behaviour()
-    assert torch.allclose(model.behaviour_logps(batch)[0], after)
+        learners = labelled_logps(*decoder_hidden(policy.eval(), batch), batch["labels"])[0]
+    sampled = groups.sampled_logps(mask)
+    assert int(mask.sum()) == sum(len(lps) for g in groups.logprobs for lps in g)
+    assert torch.allclose(sampled, learners, atol=1e-5), (sampled - learners).abs().max()
+    assert (sampled[mask] < 0).all() and (sampled[~mask] == 0).all()
 
-    out = workdir / "async-policy"
-    model.save_pretrained(out)
-    saved = json.loads((out / "adapter_config.json").read_text())
-    assert saved["r"] == 4 and not (out / "behaviour").exists()
 
-    sync_run = _rl_run(tiny_model("llama"), alpaca_file, workdir, stage)
-    assert not any(
-        ".behaviour." in n for n, _ in RlModel.build(load_model(sync_run, tokenizer), sync_run).named_parameters()
-    )
+def test_async_rollouts_are_refused_with_tools_and_dynamic_sampling(tiny_model, alpaca_file, workdir) -> None:
+    """Asynchronous rollouts need every answer of an iteration in one batch; a full-parameter policy runs them
+    (its behaviour log-probs come from the engines, no second copy of the model is kept)."""
+    stage = {"name": "grpo", "group_size": 2, "reward_functions": [{"function": "number_match"}]}
+    base = tiny_model("llama")
+    run = _rl_run(base, alpaca_file, workdir, {**stage, "rollout": {"mode": "async"}}, tuning={"method": "full"})
+    assert run.stage.rollout.mode == "async" and run.tuning.method == "full"
     with pytest.raises(ConfigError, match="stage.rollout.mode: async rollouts .* need sync"):
-        _rl_run(tiny_model("llama"), alpaca_file, workdir, {**stage, "algorithm": "dapo", "rollout": {"mode": "async"}})
+        _rl_run(base, alpaca_file, workdir, {**stage, "algorithm": "dapo", "rollout": {"mode": "async"}})

@@ -124,8 +124,12 @@ class VLLMRollout(_Engine):
         self.lora = lora
         return time.perf_counter() - started
 
-    def generate(self, prompts: list[list[int]], n: int, sampling: Sampling, seed: int) -> list[list[list[int]]]:
-        """n responses per prompt (each from its own seed), as [prompt][sample] -> token ids."""
+    def generate(
+        self, prompts: list[list[int]], n: int, sampling: Sampling, seed: int, logprobs: bool = False
+    ) -> list[list[Any]]:
+        """n responses per prompt (each from its own seed), as [prompt][sample] -> token ids; with ``logprobs``
+        each sample is (token ids, each token's log p as sampled): vLLM's raw log-probs, the model's distribution
+        before temperature and top-p, as the learners score tokens."""
         from vllm import SamplingParams
 
         params = [
@@ -135,13 +139,20 @@ class VLLMRollout(_Engine):
                 top_p=sampling.top_p,
                 stop_token_ids=list(sampling.stop_token_ids),
                 seed=seed + i,
+                logprobs=0 if logprobs else None,  # 0: the sampled token's alone
             )
             for i in range(len(prompts) * n)
         ]
         requests = [{"prompt_token_ids": list(p)} for p in prompts for _ in range(n)]
         outputs = self.llm.generate(requests, params, lora_request=self.lora, use_tqdm=False)
-        ids = [list(o.outputs[0].token_ids) for o in outputs]
-        return [ids[i * n : (i + 1) * n] for i in range(len(prompts))]
+        samples: list[Any] = []
+        for o in outputs:
+            ids = list(o.outputs[0].token_ids)
+            if logprobs:
+                samples.append((ids, [step[t].logprob for step, t in zip(o.outputs[0].logprobs, ids)]))
+            else:
+                samples.append(ids)
+        return [samples[i * n : (i + 1) * n] for i in range(len(prompts))]
 
 
 def _scratch(nbytes: int) -> str:
@@ -213,7 +224,11 @@ class HFRollout(_Engine):
         logps = torch.log_softmax(logits[start - 1 : -1], dim=-1)
         return logps.gather(-1, torch.tensor(ids[start:], device=self.device)[:, None]).squeeze(-1).tolist()
 
-    def generate(self, prompts: list[list[int]], n: int, sampling: Sampling, seed: int) -> list[list[list[int]]]:
+    def generate(
+        self, prompts: list[list[int]], n: int, sampling: Sampling, seed: int, logprobs: bool = False
+    ) -> list[list[Any]]:
+        """As VLLMRollout.generate; the log-probs from generate's raw logits (before temperature and top-p), which
+        it keeps for every step of every row until it returns: [rows, steps, vocabulary] floats."""
         import torch
 
         model = self.model if self.model is not None else self.base
@@ -237,9 +252,20 @@ class HFRollout(_Engine):
                 max_new_tokens=sampling.max_new_tokens,
                 eos_token_id=list(stop),
                 pad_token_id=self.pad_token_id,
+                output_logits=logprobs,
+                return_dict_in_generate=True,
             )
-        responses = []
-        for row in out[:, longest:].tolist():
-            end = next((i + 1 for i, t in enumerate(row) if t in stop), len(row))  # through the first end token
-            responses.append(row[:end])
+        tokens = out.sequences[:, longest:]
+        if logprobs:  # a step at a time: its [rows, vocabulary] log-softmax, never all steps' at once
+            sampled = torch.stack(
+                [
+                    torch.log_softmax(step.float(), -1).gather(-1, tokens[:, [t]])[:, 0]
+                    for t, step in enumerate(out.logits)
+                ],
+                dim=1,
+            ).tolist()
+        responses: list[Any] = []
+        for i, row in enumerate(tokens.tolist()):
+            end = next((j + 1 for j, t in enumerate(row) if t in stop), len(row))  # through the first end token
+            responses.append((row[:end], sampled[i][:end]) if logprobs else row[:end])
         return [responses[i * n : (i + 1) * n] for i in range(len(prompts))]

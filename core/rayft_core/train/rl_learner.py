@@ -114,10 +114,10 @@ class Learner:
             self.probe = (groups.prompts[0], groups.responses[0][0] or [self.tokenizer.eos_token_id])
         mask = batch["labels"][:, 1:] != IGNORE_INDEX
         scores = torch.cat(groups.scores)
-        rollout = self._rollout_pass(batch, behind=waited is not None)
+        rollout = self._rollout_pass(batch)
+        if groups.logprobs:  # answered by the policy one update old: the ratio is taken against it, PPO's too
+            rollout["logps"] = groups.sampled_logps(mask)
         advantages, returns, kl = self._advantages(scores, rollout, mask)
-        if st.rollout.mode == "async":  # the policy before this update sampled the answers learned from next
-            self.model.keep_behaviour()
         t2 = time.perf_counter()
 
         self._learn(batch, mask, rollout, advantages, returns, window)
@@ -258,26 +258,19 @@ class Learner:
         groups.scores = list(total.split(n))
 
     @torch.no_grad()
-    def _rollout_pass(self, batch: dict[str, torch.Tensor], behind: bool = False) -> dict[str, torch.Tensor]:
+    def _rollout_pass(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Without gradients, what the advantages and the KL need before learning: the reference's log-probs
-        ("ref"), and for PPO the rollout policy's log-probs, values and entropy. GRPO's come from its first
-        learning pass instead: the policy has not stepped yet there, so it is the rollout policy. ``behind``: the
-        answers were sampled by the policy one update ago, whose log-probs and entropy the behaviour adapter gives."""
+        ("ref"), and for PPO the policy's log-probs, values and entropy. GRPO's log-probs and entropy come from its
+        first learning pass instead: the policy has not stepped yet there, so it is the rollout policy."""
         passes: dict[str, list[torch.Tensor]] = {}
-
-        def add(**parts: torch.Tensor) -> None:
+        for b in self._micro_batches(batch):
+            parts = {}
+            if self.st.value_head:
+                parts["logps"], parts["values"], parts["entropy"] = self.model.forward_policy(b, entropy=True)
+            if self.st.value_head or self.st.kl_coef > 0:
+                parts["ref"] = self.model.reference_logps(b)
             for key, value in parts.items():
                 passes.setdefault(key, []).append(value)
-
-        for b in self._micro_batches(batch):
-            if self.st.value_head:
-                logps, values, entropy = self.model.forward_policy(b, entropy=not behind)
-                add(values=values, **({} if behind else {"logps": logps, "entropy": entropy}))
-            if behind:  # the ratio is taken against the policy that sampled, PPO's too
-                logps, entropy = self.model.behaviour_logps(b)
-                add(logps=logps, entropy=entropy)
-            if self.st.value_head or self.st.kl_coef > 0:
-                add(ref=self.model.reference_logps(b))
         return {key: torch.cat(parts) for key, parts in passes.items()}
 
     def _learn(
@@ -298,13 +291,13 @@ class Learner:
             for i, b in enumerate(self._micro_batches(batch)):
                 rows = slice(i * size, (i + 1) * size)
                 m = mask[rows]
-                record = epoch == 0 and "logps" not in rollout
+                record = epoch == 0 and "entropy" not in rollout
                 begin_micro_step(engine)
                 logps, values, entropy = self.model.forward_policy(b, entropy=record)
                 if record:
                     first_pass["logps"].append(logps.detach())
                     first_pass["entropy"].append(entropy)
-                old_logps = first_pass["logps"][i] if "logps" not in rollout else rollout["logps"][rows]
+                old_logps = rollout["logps"][rows] if "logps" in rollout else first_pass["logps"][i]
                 loss, stats = rl.policy_loss(
                     logps,
                     old_logps,
@@ -334,8 +327,8 @@ class Learner:
                 n = int(m.sum())
                 parts.update(loss=loss.item(), **{k: float(v) for k, v in stats.items()})
                 window.add({k: (v * n, n) for k, v in parts.items()})
-            if epoch == 0 and "logps" not in rollout:
-                rollout.update({key: torch.cat(parts) for key, parts in first_pass.items()})
+            if epoch == 0 and "entropy" not in rollout:  # the engines' log-probs, when they gave them, are kept
+                rollout.update({key: torch.cat(parts) for key, parts in first_pass.items() if key not in rollout})
 
     def _micro_batches(self, batch: dict[str, torch.Tensor]) -> Iterable[dict[str, torch.Tensor]]:
         size = self.run.train.micro_batch_size

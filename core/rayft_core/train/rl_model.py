@@ -16,7 +16,6 @@ frozen copy of the base (sharded like the policy under ZeRO-3), and the reward a
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import tempfile
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from rayft_core.model.value_head import VALUE_HEAD_FILE, ValueHeadModel, hidden_
 from rayft_core.model.zero3 import gathered, shape
 from rayft_core.train.losses import decoder_hidden, labelled_entropy, labelled_logps
 
-POLICY, REWARD, BEHAVIOUR = "default", "reward", "behaviour"
+POLICY, REWARD = "default", "reward"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")  # what PEFT needs to load an adapter
 
 
@@ -138,9 +137,6 @@ class RlModel(nn.Module):
             reward_model = load_reward_model(st.reward_model, dtype=next(base.parameters()).dtype)[0].requires_grad_(
                 False
             )
-        if st.rollout.mode == "async":  # the policy one update ago, which sampled the answers being learned from
-            lm.add_adapter(BEHAVIOUR, copy.deepcopy(lm.peft_config[POLICY]))
-            lm.set_adapter(POLICY)
         value_head = None
         if st.value_head:
             value_head = nn.Linear(size, 1)
@@ -148,12 +144,7 @@ class RlModel(nn.Module):
             nn.init.zeros_(value_head.bias)
         if reference is not None:
             reference.requires_grad_(False)
-        model = cls(lm, value_head, reward_head, reward_model, reference)
-        if st.rollout.mode == "async":
-            for _, behaviour in model._policy_and_behaviour():
-                behaviour.requires_grad_(False)
-            model.keep_behaviour()
-        return model
+        return cls(lm, value_head, reward_head, reward_model, reference)
 
     def forward_policy(
         self, batch: dict[str, torch.Tensor], entropy: bool = False
@@ -175,28 +166,6 @@ class RlModel(nn.Module):
         with self.lm.disable_adapter():
             base, hidden = decoder_hidden(self.lm, batch)
             return labelled_logps(base, hidden, batch["labels"])[0]
-
-    def _policy_and_behaviour(self) -> list[tuple[nn.Parameter, nn.Parameter]]:
-        named = dict(self.lm.named_parameters())
-        return [(p, named[n.replace(f".{POLICY}.", f".{BEHAVIOUR}.")]) for n, p in named.items() if f".{POLICY}." in n]
-
-    @torch.no_grad()
-    def keep_behaviour(self) -> None:
-        """The behaviour adapter becomes the policy as it is now (under ZeRO-3 each rank copies its partition:
-        the two adapters' parameters have the same shapes, so they are split alike)."""
-        for policy, behaviour in self._policy_and_behaviour():
-            if hasattr(policy, "ds_tensor"):
-                behaviour.ds_tensor.copy_(policy.ds_tensor)
-            else:
-                behaviour.data.copy_(policy.data)
-
-    @torch.no_grad()
-    def behaviour_logps(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """log p(token) of every response token under the behaviour adapter, and each position's entropy."""
-        with self._active(BEHAVIOUR):
-            base, hidden = decoder_hidden(self.lm, batch)
-            logps, keep = labelled_logps(base, hidden, batch["labels"])
-            return logps, labelled_entropy(base, hidden, keep)
 
     @property
     def has_reward_model(self) -> bool:

@@ -9,7 +9,8 @@
 4. sync: the new adapter goes to every engine (PEFT's files; vLLM loads them as a new LoRA).
 
 With asynchronous rollouts the engines answer iteration k+1's prompts during steps 2-4 of iteration k, so the
-learners train on answers one update old (see _iterations and rl_learner.Learner._rollout_pass).
+learners train on answers one update old; the engines return each sampled token's log-prob with it, the behaviour
+policy's that the importance ratio is taken against (see _iterations and rl_learner.Learner._rollout_pass).
 
 It knows nothing of Ray: the cluster layer hands it the prompt batches, a ``Rollouts`` and ``report``.
 """
@@ -99,14 +100,16 @@ def _iterations(
         waited = None
         if ahead is not None:  # answered by the engines while the last iteration trained
             started = time.perf_counter()
-            groups.responses = collect_everywhere(rollouts, ahead, rank, world_size)
+            answers = collect_everywhere(rollouts, ahead, rank, world_size)
             waited = time.perf_counter() - started
+            groups.responses = [[ids for ids, _ in group] for group in answers]
+            groups.logprobs = [[logps for _, logps in group] for group in answers]  # the behaviour policy's
         if asynchronous:
             current = next(positioned, None) if step < plan.total_steps else None
             ahead = None
             if current is not None:
                 prompts = current[0].prompts
-                ahead = submit_everywhere(rollouts, prompts, n, sampling, _seed(run, step + 1), rank, world_size)
+                ahead = submit_everywhere(rollouts, prompts, n, sampling, _seed(run, step + 1), rank, world_size, True)
         metrics = learner.iteration(
             rollouts,
             groups,

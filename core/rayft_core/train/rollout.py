@@ -33,6 +33,7 @@ class Groups:
     references: list[str | None]
     scores: list[torch.Tensor] = field(default_factory=list)  # one [group_size] tensor per group
     trained: list[list[list[bool]]] = field(default_factory=list)
+    logprobs: list[list[list[float]]] = field(default_factory=list)  # as the engines sampled (asynchronous rollouts)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -48,6 +49,16 @@ class Groups:
         ]
         return [p + r for p, r in pairs], labels
 
+    def sampled_logps(self, mask: torch.Tensor) -> torch.Tensor:
+        """The engines' log-probs of the answers' tokens as they sampled them, laid out as the learners' own are for
+        the rows() of these groups: [rows, longest - 1], position i scoring token i + 1 of its row, 0 outside ``mask``
+        (the answers' labelled positions)."""
+        logps = torch.zeros(mask.shape, dtype=torch.float32)
+        answers = ((p, lp) for p, group in zip(self.prompts, self.logprobs) for lp in group)
+        for i, (prompt, sampled) in enumerate(answers):
+            logps[i, len(prompt) - 1 : len(prompt) - 1 + len(sampled)] = torch.tensor(sampled)
+        return logps.to(mask.device) * mask
+
     def extend(self, other: Groups) -> None:
         for name in _FIELDS:
             getattr(self, name).extend(getattr(other, name))
@@ -56,17 +67,18 @@ class Groups:
         return Groups(*([getattr(self, n)[i] for i in indices] if getattr(self, n) else [] for n in _FIELDS))
 
 
-_FIELDS = ("prompts", "responses", "questions", "references", "scores", "trained")
+_FIELDS = ("prompts", "responses", "questions", "references", "scores", "trained", "logprobs")
 
 
 class Rollouts(Protocol):
     """The rollout group as rank 0 of the learners sees it."""
 
-    def submit(self, prompts: list[list[int]], n: int, sampling: Sampling, seed: int) -> Any:
+    def submit(self, prompts: list[list[int]], n: int, sampling: Sampling, seed: int, logprobs: bool = False) -> Any:
         """Start answering: n responses per prompt, split between the engines; a handle for collect."""
 
-    def collect(self, handle: Any) -> list[list[list[int]]]:
-        """The answers of a submit, [prompt][sample] -> token ids, once the engines have them."""
+    def collect(self, handle: Any) -> list[list[Any]]:
+        """The answers of a submit, [prompt][sample] -> token ids (with ``logprobs``: token ids and each token's
+        log-prob as the engine sampled it), once the engines have them."""
 
     def load_adapter(self, version: int, files: dict[str, bytes], wait: bool = True) -> float:
         """Every engine loads the policy adapter after what it was sent before; with ``wait`` the slowest engine's
@@ -96,6 +108,7 @@ def submit_everywhere(
     seed: int,
     rank: int,
     world_size: int,
+    logprobs: bool = False,
 ) -> Pending:
     """Every worker's prompts gathered on rank 0 and sent to the engines in one batch (each worker calls this)."""
     everyone: list[Any] = [None] * world_size
@@ -104,7 +117,7 @@ def submit_everywhere(
     else:
         everyone = [prompts]
     flat = [p for ps in everyone for p in ps]
-    handle = rollouts.submit(flat, n, sampling, seed) if rank == 0 and flat else None
+    handle = rollouts.submit(flat, n, sampling, seed, logprobs) if rank == 0 and flat else None
     return Pending(handle, [len(ps) for ps in everyone])
 
 

